@@ -1,0 +1,64 @@
+// adxl::AdxlEngine: thin PIMPL facade over llmdd::Engine. Converts the ABI types
+// (AscendString, MemHandle) and nothing else.
+#include "adxl/adxl_engine.h"
+
+#include <string>
+
+#include "engine/engine.h"
+
+namespace adxl {
+
+class AdxlEngine::AdxlEngineImpl {
+ public:
+  llmdd::Engine engine;
+};
+
+namespace {
+
+std::string ToStd(const AscendString &s) { return std::string(s.GetString(), s.GetLength()); }
+
+}  // namespace
+
+AdxlEngine::AdxlEngine() : impl_(new AdxlEngineImpl()) {}
+
+AdxlEngine::~AdxlEngine() {
+  if (impl_) impl_->engine.Finalize();
+}
+
+Status AdxlEngine::Initialize(const AscendString &local_engine, const std::map<AscendString, AscendString> &options) {
+  std::map<std::string, std::string> converted;
+  for (const auto &kv : options) converted[ToStd(kv.first)] = ToStd(kv.second);
+  return impl_->engine.Initialize(ToStd(local_engine), converted);
+}
+
+void AdxlEngine::Finalize() { impl_->engine.Finalize(); }
+
+Status AdxlEngine::RegisterMem(const MemDesc &mem, MemType type, MemHandle &mem_handle) {
+  uint64_t handle = 0;
+  Status status = impl_->engine.RegisterMem(mem.addr, mem.len, type, &handle);
+  if (status == SUCCESS) mem_handle = reinterpret_cast<MemHandle>(static_cast<uintptr_t>(handle));
+  return status;
+}
+
+Status AdxlEngine::DeregisterMem(MemHandle mem_handle) {
+  if (mem_handle == nullptr) {
+    return PARAM_INVALID;
+  }
+  return impl_->engine.DeregisterMem(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(mem_handle)));
+}
+
+Status AdxlEngine::Connect(const AscendString &remote_engine, int32_t timeout_in_millis) {
+  return impl_->engine.Connect(ToStd(remote_engine), timeout_in_millis);
+}
+
+Status AdxlEngine::Disconnect(const AscendString &remote_engine, int32_t timeout_in_millis) {
+  return impl_->engine.Disconnect(ToStd(remote_engine), timeout_in_millis);
+}
+
+Status AdxlEngine::TransferSync(const AscendString &remote_engine, TransferOp operation,
+                                const std::vector<TransferOpDesc> &op_descs, int32_t timeout_in_millis) {
+  return impl_->engine.TransferSync(ToStd(remote_engine), operation, op_descs.data(), op_descs.size(),
+                                    timeout_in_millis);
+}
+
+}  // namespace adxl

@@ -1,0 +1,87 @@
+// Channel: the client side of a connection to one remote engine (what ADXL's
+// Connect creates). Owns the control connection (heartbeats, goodbye), the
+// forward data lanes (a LanePool that reconnects broken lanes) and, when asked,
+// reverse lanes that this side serves for the remote (LLM-DataDist links are
+// bidirectional).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/endpoint.h"
+#include "engine/engine_config.h"
+#include "engine/lane.h"
+#include "engine/lane_pool.h"
+#include "engine/memory_registry.h"
+
+namespace llmdd {
+
+class Channel {
+ public:
+  struct Params {
+    std::string local_id;
+    std::string remote_id;
+    Endpoint remote;
+    EngineConfig config;
+    uint32_t reverse_lanes = 0;  // lanes the remote may send requests on
+    WorkerPool *workers = nullptr;
+    MemoryRegistry *registry = nullptr;
+    const AppHandler *app_handler = nullptr;
+  };
+
+  // Performs the whole handshake within the deadline.
+  static adxl::Status Open(const Params &params, Deadline deadline, std::shared_ptr<Channel> *out,
+                           std::string *error);
+  ~Channel();
+
+  // Guards a transfer against Close(): Close waits for every live guard.
+  class InFlight {
+   public:
+    explicit InFlight(Channel *c) : lock_(c->in_flight_) {}
+
+   private:
+    std::shared_lock<std::shared_mutex> lock_;
+  };
+
+  LanePool &Lanes() { return *lanes_; }
+  // Set when the remote stopped answering heartbeats or the session was lost.
+  bool Dead() const { return dead_.load(); }
+  std::string DeadReason() const;
+  const std::string &RemoteId() const { return params_.remote_id; }
+
+  // Waits for in-flight transfers, says goodbye (best effort within the
+  // deadline) and releases every connection and thread. Idempotent.
+  void Close(Deadline deadline);
+
+ private:
+  explicit Channel(const Params &params) : params_(params) {}
+  void HeartbeatLoop();
+  void MarkDead(const std::string &reason);
+  std::shared_ptr<ByteStream> OpenLane(wire::ConnRole role, Deadline deadline, adxl::Status *status,
+                                       std::string *error);
+
+  Params params_;
+  uint64_t session_id_ = 0;
+  std::shared_ptr<ByteStream> control_;
+  std::timed_mutex control_mutex_;  // one control exchange at a time
+  std::unique_ptr<LanePool> lanes_;
+  std::vector<std::shared_ptr<ByteStream>> reverse_streams_;
+  std::vector<std::thread> reverse_threads_;
+  std::atomic<bool> stopping_{false};
+  std::thread heartbeat_;
+  std::mutex wake_mutex_;
+  std::condition_variable wake_;
+  std::atomic<bool> dead_{false};
+  mutable std::mutex dead_mutex_;
+  std::string dead_reason_;
+  std::shared_mutex in_flight_;
+  std::once_flag closed_;
+};
+
+}  // namespace llmdd

@@ -1,0 +1,86 @@
+#include "engine/engine_config.h"
+
+#include "common/endpoint.h"
+#include "common/log.h"
+
+namespace llmdd {
+namespace {
+
+bool ParseBounded(const std::string &text, int64_t lo, int64_t hi, int64_t *out) {
+  return ParseInt64(text, out) && *out >= lo && *out <= hi;
+}
+
+// "$BUFFER_NUM:$BUFFER_SIZE_MB": both > 0, or "0:0" to disable the pool.
+bool ValidBufferPool(const std::string &text) {
+  size_t colon = text.find(':');
+  if (colon == std::string::npos) return false;
+  int64_t num = 0, size = 0;
+  if (!ParseInt64(text.substr(0, colon), &num) || !ParseInt64(text.substr(colon + 1), &size)) return false;
+  if (num == 0 && size == 0) return true;
+  return num > 0 && size > 0 && num <= 1024 && size <= 4096;
+}
+
+}  // namespace
+
+adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &options, EngineConfig *config,
+                                std::string *error) {
+  for (const auto &[key, value] : options) {
+    int64_t v = 0;
+    if (key == adxl::OPTION_BUFFER_POOL || key == "BufferPool") {
+      // Staging buffers are not needed by the TCP/shared-memory data paths
+      // (they read and write user memory directly), so a valid value is accepted
+      // and has no further effect.
+      if (!ValidBufferPool(value)) {
+        *error = "option " + key + "='" + value + "' must be 'BUFFER_NUM:BUFFER_SIZE_MB' (both > 0) or '0:0'";
+        return adxl::PARAM_INVALID;
+      }
+      LOG_INFO("option %s=%s accepted (no staging pool is needed by this engine)", key.c_str(), value.c_str());
+    } else if (key == adxl::OPTION_RDMA_TRAFFIC_CLASS || key == "RdmaTrafficClass") {
+      if (!ParseBounded(value, 0, 255, &v) || v % 4 != 0) {
+        *error = "option " + key + "='" + value + "' must be an integer in [0, 255] and a multiple of 4";
+        return adxl::PARAM_INVALID;
+      }
+      LOG_INFO("option %s=%s accepted (used by RDMA transports only)", key.c_str(), value.c_str());
+    } else if (key == adxl::OPTION_RDMA_SERVICE_LEVEL || key == "RdmaServiceLevel") {
+      if (!ParseBounded(value, 0, 7, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [0, 7]";
+        return adxl::PARAM_INVALID;
+      }
+      LOG_INFO("option %s=%s accepted (used by RDMA transports only)", key.c_str(), value.c_str());
+    } else if (key == kOptTcpConnections) {
+      if (!ParseBounded(value, 1, 64, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [1, 64]";
+        return adxl::PARAM_INVALID;
+      }
+      config->tcp_connections = static_cast<uint32_t>(v);
+    } else if (key == kOptHeartbeatIntervalMs) {
+      if (!ParseBounded(value, 10, 3600000, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [10, 3600000]";
+        return adxl::PARAM_INVALID;
+      }
+      config->heartbeat_interval_ms = static_cast<uint32_t>(v);
+    } else if (key == kOptPeerTimeoutMs) {
+      if (!ParseBounded(value, 100, 86400000, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [100, 86400000]";
+        return adxl::PARAM_INVALID;
+      }
+      config->peer_timeout_ms = static_cast<uint32_t>(v);
+    } else if (key == kOptWorkerThreads) {
+      if (!ParseBounded(value, 1, 256, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [1, 256]";
+        return adxl::PARAM_INVALID;
+      }
+      config->worker_threads = static_cast<uint32_t>(v);
+    } else {
+      LOG_WARN("unknown option '%s' ignored", key.c_str());
+    }
+  }
+  if (config->peer_timeout_ms <= config->heartbeat_interval_ms) {
+    *error = "llmdd.PeerTimeoutMs (" + std::to_string(config->peer_timeout_ms) +
+             ") must be larger than llmdd.HeartbeatIntervalMs (" + std::to_string(config->heartbeat_interval_ms) + ")";
+    return adxl::PARAM_INVALID;
+  }
+  return adxl::SUCCESS;
+}
+
+}  // namespace llmdd

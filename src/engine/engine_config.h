@@ -1,0 +1,33 @@
+// Engine tunables: parsed from the options map of Initialize. CANN's own keys
+// are validated and accepted; the project's extension keys start with "llmdd.".
+// Every key, default and meaning is listed in docs/API.md ("Options").
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "adxl/adxl_types.h"
+
+namespace llmdd {
+
+struct EngineConfig {
+  uint32_t tcp_connections = 4;         // llmdd.TcpConnections: data lanes per peer [1, 64]
+  uint32_t heartbeat_interval_ms = 1000; // llmdd.HeartbeatIntervalMs
+  uint32_t peer_timeout_ms = 10000;     // llmdd.PeerTimeoutMs: silent peer -> dead
+  uint32_t worker_threads = 8;          // llmdd.WorkerThreads: requester-side I/O threads
+  uint32_t handshake_timeout_ms = 5000; // server side: a new connection must say Hello within this
+};
+
+// Keys (extension options).
+constexpr const char kOptTcpConnections[] = "llmdd.TcpConnections";
+constexpr const char kOptHeartbeatIntervalMs[] = "llmdd.HeartbeatIntervalMs";
+constexpr const char kOptPeerTimeoutMs[] = "llmdd.PeerTimeoutMs";
+constexpr const char kOptWorkerThreads[] = "llmdd.WorkerThreads";
+
+// Parses and validates; unknown keys are logged and ignored. Returns
+// adxl::SUCCESS or adxl::PARAM_INVALID with *error naming the key and value.
+adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &options, EngineConfig *config,
+                                std::string *error);
+
+}  // namespace llmdd

@@ -1,0 +1,114 @@
+#include "engine/handshake.h"
+
+#include "transport/tcp/tcp_stream.h"
+
+namespace llmdd {
+
+using wire::MsgHeader;
+using wire::MsgType;
+
+namespace {
+
+bool SendMessage(ByteStream &stream, MsgType type, adxl::Status status, const std::string &body, Deadline deadline) {
+  MsgHeader header;
+  header.type = static_cast<uint16_t>(type);
+  header.status = status;
+  header.body_len = body.size();
+  iovec out[2] = {{&header, sizeof(header)}, {const_cast<char *>(body.data()), body.size()}};
+  return stream.WriteFull(out, 2, deadline) == IoStatus::kOk;
+}
+
+}  // namespace
+
+bool ReadControl(ByteStream &stream, Deadline deadline, MsgHeader *header, IoStatus *io, std::string *error) {
+  *io = stream.Read(header, sizeof(*header), deadline);
+  if (*io != IoStatus::kOk) {
+    *error = IoStatusName(*io);
+    return false;
+  }
+  std::string bad = wire::CheckHeader(*header);
+  if (!bad.empty()) {
+    *error = bad;
+    return false;
+  }
+  return true;
+}
+
+std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello, Deadline deadline,
+                                               wire::HelloAck *ack, adxl::Status *status, std::string *error) {
+  bool timed_out = false;
+  std::shared_ptr<ByteStream> stream = TcpStream::Connect(remote, deadline, &timed_out, error);
+  if (!stream) {
+    *status = timed_out ? adxl::TIMEOUT : adxl::FAILED;
+    return nullptr;
+  }
+  if (!SendMessage(*stream, MsgType::kHello, adxl::SUCCESS, wire::EncodeHello(hello), deadline)) {
+    *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
+    *error = "sending hello to " + remote.ToString() + " failed";
+    return nullptr;
+  }
+  MsgHeader header;
+  IoStatus io = IoStatus::kOk;
+  std::string why;
+  if (!ReadControl(*stream, deadline, &header, &io, &why)) {
+    *status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
+    *error = "no valid answer to hello from " + remote.ToString() + ": " + why;
+    return nullptr;
+  }
+  std::string body(header.body_len, '\0');
+  io = stream->Read(body.data(), body.size(), deadline);
+  if (io != IoStatus::kOk) {
+    *status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
+    *error = std::string("reading hello answer: ") + IoStatusName(io);
+    return nullptr;
+  }
+  if (header.type == static_cast<uint16_t>(MsgType::kError)) {
+    *status = header.status != adxl::SUCCESS ? header.status : adxl::FAILED;
+    *error = remote.ToString() + " refused the connection: " + body;
+    return nullptr;
+  }
+  if (header.type != static_cast<uint16_t>(MsgType::kHelloAck) || !wire::DecodeHelloAck(body, ack)) {
+    *status = adxl::FAILED;
+    *error = remote.ToString() + " sent a malformed hello answer";
+    return nullptr;
+  }
+  *status = adxl::SUCCESS;
+  return stream;
+}
+
+bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::string *error) {
+  MsgHeader header;
+  IoStatus io = IoStatus::kOk;
+  if (!ReadControl(stream, deadline, &header, &io, error)) return false;
+  if (header.type != static_cast<uint16_t>(MsgType::kHello)) {
+    *error = std::string("expected Hello, got ") + wire::MsgTypeName(header.type);
+    return false;
+  }
+  std::string body(header.body_len, '\0');
+  if (stream.Read(body.data(), body.size(), deadline) != IoStatus::kOk) {
+    *error = "hello body not received";
+    return false;
+  }
+  if (!wire::DecodeHello(body, hello)) {
+    *error = "malformed hello";
+    return false;
+  }
+  return true;
+}
+
+bool SendHelloAck(ByteStream &stream, const wire::HelloAck &ack, Deadline deadline) {
+  return SendMessage(stream, MsgType::kHelloAck, adxl::SUCCESS, wire::EncodeHelloAck(ack), deadline);
+}
+
+void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline) {
+  SendMessage(stream, MsgType::kError, status, reason.substr(0, wire::kMaxControlBody), deadline);
+}
+
+bool SendControl(ByteStream &stream, MsgType type, uint64_t request_id, Deadline deadline) {
+  MsgHeader header;
+  header.type = static_cast<uint16_t>(type);
+  header.request_id = request_id;
+  return stream.Write(&header, sizeof(header), deadline) == IoStatus::kOk;
+}
+
+}  // namespace llmdd

@@ -1,0 +1,34 @@
+// Connection set-up shared by both ends: every connection starts with
+// Hello -> HelloAck (or Error). See docs/PROTOCOL.md.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "adxl/adxl_types.h"
+#include "common/deadline.h"
+#include "common/endpoint.h"
+#include "engine/wire.h"
+#include "transport/stream.h"
+
+namespace llmdd {
+
+// Connects to `remote`, sends `hello`, waits for the ack, all within the
+// deadline. On failure returns nullptr with *status (FAILED, TIMEOUT or the
+// peer's refusal code) and *error.
+std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello, Deadline deadline,
+                                               wire::HelloAck *ack, adxl::Status *status, std::string *error);
+
+// Server side: reads the first message, which must be a Hello.
+bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::string *error);
+bool SendHelloAck(ByteStream &stream, const wire::HelloAck &ack, Deadline deadline);
+// Refuses a connection with a status and a reason; best effort.
+void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline);
+
+// Small control messages without payload (Ping/Pong/Goodbye/GoodbyeAck).
+bool SendControl(ByteStream &stream, wire::MsgType type, uint64_t request_id, Deadline deadline);
+// Reads one control message; returns its header in *header. False on I/O or
+// protocol failure with *io set (kOk for a protocol violation) and *error.
+bool ReadControl(ByteStream &stream, Deadline deadline, wire::MsgHeader *header, IoStatus *io, std::string *error);
+
+}  // namespace llmdd

@@ -1,0 +1,326 @@
+#include "engine/lane.h"
+
+#include <cinttypes>
+#include <cstring>
+#include <vector>
+
+#include "common/log.h"
+
+namespace llmdd {
+namespace {
+
+using wire::MsgHeader;
+using wire::MsgType;
+
+// The serving side gives a request this long beyond the requester's own
+// timeout before abandoning it (the requester has given up by then).
+constexpr int64_t kServeGraceMs = 1000;
+// A peer that started a message must finish sending its body within this.
+constexpr int64_t kBodyAssemblyMs = 30000;
+constexpr size_t kDiscardChunk = 256 * 1024;
+
+std::string HexRange(uint64_t addr, uint64_t len) {
+  char buf[96];
+  snprintf(buf, sizeof(buf), "[0x%" PRIx64 ", +%" PRIu64 ")", addr, len);
+  return buf;
+}
+
+uint32_t TimeoutField(const Deadline &deadline) {
+  int64_t ms = deadline.RemainingMs();
+  if (ms < 1) ms = 1;
+  if (ms > UINT32_MAX) ms = UINT32_MAX;
+  return static_cast<uint32_t>(ms);
+}
+
+LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what) {
+  LaneResult result;
+  result.broken = true;
+  result.status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
+  result.error = std::string(what) + " " + stream.PeerName() + ": " + IoStatusName(io);
+  if (io == IoStatus::kError) result.error += std::string(" (") + strerror(stream.LastErrno()) + ")";
+  return result;
+}
+
+// Reads a response header + error text and checks it answers our request.
+LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t request_id, Deadline deadline,
+                              MsgHeader *header) {
+  IoStatus io = stream.Read(header, sizeof(*header), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for response from");
+  LaneResult result;
+  std::string bad = wire::CheckHeader(*header);
+  if (bad.empty() && header->type != static_cast<uint16_t>(expected) &&
+      header->type != static_cast<uint16_t>(MsgType::kError))
+    bad = std::string("unexpected ") + wire::MsgTypeName(header->type);
+  if (bad.empty() && header->request_id != request_id) bad = "response for another request";
+  if (!bad.empty()) {
+    result.status = adxl::FAILED;
+    result.broken = true;
+    result.error = "protocol error from " + stream.PeerName() + ": " + bad;
+    return result;
+  }
+  if (header->body_len > 0) {
+    std::string text(header->body_len, '\0');
+    io = stream.Read(text.data(), text.size(), deadline);
+    if (io != IoStatus::kOk) return IoFailure(io, stream, "reading response from");
+    result.error = text;
+  }
+  if (header->type == static_cast<uint16_t>(MsgType::kError)) {
+    result.status = header->status != adxl::SUCCESS ? header->status : adxl::FAILED;
+    result.broken = true;
+    result.error = "peer " + stream.PeerName() + " reported: " + result.error;
+    return result;
+  }
+  result.status = header->status;
+  if (result.status != adxl::SUCCESS) result.error = "peer " + stream.PeerName() + " refused: " + result.error;
+  return result;
+}
+
+}  // namespace
+
+LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
+                           uint64_t request_id, Deadline deadline) {
+  const bool is_read = op == adxl::READ;
+  uint64_t total = 0;
+  // Request body: range header + (remote addr, len) per segment.
+  thread_local std::vector<uint8_t> body;
+  body.resize(wire::kRangeBodyHeader + wire::kRangeEntrySize * count);
+  for (size_t i = 0; i < count; ++i) {
+    uint64_t entry[2] = {segs[i].remote, segs[i].len};
+    memcpy(body.data() + wire::kRangeBodyHeader + i * wire::kRangeEntrySize, entry, sizeof(entry));
+    total += segs[i].len;
+  }
+  wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
+
+  MsgHeader header;
+  header.type = static_cast<uint16_t>(is_read ? MsgType::kReadRequest : MsgType::kWriteRequest);
+  header.request_id = request_id;
+  header.body_len = body.size();
+  header.payload_len = is_read ? 0 : total;
+
+  // Local side of the data: destination iovecs for READ, source iovecs for WRITE.
+  thread_local std::vector<iovec> iov;
+  iov.clear();
+  iov.reserve(count + 2);
+  if (!is_read) {
+    iov.push_back({&header, sizeof(header)});
+    iov.push_back({body.data(), body.size()});
+  }
+  for (size_t i = 0; i < count; ++i) iov.push_back({reinterpret_cast<void *>(segs[i].local), segs[i].len});
+
+  if (is_read) {
+    iovec request[2] = {{&header, sizeof(header)}, {body.data(), body.size()}};
+    IoStatus io = stream.WriteFull(request, 2, deadline);
+    if (io != IoStatus::kOk) return IoFailure(io, stream, "sending read request to");
+    MsgHeader response;
+    LaneResult result = ReadResponseHeader(stream, MsgType::kReadResponse, request_id, deadline, &response);
+    if (result.status != adxl::SUCCESS || result.broken) return result;
+    if (response.payload_len != total) {
+      result.status = adxl::FAILED;
+      result.broken = true;
+      result.error = "peer " + stream.PeerName() + " answered " + std::to_string(response.payload_len) +
+                     " bytes for a read of " + std::to_string(total);
+      return result;
+    }
+    io = stream.ReadFull(iov.data(), static_cast<int>(iov.size()), deadline);
+    if (io != IoStatus::kOk) return IoFailure(io, stream, "receiving read data from");
+    return result;
+  }
+
+  IoStatus io = stream.WriteFull(iov.data(), static_cast<int>(iov.size()), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "sending write data to");
+  MsgHeader response;
+  return ReadResponseHeader(stream, MsgType::kWriteResponse, request_id, deadline, &response);
+}
+
+LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::string &request, uint64_t request_id,
+                          Deadline deadline, std::string *response) {
+  MsgHeader header;
+  header.type = static_cast<uint16_t>(MsgType::kAppRequest);
+  header.flags = app_type;
+  header.request_id = request_id;
+  header.body_len = request.size();
+  iovec out[2] = {{&header, sizeof(header)}, {const_cast<char *>(request.data()), request.size()}};
+  IoStatus io = stream.WriteFull(out, 2, deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "sending request to");
+  MsgHeader reply;
+  io = stream.Read(&reply, sizeof(reply), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for reply from");
+  LaneResult result;
+  std::string bad = wire::CheckHeader(reply);
+  if (bad.empty() && reply.type != static_cast<uint16_t>(MsgType::kAppResponse)) bad = "unexpected message type";
+  if (bad.empty() && reply.request_id != request_id) bad = "reply for another request";
+  if (!bad.empty()) {
+    result.status = adxl::FAILED;
+    result.broken = true;
+    result.error = "protocol error from " + stream.PeerName() + ": " + bad;
+    return result;
+  }
+  response->assign(reply.body_len, '\0');
+  io = stream.Read(response->data(), response->size(), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "reading reply from");
+  result.status = reply.status;
+  return result;
+}
+
+namespace {
+
+// Sends a response with optional text; false if the stream failed.
+bool SendResponse(ByteStream &stream, MsgType type, uint64_t request_id, adxl::Status status,
+                  const std::string &text, Deadline deadline) {
+  MsgHeader header;
+  header.type = static_cast<uint16_t>(type);
+  header.request_id = request_id;
+  header.status = status;
+  std::string clipped = text.substr(0, wire::kMaxErrorText);
+  header.body_len = clipped.size();
+  iovec out[2] = {{&header, sizeof(header)}, {clipped.data(), clipped.size()}};
+  return stream.WriteFull(out, 2, deadline) == IoStatus::kOk;
+}
+
+void SendProtocolError(ByteStream &stream, const std::string &reason) {
+  SendResponse(stream, MsgType::kError, 0, adxl::PARAM_INVALID, reason, Deadline::AfterMs(200));
+}
+
+bool DiscardPayload(ByteStream &stream, uint64_t len, Deadline deadline) {
+  thread_local std::vector<char> sink(kDiscardChunk);
+  while (len > 0) {
+    size_t n = len < sink.size() ? static_cast<size_t>(len) : sink.size();
+    if (stream.Read(sink.data(), n, deadline) != IoStatus::kOk) return false;
+    len -= n;
+  }
+  return true;
+}
+
+// Serves one Read/Write request whose header has been read. False ends the lane.
+bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
+  const bool is_read = header.type == static_cast<uint16_t>(MsgType::kReadRequest);
+  Deadline assembly = Deadline::AfterMs(kBodyAssemblyMs);
+  if (header.body_len < wire::kRangeBodyHeader) {
+    SendProtocolError(stream, "range list too short");
+    return false;
+  }
+  thread_local std::vector<uint8_t> body;
+  body.resize(header.body_len);
+  if (stream.Read(body.data(), body.size(), assembly) != IoStatus::kOk) return false;
+  uint32_t count = 0, timeout_ms = 0;
+  uint64_t total = 0;
+  std::string bad = wire::DecodeRangeHeader(body.data(), header.body_len, &count, &timeout_ms, &total);
+  if (!bad.empty()) {
+    LOG_ERROR("peer %s sent a malformed request: %s", ctx.peer.c_str(), bad.c_str());
+    SendProtocolError(stream, bad);
+    return false;
+  }
+  if (!is_read && header.payload_len != total) {
+    LOG_ERROR("peer %s: write payload %" PRIu64 " != declared total %" PRIu64, ctx.peer.c_str(),
+              header.payload_len, total);
+    SendProtocolError(stream, "write payload length does not match the range list");
+    return false;
+  }
+  Deadline deadline = Deadline::AfterMs(static_cast<int64_t>(timeout_ms) + kServeGraceMs);
+
+  // Validate every range before touching any byte; pin the regions meanwhile.
+  RegionPins pins(ctx.registry);
+  thread_local std::vector<iovec> iov;
+  iov.clear();
+  iov.reserve(count + 1);
+  MsgHeader response;
+  response.type = static_cast<uint16_t>(is_read ? MsgType::kReadResponse : MsgType::kWriteResponse);
+  response.request_id = header.request_id;
+  if (is_read) iov.push_back({&response, sizeof(response)});
+  uint64_t sum = 0;
+  std::string refusal;
+  for (uint32_t i = 0; i < count && refusal.empty(); ++i) {
+    uint64_t entry[2];
+    memcpy(entry, body.data() + wire::kRangeBodyHeader + i * wire::kRangeEntrySize, sizeof(entry));
+    const uint64_t addr = entry[0], len = entry[1];
+    if (len == 0 || __builtin_add_overflow(sum, len, &sum)) {
+      refusal = "range " + std::to_string(i) + " has an invalid length";
+    } else if (addr == 0 || !pins.Cover(static_cast<uintptr_t>(addr), len)) {
+      refusal = "range " + HexRange(addr, len) + " is not inside memory registered on this engine";
+    } else {
+      iov.push_back({reinterpret_cast<void *>(static_cast<uintptr_t>(addr)), static_cast<size_t>(len)});
+    }
+  }
+  if (refusal.empty() && sum != total) refusal = "declared total does not match the ranges";
+  if (!refusal.empty()) {
+    pins.Release();
+    LOG_WARN("refused %s from %s: %s", is_read ? "read" : "write", ctx.peer.c_str(), refusal.c_str());
+    if (!is_read && !DiscardPayload(stream, header.payload_len, deadline)) return false;
+    return SendResponse(stream, response.type == static_cast<uint16_t>(MsgType::kReadResponse)
+                                    ? MsgType::kReadResponse
+                                    : MsgType::kWriteResponse,
+                        header.request_id, adxl::PARAM_INVALID, refusal, deadline);
+  }
+
+  if (is_read) {
+    response.payload_len = total;
+    IoStatus io = stream.WriteFull(iov.data(), static_cast<int>(iov.size()), deadline);
+    if (io != IoStatus::kOk) {
+      LOG_WARN("serving read to %s failed: %s", ctx.peer.c_str(), IoStatusName(io));
+      return false;
+    }
+    return true;
+  }
+  IoStatus io = stream.ReadFull(iov.data(), static_cast<int>(iov.size()), deadline);
+  pins.Release();
+  if (io != IoStatus::kOk) {
+    LOG_WARN("receiving write from %s failed: %s", ctx.peer.c_str(), IoStatusName(io));
+    return false;
+  }
+  return SendResponse(stream, MsgType::kWriteResponse, header.request_id, adxl::SUCCESS, "", deadline);
+}
+
+bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
+  Deadline assembly = Deadline::AfterMs(kBodyAssemblyMs);
+  std::string request(header.body_len, '\0');
+  if (stream.Read(request.data(), request.size(), assembly) != IoStatus::kOk) return false;
+  std::string response;
+  adxl::Status status = adxl::UNSUPPORTED;
+  if (ctx.app_handler != nullptr && *ctx.app_handler) {
+    // The app type travels in flags; prepend it so one handler can dispatch.
+    std::string typed(4, '\0');
+    memcpy(typed.data(), &header.flags, 4);
+    typed += request;
+    status = (*ctx.app_handler)(ctx.peer, typed, &response);
+  }
+  if (response.size() > wire::kMaxAppBody) {
+    status = adxl::FAILED;
+    response.clear();
+  }
+  MsgHeader reply;
+  reply.type = static_cast<uint16_t>(MsgType::kAppResponse);
+  reply.request_id = header.request_id;
+  reply.status = status;
+  reply.body_len = response.size();
+  iovec out[2] = {{&reply, sizeof(reply)}, {response.data(), response.size()}};
+  return stream.WriteFull(out, 2, Deadline::AfterMs(kBodyAssemblyMs)) == IoStatus::kOk;
+}
+
+}  // namespace
+
+void ServeLane(ByteStream &stream, const ServeContext &ctx) {
+  for (;;) {
+    if (ctx.stopping != nullptr && ctx.stopping->load()) return;
+    MsgHeader header;
+    IoStatus io = stream.Read(&header, sizeof(header), Deadline::Never());
+    if (io != IoStatus::kOk) {
+      if (io != IoStatus::kClosed) LOG_INFO("lane from %s ended: %s", ctx.peer.c_str(), IoStatusName(io));
+      return;
+    }
+    std::string bad = wire::CheckHeader(header);
+    if (bad.empty() && header.type != static_cast<uint16_t>(MsgType::kReadRequest) &&
+        header.type != static_cast<uint16_t>(MsgType::kWriteRequest) &&
+        header.type != static_cast<uint16_t>(MsgType::kAppRequest))
+      bad = std::string("unexpected ") + wire::MsgTypeName(header.type) + " on a data lane";
+    if (!bad.empty()) {
+      LOG_ERROR("closing lane from %s: %s", ctx.peer.c_str(), bad.c_str());
+      SendProtocolError(stream, bad);
+      return;
+    }
+    bool keep = header.type == static_cast<uint16_t>(MsgType::kAppRequest) ? ServeApp(stream, header, ctx)
+                                                                           : ServeTransfer(stream, header, ctx);
+    if (!keep) return;
+  }
+}
+
+}  // namespace llmdd

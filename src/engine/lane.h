@@ -1,0 +1,63 @@
+// A lane is one connected ByteStream carrying data requests in one direction:
+// the requester sends Read/Write/App requests, the server answers them.
+//   - ExecuteTransfer / ExecuteAppCall run one request on the requester side.
+//   - ServeLane loops on the serving side until the stream ends.
+// Both directions of a link use this same code (forward lanes: the connector
+// requests; reverse lanes: the acceptor requests).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "adxl/adxl_types.h"
+#include "common/deadline.h"
+#include "engine/memory_registry.h"
+#include "engine/wire.h"
+#include "transport/stream.h"
+
+namespace llmdd {
+
+struct Segment {
+  uintptr_t local;
+  uintptr_t remote;
+  uint64_t len;
+};
+
+// Outcome of one request on the requester side. When `broken` is set the
+// stream's framing is lost (timeout or error mid-message) and it must be dropped.
+struct LaneResult {
+  adxl::Status status = adxl::SUCCESS;
+  bool broken = false;
+  std::string error;  // why, for the caller's log line
+};
+
+// Sends one Read or Write request for `count` (<= wire::kMaxRangesPerRequest)
+// segments and completes it: READ fills the local ranges, WRITE sends them.
+LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
+                           uint64_t request_id, Deadline deadline);
+
+// Application messages (used by LLM-DataDist for cache tables and unlink).
+// The handler gets the peer's engine id and the request body; it returns a
+// status and fills the response body.
+using AppHandler = std::function<adxl::Status(const std::string &peer, const std::string &request,
+                                              std::string *response)>;
+
+LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::string &request, uint64_t request_id,
+                          Deadline deadline, std::string *response);
+
+struct ServeContext {
+  MemoryRegistry *registry = nullptr;
+  const AppHandler *app_handler = nullptr;  // may be null: app requests then get UNSUPPORTED
+  std::string peer;                         // peer engine id, for logs and the app handler
+  std::atomic<bool> *stopping = nullptr;
+};
+
+// Serves requests until the peer closes, a protocol violation occurs, or
+// stream.Shutdown() is called from another thread. Never touches memory
+// outside the registry's live regions.
+void ServeLane(ByteStream &stream, const ServeContext &ctx);
+
+}  // namespace llmdd

@@ -1,0 +1,215 @@
+#include "engine/lane_pool.h"
+
+#include <algorithm>
+
+#include "common/log.h"
+
+namespace llmdd {
+
+LanePool::LanePool(std::string peer_name, WorkerPool *workers, Reconnector reconnect)
+    : peer_name_(std::move(peer_name)), workers_(workers), reconnect_(std::move(reconnect)) {}
+
+LanePool::~LanePool() { ShutdownAll(); }
+
+bool LanePool::AddLane(std::shared_ptr<ByteStream> stream) {
+  std::lock_guard lock(add_mutex_);
+  size_t n = count_.load();
+  if (n >= kMaxLanes) return false;
+  lanes_[n].Set(std::move(stream));
+  count_.store(n + 1);
+  return true;
+}
+
+size_t LanePool::LiveLaneCount() const {
+  size_t live = 0;
+  size_t n = count_.load();
+  for (size_t i = 0; i < n; ++i) {
+    if (const_cast<Lane &>(lanes_[i]).Get()) ++live;
+  }
+  return live;
+}
+
+void LanePool::ShutdownAll() {
+  shut_down_.store(true);
+  size_t n = count_.load();
+  // Shutdown() is safe while another thread is inside a request on the stream.
+  for (size_t i = 0; i < n; ++i) {
+    std::shared_ptr<ByteStream> stream = lanes_[i].Get();
+    if (stream) stream->Shutdown();
+  }
+}
+
+class LanePool::LaneGuard {
+ public:
+  explicit LaneGuard(Lane *lane) : lane_(lane) {}
+  ~LaneGuard() {
+    if (lane_) lane_->busy.unlock();
+  }
+  LaneGuard(const LaneGuard &) = delete;
+  LaneGuard &operator=(const LaneGuard &) = delete;
+
+ private:
+  Lane *lane_;
+};
+
+LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::string *error) {
+  error->clear();
+  const size_t n = count_.load();
+  if (n == 0 || shut_down_.load()) {
+    *status = adxl::FAILED;
+    *error = "no open connection to " + peer_name_;
+    return nullptr;
+  }
+  const size_t start = rotate_.fetch_add(1) % n;
+  auto usable = [&](Lane &lane) -> bool {
+    if (lane.Get()) return true;
+    if (!reconnect_ || shut_down_.load()) return false;
+    std::string why;
+    std::shared_ptr<ByteStream> fresh = reconnect_(deadline, &why);
+    if (!fresh) {
+      *error = "cannot reopen a connection to " + peer_name_ + ": " + why;
+      *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
+      return false;
+    }
+    lane.Set(std::move(fresh));
+    return true;
+  };
+  bool any_alive_or_reconnectable = false;
+  for (size_t i = 0; i < n; ++i) {
+    Lane &lane = lanes_[(start + i) % n];
+    if (!lane.busy.try_lock()) {
+      any_alive_or_reconnectable = true;
+      continue;
+    }
+    if (usable(lane)) return &lane;
+    lane.busy.unlock();
+    if (!error->empty()) return nullptr;  // reconnect attempted and failed
+  }
+  if (!any_alive_or_reconnectable) {
+    *status = adxl::FAILED;
+    *error = "all connections to " + peer_name_ + " are lost";
+    return nullptr;
+  }
+  // Every lane is busy: wait for one, in rotation order, until the deadline.
+  for (size_t i = 0; !deadline.Expired(); i = (i + 1) % n) {
+    Lane &lane = lanes_[(start + i) % n];
+    auto slice = std::min(deadline.At(), Deadline::Clock::now() + std::chrono::milliseconds(2));
+    if (!lane.busy.try_lock_until(slice)) continue;
+    if (usable(lane)) return &lane;
+    lane.busy.unlock();
+    if (!error->empty()) return nullptr;
+  }
+  *status = adxl::TIMEOUT;
+  *error = "no free connection to " + peer_name_ + " before the deadline";
+  return nullptr;
+}
+
+LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline) {
+  LaneResult result;
+  Lane *lane = Acquire(deadline, &result.status, &result.error);
+  if (lane == nullptr) return result;
+  LaneGuard guard(lane);
+  std::shared_ptr<ByteStream> stream = lane->Get();
+  for (size_t done = 0; done < count;) {
+    size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
+    result = ExecuteTransfer(*stream, op, segs + done, chunk, next_request_id_.fetch_add(1), deadline);
+    if (result.broken) {
+      stream->Shutdown();
+      lane->Set(nullptr);
+    }
+    if (result.status != adxl::SUCCESS) return result;
+    done += chunk;
+  }
+  return result;
+}
+
+namespace {
+
+// Severity order for combining the results of parallel parts: the most
+// specific cause wins (a refused range over a timeout over a generic failure).
+int Rank(adxl::Status s) {
+  if (s == adxl::SUCCESS) return 0;
+  if (s == adxl::PARAM_INVALID) return 3;
+  if (s == adxl::TIMEOUT) return 2;
+  return 1;
+}
+
+}  // namespace
+
+adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> &segs, Deadline deadline,
+                                std::string *error) {
+  if (segs.empty()) return adxl::SUCCESS;
+  uint64_t total = 0;
+  for (const auto &s : segs) total += s.len;
+  size_t parts = 1;
+  const size_t lanes = count_.load();
+  if (total >= kParallelThreshold && lanes > 1 && workers_ != nullptr) {
+    parts = static_cast<size_t>(std::min<uint64_t>(lanes, total / kMinPartBytes));
+    parts = std::max<size_t>(parts, 1);
+  }
+  if (parts == 1) {
+    LaneResult r = RunPart(op, segs.data(), segs.size(), deadline);
+    *error = r.error;
+    return r.status;
+  }
+
+  // Split by bytes into `parts` contiguous pieces, cutting segments where needed.
+  std::vector<std::vector<Segment>> pieces(parts);
+  const uint64_t target = (total + parts - 1) / parts;
+  size_t p = 0;
+  uint64_t filled = 0;
+  for (const auto &s : segs) {
+    Segment rest = s;
+    while (rest.len > 0) {
+      uint64_t room = target - filled;
+      uint64_t take = std::min(room, rest.len);
+      pieces[p].push_back({rest.local, rest.remote, take});
+      rest.local += take;
+      rest.remote += take;
+      rest.len -= take;
+      filled += take;
+      if (filled == target && p + 1 < parts) {
+        ++p;
+        filled = 0;
+      }
+    }
+  }
+  std::vector<LaneResult> results(parts);
+  Latch latch(static_cast<int>(parts - 1));
+  for (size_t i = 1; i < parts; ++i) {
+    workers_->Submit([&, i] {
+      if (!pieces[i].empty()) results[i] = RunPart(op, pieces[i].data(), pieces[i].size(), deadline);
+      latch.CountDown();
+    });
+  }
+  // The caller works on part 0 itself; it holds a lane only while doing I/O, so
+  // waiting for the other parts afterwards cannot deadlock the pool.
+  results[0] = RunPart(op, pieces[0].data(), pieces[0].size(), deadline);
+  latch.Wait();
+  adxl::Status worst = adxl::SUCCESS;
+  for (const auto &r : results) {
+    if (Rank(r.status) > Rank(worst)) {
+      worst = r.status;
+      *error = r.error;
+    }
+  }
+  return worst;
+}
+
+adxl::Status LanePool::AppCall(uint32_t app_type, const std::string &request, Deadline deadline,
+                               std::string *response, std::string *error) {
+  adxl::Status status = adxl::SUCCESS;
+  Lane *lane = Acquire(deadline, &status, error);
+  if (lane == nullptr) return status;
+  LaneGuard guard(lane);
+  std::shared_ptr<ByteStream> stream = lane->Get();
+  LaneResult r = ExecuteAppCall(*stream, app_type, request, next_request_id_.fetch_add(1), deadline, response);
+  if (r.broken) {
+    stream->Shutdown();
+    lane->Set(nullptr);
+  }
+  *error = r.error;
+  return r.status;
+}
+
+}  // namespace llmdd

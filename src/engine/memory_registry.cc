@@ -1,0 +1,101 @@
+#include "engine/memory_registry.h"
+
+#include <mutex>
+
+namespace llmdd {
+
+bool RegionPins::Cover(uintptr_t addr, uint64_t len) {
+  for (auto it = pinned_.rbegin(); it != pinned_.rend(); ++it) {
+    if ((*it)->Contains(addr, len)) return true;
+  }
+  std::shared_ptr<Region> region = registry_->FindAndPin(addr, len);
+  if (!region) return false;
+  pinned_.push_back(std::move(region));
+  return true;
+}
+
+void RegionPins::Release() {
+  for (auto &region : pinned_) registry_->Unpin(region.get());
+  pinned_.clear();
+}
+
+uint64_t MemoryRegistry::Add(uintptr_t addr, uint64_t len, int mem_type) {
+  auto region = std::make_shared<Region>();
+  region->addr = addr;
+  region->len = len;
+  region->mem_type = mem_type;
+  std::unique_lock lock(mutex_);
+  region->id = next_id_++;
+  by_addr_.emplace(addr, region);
+  by_id_.emplace(region->id, region);
+  if (len > max_len_) max_len_ = len;
+  return region->id;
+}
+
+bool MemoryRegistry::Remove(uint64_t id) {
+  std::shared_ptr<Region> region;
+  {
+    std::unique_lock lock(mutex_);
+    auto it = by_id_.find(id);
+    if (it == by_id_.end()) return false;
+    region = it->second;
+    by_id_.erase(it);
+    auto range = by_addr_.equal_range(region->addr);
+    for (auto a = range.first; a != range.second; ++a) {
+      if (a->second == region) {
+        by_addr_.erase(a);
+        break;
+      }
+    }
+  }
+  WaitUnused(region);
+  return true;
+}
+
+void MemoryRegistry::Clear() {
+  std::vector<std::shared_ptr<Region>> all;
+  {
+    std::unique_lock lock(mutex_);
+    for (auto &entry : by_id_) all.push_back(entry.second);
+    by_id_.clear();
+    by_addr_.clear();
+    max_len_ = 0;
+  }
+  for (auto &region : all) WaitUnused(region);
+}
+
+size_t MemoryRegistry::Size() const {
+  std::shared_lock lock(mutex_);
+  return by_id_.size();
+}
+
+std::shared_ptr<Region> MemoryRegistry::FindAndPin(uintptr_t addr, uint64_t len) const {
+  std::shared_lock lock(mutex_);
+  // Candidates start at or before addr; a region longer than max_len_ cannot exist,
+  // which bounds the backward scan when registrations overlap.
+  auto it = by_addr_.upper_bound(addr);
+  while (it != by_addr_.begin()) {
+    --it;
+    const auto &region = it->second;
+    if (addr - region->addr > max_len_) break;
+    if (region->Contains(addr, len)) {
+      region->users.fetch_add(1, std::memory_order_acq_rel);
+      return region;
+    }
+  }
+  return nullptr;
+}
+
+void MemoryRegistry::Unpin(Region *region) const {
+  if (region->users.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    std::lock_guard lock(unpin_mutex_);
+    unpinned_.notify_all();
+  }
+}
+
+void MemoryRegistry::WaitUnused(const std::shared_ptr<Region> &region) {
+  std::unique_lock lock(unpin_mutex_);
+  unpinned_.wait(lock, [&] { return region->users.load(std::memory_order_acquire) == 0; });
+}
+
+}  // namespace llmdd

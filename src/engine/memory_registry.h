@@ -1,0 +1,73 @@
+// The set of memory regions this engine lets peers read and write.
+//
+// Contract: a peer's range is served only if it lies entirely inside one live
+// region. Serving code holds a RegionPins for the duration of one request;
+// Remove() unpublishes the region at once and then waits until no request
+// still uses it, so after Remove() returns the engine never touches that memory.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <vector>
+
+namespace llmdd {
+
+struct Region {
+  uint64_t id = 0;
+  uintptr_t addr = 0;
+  uint64_t len = 0;
+  int mem_type = 0;                // adxl::MemType
+  std::atomic<int> users{0};       // requests currently reading/writing it
+  bool Contains(uintptr_t a, uint64_t l) const { return a >= addr && l <= len && a - addr <= len - l; }
+};
+
+class MemoryRegistry;
+
+// Pins taken while serving one request; releases them on destruction.
+class RegionPins {
+ public:
+  explicit RegionPins(const MemoryRegistry *registry) : registry_(registry) {}
+  ~RegionPins() { Release(); }
+  RegionPins(const RegionPins &) = delete;
+  RegionPins &operator=(const RegionPins &) = delete;
+  // True if [addr, addr+len) lies inside one live region (pinning it if new).
+  bool Cover(uintptr_t addr, uint64_t len);
+  void Release();
+
+ private:
+  const MemoryRegistry *registry_;
+  std::vector<std::shared_ptr<Region>> pinned_;
+};
+
+class MemoryRegistry {
+ public:
+  // Returns the new region's id (> 0). len may be 0 (registers nothing usable).
+  uint64_t Add(uintptr_t addr, uint64_t len, int mem_type);
+  // Unpublishes and waits for in-flight users. False if the id is unknown.
+  bool Remove(uint64_t id);
+  // Removes everything (Finalize); waits for users.
+  void Clear();
+  size_t Size() const;
+
+ private:
+  friend class RegionPins;
+  // Finds a live region containing the range and increments its users.
+  std::shared_ptr<Region> FindAndPin(uintptr_t addr, uint64_t len) const;
+  void Unpin(Region *region) const;
+  void WaitUnused(const std::shared_ptr<Region> &region);
+
+  mutable std::shared_mutex mutex_;
+  std::multimap<uintptr_t, std::shared_ptr<Region>> by_addr_;
+  std::map<uint64_t, std::shared_ptr<Region>> by_id_;
+  uint64_t max_len_ = 0;
+  uint64_t next_id_ = 1;
+  mutable std::mutex unpin_mutex_;
+  mutable std::condition_variable unpinned_;
+};
+
+}  // namespace llmdd

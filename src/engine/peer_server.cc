@@ -1,0 +1,274 @@
+#include "engine/peer_server.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <random>
+
+#include "common/log.h"
+#include "engine/handshake.h"
+
+namespace llmdd {
+
+using wire::MsgType;
+
+namespace {
+
+uint64_t RandomSessionId() {
+  static std::mutex mutex;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard lock(mutex);
+  uint64_t id = 0;
+  while (id == 0) id = rng();
+  return id;
+}
+
+}  // namespace
+
+PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers,
+                       const AppHandler *app_handler, EngineConfig config, Callbacks callbacks)
+    : local_id_(std::move(local_id)),
+      registry_(registry),
+      workers_(workers),
+      app_handler_(app_handler),
+      config_(config),
+      callbacks_(std::move(callbacks)) {}
+
+PeerServer::~PeerServer() { Stop(); }
+
+bool PeerServer::Start(const Endpoint &listen, std::string *error) {
+  if (!listener_.Listen(listen, error)) return false;
+  started_ = true;
+  accept_thread_ = std::thread([this] { AcceptLoop(); });
+  LOG_INFO("engine %s listening on %s", local_id_.c_str(), listen.ToString().c_str());
+  return true;
+}
+
+void PeerServer::Stop() {
+  if (!started_ || stopping_.exchange(true)) return;
+  listener_.Stop();
+  if (accept_thread_.joinable()) accept_thread_.join();
+  std::vector<uint64_t> ids;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto &[id, session] : sessions_) ids.push_back(id);
+    for (auto &stream : pending_) stream->Shutdown();
+  }
+  for (uint64_t id : ids) EndSession(id, "engine is finalizing");
+  std::vector<Worker> threads;
+  {
+    std::lock_guard lock(mutex_);
+    threads.swap(threads_);
+  }
+  for (auto &w : threads) w.thread.join();
+  listener_.Close();
+}
+
+size_t PeerServer::SessionCount() const {
+  std::lock_guard lock(mutex_);
+  return sessions_.size();
+}
+
+void PeerServer::Spawn(std::function<void()> fn) {
+  auto done = std::make_shared<std::atomic<bool>>(false);
+  std::lock_guard lock(mutex_);
+  threads_.push_back({std::thread([fn = std::move(fn), done] {
+                        fn();
+                        done->store(true);
+                      }),
+                      done});
+}
+
+void PeerServer::ReapFinished() {
+  std::vector<Worker> finished;
+  {
+    std::lock_guard lock(mutex_);
+    auto split = std::partition(threads_.begin(), threads_.end(), [](const Worker &w) { return !w.done->load(); });
+    std::move(split, threads_.end(), std::back_inserter(finished));
+    threads_.erase(split, threads_.end());
+  }
+  for (auto &w : finished) w.thread.join();
+}
+
+void PeerServer::AcceptLoop() {
+  while (!stopping_.load()) {
+    std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(500));
+    ReapFinished();
+    if (!accepted) continue;
+    std::shared_ptr<ByteStream> stream(std::move(accepted));
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_.load()) break;
+      pending_.push_back(stream);
+    }
+    Spawn([this, stream] { HandleConnection(stream); });
+  }
+}
+
+void PeerServer::HandleConnection(std::shared_ptr<ByteStream> stream) {
+  wire::Hello hello;
+  std::string error;
+  bool ok = ReadHello(*stream, Deadline::AfterMs(config_.handshake_timeout_ms), &hello, &error);
+  {
+    std::lock_guard lock(mutex_);
+    pending_.erase(std::remove(pending_.begin(), pending_.end(), stream), pending_.end());
+  }
+  if (!ok) {
+    LOG_WARN("rejected connection from %s: %s", stream->PeerName().c_str(), error.c_str());
+    SendRefusal(*stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
+    stream->Shutdown();
+    return;
+  }
+  if (stopping_.load()) {
+    SendRefusal(*stream, adxl::FAILED, "engine " + local_id_ + " is finalizing", Deadline::AfterMs(200));
+    stream->Shutdown();
+    return;
+  }
+  switch (hello.role) {
+    case wire::ConnRole::kControl: RunControl(stream, hello); break;
+    case wire::ConnRole::kDataLane: RunDataLane(stream, hello); break;
+    case wire::ConnRole::kReverseLane: AttachReverseLane(stream, hello); break;
+  }
+}
+
+void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
+  auto session = std::make_shared<Session>();
+  session->id = RandomSessionId();
+  session->client_id = hello.engine_id;
+  session->control = stream;
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_.load()) return;
+    sessions_[session->id] = session;
+  }
+  wire::HelloAck ack;
+  ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
+  ack.session_id = session->id;
+  ack.engine_id = local_id_;
+  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
+    EndSession(session->id, "hello answer could not be sent");
+    return;
+  }
+  LOG_INFO("session %" PRIx64 " opened by %s (%s)", session->id, hello.engine_id.c_str(),
+           stream->PeerName().c_str());
+  // The client promises a heartbeat every interval; silence beyond its peer
+  // timeout (or ours, whichever is larger) ends the session.
+  const uint32_t silence_ms = std::max(config_.peer_timeout_ms, hello.peer_timeout_ms);
+  const char *why = "control connection closed";
+  for (;;) {
+    wire::MsgHeader header;
+    IoStatus io = IoStatus::kOk;
+    std::string error;
+    if (!ReadControl(*stream, Deadline::AfterMs(silence_ms), &header, &io, &error)) {
+      if (io == IoStatus::kTimeout) {
+        LOG_WARN("client %s silent for %u ms: dropping its session", hello.engine_id.c_str(), silence_ms);
+        why = "heartbeat timeout";
+      } else if (io == IoStatus::kOk) {
+        LOG_ERROR("protocol error on control connection from %s: %s", hello.engine_id.c_str(), error.c_str());
+        SendRefusal(*stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
+        why = "protocol error";
+      }
+      break;
+    }
+    if (header.body_len != 0) {
+      LOG_ERROR("control message %s from %s carries an unexpected body", wire::MsgTypeName(header.type),
+                hello.engine_id.c_str());
+      why = "protocol error";
+      break;
+    }
+    if (header.type == static_cast<uint16_t>(MsgType::kPing)) {
+      if (!SendControl(*stream, MsgType::kPong, header.request_id, Deadline::AfterMs(silence_ms))) break;
+    } else if (header.type == static_cast<uint16_t>(MsgType::kGoodbye)) {
+      // Lanes are shut down before the ack, so the client knows nothing of the
+      // session is still being served once it reads the ack.
+      EndSession(session->id, "client said goodbye", /*shutdown_control=*/false);
+      SendControl(*stream, MsgType::kGoodbyeAck, header.request_id, Deadline::AfterMs(1000));
+      stream->Shutdown();
+      return;
+    } else {
+      LOG_ERROR("unexpected %s on control connection from %s", wire::MsgTypeName(header.type),
+                hello.engine_id.c_str());
+      why = "protocol error";
+      break;
+    }
+  }
+  EndSession(session->id, why);
+}
+
+void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = sessions_.find(hello.session_id);
+    if (it == sessions_.end() || it->second->ended || it->second->client_id != hello.engine_id) {
+      LOG_WARN("data connection from %s names no live session", hello.engine_id.c_str());
+      SendRefusal(*stream, adxl::NOT_CONNECTED, "no such session (reconnect)", Deadline::AfterMs(200));
+      stream->Shutdown();
+      return;
+    }
+    it->second->lanes.push_back(stream);
+  }
+  wire::HelloAck ack;
+  ack.session_id = hello.session_id;
+  ack.engine_id = local_id_;
+  if (SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
+    ServeContext ctx;
+    ctx.registry = registry_;
+    ctx.app_handler = app_handler_;
+    ctx.peer = hello.engine_id;
+    ctx.stopping = &stopping_;
+    ServeLane(*stream, ctx);
+  }
+  stream->Shutdown();
+  std::lock_guard lock(mutex_);
+  auto it = sessions_.find(hello.session_id);
+  if (it != sessions_.end()) {
+    auto &lanes = it->second->lanes;
+    lanes.erase(std::remove(lanes.begin(), lanes.end(), stream), lanes.end());
+  }
+}
+
+void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
+  std::shared_ptr<LanePool> pool;
+  bool first = false;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = sessions_.find(hello.session_id);
+    if (it == sessions_.end() || it->second->ended || it->second->client_id != hello.engine_id) {
+      SendRefusal(*stream, adxl::NOT_CONNECTED, "no such session (reconnect)", Deadline::AfterMs(200));
+      stream->Shutdown();
+      return;
+    }
+    auto &session = it->second;
+    if (!session->reverse) {
+      session->reverse = std::make_shared<LanePool>(session->client_id, workers_, nullptr);
+      first = true;
+    }
+    pool = session->reverse;
+  }
+  wire::HelloAck ack;
+  ack.session_id = hello.session_id;
+  ack.engine_id = local_id_;
+  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms)) || !pool->AddLane(stream)) {
+    stream->Shutdown();
+    return;
+  }
+  if (first && callbacks_.on_reverse) callbacks_.on_reverse(hello.engine_id, hello.session_id, pool);
+}
+
+void PeerServer::EndSession(uint64_t session_id, const char *why, bool shutdown_control) {
+  std::shared_ptr<Session> session;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = sessions_.find(session_id);
+    if (it == sessions_.end()) return;
+    session = it->second;
+    sessions_.erase(it);
+    session->ended = true;
+    for (auto &lane : session->lanes) lane->Shutdown();
+  }
+  if (shutdown_control) session->control->Shutdown();
+  if (session->reverse) session->reverse->ShutdownAll();
+  LOG_INFO("session %" PRIx64 " of %s ended: %s", session_id, session->client_id.c_str(), why);
+  if (callbacks_.on_session_end) callbacks_.on_session_end(session->client_id, session_id);
+}
+
+}  // namespace llmdd

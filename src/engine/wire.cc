@@ -1,0 +1,126 @@
+#include "engine/wire.h"
+
+namespace llmdd::wire {
+
+const char *MsgTypeName(uint16_t type) {
+  switch (static_cast<MsgType>(type)) {
+    case MsgType::kHello: return "Hello";
+    case MsgType::kHelloAck: return "HelloAck";
+    case MsgType::kPing: return "Ping";
+    case MsgType::kPong: return "Pong";
+    case MsgType::kGoodbye: return "Goodbye";
+    case MsgType::kGoodbyeAck: return "GoodbyeAck";
+    case MsgType::kError: return "Error";
+    case MsgType::kReadRequest: return "ReadRequest";
+    case MsgType::kReadResponse: return "ReadResponse";
+    case MsgType::kWriteRequest: return "WriteRequest";
+    case MsgType::kWriteResponse: return "WriteResponse";
+    case MsgType::kAppRequest: return "AppRequest";
+    case MsgType::kAppResponse: return "AppResponse";
+  }
+  return "Unknown";
+}
+
+std::string CheckHeader(const MsgHeader &header) {
+  if (header.magic != kMagic) return "bad magic (not an llm_datadist engine peer)";
+  if (header.version != kVersion)
+    return "unsupported protocol version " + std::to_string(header.version) + " (this engine speaks " +
+           std::to_string(kVersion) + ")";
+  uint64_t max_body = 0;
+  bool payload_allowed = false;
+  switch (static_cast<MsgType>(header.type)) {
+    case MsgType::kHello:
+    case MsgType::kHelloAck:
+    case MsgType::kPing:
+    case MsgType::kPong:
+    case MsgType::kGoodbye:
+    case MsgType::kGoodbyeAck:
+    case MsgType::kError:
+      max_body = kMaxControlBody;
+      break;
+    case MsgType::kReadRequest:
+      max_body = kRangeBodyHeader + kRangeEntrySize * kMaxRangesPerRequest;
+      break;
+    case MsgType::kWriteRequest:
+      max_body = kRangeBodyHeader + kRangeEntrySize * kMaxRangesPerRequest;
+      payload_allowed = true;
+      break;
+    case MsgType::kReadResponse:
+      max_body = kMaxErrorText;
+      payload_allowed = true;
+      break;
+    case MsgType::kWriteResponse:
+      max_body = kMaxErrorText;
+      break;
+    case MsgType::kAppRequest:
+    case MsgType::kAppResponse:
+      max_body = kMaxAppBody;
+      break;
+    default:
+      return "unknown message type " + std::to_string(header.type);
+  }
+  if (header.body_len > max_body)
+    return std::string(MsgTypeName(header.type)) + " body of " + std::to_string(header.body_len) +
+           " bytes exceeds the limit of " + std::to_string(max_body);
+  if (!payload_allowed && header.payload_len != 0)
+    return std::string(MsgTypeName(header.type)) + " must not carry a payload";
+  return "";
+}
+
+std::string EncodeHello(const Hello &hello) {
+  BodyWriter w;
+  w.U32(static_cast<uint32_t>(hello.role));
+  w.U32(hello.capabilities);
+  w.U64(hello.session_id);
+  w.U32(hello.lanes);
+  w.U32(hello.heartbeat_interval_ms);
+  w.U32(hello.peer_timeout_ms);
+  w.Str(hello.engine_id);
+  w.Str(hello.target_engine_id);
+  return w.Data();
+}
+
+bool DecodeHello(const std::string &body, Hello *out) {
+  BodyReader r(body.data(), body.size());
+  uint32_t role = 0;
+  if (!r.U32(&role) || !r.U32(&out->capabilities) || !r.U64(&out->session_id) || !r.U32(&out->lanes) ||
+      !r.U32(&out->heartbeat_interval_ms) || !r.U32(&out->peer_timeout_ms) ||
+      !r.Str(&out->engine_id, kMaxEngineIdLen) || !r.Str(&out->target_engine_id, kMaxEngineIdLen))
+    return false;
+  if (role < 1 || role > 3) return false;
+  out->role = static_cast<ConnRole>(role);
+  return true;  // trailing bytes are tolerated: later minor revisions may append fields
+}
+
+std::string EncodeHelloAck(const HelloAck &ack) {
+  BodyWriter w;
+  w.U32(ack.capabilities);
+  w.U64(ack.session_id);
+  w.Str(ack.engine_id);
+  return w.Data();
+}
+
+bool DecodeHelloAck(const std::string &body, HelloAck *out) {
+  BodyReader r(body.data(), body.size());
+  return r.U32(&out->capabilities) && r.U64(&out->session_id) && r.Str(&out->engine_id, kMaxEngineIdLen);
+}
+
+void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]) {
+  memcpy(out, &count, 4);
+  memcpy(out + 4, &timeout_ms, 4);
+  memcpy(out + 8, &total, 8);
+}
+
+std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
+                              uint32_t *timeout_ms, uint64_t *total) {
+  memcpy(count, in, 4);
+  memcpy(timeout_ms, in + 4, 4);
+  memcpy(total, in + 8, 8);
+  if (*count == 0 || *count > kMaxRangesPerRequest)
+    return "range count " + std::to_string(*count) + " outside [1, " + std::to_string(kMaxRangesPerRequest) + "]";
+  if (body_len != kRangeBodyHeader + kRangeEntrySize * static_cast<uint64_t>(*count))
+    return "body length " + std::to_string(body_len) + " does not match " + std::to_string(*count) + " ranges";
+  return "";
+}
+
+}  // namespace llmdd::wire

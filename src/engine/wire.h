@@ -1,0 +1,151 @@
+// Wire format of the engine's protocol (documented in docs/PROTOCOL.md).
+// Every message is a fixed 40-byte header, a structured body of body_len bytes
+// and, for data messages, payload_len bulk bytes. All integers little-endian.
+// Decoding treats every byte as untrusted: sizes are bounded before anything is
+// allocated, unknown types/versions are refused.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llmdd::wire {
+
+constexpr uint32_t kMagic = 0x4C58444CU;  // bytes "LDXL"
+constexpr uint16_t kVersion = 1;
+
+enum class MsgType : uint16_t {
+  kHello = 1,          // first message on every connection
+  kHelloAck = 2,
+  kPing = 3,           // control connection heartbeats
+  kPong = 4,
+  kGoodbye = 5,        // orderly disconnect
+  kGoodbyeAck = 6,
+  kError = 7,          // fatal protocol error; the sender closes the connection
+  kReadRequest = 16,   // data lanes
+  kReadResponse = 17,
+  kWriteRequest = 18,
+  kWriteResponse = 19,
+  kAppRequest = 32,    // opaque request/response for layers above the engine
+  kAppResponse = 33,
+};
+
+const char *MsgTypeName(uint16_t type);
+
+struct MsgHeader {
+  uint32_t magic = kMagic;
+  uint16_t version = kVersion;
+  uint16_t type = 0;
+  uint32_t status = 0;       // adxl status code in responses
+  uint32_t flags = 0;
+  uint64_t request_id = 0;
+  uint64_t body_len = 0;
+  uint64_t payload_len = 0;
+};
+static_assert(sizeof(MsgHeader) == 40, "wire header must be 40 bytes");
+
+// Connection roles announced in Hello.
+enum class ConnRole : uint32_t {
+  kControl = 1,      // handshake, heartbeats, goodbye, app messages
+  kDataLane = 2,     // connector sends data requests, acceptor serves them
+  kReverseLane = 3,  // acceptor sends data requests, connector serves them
+};
+
+// Capability bits announced in Hello / HelloAck.
+constexpr uint32_t kCapReverseLanes = 1U << 0;
+constexpr uint32_t kCapAppMessages = 1U << 1;
+
+// Bounds that the decoder enforces before allocating.
+constexpr uint32_t kMaxRangesPerRequest = 65536;
+constexpr uint64_t kMaxControlBody = 4096;
+constexpr uint64_t kMaxAppBody = 64ULL << 20;
+constexpr uint64_t kMaxErrorText = 512;
+constexpr uint32_t kMaxEngineIdLen = 256;
+constexpr uint64_t kRangeBodyHeader = 16;  // count u32, timeout_ms u32, total u64
+constexpr uint64_t kRangeEntrySize = 16;   // addr u64, len u64
+
+struct Hello {
+  ConnRole role = ConnRole::kControl;
+  uint32_t capabilities = 0;
+  uint64_t session_id = 0;        // 0 on control connections; the session on lanes
+  uint32_t lanes = 0;             // data lanes the client will open
+  uint32_t heartbeat_interval_ms = 0;
+  uint32_t peer_timeout_ms = 0;
+  std::string engine_id;          // sender's engine id (client's local_engine)
+  std::string target_engine_id;   // the id the client used to reach the server
+};
+
+struct HelloAck {
+  uint32_t capabilities = 0;
+  uint64_t session_id = 0;
+  std::string engine_id;          // server's own engine id
+};
+
+struct Range {
+  uint64_t addr;
+  uint64_t len;
+};
+
+// Little-endian encoder/decoder helpers.
+class BodyWriter {
+ public:
+  void U32(uint32_t v) { Append(&v, sizeof(v)); }
+  void U64(uint64_t v) { Append(&v, sizeof(v)); }
+  void Str(std::string_view s) {
+    U32(static_cast<uint32_t>(s.size()));
+    Append(s.data(), s.size());
+  }
+  void Bytes(const void *data, size_t len) { Append(data, len); }
+  const std::string &Data() const { return data_; }
+  std::string &MutableData() { return data_; }
+
+ private:
+  void Append(const void *p, size_t n) { data_.append(static_cast<const char *>(p), n); }
+  std::string data_;
+};
+
+class BodyReader {
+ public:
+  BodyReader(const void *data, size_t len) : p_(static_cast<const uint8_t *>(data)), left_(len) {}
+  bool U32(uint32_t *v) { return Take(v, sizeof(*v)); }
+  bool U64(uint64_t *v) { return Take(v, sizeof(*v)); }
+  bool Str(std::string *s, uint32_t max_len) {
+    uint32_t n = 0;
+    if (!U32(&n) || n > max_len || n > left_) return false;
+    s->assign(reinterpret_cast<const char *>(p_), n);
+    p_ += n;
+    left_ -= n;
+    return true;
+  }
+  size_t Left() const { return left_; }
+
+ private:
+  bool Take(void *out, size_t n) {
+    if (left_ < n) return false;
+    memcpy(out, p_, n);
+    p_ += n;
+    left_ -= n;
+    return true;
+  }
+  const uint8_t *p_;
+  size_t left_;
+};
+
+// Header checks common to every message: magic, version, known type, body bound
+// for that type. Returns an empty string when valid, else the reason.
+std::string CheckHeader(const MsgHeader &header);
+
+std::string EncodeHello(const Hello &hello);
+bool DecodeHello(const std::string &body, Hello *out);
+std::string EncodeHelloAck(const HelloAck &ack);
+bool DecodeHelloAck(const std::string &body, HelloAck *out);
+
+// Range-list body of Read/Write requests.
+void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]);
+// Validates count against body_len and the limits; returns "" or the reason.
+std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
+                              uint32_t *timeout_ms, uint64_t *total);
+
+}  // namespace llmdd::wire

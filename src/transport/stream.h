@@ -1,0 +1,48 @@
+// ByteStream: the seam between the engine's protocol code and the bytes on the
+// wire. The TCP transport implements it; tests wrap it in fault-injecting
+// decorators (delay, stall, drop, corrupt, close, partial writes).
+//
+// Contract: ReadFull/WriteFull move exactly the bytes described by the iovecs
+// or fail; they never block past the deadline. After any non-kOk result the
+// stream's framing is unknown and the caller must Close() it. Shutdown() may be
+// called from another thread to wake a blocked reader/writer (it then returns
+// kClosed); Close() must not race with I/O on the same stream.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <string>
+
+#include "common/deadline.h"
+
+namespace llmdd {
+
+enum class IoStatus { kOk, kTimeout, kClosed, kError };
+
+const char *IoStatusName(IoStatus status);
+
+class ByteStream {
+ public:
+  virtual ~ByteStream() = default;
+  // Both take a scratch copy of the iovec array; the caller's array is untouched.
+  virtual IoStatus ReadFull(const iovec *iov, int iovcnt, Deadline deadline) = 0;
+  virtual IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline deadline) = 0;
+  virtual void Shutdown() = 0;
+  virtual void Close() = 0;
+  // Human-readable peer description for logs ("127.0.0.1:26000").
+  virtual std::string PeerName() const = 0;
+  // errno of the last kError, for logs.
+  virtual int LastErrno() const = 0;
+
+  IoStatus Read(void *buf, size_t len, Deadline deadline) {
+    iovec iov{buf, len};
+    return ReadFull(&iov, 1, deadline);
+  }
+  IoStatus Write(const void *buf, size_t len, Deadline deadline) {
+    iovec iov{const_cast<void *>(buf), len};
+    return WriteFull(&iov, 1, deadline);
+  }
+};
+
+}  // namespace llmdd

@@ -1,0 +1,291 @@
+#include "transport/tcp/tcp_stream.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include "common/log.h"
+
+namespace llmdd {
+namespace {
+
+constexpr int kMaxIovPerCall = IOV_MAX < 1024 ? IOV_MAX : 1024;
+
+void SetNonBlocking(int fd) {
+  int flags = fcntl(fd, F_GETFL, 0);
+  fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+// Walks a caller-owned iovec array without modifying it: position = (index, offset).
+class IovCursor {
+ public:
+  IovCursor(const iovec *iov, int count) : iov_(iov), count_(count) { SkipEmpty(); }
+  bool Done() const { return index_ >= count_; }
+  // Fills `out` with up to kMaxIovPerCall entries starting at the cursor.
+  int Fill(iovec *out) const {
+    int n = 0;
+    for (int i = index_; i < count_ && n < kMaxIovPerCall; ++i) {
+      if (iov_[i].iov_len == 0) continue;
+      size_t skip = (i == index_) ? offset_ : 0;
+      out[n].iov_base = static_cast<char *>(iov_[i].iov_base) + skip;
+      out[n].iov_len = iov_[i].iov_len - skip;
+      ++n;
+    }
+    return n;
+  }
+  void Advance(size_t bytes) {
+    while (bytes > 0 && index_ < count_) {
+      size_t left = iov_[index_].iov_len - offset_;
+      if (bytes < left) {
+        offset_ += bytes;
+        return;
+      }
+      bytes -= left;
+      ++index_;
+      offset_ = 0;
+      SkipEmpty();
+    }
+  }
+
+ private:
+  void SkipEmpty() {
+    while (index_ < count_ && iov_[index_].iov_len == 0) ++index_;
+  }
+  const iovec *iov_;
+  int count_;
+  int index_ = 0;
+  size_t offset_ = 0;
+};
+
+}  // namespace
+
+void TuneSocket(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  int buf = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+}
+
+TcpStream::TcpStream(int fd, std::string peer_name) : fd_(fd), peer_name_(std::move(peer_name)) {
+  SetNonBlocking(fd);
+  TuneSocket(fd);
+}
+
+TcpStream::~TcpStream() { Close(); }
+
+std::unique_ptr<TcpStream> TcpStream::Connect(const Endpoint &remote, Deadline deadline, bool *timed_out,
+                                              std::string *error) {
+  *timed_out = false;
+  sockaddr_storage addr;
+  socklen_t addr_len = remote.ToSockaddr(&addr);
+  int fd = socket(remote.family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    *error = std::string("socket() failed: ") + strerror(errno);
+    return nullptr;
+  }
+  if (connect(fd, reinterpret_cast<sockaddr *>(&addr), addr_len) != 0 && errno != EINPROGRESS) {
+    *error = "connect to " + remote.ToString() + " failed: " + strerror(errno);
+    close(fd);
+    return nullptr;
+  }
+  pollfd pfd{fd, POLLOUT, 0};
+  int ready;
+  do {
+    ready = poll(&pfd, 1, deadline.RemainingMsForPoll());
+  } while (ready < 0 && errno == EINTR);
+  if (ready == 0) {
+    *timed_out = true;
+    *error = "connect to " + remote.ToString() + " timed out";
+    close(fd);
+    return nullptr;
+  }
+  int so_error = 0;
+  socklen_t len = sizeof(so_error);
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len);
+  if (ready < 0 || so_error != 0) {
+    *error = "connect to " + remote.ToString() + " failed: " + strerror(so_error ? so_error : errno);
+    close(fd);
+    return nullptr;
+  }
+  return std::make_unique<TcpStream>(fd, remote.ToString());
+}
+
+IoStatus TcpStream::WaitFor(short events, Deadline deadline) {
+  int fd = fd_.load();
+  if (fd < 0) return IoStatus::kClosed;
+  pollfd pfd{fd, events, 0};
+  for (;;) {
+    int ready = poll(&pfd, 1, deadline.RemainingMsForPoll());
+    if (ready > 0) return IoStatus::kOk;  // readiness or error: the next syscall reports which
+    if (ready == 0) return IoStatus::kTimeout;
+    if (errno != EINTR) {
+      last_errno_ = errno;
+      return IoStatus::kError;
+    }
+  }
+}
+
+IoStatus TcpStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline) {
+  IovCursor cursor(iov, iovcnt);
+  iovec window[kMaxIovPerCall];
+  while (!cursor.Done()) {
+    int fd = fd_.load();
+    if (fd < 0) return IoStatus::kClosed;
+    int n = cursor.Fill(window);
+    ssize_t got = readv(fd, window, n);
+    if (got > 0) {
+      cursor.Advance(static_cast<size_t>(got));
+      continue;
+    }
+    if (got == 0) return IoStatus::kClosed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (deadline.Expired()) return IoStatus::kTimeout;
+      IoStatus waited = WaitFor(POLLIN, deadline);
+      if (waited != IoStatus::kOk) return waited;
+      continue;
+    }
+    last_errno_ = errno;
+    return (errno == ECONNRESET || errno == EPIPE) ? IoStatus::kClosed : IoStatus::kError;
+  }
+  return IoStatus::kOk;
+}
+
+IoStatus TcpStream::WriteFull(const iovec *iov, int iovcnt, Deadline deadline) {
+  IovCursor cursor(iov, iovcnt);
+  iovec window[kMaxIovPerCall];
+  while (!cursor.Done()) {
+    int fd = fd_.load();
+    if (fd < 0) return IoStatus::kClosed;
+    int n = cursor.Fill(window);
+    msghdr msg{};
+    msg.msg_iov = window;
+    msg.msg_iovlen = static_cast<size_t>(n);
+    ssize_t sent = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    if (sent >= 0) {
+      cursor.Advance(static_cast<size_t>(sent));
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (deadline.Expired()) return IoStatus::kTimeout;
+      IoStatus waited = WaitFor(POLLOUT, deadline);
+      if (waited != IoStatus::kOk) return waited;
+      continue;
+    }
+    last_errno_ = errno;
+    return (errno == ECONNRESET || errno == EPIPE) ? IoStatus::kClosed : IoStatus::kError;
+  }
+  return IoStatus::kOk;
+}
+
+void TcpStream::Shutdown() {
+  int fd = fd_.load();
+  if (fd >= 0) shutdown(fd, SHUT_RDWR);
+}
+
+void TcpStream::Close() {
+  int fd = fd_.exchange(-1);
+  if (fd >= 0) close(fd);
+}
+
+TcpListener::~TcpListener() { Close(); }
+
+bool TcpListener::Listen(const Endpoint &local, std::string *error) {
+  sockaddr_storage addr;
+  socklen_t addr_len = local.ToSockaddr(&addr);
+  fd_ = socket(local.family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd_ < 0) {
+    *error = std::string("socket() failed: ") + strerror(errno);
+    return false;
+  }
+  int one = 1;
+  setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (local.family == AF_INET6) setsockopt(fd_, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (bind(fd_, reinterpret_cast<sockaddr *>(&addr), addr_len) != 0) {
+    *error = "cannot bind " + local.ToString() + ": " + strerror(errno);
+    Close();
+    return false;
+  }
+  if (listen(fd_, 512) != 0) {
+    *error = "cannot listen on " + local.ToString() + ": " + strerror(errno);
+    Close();
+    return false;
+  }
+  sockaddr_storage bound{};
+  socklen_t bound_len = sizeof(bound);
+  getsockname(fd_, reinterpret_cast<sockaddr *>(&bound), &bound_len);
+  port_ = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6 *>(&bound)->sin6_port
+                                             : reinterpret_cast<sockaddr_in *>(&bound)->sin_port);
+  if (pipe2(wake_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) {
+    *error = std::string("pipe2 failed: ") + strerror(errno);
+    Close();
+    return false;
+  }
+  return true;
+}
+
+std::unique_ptr<TcpStream> TcpListener::Accept(Deadline deadline) {
+  while (!stopped_.load()) {
+    pollfd pfds[2] = {{fd_, POLLIN, 0}, {wake_pipe_[0], POLLIN, 0}};
+    int ready = poll(pfds, 2, deadline.RemainingMsForPoll());
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0 || stopped_.load()) return nullptr;
+    if (pfds[1].revents != 0) return nullptr;
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof(peer);
+    int fd = accept4(fd_, reinterpret_cast<sockaddr *>(&peer), &peer_len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+      if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
+      LOG_WARN("accept failed: %s", strerror(errno));
+      if (errno == EMFILE || errno == ENFILE) {
+        // Out of descriptors: back off instead of spinning.
+        poll(nullptr, 0, 50);
+        continue;
+      }
+      return nullptr;
+    }
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (peer.ss_family == AF_INET) {
+      auto *sa = reinterpret_cast<sockaddr_in *>(&peer);
+      inet_ntop(AF_INET, &sa->sin_addr, host, sizeof(host));
+      port = ntohs(sa->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      auto *sa = reinterpret_cast<sockaddr_in6 *>(&peer);
+      inet_ntop(AF_INET6, &sa->sin6_addr, host, sizeof(host));
+      port = ntohs(sa->sin6_port);
+    }
+    return std::make_unique<TcpStream>(fd, std::string(host) + ":" + std::to_string(port));
+  }
+  return nullptr;
+}
+
+void TcpListener::Stop() {
+  stopped_.store(true);
+  if (wake_pipe_[1] >= 0) {
+    char byte = 1;
+    ssize_t ignored = write(wake_pipe_[1], &byte, 1);
+    (void)ignored;
+  }
+}
+
+void TcpListener::Close() {
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
+  for (int &end : wake_pipe_) {
+    if (end >= 0) close(end);
+    end = -1;
+  }
+}
+
+}  // namespace llmdd

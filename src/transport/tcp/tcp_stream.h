@@ -1,0 +1,63 @@
+// TCP implementation of ByteStream plus a listener. Sockets are non-blocking;
+// every wait is a poll() bounded by the caller's deadline.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "common/deadline.h"
+#include "common/endpoint.h"
+#include "transport/stream.h"
+
+namespace llmdd {
+
+class TcpStream final : public ByteStream {
+ public:
+  // Takes ownership of a connected socket.
+  TcpStream(int fd, std::string peer_name);
+  ~TcpStream() override;
+
+  // Connects within the deadline. On failure returns nullptr, sets *timed_out
+  // when the deadline (not a refusal) ended the attempt, and fills *error.
+  static std::unique_ptr<TcpStream> Connect(const Endpoint &remote, Deadline deadline, bool *timed_out,
+                                            std::string *error);
+
+  IoStatus ReadFull(const iovec *iov, int iovcnt, Deadline deadline) override;
+  IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline deadline) override;
+  void Shutdown() override;
+  void Close() override;
+  std::string PeerName() const override { return peer_name_; }
+  int LastErrno() const override { return last_errno_; }
+
+ private:
+  IoStatus WaitFor(short events, Deadline deadline);
+
+  std::atomic<int> fd_;
+  std::string peer_name_;
+  int last_errno_ = 0;
+};
+
+class TcpListener {
+ public:
+  ~TcpListener();
+  // Binds and listens; returns false with *error on failure (e.g. port in use).
+  bool Listen(const Endpoint &local, std::string *error);
+  // Waits up to the deadline for a connection; nullptr on timeout or after Stop().
+  std::unique_ptr<TcpStream> Accept(Deadline deadline);
+  // Wakes Accept() for good; safe from another thread.
+  void Stop();
+  void Close();
+  int Port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int wake_pipe_[2] = {-1, -1};
+  int port_ = 0;
+  std::atomic<bool> stopped_{false};
+};
+
+// Tunes a connected socket for bulk transfer (no Nagle, large buffers).
+void TuneSocket(int fd);
+
+}  // namespace llmdd
