@@ -45,10 +45,12 @@ bool Engine::Initialized() const {
 }
 
 adxl::Status Engine::Initialize(const std::string &local_engine, const std::map<std::string, std::string> &options) {
-  std::unique_lock lock(lifecycle_);
-  if (initialized_) {
-    LOG_INFO("engine %s already initialized; Initialize ignored", local_id_.c_str());
-    return adxl::SUCCESS;
+  {
+    std::shared_lock lock(lifecycle_);
+    if (initialized_) {
+      LOG_INFO("engine %s already initialized; Initialize ignored", local_id_.c_str());
+      return adxl::SUCCESS;
+    }
   }
   Endpoint endpoint;
   std::string error;
@@ -61,12 +63,19 @@ adxl::Status Engine::Initialize(const std::string &local_engine, const std::map<
     LOG_ERROR("Initialize: %s", error.c_str());
     return adxl::PARAM_INVALID;
   }
-  local_id_ = local_engine;
-  local_endpoint_ = endpoint;
+  return Start(local_engine, config, endpoint.HasListenPort() ? &endpoint : nullptr, Hooks{});
+}
+
+adxl::Status Engine::Start(const std::string &identity, const EngineConfig &config, const Endpoint *listen,
+                           Hooks hooks) {
+  std::unique_lock lock(lifecycle_);
+  if (initialized_) return adxl::SUCCESS;
+  local_id_ = identity;
   config_ = config;
+  hooks_ = std::move(hooks);
   workers_ = std::make_unique<WorkerPool>(static_cast<int>(config_.worker_threads));
-  if (endpoint.HasListenPort()) {
-    adxl::Status status = StartServer(endpoint);
+  if (listen != nullptr) {
+    adxl::Status status = StartServerLocked(*listen);
     if (status != adxl::SUCCESS) {
       workers_.reset();
       return status;
@@ -77,16 +86,62 @@ adxl::Status Engine::Initialize(const std::string &local_engine, const std::map<
   return adxl::SUCCESS;
 }
 
-adxl::Status Engine::StartServer(const Endpoint &listen) {
-  server_ = std::make_unique<PeerServer>(local_id_, &registry_, workers_.get(), &app_handler_, config_,
-                                         PeerServer::Callbacks{});
+adxl::Status Engine::StartServerLocked(const Endpoint &listen) {
+  PeerServer::Callbacks callbacks;
+  callbacks.on_reverse = [this](const std::string &peer, uint64_t session, std::shared_ptr<LanePool> pool) {
+    {
+      std::lock_guard guard(attached_mutex_);
+      attached_[peer] = Attached{session, std::move(pool)};
+    }
+    if (hooks_.on_peer_attached) hooks_.on_peer_attached(peer, session);
+  };
+  callbacks.on_session_end = [this](const std::string &peer, uint64_t session) {
+    bool removed = false;
+    {
+      std::lock_guard guard(attached_mutex_);
+      auto it = attached_.find(peer);
+      if (it != attached_.end() && it->second.session_id == session) {
+        attached_.erase(it);
+        removed = true;
+      }
+    }
+    if (removed && hooks_.on_peer_detached) hooks_.on_peer_detached(peer, session);
+  };
+  auto server = std::make_unique<PeerServer>(local_id_, &registry_, workers_.get(), &hooks_.app_handler, config_,
+                                             std::move(callbacks));
   std::string error;
-  if (!server_->Start(listen, &error)) {
-    LOG_ERROR("Initialize: %s", error.c_str());
-    server_.reset();
+  if (!server->Start(listen, &error)) {
+    LOG_ERROR("cannot listen: %s", error.c_str());
     return adxl::FAILED;
   }
+  server_ = std::move(server);
+  local_endpoint_ = listen;
   return adxl::SUCCESS;
+}
+
+adxl::Status Engine::StartListening(const Endpoint &listen) {
+  std::unique_lock lock(lifecycle_);
+  if (!initialized_) return adxl::FAILED;
+  if (server_) return adxl::SUCCESS;
+  return StartServerLocked(listen);
+}
+
+void Engine::StopListening() {
+  std::unique_lock lock(lifecycle_);
+  if (server_) server_->Stop();
+  server_.reset();
+  std::lock_guard guard(attached_mutex_);
+  attached_.clear();
+}
+
+bool Engine::Listening() const {
+  std::shared_lock lock(lifecycle_);
+  return server_ != nullptr;
+}
+
+int Engine::ListenPort() const {
+  std::shared_lock lock(lifecycle_);
+  return server_ ? server_->Port() : -1;
 }
 
 void Engine::Finalize() {
@@ -103,6 +158,10 @@ void Engine::Finalize() {
   }
   channels.clear();
   server_.reset();
+  {
+    std::lock_guard guard(attached_mutex_);
+    attached_.clear();
+  }
   registry_.Clear();
   workers_.reset();
   initialized_ = false;
@@ -168,32 +227,124 @@ adxl::Status Engine::Connect(const std::string &remote, int32_t timeout_ms) {
     LOG_ERROR("Connect: '%s' is this engine itself", remote.c_str());
     return adxl::PARAM_INVALID;
   }
+  adxl::Status status = ConnectKeyed(remote, endpoint, 0, deadline, &error);
+  if (status != adxl::SUCCESS) LOG_ERROR("Connect(%s) failed: %s", remote.c_str(), error.c_str());
+  return status;
+}
+
+adxl::Status Engine::ConnectKeyed(const std::string &key, const Endpoint &remote, uint32_t reverse_lanes,
+                                  Deadline deadline, std::string *error) {
   {
     std::lock_guard guard(channels_mutex_);
-    if (channels_.count(remote) != 0) {
-      LOG_ERROR("Connect: already connected to %s", remote.c_str());
+    if (channels_.count(key) != 0) {
+      *error = "already connected to " + key;
       return adxl::ALREADY_CONNECTED;
     }
-    channels_[remote] = nullptr;  // reserve
+    channels_[key] = nullptr;  // reserve: a concurrent Connect sees ALREADY_CONNECTED
   }
   Channel::Params params;
   params.local_id = local_id_;
-  params.remote_id = remote;
-  params.remote = endpoint;
+  params.remote_id = key;
+  params.remote = remote;
   params.config = config_;
+  params.reverse_lanes = reverse_lanes;
   params.workers = workers_.get();
   params.registry = &registry_;
-  params.app_handler = &app_handler_;
+  params.app_handler = &hooks_.app_handler;
   std::shared_ptr<Channel> channel;
-  adxl::Status status = Channel::Open(params, deadline, &channel, &error);
+  adxl::Status status = Channel::Open(params, deadline, &channel, error);
   std::lock_guard guard(channels_mutex_);
   if (status != adxl::SUCCESS) {
-    channels_.erase(remote);
-    LOG_ERROR("Connect(%s) failed: %s", remote.c_str(), error.c_str());
+    channels_.erase(key);
     return status;
   }
-  channels_[remote] = channel;
+  channels_[key] = channel;
   return adxl::SUCCESS;
+}
+
+adxl::Status Engine::DisconnectKeyed(const std::string &key, Deadline deadline, bool say_goodbye) {
+  std::shared_ptr<Channel> channel;
+  {
+    std::lock_guard guard(channels_mutex_);
+    auto it = channels_.find(key);
+    if (it == channels_.end() || !it->second) return adxl::NOT_CONNECTED;
+    channel = it->second;
+    channels_.erase(it);
+  }
+  channel->Close(say_goodbye ? deadline : Deadline::AfterMs(0));
+  return adxl::SUCCESS;
+}
+
+void Engine::DropAttachedPeer(const std::string &peer_id, uint64_t session_id) {
+  std::shared_ptr<LanePool> pool;
+  {
+    std::lock_guard guard(attached_mutex_);
+    auto it = attached_.find(peer_id);
+    if (it == attached_.end() || it->second.session_id != session_id) return;
+    pool = it->second.pool;
+    attached_.erase(it);
+  }
+  // Shutting the reverse lanes down makes the peer's serving threads see EOF.
+  pool->ShutdownAll();
+}
+
+bool Engine::HasChannel(const std::string &key) {
+  std::lock_guard guard(channels_mutex_);
+  auto it = channels_.find(key);
+  return it != channels_.end() && it->second;
+}
+
+std::shared_ptr<LanePool> Engine::FindPool(const std::string &key, std::shared_ptr<Channel> *channel) {
+  {
+    std::lock_guard guard(channels_mutex_);
+    auto it = channels_.find(key);
+    if (it != channels_.end() && it->second) {
+      *channel = it->second;
+      // Aliasing pointer: keeps the channel (and so its pool) alive.
+      return std::shared_ptr<LanePool>(it->second, &it->second->Lanes());
+    }
+  }
+  std::lock_guard guard(attached_mutex_);
+  auto it = attached_.find(key);
+  if (it != attached_.end()) return it->second.pool;
+  return nullptr;
+}
+
+adxl::Status Engine::TransferKeyed(const std::string &key, adxl::TransferOp op, const std::vector<Segment> &segs,
+                                   Deadline deadline, std::string *error) {
+  std::shared_lock lock(lifecycle_);
+  if (!initialized_) return adxl::FAILED;
+  std::shared_ptr<Channel> channel;
+  std::shared_ptr<LanePool> pool = FindPool(key, &channel);
+  if (!pool) {
+    *error = "no connection to " + key;
+    return adxl::NOT_CONNECTED;
+  }
+  if (segs.empty()) return adxl::SUCCESS;
+  std::unique_ptr<Channel::InFlight> in_flight;
+  if (channel) {
+    in_flight = std::make_unique<Channel::InFlight>(channel.get());
+    if (channel->Dead()) {
+      *error = "peer " + key + " is dead (" + channel->DeadReason() + ")";
+      return adxl::FAILED;
+    }
+  }
+  return pool->Transfer(op, segs, deadline, error);
+}
+
+adxl::Status Engine::AppCallKeyed(const std::string &key, uint32_t app_type, const std::string &request,
+                                  Deadline deadline, std::string *response, std::string *error) {
+  std::shared_lock lock(lifecycle_);
+  if (!initialized_) return adxl::FAILED;
+  std::shared_ptr<Channel> channel;
+  std::shared_ptr<LanePool> pool = FindPool(key, &channel);
+  if (!pool) {
+    *error = "no connection to " + key;
+    return adxl::NOT_CONNECTED;
+  }
+  std::unique_ptr<Channel::InFlight> in_flight;
+  if (channel) in_flight = std::make_unique<Channel::InFlight>(channel.get());
+  return pool->AppCall(app_type, request, deadline, response, error);
 }
 
 adxl::Status Engine::Disconnect(const std::string &remote, int32_t timeout_ms) {
@@ -212,18 +363,10 @@ adxl::Status Engine::Disconnect(const std::string &remote, int32_t timeout_ms) {
     LOG_ERROR("Disconnect: invalid remote engine '%s': %s", remote.c_str(), error.c_str());
     return adxl::PARAM_INVALID;
   }
-  std::shared_ptr<Channel> channel;
-  {
-    std::lock_guard guard(channels_mutex_);
-    auto it = channels_.find(remote);
-    if (it == channels_.end() || !it->second) {
-      LOG_ERROR("Disconnect: not connected to %s", remote.c_str());
-      return adxl::NOT_CONNECTED;
-    }
-    channel = it->second;
-    channels_.erase(it);
+  if (DisconnectKeyed(remote, Deadline::AfterMs(timeout_ms), true) != adxl::SUCCESS) {
+    LOG_ERROR("Disconnect: not connected to %s", remote.c_str());
+    return adxl::NOT_CONNECTED;
   }
-  channel->Close(Deadline::AfterMs(timeout_ms));
   LOG_INFO("disconnected from %s", remote.c_str());
   return adxl::SUCCESS;
 }

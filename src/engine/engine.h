@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -49,8 +50,48 @@ class Engine {
   const std::string &LocalId() const { return local_id_; }
   const EngineConfig &Config() const { return config_; }
 
+  // ---- Internal API for layers above ADXL (LLM-DataDist) ----
+  // Hooks must be set before Start(); they run on server threads.
+  struct Hooks {
+    AppHandler app_handler;
+    // A peer that connected to us opened reverse lanes: we can send it requests.
+    std::function<void(const std::string &peer_id, uint64_t session_id)> on_peer_attached;
+    std::function<void(const std::string &peer_id, uint64_t session_id)> on_peer_detached;
+  };
+  // Starts with an arbitrary identity (sent in Hello) and an optional listener.
+  adxl::Status Start(const std::string &identity, const EngineConfig &config, const Endpoint *listen, Hooks hooks);
+  adxl::Status StartListening(const Endpoint &listen);
+  void StopListening();
+  bool Listening() const;
+  int ListenPort() const;
+
+  // Channels keyed by a caller-chosen key; reverse_lanes > 0 lets the peer
+  // send us requests over connections we opened (links are bidirectional).
+  adxl::Status ConnectKeyed(const std::string &key, const Endpoint &remote, uint32_t reverse_lanes,
+                            Deadline deadline, std::string *error);
+  // say_goodbye=false closes locally without network traffic (forced unlink).
+  adxl::Status DisconnectKeyed(const std::string &key, Deadline deadline, bool say_goodbye);
+  // Ends the session a peer opened to us (server side of a forced unlink).
+  void DropAttachedPeer(const std::string &peer_id, uint64_t session_id);
+  // Moves segments to/from the peer: over our channel `key` if there is one,
+  // else over the reverse lanes of the peer whose identity is `key`.
+  adxl::Status TransferKeyed(const std::string &key, adxl::TransferOp op, const std::vector<Segment> &segs,
+                             Deadline deadline, std::string *error);
+  adxl::Status AppCallKeyed(const std::string &key, uint32_t app_type, const std::string &request,
+                            Deadline deadline, std::string *response, std::string *error);
+  bool HasChannel(const std::string &key);
+
  private:
-  adxl::Status StartServer(const Endpoint &listen);
+  adxl::Status StartServerLocked(const Endpoint &listen);
+  // Resolves `key` to a lane pool (channel first, then attached peer) and keeps it alive.
+  std::shared_ptr<LanePool> FindPool(const std::string &key, std::shared_ptr<Channel> *channel);
+  Hooks hooks_;
+  std::mutex attached_mutex_;
+  struct Attached {
+    uint64_t session_id;
+    std::shared_ptr<LanePool> pool;
+  };
+  std::map<std::string, Attached> attached_;
 
   mutable std::shared_mutex lifecycle_;
   bool initialized_ = false;
@@ -60,7 +101,6 @@ class Engine {
   MemoryRegistry registry_;
   std::unique_ptr<WorkerPool> workers_;
   std::unique_ptr<PeerServer> server_;
-  AppHandler app_handler_;
 
   std::mutex channels_mutex_;
   // A null value marks a Connect in progress (so a second Connect sees ALREADY_CONNECTED).
