@@ -281,7 +281,7 @@ bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &c
     std::string typed(4, '\0');
     memcpy(typed.data(), &header.flags, 4);
     typed += request;
-    status = (*ctx.app_handler)(ctx.peer, typed, &response);
+    status = (*ctx.app_handler)(ctx.peer, ctx.session_id, typed, &response);
   }
   if (response.size() > wire::kMaxAppBody) {
     status = adxl::FAILED;

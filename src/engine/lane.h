@@ -40,10 +40,11 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
                            uint64_t request_id, Deadline deadline);
 
 // Application messages (used by LLM-DataDist for cache tables and unlink).
-// The handler gets the peer's engine id and the request body; it returns a
-// status and fills the response body.
-using AppHandler = std::function<adxl::Status(const std::string &peer, const std::string &request,
-                                              std::string *response)>;
+// The handler gets the peer's engine id, the session the request arrived on
+// (0 on lanes this side opened) and the request body, prefixed with the 4-byte
+// app type; it returns a status and fills the response body.
+using AppHandler = std::function<adxl::Status(const std::string &peer, uint64_t session_id,
+                                              const std::string &request, std::string *response)>;
 
 LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::string &request, uint64_t request_id,
                           Deadline deadline, std::string *response);
@@ -52,6 +53,7 @@ struct ServeContext {
   MemoryRegistry *registry = nullptr;
   const AppHandler *app_handler = nullptr;  // may be null: app requests then get UNSUPPORTED
   std::string peer;                         // peer engine id, for logs and the app handler
+  uint64_t session_id = 0;                  // server-side session of the lane, 0 otherwise
   std::atomic<bool> *stopping = nullptr;
 };
 

@@ -214,6 +214,7 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     ctx.registry = registry_;
     ctx.app_handler = app_handler_;
     ctx.peer = hello.engine_id;
+    ctx.session_id = hello.session_id;
     ctx.stopping = &stopping_;
     ServeLane(*stream, ctx);
   }

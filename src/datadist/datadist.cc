@@ -1,0 +1,812 @@
+#include "datadist/datadist.h"
+
+#include <cinttypes>
+
+#include "common/endpoint.h"
+#include "common/log.h"
+#include "datadist/link_messages.h"
+
+namespace llmdd::datadist {
+
+using namespace llm_datadist;  // NOLINT: status constants and API types
+
+namespace {
+
+constexpr uint32_t kReverseLanes = 2;
+constexpr int kMaxParallelLinks = 16;
+
+std::string ClusterKey(uint64_t cluster) { return std::to_string(cluster); }
+
+bool ValidRole(LlmRole role) {
+  return role == LlmRole::kPrompt || role == LlmRole::kDecoder || role == LlmRole::kMix;
+}
+
+// Engine extension options ("llmdd.*") may be given to LLM-DataDist too.
+std::map<std::string, std::string> EngineOptions(const std::map<std::string, std::string> &options) {
+  std::map<std::string, std::string> out;
+  for (const auto &[key, value] : options)
+    if (key.rfind("llmdd.", 0) == 0) out[key] = value;
+  return out;
+}
+
+bool AllDigits(const std::string &text) {
+  if (text.empty()) return false;
+  for (char c : text)
+    if (c < '0' || c > '9') return false;
+  return true;
+}
+
+// Checks of KvCacheExtParam that do not need any geometry (spec 2.8.4).
+bool ValidExt(const KvCacheExtParam &ext, bool push, std::string *error) {
+  const auto &s = ext.src_layer_range;
+  const auto &d = ext.dst_layer_range;
+  if (s.first < -1 || s.second < -1 || d.first < -1 || d.second < -1 || s.first > s.second || d.first > d.second) {
+    *error = "layer ranges must satisfy -1 <= first <= second (src (" + std::to_string(s.first) + ", " +
+             std::to_string(s.second) + "), dst (" + std::to_string(d.first) + ", " + std::to_string(d.second) + "))";
+    return false;
+  }
+  if (ext.tensor_num_per_layer == 0) {
+    *error = "tensor_num_per_layer must be > 0";
+    return false;
+  }
+  if (push && s.second - s.first != d.second - d.first) {
+    *error = "src and dst layer ranges must have the same length";
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Status ToLlmStatus(adxl::Status status) {
+  switch (status) {
+    case adxl::SUCCESS: return LLM_SUCCESS;
+    case adxl::TIMEOUT: return LLM_TIMEOUT;
+    case adxl::NOT_CONNECTED: return LLM_NOT_YET_LINK;
+    case adxl::PARAM_INVALID: return LLM_PARAM_INVALID;
+    case adxl::ALREADY_CONNECTED: return LLM_ALREADY_LINK;
+    default: return LLM_FAILED;
+  }
+}
+
+DataDist::DataDist(uint64_t cluster_id, LlmRole role) : cluster_id_(cluster_id), role_(role) {}
+
+DataDist::~DataDist() { Finalize(); }
+
+bool DataDist::Ready(const char *call) const {
+  if (initialized_.load()) return true;
+  LOG_ERROR("%s: LlmDataDist (cluster %" PRIu64 ") is not initialized", call, cluster_id_);
+  return false;
+}
+
+Status DataDist::Initialize(const std::map<std::string, std::string> &options) {
+  std::lock_guard lock(init_mutex_);
+  if (initialized_.load()) return LLM_SUCCESS;
+  if (!ValidRole(role_.load())) {
+    LOG_ERROR("Initialize: invalid role %d", static_cast<int>(role_.load()));
+    return LLM_PARAM_INVALID;
+  }
+  auto device_it = options.find(OPTION_DEVICE_ID);
+  if (device_it == options.end() || device_it->second.empty()) {
+    LOG_ERROR("Initialize: option %s can not be empty", OPTION_DEVICE_ID);
+    return LLM_PARAM_INVALID;
+  }
+  // A ';'-separated list is accepted (the first device is used), as in CANN.
+  std::string first_device = device_it->second.substr(0, device_it->second.find(';'));
+  int64_t device_id = -1;
+  if (!ParseInt64(first_device, &device_id) || device_id < 0 || device_id > INT32_MAX) {
+    LOG_ERROR("Initialize: option %s='%s' is not a device ordinal", OPTION_DEVICE_ID, device_it->second.c_str());
+    return LLM_PARAM_INVALID;
+  }
+  int32_t sync_timeout = 1000;
+  auto wait_it = options.find(OPTION_SYNC_CACHE_WAIT_TIME);
+  if (wait_it != options.end()) {
+    int64_t v = 0;
+    if (!AllDigits(wait_it->second) || !ParseInt64(wait_it->second, &v) || v <= 0 || v > INT32_MAX) {
+      LOG_ERROR("Initialize: option %s='%s' must be a positive integer (milliseconds)", OPTION_SYNC_CACHE_WAIT_TIME,
+                wait_it->second.c_str());
+      return LLM_PARAM_INVALID;
+    }
+    sync_timeout = static_cast<int32_t>(v);
+  }
+  Endpoint listen;
+  bool listening = false;
+  auto listen_it = options.find(OPTION_LISTEN_IP_INFO);
+  if (listen_it != options.end()) {
+    std::string error;
+    if (!ParseListenIpInfo(listen_it->second, &listen, &error)) {
+      LOG_ERROR("Initialize: option %s='%s': %s", OPTION_LISTEN_IP_INFO, listen_it->second.c_str(), error.c_str());
+      return LLM_PARAM_INVALID;
+    }
+    listening = true;
+  }
+  for (const char *v1_only : {OPTION_BUF_POOL_CFG, OPTION_ENABLE_SET_ROLE}) {
+    if (options.count(v1_only) != 0) LOG_INFO("Initialize: option %s is V1 only; ignored", v1_only);
+  }
+  if (options.count(OPTION_LOCAL_COMM_RES) != 0)
+    LOG_INFO("Initialize: option %s describes Ascend NICs; not needed here, ignored", OPTION_LOCAL_COMM_RES);
+  EngineConfig config;
+  std::string error;
+  if (ParseEngineOptions(EngineOptions(options), &config, &error) != adxl::SUCCESS) {
+    LOG_ERROR("Initialize: %s", error.c_str());
+    return LLM_PARAM_INVALID;
+  }
+  device_ = OpenDevice(static_cast<int32_t>(device_id), &error);
+  if (!device_) {
+    LOG_ERROR("Initialize: %s", error.c_str());
+    return LLM_PARAM_INVALID;
+  }
+  engine_ = std::make_unique<Engine>();
+  Engine::Hooks hooks;
+  hooks.app_handler = [this](const std::string &peer, uint64_t session, const std::string &request,
+                             std::string *response) { return HandleApp(peer, session, request, response); };
+  hooks.on_peer_detached = [this](const std::string &peer, uint64_t session) { OnPeerDetached(peer, session); };
+  adxl::Status status = engine_->Start(ClusterKey(cluster_id_), config, listening ? &listen : nullptr, hooks);
+  if (status != adxl::SUCCESS) {
+    LOG_ERROR("Initialize: cannot start the transfer engine (listen %s)",
+              listening ? listen.ToString().c_str() : "none");
+    engine_.reset();
+    device_.reset();
+    return LLM_FAILED;
+  }
+  sync_timeout_ms_ = sync_timeout;
+  listen_ = listen;
+  listening_ = listening;
+  janitor_stop_ = false;
+  janitor_ = std::thread([this] { JanitorLoop(); });
+  initialized_.store(true);
+  LOG_INFO("LlmDataDist cluster %" PRIu64 " initialized (device %" PRId64 ", %s, sync timeout %d ms)", cluster_id_,
+           device_id, listening ? ("listening on " + listen.ToString()).c_str() : "client", sync_timeout);
+  return LLM_SUCCESS;
+}
+
+void DataDist::Finalize() {
+  std::lock_guard lock(init_mutex_);
+  if (!initialized_.exchange(false)) return;
+  {
+    std::lock_guard guard(janitor_mutex_);
+    janitor_stop_ = true;
+  }
+  janitor_wake_.notify_all();
+  if (janitor_.joinable()) janitor_.join();
+  {
+    std::lock_guard guard(links_mutex_);
+    links_.clear();
+    linking_.clear();
+  }
+  // Tears down every link (goodbye to peers we connected), the listener, and
+  // all registrations, waiting for requests that are being served.
+  engine_->Finalize();
+  engine_.reset();
+  {
+    std::lock_guard guard(caches_mutex_);
+    caches_.clear();
+  }
+  device_.reset();
+  LOG_INFO("LlmDataDist cluster %" PRIu64 " finalized", cluster_id_);
+}
+
+Status DataDist::SetRole(LlmRole role, const std::map<std::string, std::string> &options) {
+  if (!Ready("SetRole")) return LLM_FAILED;
+  if (!ValidRole(role)) {
+    LOG_ERROR("SetRole: invalid role %d", static_cast<int>(role));
+    return LLM_PARAM_INVALID;
+  }
+  Endpoint listen;
+  auto it = options.find(OPTION_LISTEN_IP_INFO);
+  const bool want_listen = it != options.end();
+  if (want_listen) {
+    std::string error;
+    if (!ParseListenIpInfo(it->second, &listen, &error)) {
+      LOG_ERROR("SetRole: option %s='%s': %s", OPTION_LISTEN_IP_INFO, it->second.c_str(), error.c_str());
+      return LLM_PARAM_INVALID;
+    }
+  }
+  {
+    std::lock_guard guard(links_mutex_);
+    if (!links_.empty() || !linking_.empty()) {
+      LOG_ERROR("SetRole: %zu link(s) still exist; unlink all clusters first", links_.size() + linking_.size());
+      return LLM_EXIST_LINK;
+    }
+  }
+  std::lock_guard lock(init_mutex_);
+  if (want_listen && listening_ && listen.port == listen_.port && listen.ip == listen_.ip) {
+    // Same listen address: nothing to change.
+  } else {
+    if (listening_) {
+      engine_->StopListening();
+      listening_ = false;
+    }
+    if (want_listen) {
+      if (engine_->StartListening(listen) != adxl::SUCCESS) {
+        LOG_ERROR("SetRole: cannot listen on %s", listen.ToString().c_str());
+        return LLM_FAILED;
+      }
+      listen_ = listen;
+      listening_ = true;
+    }
+  }
+  role_.store(role);
+  LOG_INFO("SetRole: cluster %" PRIu64 " is now role %d, %s", cluster_id_, static_cast<int>(role),
+           listening_ ? ("listening on " + listen_.ToString()).c_str() : "not listening");
+  return LLM_SUCCESS;
+}
+
+// ---------------------------------------------------------------- links
+
+Status DataDist::LinkClusters(const std::vector<ClusterInfo> &clusters, std::vector<Status> &rets,
+                              int32_t timeout_ms) {
+  if (!Ready("LinkLlmClusters")) return LLM_FAILED;
+  if (timeout_ms <= 0) {
+    LOG_ERROR("LinkLlmClusters: timeout %d ms must be > 0", timeout_ms);
+    return LLM_PARAM_INVALID;
+  }
+  if (clusters.empty()) {
+    LOG_ERROR("LinkLlmClusters: clusters is empty");
+    return LLM_PARAM_INVALID;
+  }
+  for (const auto &cluster : clusters) {
+    for (const auto *list : {&cluster.local_ip_infos, &cluster.remote_ip_infos}) {
+      for (const auto &ip : *list) {
+        if (IpFamily(std::string(ip.ip.GetString(), ip.ip.GetLength())) == 0) {
+          LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 ": '%s' is not a valid IP address", cluster.remote_cluster_id,
+                    ip.ip.GetString());
+          return LLM_PARAM_INVALID;
+        }
+      }
+    }
+    if (cluster.remote_ip_infos.size() != 1 || cluster.local_ip_infos.size() != 1) {
+      LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " needs exactly one local and one remote IpInfo (got %zu, %zu)",
+                cluster.remote_cluster_id, cluster.local_ip_infos.size(), cluster.remote_ip_infos.size());
+      return LLM_PARAM_INVALID;
+    }
+  }
+  std::vector<Status> results(clusters.size(), LLM_FAILED);
+  // Links are set up concurrently, at most kMaxParallelLinks at a time.
+  for (size_t begin = 0; begin < clusters.size(); begin += kMaxParallelLinks) {
+    size_t end = std::min(clusters.size(), begin + kMaxParallelLinks);
+    std::vector<std::thread> threads;
+    for (size_t i = begin; i < end; ++i)
+      threads.emplace_back([&, i] { results[i] = LinkOne(clusters[i], timeout_ms); });
+    for (auto &t : threads) t.join();
+  }
+  Status overall = LLM_SUCCESS;
+  for (Status s : results) {
+    rets.push_back(s);
+    if (s != LLM_SUCCESS && overall == LLM_SUCCESS) overall = s;
+  }
+  return overall;
+}
+
+Status DataDist::LinkOne(const ClusterInfo &cluster, int32_t timeout_ms) {
+  const uint64_t remote = cluster.remote_cluster_id;
+  Deadline deadline = Deadline::AfterMs(timeout_ms);
+  if (remote == cluster_id_) {
+    LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " is this instance itself", remote);
+    return LLM_PARAM_INVALID;
+  }
+  {
+    std::lock_guard guard(links_mutex_);
+    if (links_.count(remote) != 0 || linking_.count(remote) != 0) {
+      LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " is already linked", remote);
+      return LLM_ALREADY_LINK;
+    }
+    linking_[remote] = true;
+  }
+  auto unreserve = [&] {
+    std::lock_guard guard(links_mutex_);
+    linking_.erase(remote);
+  };
+  const IpInfo &info = cluster.remote_ip_infos[0];
+  Endpoint endpoint;
+  endpoint.ip = std::string(info.ip.GetString(), info.ip.GetLength());
+  endpoint.family = IpFamily(endpoint.ip);
+  endpoint.port = info.port;
+  std::string error;
+  const std::string key = ClusterKey(remote);
+  adxl::Status status = engine_->ConnectKeyed(key, endpoint, kReverseLanes, deadline, &error);
+  if (status != adxl::SUCCESS) {
+    unreserve();
+    LOG_ERROR("LinkLlmClusters: cannot reach cluster %" PRIu64 " at %s: %s", remote, endpoint.ToString().c_str(),
+              error.c_str());
+    return status == adxl::TIMEOUT ? LLM_TIMEOUT : LLM_LINK_FAILED;
+  }
+  std::string response;
+  LinkRequest request{cluster_id_, remote};
+  status = engine_->AppCallKeyed(key, kAppLink, EncodeLinkRequest(request), deadline, &response, &error);
+  if (status != adxl::SUCCESS) {
+    engine_->DisconnectKeyed(key, Deadline::AfterMs(200), true);
+    unreserve();
+    Status llm = status == adxl::TIMEOUT ? LLM_TIMEOUT : (status > 0x50000000U ? status : LLM_LINK_FAILED);
+    LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " at %s refused the link (status 0x%X) %s", remote,
+              endpoint.ToString().c_str(), status, error.c_str());
+    return llm;
+  }
+  auto link = std::make_shared<Link>();
+  link->remote_cluster = remote;
+  link->outbound = true;
+  std::lock_guard guard(links_mutex_);
+  linking_.erase(remote);
+  links_[remote] = link;
+  LOG_INFO("linked cluster %" PRIu64 " -> %" PRIu64 " at %s", cluster_id_, remote, endpoint.ToString().c_str());
+  return LLM_SUCCESS;
+}
+
+Status DataDist::UnlinkClusters(const std::vector<ClusterInfo> &clusters, std::vector<Status> &rets,
+                                int32_t timeout_ms, bool force) {
+  if (!Ready("UnlinkLlmClusters")) return LLM_FAILED;
+  if (timeout_ms <= 0) {
+    LOG_ERROR("UnlinkLlmClusters: timeout %d ms must be > 0", timeout_ms);
+    return LLM_PARAM_INVALID;
+  }
+  if (clusters.empty()) {
+    LOG_ERROR("UnlinkLlmClusters: clusters is empty");
+    return LLM_PARAM_INVALID;
+  }
+  for (const auto &cluster : clusters) {
+    for (const auto &ip : cluster.remote_ip_infos) {
+      if (IpFamily(std::string(ip.ip.GetString(), ip.ip.GetLength())) == 0) {
+        LOG_ERROR("UnlinkLlmClusters: cluster %" PRIu64 ": '%s' is not a valid IP address", cluster.remote_cluster_id,
+                  ip.ip.GetString());
+        return LLM_PARAM_INVALID;
+      }
+    }
+    if (!force && cluster.remote_ip_infos.size() != 1) {
+      LOG_ERROR("UnlinkLlmClusters: cluster %" PRIu64 " needs exactly one remote IpInfo (got %zu)",
+                cluster.remote_cluster_id, cluster.remote_ip_infos.size());
+      return LLM_PARAM_INVALID;
+    }
+  }
+  std::vector<Status> results(clusters.size(), LLM_FAILED);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < clusters.size(); ++i)
+    threads.emplace_back([&, i] { results[i] = UnlinkOne(clusters[i], timeout_ms, force); });
+  for (auto &t : threads) t.join();
+  Status overall = LLM_SUCCESS;
+  for (Status s : results) {
+    rets.push_back(s);
+    if (s != LLM_SUCCESS && overall == LLM_SUCCESS) overall = s;
+  }
+  return overall;
+}
+
+std::shared_ptr<DataDist::Link> DataDist::FindLink(uint64_t cluster) {
+  std::lock_guard guard(links_mutex_);
+  auto it = links_.find(cluster);
+  return it == links_.end() ? nullptr : it->second;
+}
+
+void DataDist::DropLink(const std::shared_ptr<Link> &link, bool say_goodbye, Deadline deadline) {
+  {
+    std::lock_guard guard(links_mutex_);
+    auto it = links_.find(link->remote_cluster);
+    if (it != links_.end() && it->second == link) links_.erase(it);
+  }
+  // Wait for our own transfers on this link (they are bounded by their deadlines).
+  std::unique_lock drain(link->in_flight);
+  const std::string key = ClusterKey(link->remote_cluster);
+  if (link->outbound) {
+    engine_->DisconnectKeyed(key, deadline, say_goodbye);
+  } else {
+    engine_->DropAttachedPeer(key, link->session_id);
+  }
+}
+
+Status DataDist::UnlinkOne(const ClusterInfo &cluster, int32_t timeout_ms, bool force) {
+  const uint64_t remote = cluster.remote_cluster_id;
+  Deadline deadline = Deadline::AfterMs(timeout_ms);
+  std::shared_ptr<Link> link = FindLink(remote);
+  if (!link) {
+    if (force) return LLM_SUCCESS;  // forced unlink of nothing is a no-op
+    LOG_ERROR("UnlinkLlmClusters: no link to cluster %" PRIu64, remote);
+    return LLM_NOT_YET_LINK;
+  }
+  if (force) {
+    DropLink(link, /*say_goodbye=*/false, deadline);
+    LOG_INFO("force-unlinked cluster %" PRIu64 " (local side only)", remote);
+    return LLM_SUCCESS;
+  }
+  std::string response, error;
+  adxl::Status status =
+      engine_->AppCallKeyed(ClusterKey(remote), kAppUnlink, EncodeUnlink(cluster_id_), deadline, &response, &error);
+  if (status != adxl::SUCCESS) {
+    LOG_ERROR("UnlinkLlmClusters: cluster %" PRIu64 " could not be told (%s); link kept, use force_flag to drop it",
+              remote, error.c_str());
+    return LLM_UNLINK_FAILED;
+  }
+  DropLink(link, /*say_goodbye=*/true, deadline);
+  LOG_INFO("unlinked cluster %" PRIu64, remote);
+  return LLM_SUCCESS;
+}
+
+void DataDist::OnPeerDetached(const std::string &peer, uint64_t session_id) {
+  uint64_t cluster = 0;
+  if (!ParseUint64(peer, &cluster)) return;
+  std::lock_guard guard(links_mutex_);
+  auto it = links_.find(cluster);
+  if (it != links_.end() && !it->second->outbound && it->second->session_id == session_id) {
+    LOG_INFO("cluster %" PRIu64 " went away: link removed", cluster);
+    links_.erase(it);
+  }
+}
+
+void DataDist::ScheduleClose(uint64_t cluster) {
+  {
+    std::lock_guard guard(janitor_mutex_);
+    janitor_queue_.push_back(cluster);
+  }
+  janitor_wake_.notify_one();
+}
+
+void DataDist::JanitorLoop() {
+  std::unique_lock lock(janitor_mutex_);
+  for (;;) {
+    janitor_wake_.wait(lock, [&] { return janitor_stop_ || !janitor_queue_.empty(); });
+    if (janitor_stop_) return;
+    uint64_t cluster = janitor_queue_.front();
+    janitor_queue_.pop_front();
+    lock.unlock();
+    engine_->DisconnectKeyed(ClusterKey(cluster), Deadline::AfterMs(1000), true);
+    lock.lock();
+  }
+}
+
+adxl::Status DataDist::HandleApp(const std::string &peer, uint64_t session_id, const std::string &typed_request,
+                                 std::string *response) {
+  if (typed_request.size() < 4) return adxl::PARAM_INVALID;
+  uint32_t type = 0;
+  memcpy(&type, typed_request.data(), 4);
+  const std::string body = typed_request.substr(4);
+  uint64_t peer_cluster = 0;
+  if (!ParseUint64(peer, &peer_cluster)) {
+    LOG_ERROR("request from an engine that is not an LLM-DataDist cluster ('%s') refused", peer.c_str());
+    return adxl::PARAM_INVALID;
+  }
+  switch (type) {
+    case kAppLink: {
+      LinkRequest req;
+      if (!DecodeLinkRequest(body, &req) || req.sender_cluster != peer_cluster) return adxl::PARAM_INVALID;
+      if (req.expected_receiver_cluster != cluster_id_) {
+        LOG_ERROR("link from cluster %" PRIu64 " refused: it expects cluster %" PRIu64 ", this is %" PRIu64,
+                  peer_cluster, req.expected_receiver_cluster, cluster_id_);
+        return LLM_LINK_FAILED;
+      }
+      if (session_id == 0) return adxl::PARAM_INVALID;  // links are made on the listening side only
+      std::lock_guard guard(links_mutex_);
+      auto it = links_.find(peer_cluster);
+      if (it != links_.end() && it->second->outbound) {
+        LOG_ERROR("link from cluster %" PRIu64 " refused: this side already linked to it", peer_cluster);
+        return LLM_ALREADY_LINK;
+      }
+      if (it != links_.end()) LOG_WARN("cluster %" PRIu64 " linked again: replacing its stale link", peer_cluster);
+      auto link = std::make_shared<Link>();
+      link->remote_cluster = peer_cluster;
+      link->outbound = false;
+      link->session_id = session_id;
+      links_[peer_cluster] = link;
+      LOG_INFO("cluster %" PRIu64 " linked to this cluster %" PRIu64, peer_cluster, cluster_id_);
+      return adxl::SUCCESS;
+    }
+    case kAppUnlink: {
+      uint64_t sender = 0;
+      if (!DecodeUnlink(body, &sender) || sender != peer_cluster) return adxl::PARAM_INVALID;
+      std::shared_ptr<Link> link;
+      {
+        std::lock_guard guard(links_mutex_);
+        auto it = links_.find(peer_cluster);
+        if (it == links_.end()) return adxl::SUCCESS;
+        link = it->second;
+        links_.erase(it);
+      }
+      {
+        std::unique_lock drain(link->in_flight);  // our transfers to the peer finish first
+      }
+      // We may be running on one of the link's own serving threads: close the
+      // channel from the janitor instead of here.
+      if (link->outbound) ScheduleClose(peer_cluster);
+      LOG_INFO("cluster %" PRIu64 " unlinked from this cluster", peer_cluster);
+      return adxl::SUCCESS;
+    }
+    case kAppGetCache: {
+      int64_t cache_id = 0;
+      if (!DecodeCacheQuery(body, &cache_id)) return adxl::PARAM_INVALID;
+      std::lock_guard guard(caches_mutex_);
+      auto it = caches_.find(cache_id);
+      if (it == caches_.end()) return LLM_KV_CACHE_NOT_EXIST;
+      *response = EncodeGeometry(it->second.geometry);
+      return adxl::SUCCESS;
+    }
+    default:
+      LOG_ERROR("unknown LLM-DataDist message %u from cluster %" PRIu64, type, peer_cluster);
+      return adxl::UNSUPPORTED;
+  }
+}
+
+// ---------------------------------------------------------------- caches
+
+Status DataDist::RegisterKvCache(const CacheDesc &desc, const std::vector<uint64_t> &addrs, int64_t &cache_id) {
+  if (!Ready("RegisterKvCache")) return LLM_FAILED;
+  LocalCache cache;
+  std::string error;
+  Status status = ComputeGeometry(desc, addrs, &cache.geometry, &error);
+  if (status != LLM_SUCCESS) {
+    LOG_ERROR("RegisterKvCache: %s", error.c_str());
+    return status;
+  }
+  cache.placement = desc.placement;
+  const adxl::MemType type = desc.placement == CachePlacement::kHost ? adxl::MEM_HOST : adxl::MEM_DEVICE;
+  for (uint64_t addr : cache.geometry.addrs) {
+    uint64_t handle = 0;
+    if (engine_->RegisterMem(static_cast<uintptr_t>(addr), cache.geometry.tensor_size, type, &handle) !=
+        adxl::SUCCESS) {
+      for (uint64_t h : cache.handles) engine_->DeregisterMem(h);
+      LOG_ERROR("RegisterKvCache: registering tensor at 0x%" PRIx64 " failed", addr);
+      return LLM_FAILED;
+    }
+    cache.handles.push_back(handle);
+  }
+  std::lock_guard guard(caches_mutex_);
+  cache_id = next_cache_id_++;
+  caches_.emplace(cache_id, std::move(cache));
+  LOG_INFO("RegisterKvCache: cache %" PRId64 " (%u tensors of %" PRIu64 " B, %" PRIu64 " rows)", cache_id,
+           caches_[cache_id].geometry.num_tensors, caches_[cache_id].geometry.tensor_size,
+           caches_[cache_id].geometry.row_count);
+  return LLM_SUCCESS;
+}
+
+Status DataDist::UnregisterKvCache(int64_t cache_id) {
+  if (!Ready("UnregisterKvCache")) return LLM_FAILED;
+  LocalCache cache;
+  {
+    std::lock_guard guard(caches_mutex_);
+    auto it = caches_.find(cache_id);
+    if (it == caches_.end()) {
+      LOG_INFO("UnregisterKvCache: cache %" PRId64 " is not registered (nothing to do)", cache_id);
+      return LLM_SUCCESS;
+    }
+    cache = std::move(it->second);
+    caches_.erase(it);
+  }
+  // Waits for peers' requests that are reading or writing these tensors.
+  for (uint64_t handle : cache.handles) engine_->DeregisterMem(handle);
+  return LLM_SUCCESS;
+}
+
+// ---------------------------------------------------------------- transfers
+
+Status DataDist::Prepare(const char *call, uint64_t remote_cluster, int64_t local_cache_id, LocalCache *local,
+                         std::shared_ptr<Link> *link) {
+  if (remote_cluster == cluster_id_) {
+    LOG_ERROR("%s: cluster %" PRIu64 " is this instance itself", call, remote_cluster);
+    return LLM_PARAM_INVALID;
+  }
+  {
+    std::lock_guard guard(caches_mutex_);
+    auto it = caches_.find(local_cache_id);
+    if (it == caches_.end()) {
+      LOG_ERROR("%s: local cache %" PRId64 " is not registered", call, local_cache_id);
+      return LLM_KV_CACHE_NOT_EXIST;
+    }
+    local->geometry = it->second.geometry;
+    local->placement = it->second.placement;
+  }
+  *link = FindLink(remote_cluster);
+  if (!*link) {
+    LOG_ERROR("%s: no link to cluster %" PRIu64, call, remote_cluster);
+    return LLM_NOT_YET_LINK;
+  }
+  return LLM_SUCCESS;
+}
+
+Status DataDist::RemoteGeometry(const std::shared_ptr<Link> &link, int64_t cache_id, bool refresh,
+                                CacheGeometry *out) {
+  {
+    std::lock_guard guard(link->cache_mutex);
+    auto it = link->remote_caches.find(cache_id);
+    if (it != link->remote_caches.end()) {
+      if (!refresh) {
+        *out = it->second;
+        return LLM_SUCCESS;
+      }
+      link->remote_caches.erase(it);
+    }
+  }
+  std::string response, error;
+  adxl::Status status = engine_->AppCallKeyed(ClusterKey(link->remote_cluster), kAppGetCache,
+                                              EncodeCacheQuery(cache_id), Deadline::AfterMs(sync_timeout_ms_),
+                                              &response, &error);
+  if (status == LLM_KV_CACHE_NOT_EXIST) {
+    LOG_ERROR("cache %" PRId64 " is not registered on cluster %" PRIu64, cache_id, link->remote_cluster);
+    return LLM_KV_CACHE_NOT_EXIST;
+  }
+  if (status != adxl::SUCCESS) {
+    LOG_ERROR("cannot query cache %" PRId64 " of cluster %" PRIu64 ": %s", cache_id, link->remote_cluster,
+              error.c_str());
+    return ToLlmStatus(status);
+  }
+  if (!DecodeGeometry(response, out)) {
+    LOG_ERROR("cluster %" PRIu64 " sent a malformed description of cache %" PRId64, link->remote_cluster, cache_id);
+    return LLM_FAILED;
+  }
+  std::lock_guard guard(link->cache_mutex);
+  link->remote_caches[cache_id] = *out;
+  return LLM_SUCCESS;
+}
+
+Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster, int64_t remote_cache_id,
+                         const std::shared_ptr<Link> &link, const TransferPlan &plan) {
+  Deadline deadline = Deadline::AfterMs(sync_timeout_ms_);
+  std::vector<Segment> segs;
+  segs.reserve(plan.RangeCount());
+  for (const auto &[local_base, remote_base] : plan.tensor_pairs) {
+    for (const Run &run : plan.runs) {
+      Segment seg{static_cast<uintptr_t>(local_base + run.local_offset),
+                  static_cast<uintptr_t>(remote_base + run.remote_offset), run.len};
+      if (!segs.empty() && segs.back().local + segs.back().len == seg.local &&
+          segs.back().remote + segs.back().len == seg.remote) {
+        segs.back().len += seg.len;
+      } else {
+        segs.push_back(seg);
+      }
+    }
+  }
+  std::string error;
+  adxl::Status status;
+  {
+    std::shared_lock in_flight(link->in_flight);
+    status = engine_->TransferKeyed(ClusterKey(cluster), direction == Direction::kPull ? adxl::READ : adxl::WRITE,
+                                    segs, deadline, &error);
+  }
+  if (status == adxl::SUCCESS) return LLM_SUCCESS;
+  if (status == adxl::PARAM_INVALID) {
+    // The peer refused a range: most likely the cache was unregistered (or
+    // re-registered) since we cached its geometry. Forget it and say which.
+    CacheGeometry fresh;
+    Status again = RemoteGeometry(link, remote_cache_id, /*refresh=*/true, &fresh);
+    if (again == LLM_KV_CACHE_NOT_EXIST) return LLM_KV_CACHE_NOT_EXIST;
+  }
+  LOG_ERROR("%s with cluster %" PRIu64 " failed: %s", call, cluster, error.c_str());
+  return ToLlmStatus(status);
+}
+
+Status DataDist::PullKvCache(const CacheIndex &src, const Cache &dst, uint32_t batch_index, int64_t size,
+                             const KvCacheExtParam &ext) {
+  if (!Ready("PullKvCache")) return LLM_FAILED;
+  std::string error;
+  if (size == 0 || size < -1) {
+    LOG_ERROR("PullKvCache: size %" PRId64 " must be -1 (whole row) or > 0", size);
+    return LLM_PARAM_INVALID;
+  }
+  if (!ValidExt(ext, false, &error)) {
+    LOG_ERROR("PullKvCache: %s", error.c_str());
+    return LLM_PARAM_INVALID;
+  }
+  LocalCache local;
+  std::shared_ptr<Link> link;
+  Status status = Prepare("PullKvCache", src.cluster_id, dst.cache_id, &local, &link);
+  if (status != LLM_SUCCESS) return status;
+  CacheGeometry remote;
+  status = RemoteGeometry(link, src.cache_id, false, &remote);
+  if (status != LLM_SUCCESS) return status;
+  TransferPlan plan;
+  status = PlanPullCache(local.geometry, remote, src.batch_index, batch_index, size, ext, &plan, &error);
+  if (status != LLM_SUCCESS) {
+    LOG_ERROR("PullKvCache: %s", error.c_str());
+    return status;
+  }
+  return RunPlan("PullKvCache", Direction::kPull, src.cluster_id, src.cache_id, link, plan);
+}
+
+Status DataDist::PullKvBlocks(const CacheIndex &src, const Cache &dst, const std::vector<uint64_t> &src_blocks,
+                              const std::vector<uint64_t> &dst_blocks, const KvCacheExtParam &ext) {
+  if (!Ready("PullKvBlocks")) return LLM_FAILED;
+  std::string error;
+  if (src.batch_index != 0) {
+    LOG_ERROR("PullKvBlocks: src batch_index must be 0 (got %u)", src.batch_index);
+    return LLM_PARAM_INVALID;
+  }
+  if (src_blocks.empty() || src_blocks.size() != dst_blocks.size()) {
+    LOG_ERROR("PullKvBlocks: block lists must be non-empty and of equal length (src %zu, dst %zu)", src_blocks.size(),
+              dst_blocks.size());
+    return LLM_PARAM_INVALID;
+  }
+  if (!ValidExt(ext, false, &error)) {
+    LOG_ERROR("PullKvBlocks: %s", error.c_str());
+    return LLM_PARAM_INVALID;
+  }
+  LocalCache local;
+  std::shared_ptr<Link> link;
+  Status status = Prepare("PullKvBlocks", src.cluster_id, dst.cache_id, &local, &link);
+  if (status != LLM_SUCCESS) return status;
+  CacheGeometry remote;
+  status = RemoteGeometry(link, src.cache_id, false, &remote);
+  if (status != LLM_SUCCESS) return status;
+  TransferPlan plan;
+  status = PlanPullBlocks(local.geometry, remote, src_blocks, dst_blocks, ext, &plan, &error);
+  if (status != LLM_SUCCESS) {
+    LOG_ERROR("PullKvBlocks: %s", error.c_str());
+    return status;
+  }
+  return RunPlan("PullKvBlocks", Direction::kPull, src.cluster_id, src.cache_id, link, plan);
+}
+
+Status DataDist::PushKvCache(const Cache &src, const CacheIndex &dst, uint32_t src_batch_index, int64_t size,
+                             const KvCacheExtParam &ext) {
+  if (!Ready("PushKvCache")) return LLM_FAILED;
+  std::string error;
+  if (size != -1) {
+    LOG_ERROR("PushKvCache: size must be -1 (got %" PRId64 ")", size);
+    return LLM_PARAM_INVALID;
+  }
+  if (src.cache_desc.placement != CachePlacement::kDevice) {
+    LOG_ERROR("PushKvCache: source cache placement must be kDevice");
+    return LLM_PARAM_INVALID;
+  }
+  if (ext.src_layer_range.first == -1 && src.cache_desc.num_tensors == 0) {
+    LOG_ERROR("PushKvCache: src_cache.cache_desc.num_tensors must be > 0 when no layer range is given");
+    return LLM_PARAM_INVALID;
+  }
+  if (!ValidExt(ext, true, &error)) {
+    LOG_ERROR("PushKvCache: %s", error.c_str());
+    return LLM_PARAM_INVALID;
+  }
+  LocalCache local;
+  std::shared_ptr<Link> link;
+  Status status = Prepare("PushKvCache", dst.cluster_id, src.cache_id, &local, &link);
+  if (status != LLM_SUCCESS) return status;
+  CacheGeometry remote;
+  status = RemoteGeometry(link, dst.cache_id, false, &remote);
+  if (status != LLM_SUCCESS) return status;
+  TransferPlan plan;
+  status = PlanPushCache(local.geometry, src.cache_desc.num_tensors, remote, src_batch_index, dst.batch_index, size,
+                         ext, &plan, &error);
+  if (status != LLM_SUCCESS) {
+    LOG_ERROR("PushKvCache: %s", error.c_str());
+    return status;
+  }
+  return RunPlan("PushKvCache", Direction::kPush, dst.cluster_id, dst.cache_id, link, plan);
+}
+
+Status DataDist::PushKvBlocks(const Cache &src, const CacheIndex &dst, const std::vector<uint64_t> &src_blocks,
+                              const std::vector<uint64_t> &dst_blocks, const KvCacheExtParam &ext) {
+  if (!Ready("PushKvBlocks")) return LLM_FAILED;
+  std::string error;
+  if (dst.batch_index != 0) {
+    LOG_ERROR("PushKvBlocks: dst batch_index must be 0 (got %u)", dst.batch_index);
+    return LLM_PARAM_INVALID;
+  }
+  if (src_blocks.empty() || src_blocks.size() != dst_blocks.size()) {
+    LOG_ERROR("PushKvBlocks: block lists must be non-empty and of equal length (src %zu, dst %zu)", src_blocks.size(),
+              dst_blocks.size());
+    return LLM_PARAM_INVALID;
+  }
+  if (src.cache_desc.placement != CachePlacement::kDevice) {
+    LOG_ERROR("PushKvBlocks: source cache placement must be kDevice");
+    return LLM_PARAM_INVALID;
+  }
+  if (ext.src_layer_range.first == -1 && src.cache_desc.num_tensors == 0) {
+    LOG_ERROR("PushKvBlocks: src_cache.cache_desc.num_tensors must be > 0 when no layer range is given");
+    return LLM_PARAM_INVALID;
+  }
+  if (!ValidExt(ext, true, &error)) {
+    LOG_ERROR("PushKvBlocks: %s", error.c_str());
+    return LLM_PARAM_INVALID;
+  }
+  LocalCache local;
+  std::shared_ptr<Link> link;
+  Status status = Prepare("PushKvBlocks", dst.cluster_id, src.cache_id, &local, &link);
+  if (status != LLM_SUCCESS) return status;
+  CacheGeometry remote;
+  status = RemoteGeometry(link, dst.cache_id, false, &remote);
+  if (status != LLM_SUCCESS) return status;
+  TransferPlan plan;
+  status = PlanPushBlocks(local.geometry, src.cache_desc.num_tensors, remote, src_blocks, dst_blocks, ext, &plan,
+                          &error);
+  if (status != LLM_SUCCESS) {
+    LOG_ERROR("PushKvBlocks: %s", error.c_str());
+    return status;
+  }
+  return RunPlan("PushKvBlocks", Direction::kPush, dst.cluster_id, dst.cache_id, link, plan);
+}
+
+}  // namespace llmdd::datadist
