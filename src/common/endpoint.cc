@@ -17,7 +17,7 @@ int IpFamily(const std::string &ip) {
 bool ParseInt64(std::string_view text, int64_t *out) {
   if (text.empty()) return false;
   size_t start = (text[0] == '+') ? 1 : 0;
-  if (start == text.size()) return false;
+  if (start == text.size() || (start == 1 && text[1] == '-')) return false;
   const char *first = text.data() + start;
   const char *last = text.data() + text.size();
   auto result = std::from_chars(first, last, *out);
@@ -97,6 +97,10 @@ bool SplitHostPort(std::string_view text, std::string *host, std::string_view *p
 }  // namespace
 
 bool ParseEngineEndpoint(std::string_view text, Endpoint *out, std::string *error) {
+  if (text.find('\0') != std::string_view::npos) {
+    *error = "address contains a NUL byte";
+    return false;
+  }
   std::string host;
   std::string_view port_text;
   bool has_port = false;
@@ -104,10 +108,6 @@ bool ParseEngineEndpoint(std::string_view text, Endpoint *out, std::string *erro
   int family = IpFamily(host);
   if (family == 0) {
     *error = "'" + host + "' is not a valid IPv4 or IPv6 address";
-    return false;
-  }
-  if (text[0] != '[' && family == AF_INET6 && has_port) {
-    *error = "IPv6 address with a port must be written as [ip]:port";
     return false;
   }
   int64_t port = -1;
