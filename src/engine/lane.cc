@@ -298,7 +298,14 @@ bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &c
 
 }  // namespace
 
+void ServeLoop(ByteStream &stream, const ServeContext &ctx);
+
 void ServeLane(ByteStream &stream, const ServeContext &ctx) {
+  ServeLoop(stream, ctx);
+  stream.Shutdown();  // the peer sees EOF at once instead of a half-dead lane
+}
+
+void ServeLoop(ByteStream &stream, const ServeContext &ctx) {
   for (;;) {
     if (ctx.stopping != nullptr && ctx.stopping->load()) return;
     MsgHeader header;

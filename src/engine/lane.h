@@ -58,8 +58,8 @@ struct ServeContext {
 };
 
 // Serves requests until the peer closes, a protocol violation occurs, or
-// stream.Shutdown() is called from another thread. Never touches memory
-// outside the registry's live regions.
+// stream.Shutdown() is called from another thread; shuts the stream down when
+// it returns. Never touches memory outside the registry's live regions.
 void ServeLane(ByteStream &stream, const ServeContext &ctx);
 
 }  // namespace llmdd

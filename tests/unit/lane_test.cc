@@ -1,0 +1,194 @@
+// Lane protocol: a requester and a serving loop over a socketpair. Checks the
+// bytes that arrive, the exact statuses, that refused requests touch nothing
+// and keep the lane usable, and that hostile messages close the lane.
+#include "engine/lane.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "transport/tcp/tcp_stream.h"
+
+namespace llmdd {
+namespace {
+
+class LaneTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int fds[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    requester_ = std::make_shared<TcpStream>(fds[0], "requester");
+    server_ = std::make_shared<TcpStream>(fds[1], "server");
+    remote_.resize(1 << 16);
+    for (size_t i = 0; i < remote_.size(); ++i) remote_[i] = static_cast<char>(i * 13 + 1);
+    registry_.Add(reinterpret_cast<uintptr_t>(remote_.data()), remote_.size(), 1);
+  }
+  void StartServing(const AppHandler *handler = nullptr) {
+    serving_ = std::thread([this, handler] {
+      ServeContext ctx;
+      ctx.registry = &registry_;
+      ctx.app_handler = handler;
+      ctx.peer = "test-peer";
+      ServeLane(*server_, ctx);
+      served_done_ = true;
+    });
+  }
+  void TearDown() override {
+    server_->Shutdown();
+    requester_->Shutdown();
+    if (serving_.joinable()) serving_.join();
+  }
+  uintptr_t R(size_t off) { return reinterpret_cast<uintptr_t>(remote_.data()) + off; }
+
+  std::shared_ptr<TcpStream> requester_, server_;
+  MemoryRegistry registry_;
+  std::vector<char> remote_;
+  std::thread serving_;
+  std::atomic<bool> served_done_{false};
+};
+
+TEST_F(LaneTest, ReadDeliversExactBytesIntoScatteredDestinations) {
+  StartServing();
+  std::vector<char> local(3000, 0);
+  Segment segs[3] = {{reinterpret_cast<uintptr_t>(local.data()), R(100), 1000},
+                     {reinterpret_cast<uintptr_t>(local.data() + 1000), R(50000), 7},
+                     {reinterpret_cast<uintptr_t>(local.data() + 1007), R(0), 1993}};
+  LaneResult r = ExecuteTransfer(*requester_, adxl::READ, segs, 3, 1, Deadline::AfterMs(5000));
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  EXPECT_FALSE(r.broken);
+  EXPECT_EQ(memcmp(local.data(), remote_.data() + 100, 1000), 0);
+  EXPECT_EQ(memcmp(local.data() + 1000, remote_.data() + 50000, 7), 0);
+  EXPECT_EQ(memcmp(local.data() + 1007, remote_.data(), 1993), 0);
+}
+
+TEST_F(LaneTest, WriteLandsInRegisteredMemory) {
+  StartServing();
+  std::vector<char> local(4096);
+  for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<char>(255 - i);
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(60000), 4096};
+  LaneResult r = ExecuteTransfer(*requester_, adxl::WRITE, &seg, 1, 2, Deadline::AfterMs(5000));
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  EXPECT_EQ(memcmp(remote_.data() + 60000, local.data(), 4096), 0);
+}
+
+TEST_F(LaneTest, UnregisteredRangesAreRefusedWithoutTouchingAnythingAndLaneStaysUsable) {
+  StartServing();
+  std::vector<char> before = remote_;
+  std::vector<char> local(128, 'L');
+  // Read crossing the end of the registration.
+  Segment read_bad{reinterpret_cast<uintptr_t>(local.data()), R(remote_.size() - 64), 128};
+  LaneResult r = ExecuteTransfer(*requester_, adxl::READ, &read_bad, 1, 3, Deadline::AfterMs(5000));
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+  EXPECT_FALSE(r.broken);
+  EXPECT_NE(r.error.find("not inside memory registered"), std::string::npos) << r.error;
+  EXPECT_EQ(std::string(local.begin(), local.end()), std::string(128, 'L'));
+  // Write where one of two ranges is outside: nothing at all is written.
+  Segment write_bad[2] = {{reinterpret_cast<uintptr_t>(local.data()), R(0), 64},
+                          {reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(&before[0]), 64}};
+  r = ExecuteTransfer(*requester_, adxl::WRITE, write_bad, 2, 4, Deadline::AfterMs(5000));
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+  EXPECT_EQ(remote_, before);
+  // The same lane still works.
+  Segment ok{reinterpret_cast<uintptr_t>(local.data()), R(10), 128};
+  r = ExecuteTransfer(*requester_, adxl::READ, &ok, 1, 5, Deadline::AfterMs(5000));
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  EXPECT_EQ(memcmp(local.data(), remote_.data() + 10, 128), 0);
+}
+
+TEST_F(LaneTest, DeregisteredMemoryIsRefused) {
+  MemoryRegistry only;
+  StartServing();
+  registry_.Clear();
+  std::vector<char> local(16);
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 16};
+  LaneResult r = ExecuteTransfer(*requester_, adxl::READ, &seg, 1, 6, Deadline::AfterMs(5000));
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+}
+
+TEST_F(LaneTest, SilentPeerTimesOutWithinTheDeadline) {
+  // No serving thread: nobody answers.
+  std::vector<char> local(16);
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 16};
+  auto start = std::chrono::steady_clock::now();
+  LaneResult r = ExecuteTransfer(*requester_, adxl::READ, &seg, 1, 7, Deadline::AfterMs(300));
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(r.status, adxl::TIMEOUT);
+  EXPECT_TRUE(r.broken);
+  EXPECT_GE(ms, 250);
+  EXPECT_LT(ms, 1500);
+}
+
+TEST_F(LaneTest, UnknownMessageTypeGetsAnErrorAndTheLaneCloses) {
+  StartServing();
+  wire::MsgHeader h;
+  h.type = 999;
+  ASSERT_EQ(requester_->Write(&h, sizeof(h), Deadline::AfterMs(1000)), IoStatus::kOk);
+  wire::MsgHeader reply;
+  ASSERT_EQ(requester_->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kError));
+  std::string text(reply.body_len, '\0');
+  ASSERT_EQ(requester_->Read(text.data(), text.size(), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_NE(text.find("unknown message type 999"), std::string::npos);
+  char byte;
+  EXPECT_EQ(requester_->Read(&byte, 1, Deadline::AfterMs(2000)), IoStatus::kClosed);
+}
+
+TEST_F(LaneTest, HugeBodyLengthIsRefusedWithoutAllocating) {
+  StartServing();
+  wire::MsgHeader h;
+  h.type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
+  h.body_len = 4ULL << 30;
+  ASSERT_EQ(requester_->Write(&h, sizeof(h), Deadline::AfterMs(1000)), IoStatus::kOk);
+  wire::MsgHeader reply;
+  ASSERT_EQ(requester_->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kError));
+  EXPECT_EQ(reply.status, adxl::PARAM_INVALID);
+}
+
+TEST_F(LaneTest, RangeCountNotMatchingBodyClosesTheLane) {
+  StartServing();
+  uint8_t body[wire::kRangeBodyHeader + wire::kRangeEntrySize];
+  wire::EncodeRangeHeader(5, 1000, 10, body);  // claims 5 ranges, carries 1
+  uint64_t entry[2] = {R(0), 10};
+  memcpy(body + wire::kRangeBodyHeader, entry, sizeof(entry));
+  wire::MsgHeader h;
+  h.type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
+  h.body_len = sizeof(body);
+  iovec out[2] = {{&h, sizeof(h)}, {body, sizeof(body)}};
+  ASSERT_EQ(requester_->WriteFull(out, 2, Deadline::AfterMs(1000)), IoStatus::kOk);
+  wire::MsgHeader reply;
+  ASSERT_EQ(requester_->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kError));
+}
+
+TEST_F(LaneTest, AppCallsReachTheHandlerOrGetUnsupported) {
+  AppHandler handler = [](const std::string &peer, uint64_t session, const std::string &request,
+                          std::string *response) -> adxl::Status {
+    uint32_t type = 0;
+    memcpy(&type, request.data(), 4);
+    *response = peer + "/" + std::to_string(type) + "/" + request.substr(4);
+    return type == 7 ? adxl::SUCCESS : adxl::PARAM_INVALID;
+  };
+  StartServing(&handler);
+  std::string response;
+  LaneResult r = ExecuteAppCall(*requester_, 7, "hello", 9, Deadline::AfterMs(2000), &response);
+  EXPECT_EQ(r.status, adxl::SUCCESS);
+  EXPECT_EQ(response, "test-peer/7/hello");
+  r = ExecuteAppCall(*requester_, 8, "x", 10, Deadline::AfterMs(2000), &response);
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+}
+
+TEST_F(LaneTest, AppCallWithoutHandlerIsUnsupported) {
+  StartServing(nullptr);
+  std::string response;
+  LaneResult r = ExecuteAppCall(*requester_, 1, "x", 11, Deadline::AfterMs(2000), &response);
+  EXPECT_EQ(r.status, adxl::UNSUPPORTED);
+}
+
+}  // namespace
+}  // namespace llmdd

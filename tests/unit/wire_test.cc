@@ -1,0 +1,118 @@
+// Wire codec: header checks, Hello/HelloAck round trips, range-list bounds.
+#include "engine/wire.h"
+
+#include <gtest/gtest.h>
+
+namespace llmdd::wire {
+namespace {
+
+MsgHeader Header(MsgType type, uint64_t body, uint64_t payload = 0) {
+  MsgHeader h;
+  h.type = static_cast<uint16_t>(type);
+  h.body_len = body;
+  h.payload_len = payload;
+  return h;
+}
+
+TEST(WireHeader, AcceptsEveryKnownTypeWithinItsBounds) {
+  EXPECT_EQ(CheckHeader(Header(MsgType::kHello, 100)), "");
+  EXPECT_EQ(CheckHeader(Header(MsgType::kPing, 0)), "");
+  EXPECT_EQ(CheckHeader(Header(MsgType::kReadRequest, kRangeBodyHeader + kRangeEntrySize * kMaxRangesPerRequest)),
+            "");
+  EXPECT_EQ(CheckHeader(Header(MsgType::kWriteRequest, 32, 1ULL << 40)), "");
+  EXPECT_EQ(CheckHeader(Header(MsgType::kReadResponse, 0, 1ULL << 40)), "");
+  EXPECT_EQ(CheckHeader(Header(MsgType::kAppRequest, kMaxAppBody)), "");
+}
+
+TEST(WireHeader, RefusesBadMagicVersionTypeAndSizes) {
+  MsgHeader h = Header(MsgType::kPing, 0);
+  h.magic = 0x12345678;
+  EXPECT_NE(CheckHeader(h).find("magic"), std::string::npos);
+  h = Header(MsgType::kPing, 0);
+  h.version = 2;
+  EXPECT_NE(CheckHeader(h).find("version 2"), std::string::npos);
+  h = Header(MsgType::kPing, 0);
+  h.type = 999;
+  EXPECT_NE(CheckHeader(h).find("unknown message type 999"), std::string::npos);
+  // A 4 GiB body is refused before anything is allocated.
+  EXPECT_NE(CheckHeader(Header(MsgType::kHello, 4ULL << 30)).find("exceeds"), std::string::npos);
+  EXPECT_NE(CheckHeader(Header(MsgType::kReadRequest, kRangeBodyHeader + kRangeEntrySize * (kMaxRangesPerRequest + 1)))
+                .find("exceeds"),
+            std::string::npos);
+  EXPECT_NE(CheckHeader(Header(MsgType::kAppResponse, kMaxAppBody + 1)).find("exceeds"), std::string::npos);
+  // Only WriteRequest and ReadResponse carry a payload.
+  EXPECT_NE(CheckHeader(Header(MsgType::kReadRequest, 32, 8)).find("payload"), std::string::npos);
+  EXPECT_NE(CheckHeader(Header(MsgType::kPing, 0, 1)).find("payload"), std::string::npos);
+}
+
+TEST(WireHello, RoundTripsAndToleratesTrailingBytes) {
+  Hello in;
+  in.role = ConnRole::kReverseLane;
+  in.capabilities = 3;
+  in.session_id = 0xABCDEF0123456789ULL;
+  in.lanes = 4;
+  in.heartbeat_interval_ms = 1000;
+  in.peer_timeout_ms = 10000;
+  in.engine_id = "127.0.0.1:26000";
+  in.target_engine_id = "[::1]:5000";
+  std::string body = EncodeHello(in) + "future-field";
+  Hello out;
+  ASSERT_TRUE(DecodeHello(body, &out));
+  EXPECT_EQ(out.role, in.role);
+  EXPECT_EQ(out.capabilities, 3U);
+  EXPECT_EQ(out.session_id, in.session_id);
+  EXPECT_EQ(out.lanes, 4U);
+  EXPECT_EQ(out.engine_id, in.engine_id);
+  EXPECT_EQ(out.target_engine_id, in.target_engine_id);
+}
+
+TEST(WireHello, RefusesTruncatedOversizedAndUnknownRole) {
+  Hello in;
+  in.engine_id = "x";
+  std::string body = EncodeHello(in);
+  Hello out;
+  for (size_t cut = 0; cut < body.size(); ++cut) EXPECT_FALSE(DecodeHello(body.substr(0, cut), &out)) << cut;
+  in.engine_id = std::string(kMaxEngineIdLen + 1, 'a');
+  EXPECT_FALSE(DecodeHello(EncodeHello(in), &out));
+  in.engine_id = "x";
+  body = EncodeHello(in);
+  uint32_t bad_role = 9;
+  memcpy(body.data(), &bad_role, 4);
+  EXPECT_FALSE(DecodeHello(body, &out));
+  // A length prefix larger than the remaining bytes must not read past the end.
+  body = EncodeHello(in);
+  uint32_t huge = 0xFFFFFFFF;
+  memcpy(body.data() + 28, &huge, 4);
+  EXPECT_FALSE(DecodeHello(body, &out));
+}
+
+TEST(WireHelloAck, RoundTrips) {
+  HelloAck in{7, 42, "engine"};
+  HelloAck out;
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in), &out));
+  EXPECT_EQ(out.capabilities, 7U);
+  EXPECT_EQ(out.session_id, 42U);
+  EXPECT_EQ(out.engine_id, "engine");
+  EXPECT_FALSE(DecodeHelloAck(std::string(5, '\0'), &out));
+}
+
+TEST(WireRanges, HeaderMustMatchBodyAndLimits) {
+  uint8_t buf[kRangeBodyHeader];
+  uint32_t count = 0, timeout = 0;
+  uint64_t total = 0;
+  EncodeRangeHeader(3, 250, 4096, buf);
+  EXPECT_EQ(DecodeRangeHeader(buf, kRangeBodyHeader + 3 * kRangeEntrySize, &count, &timeout, &total), "");
+  EXPECT_EQ(count, 3U);
+  EXPECT_EQ(timeout, 250U);
+  EXPECT_EQ(total, 4096U);
+  EXPECT_NE(DecodeRangeHeader(buf, kRangeBodyHeader + 2 * kRangeEntrySize, &count, &timeout, &total), "");
+  EncodeRangeHeader(0, 1, 0, buf);
+  EXPECT_NE(DecodeRangeHeader(buf, kRangeBodyHeader, &count, &timeout, &total), "");
+  EncodeRangeHeader(kMaxRangesPerRequest + 1, 1, 0, buf);
+  EXPECT_NE(DecodeRangeHeader(buf, kRangeBodyHeader + (kMaxRangesPerRequest + 1) * kRangeEntrySize, &count,
+                              &timeout, &total),
+            "");
+}
+
+}  // namespace
+}  // namespace llmdd::wire
