@@ -17,7 +17,7 @@ std::shared_ptr<ByteStream> Channel::OpenLane(wire::ConnRole role, Deadline dead
   hello.engine_id = params_.local_id;
   hello.target_engine_id = params_.remote_id;
   wire::HelloAck ack;
-  return OpenPeerConnection(params_.remote, hello, deadline, &ack, status, error);
+  return OpenPeerConnection(params_.remote, hello, params_.config.auth_secret, deadline, &ack, status, error);
 }
 
 adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_ptr<Channel> *out,
@@ -33,7 +33,8 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   hello.target_engine_id = params.remote_id;
   wire::HelloAck ack;
   adxl::Status status = adxl::SUCCESS;
-  channel->control_ = OpenPeerConnection(params.remote, hello, deadline, &ack, &status, error);
+  channel->control_ =
+      OpenPeerConnection(params.remote, hello, params.config.auth_secret, deadline, &ack, &status, error);
   if (!channel->control_) return status;
   channel->session_id_ = ack.session_id;
 

@@ -1,5 +1,7 @@
 #include "engine/engine_config.h"
 
+#include <cstdlib>
+
 #include "common/endpoint.h"
 #include "common/log.h"
 
@@ -71,9 +73,19 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         return adxl::PARAM_INVALID;
       }
       config->worker_threads = static_cast<uint32_t>(v);
+    } else if (key == kOptAuthSecret) {
+      if (value.empty() || value.size() > 4096) {
+        *error = std::string("option ") + kOptAuthSecret + " must be 1..4096 bytes";
+        return adxl::PARAM_INVALID;
+      }
+      config->auth_secret = value;
     } else {
       LOG_WARN("unknown option '%s' ignored", key.c_str());
     }
+  }
+  if (config->auth_secret.empty()) {
+    const char *env = getenv(kEnvAuthSecret);
+    if (env != nullptr && env[0] != '\0') config->auth_secret = env;
   }
   if (config->peer_timeout_ms <= config->heartbeat_interval_ms) {
     *error = "llmdd.PeerTimeoutMs (" + std::to_string(config->peer_timeout_ms) +

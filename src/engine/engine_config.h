@@ -17,6 +17,7 @@ struct EngineConfig {
   uint32_t peer_timeout_ms = 10000;     // llmdd.PeerTimeoutMs: silent peer -> dead
   uint32_t worker_threads = 8;          // llmdd.WorkerThreads: requester-side I/O threads
   uint32_t handshake_timeout_ms = 5000; // server side: a new connection must say Hello within this
+  std::string auth_secret;              // llmdd.AuthSecret or $LLMDD_AUTH_SECRET: mutual HMAC auth when set
 };
 
 // Keys (extension options).
@@ -24,6 +25,8 @@ constexpr const char kOptTcpConnections[] = "llmdd.TcpConnections";
 constexpr const char kOptHeartbeatIntervalMs[] = "llmdd.HeartbeatIntervalMs";
 constexpr const char kOptPeerTimeoutMs[] = "llmdd.PeerTimeoutMs";
 constexpr const char kOptWorkerThreads[] = "llmdd.WorkerThreads";
+constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
+constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 
 // Parses and validates; unknown keys are logged and ignored. Returns
 // adxl::SUCCESS or adxl::PARAM_INVALID with *error naming the key and value.

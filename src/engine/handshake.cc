@@ -1,5 +1,6 @@
 #include "engine/handshake.h"
 
+#include "common/hmac.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
@@ -18,6 +19,20 @@ bool SendMessage(ByteStream &stream, MsgType type, adxl::Status status, const st
   return stream.WriteFull(out, 2, deadline) == IoStatus::kOk;
 }
 
+// Proofs bind the secret to both nonces of this connection and the client's id,
+// so a recorded exchange cannot be replayed.
+std::string ServerProof(const std::string &secret, const std::string &client_nonce, const std::string &server_nonce,
+                        const std::string &client_id) {
+  return HmacSha256(secret, "llmdd-auth-v1 server|" + client_nonce + "|" + server_nonce + "|" + client_id);
+}
+
+std::string ClientProof(const std::string &secret, const std::string &client_nonce, const std::string &server_nonce,
+                        const std::string &client_id) {
+  return HmacSha256(secret, "llmdd-auth-v1 client|" + server_nonce + "|" + client_nonce + "|" + client_id);
+}
+
+constexpr size_t kNonceBytes = 32;
+
 }  // namespace
 
 bool ReadControl(ByteStream &stream, Deadline deadline, MsgHeader *header, IoStatus *io, std::string *error) {
@@ -34,46 +49,112 @@ bool ReadControl(ByteStream &stream, Deadline deadline, MsgHeader *header, IoSta
   return true;
 }
 
-std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello, Deadline deadline,
-                                               wire::HelloAck *ack, adxl::Status *status, std::string *error) {
+std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello,
+                                               const std::string &secret, Deadline deadline, wire::HelloAck *ack,
+                                               adxl::Status *status, std::string *error) {
   bool timed_out = false;
   std::shared_ptr<ByteStream> stream = TcpStream::Connect(remote, deadline, &timed_out, error);
   if (!stream) {
     *status = timed_out ? adxl::TIMEOUT : adxl::FAILED;
     return nullptr;
   }
-  if (!SendMessage(*stream, MsgType::kHello, adxl::SUCCESS, wire::EncodeHello(hello), deadline)) {
+  wire::Hello sent = hello;
+  if (!secret.empty()) sent.nonce = RandomBytes(kNonceBytes);
+  if (!SendMessage(*stream, MsgType::kHello, adxl::SUCCESS, wire::EncodeHello(sent), deadline)) {
     *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
     *error = "sending hello to " + remote.ToString() + " failed";
     return nullptr;
   }
+  bool server_proved = false;
+  for (;;) {
+    MsgHeader header;
+    IoStatus io = IoStatus::kOk;
+    std::string why;
+    if (!ReadControl(*stream, deadline, &header, &io, &why)) {
+      *status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
+      *error = "no valid answer to hello from " + remote.ToString() + ": " + why;
+      return nullptr;
+    }
+    std::string body(header.body_len, '\0');
+    io = stream->Read(body.data(), body.size(), deadline);
+    if (io != IoStatus::kOk) {
+      *status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
+      *error = std::string("reading hello answer: ") + IoStatusName(io);
+      return nullptr;
+    }
+    if (header.type == static_cast<uint16_t>(MsgType::kError)) {
+      *status = header.status != adxl::SUCCESS ? header.status : adxl::FAILED;
+      *error = remote.ToString() + " refused the connection: " + body;
+      return nullptr;
+    }
+    if (header.type == static_cast<uint16_t>(MsgType::kAuthChallenge) && !server_proved) {
+      *status = adxl::FAILED;
+      wire::AuthChallenge challenge;
+      if (secret.empty()) {
+        *error = remote.ToString() + " requires authentication: set the same llmdd.AuthSecret option or "
+                 "LLMDD_AUTH_SECRET on both engines";
+        return nullptr;
+      }
+      if (!wire::DecodeAuthChallenge(body, &challenge) ||
+          !ConstantTimeEqual(challenge.server_proof,
+                             ServerProof(secret, sent.nonce, challenge.server_nonce, sent.engine_id))) {
+        *error = remote.ToString() + " failed to prove it knows the shared secret";
+        return nullptr;
+      }
+      server_proved = true;
+      std::string proof = ClientProof(secret, sent.nonce, challenge.server_nonce, sent.engine_id);
+      if (!SendMessage(*stream, MsgType::kAuthResponse, adxl::SUCCESS, proof, deadline)) {
+        *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
+        *error = "sending authentication to " + remote.ToString() + " failed";
+        return nullptr;
+      }
+      continue;
+    }
+    if (header.type != static_cast<uint16_t>(MsgType::kHelloAck) || !wire::DecodeHelloAck(body, ack)) {
+      *status = adxl::FAILED;
+      *error = remote.ToString() + " sent a malformed hello answer";
+      return nullptr;
+    }
+    if (!secret.empty() && !server_proved) {
+      *status = adxl::FAILED;
+      *error = remote.ToString() + " did not authenticate itself (it has no shared secret configured)";
+      return nullptr;
+    }
+    *status = adxl::SUCCESS;
+    return stream;
+  }
+}
+
+bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std::string &secret, Deadline deadline,
+                        std::string *error) {
+  if (hello.nonce.size() != kNonceBytes) {
+    *error = "peer did not offer authentication (no shared secret configured on it)";
+    return false;
+  }
+  wire::AuthChallenge challenge;
+  challenge.server_nonce = RandomBytes(kNonceBytes);
+  challenge.server_proof = ServerProof(secret, hello.nonce, challenge.server_nonce, hello.engine_id);
+  if (!SendMessage(stream, MsgType::kAuthChallenge, adxl::SUCCESS, wire::EncodeAuthChallenge(challenge), deadline)) {
+    *error = "cannot send the authentication challenge";
+    return false;
+  }
   MsgHeader header;
   IoStatus io = IoStatus::kOk;
-  std::string why;
-  if (!ReadControl(*stream, deadline, &header, &io, &why)) {
-    *status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
-    *error = "no valid answer to hello from " + remote.ToString() + ": " + why;
-    return nullptr;
+  if (!ReadControl(stream, deadline, &header, &io, error)) return false;
+  if (header.type != static_cast<uint16_t>(MsgType::kAuthResponse) || header.body_len > wire::kMaxAuthField) {
+    *error = "peer did not answer the authentication challenge";
+    return false;
   }
-  std::string body(header.body_len, '\0');
-  io = stream->Read(body.data(), body.size(), deadline);
-  if (io != IoStatus::kOk) {
-    *status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
-    *error = std::string("reading hello answer: ") + IoStatusName(io);
-    return nullptr;
+  std::string proof(header.body_len, '\0');
+  if (stream.Read(proof.data(), proof.size(), deadline) != IoStatus::kOk) {
+    *error = "authentication answer not received";
+    return false;
   }
-  if (header.type == static_cast<uint16_t>(MsgType::kError)) {
-    *status = header.status != adxl::SUCCESS ? header.status : adxl::FAILED;
-    *error = remote.ToString() + " refused the connection: " + body;
-    return nullptr;
+  if (!ConstantTimeEqual(proof, ClientProof(secret, hello.nonce, challenge.server_nonce, hello.engine_id))) {
+    *error = "wrong authentication proof (different shared secret)";
+    return false;
   }
-  if (header.type != static_cast<uint16_t>(MsgType::kHelloAck) || !wire::DecodeHelloAck(body, ack)) {
-    *status = adxl::FAILED;
-    *error = remote.ToString() + " sent a malformed hello answer";
-    return nullptr;
-  }
-  *status = adxl::SUCCESS;
-  return stream;
+  return true;
 }
 
 bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::string *error) {

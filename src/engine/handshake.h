@@ -13,11 +13,19 @@
 
 namespace llmdd {
 
-// Connects to `remote`, sends `hello`, waits for the ack, all within the
-// deadline. On failure returns nullptr with *status (FAILED, TIMEOUT or the
-// peer's refusal code) and *error.
-std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello, Deadline deadline,
-                                               wire::HelloAck *ack, adxl::Status *status, std::string *error);
+// Connects to `remote`, sends `hello`, authenticates (mutual HMAC-SHA256
+// challenge-response, when `secret` is set on either side), waits for the ack,
+// all within the deadline. On failure returns nullptr with *status (FAILED,
+// TIMEOUT or the peer's refusal code) and *error.
+std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello,
+                                               const std::string &secret, Deadline deadline, wire::HelloAck *ack,
+                                               adxl::Status *status, std::string *error);
+
+// Server side, after ReadHello when a secret is configured: challenges the
+// client and checks its answer. False (with *error) if it cannot prove it
+// knows the secret; nothing about this engine has been revealed by then.
+bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std::string &secret, Deadline deadline,
+                        std::string *error);
 
 // Server side: reads the first message, which must be a Hello.
 bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::string *error);

@@ -118,6 +118,17 @@ void PeerServer::HandleConnection(std::shared_ptr<ByteStream> stream) {
     stream->Shutdown();
     return;
   }
+  if (ok && !config_.auth_secret.empty()) {
+    ok = AuthenticateClient(*stream, hello, config_.auth_secret,
+                            Deadline::AfterMs(config_.handshake_timeout_ms), &error);
+    if (!ok) {
+      LOG_WARN("refused connection from %s (engine '%s'): authentication failed: %s", stream->PeerName().c_str(),
+               hello.engine_id.c_str(), error.c_str());
+      SendRefusal(*stream, adxl::FAILED, "authentication failed: " + error, Deadline::AfterMs(200));
+      stream->Shutdown();
+      return;
+    }
+  }
   if (stopping_.load()) {
     SendRefusal(*stream, adxl::FAILED, "engine " + local_id_ + " is finalizing", Deadline::AfterMs(200));
     stream->Shutdown();

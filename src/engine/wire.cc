@@ -11,6 +11,8 @@ const char *MsgTypeName(uint16_t type) {
     case MsgType::kGoodbye: return "Goodbye";
     case MsgType::kGoodbyeAck: return "GoodbyeAck";
     case MsgType::kError: return "Error";
+    case MsgType::kAuthChallenge: return "AuthChallenge";
+    case MsgType::kAuthResponse: return "AuthResponse";
     case MsgType::kReadRequest: return "ReadRequest";
     case MsgType::kReadResponse: return "ReadResponse";
     case MsgType::kWriteRequest: return "WriteRequest";
@@ -36,6 +38,8 @@ std::string CheckHeader(const MsgHeader &header) {
     case MsgType::kGoodbye:
     case MsgType::kGoodbyeAck:
     case MsgType::kError:
+    case MsgType::kAuthChallenge:
+    case MsgType::kAuthResponse:
       max_body = kMaxControlBody;
       break;
     case MsgType::kReadRequest:
@@ -77,6 +81,7 @@ std::string EncodeHello(const Hello &hello) {
   w.U32(hello.peer_timeout_ms);
   w.Str(hello.engine_id);
   w.Str(hello.target_engine_id);
+  w.Str(hello.nonce);
   return w.Data();
 }
 
@@ -87,9 +92,23 @@ bool DecodeHello(const std::string &body, Hello *out) {
       !r.U32(&out->heartbeat_interval_ms) || !r.U32(&out->peer_timeout_ms) ||
       !r.Str(&out->engine_id, kMaxEngineIdLen) || !r.Str(&out->target_engine_id, kMaxEngineIdLen))
     return false;
+  // The nonce is a later field: absent in a body that ends here.
+  if (r.Left() > 0 && !r.Str(&out->nonce, kMaxAuthField)) return false;
   if (role < 1 || role > 3) return false;
   out->role = static_cast<ConnRole>(role);
   return true;  // trailing bytes are tolerated: later minor revisions may append fields
+}
+
+std::string EncodeAuthChallenge(const AuthChallenge &c) {
+  BodyWriter w;
+  w.Str(c.server_nonce);
+  w.Str(c.server_proof);
+  return w.Data();
+}
+
+bool DecodeAuthChallenge(const std::string &body, AuthChallenge *out) {
+  BodyReader r(body.data(), body.size());
+  return r.Str(&out->server_nonce, kMaxAuthField) && r.Str(&out->server_proof, kMaxAuthField);
 }
 
 std::string EncodeHelloAck(const HelloAck &ack) {

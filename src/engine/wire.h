@@ -24,6 +24,8 @@ enum class MsgType : uint16_t {
   kGoodbye = 5,        // orderly disconnect
   kGoodbyeAck = 6,
   kError = 7,          // fatal protocol error; the sender closes the connection
+  kAuthChallenge = 8,  // server -> client when a shared secret is configured
+  kAuthResponse = 9,   // client -> server, answers the challenge
   kReadRequest = 16,   // data lanes
   kReadResponse = 17,
   kWriteRequest = 18,
@@ -63,6 +65,7 @@ constexpr uint64_t kMaxControlBody = 4096;
 constexpr uint64_t kMaxAppBody = 64ULL << 20;
 constexpr uint64_t kMaxErrorText = 512;
 constexpr uint32_t kMaxEngineIdLen = 256;
+constexpr uint32_t kMaxAuthField = 64;
 constexpr uint64_t kRangeBodyHeader = 16;  // count u32, timeout_ms u32, total u64
 constexpr uint64_t kRangeEntrySize = 16;   // addr u64, len u64
 
@@ -75,6 +78,7 @@ struct Hello {
   uint32_t peer_timeout_ms = 0;
   std::string engine_id;          // sender's engine id (client's local_engine)
   std::string target_engine_id;   // the id the client used to reach the server
+  std::string nonce;              // client's random challenge for mutual authentication
 };
 
 struct HelloAck {
@@ -139,6 +143,13 @@ std::string CheckHeader(const MsgHeader &header);
 
 std::string EncodeHello(const Hello &hello);
 bool DecodeHello(const std::string &body, Hello *out);
+struct AuthChallenge {
+  std::string server_nonce;
+  std::string server_proof;  // proves the server knows the secret
+};
+std::string EncodeAuthChallenge(const AuthChallenge &c);
+bool DecodeAuthChallenge(const std::string &body, AuthChallenge *out);
+
 std::string EncodeHelloAck(const HelloAck &ack);
 bool DecodeHelloAck(const std::string &body, HelloAck *out);
 
