@@ -4,7 +4,9 @@
 
 #include <string>
 
+#include "common/log.h"
 #include "engine/engine.h"
+#include "llmdd/extensions.h"
 
 namespace adxl {
 
@@ -35,13 +37,16 @@ void AdxlEngine::Finalize() { impl_->engine.Finalize(); }
 
 Status AdxlEngine::RegisterMem(const MemDesc &mem, MemType type, MemHandle &mem_handle) {
   uint64_t handle = 0;
-  Status status = impl_->engine.RegisterMem(mem.addr, mem.len, type, &handle);
+  llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite;
+  llmdd_ext::GetRemoteAccess(mem.reserved, &access);
+  Status status = impl_->engine.RegisterMem(mem.addr, mem.len, type, &handle, llmdd::AccessBits(access));
   if (status == SUCCESS) mem_handle = reinterpret_cast<MemHandle>(static_cast<uintptr_t>(handle));
   return status;
 }
 
 Status AdxlEngine::DeregisterMem(MemHandle mem_handle) {
   if (mem_handle == nullptr) {
+    LOG_ERROR("DeregisterMem: handle is null");
     return PARAM_INVALID;
   }
   return impl_->engine.DeregisterMem(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(mem_handle)));

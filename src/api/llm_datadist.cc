@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "datadist/datadist.h"
+#include "llmdd/extensions.h"
 
 namespace llm_datadist {
 
@@ -93,8 +94,10 @@ Status LlmDataDist::PushKvBlocks(const Cache &src_cache, const CacheIndex &dst_c
 
 Status LlmDataDist::RegisterKvCache(const CacheDesc &cache_desc, const std::vector<uint64_t> &addrs,
                                     const RegisterCfg &cfg, int64_t &cache_id) {
-  (void)cfg;  // reserved in V2
-  return impl_->core.RegisterKvCache(cache_desc, addrs, cache_id);
+  // cfg is reserved in CANN V2; we read the optional remote-access extension from it.
+  llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite;
+  llmdd_ext::GetRemoteAccess(cfg.reserved, &access);
+  return impl_->core.RegisterKvCache(cache_desc, addrs, llmdd::AccessBits(access), cache_id);
 }
 
 Status LlmDataDist::UnregisterKvCache(int64_t cache_id) { return impl_->core.UnregisterKvCache(cache_id); }

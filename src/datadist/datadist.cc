@@ -524,7 +524,8 @@ adxl::Status DataDist::HandleApp(const std::string &peer, uint64_t session_id, c
 
 // ---------------------------------------------------------------- caches
 
-Status DataDist::RegisterKvCache(const CacheDesc &desc, const std::vector<uint64_t> &addrs, int64_t &cache_id) {
+Status DataDist::RegisterKvCache(const CacheDesc &desc, const std::vector<uint64_t> &addrs, uint32_t access,
+                                 int64_t &cache_id) {
   if (!Ready("RegisterKvCache")) return LLM_FAILED;
   LocalCache cache;
   std::string error;
@@ -537,7 +538,7 @@ Status DataDist::RegisterKvCache(const CacheDesc &desc, const std::vector<uint64
   const adxl::MemType type = desc.placement == CachePlacement::kHost ? adxl::MEM_HOST : adxl::MEM_DEVICE;
   for (uint64_t addr : cache.geometry.addrs) {
     uint64_t handle = 0;
-    if (engine_->RegisterMem(static_cast<uintptr_t>(addr), cache.geometry.tensor_size, type, &handle) !=
+    if (engine_->RegisterMem(static_cast<uintptr_t>(addr), cache.geometry.tensor_size, type, &handle, access) !=
         adxl::SUCCESS) {
       for (uint64_t h : cache.handles) engine_->DeregisterMem(h);
       LOG_ERROR("RegisterKvCache: registering tensor at 0x%" PRIx64 " failed", addr);

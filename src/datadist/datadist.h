@@ -42,7 +42,9 @@ class DataDist {
                       int32_t timeout_ms);
   Status UnlinkClusters(const std::vector<llm_datadist::ClusterInfo> &clusters, std::vector<Status> &rets,
                         int32_t timeout_ms, bool force);
-  Status RegisterKvCache(const llm_datadist::CacheDesc &desc, const std::vector<uint64_t> &addrs, int64_t &cache_id);
+  // access: remote access bits (kAccessRead/kAccessWrite) peers get on the tensors.
+  Status RegisterKvCache(const llm_datadist::CacheDesc &desc, const std::vector<uint64_t> &addrs, uint32_t access,
+                         int64_t &cache_id);
   Status UnregisterKvCache(int64_t cache_id);
   Status PullKvCache(const llm_datadist::CacheIndex &src, const llm_datadist::Cache &dst, uint32_t batch_index,
                      int64_t size, const llm_datadist::KvCacheExtParam &ext);

@@ -168,7 +168,8 @@ void Engine::Finalize() {
   LOG_INFO("engine %s finalized", local_id_.c_str());
 }
 
-adxl::Status Engine::RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType type, uint64_t *handle) {
+adxl::Status Engine::RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType type, uint64_t *handle,
+                                 uint32_t access) {
   std::shared_lock lock(lifecycle_);
   if (!initialized_) {
     LOG_ERROR("RegisterMem: engine not initialized");
@@ -187,7 +188,11 @@ adxl::Status Engine::RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType typ
     LOG_ERROR("RegisterMem: unknown memory type %d", static_cast<int>(type));
     return adxl::PARAM_INVALID;
   }
-  *handle = registry_.Add(addr, len, type);
+  if (access == 0 || (access & ~kAccessReadWrite) != 0) {
+    LOG_ERROR("RegisterMem: invalid remote access rights %u", access);
+    return adxl::PARAM_INVALID;
+  }
+  *handle = registry_.Add(addr, len, type, access);
   LOG_DEBUG("registered [0x%" PRIxPTR ", +%" PRIu64 ") as handle %" PRIu64, addr, len, *handle);
   return adxl::SUCCESS;
 }

@@ -39,7 +39,9 @@ class Engine {
   void Finalize();
   bool Initialized() const;
 
-  adxl::Status RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType type, uint64_t *handle);
+  // access: kAccessRead/kAccessWrite bits peers get (enforced when serving).
+  adxl::Status RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType type, uint64_t *handle,
+                           uint32_t access = kAccessReadWrite);
   adxl::Status DeregisterMem(uint64_t handle);
 
   adxl::Status Connect(const std::string &remote, int32_t timeout_ms);

@@ -235,8 +235,9 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     const uint64_t addr = entry[0], len = entry[1];
     if (len == 0 || __builtin_add_overflow(sum, len, &sum)) {
       refusal = "range " + std::to_string(i) + " has an invalid length";
-    } else if (addr == 0 || !pins.Cover(static_cast<uintptr_t>(addr), len)) {
-      refusal = "range " + HexRange(addr, len) + " is not inside memory registered on this engine";
+    } else if (addr == 0 || !pins.Cover(static_cast<uintptr_t>(addr), len, is_read ? kAccessRead : kAccessWrite)) {
+      refusal = "range " + HexRange(addr, len) + " is not inside memory registered on this engine" +
+                (is_read ? " for remote reads" : " for remote writes");
     } else {
       iov.push_back({reinterpret_cast<void *>(static_cast<uintptr_t>(addr)), static_cast<size_t>(len)});
     }

@@ -4,11 +4,11 @@
 
 namespace llmdd {
 
-bool RegionPins::Cover(uintptr_t addr, uint64_t len) {
+bool RegionPins::Cover(uintptr_t addr, uint64_t len, uint32_t access) {
   for (auto it = pinned_.rbegin(); it != pinned_.rend(); ++it) {
-    if ((*it)->Contains(addr, len)) return true;
+    if ((*it)->Contains(addr, len) && ((*it)->access & access) == access) return true;
   }
-  std::shared_ptr<Region> region = registry_->FindAndPin(addr, len);
+  std::shared_ptr<Region> region = registry_->FindAndPin(addr, len, access);
   if (!region) return false;
   pinned_.push_back(std::move(region));
   return true;
@@ -19,8 +19,9 @@ void RegionPins::Release() {
   pinned_.clear();
 }
 
-uint64_t MemoryRegistry::Add(uintptr_t addr, uint64_t len, int mem_type) {
+uint64_t MemoryRegistry::Add(uintptr_t addr, uint64_t len, int mem_type, uint32_t access) {
   auto region = std::make_shared<Region>();
+  region->access = access;
   region->addr = addr;
   region->len = len;
   region->mem_type = mem_type;
@@ -69,7 +70,7 @@ size_t MemoryRegistry::Size() const {
   return by_id_.size();
 }
 
-std::shared_ptr<Region> MemoryRegistry::FindAndPin(uintptr_t addr, uint64_t len) const {
+std::shared_ptr<Region> MemoryRegistry::FindAndPin(uintptr_t addr, uint64_t len, uint32_t access) const {
   std::shared_lock lock(mutex_);
   // Candidates start at or before addr; a region longer than max_len_ cannot exist,
   // which bounds the backward scan when registrations overlap.
@@ -78,7 +79,7 @@ std::shared_ptr<Region> MemoryRegistry::FindAndPin(uintptr_t addr, uint64_t len)
     --it;
     const auto &region = it->second;
     if (addr - region->addr > max_len_) break;
-    if (region->Contains(addr, len)) {
+    if (region->Contains(addr, len) && (region->access & access) == access) {
       region->users.fetch_add(1, std::memory_order_acq_rel);
       return region;
     }

@@ -17,14 +17,25 @@
 
 namespace llmdd {
 
+// Remote access rights of a region (bit set).
+constexpr uint32_t kAccessRead = 1;
+constexpr uint32_t kAccessWrite = 2;
+constexpr uint32_t kAccessReadWrite = kAccessRead | kAccessWrite;
+
 struct Region {
   uint64_t id = 0;
   uintptr_t addr = 0;
   uint64_t len = 0;
   int mem_type = 0;                // adxl::MemType
+  uint32_t access = kAccessReadWrite;  // what peers may do with it
   std::atomic<int> users{0};       // requests currently reading/writing it
   bool Contains(uintptr_t a, uint64_t l) const { return a >= addr && l <= len && a - addr <= len - l; }
 };
+
+// Maps the public llmdd_ext::RemoteAccess value (0 rw, 1 read-only, 2 write-only).
+inline uint32_t AccessBits(uint8_t remote_access) {
+  return remote_access == 1 ? kAccessRead : remote_access == 2 ? kAccessWrite : kAccessReadWrite;
+}
 
 class MemoryRegistry;
 
@@ -35,8 +46,9 @@ class RegionPins {
   ~RegionPins() { Release(); }
   RegionPins(const RegionPins &) = delete;
   RegionPins &operator=(const RegionPins &) = delete;
-  // True if [addr, addr+len) lies inside one live region (pinning it if new).
-  bool Cover(uintptr_t addr, uint64_t len);
+  // True if [addr, addr+len) lies inside one live region that allows `access`
+  // (pinning it if new).
+  bool Cover(uintptr_t addr, uint64_t len, uint32_t access = kAccessReadWrite);
   void Release();
 
  private:
@@ -47,7 +59,7 @@ class RegionPins {
 class MemoryRegistry {
  public:
   // Returns the new region's id (> 0). len may be 0 (registers nothing usable).
-  uint64_t Add(uintptr_t addr, uint64_t len, int mem_type);
+  uint64_t Add(uintptr_t addr, uint64_t len, int mem_type, uint32_t access = kAccessReadWrite);
   // Unpublishes and waits for in-flight users. False if the id is unknown.
   bool Remove(uint64_t id);
   // Removes everything (Finalize); waits for users.
@@ -57,7 +69,7 @@ class MemoryRegistry {
  private:
   friend class RegionPins;
   // Finds a live region containing the range and increments its users.
-  std::shared_ptr<Region> FindAndPin(uintptr_t addr, uint64_t len) const;
+  std::shared_ptr<Region> FindAndPin(uintptr_t addr, uint64_t len, uint32_t access) const;
   void Unpin(Region *region) const;
   void WaitUnused(const std::shared_ptr<Region> &region);
 

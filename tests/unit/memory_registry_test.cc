@@ -68,3 +68,23 @@ TEST(MemoryRegistry, RemoveWaitsForPinsToBeReleased) {
 
 }  // namespace
 }  // namespace llmdd
+
+namespace llmdd {
+namespace {
+
+TEST(MemoryRegistry, AccessRightsAreEnforcedPerRegion) {
+  MemoryRegistry registry;
+  registry.Add(1000, 100, 1, kAccessRead);
+  registry.Add(2000, 100, 1, kAccessWrite);
+  RegionPins pins(&registry);
+  EXPECT_TRUE(pins.Cover(1000, 10, kAccessRead));
+  EXPECT_FALSE(pins.Cover(1000, 10, kAccessWrite));
+  EXPECT_TRUE(pins.Cover(2000, 10, kAccessWrite));
+  EXPECT_FALSE(pins.Cover(2000, 10, kAccessRead));
+  EXPECT_EQ(AccessBits(0), kAccessReadWrite);
+  EXPECT_EQ(AccessBits(1), kAccessRead);
+  EXPECT_EQ(AccessBits(2), kAccessWrite);
+}
+
+}  // namespace
+}  // namespace llmdd
