@@ -1,0 +1,237 @@
+// Install test client: uses adxl::AdxlEngine exactly as CANN documents it,
+// built against the *installed* headers and library only (C++11, -Werror,
+// both values of _GLIBCXX_USE_CXX11_ABI). Two engines live in this process:
+// A listens on 127.0.0.1:<free port>, B is a pure client that connects to A.
+// Prints "adxl_client OK" and exits 0 only if every check matched.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "adxl/adxl_engine.h"
+
+namespace {
+
+int g_failures = 0;
+
+void Fail(const char *what, const std::string &detail) {
+  ++g_failures;
+  std::fprintf(stderr, "adxl_client: FAILED: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
+}
+
+void Check(bool ok, const char *what) {
+  if (!ok) {
+    Fail(what, "");
+  }
+}
+
+void CheckStatus(adxl::Status got, adxl::Status want, const char *what) {
+  if (got != want) {
+    char buf[96];
+    std::snprintf(buf, sizeof(buf), "status %u, expected %u", static_cast<unsigned>(got), static_cast<unsigned>(want));
+    Fail(what, buf);
+  }
+}
+
+// Asks the kernel for a currently free TCP port on 127.0.0.1 (racy by nature:
+// the caller retries if Initialize then fails to listen on it).
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) {
+    return -1;
+  }
+  sockaddr_in addr;
+  std::memset(&addr, 0, sizeof(addr));
+  addr.sin_family = AF_INET;
+  addr.sin_port = 0;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int port = -1;
+  if (::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0) {
+    socklen_t len = sizeof(addr);
+    if (::getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0) {
+      port = ntohs(addr.sin_port);
+    }
+  }
+  ::close(fd);
+  return port;
+}
+
+void CheckAscendString() {
+  // Copies, comparisons, map keys and std::hash, all through the library.
+  adxl::AscendString a("127.0.0.1:26000");
+  adxl::AscendString b = a;  // copy shares the library-created string
+  adxl::AscendString c;
+  c = b;
+  Check(a == b && b == c && !(a != c), "AscendString copy equality");
+  Check(a == "127.0.0.1:26000" && a != "127.0.0.1:26001", "AscendString == const char*");
+  Check(std::string(a.GetString()) == "127.0.0.1:26000", "AscendString::GetString");
+  Check(a.GetLength() == std::strlen("127.0.0.1:26000"), "AscendString::GetLength");
+  Check(a.Find(adxl::AscendString(":26000")) == 9U, "AscendString::Find");
+  adxl::AscendString lo("a");
+  adxl::AscendString hi("b");
+  Check(lo < hi && hi > lo && lo <= hi && hi >= lo && lo <= lo, "AscendString ordering");
+  adxl::AscendString null_str;
+  adxl::AscendString empty_str("");
+  Check(null_str.GetLength() == 0U && std::strcmp(null_str.GetString(), "") == 0, "null AscendString is empty");
+  Check(null_str != empty_str && null_str < empty_str, "null AscendString differs from and sorts before \"\"");
+  Check(adxl::AscendString("ab", 1) == "a", "AscendString(ptr, len)");
+  std::unordered_set<adxl::AscendString> set;
+  set.insert(a);
+  set.insert(b);
+  set.insert(hi);
+  Check(set.size() == 2U && set.count(adxl::AscendString("b")) == 1U, "std::hash<AscendString>");
+}
+
+}  // namespace
+
+int main() {
+  CheckAscendString();
+
+  // Options map keyed by AscendString, built from the header constant and
+  // from a plain string literal (both are documented usages). "4:8" is the
+  // documented default buffer pool, so both engines agree.
+  std::map<adxl::AscendString, adxl::AscendString> options;
+  options[adxl::OPTION_BUFFER_POOL] = "4:8";
+  options["adxl.BufferPool"] = "4:8";
+  Check(options.size() == 1U, "option map: constant and literal key are the same key");
+  Check(options.find(adxl::AscendString("adxl.BufferPool")) != options.end(), "option map lookup");
+
+  // Calls before Initialize fail with FAILED (spec 3.5).
+  {
+    adxl::AdxlEngine idle;
+    adxl::MemDesc desc;
+    static uint8_t scratch[64];
+    desc.addr = reinterpret_cast<uintptr_t>(scratch);
+    desc.len = sizeof(scratch);
+    adxl::MemHandle h = nullptr;
+    CheckStatus(idle.RegisterMem(desc, adxl::MEM_HOST, h), adxl::FAILED, "RegisterMem before Initialize");
+  }
+
+  // Engine A: server on a free loopback port (retry a few ports on a race).
+  std::unique_ptr<adxl::AdxlEngine> server;
+  std::string server_id;
+  for (int attempt = 0; attempt < 5 && !server; ++attempt) {
+    int port = FreePort();
+    if (port <= 0) {
+      continue;
+    }
+    server_id = "127.0.0.1:" + std::to_string(port);
+    std::unique_ptr<adxl::AdxlEngine> engine(new adxl::AdxlEngine());
+    adxl::Status st = engine->Initialize(server_id.c_str(), options);
+    if (st == adxl::SUCCESS) {
+      server.swap(engine);
+    } else {
+      std::fprintf(stderr, "adxl_client: Initialize(%s) returned %u, retrying\n", server_id.c_str(),
+                   static_cast<unsigned>(st));
+    }
+  }
+  if (!server) {
+    Fail("server Initialize", "no attempt succeeded");
+    return 1;
+  }
+  const adxl::AscendString server_name(server_id.c_str());
+
+  // Engine B: pure client (no port).
+  adxl::AdxlEngine client;
+  CheckStatus(client.Initialize("127.0.0.1", {}), adxl::SUCCESS, "client Initialize");
+
+  // Host buffers, registered before Connect.
+  const size_t kLen = 1U << 20;
+  std::vector<uint8_t> server_buf(kLen, 0);
+  std::vector<uint8_t> client_buf(kLen, 0);
+  adxl::MemDesc server_desc;
+  server_desc.addr = reinterpret_cast<uintptr_t>(server_buf.data());
+  server_desc.len = server_buf.size();
+  adxl::MemDesc client_desc;
+  client_desc.addr = reinterpret_cast<uintptr_t>(client_buf.data());
+  client_desc.len = client_buf.size();
+  adxl::MemHandle server_handle = nullptr;
+  adxl::MemHandle client_handle = nullptr;
+  CheckStatus(server->RegisterMem(server_desc, adxl::MEM_HOST, server_handle), adxl::SUCCESS, "server RegisterMem");
+  CheckStatus(client.RegisterMem(client_desc, adxl::MEM_HOST, client_handle), adxl::SUCCESS, "client RegisterMem");
+  Check(server_handle != nullptr && client_handle != nullptr, "RegisterMem returns a handle");
+
+  adxl::Status st = client.Connect(server_name, 2000);
+  CheckStatus(st, adxl::SUCCESS, "Connect");
+  if (st != adxl::SUCCESS) {
+    client.Finalize();
+    server->Finalize();
+    std::fprintf(stderr, "adxl_client: %d check(s) failed\n", g_failures);
+    return 1;
+  }
+  CheckStatus(client.Connect(server_name, 2000), adxl::ALREADY_CONNECTED, "second Connect");
+
+  // WRITE: client_buf[0, half) -> server_buf[half, len).
+  const size_t half = kLen / 2;
+  for (size_t i = 0; i < half; ++i) {
+    client_buf[i] = static_cast<uint8_t>((i * 131U + 7U) & 0xFFU);
+  }
+  std::vector<adxl::TransferOpDesc> write_ops;
+  adxl::TransferOpDesc w{reinterpret_cast<uintptr_t>(client_buf.data()),
+                         reinterpret_cast<uintptr_t>(server_buf.data() + half), half};
+  write_ops.push_back(w);
+  CheckStatus(client.TransferSync(server_name, adxl::WRITE, write_ops, 2000), adxl::SUCCESS, "TransferSync WRITE");
+  bool write_ok = true;
+  for (size_t i = 0; i < half && write_ok; ++i) {
+    write_ok = server_buf[half + i] == static_cast<uint8_t>((i * 131U + 7U) & 0xFFU) &&
+               client_buf[i] == static_cast<uint8_t>((i * 131U + 7U) & 0xFFU);
+  }
+  Check(write_ok, "WRITE delivered the bytes (and left the source intact)");
+
+  // READ: server_buf[0, 4096) and [8192, 12288) -> client_buf[half, ...) in one batch.
+  for (size_t i = 0; i < 16384; ++i) {
+    server_buf[i] = static_cast<uint8_t>((i * 29U + 3U) & 0xFFU);
+  }
+  std::vector<adxl::TransferOpDesc> read_ops;
+  adxl::TransferOpDesc r1{reinterpret_cast<uintptr_t>(client_buf.data() + half),
+                          reinterpret_cast<uintptr_t>(server_buf.data()), 4096};
+  adxl::TransferOpDesc r2{reinterpret_cast<uintptr_t>(client_buf.data() + half + 4096),
+                          reinterpret_cast<uintptr_t>(server_buf.data() + 8192), 4096};
+  read_ops.push_back(r1);
+  read_ops.push_back(r2);
+  CheckStatus(client.TransferSync(server_name, adxl::READ, read_ops), adxl::SUCCESS, "TransferSync READ");
+  bool read_ok = true;
+  for (size_t i = 0; i < 4096 && read_ok; ++i) {
+    read_ok = client_buf[half + i] == static_cast<uint8_t>((i * 29U + 3U) & 0xFFU) &&
+              client_buf[half + 4096 + i] == static_cast<uint8_t>(((i + 8192U) * 29U + 3U) & 0xFFU) &&
+              server_buf[i] == static_cast<uint8_t>((i * 29U + 3U) & 0xFFU);
+  }
+  Check(read_ok, "READ delivered the bytes (and left the source intact)");
+
+  // Documented status codes.
+  CheckStatus(client.TransferSync(server_name, adxl::READ, read_ops, 0), adxl::PARAM_INVALID,
+              "TransferSync timeout 0");
+  CheckStatus(client.TransferSync(server_name, adxl::WRITE, std::vector<adxl::TransferOpDesc>(), 1000),
+              adxl::SUCCESS, "TransferSync empty batch");
+  CheckStatus(client.Connect(server_name, 0), adxl::PARAM_INVALID, "Connect timeout 0");
+  CheckStatus(client.Disconnect("127.0.0.1:1", 1000), adxl::NOT_CONNECTED, "Disconnect unknown engine");
+  CheckStatus(client.DeregisterMem(nullptr), adxl::PARAM_INVALID, "DeregisterMem(nullptr)");
+  CheckStatus(client.TransferSync("127.0.0.1:1", adxl::READ, read_ops, 1000), adxl::NOT_CONNECTED,
+              "TransferSync to an engine never connected");
+
+  CheckStatus(client.Disconnect(server_name, 2000), adxl::SUCCESS, "Disconnect");
+  CheckStatus(client.TransferSync(server_name, adxl::READ, read_ops, 1000), adxl::NOT_CONNECTED,
+              "TransferSync after Disconnect");
+  CheckStatus(client.Disconnect(server_name, 2000), adxl::NOT_CONNECTED, "second Disconnect");
+
+  CheckStatus(client.DeregisterMem(client_handle), adxl::SUCCESS, "client DeregisterMem");
+  CheckStatus(server->DeregisterMem(server_handle), adxl::SUCCESS, "server DeregisterMem");
+  client.Finalize();
+  server->Finalize();
+
+  if (g_failures != 0) {
+    std::fprintf(stderr, "adxl_client: %d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::printf("adxl_client OK\n");
+  return 0;
+}
