@@ -3,6 +3,7 @@
 #include <cinttypes>
 
 #include "common/log.h"
+#include "transport/fault_injection.h"
 
 namespace llmdd {
 
@@ -191,6 +192,10 @@ adxl::Status Engine::RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType typ
   if (access == 0 || (access & ~kAccessReadWrite) != 0) {
     LOG_ERROR("RegisterMem: invalid remote access rights %u", access);
     return adxl::PARAM_INVALID;
+  }
+  if (InjectRegistrationFailure()) {
+    LOG_ERROR("RegisterMem: registration failed (fault injection)");
+    return adxl::FAILED;
   }
   *handle = registry_.Add(addr, len, type, access);
   LOG_DEBUG("registered [0x%" PRIxPTR ", +%" PRIu64 ") as handle %" PRIu64, addr, len, *handle);

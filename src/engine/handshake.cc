@@ -1,6 +1,7 @@
 #include "engine/handshake.h"
 
 #include "common/hmac.h"
+#include "transport/fault_injection.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
@@ -53,7 +54,7 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
                                                const std::string &secret, Deadline deadline, wire::HelloAck *ack,
                                                adxl::Status *status, std::string *error) {
   bool timed_out = false;
-  std::shared_ptr<ByteStream> stream = TcpStream::Connect(remote, deadline, &timed_out, error);
+  std::shared_ptr<ByteStream> stream = MaybeInjectFaults(TcpStream::Connect(remote, deadline, &timed_out, error));
   if (!stream) {
     *status = timed_out ? adxl::TIMEOUT : adxl::FAILED;
     return nullptr;

@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "engine/handshake.h"
+#include "transport/fault_injection.h"
 
 namespace llmdd {
 
@@ -94,7 +95,7 @@ void PeerServer::AcceptLoop() {
     std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(500));
     ReapFinished();
     if (!accepted) continue;
-    std::shared_ptr<ByteStream> stream(std::move(accepted));
+    std::shared_ptr<ByteStream> stream = MaybeInjectFaults(std::shared_ptr<ByteStream>(std::move(accepted)));
     {
       std::lock_guard lock(mutex_);
       if (stopping_.load()) break;

@@ -1,0 +1,72 @@
+// Fault injection: a ByteStream decorator that delays, stalls, drops, corrupts,
+// closes or half-writes, driven by a seeded plan. Off unless a plan is set,
+// either by a test (SetFaultPlan) or, for multi-process chaos tests, by the
+// environment variable LLMDD_FAULT_INJECTION, e.g.
+//   LLMDD_FAULT_INJECTION="seed=7,delay=0.05:20,stall=0.01,drop=0.01,corrupt=0.01,close=0.01,partial=0.01,register=0.1"
+// Each probability applies per read/write call (register: per RegisterMem).
+// The decorator honours deadlines like the real stream: a stall waits until
+// the caller's deadline and reports a timeout, it never hangs.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+
+#include "transport/stream.h"
+
+namespace llmdd {
+
+struct FaultPlan {
+  uint64_t seed = 1;
+  double delay = 0;     // probability of sleeping delay_ms before the call
+  int delay_ms = 10;
+  double stall = 0;     // probability of blocking until the deadline (a frozen peer)
+  double drop = 0;      // probability of reporting a write as done without sending it
+  double corrupt = 0;   // probability of flipping one byte of a write
+  double close = 0;     // probability of shutting the connection down before the call
+  double partial = 0;   // probability of sending only part of a write, then shutting down
+  double fail_register = 0;  // probability that RegisterMem fails (engine level)
+  bool Active() const { return delay + stall + drop + corrupt + close + partial + fail_register > 0; }
+};
+
+// "key=value,..." as in the header comment. False with *error on bad input.
+bool ParseFaultPlan(const std::string &text, FaultPlan *plan, std::string *error);
+
+// Process-wide plan. The environment variable is read on first use.
+void SetFaultPlan(const FaultPlan &plan);
+FaultPlan CurrentFaultPlan();
+
+// Wraps `stream` when the current plan is active; returns it unchanged otherwise.
+std::shared_ptr<ByteStream> MaybeInjectFaults(std::shared_ptr<ByteStream> stream);
+// Rolls the registration-failure dice of the current plan.
+bool InjectRegistrationFailure();
+
+class FaultyStream final : public ByteStream {
+ public:
+  FaultyStream(std::shared_ptr<ByteStream> inner, const FaultPlan &plan, uint64_t stream_seed);
+  IoStatus ReadFull(const iovec *iov, int iovcnt, Deadline deadline) override;
+  IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline deadline) override;
+  void Shutdown() override {
+    shut_down_ = true;
+    inner_->Shutdown();
+  }
+  void Close() override { inner_->Close(); }
+  std::string PeerName() const override { return inner_->PeerName(); }
+  int LastErrno() const override { return inner_->LastErrno(); }
+
+ private:
+  bool Roll(double p);
+  // Applies delay/stall/close; returns kOk to proceed.
+  IoStatus Before(Deadline deadline);
+
+  std::shared_ptr<ByteStream> inner_;
+  FaultPlan plan_;
+  std::mutex rng_mutex_;
+  std::mt19937_64 rng_;
+  std::atomic<bool> shut_down_{false};
+};
+
+}  // namespace llmdd
