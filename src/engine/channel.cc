@@ -14,6 +14,7 @@ std::shared_ptr<ByteStream> Channel::OpenLane(wire::ConnRole role, Deadline dead
   wire::Hello hello;
   hello.role = role;
   hello.session_id = session_id_;
+  if (role == wire::ConnRole::kReverseLane && reverse_same_host_pid_ != 0) hello.capabilities |= wire::kCapSameHost;
   hello.engine_id = params_.local_id;
   hello.target_engine_id = params_.remote_id;
   wire::HelloAck ack;
@@ -31,12 +32,25 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
   hello.engine_id = params.local_id;
   hello.target_engine_id = params.remote_id;
+  const bool allow_same_host = params.config.transport != EngineConfig::Transport::kTcp;
+  if (allow_same_host) FillIdentity(&hello);
   wire::HelloAck ack;
   adxl::Status status = adxl::SUCCESS;
   channel->control_ =
       OpenPeerConnection(params.remote, hello, params.config.auth_secret, deadline, &ack, &status, error);
   if (!channel->control_) return status;
   channel->session_id_ = ack.session_id;
+  // Same-host path: forward lanes when the server reached our memory; reverse
+  // lanes when we reach the server's.
+  const bool forward_same_host = allow_same_host && (ack.capabilities & wire::kCapSameHost) != 0;
+  std::string why_not;
+  if (allow_same_host && VerifyReachable(IdentityOf(ack), &why_not)) channel->reverse_same_host_pid_ = ack.pid;
+  if (params.config.transport == EngineConfig::Transport::kSameHost && !forward_same_host) {
+    *error = "llmdd.Transport=shm but the same-host path to " + params.remote_id + " is not available" +
+             (why_not.empty() ? "" : " (" + why_not + ")");
+    channel->Close(Deadline::AfterMs(200));
+    return adxl::FAILED;
+  }
 
   // Broken forward lanes are reopened on demand with the same session.
   Channel *raw = channel.get();
@@ -49,6 +63,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
         adxl::Status s = adxl::SUCCESS;
         return raw->OpenLane(wire::ConnRole::kDataLane, d, &s, why);
       });
+  channel->lanes_->SetSameHost(forward_same_host);
   for (uint32_t i = 0; i < params.config.tcp_connections; ++i) {
     std::shared_ptr<ByteStream> lane = channel->OpenLane(wire::ConnRole::kDataLane, deadline, &status, error);
     if (!lane) {
@@ -69,14 +84,16 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       ctx.registry = raw->params_.registry;
       ctx.app_handler = raw->params_.app_handler;
       ctx.peer = raw->params_.remote_id;
+      ctx.same_host_pid = raw->reverse_same_host_pid_;
       ctx.stopping = &raw->stopping_;
       ServeLane(*lane, ctx);
       lane->Shutdown();
     });
   }
   channel->heartbeat_ = std::thread([raw] { raw->HeartbeatLoop(); });
-  LOG_INFO("connected to %s (session %" PRIx64 ", %u lanes, %u reverse lanes)", params.remote_id.c_str(),
-           channel->session_id_, params.config.tcp_connections, params.reverse_lanes);
+  LOG_INFO("connected to %s (session %" PRIx64 ", %u lanes, %u reverse lanes, %s)", params.remote_id.c_str(),
+           channel->session_id_, params.config.tcp_connections, params.reverse_lanes,
+           forward_same_host ? "same-host path" : "tcp path");
   *out = std::move(channel);
   return adxl::SUCCESS;
 }

@@ -50,6 +50,7 @@ class Channel {
   };
 
   LanePool &Lanes() { return *lanes_; }
+  bool SameHost() const { return lanes_ && lanes_->SameHost(); }
   // Set when the remote stopped answering heartbeats or the session was lost.
   bool Dead() const { return dead_.load(); }
   std::string DeadReason() const;
@@ -68,6 +69,7 @@ class Channel {
 
   Params params_;
   uint64_t session_id_ = 0;
+  uint32_t reverse_same_host_pid_ = 0;  // server pid when we verified we reach its memory
   std::shared_ptr<ByteStream> control_;
   std::timed_mutex control_mutex_;  // one control exchange at a time
   std::unique_ptr<LanePool> lanes_;

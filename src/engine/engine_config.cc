@@ -73,6 +73,17 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         return adxl::PARAM_INVALID;
       }
       config->worker_threads = static_cast<uint32_t>(v);
+    } else if (key == kOptTransport) {
+      if (value == "auto") {
+        config->transport = EngineConfig::Transport::kAuto;
+      } else if (value == "tcp") {
+        config->transport = EngineConfig::Transport::kTcp;
+      } else if (value == "shm" || value == "same-host") {
+        config->transport = EngineConfig::Transport::kSameHost;
+      } else {
+        *error = std::string("option ") + kOptTransport + "='" + value + "' must be auto, tcp or shm";
+        return adxl::PARAM_INVALID;
+      }
     } else if (key == kOptAuthSecret) {
       if (value.empty() || value.size() > 4096) {
         *error = std::string("option ") + kOptAuthSecret + " must be 1..4096 bytes";

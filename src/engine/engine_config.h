@@ -17,6 +17,8 @@ struct EngineConfig {
   uint32_t peer_timeout_ms = 10000;     // llmdd.PeerTimeoutMs: silent peer -> dead
   uint32_t worker_threads = 8;          // llmdd.WorkerThreads: requester-side I/O threads
   uint32_t handshake_timeout_ms = 5000; // server side: a new connection must say Hello within this
+  // llmdd.Transport: how data moves between engines on one host.
+  enum class Transport { kAuto, kTcp, kSameHost } transport = Transport::kAuto;
   std::string auth_secret;              // llmdd.AuthSecret or $LLMDD_AUTH_SECRET: mutual HMAC auth when set
 };
 
@@ -26,6 +28,7 @@ constexpr const char kOptHeartbeatIntervalMs[] = "llmdd.HeartbeatIntervalMs";
 constexpr const char kOptPeerTimeoutMs[] = "llmdd.PeerTimeoutMs";
 constexpr const char kOptWorkerThreads[] = "llmdd.WorkerThreads";
 constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
+constexpr const char kOptTransport[] = "llmdd.Transport";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 
 // Parses and validates; unknown keys are logged and ignored. Returns

@@ -186,6 +186,30 @@ void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &rea
   SendMessage(stream, MsgType::kError, status, reason.substr(0, wire::kMaxControlBody), deadline);
 }
 
+void FillIdentity(wire::Hello *hello) {
+  const ProcessIdentity &self = LocalIdentity();
+  hello->boot_id = self.boot_id;
+  hello->pid = self.pid;
+  hello->token_addr = self.token_addr;
+  hello->token = self.token;
+}
+
+void FillIdentity(wire::HelloAck *ack) {
+  const ProcessIdentity &self = LocalIdentity();
+  ack->boot_id = self.boot_id;
+  ack->pid = self.pid;
+  ack->token_addr = self.token_addr;
+  ack->token = self.token;
+}
+
+ProcessIdentity IdentityOf(const wire::Hello &hello) {
+  return ProcessIdentity{hello.boot_id, hello.pid, hello.token_addr, hello.token};
+}
+
+ProcessIdentity IdentityOf(const wire::HelloAck &ack) {
+  return ProcessIdentity{ack.boot_id, ack.pid, ack.token_addr, ack.token};
+}
+
 bool SendControl(ByteStream &stream, MsgType type, uint64_t request_id, Deadline deadline) {
   MsgHeader header;
   header.type = static_cast<uint16_t>(type);

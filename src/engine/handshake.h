@@ -9,6 +9,7 @@
 #include "common/deadline.h"
 #include "common/endpoint.h"
 #include "engine/wire.h"
+#include "transport/shm/cma.h"
 #include "transport/stream.h"
 
 namespace llmdd {
@@ -32,6 +33,13 @@ bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::s
 bool SendHelloAck(ByteStream &stream, const wire::HelloAck &ack, Deadline deadline);
 // Refuses a connection with a status and a reason; best effort.
 void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline);
+
+// Same-host identity of this process, for Hello / HelloAck.
+void FillIdentity(wire::Hello *hello);
+void FillIdentity(wire::HelloAck *ack);
+// The peer's identity as carried by a Hello / HelloAck.
+ProcessIdentity IdentityOf(const wire::Hello &hello);
+ProcessIdentity IdentityOf(const wire::HelloAck &ack);
 
 // Small control messages without payload (Ping/Pong/Goodbye/GoodbyeAck).
 bool SendControl(ByteStream &stream, wire::MsgType type, uint64_t request_id, Deadline deadline);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "transport/shm/cma.h"
 
 namespace llmdd {
 namespace {
@@ -78,15 +79,16 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
 }  // namespace
 
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                           uint64_t request_id, Deadline deadline) {
+                           uint64_t request_id, Deadline deadline, bool same_host) {
   const bool is_read = op == adxl::READ;
   uint64_t total = 0;
-  // Request body: range header + (remote addr, len) per segment.
+  // Request body: range header + (remote addr, len[, local addr]) per segment.
+  const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
   thread_local std::vector<uint8_t> body;
-  body.resize(wire::kRangeBodyHeader + wire::kRangeEntrySize * count);
+  body.resize(wire::kRangeBodyHeader + entry_size * count);
   for (size_t i = 0; i < count; ++i) {
-    uint64_t entry[2] = {segs[i].remote, segs[i].len};
-    memcpy(body.data() + wire::kRangeBodyHeader + i * wire::kRangeEntrySize, entry, sizeof(entry));
+    uint64_t entry[3] = {segs[i].remote, segs[i].len, segs[i].local};
+    memcpy(body.data() + wire::kRangeBodyHeader + i * entry_size, entry, entry_size);
     total += segs[i].len;
   }
   wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
@@ -95,7 +97,24 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   header.type = static_cast<uint16_t>(is_read ? MsgType::kReadRequest : MsgType::kWriteRequest);
   header.request_id = request_id;
   header.body_len = body.size();
-  header.payload_len = is_read ? 0 : total;
+  header.payload_len = (is_read || same_host) ? 0 : total;
+
+  if (same_host) {
+    // The server moves the bytes itself; we only send the request and wait.
+    header.flags = wire::kFlagSameHost;
+    iovec request[2] = {{&header, sizeof(header)}, {body.data(), body.size()}};
+    IoStatus io = stream.WriteFull(request, 2, deadline);
+    if (io != IoStatus::kOk) return IoFailure(io, stream, "sending request to");
+    MsgHeader response;
+    LaneResult result = ReadResponseHeader(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse,
+                                           request_id, deadline, &response);
+    if (result.status == adxl::SUCCESS && !result.broken && response.payload_len != 0) {
+      result.status = adxl::FAILED;
+      result.broken = true;
+      result.error = "peer " + stream.PeerName() + " sent a payload for a same-host request";
+    }
+    return result;
+  }
 
   // Local side of the data: destination iovecs for READ, source iovecs for WRITE.
   thread_local std::vector<iovec> iov;
@@ -199,18 +218,22 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     SendProtocolError(stream, "range list too short");
     return false;
   }
+  const bool same_host = (header.flags & wire::kFlagSameHost) != 0;
+  const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
   thread_local std::vector<uint8_t> body;
   body.resize(header.body_len);
   if (stream.Read(body.data(), body.size(), assembly) != IoStatus::kOk) return false;
   uint32_t count = 0, timeout_ms = 0;
   uint64_t total = 0;
-  std::string bad = wire::DecodeRangeHeader(body.data(), header.body_len, &count, &timeout_ms, &total);
+  std::string bad = wire::DecodeRangeHeader(body.data(), header.body_len, &count, &timeout_ms, &total, entry_size);
+  if (bad.empty() && same_host && ctx.same_host_pid == 0)
+    bad = "same-host request on a connection whose peer was not verified for it";
   if (!bad.empty()) {
     LOG_ERROR("peer %s sent a malformed request: %s", ctx.peer.c_str(), bad.c_str());
     SendProtocolError(stream, bad);
     return false;
   }
-  if (!is_read && header.payload_len != total) {
+  if (!is_read && !same_host && header.payload_len != total) {
     LOG_ERROR("peer %s: write payload %" PRIu64 " != declared total %" PRIu64, ctx.peer.c_str(),
               header.payload_len, total);
     SendProtocolError(stream, "write payload length does not match the range list");
@@ -226,13 +249,16 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   MsgHeader response;
   response.type = static_cast<uint16_t>(is_read ? MsgType::kReadResponse : MsgType::kWriteResponse);
   response.request_id = header.request_id;
-  if (is_read) iov.push_back({&response, sizeof(response)});
+  if (is_read && !same_host) iov.push_back({&response, sizeof(response)});
+  thread_local std::vector<iovec> peer_iov;  // same-host: the requester's local ranges
+  peer_iov.clear();
   uint64_t sum = 0;
   std::string refusal;
   for (uint32_t i = 0; i < count && refusal.empty(); ++i) {
-    uint64_t entry[2];
-    memcpy(entry, body.data() + wire::kRangeBodyHeader + i * wire::kRangeEntrySize, sizeof(entry));
+    uint64_t entry[3] = {0, 0, 0};
+    memcpy(entry, body.data() + wire::kRangeBodyHeader + i * entry_size, entry_size);
     const uint64_t addr = entry[0], len = entry[1];
+    if (same_host) peer_iov.push_back({reinterpret_cast<void *>(static_cast<uintptr_t>(entry[2])), len});
     if (len == 0 || __builtin_add_overflow(sum, len, &sum)) {
       refusal = "range " + std::to_string(i) + " has an invalid length";
     } else if (addr == 0 || !pins.Cover(static_cast<uintptr_t>(addr), len, is_read ? kAccessRead : kAccessWrite)) {
@@ -246,13 +272,30 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   if (!refusal.empty()) {
     pins.Release();
     LOG_WARN("refused %s from %s: %s", is_read ? "read" : "write", ctx.peer.c_str(), refusal.c_str());
-    if (!is_read && !DiscardPayload(stream, header.payload_len, deadline)) return false;
+    if (!is_read && !same_host && !DiscardPayload(stream, header.payload_len, deadline)) return false;
     return SendResponse(stream, response.type == static_cast<uint16_t>(MsgType::kReadResponse)
                                     ? MsgType::kReadResponse
                                     : MsgType::kWriteResponse,
                         header.request_id, adxl::PARAM_INVALID, refusal, deadline);
   }
 
+  if (same_host) {
+    // One copy between our registered memory and the requester's ranges. The
+    // regions stay pinned until the copy is done.
+    int err = CmaCopy(static_cast<pid_t>(ctx.same_host_pid), /*to_peer=*/is_read, iov.data(), iov.size(),
+                      peer_iov.data(), peer_iov.size());
+    pins.Release();
+    adxl::Status status = adxl::SUCCESS;
+    std::string text;
+    if (err != 0) {
+      status = err == EFAULT ? adxl::PARAM_INVALID : adxl::FAILED;
+      text = std::string("same-host copy failed: ") + strerror(err) +
+             (err == EFAULT ? " (a local range of the requester is not mapped)" : "");
+      LOG_WARN("%s for %s", text.c_str(), ctx.peer.c_str());
+    }
+    return SendResponse(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse, header.request_id, status,
+                        text, deadline);
+  }
   if (is_read) {
     response.payload_len = total;
     IoStatus io = stream.WriteFull(iov.data(), static_cast<int>(iov.size()), deadline);

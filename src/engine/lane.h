@@ -36,8 +36,10 @@ struct LaneResult {
 
 // Sends one Read or Write request for `count` (<= wire::kMaxRangesPerRequest)
 // segments and completes it: READ fills the local ranges, WRITE sends them.
+// same_host: ask the server to copy with process_vm_* straight between its
+// registered memory and our local ranges (only when it verified it can).
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                           uint64_t request_id, Deadline deadline);
+                           uint64_t request_id, Deadline deadline, bool same_host = false);
 
 // Application messages (used by LLM-DataDist for cache tables and unlink).
 // The handler gets the peer's engine id, the session the request arrived on
@@ -54,6 +56,7 @@ struct ServeContext {
   const AppHandler *app_handler = nullptr;  // may be null: app requests then get UNSUPPORTED
   std::string peer;                         // peer engine id, for logs and the app handler
   uint64_t session_id = 0;                  // server-side session of the lane, 0 otherwise
+  uint32_t same_host_pid = 0;               // requester's pid when verified reachable with CMA, else 0
   std::atomic<bool> *stopping = nullptr;
 };
 

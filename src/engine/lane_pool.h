@@ -39,6 +39,10 @@ class LanePool {
                         std::string *error);
   adxl::Status AppCall(uint32_t app_type, const std::string &request, Deadline deadline, std::string *response,
                        std::string *error);
+  // Same-host requests (the peer copies with process_vm_*): set once the peer verified it can.
+  void SetSameHost(bool on) { same_host_.store(on); }
+  bool SameHost() const { return same_host_.load(); }
+
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.
   void ShutdownAll();
 
@@ -79,6 +83,7 @@ class LanePool {
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<uint32_t> rotate_{0};
   std::atomic<bool> shut_down_{false};
+  std::atomic<bool> same_host_{false};
 };
 
 }  // namespace llmdd

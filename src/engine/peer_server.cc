@@ -156,6 +156,16 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
   ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
   ack.session_id = session->id;
   ack.engine_id = local_id_;
+  if (config_.transport != EngineConfig::Transport::kTcp && hello.pid != 0) {
+    std::string why;
+    if (VerifyReachable(IdentityOf(hello), &why)) {
+      session->same_host_pid = hello.pid;
+      ack.capabilities |= wire::kCapSameHost;
+    } else {
+      LOG_INFO("same-host path to %s not available: %s", hello.engine_id.c_str(), why.c_str());
+    }
+    FillIdentity(&ack);
+  }
   if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
     EndSession(session->id, "hello answer could not be sent");
     return;
@@ -207,6 +217,7 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
 }
 
 void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
+  uint32_t same_host_pid = 0;
   {
     std::lock_guard lock(mutex_);
     auto it = sessions_.find(hello.session_id);
@@ -217,6 +228,7 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
       return;
     }
     it->second->lanes.push_back(stream);
+    same_host_pid = it->second->same_host_pid;
   }
   wire::HelloAck ack;
   ack.session_id = hello.session_id;
@@ -227,6 +239,7 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     ctx.app_handler = app_handler_;
     ctx.peer = hello.engine_id;
     ctx.session_id = hello.session_id;
+    ctx.same_host_pid = same_host_pid;
     ctx.stopping = &stopping_;
     ServeLane(*stream, ctx);
   }
@@ -253,6 +266,9 @@ void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wir
     auto &session = it->second;
     if (!session->reverse) {
       session->reverse = std::make_shared<LanePool>(session->client_id, workers_, nullptr);
+      // The client verified it reaches our memory: it can serve same-host requests.
+      session->reverse->SetSameHost((hello.capabilities & wire::kCapSameHost) != 0 &&
+                                    config_.transport != EngineConfig::Transport::kTcp);
       first = true;
     }
     pool = session->reverse;

@@ -53,6 +53,7 @@ class PeerServer {
     std::shared_ptr<ByteStream> control;
     std::vector<std::shared_ptr<ByteStream>> lanes;
     std::shared_ptr<LanePool> reverse;
+    uint32_t same_host_pid = 0;  // client pid when we verified we reach its memory
     bool ended = false;
   };
   struct Worker {

@@ -43,11 +43,11 @@ std::string CheckHeader(const MsgHeader &header) {
       max_body = kMaxControlBody;
       break;
     case MsgType::kReadRequest:
-      max_body = kRangeBodyHeader + kRangeEntrySize * kMaxRangesPerRequest;
+      max_body = kRangeBodyHeader + kSameHostEntrySize * kMaxRangesPerRequest;
       break;
     case MsgType::kWriteRequest:
-      max_body = kRangeBodyHeader + kRangeEntrySize * kMaxRangesPerRequest;
-      payload_allowed = true;
+      max_body = kRangeBodyHeader + kSameHostEntrySize * kMaxRangesPerRequest;
+      payload_allowed = (header.flags & kFlagSameHost) == 0;
       break;
     case MsgType::kReadResponse:
       max_body = kMaxErrorText;
@@ -82,6 +82,10 @@ std::string EncodeHello(const Hello &hello) {
   w.Str(hello.engine_id);
   w.Str(hello.target_engine_id);
   w.Str(hello.nonce);
+  w.Str(hello.boot_id);
+  w.U32(hello.pid);
+  w.U64(hello.token_addr);
+  w.Str(hello.token);
   return w.Data();
 }
 
@@ -94,6 +98,9 @@ bool DecodeHello(const std::string &body, Hello *out) {
     return false;
   // The nonce is a later field: absent in a body that ends here.
   if (r.Left() > 0 && !r.Str(&out->nonce, kMaxAuthField)) return false;
+  if (r.Left() > 0 && (!r.Str(&out->boot_id, kMaxAuthField) || !r.U32(&out->pid) || !r.U64(&out->token_addr) ||
+                       !r.Str(&out->token, kMaxAuthField)))
+    return false;
   if (role < 1 || role > 3) return false;
   out->role = static_cast<ConnRole>(role);
   return true;  // trailing bytes are tolerated: later minor revisions may append fields
@@ -116,12 +123,20 @@ std::string EncodeHelloAck(const HelloAck &ack) {
   w.U32(ack.capabilities);
   w.U64(ack.session_id);
   w.Str(ack.engine_id);
+  w.Str(ack.boot_id);
+  w.U32(ack.pid);
+  w.U64(ack.token_addr);
+  w.Str(ack.token);
   return w.Data();
 }
 
 bool DecodeHelloAck(const std::string &body, HelloAck *out) {
   BodyReader r(body.data(), body.size());
-  return r.U32(&out->capabilities) && r.U64(&out->session_id) && r.Str(&out->engine_id, kMaxEngineIdLen);
+  if (!r.U32(&out->capabilities) || !r.U64(&out->session_id) || !r.Str(&out->engine_id, kMaxEngineIdLen))
+    return false;
+  if (r.Left() == 0) return true;  // no same-host identity
+  return r.Str(&out->boot_id, kMaxAuthField) && r.U32(&out->pid) && r.U64(&out->token_addr) &&
+         r.Str(&out->token, kMaxAuthField);
 }
 
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]) {
@@ -131,13 +146,13 @@ void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint
 }
 
 std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
-                              uint32_t *timeout_ms, uint64_t *total) {
+                              uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size) {
   memcpy(count, in, 4);
   memcpy(timeout_ms, in + 4, 4);
   memcpy(total, in + 8, 8);
   if (*count == 0 || *count > kMaxRangesPerRequest)
     return "range count " + std::to_string(*count) + " outside [1, " + std::to_string(kMaxRangesPerRequest) + "]";
-  if (body_len != kRangeBodyHeader + kRangeEntrySize * static_cast<uint64_t>(*count))
+  if (body_len != kRangeBodyHeader + entry_size * static_cast<uint64_t>(*count))
     return "body length " + std::to_string(body_len) + " does not match " + std::to_string(*count) + " ranges";
   return "";
 }

@@ -58,6 +58,14 @@ enum class ConnRole : uint32_t {
 // Capability bits announced in Hello / HelloAck.
 constexpr uint32_t kCapReverseLanes = 1U << 0;
 constexpr uint32_t kCapAppMessages = 1U << 1;
+// HelloAck: the server reached the client's memory (token check), so requests
+// on forward lanes may use the same-host path. Reverse-lane Hello: the client
+// reached the server's memory, so the server may use it on reverse lanes.
+constexpr uint32_t kCapSameHost = 1U << 2;
+
+// Header flag of Read/Write requests: same-host request. Entries carry the
+// requester's local address too; the server copies with process_vm_*; no payload.
+constexpr uint32_t kFlagSameHost = 1U << 0;
 
 // Bounds that the decoder enforces before allocating.
 constexpr uint32_t kMaxRangesPerRequest = 65536;
@@ -68,6 +76,7 @@ constexpr uint32_t kMaxEngineIdLen = 256;
 constexpr uint32_t kMaxAuthField = 64;
 constexpr uint64_t kRangeBodyHeader = 16;  // count u32, timeout_ms u32, total u64
 constexpr uint64_t kRangeEntrySize = 16;   // addr u64, len u64
+constexpr uint64_t kSameHostEntrySize = 24;  // addr u64, len u64, requester's local addr u64
 
 struct Hello {
   ConnRole role = ConnRole::kControl;
@@ -79,12 +88,22 @@ struct Hello {
   std::string engine_id;          // sender's engine id (client's local_engine)
   std::string target_engine_id;   // the id the client used to reach the server
   std::string nonce;              // client's random challenge for mutual authentication
+  // Same-host path (optional): who the sender is, so the receiver can verify it
+  // reaches the sender's memory (see transport/shm/cma.h).
+  std::string boot_id;
+  uint32_t pid = 0;
+  uint64_t token_addr = 0;
+  std::string token;
 };
 
 struct HelloAck {
   uint32_t capabilities = 0;
   uint64_t session_id = 0;
   std::string engine_id;          // server's own engine id
+  std::string boot_id;            // same-host identity of the server (optional)
+  uint32_t pid = 0;
+  uint64_t token_addr = 0;
+  std::string token;
 };
 
 struct Range {
@@ -156,7 +175,8 @@ bool DecodeHelloAck(const std::string &body, HelloAck *out);
 // Range-list body of Read/Write requests.
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]);
 // Validates count against body_len and the limits; returns "" or the reason.
+// entry_size: kRangeEntrySize, or kSameHostEntrySize for same-host requests.
 std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
-                              uint32_t *timeout_ms, uint64_t *total);
+                              uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size = kRangeEntrySize);
 
 }  // namespace llmdd::wire

@@ -36,7 +36,7 @@ TEST(WireHeader, RefusesBadMagicVersionTypeAndSizes) {
   EXPECT_NE(CheckHeader(h).find("unknown message type 999"), std::string::npos);
   // A 4 GiB body is refused before anything is allocated.
   EXPECT_NE(CheckHeader(Header(MsgType::kHello, 4ULL << 30)).find("exceeds"), std::string::npos);
-  EXPECT_NE(CheckHeader(Header(MsgType::kReadRequest, kRangeBodyHeader + kRangeEntrySize * (kMaxRangesPerRequest + 1)))
+  EXPECT_NE(CheckHeader(Header(MsgType::kReadRequest, kRangeBodyHeader + kSameHostEntrySize * (kMaxRangesPerRequest + 1)))
                 .find("exceeds"),
             std::string::npos);
   EXPECT_NE(CheckHeader(Header(MsgType::kAppResponse, kMaxAppBody + 1)).find("exceeds"), std::string::npos);
@@ -71,11 +71,13 @@ TEST(WireHello, RefusesTruncatedOversizedAndUnknownRole) {
   in.engine_id = "x";
   std::string body = EncodeHello(in);
   Hello out;
-  // The trailing nonce field is optional (older peers end before it), so the
-  // one valid cut is exactly before its 4-byte length.
-  const size_t without_nonce = body.size() - 4;
+  // Trailing optional fields: the nonce (4-byte length, empty here) and the
+  // same-host identity block (boot id length 4, pid 4, token addr 8, token
+  // length 4). A body may end before either of them, nowhere else.
+  const size_t without_identity = body.size() - 20;
+  const size_t without_nonce = without_identity - 4;
   for (size_t cut = 0; cut < body.size(); ++cut) {
-    if (cut == without_nonce) {
+    if (cut == without_nonce || cut == without_identity) {
       EXPECT_TRUE(DecodeHello(body.substr(0, cut), &out));
     } else {
       EXPECT_FALSE(DecodeHello(body.substr(0, cut), &out)) << cut;
@@ -96,7 +98,10 @@ TEST(WireHello, RefusesTruncatedOversizedAndUnknownRole) {
 }
 
 TEST(WireHelloAck, RoundTrips) {
-  HelloAck in{7, 42, "engine"};
+  HelloAck in;
+  in.capabilities = 7;
+  in.session_id = 42;
+  in.engine_id = "engine";
   HelloAck out;
   ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in), &out));
   EXPECT_EQ(out.capabilities, 7U);
@@ -121,6 +126,45 @@ TEST(WireRanges, HeaderMustMatchBodyAndLimits) {
   EXPECT_NE(DecodeRangeHeader(buf, kRangeBodyHeader + (kMaxRangesPerRequest + 1) * kRangeEntrySize, &count,
                               &timeout, &total),
             "");
+}
+
+}  // namespace
+}  // namespace llmdd::wire
+
+namespace llmdd::wire {
+namespace {
+
+TEST(WireHello, SameHostIdentityRoundTrips) {
+  Hello in;
+  in.engine_id = "e";
+  in.boot_id = "boot";
+  in.pid = 1234;
+  in.token_addr = 0x7fff0000;
+  in.token = std::string(32, 'T');
+  Hello out;
+  ASSERT_TRUE(DecodeHello(EncodeHello(in), &out));
+  EXPECT_EQ(out.boot_id, "boot");
+  EXPECT_EQ(out.pid, 1234U);
+  EXPECT_EQ(out.token_addr, 0x7fff0000U);
+  EXPECT_EQ(out.token, in.token);
+  HelloAck ack;
+  ack.engine_id = "s";
+  ack.pid = 99;
+  ack.token = "t";
+  HelloAck back;
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(ack), &back));
+  EXPECT_EQ(back.pid, 99U);
+  EXPECT_EQ(back.token, "t");
+}
+
+TEST(WireHeader, SameHostWritesCarryNoPayload) {
+  MsgHeader h;
+  h.type = static_cast<uint16_t>(MsgType::kWriteRequest);
+  h.flags = kFlagSameHost;
+  h.body_len = kRangeBodyHeader + kSameHostEntrySize;
+  EXPECT_EQ(CheckHeader(h), "");
+  h.payload_len = 8;
+  EXPECT_NE(CheckHeader(h).find("payload"), std::string::npos);
 }
 
 }  // namespace

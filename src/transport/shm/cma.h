@@ -1,0 +1,43 @@
+// Same-host one-copy data path: Cross Memory Attach (process_vm_readv /
+// process_vm_writev). The serving engine copies directly between its
+// registered memory and the requester's buffers, one copy, no socket payload.
+//
+// Before trusting it, each side proves it reaches the right process: the peer
+// advertises its boot id, pid and the address of a random 32-byte token in its
+// memory (over the TCP handshake); we read the token back with
+// process_vm_readv and compare. A different host, a different PID namespace
+// (the pid names another process or none), or missing ptrace permission makes
+// the check fail, and the TCP path is used instead.
+#pragma once
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <string>
+
+namespace llmdd {
+
+struct ProcessIdentity {
+  std::string boot_id;     // /proc/sys/kernel/random/boot_id
+  uint32_t pid = 0;
+  uint64_t token_addr = 0;
+  std::string token;       // 32 random bytes living at token_addr
+  bool Empty() const { return pid == 0; }
+};
+
+// This process's identity (token allocated once, lives for the process).
+const ProcessIdentity &LocalIdentity();
+
+// True when `peer` is on this host and its memory is reachable with CMA at
+// that pid (token read back and equal). *why says what failed otherwise.
+bool VerifyReachable(const ProcessIdentity &peer, std::string *why);
+
+// Copies between local iovecs and the peer's iovecs (same total length),
+// chunked to IOV_MAX. to_peer: local -> peer (writev), else peer -> local.
+// Returns 0 on success or the errno that stopped it (EFAULT: a range was not
+// mapped in one of the processes; ESRCH: peer gone; EPERM: not permitted).
+int CmaCopy(pid_t peer, bool to_peer, const iovec *local, size_t local_count, const iovec *remote,
+            size_t remote_count);
+
+}  // namespace llmdd

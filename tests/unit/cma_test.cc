@@ -1,0 +1,128 @@
+// Same-host path: identity verification and the chunked process_vm copy.
+#include "transport/shm/cma.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "engine/lane.h"
+#include "transport/tcp/tcp_stream.h"
+
+namespace llmdd {
+namespace {
+
+TEST(Cma, VerifiesOwnIdentityAndRejectsImpostors) {
+  const ProcessIdentity &self = LocalIdentity();
+  std::string why;
+  ASSERT_TRUE(VerifyReachable(self, &why)) << why;
+  ProcessIdentity wrong_token = self;
+  wrong_token.token[0] = static_cast<char>(wrong_token.token[0] ^ 1);
+  EXPECT_FALSE(VerifyReachable(wrong_token, &why));
+  EXPECT_NE(why.find("another process"), std::string::npos) << why;
+  ProcessIdentity other_host = self;
+  other_host.boot_id = "not-this-boot";
+  EXPECT_FALSE(VerifyReachable(other_host, &why));
+  EXPECT_NE(why.find("another host"), std::string::npos) << why;
+  ProcessIdentity no_process = self;
+  no_process.pid = 0x3FFFFFFF;  // above pid_max
+  EXPECT_FALSE(VerifyReachable(no_process, &why));
+  EXPECT_FALSE(VerifyReachable(ProcessIdentity{}, &why));
+}
+
+TEST(Cma, CopiesAcrossManyUnevenlySplitRanges) {
+  // 3000 local pieces of 7 bytes vs 1500 remote pieces of 14 bytes: more than
+  // IOV_MAX on both sides and boundaries that never line up.
+  std::vector<char> src(21000), dst(21000, 0);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<char>(i * 11 + 3);
+  std::vector<iovec> local, remote;
+  for (size_t i = 0; i < 3000; ++i) local.push_back({src.data() + i * 7, 7});
+  for (size_t i = 0; i < 1500; ++i) remote.push_back({dst.data() + i * 14, 14});
+  ASSERT_EQ(CmaCopy(getpid(), /*to_peer=*/true, local.data(), local.size(), remote.data(), remote.size()), 0);
+  EXPECT_EQ(src, dst);
+  std::vector<char> back(21000, 0);
+  std::vector<iovec> back_iov{{back.data(), back.size()}};
+  ASSERT_EQ(CmaCopy(getpid(), /*to_peer=*/false, back_iov.data(), 1, remote.data(), remote.size()), 0);
+  EXPECT_EQ(back, src);
+}
+
+TEST(Cma, UnmappedPeerRangeIsEfault) {
+  std::vector<char> buf(64);
+  iovec local{buf.data(), buf.size()};
+  iovec remote{reinterpret_cast<void *>(0x10), 64};
+  EXPECT_EQ(CmaCopy(getpid(), false, &local, 1, &remote, 1), EFAULT);
+}
+
+// The lane protocol with same-host requests: the serving side copies straight
+// into / out of the requester's memory; refusals still happen before any copy.
+TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  TcpStream requester(fds[0], "requester"), server(fds[1], "server");
+  MemoryRegistry registry;
+  std::vector<char> remote(8192);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 5 + 1);
+  registry.Add(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), 1);
+  std::thread serving([&] {
+    ServeContext ctx;
+    ctx.registry = &registry;
+    ctx.peer = "self";
+    ctx.same_host_pid = static_cast<uint32_t>(getpid());
+    ServeLane(server, ctx);
+  });
+  auto R = [&](size_t off) { return reinterpret_cast<uintptr_t>(remote.data()) + off; };
+  std::vector<char> local(1000, 'L');
+  Segment segs[2] = {{reinterpret_cast<uintptr_t>(local.data()), R(100), 500},
+                     {reinterpret_cast<uintptr_t>(local.data() + 500), R(4000), 500}};
+  LaneResult r = ExecuteTransfer(requester, adxl::READ, segs, 2, 1, Deadline::AfterMs(3000), true);
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  EXPECT_EQ(memcmp(local.data(), remote.data() + 100, 500), 0);
+  EXPECT_EQ(memcmp(local.data() + 500, remote.data() + 4000, 500), 0);
+
+  std::vector<char> data(300, 'W');
+  Segment w{reinterpret_cast<uintptr_t>(data.data()), R(7000), 300};
+  r = ExecuteTransfer(requester, adxl::WRITE, &w, 1, 2, Deadline::AfterMs(3000), true);
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  EXPECT_EQ(std::string(remote.data() + 7000, 300), std::string(300, 'W'));
+
+  std::vector<char> before = remote;
+  Segment outside{reinterpret_cast<uintptr_t>(data.data()), R(8000), 300};
+  r = ExecuteTransfer(requester, adxl::WRITE, &outside, 1, 3, Deadline::AfterMs(3000), true);
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+  EXPECT_EQ(remote, before);
+
+  Segment bad_local{0x10, R(0), 64};
+  r = ExecuteTransfer(requester, adxl::READ, &bad_local, 1, 4, Deadline::AfterMs(3000), true);
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+  EXPECT_NE(r.error.find("not mapped"), std::string::npos) << r.error;
+  requester.Shutdown();
+  serving.join();
+}
+
+TEST(CmaLane, UnverifiedPeerCannotUseTheSameHostPath) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  TcpStream requester(fds[0], "requester"), server(fds[1], "server");
+  MemoryRegistry registry;
+  std::vector<char> remote(64, 'R');
+  registry.Add(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), 1);
+  std::thread serving([&] {
+    ServeContext ctx;
+    ctx.registry = &registry;
+    ctx.peer = "stranger";  // same_host_pid stays 0: not verified
+    ServeLane(server, ctx);
+  });
+  std::vector<char> local(64, 'L');
+  Segment s{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()), 64};
+  LaneResult r = ExecuteTransfer(requester, adxl::READ, &s, 1, 1, Deadline::AfterMs(3000), true);
+  EXPECT_NE(r.status, adxl::SUCCESS);
+  EXPECT_EQ(std::string(local.begin(), local.end()), std::string(64, 'L'));
+  requester.Shutdown();
+  serving.join();
+}
+
+}  // namespace
+}  // namespace llmdd
