@@ -1,0 +1,584 @@
+// Multi-process ADXL data-path tests: the test process runs a client AdxlEngine,
+// the remote memory lives in separate adxl_peer processes. Every test checks the
+// exact status and every byte (destination ranges, their neighbours, the sources).
+//
+// Remote regions hold a known pattern (itest::PatternByte(seed, offset)); the peer
+// verifies ranges (CHECK) or hashes them (CRC) so the test can compare with the
+// image it expects.
+#define ITEST_USE_GTEST
+#include "process_util.h"
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+namespace itest {
+namespace {
+
+constexpr int32_t kBigTimeoutMs = 20000;  // CI machines are slow (2 cores)
+
+// One descriptor of a generated batch, in region/buffer offsets.
+struct PlannedDesc {
+  size_t region = 0;  // index into the peer's regions
+  size_t roff = 0;    // offset in that region
+  size_t loff = 0;    // offset in the local buffer
+  size_t len = 0;
+};
+
+// Destinations never overlap (packed in shuffled order with random gaps); sources
+// are random and may overlap. For READ the destination is the local buffer, for
+// WRITE the remote regions listed in `regions` (sizes from `region_sizes`).
+std::vector<PlannedDesc> PlanBatch(adxl::TransferOp op, const std::vector<size_t> &lengths,
+                                   const std::vector<size_t> &regions, const std::vector<size_t> &region_sizes,
+                                   size_t local_size, std::mt19937_64 &rng, std::string *err) {
+  std::vector<PlannedDesc> out(lengths.size());
+  std::vector<size_t> order(lengths.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::uniform_int_distribution<size_t> gap(0, 63);
+  std::uniform_int_distribution<size_t> pick_region(0, regions.size() - 1);
+  std::vector<size_t> cursor(regions.size(), 0);  // WRITE: per region
+  size_t local_cursor = 0;                        // READ
+  for (size_t k : order) {
+    PlannedDesc d;
+    d.len = lengths[k];
+    if (op == adxl::READ) {
+      local_cursor += gap(rng);
+      d.loff = local_cursor;
+      local_cursor += d.len;
+      if (local_cursor > local_size) {
+        *err = "local buffer too small for the planned batch";
+        return {};
+      }
+      size_t ri = pick_region(rng);
+      for (size_t tries = 0; tries < regions.size() && region_sizes[regions[ri]] < d.len; ++tries)
+        ri = (ri + 1) % regions.size();
+      d.region = regions[ri];
+      if (region_sizes[d.region] < d.len) {
+        *err = "no region large enough";
+        return {};
+      }
+      d.roff = std::uniform_int_distribution<size_t>(0, region_sizes[d.region] - d.len)(rng);
+    } else {
+      size_t ri = pick_region(rng);
+      bool placed = false;
+      for (size_t tries = 0; tries < regions.size(); ++tries, ri = (ri + 1) % regions.size()) {
+        size_t start = cursor[ri] + gap(rng);
+        if (start + d.len <= region_sizes[regions[ri]]) {
+          d.region = regions[ri];
+          d.roff = start;
+          cursor[ri] = start + d.len;
+          placed = true;
+          break;
+        }
+      }
+      if (!placed) {
+        *err = "remote regions too small for the planned batch";
+        return {};
+      }
+      if (local_size < d.len) {
+        *err = "local buffer too small";
+        return {};
+      }
+      d.loff = std::uniform_int_distribution<size_t>(0, local_size - d.len)(rng);
+    }
+    out[k] = d;
+  }
+  return out;
+}
+
+// Finds the first byte where the peer's region differs from `expected` using CRCs
+// of shrinking chunks (for a readable failure message).
+std::string LocateRemoteMismatch(AdxlPeer &peer, size_t idx, const std::vector<uint8_t> &expected) {
+  size_t lo = 0, len = expected.size();
+  while (len > 64) {
+    const size_t chunk = (len + 15) / 16;
+    bool found = false;
+    for (size_t off = lo; off < lo + len; off += chunk) {
+      size_t n = std::min(chunk, lo + len - off);
+      uint64_t crc = 0;
+      if (!peer.Crc(idx, off, n, &crc)) return "CRC failed: " + peer.last_error();
+      if (crc != Hash64(expected.data() + off, n)) {
+        lo = off;
+        len = n;
+        found = true;
+        break;
+      }
+    }
+    if (!found) return "no mismatch found on second look";
+  }
+  return "first differing chunk at region offset " + std::to_string(lo) + " (length " + std::to_string(len) + ")";
+}
+
+class TransferTest : public AdxlFixture {
+ protected:
+  // Runs a planned batch and verifies every byte of the destination side.
+  void RunAndVerifyBatch(AdxlPeer &peer, adxl::TransferOp op, const std::vector<PlannedDesc> &plan,
+                         GuardedBuffer &local, uint64_t local_seed, int32_t timeout_ms = kBigTimeoutMs) {
+    FillPattern(local.data(), local.size(), local_seed, 0);
+    std::vector<adxl::TransferOpDesc> descs;
+    descs.reserve(plan.size());
+    for (const auto &d : plan)
+      descs.push_back({local.addr() + d.loff, peer.region(d.region).addr + d.roff, d.len});
+
+    // Expected images before the transfer.
+    std::vector<uint8_t> expected_local;
+    std::map<size_t, std::vector<uint8_t>> expected_remote;
+    if (op == adxl::READ) {
+      expected_local.assign(local.data(), local.data() + local.size());
+      for (const auto &d : plan)
+        FillPattern(expected_local.data() + d.loff, d.len, peer.region(d.region).seed, d.roff);
+    } else {
+      for (const auto &d : plan) {
+        auto it = expected_remote.find(d.region);
+        if (it == expected_remote.end()) {
+          std::vector<uint8_t> img(peer.region(d.region).len);
+          FillPattern(img.data(), img.size(), peer.region(d.region).seed, 0);
+          it = expected_remote.emplace(d.region, std::move(img)).first;
+        }
+        std::memcpy(it->second.data() + d.roff, local.data() + d.loff, d.len);
+      }
+    }
+
+    Timed r = Transfer(peer.id(), op, descs, timeout_ms);
+    ASSERT_ST(adxl::SUCCESS, r.status) << (op == adxl::READ ? "READ" : "WRITE") << " batch of " << descs.size()
+                                       << " descriptors, after " << r.ms << " ms";
+
+    if (op == adxl::READ) {
+      size_t diff = FirstDiff(local.data(), expected_local.data(), local.size());
+      if (diff != SIZE_MAX) {
+        std::string which = "outside every destination range";
+        for (size_t k = 0; k < plan.size(); ++k)
+          if (diff >= plan[k].loff && diff < plan[k].loff + plan[k].len)
+            which = "in descriptor " + std::to_string(k) + " (len " + std::to_string(plan[k].len) + ", byte " +
+                    std::to_string(diff - plan[k].loff) + ")";
+        ADD_FAILURE() << "READ result differs at local offset " << diff << " " << which;
+      }
+      // READ must not modify the remote.
+      std::set<size_t> touched;
+      for (const auto &d : plan) touched.insert(d.region);
+      for (size_t idx : touched) {
+        EXPECT_EQ("OK", peer.CheckUntouched(idx)) << "READ modified remote region " << idx;
+      }
+    } else {
+      for (const auto &kv : expected_remote) {
+        uint64_t crc = 0;
+        ASSERT_TRUE(peer.Crc(kv.first, 0, kv.second.size(), &crc)) << peer.last_error();
+        if (crc != Hash64(kv.second.data(), kv.second.size()))
+          ADD_FAILURE() << "remote region " << kv.first << " differs from the expected image after WRITE: "
+                        << LocateRemoteMismatch(peer, kv.first, kv.second);
+      }
+      // Regions that were not written stay untouched.
+      for (size_t i = 0; i < peer.regions().size(); ++i)
+        if (expected_remote.count(i) == 0) {
+          EXPECT_EQ("OK", peer.CheckUntouched(i)) << "region " << i;
+        }
+      // WRITE must not modify the local source.
+      EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), local.size(), local_seed, 0)) << "WRITE modified its source";
+    }
+  }
+
+  // After a WRITE batch the peer regions hold the written image: restore patterns.
+  void RestorePeer(AdxlPeer &peer) {
+    for (size_t i = 0; i < peer.regions().size(); ++i) ASSERT_TRUE(peer.Fill(i, peer.region(i).seed));
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// Single descriptors of many sizes, at odd offsets and flush with the region end.
+// ---------------------------------------------------------------------------------
+class SizeTest : public TransferTest, public ::testing::WithParamInterface<size_t> {};
+
+TEST_P(SizeTest, ReadAndWriteOneDescriptor) {
+  const size_t len = GetParam();
+  const size_t region_size = (2u << 20) + 64;
+  AdxlPeer::Options o;
+  o.size = region_size;
+  o.seed = 100;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion &rr = peer->region(0);
+
+  const size_t kPad = 32;  // sentinel bytes on both sides of the local destination
+  GuardedBuffer local(len + 2 * kPad);
+  for (size_t roff : {size_t{13}, region_size - len}) {
+    SCOPED_TRACE("len " + std::to_string(len) + " at remote offset " + std::to_string(roff));
+    // READ remote [roff, roff+len) -> local [kPad, kPad+len)
+    FillPattern(local.data(), local.size(), 7, 0);
+    ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr() + kPad, rr.addr + roff, len}}, kBigTimeoutMs));
+    EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + kPad, len, rr.seed, roff)) << "READ data wrong";
+    EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), kPad, 7, 0)) << "READ wrote before the destination";
+    EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + kPad + len, kPad, 7, kPad + len))
+        << "READ wrote past the destination";
+    EXPECT_EQ("OK", peer->CheckUntouched(0)) << "READ modified the remote";
+
+    // WRITE local [kPad, kPad+len) (pattern 555 aligned to the remote offset) -> remote
+    FillPattern(local.data(), local.size(), 9, 0);
+    FillPattern(local.data() + kPad, len, 555, roff);
+    ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{local.addr() + kPad, rr.addr + roff, len}}, kBigTimeoutMs));
+    EXPECT_EQ("OK", peer->Check(0, roff, len, 555)) << "WRITE data wrong";
+    EXPECT_EQ("OK", peer->Check(0, 0, roff, rr.seed)) << "WRITE touched bytes before the range";
+    EXPECT_EQ("OK", peer->Check(0, roff + len, region_size - roff - len, rr.seed))
+        << "WRITE touched bytes after the range";
+    EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + kPad, len, 555, roff)) << "WRITE modified its source";
+    ASSERT_TRUE(peer->Fill(0, rr.seed));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, SizeTest,
+                         ::testing::Values(size_t{1}, size_t{7}, size_t{4096}, size_t{65536}, size_t{(1u << 20) + 3}),
+                         [](const ::testing::TestParamInfo<size_t> &info) {
+                           return "Bytes" + std::to_string(info.param);
+                         });
+
+// ---------------------------------------------------------------------------------
+// 64 MiB in one descriptor.
+// ---------------------------------------------------------------------------------
+TEST_F(TransferTest, Read64MiBOneDescriptor) {
+  const size_t kLen = 64u << 20;
+  AdxlPeer::Options o;
+  o.size = kLen;
+  o.seed = 4242;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  GuardedBuffer local(kLen);
+  std::memset(local.data(), 0xA5, kLen);
+  Timed r = Transfer(peer->id(), adxl::READ, {{local.addr(), peer->region(0).addr, kLen}}, kBigTimeoutMs);
+  ASSERT_ST(adxl::SUCCESS, r.status) << "after " << r.ms << " ms";
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), kLen, 4242, 0));
+  EXPECT_EQ("OK", peer->CheckUntouched(0));
+}
+
+TEST_F(TransferTest, Write64MiBOneDescriptor) {
+  const size_t kLen = 64u << 20;
+  AdxlPeer::Options o;
+  o.size = kLen;
+  o.seed = 4243;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  GuardedBuffer local(kLen);
+  FillPattern(local.data(), kLen, 777, 0);
+  Timed r = Transfer(peer->id(), adxl::WRITE, {{local.addr(), peer->region(0).addr, kLen}}, kBigTimeoutMs);
+  ASSERT_ST(adxl::SUCCESS, r.status) << "after " << r.ms << " ms";
+  EXPECT_EQ("OK", peer->Check(0, 0, kLen, 777));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), kLen, 777, 0)) << "WRITE modified its source";
+}
+
+// ---------------------------------------------------------------------------------
+// Batches.
+// ---------------------------------------------------------------------------------
+std::vector<size_t> SmallLengths(size_t n, std::mt19937_64 &rng) {
+  std::uniform_int_distribution<size_t> len(1, 4096);
+  std::vector<size_t> v(n);
+  for (auto &x : v) x = len(rng);
+  return v;
+}
+
+size_t SumPlusGaps(const std::vector<size_t> &lengths) {
+  return std::accumulate(lengths.begin(), lengths.end(), size_t{0}) + 64 * lengths.size() + 4096;
+}
+
+class BatchTest : public TransferTest, public ::testing::WithParamInterface<adxl::TransferOp> {};
+
+TEST_P(BatchTest, TenThousandSmallDescriptors) {
+  const adxl::TransferOp op = GetParam();
+  std::mt19937_64 rng(op == adxl::READ ? 1001 : 1002);
+  std::vector<size_t> lengths = SmallLengths(10000, rng);
+  const size_t area = SumPlusGaps(lengths);
+  AdxlPeer::Options o;
+  o.size = area;
+  o.seed = 300;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  GuardedBuffer local(area);
+  std::string err;
+  auto plan = PlanBatch(op, lengths, {0}, {area}, area, rng, &err);
+  ASSERT_EQ(lengths.size(), plan.size()) << err;
+  RunAndVerifyBatch(*peer, op, plan, local, 31);
+}
+
+TEST_P(BatchTest, MixedBigAndSmallDescriptors) {
+  const adxl::TransferOp op = GetParam();
+  std::mt19937_64 rng(op == adxl::READ ? 2001 : 2002);
+  std::vector<size_t> lengths = SmallLengths(2000, rng);
+  std::uniform_int_distribution<size_t> extra(0, 4095);
+  for (int i = 0; i < 6; ++i) lengths.push_back((1u << 20) + extra(rng));
+  lengths.push_back((4u << 20) + 1);
+  lengths.push_back(256u << 10);
+  const size_t area = SumPlusGaps(lengths) + (1u << 20);
+  AdxlPeer::Options o;
+  o.regions = 2;
+  o.size = area;
+  o.seed = 400;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  GuardedBuffer local(area);
+  std::string err;
+  auto plan = PlanBatch(op, lengths, {0, 1}, {area, area}, area, rng, &err);
+  ASSERT_EQ(lengths.size(), plan.size()) << err;
+  RunAndVerifyBatch(*peer, op, plan, local, 32);
+}
+
+TEST_P(BatchTest, SeveralRegionsIncludingOneRegisteredAfterConnect) {
+  const adxl::TransferOp op = GetParam();
+  std::mt19937_64 rng(op == adxl::READ ? 3001 : 3002);
+  AdxlPeer::Options o;
+  o.regions = 4;
+  o.size = 1u << 20;
+  o.seed = 500;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  // Memory registered on the server after the client connected is usable too.
+  const size_t kLate = 300001;
+  int late = peer->Register(kLate, 599);
+  ASSERT_EQ(4, late) << peer->last_error();
+  std::vector<size_t> lengths = SmallLengths(600, rng);
+  lengths.push_back(200000);
+  lengths.push_back(150001);
+  GuardedBuffer local(SumPlusGaps(lengths));
+  std::string err;
+  auto plan = PlanBatch(op, lengths, {0, 1, 2, 3, 4}, {o.size, o.size, o.size, o.size, kLate}, local.size(), rng, &err);
+  ASSERT_EQ(lengths.size(), plan.size()) << err;
+  std::set<size_t> used;
+  for (const auto &d : plan) used.insert(d.region);
+  EXPECT_EQ(5u, used.size()) << "the plan should touch every region";
+  RunAndVerifyBatch(*peer, op, plan, local, 33);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, BatchTest, ::testing::Values(adxl::READ, adxl::WRITE),
+                         [](const ::testing::TestParamInfo<adxl::TransferOp> &info) {
+                           return std::string(info.param == adxl::READ ? "Read" : "Write");
+                         });
+
+// ---------------------------------------------------------------------------------
+// Sub-ranges of one registration: whole region, first byte, last byte, middle.
+// ---------------------------------------------------------------------------------
+TEST_F(TransferTest, SubRangesOfOneRegistration) {
+  const size_t kSize = (1u << 20) + 17;
+  AdxlPeer::Options o;
+  o.size = kSize;
+  o.seed = 600;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion rr = peer->region(0);
+  GuardedBuffer local(kSize);
+  struct Range {
+    size_t off, len;
+  };
+  for (Range rg : {Range{0, kSize}, Range{0, 1}, Range{kSize - 1, 1}, Range{4096, 4096}, Range{1, kSize - 2}}) {
+    SCOPED_TRACE("range [" + std::to_string(rg.off) + ", +" + std::to_string(rg.len) + ")");
+    std::memset(local.data(), 0x5A, kSize);
+    ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr + rg.off, rg.len}}, kBigTimeoutMs));
+    EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), rg.len, rr.seed, rg.off));
+    for (size_t i = rg.len; i < kSize; i += 4099) ASSERT_EQ(0x5A, local.data()[i]) << "READ wrote past len";
+
+    FillPattern(local.data(), rg.len, 601, rg.off);
+    ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{local.addr(), rr.addr + rg.off, rg.len}}, kBigTimeoutMs));
+    EXPECT_EQ("OK", peer->Check(0, rg.off, rg.len, 601));
+    EXPECT_EQ("OK", peer->Check(0, 0, rg.off, rr.seed));
+    EXPECT_EQ("OK", peer->Check(0, rg.off + rg.len, kSize - rg.off - rg.len, rr.seed));
+    ASSERT_TRUE(peer->Fill(0, rr.seed));
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Memory registered on the server after Connect (an improvement over CANN).
+// ---------------------------------------------------------------------------------
+TEST_F(TransferTest, MemoryRegisteredAfterConnectIsAccessible) {
+  AdxlPeer::Options o;
+  o.size = 4096;
+  o.seed = 700;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  const size_t kLen = (256u << 10) + 5;
+  int idx = peer->Register(kLen, 701);
+  ASSERT_EQ(1, idx) << peer->last_error();
+  const RemoteRegion rr = peer->region(1);
+  GuardedBuffer local(kLen);
+  // Immediately after the peer's RegisterMem returned.
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, kLen}}, kBigTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), kLen, 701, 0));
+  FillPattern(local.data(), kLen, 702, 0);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{local.addr() + 100, rr.addr + 100, kLen - 200}}, kBigTimeoutMs));
+  EXPECT_EQ("OK", peer->Check(1, 100, kLen - 200, 702));
+  EXPECT_EQ("OK", peer->Check(1, 0, 100, 701));
+  EXPECT_EQ("OK", peer->Check(1, kLen - 100, 100, 701));
+  EXPECT_EQ("OK", peer->CheckUntouched(0));
+}
+
+// ---------------------------------------------------------------------------------
+// Local memory may be registered too, as MEM_DEVICE or MEM_HOST; remote MEM_DEVICE.
+// ---------------------------------------------------------------------------------
+TEST_F(TransferTest, RegisteredLocalMemoryAndDeviceMemType) {
+  AdxlPeer::Options o;
+  o.size = 1u << 20;
+  o.seed = 800;
+  o.device_mem = true;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  GuardedBuffer a(1u << 20), b(1u << 20);
+  adxl::MemHandle ha = nullptr, hb = nullptr;
+  adxl::MemDesc da{};
+  da.addr = a.addr();
+  da.len = a.size();
+  adxl::MemDesc db{};
+  db.addr = b.addr();
+  db.len = b.size();
+  ASSERT_ST(adxl::SUCCESS, engine_.RegisterMem(da, adxl::MEM_DEVICE, ha));
+  ASSERT_ST(adxl::SUCCESS, engine_.RegisterMem(db, adxl::MEM_HOST, hb));
+  EXPECT_NE(nullptr, ha);
+  EXPECT_NE(nullptr, hb);
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion rr = peer->region(0);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{a.addr(), rr.addr, a.size()}}, kBigTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(a.data(), a.size(), 800, 0));
+  FillPattern(b.data(), b.size(), 801, 0);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{b.addr(), rr.addr, b.size()}}, kBigTimeoutMs));
+  EXPECT_EQ("OK", peer->Check(0, 0, b.size(), 801));
+  EXPECT_ST(adxl::SUCCESS, DisconnectFrom(peer->id()));
+  EXPECT_ST(adxl::SUCCESS, engine_.DeregisterMem(ha));
+  EXPECT_ST(adxl::SUCCESS, engine_.DeregisterMem(hb));
+}
+
+// ---------------------------------------------------------------------------------
+// "llmdd.TcpConnections" = 1 and 8 (on both engines).
+// ---------------------------------------------------------------------------------
+class TcpConnectionsTest : public TransferTest, public ::testing::WithParamInterface<const char *> {};
+
+TEST_P(TcpConnectionsTest, BigAndBatchedBothDirections) {
+  const std::vector<std::pair<std::string, std::string>> opts = {{"llmdd.TcpConnections", GetParam()}};
+  std::mt19937_64 rng(4000 + std::atoi(GetParam()));
+  std::vector<size_t> lengths = SmallLengths(1500, rng);
+  for (int i = 0; i < 4; ++i) lengths.push_back((2u << 20) + 3 * i);
+  const size_t area = SumPlusGaps(lengths);
+  const size_t kBig = 16u << 20;
+  AdxlPeer::Options o;
+  o.regions = 2;
+  o.size = std::max(area, kBig);
+  o.seed = 900;
+  o.engine_options = opts;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient(opts));
+  ASSERT_TRUE(ConnectTo(*peer));
+
+  GuardedBuffer big(kBig);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{big.addr(), peer->region(1).addr, kBig}}, kBigTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(big.data(), kBig, 901, 0));
+  FillPattern(big.data(), kBig, 950, 0);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{big.addr(), peer->region(1).addr, kBig}}, kBigTimeoutMs));
+  EXPECT_EQ("OK", peer->Check(1, 0, kBig, 950));
+  ASSERT_TRUE(peer->Fill(1, 901));
+
+  GuardedBuffer local(area);
+  for (adxl::TransferOp op : {adxl::READ, adxl::WRITE}) {
+    SCOPED_TRACE(op == adxl::READ ? "READ batch" : "WRITE batch");
+    std::string err;
+    auto plan = PlanBatch(op, lengths, {0, 1}, {o.size, o.size}, area, rng, &err);
+    ASSERT_EQ(lengths.size(), plan.size()) << err;
+    RunAndVerifyBatch(*peer, op, plan, local, 34);
+    RestorePeer(*peer);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Connections, TcpConnectionsTest, ::testing::Values("1", "8"),
+                         [](const ::testing::TestParamInfo<const char *> &info) {
+                           return std::string("Sockets") + info.param;
+                         });
+
+// ---------------------------------------------------------------------------------
+// IPv6 loopback.
+// ---------------------------------------------------------------------------------
+TEST_F(TransferTest, Ipv6Loopback) {
+  if (!Ipv6LoopbackAvailable()) GTEST_SKIP() << "::1 cannot be bound on this machine";
+  AdxlPeer::Options o;
+  o.host = "::1";
+  o.size = (1u << 20) + 3;
+  o.seed = 1100;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_EQ('[', peer->id()[0]) << peer->id();
+  ASSERT_TRUE(InitClient({}, "[::1]"));
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion rr = peer->region(0);
+  GuardedBuffer local(rr.len);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, rr.len}}, kBigTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), rr.len, 1100, 0));
+  FillPattern(local.data(), rr.len, 1101, 0);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{local.addr(), rr.addr, rr.len}}, kBigTimeoutMs));
+  EXPECT_EQ("OK", peer->Check(0, 0, rr.len, 1101));
+  ASSERT_TRUE(peer->Fill(0, 1100));
+
+  std::mt19937_64 rng(1102);
+  std::vector<size_t> lengths = SmallLengths(200, rng);
+  std::string err;
+  auto plan = PlanBatch(adxl::READ, lengths, {0}, {rr.len}, rr.len, rng, &err);
+  ASSERT_EQ(lengths.size(), plan.size()) << err;
+  RunAndVerifyBatch(*peer, adxl::READ, plan, local, 35);
+}
+
+// ---------------------------------------------------------------------------------
+// The test process as the server: a peer connects to it and reads/writes its memory,
+// while the test also connects back to the peer (server-server, both directions).
+// ---------------------------------------------------------------------------------
+TEST_F(TransferTest, PeerAsClientReadsAndWritesTestProcessMemory) {
+  ASSERT_TRUE(InitServer());
+  const size_t kLen = (1u << 20) + 9;
+  GuardedBuffer mine(kLen);
+  FillPattern(mine.data(), kLen, 1200, 0);
+  adxl::MemHandle h = nullptr;
+  adxl::MemDesc d{};
+  d.addr = mine.addr();
+  d.len = kLen;
+  ASSERT_ST(adxl::SUCCESS, engine_.RegisterMem(d, adxl::MEM_HOST, h));
+
+  AdxlPeer::Options o;
+  o.size = kLen;
+  o.seed = 1300;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_ST(adxl::SUCCESS, peer->Connect(engine_id_, 10000)) << peer->last_error();
+  ASSERT_TRUE(ConnectTo(*peer));  // and the other direction
+
+  // Peer READs the test's memory into its region 0.
+  ASSERT_ST(adxl::SUCCESS, peer->Transfer(engine_id_, "READ", 0, 0, mine.addr(), kLen, kBigTimeoutMs))
+      << peer->last_error();
+  EXPECT_EQ("OK", peer->Check(0, 0, kLen, 1200));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(mine.data(), kLen, 1200, 0)) << "a remote READ modified the source";
+
+  // Peer WRITEs (after re-filling region 0 with 1301) into the middle of the test's memory.
+  ASSERT_TRUE(peer->Fill(0, 1301));
+  ASSERT_ST(adxl::SUCCESS, peer->Transfer(engine_id_, "WRITE", 0, 1000, mine.addr() + 1000, 50000, kBigTimeoutMs))
+      << peer->last_error();
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(mine.data() + 1000, 50000, 1301, 1000));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(mine.data(), 1000, 1200, 0));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(mine.data() + 51000, kLen - 51000, 1200, 51000));
+
+  // Meanwhile the test's own client channel to the peer works as well.
+  GuardedBuffer local(4096);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), peer->region(0).addr + 5, 4096}}, kBigTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), 4096, 1301, 5));
+
+  EXPECT_ST(adxl::SUCCESS, peer->Disconnect(engine_id_, 10000));
+  EXPECT_ST(adxl::SUCCESS, engine_.DeregisterMem(h));
+}
+
+}  // namespace
+}  // namespace itest
