@@ -150,6 +150,7 @@ Status DataDist::Initialize(const std::map<std::string, std::string> &options) {
     return LLM_FAILED;
   }
   sync_timeout_ms_ = sync_timeout;
+  local_comm_known_.store(listening || options.count(OPTION_LOCAL_COMM_RES) != 0);
   listen_ = listen;
   listening_ = listening;
   janitor_stop_ = false;
@@ -224,6 +225,7 @@ Status DataDist::SetRole(LlmRole role, const std::map<std::string, std::string> 
       }
       listen_ = listen;
       listening_ = true;
+      local_comm_known_.store(true);
     }
   }
   role_.store(role);
@@ -255,9 +257,17 @@ Status DataDist::LinkClusters(const std::vector<ClusterInfo> &clusters, std::vec
         }
       }
     }
-    if (cluster.remote_ip_infos.size() != 1 || cluster.local_ip_infos.size() != 1) {
-      LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " needs exactly one local and one remote IpInfo (got %zu, %zu)",
-                cluster.remote_cluster_id, cluster.local_ip_infos.size(), cluster.remote_ip_infos.size());
+    if (cluster.remote_ip_infos.size() != 1) {
+      LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " needs exactly one remote IpInfo (got %zu)",
+                cluster.remote_cluster_id, cluster.remote_ip_infos.size());
+      return LLM_PARAM_INVALID;
+    }
+    // As in CANN, the local address is only needed until this instance's own
+    // communication address is known (it listens, llm.LocalCommRes was given,
+    // or an earlier link succeeded). Its port is never bound.
+    if (!local_comm_known_.load() && cluster.local_ip_infos.size() != 1) {
+      LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " needs exactly one local IpInfo (got %zu) until this instance "
+                "listens or has linked once", cluster.remote_cluster_id, cluster.local_ip_infos.size());
       return LLM_PARAM_INVALID;
     }
   }
@@ -325,6 +335,7 @@ Status DataDist::LinkOne(const ClusterInfo &cluster, int32_t timeout_ms) {
   auto link = std::make_shared<Link>();
   link->remote_cluster = remote;
   link->outbound = true;
+  local_comm_known_.store(true);
   std::lock_guard guard(links_mutex_);
   linking_.erase(remote);
   links_[remote] = link;

@@ -102,6 +102,7 @@ class DataDist {
   std::unique_ptr<Engine> engine_;
   Endpoint listen_;
   bool listening_ = false;
+  std::atomic<bool> local_comm_known_{false};  // listening, llm.LocalCommRes, or linked once
 
   std::mutex caches_mutex_;
   std::map<int64_t, LocalCache> caches_;
