@@ -24,8 +24,19 @@ Pairs All(uint32_t n) {
   return p;
 }
 
-class LinkTest : public DdFixture {
+// Every test runs over both engine transports: the default (the same-host one-copy
+// path between processes of this host) and plain TCP.
+class LinkTest : public DdFixture, public ::testing::WithParamInterface<std::string> {
  protected:
+  void SetUp() override { transport_ = GetParam(); }
+  SelfOptions Opts(bool listen, int32_t wait_time_ms, LlmRole role) const {
+    SelfOptions o;
+    o.listen = listen;
+    o.wait_time_ms = wait_time_ms;
+    o.role = role;
+    o.transport = transport_;
+    return o;
+  }
   // This process: cluster 1, a 4-tensor cache (id 1) holding the sentinel pattern 9000.
   void StartSelf(const SelfOptions &opt) {
     self_ = std::make_unique<SelfDataDist>(kSelfId, opt);
@@ -75,8 +86,8 @@ class LinkTest : public DdFixture {
 // ---------------------------------------------------------------------------------
 // Cycles
 // ---------------------------------------------------------------------------------
-TEST_F(LinkTest, LinkUnlinkCyclesClientSide) {
-  ASSERT_NO_FATAL_FAILURE(StartSelf({}));
+TEST_P(LinkTest, LinkUnlinkCyclesClientSide) {
+  ASSERT_NO_FATAL_FAILURE(StartSelf(Opts(false, 0, LlmRole::kDecoder)));
   DdPeer *peer = Peer(2, 100);
   ASSERT_NE(nullptr, peer);
   for (int cycle = 0; cycle < 10; ++cycle) {
@@ -99,8 +110,8 @@ TEST_F(LinkTest, LinkUnlinkCyclesClientSide) {
   }
 }
 
-TEST_F(LinkTest, LinkUnlinkCyclesPeerIsTheClient) {
-  ASSERT_NO_FATAL_FAILURE(StartSelf({true, 0, LlmRole::kPrompt}));
+TEST_P(LinkTest, LinkUnlinkCyclesPeerIsTheClient) {
+  ASSERT_NO_FATAL_FAILURE(StartSelf(Opts(true, 0, LlmRole::kPrompt)));
   DdPeer *peer = Peer(3, 300, /*listen=*/false);
   ASSERT_NE(nullptr, peer);
   const std::string me = std::to_string(kSelfId) + "@127.0.0.1:" + std::to_string(self_->port());
@@ -125,8 +136,8 @@ TEST_F(LinkTest, LinkUnlinkCyclesPeerIsTheClient) {
 // ---------------------------------------------------------------------------------
 // Several clusters in one call
 // ---------------------------------------------------------------------------------
-TEST_F(LinkTest, SeveralClustersInOneCall) {
-  ASSERT_NO_FATAL_FAILURE(StartSelf({}));
+TEST_P(LinkTest, SeveralClustersInOneCall) {
+  ASSERT_NO_FATAL_FAILURE(StartSelf(Opts(false, 0, LlmRole::kDecoder)));
   DdPeer *a = Peer(21, 2100);
   DdPeer *b = Peer(22, 2200);
   DdPeer *c = Peer(23, 2300);
@@ -169,8 +180,8 @@ TEST_F(LinkTest, SeveralClustersInOneCall) {
 }
 
 // Several peers link to this listening process at once.
-TEST_F(LinkTest, SeveralClientsLinkToOneServer) {
-  ASSERT_NO_FATAL_FAILURE(StartSelf({true, 0, LlmRole::kPrompt}));
+TEST_P(LinkTest, SeveralClientsLinkToOneServer) {
+  ASSERT_NO_FATAL_FAILURE(StartSelf(Opts(true, 0, LlmRole::kPrompt)));
   const std::string me = std::to_string(kSelfId) + "@127.0.0.1:" + std::to_string(self_->port());
   std::vector<DdPeer *> clients;
   for (uint64_t k = 0; k < 3; ++k) {
@@ -205,9 +216,9 @@ TEST_F(LinkTest, SeveralClientsLinkToOneServer) {
 // llm.SyncKvCacheWaitTime + margin; a non-forced unlink fails (LLM_UNLINK_FAILED)
 // and keeps the link; a forced unlink drops it; after SIGCONT both ends force-unlink
 // and relink.
-TEST_F(LinkTest, StoppedPeerTimesOut) {
+TEST_P(LinkTest, StoppedPeerTimesOut) {
   constexpr int32_t kWait = 1000;
-  ASSERT_NO_FATAL_FAILURE(StartSelf({false, kWait, LlmRole::kDecoder}));
+  ASSERT_NO_FATAL_FAILURE(StartSelf(Opts(false, kWait, LlmRole::kDecoder)));
   DdPeer *peer = Peer(5, 500);
   ASSERT_NE(nullptr, peer);
   const int64_t peer_cache2 = peer->Register(4, kRows, kStride, 550);  // never used before the stop
@@ -256,7 +267,7 @@ TEST_F(LinkTest, StoppedPeerTimesOut) {
   EXPECT_LLM(LLM_EXIST_LINK, self_->dd().SetRole(LlmRole::kDecoder));
   // A second instance linking to the stopped peer times out too.
   {
-    SelfDataDist probe(99, SelfOptions{});
+    SelfDataDist probe(99, Opts(false, 0, LlmRole::kDecoder));
     ASSERT_TRUE(probe.Init());
     std::vector<Status> r;
     Timed lt = probe.Link({peer->Info()}, &r, 800);
@@ -299,9 +310,9 @@ TEST_F(LinkTest, StoppedPeerTimesOut) {
 
 // The frozen peer is the listening side and this process pushes/pulls as a server:
 // the direction of the link does not matter for the timeout.
-TEST_F(LinkTest, StoppedClientPeerTimesOutOnServerSide) {
+TEST_P(LinkTest, StoppedClientPeerTimesOutOnServerSide) {
   constexpr int32_t kWait = 800;
-  ASSERT_NO_FATAL_FAILURE(StartSelf({true, kWait, LlmRole::kPrompt}));
+  ASSERT_NO_FATAL_FAILURE(StartSelf(Opts(true, kWait, LlmRole::kPrompt)));
   DdPeer *peer = Peer(6, 600, /*listen=*/false);
   ASSERT_NE(nullptr, peer);
   std::vector<Status> rets;
@@ -321,9 +332,9 @@ TEST_F(LinkTest, StoppedClientPeerTimesOutOnServerSide) {
 // SIGKILL while idle: transfers fail (not hang) within the wait time + margin; a
 // non-forced unlink fails and keeps the link; after a forced unlink a restarted peer
 // with the same cluster id (new port, new data) can be linked.
-TEST_F(LinkTest, KilledPeerThenRestartedWithSameClusterId) {
+TEST_P(LinkTest, KilledPeerThenRestartedWithSameClusterId) {
   constexpr int32_t kWait = 2000;
-  ASSERT_NO_FATAL_FAILURE(StartSelf({false, kWait, LlmRole::kDecoder}));
+  ASSERT_NO_FATAL_FAILURE(StartSelf(Opts(false, kWait, LlmRole::kDecoder)));
   DdPeer *peer = Peer(7, 700);
   ASSERT_NE(nullptr, peer);
   const ClusterInfo old_info = peer->Info();
@@ -364,8 +375,8 @@ TEST_F(LinkTest, KilledPeerThenRestartedWithSameClusterId) {
 
 // A client peer dies and a new process with the same cluster id links to this
 // (listening) process again without anyone force-unlinking here.
-TEST_F(LinkTest, KilledClientPeerRelinksToServer) {
-  ASSERT_NO_FATAL_FAILURE(StartSelf({true, 1000, LlmRole::kPrompt}));
+TEST_P(LinkTest, KilledClientPeerRelinksToServer) {
+  ASSERT_NO_FATAL_FAILURE(StartSelf(Opts(true, 1000, LlmRole::kPrompt)));
   const std::string me = std::to_string(kSelfId) + "@127.0.0.1:" + std::to_string(self_->port());
   DdPeer *peer = Peer(8, 800, /*listen=*/false);
   ASSERT_NE(nullptr, peer);
@@ -391,10 +402,10 @@ TEST_F(LinkTest, KilledClientPeerRelinksToServer) {
 
 // SIGKILL in the middle of a long transfer: the call ends with an error soon, not
 // at a far-away deadline and not with success.
-TEST_F(LinkTest, KilledDuringLongTransfer) {
+TEST_P(LinkTest, KilledDuringLongTransfer) {
   constexpr int32_t kWait = 20000;
   constexpr uint64_t kBlocks = 16, kBlockBytes = 1 << 20;  // 16 MiB per tensor
-  self_ = std::make_unique<SelfDataDist>(kSelfId, SelfOptions{false, kWait, LlmRole::kDecoder});
+  self_ = std::make_unique<SelfDataDist>(kSelfId, Opts(false, kWait, LlmRole::kDecoder));
   ASSERT_TRUE(self_->Init());
   big_ = std::make_unique<LocalKv>(2, kBlocks, kBlockBytes);
   LocalKv &big = *big_;
@@ -439,10 +450,10 @@ TEST_F(LinkTest, KilledDuringLongTransfer) {
 
 // Spec 2.7 (UnlinkLlmClusters) / 8.9: unlinking waits for the in-flight transfer on
 // that link, which completes normally; afterwards transfers get LLM_NOT_YET_LINK.
-TEST_F(LinkTest, UnlinkWaitsForInFlightTransfer) {
+TEST_P(LinkTest, UnlinkWaitsForInFlightTransfer) {
   constexpr int32_t kWait = 20000;
   constexpr uint64_t kBlocks = 16, kBlockBytes = 1 << 20;
-  self_ = std::make_unique<SelfDataDist>(kSelfId, SelfOptions{false, kWait, LlmRole::kDecoder});
+  self_ = std::make_unique<SelfDataDist>(kSelfId, Opts(false, kWait, LlmRole::kDecoder));
   ASSERT_TRUE(self_->Init());
   big_ = std::make_unique<LocalKv>(2, kBlocks, kBlockBytes);
   LocalKv &big = *big_;
@@ -496,6 +507,8 @@ TEST_F(LinkTest, UnlinkWaitsForInFlightTransfer) {
   EXPECT_LLM(LLM_NOT_YET_LINK, self_->PullBlocks(10, 1, big, {0}, {0}).status);
   EXPECT_LLM(LLM_NOT_YET_LINK, peer->PullBlocks(kSelfId, big.id(), 1, {0}, {0}).status);
 }
+
+INSTANTIATE_TEST_SUITE_P(Transport, LinkTest, ::testing::Values(std::string(), std::string("tcp")), TransportName);
 
 }  // namespace
 }  // namespace ddtest

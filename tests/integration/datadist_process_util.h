@@ -81,6 +81,11 @@ inline std::string LlmName(uint32_t s) {
   }
 }
 
+// Test-name suffix for a transport parameter.
+inline std::string TransportName(const ::testing::TestParamInfo<std::string> &info) {
+  return info.param.empty() ? std::string("default") : info.param;
+}
+
 inline std::string Names(const std::vector<Status> &v) {
   std::string s = "{";
   for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + LlmName(v[i]);
@@ -298,10 +303,13 @@ class LocalKv {
 // ---------------------------------------------------------------------------------
 // SelfDataDist: the test process's LlmDataDist.
 // ---------------------------------------------------------------------------------
+// Engine transport for both ends ("llmdd.Transport"): "" = the default (auto: the
+// same-host one-copy path when verified), "tcp" = always TCP.
 struct SelfOptions {
   bool listen = false;
   int32_t wait_time_ms = 0;  // 0: default (no llm.SyncKvCacheWaitTime option)
   LlmRole role = LlmRole::kDecoder;
+  std::string transport;
 };
 
 class SelfDataDist {
@@ -316,6 +324,7 @@ class SelfDataDist {
       o[OPTION_DEVICE_ID] = "0";
       if (opt_.wait_time_ms > 0)
         o[OPTION_SYNC_CACHE_WAIT_TIME] = AscendString(std::to_string(opt_.wait_time_ms).c_str());
+      if (!opt_.transport.empty()) o["llmdd.Transport"] = AscendString(opt_.transport.c_str());
       int port = 0;
       if (opt_.listen) {
         port = FreePort();
@@ -397,6 +406,7 @@ struct PeerOptions {
   uint64_t block_bytes = 64;
   uint64_t seed = 1;
   bool with_cache = true;
+  std::string transport;  // "" = default
 };
 
 class DdPeer {
@@ -436,6 +446,10 @@ class DdPeer {
         argv.push_back(std::to_string(opt.wait_time_ms));
       }
       if (!opt.with_cache) argv.push_back("--no-cache");
+      if (!opt.transport.empty()) {
+        argv.push_back("--opt");
+        argv.push_back("llmdd.Transport=" + opt.transport);
+      }
       std::string perr;
       auto proc = itest::Subprocess::Start(argv, &perr);
       if (!proc) {
@@ -681,11 +695,14 @@ class DdPeer {
 };
 
 // Fixture base: owns the peers; TearDown QUITs healthy peers and expects exit 0.
+// transport_ (set by parametrized fixtures) is applied to every peer started here.
 class DdFixture : public ::testing::Test {
  protected:
   std::vector<std::unique_ptr<DdPeer>> peers_;
+  std::string transport_;
 
-  DdPeer *StartPeer(const PeerOptions &opt) {
+  DdPeer *StartPeer(PeerOptions opt) {
+    if (opt.transport.empty()) opt.transport = transport_;
     std::string err;
     auto p = DdPeer::Start(opt, &err);
     if (!p) {

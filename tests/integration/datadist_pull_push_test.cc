@@ -39,11 +39,13 @@ Pairs All(uint32_t n) {
 // The test process (client, cluster 1) linked to one listening peer (cluster 2).
 // Both caches: `tensors` tensors of kRows x kStride bytes. The peer's cache holds
 // pattern seed 1000 + t, the local one the sentinel pattern 9000 + t.
-class PullPushTest : public DdFixture {
+class PullPushBase : public DdFixture {
  protected:
   void Start(uint32_t tensors, uint64_t rows = kRows, uint64_t stride = kStride) {
     tensors_ = tensors;
-    self_ = std::make_unique<SelfDataDist>(kSelfId, SelfOptions{});
+    SelfOptions so;
+    so.transport = transport_;
+    self_ = std::make_unique<SelfDataDist>(kSelfId, so);
     ASSERT_TRUE(self_->Init());
     PeerOptions o;
     o.cluster = kPeerId;
@@ -80,7 +82,14 @@ class PullPushTest : public DdFixture {
   KvModel local_model_, peer_model_;
 };
 
-TEST_F(PullPushTest, PullBlocksAndRowsVerified) {
+// The data-path tests run over both engine transports: the default (the same-host
+// one-copy path between processes of this host) and plain TCP.
+class PullPushTest : public PullPushBase, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { transport_ = GetParam(); }
+};
+
+TEST_P(PullPushTest, PullBlocksAndRowsVerified) {
   ASSERT_NO_FATAL_FAILURE(Start(4));
   // Reversed: {0,1,2,3} -> {3,2,1,0} (dev-guide example); blocks 4..7 keep the sentinel.
   ASSERT_LLM(LLM_SUCCESS, self_->PullBlocks(kPeerId, 1, *local_, {0, 1, 2, 3}, {3, 2, 1, 0}).status);
@@ -108,7 +117,7 @@ TEST_F(PullPushTest, PullBlocksAndRowsVerified) {
   ExpectPeer("peer cache after being pulled from");
 }
 
-TEST_F(PullPushTest, PushBlocksAndRowsVerified) {
+TEST_P(PullPushTest, PushBlocksAndRowsVerified) {
   ASSERT_NO_FATAL_FAILURE(Start(4));
   local_->Fill(3000);
   local_model_ = local_->Snapshot();
@@ -127,7 +136,7 @@ TEST_F(PullPushTest, PushBlocksAndRowsVerified) {
   ExpectLocal("the push source is only read");
 }
 
-TEST_F(PullPushTest, BothDirectionsOverOneLink) {
+TEST_P(PullPushTest, BothDirectionsOverOneLink) {
   ASSERT_NO_FATAL_FAILURE(Start(4));
   // The client (this process) pulls and pushes...
   ASSERT_LLM(LLM_SUCCESS, self_->PullBlocks(kPeerId, 1, *local_, {2}, {0}).status);
@@ -159,7 +168,7 @@ TEST_F(PullPushTest, BothDirectionsOverOneLink) {
 }
 
 // Layer ranges with tensor_num_per_layer n in {1, 2, 4}; 8 tensors on both sides.
-class LayerRangeTest : public PullPushTest, public ::testing::WithParamInterface<int> {};
+class LayerRangeTest : public PullPushBase, public ::testing::WithParamInterface<int> {};
 
 TEST_P(LayerRangeTest, PullAndPushSelectedLayers) {
   const uint8_t n = static_cast<uint8_t>(GetParam());
@@ -222,7 +231,7 @@ INSTANTIATE_TEST_SUITE_P(TensorsPerLayer, LayerRangeTest, ::testing::Values(1, 2
 
 // Many small runs over a bigger cache: 2 tensors x 256 blocks x 16 KiB, random
 // permutations both ways.
-TEST_F(PullPushTest, LargePermutedBlockLists) {
+TEST_P(PullPushTest, LargePermutedBlockLists) {
   constexpr uint64_t kBlocks = 256, kBlockBytes = 16 << 10;
   ASSERT_NO_FATAL_FAILURE(Start(2, kBlocks, kBlockBytes));
   std::mt19937_64 rng(42);
@@ -254,7 +263,7 @@ TEST_F(PullPushTest, LargePermutedBlockLists) {
 // Spec 2.10: transfers may run concurrently on one link and across links. Four
 // threads pull from two peers and push to them at the same time, into disjoint
 // blocks; every byte is checked afterwards.
-TEST_F(PullPushTest, ConcurrentTransfersOnOneLinkAndAcrossLinks) {
+TEST_P(PullPushTest, ConcurrentTransfersOnOneLinkAndAcrossLinks) {
   constexpr uint64_t kBlocks = 64, kBlockBytes = 1024;
   ASSERT_NO_FATAL_FAILURE(Start(4, kBlocks, kBlockBytes));
   PeerOptions o;
@@ -312,6 +321,8 @@ TEST_F(PullPushTest, ConcurrentTransfersOnOneLinkAndAcrossLinks) {
   EXPECT_TRUE(second->Matches(1, want_second, "second peer after concurrent pushes"));
 }
 
+INSTANTIATE_TEST_SUITE_P(Transport, PullPushTest, ::testing::Values(std::string(), std::string("tcp")), TransportName);
+
 // ---------------------------------------------------------------------------------
 // Spec section 4 flows.
 // ---------------------------------------------------------------------------------
@@ -363,7 +374,7 @@ TEST_F(DataDistFlows, Flow42PushLayerwise) {
   ASSERT_NE(nullptr, decoder);
   ASSERT_EQ(1, decoder->cache_id());
   LocalKv kv(4, kRows, kStride);
-  SelfDataDist prompt(0, SelfOptions{false, 0, LlmRole::kPrompt});
+  SelfDataDist prompt(0, SelfOptions{false, 0, LlmRole::kPrompt, ""});
   ASSERT_TRUE(prompt.Init());
   kv.Fill(3000);
   ASSERT_LLM(LLM_SUCCESS, kv.Register(prompt.dd()));
@@ -401,7 +412,7 @@ TEST_F(DataDistFlows, Flow43RoleSwitch) {
   ASSERT_NE(nullptr, prompt);
   const int prompt_port = prompt->port();
   LocalKv kv(4, kRows, kStride);
-  SelfDataDist decoder(21, SelfOptions{false, 1000, LlmRole::kDecoder});
+  SelfDataDist decoder(21, SelfOptions{false, 1000, LlmRole::kDecoder, ""});
   ASSERT_TRUE(decoder.Init());
   kv.Fill(9000);
   ASSERT_LLM(LLM_SUCCESS, kv.Register(decoder.dd()));

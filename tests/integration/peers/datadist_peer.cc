@@ -4,10 +4,11 @@
 //
 //   datadist_peer --cluster-id N [--listen IP:PORT] [--role prompt|decoder|mix]
 //                 [--device D] [--wait-time MS] [--tensors T] [--blocks B]
-//                 [--block-bytes S] [--seed X] [--no-cache]
+//                 [--block-bytes S] [--seed X] [--no-cache] [--opt KEY=VALUE]...
 //
 // Initializes LlmDataDist(N, role) with llm.DeviceId = D, llm.ListenIpInfo (when
-// --listen is given) and llm.SyncKvCacheWaitTime (when --wait-time is given). Then,
+// --listen is given), llm.SyncKvCacheWaitTime (when --wait-time is given) and any
+// --opt KEY=VALUE (e.g. llmdd.Transport=tcp). Then,
 // unless --no-cache, it registers one cache: T tensors (default 4), each of shape
 // {B, S} (default 8 x 64) DT_UINT8, so a row/block is S bytes. Tensor t of a cache
 // registered with seed X holds itest::PatternByte(X + t, offset) at every offset.
@@ -406,6 +407,7 @@ int main(int argc, char **argv) {
   LlmRole role = LlmRole::kPrompt;
   uint64_t tensors = 4, blocks = 8, block_bytes = 64, seed = 1;
   bool with_cache = true;
+  std::vector<std::pair<std::string, std::string>> extra;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&](std::string *out) {
@@ -445,6 +447,14 @@ int main(int argc, char **argv) {
       ParseU64(v, &seed);
     } else if (a == "--no-cache") {
       with_cache = false;
+    } else if (a == "--opt") {
+      next(&v);
+      const size_t eq = v.find('=');
+      if (eq == std::string::npos) {
+        fprintf(stderr, "datadist_peer: --opt needs KEY=VALUE\n");
+        return 2;
+      }
+      extra.emplace_back(v.substr(0, eq), v.substr(eq + 1));
     } else {
       fprintf(stderr, "datadist_peer: unknown argument %s\n", a.c_str());
       return 2;
@@ -460,6 +470,7 @@ int main(int argc, char **argv) {
   options[AscendString(OPTION_DEVICE_ID)] = AscendString(device.c_str());
   if (!listen.empty()) options[AscendString(OPTION_LISTEN_IP_INFO)] = AscendString(listen.c_str());
   if (!wait_time.empty()) options[AscendString(OPTION_SYNC_CACHE_WAIT_TIME)] = AscendString(wait_time.c_str());
+  for (const auto &kv : extra) options[AscendString(kv.first.c_str())] = AscendString(kv.second.c_str());
   Status st = dd.Initialize(options);
   if (st != LLM_SUCCESS) {
     Reply("INIT_FAILED " + std::to_string(st));
