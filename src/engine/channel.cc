@@ -42,9 +42,11 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   channel->session_id_ = ack.session_id;
   // Same-host path: forward lanes when the server reached our memory; reverse
   // lanes when we reach the server's.
-  const bool forward_same_host = allow_same_host && (ack.capabilities & wire::kCapSameHost) != 0;
   std::string why_not;
   if (allow_same_host && VerifyReachable(IdentityOf(ack), &why_not)) channel->reverse_same_host_pid_ = ack.pid;
+  // Each side copies into its own memory from the other's: both must reach each other.
+  const bool forward_same_host =
+      allow_same_host && (ack.capabilities & wire::kCapSameHost) != 0 && channel->reverse_same_host_pid_ != 0;
   if (params.config.transport == EngineConfig::Transport::kSameHost && !forward_same_host) {
     *error = "llmdd.Transport=shm but the same-host path to " + params.remote_id + " is not available" +
              (why_not.empty() ? "" : " (" + why_not + ")");
@@ -63,7 +65,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
         adxl::Status s = adxl::SUCCESS;
         return raw->OpenLane(wire::ConnRole::kDataLane, d, &s, why);
       });
-  channel->lanes_->SetSameHost(forward_same_host);
+  channel->lanes_->SetSameHost(forward_same_host ? ack.pid : 0);
   for (uint32_t i = 0; i < params.config.tcp_connections; ++i) {
     std::shared_ptr<ByteStream> lane = channel->OpenLane(wire::ConnRole::kDataLane, deadline, &status, error);
     if (!lane) {

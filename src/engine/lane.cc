@@ -1,5 +1,7 @@
 #include "engine/lane.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cinttypes>
 #include <cstring>
 #include <vector>
@@ -79,8 +81,10 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
 }  // namespace
 
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                           uint64_t request_id, Deadline deadline, bool same_host) {
+                           uint64_t request_id, Deadline deadline, uint32_t same_host_pid) {
   const bool is_read = op == adxl::READ;
+  const bool same_host = same_host_pid != 0;
+  const auto sent_at = Deadline::Clock::now();
   uint64_t total = 0;
   // Request body: range header + (remote addr, len[, local addr]) per segment.
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
@@ -100,7 +104,6 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   header.payload_len = (is_read || same_host) ? 0 : total;
 
   if (same_host) {
-    // The server moves the bytes itself; we only send the request and wait.
     header.flags = wire::kFlagSameHost;
     iovec request[2] = {{&header, sizeof(header)}, {body.data(), body.size()}};
     IoStatus io = stream.WriteFull(request, 2, deadline);
@@ -112,6 +115,36 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
       result.status = adxl::FAILED;
       result.broken = true;
       result.error = "peer " + stream.PeerName() + " sent a payload for a same-host request";
+    }
+    if (!is_read || result.status != adxl::SUCCESS || result.broken) return result;
+    // Read: the server pinned the ranges for `lease` ms, counted from its
+    // receipt of the request, which is after `sent_at`; so if our copy ends
+    // before sent_at + lease, it ran entirely while the memory was pinned.
+    const auto lease_end = sent_at + std::chrono::milliseconds(std::min<uint32_t>(response.flags, wire::kMaxLeaseMs));
+    thread_local std::vector<iovec> local_iov, remote_iov;
+    local_iov.clear();
+    remote_iov.clear();
+    for (size_t i = 0; i < count; ++i) {
+      local_iov.push_back({reinterpret_cast<void *>(segs[i].local), segs[i].len});
+      remote_iov.push_back({reinterpret_cast<void *>(segs[i].remote), segs[i].len});
+    }
+    int err = CmaCopy(static_cast<pid_t>(same_host_pid), /*to_peer=*/false, local_iov.data(), local_iov.size(),
+                      remote_iov.data(), remote_iov.size(), deadline.EarlierOf(Deadline(lease_end)));
+    const bool in_lease = Deadline::Clock::now() < lease_end;
+    MsgHeader release;
+    release.type = static_cast<uint16_t>(MsgType::kRelease);
+    release.request_id = request_id;
+    if (stream.Write(&release, sizeof(release), deadline.EarlierOf(Deadline::AfterMs(1000))) != IoStatus::kOk) {
+      result.broken = true;  // the server ends the lease on its own; this lane's framing is unknown
+    }
+    if (err != 0) {
+      result.status = err == EFAULT ? adxl::PARAM_INVALID : err == ETIMEDOUT ? adxl::TIMEOUT : adxl::FAILED;
+      result.error = std::string("same-host read from ") + stream.PeerName() + " failed: " +
+                     (err == ESRCH ? "the peer process is gone" : strerror(err)) +
+                     (err == EFAULT ? " (a local destination range is not mapped?)" : "");
+    } else if (!in_lease) {
+      result.status = adxl::TIMEOUT;
+      result.error = "same-host read from " + stream.PeerName() + " outlived its lease; the data is not trusted";
     }
     return result;
   }
@@ -279,16 +312,36 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
                         header.request_id, adxl::PARAM_INVALID, refusal, deadline);
   }
 
+  if (same_host && is_read) {
+    // The requester copies out of our memory itself: keep the regions pinned
+    // for a bounded lease, until it says Release. We never write its memory.
+    const uint32_t lease_ms = std::min<uint32_t>(std::max<uint32_t>(timeout_ms, 1), wire::kMaxLeaseMs);
+    Deadline lease = Deadline::AfterMs(lease_ms);
+    MsgHeader go;
+    go.type = static_cast<uint16_t>(MsgType::kReadResponse);
+    go.request_id = header.request_id;
+    go.flags = lease_ms;
+    if (stream.Write(&go, sizeof(go), lease) != IoStatus::kOk) return false;
+    MsgHeader release;
+    IoStatus io = stream.Read(&release, sizeof(release), lease);
+    if (io != IoStatus::kOk || wire::CheckHeader(release) != "" ||
+        release.type != static_cast<uint16_t>(MsgType::kRelease) || release.request_id != header.request_id) {
+      LOG_WARN("same-host read lease of %s ended without release (%s): closing the lane", ctx.peer.c_str(),
+               io == IoStatus::kOk ? "unexpected message" : IoStatusName(io));
+      return false;  // pins are released on return
+    }
+    return true;
+  }
   if (same_host) {
-    // One copy between our registered memory and the requester's ranges. The
-    // regions stay pinned until the copy is done.
-    int err = CmaCopy(static_cast<pid_t>(ctx.same_host_pid), /*to_peer=*/is_read, iov.data(), iov.size(),
-                      peer_iov.data(), peer_iov.size());
+    // Write: one copy from the requester's ranges into our registered memory,
+    // with the regions pinned. The requester's memory is only read.
+    int err = CmaCopy(static_cast<pid_t>(ctx.same_host_pid), /*to_peer=*/false, iov.data(), iov.size(),
+                      peer_iov.data(), peer_iov.size(), deadline);
     pins.Release();
     adxl::Status status = adxl::SUCCESS;
     std::string text;
     if (err != 0) {
-      status = err == EFAULT ? adxl::PARAM_INVALID : adxl::FAILED;
+      status = err == EFAULT ? adxl::PARAM_INVALID : err == ETIMEDOUT ? adxl::TIMEOUT : adxl::FAILED;
       text = std::string("same-host copy failed: ") + strerror(err) +
              (err == EFAULT ? " (a local range of the requester is not mapped)" : "");
       LOG_WARN("%s for %s", text.c_str(), ctx.peer.c_str());

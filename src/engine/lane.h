@@ -36,10 +36,10 @@ struct LaneResult {
 
 // Sends one Read or Write request for `count` (<= wire::kMaxRangesPerRequest)
 // segments and completes it: READ fills the local ranges, WRITE sends them.
-// same_host: ask the server to copy with process_vm_* straight between its
-// registered memory and our local ranges (only when it verified it can).
+// same_host_pid != 0: use the same-host path with the server process `pid`
+// (both sides verified they reach each other's memory; docs/PROTOCOL.md).
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                           uint64_t request_id, Deadline deadline, bool same_host = false);
+                           uint64_t request_id, Deadline deadline, uint32_t same_host_pid = 0);
 
 // Application messages (used by LLM-DataDist for cache tables and unlink).
 // The handler gets the peer's engine id, the session the request arrived on

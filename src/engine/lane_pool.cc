@@ -113,7 +113,7 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
   for (size_t done = 0; done < count;) {
     size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
     result = ExecuteTransfer(*stream, op, segs + done, chunk, next_request_id_.fetch_add(1), deadline,
-                             same_host_.load());
+                             same_host_pid_.load());
     if (result.broken) {
       stream->Shutdown();
       lane->Set(nullptr);

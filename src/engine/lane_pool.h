@@ -39,9 +39,10 @@ class LanePool {
                         std::string *error);
   adxl::Status AppCall(uint32_t app_type, const std::string &request, Deadline deadline, std::string *response,
                        std::string *error);
-  // Same-host requests (the peer copies with process_vm_*): set once the peer verified it can.
-  void SetSameHost(bool on) { same_host_.store(on); }
-  bool SameHost() const { return same_host_.load(); }
+  // Same-host requests to the peer process `pid` (0: off): set once both
+  // sides verified they reach each other's memory.
+  void SetSameHost(uint32_t pid) { same_host_pid_.store(pid); }
+  bool SameHost() const { return same_host_pid_.load() != 0; }
 
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.
   void ShutdownAll();
@@ -83,7 +84,7 @@ class LanePool {
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<uint32_t> rotate_{0};
   std::atomic<bool> shut_down_{false};
-  std::atomic<bool> same_host_{false};
+  std::atomic<uint32_t> same_host_pid_{0};
 };
 
 }  // namespace llmdd

@@ -267,8 +267,9 @@ void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wir
     if (!session->reverse) {
       session->reverse = std::make_shared<LanePool>(session->client_id, workers_, nullptr);
       // The client verified it reaches our memory: it can serve same-host requests.
-      session->reverse->SetSameHost((hello.capabilities & wire::kCapSameHost) != 0 &&
-                                    config_.transport != EngineConfig::Transport::kTcp);
+      const bool both_ways = (hello.capabilities & wire::kCapSameHost) != 0 && session->same_host_pid != 0 &&
+                             config_.transport != EngineConfig::Transport::kTcp;
+      session->reverse->SetSameHost(both_ways ? session->same_host_pid : 0);
       first = true;
     }
     pool = session->reverse;

@@ -17,6 +17,7 @@ const char *MsgTypeName(uint16_t type) {
     case MsgType::kReadResponse: return "ReadResponse";
     case MsgType::kWriteRequest: return "WriteRequest";
     case MsgType::kWriteResponse: return "WriteResponse";
+    case MsgType::kRelease: return "Release";
     case MsgType::kAppRequest: return "AppRequest";
     case MsgType::kAppResponse: return "AppResponse";
   }
@@ -41,6 +42,9 @@ std::string CheckHeader(const MsgHeader &header) {
     case MsgType::kAuthChallenge:
     case MsgType::kAuthResponse:
       max_body = kMaxControlBody;
+      break;
+    case MsgType::kRelease:
+      max_body = 0;
       break;
     case MsgType::kReadRequest:
       max_body = kRangeBodyHeader + kSameHostEntrySize * kMaxRangesPerRequest;

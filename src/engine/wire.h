@@ -30,6 +30,7 @@ enum class MsgType : uint16_t {
   kReadResponse = 17,
   kWriteRequest = 18,
   kWriteResponse = 19,
+  kRelease = 20,       // same-host read: the requester finished copying, the lease ends
   kAppRequest = 32,    // opaque request/response for layers above the engine
   kAppResponse = 33,
 };
@@ -64,8 +65,13 @@ constexpr uint32_t kCapAppMessages = 1U << 1;
 constexpr uint32_t kCapSameHost = 1U << 2;
 
 // Header flag of Read/Write requests: same-host request. Entries carry the
-// requester's local address too; the server copies with process_vm_*; no payload.
+// requester's local address too; no payload either way. Each side only ever
+// writes its own memory: for a write the server copies from the requester with
+// process_vm_readv; for a read the server pins the ranges and answers with a
+// lease (ReadResponse.flags = lease in ms) during which the requester copies
+// with process_vm_readv, then sends Release.
 constexpr uint32_t kFlagSameHost = 1U << 0;
+constexpr uint32_t kMaxLeaseMs = 10000;
 
 // Bounds that the decoder enforces before allocating.
 constexpr uint32_t kMaxRangesPerRequest = 65536;

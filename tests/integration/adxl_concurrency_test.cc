@@ -136,7 +136,15 @@ class ConcurrencyTest : public AdxlFixture {
   }
 };
 
-TEST_F(ConcurrencyTest, EightThreadsOnePeerDisjointRanges) {
+// Tests that run once per transport ("tcp", "shm").
+class TransportConcurrencyTest : public ConcurrencyTest, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { UseTransport(GetParam()); }
+};
+INSTANTIATE_TEST_SUITE_P(Transports, TransportConcurrencyTest, ::testing::ValuesIn(AllTransports()),
+                         [](const ::testing::TestParamInfo<std::string> &info) { return info.param; });
+
+TEST_P(TransportConcurrencyTest, EightThreadsOnePeerDisjointRanges) {
   const int kThreads = 8;
   const size_t kSlice = 2u << 20;
   ASSERT_TRUE(InitClient());
@@ -150,7 +158,7 @@ TEST_F(ConcurrencyTest, EightThreadsOnePeerDisjointRanges) {
   RunStress({peer}, kThreads, 200, kSlice);
 }
 
-TEST_F(ConcurrencyTest, NineThreadsThreePeers) {
+TEST_P(TransportConcurrencyTest, NineThreadsThreePeers) {
   const int kThreads = 9;
   const size_t kSlice = 1u << 20;
   ASSERT_TRUE(InitClient());
@@ -174,7 +182,7 @@ TEST_F(ConcurrencyTest, NineThreadsThreePeers) {
 // calls started after Disconnect returned get NOT_CONNECTED; successful READs carry
 // the right bytes; reconnecting works.
 // ---------------------------------------------------------------------------------
-TEST_F(ConcurrencyTest, DisconnectWhileOtherThreadsTransfer) {
+TEST_P(TransportConcurrencyTest, DisconnectWhileOtherThreadsTransfer) {
   const int kThreads = 8;
   const size_t kChunk = 1u << 20;
   ASSERT_TRUE(InitClient());
@@ -339,7 +347,7 @@ TEST_F(ConcurrencyTest, ConcurrentConnectAndDisconnectExactlyOneWins) {
 // SUCCESS or PARAM_INVALID; calls started after DeregisterMem returned get
 // PARAM_INVALID and can no longer change the memory; the other region is unaffected.
 // ---------------------------------------------------------------------------------
-TEST_F(ConcurrencyTest, PeerDeregistersWhileThreadsTransfer) {
+TEST_P(TransportConcurrencyTest, PeerDeregistersWhileThreadsTransfer) {
   const size_t kLen = 4u << 20;
   ASSERT_TRUE(InitClient());
   AdxlPeer::Options o;

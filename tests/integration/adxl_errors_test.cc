@@ -12,6 +12,12 @@ constexpr int32_t kTimeoutMs = 10000;
 
 class ErrorsTest : public AdxlFixture {};
 
+// Error paths that involve the data path run once per transport ("tcp", "shm").
+class TransportErrorsTest : public AdxlFixture, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { UseTransport(GetParam()); }
+};
+
 adxl::MemDesc Desc(uintptr_t addr, size_t len) {
   adxl::MemDesc d{};
   d.addr = addr;
@@ -214,7 +220,7 @@ TEST_F(ErrorsTest, DisconnectArgumentsAndStates) {
 // ---------------------------------------------------------------------------------
 // TransferSync arguments
 // ---------------------------------------------------------------------------------
-TEST_F(ErrorsTest, TransferSyncArguments) {
+TEST_P(TransportErrorsTest, TransferSyncArguments) {
   ASSERT_TRUE(InitClient());
   AdxlPeer::Options o;
   o.size = 65536;
@@ -257,10 +263,15 @@ TEST_F(ErrorsTest, TransferSyncArguments) {
 // ---------------------------------------------------------------------------------
 // Remote ranges that are not fully inside one registered region.
 // ---------------------------------------------------------------------------------
-class OutOfRegistrationTest : public ErrorsTest, public ::testing::WithParamInterface<adxl::TransferOp> {};
+class OutOfRegistrationTest : public AdxlFixture,
+                              public ::testing::WithParamInterface<std::tuple<adxl::TransferOp, std::string>> {
+ protected:
+  void SetUp() override { UseTransport(std::get<1>(GetParam())); }
+  adxl::TransferOp Op() const { return std::get<0>(GetParam()); }
+};
 
 TEST_P(OutOfRegistrationTest, RejectedWithoutTouchingEitherSide) {
-  const adxl::TransferOp op = GetParam();
+  const adxl::TransferOp op = Op();
   ASSERT_TRUE(InitClient());
   AdxlPeer::Options o;
   o.size = 65536;
@@ -316,7 +327,7 @@ TEST_P(OutOfRegistrationTest, RejectedWithoutTouchingEitherSide) {
 }
 
 TEST_P(OutOfRegistrationTest, WrappingLengthRejected) {
-  const adxl::TransferOp op = GetParam();
+  const adxl::TransferOp op = Op();
   ASSERT_TRUE(InitClient());
   AdxlPeer::Options o;
   o.size = 65536;
@@ -340,15 +351,18 @@ TEST_P(OutOfRegistrationTest, WrappingLengthRejected) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Ops, OutOfRegistrationTest, ::testing::Values(adxl::READ, adxl::WRITE),
-                         [](const ::testing::TestParamInfo<adxl::TransferOp> &info) {
-                           return std::string(info.param == adxl::READ ? "Read" : "Write");
+INSTANTIATE_TEST_SUITE_P(Ops, OutOfRegistrationTest,
+                         ::testing::Combine(::testing::Values(adxl::READ, adxl::WRITE),
+                                            ::testing::ValuesIn(AllTransports())),
+                         [](const ::testing::TestParamInfo<std::tuple<adxl::TransferOp, std::string>> &info) {
+                           return std::string(std::get<0>(info.param) == adxl::READ ? "Read_" : "Write_") +
+                                  std::get<1>(info.param);
                          });
 
 // ---------------------------------------------------------------------------------
 // TIMEOUT: the peer is frozen with SIGSTOP.
 // ---------------------------------------------------------------------------------
-TEST_F(ErrorsTest, TransferToAStoppedPeerTimesOut) {
+TEST_P(TransportErrorsTest, TransferToAStoppedPeerTimesOut) {
   ASSERT_TRUE(InitClient());
   AdxlPeer::Options o;
   o.size = 1u << 20;
@@ -370,6 +384,9 @@ TEST_F(ErrorsTest, TransferToAStoppedPeerTimesOut) {
   peer->Continue();
   EXPECT_TRUE(peer->Ping());
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, TransportErrorsTest, ::testing::ValuesIn(AllTransports()),
+                         [](const ::testing::TestParamInfo<std::string> &info) { return info.param; });
 
 }  // namespace
 }  // namespace itest

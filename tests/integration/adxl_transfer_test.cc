@@ -110,7 +110,7 @@ std::string LocateRemoteMismatch(AdxlPeer &peer, size_t idx, const std::vector<u
   return "first differing chunk at region offset " + std::to_string(lo) + " (length " + std::to_string(len) + ")";
 }
 
-class TransferTest : public AdxlFixture {
+class TransferBase : public AdxlFixture {
  protected:
   // Runs a planned batch and verifies every byte of the destination side.
   void RunAndVerifyBatch(AdxlPeer &peer, adxl::TransferOp op, const std::vector<PlannedDesc> &plan,
@@ -184,13 +184,24 @@ class TransferTest : public AdxlFixture {
   }
 };
 
+std::string TransportName(const ::testing::TestParamInfo<std::string> &info) { return info.param; }
+
+// Tests that run once per data path ("tcp", "shm").
+class TransferTest : public TransferBase, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { UseTransport(GetParam()); }
+};
+
 // ---------------------------------------------------------------------------------
 // Single descriptors of many sizes, at odd offsets and flush with the region end.
 // ---------------------------------------------------------------------------------
-class SizeTest : public TransferTest, public ::testing::WithParamInterface<size_t> {};
+class SizeTest : public TransferBase, public ::testing::WithParamInterface<std::tuple<size_t, std::string>> {
+ protected:
+  void SetUp() override { UseTransport(std::get<1>(GetParam())); }
+};
 
 TEST_P(SizeTest, ReadAndWriteOneDescriptor) {
-  const size_t len = GetParam();
+  const size_t len = std::get<0>(GetParam());
   const size_t region_size = (2u << 20) + 64;
   AdxlPeer::Options o;
   o.size = region_size;
@@ -228,15 +239,17 @@ TEST_P(SizeTest, ReadAndWriteOneDescriptor) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, SizeTest,
-                         ::testing::Values(size_t{1}, size_t{7}, size_t{4096}, size_t{65536}, size_t{(1u << 20) + 3}),
-                         [](const ::testing::TestParamInfo<size_t> &info) {
-                           return "Bytes" + std::to_string(info.param);
+                         ::testing::Combine(::testing::Values(size_t{1}, size_t{7}, size_t{4096}, size_t{65536},
+                                                              size_t{(1u << 20) + 3}),
+                                            ::testing::ValuesIn(AllTransports())),
+                         [](const ::testing::TestParamInfo<std::tuple<size_t, std::string>> &info) {
+                           return "Bytes" + std::to_string(std::get<0>(info.param)) + "_" + std::get<1>(info.param);
                          });
 
 // ---------------------------------------------------------------------------------
 // 64 MiB in one descriptor.
 // ---------------------------------------------------------------------------------
-TEST_F(TransferTest, Read64MiBOneDescriptor) {
+TEST_P(TransferTest, Read64MiBOneDescriptor) {
   const size_t kLen = 64u << 20;
   AdxlPeer::Options o;
   o.size = kLen;
@@ -253,7 +266,7 @@ TEST_F(TransferTest, Read64MiBOneDescriptor) {
   EXPECT_EQ("OK", peer->CheckUntouched(0));
 }
 
-TEST_F(TransferTest, Write64MiBOneDescriptor) {
+TEST_P(TransferTest, Write64MiBOneDescriptor) {
   const size_t kLen = 64u << 20;
   AdxlPeer::Options o;
   o.size = kLen;
@@ -284,10 +297,15 @@ size_t SumPlusGaps(const std::vector<size_t> &lengths) {
   return std::accumulate(lengths.begin(), lengths.end(), size_t{0}) + 64 * lengths.size() + 4096;
 }
 
-class BatchTest : public TransferTest, public ::testing::WithParamInterface<adxl::TransferOp> {};
+class BatchTest : public TransferBase,
+                  public ::testing::WithParamInterface<std::tuple<adxl::TransferOp, std::string>> {
+ protected:
+  void SetUp() override { UseTransport(std::get<1>(GetParam())); }
+  adxl::TransferOp Op() const { return std::get<0>(GetParam()); }
+};
 
 TEST_P(BatchTest, TenThousandSmallDescriptors) {
-  const adxl::TransferOp op = GetParam();
+  const adxl::TransferOp op = Op();
   std::mt19937_64 rng(op == adxl::READ ? 1001 : 1002);
   std::vector<size_t> lengths = SmallLengths(10000, rng);
   const size_t area = SumPlusGaps(lengths);
@@ -306,7 +324,7 @@ TEST_P(BatchTest, TenThousandSmallDescriptors) {
 }
 
 TEST_P(BatchTest, MixedBigAndSmallDescriptors) {
-  const adxl::TransferOp op = GetParam();
+  const adxl::TransferOp op = Op();
   std::mt19937_64 rng(op == adxl::READ ? 2001 : 2002);
   std::vector<size_t> lengths = SmallLengths(2000, rng);
   std::uniform_int_distribution<size_t> extra(0, 4095);
@@ -330,7 +348,7 @@ TEST_P(BatchTest, MixedBigAndSmallDescriptors) {
 }
 
 TEST_P(BatchTest, SeveralRegionsIncludingOneRegisteredAfterConnect) {
-  const adxl::TransferOp op = GetParam();
+  const adxl::TransferOp op = Op();
   std::mt19937_64 rng(op == adxl::READ ? 3001 : 3002);
   AdxlPeer::Options o;
   o.regions = 4;
@@ -357,15 +375,18 @@ TEST_P(BatchTest, SeveralRegionsIncludingOneRegisteredAfterConnect) {
   RunAndVerifyBatch(*peer, op, plan, local, 33);
 }
 
-INSTANTIATE_TEST_SUITE_P(Ops, BatchTest, ::testing::Values(adxl::READ, adxl::WRITE),
-                         [](const ::testing::TestParamInfo<adxl::TransferOp> &info) {
-                           return std::string(info.param == adxl::READ ? "Read" : "Write");
+INSTANTIATE_TEST_SUITE_P(Ops, BatchTest,
+                         ::testing::Combine(::testing::Values(adxl::READ, adxl::WRITE),
+                                            ::testing::ValuesIn(AllTransports())),
+                         [](const ::testing::TestParamInfo<std::tuple<adxl::TransferOp, std::string>> &info) {
+                           return std::string(std::get<0>(info.param) == adxl::READ ? "Read_" : "Write_") +
+                                  std::get<1>(info.param);
                          });
 
 // ---------------------------------------------------------------------------------
 // Sub-ranges of one registration: whole region, first byte, last byte, middle.
 // ---------------------------------------------------------------------------------
-TEST_F(TransferTest, SubRangesOfOneRegistration) {
+TEST_P(TransferTest, SubRangesOfOneRegistration) {
   const size_t kSize = (1u << 20) + 17;
   AdxlPeer::Options o;
   o.size = kSize;
@@ -398,7 +419,7 @@ TEST_F(TransferTest, SubRangesOfOneRegistration) {
 // ---------------------------------------------------------------------------------
 // Memory registered on the server after Connect (an improvement over CANN).
 // ---------------------------------------------------------------------------------
-TEST_F(TransferTest, MemoryRegisteredAfterConnectIsAccessible) {
+TEST_P(TransferTest, MemoryRegisteredAfterConnectIsAccessible) {
   AdxlPeer::Options o;
   o.size = 4096;
   o.seed = 700;
@@ -425,7 +446,7 @@ TEST_F(TransferTest, MemoryRegisteredAfterConnectIsAccessible) {
 // ---------------------------------------------------------------------------------
 // Local memory may be registered too, as MEM_DEVICE or MEM_HOST; remote MEM_DEVICE.
 // ---------------------------------------------------------------------------------
-TEST_F(TransferTest, RegisteredLocalMemoryAndDeviceMemType) {
+TEST_P(TransferTest, RegisteredLocalMemoryAndDeviceMemType) {
   AdxlPeer::Options o;
   o.size = 1u << 20;
   o.seed = 800;
@@ -460,7 +481,10 @@ TEST_F(TransferTest, RegisteredLocalMemoryAndDeviceMemType) {
 // ---------------------------------------------------------------------------------
 // "llmdd.TcpConnections" = 1 and 8 (on both engines).
 // ---------------------------------------------------------------------------------
-class TcpConnectionsTest : public TransferTest, public ::testing::WithParamInterface<const char *> {};
+class TcpConnectionsTest : public TransferBase, public ::testing::WithParamInterface<const char *> {
+ protected:
+  void SetUp() override { UseTransport("tcp"); }  // the lanes only matter for TCP
+};
 
 TEST_P(TcpConnectionsTest, BigAndBatchedBothDirections) {
   const std::vector<std::pair<std::string, std::string>> opts = {{"llmdd.TcpConnections", GetParam()}};
@@ -506,7 +530,7 @@ INSTANTIATE_TEST_SUITE_P(Connections, TcpConnectionsTest, ::testing::Values("1",
 // ---------------------------------------------------------------------------------
 // IPv6 loopback.
 // ---------------------------------------------------------------------------------
-TEST_F(TransferTest, Ipv6Loopback) {
+TEST_P(TransferTest, Ipv6Loopback) {
   if (!Ipv6LoopbackAvailable()) GTEST_SKIP() << "::1 cannot be bound on this machine";
   AdxlPeer::Options o;
   o.host = "::1";
@@ -538,7 +562,7 @@ TEST_F(TransferTest, Ipv6Loopback) {
 // The test process as the server: a peer connects to it and reads/writes its memory,
 // while the test also connects back to the peer (server-server, both directions).
 // ---------------------------------------------------------------------------------
-TEST_F(TransferTest, PeerAsClientReadsAndWritesTestProcessMemory) {
+TEST_P(TransferTest, PeerAsClientReadsAndWritesTestProcessMemory) {
   ASSERT_TRUE(InitServer());
   const size_t kLen = (1u << 20) + 9;
   GuardedBuffer mine(kLen);
@@ -579,6 +603,8 @@ TEST_F(TransferTest, PeerAsClientReadsAndWritesTestProcessMemory) {
   EXPECT_ST(adxl::SUCCESS, peer->Disconnect(engine_id_, 10000));
   EXPECT_ST(adxl::SUCCESS, engine_.DeregisterMem(h));
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::ValuesIn(AllTransports()), TransportName);
 
 }  // namespace
 }  // namespace itest

@@ -912,6 +912,17 @@ inline Timed TimedCall(const std::string &what, int64_t watchdog_ms, const std::
   return r;
 }
 
+// Data path used by the fixture's engines and peers ("llmdd.Transport"): "tcp"
+// unless the environment variable ITEST_ADXL_TRANSPORT says otherwise ("shm",
+// "auto"); tests parameterized over the transport call UseTransport().
+inline std::string DefaultTransport() {
+  const char *e = getenv("ITEST_ADXL_TRANSPORT");
+  return (e != nullptr && e[0] != '\0') ? e : "tcp";
+}
+
+// The transports that parameterized tests run over.
+inline std::vector<std::string> AllTransports() { return {"tcp", "shm"}; }
+
 class AdxlFixture : public ::testing::Test {
  protected:
   adxl::AdxlEngine engine_;
@@ -919,9 +930,23 @@ class AdxlFixture : public ::testing::Test {
   bool initialized_ = false;
   std::vector<std::unique_ptr<AdxlPeer>> peers_;
   std::set<std::string> connected_;
+  std::string transport_ = DefaultTransport();
+
+  void UseTransport(const std::string &t) { transport_ = t; }
+
+  // opts plus {"llmdd.Transport", transport_} unless opts already names one.
+  std::vector<std::pair<std::string, std::string>> WithTransport(
+      std::vector<std::pair<std::string, std::string>> opts) const {
+    for (const auto &kv : opts)
+      if (kv.first == "llmdd.Transport") return opts;
+    opts.emplace_back("llmdd.Transport", transport_);
+    return opts;
+  }
 
   // Starts a peer (from the main thread); nullptr + a recorded failure on error.
-  AdxlPeer *StartPeer(const AdxlPeer::Options &opt) {
+  AdxlPeer *StartPeer(const AdxlPeer::Options &opt_in) {
+    AdxlPeer::Options opt = opt_in;
+    opt.engine_options = WithTransport(opt.engine_options);
     std::string err;
     auto p = AdxlPeer::Start(opt, &err);
     if (!p) {
@@ -934,7 +959,7 @@ class AdxlFixture : public ::testing::Test {
 
   ::testing::AssertionResult InitClient(const std::vector<std::pair<std::string, std::string>> &opts = {},
                                         const std::string &id = "127.0.0.1") {
-    uint32_t st = engine_.Initialize(adxl::AscendString(id.c_str()), EngineOptions(opts));
+    uint32_t st = engine_.Initialize(adxl::AscendString(id.c_str()), EngineOptions(WithTransport(opts)));
     if (st != adxl::SUCCESS)
       return ::testing::AssertionFailure() << "Initialize(" << id << ") returned " << StatusName(st);
     engine_id_ = id;
@@ -951,7 +976,7 @@ class AdxlFixture : public ::testing::Test {
     for (int attempt = 0; attempt < 20; ++attempt) {
       int port = PickFreePort(host.c_str(), v6 ? AF_INET6 : AF_INET);
       std::string id = v6 ? "[" + host + "]:" + std::to_string(port) : host + ":" + std::to_string(port);
-      st = engine_.Initialize(adxl::AscendString(id.c_str()), EngineOptions(opts));
+      st = engine_.Initialize(adxl::AscendString(id.c_str()), EngineOptions(WithTransport(opts)));
       if (st == adxl::SUCCESS) {
         engine_id_ = id;
         initialized_ = true;

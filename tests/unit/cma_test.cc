@@ -77,25 +77,25 @@ TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
   std::vector<char> local(1000, 'L');
   Segment segs[2] = {{reinterpret_cast<uintptr_t>(local.data()), R(100), 500},
                      {reinterpret_cast<uintptr_t>(local.data() + 500), R(4000), 500}};
-  LaneResult r = ExecuteTransfer(requester, adxl::READ, segs, 2, 1, Deadline::AfterMs(3000), true);
+  LaneResult r = ExecuteTransfer(requester, adxl::READ, segs, 2, 1, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
   ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
   EXPECT_EQ(memcmp(local.data(), remote.data() + 100, 500), 0);
   EXPECT_EQ(memcmp(local.data() + 500, remote.data() + 4000, 500), 0);
 
   std::vector<char> data(300, 'W');
   Segment w{reinterpret_cast<uintptr_t>(data.data()), R(7000), 300};
-  r = ExecuteTransfer(requester, adxl::WRITE, &w, 1, 2, Deadline::AfterMs(3000), true);
+  r = ExecuteTransfer(requester, adxl::WRITE, &w, 1, 2, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
   ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
   EXPECT_EQ(std::string(remote.data() + 7000, 300), std::string(300, 'W'));
 
   std::vector<char> before = remote;
   Segment outside{reinterpret_cast<uintptr_t>(data.data()), R(8000), 300};
-  r = ExecuteTransfer(requester, adxl::WRITE, &outside, 1, 3, Deadline::AfterMs(3000), true);
+  r = ExecuteTransfer(requester, adxl::WRITE, &outside, 1, 3, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
   EXPECT_EQ(remote, before);
 
   Segment bad_local{0x10, R(0), 64};
-  r = ExecuteTransfer(requester, adxl::READ, &bad_local, 1, 4, Deadline::AfterMs(3000), true);
+  r = ExecuteTransfer(requester, adxl::READ, &bad_local, 1, 4, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
   EXPECT_NE(r.error.find("not mapped"), std::string::npos) << r.error;
   requester.Shutdown();
@@ -117,10 +117,57 @@ TEST(CmaLane, UnverifiedPeerCannotUseTheSameHostPath) {
   });
   std::vector<char> local(64, 'L');
   Segment s{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()), 64};
-  LaneResult r = ExecuteTransfer(requester, adxl::READ, &s, 1, 1, Deadline::AfterMs(3000), true);
+  LaneResult r = ExecuteTransfer(requester, adxl::READ, &s, 1, 1, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
   EXPECT_NE(r.status, adxl::SUCCESS);
   EXPECT_EQ(std::string(local.begin(), local.end()), std::string(64, 'L'));
   requester.Shutdown();
+  serving.join();
+}
+
+}  // namespace
+}  // namespace llmdd
+
+namespace llmdd {
+namespace {
+
+// A requester that takes a read lease and never releases it cannot pin the
+// server's memory beyond the lease: deregistration completes, the lane closes.
+TEST(CmaLane, UnreleasedLeaseExpiresAndDeregistrationProceeds) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  TcpStream requester(fds[0], "requester"), server(fds[1], "server");
+  MemoryRegistry registry;
+  std::vector<char> remote(4096, 'R');
+  uint64_t id = registry.Add(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), 1);
+  std::thread serving([&] {
+    ServeContext ctx;
+    ctx.registry = &registry;
+    ctx.peer = "greedy";
+    ctx.same_host_pid = static_cast<uint32_t>(getpid());
+    ServeLane(server, ctx);
+  });
+  uint8_t body[wire::kRangeBodyHeader + wire::kSameHostEntrySize];
+  wire::EncodeRangeHeader(1, /*timeout_ms=*/300, 64, body);
+  uint64_t entry[3] = {reinterpret_cast<uintptr_t>(remote.data()), 64, 0x1000};
+  memcpy(body + wire::kRangeBodyHeader, entry, sizeof(entry));
+  wire::MsgHeader h;
+  h.type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
+  h.flags = wire::kFlagSameHost;
+  h.request_id = 77;
+  h.body_len = sizeof(body);
+  iovec out[2] = {{&h, sizeof(h)}, {body, sizeof(body)}};
+  ASSERT_EQ(requester.WriteFull(out, 2, Deadline::AfterMs(1000)), IoStatus::kOk);
+  wire::MsgHeader go;
+  ASSERT_EQ(requester.Read(&go, sizeof(go), Deadline::AfterMs(1000)), IoStatus::kOk);
+  EXPECT_EQ(go.type, static_cast<uint16_t>(wire::MsgType::kReadResponse));
+  EXPECT_EQ(go.status, adxl::SUCCESS);
+  EXPECT_EQ(go.flags, 300U);  // the lease
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(registry.Remove(id));  // waits for the lease, not forever
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(ms, 1500);
+  char byte;
+  EXPECT_EQ(requester.Read(&byte, 1, Deadline::AfterMs(1000)), IoStatus::kClosed);
   serving.join();
 }
 

@@ -105,12 +105,13 @@ bool VerifyReachable(const ProcessIdentity &peer, std::string *why) {
 }
 
 int CmaCopy(pid_t peer, bool to_peer, const iovec *local, size_t local_count, const iovec *remote,
-            size_t remote_count) {
+            size_t remote_count, Deadline deadline) {
   Cursor l{local, local_count}, r{remote, remote_count};
   std::vector<iovec> lv(kMaxIov), rv(kMaxIov);
   while (!l.Done() && !r.Done()) {
+    if (deadline.Expired()) return ETIMEDOUT;
     size_t ln = 0, rn = 0;
-    size_t lbytes = l.Take(lv.data(), &ln, SIZE_MAX);
+    size_t lbytes = l.Take(lv.data(), &ln, kMaxBytesPerCall);
     size_t rbytes = r.Take(rv.data(), &rn, lbytes);
     if (rbytes < lbytes) l.Rewind(lbytes - rbytes);
     // Trim the local side to the remote bytes taken.

@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/deadline.h"
+
 namespace llmdd {
 
 struct ProcessIdentity {
@@ -34,10 +36,14 @@ const ProcessIdentity &LocalIdentity();
 bool VerifyReachable(const ProcessIdentity &peer, std::string *why);
 
 // Copies between local iovecs and the peer's iovecs (same total length),
-// chunked to IOV_MAX. to_peer: local -> peer (writev), else peer -> local.
-// Returns 0 on success or the errno that stopped it (EFAULT: a range was not
-// mapped in one of the processes; ESRCH: peer gone; EPERM: not permitted).
+// in calls of at most IOV_MAX entries and kMaxBytesPerCall bytes, checking the
+// deadline between calls (one syscall is not interruptible, so this bounds how
+// far a copy can overrun it). to_peer: local -> peer (writev), else peer ->
+// local. Returns 0 on success or the errno that stopped it (EFAULT: a range
+// was not mapped in one of the processes; ESRCH: peer gone; EPERM: not
+// permitted; ETIMEDOUT: deadline passed).
+constexpr size_t kMaxBytesPerCall = 8u << 20;
 int CmaCopy(pid_t peer, bool to_peer, const iovec *local, size_t local_count, const iovec *remote,
-            size_t remote_count);
+            size_t remote_count, Deadline deadline = Deadline::Never());
 
 }  // namespace llmdd
