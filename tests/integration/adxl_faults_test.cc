@@ -243,6 +243,47 @@ TEST_P(TransportFaultsTest, NoLateWritesIntoLocalBufferAfterTimeout) {
 }
 
 // ---------------------------------------------------------------------------------
+// After Disconnect has returned SUCCESS nothing of the old session is served any
+// more (docs/PROTOCOL.md: lanes are shut down before GoodbyeAck): WRITE requests
+// that were queued at a frozen peer when their call timed out must not keep
+// changing its memory once the peer resumes and the client has disconnected.
+// ---------------------------------------------------------------------------------
+TEST_P(TransportFaultsTest, RemoteMemoryQuiescentAfterDisconnect) {
+  ASSERT_TRUE(InitClient());
+  AdxlPeer::Options o;
+  o.size = kBig;
+  o.seed = 130;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(ConnectTo(*peer));
+  GuardedBuffer local(kBig);
+  FillPattern(local.data(), kBig, 131, 0);
+
+  ASSERT_TRUE(peer->Stop());
+  Timed r = Transfer(peer->id(), adxl::WRITE, LongBatch(local.addr(), peer->region(0).addr), 1500);
+  EXPECT_ST(adxl::TIMEOUT, r.status) << "after " << r.ms << " ms";
+  peer->Continue();
+  Timed d = TimedCall("Disconnect", 40000, [&] { return engine_.Disconnect(peer->engine(), 5000); });
+  connected_.erase(peer->id());
+  EXPECT_ST(adxl::SUCCESS, d.status) << "Disconnect from the resumed peer, after " << d.ms << " ms";
+
+  uint64_t before = 0, after = 0;
+  ASSERT_TRUE(peer->Crc(0, 0, kBig, &before)) << peer->last_error();
+  FillPattern(local.data(), kBig, 132, 0);  // the caller reuses its buffer
+  SleepMs(1500);
+  ASSERT_TRUE(peer->Crc(0, 0, kBig, &after)) << peer->last_error();
+  if (before != after) {
+    // Does the peer now hold what the client put into its buffer *after* the
+    // Disconnect (i.e. it copied from the client's reused memory)?
+    const std::string reused = peer->Check(0, 0, kBig, 132);
+    ADD_FAILURE() << "the peer's memory kept changing after Disconnect returned " << StatusName(d.status)
+                  << " (stale WRITE requests of the closed session were served); CHECK of the region against the "
+                     "client's post-Disconnect buffer contents: "
+                  << reused << (reused == "OK" ? " (the peer copied the client's reused buffer)" : "");
+  }
+}
+
+// ---------------------------------------------------------------------------------
 // Disconnect from a frozen peer returns within its timeout and drops the channel.
 // ---------------------------------------------------------------------------------
 TEST_F(FaultsTest, DisconnectFromStoppedPeerReturnsWithinTimeout) {
