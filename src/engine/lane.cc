@@ -88,11 +88,17 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   uint64_t total = 0;
   // Request body: range header + (remote addr, len[, local addr]) per segment.
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
+  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostDeadlineSize : 0);
   thread_local std::vector<uint8_t> body;
-  body.resize(wire::kRangeBodyHeader + entry_size * count);
+  body.resize(entries_at + entry_size * count);
+  if (same_host) {
+    const uint64_t deadline_ns = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.At().time_since_epoch()).count());
+    memcpy(body.data() + wire::kRangeBodyHeader, &deadline_ns, sizeof(deadline_ns));
+  }
   for (size_t i = 0; i < count; ++i) {
     uint64_t entry[3] = {segs[i].remote, segs[i].len, segs[i].local};
-    memcpy(body.data() + wire::kRangeBodyHeader + i * entry_size, entry, entry_size);
+    memcpy(body.data() + entries_at + i * entry_size, entry, entry_size);
     total += segs[i].len;
   }
   wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
@@ -273,6 +279,16 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     return false;
   }
   Deadline deadline = Deadline::AfterMs(static_cast<int64_t>(timeout_ms) + kServeGraceMs);
+  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostDeadlineSize : 0);
+  // Same-host: the requester's own deadline on the shared monotonic clock. Its
+  // memory is never touched after it (a timed-out caller may reuse its buffers).
+  Deadline requester_deadline = Deadline::Never();
+  if (same_host) {
+    uint64_t ns = 0;
+    memcpy(&ns, body.data() + wire::kRangeBodyHeader, sizeof(ns));
+    requester_deadline = Deadline(Deadline::Clock::time_point(
+        std::chrono::nanoseconds(static_cast<int64_t>(std::min<uint64_t>(ns, INT64_MAX)))));
+  }
 
   // Validate every range before touching any byte; pin the regions meanwhile.
   RegionPins pins(ctx.registry);
@@ -289,7 +305,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   std::string refusal;
   for (uint32_t i = 0; i < count && refusal.empty(); ++i) {
     uint64_t entry[3] = {0, 0, 0};
-    memcpy(entry, body.data() + wire::kRangeBodyHeader + i * entry_size, entry_size);
+    memcpy(entry, body.data() + entries_at + i * entry_size, entry_size);
     const uint64_t addr = entry[0], len = entry[1];
     if (same_host) peer_iov.push_back({reinterpret_cast<void *>(static_cast<uintptr_t>(entry[2])), len});
     if (len == 0 || __builtin_add_overflow(sum, len, &sum)) {
@@ -335,8 +351,14 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   if (same_host) {
     // Write: one copy from the requester's ranges into our registered memory,
     // with the regions pinned. The requester's memory is only read.
+    if (requester_deadline.Expired()) {
+      pins.Release();
+      LOG_WARN("same-host write from %s arrived after its deadline: not applied", ctx.peer.c_str());
+      return SendResponse(stream, MsgType::kWriteResponse, header.request_id, adxl::TIMEOUT,
+                          "request arrived after its deadline", deadline);
+    }
     int err = CmaCopy(static_cast<pid_t>(ctx.same_host_pid), /*to_peer=*/false, iov.data(), iov.size(),
-                      peer_iov.data(), peer_iov.size(), deadline);
+                      peer_iov.data(), peer_iov.size(), deadline.EarlierOf(requester_deadline));
     pins.Release();
     adxl::Status status = adxl::SUCCESS;
     std::string text;
@@ -421,8 +443,10 @@ void ServeLoop(ByteStream &stream, const ServeContext &ctx) {
       SendProtocolError(stream, bad);
       return;
     }
+    if (ctx.busy != nullptr) ctx.busy->fetch_add(1);
     bool keep = header.type == static_cast<uint16_t>(MsgType::kAppRequest) ? ServeApp(stream, header, ctx)
                                                                            : ServeTransfer(stream, header, ctx);
+    if (ctx.busy != nullptr) ctx.busy->fetch_sub(1);
     if (!keep) return;
   }
 }

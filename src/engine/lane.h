@@ -58,6 +58,7 @@ struct ServeContext {
   uint64_t session_id = 0;                  // server-side session of the lane, 0 otherwise
   uint32_t same_host_pid = 0;               // requester's pid when verified reachable with CMA, else 0
   std::atomic<bool> *stopping = nullptr;
+  std::atomic<int> *busy = nullptr;        // counts requests being served (session quiescence)
 };
 
 // Serves requests until the peer closes, a protocol violation occurs, or

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <chrono>
 #include <random>
+#include <thread>
 
 #include "common/log.h"
 #include "engine/handshake.h"
@@ -218,6 +220,7 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
 
 void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
   uint32_t same_host_pid = 0;
+  std::shared_ptr<std::atomic<int>> busy;
   {
     std::lock_guard lock(mutex_);
     auto it = sessions_.find(hello.session_id);
@@ -229,6 +232,7 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     }
     it->second->lanes.push_back(stream);
     same_host_pid = it->second->same_host_pid;
+    busy = it->second->busy;
   }
   wire::HelloAck ack;
   ack.session_id = hello.session_id;
@@ -241,6 +245,7 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     ctx.session_id = hello.session_id;
     ctx.same_host_pid = same_host_pid;
     ctx.stopping = &stopping_;
+    ctx.busy = busy.get();
     ServeLane(*stream, ctx);
   }
   stream->Shutdown();
@@ -297,6 +302,13 @@ void PeerServer::EndSession(uint64_t session_id, const char *why, bool shutdown_
   }
   if (shutdown_control) session->control->Shutdown();
   if (session->reverse) session->reverse->ShutdownAll();
+  // Requests already being served finish or abort promptly (lanes are shut
+  // down, copies stop at their deadlines); wait for them, bounded, so nothing
+  // of the session is served after this returns (Goodbye is acked after it).
+  for (int i = 0; i < 2000 && session->busy->load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (session->busy->load() > 0)
+    LOG_WARN("session %" PRIx64 " of %s: a request is still being served after 2 s", session_id,
+             session->client_id.c_str());
   LOG_INFO("session %" PRIx64 " of %s ended: %s", session_id, session->client_id.c_str(), why);
   if (callbacks_.on_session_end) callbacks_.on_session_end(session->client_id, session_id);
 }

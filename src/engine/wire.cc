@@ -47,10 +47,10 @@ std::string CheckHeader(const MsgHeader &header) {
       max_body = 0;
       break;
     case MsgType::kReadRequest:
-      max_body = kRangeBodyHeader + kSameHostEntrySize * kMaxRangesPerRequest;
+      max_body = kRangeBodyHeader + kSameHostDeadlineSize + kSameHostEntrySize * kMaxRangesPerRequest;
       break;
     case MsgType::kWriteRequest:
-      max_body = kRangeBodyHeader + kSameHostEntrySize * kMaxRangesPerRequest;
+      max_body = kRangeBodyHeader + kSameHostDeadlineSize + kSameHostEntrySize * kMaxRangesPerRequest;
       payload_allowed = (header.flags & kFlagSameHost) == 0;
       break;
     case MsgType::kReadResponse:
@@ -156,7 +156,8 @@ std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_
   memcpy(total, in + 8, 8);
   if (*count == 0 || *count > kMaxRangesPerRequest)
     return "range count " + std::to_string(*count) + " outside [1, " + std::to_string(kMaxRangesPerRequest) + "]";
-  if (body_len != kRangeBodyHeader + entry_size * static_cast<uint64_t>(*count))
+  const uint64_t extra = entry_size == kSameHostEntrySize ? kSameHostDeadlineSize : 0;
+  if (body_len != kRangeBodyHeader + extra + entry_size * static_cast<uint64_t>(*count))
     return "body length " + std::to_string(body_len) + " does not match " + std::to_string(*count) + " ranges";
   return "";
 }

@@ -83,6 +83,10 @@ constexpr uint32_t kMaxAuthField = 64;
 constexpr uint64_t kRangeBodyHeader = 16;  // count u32, timeout_ms u32, total u64
 constexpr uint64_t kRangeEntrySize = 16;   // addr u64, len u64
 constexpr uint64_t kSameHostEntrySize = 24;  // addr u64, len u64, requester's local addr u64
+// Same-host requests carry, after the range header, the requester's absolute
+// deadline on CLOCK_MONOTONIC in ns (one clock on one host): the server never
+// touches the requester's memory after it.
+constexpr uint64_t kSameHostDeadlineSize = 8;
 
 struct Hello {
   ConnRole role = ConnRole::kControl;

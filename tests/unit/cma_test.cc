@@ -146,10 +146,14 @@ TEST(CmaLane, UnreleasedLeaseExpiresAndDeregistrationProceeds) {
     ctx.same_host_pid = static_cast<uint32_t>(getpid());
     ServeLane(server, ctx);
   });
-  uint8_t body[wire::kRangeBodyHeader + wire::kSameHostEntrySize];
+  uint8_t body[wire::kRangeBodyHeader + wire::kSameHostDeadlineSize + wire::kSameHostEntrySize];
   wire::EncodeRangeHeader(1, /*timeout_ms=*/300, 64, body);
+  uint64_t deadline_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                   Deadline::AfterMs(10000).At().time_since_epoch())
+                                                   .count());
+  memcpy(body + wire::kRangeBodyHeader, &deadline_ns, 8);
   uint64_t entry[3] = {reinterpret_cast<uintptr_t>(remote.data()), 64, 0x1000};
-  memcpy(body + wire::kRangeBodyHeader, entry, sizeof(entry));
+  memcpy(body + wire::kRangeBodyHeader + 8, entry, sizeof(entry));
   wire::MsgHeader h;
   h.type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
   h.flags = wire::kFlagSameHost;
