@@ -327,7 +327,8 @@ Status DataDist::LinkOne(const ClusterInfo &cluster, int32_t timeout_ms) {
   if (status != adxl::SUCCESS) {
     engine_->DisconnectKeyed(key, Deadline::AfterMs(200), true);
     unreserve();
-    Status llm = status == adxl::TIMEOUT ? LLM_TIMEOUT : (status > 0x50000000U ? status : LLM_LINK_FAILED);
+    // Only the codes a Link answer may carry; anything else from the peer is a failed link.
+    Status llm = status == adxl::TIMEOUT ? LLM_TIMEOUT : status == LLM_ALREADY_LINK ? LLM_ALREADY_LINK : LLM_LINK_FAILED;
     LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " at %s refused the link (status 0x%X) %s", remote,
               endpoint.ToString().c_str(), status, error.c_str());
     return llm;
@@ -632,9 +633,9 @@ Status DataDist::RemoteGeometry(const std::shared_ptr<Link> &link, int64_t cache
     return LLM_KV_CACHE_NOT_EXIST;
   }
   if (status != adxl::SUCCESS) {
-    LOG_ERROR("cannot query cache %" PRId64 " of cluster %" PRIu64 ": %s", cache_id, link->remote_cluster,
-              error.c_str());
-    return ToLlmStatus(status);
+    LOG_ERROR("cannot query cache %" PRId64 " of cluster %" PRIu64 " (status 0x%X): %s", cache_id,
+              link->remote_cluster, status, error.c_str());
+    return ToLlmStatus(wire::SanitizePeerStatus(status));
   }
   if (!DecodeGeometry(response, out)) {
     LOG_ERROR("cluster %" PRIu64 " sent a malformed description of cache %" PRId64, link->remote_cluster, cache_id);

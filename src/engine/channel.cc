@@ -1,6 +1,8 @@
 #include "engine/channel.h"
 
+#include <chrono>
 #include <cinttypes>
+#include <thread>
 
 #include "common/log.h"
 #include "engine/handshake.h"
@@ -157,7 +159,11 @@ void Channel::Close(Deadline deadline) {
     wake_.notify_all();
     if (control_) {
       std::unique_lock control(control_mutex_, std::defer_lock);
-      if (!Dead() && control.try_lock_until(deadline.At())) {
+      // The heartbeat thread may hold the control connection while it waits for
+      // a Pong; wait for it, but only until our deadline.
+      while (!Dead() && !control.try_lock() && !deadline.Expired())
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (!Dead() && control.owns_lock()) {
         bool acked = false;
         if (SendControl(*control_, MsgType::kGoodbye, 0, deadline)) {
           wire::MsgHeader header;

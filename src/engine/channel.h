@@ -71,7 +71,7 @@ class Channel {
   uint64_t session_id_ = 0;
   uint32_t reverse_same_host_pid_ = 0;  // server pid when we verified we reach its memory
   std::shared_ptr<ByteStream> control_;
-  std::timed_mutex control_mutex_;  // one control exchange at a time
+  std::mutex control_mutex_;  // one control exchange at a time
   std::unique_ptr<LanePool> lanes_;
   std::vector<std::shared_ptr<ByteStream>> reverse_streams_;
   std::vector<std::thread> reverse_threads_;

@@ -84,7 +84,7 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
       return nullptr;
     }
     if (header.type == static_cast<uint16_t>(MsgType::kError)) {
-      *status = header.status != adxl::SUCCESS ? header.status : adxl::FAILED;
+      *status = header.status != adxl::SUCCESS ? wire::SanitizePeerStatus(header.status) : adxl::FAILED;
       *error = remote.ToString() + " refused the connection: " + body;
       return nullptr;
     }

@@ -68,12 +68,13 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
     result.error = text;
   }
   if (header->type == static_cast<uint16_t>(MsgType::kError)) {
-    result.status = header->status != adxl::SUCCESS ? header->status : adxl::FAILED;
+    result.status = header->status != adxl::SUCCESS ? wire::SanitizePeerStatus(header->status) : adxl::FAILED;
     result.broken = true;
     result.error = "peer " + stream.PeerName() + " reported: " + result.error;
     return result;
   }
-  result.status = header->status;
+  result.status = wire::SanitizePeerStatus(header->status);
+  if (result.status != header->status) result.broken = true;  // a peer that invents codes is not trusted further
   if (result.status != adxl::SUCCESS) result.error = "peer " + stream.PeerName() + " refused: " + result.error;
   return result;
 }

@@ -1,6 +1,7 @@
 #include "engine/lane_pool.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "common/log.h"
 
@@ -93,8 +94,10 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
   // Every lane is busy: wait for one, in rotation order, until the deadline.
   for (size_t i = 0; !deadline.Expired(); i = (i + 1) % n) {
     Lane &lane = lanes_[(start + i) % n];
-    auto slice = std::min(deadline.At(), Deadline::Clock::now() + std::chrono::milliseconds(2));
-    if (!lane.busy.try_lock_until(slice)) continue;
+    if (!lane.busy.try_lock()) {
+      if (i + 1 == n) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      continue;
+    }
     if (usable(lane)) return &lane;
     lane.busy.unlock();
     if (!error->empty()) return nullptr;

@@ -55,7 +55,7 @@ class LanePool {
   // `busy` is held by the one request using the lane; the stream pointer has its
   // own small lock so ShutdownAll() can reach it while a request runs.
   struct Lane {
-    std::timed_mutex busy;
+    std::mutex busy;  // try_lock + short sleeps: TSan models plain mutexes precisely
     std::shared_ptr<ByteStream> Get() {
       std::lock_guard lock(ptr_mutex);
       return stream;

@@ -37,6 +37,17 @@ enum class MsgType : uint16_t {
 
 const char *MsgTypeName(uint16_t type);
 
+// A status received from a peer is untrusted: anything but a known ADXL code
+// becomes FAILED, so the public API only ever returns documented values.
+inline uint32_t SanitizePeerStatus(uint32_t status) {
+  switch (status) {
+    case 0U: case 103900U: case 103901U: case 103902U: case 103903U: case 103905U: case 503900U:
+      return status;
+    default:
+      return 503900U;
+  }
+}
+
 struct MsgHeader {
   uint32_t magic = kMagic;
   uint16_t version = kVersion;

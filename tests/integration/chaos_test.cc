@@ -25,7 +25,7 @@
 //   - no fd or thread leak: /proc/self/fd entries and "Threads:" of /proc/self/status
 //     before Initialize and after Disconnect/Finalize of everything (small slack).
 //
-// Environment: LLMDD_CHAOS_ITERATIONS (calls per transport, default 120),
+// Environment: LLMDD_CHAOS_ITERATIONS (calls per transport, default 160),
 // LLMDD_CHAOS_SEED (default 1). The fault sequence (which fault, when, how long) is a
 // function of the seed; the exact interleaving with the engine's threads is not.
 #define ITEST_USE_GTEST
@@ -255,11 +255,19 @@ struct LocalBuf {
   std::vector<uint8_t> snapshot;  // contents after its last call's checks
 };
 
+// The injection plan of the fault-injected peer. Its seed changes with every
+// incarnation: the same seed would make each restarted peer roll the same dice on
+// its first connection (e.g. close every first handshake).
+std::string FaultEnv(uint64_t seed, uint64_t incarnation) {
+  return "LLMDD_FAULT_INJECTION=seed=" + std::to_string(seed * 1000 + incarnation) +
+         ",delay=0.05:5,stall=0.003,drop=0.003,corrupt=0.01,close=0.005,partial=0.005";
+}
+
 class ChaosTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ChaosTest, TransfersSurviveKillsStopsAndInjectedFaults) {
   const std::string transport = GetParam();
-  const uint64_t iterations = EnvU64("LLMDD_CHAOS_ITERATIONS", 120);
+  const uint64_t iterations = EnvU64("LLMDD_CHAOS_ITERATIONS", 160);
   const uint64_t seed = EnvU64("LLMDD_CHAOS_SEED", 1);
   const int32_t kTimeout = 400;      // chaos calls
   const int32_t kHealthyTimeout = 5000;
@@ -280,9 +288,7 @@ TEST_P(ChaosTest, TransfersSurviveKillsStopsAndInjectedFaults) {
       ASSERT_NE(0, port);
       slots[i].id = "127.0.0.1:" + std::to_string(port);
       slots[i].seed = 1000 + 10 * i;
-      if (i == kFaultyPeer)
-        slots[i].env = "LLMDD_FAULT_INJECTION=seed=" + std::to_string(seed) +
-                       ",delay=0.05:5,stall=0.003,drop=0.003,corrupt=0.01,close=0.005,partial=0.005";
+      if (i == kFaultyPeer) slots[i].env = FaultEnv(seed, 0);
       std::string err;
       slots[i].peer = ChaosPeer::Start(slots[i].id, slots[i].env, transport, slots[i].seed, &err);
       ASSERT_NE(nullptr, slots[i].peer) << err;
@@ -490,6 +496,7 @@ TEST_P(ChaosTest, TransfersSurviveKillsStopsAndInjectedFaults) {
         if (!alive && it < s.restart_at) continue;  // calls meanwhile go to a dead peer
         if (!alive) {
           s.peer.reset();
+          if (i == kFaultyPeer) s.env = FaultEnv(seed, static_cast<uint64_t>(st.restarts) + 1);
           std::string err;
           s.peer = ChaosPeer::Start(s.id, s.env, transport, s.seed, &err);
           ASSERT_NE(nullptr, s.peer) << "restart of " << s.id << ": " << err;
