@@ -16,8 +16,9 @@ PACKAGES=(
   libgmock-dev      # GoogleMock (unit tests link GTest::gmock)
   googletest        # GoogleTest sources/CMake package files used by find_package(GTest)
   libbenchmark-dev  # google-benchmark for the micro-benchmarks under tools/
-  libssl-dev        # OpenSSL headers/libs (optional TLS and checksums)
-  clang             # alternative compiler for fuzzing (-fsanitize=fuzzer) and sanitizer cross-checks
+  libssl-dev        # OpenSSL libcrypto: HMAC-SHA256 of the peer authentication handshake
+  clang             # Clang for the libFuzzer targets (scripts/fuzz.sh, CI fuzz smoke)
+  libclang-rt-14-dev  # Clang's sanitizer and libFuzzer runtimes (-fsanitize=fuzzer,address,undefined)
   iproute2          # `ss`/`ip`: inspect listening sockets and interfaces when debugging tests and demos
   procps            # `ps`/`pgrep`/`free`: inspect peer processes and memory of tests and demos
 )
