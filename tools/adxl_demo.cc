@@ -73,6 +73,7 @@ struct Options {
   std::vector<uint64_t> sizes;     // descriptor sizes
   int iterations = 5;              // timed calls per (op, size)
   int connections = 0;             // llmdd.TcpConnections (0 = engine default)
+  std::string transport;           // llmdd.Transport (empty = engine default, auto)
   int timeout_ms = 30000;          // per TransferSync / Connect call
   bool quick = false;
   uintptr_t remote_addr = 0;       // client: server buffer, when not read from stdin
@@ -95,6 +96,7 @@ void Usage(FILE *out) {
           "  --max-descs N         cap on descriptors per call (default 16384)\n"
           "  --iterations N        timed calls per row after one warm-up (default 5, quick 3)\n"
           "  --connections N       passes llmdd.TcpConnections=N to Initialize\n"
+          "  --transport T         passes llmdd.Transport=T (auto, tcp, shm) to Initialize\n"
           "  --timeout-ms N        timeout of each Connect/TransferSync call (default 30000)\n"
           "BYTES take an optional K, M or G suffix (powers of 1024).\n");
 }
@@ -173,6 +175,9 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     } else if (arg == "--iterations") {
       ok = value(&v) && ParseInt(v, 1, 100000, &opt->iterations);
       iterations_given = true;
+    } else if (arg == "--transport") {
+      ok = value(&v);
+      opt->transport = v;
     } else if (arg == "--connections") {
       ok = value(&v) && ParseInt(v, 1, 1024, &opt->connections);
     } else if (arg == "--timeout-ms") {
@@ -338,6 +343,7 @@ class Buffer {
 std::map<adxl::AscendString, adxl::AscendString> EngineOptions(const Options &opt) {
   std::map<adxl::AscendString, adxl::AscendString> options;
   if (opt.connections > 0) options["llmdd.TcpConnections"] = std::to_string(opt.connections).c_str();
+  if (!opt.transport.empty()) options["llmdd.Transport"] = opt.transport.c_str();
   return options;
 }
 
@@ -924,6 +930,10 @@ int RunBoth(Options opt) {
   opt.listen = opt.connect = "127.0.0.1:" + std::to_string(port);
   opt.size = std::max<uint64_t>(opt.size, opt.total);
   std::vector<std::string> args = {"server", "--listen", opt.listen, "--size", std::to_string(opt.size)};
+  if (!opt.transport.empty()) {
+    args.push_back("--transport");
+    args.push_back(opt.transport);
+  }
   if (opt.connections > 0) {
     args.push_back("--connections");
     args.push_back(std::to_string(opt.connections));
