@@ -1,0 +1,2102 @@
+// llmdd_bench: transfer benchmark for the ADXL engine and LLM-DataDist, in the
+// spirit of ucx_perftest / nixlbench / transfer_engine_bench. One command
+// measures two processes on one host: the benchmark forks/execs itself in a
+// `serve` role (the peer dies with its parent, PR_SET_PDEATHSIG), the peer
+// registers its memory and publishes the addresses over a pipe.
+//
+//   llmdd_bench engine   [options]  ADXL TransferSync READ/WRITE sweep: descriptor size x batch x threads
+//   llmdd_bench kv       [options]  LLM-DataDist PullKvBlocks/PushKvBlocks over a model-shaped KV cache
+//   llmdd_bench memcpy   [options]  memcpy reference of the same shapes (1..N threads, hot and cold)
+//   llmdd_bench pingpong [options]  raw TCP ping-pong of 8 B over loopback (blocking and busy-polling)
+//   llmdd_bench overhead [options]  registration cost, PullKvBlocks planning cost, per-descriptor cost
+//   llmdd_bench serve ...           the peer process (internal; control protocol on stdin/stdout)
+//
+// Every point reports bytes per call, GB/s (1e9 B/s, all threads together),
+// descriptors/s, per-call latency p50/p99 in microseconds and the iteration
+// count. The terminal gets a table (a progress line on stderr); --json prints
+// one JSON object per line instead; --json-out FILE appends the same lines to
+// FILE while the table is printed. --plot FILE.png draws GB/s against the
+// descriptor size (gnuplot, else python3-matplotlib; skipped with a note when
+// neither is installed).
+//
+// Control protocol (parent <-> `serve` child, one line each way):
+//   child -> parent: READY <port> <words...> | FAILED <text>
+//   parent -> child: QUIT (or end of file)
+#include <adxl/adxl_engine.h>
+#include <llm_datadist/llm_datadist.h>
+#include <llmdd/extensions.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using llm_datadist::AscendString;
+
+constexpr uint64_t kKiB = 1024;
+constexpr uint64_t kMiB = 1024 * kKiB;
+constexpr uint64_t kGiB = 1024 * kMiB;
+constexpr const char *kHost = "127.0.0.1";
+constexpr uint64_t kPromptCluster = 100;
+constexpr uint64_t kDecodeCluster = 200;
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitUsage = 2;
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
+std::string Format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+std::string Format(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char small[512];
+  va_list ap2;
+  va_copy(ap2, ap);
+  int n = vsnprintf(small, sizeof(small), fmt, ap);
+  va_end(ap);
+  std::string out;
+  if (n < 0) {
+    out = "(format error)";
+  } else if (static_cast<size_t>(n) < sizeof(small)) {
+    out.assign(small, static_cast<size_t>(n));
+  } else {
+    out.resize(static_cast<size_t>(n) + 1);
+    vsnprintf(out.data(), out.size(), fmt, ap2);
+    out.resize(static_cast<size_t>(n));
+  }
+  va_end(ap2);
+  return out;
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  if (bytes >= kGiB && bytes % kGiB == 0) return Format("%" PRIu64 "G", bytes / kGiB);
+  if (bytes >= kMiB && bytes % kMiB == 0) return Format("%" PRIu64 "M", bytes / kMiB);
+  if (bytes >= kKiB && bytes % kKiB == 0) return Format("%" PRIu64 "K", bytes / kKiB);
+  if (bytes >= kMiB) return Format("%.1fM", static_cast<double>(bytes) / kMiB);
+  if (bytes >= kKiB) return Format("%.1fK", static_cast<double>(bytes) / kKiB);
+  return Format("%" PRIu64, bytes);
+}
+
+// "8", "4K", "1M", "1G" (powers of 1024), also "4KiB"/"4kb".
+bool ParseSize(const std::string &text, uint64_t *out) {
+  if (text.empty()) return false;
+  char *end = nullptr;
+  errno = 0;
+  unsigned long long v = strtoull(text.c_str(), &end, 10);
+  if (errno != 0 || end == text.c_str()) return false;
+  std::string unit(end);
+  for (auto &c : unit) c = static_cast<char>(toupper(static_cast<unsigned char>(c)));
+  uint64_t mult = 1;
+  if (unit.empty() || unit == "B") {
+    mult = 1;
+  } else if (unit == "K" || unit == "KB" || unit == "KIB") {
+    mult = kKiB;
+  } else if (unit == "M" || unit == "MB" || unit == "MIB") {
+    mult = kMiB;
+  } else if (unit == "G" || unit == "GB" || unit == "GIB") {
+    mult = kGiB;
+  } else {
+    return false;
+  }
+  if (v > UINT64_MAX / mult) return false;
+  *out = v * mult;
+  return true;
+}
+
+std::vector<std::string> SplitOn(const std::string &text, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : text) {
+    if (c == sep) {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+bool ParseSizeList(const std::string &text, std::vector<uint64_t> *out) {
+  out->clear();
+  for (const auto &w : SplitOn(text, ',')) {
+    uint64_t v = 0;
+    if (!ParseSize(w, &v)) return false;
+    out->push_back(v);
+  }
+  return !out->empty();
+}
+
+double Load1() {
+  double l = -1;
+  FILE *f = fopen("/proc/loadavg", "r");
+  if (f != nullptr) {
+    if (fscanf(f, "%lf", &l) != 1) l = -1;
+    fclose(f);
+  }
+  return l;
+}
+
+std::string JsonEscape(const std::string &s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += Format("\\u%04x", c);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+uint64_t Mix(uint64_t x) {  // splitmix64
+  uint64_t z = x + 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// ------------------------------------------------------------------ memory
+
+// Anonymous mapping, optionally advised for transparent huge pages (the
+// analogue of device memory allocated huge-page-only), optionally prefaulted.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(const Buffer &) = delete;
+  Buffer &operator=(const Buffer &) = delete;
+  ~Buffer() { Release(); }
+  bool Allocate(uint64_t bytes, bool hugepages, bool prefault, uint8_t fill) {
+    Release();
+    bytes_ = std::max<uint64_t>(bytes, 4096);
+    bytes_ = (bytes_ + 2 * kMiB - 1) / (2 * kMiB) * (2 * kMiB);
+    void *p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      p_ = nullptr;
+      return false;
+    }
+    p_ = static_cast<uint8_t *>(p);
+    if (hugepages) madvise(p_, bytes_, MADV_HUGEPAGE);
+    if (prefault) memset(p_, fill, bytes_);
+    return true;
+  }
+  void Release() {
+    if (p_ != nullptr) munmap(p_, bytes_);
+    p_ = nullptr;
+    bytes_ = 0;
+  }
+  uint8_t *data() const { return p_; }
+  uint64_t size() const { return bytes_; }
+  uintptr_t addr() const { return reinterpret_cast<uintptr_t>(p_); }
+
+ private:
+  uint8_t *p_ = nullptr;
+  uint64_t bytes_ = 0;
+};
+
+// ------------------------------------------------------------------ options
+
+struct Point {  // one (descriptor size, batch, threads) of a sweep
+  uint64_t size;
+  uint64_t batch;
+  int threads;
+  uint64_t batch_req = 0;  // the batch asked for, before clipping to --max-call-bytes
+};
+
+struct Options {
+  std::string mode;
+  std::vector<std::string> transports = {"auto"};
+  std::vector<uint64_t> sizes = {8, 64, 256, kKiB, 4 * kKiB, 16 * kKiB, 64 * kKiB, 256 * kKiB, kMiB, 4 * kMiB};
+  std::vector<uint64_t> batches = {1, 64};
+  std::vector<uint64_t> threads = {1, 2};
+  std::vector<std::string> ops;  // engine: read,write; kv: pull,push; memcpy: hot,cold
+  std::vector<Point> points;     // --points overrides the cross product
+  std::string layout = "reversed";
+  double time_s = 0.25;
+  int warmup = 2;
+  int min_iters = 3;
+  int64_t max_iters = 1000000;
+  uint64_t max_call_bytes = 64 * kMiB;
+  int connections = 0;  // llmdd.TcpConnections; 0: library default
+  int workers = 0;      // llmdd.WorkerThreads; 0: library default
+  int timeout_ms = 30000;
+  bool hugepages = true;
+  bool json = false;
+  std::string json_out;
+  std::string plot;
+  bool quick = false;
+  std::string tag;
+  // kv
+  int layers = 16;
+  uint64_t kv_blocks = 512;      // blocks per tensor in the cache
+  uint64_t block_bytes = 0;      // 0: tokens*heads*head_dim*2 (bf16)
+  uint64_t block_tokens = 16;
+  uint64_t heads = 8;
+  uint64_t head_dim = 64;
+  std::vector<uint64_t> kv_counts = {1, 16, 128};  // blocks per call
+  std::string kv_pattern = "scattered";
+  // memcpy
+  uint64_t pool_bytes = 512 * kMiB;  // per side, for cold copies
+  // pingpong
+  std::vector<std::string> pp_modes = {"blocking", "busy"};
+  // overhead
+  uint64_t plan_blocks = 100000;
+  uint64_t submit_descs = 10000;
+  uint64_t reg_regions = 10000;
+  uint64_t reg_region_bytes = 4 * kKiB;
+  uint64_t reg_big_bytes = kGiB;
+  std::vector<std::string> sections = {"register", "submit", "plan"};
+
+  uint64_t BlockBytes() const { return block_bytes != 0 ? block_bytes : block_tokens * heads * head_dim * 2; }
+  uint32_t Tensors() const { return static_cast<uint32_t>(2 * layers); }
+};
+
+void Usage(FILE *out) {
+  fprintf(out,
+          "usage: llmdd_bench MODE [options]\n"
+          "modes:\n"
+          "  engine    ADXL TransferSync READ/WRITE: sweep descriptor size x batch x threads\n"
+          "  kv        LLM-DataDist PullKvBlocks/PushKvBlocks over a model-shaped KV cache\n"
+          "  memcpy    memcpy reference of the same shapes, hot (same buffers) and cold (walks a pool)\n"
+          "  pingpong  raw TCP ping-pong of 8 B over loopback, blocking and busy-polling\n"
+          "  overhead  RegisterMem/RegisterKvCache cost, PullKvBlocks planning cost, per-descriptor cost\n"
+          "common options:\n"
+          "  --transport LIST     tcp|shm|auto, comma-separated; llmdd.Transport of both engines (auto)\n"
+          "  --sizes LIST         descriptor sizes, e.g. 8,4K,64K,1M (engine/memcpy default 8..4M by x4)\n"
+          "  --batches LIST       descriptors per call (default 1,64)\n"
+          "  --threads LIST       caller threads, each with its own buffers (default 1,2)\n"
+          "  --points LIST        size:batch:threads,... instead of the cross product\n"
+          "  --ops LIST           engine: read,write; kv: pull,push; memcpy: hot,cold (default all)\n"
+          "  --layout L           reversed (default: local i <-> remote n-1-i, never merged), contiguous,\n"
+          "                       strided (gap of one descriptor between descriptors)\n"
+          "  --time SEC           measuring time per point (default 0.25, quick 0.06)\n"
+          "  --warmup N           untimed calls per thread before each point (default 2)\n"
+          "  --min-iters N        at least N timed calls per thread (default 3)\n"
+          "  --max-iters N        at most N timed calls per thread (default 1000000)\n"
+          "  --max-call-bytes N   clip the batch so one call moves at most N bytes (default 64M)\n"
+          "  --connections N      llmdd.TcpConnections (default: library default)\n"
+          "  --workers N          llmdd.WorkerThreads (default: library default)\n"
+          "  --timeout-ms N       TransferSync / llm.SyncKvCacheWaitTime timeout (default 30000)\n"
+          "  --no-hugepages       do not madvise(MADV_HUGEPAGE) the buffers\n"
+          "  --json               JSON lines on stdout instead of the table\n"
+          "  --json-out FILE      also append the JSON lines to FILE\n"
+          "  --plot FILE.png      plot GB/s vs descriptor size (engine, memcpy) with gnuplot or matplotlib\n"
+          "  --tag TEXT           copied into every JSON record\n"
+          "  --quick              small sweep that takes seconds\n"
+          "kv options:\n"
+          "  --layers N           layers; the cache has 2N tensors (default 16)\n"
+          "  --blocks N           blocks per tensor (default 512)\n"
+          "  --block-bytes N      bytes per block per tensor (default tokens*heads*head-dim*2 = 16K)\n"
+          "  --block-tokens N --heads N --head-dim N   bf16 block shape (default 16, 8, 64)\n"
+          "  --kv-blocks LIST     blocks per call (default 1,16,128)\n"
+          "  --kv-pattern P       scattered (default; no two blocks adjacent on both sides) or contiguous\n"
+          "memcpy options:\n"
+          "  --pool N             bytes per side walked by cold copies (default 512M)\n"
+          "pingpong options:\n"
+          "  --pp-modes LIST      blocking,busy (default both)\n"
+          "overhead options:\n"
+          "  --sections LIST      register,submit,plan (default all)\n"
+          "  --plan-blocks N      blocks in the planning test (default 100000)\n"
+          "  --submit-descs N     8-byte descriptors in the submit test (default 10000)\n"
+          "  --reg-regions N      4 KiB regions in the registration test (default 10000)\n");
+}
+
+bool NeedValue(int argc, char **argv, int i) {
+  if (i + 1 >= argc) {
+    fprintf(stderr, "llmdd_bench: %s needs a value\n", argv[i]);
+    return false;
+  }
+  return true;
+}
+
+int ParseArgs(int argc, char **argv, Options *opt) {
+  if (argc < 2) {
+    Usage(stderr);
+    return kExitUsage;
+  }
+  opt->mode = argv[1];
+  if (opt->mode == "-h" || opt->mode == "--help" || opt->mode == "help") {
+    Usage(stdout);
+    exit(kExitOk);
+  }
+  static const std::set<std::string> kModes = {"engine", "kv", "memcpy", "pingpong", "overhead"};
+  if (kModes.count(opt->mode) == 0) {
+    fprintf(stderr, "llmdd_bench: unknown mode '%s'\n", opt->mode.c_str());
+    Usage(stderr);
+    return kExitUsage;
+  }
+  std::map<std::string, std::string> given;
+  static const std::set<std::string> kFlags = {"--json", "--quick", "--no-hugepages"};
+  static const std::set<std::string> kValued = {
+      "--transport",   "--sizes",       "--batches",      "--threads",      "--points",      "--ops",
+      "--layout",      "--time",        "--warmup",       "--min-iters",    "--max-iters",   "--max-call-bytes",
+      "--connections", "--workers",     "--timeout-ms",   "--json-out",     "--plot",        "--tag",
+      "--layers",      "--blocks",      "--block-bytes",  "--block-tokens", "--heads",       "--head-dim",
+      "--kv-blocks",   "--kv-pattern",  "--pool",         "--pp-modes",     "--sections",    "--plan-blocks",
+      "--submit-descs", "--reg-regions"};
+  for (int i = 2; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      Usage(stdout);
+      exit(kExitOk);
+    }
+    if (kFlags.count(arg) != 0) {
+      given[arg] = "1";
+      continue;
+    }
+    if (kValued.count(arg) == 0) {
+      fprintf(stderr, "llmdd_bench: unknown option '%s'\n", arg.c_str());
+      Usage(stderr);
+      return kExitUsage;
+    }
+    if (!NeedValue(argc, argv, i)) return kExitUsage;
+    given[arg] = argv[++i];
+  }
+  opt->quick = given.count("--quick") != 0;
+  opt->json = given.count("--json") != 0;
+  opt->hugepages = given.count("--no-hugepages") == 0;
+  if (opt->mode == "engine") opt->ops = {"read", "write"};
+  if (opt->mode == "kv") opt->ops = {"pull", "push"};
+  if (opt->mode == "memcpy") opt->ops = {"hot", "cold"};
+  if (opt->quick) {
+    opt->time_s = 0.06;
+    opt->sizes = {8, 4 * kKiB, 64 * kKiB, kMiB};
+    opt->batches = {1, 64};
+    opt->threads = {1, 2};
+    opt->layers = 4;
+    opt->kv_blocks = 256;
+    opt->kv_counts = {16, 128};
+    opt->pool_bytes = 256 * kMiB;
+    opt->max_call_bytes = 16 * kMiB;
+    opt->plan_blocks = 100000;
+    opt->reg_regions = 10000;
+  }
+  bool ok = true;
+  auto size_of = [&](const char *name, uint64_t *field, uint64_t min, uint64_t max) {
+    auto it = given.find(name);
+    if (it == given.end()) return;
+    uint64_t v = 0;
+    if (!ParseSize(it->second, &v) || v < min || v > max) {
+      fprintf(stderr, "llmdd_bench: %s needs a size in [%" PRIu64 ", %" PRIu64 "]\n", name, min, max);
+      ok = false;
+      return;
+    }
+    *field = v;
+  };
+  auto int_of = [&](const char *name, auto *field, int64_t min, int64_t max) {
+    auto it = given.find(name);
+    if (it == given.end()) return;
+    char *end = nullptr;
+    errno = 0;
+    long long v = strtoll(it->second.c_str(), &end, 10);
+    if (errno != 0 || *end != '\0' || it->second.empty() || v < min || v > max) {
+      fprintf(stderr, "llmdd_bench: %s needs an integer in [%" PRId64 ", %" PRId64 "]\n", name, min, max);
+      ok = false;
+      return;
+    }
+    *field = static_cast<std::remove_pointer_t<decltype(field)>>(v);
+  };
+  auto list_of = [&](const char *name, std::vector<uint64_t> *field, uint64_t min, uint64_t max) {
+    auto it = given.find(name);
+    if (it == given.end()) return;
+    std::vector<uint64_t> v;
+    if (!ParseSizeList(it->second, &v) ||
+        std::any_of(v.begin(), v.end(), [&](uint64_t x) { return x < min || x > max; })) {
+      fprintf(stderr, "llmdd_bench: %s needs a list of sizes in [%" PRIu64 ", %" PRIu64 "]\n", name, min, max);
+      ok = false;
+      return;
+    }
+    *field = v;
+  };
+  auto words_of = [&](const char *name, std::vector<std::string> *field, const std::set<std::string> &allowed) {
+    auto it = given.find(name);
+    if (it == given.end()) return;
+    std::vector<std::string> v = SplitOn(it->second, ',');
+    if (v.empty() || std::any_of(v.begin(), v.end(), [&](const std::string &w) { return allowed.count(w) == 0; })) {
+      std::string all;
+      for (const auto &a : allowed) all += (all.empty() ? "" : ", ") + a;
+      fprintf(stderr, "llmdd_bench: %s takes a comma-separated list of: %s\n", name, all.c_str());
+      ok = false;
+      return;
+    }
+    *field = v;
+  };
+  words_of("--transport", &opt->transports, {"tcp", "shm", "auto"});
+  list_of("--sizes", &opt->sizes, 1, 1 * kGiB);
+  list_of("--batches", &opt->batches, 1, 65536 * 4);
+  list_of("--threads", &opt->threads, 1, 64);
+  if (opt->mode == "engine") words_of("--ops", &opt->ops, {"read", "write"});
+  if (opt->mode == "kv") words_of("--ops", &opt->ops, {"pull", "push"});
+  if (opt->mode == "memcpy") words_of("--ops", &opt->ops, {"hot", "cold"});
+  if (given.count("--layout")) {
+    opt->layout = given["--layout"];
+    if (opt->layout != "reversed" && opt->layout != "contiguous" && opt->layout != "strided") {
+      fprintf(stderr, "llmdd_bench: --layout is reversed, contiguous or strided\n");
+      ok = false;
+    }
+  }
+  if (given.count("--time")) {
+    char *end = nullptr;
+    double t = strtod(given["--time"].c_str(), &end);
+    if (*end != '\0' || !(t > 0 && t <= 3600)) {
+      fprintf(stderr, "llmdd_bench: --time needs seconds in (0, 3600]\n");
+      ok = false;
+    } else {
+      opt->time_s = t;
+    }
+  }
+  int_of("--warmup", &opt->warmup, 0, 100000);
+  int_of("--min-iters", &opt->min_iters, 1, 100000000);
+  int_of("--max-iters", &opt->max_iters, 1, INT64_MAX);
+  size_of("--max-call-bytes", &opt->max_call_bytes, 1, 8 * kGiB);
+  int_of("--connections", &opt->connections, 1, 64);
+  int_of("--workers", &opt->workers, 1, 256);
+  int_of("--timeout-ms", &opt->timeout_ms, 1, 3600000);
+  if (given.count("--json-out")) opt->json_out = given["--json-out"];
+  if (given.count("--plot")) opt->plot = given["--plot"];
+  if (given.count("--tag")) opt->tag = given["--tag"];
+  int_of("--layers", &opt->layers, 1, 1024);
+  size_of("--blocks", &opt->kv_blocks, 2, 1 << 24);
+  size_of("--block-bytes", &opt->block_bytes, 1, kGiB);
+  size_of("--block-tokens", &opt->block_tokens, 1, 1 << 20);
+  size_of("--heads", &opt->heads, 1, 1 << 16);
+  size_of("--head-dim", &opt->head_dim, 1, 1 << 16);
+  list_of("--kv-blocks", &opt->kv_counts, 1, 1 << 24);
+  if (given.count("--kv-pattern")) {
+    opt->kv_pattern = given["--kv-pattern"];
+    if (opt->kv_pattern != "scattered" && opt->kv_pattern != "contiguous") {
+      fprintf(stderr, "llmdd_bench: --kv-pattern is scattered or contiguous\n");
+      ok = false;
+    }
+  }
+  size_of("--pool", &opt->pool_bytes, 4 * kKiB, 64 * kGiB);
+  words_of("--pp-modes", &opt->pp_modes, {"blocking", "busy"});
+  words_of("--sections", &opt->sections, {"register", "submit", "plan"});
+  size_of("--plan-blocks", &opt->plan_blocks, 2, 1 << 24);
+  size_of("--submit-descs", &opt->submit_descs, 1, 1 << 22);
+  size_of("--reg-regions", &opt->reg_regions, 1, 1 << 22);
+  if (given.count("--points")) {
+    for (const auto &w : SplitOn(given["--points"], ',')) {
+      auto parts = SplitOn(w, ':');
+      uint64_t s = 0, b = 0, t = 0;
+      if (parts.size() != 3 || !ParseSize(parts[0], &s) || !ParseSize(parts[1], &b) || !ParseSize(parts[2], &t) ||
+          s == 0 || b == 0 || t == 0 || t > 64) {
+        fprintf(stderr, "llmdd_bench: --points takes size:batch:threads,... (e.g. 1M:64:1,8:1:1)\n");
+        ok = false;
+        break;
+      }
+      opt->points.push_back({s, b, static_cast<int>(t), b});
+    }
+  }
+  if (opt->mode == "kv" && opt->kv_pattern == "scattered") {
+    for (uint64_t c : opt->kv_counts) {
+      if (2 * c > opt->kv_blocks) {
+        fprintf(stderr,
+                "llmdd_bench: --kv-blocks %" PRIu64 " scattered needs --blocks >= %" PRIu64
+                " (every other block is used)\n",
+                c, 2 * c);
+        ok = false;
+      }
+    }
+  }
+  if (opt->mode == "kv" && opt->kv_pattern == "contiguous") {
+    for (uint64_t c : opt->kv_counts)
+      if (c > opt->kv_blocks) {
+        fprintf(stderr, "llmdd_bench: --kv-blocks %" PRIu64 " exceeds --blocks %" PRIu64 "\n", c, opt->kv_blocks);
+        ok = false;
+      }
+  }
+  return ok ? kExitOk : kExitUsage;
+}
+
+// The (size, batch, threads) points of a sweep, batch clipped to max_call_bytes.
+std::vector<Point> SweepPoints(const Options &opt) {
+  std::vector<Point> pts = opt.points;
+  if (pts.empty()) {
+    for (uint64_t t : opt.threads)
+      for (uint64_t b : opt.batches)
+        for (uint64_t s : opt.sizes) pts.push_back({s, b, static_cast<int>(t), b});
+  }
+  std::vector<Point> out;
+  std::set<std::tuple<uint64_t, uint64_t, int>> seen;
+  for (Point p : pts) {
+    if (p.size * p.batch > opt.max_call_bytes && opt.points.empty())
+      p.batch = std::max<uint64_t>(1, opt.max_call_bytes / p.size);
+    if (seen.insert({p.size, p.batch, p.threads}).second) out.push_back(p);
+  }
+  return out;
+}
+
+// Bytes of one thread's region for a point: descriptors laid out by `layout`.
+uint64_t RegionBytes(const Point &p, const std::string &layout) {
+  return p.size * p.batch * (layout == "strided" ? 2 : 1);
+}
+
+// Descriptor i of a call: (local offset, remote offset) inside the thread's regions.
+std::pair<uint64_t, uint64_t> DescOffsets(const std::string &layout, uint64_t size, uint64_t batch, uint64_t i) {
+  if (layout == "contiguous") return {i * size, i * size};
+  if (layout == "strided") return {2 * i * size, 2 * i * size};
+  return {i * size, (batch - 1 - i) * size};
+}
+
+// ------------------------------------------------------------------ results
+
+struct Stats {
+  double p50_us = 0, p99_us = 0, mean_us = 0, min_us = 0, max_us = 0;
+};
+
+Stats Summarize(std::vector<int64_t> ns) {
+  Stats s;
+  if (ns.empty()) return s;
+  std::sort(ns.begin(), ns.end());
+  auto rank = [&](double q) {
+    size_t idx = static_cast<size_t>(std::ceil(q * static_cast<double>(ns.size()))) - 1;
+    return static_cast<double>(ns[std::min(idx, ns.size() - 1)]) / 1e3;
+  };
+  s.p50_us = rank(0.50);
+  s.p99_us = rank(0.99);
+  s.min_us = static_cast<double>(ns.front()) / 1e3;
+  s.max_us = static_cast<double>(ns.back()) / 1e3;
+  s.mean_us = static_cast<double>(std::accumulate(ns.begin(), ns.end(), int64_t{0})) / 1e3 /
+              static_cast<double>(ns.size());
+  return s;
+}
+
+// One output record: ordered key/value pairs, values already JSON-encoded.
+class Record {
+ public:
+  Record &Str(const std::string &k, const std::string &v) {
+    if (k == "error" && v.empty()) return *this;  // "error" is present only on failure
+    kv_.emplace_back(k, "\"" + JsonEscape(v) + "\"");
+    return *this;
+  }
+  Record &Int(const std::string &k, int64_t v) {
+    kv_.emplace_back(k, std::to_string(v));
+    return *this;
+  }
+  Record &Num(const std::string &k, double v) {
+    kv_.emplace_back(k, std::isfinite(v) ? Format("%.6g", v) : "null");
+    return *this;
+  }
+  std::string Json() const {
+    std::string out = "{";
+    for (size_t i = 0; i < kv_.size(); ++i) out += (i ? ", \"" : "\"") + kv_[i].first + "\": " + kv_[i].second;
+    return out + "}";
+  }
+  std::string Get(const std::string &k) const {
+    for (const auto &[key, v] : kv_)
+      if (key == k) return v.size() >= 2 && v.front() == '"' ? v.substr(1, v.size() - 2) : v;
+    return "";
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> kv_;
+};
+
+class Reporter {
+ public:
+  explicit Reporter(const Options &opt) : opt_(opt) {
+    if (!opt.json_out.empty()) {
+      out_ = fopen(opt.json_out.c_str(), "a");
+      if (out_ == nullptr) fprintf(stderr, "llmdd_bench: cannot open %s: %s\n", opt.json_out.c_str(), strerror(errno));
+    }
+    tty_ = isatty(STDERR_FILENO) != 0;
+  }
+  ~Reporter() {
+    if (out_ != nullptr) fclose(out_);
+  }
+  void Progress(const std::string &text) {
+    if (!tty_) return;  // a progress line only on a terminal
+    fprintf(stderr, tty_ ? "\r\033[K%s" : "%s\n", text.c_str());
+    fflush(stderr);
+    dirty_ = tty_;
+  }
+  void ClearProgress() {
+    if (dirty_) fprintf(stderr, "\r\033[K");
+    dirty_ = false;
+  }
+  // A free-text line (headers, notes); never on stdout with --json.
+  void Note(const std::string &text) {
+    ClearProgress();
+    if (opt_.json) {
+      fprintf(stderr, "%s\n", text.c_str());
+    } else {
+      printf("%s\n", text.c_str());
+      fflush(stdout);
+    }
+  }
+  void TableHeader() {
+    if (opt_.json) return;
+    ClearProgress();
+    printf("%-8s %-9s %-5s %8s %6s %3s %9s %9s %10s %10s %10s %8s\n", "mode", "op", "trans", "desc", "batch", "thr",
+           "bytes", "GB/s", "Mdesc/s", "p50_us", "p99_us", "iters");
+    fflush(stdout);
+  }
+  // A throughput record also prints as a table row.
+  void Emit(Record r, bool row) {
+    Stamp(&r);
+    records_.push_back(r);
+    std::string line = r.Json();
+    if (out_ != nullptr) {
+      fprintf(out_, "%s\n", line.c_str());
+      fflush(out_);
+    }
+    ClearProgress();
+    if (opt_.json) {
+      printf("%s\n", line.c_str());
+      fflush(stdout);
+      return;
+    }
+    if (!row) return;
+    auto num = [&](const char *k) { return atof(r.Get(k).c_str()); };
+    std::string err = r.Get("error");
+    if (!err.empty()) {
+      printf("%-8s %-9s %-5s %8s %6s %3s  FAILED: %s\n", r.Get("mode").c_str(), r.Get("op").c_str(),
+             r.Get("transport").c_str(), HumanBytes(static_cast<uint64_t>(num("desc_size"))).c_str(),
+             r.Get("batch").c_str(), r.Get("threads").c_str(), err.c_str());
+    } else {
+      printf("%-8s %-9s %-5s %8s %6s %3s %9s %9.3f %10.3f %10.2f %10.2f %8s\n", r.Get("mode").c_str(),
+             r.Get("op").c_str(), r.Get("transport").c_str(),
+             HumanBytes(static_cast<uint64_t>(num("desc_size"))).c_str(), r.Get("batch").c_str(),
+             r.Get("threads").c_str(), HumanBytes(static_cast<uint64_t>(num("bytes"))).c_str(), num("gbps"),
+             num("descs_per_s") / 1e6, num("p50_us"), num("p99_us"), r.Get("iters").c_str());
+    }
+    fflush(stdout);
+  }
+  const std::vector<Record> &records() const { return records_; }
+
+ private:
+  void Stamp(Record *r) {
+    if (opt_.mode == "engine" || opt_.mode == "kv" || opt_.mode == "overhead") {
+      r->Int("connections", opt_.connections);  // llmdd.TcpConnections; 0 = library default
+      r->Int("workers", opt_.workers);          // llmdd.WorkerThreads; 0 = library default
+    }
+    r->Num("load1", Load1());
+    r->Int("nproc", static_cast<int64_t>(std::thread::hardware_concurrency()));
+    if (!opt_.tag.empty()) r->Str("tag", opt_.tag);
+  }
+  const Options &opt_;
+  FILE *out_ = nullptr;
+  bool tty_ = false;
+  bool dirty_ = false;
+  std::vector<Record> records_;
+};
+
+// ------------------------------------------------------------------ timed runs
+
+struct RunResult {
+  bool ok = true;
+  std::string error;
+  int64_t calls = 0;    // all threads
+  double seconds = 0;   // wall time of the timed phase
+  std::vector<int64_t> ns;  // per-call latencies, all threads
+};
+
+// Runs `call(thread)` on `threads` threads: `warmup` untimed calls each, then
+// timed calls until `time_s` has passed (at least min_iters, at most max_iters
+// per thread). call returns an empty string on success, else the error.
+RunResult TimedRun(int threads, const Options &opt, const std::function<std::string(int)> &call) {
+  RunResult result;
+  std::mutex mutex;
+  std::condition_variable cv;
+  int ready = 0;
+  bool go = false;
+  std::atomic<bool> failed{false};
+  std::vector<std::vector<int64_t>> samples(static_cast<size_t>(threads));
+  std::vector<int64_t> end_ns(static_cast<size_t>(threads), 0);
+  std::vector<std::string> errors(static_cast<size_t>(threads));
+  int64_t start_ns = 0;
+  auto body = [&](int t) {
+    for (int i = 0; i < opt.warmup && !failed.load(); ++i) {
+      std::string e = call(t);
+      if (!e.empty()) {
+        errors[static_cast<size_t>(t)] = e;
+        failed.store(true);
+      }
+    }
+    {
+      std::unique_lock lock(mutex);
+      ++ready;
+      cv.notify_all();
+      cv.wait(lock, [&] { return go; });
+    }
+    auto &mine = samples[static_cast<size_t>(t)];
+    mine.reserve(1024);
+    const int64_t stop_at = start_ns + static_cast<int64_t>(opt.time_s * 1e9);
+    for (int64_t i = 0; i < opt.max_iters && !failed.load(); ++i) {
+      int64_t t0 = NowNs();
+      std::string e = call(t);
+      int64_t t1 = NowNs();
+      if (!e.empty()) {
+        errors[static_cast<size_t>(t)] = e;
+        failed.store(true);
+        break;
+      }
+      mine.push_back(t1 - t0);
+      if (t1 >= stop_at && i + 1 >= opt.min_iters) break;
+    }
+    end_ns[static_cast<size_t>(t)] = NowNs();
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(body, t);
+  std::thread releaser([&] {
+    std::unique_lock lock(mutex);
+    cv.wait(lock, [&] { return ready == threads; });
+    start_ns = NowNs();
+    go = true;
+    cv.notify_all();
+  });
+  body(0);
+  releaser.join();
+  for (auto &th : pool) th.join();
+  for (int t = 0; t < threads; ++t) {
+    if (!errors[static_cast<size_t>(t)].empty()) {
+      result.ok = false;
+      result.error = errors[static_cast<size_t>(t)];
+    }
+    result.calls += static_cast<int64_t>(samples[static_cast<size_t>(t)].size());
+    result.ns.insert(result.ns.end(), samples[static_cast<size_t>(t)].begin(), samples[static_cast<size_t>(t)].end());
+  }
+  int64_t last = *std::max_element(end_ns.begin(), end_ns.end());
+  result.seconds = static_cast<double>(last - start_ns) / 1e9;
+  return result;
+}
+
+Record ThroughputRecord(const std::string &mode, const std::string &op, const std::string &transport,
+                        const Point &p, uint64_t descs_per_call, const RunResult &r) {
+  const uint64_t bytes = p.size * p.batch;
+  Stats s = Summarize(r.ns);
+  Record rec;
+  rec.Str("mode", mode).Str("op", op).Str("transport", transport);
+  rec.Int("desc_size", static_cast<int64_t>(p.size)).Int("batch", static_cast<int64_t>(p.batch));
+  rec.Int("batch_req", static_cast<int64_t>(p.batch_req != 0 ? p.batch_req : p.batch));
+  rec.Int("threads", p.threads).Int("bytes", static_cast<int64_t>(bytes));
+  rec.Int("descs", static_cast<int64_t>(descs_per_call));
+  rec.Int("iters", r.calls).Num("seconds", r.seconds);
+  const double secs = r.seconds > 0 ? r.seconds : 1e-12;
+  rec.Num("gbps", static_cast<double>(bytes) * static_cast<double>(r.calls) / secs / 1e9);
+  rec.Num("descs_per_s", static_cast<double>(descs_per_call) * static_cast<double>(r.calls) / secs);
+  rec.Num("calls_per_s", static_cast<double>(r.calls) / secs);
+  rec.Num("p50_us", s.p50_us).Num("p99_us", s.p99_us).Num("mean_us", s.mean_us);
+  rec.Num("min_us", s.min_us).Num("max_us", s.max_us);
+  // Per-thread bytes over the median call time: less sensitive to the process
+  // being descheduled by other load than the wall-clock figure.
+  rec.Num("gbps_p50", s.p50_us > 0 ? static_cast<double>(bytes) * p.threads / (s.p50_us * 1e3) : NAN);
+  if (!r.ok) rec.Str("error", r.error);
+  return rec;
+}
+
+// ------------------------------------------------------------------ peer process
+
+bool WriteAll(int fd, const std::string &text) {
+  size_t off = 0;
+  while (off < text.size()) {
+    ssize_t n = write(fd, text.data() + off, text.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    off += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Reads one '\n'-terminated line; false on EOF/timeout.
+bool ReadLine(int fd, std::string *buf, std::string *line, int timeout_ms) {
+  const int64_t deadline = NowNs() + int64_t{timeout_ms} * 1000000;
+  for (;;) {
+    size_t nl = buf->find('\n');
+    if (nl != std::string::npos) {
+      *line = buf->substr(0, nl);
+      buf->erase(0, nl + 1);
+      return true;
+    }
+    int64_t left = (deadline - NowNs()) / 1000000;
+    if (timeout_ms >= 0 && left <= 0) return false;
+    pollfd pfd{fd, POLLIN, 0};
+    int rc = poll(&pfd, 1, timeout_ms < 0 ? -1 : static_cast<int>(std::min<int64_t>(left, INT32_MAX)));
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc <= 0) return false;
+    char chunk[4096];
+    ssize_t n = read(fd, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    buf->append(chunk, static_cast<size_t>(n));
+  }
+}
+
+std::vector<std::string> Words(const std::string &line) {
+  std::vector<std::string> out;
+  std::istringstream in(line);
+  std::string w;
+  while (in >> w) out.push_back(w);
+  return out;
+}
+
+class Peer {
+ public:
+  ~Peer() { Stop(); }
+  // Starts `/proc/self/exe serve args...`; waits for its READY line.
+  bool Start(const std::vector<std::string> &args, std::vector<std::string> *ready, std::string *error) {
+    int to_child[2], from_child[2];
+    if (pipe2(to_child, O_CLOEXEC) != 0 || pipe2(from_child, O_CLOEXEC) != 0) {
+      *error = std::string("pipe: ") + strerror(errno);
+      return false;
+    }
+    std::vector<std::string> all = {"llmdd_bench", "serve"};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char *> argv;
+    for (auto &a : all) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t parent = getpid();
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+      *error = std::string("fork: ") + strerror(errno);
+      return false;
+    }
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(kExitFailed);
+      dup2(to_child[0], STDIN_FILENO);
+      dup2(from_child[1], STDOUT_FILENO);
+      execv("/proc/self/exe", argv.data());
+      dprintf(STDERR_FILENO, "llmdd_bench: exec /proc/self/exe: %s\n", strerror(errno));
+      _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    pid_ = pid;
+    to_ = to_child[1];
+    from_ = from_child[0];
+    std::string line;
+    if (!ReadLine(from_, &buf_, &line, 120000)) {
+      *error = "the peer process did not start (no READY line)";
+      Stop();
+      return false;
+    }
+    auto words = Words(line);
+    if (words.empty() || words[0] != "READY") {
+      *error = "peer: " + line;
+      Stop();
+      return false;
+    }
+    ready->assign(words.begin() + 1, words.end());
+    return true;
+  }
+  void Stop() {
+    if (pid_ <= 0) return;
+    WriteAll(to_, "QUIT\n");
+    close(to_);
+    to_ = -1;
+    for (int i = 0; i < 500; ++i) {  // up to 5 s for a clean Finalize
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      usleep(10000);
+    }
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+      pid_ = -1;
+    }
+    close(from_);
+    from_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  std::string buf_;
+};
+
+int PickFreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  inet_pton(AF_INET, kHost, &addr.sin_addr);
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0)
+    port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+std::map<AscendString, AscendString> ExtOptions(const Options &opt, const std::string &transport) {
+  std::map<AscendString, AscendString> o;
+  o["llmdd.Transport"] = transport.c_str();
+  if (opt.connections > 0) o["llmdd.TcpConnections"] = std::to_string(opt.connections).c_str();
+  if (opt.workers > 0) o["llmdd.WorkerThreads"] = std::to_string(opt.workers).c_str();
+  return o;
+}
+
+std::vector<std::string> PeerCommonArgs(const Options &opt, const std::string &transport) {
+  std::vector<std::string> a = {"--transport", transport};
+  if (opt.connections > 0) a.insert(a.end(), {"--connections", std::to_string(opt.connections)});
+  if (opt.workers > 0) a.insert(a.end(), {"--workers", std::to_string(opt.workers)});
+  if (!opt.hugepages) a.push_back("--no-hugepages");
+  return a;
+}
+
+// Waits for QUIT or end of file on stdin.
+void WaitForQuit() {
+  std::string buf, line;
+  while (ReadLine(STDIN_FILENO, &buf, &line, -1)) {
+    if (line == "QUIT") return;
+  }
+}
+
+// ------------------------------------------------------------------ serve
+
+struct ServeOptions {
+  std::string role;
+  std::string transport = "auto";
+  int connections = 0;
+  int workers = 0;
+  bool hugepages = true;
+  uint64_t bytes = 0;
+  std::vector<std::string> caches;  // kv: "tensors:blocks:block_bytes"
+};
+
+int ServeFail(const std::string &text) {
+  WriteAll(STDOUT_FILENO, "FAILED " + text + "\n");
+  return kExitFailed;
+}
+
+int ServeEngine(const ServeOptions &so) {
+  Options fake;
+  fake.connections = so.connections;
+  fake.workers = so.workers;
+  Buffer buf;
+  if (!buf.Allocate(so.bytes, so.hugepages, true, 0x5A)) return ServeFail("cannot allocate the buffer");
+  adxl::AdxlEngine engine;
+  int port = -1;
+  adxl::Status st = adxl::FAILED;
+  for (int attempt = 0; attempt < 8 && st != adxl::SUCCESS; ++attempt) {
+    port = PickFreePort();
+    std::string id = std::string(kHost) + ":" + std::to_string(port);
+    st = engine.Initialize(id.c_str(), ExtOptions(fake, so.transport));
+  }
+  if (st != adxl::SUCCESS) return ServeFail(Format("engine Initialize failed: %u", st));
+  adxl::MemDesc desc{};
+  desc.addr = buf.addr();
+  desc.len = buf.size();
+  adxl::MemHandle handle = nullptr;
+  st = engine.RegisterMem(desc, adxl::MEM_HOST, handle);
+  if (st != adxl::SUCCESS) return ServeFail(Format("RegisterMem failed: %u", st));
+  WriteAll(STDOUT_FILENO, Format("READY %d 0x%" PRIxPTR " %" PRIu64 "\n", port, buf.addr(), buf.size()));
+  WaitForQuit();
+  engine.DeregisterMem(handle);
+  engine.Finalize();
+  return kExitOk;
+}
+
+struct KvShape {
+  uint32_t tensors;
+  uint64_t blocks;
+  uint64_t block_bytes;
+};
+
+bool ParseKvShape(const std::string &text, KvShape *out) {
+  auto p = SplitOn(text, ':');
+  uint64_t t = 0, b = 0, bb = 0;
+  if (p.size() != 3 || !ParseSize(p[0], &t) || !ParseSize(p[1], &b) || !ParseSize(p[2], &bb) || t == 0 || b == 0 ||
+      bb == 0)
+    return false;
+  *out = {static_cast<uint32_t>(t), b, bb};
+  return true;
+}
+
+// A cache of `tensors` tensors, each [blocks, block_bytes] int8: block = row.
+llm_datadist::CacheDesc KvDesc(const KvShape &s) {
+  llm_datadist::CacheDesc d{};
+  d.placement = llm_datadist::CachePlacement::kDevice;
+  d.num_tensors = s.tensors;
+  d.data_type = llm_datadist::DT_INT8;
+  d.shape = {static_cast<int64_t>(s.blocks), static_cast<int64_t>(s.block_bytes)};
+  return d;
+}
+
+// One allocation per tensor, as a CANN program makes one aclrtMalloc per KV tensor.
+struct KvMemory {
+  std::vector<std::unique_ptr<Buffer>> tensors;
+  std::vector<uint64_t> addrs;
+  bool Allocate(const KvShape &s, bool hugepages, bool prefault, uint8_t fill) {
+    for (uint32_t t = 0; t < s.tensors; ++t) {
+      auto b = std::make_unique<Buffer>();
+      if (!b->Allocate(s.blocks * s.block_bytes, hugepages, prefault, fill)) return false;
+      addrs.push_back(b->addr());
+      tensors.push_back(std::move(b));
+    }
+    return true;
+  }
+};
+
+int ServeKv(const ServeOptions &so) {
+  std::vector<KvShape> shapes;
+  for (const auto &c : so.caches) {
+    KvShape s{};
+    if (!ParseKvShape(c, &s)) return ServeFail("bad cache shape " + c);
+    shapes.push_back(s);
+  }
+  std::vector<KvMemory> mem(shapes.size());
+  for (size_t i = 0; i < shapes.size(); ++i)
+    if (!mem[i].Allocate(shapes[i], so.hugepages, true, 0x5A)) return ServeFail("cannot allocate a cache");
+  Options fake;
+  fake.connections = so.connections;
+  fake.workers = so.workers;
+  std::unique_ptr<llm_datadist::LlmDataDist> dd;
+  int port = -1;
+  llm_datadist::Status st = llm_datadist::LLM_FAILED;
+  for (int attempt = 0; attempt < 8 && st != llm_datadist::LLM_SUCCESS; ++attempt) {
+    port = PickFreePort();
+    dd = std::make_unique<llm_datadist::LlmDataDist>(kPromptCluster, llm_datadist::LlmRole::kPrompt);
+    auto o = ExtOptions(fake, so.transport);
+    o[llm_datadist::OPTION_DEVICE_ID] = "0";
+    std::string listen = std::string(kHost) + ":" + std::to_string(port);
+    o[llm_datadist::OPTION_LISTEN_IP_INFO] = listen.c_str();
+    o[llm_datadist::OPTION_SYNC_CACHE_WAIT_TIME] = "30000";
+    st = dd->Initialize(o);
+  }
+  if (st != llm_datadist::LLM_SUCCESS) return ServeFail(Format("LlmDataDist Initialize failed: 0x%X", st));
+  std::string ids;
+  std::vector<int64_t> cache_ids;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    int64_t id = -1;
+    st = dd->RegisterKvCache(KvDesc(shapes[i]), mem[i].addrs, llm_datadist::RegisterCfg{}, id);
+    if (st != llm_datadist::LLM_SUCCESS) return ServeFail(Format("RegisterKvCache failed: 0x%X", st));
+    cache_ids.push_back(id);
+    ids += " " + std::to_string(id);
+  }
+  WriteAll(STDOUT_FILENO, Format("READY %d%s\n", port, ids.c_str()));
+  WaitForQuit();
+  for (int64_t id : cache_ids) dd->UnregisterKvCache(id);
+  dd->Finalize();
+  return kExitOk;
+}
+
+// Echo server for the ping-pong: the first byte of a connection says how to
+// wait ('b' blocking recv, 's' spinning on non-blocking recv); then 8-byte
+// messages are echoed until end of file.
+void EchoConnection(int fd) {
+  char mode = 0;
+  if (recv(fd, &mode, 1, MSG_WAITALL) != 1) {
+    close(fd);
+    return;
+  }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  char msg[8];
+  for (;;) {
+    size_t got = 0;
+    while (got < sizeof(msg)) {
+      ssize_t n = recv(fd, msg + got, sizeof(msg) - got, mode == 's' ? MSG_DONTWAIT : 0);
+      if (n > 0) {
+        got += static_cast<size_t>(n);
+      } else if (n == 0) {
+        close(fd);
+        return;
+      } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        close(fd);
+        return;
+      }
+    }
+    if (send(fd, msg, sizeof(msg), MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof(msg))) {
+      close(fd);
+      return;
+    }
+  }
+}
+
+int ServePingPong() {
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  inet_pton(AF_INET, kHost, &addr.sin_addr);
+  socklen_t len = sizeof(addr);
+  if (lfd < 0 || bind(lfd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0 || listen(lfd, 16) != 0 ||
+      getsockname(lfd, reinterpret_cast<sockaddr *>(&addr), &len) != 0)
+    return ServeFail(std::string("cannot listen: ") + strerror(errno));
+  std::thread acceptor([lfd] {
+    for (;;) {
+      int fd = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      std::thread(EchoConnection, fd).detach();
+    }
+  });
+  acceptor.detach();
+  WriteAll(STDOUT_FILENO, Format("READY %d\n", ntohs(addr.sin_port)));
+  WaitForQuit();
+  _exit(kExitOk);  // detached threads may be blocked in recv/accept
+}
+
+int ServeMain(int argc, char **argv) {
+  ServeOptions so;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
+    if (a == "--role") {
+      so.role = next();
+    } else if (a == "--transport") {
+      so.transport = next();
+    } else if (a == "--connections") {
+      so.connections = atoi(next().c_str());
+    } else if (a == "--workers") {
+      so.workers = atoi(next().c_str());
+    } else if (a == "--no-hugepages") {
+      so.hugepages = false;
+    } else if (a == "--bytes") {
+      ParseSize(next(), &so.bytes);
+    } else if (a == "--cache") {
+      so.caches.push_back(next());
+    } else {
+      return ServeFail("unknown serve option " + a);
+    }
+  }
+  if (so.role == "engine") return ServeEngine(so);
+  if (so.role == "kv") return ServeKv(so);
+  if (so.role == "pingpong") return ServePingPong();
+  return ServeFail("unknown role " + so.role);
+}
+
+// ------------------------------------------------------------------ engine client
+
+// A connected ADXL client engine and its peer.
+class EngineSession {
+ public:
+  bool Open(const Options &opt, const std::string &transport, uint64_t bytes, std::string *error) {
+    auto args = PeerCommonArgs(opt, transport);
+    args.insert(args.end(), {"--role", "engine", "--bytes", std::to_string(bytes)});
+    std::vector<std::string> ready;
+    if (!peer_.Start(args, &ready, error)) return false;
+    if (ready.size() != 3) {
+      *error = "malformed READY from the peer";
+      return false;
+    }
+    remote_id_ = std::string(kHost) + ":" + ready[0];
+    remote_addr_ = strtoull(ready[1].c_str(), nullptr, 16);
+    remote_len_ = strtoull(ready[2].c_str(), nullptr, 10);
+    if (!local_.Allocate(bytes, opt.hugepages, true, 0xA5)) {
+      *error = "cannot allocate the local buffer";
+      return false;
+    }
+    adxl::Status st = engine_.Initialize(kHost, ExtOptions(opt, transport));
+    if (st != adxl::SUCCESS) {
+      *error = Format("Initialize: status %u", st);
+      return false;
+    }
+    initialized_ = true;
+    int64_t t0 = NowNs();
+    st = engine_.Connect(remote_id_.c_str(), 10000);
+    connect_ms_ = static_cast<double>(NowNs() - t0) / 1e6;
+    if (st != adxl::SUCCESS) {
+      *error = Format("Connect(%s, llmdd.Transport=%s): status %u", remote_id_.c_str(), transport.c_str(), st);
+      return false;
+    }
+    connected_ = true;
+    return true;
+  }
+  void Close() {
+    if (connected_) engine_.Disconnect(remote_id_.c_str(), 2000);
+    connected_ = false;
+    if (initialized_) engine_.Finalize();
+    initialized_ = false;
+    peer_.Stop();
+  }
+  ~EngineSession() { Close(); }
+  adxl::AdxlEngine &engine() { return engine_; }
+  const std::string &remote() const { return remote_id_; }
+  uintptr_t remote_addr() const { return remote_addr_; }
+  uint64_t remote_len() const { return remote_len_; }
+  uint8_t *local() const { return local_.data(); }
+  double connect_ms() const { return connect_ms_; }
+
+ private:
+  Peer peer_;
+  adxl::AdxlEngine engine_;
+  Buffer local_;
+  std::string remote_id_;
+  uintptr_t remote_addr_ = 0;
+  uint64_t remote_len_ = 0;
+  bool initialized_ = false, connected_ = false;
+  double connect_ms_ = 0;
+};
+
+std::string EngineCall(adxl::AdxlEngine &engine, const std::string &remote, adxl::TransferOp op,
+                       const std::vector<adxl::TransferOpDesc> &descs, int timeout_ms) {
+  adxl::Status st = engine.TransferSync(remote.c_str(), op, descs, timeout_ms);
+  return st == adxl::SUCCESS ? std::string() : Format("TransferSync status %u", st);
+}
+
+int RunEngine(const Options &opt, Reporter &rep) {
+  const std::vector<Point> points = SweepPoints(opt);
+  uint64_t per_thread = 0;
+  int max_threads = 1;
+  for (const auto &p : points) {
+    per_thread = std::max(per_thread, RegionBytes(p, opt.layout));
+    max_threads = std::max(max_threads, p.threads);
+  }
+  per_thread = (per_thread + 4095) / 4096 * 4096;
+  const uint64_t bytes = per_thread * static_cast<uint64_t>(max_threads);
+  int rc = kExitOk;
+  rep.Note(Format("# engine: ADXL TransferSync, %zu points x %zu ops, layout %s, %.2f s/point, buffers %s per side",
+                  points.size(), opt.ops.size(), opt.layout.c_str(), opt.time_s, HumanBytes(bytes).c_str()));
+  rep.TableHeader();
+  for (const auto &transport : opt.transports) {
+    EngineSession session;
+    std::string error;
+    rep.Progress("engine: starting peer (" + transport + ")");
+    if (!session.Open(opt, transport, bytes, &error)) {
+      rep.Emit(Record().Str("mode", "engine").Str("op", "connect").Str("transport", transport).Str("error", error),
+               false);
+      rep.Note("engine " + transport + ": SKIPPED: " + error);
+      rc = kExitFailed;
+      continue;
+    }
+    size_t done = 0;
+    for (const auto &op_name : opt.ops) {
+      const adxl::TransferOp op = op_name == "read" ? adxl::READ : adxl::WRITE;
+      for (const auto &p : points) {
+        ++done;
+        rep.Progress(Format("engine %s %s: %s x %" PRIu64 " x %d threads (%zu/%zu)", transport.c_str(),
+                            op_name.c_str(), HumanBytes(p.size).c_str(), p.batch, p.threads, done,
+                            points.size() * opt.ops.size()));
+        std::vector<std::vector<adxl::TransferOpDesc>> descs(static_cast<size_t>(p.threads));
+        for (int t = 0; t < p.threads; ++t) {
+          const uintptr_t lbase = reinterpret_cast<uintptr_t>(session.local()) + static_cast<uint64_t>(t) * per_thread;
+          const uintptr_t rbase = session.remote_addr() + static_cast<uint64_t>(t) * per_thread;
+          for (uint64_t i = 0; i < p.batch; ++i) {
+            auto [lo, ro] = DescOffsets(opt.layout, p.size, p.batch, i);
+            descs[static_cast<size_t>(t)].push_back({lbase + lo, rbase + ro, p.size});
+          }
+        }
+        RunResult r = TimedRun(p.threads, opt, [&](int t) {
+          return EngineCall(session.engine(), session.remote(), op, descs[static_cast<size_t>(t)], opt.timeout_ms);
+        });
+        Record rec = ThroughputRecord("engine", op_name, transport, p, p.batch, r);
+        rec.Str("layout", opt.layout);
+        rep.Emit(rec, true);
+        if (!r.ok) rc = kExitFailed;
+      }
+    }
+    session.Close();
+  }
+  return rc;
+}
+
+// ------------------------------------------------------------------ kv client
+
+class KvSession {
+ public:
+  // caches: the shapes the peer registers (and this side registers too, same order).
+  bool Open(const Options &opt, const std::string &transport, const std::vector<KvShape> &shapes,
+            bool prefault_local, std::string *error) {
+    auto args = PeerCommonArgs(opt, transport);
+    args.insert(args.end(), {"--role", "kv"});
+    for (const auto &s : shapes)
+      args.insert(args.end(), {"--cache", Format("%u:%" PRIu64 ":%" PRIu64, s.tensors, s.blocks, s.block_bytes)});
+    std::vector<std::string> ready;
+    if (!peer_.Start(args, &ready, error)) return false;
+    if (ready.size() != shapes.size() + 1) {
+      *error = "malformed READY from the peer";
+      return false;
+    }
+    port_ = atoi(ready[0].c_str());
+    for (size_t i = 0; i < shapes.size(); ++i) remote_ids_.push_back(atoll(ready[i + 1].c_str()));
+    dd_ = std::make_unique<llm_datadist::LlmDataDist>(kDecodeCluster, llm_datadist::LlmRole::kDecoder);
+    auto o = ExtOptions(opt, transport);
+    o[llm_datadist::OPTION_DEVICE_ID] = "1";
+    o[llm_datadist::OPTION_SYNC_CACHE_WAIT_TIME] = std::to_string(opt.timeout_ms).c_str();
+    llm_datadist::Status st = dd_->Initialize(o);
+    if (st != llm_datadist::LLM_SUCCESS) {
+      *error = Format("LlmDataDist Initialize: 0x%X", st);
+      return false;
+    }
+    initialized_ = true;
+    mem_.resize(shapes.size());
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      if (!mem_[i].Allocate(shapes[i], opt.hugepages, prefault_local, 0xA5)) {
+        *error = "cannot allocate the local cache";
+        return false;
+      }
+      llm_datadist::Cache c{};
+      c.cache_desc = KvDesc(shapes[i]);
+      int64_t t0 = NowNs();
+      st = dd_->RegisterKvCache(c.cache_desc, mem_[i].addrs, llm_datadist::RegisterCfg{}, c.cache_id);
+      register_ms_.push_back(static_cast<double>(NowNs() - t0) / 1e6);
+      if (st != llm_datadist::LLM_SUCCESS) {
+        *error = Format("RegisterKvCache: 0x%X", st);
+        return false;
+      }
+      c.tensor_addrs.assign(mem_[i].addrs.begin(), mem_[i].addrs.end());
+      local_.push_back(c);
+    }
+    llm_datadist::ClusterInfo cluster{};
+    cluster.remote_cluster_id = kPromptCluster;
+    llm_datadist::IpInfo local{}, remote{};
+    local.ip = kHost;
+    remote.ip = kHost;
+    remote.port = static_cast<uint16_t>(port_);
+    cluster.local_ip_infos.push_back(local);
+    cluster.remote_ip_infos.push_back(remote);
+    std::vector<llm_datadist::Status> rets;
+    st = dd_->LinkLlmClusters({cluster}, rets, 10000);
+    if (st != llm_datadist::LLM_SUCCESS) {
+      *error = Format("LinkLlmClusters (llmdd.Transport=%s): 0x%X", transport.c_str(), st);
+      return false;
+    }
+    linked_ = true;
+    cluster_ = cluster;
+    return true;
+  }
+  void Close() {
+    if (linked_) {
+      std::vector<llm_datadist::Status> rets;
+      dd_->UnlinkLlmClusters({cluster_}, rets, 2000);
+    }
+    linked_ = false;
+    if (initialized_) {
+      for (const auto &c : local_) dd_->UnregisterKvCache(c.cache_id);
+      dd_->Finalize();
+    }
+    initialized_ = false;
+    peer_.Stop();
+  }
+  ~KvSession() { Close(); }
+  llm_datadist::LlmDataDist &dd() { return *dd_; }
+  const llm_datadist::Cache &local(size_t i) const { return local_[i]; }
+  llm_datadist::CacheIndex remote(size_t i) const { return {kPromptCluster, remote_ids_[i], 0}; }
+  double register_ms(size_t i) const { return register_ms_[i]; }
+
+ private:
+  Peer peer_;
+  std::unique_ptr<llm_datadist::LlmDataDist> dd_;
+  std::vector<KvMemory> mem_;
+  std::vector<llm_datadist::Cache> local_;
+  std::vector<int64_t> remote_ids_;
+  std::vector<double> register_ms_;
+  llm_datadist::ClusterInfo cluster_{};
+  int port_ = 0;
+  bool initialized_ = false, linked_ = false;
+};
+
+// `count` source and destination blocks. Scattered: blocks drawn from the even
+// indices in two independent shuffled orders, so no pair is adjacent on both
+// sides and every block is its own range. Contiguous: 0..count-1 both sides.
+void MakeBlockLists(uint64_t count, uint64_t blocks, const std::string &pattern, uint64_t seed,
+                    std::vector<uint64_t> *src, std::vector<uint64_t> *dst) {
+  src->clear();
+  dst->clear();
+  if (pattern == "contiguous") {
+    for (uint64_t i = 0; i < count; ++i) {
+      src->push_back(i);
+      dst->push_back(i);
+    }
+    return;
+  }
+  std::vector<uint64_t> evens;
+  for (uint64_t b = 0; b < blocks; b += 2) evens.push_back(b);
+  auto shuffled = [&](uint64_t s) {
+    std::vector<uint64_t> v = evens;
+    uint64_t state = s;
+    for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[Mix(state++) % i]);
+    v.resize(count);
+    return v;
+  };
+  *src = shuffled(seed);
+  *dst = shuffled(seed ^ 0xABCDEF);
+}
+
+std::string KvCall(KvSession &s, bool pull, size_t cache, const std::vector<uint64_t> &src,
+                   const std::vector<uint64_t> &dst) {
+  llm_datadist::Status st = pull ? s.dd().PullKvBlocks(s.remote(cache), s.local(cache), src, dst)
+                                 : s.dd().PushKvBlocks(s.local(cache), s.remote(cache), src, dst);
+  return st == llm_datadist::LLM_SUCCESS ? std::string() : Format("%s status 0x%X", pull ? "PullKvBlocks" : "PushKvBlocks", st);
+}
+
+int RunKv(const Options &opt, Reporter &rep) {
+  const KvShape shape{opt.Tensors(), opt.kv_blocks, opt.BlockBytes()};
+  rep.Note(Format("# kv: LLM-DataDist %d layers x (K,V) = %u tensors, %" PRIu64 " blocks x %s per tensor "
+                  "(%s per side), %s block lists, %.2f s/point",
+                  opt.layers, shape.tensors, shape.blocks, HumanBytes(shape.block_bytes).c_str(),
+                  HumanBytes(static_cast<uint64_t>(shape.tensors) * shape.blocks * shape.block_bytes).c_str(),
+                  opt.kv_pattern.c_str(), opt.time_s));
+  rep.TableHeader();
+  int rc = kExitOk;
+  for (const auto &transport : opt.transports) {
+    KvSession session;
+    std::string error;
+    rep.Progress("kv: starting peer (" + transport + ")");
+    if (!session.Open(opt, transport, {shape}, true, &error)) {
+      rep.Emit(Record().Str("mode", "kv").Str("op", "link").Str("transport", transport).Str("error", error), false);
+      rep.Note("kv " + transport + ": SKIPPED: " + error);
+      rc = kExitFailed;
+      continue;
+    }
+    for (const auto &op : opt.ops) {
+      for (uint64_t threads : opt.threads) {
+        for (uint64_t count : opt.kv_counts) {
+          rep.Progress(Format("kv %s %s: %" PRIu64 " blocks x %u tensors, %" PRIu64 " threads", transport.c_str(),
+                              op.c_str(), count, shape.tensors, threads));
+          std::vector<std::vector<uint64_t>> src(threads), dst(threads);
+          for (uint64_t t = 0; t < threads; ++t)
+            MakeBlockLists(count, shape.blocks, opt.kv_pattern, 0x5EED + t * 7919, &src[t], &dst[t]);
+          RunResult r = TimedRun(static_cast<int>(threads), opt, [&](int t) {
+            return KvCall(session, op == "pull", 0, src[static_cast<size_t>(t)], dst[static_cast<size_t>(t)]);
+          });
+          // A "descriptor" here is one (block, tensor) piece of block_bytes.
+          Point p{shape.block_bytes, count * shape.tensors, static_cast<int>(threads)};
+          Record rec = ThroughputRecord("kv", op, transport, p, count * shape.tensors, r);
+          rec.Int("kv_blocks", static_cast<int64_t>(count)).Int("tensors", shape.tensors);
+          rec.Int("layers", opt.layers).Str("pattern", opt.kv_pattern);
+          rep.Emit(rec, true);
+          if (!r.ok) rc = kExitFailed;
+        }
+      }
+    }
+    session.Close();
+  }
+  return rc;
+}
+
+// ------------------------------------------------------------------ memcpy
+
+inline void CompilerBarrier() { asm volatile("" ::: "memory"); }
+
+int RunMemcpy(const Options &opt, Reporter &rep) {
+  const std::vector<Point> points = SweepPoints(opt);
+  int max_threads = 1;
+  uint64_t hot_per_thread = 0;
+  for (const auto &p : points) {
+    max_threads = std::max(max_threads, p.threads);
+    hot_per_thread = std::max(hot_per_thread, RegionBytes(p, opt.layout));
+  }
+  hot_per_thread = (hot_per_thread + 4095) / 4096 * 4096;
+  const bool any_cold = std::find(opt.ops.begin(), opt.ops.end(), "cold") != opt.ops.end();
+  const uint64_t side = std::max(hot_per_thread * static_cast<uint64_t>(max_threads), any_cold ? opt.pool_bytes : 0);
+  Buffer src, dst;
+  if (!src.Allocate(side, opt.hugepages, true, 0x11) || !dst.Allocate(side, opt.hugepages, true, 0x22)) {
+    rep.Note("memcpy: cannot allocate " + HumanBytes(side) + " per side");
+    return kExitFailed;
+  }
+  rep.Note(Format("# memcpy: %zu points x %zu ops, layout %s, %.2f s/point, %s per side (cold copies walk it)",
+                  points.size(), opt.ops.size(), opt.layout.c_str(), opt.time_s, HumanBytes(side).c_str()));
+  rep.TableHeader();
+  size_t done = 0;
+  for (const auto &op : opt.ops) {
+    const bool cold = op == "cold";
+    for (const auto &p : points) {
+      ++done;
+      rep.Progress(Format("memcpy %s: %s x %" PRIu64 " x %d threads (%zu/%zu)", op.c_str(), HumanBytes(p.size).c_str(),
+                          p.batch, p.threads, done, points.size() * opt.ops.size()));
+      const uint64_t region = RegionBytes(p, opt.layout);
+      // Cold: each thread walks its share of the pool; a call uses the next
+      // region, page-aligned, so no line or page of the last call is reused.
+      const uint64_t share = side / static_cast<uint64_t>(p.threads) / 4096 * 4096;
+      const uint64_t step = (region + 4095) / 4096 * 4096;
+      if (cold && step > share) {
+        rep.Note(Format("memcpy cold %s x %" PRIu64 " x %d: pool too small, skipped", HumanBytes(p.size).c_str(),
+                        p.batch, p.threads));
+        continue;
+      }
+      std::vector<uint64_t> cursor(static_cast<size_t>(p.threads), 0);
+      std::vector<std::pair<uint64_t, uint64_t>> offs;
+      for (uint64_t i = 0; i < p.batch; ++i) offs.push_back(DescOffsets(opt.layout, p.size, p.batch, i));
+      RunResult r = TimedRun(p.threads, opt, [&](int t) {
+        uint64_t base;
+        if (cold) {
+          uint64_t &c = cursor[static_cast<size_t>(t)];
+          if (c + step > share) c = 0;
+          base = static_cast<uint64_t>(t) * share + c;
+          c += step;
+        } else {
+          base = static_cast<uint64_t>(t) * hot_per_thread;
+        }
+        uint8_t *d = dst.data() + base;
+        const uint8_t *s = src.data() + base;
+        for (const auto &[lo, ro] : offs) memcpy(d + lo, s + ro, p.size);
+        CompilerBarrier();
+        return std::string();
+      });
+      Record rec = ThroughputRecord("memcpy", op, "local", p, p.batch, r);
+      rec.Str("layout", opt.layout);
+      rep.Emit(rec, true);
+    }
+  }
+  return kExitOk;
+}
+
+// ------------------------------------------------------------------ pingpong
+
+int RunPingPong(const Options &opt, Reporter &rep) {
+  Peer peer;
+  std::vector<std::string> ready;
+  std::string error;
+  if (!peer.Start({"--role", "pingpong"}, &ready, &error) || ready.empty()) {
+    rep.Note("pingpong: " + error);
+    return kExitFailed;
+  }
+  const int port = atoi(ready[0].c_str());
+  rep.Note(Format("# pingpong: 8 B messages over TCP loopback to a peer process, %.2f s per mode "
+                  "(full round trip = send + echo; half = RTT/2)",
+                  std::max(opt.time_s, 1.0)));
+  int rc = kExitOk;
+  for (const auto &mode : opt.pp_modes) {
+    const bool busy = mode == "busy";
+    rep.Progress("pingpong " + mode);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    inet_pton(AF_INET, kHost, &addr.sin_addr);
+    if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0) {
+      rep.Note(std::string("pingpong: connect: ") + strerror(errno));
+      if (fd >= 0) close(fd);
+      rc = kExitFailed;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    char m = busy ? 's' : 'b';
+    send(fd, &m, 1, MSG_NOSIGNAL);
+    char msg[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    std::string err;
+    auto once = [&]() -> bool {
+      if (send(fd, msg, sizeof(msg), MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof(msg))) return false;
+      size_t got = 0;
+      while (got < sizeof(msg)) {
+        ssize_t n = recv(fd, msg + got, sizeof(msg) - got, busy ? MSG_DONTWAIT : 0);
+        if (n > 0) {
+          got += static_cast<size_t>(n);
+        } else if (n == 0) {
+          return false;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+          return false;
+        }
+      }
+      return true;
+    };
+    Options o = opt;
+    o.time_s = std::max(opt.time_s, 1.0);
+    o.warmup = 1000;
+    o.min_iters = 1000;
+    RunResult r = TimedRun(1, o, [&](int) { return once() ? std::string() : std::string("ping-pong I/O failed"); });
+    close(fd);
+    Stats s = Summarize(r.ns);
+    Record rec;
+    rec.Str("mode", "pingpong").Str("op", mode).Str("transport", "tcp");
+    rec.Int("desc_size", 8).Int("batch", 1).Int("threads", 1).Int("bytes", 8).Int("iters", r.calls);
+    rec.Num("seconds", r.seconds);
+    rec.Num("rtt_p50_us", s.p50_us).Num("rtt_p99_us", s.p99_us).Num("rtt_mean_us", s.mean_us);
+    rec.Num("half_p50_us", s.p50_us / 2).Num("half_p99_us", s.p99_us / 2);
+    rec.Num("p50_us", s.p50_us).Num("p99_us", s.p99_us);
+    rec.Num("round_trips_per_s", static_cast<double>(r.calls) / std::max(r.seconds, 1e-12));
+    if (!r.ok) {
+      rec.Str("error", r.error);
+      rc = kExitFailed;
+    }
+    rep.Emit(rec, false);
+    if (!opt.json)
+      rep.Note(Format("pingpong %-8s  round trip p50 %7.2f us  p99 %7.2f us   half round trip p50 %7.2f us  p99 "
+                      "%7.2f us   (%" PRId64 " round trips)%s",
+                      mode.c_str(), s.p50_us, s.p99_us, s.p50_us / 2, s.p99_us / 2, r.calls,
+                      r.ok ? "" : ("  FAILED: " + r.error).c_str()));
+  }
+  peer.Stop();
+  return rc;
+}
+
+// ------------------------------------------------------------------ overhead
+
+Record Metric(const std::string &op, const std::string &transport, double value, const std::string &unit) {
+  Record r;
+  r.Str("mode", "overhead").Str("op", op).Str("transport", transport).Num("value", value).Str("unit", unit);
+  return r;
+}
+
+int OverheadRegister(const Options &opt, Reporter &rep) {
+  int rc = kExitOk;
+  rep.Note("# registration cost (client-only engine, untouched memory; median of repetitions)");
+  {
+    adxl::AdxlEngine engine;
+    if (engine.Initialize(kHost, {}) != adxl::SUCCESS) {
+      rep.Note("register: Initialize failed");
+      return kExitFailed;
+    }
+    Buffer big;
+    if (!big.Allocate(opt.reg_big_bytes, false, false, 0)) {
+      rep.Note("register: cannot map " + HumanBytes(opt.reg_big_bytes));
+      return kExitFailed;
+    }
+    bool ok = true;
+    int64_t reg = 0, dereg = 0;
+    std::vector<int64_t> regs, deregs;
+    for (int i = 0; i < 21; ++i) {
+      adxl::MemDesc d{};
+      d.addr = big.addr();
+      d.len = opt.reg_big_bytes;
+      adxl::MemHandle h = nullptr;
+      int64_t t0 = NowNs();
+      ok = ok && engine.RegisterMem(d, adxl::MEM_DEVICE, h) == adxl::SUCCESS;
+      int64_t t1 = NowNs();
+      ok = ok && engine.DeregisterMem(h) == adxl::SUCCESS;
+      int64_t t2 = NowNs();
+      regs.push_back(t1 - t0);
+      deregs.push_back(t2 - t1);
+    }
+    std::sort(regs.begin(), regs.end());
+    std::sort(deregs.begin(), deregs.end());
+    reg = regs[regs.size() / 2];
+    dereg = deregs[deregs.size() / 2];
+    rep.Emit(Metric("register_1region", "local", static_cast<double>(reg) / 1e3, "us")
+                 .Int("region_bytes", static_cast<int64_t>(opt.reg_big_bytes))
+                 .Num("deregister_us", static_cast<double>(dereg) / 1e3)
+                 .Str("error", ok ? "" : "RegisterMem failed"),
+             false);
+    if (!opt.json)
+      rep.Note(Format("RegisterMem of %s in one region: %.2f us (DeregisterMem %.2f us)",
+                      HumanBytes(opt.reg_big_bytes).c_str(), static_cast<double>(reg) / 1e3,
+                      static_cast<double>(dereg) / 1e3));
+    if (!ok) rc = kExitFailed;
+
+    Buffer many;
+    const uint64_t n = opt.reg_regions, rb = opt.reg_region_bytes;
+    if (!many.Allocate(n * rb, false, false, 0)) {
+      rep.Note("register: cannot map the small regions");
+      return kExitFailed;
+    }
+    std::vector<adxl::MemHandle> handles(n);
+    std::vector<int64_t> tr, td;
+    for (int rep_i = 0; rep_i < 5; ++rep_i) {
+      int64_t t0 = NowNs();
+      for (uint64_t i = 0; i < n; ++i) {
+        adxl::MemDesc d{};
+        d.addr = many.addr() + i * rb;
+        d.len = rb;
+        ok = ok && engine.RegisterMem(d, adxl::MEM_HOST, handles[i]) == adxl::SUCCESS;
+      }
+      int64_t t1 = NowNs();
+      for (uint64_t i = 0; i < n; ++i) ok = ok && engine.DeregisterMem(handles[i]) == adxl::SUCCESS;
+      int64_t t2 = NowNs();
+      tr.push_back(t1 - t0);
+      td.push_back(t2 - t1);
+    }
+    std::sort(tr.begin(), tr.end());
+    std::sort(td.begin(), td.end());
+    const double total_ms = static_cast<double>(tr[tr.size() / 2]) / 1e6;
+    const double dtotal_ms = static_cast<double>(td[td.size() / 2]) / 1e6;
+    rep.Emit(Metric("register_many", "local", total_ms, "ms")
+                 .Int("regions", static_cast<int64_t>(n))
+                 .Int("region_bytes", static_cast<int64_t>(rb))
+                 .Num("per_region_us", total_ms * 1e3 / static_cast<double>(n))
+                 .Num("deregister_ms", dtotal_ms)
+                 .Str("error", ok ? "" : "RegisterMem failed"),
+             false);
+    if (!opt.json)
+      rep.Note(Format("RegisterMem of %" PRIu64 " regions of %s: %.2f ms (%.2f us each); DeregisterMem of all: %.2f ms",
+                      n, HumanBytes(rb).c_str(), total_ms, total_ms * 1e3 / static_cast<double>(n), dtotal_ms));
+    engine.Finalize();
+  }
+  {
+    llm_datadist::LlmDataDist dd(kDecodeCluster, llm_datadist::LlmRole::kDecoder);
+    std::map<AscendString, AscendString> o;
+    o[llm_datadist::OPTION_DEVICE_ID] = "0";
+    if (dd.Initialize(o) != llm_datadist::LLM_SUCCESS) {
+      rep.Note("register: LlmDataDist Initialize failed");
+      return kExitFailed;
+    }
+    const KvShape shape{opt.Tensors(), opt.kv_blocks, opt.BlockBytes()};
+    KvMemory mem;
+    if (!mem.Allocate(shape, false, false, 0)) {
+      rep.Note("register: cannot map the KV cache");
+      return kExitFailed;
+    }
+    bool ok = true;
+    std::vector<int64_t> tr, tu;
+    for (int i = 0; i < 21; ++i) {
+      int64_t id = -1;
+      int64_t t0 = NowNs();
+      ok = ok && dd.RegisterKvCache(KvDesc(shape), mem.addrs, llm_datadist::RegisterCfg{}, id) ==
+                     llm_datadist::LLM_SUCCESS;
+      int64_t t1 = NowNs();
+      ok = ok && dd.UnregisterKvCache(id) == llm_datadist::LLM_SUCCESS;
+      int64_t t2 = NowNs();
+      tr.push_back(t1 - t0);
+      tu.push_back(t2 - t1);
+    }
+    std::sort(tr.begin(), tr.end());
+    std::sort(tu.begin(), tu.end());
+    const double us = static_cast<double>(tr[tr.size() / 2]) / 1e3;
+    const double uus = static_cast<double>(tu[tu.size() / 2]) / 1e3;
+    rep.Emit(Metric("register_kv_cache", "local", us, "us")
+                 .Int("tensors", shape.tensors)
+                 .Int("blocks", static_cast<int64_t>(shape.blocks))
+                 .Int("block_bytes", static_cast<int64_t>(shape.block_bytes))
+                 .Num("unregister_us", uus)
+                 .Str("error", ok ? "" : "RegisterKvCache failed"),
+             false);
+    if (!opt.json)
+      rep.Note(Format("RegisterKvCache of %u tensors x %" PRIu64 " blocks x %s (%s): %.2f us; UnregisterKvCache %.2f us",
+                      shape.tensors, shape.blocks, HumanBytes(shape.block_bytes).c_str(),
+                      HumanBytes(static_cast<uint64_t>(shape.tensors) * shape.blocks * shape.block_bytes).c_str(), us,
+                      uus));
+    if (!ok) rc = kExitFailed;
+    dd.Finalize();
+  }
+  return rc;
+}
+
+// Per-descriptor submit cost: TransferSync of N 8-byte descriptors (never
+// adjacent, so never merged) against one descriptor; and the raw transfer of
+// plan_blocks 1-byte descriptors (the reference for the planning estimate).
+int OverheadSubmit(const Options &opt, const std::string &transport, Reporter &rep,
+                   std::map<std::string, double> *raw_ms) {
+  const uint64_t n = opt.submit_descs;
+  const uint64_t m = opt.plan_blocks;
+  const uint64_t bytes = std::max(n * 16, m * 2) + 4096;
+  EngineSession s;
+  std::string error;
+  if (!s.Open(opt, transport, bytes, &error)) {
+    rep.Emit(Metric("submit_per_desc", transport, NAN, "ns").Str("error", error), false);
+    rep.Note("submit " + transport + ": SKIPPED: " + error);
+    return kExitFailed;
+  }
+  auto measure = [&](adxl::TransferOp op, uint64_t count, uint64_t size, uint64_t stride, int reps,
+                     double *p50_us, double *p99_us) -> bool {
+    std::vector<adxl::TransferOpDesc> d;
+    for (uint64_t i = 0; i < count; ++i)
+      d.push_back({reinterpret_cast<uintptr_t>(s.local()) + i * stride, s.remote_addr() + i * stride, size});
+    Options o = opt;
+    o.min_iters = reps;
+    o.warmup = 2;
+    RunResult r = TimedRun(1, o, [&](int) { return EngineCall(s.engine(), s.remote(), op, d, opt.timeout_ms); });
+    Stats st = Summarize(r.ns);
+    *p50_us = st.p50_us;
+    *p99_us = st.p99_us;
+    if (!r.ok) rep.Note("submit: " + r.error);
+    return r.ok;
+  };
+  int rc = kExitOk;
+  for (auto op : {adxl::READ, adxl::WRITE}) {
+    const char *name = op == adxl::READ ? "read" : "write";
+    double one50 = 0, one99 = 0, many50 = 0, many99 = 0;
+    bool ok = measure(op, 1, 8, 16, 20, &one50, &one99) && measure(op, n, 8, 16, 10, &many50, &many99);
+    const double per = many50 * 1e3 / static_cast<double>(n);
+    const double marginal = (many50 - one50) * 1e3 / static_cast<double>(n - (n > 1 ? 1 : 0));
+    Record r = Metric(std::string("submit_per_desc_") + name, transport, per, "ns");
+    r.Int("descs", static_cast<int64_t>(n)).Int("desc_size", 8);
+    r.Num("call_p50_us", many50).Num("call_p99_us", many99).Num("one_desc_p50_us", one50);
+    r.Num("marginal_ns", marginal);
+    if (!ok) {
+      r.Str("error", "TransferSync failed");
+      rc = kExitFailed;
+    }
+    rep.Emit(r, false);
+    if (!opt.json)
+      rep.Note(Format("TransferSync %-5s %-4s of %" PRIu64 " x 8 B descriptors: p50 %.1f us = %.1f ns/descriptor "
+                      "(1 descriptor: %.1f us; marginal %.1f ns/descriptor)",
+                      name, transport.c_str(), n, many50, per, one50, marginal));
+  }
+  // Raw transfer of plan_blocks scattered 1-byte ranges (what PullKvBlocks of
+  // that many 1-byte blocks sends once planned).
+  double raw50 = 0, raw99 = 0;
+  if (measure(adxl::READ, m, 1, 2, 5, &raw50, &raw99)) {
+    (*raw_ms)[transport] = raw50 / 1e3;
+    rep.Emit(Metric("raw_read_1B_descs", transport, raw50 / 1e3, "ms").Int("descs", static_cast<int64_t>(m)), false);
+    if (!opt.json)
+      rep.Note(Format("TransferSync read  %-4s of %" PRIu64 " x 1 B descriptors (no planning): p50 %.2f ms",
+                      transport.c_str(), m, raw50 / 1e3));
+  }
+  s.Close();
+  return rc;
+}
+
+// Planning cost of PullKvBlocks with plan_blocks blocks of the smallest legal
+// size (1 tensor of [plan_blocks, 1] int8: 1-byte blocks). Planning happens
+// inside the call, so it is isolated by differences:
+//  - contiguous: src = dst = 0..N-1 plans into ONE 100 KB range, so
+//    t(contiguous N) - t(1 block) = validating + merging N block indices;
+//  - scattered: every block is its own range, so t(scattered N) - t(raw
+//    TransferSync of the same N 1-byte ranges) = planning + range expansion.
+int OverheadPlan(const Options &opt, const std::string &transport, Reporter &rep,
+                 const std::map<std::string, double> &raw_ms) {
+  const uint64_t n = opt.plan_blocks;
+  const KvShape shape{1, 2 * n, 1};
+  KvSession s;
+  std::string error;
+  if (!s.Open(opt, transport, {shape}, true, &error)) {
+    rep.Emit(Metric("plan", transport, NAN, "ms").Str("error", error), false);
+    rep.Note("plan " + transport + ": SKIPPED: " + error);
+    return kExitFailed;
+  }
+  auto timed = [&](const std::vector<uint64_t> &src, const std::vector<uint64_t> &dst, int reps, double *p50_ms) {
+    Options o = opt;
+    o.min_iters = reps;
+    o.warmup = 2;
+    RunResult r = TimedRun(1, o, [&](int) { return KvCall(s, true, 0, src, dst); });
+    *p50_ms = Summarize(r.ns).p50_us / 1e3;
+    if (!r.ok) rep.Note("plan: " + r.error);
+    return r.ok;
+  };
+  std::vector<uint64_t> one_s = {0}, one_d = {0}, cs, cd, ss, sd;
+  MakeBlockLists(n, shape.blocks, "contiguous", 0, &cs, &cd);
+  MakeBlockLists(n, shape.blocks, "scattered", 0x77, &ss, &sd);
+  double t_one = 0, t_contig = 0, t_scat = 0;
+  bool ok = timed(one_s, one_d, 20, &t_one) && timed(cs, cd, 20, &t_contig) && timed(ss, sd, 5, &t_scat);
+  const double plan_contig = t_contig - t_one;
+  auto raw = raw_ms.find(transport);
+  const double plan_scat = raw == raw_ms.end() ? NAN : t_scat - raw->second;
+  Record r = Metric("plan_100k", transport, plan_contig, "ms");
+  r.Int("blocks", static_cast<int64_t>(n)).Int("block_bytes", 1);
+  r.Num("pull_1_block_ms", t_one).Num("pull_contiguous_ms", t_contig).Num("pull_scattered_ms", t_scat);
+  r.Num("raw_scattered_ms", raw == raw_ms.end() ? NAN : raw->second).Num("plan_scattered_ms", plan_scat);
+  if (!ok) r.Str("error", "PullKvBlocks failed");
+  rep.Emit(r, false);
+  if (!opt.json) {
+    rep.Note(Format("PullKvBlocks %-4s of 1 block: %.3f ms; %" PRIu64 " contiguous 1 B blocks (1 range): %.3f ms -> "
+                    "planning %" PRIu64 " blocks ~ %.3f ms",
+                    transport.c_str(), t_one, n, t_contig, n, plan_contig));
+    rep.Note(Format("PullKvBlocks %-4s of %" PRIu64 " scattered 1 B blocks (%" PRIu64 " ranges): %.3f ms per call "
+                    "(planning + transfer); minus raw TransferSync of the same ranges: %.3f ms",
+                    transport.c_str(), n, n, t_scat, plan_scat));
+  }
+  s.Close();
+  return ok ? kExitOk : kExitFailed;
+}
+
+int RunOverhead(const Options &opt, Reporter &rep) {
+  int rc = kExitOk;
+  auto has = [&](const char *s) { return std::find(opt.sections.begin(), opt.sections.end(), s) != opt.sections.end(); };
+  if (has("register")) rc = std::max(rc, OverheadRegister(opt, rep));
+  std::map<std::string, double> raw_ms;
+  for (const auto &transport : opt.transports) {
+    if (has("submit") || has("plan")) {
+      rep.Note("# per-descriptor submit cost and planning cost, llmdd.Transport=" + transport);
+      rep.Progress("overhead: submit (" + transport + ")");
+      rc = std::max(rc, OverheadSubmit(opt, transport, rep, &raw_ms));
+    }
+    if (has("plan")) {
+      rep.Progress("overhead: plan (" + transport + ")");
+      rc = std::max(rc, OverheadPlan(opt, transport, rep, raw_ms));
+    }
+  }
+  return rc;
+}
+
+// ------------------------------------------------------------------ plot
+
+bool HaveProgram(const std::string &name) {
+  const char *path = getenv("PATH");
+  if (path == nullptr) return false;
+  for (const auto &dir : SplitOn(path, ':')) {
+    std::string p = dir + "/" + name;
+    if (access(p.c_str(), X_OK) == 0) return true;
+  }
+  return false;
+}
+
+void Plot(const Options &opt, Reporter &rep) {
+  if (opt.plot.empty()) return;
+  if (opt.mode != "engine" && opt.mode != "memcpy" && opt.mode != "kv") {
+    rep.Note("plot: only engine, memcpy and kv sweeps are plotted; skipped");
+    return;
+  }
+  // One curve per op/transport (and batch/threads when the sweep has several).
+  std::map<std::string, std::vector<std::pair<double, double>>> curves;
+  std::set<std::string> batches, threads;
+  // kv sweeps vary the blocks per call; the others the descriptor size.
+  const std::string xfield = opt.mode == "kv" ? "kv_blocks" : "desc_size";
+  const std::string xlabel = opt.mode == "kv" ? "blocks per call" : "descriptor size (bytes)";
+  std::set<uint64_t> xs;
+  for (const auto &r : rep.records()) {
+    if (!r.Get("error").empty() || r.Get("gbps").empty()) continue;
+    batches.insert(r.Get("batch_req"));
+    threads.insert(r.Get("threads"));
+  }
+  for (const auto &r : rep.records()) {
+    if (!r.Get("error").empty() || r.Get("gbps").empty()) continue;
+    std::string label = r.Get("op") + " " + r.Get("transport");
+    if (batches.size() > 1 && opt.mode != "kv") label += " x" + r.Get("batch_req");
+    if (threads.size() > 1) label += " " + r.Get("threads") + "thr";
+    const std::string x = r.Get(xfield);
+    xs.insert(static_cast<uint64_t>(atof(x.c_str())));
+    curves[label].push_back({atof(x.c_str()), atof(r.Get("gbps").c_str())});
+  }
+  std::string xtics;
+  for (uint64_t x : xs)
+    xtics += Format("%s\"%s\" %" PRIu64, xtics.empty() ? "" : ", ",
+                    opt.mode == "kv" ? std::to_string(x).c_str() : HumanBytes(x).c_str(), x);
+  if (curves.empty()) {
+    rep.Note("plot: nothing to plot");
+    return;
+  }
+  char data_path[] = "/tmp/llmdd_bench_plot_XXXXXX";
+  int fd = mkstemp(data_path);
+  if (fd < 0) {
+    rep.Note("plot: cannot create a temporary file");
+    return;
+  }
+  std::string data;
+  std::vector<std::string> labels;
+  for (auto &[label, pts] : curves) {
+    std::sort(pts.begin(), pts.end());
+    labels.push_back(label);
+    for (const auto &[x, y] : pts) data += Format("%.0f %.6g\n", x, y);
+    data += "\n\n";
+  }
+  WriteAll(fd, data);
+  close(fd);
+  const std::string title =
+      opt.mode == "kv"
+          ? Format("llmdd_bench kv: GB/s vs blocks per call (%u tensors x %s blocks, %s)", opt.Tensors(),
+                   HumanBytes(opt.BlockBytes()).c_str(), opt.kv_pattern.c_str())
+          : Format("llmdd_bench %s: GB/s vs descriptor size (layout %s)", opt.mode.c_str(), opt.layout.c_str());
+  int rc = -1;
+  std::string tool;
+  if (HaveProgram("gnuplot")) {
+    tool = "gnuplot";
+    std::string script = "set terminal pngcairo size 1100,700 noenhanced\n";
+    script += "set output '" + opt.plot + "'\nset logscale x 2\nset grid\nset key left top\n";
+    script += "set xtics (" + xtics + ")\nset yrange [0:*]\n";
+    script += "set xlabel '" + xlabel + "'\nset ylabel 'GB/s (1e9 B/s)'\n";
+    script += "set title '" + title + "'\nplot ";
+    for (size_t i = 0; i < labels.size(); ++i)
+      script += Format("%s'%s' index %zu using 1:2 with linespoints title '%s'", i ? ", " : "", data_path, i,
+                       labels[i].c_str());
+    script += "\n";
+    FILE *g = popen("gnuplot 2>&1", "w");
+    if (g != nullptr) {
+      fputs(script.c_str(), g);
+      rc = pclose(g);
+    }
+    if (rc != 0) {  // a gnuplot without cairo: the libgd terminal
+      size_t pos = script.find("pngcairo");
+      script.replace(pos, 8, "png");
+      g = popen("gnuplot 2>&1", "w");
+      if (g != nullptr) {
+        fputs(script.c_str(), g);
+        rc = pclose(g);
+      }
+    }
+  } else if (system("python3 -c 'import matplotlib' >/dev/null 2>&1") == 0) {
+    tool = "matplotlib";
+    std::string py = "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n";
+    py += "blocks=open('" + std::string(data_path) + "').read().strip().split('\\n\\n\\n')\n";
+    py += "labels=[";
+    for (const auto &l : labels) py += "'" + l + "',";
+    py += "]\nplt.figure(figsize=(11,7))\n";
+    py += "for b,l in zip(blocks,labels):\n  pts=[tuple(map(float,x.split())) for x in b.strip().split('\\n')]\n"
+          "  plt.plot([p[0] for p in pts],[p[1] for p in pts],marker='o',label=l)\n";
+    py += "plt.xscale('log',base=2)\nplt.grid(True)\nplt.legend()\nplt.xlabel('" + xlabel + "')\n"
+          "plt.ylabel('GB/s (1e9 B/s)')\nplt.title('" +
+          title + "')\nplt.savefig('" + opt.plot + "')\n";
+    char py_path[] = "/tmp/llmdd_bench_plot_py_XXXXXX";
+    int pfd = mkstemp(py_path);
+    if (pfd >= 0) {
+      WriteAll(pfd, py);
+      close(pfd);
+      rc = system(("python3 " + std::string(py_path)).c_str());
+      unlink(py_path);
+    }
+  } else {
+    rep.Note("plot: neither gnuplot nor python3-matplotlib is installed (apt-get install gnuplot-nox or "
+             "python3-matplotlib); plot skipped");
+    unlink(data_path);
+    return;
+  }
+  unlink(data_path);
+  rep.Note(rc == 0 ? "plot: wrote " + opt.plot + " (" + tool + ")" : "plot: " + tool + " failed; plot skipped");
+}
+
+void PrintMachine(const Options &opt, Reporter &rep) {
+  std::string cpu = "?";
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  if (f != nullptr) {
+    char line[512];
+    while (fgets(line, sizeof(line), f) != nullptr) {
+      if (strncmp(line, "model name", 10) == 0) {
+        const char *c = strchr(line, ':');
+        cpu = c != nullptr ? c + 2 : line;
+        if (!cpu.empty() && cpu.back() == '\n') cpu.pop_back();
+        break;
+      }
+    }
+    fclose(f);
+  }
+  utsname u{};
+  uname(&u);
+  rep.Note(Format("# llmdd_bench %s on %u cpus (%s), kernel %s, load %.2f", opt.mode.c_str(),
+                  std::thread::hardware_concurrency(), cpu.c_str(), u.release, Load1()));
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  signal(SIGPIPE, SIG_IGN);
+  if (argc >= 2 && std::string(argv[1]) == "serve") return ServeMain(argc, argv);
+  if (getenv("LLMDD_LOG_LEVEL") == nullptr) setenv("LLMDD_LOG_LEVEL", "error", 0);
+  Options opt;
+  int rc = ParseArgs(argc, argv, &opt);
+  if (rc != kExitOk) return rc;
+  Reporter rep(opt);
+  PrintMachine(opt, rep);
+  if (opt.mode == "engine") rc = RunEngine(opt, rep);
+  if (opt.mode == "kv") rc = RunKv(opt, rep);
+  if (opt.mode == "memcpy") rc = RunMemcpy(opt, rep);
+  if (opt.mode == "pingpong") rc = RunPingPong(opt, rep);
+  if (opt.mode == "overhead") rc = RunOverhead(opt, rep);
+  rep.ClearProgress();
+  Plot(opt, rep);
+  return rc;
+}
