@@ -682,6 +682,25 @@ Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster
   return ToLlmStatus(status);
 }
 
+Status DataDist::Transfer(const char *call, Direction direction, uint64_t remote_cluster, int64_t local_cache_id,
+                          int64_t remote_cache_id, const PlanFunction &make_plan) {
+  LocalCache local;
+  std::shared_ptr<Link> link;
+  Status status = Prepare(call, remote_cluster, local_cache_id, &local, &link);
+  if (status != LLM_SUCCESS) return status;
+  CacheGeometry remote;
+  status = RemoteGeometry(link, remote_cache_id, false, &remote);
+  if (status != LLM_SUCCESS) return status;
+  TransferPlan plan;
+  std::string error;
+  status = make_plan(local.geometry, remote, &plan, &error);
+  if (status != LLM_SUCCESS) {
+    LOG_ERROR("%s: %s", call, error.c_str());
+    return status;
+  }
+  return RunPlan(call, direction, remote_cluster, remote_cache_id, link, plan);
+}
+
 Status DataDist::PullKvCache(const CacheIndex &src, const Cache &dst, uint32_t batch_index, int64_t size,
                              const KvCacheExtParam &ext) {
   if (!Ready("PullKvCache")) return LLM_FAILED;
@@ -694,20 +713,10 @@ Status DataDist::PullKvCache(const CacheIndex &src, const Cache &dst, uint32_t b
     LOG_ERROR("PullKvCache: %s", error.c_str());
     return LLM_PARAM_INVALID;
   }
-  LocalCache local;
-  std::shared_ptr<Link> link;
-  Status status = Prepare("PullKvCache", src.cluster_id, dst.cache_id, &local, &link);
-  if (status != LLM_SUCCESS) return status;
-  CacheGeometry remote;
-  status = RemoteGeometry(link, src.cache_id, false, &remote);
-  if (status != LLM_SUCCESS) return status;
-  TransferPlan plan;
-  status = PlanPullCache(local.geometry, remote, src.batch_index, batch_index, size, ext, &plan, &error);
-  if (status != LLM_SUCCESS) {
-    LOG_ERROR("PullKvCache: %s", error.c_str());
-    return status;
-  }
-  return RunPlan("PullKvCache", Direction::kPull, src.cluster_id, src.cache_id, link, plan);
+  return Transfer("PullKvCache", Direction::kPull, src.cluster_id, dst.cache_id, src.cache_id,
+                  [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
+                    return PlanPullCache(local, remote, src.batch_index, batch_index, size, ext, plan, why);
+                  });
 }
 
 Status DataDist::PullKvBlocks(const CacheIndex &src, const Cache &dst, const std::vector<uint64_t> &src_blocks,
@@ -727,20 +736,10 @@ Status DataDist::PullKvBlocks(const CacheIndex &src, const Cache &dst, const std
     LOG_ERROR("PullKvBlocks: %s", error.c_str());
     return LLM_PARAM_INVALID;
   }
-  LocalCache local;
-  std::shared_ptr<Link> link;
-  Status status = Prepare("PullKvBlocks", src.cluster_id, dst.cache_id, &local, &link);
-  if (status != LLM_SUCCESS) return status;
-  CacheGeometry remote;
-  status = RemoteGeometry(link, src.cache_id, false, &remote);
-  if (status != LLM_SUCCESS) return status;
-  TransferPlan plan;
-  status = PlanPullBlocks(local.geometry, remote, src_blocks, dst_blocks, ext, &plan, &error);
-  if (status != LLM_SUCCESS) {
-    LOG_ERROR("PullKvBlocks: %s", error.c_str());
-    return status;
-  }
-  return RunPlan("PullKvBlocks", Direction::kPull, src.cluster_id, src.cache_id, link, plan);
+  return Transfer("PullKvBlocks", Direction::kPull, src.cluster_id, dst.cache_id, src.cache_id,
+                  [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
+                    return PlanPullBlocks(local, remote, src_blocks, dst_blocks, ext, plan, why);
+                  });
 }
 
 Status DataDist::PushKvCache(const Cache &src, const CacheIndex &dst, uint32_t src_batch_index, int64_t size,
@@ -763,21 +762,11 @@ Status DataDist::PushKvCache(const Cache &src, const CacheIndex &dst, uint32_t s
     LOG_ERROR("PushKvCache: %s", error.c_str());
     return LLM_PARAM_INVALID;
   }
-  LocalCache local;
-  std::shared_ptr<Link> link;
-  Status status = Prepare("PushKvCache", dst.cluster_id, src.cache_id, &local, &link);
-  if (status != LLM_SUCCESS) return status;
-  CacheGeometry remote;
-  status = RemoteGeometry(link, dst.cache_id, false, &remote);
-  if (status != LLM_SUCCESS) return status;
-  TransferPlan plan;
-  status = PlanPushCache(local.geometry, src.cache_desc.num_tensors, remote, src_batch_index, dst.batch_index, size,
-                         ext, &plan, &error);
-  if (status != LLM_SUCCESS) {
-    LOG_ERROR("PushKvCache: %s", error.c_str());
-    return status;
-  }
-  return RunPlan("PushKvCache", Direction::kPush, dst.cluster_id, dst.cache_id, link, plan);
+  return Transfer("PushKvCache", Direction::kPush, dst.cluster_id, src.cache_id, dst.cache_id,
+                  [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
+                    return PlanPushCache(local, src.cache_desc.num_tensors, remote, src_batch_index,
+                                         dst.batch_index, size, ext, plan, why);
+                  });
 }
 
 Status DataDist::PushKvBlocks(const Cache &src, const CacheIndex &dst, const std::vector<uint64_t> &src_blocks,
@@ -805,21 +794,11 @@ Status DataDist::PushKvBlocks(const Cache &src, const CacheIndex &dst, const std
     LOG_ERROR("PushKvBlocks: %s", error.c_str());
     return LLM_PARAM_INVALID;
   }
-  LocalCache local;
-  std::shared_ptr<Link> link;
-  Status status = Prepare("PushKvBlocks", dst.cluster_id, src.cache_id, &local, &link);
-  if (status != LLM_SUCCESS) return status;
-  CacheGeometry remote;
-  status = RemoteGeometry(link, dst.cache_id, false, &remote);
-  if (status != LLM_SUCCESS) return status;
-  TransferPlan plan;
-  status = PlanPushBlocks(local.geometry, src.cache_desc.num_tensors, remote, src_blocks, dst_blocks, ext, &plan,
-                          &error);
-  if (status != LLM_SUCCESS) {
-    LOG_ERROR("PushKvBlocks: %s", error.c_str());
-    return status;
-  }
-  return RunPlan("PushKvBlocks", Direction::kPush, dst.cluster_id, dst.cache_id, link, plan);
+  return Transfer("PushKvBlocks", Direction::kPush, dst.cluster_id, src.cache_id, dst.cache_id,
+                  [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
+                    return PlanPushBlocks(local, src.cache_desc.num_tensors, remote, src_blocks, dst_blocks, ext,
+                                          plan, why);
+                  });
 }
 
 }  // namespace llmdd::datadist

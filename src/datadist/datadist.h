@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -81,6 +82,12 @@ class DataDist {
   // Removes the link record and releases its connections (locally only).
   void DropLink(const std::shared_ptr<Link> &link, bool say_goodbye, Deadline deadline);
   Status RemoteGeometry(const std::shared_ptr<Link> &link, int64_t cache_id, bool refresh, CacheGeometry *out);
+  using PlanFunction = std::function<Status(const CacheGeometry &local, const CacheGeometry &remote,
+                                            TransferPlan *plan, std::string *error)>;
+  // The common tail of the four transfer calls: local cache, link and remote
+  // cache lookups (in the spec's order), planning, then the transfer.
+  Status Transfer(const char *call, Direction direction, uint64_t remote_cluster, int64_t local_cache_id,
+                  int64_t remote_cache_id, const PlanFunction &make_plan);
   Status RunPlan(const char *call, Direction direction, uint64_t cluster, int64_t remote_cache_id,
                  const std::shared_ptr<Link> &link, const TransferPlan &plan);
   // Common checks of the four transfer calls; fills the local cache and link.
