@@ -34,7 +34,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
   hello.engine_id = params.local_id;
   hello.target_engine_id = params.remote_id;
-  const bool allow_same_host = params.config.transport != EngineConfig::Transport::kTcp;
+  const bool allow_same_host = params.config.SameHostAllowed();
   if (allow_same_host) FillIdentity(&hello);
   wire::HelloAck ack;
   adxl::Status status = adxl::SUCCESS;

@@ -19,6 +19,12 @@ struct EngineConfig {
   uint32_t handshake_timeout_ms = 5000; // server side: a new connection must say Hello within this
   // llmdd.Transport: how data moves between engines on one host.
   enum class Transport { kAuto, kTcp, kSameHost } transport = Transport::kAuto;
+  // The same-host path's identity check proves a process owns some bytes, not
+  // that the peer on this connection is that process; so `auto` only offers it
+  // to authenticated peers (a shared secret is set). `shm` forces it.
+  bool SameHostAllowed() const {
+    return transport == Transport::kSameHost || (transport == Transport::kAuto && !auth_secret.empty());
+  }
   std::string auth_secret;              // llmdd.AuthSecret or $LLMDD_AUTH_SECRET: mutual HMAC auth when set
 };
 

@@ -158,15 +158,15 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
   ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
   ack.session_id = session->id;
   ack.engine_id = local_id_;
-  if (config_.transport != EngineConfig::Transport::kTcp && hello.pid != 0) {
+  if (config_.SameHostAllowed() && hello.pid != 0) {
     std::string why;
     if (VerifyReachable(IdentityOf(hello), &why)) {
       session->same_host_pid = hello.pid;
       ack.capabilities |= wire::kCapSameHost;
+      FillIdentity(&ack);  // only to a peer that passed the check: never hand it out for echoing
     } else {
       LOG_INFO("same-host path to %s not available: %s", hello.engine_id.c_str(), why.c_str());
     }
-    FillIdentity(&ack);
   }
   if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
     EndSession(session->id, "hello answer could not be sent");
@@ -273,7 +273,7 @@ void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wir
       session->reverse = std::make_shared<LanePool>(session->client_id, workers_, nullptr);
       // The client verified it reaches our memory: it can serve same-host requests.
       const bool both_ways = (hello.capabilities & wire::kCapSameHost) != 0 && session->same_host_pid != 0 &&
-                             config_.transport != EngineConfig::Transport::kTcp;
+                             config_.SameHostAllowed();
       session->reverse->SetSameHost(both_ways ? session->same_host_pid : 0);
       first = true;
     }

@@ -84,6 +84,11 @@ bool VerifyReachable(const ProcessIdentity &peer, std::string *why) {
     *why = "peer did not offer the same-host path";
     return false;
   }
+  if (peer.pid == self.pid) {
+    // A peer announcing our own identity is echoing it, not proving anything.
+    *why = "peer announced this process's own identity";
+    return false;
+  }
   if (self.boot_id.empty() || peer.boot_id != self.boot_id) {
     *why = "peer runs on another host (boot id differs)";
     return false;
