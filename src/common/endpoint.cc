@@ -9,6 +9,7 @@ namespace llmdd {
 
 int IpFamily(const std::string &ip) {
   unsigned char buf[sizeof(in6_addr)];
+  if (ip.find('\0') != std::string::npos) return 0;  // c_str() would hide the rest
   if (inet_pton(AF_INET, ip.c_str(), buf) == 1) return AF_INET;
   if (inet_pton(AF_INET6, ip.c_str(), buf) == 1) return AF_INET6;
   return 0;

@@ -76,6 +76,15 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
       *error = "no valid answer to hello from " + remote.ToString() + ": " + why;
       return nullptr;
     }
+    // Only three answers are possible here; anything else is refused before
+    // its (bounded, but up to kMaxAppBody) body is allocated.
+    if (header.type != static_cast<uint16_t>(MsgType::kError) &&
+        header.type != static_cast<uint16_t>(MsgType::kAuthChallenge) &&
+        header.type != static_cast<uint16_t>(MsgType::kHelloAck)) {
+      *status = adxl::FAILED;
+      *error = remote.ToString() + " answered hello with " + wire::MsgTypeName(header.type);
+      return nullptr;
+    }
     std::string body(header.body_len, '\0');
     io = stream->Read(body.data(), body.size(), deadline);
     if (io != IoStatus::kOk) {

@@ -54,7 +54,10 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
   if (bad.empty() && header->type != static_cast<uint16_t>(expected) &&
       header->type != static_cast<uint16_t>(MsgType::kError))
     bad = std::string("unexpected ") + wire::MsgTypeName(header->type);
-  if (bad.empty() && header->request_id != request_id) bad = "response for another request";
+  // An Error about the lane itself (framing, malformed request) carries
+  // request id 0: it still answers our request, and its text is the reason.
+  const bool lane_error = header->type == static_cast<uint16_t>(MsgType::kError) && header->request_id == 0;
+  if (bad.empty() && header->request_id != request_id && !lane_error) bad = "response for another request";
   if (!bad.empty()) {
     result.status = adxl::FAILED;
     result.broken = true;
@@ -75,7 +78,11 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
   }
   result.status = wire::SanitizePeerStatus(header->status);
   if (result.status != header->status) result.broken = true;  // a peer that invents codes is not trusted further
-  if (result.status != adxl::SUCCESS) result.error = "peer " + stream.PeerName() + " refused: " + result.error;
+  if (result.status != adxl::SUCCESS) {
+    result.error = "peer " + stream.PeerName() + " refused: " + result.error;
+    // A refusal has no data; a payload behind it would desynchronise the lane.
+    if (header->payload_len != 0) result.broken = true;
+  }
   return result;
 }
 
@@ -206,8 +213,11 @@ LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::stri
   if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for reply from");
   LaneResult result;
   std::string bad = wire::CheckHeader(reply);
-  if (bad.empty() && reply.type != static_cast<uint16_t>(MsgType::kAppResponse)) bad = "unexpected message type";
-  if (bad.empty() && reply.request_id != request_id) bad = "reply for another request";
+  const bool is_error = reply.type == static_cast<uint16_t>(MsgType::kError);
+  if (bad.empty() && reply.type != static_cast<uint16_t>(MsgType::kAppResponse) && !is_error)
+    bad = std::string("unexpected ") + wire::MsgTypeName(reply.type);
+  if (bad.empty() && reply.request_id != request_id && !(is_error && reply.request_id == 0))
+    bad = "reply for another request";
   if (!bad.empty()) {
     result.status = adxl::FAILED;
     result.broken = true;
@@ -217,7 +227,14 @@ LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::stri
   response->assign(reply.body_len, '\0');
   io = stream.Read(response->data(), response->size(), deadline);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "reading reply from");
-  result.status = reply.status;
+  if (is_error) {
+    result.status = reply.status != adxl::SUCCESS ? wire::SanitizePeerStatus(reply.status) : adxl::FAILED;
+    result.broken = true;
+    result.error = "peer " + stream.PeerName() + " reported: " + *response;
+    response->clear();
+    return result;
+  }
+  result.status = reply.status;  // the app layer's own code space: it checks what it accepts
   return result;
 }
 
@@ -236,8 +253,9 @@ bool SendResponse(ByteStream &stream, MsgType type, uint64_t request_id, adxl::S
   return stream.WriteFull(out, 2, deadline) == IoStatus::kOk;
 }
 
-void SendProtocolError(ByteStream &stream, const std::string &reason) {
-  SendResponse(stream, MsgType::kError, 0, adxl::PARAM_INVALID, reason, Deadline::AfterMs(200));
+// `request_id` is 0 when the message that broke the lane could not be read as a request.
+void SendProtocolError(ByteStream &stream, uint64_t request_id, const std::string &reason) {
+  SendResponse(stream, MsgType::kError, request_id, adxl::PARAM_INVALID, reason, Deadline::AfterMs(200));
 }
 
 bool DiscardPayload(ByteStream &stream, uint64_t len, Deadline deadline) {
@@ -255,7 +273,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   const bool is_read = header.type == static_cast<uint16_t>(MsgType::kReadRequest);
   Deadline assembly = Deadline::AfterMs(kBodyAssemblyMs);
   if (header.body_len < wire::kRangeBodyHeader) {
-    SendProtocolError(stream, "range list too short");
+    SendProtocolError(stream, header.request_id, "range list too short");
     return false;
   }
   const bool same_host = (header.flags & wire::kFlagSameHost) != 0;
@@ -270,13 +288,13 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     bad = "same-host request on a connection whose peer was not verified for it";
   if (!bad.empty()) {
     LOG_ERROR("peer %s sent a malformed request: %s", ctx.peer.c_str(), bad.c_str());
-    SendProtocolError(stream, bad);
+    SendProtocolError(stream, header.request_id, bad);
     return false;
   }
   if (!is_read && !same_host && header.payload_len != total) {
     LOG_ERROR("peer %s: write payload %" PRIu64 " != declared total %" PRIu64, ctx.peer.c_str(),
               header.payload_len, total);
-    SendProtocolError(stream, "write payload length does not match the range list");
+    SendProtocolError(stream, header.request_id, "write payload length does not match the range list");
     return false;
   }
   Deadline deadline = Deadline::AfterMs(static_cast<int64_t>(timeout_ms) + kServeGraceMs);
@@ -441,7 +459,7 @@ void ServeLoop(ByteStream &stream, const ServeContext &ctx) {
       bad = std::string("unexpected ") + wire::MsgTypeName(header.type) + " on a data lane";
     if (!bad.empty()) {
       LOG_ERROR("closing lane from %s: %s", ctx.peer.c_str(), bad.c_str());
-      SendProtocolError(stream, bad);
+      SendProtocolError(stream, 0, bad);
       return;
     }
     if (ctx.busy != nullptr) ctx.busy->fetch_add(1);

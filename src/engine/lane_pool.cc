@@ -109,22 +109,33 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
 
 LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline) {
   LaneResult result;
-  Lane *lane = Acquire(deadline, &result.status, &result.error);
-  if (lane == nullptr) return result;
-  LaneGuard guard(lane);
-  std::shared_ptr<ByteStream> stream = lane->Get();
-  for (size_t done = 0; done < count;) {
-    size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
-    result = ExecuteTransfer(*stream, op, segs + done, chunk, next_request_id_.fetch_add(1), deadline,
-                             same_host_pid_.load());
-    if (result.broken) {
-      stream->Shutdown();
-      lane->Set(nullptr);
+  size_t done = 0;
+  while (done < count) {
+    Lane *lane = Acquire(deadline, &result.status, &result.error);
+    if (lane == nullptr) return result;
+    LaneGuard guard(lane);
+    std::shared_ptr<ByteStream> stream = lane->Get();
+    while (done < count) {
+      size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
+      result = ExecuteTransfer(*stream, op, segs + done, chunk, next_request_id_.fetch_add(1), deadline,
+                               same_host_pid_.load());
+      if (result.status != adxl::SUCCESS) {
+        if (result.broken) DropLane(lane, stream);
+        return result;
+      }
+      done += chunk;
+      if (result.broken) {  // done, but the lane cannot carry more: the rest goes on another
+        DropLane(lane, stream);
+        break;
+      }
     }
-    if (result.status != adxl::SUCCESS) return result;
-    done += chunk;
   }
   return result;
+}
+
+void LanePool::DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream) {
+  stream->Shutdown();
+  lane->Set(nullptr);
 }
 
 namespace {
@@ -208,10 +219,7 @@ adxl::Status LanePool::AppCall(uint32_t app_type, const std::string &request, De
   LaneGuard guard(lane);
   std::shared_ptr<ByteStream> stream = lane->Get();
   LaneResult r = ExecuteAppCall(*stream, app_type, request, next_request_id_.fetch_add(1), deadline, response);
-  if (r.broken) {
-    stream->Shutdown();
-    lane->Set(nullptr);
-  }
+  if (r.broken) DropLane(lane, stream);
   *error = r.error;
   return r.status;
 }

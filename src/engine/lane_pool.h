@@ -74,6 +74,8 @@ class LanePool {
   // Locks a lane with a usable stream (reconnecting if allowed) within the deadline.
   Lane *Acquire(Deadline deadline, adxl::Status *status, std::string *error);
   LaneResult RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline);
+  // Closes a lane whose framing is unknown; Acquire reopens it on next use.
+  static void DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream);
 
   std::string peer_name_;
   WorkerPool *workers_;

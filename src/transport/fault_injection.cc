@@ -22,7 +22,8 @@ std::atomic<uint64_t> g_stream_counter{0};
 bool ParseProbability(const std::string &text, double *out) {
   char *end = nullptr;
   double v = strtod(text.c_str(), &end);
-  if (end == text.c_str() || *end != '\0' || v < 0 || v > 1) return false;
+  // `!(v >= 0 && v <= 1)` also refuses NaN; the size check refuses embedded NULs.
+  if (end != text.c_str() + text.size() || text.empty() || !(v >= 0 && v <= 1)) return false;
   *out = v;
   return true;
 }

@@ -257,6 +257,7 @@ TEST(IpFamily, ClassifiesAddresses) {
   EXPECT_EQ(IpFamily("1.2.3.4:80"), 0);
   EXPECT_EQ(IpFamily(" 1.2.3.4"), 0);
   EXPECT_EQ(IpFamily("1::2::3"), 0);
+  EXPECT_EQ(IpFamily(std::string("127.0.0.1\0garbage", 17)), 0);  // not silently truncated at the NUL
 }
 
 // ---------------------------------------------------------------------------

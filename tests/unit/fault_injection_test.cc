@@ -48,6 +48,9 @@ TEST(FaultPlan, ParsesAndRejects) {
   EXPECT_FALSE(ParseFaultPlan("explode=0.1", &plan, &error));
   EXPECT_NE(error.find("unknown fault"), std::string::npos);
   EXPECT_FALSE(ParseFaultPlan("delay", &plan, &error));
+  EXPECT_FALSE(ParseFaultPlan("drop=nan", &plan, &error));  // NaN compares false with every bound
+  EXPECT_FALSE(ParseFaultPlan("drop=-0.1", &plan, &error));
+  EXPECT_FALSE(ParseFaultPlan(std::string("drop=0.1\0x", 10), &plan, &error));
   EXPECT_FALSE(FaultPlan().Active());
 }
 

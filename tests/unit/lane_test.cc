@@ -190,5 +190,78 @@ TEST_F(LaneTest, AppCallWithoutHandlerIsUnsupported) {
   EXPECT_EQ(r.status, adxl::UNSUPPORTED);
 }
 
+TEST_F(LaneTest, MalformedRequestReasonReachesTheRequester) {
+  // A serving side that cannot parse a request answers with an Error naming
+  // the cause; the requester must report that text, not "another request".
+  StartServing();
+  std::vector<char> local(16);
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 16};
+  // Same-host flag on a lane that was never verified for it.
+  uint8_t body[wire::kRangeBodyHeader + wire::kSameHostDeadlineSize + wire::kSameHostEntrySize] = {};
+  wire::EncodeRangeHeader(1, 1000, 16, body);
+  uint64_t entry[3] = {R(0), 16, reinterpret_cast<uintptr_t>(local.data())};
+  memcpy(body + wire::kRangeBodyHeader + wire::kSameHostDeadlineSize, entry, sizeof(entry));
+  wire::MsgHeader h;
+  h.type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
+  h.flags = wire::kFlagSameHost;
+  h.request_id = 41;
+  h.body_len = sizeof(body);
+  iovec out[2] = {{&h, sizeof(h)}, {body, sizeof(body)}};
+  ASSERT_EQ(requester_->WriteFull(out, 2, Deadline::AfterMs(1000)), IoStatus::kOk);
+  wire::MsgHeader reply;
+  ASSERT_EQ(requester_->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kError));
+  EXPECT_EQ(reply.request_id, 41U);  // the error names the request it answers
+  // And a requester reading an Error with request id 0 keeps the reason.
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  TcpStream client(fds[0], "client"), fake(fds[1], "fake-server");
+  std::thread answer([&] {
+    wire::MsgHeader req;
+    if (fake.Read(&req, sizeof(req), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+    std::string req_body(req.body_len, '\0');
+    if (fake.Read(req_body.data(), req_body.size(), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+    std::string text = "lane framing broken: because";
+    wire::MsgHeader err;
+    err.type = static_cast<uint16_t>(wire::MsgType::kError);
+    err.status = adxl::PARAM_INVALID;
+    err.body_len = text.size();
+    iovec o[2] = {{&err, sizeof(err)}, {text.data(), text.size()}};
+    fake.WriteFull(o, 2, Deadline::AfterMs(2000));
+  });
+  LaneResult r = ExecuteTransfer(client, adxl::READ, &seg, 1, 77, Deadline::AfterMs(3000));
+  answer.join();
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+  EXPECT_TRUE(r.broken);
+  EXPECT_NE(r.error.find("lane framing broken: because"), std::string::npos) << r.error;
+}
+
+TEST_F(LaneTest, RefusalCarryingAPayloadMarksTheLaneBroken) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  TcpStream client(fds[0], "client"), fake(fds[1], "fake-server");
+  std::thread answer([&] {
+    wire::MsgHeader req;
+    if (fake.Read(&req, sizeof(req), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+    std::string req_body(req.body_len, '\0');
+    if (fake.Read(req_body.data(), req_body.size(), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+    wire::MsgHeader resp;
+    resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
+    resp.request_id = req.request_id;
+    resp.status = adxl::PARAM_INVALID;
+    resp.payload_len = 16;  // a refusal must not carry data
+    char junk[16] = {};
+    iovec o[2] = {{&resp, sizeof(resp)}, {junk, sizeof(junk)}};
+    fake.WriteFull(o, 2, Deadline::AfterMs(2000));
+  });
+  std::vector<char> local(16, 'L');
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 16};
+  LaneResult r = ExecuteTransfer(client, adxl::READ, &seg, 1, 78, Deadline::AfterMs(3000));
+  answer.join();
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+  EXPECT_TRUE(r.broken);
+  EXPECT_EQ(std::string(local.begin(), local.end()), std::string(16, 'L'));
+}
+
 }  // namespace
 }  // namespace llmdd
