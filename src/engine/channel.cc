@@ -45,7 +45,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   // Same-host path: forward lanes when the server reached our memory; reverse
   // lanes when we reach the server's.
   std::string why_not;
-  if (allow_same_host && VerifyReachable(IdentityOf(ack), &why_not)) channel->reverse_same_host_pid_ = ack.pid;
+  if (allow_same_host && VerifyReachable(IdentityOf(ack), *channel->control_, &why_not)) channel->reverse_same_host_pid_ = ack.pid;
   // Each side copies into its own memory from the other's: both must reach each other.
   const bool forward_same_host =
       allow_same_host && (ack.capabilities & wire::kCapSameHost) != 0 && channel->reverse_same_host_pid_ != 0;

@@ -19,12 +19,10 @@ struct EngineConfig {
   uint32_t handshake_timeout_ms = 5000; // server side: a new connection must say Hello within this
   // llmdd.Transport: how data moves between engines on one host.
   enum class Transport { kAuto, kTcp, kSameHost } transport = Transport::kAuto;
-  // The same-host path's identity check proves a process owns some bytes, not
-  // that the peer on this connection is that process; so `auto` only offers it
-  // to authenticated peers (a shared secret is set). `shm` forces it.
-  bool SameHostAllowed() const {
-    return transport == Transport::kSameHost || (transport == Transport::kAuto && !auth_secret.empty());
-  }
+  // `auto` uses the same-host path wherever the handshake verifies it (the
+  // peer process holds the other end of the connection and its memory is
+  // reachable); `shm` requires it; `tcp` never uses it.
+  bool SameHostAllowed() const { return transport != Transport::kTcp; }
   std::string auth_secret;              // llmdd.AuthSecret or $LLMDD_AUTH_SECRET: mutual HMAC auth when set
 };
 

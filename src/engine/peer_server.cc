@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cinttypes>
 #include <chrono>
-#include <random>
+#include <cstring>
 #include <thread>
 
+#include "common/hmac.h"
 #include "common/log.h"
 #include "engine/handshake.h"
 #include "transport/fault_injection.h"
+#include "transport/shm/connection_owner.h"
 
 namespace llmdd {
 
@@ -17,12 +19,23 @@ using wire::MsgType;
 namespace {
 
 uint64_t RandomSessionId() {
-  static std::mutex mutex;
-  static std::mt19937_64 rng{std::random_device{}()};
-  std::lock_guard lock(mutex);
+  // Unpredictable: a session id admits data and reverse lanes into a session.
   uint64_t id = 0;
-  while (id == 0) id = rng();
+  while (id == 0) memcpy(&id, RandomBytes(sizeof(id)).data(), sizeof(id));
   return id;
+}
+
+// Same-host trust is per connection: a lane joining a same-host session must
+// itself be held by the verified peer process (a session id alone proves nothing).
+uint32_t SameHostPidForLane(uint32_t session_pid, const ByteStream &lane, const std::string &peer) {
+  if (session_pid == 0) return 0;
+  sockaddr_storage local{}, remote{};
+  std::string why = "the connection has no TCP addresses";
+  if (lane.SocketEnds(&local, &remote) && ProcessHoldsPeerEnd(static_cast<pid_t>(session_pid), local, remote, &why))
+    return session_pid;
+  LOG_WARN("lane from %s is not held by its verified process (%s): same-host requests refused on it",
+           peer.c_str(), why.c_str());
+  return 0;
 }
 
 }  // namespace
@@ -160,10 +173,10 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
   ack.engine_id = local_id_;
   if (config_.SameHostAllowed() && hello.pid != 0) {
     std::string why;
-    if (VerifyReachable(IdentityOf(hello), &why)) {
+    if (VerifyReachable(IdentityOf(hello), *stream, &why)) {
       session->same_host_pid = hello.pid;
       ack.capabilities |= wire::kCapSameHost;
-      FillIdentity(&ack);  // only to a peer that passed the check: never hand it out for echoing
+      FillIdentity(&ack);  // only to a peer that passed the check (it would prove nothing to others anyway)
     } else {
       LOG_INFO("same-host path to %s not available: %s", hello.engine_id.c_str(), why.c_str());
     }
@@ -234,6 +247,7 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     same_host_pid = it->second->same_host_pid;
     busy = it->second->busy;
   }
+  same_host_pid = SameHostPidForLane(same_host_pid, *stream, hello.engine_id);
   wire::HelloAck ack;
   ack.session_id = hello.session_id;
   ack.engine_id = local_id_;
@@ -278,6 +292,11 @@ void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wir
       first = true;
     }
     pool = session->reverse;
+    if (pool->SameHost() && SameHostPidForLane(session->same_host_pid, *stream, hello.engine_id) == 0) {
+      SendRefusal(*stream, adxl::FAILED, "reverse lane not held by the session's process", Deadline::AfterMs(200));
+      stream->Shutdown();
+      return;
+    }
   }
   wire::HelloAck ack;
   ack.session_id = hello.session_id;

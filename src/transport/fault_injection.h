@@ -56,6 +56,9 @@ class FaultyStream final : public ByteStream {
   void Close() override { inner_->Close(); }
   std::string PeerName() const override { return inner_->PeerName(); }
   int LastErrno() const override { return inner_->LastErrno(); }
+  bool SocketEnds(sockaddr_storage *local, sockaddr_storage *remote) const override {
+    return inner_->SocketEnds(local, remote);
+  }
 
  private:
   bool Roll(double p);

@@ -9,6 +9,7 @@
 // kClosed); Close() must not race with I/O on the same stream.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <cstddef>
@@ -34,6 +35,13 @@ class ByteStream {
   virtual std::string PeerName() const = 0;
   // errno of the last kError, for logs.
   virtual int LastErrno() const = 0;
+  // The connection's two addresses as this process sees them (TCP only);
+  // false for streams that have none. Binds the same-host check to a connection.
+  virtual bool SocketEnds(sockaddr_storage *local, sockaddr_storage *remote) const {
+    (void)local;
+    (void)remote;
+    return false;
+  }
 
   IoStatus Read(void *buf, size_t len, Deadline deadline) {
     iovec iov{buf, len};

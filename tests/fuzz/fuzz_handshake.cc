@@ -15,17 +15,16 @@
 //
 // Both sides also run the same-host check on the identity the peer announced
 // (VerifyReachable, as PeerServer::RunControl and Channel::Open do). A peer
-// legitimately knows the other side's identity (boot id, pid, token address
-// and token travel in Hello / HelloAck), so these values can be named in the
-// input: boot_id or token "@self", pid 0xFFFFFFFF, token_addr
-// 0xADD1000000000000 stand for this process's own values.
+// may know another process's identity (boot id, pid, token address and token
+// travel in Hello / HelloAck), so these values can be named in the input:
+// boot_id or token "@self", pid 0xFFFFFFFF, token_addr 0xADD1000000000000
+// stand for this process's own values.
 //
 // Checked besides ASan/UBSan/hangs: with a secret, authentication never
 // succeeds on either side (both sides draw fresh random nonces, so no input can
-// carry a valid proof); the same-host check never passes (the peer is only
-// bytes: whatever it names, it is not that process, and the engine would then
-// serve same-host copies out of that process's memory at addresses the peer
-// chooses); whatever is accepted respects the decoder bounds.
+// carry a valid proof); the same-host check passes only for the process that
+// holds the other end of the connection (see CheckSameHost); whatever is
+// accepted respects the decoder bounds.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -63,21 +62,23 @@ ProcessIdentity ClaimedIdentity(ProcessIdentity id) {
 }
 
 // Same-host verification of the peer's identity, as the engine does it. The
-// peer here is only bytes: no process behind it put a token anywhere, so a
-// sound check can never pass. (Passing means the check can be satisfied with
-// public or guessable data: the engine would then let same-host copies read
-// the named process's memory, e.g. its own, at addresses the peer chooses.)
-void CheckSameHost(const ProcessIdentity &announced, const char *side) {
+// peer here is only bytes: no process behind it put a token anywhere, so the
+// check may pass only for the process that really holds the other end of the
+// connection. On the server side that is nobody (a socketpair fed by a
+// thread has no TCP ends); on the client side the harness itself accepted the
+// connection, so this process truthfully holds it and may be verified.
+// (Passing for any other pid means the check can be satisfied with public or
+// guessable data: the engine would then let same-host copies read the named
+// process's memory at addresses the peer chooses.)
+void CheckSameHost(const ProcessIdentity &announced, const ByteStream &connection, bool harness_holds_peer_end,
+                   const char *side) {
   if (announced.Empty()) return;
   const ProcessIdentity claimed = ClaimedIdentity(announced);
   std::string why;
-  const bool reachable = VerifyReachable(claimed, &why);
+  const bool reachable = VerifyReachable(claimed, connection, &why);
   if (g_debug) fprintf(stderr, "  %s: same-host %s %s\n", side, reachable ? "verified" : "refused:", why.c_str());
-  // LLMDD_FUZZ_SKIP_SAME_HOST_CHECK=1 skips this one check, to fuzz the rest
-  // of the handshake while that bug is open (its reproducers are the
-  // regress_same_host_* seeds).
-  static const bool skip = getenv("LLMDD_FUZZ_SKIP_SAME_HOST_CHECK") != nullptr;
-  FUZZ_CHECK(skip || !reachable,
+  const bool truthful = harness_holds_peer_end && claimed.pid == static_cast<uint32_t>(getpid());
+  FUZZ_CHECK(!reachable || truthful,
              "%s verified the same-host identity announced by a peer that is only bytes (pid %u%s, token at "
              "0x%llx): same-host copies would then read that process's memory at addresses the peer chooses",
              side, claimed.pid, claimed.pid == static_cast<uint32_t>(getpid()) ? " = this process" : "",
@@ -114,7 +115,7 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
     ack.session_id = 0x1234;
     ack.engine_id = "127.0.0.1:26000";
     if (hello.role == wire::ConnRole::kControl && hello.pid != 0) {
-      CheckSameHost(IdentityOf(hello), "server");
+      CheckSameHost(IdentityOf(hello), stream, /*harness_holds_peer_end=*/false, "server");
       FillIdentity(&ack);
     }
     if (SendHelloAck(stream, ack, Deadline::AfterMs(2000))) {
@@ -168,7 +169,7 @@ void ClientHandshake(const uint8_t *data, size_t size, bool with_secret) {
     FUZZ_CHECK(status == adxl::SUCCESS, "stream with status %u", status);
     FUZZ_CHECK(!with_secret, "a server that cannot know the client's nonce passed authentication");
     FUZZ_CHECK(ack.engine_id.size() <= wire::kMaxEngineIdLen, "oversized engine id accepted");
-    CheckSameHost(IdentityOf(ack), "client");
+    CheckSameHost(IdentityOf(ack), *stream, /*harness_holds_peer_end=*/true, "client");
     stream->Shutdown();
     stream.reset();
   } else {

@@ -5,34 +5,83 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <memory>
 #include <cstring>
 #include <thread>
 #include <vector>
 
 #include "engine/lane.h"
+#include "transport/shm/connection_owner.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
 namespace {
 
-TEST(Cma, VerifiesOwnIdentityAndRejectsImpostors) {
+// A loopback TCP connection inside this process: both ends are held here.
+struct LoopbackPair {
+  std::unique_ptr<TcpStream> client, server;
+  LoopbackPair() {
+    TcpListener listener;
+    Endpoint local;
+    local.ip = "127.0.0.1";
+    local.family = AF_INET;
+    local.port = 0;
+    std::string error;
+    if (!listener.Listen(local, &error)) return;
+    Endpoint remote = local;
+    remote.port = listener.Port();
+    bool timed_out = false;
+    client = TcpStream::Connect(remote, Deadline::AfterMs(2000), &timed_out, &error);
+    server = listener.Accept(Deadline::AfterMs(2000));
+  }
+};
+
+TEST(Cma, VerifiesAPeerOnlyThroughTheConnectionItHolds) {
   const ProcessIdentity &self = LocalIdentity();
+  LoopbackPair pair;
+  ASSERT_TRUE(pair.client && pair.server);
   std::string why;
-  // Our own identity, echoed back by a peer, is refused: it proves nothing.
-  EXPECT_FALSE(VerifyReachable(self, &why));
-  EXPECT_NE(why.find("own identity"), std::string::npos) << why;
+  // This process holds both ends: its identity checks out on either side.
+  EXPECT_TRUE(VerifyReachable(self, *pair.client, &why)) << why;
+  EXPECT_TRUE(VerifyReachable(self, *pair.server, &why)) << why;
+  // Another process (our parent) does not hold the other end: refused even
+  // though its memory may be reachable; this is what stops a peer from
+  // naming a process it is not.
+  ProcessIdentity parent = self;
+  parent.pid = static_cast<uint32_t>(getppid());
+  EXPECT_FALSE(VerifyReachable(parent, *pair.client, &why));
+  EXPECT_NE(why.find("other end of this connection"), std::string::npos) << why;
+  // A stream without TCP ends (socketpair) cannot bind the check: refused.
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  TcpStream unix_a(fds[0], "a"), unix_b(fds[1], "b");
+  EXPECT_FALSE(VerifyReachable(self, unix_a, &why));
+  // Wrong token, other host, no such process, nothing announced.
   ProcessIdentity wrong_token = self;
-  wrong_token.pid = static_cast<uint32_t>(getppid());  // another process, where our token is not
-  EXPECT_FALSE(VerifyReachable(wrong_token, &why));
+  wrong_token.token[0] ^= 1;
+  EXPECT_FALSE(VerifyReachable(wrong_token, *pair.client, &why));
+  EXPECT_NE(why.find("another process"), std::string::npos) << why;
   ProcessIdentity other_host = self;
-  other_host.pid = static_cast<uint32_t>(getppid());
   other_host.boot_id = "not-this-boot";
-  EXPECT_FALSE(VerifyReachable(other_host, &why));
+  EXPECT_FALSE(VerifyReachable(other_host, *pair.client, &why));
   EXPECT_NE(why.find("another host"), std::string::npos) << why;
   ProcessIdentity no_process = self;
   no_process.pid = 0x3FFFFFFF;  // above pid_max
-  EXPECT_FALSE(VerifyReachable(no_process, &why));
-  EXPECT_FALSE(VerifyReachable(ProcessIdentity{}, &why));
+  EXPECT_FALSE(VerifyReachable(no_process, *pair.client, &why));
+  EXPECT_FALSE(VerifyReachable(ProcessIdentity{}, *pair.client, &why));
+}
+
+TEST(Cma, ConnectionOwnerCheckFindsTheHolderOfTheOtherEnd) {
+  LoopbackPair pair;
+  ASSERT_TRUE(pair.client && pair.server);
+  sockaddr_storage local{}, remote{};
+  ASSERT_TRUE(pair.client->SocketEnds(&local, &remote));
+  std::string why;
+  EXPECT_TRUE(ProcessHoldsPeerEnd(getpid(), local, remote, &why)) << why;
+  EXPECT_FALSE(ProcessHoldsPeerEnd(getppid(), local, remote, &why));
+  // Once our end of the pair is closed, nobody holds the other end of the old tuple.
+  pair.server.reset();
+  EXPECT_FALSE(ProcessHoldsPeerEnd(getpid(), local, remote, &why));
 }
 
 TEST(Cma, CopiesAcrossManyUnevenlySplitRanges) {

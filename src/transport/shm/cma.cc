@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/hmac.h"
+#include "transport/shm/connection_owner.h"
 
 namespace llmdd {
 namespace {
@@ -78,25 +79,29 @@ const ProcessIdentity &LocalIdentity() {
   return identity;
 }
 
-bool VerifyReachable(const ProcessIdentity &peer, std::string *why) {
+bool VerifyReachable(const ProcessIdentity &peer, const ByteStream &connection, std::string *why) {
   const ProcessIdentity &self = LocalIdentity();
   if (peer.Empty() || peer.token.size() != kTokenBytes) {
     *why = "peer did not offer the same-host path";
-    return false;
-  }
-  if (peer.pid == self.pid) {
-    // A peer announcing our own identity is echoing it, not proving anything.
-    *why = "peer announced this process's own identity";
     return false;
   }
   if (self.boot_id.empty() || peer.boot_id != self.boot_id) {
     *why = "peer runs on another host (boot id differs)";
     return false;
   }
+  // First: is the process named the one on the other end of this connection?
+  // (Anyone can name a process; only that process holds the socket.)
+  sockaddr_storage local{}, remote{};
+  if (!connection.SocketEnds(&local, &remote)) {
+    *why = "the connection has no TCP addresses to check the peer process against";
+    return false;
+  }
+  if (!ProcessHoldsPeerEnd(static_cast<pid_t>(peer.pid), local, remote, why)) return false;
+  // Then: can we reach its memory, and is it the same pid namespace (the token it placed is there)?
   char buf[kTokenBytes];
-  iovec local{buf, kTokenBytes};
-  iovec remote{reinterpret_cast<void *>(peer.token_addr), kTokenBytes};
-  ssize_t n = process_vm_readv(static_cast<pid_t>(peer.pid), &local, 1, &remote, 1, 0);
+  iovec local_iov{buf, kTokenBytes};
+  iovec remote_iov{reinterpret_cast<void *>(peer.token_addr), kTokenBytes};
+  ssize_t n = process_vm_readv(static_cast<pid_t>(peer.pid), &local_iov, 1, &remote_iov, 1, 0);
   if (n != static_cast<ssize_t>(kTokenBytes)) {
     *why = std::string("cannot read the peer's memory at pid ") + std::to_string(peer.pid) + ": " +
            (n < 0 ? strerror(errno) : "short read");

@@ -1,13 +1,15 @@
 // Same-host one-copy data path: Cross Memory Attach (process_vm_readv /
-// process_vm_writev). The serving engine copies directly between its
-// registered memory and the requester's buffers, one copy, no socket payload.
+// process_vm_writev). Each side copies between its own registered memory and
+// the peer's buffers, one copy, no socket payload.
 //
-// Before trusting it, each side proves it reaches the right process: the peer
-// advertises its boot id, pid and the address of a random 32-byte token in its
-// memory (over the TCP handshake); we read the token back with
-// process_vm_readv and compare. A different host, a different PID namespace
-// (the pid names another process or none), or missing ptrace permission makes
-// the check fail, and the TCP path is used instead.
+// Before trusting it, each side proves the peer on this TCP connection is a
+// process whose memory it reaches: the peer advertises its boot id, pid and
+// the address of a random 32-byte token in its memory (over the handshake);
+// we check with the kernel that this pid holds the other end of the very
+// connection (connection_owner.h), then read the token back with
+// process_vm_readv and compare. A different host, network or PID namespace, a
+// peer naming another process, or missing ptrace permission makes the check
+// fail, and the TCP path is used instead.
 #pragma once
 
 #include <sys/types.h>
@@ -17,6 +19,7 @@
 #include <string>
 
 #include "common/deadline.h"
+#include "transport/stream.h"
 
 namespace llmdd {
 
@@ -31,9 +34,10 @@ struct ProcessIdentity {
 // This process's identity (token allocated once, lives for the process).
 const ProcessIdentity &LocalIdentity();
 
-// True when `peer` is on this host and its memory is reachable with CMA at
-// that pid (token read back and equal). *why says what failed otherwise.
-bool VerifyReachable(const ProcessIdentity &peer, std::string *why);
+// True when `peer` is on this host, holds the other end of `connection`, and
+// its memory is reachable with CMA at that pid (token read back and equal).
+// *why says what failed otherwise.
+bool VerifyReachable(const ProcessIdentity &peer, const ByteStream &connection, std::string *why);
 
 // Copies between local iovecs and the peer's iovecs (same total length),
 // in calls of at most IOV_MAX entries and kMaxBytesPerCall bytes, checking the

@@ -188,6 +188,15 @@ IoStatus TcpStream::WriteFull(const iovec *iov, int iovcnt, Deadline deadline) {
   return IoStatus::kOk;
 }
 
+bool TcpStream::SocketEnds(sockaddr_storage *local, sockaddr_storage *remote) const {
+  const int fd = fd_.load();
+  if (fd < 0) return false;
+  socklen_t local_len = sizeof(*local), remote_len = sizeof(*remote);
+  if (getsockname(fd, reinterpret_cast<sockaddr *>(local), &local_len) != 0) return false;
+  if (getpeername(fd, reinterpret_cast<sockaddr *>(remote), &remote_len) != 0) return false;
+  return (local->ss_family == AF_INET || local->ss_family == AF_INET6) && local->ss_family == remote->ss_family;
+}
+
 void TcpStream::Shutdown() {
   int fd = fd_.load();
   if (fd >= 0) shutdown(fd, SHUT_RDWR);

@@ -29,6 +29,7 @@ class TcpStream final : public ByteStream {
   void Close() override;
   std::string PeerName() const override { return peer_name_; }
   int LastErrno() const override { return last_errno_; }
+  bool SocketEnds(sockaddr_storage *local, sockaddr_storage *remote) const override;
 
  private:
   IoStatus WaitFor(short events, Deadline deadline);
