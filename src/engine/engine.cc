@@ -3,6 +3,7 @@
 #include <cinttypes>
 
 #include "common/log.h"
+#include "transport/tcp/tcp_stream.h"
 #include "transport/fault_injection.h"
 
 namespace llmdd {
@@ -73,6 +74,7 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
   if (initialized_) return adxl::SUCCESS;
   local_id_ = identity;
   config_ = config;
+  if (config_.busy_poll_us >= 0) SetReadSpinMicros(static_cast<uint32_t>(config_.busy_poll_us));
   hooks_ = std::move(hooks);
   workers_ = std::make_unique<WorkerPool>(static_cast<int>(config_.worker_threads));
   if (listen != nullptr) {

@@ -73,6 +73,12 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         return adxl::PARAM_INVALID;
       }
       config->worker_threads = static_cast<uint32_t>(v);
+    } else if (key == kOptBusyPollUs) {
+      if (!ParseBounded(value, 0, 10000, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [0, 10000]";
+        return adxl::PARAM_INVALID;
+      }
+      config->busy_poll_us = static_cast<int32_t>(v);
     } else if (key == kOptTransport) {
       if (value == "auto") {
         config->transport = EngineConfig::Transport::kAuto;

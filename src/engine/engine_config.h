@@ -23,6 +23,9 @@ struct EngineConfig {
   // peer process holds the other end of the connection and its memory is
   // reachable); `shm` requires it; `tcp` never uses it.
   bool SameHostAllowed() const { return transport != Transport::kTcp; }
+  // llmdd.BusyPollUs: spin-then-block of small reads [0, 10000] µs; process-wide,
+  // applied only when given (-1: leave the current setting, 50 µs by default).
+  int32_t busy_poll_us = -1;
   std::string auth_secret;              // llmdd.AuthSecret or $LLMDD_AUTH_SECRET: mutual HMAC auth when set
 };
 
@@ -33,6 +36,7 @@ constexpr const char kOptPeerTimeoutMs[] = "llmdd.PeerTimeoutMs";
 constexpr const char kOptWorkerThreads[] = "llmdd.WorkerThreads";
 constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
 constexpr const char kOptTransport[] = "llmdd.Transport";
+constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 
 // Parses and validates; unknown keys are logged and ignored. Returns

@@ -88,12 +88,19 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
 
 }  // namespace
 
+bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count) {
+  if (count == 0) return false;
+  if (op == adxl::READ && total_bytes < kSameHostMinReadBytes) return false;
+  return total_bytes / count >= kSameHostMinAvgDescriptor;
+}
+
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                            uint64_t request_id, Deadline deadline, uint32_t same_host_pid) {
   const bool is_read = op == adxl::READ;
-  const bool same_host = same_host_pid != 0;
-  const auto sent_at = Deadline::Clock::now();
   uint64_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += segs[i].len;
+  const bool same_host = same_host_pid != 0 && SameHostPays(op, total, count);
+  const auto sent_at = Deadline::Clock::now();
   // Request body: range header + (remote addr, len[, local addr]) per segment.
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
   const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostDeadlineSize : 0);
@@ -107,7 +114,6 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   for (size_t i = 0; i < count; ++i) {
     uint64_t entry[3] = {segs[i].remote, segs[i].len, segs[i].local};
     memcpy(body.data() + entries_at + i * entry_size, entry, entry_size);
-    total += segs[i].len;
   }
   wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
 

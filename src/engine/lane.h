@@ -34,10 +34,19 @@ struct LaneResult {
   std::string error;  // why, for the caller's log line
 };
 
+// Where the same-host path is not worth it, the request goes over the lane's
+// socket instead: a same-host READ costs a third message (the lease release)
+// and the kernel pins every remote iovec (~0.4 µs each), so small READs and
+// batches of small descriptors are faster as a plain TCP request.
+constexpr uint64_t kSameHostMinReadBytes = 64 * 1024;
+constexpr uint64_t kSameHostMinAvgDescriptor = 4 * 1024;
+bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count);
+
 // Sends one Read or Write request for `count` (<= wire::kMaxRangesPerRequest)
 // segments and completes it: READ fills the local ranges, WRITE sends them.
-// same_host_pid != 0: use the same-host path with the server process `pid`
-// (both sides verified they reach each other's memory; docs/PROTOCOL.md).
+// same_host_pid != 0: the same-host path with the server process `pid` is
+// available (both sides verified they reach each other's memory;
+// docs/PROTOCOL.md) and is used where SameHostPays.
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                            uint64_t request_id, Deadline deadline, uint32_t same_host_pid = 0);
 

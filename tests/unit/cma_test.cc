@@ -109,12 +109,23 @@ TEST(Cma, UnmappedPeerRangeIsEfault) {
 
 // The lane protocol with same-host requests: the serving side copies straight
 // into / out of the requester's memory; refusals still happen before any copy.
+TEST(CmaLane, SameHostPathOnlyWhereItPays) {
+  EXPECT_FALSE(SameHostPays(adxl::READ, 8, 1));                          // small read: one TCP round trip
+  EXPECT_FALSE(SameHostPays(adxl::READ, kSameHostMinReadBytes - 1, 1));
+  EXPECT_TRUE(SameHostPays(adxl::READ, kSameHostMinReadBytes, 1));
+  EXPECT_TRUE(SameHostPays(adxl::WRITE, 8192, 1));                       // a write is one round trip either way
+  EXPECT_FALSE(SameHostPays(adxl::WRITE, 10000 * 8, 10000));            // small descriptors: page pinning per iovec
+  EXPECT_FALSE(SameHostPays(adxl::READ, 1 << 20, 1024));                 // 1 KiB average
+  EXPECT_TRUE(SameHostPays(adxl::READ, 64ULL << 20, 64));
+  EXPECT_FALSE(SameHostPays(adxl::READ, 0, 0));
+}
+
 TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
   int fds[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
   TcpStream requester(fds[0], "requester"), server(fds[1], "server");
   MemoryRegistry registry;
-  std::vector<char> remote(8192);
+  std::vector<char> remote(256 * 1024);
   for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 5 + 1);
   registry.Add(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), 1);
   std::thread serving([&] {
@@ -124,29 +135,36 @@ TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
     ctx.same_host_pid = static_cast<uint32_t>(getpid());
     ServeLane(server, ctx);
   });
+  const uint32_t self = static_cast<uint32_t>(getpid());
   auto R = [&](size_t off) { return reinterpret_cast<uintptr_t>(remote.data()) + off; };
-  std::vector<char> local(1000, 'L');
-  Segment segs[2] = {{reinterpret_cast<uintptr_t>(local.data()), R(100), 500},
-                     {reinterpret_cast<uintptr_t>(local.data() + 500), R(4000), 500}};
-  LaneResult r = ExecuteTransfer(requester, adxl::READ, segs, 2, 1, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
-  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
-  EXPECT_EQ(memcmp(local.data(), remote.data() + 100, 500), 0);
-  EXPECT_EQ(memcmp(local.data() + 500, remote.data() + 4000, 500), 0);
+  // Large enough for the same-host path (SameHostPays); and a small one that goes over the socket.
+  for (size_t piece : {size_t{40 * 1024}, size_t{500}}) {
+    std::vector<char> local(2 * piece, 'L');
+    Segment segs[2] = {{reinterpret_cast<uintptr_t>(local.data()), R(100), piece},
+                       {reinterpret_cast<uintptr_t>(local.data() + piece), R(120000), piece}};
+    LaneResult r = ExecuteTransfer(requester, adxl::READ, segs, 2, 1, Deadline::AfterMs(3000), self);
+    ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+    EXPECT_EQ(memcmp(local.data(), remote.data() + 100, piece), 0);
+    EXPECT_EQ(memcmp(local.data() + piece, remote.data() + 120000, piece), 0);
+  }
 
-  std::vector<char> data(300, 'W');
-  Segment w{reinterpret_cast<uintptr_t>(data.data()), R(7000), 300};
-  r = ExecuteTransfer(requester, adxl::WRITE, &w, 1, 2, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
-  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
-  EXPECT_EQ(std::string(remote.data() + 7000, 300), std::string(300, 'W'));
+  for (size_t len : {size_t{8192}, size_t{300}}) {
+    std::vector<char> data(len, static_cast<char>('W' + (len & 1)));
+    Segment w{reinterpret_cast<uintptr_t>(data.data()), R(7000), len};
+    LaneResult r = ExecuteTransfer(requester, adxl::WRITE, &w, 1, 2, Deadline::AfterMs(3000), self);
+    ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+    EXPECT_EQ(std::string(remote.data() + 7000, len), std::string(data.begin(), data.end()));
+  }
 
   std::vector<char> before = remote;
-  Segment outside{reinterpret_cast<uintptr_t>(data.data()), R(8000), 300};
-  r = ExecuteTransfer(requester, adxl::WRITE, &outside, 1, 3, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
+  std::vector<char> data(8192, 'X');
+  Segment outside{reinterpret_cast<uintptr_t>(data.data()), R(remote.size() - 4096), 8192};
+  LaneResult r = ExecuteTransfer(requester, adxl::WRITE, &outside, 1, 3, Deadline::AfterMs(3000), self);
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
   EXPECT_EQ(remote, before);
 
-  Segment bad_local{0x10, R(0), 64};
-  r = ExecuteTransfer(requester, adxl::READ, &bad_local, 1, 4, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
+  Segment bad_local{0x10, R(0), 64 * 1024};
+  r = ExecuteTransfer(requester, adxl::READ, &bad_local, 1, 4, Deadline::AfterMs(3000), self);
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
   EXPECT_NE(r.error.find("not mapped"), std::string::npos) << r.error;
   requester.Shutdown();
@@ -158,7 +176,8 @@ TEST(CmaLane, UnverifiedPeerCannotUseTheSameHostPath) {
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
   TcpStream requester(fds[0], "requester"), server(fds[1], "server");
   MemoryRegistry registry;
-  std::vector<char> remote(64, 'R');
+  const size_t len = kSameHostMinReadBytes;  // large enough to be sent as a same-host request
+  std::vector<char> remote(len, 'R');
   registry.Add(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), 1);
   std::thread serving([&] {
     ServeContext ctx;
@@ -166,11 +185,11 @@ TEST(CmaLane, UnverifiedPeerCannotUseTheSameHostPath) {
     ctx.peer = "stranger";  // same_host_pid stays 0: not verified
     ServeLane(server, ctx);
   });
-  std::vector<char> local(64, 'L');
-  Segment s{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()), 64};
+  std::vector<char> local(len, 'L');
+  Segment s{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()), len};
   LaneResult r = ExecuteTransfer(requester, adxl::READ, &s, 1, 1, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
   EXPECT_NE(r.status, adxl::SUCCESS);
-  EXPECT_EQ(std::string(local.begin(), local.end()), std::string(64, 'L'));
+  EXPECT_EQ(std::string(local.begin(), local.end()), std::string(len, 'L'));
   requester.Shutdown();
   serving.join();
 }

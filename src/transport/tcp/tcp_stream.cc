@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstring>
 
@@ -18,6 +20,20 @@ namespace llmdd {
 namespace {
 
 constexpr int kMaxIovPerCall = IOV_MAX < 1024 ? IOV_MAX : 1024;
+// Reads of at most this many bytes (message headers, small responses) spin
+// before blocking; bulk reads block at once (spinning would take the core
+// from the thread producing the data).
+constexpr size_t kSpinMaxBytes = 64 * 1024;
+constexpr int kSpinCreditMax = 8;
+std::atomic<uint32_t> g_read_spin_us{kDefaultReadSpinMicros};
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 
 void SetNonBlocking(int fd) {
   int flags = fcntl(fd, F_GETFL, 0);
@@ -40,6 +56,11 @@ class IovCursor {
       ++n;
     }
     return n;
+  }
+  size_t Remaining() const {
+    size_t total = 0;
+    for (int i = index_; i < count_; ++i) total += iov_[i].iov_len - (i == index_ ? offset_ : 0);
+    return total;
   }
   void Advance(size_t bytes) {
     while (bytes > 0 && index_ < count_) {
@@ -134,9 +155,69 @@ IoStatus TcpStream::WaitFor(short events, Deadline deadline) {
   }
 }
 
+void SetReadSpinMicros(uint32_t us) { g_read_spin_us.store(us, std::memory_order_relaxed); }
+uint32_t ReadSpinMicros() { return g_read_spin_us.load(std::memory_order_relaxed); }
+
+// Spin-then-block for one ReadFull: waking a thread blocked in poll() costs
+// several µs (more in a VM), a round trip of a small request is about that
+// much, so a reader that expects an answer soon retries the non-blocking read
+// for a bounded time first. Adaptive per stream: spins that end in blocking
+// anyway use up credit, and a stream without credit blocks at once (an idle
+// lane does not burn a core) until a short blocking wait shows spinning
+// would have paid.
+class TcpStream::SpinWait {
+ public:
+  SpinWait(int *credit, bool small) : credit_(credit) {
+    const uint32_t us = ReadSpinMicros();
+    allowed_ = small && us > 0 && *credit_ > 0;
+    budget_ = std::chrono::microseconds(us);
+  }
+  // Called on EAGAIN; true: retry the read now.
+  bool KeepSpinning() {
+    if (!allowed_) return false;
+    const auto now = Clock::now();
+    if (!started_) {
+      started_ = true;
+      start_ = now;
+    }
+    if (now - start_ < budget_) {
+      CpuRelax();
+      return true;
+    }
+    allowed_ = false;
+    *credit_ -= 2;  // spun in vain
+    blocked_from_ = now;
+    blocked_ = true;
+    return false;
+  }
+  void BlockingWait() {
+    if (!blocked_) {
+      blocked_ = true;
+      blocked_from_ = Clock::now();
+    }
+  }
+  // The read completed.
+  void Finished() {
+    if (blocked_) {
+      // A blocking wait as short as the budget: spinning would have caught it.
+      if (budget_.count() > 0 && Clock::now() - blocked_from_ < budget_) *credit_ = std::min(*credit_ + 2, kSpinCreditMax);
+    } else if (started_) {
+      *credit_ = std::min(*credit_ + 1, kSpinCreditMax);
+    }
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  int *credit_;
+  bool allowed_ = false, started_ = false, blocked_ = false;
+  std::chrono::microseconds budget_{0};
+  Clock::time_point start_, blocked_from_;
+};
+
 IoStatus TcpStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline) {
   IovCursor cursor(iov, iovcnt);
   iovec window[kMaxIovPerCall];
+  SpinWait spin(&spin_credit_, cursor.Remaining() <= kSpinMaxBytes);
   while (!cursor.Done()) {
     int fd = fd_.load();
     if (fd < 0) return IoStatus::kClosed;
@@ -150,6 +231,8 @@ IoStatus TcpStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline) {
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       if (deadline.Expired()) return IoStatus::kTimeout;
+      if (spin.KeepSpinning()) continue;
+      spin.BlockingWait();
       IoStatus waited = WaitFor(POLLIN, deadline);
       if (waited != IoStatus::kOk) return waited;
       continue;
@@ -157,6 +240,7 @@ IoStatus TcpStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline) {
     last_errno_ = errno;
     return (errno == ECONNRESET || errno == EPIPE) ? IoStatus::kClosed : IoStatus::kError;
   }
+  spin.Finished();
   return IoStatus::kOk;
 }
 

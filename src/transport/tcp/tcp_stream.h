@@ -12,6 +12,13 @@
 
 namespace llmdd {
 
+// Spin-then-block: how long a small read (a message header, a short answer)
+// retries a non-blocking socket before it blocks in poll(); 0 blocks at once.
+// Process-wide (set by llmdd.BusyPollUs at Initialize; the last one wins).
+constexpr uint32_t kDefaultReadSpinMicros = 50;
+void SetReadSpinMicros(uint32_t us);
+uint32_t ReadSpinMicros();
+
 class TcpStream final : public ByteStream {
  public:
   // Takes ownership of a connected socket.
@@ -32,9 +39,11 @@ class TcpStream final : public ByteStream {
   bool SocketEnds(sockaddr_storage *local, sockaddr_storage *remote) const override;
 
  private:
+  class SpinWait;
   IoStatus WaitFor(short events, Deadline deadline);
 
   std::atomic<int> fd_;
+  int spin_credit_ = 8;  // adaptive spinning (SpinWait); only the reading thread touches it
   std::string peer_name_;
   int last_errno_ = 0;
 };
