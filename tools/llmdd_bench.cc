@@ -263,6 +263,7 @@ struct Options {
   uint64_t max_call_bytes = 64 * kMiB;
   int connections = 0;  // llmdd.TcpConnections; 0: library default
   int workers = 0;      // llmdd.WorkerThreads; 0: library default
+  int busy_poll_us = -1;  // llmdd.BusyPollUs; -1: library default
   int timeout_ms = 30000;
   bool hugepages = true;
   bool json = false;
@@ -320,6 +321,7 @@ void Usage(FILE *out) {
           "  --max-call-bytes N   clip the batch so one call moves at most N bytes (default 64M)\n"
           "  --connections N      llmdd.TcpConnections (default: library default)\n"
           "  --workers N          llmdd.WorkerThreads (default: library default)\n"
+          "  --busy-poll-us N     llmdd.BusyPollUs, both sides (default: library default; 0 = block at once)\n"
           "  --timeout-ms N       TransferSync / llm.SyncKvCacheWaitTime timeout (default 30000)\n"
           "  --no-hugepages       do not madvise(MADV_HUGEPAGE) the buffers\n"
           "  --json               JSON lines on stdout instead of the table\n"
@@ -374,7 +376,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   static const std::set<std::string> kValued = {
       "--transport",   "--sizes",       "--batches",      "--threads",      "--points",      "--ops",
       "--layout",      "--time",        "--warmup",       "--min-iters",    "--max-iters",   "--max-call-bytes",
-      "--connections", "--workers",     "--timeout-ms",   "--json-out",     "--plot",        "--tag",
+      "--connections", "--workers", "--busy-poll-us",     "--timeout-ms",   "--json-out",     "--plot",        "--tag",
       "--layers",      "--blocks",      "--block-bytes",  "--block-tokens", "--heads",       "--head-dim",
       "--kv-blocks",   "--kv-pattern",  "--pool",         "--pp-modes",     "--sections",    "--plan-blocks",
       "--submit-descs", "--reg-regions"};
@@ -495,6 +497,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   size_of("--max-call-bytes", &opt->max_call_bytes, 1, 8 * kGiB);
   int_of("--connections", &opt->connections, 1, 64);
   int_of("--workers", &opt->workers, 1, 256);
+  int_of("--busy-poll-us", &opt->busy_poll_us, 0, 10000);
   int_of("--timeout-ms", &opt->timeout_ms, 1, 3600000);
   if (given.count("--json-out")) opt->json_out = given["--json-out"];
   if (given.count("--plot")) opt->plot = given["--plot"];
@@ -714,6 +717,7 @@ class Reporter {
     if (opt_.mode == "engine" || opt_.mode == "kv" || opt_.mode == "overhead") {
       r->Int("connections", opt_.connections);  // llmdd.TcpConnections; 0 = library default
       r->Int("workers", opt_.workers);          // llmdd.WorkerThreads; 0 = library default
+      r->Int("busy_poll_us", opt_.busy_poll_us);  // llmdd.BusyPollUs; -1 = library default
     }
     r->Num("load1", Load1());
     r->Int("nproc", static_cast<int64_t>(std::thread::hardware_concurrency()));
@@ -975,6 +979,7 @@ std::map<AscendString, AscendString> ExtOptions(const Options &opt, const std::s
   o["llmdd.Transport"] = transport.c_str();
   if (opt.connections > 0) o["llmdd.TcpConnections"] = std::to_string(opt.connections).c_str();
   if (opt.workers > 0) o["llmdd.WorkerThreads"] = std::to_string(opt.workers).c_str();
+  if (opt.busy_poll_us >= 0) o["llmdd.BusyPollUs"] = std::to_string(opt.busy_poll_us).c_str();
   return o;
 }
 
@@ -982,6 +987,7 @@ std::vector<std::string> PeerCommonArgs(const Options &opt, const std::string &t
   std::vector<std::string> a = {"--transport", transport};
   if (opt.connections > 0) a.insert(a.end(), {"--connections", std::to_string(opt.connections)});
   if (opt.workers > 0) a.insert(a.end(), {"--workers", std::to_string(opt.workers)});
+  if (opt.busy_poll_us >= 0) a.insert(a.end(), {"--busy-poll-us", std::to_string(opt.busy_poll_us)});
   if (!opt.hugepages) a.push_back("--no-hugepages");
   return a;
 }
@@ -1001,6 +1007,7 @@ struct ServeOptions {
   std::string transport = "auto";
   int connections = 0;
   int workers = 0;
+  int busy_poll_us = -1;
   bool hugepages = true;
   uint64_t bytes = 0;
   std::vector<std::string> caches;  // kv: "tensors:blocks:block_bytes"
@@ -1015,6 +1022,7 @@ int ServeEngine(const ServeOptions &so) {
   Options fake;
   fake.connections = so.connections;
   fake.workers = so.workers;
+  fake.busy_poll_us = so.busy_poll_us;
   Buffer buf;
   if (!buf.Allocate(so.bytes, so.hugepages, true, 0x5A)) return ServeFail("cannot allocate the buffer");
   adxl::AdxlEngine engine;
@@ -1093,6 +1101,7 @@ int ServeKv(const ServeOptions &so) {
   Options fake;
   fake.connections = so.connections;
   fake.workers = so.workers;
+  fake.busy_poll_us = so.busy_poll_us;
   std::unique_ptr<llm_datadist::LlmDataDist> dd;
   int port = -1;
   llm_datadist::Status st = llm_datadist::LLM_FAILED;
@@ -1194,6 +1203,8 @@ int ServeMain(int argc, char **argv) {
       so.connections = atoi(next().c_str());
     } else if (a == "--workers") {
       so.workers = atoi(next().c_str());
+    } else if (a == "--busy-poll-us") {
+      so.busy_poll_us = atoi(next().c_str());
     } else if (a == "--no-hugepages") {
       so.hugepages = false;
     } else if (a == "--bytes") {

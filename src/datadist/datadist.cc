@@ -56,6 +56,34 @@ bool ValidExt(const KvCacheExtParam &ext, bool push, std::string *error) {
   return true;
 }
 
+// Argument checks shared by the four transfer calls; each logs "<call>: why".
+bool CheckExt(const char *call, const KvCacheExtParam &ext, bool push) {
+  std::string error;
+  if (ValidExt(ext, push, &error)) return true;
+  LOG_ERROR("%s: %s", call, error.c_str());
+  return false;
+}
+
+bool CheckBlockLists(const char *call, const std::vector<uint64_t> &src_blocks,
+                     const std::vector<uint64_t> &dst_blocks) {
+  if (!src_blocks.empty() && src_blocks.size() == dst_blocks.size()) return true;
+  LOG_ERROR("%s: block lists must be non-empty and of equal length (src %zu, dst %zu)", call, src_blocks.size(),
+            dst_blocks.size());
+  return false;
+}
+
+bool CheckPushSource(const char *call, const Cache &src, const KvCacheExtParam &ext) {
+  if (src.cache_desc.placement != CachePlacement::kDevice) {
+    LOG_ERROR("%s: source cache placement must be kDevice", call);
+    return false;
+  }
+  if (ext.src_layer_range.first == -1 && src.cache_desc.num_tensors == 0) {
+    LOG_ERROR("%s: src_cache.cache_desc.num_tensors must be > 0 when no layer range is given", call);
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Status ToLlmStatus(adxl::Status status) {
@@ -703,17 +731,14 @@ Status DataDist::Transfer(const char *call, Direction direction, uint64_t remote
 
 Status DataDist::PullKvCache(const CacheIndex &src, const Cache &dst, uint32_t batch_index, int64_t size,
                              const KvCacheExtParam &ext) {
-  if (!Ready("PullKvCache")) return LLM_FAILED;
-  std::string error;
+  const char *call = "PullKvCache";
+  if (!Ready(call)) return LLM_FAILED;
   if (size == 0 || size < -1) {
-    LOG_ERROR("PullKvCache: size %" PRId64 " must be -1 (whole row) or > 0", size);
+    LOG_ERROR("%s: size %" PRId64 " must be -1 (whole row) or > 0", call, size);
     return LLM_PARAM_INVALID;
   }
-  if (!ValidExt(ext, false, &error)) {
-    LOG_ERROR("PullKvCache: %s", error.c_str());
-    return LLM_PARAM_INVALID;
-  }
-  return Transfer("PullKvCache", Direction::kPull, src.cluster_id, dst.cache_id, src.cache_id,
+  if (!CheckExt(call, ext, false)) return LLM_PARAM_INVALID;
+  return Transfer(call, Direction::kPull, src.cluster_id, dst.cache_id, src.cache_id,
                   [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
                     return PlanPullCache(local, remote, src.batch_index, batch_index, size, ext, plan, why);
                   });
@@ -721,22 +746,14 @@ Status DataDist::PullKvCache(const CacheIndex &src, const Cache &dst, uint32_t b
 
 Status DataDist::PullKvBlocks(const CacheIndex &src, const Cache &dst, const std::vector<uint64_t> &src_blocks,
                               const std::vector<uint64_t> &dst_blocks, const KvCacheExtParam &ext) {
-  if (!Ready("PullKvBlocks")) return LLM_FAILED;
-  std::string error;
+  const char *call = "PullKvBlocks";
+  if (!Ready(call)) return LLM_FAILED;
   if (src.batch_index != 0) {
-    LOG_ERROR("PullKvBlocks: src batch_index must be 0 (got %u)", src.batch_index);
+    LOG_ERROR("%s: src batch_index must be 0 (got %u)", call, src.batch_index);
     return LLM_PARAM_INVALID;
   }
-  if (src_blocks.empty() || src_blocks.size() != dst_blocks.size()) {
-    LOG_ERROR("PullKvBlocks: block lists must be non-empty and of equal length (src %zu, dst %zu)", src_blocks.size(),
-              dst_blocks.size());
-    return LLM_PARAM_INVALID;
-  }
-  if (!ValidExt(ext, false, &error)) {
-    LOG_ERROR("PullKvBlocks: %s", error.c_str());
-    return LLM_PARAM_INVALID;
-  }
-  return Transfer("PullKvBlocks", Direction::kPull, src.cluster_id, dst.cache_id, src.cache_id,
+  if (!CheckBlockLists(call, src_blocks, dst_blocks) || !CheckExt(call, ext, false)) return LLM_PARAM_INVALID;
+  return Transfer(call, Direction::kPull, src.cluster_id, dst.cache_id, src.cache_id,
                   [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
                     return PlanPullBlocks(local, remote, src_blocks, dst_blocks, ext, plan, why);
                   });
@@ -744,25 +761,14 @@ Status DataDist::PullKvBlocks(const CacheIndex &src, const Cache &dst, const std
 
 Status DataDist::PushKvCache(const Cache &src, const CacheIndex &dst, uint32_t src_batch_index, int64_t size,
                              const KvCacheExtParam &ext) {
-  if (!Ready("PushKvCache")) return LLM_FAILED;
-  std::string error;
+  const char *call = "PushKvCache";
+  if (!Ready(call)) return LLM_FAILED;
   if (size != -1) {
-    LOG_ERROR("PushKvCache: size must be -1 (got %" PRId64 ")", size);
+    LOG_ERROR("%s: size must be -1 (got %" PRId64 ")", call, size);
     return LLM_PARAM_INVALID;
   }
-  if (src.cache_desc.placement != CachePlacement::kDevice) {
-    LOG_ERROR("PushKvCache: source cache placement must be kDevice");
-    return LLM_PARAM_INVALID;
-  }
-  if (ext.src_layer_range.first == -1 && src.cache_desc.num_tensors == 0) {
-    LOG_ERROR("PushKvCache: src_cache.cache_desc.num_tensors must be > 0 when no layer range is given");
-    return LLM_PARAM_INVALID;
-  }
-  if (!ValidExt(ext, true, &error)) {
-    LOG_ERROR("PushKvCache: %s", error.c_str());
-    return LLM_PARAM_INVALID;
-  }
-  return Transfer("PushKvCache", Direction::kPush, dst.cluster_id, src.cache_id, dst.cache_id,
+  if (!CheckPushSource(call, src, ext) || !CheckExt(call, ext, true)) return LLM_PARAM_INVALID;
+  return Transfer(call, Direction::kPush, dst.cluster_id, src.cache_id, dst.cache_id,
                   [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
                     return PlanPushCache(local, src.cache_desc.num_tensors, remote, src_batch_index,
                                          dst.batch_index, size, ext, plan, why);
@@ -771,30 +777,16 @@ Status DataDist::PushKvCache(const Cache &src, const CacheIndex &dst, uint32_t s
 
 Status DataDist::PushKvBlocks(const Cache &src, const CacheIndex &dst, const std::vector<uint64_t> &src_blocks,
                               const std::vector<uint64_t> &dst_blocks, const KvCacheExtParam &ext) {
-  if (!Ready("PushKvBlocks")) return LLM_FAILED;
-  std::string error;
+  const char *call = "PushKvBlocks";
+  if (!Ready(call)) return LLM_FAILED;
   if (dst.batch_index != 0) {
-    LOG_ERROR("PushKvBlocks: dst batch_index must be 0 (got %u)", dst.batch_index);
+    LOG_ERROR("%s: dst batch_index must be 0 (got %u)", call, dst.batch_index);
     return LLM_PARAM_INVALID;
   }
-  if (src_blocks.empty() || src_blocks.size() != dst_blocks.size()) {
-    LOG_ERROR("PushKvBlocks: block lists must be non-empty and of equal length (src %zu, dst %zu)", src_blocks.size(),
-              dst_blocks.size());
+  if (!CheckBlockLists(call, src_blocks, dst_blocks) || !CheckPushSource(call, src, ext) ||
+      !CheckExt(call, ext, true))
     return LLM_PARAM_INVALID;
-  }
-  if (src.cache_desc.placement != CachePlacement::kDevice) {
-    LOG_ERROR("PushKvBlocks: source cache placement must be kDevice");
-    return LLM_PARAM_INVALID;
-  }
-  if (ext.src_layer_range.first == -1 && src.cache_desc.num_tensors == 0) {
-    LOG_ERROR("PushKvBlocks: src_cache.cache_desc.num_tensors must be > 0 when no layer range is given");
-    return LLM_PARAM_INVALID;
-  }
-  if (!ValidExt(ext, true, &error)) {
-    LOG_ERROR("PushKvBlocks: %s", error.c_str());
-    return LLM_PARAM_INVALID;
-  }
-  return Transfer("PushKvBlocks", Direction::kPush, dst.cluster_id, src.cache_id, dst.cache_id,
+  return Transfer(call, Direction::kPush, dst.cluster_id, src.cache_id, dst.cache_id,
                   [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
                     return PlanPushBlocks(local, src.cache_desc.num_tensors, remote, src_blocks, dst_blocks, ext,
                                           plan, why);
