@@ -61,7 +61,10 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
     *error = "no open connection to " + peer_name_;
     return nullptr;
   }
-  const size_t start = rotate_.fetch_add(1) % n;
+  // Lowest free lane first, not round robin: a caller issuing small calls one
+  // after another keeps using one warm lane (its serving thread spins for the
+  // next request, see TcpStream) while the other lanes' threads sleep.
+  const size_t start = 0;
   auto usable = [&](Lane &lane) -> bool {
     if (lane.Get()) return true;
     if (!reconnect_ || shut_down_.load()) return false;

@@ -84,7 +84,6 @@ class LanePool {
   std::atomic<size_t> count_{0};
   std::mutex add_mutex_;
   std::atomic<uint64_t> next_request_id_{1};
-  std::atomic<uint32_t> rotate_{0};
   std::atomic<bool> shut_down_{false};
   std::atomic<uint32_t> same_host_pid_{0};
 };

@@ -26,6 +26,14 @@ constexpr int kMaxIovPerCall = IOV_MAX < 1024 ? IOV_MAX : 1024;
 constexpr size_t kSpinMaxBytes = 64 * 1024;
 constexpr int kSpinCreditMax = 8;
 std::atomic<uint32_t> g_read_spin_us{kDefaultReadSpinMicros};
+// Threads of this process spinning right now, and how many may: spinning
+// threads beyond the cores starve the very threads they wait for (on 2 cores:
+// one spinner here, one in the peer process).
+std::atomic<int> g_spinners{0};
+const int g_max_spinners = [] {
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  return cpus > 3 ? static_cast<int>(cpus / 2) : 1;
+}();
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -172,6 +180,7 @@ class TcpStream::SpinWait {
     allowed_ = small && us > 0 && *credit_ > 0;
     budget_ = std::chrono::microseconds(us);
   }
+  ~SpinWait() { StopSpinning(); }
   // Called on EAGAIN; true: retry the read now.
   bool KeepSpinning() {
     if (!allowed_) return false;
@@ -179,11 +188,18 @@ class TcpStream::SpinWait {
     if (!started_) {
       started_ = true;
       start_ = now;
+      if (g_spinners.fetch_add(1, std::memory_order_relaxed) >= g_max_spinners) {
+        g_spinners.fetch_sub(1, std::memory_order_relaxed);
+        allowed_ = false;  // enough cores spin already: block, without blaming this stream
+        return false;
+      }
+      counted_ = true;
     }
     if (now - start_ < budget_) {
       CpuRelax();
       return true;
     }
+    StopSpinning();
     allowed_ = false;
     *credit_ -= 2;  // spun in vain
     blocked_from_ = now;
@@ -198,6 +214,7 @@ class TcpStream::SpinWait {
   }
   // The read completed.
   void Finished() {
+    StopSpinning();
     if (blocked_) {
       // A blocking wait as short as the budget: spinning would have caught it.
       if (budget_.count() > 0 && Clock::now() - blocked_from_ < budget_) *credit_ = std::min(*credit_ + 2, kSpinCreditMax);
@@ -208,8 +225,12 @@ class TcpStream::SpinWait {
 
  private:
   using Clock = std::chrono::steady_clock;
+  void StopSpinning() {
+    if (counted_) g_spinners.fetch_sub(1, std::memory_order_relaxed);
+    counted_ = false;
+  }
   int *credit_;
-  bool allowed_ = false, started_ = false, blocked_ = false;
+  bool allowed_ = false, started_ = false, blocked_ = false, counted_ = false;
   std::chrono::microseconds budget_{0};
   Clock::time_point start_, blocked_from_;
 };
