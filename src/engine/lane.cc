@@ -204,6 +204,75 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   return ReadResponseHeader(stream, MsgType::kWriteResponse, request_id, deadline, &response);
 }
 
+LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease) {
+  const auto sent_at = Deadline::Clock::now();
+  MsgHeader header;
+  header.type = static_cast<uint16_t>(MsgType::kLeaseRequest);
+  header.request_id = request_id;
+  IoStatus io = stream.Write(&header, sizeof(header), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "sending lease request to");
+  MsgHeader reply;
+  io = stream.Read(&reply, sizeof(reply), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for lease from");
+  LaneResult result;
+  const bool is_error = reply.type == static_cast<uint16_t>(MsgType::kError);
+  std::string bad = wire::CheckHeader(reply);
+  if (bad.empty() && reply.type != static_cast<uint16_t>(MsgType::kLeaseGrant) && !is_error)
+    bad = std::string("unexpected ") + wire::MsgTypeName(reply.type);
+  if (bad.empty() && reply.request_id != request_id && !(is_error && reply.request_id == 0))
+    bad = "lease for another request";
+  if (!bad.empty()) {
+    result.status = adxl::FAILED;
+    result.broken = true;
+    result.error = "protocol error from " + stream.PeerName() + ": " + bad;
+    return result;
+  }
+  std::string body(reply.body_len, '\0');
+  io = stream.Read(body.data(), body.size(), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "reading lease from");
+  if (is_error) {
+    result.status = reply.status != adxl::SUCCESS ? wire::SanitizePeerStatus(reply.status) : adxl::FAILED;
+    result.broken = true;
+    result.error = "peer " + stream.PeerName() + " reported: " + body;
+    return result;
+  }
+  std::vector<wire::Range> ranges;
+  if (!wire::DecodeLeaseGrant(body, &ranges)) {
+    result.status = adxl::FAILED;
+    result.broken = true;
+    result.error = "peer " + stream.PeerName() + " sent a malformed lease";
+    return result;
+  }
+  result.status = reply.status == adxl::SUCCESS ? adxl::SUCCESS : adxl::UNSUPPORTED;
+  if (result.status != adxl::SUCCESS) {
+    result.error = "peer " + stream.PeerName() + " grants no standing lease (too many regions)";
+    return result;
+  }
+  // Counted from before our request, so the lease ends here no later than on the server.
+  lease->expiry = sent_at + std::chrono::milliseconds(std::min<uint32_t>(reply.flags, wire::kStandingLeaseMs));
+  lease->regions.clear();
+  lease->max_len = 0;
+  for (const wire::Range &r : ranges) {
+    if (r.len == 0 || r.addr + r.len < r.addr) continue;  // unusable entries are ignored
+    lease->regions.push_back({static_cast<uintptr_t>(r.addr), r.len});
+    lease->max_len = std::max(lease->max_len, r.len);
+  }
+  std::sort(lease->regions.begin(), lease->regions.end(),
+            [](const ReadLease::Region &a, const ReadLease::Region &b) { return a.addr < b.addr; });
+  return result;
+}
+
+bool ReadLease::Covers(uintptr_t addr, uint64_t len) const {
+  auto it = std::upper_bound(regions.begin(), regions.end(), addr,
+                             [](uintptr_t a, const Region &r) { return a < r.addr; });
+  while (it != regions.begin()) {
+    --it;
+    if (addr - it->addr > max_len) break;
+    if (len <= it->len && addr - it->addr <= it->len - len) return true;
+  }
+  return false;
+}
+
 LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::string &request, uint64_t request_id,
                           Deadline deadline, std::string *response) {
   MsgHeader header;
@@ -440,6 +509,26 @@ bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &c
   return stream.WriteFull(out, 2, Deadline::AfterMs(kBodyAssemblyMs)) == IoStatus::kOk;
 }
 
+// Grants a standing read lease (same-host lanes only; checked by the caller).
+bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
+  const auto until = Deadline::Clock::now() + std::chrono::milliseconds(wire::kStandingLeaseMs);
+  bool too_many = false;
+  std::vector<MemoryRegistry::LeasedRange> granted =
+      ctx.registry->GrantReadLease(until, wire::kMaxLeaseRegions, &too_many);
+  std::vector<wire::Range> ranges;
+  ranges.reserve(granted.size());
+  for (const auto &g : granted) ranges.push_back({static_cast<uint64_t>(g.addr), g.len});
+  const std::string body = wire::EncodeLeaseGrant(ranges);
+  MsgHeader reply;
+  reply.type = static_cast<uint16_t>(MsgType::kLeaseGrant);
+  reply.request_id = header.request_id;
+  reply.status = too_many ? adxl::UNSUPPORTED : adxl::SUCCESS;
+  reply.flags = wire::kStandingLeaseMs;
+  reply.body_len = body.size();
+  iovec out[2] = {{&reply, sizeof(reply)}, {const_cast<char *>(body.data()), body.size()}};
+  return stream.WriteFull(out, 2, Deadline::AfterMs(kBodyAssemblyMs)) == IoStatus::kOk;
+}
+
 }  // namespace
 
 void ServeLoop(ByteStream &stream, const ServeContext &ctx);
@@ -459,18 +548,22 @@ void ServeLoop(ByteStream &stream, const ServeContext &ctx) {
       return;
     }
     std::string bad = wire::CheckHeader(header);
+    const bool lease = header.type == static_cast<uint16_t>(MsgType::kLeaseRequest);
     if (bad.empty() && header.type != static_cast<uint16_t>(MsgType::kReadRequest) &&
         header.type != static_cast<uint16_t>(MsgType::kWriteRequest) &&
-        header.type != static_cast<uint16_t>(MsgType::kAppRequest))
+        header.type != static_cast<uint16_t>(MsgType::kAppRequest) && !lease)
       bad = std::string("unexpected ") + wire::MsgTypeName(header.type) + " on a data lane";
+    if (bad.empty() && lease && ctx.same_host_pid == 0)
+      bad = "read lease requested on a connection whose peer was not verified for the same-host path";
     if (!bad.empty()) {
       LOG_ERROR("closing lane from %s: %s", ctx.peer.c_str(), bad.c_str());
-      SendProtocolError(stream, 0, bad);
+      SendProtocolError(stream, header.magic == wire::kMagic ? header.request_id : 0, bad);
       return;
     }
     if (ctx.busy != nullptr) ctx.busy->fetch_add(1);
-    bool keep = header.type == static_cast<uint16_t>(MsgType::kAppRequest) ? ServeApp(stream, header, ctx)
-                                                                           : ServeTransfer(stream, header, ctx);
+    bool keep = lease ? ServeLease(stream, header, ctx)
+                : header.type == static_cast<uint16_t>(MsgType::kAppRequest) ? ServeApp(stream, header, ctx)
+                                                                             : ServeTransfer(stream, header, ctx);
     if (ctx.busy != nullptr) ctx.busy->fetch_sub(1);
     if (!keep) return;
   }

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "adxl/adxl_types.h"
 #include "common/deadline.h"
@@ -49,6 +50,24 @@ bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count);
 // docs/PROTOCOL.md) and is used where SameHostPays.
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                            uint64_t request_id, Deadline deadline, uint32_t same_host_pid = 0);
+
+// A standing read lease held by a same-host requester (wire::kLeaseGrant):
+// until `expiry` (our clock, counted from before the request) it may copy out
+// of the listed server regions with process_vm_readv, no message needed.
+struct ReadLease {
+  struct Region {
+    uintptr_t addr;
+    uint64_t len;
+  };
+  Deadline::Clock::time_point expiry{};
+  std::vector<Region> regions;  // sorted by addr
+  uint64_t max_len = 0;
+  bool Covers(uintptr_t addr, uint64_t len) const;
+};
+
+// Asks the server (a same-host peer) for a standing read lease. UNSUPPORTED:
+// it grants none (too many regions); the lane stays usable.
+LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease);
 
 // Application messages (used by LLM-DataDist for cache tables and unlink).
 // The handler gets the peer's engine id, the session the request arrived on

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "transport/shm/cma.h"
 
 namespace llmdd {
 
@@ -154,11 +155,68 @@ int Rank(adxl::Status s) {
 
 }  // namespace
 
+std::shared_ptr<const ReadLease> LanePool::UsableLease(Deadline deadline) {
+  const auto now = Deadline::Clock::now();
+  {
+    std::lock_guard lock(lease_mutex_);
+    if (lease_ && now + kLeaseRenewMargin < lease_->expiry) return lease_;
+    if (lease_renewing_ || now < lease_retry_after_) return lease_ && now < lease_->expiry ? lease_ : nullptr;
+    lease_renewing_ = true;
+  }
+  auto fresh = std::make_shared<ReadLease>();
+  LaneResult r;
+  if (Lane *lane = Acquire(deadline, &r.status, &r.error)) {
+    LaneGuard guard(lane);
+    std::shared_ptr<ByteStream> stream = lane->Get();
+    r = ExecuteLeaseRequest(*stream, next_request_id_.fetch_add(1), deadline, fresh.get());
+    if (r.broken) DropLane(lane, stream);
+  }
+  std::lock_guard lock(lease_mutex_);
+  lease_renewing_ = false;
+  if (r.status == adxl::SUCCESS) {
+    lease_ = std::move(fresh);
+    return lease_;
+  }
+  LOG_DEBUG("no standing read lease from %s (%s): small reads use requests for a while", peer_name_.c_str(),
+            r.error.c_str());
+  lease_.reset();
+  lease_retry_after_ = now + std::chrono::seconds(1);
+  return nullptr;
+}
+
+bool LanePool::TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline) {
+  const uint32_t pid = same_host_pid_.load();
+  if (pid == 0 || shut_down_.load()) return false;
+  std::shared_ptr<const ReadLease> lease = UsableLease(deadline);
+  if (!lease) return false;
+  thread_local std::vector<iovec> local, remote;
+  local.clear();
+  remote.clear();
+  for (const Segment &s : segs) {
+    if (!lease->Covers(s.remote, s.len)) return false;  // not listed (yet): the server decides
+    local.push_back({reinterpret_cast<void *>(s.local), s.len});
+    remote.push_back({reinterpret_cast<void *>(s.remote), s.len});
+  }
+  const Deadline lease_end(lease->expiry);
+  if (CmaCopy(static_cast<pid_t>(pid), /*to_peer=*/false, local.data(), local.size(), remote.data(), remote.size(),
+              deadline.EarlierOf(lease_end)) != 0)
+    return false;
+  return !lease_end.Expired();  // copied entirely while the regions were leased
+}
+
 adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> &segs, Deadline deadline,
                                 std::string *error) {
   if (segs.empty()) return adxl::SUCCESS;
   uint64_t total = 0;
   for (const auto &s : segs) total += s.len;
+  if (op == adxl::READ && same_host_pid_.load() != 0 && segs.size() <= kOneSidedMaxDescriptors &&
+      total < kSameHostMinReadBytes) {
+    if (TryOneSidedRead(segs, deadline)) return adxl::SUCCESS;
+    if (deadline.Expired()) {  // renewing the lease took the whole time: the peer does not answer
+      *error = "no answer from " + peer_name_ + " before the deadline (read lease renewal)";
+      return adxl::TIMEOUT;
+    }
+  }
   size_t parts = 1;
   const size_t lanes = count_.load();
   if (total >= kParallelThreshold && lanes > 1 && workers_ != nullptr) {

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -47,6 +48,11 @@ class LanePool {
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.
   void ShutdownAll();
 
+  // Same-host READs this small (bytes and descriptors) are copied one-sidedly
+  // under a standing read lease, renewed this long before it ends.
+  static constexpr size_t kOneSidedMaxDescriptors = 64;
+  static constexpr std::chrono::milliseconds kLeaseRenewMargin{20};
+
   // Transfers of at least this many bytes are split across lanes.
   static constexpr uint64_t kParallelThreshold = 1ULL << 20;
   static constexpr uint64_t kMinPartBytes = 256ULL << 10;
@@ -76,6 +82,13 @@ class LanePool {
   LaneResult RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline);
   // Closes a lane whose framing is unknown; Acquire reopens it on next use.
   static void DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream);
+  // Small same-host READ as one process_vm_readv under the standing lease;
+  // false: not done (no lease, range not listed, copy failed, lease ran out),
+  // the caller sends a request instead (which also reports any error).
+  bool TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline);
+  // The current lease if it has some life left, renewing it when due (one
+  // renewal at a time; a failed one is retried after a pause).
+  std::shared_ptr<const ReadLease> UsableLease(Deadline deadline);
 
   std::string peer_name_;
   WorkerPool *workers_;
@@ -86,6 +99,10 @@ class LanePool {
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<bool> shut_down_{false};
   std::atomic<uint32_t> same_host_pid_{0};
+  std::mutex lease_mutex_;
+  std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_
+  bool lease_renewing_ = false;
+  Deadline::Clock::time_point lease_retry_after_{};
 };
 
 }  // namespace llmdd

@@ -1,6 +1,7 @@
 #include "engine/memory_registry.h"
 
 #include <mutex>
+#include <thread>
 
 namespace llmdd {
 
@@ -94,9 +95,44 @@ void MemoryRegistry::Unpin(Region *region) const {
   }
 }
 
+std::vector<MemoryRegistry::LeasedRange> MemoryRegistry::GrantReadLease(std::chrono::steady_clock::time_point until,
+                                                                        size_t max_regions, bool *too_many) const {
+  const int64_t until_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until.time_since_epoch()).count();
+  std::vector<LeasedRange> granted;
+  *too_many = false;
+  // Shared lock: Remove() unpublishes under the exclusive lock, so a region is
+  // either listed here with its lease recorded before Remove() looks at it, or
+  // not listed at all.
+  std::shared_lock lock(mutex_);
+  for (const auto &entry : by_id_) {
+    const Region &region = *entry.second;
+    if ((region.access & kAccessRead) == 0 || region.len == 0) continue;
+    if (granted.size() == max_regions) {
+      *too_many = true;
+      return {};
+    }
+    granted.push_back({region.addr, region.len});
+  }
+  for (const auto &entry : by_id_) {
+    Region &region = *entry.second;
+    if ((region.access & kAccessRead) == 0 || region.len == 0) continue;
+    int64_t seen = region.leased_until_ns.load(std::memory_order_relaxed);
+    while (seen < until_ns && !region.leased_until_ns.compare_exchange_weak(seen, until_ns)) {
+    }
+  }
+  return granted;
+}
+
 void MemoryRegistry::WaitUnused(const std::shared_ptr<Region> &region) {
-  std::unique_lock lock(unpin_mutex_);
-  unpinned_.wait(lock, [&] { return region->users.load(std::memory_order_acquire) == 0; });
+  {
+    std::unique_lock lock(unpin_mutex_);
+    unpinned_.wait(lock, [&] { return region->users.load(std::memory_order_acquire) == 0; });
+  }
+  // A same-host peer may still be reading under a standing lease (bounded by
+  // wire::kStandingLeaseMs): wait it out. No new lease can name the region now.
+  const auto until = std::chrono::steady_clock::time_point(
+      std::chrono::nanoseconds(region->leased_until_ns.load(std::memory_order_acquire)));
+  if (std::chrono::steady_clock::now() < until) std::this_thread::sleep_until(until);
 }
 
 }  // namespace llmdd

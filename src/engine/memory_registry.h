@@ -3,10 +3,12 @@
 // Contract: a peer's range is served only if it lies entirely inside one live
 // region. Serving code holds a RegionPins for the duration of one request;
 // Remove() unpublishes the region at once and then waits until no request
-// still uses it, so after Remove() returns the engine never touches that memory.
+// still uses it and no standing read lease on it is left, so after Remove()
+// returns neither the engine nor a same-host peer touches that memory.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -29,6 +31,9 @@ struct Region {
   int mem_type = 0;                // adxl::MemType
   uint32_t access = kAccessReadWrite;  // what peers may do with it
   std::atomic<int> users{0};       // requests currently reading/writing it
+  // Until when (steady clock, ns since its epoch) a same-host peer may read it
+  // one-sidedly under a standing lease; Remove() waits for that time too.
+  std::atomic<int64_t> leased_until_ns{0};
   bool Contains(uintptr_t a, uint64_t l) const { return a >= addr && l <= len && a - addr <= len - l; }
 };
 
@@ -64,6 +69,15 @@ class MemoryRegistry {
   bool Remove(uint64_t id);
   // Removes everything (Finalize); waits for users.
   void Clear();
+  // Standing read lease for a same-host peer: every live region it may read,
+  // each kept from completing Remove() until `until`. Empty with *too_many set
+  // when there are more than `max_regions` (the peer then uses requests).
+  struct LeasedRange {
+    uintptr_t addr;
+    uint64_t len;
+  };
+  std::vector<LeasedRange> GrantReadLease(std::chrono::steady_clock::time_point until, size_t max_regions,
+                                          bool *too_many) const;
   size_t Size() const;
 
  private:

@@ -18,6 +18,8 @@ const char *MsgTypeName(uint16_t type) {
     case MsgType::kWriteRequest: return "WriteRequest";
     case MsgType::kWriteResponse: return "WriteResponse";
     case MsgType::kRelease: return "Release";
+    case MsgType::kLeaseRequest: return "LeaseRequest";
+    case MsgType::kLeaseGrant: return "LeaseGrant";
     case MsgType::kAppRequest: return "AppRequest";
     case MsgType::kAppResponse: return "AppResponse";
   }
@@ -44,7 +46,11 @@ std::string CheckHeader(const MsgHeader &header) {
       max_body = kMaxControlBody;
       break;
     case MsgType::kRelease:
+    case MsgType::kLeaseRequest:
       max_body = 0;
+      break;
+    case MsgType::kLeaseGrant:
+      max_body = kLeaseGrantHeader + 16ULL * kMaxLeaseRegions;
       break;
     case MsgType::kReadRequest:
       max_body = kRangeBodyHeader + kSameHostDeadlineSize + kSameHostEntrySize * kMaxRangesPerRequest;
@@ -160,6 +166,30 @@ std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_
   if (body_len != kRangeBodyHeader + extra + entry_size * static_cast<uint64_t>(*count))
     return "body length " + std::to_string(body_len) + " does not match " + std::to_string(*count) + " ranges";
   return "";
+}
+
+std::string EncodeLeaseGrant(const std::vector<Range> &regions) {
+  BodyWriter w;
+  w.U32(static_cast<uint32_t>(regions.size()));
+  w.U32(0);
+  for (const Range &r : regions) {
+    w.U64(r.addr);
+    w.U64(r.len);
+  }
+  return w.Data();
+}
+
+bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions) {
+  BodyReader r(body.data(), body.size());
+  uint32_t count = 0, reserved = 0;
+  if (!r.U32(&count) || !r.U32(&reserved) || count > kMaxLeaseRegions ||
+      body.size() != kLeaseGrantHeader + 16ULL * count)
+    return false;
+  regions->resize(count);
+  for (Range &range : *regions) {
+    if (!r.U64(&range.addr) || !r.U64(&range.len)) return false;
+  }
+  return true;
 }
 
 }  // namespace llmdd::wire

@@ -31,6 +31,8 @@ enum class MsgType : uint16_t {
   kWriteRequest = 18,
   kWriteResponse = 19,
   kRelease = 20,       // same-host read: the requester finished copying, the lease ends
+  kLeaseRequest = 21,  // same-host: ask for a standing read lease (no body)
+  kLeaseGrant = 22,    // the readable regions and how long they stay readable (flags = ms)
   kAppRequest = 32,    // opaque request/response for layers above the engine
   kAppResponse = 33,
 };
@@ -83,6 +85,13 @@ constexpr uint32_t kCapSameHost = 1U << 2;
 // with process_vm_readv, then sends Release.
 constexpr uint32_t kFlagSameHost = 1U << 0;
 constexpr uint32_t kMaxLeaseMs = 10000;
+// Standing read lease (same-host lanes only): LeaseGrant lists regions the
+// requester may read one-sidedly, with process_vm_readv and no message, for
+// flags ms from its LeaseRequest; the server's deregistration of a listed
+// region waits for that time. Body: count u32, reserved u32, (addr u64, len u64) x count.
+constexpr uint32_t kStandingLeaseMs = 100;
+constexpr uint32_t kMaxLeaseRegions = 4096;
+constexpr uint64_t kLeaseGrantHeader = 8;
 
 // Bounds that the decoder enforces before allocating.
 constexpr uint32_t kMaxRangesPerRequest = 65536;
@@ -131,6 +140,10 @@ struct Range {
   uint64_t addr;
   uint64_t len;
 };
+
+std::string EncodeLeaseGrant(const std::vector<Range> &regions);
+// False if malformed (count beyond kMaxLeaseRegions or not matching the length).
+bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions);
 
 // Little-endian encoder/decoder helpers.
 class BodyWriter {

@@ -3,11 +3,13 @@
 // untrusted serving peer, over a socketpair.
 //
 // Input layout:
-//   bytes 0-1 four 4-bit operations (little-endian, low nibble first), each % 6:
+//   bytes 0-1 four 4-bit operations (little-endian, low nibble first), each % 7:
 //             0 READ of one segment, 1 WRITE of two segments, 2 app call,
-//             3 READ of three segments, 4 same-host READ of two segments,
-//             5 same-host WRITE of one segment; they run in order on one
-//             stream until one reports it broken
+//             3 READ of three segments, 4 same-host READ of two 40 KiB
+//             segments, 5 same-host WRITE of one 8 KiB segment (sizes for
+//             which the same-host path is used, see SameHostPays), 6 standing
+//             read lease request; they run in order on one stream until one
+//             reports it broken
 //   bytes 2.. the bytes the peer answers with (responses are expected for
 //             request ids 1, 2, 3, 4; a same-host READ answered with a lease
 //             is followed by our Release).
@@ -22,6 +24,7 @@
 // same-host READ that got its data but could not send Release.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -39,7 +42,10 @@ using llmdd::fuzz::GuardedBuffer;
 namespace {
 
 constexpr size_t kSegLens[3] = {16, 33, 7};
-constexpr size_t kServerLen = 128, kServerStride = 40;  // segment s of S starts at s * kServerStride
+constexpr size_t kSameHostReadLen = 40 * 1024, kSameHostWriteLen = 8 * 1024;
+static_assert(2 * kSameHostReadLen >= kSameHostMinReadBytes, "same-host READs must take the same-host path");
+constexpr size_t kServerStride = kSameHostReadLen + 24;  // segment s of S starts at s * kServerStride
+constexpr size_t kServerLen = 2 * kServerStride;
 bool g_debug = false;  // LLMDD_FUZZ_DEBUG=1: keep the engine's log, print each outcome
 
 }  // namespace
@@ -53,16 +59,14 @@ extern "C" int LLVMFuzzerInitialize(int *, char ***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 2) return 0;
   const unsigned ops = data[0] | (data[1] << 8);
-  std::vector<std::unique_ptr<GuardedBuffer>> buffers;
-  for (size_t len : kSegLens) buffers.push_back(std::make_unique<GuardedBuffer>(len));
   GuardedBuffer server(kServerLen);
-  for (size_t i = 0; i < kServerLen; ++i) server.data()[i] = static_cast<uint8_t>(0xC0 ^ i);
+  for (size_t i = 0; i < kServerLen; ++i) server.data()[i] = static_cast<uint8_t>(0xC0 ^ i ^ (i >> 8));
   int fds[2];
   if (!fuzz::SocketPair(fds)) abort();
   fuzz::PeerFeeder peer(fds[1], data + 2, size - 2);
   TcpStream stream(fds[0], "fuzz-server");
   for (int i = 0; i < 4; ++i) {
-    const unsigned op = ((ops >> (4 * i)) & 15) % 6;
+    const unsigned op = ((ops >> (4 * i)) & 15) % 7;
     const uint64_t request_id = static_cast<uint64_t>(i) + 1;
     LaneResult result;
     if (op == 2) {
@@ -70,28 +74,44 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       result = ExecuteAppCall(stream, 3, std::string("\x07\0\0\0\0\0\0\0", 8), request_id, Deadline::AfterMs(2000),
                               &response);
       FUZZ_CHECK(response.size() <= wire::kMaxAppBody, "app response of %zu bytes", response.size());
+    } else if (op == 6) {
+      ReadLease lease;
+      result = ExecuteLeaseRequest(stream, request_id, Deadline::AfterMs(2000), &lease);
+      if (result.status == adxl::SUCCESS) {
+        FUZZ_CHECK(lease.regions.size() <= wire::kMaxLeaseRegions, "lease of %zu regions", lease.regions.size());
+        FUZZ_CHECK(lease.expiry <= Deadline::Clock::now() + std::chrono::milliseconds(wire::kStandingLeaseMs),
+                   "a peer extended the lease beyond kStandingLeaseMs");
+        for (const auto &r : lease.regions) FUZZ_CHECK(r.len > 0 && r.addr + r.len > r.addr, "unusable lease region");
+      }
     } else {
       const bool same_host = op >= 4;
       const bool is_read = op == 0 || op == 3 || op == 4;
       const size_t count = op == 0 || op == 5 ? 1 : op == 3 ? 3 : 2;
+      size_t lens[3];
+      for (size_t s = 0; s < count; ++s)
+        lens[s] = op == 4 ? kSameHostReadLen : op == 5 ? kSameHostWriteLen : kSegLens[s];
       // A WRITE's source is the local memory as the caller left it; a READ's
       // destination starts out different from what it should receive.
-      for (size_t s = 0; s < count; ++s) memset(buffers[s]->data(), 0x5A, kSegLens[s]);
+      std::vector<std::unique_ptr<GuardedBuffer>> buffers;
+      for (size_t s = 0; s < count; ++s) {
+        buffers.push_back(std::make_unique<GuardedBuffer>(lens[s]));
+        memset(buffers[s]->data(), 0x5A, lens[s]);
+      }
       Segment segs[3];
       for (size_t s = 0; s < count; ++s) {
-        const uint64_t remote = same_host ? server.addr() + s * kServerStride : 0x10000 + s * 0x1000;
-        segs[s] = {buffers[s]->addr(), remote, kSegLens[s]};
+        const uint64_t remote = same_host ? server.addr() + s * kServerStride : 0x10000 + s * 0x100000;
+        segs[s] = {buffers[s]->addr(), remote, lens[s]};
       }
       result = ExecuteTransfer(stream, is_read ? adxl::READ : adxl::WRITE, segs, count, request_id,
                                Deadline::AfterMs(2000), same_host ? static_cast<uint32_t>(getpid()) : 0);
       if (!is_read) {
         for (size_t s = 0; s < count; ++s)
-          for (size_t k = 0; k < kSegLens[s]; ++k)
+          for (size_t k = 0; k < lens[s]; ++k)
             FUZZ_CHECK(buffers[s]->data()[k] == 0x5A, "WRITE modified its local source");
       }
       if (is_read && same_host && result.status == adxl::SUCCESS) {
         for (size_t s = 0; s < count; ++s)
-          FUZZ_CHECK(memcmp(buffers[s]->data(), server.data() + s * kServerStride, kSegLens[s]) == 0,
+          FUZZ_CHECK(memcmp(buffers[s]->data(), server.data() + s * kServerStride, lens[s]) == 0,
                      "same-host READ reported SUCCESS without the server's bytes in segment %zu", s);
       }
     }

@@ -155,6 +155,11 @@ std::vector<Expect> Walk(std::vector<uint8_t> *stream, const Model &model) {
       expects.push_back({type, false, header.request_id, 0, false});
       continue;
     }
+    if (type == wire::MsgType::kLeaseRequest) {
+      if (!model.same_host) break;  // refused on a lane that was not verified
+      expects.push_back({type, true, header.request_id, 0, true});
+      continue;
+    }
     if (type != wire::MsgType::kReadRequest && type != wire::MsgType::kWriteRequest) break;
     const bool is_read = type == wire::MsgType::kReadRequest;
     const bool same_host = (header.flags & wire::kFlagSameHost) != 0;
@@ -216,7 +221,8 @@ __attribute__((no_sanitize("coverage"))) bool HasMarker(const char *p, size_t le
 }
 
 // Checks what the lane sent against the predictions.
-void CheckResponses(const std::string &out, const std::vector<Expect> &expects, bool b_write_only) {
+void CheckResponses(const std::string &out, const std::vector<Expect> &expects, const Model &model,
+                    bool b_write_only) {
   size_t pos = 0, next = 0;
   while (out.size() - pos >= sizeof(wire::MsgHeader)) {
     wire::MsgHeader h;
@@ -240,6 +246,22 @@ void CheckResponses(const std::string &out, const std::vector<Expect> &expects, 
     if (e.type == wire::MsgType::kAppRequest) {
       FUZZ_CHECK(h.type == static_cast<uint16_t>(wire::MsgType::kAppResponse), "app request answered by %s",
                  wire::MsgTypeName(h.type));
+      continue;
+    }
+    if (e.type == wire::MsgType::kLeaseRequest) {
+      FUZZ_CHECK(h.type == static_cast<uint16_t>(wire::MsgType::kLeaseGrant), "lease request answered by %s",
+                 wire::MsgTypeName(h.type));
+      FUZZ_CHECK(h.flags <= wire::kStandingLeaseMs, "lease of %u ms", h.flags);
+      if (text == h.body_len) {
+        std::vector<wire::Range> granted;
+        FUZZ_CHECK(wire::DecodeLeaseGrant(std::string(out.data() + pos - payload - text, text), &granted),
+                   "malformed lease grant");
+        // A lease lets the peer read one-sidedly: it must name only memory registered for remote reads.
+        for (const wire::Range &r : granted)
+          FUZZ_CHECK(model.Allowed(r.addr, r.len, /*is_read=*/true),
+                     "lease names [0x%llx, +%llu), which is not registered for remote reads",
+                     static_cast<unsigned long long>(r.addr), static_cast<unsigned long long>(r.len));
+      }
       continue;
     }
     const bool is_read = e.type == wire::MsgType::kReadRequest;
@@ -322,7 +344,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   // With the same-host path this process is the requester too, and a same-host
   // write may legitimately copy "requester memory" (any of it, B included) into
   // A: the marker check then says nothing, the model check still applies.
-  CheckResponses(sent_back, expects, b_mode == 2 && !same_host);
+  CheckResponses(sent_back, expects, model, b_mode == 2 && !same_host);
   if (b_mode == 1) FUZZ_CHECK(IsMarkerPattern(b.data(), kLenB), "read-only region B was modified");
   registry.Clear();
   return 0;

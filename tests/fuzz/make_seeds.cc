@@ -209,6 +209,11 @@ void ServeLaneSeeds() {
                                 Transfer(false, {{Rel(1, 0), 8}}, 2, std::string(8, 'z')));
   Seed(t, "c_overlap", Flags(8) + Transfer(true, {{Rel(2, 0), 64}}, 1) +
                            Transfer(false, {{Rel(2, 8), 8}}, 2, std::string(8, 'c')));
+  // Standing read leases: granted on a same-host lane (bit 4), with B write-only (bits 1-2 = 2) and C
+  // registered (bit 3), so the grant must list A and C but not B; refused on an unverified lane.
+  Seed(t, "lease_same_host", Flags(0x10 | (2 << 1) | 8) + Header(MsgType::kLeaseRequest, 0, 0, 1) +
+                                 Transfer(true, {{Rel(0, 0), 16}}, 2) + Header(MsgType::kLeaseRequest, 0, 0, 3));
+  Seed(t, "lease_unverified", Flags(0) + Header(MsgType::kLeaseRequest, 0, 0, 1));
   Seed(t, "d_removed", Flags(0) + Transfer(true, {{Rel(3, 0), 16}}, 1) +
                            Transfer(false, {{Rel(3, 0), 16}}, 2, std::string(16, 'd')));
   Seed(t, "edges", Flags(0) + Transfer(true, {{Rel(0, 250), 16}}, 1) + Transfer(true, {{Rel(0, -8), 16}}, 2) +
@@ -322,7 +327,7 @@ void RequesterSeeds() {
   const char *t = "fuzz_requester";
   using wire::MsgType;
   // Operations: four nibbles, low first: 0 READ 1 seg (16 B), 1 WRITE 2 segs, 2 app call,
-  // 3 READ 3 segs (56 B), 4 same-host READ 2 segs, 5 same-host WRITE 1 seg.
+  // 3 READ 3 segs (56 B), 4 same-host READ 2 segs, 5 same-host WRITE 1 seg, 6 read lease request.
   auto ops = [](uint16_t v) { return std::string(reinterpret_cast<const char *>(&v), 2); };
   auto read_resp = [](uint64_t id, uint64_t len, uint32_t status = 0) {
     return Header(MsgType::kReadResponse, 0, status == 0 ? len : 0, id, status) +
@@ -347,6 +352,13 @@ void RequesterSeeds() {
   Seed(t, "same_host_mixed", ops(0x4150) + read_resp(1, 16) + Header(MsgType::kWriteResponse, 0, 0, 2) +
                                  Header(MsgType::kWriteResponse, 0, 0, 3) + lease(4, 500));
   Seed(t, "same_host_read_payload", ops(0x4444) + read_resp(1, 56));
+  const std::string grant = wire::EncodeLeaseGrant({{0x10000, 4096}, {0x7f0000000000ULL, 1ULL << 20}});
+  Seed(t, "lease_ok", ops(0x6666) + Message(MsgType::kLeaseGrant, grant, 1, 0, wire::kStandingLeaseMs) +
+                          Message(MsgType::kLeaseGrant, wire::EncodeLeaseGrant({}), 2, 0, 50000) +
+                          Message(MsgType::kLeaseGrant, grant, 3, 103905, 100));
+  Seed(t, "lease_refused", ops(0x6666) + Message(MsgType::kError, "read lease requested on a connection whose peer "
+                                                                  "was not verified", 1, 103900));
+  Seed(t, "lease_malformed", ops(0x6666) + Message(MsgType::kLeaseGrant, grant.substr(0, 20), 1));
 }
 
 void ParserSeeds() {

@@ -375,6 +375,7 @@ TEST_P(TransportErrorsTest, TransferToAStoppedPeerTimesOut) {
   ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, 4096}}, kTimeoutMs));
 
   ASSERT_TRUE(peer->Stop());
+  SleepMs(kLeaseExpiryWaitMs);  // past the standing read lease of the same-host path
   for (adxl::TransferOp op : {adxl::READ, adxl::WRITE}) {
     SCOPED_TRACE(op == adxl::READ ? "READ" : "WRITE");
     Timed r = Transfer(peer->id(), op, {{local.addr(), rr.addr, 4096}}, 1000);
@@ -383,6 +384,43 @@ TEST_P(TransportErrorsTest, TransferToAStoppedPeerTimesOut) {
   }
   peer->Continue();
   EXPECT_TRUE(peer->Ping());
+}
+
+// Same-host small READs are one-sided (process_vm_readv under a standing read
+// lease, like an RDMA read that needs no CPU on the target): right after the peer
+// freezes they still deliver its registered bytes, exactly; once the lease has
+// run out without renewal they time out. Over TCP they time out at once.
+TEST_P(TransportErrorsTest, SmallReadsFromAFrozenPeerWithinTheLease) {
+  ASSERT_TRUE(InitClient());
+  AdxlPeer::Options o;
+  o.size = 1u << 20;
+  o.seed = 81;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion rr = peer->region(0);
+  GuardedBuffer local(rr.len);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, 64}}, kTimeoutMs));  // takes the lease
+  ASSERT_TRUE(peer->Stop());
+  Timed r = Transfer(peer->id(), adxl::READ, {{local.addr() + 4096, rr.addr + 4096, 512}}, 1000);
+  if (GetParam() == "tcp") {
+    EXPECT_ST(adxl::TIMEOUT, r.status) << "after " << r.ms << " ms";
+  } else if (r.status == adxl::SUCCESS) {
+    EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + 4096, 512, rr.seed, 4096))
+        << "one-sided read delivered wrong bytes";
+  } else {
+    // The lease may have run out while the stop took effect (a loaded machine).
+    EXPECT_ST(adxl::TIMEOUT, r.status) << "after " << r.ms << " ms";
+  }
+  EXPECT_LE(r.ms, 1000 + kReturnMarginMs);
+  SleepMs(kLeaseExpiryWaitMs);
+  r = Transfer(peer->id(), adxl::READ, {{local.addr(), rr.addr, 64}}, 500);
+  EXPECT_ST(adxl::TIMEOUT, r.status) << "after the lease ran out, after " << r.ms << " ms";
+  EXPECT_LE(r.ms, 500 + kReturnMarginMs);
+  peer->Continue();
+  EXPECT_TRUE(peer->Ping());
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, 64}}, kTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), 64, rr.seed, 0));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransportErrorsTest, ::testing::ValuesIn(AllTransports()),

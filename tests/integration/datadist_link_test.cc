@@ -230,7 +230,7 @@ TEST_P(LinkTest, StoppedPeerTimesOut) {
   const KvModel before = local_->Snapshot();
 
   peer->Stop();
-  SleepMs(50);
+  SleepMs(kLeaseExpiryWaitMs);  // past the standing read lease: nothing is readable without the peer
   struct Call {
     std::string name;
     std::function<Timed()> fn;
@@ -320,7 +320,7 @@ TEST_P(LinkTest, StoppedClientPeerTimesOutOnServerSide) {
       << peer->last_error();
   ASSERT_TRUE(PullAndVerify(*peer, 600));
   peer->Stop();
-  SleepMs(50);
+  SleepMs(kLeaseExpiryWaitMs);  // past the standing read lease: nothing is readable without the peer
   Timed t = self_->PullBlocks(6, 1, *local_, {0}, {0});
   EXPECT_LLM(LLM_TIMEOUT, t.status);
   EXPECT_LE(t.ms, kWait + kMarginMs);

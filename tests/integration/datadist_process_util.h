@@ -32,6 +32,9 @@ using itest::SleepMs;
 
 // Allowed lateness of a call on top of its own timeout.
 constexpr int64_t kMarginMs = 1500;
+// Same-host small pulls are one-sided reads under a standing lease of 100 ms
+// (wire::kStandingLeaseMs): a stopped peer's memory stays readable until it ends.
+constexpr int64_t kLeaseExpiryWaitMs = 200;
 
 inline std::string LlmName(uint32_t s) {
   switch (s) {

@@ -901,6 +901,10 @@ inline void Note(const std::string &what) {
 
 // Margin allowed on top of a call's own timeout before "it returned late" fails.
 constexpr int64_t kReturnMarginMs = 1500;
+// A same-host requester may keep reading a peer's registered memory one-sidedly
+// for the standing read lease (wire::kStandingLeaseMs = 100 ms) after the peer
+// stops answering; tests that expect a stopped peer to time out wait this long first.
+constexpr int64_t kLeaseExpiryWaitMs = 200;
 
 // Runs fn under a watchdog (hang -> the binary aborts with a message) and times it.
 inline Timed TimedCall(const std::string &what, int64_t watchdog_ms, const std::function<uint32_t()> &fn) {

@@ -171,6 +171,46 @@ TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
   serving.join();
 }
 
+TEST(CmaLane, StandingReadLeaseOnlyOnVerifiedLanesAndOnlyReadableRegions) {
+  MemoryRegistry registry;
+  std::vector<char> readable(8192, 'R'), write_only(8192, 'W');
+  registry.Add(reinterpret_cast<uintptr_t>(readable.data()), readable.size(), 1);
+  registry.Add(reinterpret_cast<uintptr_t>(write_only.data()), write_only.size(), 1, kAccessWrite);
+  for (bool verified : {true, false}) {
+    SCOPED_TRACE(verified ? "verified lane" : "unverified lane");
+    int fds[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    TcpStream requester(fds[0], "requester"), server(fds[1], "server");
+    std::thread serving([&] {
+      ServeContext ctx;
+      ctx.registry = &registry;
+      ctx.peer = "peer";
+      ctx.same_host_pid = verified ? static_cast<uint32_t>(getpid()) : 0;
+      ServeLane(server, ctx);
+    });
+    ReadLease lease;
+    const auto before = Deadline::Clock::now();
+    LaneResult r = ExecuteLeaseRequest(requester, 5, Deadline::AfterMs(2000), &lease);
+    if (verified) {
+      ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+      ASSERT_EQ(lease.regions.size(), 1U);
+      EXPECT_TRUE(lease.Covers(reinterpret_cast<uintptr_t>(readable.data()), readable.size()));
+      EXPECT_TRUE(lease.Covers(reinterpret_cast<uintptr_t>(readable.data()) + 100, 8));
+      EXPECT_FALSE(lease.Covers(reinterpret_cast<uintptr_t>(readable.data()) + 100, readable.size()));
+      EXPECT_FALSE(lease.Covers(reinterpret_cast<uintptr_t>(write_only.data()), 8));
+      EXPECT_LE(lease.expiry, before + std::chrono::milliseconds(wire::kStandingLeaseMs) +
+                                  std::chrono::milliseconds(1));
+      EXPECT_GT(lease.expiry, before);
+    } else {
+      EXPECT_NE(r.status, adxl::SUCCESS);
+      EXPECT_TRUE(r.broken);
+      EXPECT_NE(r.error.find("not verified"), std::string::npos) << r.error;
+    }
+    requester.Shutdown();
+    serving.join();
+  }
+}
+
 TEST(CmaLane, UnverifiedPeerCannotUseTheSameHostPath) {
   int fds[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);

@@ -86,5 +86,35 @@ TEST(MemoryRegistry, AccessRightsAreEnforcedPerRegion) {
   EXPECT_EQ(AccessBits(2), kAccessWrite);
 }
 
+TEST(MemoryRegistry, ReadLeaseListsReadableRegionsAndHoldsBackTheirRemoval) {
+  MemoryRegistry registry;
+  const uint64_t rw = registry.Add(1000, 100, 1);
+  registry.Add(2000, 100, 1, kAccessWrite);  // write-only: never leased for reads
+  const uint64_t ro = registry.Add(3000, 100, 1, kAccessRead);
+  registry.Add(4000, 0, 1);  // empty: nothing to lease
+  bool too_many = true;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  auto granted = registry.GrantReadLease(until, 16, &too_many);
+  EXPECT_FALSE(too_many);
+  ASSERT_EQ(granted.size(), 2U);
+  EXPECT_EQ(granted[0].addr, 1000U);
+  EXPECT_EQ(granted[1].addr, 3000U);
+  // Removing a leased region waits for the lease to end, not longer.
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(registry.Remove(rw));
+  auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(waited, std::chrono::milliseconds(250));
+  EXPECT_LT(waited, std::chrono::milliseconds(2000));
+  // After the lease, removal is immediate; the removed region is not leased again.
+  EXPECT_TRUE(registry.Remove(ro));
+  granted = registry.GrantReadLease(std::chrono::steady_clock::now(), 16, &too_many);
+  EXPECT_TRUE(granted.empty());
+  // Too many regions: no lease at all (the peer then sends requests).
+  for (int i = 0; i < 5; ++i) registry.Add(10000 + 100 * i, 50, 1);
+  granted = registry.GrantReadLease(std::chrono::steady_clock::now(), 4, &too_many);
+  EXPECT_TRUE(too_many);
+  EXPECT_TRUE(granted.empty());
+}
+
 }  // namespace
 }  // namespace llmdd

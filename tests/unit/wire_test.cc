@@ -167,5 +167,29 @@ TEST(WireHeader, SameHostWritesCarryNoPayload) {
   EXPECT_NE(CheckHeader(h).find("payload"), std::string::npos);
 }
 
+TEST(WireLease, GrantRoundTripsAndIsBounded) {
+  std::vector<Range> regions = {{0x1000, 4096}, {0x7f0000000000, 1ULL << 30}};
+  std::vector<Range> back;
+  ASSERT_TRUE(DecodeLeaseGrant(EncodeLeaseGrant(regions), &back));
+  ASSERT_EQ(back.size(), 2U);
+  EXPECT_EQ(back[1].addr, 0x7f0000000000ULL);
+  EXPECT_EQ(back[1].len, 1ULL << 30);
+  std::string body = EncodeLeaseGrant(regions);
+  EXPECT_FALSE(DecodeLeaseGrant(body.substr(0, body.size() - 1), &back));  // truncated
+  EXPECT_FALSE(DecodeLeaseGrant(body + "x", &back));                      // trailing bytes
+  std::string huge = body;
+  uint32_t count = kMaxLeaseRegions + 1;
+  memcpy(huge.data(), &count, 4);
+  EXPECT_FALSE(DecodeLeaseGrant(huge, &back));
+  EXPECT_TRUE(DecodeLeaseGrant(EncodeLeaseGrant({}), &back));
+  EXPECT_TRUE(back.empty());
+  // Header bounds: a request has no body, a grant at most kMaxLeaseRegions entries.
+  EXPECT_EQ(CheckHeader(Header(MsgType::kLeaseRequest, 0)), "");
+  EXPECT_NE(CheckHeader(Header(MsgType::kLeaseRequest, 1)), "");
+  EXPECT_EQ(CheckHeader(Header(MsgType::kLeaseGrant, kLeaseGrantHeader + 16ULL * kMaxLeaseRegions)), "");
+  EXPECT_NE(CheckHeader(Header(MsgType::kLeaseGrant, kLeaseGrantHeader + 16ULL * kMaxLeaseRegions + 1)), "");
+  EXPECT_NE(CheckHeader(Header(MsgType::kLeaseGrant, 8, 1)), "");  // no payload
+}
+
 }  // namespace
 }  // namespace llmdd::wire
