@@ -117,7 +117,9 @@ bool VerifyReachable(const ProcessIdentity &peer, const ByteStream &connection, 
 int CmaCopy(pid_t peer, bool to_peer, const iovec *local, size_t local_count, const iovec *remote,
             size_t remote_count, Deadline deadline) {
   Cursor l{local, local_count}, r{remote, remote_count};
-  std::vector<iovec> lv(kMaxIov), rv(kMaxIov);
+  // Per-thread scratch: a small copy (the one-sided READ path) must not pay
+  // for allocating and zeroing 2 x 16 KiB on every call.
+  thread_local std::vector<iovec> lv(kMaxIov), rv(kMaxIov);
   while (!l.Done() && !r.Done()) {
     if (deadline.Expired()) return ETIMEDOUT;
     size_t ln = 0, rn = 0;
