@@ -183,8 +183,6 @@ def main():
     ours += [
         ("shm READ 1 MiB x 64, 1 thread, 1 lane", ("read", "shm", M, 64, 1, 1)),
         ("shm WRITE 1 MiB x 64, 1 thread, 1 lane", ("write", "shm", M, 64, 1, 1)),
-        ("shm READ 1 MiB x 64, 2 threads, 1 lane", ("read", "shm", M, 64, 2, 1)),
-        ("shm WRITE 1 MiB x 64, 2 threads, 1 lane", ("write", "shm", M, 64, 2, 1)),
         ("tcp READ 1 MiB x 64, 1 thread, 1 lane", ("read", "tcp", M, 64, 1, 1)),
         ("tcp WRITE 1 MiB x 64, 1 thread, 1 lane", ("write", "tcp", M, 64, 1, 1)),
     ]
@@ -226,10 +224,13 @@ def main():
     if mc_1 and mc_2:
         print("  %-52s %.2f (the ceiling for the 2-thread target)" % ("memcpy 2 threads / 1 thread, 1 MiB x 64", mc_2 / mc_1))
     for op in ("read", "write"):
-        l1, l2 = eng(op, "shm", M, 64, 1, conn=1), eng(op, "shm", M, 64, 2, conn=1)
-        if l1 and l2:
-            print("  %-52s %.2f (one copy thread per call: how the copy path scales)"
-                  % ("shm %s 2 threads / 1 thread, 1 lane" % op.upper(), l2 / l1))
+        dflt = d.paired_ratio(("gbps", dict(mode="engine", op=op, transport="shm", desc_size=M, batch=64, threads=1,
+                                            connections=0)),
+                              ("gbps", dict(mode="engine", op=op, transport="shm", desc_size=M, batch=64, threads=1,
+                                            connections=1)))
+        if dflt:
+            print("  %-52s %.2f (what splitting one call across lanes and cores brings)"
+                  % ("shm %s 1 thread: default lanes / 1 lane" % op.upper(), dflt))
     ip_ = d.median("gbps", mode="iperf3")
     tg = d.median("gbps", mode="ucx_perftest", op="tag_bw")
     nx = d.median("gbps", mode="nixl", transport="tcp", desc_size=M, batch=128)
