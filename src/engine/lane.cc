@@ -44,42 +44,49 @@ LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what) {
   return result;
 }
 
-// Reads a response header + error text and checks it answers our request.
-LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t request_id, Deadline deadline,
-                              MsgHeader *header) {
+// Reads the answer to request `request_id`: a header of type `expected` (or
+// an Error about this request or the lane, id 0) and its body. SUCCESS with
+// *body filled for `expected`; an Error becomes the peer's (sanitized) status
+// with its text; anything else is a protocol error. Broken unless SUCCESS.
+LaneResult ReadAnswer(ByteStream &stream, MsgType expected, uint64_t request_id, Deadline deadline, MsgHeader *header,
+                      std::string *body) {
   IoStatus io = stream.Read(header, sizeof(*header), deadline);
-  if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for response from");
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for an answer from");
   LaneResult result;
+  const bool is_error = header->type == static_cast<uint16_t>(MsgType::kError);
   std::string bad = wire::CheckHeader(*header);
-  if (bad.empty() && header->type != static_cast<uint16_t>(expected) &&
-      header->type != static_cast<uint16_t>(MsgType::kError))
+  if (bad.empty() && header->type != static_cast<uint16_t>(expected) && !is_error)
     bad = std::string("unexpected ") + wire::MsgTypeName(header->type);
-  // An Error about the lane itself (framing, malformed request) carries
-  // request id 0: it still answers our request, and its text is the reason.
-  const bool lane_error = header->type == static_cast<uint16_t>(MsgType::kError) && header->request_id == 0;
-  if (bad.empty() && header->request_id != request_id && !lane_error) bad = "response for another request";
+  if (bad.empty() && header->request_id != request_id && !(is_error && header->request_id == 0))
+    bad = "answer for another request";
   if (!bad.empty()) {
     result.status = adxl::FAILED;
     result.broken = true;
     result.error = "protocol error from " + stream.PeerName() + ": " + bad;
     return result;
   }
-  if (header->body_len > 0) {
-    std::string text(header->body_len, '\0');
-    io = stream.Read(text.data(), text.size(), deadline);
-    if (io != IoStatus::kOk) return IoFailure(io, stream, "reading response from");
-    result.error = text;
-  }
-  if (header->type == static_cast<uint16_t>(MsgType::kError)) {
+  body->assign(header->body_len, '\0');
+  io = stream.Read(body->data(), body->size(), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "reading an answer from");
+  if (is_error) {
     result.status = header->status != adxl::SUCCESS ? wire::SanitizePeerStatus(header->status) : adxl::FAILED;
     result.broken = true;
-    result.error = "peer " + stream.PeerName() + " reported: " + result.error;
-    return result;
+    result.error = "peer " + stream.PeerName() + " reported: " + *body;
+    body->clear();
   }
+  return result;
+}
+
+// The answer to a Read/WriteRequest: its status, and the refusal text as the error.
+LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t request_id, Deadline deadline,
+                              MsgHeader *header) {
+  std::string text;
+  LaneResult result = ReadAnswer(stream, expected, request_id, deadline, header, &text);
+  if (result.status != adxl::SUCCESS || result.broken) return result;
   result.status = wire::SanitizePeerStatus(header->status);
   if (result.status != header->status) result.broken = true;  // a peer that invents codes is not trusted further
   if (result.status != adxl::SUCCESS) {
-    result.error = "peer " + stream.PeerName() + " refused: " + result.error;
+    result.error = "peer " + stream.PeerName() + " refused: " + text;
     // A refusal has no data; a payload behind it would desynchronise the lane.
     if (header->payload_len != 0) result.broken = true;
   }
@@ -212,30 +219,9 @@ LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline
   IoStatus io = stream.Write(&header, sizeof(header), deadline);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "sending lease request to");
   MsgHeader reply;
-  io = stream.Read(&reply, sizeof(reply), deadline);
-  if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for lease from");
-  LaneResult result;
-  const bool is_error = reply.type == static_cast<uint16_t>(MsgType::kError);
-  std::string bad = wire::CheckHeader(reply);
-  if (bad.empty() && reply.type != static_cast<uint16_t>(MsgType::kLeaseGrant) && !is_error)
-    bad = std::string("unexpected ") + wire::MsgTypeName(reply.type);
-  if (bad.empty() && reply.request_id != request_id && !(is_error && reply.request_id == 0))
-    bad = "lease for another request";
-  if (!bad.empty()) {
-    result.status = adxl::FAILED;
-    result.broken = true;
-    result.error = "protocol error from " + stream.PeerName() + ": " + bad;
-    return result;
-  }
-  std::string body(reply.body_len, '\0');
-  io = stream.Read(body.data(), body.size(), deadline);
-  if (io != IoStatus::kOk) return IoFailure(io, stream, "reading lease from");
-  if (is_error) {
-    result.status = reply.status != adxl::SUCCESS ? wire::SanitizePeerStatus(reply.status) : adxl::FAILED;
-    result.broken = true;
-    result.error = "peer " + stream.PeerName() + " reported: " + body;
-    return result;
-  }
+  std::string body;
+  LaneResult result = ReadAnswer(stream, MsgType::kLeaseGrant, request_id, deadline, &reply, &body);
+  if (result.status != adxl::SUCCESS || result.broken) return result;
   std::vector<wire::Range> ranges;
   if (!wire::DecodeLeaseGrant(body, &ranges)) {
     result.status = adxl::FAILED;
@@ -284,31 +270,8 @@ LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::stri
   IoStatus io = stream.WriteFull(out, 2, deadline);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "sending request to");
   MsgHeader reply;
-  io = stream.Read(&reply, sizeof(reply), deadline);
-  if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for reply from");
-  LaneResult result;
-  std::string bad = wire::CheckHeader(reply);
-  const bool is_error = reply.type == static_cast<uint16_t>(MsgType::kError);
-  if (bad.empty() && reply.type != static_cast<uint16_t>(MsgType::kAppResponse) && !is_error)
-    bad = std::string("unexpected ") + wire::MsgTypeName(reply.type);
-  if (bad.empty() && reply.request_id != request_id && !(is_error && reply.request_id == 0))
-    bad = "reply for another request";
-  if (!bad.empty()) {
-    result.status = adxl::FAILED;
-    result.broken = true;
-    result.error = "protocol error from " + stream.PeerName() + ": " + bad;
-    return result;
-  }
-  response->assign(reply.body_len, '\0');
-  io = stream.Read(response->data(), response->size(), deadline);
-  if (io != IoStatus::kOk) return IoFailure(io, stream, "reading reply from");
-  if (is_error) {
-    result.status = reply.status != adxl::SUCCESS ? wire::SanitizePeerStatus(reply.status) : adxl::FAILED;
-    result.broken = true;
-    result.error = "peer " + stream.PeerName() + " reported: " + *response;
-    response->clear();
-    return result;
-  }
+  LaneResult result = ReadAnswer(stream, MsgType::kAppResponse, request_id, deadline, &reply, response);
+  if (result.status != adxl::SUCCESS || result.broken) return result;
   result.status = reply.status;  // the app layer's own code space: it checks what it accepts
   return result;
 }
