@@ -65,11 +65,17 @@
 #include <utility>
 #include <vector>
 
+#include "tool_util.h"
+
 // CANN programs write CacheIndex{cluster_id, cache_id, batch_index} and leave
 // `reserved` to aggregate zero-initialisation; so does this demo.
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
 namespace {
+
+using llmdd_tools::Format;
+using llmdd_tools::NowNs;
+using llmdd_tools::WriteAll;
 
 using llm_datadist::AscendString;
 using llm_datadist::Cache;
@@ -101,9 +107,6 @@ constexpr int kExitUsage = 2;
 
 using Clock = std::chrono::steady_clock;
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
 
 // ------------------------------------------------------------------ options
 
@@ -469,39 +472,7 @@ class LineReader {
   bool eof_ = false;
 };
 
-bool WriteAll(int fd, const std::string &text) {
-  size_t off = 0;
-  while (off < text.size()) {
-    ssize_t n = write(fd, text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    off += static_cast<size_t>(n);
-  }
-  return true;
-}
 
-std::string Format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string Format(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  char small[512];
-  va_list ap2;
-  va_copy(ap2, ap);
-  int n = vsnprintf(small, sizeof(small), fmt, ap);
-  va_end(ap);
-  std::string out;
-  if (n < 0) {
-    out = "(format error)";
-  } else if (static_cast<size_t>(n) < sizeof(small)) {
-    out.assign(small, static_cast<size_t>(n));
-  } else {
-    out.resize(static_cast<size_t>(n) + 1);
-    vsnprintf(out.data(), out.size(), fmt, ap2);
-    out.resize(static_cast<size_t>(n));
-  }
-  va_end(ap2);
-  return out;
-}
 
 std::vector<std::string> Split(const std::string &line) {
   std::vector<std::string> out;

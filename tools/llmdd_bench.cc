@@ -64,9 +64,15 @@
 #include <utility>
 #include <vector>
 
+#include "tool_util.h"
+
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
 namespace {
+
+using llmdd_tools::Format;
+using llmdd_tools::NowNs;
+using llmdd_tools::WriteAll;
 
 using Clock = std::chrono::steady_clock;
 using llm_datadist::AscendString;
@@ -81,32 +87,7 @@ constexpr int kExitOk = 0;
 constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
 
-std::string Format(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string Format(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  char small[512];
-  va_list ap2;
-  va_copy(ap2, ap);
-  int n = vsnprintf(small, sizeof(small), fmt, ap);
-  va_end(ap);
-  std::string out;
-  if (n < 0) {
-    out = "(format error)";
-  } else if (static_cast<size_t>(n) < sizeof(small)) {
-    out.assign(small, static_cast<size_t>(n));
-  } else {
-    out.resize(static_cast<size_t>(n) + 1);
-    vsnprintf(out.data(), out.size(), fmt, ap2);
-    out.resize(static_cast<size_t>(n));
-  }
-  va_end(ap2);
-  return out;
-}
 
 std::string HumanBytes(uint64_t bytes) {
   if (bytes >= kGiB && bytes % kGiB == 0) return Format("%" PRIu64 "G", bytes / kGiB);
@@ -836,16 +817,6 @@ Record ThroughputRecord(const std::string &mode, const std::string &op, const st
 
 // ------------------------------------------------------------------ peer process
 
-bool WriteAll(int fd, const std::string &text) {
-  size_t off = 0;
-  while (off < text.size()) {
-    ssize_t n = write(fd, text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    off += static_cast<size_t>(n);
-  }
-  return true;
-}
 
 // Reads one '\n'-terminated line; false on EOF/timeout.
 bool ReadLine(int fd, std::string *buf, std::string *line, int timeout_ms) {
