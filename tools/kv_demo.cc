@@ -725,11 +725,6 @@ class Decode {
   }
 
   bool StartChild(std::string *error) {
-    int to_child[2], from_child[2];
-    if (pipe2(to_child, O_CLOEXEC) != 0 || pipe2(from_child, O_CLOEXEC) != 0) {
-      *error = std::string("pipe: ") + strerror(errno);
-      return false;
-    }
     std::vector<std::string> args = {self_,
                                      "prefill",
                                      "--layers",
@@ -746,30 +741,7 @@ class Decode {
                                      std::to_string(opt_.port),
                                      "--timeout-ms",
                                      std::to_string(opt_.timeout_ms)};
-    std::vector<char *> argv;
-    for (auto &a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid < 0) {
-      *error = std::string("fork: ") + strerror(errno);
-      return false;
-    }
-    if (pid == 0) {
-      // Die with the parent; if it is already gone, do not start at all.
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(kExitFailed);
-      dup2(to_child[0], STDIN_FILENO);
-      dup2(from_child[1], STDOUT_FILENO);
-      execv("/proc/self/exe", argv.data());
-      dprintf(STDERR_FILENO, "kv_demo: exec %s: %s\n", self_, strerror(errno));
-      _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-    child_ = pid;
-    to_child_ = to_child[1];
-    from_child_ = from_child[0];
+    if (!llmdd_tools::SpawnSelf(args, &child_, &to_child_, &from_child_, error)) return false;
     reader_ = std::make_unique<LineReader>(from_child_);
     return true;
   }

@@ -855,38 +855,9 @@ class Peer {
   ~Peer() { Stop(); }
   // Starts `/proc/self/exe serve args...`; waits for its READY line.
   bool Start(const std::vector<std::string> &args, std::vector<std::string> *ready, std::string *error) {
-    int to_child[2], from_child[2];
-    if (pipe2(to_child, O_CLOEXEC) != 0 || pipe2(from_child, O_CLOEXEC) != 0) {
-      *error = std::string("pipe: ") + strerror(errno);
-      return false;
-    }
     std::vector<std::string> all = {"llmdd_bench", "serve"};
     all.insert(all.end(), args.begin(), args.end());
-    std::vector<char *> argv;
-    for (auto &a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t parent = getpid();
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-      *error = std::string("fork: ") + strerror(errno);
-      return false;
-    }
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(kExitFailed);
-      dup2(to_child[0], STDIN_FILENO);
-      dup2(from_child[1], STDOUT_FILENO);
-      execv("/proc/self/exe", argv.data());
-      dprintf(STDERR_FILENO, "llmdd_bench: exec /proc/self/exe: %s\n", strerror(errno));
-      _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-    pid_ = pid;
-    to_ = to_child[1];
-    from_ = from_child[0];
+    if (!llmdd_tools::SpawnSelf(all, &pid_, &to_, &from_, error)) return false;
     std::string line;
     if (!ReadLine(from_, &buf_, &line, 120000)) {
       *error = "the peer process did not start (no READY line)";

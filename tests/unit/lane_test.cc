@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -50,6 +51,36 @@ class LaneTest : public ::testing::Test {
   std::vector<char> remote_;
   std::thread serving_;
   std::atomic<bool> served_done_{false};
+};
+
+// A scripted serving peer: reads one request (header and body) and sends back
+// the bytes `answer` returns for it. client() is the requester's end.
+class FakeServer {
+ public:
+  explicit FakeServer(std::function<std::string(const wire::MsgHeader &request)> answer) {
+    int fds[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) abort();
+    client_ = std::make_unique<TcpStream>(fds[0], "client");
+    server_ = std::make_unique<TcpStream>(fds[1], "fake-server");
+    thread_ = std::thread([this, answer] {
+      wire::MsgHeader req;
+      if (server_->Read(&req, sizeof(req), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+      std::string body(req.body_len, '\0');
+      if (server_->Read(body.data(), body.size(), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+      const std::string reply = answer(req);
+      server_->Write(reply.data(), reply.size(), Deadline::AfterMs(2000));
+    });
+  }
+  ~FakeServer() {
+    client_->Shutdown();
+    server_->Shutdown();
+    thread_.join();
+  }
+  TcpStream &client() { return *client_; }
+
+ private:
+  std::unique_ptr<TcpStream> client_, server_;
+  std::thread thread_;
 };
 
 TEST_F(LaneTest, ReadDeliversExactBytesIntoScatteredDestinations) {
@@ -213,51 +244,32 @@ TEST_F(LaneTest, MalformedRequestReasonReachesTheRequester) {
   EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kError));
   EXPECT_EQ(reply.request_id, 41U);  // the error names the request it answers
   // And a requester reading an Error with request id 0 keeps the reason.
-  int fds[2];
-  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
-  TcpStream client(fds[0], "client"), fake(fds[1], "fake-server");
-  std::thread answer([&] {
-    wire::MsgHeader req;
-    if (fake.Read(&req, sizeof(req), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
-    std::string req_body(req.body_len, '\0');
-    if (fake.Read(req_body.data(), req_body.size(), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+  FakeServer fake([](const wire::MsgHeader &) {
     std::string text = "lane framing broken: because";
     wire::MsgHeader err;
     err.type = static_cast<uint16_t>(wire::MsgType::kError);
     err.status = adxl::PARAM_INVALID;
     err.body_len = text.size();
-    iovec o[2] = {{&err, sizeof(err)}, {text.data(), text.size()}};
-    fake.WriteFull(o, 2, Deadline::AfterMs(2000));
+    return std::string(reinterpret_cast<const char *>(&err), sizeof(err)) + text;
   });
-  LaneResult r = ExecuteTransfer(client, adxl::READ, &seg, 1, 77, Deadline::AfterMs(3000));
-  answer.join();
+  LaneResult r = ExecuteTransfer(fake.client(), adxl::READ, &seg, 1, 77, Deadline::AfterMs(3000));
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
   EXPECT_TRUE(r.broken);
   EXPECT_NE(r.error.find("lane framing broken: because"), std::string::npos) << r.error;
 }
 
 TEST_F(LaneTest, RefusalCarryingAPayloadMarksTheLaneBroken) {
-  int fds[2];
-  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
-  TcpStream client(fds[0], "client"), fake(fds[1], "fake-server");
-  std::thread answer([&] {
-    wire::MsgHeader req;
-    if (fake.Read(&req, sizeof(req), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
-    std::string req_body(req.body_len, '\0');
-    if (fake.Read(req_body.data(), req_body.size(), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+  FakeServer fake([](const wire::MsgHeader &req) {
     wire::MsgHeader resp;
     resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
     resp.request_id = req.request_id;
     resp.status = adxl::PARAM_INVALID;
     resp.payload_len = 16;  // a refusal must not carry data
-    char junk[16] = {};
-    iovec o[2] = {{&resp, sizeof(resp)}, {junk, sizeof(junk)}};
-    fake.WriteFull(o, 2, Deadline::AfterMs(2000));
+    return std::string(reinterpret_cast<const char *>(&resp), sizeof(resp)) + std::string(16, '\0');
   });
   std::vector<char> local(16, 'L');
   Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 16};
-  LaneResult r = ExecuteTransfer(client, adxl::READ, &seg, 1, 78, Deadline::AfterMs(3000));
-  answer.join();
+  LaneResult r = ExecuteTransfer(fake.client(), adxl::READ, &seg, 1, 78, Deadline::AfterMs(3000));
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
   EXPECT_TRUE(r.broken);
   EXPECT_EQ(std::string(local.begin(), local.end()), std::string(16, 'L'));
