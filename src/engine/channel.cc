@@ -16,7 +16,9 @@ std::shared_ptr<ByteStream> Channel::OpenLane(wire::ConnRole role, Deadline dead
   wire::Hello hello;
   hello.role = role;
   hello.session_id = session_id_;
-  if (role == wire::ConnRole::kReverseLane && reverse_same_host_pid_ != 0) hello.capabilities |= wire::kCapSameHost;
+  if (role == wire::ConnRole::kReverseLane && server_process_) hello.capabilities |= wire::kCapSameHost;
+  // Lanes of a same-host session say who holds them: the server checks each one.
+  if (params_.config.SameHostAllowed()) FillIdentity(&hello);
   hello.engine_id = params_.local_id;
   hello.target_engine_id = params_.remote_id;
   wire::HelloAck ack;
@@ -45,10 +47,10 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   // Same-host path: forward lanes when the server reached our memory; reverse
   // lanes when we reach the server's.
   std::string why_not;
-  if (allow_same_host && VerifyReachable(IdentityOf(ack), *channel->control_, &why_not)) channel->reverse_same_host_pid_ = ack.pid;
+  if (allow_same_host) channel->server_process_ = PeerProcess::Verify(IdentityOf(ack), *channel->control_, &why_not);
   // Each side copies into its own memory from the other's: both must reach each other.
   const bool forward_same_host =
-      allow_same_host && (ack.capabilities & wire::kCapSameHost) != 0 && channel->reverse_same_host_pid_ != 0;
+      allow_same_host && (ack.capabilities & wire::kCapSameHost) != 0 && channel->server_process_ != nullptr;
   if (params.config.transport == EngineConfig::Transport::kSameHost && !forward_same_host) {
     *error = "llmdd.Transport=shm but the same-host path to " + params.remote_id + " is not available" +
              (why_not.empty() ? "" : " (" + why_not + ")");
@@ -67,7 +69,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
         adxl::Status s = adxl::SUCCESS;
         return raw->OpenLane(wire::ConnRole::kDataLane, d, &s, why);
       });
-  channel->lanes_->SetSameHost(forward_same_host ? ack.pid : 0);
+  channel->lanes_->SetSameHost(forward_same_host ? channel->server_process_ : nullptr);
   for (uint32_t i = 0; i < params.config.tcp_connections; ++i) {
     std::shared_ptr<ByteStream> lane = channel->OpenLane(wire::ConnRole::kDataLane, deadline, &status, error);
     if (!lane) {
@@ -88,7 +90,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       ctx.registry = raw->params_.registry;
       ctx.app_handler = raw->params_.app_handler;
       ctx.peer = raw->params_.remote_id;
-      ctx.same_host_pid = raw->reverse_same_host_pid_;
+      ctx.same_host = raw->server_process_;
       ctx.stopping = &raw->stopping_;
       ServeLane(*lane, ctx);
       lane->Shutdown();

@@ -69,7 +69,7 @@ class Channel {
 
   Params params_;
   uint64_t session_id_ = 0;
-  uint32_t reverse_same_host_pid_ = 0;  // server pid when we verified we reach its memory
+  std::shared_ptr<PeerProcess> server_process_;  // the server, when we verified we reach its memory
   std::shared_ptr<ByteStream> control_;
   std::mutex control_mutex_;  // one control exchange at a time
   std::unique_ptr<LanePool> lanes_;

@@ -61,6 +61,9 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
   }
   wire::Hello sent = hello;
   if (!secret.empty()) sent.nonce = RandomBytes(kNonceBytes);
+  // A same-host identity names the descriptor that holds this connection, so
+  // the server can ask the kernel whether we hold its other end.
+  if (sent.pid != 0 && stream->NativeHandle() >= 0) sent.conn_fd = static_cast<uint32_t>(stream->NativeHandle());
   if (!SendMessage(*stream, MsgType::kHello, adxl::SUCCESS, wire::EncodeHello(sent), deadline)) {
     *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
     *error = "sending hello to " + remote.ToString() + " failed";
@@ -203,20 +206,21 @@ void FillIdentity(wire::Hello *hello) {
   hello->token = self.token;
 }
 
-void FillIdentity(wire::HelloAck *ack) {
+void FillIdentity(wire::HelloAck *ack, const ByteStream &connection) {
   const ProcessIdentity &self = LocalIdentity();
   ack->boot_id = self.boot_id;
   ack->pid = self.pid;
   ack->token_addr = self.token_addr;
   ack->token = self.token;
+  if (connection.NativeHandle() >= 0) ack->conn_fd = static_cast<uint32_t>(connection.NativeHandle());
 }
 
 ProcessIdentity IdentityOf(const wire::Hello &hello) {
-  return ProcessIdentity{hello.boot_id, hello.pid, hello.token_addr, hello.token};
+  return ProcessIdentity{hello.boot_id, hello.pid, hello.token_addr, hello.token, hello.conn_fd};
 }
 
 ProcessIdentity IdentityOf(const wire::HelloAck &ack) {
-  return ProcessIdentity{ack.boot_id, ack.pid, ack.token_addr, ack.token};
+  return ProcessIdentity{ack.boot_id, ack.pid, ack.token_addr, ack.token, ack.conn_fd};
 }
 
 bool SendControl(ByteStream &stream, MsgType type, uint64_t request_id, Deadline deadline) {

@@ -34,9 +34,10 @@ bool SendHelloAck(ByteStream &stream, const wire::HelloAck &ack, Deadline deadli
 // Refuses a connection with a status and a reason; best effort.
 void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline);
 
-// Same-host identity of this process, for Hello / HelloAck.
+// Same-host identity of this process, for Hello (OpenPeerConnection adds the
+// descriptor of the connection) / HelloAck (on `connection`).
 void FillIdentity(wire::Hello *hello);
-void FillIdentity(wire::HelloAck *ack);
+void FillIdentity(wire::HelloAck *ack, const ByteStream &connection);
 // The peer's identity as carried by a Hello / HelloAck.
 ProcessIdentity IdentityOf(const wire::Hello &hello);
 ProcessIdentity IdentityOf(const wire::HelloAck &ack);

@@ -102,11 +102,11 @@ bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count) {
 }
 
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                           uint64_t request_id, Deadline deadline, uint32_t same_host_pid) {
+                           uint64_t request_id, Deadline deadline, PeerProcess *same_host_peer) {
   const bool is_read = op == adxl::READ;
   uint64_t total = 0;
   for (size_t i = 0; i < count; ++i) total += segs[i].len;
-  const bool same_host = same_host_pid != 0 && SameHostPays(op, total, count);
+  const bool same_host = same_host_peer != nullptr && !same_host_peer->Gone() && SameHostPays(op, total, count);
   const auto sent_at = Deadline::Clock::now();
   // Request body: range header + (remote addr, len[, local addr]) per segment.
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
@@ -155,8 +155,8 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
       local_iov.push_back({reinterpret_cast<void *>(segs[i].local), segs[i].len});
       remote_iov.push_back({reinterpret_cast<void *>(segs[i].remote), segs[i].len});
     }
-    int err = CmaCopy(static_cast<pid_t>(same_host_pid), /*to_peer=*/false, local_iov.data(), local_iov.size(),
-                      remote_iov.data(), remote_iov.size(), deadline.EarlierOf(Deadline(lease_end)));
+    int err = same_host_peer->CopyFrom(local_iov.data(), local_iov.size(), remote_iov.data(), remote_iov.size(),
+                                       deadline.EarlierOf(Deadline(lease_end)));
     const bool in_lease = Deadline::Clock::now() < lease_end;
     MsgHeader release;
     release.type = static_cast<uint16_t>(MsgType::kRelease);
@@ -167,7 +167,7 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
     if (err != 0) {
       result.status = err == EFAULT ? adxl::PARAM_INVALID : err == ETIMEDOUT ? adxl::TIMEOUT : adxl::FAILED;
       result.error = std::string("same-host read from ") + stream.PeerName() + " failed: " +
-                     (err == ESRCH ? "the peer process is gone" : strerror(err)) +
+                     (err == ESRCH ? "the peer process is gone (same-host trust ended)" : strerror(err)) +
                      (err == EFAULT ? " (a local destination range is not mapped?)" : "");
     } else if (!in_lease) {
       result.status = adxl::TIMEOUT;
@@ -322,7 +322,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   uint32_t count = 0, timeout_ms = 0;
   uint64_t total = 0;
   std::string bad = wire::DecodeRangeHeader(body.data(), header.body_len, &count, &timeout_ms, &total, entry_size);
-  if (bad.empty() && same_host && ctx.same_host_pid == 0)
+  if (bad.empty() && same_host && ctx.same_host == nullptr)
     bad = "same-host request on a connection whose peer was not verified for it";
   if (!bad.empty()) {
     LOG_ERROR("peer %s sent a malformed request: %s", ctx.peer.c_str(), bad.c_str());
@@ -336,6 +336,14 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     return false;
   }
   Deadline deadline = Deadline::AfterMs(static_cast<int64_t>(timeout_ms) + kServeGraceMs);
+  if (same_host && !ctx.same_host->Alive()) {
+    // The process we verified is gone: whoever holds the lane now is not it.
+    // A same-host request carries no payload, so the lane stays in step.
+    LOG_WARN("refused same-host %s from %s: the verified process (pid %d) is gone, same-host trust has ended",
+             is_read ? "read" : "write", ctx.peer.c_str(), static_cast<int>(ctx.same_host->Pid()));
+    return SendResponse(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse, header.request_id,
+                        adxl::FAILED, "same-host trust ended: the verified peer process is gone", deadline);
+  }
   const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostDeadlineSize : 0);
   // Same-host: the requester's own deadline on the shared monotonic clock. Its
   // memory is never touched after it (a timed-out caller may reuse its buffers).
@@ -414,8 +422,8 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
       return SendResponse(stream, MsgType::kWriteResponse, header.request_id, adxl::TIMEOUT,
                           "request arrived after its deadline", deadline);
     }
-    int err = CmaCopy(static_cast<pid_t>(ctx.same_host_pid), /*to_peer=*/false, iov.data(), iov.size(),
-                      peer_iov.data(), peer_iov.size(), deadline.EarlierOf(requester_deadline));
+    int err = ctx.same_host->CopyFrom(iov.data(), iov.size(), peer_iov.data(), peer_iov.size(),
+                                      deadline.EarlierOf(requester_deadline));
     pins.Release();
     adxl::Status status = adxl::SUCCESS;
     std::string text;
@@ -476,8 +484,10 @@ bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &c
 bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
   const auto until = Deadline::Clock::now() + std::chrono::milliseconds(wire::kStandingLeaseMs);
   bool too_many = false;
-  std::vector<MemoryRegistry::LeasedRange> granted =
-      ctx.registry->GrantReadLease(until, wire::kMaxLeaseRegions, &too_many);
+  std::vector<MemoryRegistry::LeasedRange> granted;
+  // No lease for a lane whose verified process is gone (answered like "too many": none).
+  const bool trusted = ctx.same_host->Alive();
+  if (trusted) granted = ctx.registry->GrantReadLease(until, wire::kMaxLeaseRegions, &too_many);
   std::vector<wire::Range> ranges;
   ranges.reserve(granted.size());
   for (const auto &g : granted) ranges.push_back({static_cast<uint64_t>(g.addr), g.len});
@@ -485,7 +495,7 @@ bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext 
   MsgHeader reply;
   reply.type = static_cast<uint16_t>(MsgType::kLeaseGrant);
   reply.request_id = header.request_id;
-  reply.status = too_many ? adxl::UNSUPPORTED : adxl::SUCCESS;
+  reply.status = too_many || !trusted ? adxl::UNSUPPORTED : adxl::SUCCESS;
   reply.flags = wire::kStandingLeaseMs;
   reply.body_len = body.size();
   iovec out[2] = {{&reply, sizeof(reply)}, {const_cast<char *>(body.data()), body.size()}};
@@ -516,7 +526,7 @@ void ServeLoop(ByteStream &stream, const ServeContext &ctx) {
         header.type != static_cast<uint16_t>(MsgType::kWriteRequest) &&
         header.type != static_cast<uint16_t>(MsgType::kAppRequest) && !lease)
       bad = std::string("unexpected ") + wire::MsgTypeName(header.type) + " on a data lane";
-    if (bad.empty() && lease && ctx.same_host_pid == 0)
+    if (bad.empty() && lease && ctx.same_host == nullptr)
       bad = "read lease requested on a connection whose peer was not verified for the same-host path";
     if (!bad.empty()) {
       LOG_ERROR("closing lane from %s: %s", ctx.peer.c_str(), bad.c_str());

@@ -17,6 +17,7 @@
 #include "common/deadline.h"
 #include "engine/memory_registry.h"
 #include "engine/wire.h"
+#include "transport/shm/cma.h"
 #include "transport/stream.h"
 
 namespace llmdd {
@@ -45,11 +46,12 @@ bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count);
 
 // Sends one Read or Write request for `count` (<= wire::kMaxRangesPerRequest)
 // segments and completes it: READ fills the local ranges, WRITE sends them.
-// same_host_pid != 0: the same-host path with the server process `pid` is
+// same_host != nullptr: the same-host path with that server process is
 // available (both sides verified they reach each other's memory;
-// docs/PROTOCOL.md) and is used where SameHostPays.
+// docs/PROTOCOL.md) and is used where SameHostPays, while the process is
+// still trusted.
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                           uint64_t request_id, Deadline deadline, uint32_t same_host_pid = 0);
+                           uint64_t request_id, Deadline deadline, PeerProcess *same_host = nullptr);
 
 // A standing read lease held by a same-host requester (wire::kLeaseGrant):
 // until `expiry` (our clock, counted from before the request) it may copy out
@@ -84,7 +86,9 @@ struct ServeContext {
   const AppHandler *app_handler = nullptr;  // may be null: app requests then get UNSUPPORTED
   std::string peer;                         // peer engine id, for logs and the app handler
   uint64_t session_id = 0;                  // server-side session of the lane, 0 otherwise
-  uint32_t same_host_pid = 0;               // requester's pid when verified reachable with CMA, else 0
+  // The requester's process when verified for the same-host path on this
+  // lane (it holds the lane and we reach its memory), else null.
+  std::shared_ptr<PeerProcess> same_host;
   std::atomic<bool> *stopping = nullptr;
   std::atomic<int> *busy = nullptr;        // counts requests being served (session quiescence)
 };

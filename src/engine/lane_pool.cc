@@ -122,7 +122,7 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
     while (done < count) {
       size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
       result = ExecuteTransfer(*stream, op, segs + done, chunk, next_request_id_.fetch_add(1), deadline,
-                               same_host_pid_.load());
+                               same_host_.get());
       if (result.status != adxl::SUCCESS) {
         if (result.broken) DropLane(lane, stream);
         return result;
@@ -185,8 +185,7 @@ std::shared_ptr<const ReadLease> LanePool::UsableLease(Deadline deadline) {
 }
 
 bool LanePool::TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline) {
-  const uint32_t pid = same_host_pid_.load();
-  if (pid == 0 || shut_down_.load()) return false;
+  if (!SameHost() || shut_down_.load()) return false;
   std::shared_ptr<const ReadLease> lease = UsableLease(deadline);
   if (!lease) return false;
   thread_local std::vector<iovec> local, remote;
@@ -198,8 +197,8 @@ bool LanePool::TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadli
     remote.push_back({reinterpret_cast<void *>(s.remote), s.len});
   }
   const Deadline lease_end(lease->expiry);
-  if (CmaCopy(static_cast<pid_t>(pid), /*to_peer=*/false, local.data(), local.size(), remote.data(), remote.size(),
-              deadline.EarlierOf(lease_end)) != 0)
+  if (same_host_->CopyFrom(local.data(), local.size(), remote.data(), remote.size(), deadline.EarlierOf(lease_end)) !=
+      0)
     return false;
   return !lease_end.Expired();  // copied entirely while the regions were leased
 }
@@ -209,7 +208,7 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
   if (segs.empty()) return adxl::SUCCESS;
   uint64_t total = 0;
   for (const auto &s : segs) total += s.len;
-  if (op == adxl::READ && same_host_pid_.load() != 0 && segs.size() <= kOneSidedMaxDescriptors &&
+  if (op == adxl::READ && SameHost() && segs.size() <= kOneSidedMaxDescriptors &&
       total < kSameHostMinReadBytes) {
     if (TryOneSidedRead(segs, deadline)) return adxl::SUCCESS;
     if (deadline.Expired()) {  // renewing the lease took the whole time: the peer does not answer

@@ -40,10 +40,11 @@ class LanePool {
                         std::string *error);
   adxl::Status AppCall(uint32_t app_type, const std::string &request, Deadline deadline, std::string *response,
                        std::string *error);
-  // Same-host requests to the peer process `pid` (0: off): set once both
-  // sides verified they reach each other's memory.
-  void SetSameHost(uint32_t pid) { same_host_pid_.store(pid); }
-  bool SameHost() const { return same_host_pid_.load() != 0; }
+  // Same-host requests to the verified peer process (null: off). Set once both
+  // sides verified they reach each other's memory, before the pool is used.
+  void SetSameHost(std::shared_ptr<PeerProcess> peer) { same_host_ = std::move(peer); }
+  // While the peer process is still trusted (it ends for good when it is gone).
+  bool SameHost() const { return same_host_ && !same_host_->Gone(); }
 
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.
   void ShutdownAll();
@@ -98,7 +99,7 @@ class LanePool {
   std::mutex add_mutex_;
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<bool> shut_down_{false};
-  std::atomic<uint32_t> same_host_pid_{0};
+  std::shared_ptr<PeerProcess> same_host_;  // written only before the pool is shared
   std::mutex lease_mutex_;
   std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_
   bool lease_renewing_ = false;

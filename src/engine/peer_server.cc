@@ -10,7 +10,6 @@
 #include "common/log.h"
 #include "engine/handshake.h"
 #include "transport/fault_injection.h"
-#include "transport/shm/connection_owner.h"
 
 namespace llmdd {
 
@@ -27,15 +26,15 @@ uint64_t RandomSessionId() {
 
 // Same-host trust is per connection: a lane joining a same-host session must
 // itself be held by the verified peer process (a session id alone proves nothing).
-uint32_t SameHostPidForLane(uint32_t session_pid, const ByteStream &lane, const std::string &peer) {
-  if (session_pid == 0) return 0;
-  sockaddr_storage local{}, remote{};
-  std::string why = "the connection has no TCP addresses";
-  if (lane.SocketEnds(&local, &remote) && ProcessHoldsPeerEnd(static_cast<pid_t>(session_pid), local, remote, &why))
-    return session_pid;
+std::shared_ptr<PeerProcess> SameHostForLane(const std::shared_ptr<PeerProcess> &session_peer,
+                                             const wire::Hello &hello, const ByteStream &lane) {
+  if (!session_peer) return nullptr;
+  std::string why = "it names another process";
+  if (hello.pid == static_cast<uint32_t>(session_peer->Pid()) && session_peer->HoldsOtherEnd(lane, hello.conn_fd, &why))
+    return session_peer;
   LOG_WARN("lane from %s is not held by its verified process (%s): same-host requests refused on it",
-           peer.c_str(), why.c_str());
-  return 0;
+           hello.engine_id.c_str(), why.c_str());
+  return nullptr;
 }
 
 }  // namespace
@@ -173,10 +172,10 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
   ack.engine_id = local_id_;
   if (config_.SameHostAllowed() && hello.pid != 0) {
     std::string why;
-    if (VerifyReachable(IdentityOf(hello), *stream, &why)) {
-      session->same_host_pid = hello.pid;
+    session->same_host = PeerProcess::Verify(IdentityOf(hello), *stream, &why);
+    if (session->same_host) {
       ack.capabilities |= wire::kCapSameHost;
-      FillIdentity(&ack);  // only to a peer that passed the check (it would prove nothing to others anyway)
+      FillIdentity(&ack, *stream);  // only to a peer that passed the check (it would prove nothing to others anyway)
     } else {
       LOG_INFO("same-host path to %s not available: %s", hello.engine_id.c_str(), why.c_str());
     }
@@ -232,7 +231,7 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
 }
 
 void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
-  uint32_t same_host_pid = 0;
+  std::shared_ptr<PeerProcess> same_host;
   std::shared_ptr<std::atomic<int>> busy;
   {
     std::lock_guard lock(mutex_);
@@ -244,10 +243,10 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
       return;
     }
     it->second->lanes.push_back(stream);
-    same_host_pid = it->second->same_host_pid;
+    same_host = it->second->same_host;
     busy = it->second->busy;
   }
-  same_host_pid = SameHostPidForLane(same_host_pid, *stream, hello.engine_id);
+  same_host = SameHostForLane(same_host, hello, *stream);
   wire::HelloAck ack;
   ack.session_id = hello.session_id;
   ack.engine_id = local_id_;
@@ -257,7 +256,7 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     ctx.app_handler = app_handler_;
     ctx.peer = hello.engine_id;
     ctx.session_id = hello.session_id;
-    ctx.same_host_pid = same_host_pid;
+    ctx.same_host = same_host;
     ctx.stopping = &stopping_;
     ctx.busy = busy.get();
     ServeLane(*stream, ctx);
@@ -286,13 +285,13 @@ void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wir
     if (!session->reverse) {
       session->reverse = std::make_shared<LanePool>(session->client_id, workers_, nullptr);
       // The client verified it reaches our memory: it can serve same-host requests.
-      const bool both_ways = (hello.capabilities & wire::kCapSameHost) != 0 && session->same_host_pid != 0 &&
+      const bool both_ways = (hello.capabilities & wire::kCapSameHost) != 0 && session->same_host &&
                              config_.SameHostAllowed();
-      session->reverse->SetSameHost(both_ways ? session->same_host_pid : 0);
+      session->reverse->SetSameHost(both_ways ? session->same_host : nullptr);
       first = true;
     }
     pool = session->reverse;
-    if (pool->SameHost() && SameHostPidForLane(session->same_host_pid, *stream, hello.engine_id) == 0) {
+    if (pool->SameHost() && !SameHostForLane(session->same_host, hello, *stream)) {
       SendRefusal(*stream, adxl::FAILED, "reverse lane not held by the session's process", Deadline::AfterMs(200));
       stream->Shutdown();
       return;

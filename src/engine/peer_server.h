@@ -53,7 +53,7 @@ class PeerServer {
     std::shared_ptr<ByteStream> control;
     std::vector<std::shared_ptr<ByteStream>> lanes;
     std::shared_ptr<LanePool> reverse;
-    uint32_t same_host_pid = 0;  // client pid when we verified we reach its memory
+    std::shared_ptr<PeerProcess> same_host;  // the client process, when we verified we reach its memory
     std::shared_ptr<std::atomic<int>> busy = std::make_shared<std::atomic<int>>(0);  // requests being served
     bool ended = false;
   };

@@ -96,6 +96,7 @@ std::string EncodeHello(const Hello &hello) {
   w.U32(hello.pid);
   w.U64(hello.token_addr);
   w.Str(hello.token);
+  w.U32(hello.conn_fd);
   return w.Data();
 }
 
@@ -111,6 +112,7 @@ bool DecodeHello(const std::string &body, Hello *out) {
   if (r.Left() > 0 && (!r.Str(&out->boot_id, kMaxAuthField) || !r.U32(&out->pid) || !r.U64(&out->token_addr) ||
                        !r.Str(&out->token, kMaxAuthField)))
     return false;
+  if (r.Left() > 0 && !r.U32(&out->conn_fd)) return false;
   if (role < 1 || role > 3) return false;
   out->role = static_cast<ConnRole>(role);
   return true;  // trailing bytes are tolerated: later minor revisions may append fields
@@ -137,6 +139,7 @@ std::string EncodeHelloAck(const HelloAck &ack) {
   w.U32(ack.pid);
   w.U64(ack.token_addr);
   w.Str(ack.token);
+  w.U32(ack.conn_fd);
   return w.Data();
 }
 
@@ -145,8 +148,10 @@ bool DecodeHelloAck(const std::string &body, HelloAck *out) {
   if (!r.U32(&out->capabilities) || !r.U64(&out->session_id) || !r.Str(&out->engine_id, kMaxEngineIdLen))
     return false;
   if (r.Left() == 0) return true;  // no same-host identity
-  return r.Str(&out->boot_id, kMaxAuthField) && r.U32(&out->pid) && r.U64(&out->token_addr) &&
-         r.Str(&out->token, kMaxAuthField);
+  if (!r.Str(&out->boot_id, kMaxAuthField) || !r.U32(&out->pid) || !r.U64(&out->token_addr) ||
+      !r.Str(&out->token, kMaxAuthField))
+    return false;
+  return r.Left() == 0 || r.U32(&out->conn_fd);
 }
 
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]) {

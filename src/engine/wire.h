@@ -108,6 +108,9 @@ constexpr uint64_t kSameHostEntrySize = 24;  // addr u64, len u64, requester's l
 // touches the requester's memory after it.
 constexpr uint64_t kSameHostDeadlineSize = 8;
 
+// "No descriptor named" in the same-host identity (older senders end the block before it).
+constexpr uint32_t kNoConnFd = UINT32_MAX;
+
 struct Hello {
   ConnRole role = ConnRole::kControl;
   uint32_t capabilities = 0;
@@ -124,6 +127,7 @@ struct Hello {
   uint32_t pid = 0;
   uint64_t token_addr = 0;
   std::string token;
+  uint32_t conn_fd = kNoConnFd;   // the sender's descriptor of this connection (appended field)
 };
 
 struct HelloAck {
@@ -134,6 +138,7 @@ struct HelloAck {
   uint32_t pid = 0;
   uint64_t token_addr = 0;
   std::string token;
+  uint32_t conn_fd = kNoConnFd;   // the server's descriptor of this connection (appended field)
 };
 
 struct Range {

@@ -59,6 +59,7 @@ class FaultyStream final : public ByteStream {
   bool SocketEnds(sockaddr_storage *local, sockaddr_storage *remote) const override {
     return inner_->SocketEnds(local, remote);
   }
+  int NativeHandle() const override { return inner_->NativeHandle(); }
 
  private:
   bool Roll(double p);

@@ -43,6 +43,10 @@ class ByteStream {
     return false;
   }
 
+  // The descriptor behind the stream (for the same-host check, which names
+  // the socket to the peer), or -1.
+  virtual int NativeHandle() const { return -1; }
+
   IoStatus Read(void *buf, size_t len, Deadline deadline) {
     iovec iov{buf, len};
     return ReadFull(&iov, 1, deadline);

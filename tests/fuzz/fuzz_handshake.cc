@@ -14,7 +14,7 @@
 // Error answers.
 //
 // Both sides also run the same-host check on the identity the peer announced
-// (VerifyReachable, as PeerServer::RunControl and Channel::Open do). A peer
+// (PeerProcess::Verify, as PeerServer::RunControl and Channel::Open do). A peer
 // may know another process's identity (boot id, pid, token address and token
 // travel in Hello / HelloAck), so these values can be named in the input:
 // boot_id or token "@self", pid 0xFFFFFFFF, token_addr 0xADD1000000000000
@@ -75,7 +75,7 @@ void CheckSameHost(const ProcessIdentity &announced, const ByteStream &connectio
   if (announced.Empty()) return;
   const ProcessIdentity claimed = ClaimedIdentity(announced);
   std::string why;
-  const bool reachable = VerifyReachable(claimed, connection, &why);
+  const bool reachable = PeerProcess::Verify(claimed, connection, &why) != nullptr;
   if (g_debug) fprintf(stderr, "  %s: same-host %s %s\n", side, reachable ? "verified" : "refused:", why.c_str());
   const bool truthful = harness_holds_peer_end && claimed.pid == static_cast<uint32_t>(getpid());
   FUZZ_CHECK(!reachable || truthful,
@@ -116,7 +116,7 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
     ack.engine_id = "127.0.0.1:26000";
     if (hello.role == wire::ConnRole::kControl && hello.pid != 0) {
       CheckSameHost(IdentityOf(hello), stream, /*harness_holds_peer_end=*/false, "server");
-      FillIdentity(&ack);
+      FillIdentity(&ack, stream);
     }
     if (SendHelloAck(stream, ack, Deadline::AfterMs(2000))) {
       for (int i = 0; i < 64; ++i) {

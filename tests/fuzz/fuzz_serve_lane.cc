@@ -5,7 +5,7 @@
 //   byte 0    flags: bit 0    an app handler is installed (else app requests get UNSUPPORTED)
 //                    bits 1-2 region B's rights: 0 read-write, 1 read-only, 2 write-only, 3 not registered
 //                    bit 3    region C (read-only, inside A) is registered
-//                    bit 4    the lane is verified for the same-host path (ServeContext.same_host_pid
+//                    bit 4    the lane is verified for the same-host path (ServeContext.same_host
 //                             = this process, which then plays the requester's memory too)
 //   byte 1..  the byte stream the peer sends: 40-byte headers, bodies, payloads,
 //             Release messages. (A same-host body's deadline field is sent as
@@ -55,6 +55,33 @@ using llmdd::fuzz::GuardedBuffer;
 
 namespace {
 
+// This process as a verified same-host requester: it holds both ends of a
+// loopback connection kept for the life of the fuzzer.
+std::shared_ptr<PeerProcess> SelfAsPeer() {
+  static std::shared_ptr<PeerProcess> self = [] {
+    static TcpListener listener;
+    Endpoint local;
+    local.ip = "127.0.0.1";
+    local.family = AF_INET;
+    std::string why;
+    if (!listener.Listen(local, &why)) abort();
+    local.port = listener.Port();
+    bool timed_out = false;
+    static std::unique_ptr<TcpStream> client = TcpStream::Connect(local, Deadline::AfterMs(2000), &timed_out, &why);
+    static std::unique_ptr<TcpStream> server = listener.Accept(Deadline::AfterMs(2000));
+    if (!client || !server) abort();
+    ProcessIdentity id = LocalIdentity();
+    id.conn_fd = static_cast<uint32_t>(client->NativeHandle());
+    std::shared_ptr<PeerProcess> peer = PeerProcess::Verify(id, *server, &why);
+    if (!peer) {
+      fprintf(stderr, "fuzz_serve_lane: cannot verify this process for the same-host path: %s\n", why.c_str());
+      abort();
+    }
+    return peer;
+  }();
+  return self;
+}
+
 constexpr uint64_t kRelativeTag = 0xADD1;
 constexpr size_t kLenA = 256, kLenB = 64, kOffsetC = 64, kLenC = 64, kLenD = 128, kLenR = 128;
 constexpr int kRegions = 5;
@@ -101,7 +128,7 @@ const AppHandler g_app_handler = AppHandlerImpl;
 struct Model {
   uintptr_t bases[kRegions];
   unsigned b_mode;  // 0 rw, 1 read-only, 2 write-only, 3 not registered
-  bool same_host;   // ServeContext.same_host_pid set
+  bool same_host;   // ServeContext.same_host set (this process as the verified requester)
 
   static bool Inside(uintptr_t base, uint64_t size, uint64_t addr, uint64_t len) {
     return addr >= base && len <= size && addr - base <= size - len;
@@ -336,7 +363,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ctx.app_handler = with_app_handler ? &g_app_handler : nullptr;
     ctx.peer = "fuzz-peer";
     ctx.session_id = 7;
-    ctx.same_host_pid = same_host ? static_cast<uint32_t>(getpid()) : 0;
+    if (same_host) ctx.same_host = SelfAsPeer();
     ServeLane(stream, ctx);
     peer.Join();
   }

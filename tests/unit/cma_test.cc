@@ -2,7 +2,11 @@
 #include "transport/shm/cma.h"
 
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <memory>
@@ -36,75 +40,217 @@ struct LoopbackPair {
   }
 };
 
+// This process's identity as the holder of `held` (the other end of the
+// connection a verifier checks).
+ProcessIdentity SelfHolding(const TcpStream &held) {
+  ProcessIdentity id = LocalIdentity();
+  id.conn_fd = static_cast<uint32_t>(held.NativeHandle());
+  return id;
+}
+
+// This process as a verified same-host peer (it holds both ends of a loopback
+// connection, which lives as long as the test binary).
+std::shared_ptr<PeerProcess> SelfPeer() {
+  static LoopbackPair *pair = new LoopbackPair();
+  std::string why;
+  std::shared_ptr<PeerProcess> self = PeerProcess::Verify(SelfHolding(*pair->client), *pair->server, &why);
+  EXPECT_TRUE(self) << why;
+  return self;
+}
+
+// A forked child that holds copies of our descriptors (so the other end of a
+// loopback pair too) and the same token, until told to change it or killed.
+struct ChildHolder {
+  pid_t pid = -1;
+  int command = -1;  // write 't' to make the child overwrite its token
+  explicit ChildHolder() {
+    int p[2];
+    if (pipe(p) != 0) return;
+    (void)LocalIdentity();  // the token exists before fork, at the same address in the child
+    pid = fork();
+    if (pid == 0) {
+      close(p[1]);
+      char c;
+      while (read(p[0], &c, 1) == 1) {
+        if (c == 't') memset(reinterpret_cast<void *>(LocalIdentity().token_addr), 0x5A, 32);
+      }
+      _exit(0);
+    }
+    close(p[0]);
+    command = p[1];
+  }
+  void ChangeToken() {
+    char c = 't';
+    ASSERT_EQ(write(command, &c, 1), 1);
+  }
+  void Kill() {
+    if (pid <= 0) return;
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    pid = -1;
+  }
+  ~ChildHolder() {
+    Kill();
+    if (command >= 0) close(command);
+  }
+};
+
 TEST(Cma, VerifiesAPeerOnlyThroughTheConnectionItHolds) {
-  const ProcessIdentity &self = LocalIdentity();
   LoopbackPair pair;
   ASSERT_TRUE(pair.client && pair.server);
   std::string why;
-  // This process holds both ends: its identity checks out on either side.
-  EXPECT_TRUE(VerifyReachable(self, *pair.client, &why)) << why;
-  EXPECT_TRUE(VerifyReachable(self, *pair.server, &why)) << why;
+  // This process holds both ends: its identity checks out on either side,
+  // naming the descriptor of the *other* end.
+  EXPECT_TRUE(PeerProcess::Verify(SelfHolding(*pair.client), *pair.server, &why)) << why;
+  EXPECT_TRUE(PeerProcess::Verify(SelfHolding(*pair.server), *pair.client, &why)) << why;
+  // Naming our own end (not the other one) proves nothing.
+  EXPECT_FALSE(PeerProcess::Verify(SelfHolding(*pair.server), *pair.server, &why));
+  EXPECT_NE(why.find("does not hold the other end"), std::string::npos) << why;
   // Another process (our parent) does not hold the other end: refused even
   // though its memory may be reachable; this is what stops a peer from
   // naming a process it is not.
-  ProcessIdentity parent = self;
+  ProcessIdentity parent = SelfHolding(*pair.client);
   parent.pid = static_cast<uint32_t>(getppid());
-  EXPECT_FALSE(VerifyReachable(parent, *pair.client, &why));
-  EXPECT_NE(why.find("other end of this connection"), std::string::npos) << why;
+  EXPECT_FALSE(PeerProcess::Verify(parent, *pair.server, &why));
+  EXPECT_NE(why.find("descriptor"), std::string::npos) << why;
+  // No descriptor named: nothing to check the connection against.
+  ProcessIdentity no_fd = LocalIdentity();
+  EXPECT_FALSE(PeerProcess::Verify(no_fd, *pair.server, &why));
+  EXPECT_NE(why.find("which of its descriptors"), std::string::npos) << why;
   // A stream without TCP ends (socketpair) cannot bind the check: refused.
   int fds[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
   TcpStream unix_a(fds[0], "a"), unix_b(fds[1], "b");
-  EXPECT_FALSE(VerifyReachable(self, unix_a, &why));
+  EXPECT_FALSE(PeerProcess::Verify(SelfHolding(unix_b), unix_a, &why));
   // Wrong token, other host, no such process, nothing announced.
-  ProcessIdentity wrong_token = self;
+  ProcessIdentity wrong_token = SelfHolding(*pair.client);
   wrong_token.token[0] ^= 1;
-  EXPECT_FALSE(VerifyReachable(wrong_token, *pair.client, &why));
+  EXPECT_FALSE(PeerProcess::Verify(wrong_token, *pair.server, &why));
   EXPECT_NE(why.find("another process"), std::string::npos) << why;
-  ProcessIdentity other_host = self;
+  ProcessIdentity other_host = SelfHolding(*pair.client);
   other_host.boot_id = "not-this-boot";
-  EXPECT_FALSE(VerifyReachable(other_host, *pair.client, &why));
+  EXPECT_FALSE(PeerProcess::Verify(other_host, *pair.server, &why));
   EXPECT_NE(why.find("another host"), std::string::npos) << why;
-  ProcessIdentity no_process = self;
+  ProcessIdentity no_process = SelfHolding(*pair.client);
   no_process.pid = 0x3FFFFFFF;  // above pid_max
-  EXPECT_FALSE(VerifyReachable(no_process, *pair.client, &why));
-  EXPECT_FALSE(VerifyReachable(ProcessIdentity{}, *pair.client, &why));
+  EXPECT_FALSE(PeerProcess::Verify(no_process, *pair.server, &why));
+  EXPECT_FALSE(PeerProcess::Verify(ProcessIdentity{}, *pair.server, &why));
 }
 
-TEST(Cma, ConnectionOwnerCheckFindsTheHolderOfTheOtherEnd) {
+TEST(Cma, KernelNamesTheSocketAtTheOtherEndAndWhoHoldsIt) {
   LoopbackPair pair;
   ASSERT_TRUE(pair.client && pair.server);
   sockaddr_storage local{}, remote{};
   ASSERT_TRUE(pair.client->SocketEnds(&local, &remote));
   std::string why;
-  EXPECT_TRUE(ProcessHoldsPeerEnd(getpid(), local, remote, &why)) << why;
-  EXPECT_FALSE(ProcessHoldsPeerEnd(getppid(), local, remote, &why));
-  // Once our end of the pair is closed, nobody holds the other end of the old tuple.
+  uint64_t inode = 0;
+  ASSERT_TRUE(PeerSocketInode(local, remote, &inode, &why)) << why;
+  struct stat st {};
+  ASSERT_EQ(fstat(pair.server->NativeHandle(), &st), 0);
+  EXPECT_EQ(inode, st.st_ino);  // the server end is the other end of the client's connection
+  EXPECT_TRUE(ProcessHoldsSocket(getpid(), static_cast<uint32_t>(pair.server->NativeHandle()), inode, &why)) << why;
+  EXPECT_FALSE(ProcessHoldsSocket(getpid(), static_cast<uint32_t>(pair.client->NativeHandle()), inode, &why));
+  EXPECT_FALSE(ProcessHoldsSocket(getppid(), static_cast<uint32_t>(pair.server->NativeHandle()), inode, &why));
+  // Once the other end is closed, the kernel knows no socket there any more.
   pair.server.reset();
-  EXPECT_FALSE(ProcessHoldsPeerEnd(getpid(), local, remote, &why));
+  uint64_t gone = 0;
+  EXPECT_FALSE(PeerSocketInode(local, remote, &gone, &why) && gone == inode);
+}
+
+TEST(Cma, TrustEndsWithTheProcessNotItsNumber) {
+  LoopbackPair pair;
+  ASSERT_TRUE(pair.client && pair.server);
+  ChildHolder child;  // holds copies of both ends, so also the client end at the same descriptor
+  ASSERT_GT(child.pid, 0);
+  ProcessIdentity id = SelfHolding(*pair.client);
+  id.pid = static_cast<uint32_t>(child.pid);
+  std::string why;
+  std::shared_ptr<PeerProcess> peer = PeerProcess::Verify(id, *pair.server, &why);
+  ASSERT_TRUE(peer) << why;
+  static char source[4096];
+  memset(source, 'P', sizeof(source));  // the child's copy was taken at fork: zeros
+  std::vector<char> dst(4096, 'D');
+  iovec l{dst.data(), dst.size()}, r{source, sizeof(source)};
+  ASSERT_EQ(peer->CopyFrom(&l, 1, &r, 1), 0);
+  EXPECT_EQ(dst, std::vector<char>(4096, 0));  // the child's bytes, not ours
+  child.Kill();
+  std::fill(dst.begin(), dst.end(), 'D');
+  EXPECT_EQ(peer->CopyFrom(&l, 1, &r, 1), ESRCH);
+  EXPECT_TRUE(peer->Gone());
+  EXPECT_FALSE(peer->Alive());
+  EXPECT_EQ(dst, std::vector<char>(4096, 'D'));  // nothing copied
+  EXPECT_FALSE(peer->HoldsOtherEnd(*pair.server, id.conn_fd, &why));
+}
+
+TEST(Cma, ACopyFromAnAddressSpaceWithoutTheTokenIsScrubbedAndEndsTrust) {
+  // What a process that exec'd another image (or a process that took over the
+  // pid) looks like: alive, reachable, but without the token it was verified by.
+  LoopbackPair pair;
+  ASSERT_TRUE(pair.client && pair.server);
+  ChildHolder child;
+  ASSERT_GT(child.pid, 0);
+  ProcessIdentity id = SelfHolding(*pair.client);
+  id.pid = static_cast<uint32_t>(child.pid);
+  std::string why;
+  std::shared_ptr<PeerProcess> peer = PeerProcess::Verify(id, *pair.server, &why);
+  ASSERT_TRUE(peer) << why;
+  child.ChangeToken();
+  static char source[8192];
+  std::vector<char> dst(8192, 'D');
+  iovec l{dst.data(), dst.size()}, r{source, sizeof(source)};
+  int err = 0;
+  for (int i = 0; i < 200 && err == 0; ++i) {  // until the child has overwritten its token
+    err = peer->CopyFrom(&l, 1, &r, 1);
+    if (err == 0) usleep(5000);
+  }
+  EXPECT_EQ(err, ESRCH);
+  EXPECT_TRUE(peer->Gone());
+  EXPECT_EQ(dst, std::vector<char>(8192, 0));  // scrubbed (the bytes were not trusted)
+  std::fill(dst.begin(), dst.end(), 'D');
+  EXPECT_EQ(peer->CopyFrom(&l, 1, &r, 1), ESRCH);  // trust does not come back
+  EXPECT_EQ(dst, std::vector<char>(8192, 'D'));
 }
 
 TEST(Cma, CopiesAcrossManyUnevenlySplitRanges) {
   // 3000 local pieces of 7 bytes vs 1500 remote pieces of 14 bytes: more than
   // IOV_MAX on both sides and boundaries that never line up.
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  ASSERT_TRUE(self);
   std::vector<char> src(21000), dst(21000, 0);
   for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<char>(i * 11 + 3);
   std::vector<iovec> local, remote;
-  for (size_t i = 0; i < 3000; ++i) local.push_back({src.data() + i * 7, 7});
-  for (size_t i = 0; i < 1500; ++i) remote.push_back({dst.data() + i * 14, 14});
-  ASSERT_EQ(CmaCopy(getpid(), /*to_peer=*/true, local.data(), local.size(), remote.data(), remote.size()), 0);
+  for (size_t i = 0; i < 3000; ++i) local.push_back({dst.data() + i * 7, 7});
+  for (size_t i = 0; i < 1500; ++i) remote.push_back({src.data() + i * 14, 14});
+  ASSERT_EQ(self->CopyFrom(local.data(), local.size(), remote.data(), remote.size()), 0);
   EXPECT_EQ(src, dst);
   std::vector<char> back(21000, 0);
   std::vector<iovec> back_iov{{back.data(), back.size()}};
-  ASSERT_EQ(CmaCopy(getpid(), /*to_peer=*/false, back_iov.data(), 1, remote.data(), remote.size()), 0);
+  ASSERT_EQ(self->CopyFrom(back_iov.data(), 1, local.data(), local.size()), 0);
   EXPECT_EQ(back, src);
 }
 
-TEST(Cma, UnmappedPeerRangeIsEfault) {
-  std::vector<char> buf(64);
+TEST(Cma, UnmappedPeerRangeIsEfaultAndWhatWasCopiedIsScrubbed) {
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  ASSERT_TRUE(self);
+  std::vector<char> buf(64, 'B');
   iovec local{buf.data(), buf.size()};
   iovec remote{reinterpret_cast<void *>(0x10), 64};
-  EXPECT_EQ(CmaCopy(getpid(), false, &local, 1, &remote, 1), EFAULT);
+  EXPECT_EQ(self->CopyFrom(&local, 1, &remote, 1), EFAULT);
+  EXPECT_EQ(buf, std::vector<char>(64, 'B'));  // nothing copied, nothing changed
+  // A range whose second page is not mapped: the first page arrives, then the
+  // copy stops; those bytes are zeroed rather than left half-done.
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  char *two = static_cast<char *>(mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(two, MAP_FAILED);
+  memset(two, 'S', page);
+  ASSERT_EQ(mprotect(two + page, page, PROT_NONE), 0);
+  std::vector<char> dst(2 * page, 'D');
+  iovec l{dst.data(), dst.size()}, r{two, 2 * page};
+  EXPECT_EQ(self->CopyFrom(&l, 1, &r, 1), EFAULT);
+  EXPECT_EQ(std::string(dst.data(), page), std::string(page, '\0'));
+  EXPECT_EQ(std::string(dst.data() + page, page), std::string(page, 'D'));
+  EXPECT_FALSE(self->Gone());  // a bad range is the caller's mistake, not a reason to distrust the peer
+  munmap(two, 2 * page);
 }
 
 // The lane protocol with same-host requests: the serving side copies straight
@@ -132,10 +278,11 @@ TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
     ServeContext ctx;
     ctx.registry = &registry;
     ctx.peer = "self";
-    ctx.same_host_pid = static_cast<uint32_t>(getpid());
+    ctx.same_host = SelfPeer();
     ServeLane(server, ctx);
   });
-  const uint32_t self = static_cast<uint32_t>(getpid());
+  std::shared_ptr<PeerProcess> self_peer = SelfPeer();
+  PeerProcess *self = self_peer.get();
   auto R = [&](size_t off) { return reinterpret_cast<uintptr_t>(remote.data()) + off; };
   // Large enough for the same-host path (SameHostPays); and a small one that goes over the socket.
   for (size_t piece : {size_t{40 * 1024}, size_t{500}}) {
@@ -185,7 +332,7 @@ TEST(CmaLane, StandingReadLeaseOnlyOnVerifiedLanesAndOnlyReadableRegions) {
       ServeContext ctx;
       ctx.registry = &registry;
       ctx.peer = "peer";
-      ctx.same_host_pid = verified ? static_cast<uint32_t>(getpid()) : 0;
+      if (verified) ctx.same_host = SelfPeer();
       ServeLane(server, ctx);
     });
     ReadLease lease;
@@ -222,12 +369,13 @@ TEST(CmaLane, UnverifiedPeerCannotUseTheSameHostPath) {
   std::thread serving([&] {
     ServeContext ctx;
     ctx.registry = &registry;
-    ctx.peer = "stranger";  // same_host_pid stays 0: not verified
+    ctx.peer = "stranger";  // same_host stays null: not verified
     ServeLane(server, ctx);
   });
   std::vector<char> local(len, 'L');
   Segment s{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()), len};
-  LaneResult r = ExecuteTransfer(requester, adxl::READ, &s, 1, 1, Deadline::AfterMs(3000), static_cast<uint32_t>(getpid()));
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  LaneResult r = ExecuteTransfer(requester, adxl::READ, &s, 1, 1, Deadline::AfterMs(3000), self.get());
   EXPECT_NE(r.status, adxl::SUCCESS);
   EXPECT_EQ(std::string(local.begin(), local.end()), std::string(len, 'L'));
   requester.Shutdown();
@@ -253,7 +401,7 @@ TEST(CmaLane, UnreleasedLeaseExpiresAndDeregistrationProceeds) {
     ServeContext ctx;
     ctx.registry = &registry;
     ctx.peer = "greedy";
-    ctx.same_host_pid = static_cast<uint32_t>(getpid());
+    ctx.same_host = SelfPeer();
     ServeLane(server, ctx);
   });
   uint8_t body[wire::kRangeBodyHeader + wire::kSameHostDeadlineSize + wire::kSameHostEntrySize];

@@ -71,13 +71,15 @@ TEST(WireHello, RefusesTruncatedOversizedAndUnknownRole) {
   in.engine_id = "x";
   std::string body = EncodeHello(in);
   Hello out;
-  // Trailing optional fields: the nonce (4-byte length, empty here) and the
+  // Trailing optional fields: the nonce (4-byte length, empty here), the
   // same-host identity block (boot id length 4, pid 4, token addr 8, token
-  // length 4). A body may end before either of them, nowhere else.
-  const size_t without_identity = body.size() - 20;
+  // length 4) and the connection's descriptor (4). A body may end before any
+  // of them, nowhere else.
+  const size_t without_conn_fd = body.size() - 4;
+  const size_t without_identity = without_conn_fd - 20;
   const size_t without_nonce = without_identity - 4;
   for (size_t cut = 0; cut < body.size(); ++cut) {
-    if (cut == without_nonce || cut == without_identity) {
+    if (cut == without_nonce || cut == without_identity || cut == without_conn_fd) {
       EXPECT_TRUE(DecodeHello(body.substr(0, cut), &out));
     } else {
       EXPECT_FALSE(DecodeHello(body.substr(0, cut), &out)) << cut;
@@ -141,20 +143,32 @@ TEST(WireHello, SameHostIdentityRoundTrips) {
   in.pid = 1234;
   in.token_addr = 0x7fff0000;
   in.token = std::string(32, 'T');
+  in.conn_fd = 17;
   Hello out;
   ASSERT_TRUE(DecodeHello(EncodeHello(in), &out));
   EXPECT_EQ(out.boot_id, "boot");
   EXPECT_EQ(out.pid, 1234U);
   EXPECT_EQ(out.token_addr, 0x7fff0000U);
   EXPECT_EQ(out.token, in.token);
+  EXPECT_EQ(out.conn_fd, 17U);
+  // An identity block from a sender that names no descriptor (it ends after the token).
+  std::string no_fd = EncodeHello(in);
+  no_fd.resize(no_fd.size() - 4);
+  Hello older;
+  ASSERT_TRUE(DecodeHello(no_fd, &older));
+  EXPECT_EQ(older.conn_fd, kNoConnFd);
   HelloAck ack;
   ack.engine_id = "s";
   ack.pid = 99;
   ack.token = "t";
+  ack.conn_fd = 5;
   HelloAck back;
   ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(ack), &back));
   EXPECT_EQ(back.pid, 99U);
   EXPECT_EQ(back.token, "t");
+  EXPECT_EQ(back.conn_fd, 5U);
+  std::string ack_body = EncodeHelloAck(ack);
+  EXPECT_FALSE(DecodeHelloAck(ack_body.substr(0, ack_body.size() - 2), &back));  // a cut descriptor field
 }
 
 TEST(WireHeader, SameHostWritesCarryNoPayload) {

@@ -1,5 +1,7 @@
 #include "transport/shm/cma.h"
 
+#include <poll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +12,7 @@
 #include <vector>
 
 #include "common/hmac.h"
+#include "common/log.h"
 #include "transport/shm/connection_owner.h"
 
 namespace llmdd {
@@ -17,12 +20,24 @@ namespace {
 
 constexpr size_t kTokenBytes = 32;
 constexpr size_t kMaxIov = IOV_MAX < 1024 ? IOV_MAX : 1024;
+// Each call carries the data ranges plus one entry for the token.
+constexpr size_t kMaxDataIov = kMaxIov - 1;
 
 std::string ReadBootId() {
   std::ifstream in("/proc/sys/kernel/random/boot_id");
   std::string id;
   std::getline(in, id);
   return id;
+}
+
+int OpenPidfd(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+#else
+  (void)pid;
+  errno = ENOSYS;
+  return -1;
+#endif
 }
 
 // Advances through an iovec array without modifying it.
@@ -32,11 +47,11 @@ struct Cursor {
   size_t index = 0;
   size_t offset = 0;
   bool Done() const { return index >= count; }
-  // Takes up to `max_bytes` as at most kMaxIov entries.
+  // Takes up to `max_bytes` as at most kMaxDataIov entries.
   size_t Take(iovec *out, size_t *n, size_t max_bytes) {
     size_t taken = 0;
     *n = 0;
-    while (index < count && *n < kMaxIov && taken < max_bytes) {
+    while (index < count && *n < kMaxDataIov && taken < max_bytes) {
       size_t left = iov[index].iov_len - offset;
       size_t use = std::min(left, max_bytes - taken);
       if (use > 0) out[(*n)++] = {static_cast<char *>(iov[index].iov_base) + offset, use};
@@ -49,7 +64,7 @@ struct Cursor {
     }
     return taken;
   }
-  void Rewind(size_t bytes) {  // gives back bytes not consumed by a short copy
+  void Rewind(size_t bytes) {  // gives back bytes not consumed
     while (bytes > 0) {
       if (offset == 0) {
         --index;
@@ -61,6 +76,15 @@ struct Cursor {
     }
   }
 };
+
+// Zeroes the first `bytes` bytes described by `iov`.
+void Scrub(const iovec *iov, size_t count, size_t bytes) {
+  for (size_t i = 0; i < count && bytes > 0; ++i) {
+    size_t n = std::min(bytes, iov[i].iov_len);
+    memset(iov[i].iov_base, 0, n);
+    bytes -= n;
+  }
+}
 
 }  // namespace
 
@@ -79,78 +103,165 @@ const ProcessIdentity &LocalIdentity() {
   return identity;
 }
 
-bool VerifyReachable(const ProcessIdentity &peer, const ByteStream &connection, std::string *why) {
+PeerProcess::PeerProcess(pid_t pid, int pidfd, uint64_t token_addr, const std::string &token)
+    : pid_(pid), pidfd_(pidfd), token_addr_(token_addr) {
+  memcpy(token_, token.data(), kTokenBytes);
+}
+
+PeerProcess::~PeerProcess() { close(pidfd_); }
+
+std::shared_ptr<PeerProcess> PeerProcess::Verify(const ProcessIdentity &claimed, const ByteStream &connection,
+                                                 std::string *why) {
   const ProcessIdentity &self = LocalIdentity();
-  if (peer.Empty() || peer.token.size() != kTokenBytes) {
+  if (claimed.Empty() || claimed.token.size() != kTokenBytes) {
     *why = "peer did not offer the same-host path";
-    return false;
+    return nullptr;
   }
-  if (self.boot_id.empty() || peer.boot_id != self.boot_id) {
+  if (self.boot_id.empty() || claimed.boot_id != self.boot_id) {
     *why = "peer runs on another host (boot id differs)";
+    return nullptr;
+  }
+  if (claimed.conn_fd == kNoDescriptor) {
+    *why = "peer did not say which of its descriptors holds the connection";
+    return nullptr;
+  }
+  if (claimed.pid > static_cast<uint32_t>(INT32_MAX)) {
+    *why = "pid " + std::to_string(claimed.pid) + " is not a process id";
+    return nullptr;
+  }
+  const pid_t pid = static_cast<pid_t>(claimed.pid);
+  // The handle comes first: whatever the checks below find is only trusted if
+  // this very process is still alive after them.
+  int pidfd = OpenPidfd(pid);
+  if (pidfd < 0) {
+    *why = "cannot open a handle on pid " + std::to_string(pid) + ": " + strerror(errno);
+    return nullptr;
+  }
+  std::shared_ptr<PeerProcess> process(new PeerProcess(pid, pidfd, claimed.token_addr, claimed.token));
+  if (!process->HoldsOtherEnd(connection, claimed.conn_fd, why)) return nullptr;
+  // Can we reach its memory, and is it the same PID namespace (the token it placed is there)?
+  char buf[kTokenBytes];
+  iovec local_iov{buf, kTokenBytes};
+  iovec remote_iov{reinterpret_cast<void *>(claimed.token_addr), kTokenBytes};
+  ssize_t n = process_vm_readv(pid, &local_iov, 1, &remote_iov, 1, 0);
+  if (n != static_cast<ssize_t>(kTokenBytes)) {
+    *why = std::string("cannot read the peer's memory at pid ") + std::to_string(pid) + ": " +
+           (n < 0 ? strerror(errno) : "short read");
+    return nullptr;
+  }
+  if (!process->TokenMatches(buf)) {
+    *why = "pid " + std::to_string(pid) + " is another process (different PID namespace?)";
+    return nullptr;
+  }
+  if (!process->Alive()) {
+    *why = "pid " + std::to_string(pid) + " exited while it was being verified";
+    return nullptr;
+  }
+  return process;
+}
+
+bool PeerProcess::HoldsOtherEnd(const ByteStream &connection, uint32_t fd, std::string *why) {
+  if (fd == kNoDescriptor) {
+    *why = "peer did not say which of its descriptors holds the connection";
     return false;
   }
-  // First: is the process named the one on the other end of this connection?
-  // (Anyone can name a process; only that process holds the socket.)
   sockaddr_storage local{}, remote{};
   if (!connection.SocketEnds(&local, &remote)) {
     *why = "the connection has no TCP addresses to check the peer process against";
     return false;
   }
-  if (!ProcessHoldsPeerEnd(static_cast<pid_t>(peer.pid), local, remote, why)) return false;
-  // Then: can we reach its memory, and is it the same pid namespace (the token it placed is there)?
-  char buf[kTokenBytes];
-  iovec local_iov{buf, kTokenBytes};
-  iovec remote_iov{reinterpret_cast<void *>(peer.token_addr), kTokenBytes};
-  ssize_t n = process_vm_readv(static_cast<pid_t>(peer.pid), &local_iov, 1, &remote_iov, 1, 0);
-  if (n != static_cast<ssize_t>(kTokenBytes)) {
-    *why = std::string("cannot read the peer's memory at pid ") + std::to_string(peer.pid) + ": " +
-           (n < 0 ? strerror(errno) : "short read");
-    return false;
-  }
-  if (memcmp(buf, peer.token.data(), kTokenBytes) != 0) {
-    *why = "pid " + std::to_string(peer.pid) + " is another process (different PID namespace?)";
+  uint64_t inode = 0;
+  if (!PeerSocketInode(local, remote, &inode, why) || !ProcessHoldsSocket(pid_, fd, inode, why)) return false;
+  if (!Alive()) {
+    *why = "pid " + std::to_string(pid_) + " has exited";
     return false;
   }
   return true;
 }
 
-int CmaCopy(pid_t peer, bool to_peer, const iovec *local, size_t local_count, const iovec *remote,
-            size_t remote_count, Deadline deadline) {
+bool PeerProcess::TokenMatches(const char *bytes) const { return memcmp(bytes, token_, kTokenBytes) == 0; }
+
+bool PeerProcess::Alive() {
+  if (Gone()) return false;
+  pollfd p{pidfd_, POLLIN, 0};
+  int rc;
+  do {
+    rc = poll(&p, 1, 0);
+  } while (rc < 0 && errno == EINTR);
+  // A pidfd becomes readable when its process exits; an error means we cannot tell.
+  if (rc != 0) {
+    MarkGone(rc > 0 ? "the process exited" : "its handle cannot be polled");
+    return false;
+  }
+  return true;
+}
+
+void PeerProcess::MarkGone(const char *reason) {
+  if (gone_.exchange(true, std::memory_order_acq_rel)) return;
+  LOG_WARN("same-host peer pid %d is no longer trusted (%s): its session stops using the same-host path",
+           static_cast<int>(pid_), reason);
+}
+
+int PeerProcess::CopyFrom(const iovec *local, size_t local_count, const iovec *remote, size_t remote_count,
+                          Deadline deadline) {
+  if (Gone()) return ESRCH;
   Cursor l{local, local_count}, r{remote, remote_count};
-  // Per-thread scratch: a small copy (the one-sided READ path) must not pay
-  // for allocating and zeroing 2 x 16 KiB on every call.
+  // Per-thread scratch of a fixed size: a small copy (the one-sided READ path)
+  // must not pay for allocating and zeroing 2 x 16 KiB on every call.
   thread_local std::vector<iovec> lv(kMaxIov), rv(kMaxIov);
+  char echo[kTokenBytes];
+  size_t written = 0;  // bytes of `local` (a prefix) written by the calls so far
+  int err = 0;
   while (!l.Done() && !r.Done()) {
-    if (deadline.Expired()) return ETIMEDOUT;
+    if (deadline.Expired()) {
+      err = ETIMEDOUT;
+      break;
+    }
     size_t ln = 0, rn = 0;
     size_t lbytes = l.Take(lv.data(), &ln, kMaxBytesPerCall);
     size_t rbytes = r.Take(rv.data(), &rn, lbytes);
     if (rbytes < lbytes) l.Rewind(lbytes - rbytes);
     // Trim the local side to the remote bytes taken.
-    size_t want = rbytes, acc = 0;
+    const size_t want = rbytes;
     size_t used = 0;
-    for (; used < ln && acc < want; ++used) {
+    for (size_t acc = 0; used < ln && acc < want; ++used) {
       if (acc + lv[used].iov_len > want) lv[used].iov_len = want - acc;
       acc += lv[used].iov_len;
     }
-    ssize_t n = to_peer ? process_vm_writev(peer, lv.data(), used, rv.data(), rn, 0)
-                        : process_vm_readv(peer, lv.data(), used, rv.data(), rn, 0);
-    if (n < 0) {
-      if (errno == EINTR) {
-        l.Rewind(want);
-        r.Rewind(want);
-        continue;
-      }
-      return errno;
+    // The token last: if it arrives intact, every byte before it came from
+    // the address space we verified (one call reads from one address space).
+    lv[used] = {echo, kTokenBytes};
+    rv[rn] = {reinterpret_cast<void *>(token_addr_), kTokenBytes};
+    ssize_t n = process_vm_readv(pid_, lv.data(), used + 1, rv.data(), rn + 1, 0);
+    if (n < 0 && errno == EINTR) {  // nothing was copied
+      l.Rewind(want);
+      r.Rewind(want);
+      continue;
     }
-    if (static_cast<size_t>(n) < want) {
-      // Partial copies stop at the first unmapped page on either side.
-      if (n == 0) return EFAULT;
-      l.Rewind(want - static_cast<size_t>(n));
-      r.Rewind(want - static_cast<size_t>(n));
+    if (n < 0) {  // nothing was copied by this call
+      err = errno;
+      if (err == ESRCH || err == EPERM) MarkGone(err == ESRCH ? "the process exited" : "access was withdrawn");
+      break;
+    }
+    const size_t got = static_cast<size_t>(n);
+    if (got < want) {  // stopped at an unmapped page on one side
+      written += got;
+      err = EFAULT;
+      break;
+    }
+    written += want;
+    if (got < want + kTokenBytes || !TokenMatches(echo)) {
+      MarkGone("its address space no longer holds its token (the pid names another process or a new image)");
+      err = ESRCH;
+      break;
     }
   }
-  return (l.Done() && r.Done()) ? 0 : EINVAL;
+  if (err == 0 && !(l.Done() && r.Done())) err = EINVAL;
+  // The pid may have named another process only if ours exited: once the
+  // handle shows it alive after the copy, the copy was from it.
+  if (!Alive()) err = ESRCH;
+  if (err != 0 && written > 0) Scrub(local, local_count, written);
+  return err;
 }
 
 }  // namespace llmdd

@@ -37,6 +37,7 @@ class TcpStream final : public ByteStream {
   std::string PeerName() const override { return peer_name_; }
   int LastErrno() const override { return last_errno_; }
   bool SocketEnds(sockaddr_storage *local, sockaddr_storage *remote) const override;
+  int NativeHandle() const override { return fd_.load(); }
 
  private:
   class SpinWait;
