@@ -92,6 +92,10 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       ctx.peer = raw->params_.remote_id;
       ctx.same_host = raw->server_process_;
       ctx.stopping = &raw->stopping_;
+      ctx.max_wait_ms = raw->params_.config.max_serve_wait_ms;
+      ctx.max_lease_ms = raw->params_.config.deregister_grace_ms;
+      ctx.app_bytes = &raw->reverse_app_bytes_;
+      ctx.max_app_bytes = raw->params_.config.max_peer_message_bytes;
       ServeLane(*lane, ctx);
       lane->Shutdown();
     });

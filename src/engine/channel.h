@@ -75,6 +75,7 @@ class Channel {
   std::unique_ptr<LanePool> lanes_;
   std::vector<std::shared_ptr<ByteStream>> reverse_streams_;
   std::vector<std::thread> reverse_threads_;
+  std::atomic<uint64_t> reverse_app_bytes_{0};  // app messages held for the server across reverse lanes
   std::atomic<bool> stopping_{false};
   std::thread heartbeat_;
   std::mutex wake_mutex_;

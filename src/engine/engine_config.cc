@@ -1,5 +1,6 @@
 #include "engine/engine_config.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "common/endpoint.h"
@@ -79,6 +80,24 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         return adxl::PARAM_INVALID;
       }
       config->busy_poll_us = static_cast<int32_t>(v);
+    } else if (key == kOptMaxServeWaitMs) {
+      if (!ParseBounded(value, 100, 86400000, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [100, 86400000]";
+        return adxl::PARAM_INVALID;
+      }
+      config->max_serve_wait_ms = static_cast<uint32_t>(v);
+    } else if (key == kOptDeregisterGraceMs) {
+      if (!ParseBounded(value, 100, 600000, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [100, 600000]";
+        return adxl::PARAM_INVALID;
+      }
+      config->deregister_grace_ms = static_cast<uint32_t>(v);
+    } else if (key == kOptMaxPeerMessageBytes) {
+      if (!ParseBounded(value, 64 << 10, 64 << 20, &v)) {
+        *error = "option " + key + "='" + value + "' must be an integer in [65536, 67108864]";
+        return adxl::PARAM_INVALID;
+      }
+      config->max_peer_message_bytes = static_cast<uint64_t>(v);
     } else if (key == kOptTransport) {
       if (value == "auto") {
         config->transport = EngineConfig::Transport::kAuto;
@@ -110,6 +129,13 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
     return adxl::PARAM_INVALID;
   }
   return adxl::SUCCESS;
+}
+
+uint32_t EngineConfig::SessionSilenceMs(uint32_t client_peer_timeout_ms) const {
+  // The client may ask for more patience than our own peer timeout (it sends
+  // heartbeats less often), but never more than our own maximum wait.
+  const uint32_t ceiling = std::max(peer_timeout_ms, max_serve_wait_ms);
+  return std::min(std::max(peer_timeout_ms, client_peer_timeout_ms), ceiling);
 }
 
 }  // namespace llmdd

@@ -27,6 +27,20 @@ struct EngineConfig {
   // applied only when given (-1: leave the current setting, 50 µs by default).
   int32_t busy_poll_us = -1;
   std::string auth_secret;              // llmdd.AuthSecret or $LLMDD_AUTH_SECRET: mutual HMAC auth when set
+  // Serving side: the longest it waits for, or works on, one peer request
+  // (the peer's announced timeout is clamped to it), and the longest a silent
+  // session is kept whatever the client announces.
+  uint32_t max_serve_wait_ms = 60000;   // llmdd.MaxServeWaitMs [100, 86400000]
+  // DeregisterMem / UnregisterKvCache / Finalize wait this long for requests
+  // still using a region, then break the lanes that serve them and return.
+  // Same-host read leases are never longer than this.
+  uint32_t deregister_grace_ms = 2000;  // llmdd.DeregisterGraceMs [100, 600000]
+  // Bytes of application messages (LLM-DataDist's link and cache-table
+  // messages) one peer may have this engine hold at once; a larger message is
+  // refused and its lane closed. Memory is allocated only as bytes arrive.
+  uint64_t max_peer_message_bytes = 16ULL << 20;  // llmdd.MaxPeerMessageBytes [64 KiB, 64 MiB]
+  // Silence after which the server drops a client's session.
+  uint32_t SessionSilenceMs(uint32_t client_peer_timeout_ms) const;
 };
 
 // Keys (extension options).
@@ -37,6 +51,9 @@ constexpr const char kOptWorkerThreads[] = "llmdd.WorkerThreads";
 constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
 constexpr const char kOptTransport[] = "llmdd.Transport";
 constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";
+constexpr const char kOptMaxServeWaitMs[] = "llmdd.MaxServeWaitMs";
+constexpr const char kOptDeregisterGraceMs[] = "llmdd.DeregisterGraceMs";
+constexpr const char kOptMaxPeerMessageBytes[] = "llmdd.MaxPeerMessageBytes";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 
 // Parses and validates; unknown keys are logged and ignored. Returns

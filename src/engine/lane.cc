@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "common/log.h"
@@ -21,6 +22,12 @@ constexpr int64_t kServeGraceMs = 1000;
 // A peer that started a message must finish sending its body within this.
 constexpr int64_t kBodyAssemblyMs = 30000;
 constexpr size_t kDiscardChunk = 256 * 1024;
+
+// How long a peer that started a message may take to send its body: ours, and
+// never beyond this engine's own maximum wait.
+Deadline AssemblyDeadline(const ServeContext &ctx) {
+  return Deadline::AfterMs(std::min<int64_t>(kBodyAssemblyMs, int64_t{ctx.max_wait_ms} + kServeGraceMs));
+}
 
 std::string HexRange(uint64_t addr, uint64_t len) {
   char buf[96];
@@ -44,6 +51,46 @@ LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what) {
   return result;
 }
 
+// Per-thread scratch is kept between requests (small calls must not
+// allocate), but never more than this: one maximal request must not leave
+// megabytes behind on every thread that served or sent it.
+constexpr size_t kKeepScratchBytes = 64 * 1024;
+
+// Releases the given scratch vectors on scope exit when they grew beyond kKeepScratchBytes.
+template <typename... Vectors>
+class TrimOnExit {
+ public:
+  explicit TrimOnExit(Vectors &...vectors) : vectors_(vectors...) {}
+  ~TrimOnExit() {
+    std::apply([](auto &...v) { (Trim(v), ...); }, vectors_);
+  }
+  TrimOnExit(const TrimOnExit &) = delete;
+  TrimOnExit &operator=(const TrimOnExit &) = delete;
+
+ private:
+  template <typename T>
+  static void Trim(std::vector<T> &v) {
+    if (v.capacity() * sizeof(T) > kKeepScratchBytes) std::vector<T>().swap(v);
+  }
+  std::tuple<Vectors &...> vectors_;
+};
+
+// Reads a body of `len` bytes into *out (appended), allocating only as the
+// bytes arrive: a length a peer announced is not a reason to allocate it.
+template <typename Bytes>
+IoStatus ReadBodyAsItArrives(ByteStream &stream, uint64_t len, Deadline deadline, Bytes *out) {
+  constexpr uint64_t kChunk = 64 * 1024;
+  while (len > 0) {
+    const size_t n = static_cast<size_t>(std::min(len, kChunk));
+    const size_t at = out->size();
+    out->resize(at + n);
+    IoStatus io = stream.Read(out->data() + at, n, deadline);
+    if (io != IoStatus::kOk) return io;
+    len -= n;
+  }
+  return IoStatus::kOk;
+}
+
 // Reads the answer to request `request_id`: a header of type `expected` (or
 // an Error about this request or the lane, id 0) and its body. SUCCESS with
 // *body filled for `expected`; an Error becomes the peer's (sanitized) status
@@ -65,8 +112,8 @@ LaneResult ReadAnswer(ByteStream &stream, MsgType expected, uint64_t request_id,
     result.error = "protocol error from " + stream.PeerName() + ": " + bad;
     return result;
   }
-  body->assign(header->body_len, '\0');
-  io = stream.Read(body->data(), body->size(), deadline);
+  body->clear();
+  io = ReadBodyAsItArrives(stream, header->body_len, deadline, body);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "reading an answer from");
   if (is_error) {
     result.status = header->status != adxl::SUCCESS ? wire::SanitizePeerStatus(header->status) : adxl::FAILED;
@@ -112,6 +159,8 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
   const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostDeadlineSize : 0);
   thread_local std::vector<uint8_t> body;
+  thread_local std::vector<iovec> iov, local_iov, remote_iov;
+  TrimOnExit trim(body, iov, local_iov, remote_iov);
   body.resize(entries_at + entry_size * count);
   if (same_host) {
     const uint64_t deadline_ns = static_cast<uint64_t>(
@@ -148,7 +197,6 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
     // receipt of the request, which is after `sent_at`; so if our copy ends
     // before sent_at + lease, it ran entirely while the memory was pinned.
     const auto lease_end = sent_at + std::chrono::milliseconds(std::min<uint32_t>(response.flags, wire::kMaxLeaseMs));
-    thread_local std::vector<iovec> local_iov, remote_iov;
     local_iov.clear();
     remote_iov.clear();
     for (size_t i = 0; i < count; ++i) {
@@ -177,7 +225,6 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   }
 
   // Local side of the data: destination iovecs for READ, source iovecs for WRITE.
-  thread_local std::vector<iovec> iov;
   iov.clear();
   iov.reserve(count + 2);
   if (!is_read) {
@@ -292,12 +339,15 @@ bool SendResponse(ByteStream &stream, MsgType type, uint64_t request_id, adxl::S
 }
 
 // `request_id` is 0 when the message that broke the lane could not be read as a request.
-void SendProtocolError(ByteStream &stream, uint64_t request_id, const std::string &reason) {
-  SendResponse(stream, MsgType::kError, request_id, adxl::PARAM_INVALID, reason, Deadline::AfterMs(200));
+void SendProtocolError(ByteStream &stream, uint64_t request_id, const std::string &reason,
+                       adxl::Status status = adxl::PARAM_INVALID) {
+  SendResponse(stream, MsgType::kError, request_id, status, reason, Deadline::AfterMs(200));
 }
 
 bool DiscardPayload(ByteStream &stream, uint64_t len, Deadline deadline) {
-  thread_local std::vector<char> sink(kDiscardChunk);
+  // Per call, not per thread: refusals with a payload are rare, and a sink
+  // kept on every serving thread would cost memory for nothing.
+  std::vector<char> sink(static_cast<size_t>(std::min<uint64_t>(len, kDiscardChunk)));
   while (len > 0) {
     size_t n = len < sink.size() ? static_cast<size_t>(len) : sink.size();
     if (stream.Read(sink.data(), n, deadline) != IoStatus::kOk) return false;
@@ -309,7 +359,7 @@ bool DiscardPayload(ByteStream &stream, uint64_t len, Deadline deadline) {
 // Serves one Read/Write request whose header has been read. False ends the lane.
 bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
   const bool is_read = header.type == static_cast<uint16_t>(MsgType::kReadRequest);
-  Deadline assembly = Deadline::AfterMs(kBodyAssemblyMs);
+  Deadline assembly = AssemblyDeadline(ctx);
   if (header.body_len < wire::kRangeBodyHeader) {
     SendProtocolError(stream, header.request_id, "range list too short");
     return false;
@@ -317,8 +367,10 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   const bool same_host = (header.flags & wire::kFlagSameHost) != 0;
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
   thread_local std::vector<uint8_t> body;
-  body.resize(header.body_len);
-  if (stream.Read(body.data(), body.size(), assembly) != IoStatus::kOk) return false;
+  thread_local std::vector<iovec> iov, peer_iov;  // peer_iov: same-host, the requester's local ranges
+  TrimOnExit trim(body, iov, peer_iov);
+  body.clear();
+  if (ReadBodyAsItArrives(stream, header.body_len, assembly, &body) != IoStatus::kOk) return false;
   uint32_t count = 0, timeout_ms = 0;
   uint64_t total = 0;
   std::string bad = wire::DecodeRangeHeader(body.data(), header.body_len, &count, &timeout_ms, &total, entry_size);
@@ -335,7 +387,10 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     SendProtocolError(stream, header.request_id, "write payload length does not match the range list");
     return false;
   }
-  Deadline deadline = Deadline::AfterMs(static_cast<int64_t>(timeout_ms) + kServeGraceMs);
+  // The requester's timeout, but never beyond our own limit: a peer must not
+  // choose how long we hold its regions pinned.
+  const uint32_t serve_ms = std::min(timeout_ms, ctx.max_wait_ms);
+  Deadline deadline = Deadline::AfterMs(static_cast<int64_t>(serve_ms) + kServeGraceMs);
   if (same_host && !ctx.same_host->Alive()) {
     // The process we verified is gone: whoever holds the lane now is not it.
     // A same-host request carries no payload, so the lane stays in step.
@@ -357,14 +412,12 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
 
   // Validate every range before touching any byte; pin the regions meanwhile.
   RegionPins pins(ctx.registry);
-  thread_local std::vector<iovec> iov;
   iov.clear();
   iov.reserve(count + 1);
   MsgHeader response;
   response.type = static_cast<uint16_t>(is_read ? MsgType::kReadResponse : MsgType::kWriteResponse);
   response.request_id = header.request_id;
   if (is_read && !same_host) iov.push_back({&response, sizeof(response)});
-  thread_local std::vector<iovec> peer_iov;  // same-host: the requester's local ranges
   peer_iov.clear();
   uint64_t sum = 0;
   std::string refusal;
@@ -396,7 +449,8 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   if (same_host && is_read) {
     // The requester copies out of our memory itself: keep the regions pinned
     // for a bounded lease, until it says Release. We never write its memory.
-    const uint32_t lease_ms = std::min<uint32_t>(std::max<uint32_t>(timeout_ms, 1), wire::kMaxLeaseMs);
+    const uint32_t lease_ms =
+        std::min({std::max<uint32_t>(timeout_ms, 1), wire::kMaxLeaseMs, std::max<uint32_t>(ctx.max_lease_ms, 1)});
     Deadline lease = Deadline::AfterMs(lease_ms);
     MsgHeader go;
     go.type = static_cast<uint16_t>(MsgType::kReadResponse);
@@ -454,19 +508,46 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   return SendResponse(stream, MsgType::kWriteResponse, header.request_id, adxl::SUCCESS, "", deadline);
 }
 
-bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
-  Deadline assembly = Deadline::AfterMs(kBodyAssemblyMs);
-  std::string request(header.body_len, '\0');
-  if (stream.Read(request.data(), request.size(), assembly) != IoStatus::kOk) return false;
-  std::string response;
-  adxl::Status status = adxl::UNSUPPORTED;
-  if (ctx.app_handler != nullptr && *ctx.app_handler) {
-    // The app type travels in flags; prepend it so one handler can dispatch.
-    std::string typed(4, '\0');
-    memcpy(typed.data(), &header.flags, 4);
-    typed += request;
-    status = (*ctx.app_handler)(ctx.peer, ctx.session_id, typed, &response);
+// Holds `bytes` of a peer's budget for application messages while one is
+// being read and handled; refused when the peer would exceed it.
+class AppBudgetReservation {
+ public:
+  AppBudgetReservation(const ServeContext &ctx, uint64_t bytes) : counter_(ctx.app_bytes), bytes_(bytes) {
+    if (counter_ == nullptr) return;
+    if (counter_->fetch_add(bytes_) + bytes_ > ctx.max_app_bytes) {
+      counter_->fetch_sub(bytes_);
+      counter_ = nullptr;
+      refused_ = true;
+    }
   }
+  ~AppBudgetReservation() {
+    if (counter_ != nullptr) counter_->fetch_sub(bytes_);
+  }
+  bool Refused() const { return refused_; }
+
+ private:
+  std::atomic<uint64_t> *counter_;
+  uint64_t bytes_;
+  bool refused_ = false;
+};
+
+// Only called when an app handler exists (ServeLoop refuses app messages otherwise).
+bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
+  AppBudgetReservation budget(ctx, header.body_len);
+  if (budget.Refused()) {
+    const std::string why = "application message of " + std::to_string(header.body_len) +
+                            " bytes exceeds what this engine holds for one peer (" +
+                            std::to_string(ctx.max_app_bytes) + " bytes, llmdd.MaxPeerMessageBytes)";
+    LOG_ERROR("closing lane from %s: %s", ctx.peer.c_str(), why.c_str());
+    SendProtocolError(stream, header.request_id, why);
+    return false;
+  }
+  // The handler gets the app type (it travels in flags) followed by the body.
+  std::string typed(4, '\0');
+  memcpy(typed.data(), &header.flags, 4);
+  if (ReadBodyAsItArrives(stream, header.body_len, AssemblyDeadline(ctx), &typed) != IoStatus::kOk) return false;
+  std::string response;
+  adxl::Status status = (*ctx.app_handler)(ctx.peer, ctx.session_id, typed, &response);
   if (response.size() > wire::kMaxAppBody) {
     status = adxl::FAILED;
     response.clear();
@@ -477,7 +558,7 @@ bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &c
   reply.status = status;
   reply.body_len = response.size();
   iovec out[2] = {{&reply, sizeof(reply)}, {response.data(), response.size()}};
-  return stream.WriteFull(out, 2, Deadline::AfterMs(kBodyAssemblyMs)) == IoStatus::kOk;
+  return stream.WriteFull(out, 2, AssemblyDeadline(ctx)) == IoStatus::kOk;
 }
 
 // Grants a standing read lease (same-host lanes only; checked by the caller).
@@ -528,9 +609,16 @@ void ServeLoop(ByteStream &stream, const ServeContext &ctx) {
       bad = std::string("unexpected ") + wire::MsgTypeName(header.type) + " on a data lane";
     if (bad.empty() && lease && ctx.same_host == nullptr)
       bad = "read lease requested on a connection whose peer was not verified for the same-host path";
+    adxl::Status refusal = adxl::PARAM_INVALID;
+    if (bad.empty() && header.type == static_cast<uint16_t>(MsgType::kAppRequest) &&
+        (ctx.app_handler == nullptr || !*ctx.app_handler)) {
+      // Refused before its body is read: nothing is held for a message nobody handles.
+      bad = "application messages are not served by this engine";
+      refusal = adxl::UNSUPPORTED;
+    }
     if (!bad.empty()) {
       LOG_ERROR("closing lane from %s: %s", ctx.peer.c_str(), bad.c_str());
-      SendProtocolError(stream, header.magic == wire::kMagic ? header.request_id : 0, bad);
+      SendProtocolError(stream, header.magic == wire::kMagic ? header.request_id : 0, bad, refusal);
       return;
     }
     if (ctx.busy != nullptr) ctx.busy->fetch_add(1);

@@ -83,7 +83,7 @@ LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::stri
 
 struct ServeContext {
   MemoryRegistry *registry = nullptr;
-  const AppHandler *app_handler = nullptr;  // may be null: app requests then get UNSUPPORTED
+  const AppHandler *app_handler = nullptr;  // may be null: app requests are then refused (lane closed)
   std::string peer;                         // peer engine id, for logs and the app handler
   uint64_t session_id = 0;                  // server-side session of the lane, 0 otherwise
   // The requester's process when verified for the same-host path on this
@@ -91,6 +91,16 @@ struct ServeContext {
   std::shared_ptr<PeerProcess> same_host;
   std::atomic<bool> *stopping = nullptr;
   std::atomic<int> *busy = nullptr;        // counts requests being served (session quiescence)
+  // This engine's own limits, whatever the requester announces: the longest
+  // one request is served (its timeout_ms is clamped to it), and the longest
+  // same-host read lease (no longer than the deregistration grace, so a
+  // deregistration that breaks a lane never cuts a lease short).
+  uint32_t max_wait_ms = 60000;
+  uint32_t max_lease_ms = 2000;
+  // Bytes of application messages this peer has us hold at once (shared by
+  // the lanes of its session; null: unlimited, for tests), and the budget.
+  std::atomic<uint64_t> *app_bytes = nullptr;
+  uint64_t max_app_bytes = 16ULL << 20;
 };
 
 // Serves requests until the peer closes, a protocol violation occurs, or

@@ -167,7 +167,8 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
     sessions_[session->id] = session;
   }
   wire::HelloAck ack;
-  ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
+  ack.capabilities = wire::kCapReverseLanes;
+  if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
   ack.session_id = session->id;
   ack.engine_id = local_id_;
   if (config_.SameHostAllowed() && hello.pid != 0) {
@@ -187,8 +188,9 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
   LOG_INFO("session %" PRIx64 " opened by %s (%s)", session->id, hello.engine_id.c_str(),
            stream->PeerName().c_str());
   // The client promises a heartbeat every interval; silence beyond its peer
-  // timeout (or ours, whichever is larger) ends the session.
-  const uint32_t silence_ms = std::max(config_.peer_timeout_ms, hello.peer_timeout_ms);
+  // timeout (or ours, whichever is larger, capped by our own maximum wait)
+  // ends the session.
+  const uint32_t silence_ms = config_.SessionSilenceMs(hello.peer_timeout_ms);
   const char *why = "control connection closed";
   for (;;) {
     wire::MsgHeader header;
@@ -233,6 +235,7 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
 void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
   std::shared_ptr<PeerProcess> same_host;
   std::shared_ptr<std::atomic<int>> busy;
+  std::shared_ptr<std::atomic<uint64_t>> app_bytes;
   {
     std::lock_guard lock(mutex_);
     auto it = sessions_.find(hello.session_id);
@@ -242,9 +245,17 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
       stream->Shutdown();
       return;
     }
+    if (it->second->lanes.size() >= LanePool::kMaxLanes) {
+      LOG_WARN("data connection from %s refused: its session already has %zu lanes", hello.engine_id.c_str(),
+               it->second->lanes.size());
+      SendRefusal(*stream, adxl::FAILED, "too many lanes for one session", Deadline::AfterMs(200));
+      stream->Shutdown();
+      return;
+    }
     it->second->lanes.push_back(stream);
     same_host = it->second->same_host;
     busy = it->second->busy;
+    app_bytes = it->second->app_bytes;
   }
   same_host = SameHostForLane(same_host, hello, *stream);
   wire::HelloAck ack;
@@ -259,6 +270,10 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     ctx.same_host = same_host;
     ctx.stopping = &stopping_;
     ctx.busy = busy.get();
+    ctx.max_wait_ms = config_.max_serve_wait_ms;
+    ctx.max_lease_ms = config_.deregister_grace_ms;
+    ctx.app_bytes = app_bytes.get();
+    ctx.max_app_bytes = config_.max_peer_message_bytes;
     ServeLane(*stream, ctx);
   }
   stream->Shutdown();

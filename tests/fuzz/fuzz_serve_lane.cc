@@ -2,7 +2,7 @@
 // Read/Write/App requests against registered memory) over a socketpair.
 //
 // Input layout:
-//   byte 0    flags: bit 0    an app handler is installed (else app requests get UNSUPPORTED)
+//   byte 0    flags: bit 0    an app handler is installed (else app requests are refused: the lane closes)
 //                    bits 1-2 region B's rights: 0 read-write, 1 read-only, 2 write-only, 3 not registered
 //                    bit 3    region C (read-only, inside A) is registered
 //                    bit 4    the lane is verified for the same-host path (ServeContext.same_host
@@ -37,6 +37,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -54,6 +55,9 @@ using namespace llmdd;
 using llmdd::fuzz::GuardedBuffer;
 
 namespace {
+
+// The peer's budget for application messages held at once (small, so inputs reach it).
+constexpr uint64_t kAppBudget = 4096;
 
 // This process as a verified same-host requester: it holds both ends of a
 // loopback connection kept for the life of the fuzzer.
@@ -129,6 +133,7 @@ struct Model {
   uintptr_t bases[kRegions];
   unsigned b_mode;  // 0 rw, 1 read-only, 2 write-only, 3 not registered
   bool same_host;   // ServeContext.same_host set (this process as the verified requester)
+  bool app_handler; // app requests are served (else refused: the lane closes)
 
   static bool Inside(uintptr_t base, uint64_t size, uint64_t addr, uint64_t len) {
     return addr >= base && len <= size && addr - base <= size - len;
@@ -177,6 +182,8 @@ std::vector<Expect> Walk(std::vector<uint8_t> *stream, const Model &model) {
     const size_t left = stream->size() - pos;
     const auto type = static_cast<wire::MsgType>(header.type);
     if (type == wire::MsgType::kAppRequest) {
+      // Refused without a handler, or beyond the peer's message budget: the lane closes.
+      if (!model.app_handler || header.body_len > kAppBudget) break;
       if (header.body_len > left) break;
       pos += header.body_len;
       expects.push_back({type, false, header.request_id, 0, false});
@@ -348,7 +355,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   registry.Remove(registry.Add(d.addr(), kLenD, 0, kAccessReadWrite));
   d.PoisonAll();
 
-  const Model model{{a.addr(), b.addr(), a.addr() + kOffsetC, d.addr(), r.addr()}, b_mode, same_host};
+  const Model model{{a.addr(), b.addr(), a.addr() + kOffsetC, d.addr(), r.addr()}, b_mode, same_host,
+                    with_app_handler};
   std::vector<uint8_t> stream_bytes(data + 1, data + size);
   const std::vector<Expect> expects = Walk(&stream_bytes, model);
 
@@ -364,6 +372,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ctx.peer = "fuzz-peer";
     ctx.session_id = 7;
     if (same_host) ctx.same_host = SelfAsPeer();
+    std::atomic<uint64_t> app_bytes{0};
+    ctx.app_bytes = &app_bytes;
+    ctx.max_app_bytes = kAppBudget;
     ServeLane(stream, ctx);
     peer.Join();
   }

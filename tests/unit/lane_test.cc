@@ -214,11 +214,13 @@ TEST_F(LaneTest, AppCallsReachTheHandlerOrGetUnsupported) {
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
 }
 
-TEST_F(LaneTest, AppCallWithoutHandlerIsUnsupported) {
+TEST_F(LaneTest, AppCallWithoutHandlerIsUnsupportedAndItsBodyIsNotRead) {
   StartServing(nullptr);
   std::string response;
   LaneResult r = ExecuteAppCall(*requester_, 1, "x", 11, Deadline::AfterMs(2000), &response);
   EXPECT_EQ(r.status, adxl::UNSUPPORTED);
+  EXPECT_TRUE(r.broken);  // refused before the body: the lane closes
+  EXPECT_NE(r.error.find("not served"), std::string::npos) << r.error;
 }
 
 TEST_F(LaneTest, MalformedRequestReasonReachesTheRequester) {
