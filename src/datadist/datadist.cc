@@ -4,6 +4,7 @@
 
 #include "common/endpoint.h"
 #include "common/log.h"
+#include "common/threads.h"
 #include "datadist/link_messages.h"
 
 namespace llmdd::datadist {
@@ -84,6 +85,27 @@ bool CheckPushSource(const char *call, const Cache &src, const KvCacheExtParam &
   return true;
 }
 
+// Runs work(0..count-1), at most kMaxParallelLinks at a time, each on its own
+// thread where one can be started and on the caller's otherwise. An exception
+// in one item is logged; its result keeps its initial value.
+void ForEachConcurrently(size_t count, const std::function<void(size_t)> &work) {
+  for (size_t begin = 0; begin < count; begin += kMaxParallelLinks) {
+    const size_t end = std::min(count, begin + kMaxParallelLinks);
+    std::vector<std::thread> threads;
+    threads.reserve(end - begin);
+    for (size_t i = begin; i < end; ++i) {
+      auto item = [&work, i] { RunGuarded("link or unlink of one cluster", [&] { work(i); }); };
+      std::thread thread;
+      if (StartThread("link or unlink of one cluster", item, &thread)) {
+        threads.push_back(std::move(thread));
+      } else {
+        item();  // no thread to spare: do it here, one after another
+      }
+    }
+    for (auto &t : threads) t.join();
+  }
+}
+
 }  // namespace
 
 Status ToLlmStatus(adxl::Status status) {
@@ -99,7 +121,10 @@ Status ToLlmStatus(adxl::Status status) {
 
 DataDist::DataDist(uint64_t cluster_id, LlmRole role) : cluster_id_(cluster_id), role_(role) {}
 
-DataDist::~DataDist() { Finalize(); }
+DataDist::~DataDist() {
+  // A destructor must not throw (that would terminate the process).
+  RunGuarded("~DataDist", [this] { Finalize(); });
+}
 
 bool DataDist::Ready(const char *call) const {
   if (initialized_.load()) return true;
@@ -182,7 +207,13 @@ Status DataDist::Initialize(const std::map<std::string, std::string> &options) {
   listen_ = listen;
   listening_ = listening;
   janitor_stop_ = false;
-  janitor_ = std::thread([this] { JanitorLoop(); });
+  if (!StartThread("LLM-DataDist janitor", [this] { JanitorLoop(); }, &janitor_)) {
+    LOG_ERROR("Initialize: cannot start a thread (RESOURCE_EXHAUSTED)");
+    engine_->Finalize();
+    engine_.reset();
+    device_.reset();
+    return LLM_FAILED;
+  }
   initialized_.store(true);
   LOG_INFO("LlmDataDist cluster %" PRIu64 " initialized (device %" PRId64 ", %s, sync timeout %d ms)", cluster_id_,
            device_id, listening ? ("listening on " + listen.ToString()).c_str() : "client", sync_timeout);
@@ -301,13 +332,7 @@ Status DataDist::LinkClusters(const std::vector<ClusterInfo> &clusters, std::vec
   }
   std::vector<Status> results(clusters.size(), LLM_FAILED);
   // Links are set up concurrently, at most kMaxParallelLinks at a time.
-  for (size_t begin = 0; begin < clusters.size(); begin += kMaxParallelLinks) {
-    size_t end = std::min(clusters.size(), begin + kMaxParallelLinks);
-    std::vector<std::thread> threads;
-    for (size_t i = begin; i < end; ++i)
-      threads.emplace_back([&, i] { results[i] = LinkOne(clusters[i], timeout_ms); });
-    for (auto &t : threads) t.join();
-  }
+  ForEachConcurrently(clusters.size(), [&](size_t i) { results[i] = LinkOne(clusters[i], timeout_ms); });
   Status overall = LLM_SUCCESS;
   for (Status s : results) {
     rets.push_back(s);
@@ -398,10 +423,7 @@ Status DataDist::UnlinkClusters(const std::vector<ClusterInfo> &clusters, std::v
     }
   }
   std::vector<Status> results(clusters.size(), LLM_FAILED);
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < clusters.size(); ++i)
-    threads.emplace_back([&, i] { results[i] = UnlinkOne(clusters[i], timeout_ms, force); });
-  for (auto &t : threads) t.join();
+  ForEachConcurrently(clusters.size(), [&](size_t i) { results[i] = UnlinkOne(clusters[i], timeout_ms, force); });
   Status overall = LLM_SUCCESS;
   for (Status s : results) {
     rets.push_back(s);
@@ -486,7 +508,8 @@ void DataDist::JanitorLoop() {
     uint64_t cluster = janitor_queue_.front();
     janitor_queue_.pop_front();
     lock.unlock();
-    engine_->DisconnectKeyed(ClusterKey(cluster), Deadline::AfterMs(1000), true);
+    RunGuarded("closing an unlinked cluster's channel",
+               [&] { engine_->DisconnectKeyed(ClusterKey(cluster), Deadline::AfterMs(1000), true); });
     lock.lock();
   }
 }

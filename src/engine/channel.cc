@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/threads.h"
 #include "engine/handshake.h"
 
 namespace llmdd {
@@ -85,7 +86,8 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       return status;
     }
     channel->reverse_streams_.push_back(lane);
-    channel->reverse_threads_.emplace_back([raw, lane] {
+    std::thread serving;
+    const bool started = StartThread("serving a reverse lane", [raw, lane] {
       ServeContext ctx;
       ctx.registry = raw->params_.registry;
       ctx.app_handler = raw->params_.app_handler;
@@ -98,9 +100,19 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       ctx.max_app_bytes = raw->params_.config.max_peer_message_bytes;
       ServeLane(*lane, ctx);
       lane->Shutdown();
-    });
+    }, &serving);
+    if (!started) {
+      *error = "cannot start a thread to serve a reverse lane to " + params.remote_id;
+      channel->Close(Deadline::AfterMs(200));
+      return adxl::RESOURCE_EXHAUSTED;
+    }
+    channel->reverse_threads_.push_back(std::move(serving));
   }
-  channel->heartbeat_ = std::thread([raw] { raw->HeartbeatLoop(); });
+  if (!StartThread("heartbeats", [raw] { raw->HeartbeatLoop(); }, &channel->heartbeat_)) {
+    *error = "cannot start the heartbeat thread for " + params.remote_id;
+    channel->Close(Deadline::AfterMs(200));
+    return adxl::RESOURCE_EXHAUSTED;
+  }
   LOG_INFO("connected to %s (session %" PRIx64 ", %u lanes, %u reverse lanes, %s)", params.remote_id.c_str(),
            channel->session_id_, params.config.tcp_connections, params.reverse_lanes,
            forward_same_host ? "same-host path" : "tcp path");

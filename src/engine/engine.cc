@@ -3,6 +3,7 @@
 #include <cinttypes>
 
 #include "common/log.h"
+#include "common/threads.h"
 #include "transport/tcp/tcp_stream.h"
 #include "transport/fault_injection.h"
 
@@ -39,7 +40,10 @@ adxl::Status BuildSegments(const adxl::TransferOpDesc *descs, size_t count, std:
 
 Engine::Engine() = default;
 
-Engine::~Engine() { Finalize(); }
+Engine::~Engine() {
+  // A destructor must not throw (that would terminate the process).
+  RunGuarded("~Engine", [this] { Finalize(); });
+}
 
 bool Engine::Initialized() const {
   std::shared_lock lock(lifecycle_);
@@ -76,7 +80,12 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
   config_ = config;
   if (config_.busy_poll_us >= 0) SetReadSpinMicros(static_cast<uint32_t>(config_.busy_poll_us));
   hooks_ = std::move(hooks);
-  workers_ = std::make_unique<WorkerPool>(static_cast<int>(config_.worker_threads));
+  workers_ = WorkerPool::Create(static_cast<int>(config_.worker_threads));
+  if (!workers_) {
+    LOG_ERROR("engine %s: cannot start its %u transfer worker threads (RESOURCE_EXHAUSTED)", identity.c_str(),
+              config_.worker_threads);
+    return adxl::RESOURCE_EXHAUSTED;
+  }
   if (listen != nullptr) {
     adxl::Status status = StartServerLocked(*listen);
     if (status != adxl::SUCCESS) {

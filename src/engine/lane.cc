@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/threads.h"
 #include "transport/shm/cma.h"
 
 namespace llmdd {
@@ -561,6 +562,22 @@ bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &c
   return stream.WriteFull(out, 2, AssemblyDeadline(ctx)) == IoStatus::kOk;
 }
 
+// Counts one request being served for the session's quiescence, however it ends.
+class BusyCount {
+ public:
+  explicit BusyCount(std::atomic<int> *counter) : counter_(counter) {
+    if (counter_ != nullptr) counter_->fetch_add(1);
+  }
+  ~BusyCount() {
+    if (counter_ != nullptr) counter_->fetch_sub(1);
+  }
+  BusyCount(const BusyCount &) = delete;
+  BusyCount &operator=(const BusyCount &) = delete;
+
+ private:
+  std::atomic<int> *counter_;
+};
+
 // Grants a standing read lease (same-host lanes only; checked by the caller).
 bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
   const auto until = Deadline::Clock::now() + std::chrono::milliseconds(wire::kStandingLeaseMs);
@@ -588,7 +605,9 @@ bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext 
 void ServeLoop(ByteStream &stream, const ServeContext &ctx);
 
 void ServeLane(ByteStream &stream, const ServeContext &ctx) {
-  ServeLoop(stream, ctx);
+  // An exception (an allocation failing under a memory limit) ends this lane
+  // only; the requester sees it closed and reports a failure.
+  RunGuarded(("serving a lane from " + ctx.peer).c_str(), [&] { ServeLoop(stream, ctx); });
   stream.Shutdown();  // the peer sees EOF at once instead of a half-dead lane
 }
 
@@ -621,11 +640,10 @@ void ServeLoop(ByteStream &stream, const ServeContext &ctx) {
       SendProtocolError(stream, header.magic == wire::kMagic ? header.request_id : 0, bad, refusal);
       return;
     }
-    if (ctx.busy != nullptr) ctx.busy->fetch_add(1);
+    BusyCount busy(ctx.busy);
     bool keep = lease ? ServeLease(stream, header, ctx)
                 : header.type == static_cast<uint16_t>(MsgType::kAppRequest) ? ServeApp(stream, header, ctx)
                                                                              : ServeTransfer(stream, header, ctx);
-    if (ctx.busy != nullptr) ctx.busy->fetch_sub(1);
     if (!keep) return;
   }
 }

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/threads.h"
 #include "transport/shm/cma.h"
 
 namespace llmdd {
@@ -251,15 +252,26 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
   }
   std::vector<LaneResult> results(parts);
   Latch latch(static_cast<int>(parts - 1));
+  // Each part records its outcome and nothing escapes it: the latch must be
+  // counted down, and the stack the parts share must outlive them all.
+  auto run_part = [&](size_t i) {
+    if (!RunGuarded("transfer part", [&] {
+          if (!pieces[i].empty()) results[i] = RunPart(op, pieces[i].data(), pieces[i].size(), deadline);
+        })) {
+      results[i].status = adxl::FAILED;
+      results[i].error = "out of memory";
+    }
+  };
   for (size_t i = 1; i < parts; ++i) {
-    workers_->Submit([&, i] {
-      if (!pieces[i].empty()) results[i] = RunPart(op, pieces[i].data(), pieces[i].size(), deadline);
+    auto task = [&, i] {
+      run_part(i);
       latch.CountDown();
-    });
+    };
+    if (!workers_->Submit(task)) task();  // cannot queue it: do it here
   }
   // The caller works on part 0 itself; it holds a lane only while doing I/O, so
   // waiting for the other parts afterwards cannot deadlock the pool.
-  results[0] = RunPart(op, pieces[0].data(), pieces[0].size(), deadline);
+  run_part(0);
   latch.Wait();
   adxl::Status worst = adxl::SUCCESS;
   for (const auto &r : results) {

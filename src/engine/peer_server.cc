@@ -8,6 +8,7 @@
 
 #include "common/hmac.h"
 #include "common/log.h"
+#include "common/threads.h"
 #include "engine/handshake.h"
 #include "transport/fault_injection.h"
 
@@ -52,8 +53,12 @@ PeerServer::~PeerServer() { Stop(); }
 
 bool PeerServer::Start(const Endpoint &listen, std::string *error) {
   if (!listener_.Listen(listen, error)) return false;
+  if (!StartThread("accept loop", [this] { AcceptLoop(); }, &accept_thread_)) {
+    listener_.Close();
+    *error = "cannot start the accept thread (RESOURCE_EXHAUSTED)";
+    return false;
+  }
   started_ = true;
-  accept_thread_ = std::thread([this] { AcceptLoop(); });
   LOG_INFO("engine %s listening on %s", local_id_.c_str(), listen.ToString().c_str());
   return true;
 }
@@ -83,14 +88,18 @@ size_t PeerServer::SessionCount() const {
   return sessions_.size();
 }
 
-void PeerServer::Spawn(std::function<void()> fn) {
+bool PeerServer::Spawn(const char *name, std::function<void()> fn) {
   auto done = std::make_shared<std::atomic<bool>>(false);
+  std::thread thread;
+  // `done` is set however fn ends (RunGuarded inside StartThread catches what it throws).
+  if (!StartThread(name, [fn = std::move(fn), done] {
+        RunGuarded("peer connection", fn);
+        done->store(true);
+      }, &thread))
+    return false;
   std::lock_guard lock(mutex_);
-  threads_.push_back({std::thread([fn = std::move(fn), done] {
-                        fn();
-                        done->store(true);
-                      }),
-                      done});
+  threads_.push_back({std::move(thread), done});
+  return true;
 }
 
 void PeerServer::ReapFinished() {
@@ -105,17 +114,33 @@ void PeerServer::ReapFinished() {
 }
 
 void PeerServer::AcceptLoop() {
-  while (!stopping_.load()) {
+  // One connection's trouble (an allocation that fails under a memory limit)
+  // must not stop the loop that serves every other peer.
+  while (!stopping_.load()) RunGuarded("accepting a connection", [this] { AcceptOne(); });
+}
+
+void PeerServer::AcceptOne() {
+  {
     std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(500));
     ReapFinished();
-    if (!accepted) continue;
+    if (!accepted) return;
     std::shared_ptr<ByteStream> stream = MaybeInjectFaults(std::shared_ptr<ByteStream>(std::move(accepted)));
     {
       std::lock_guard lock(mutex_);
-      if (stopping_.load()) break;
+      if (stopping_.load()) return;
       pending_.push_back(stream);
     }
-    Spawn([this, stream] { HandleConnection(stream); });
+    if (!Spawn("peer connection", [this, stream] { HandleConnection(stream); })) {
+      // At the thread limit: refuse this connection, keep serving the others.
+      {
+        std::lock_guard lock(mutex_);
+        pending_.erase(std::remove(pending_.begin(), pending_.end(), stream), pending_.end());
+      }
+      LOG_ERROR("refused connection from %s: no thread to serve it (RESOURCE_EXHAUSTED)", stream->PeerName().c_str());
+      SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "the engine cannot serve more connections now",
+                  Deadline::AfterMs(100));
+      stream->Shutdown();
+    }
   }
 }
 
@@ -166,6 +191,14 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
     if (stopping_.load()) return;
     sessions_[session->id] = session;
   }
+  // However serving ends (an exception included), the session ends with it.
+  const char *why = "internal error (see the log)";
+  RunGuarded("serving a control connection", [&] { why = ServeControl(session, stream, hello); });
+  if (why != nullptr) EndSession(session->id, why);
+}
+
+const char *PeerServer::ServeControl(const std::shared_ptr<Session> &session, const std::shared_ptr<ByteStream> &stream,
+                                     const wire::Hello &hello) {
   wire::HelloAck ack;
   ack.capabilities = wire::kCapReverseLanes;
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
@@ -181,10 +214,8 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
       LOG_INFO("same-host path to %s not available: %s", hello.engine_id.c_str(), why.c_str());
     }
   }
-  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
-    EndSession(session->id, "hello answer could not be sent");
-    return;
-  }
+  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms)))
+    return "hello answer could not be sent";
   LOG_INFO("session %" PRIx64 " opened by %s (%s)", session->id, hello.engine_id.c_str(),
            stream->PeerName().c_str());
   // The client promises a heartbeat every interval; silence beyond its peer
@@ -221,7 +252,7 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
       EndSession(session->id, "client said goodbye", /*shutdown_control=*/false);
       SendControl(*stream, MsgType::kGoodbyeAck, header.request_id, Deadline::AfterMs(1000));
       stream->Shutdown();
-      return;
+      return nullptr;  // already ended
     } else {
       LOG_ERROR("unexpected %s on control connection from %s", wire::MsgTypeName(header.type),
                 hello.engine_id.c_str());
@@ -229,7 +260,7 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
       break;
     }
   }
-  EndSession(session->id, why);
+  return why;
 }
 
 void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
@@ -257,11 +288,12 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     busy = it->second->busy;
     app_bytes = it->second->app_bytes;
   }
-  same_host = SameHostForLane(same_host, hello, *stream);
-  wire::HelloAck ack;
-  ack.session_id = hello.session_id;
-  ack.engine_id = local_id_;
-  if (SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
+  RunGuarded("serving a data lane", [&] {
+    same_host = SameHostForLane(same_host, hello, *stream);
+    wire::HelloAck ack;
+    ack.session_id = hello.session_id;
+    ack.engine_id = local_id_;
+    if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) return;
     ServeContext ctx;
     ctx.registry = registry_;
     ctx.app_handler = app_handler_;
@@ -275,7 +307,7 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
     ctx.app_bytes = app_bytes.get();
     ctx.max_app_bytes = config_.max_peer_message_bytes;
     ServeLane(*stream, ctx);
-  }
+  });
   stream->Shutdown();
   std::lock_guard lock(mutex_);
   auto it = sessions_.find(hello.session_id);

@@ -65,12 +65,18 @@ class PeerServer {
   };
 
   void AcceptLoop();
+  void AcceptOne();
   void HandleConnection(std::shared_ptr<ByteStream> stream);
   void RunControl(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
+  // The control connection's handshake answer and message loop; returns why
+  // the session should end, or nullptr when it already did (goodbye).
+  const char *ServeControl(const std::shared_ptr<Session> &session, const std::shared_ptr<ByteStream> &stream,
+                           const wire::Hello &hello);
   void RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
   void AttachReverseLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
   void EndSession(uint64_t session_id, const char *why, bool shutdown_control = true);
-  void Spawn(std::function<void()> fn);
+  // Runs fn on a new connection thread; false when none can be started.
+  bool Spawn(const char *name, std::function<void()> fn);
   void ReapFinished();
 
   std::string local_id_;

@@ -43,7 +43,7 @@ const char *MsgTypeName(uint16_t type);
 // becomes FAILED, so the public API only ever returns documented values.
 inline uint32_t SanitizePeerStatus(uint32_t status) {
   switch (status) {
-    case 0U: case 103900U: case 103901U: case 103902U: case 103903U: case 103905U: case 503900U:
+    case 0U: case 103900U: case 103901U: case 103902U: case 103903U: case 103905U: case 203900U: case 503900U:
       return status;
     default:
       return 503900U;

@@ -1,9 +1,19 @@
 #include "engine/worker_pool.h"
 
+#include <new>
+
+#include "common/threads.h"
+
 namespace llmdd {
 
-WorkerPool::WorkerPool(int threads) {
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+std::unique_ptr<WorkerPool> WorkerPool::Create(int threads) {
+  std::unique_ptr<WorkerPool> pool(new WorkerPool());
+  for (int i = 0; i < threads; ++i) {
+    std::thread worker;
+    if (!StartThread("transfer worker", [raw = pool.get()] { raw->Run(); }, &worker)) return nullptr;  // joins the rest
+    pool->threads_.push_back(std::move(worker));
+  }
+  return pool;
 }
 
 WorkerPool::~WorkerPool() {
@@ -15,12 +25,15 @@ WorkerPool::~WorkerPool() {
   for (auto &t : threads_) t.join();
 }
 
-void WorkerPool::Submit(std::function<void()> task) {
-  {
+bool WorkerPool::Submit(std::function<void()> task) {
+  try {
     std::lock_guard lock(mutex_);
     queue_.push_back(std::move(task));
+  } catch (const std::bad_alloc &) {
+    return false;
   }
   wake_.notify_one();
+  return true;
 }
 
 void WorkerPool::Run() {
@@ -33,7 +46,7 @@ void WorkerPool::Run() {
       task = std::move(queue_.front());
       queue_.pop_front();
     }
-    task();
+    RunGuarded("transfer worker task", task);
   }
 }
 

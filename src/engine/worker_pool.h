@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -13,13 +14,17 @@ namespace llmdd {
 
 class WorkerPool {
  public:
-  explicit WorkerPool(int threads);
+  // nullptr when the threads cannot be started (logged; RESOURCE_EXHAUSTED for the caller).
+  static std::unique_ptr<WorkerPool> Create(int threads);
   ~WorkerPool();  // runs the queued tasks, then joins
   WorkerPool(const WorkerPool &) = delete;
   WorkerPool &operator=(const WorkerPool &) = delete;
-  void Submit(std::function<void()> task);
+  // Queues a task (tasks must not throw: the pool logs and drops what escapes).
+  // False when it cannot be queued (out of memory): run it yourself.
+  bool Submit(std::function<void()> task);
 
  private:
+  WorkerPool() = default;
   void Run();
   std::mutex mutex_;
   std::condition_variable wake_;

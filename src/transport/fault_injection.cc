@@ -77,6 +77,8 @@ bool ParseFaultPlan(const std::string &text, FaultPlan *plan, std::string *error
       ok = ParseProbability(value, &parsed.partial);
     } else if (key == "register") {
       ok = ParseProbability(value, &parsed.fail_register);
+    } else if (key == "thread") {
+      ok = ParseProbability(value, &parsed.fail_thread);
     } else {
       *error = "unknown fault '" + key + "'";
       return false;
@@ -116,6 +118,16 @@ bool InjectRegistrationFailure() {
   static std::mt19937_64 rng(plan.seed ^ 0x5EED);
   std::lock_guard lock(mutex);
   return std::uniform_real_distribution<double>(0, 1)(rng) < plan.fail_register;
+}
+
+bool InjectThreadStartFailure() {
+  FaultPlan plan = CurrentFaultPlan();
+  if (plan.fail_thread <= 0) return false;
+  if (plan.fail_thread >= 1) return true;
+  static std::mutex mutex;
+  static std::mt19937_64 rng(plan.seed ^ 0x7EAD);
+  std::lock_guard lock(mutex);
+  return std::uniform_real_distribution<double>(0, 1)(rng) < plan.fail_thread;
 }
 
 FaultyStream::FaultyStream(std::shared_ptr<ByteStream> inner, const FaultPlan &plan, uint64_t stream_seed)

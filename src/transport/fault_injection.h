@@ -2,8 +2,9 @@
 // closes or half-writes, driven by a seeded plan. Off unless a plan is set,
 // either by a test (SetFaultPlan) or, for multi-process chaos tests, by the
 // environment variable LLMDD_FAULT_INJECTION, e.g.
-//   LLMDD_FAULT_INJECTION="seed=7,delay=0.05:20,stall=0.01,drop=0.01,corrupt=0.01,close=0.01,partial=0.01,register=0.1"
-// Each probability applies per read/write call (register: per RegisterMem).
+//   LLMDD_FAULT_INJECTION="seed=7,delay=0.05:20,stall=0.01,drop=0.01,corrupt=0.01,close=0.01,partial=0.01,register=0.1,thread=0.1"
+// Each probability applies per read/write call (register: per RegisterMem;
+// thread: per thread the library starts).
 // The decorator honours deadlines like the real stream: a stall waits until
 // the caller's deadline and reports a timeout, it never hangs.
 #pragma once
@@ -29,7 +30,8 @@ struct FaultPlan {
   double close = 0;     // probability of shutting the connection down before the call
   double partial = 0;   // probability of sending only part of a write, then shutting down
   double fail_register = 0;  // probability that RegisterMem fails (engine level)
-  bool Active() const { return delay + stall + drop + corrupt + close + partial + fail_register > 0; }
+  double fail_thread = 0;    // probability that starting a thread fails (as at a thread limit)
+  bool Active() const { return delay + stall + drop + corrupt + close + partial + fail_register + fail_thread > 0; }
 };
 
 // "key=value,..." as in the header comment. False with *error on bad input.
@@ -43,6 +45,8 @@ FaultPlan CurrentFaultPlan();
 std::shared_ptr<ByteStream> MaybeInjectFaults(std::shared_ptr<ByteStream> stream);
 // Rolls the registration-failure dice of the current plan.
 bool InjectRegistrationFailure();
+// Rolls the thread-start-failure dice of the current plan.
+bool InjectThreadStartFailure();
 
 class FaultyStream final : public ByteStream {
  public:

@@ -1,0 +1,49 @@
+#include "common/threads.h"
+
+#include <exception>
+#include <new>
+#include <system_error>
+
+#include "common/log.h"
+#include "transport/fault_injection.h"
+
+namespace llmdd {
+
+bool RunGuarded(const char *name, const std::function<void()> &body) {
+  bool out_of_memory = false;
+  return RunGuardedClassified(name, body, &out_of_memory);
+}
+
+bool RunGuardedClassified(const char *name, const std::function<void()> &body, bool *out_of_memory) {
+  *out_of_memory = false;
+  try {
+    body();
+    return true;
+  } catch (const std::bad_alloc &) {
+    *out_of_memory = true;
+    LOG_ERROR("%s: out of memory (RESOURCE_EXHAUSTED); this task ended, the engine keeps running", name);
+  } catch (const std::exception &e) {
+    LOG_ERROR("%s: unexpected exception (%s); this task ended, the engine keeps running", name, e.what());
+  } catch (...) {
+    LOG_ERROR("%s: unexpected exception; this task ended, the engine keeps running", name);
+  }
+  return false;
+}
+
+bool StartThread(const char *name, std::function<void()> body, std::thread *out) {
+  if (InjectThreadStartFailure()) {
+    LOG_ERROR("cannot start a thread for %s: fault injection (RESOURCE_EXHAUSTED)", name);
+    return false;
+  }
+  try {
+    *out = std::thread([name, body = std::move(body)] { RunGuarded(name, body); });
+    return true;
+  } catch (const std::system_error &e) {
+    LOG_ERROR("cannot start a thread for %s: %s (RESOURCE_EXHAUSTED)", name, e.what());
+  } catch (const std::bad_alloc &) {
+    LOG_ERROR("cannot start a thread for %s: out of memory (RESOURCE_EXHAUSTED)", name);
+  }
+  return false;
+}
+
+}  // namespace llmdd
