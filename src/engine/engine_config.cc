@@ -23,6 +23,18 @@ bool ValidBufferPool(const std::string &text) {
   return num > 0 && size > 0 && num <= 1024 && size <= 4096;
 }
 
+// The reason a shared secret is refused, or "". Only its length is checked
+// and reported: the secret itself must never reach a log or an error text.
+std::string CheckAuthSecret(const std::string &secret) {
+  if (secret.size() < kMinAuthSecretBytes)
+    return "is " + std::to_string(secret.size()) + " bytes: a shared secret must be at least " +
+           std::to_string(kMinAuthSecretBytes) + " bytes (use a random one, e.g. `openssl rand -hex 32`)";
+  if (secret.size() > kMaxAuthSecretBytes)
+    return "is " + std::to_string(secret.size()) + " bytes: a shared secret must be at most " +
+           std::to_string(kMaxAuthSecretBytes) + " bytes";
+  return "";
+}
+
 }  // namespace
 
 adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &options, EngineConfig *config,
@@ -110,8 +122,9 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         return adxl::PARAM_INVALID;
       }
     } else if (key == kOptAuthSecret) {
-      if (value.empty() || value.size() > 4096) {
-        *error = std::string("option ") + kOptAuthSecret + " must be 1..4096 bytes";
+      std::string why = CheckAuthSecret(value);
+      if (!why.empty()) {
+        *error = std::string("option ") + kOptAuthSecret + " " + why;
         return adxl::PARAM_INVALID;
       }
       config->auth_secret = value;
@@ -121,7 +134,14 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
   }
   if (config->auth_secret.empty()) {
     const char *env = getenv(kEnvAuthSecret);
-    if (env != nullptr && env[0] != '\0') config->auth_secret = env;
+    if (env != nullptr && env[0] != '\0') {
+      std::string why = CheckAuthSecret(env);
+      if (!why.empty()) {
+        *error = std::string("environment variable ") + kEnvAuthSecret + " " + why;
+        return adxl::PARAM_INVALID;
+      }
+      config->auth_secret = env;
+    }
   }
   if (config->peer_timeout_ms <= config->heartbeat_interval_ms) {
     *error = "llmdd.PeerTimeoutMs (" + std::to_string(config->peer_timeout_ms) +

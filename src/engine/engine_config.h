@@ -3,6 +3,7 @@
 // Every key, default and meaning is listed in docs/API.md ("Options").
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -26,7 +27,7 @@ struct EngineConfig {
   // llmdd.BusyPollUs: spin-then-block of small reads [0, 10000] µs; process-wide,
   // applied only when given (-1: leave the current setting, 50 µs by default).
   int32_t busy_poll_us = -1;
-  std::string auth_secret;              // llmdd.AuthSecret or $LLMDD_AUTH_SECRET: mutual HMAC auth when set
+  std::string auth_secret;              // llmdd.AuthSecret or $LLMDD_AUTH_SECRET (16..4096 bytes): mutual HMAC auth when set
   // Serving side: the longest it waits for, or works on, one peer request
   // (the peer's announced timeout is clamped to it), and the longest a silent
   // session is kept whatever the client announces.
@@ -55,6 +56,13 @@ constexpr const char kOptMaxServeWaitMs[] = "llmdd.MaxServeWaitMs";
 constexpr const char kOptDeregisterGraceMs[] = "llmdd.DeregisterGraceMs";
 constexpr const char kOptMaxPeerMessageBytes[] = "llmdd.MaxPeerMessageBytes";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
+// Shared secret bounds. The handshake lets a rogue server at an address the
+// client connects to collect one client proof per attempt, which it can test
+// guesses against offline: the secret must be too long to guess, so shorter
+// ones are refused (an empty option is refused too; an empty environment
+// variable means "no secret").
+constexpr size_t kMinAuthSecretBytes = 16;
+constexpr size_t kMaxAuthSecretBytes = 4096;
 
 // Parses and validates; unknown keys are logged and ignored. Returns
 // adxl::SUCCESS or adxl::PARAM_INVALID with *error naming the key and value.

@@ -21,7 +21,8 @@ bool SendMessage(ByteStream &stream, MsgType type, adxl::Status status, const st
 }
 
 // Proofs bind the secret to both nonces of this connection and the client's id,
-// so a recorded exchange cannot be replayed.
+// so a recorded exchange cannot be replayed; the distinct labels keep a proof of
+// one side from ever serving as the other side's.
 std::string ServerProof(const std::string &secret, const std::string &client_nonce, const std::string &server_nonce,
                         const std::string &client_id) {
   return HmacSha256(secret, "llmdd-auth-v1 server|" + client_nonce + "|" + server_nonce + "|" + client_id);
@@ -69,7 +70,12 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
     *error = "sending hello to " + remote.ToString() + " failed";
     return nullptr;
   }
-  bool server_proved = false;
+  // With a secret the answers must come in this order: AuthChallenge, (our
+  // AuthResponse), AuthConfirm, HelloAck. Without one, only HelloAck. Error may
+  // end it at any step.
+  enum class Step { kAwaitChallenge, kAwaitConfirm, kAwaitAck };
+  Step step = secret.empty() ? Step::kAwaitAck : Step::kAwaitChallenge;
+  std::string server_nonce;
   for (;;) {
     MsgHeader header;
     IoStatus io = IoStatus::kOk;
@@ -79,11 +85,11 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
       *error = "no valid answer to hello from " + remote.ToString() + ": " + why;
       return nullptr;
     }
-    // Only three answers are possible here; anything else is refused before
+    // Only these answers are possible here; anything else is refused before
     // its (bounded, but up to kMaxAppBody) body is allocated.
-    if (header.type != static_cast<uint16_t>(MsgType::kError) &&
-        header.type != static_cast<uint16_t>(MsgType::kAuthChallenge) &&
-        header.type != static_cast<uint16_t>(MsgType::kHelloAck)) {
+    const auto type = static_cast<MsgType>(header.type);
+    if (type != MsgType::kError && type != MsgType::kAuthChallenge && type != MsgType::kAuthConfirm &&
+        type != MsgType::kHelloAck) {
       *status = adxl::FAILED;
       *error = remote.ToString() + " answered hello with " + wire::MsgTypeName(header.type);
       return nullptr;
@@ -95,42 +101,58 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
       *error = std::string("reading hello answer: ") + IoStatusName(io);
       return nullptr;
     }
-    if (header.type == static_cast<uint16_t>(MsgType::kError)) {
+    if (type == MsgType::kError) {
       *status = header.status != adxl::SUCCESS ? wire::SanitizePeerStatus(header.status) : adxl::FAILED;
       *error = remote.ToString() + " refused the connection: " + body;
       return nullptr;
     }
-    if (header.type == static_cast<uint16_t>(MsgType::kAuthChallenge) && !server_proved) {
-      *status = adxl::FAILED;
-      wire::AuthChallenge challenge;
+    *status = adxl::FAILED;  // for every refusal below
+    if (type == MsgType::kAuthChallenge) {
       if (secret.empty()) {
         *error = remote.ToString() + " requires authentication: set the same llmdd.AuthSecret option or "
                  "LLMDD_AUTH_SECRET on both engines";
         return nullptr;
       }
-      if (!wire::DecodeAuthChallenge(body, &challenge) ||
-          !ConstantTimeEqual(challenge.server_proof,
-                             ServerProof(secret, sent.nonce, challenge.server_nonce, sent.engine_id))) {
-        *error = remote.ToString() + " failed to prove it knows the shared secret";
+      wire::AuthChallenge challenge;
+      if (step != Step::kAwaitChallenge || !wire::DecodeAuthChallenge(body, &challenge) ||
+          challenge.server_nonce.size() != kNonceBytes) {
+        *error = remote.ToString() + " sent a malformed or repeated authentication challenge (a peer running "
+                 "another revision of the protocol?)";
         return nullptr;
       }
-      server_proved = true;
-      std::string proof = ClientProof(secret, sent.nonce, challenge.server_nonce, sent.engine_id);
+      server_nonce = challenge.server_nonce;
+      std::string proof = ClientProof(secret, sent.nonce, server_nonce, sent.engine_id);
       if (!SendMessage(*stream, MsgType::kAuthResponse, adxl::SUCCESS, proof, deadline)) {
         *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
         *error = "sending authentication to " + remote.ToString() + " failed";
         return nullptr;
       }
+      step = Step::kAwaitConfirm;
       continue;
     }
-    if (header.type != static_cast<uint16_t>(MsgType::kHelloAck) || !wire::DecodeHelloAck(body, ack)) {
-      *status = adxl::FAILED;
-      *error = remote.ToString() + " sent a malformed hello answer";
+    if (type == MsgType::kAuthConfirm) {
+      if (step != Step::kAwaitConfirm) {
+        *error = remote.ToString() + " sent an authentication confirmation before it was asked for one";
+        return nullptr;
+      }
+      if (!ConstantTimeEqual(body, ServerProof(secret, sent.nonce, server_nonce, sent.engine_id))) {
+        *error = remote.ToString() + " failed to prove it knows the shared secret";
+        return nullptr;
+      }
+      step = Step::kAwaitAck;
+      continue;
+    }
+    // HelloAck.
+    if (step == Step::kAwaitChallenge) {
+      *error = remote.ToString() + " did not authenticate itself (it has no shared secret configured)";
       return nullptr;
     }
-    if (!secret.empty() && !server_proved) {
-      *status = adxl::FAILED;
-      *error = remote.ToString() + " did not authenticate itself (it has no shared secret configured)";
+    if (step == Step::kAwaitConfirm) {
+      *error = remote.ToString() + " failed to prove it knows the shared secret (no proof before its HelloAck)";
+      return nullptr;
+    }
+    if (!wire::DecodeHelloAck(body, ack)) {
+      *error = remote.ToString() + " sent a malformed hello answer";
       return nullptr;
     }
     *status = adxl::SUCCESS;
@@ -144,9 +166,11 @@ bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std:
     *error = "peer did not offer authentication (no shared secret configured on it)";
     return false;
   }
+  // The client proves first: until its proof checks out, it receives only a
+  // random nonce, nothing derived from the secret that it could use for an
+  // offline guessing attack.
   wire::AuthChallenge challenge;
   challenge.server_nonce = RandomBytes(kNonceBytes);
-  challenge.server_proof = ServerProof(secret, hello.nonce, challenge.server_nonce, hello.engine_id);
   if (!SendMessage(stream, MsgType::kAuthChallenge, adxl::SUCCESS, wire::EncodeAuthChallenge(challenge), deadline)) {
     *error = "cannot send the authentication challenge";
     return false;
@@ -165,6 +189,13 @@ bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std:
   }
   if (!ConstantTimeEqual(proof, ClientProof(secret, hello.nonce, challenge.server_nonce, hello.engine_id))) {
     *error = "wrong authentication proof (different shared secret)";
+    return false;
+  }
+  // Only now does the server prove itself, so the client can refuse an
+  // impostor before it trusts anything in HelloAck.
+  const std::string server_proof = ServerProof(secret, hello.nonce, challenge.server_nonce, hello.engine_id);
+  if (!SendMessage(stream, MsgType::kAuthConfirm, adxl::SUCCESS, server_proof, deadline)) {
+    *error = "cannot send the authentication confirmation";
     return false;
   }
   return true;

@@ -15,16 +15,19 @@
 namespace llmdd {
 
 // Connects to `remote`, sends `hello`, authenticates (mutual HMAC-SHA256
-// challenge-response, when `secret` is set on either side), waits for the ack,
-// all within the deadline. On failure returns nullptr with *status (FAILED,
-// TIMEOUT or the peer's refusal code) and *error.
+// challenge-response, when `secret` is set on either side: the client proves
+// first, then checks the server's proof before it accepts the HelloAck), waits
+// for the ack, all within the deadline. On failure returns nullptr with
+// *status (FAILED, TIMEOUT or the peer's refusal code) and *error.
 std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello,
                                                const std::string &secret, Deadline deadline, wire::HelloAck *ack,
                                                adxl::Status *status, std::string *error);
 
-// Server side, after ReadHello when a secret is configured: challenges the
-// client and checks its answer. False (with *error) if it cannot prove it
-// knows the secret; nothing about this engine has been revealed by then.
+// Server side, after ReadHello when a secret is configured: sends a challenge
+// (a nonce only), checks the client's proof and only then sends the server's
+// own proof (AuthConfirm). False (with *error) if the client cannot prove it
+// knows the secret; by then it has received nothing derived from the secret
+// and nothing about this engine.
 bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std::string &secret, Deadline deadline,
                         std::string *error);
 

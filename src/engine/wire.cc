@@ -13,6 +13,7 @@ const char *MsgTypeName(uint16_t type) {
     case MsgType::kError: return "Error";
     case MsgType::kAuthChallenge: return "AuthChallenge";
     case MsgType::kAuthResponse: return "AuthResponse";
+    case MsgType::kAuthConfirm: return "AuthConfirm";
     case MsgType::kReadRequest: return "ReadRequest";
     case MsgType::kReadResponse: return "ReadResponse";
     case MsgType::kWriteRequest: return "WriteRequest";
@@ -43,6 +44,7 @@ std::string CheckHeader(const MsgHeader &header) {
     case MsgType::kError:
     case MsgType::kAuthChallenge:
     case MsgType::kAuthResponse:
+    case MsgType::kAuthConfirm:
       max_body = kMaxControlBody;
       break;
     case MsgType::kRelease:
@@ -121,13 +123,12 @@ bool DecodeHello(const std::string &body, Hello *out) {
 std::string EncodeAuthChallenge(const AuthChallenge &c) {
   BodyWriter w;
   w.Str(c.server_nonce);
-  w.Str(c.server_proof);
   return w.Data();
 }
 
 bool DecodeAuthChallenge(const std::string &body, AuthChallenge *out) {
   BodyReader r(body.data(), body.size());
-  return r.Str(&out->server_nonce, kMaxAuthField) && r.Str(&out->server_proof, kMaxAuthField);
+  return r.Str(&out->server_nonce, kMaxAuthField) && r.Left() == 0;
 }
 
 std::string EncodeHelloAck(const HelloAck &ack) {

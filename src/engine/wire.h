@@ -24,8 +24,9 @@ enum class MsgType : uint16_t {
   kGoodbye = 5,        // orderly disconnect
   kGoodbyeAck = 6,
   kError = 7,          // fatal protocol error; the sender closes the connection
-  kAuthChallenge = 8,  // server -> client when a shared secret is configured
-  kAuthResponse = 9,   // client -> server, answers the challenge
+  kAuthChallenge = 8,  // server -> client when a shared secret is configured: the server's nonce only
+  kAuthResponse = 9,   // client -> server, answers the challenge with the client's proof
+  kAuthConfirm = 10,   // server -> client, only after a valid client proof: the server's proof
   kReadRequest = 16,   // data lanes
   kReadResponse = 17,
   kWriteRequest = 18,
@@ -201,11 +202,14 @@ std::string CheckHeader(const MsgHeader &header);
 
 std::string EncodeHello(const Hello &hello);
 bool DecodeHello(const std::string &body, Hello *out);
+// Carries nothing derived from the secret: the server proves itself only in
+// AuthConfirm, after the client has proved it knows the secret.
 struct AuthChallenge {
   std::string server_nonce;
-  std::string server_proof;  // proves the server knows the secret
 };
 std::string EncodeAuthChallenge(const AuthChallenge &c);
+// Exactly the nonce: a body with anything after it (such as the server proof
+// that earlier revisions of the protocol sent here) is refused.
 bool DecodeAuthChallenge(const std::string &body, AuthChallenge *out);
 
 std::string EncodeHelloAck(const HelloAck &ack);

@@ -10,8 +10,8 @@
 // HelloAck, then control messages (ReadControl, Ping -> Pong, Goodbye ->
 // GoodbyeAck) until the stream ends or breaks the protocol.
 // Client side (loopback TCP, the harness accepts and plays the server):
-// OpenPeerConnection, which sends Hello and decodes AuthChallenge / HelloAck /
-// Error answers.
+// OpenPeerConnection, which sends Hello and decodes AuthChallenge /
+// AuthConfirm / HelloAck / Error answers.
 //
 // Both sides also run the same-host check on the identity the peer announced
 // (PeerProcess::Verify, as PeerServer::RunControl and Channel::Open do). A peer
@@ -22,9 +22,11 @@
 //
 // Checked besides ASan/UBSan/hangs: with a secret, authentication never
 // succeeds on either side (both sides draw fresh random nonces, so no input can
-// carry a valid proof); the same-host check passes only for the process that
-// holds the other end of the connection (see CheckSameHost); whatever is
-// accepted respects the decoder bounds.
+// carry a valid proof) and the server never sends a peer its proof
+// (AuthConfirm) nor anything but a nonce in its challenge (see
+// CheckNothingProvedToAnUnauthenticatedPeer); the same-host check passes only
+// for the process that holds the other end of the connection (see
+// CheckSameHost); whatever is accepted respects the decoder bounds.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -32,6 +34,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "common/log.h"
@@ -85,10 +88,35 @@ void CheckSameHost(const ProcessIdentity &announced, const ByteStream &connectio
              static_cast<unsigned long long>(claimed.token_addr));
 }
 
+// What the server sent to a peer that never proved it knows the secret: no
+// message may carry the server's proof (AuthConfirm), and the challenge may
+// carry nothing but the nonce; otherwise a peer gets material to test guesses
+// of the secret against offline.
+void CheckNothingProvedToAnUnauthenticatedPeer(const std::string &sent) {
+  size_t off = 0;
+  while (sent.size() - off >= sizeof(wire::MsgHeader)) {
+    wire::MsgHeader header;
+    memcpy(&header, sent.data() + off, sizeof(header));
+    off += sizeof(header);
+    FUZZ_CHECK(header.type != static_cast<uint16_t>(wire::MsgType::kAuthConfirm),
+               "the server sent its proof to a peer that has not proved it knows the secret");
+    if (header.type == static_cast<uint16_t>(wire::MsgType::kAuthChallenge) && header.body_len <= sent.size() - off) {
+      wire::AuthChallenge challenge;
+      const std::string body = sent.substr(off, header.body_len);
+      FUZZ_CHECK(wire::DecodeAuthChallenge(body, &challenge) && body.size() == sizeof(uint32_t) + 32,
+                 "AuthChallenge of %zu bytes: it must carry the 32-byte nonce and nothing else", body.size());
+    }
+    const size_t left = sent.size() - off;
+    if (header.body_len > left || header.payload_len > left - header.body_len) break;
+    off += header.body_len + header.payload_len;
+  }
+}
+
 void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
   int fds[2];
   if (!fuzz::SocketPair(fds)) abort();
-  fuzz::PeerFeeder peer(fds[1], data, size);
+  std::string sent_to_peer;
+  fuzz::PeerFeeder peer(fds[1], data, size, with_secret ? &sent_to_peer : nullptr);
   TcpStream stream(fds[0], "fuzz-peer");
   wire::Hello hello;
   std::string error;
@@ -142,6 +170,7 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
   }
   stream.Shutdown();
   peer.Join();
+  if (with_secret) CheckNothingProvedToAnUnauthenticatedPeer(sent_to_peer);
 }
 
 void ClientHandshake(const uint8_t *data, size_t size, bool with_secret) {

@@ -154,9 +154,10 @@ void WireSeeds() {
   ack.session_id = 42;
   ack.engine_id = "127.0.0.1:26000";
   Seed(t, "hello_ack", Message(MsgType::kHelloAck, wire::EncodeHelloAck(ack)));
-  wire::AuthChallenge challenge{std::string(32, 's'), std::string(32, 'p')};
+  wire::AuthChallenge challenge{std::string(32, 's')};
   Seed(t, "auth_challenge", Message(MsgType::kAuthChallenge, wire::EncodeAuthChallenge(challenge)));
   Seed(t, "auth_response", Message(MsgType::kAuthResponse, std::string(32, 'q')));
+  Seed(t, "auth_confirm", Message(MsgType::kAuthConfirm, std::string(32, 'p')));
   Seed(t, "ping", Header(MsgType::kPing, 0, 0, 9));
   Seed(t, "error", Message(MsgType::kError, "no such session (reconnect)", 0, 4));
   Seed(t, "read_request", Transfer(true, {{0x7f0000001000, 64}, {0x7f0000002000, 128}}, 1));
@@ -283,6 +284,8 @@ void HandshakeSeeds() {
   Seed(t, "server_secret", Flags(1) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, true)) +
                                Message(MsgType::kAuthResponse, std::string(32, 'r')));
   Seed(t, "server_secret_no_nonce", Flags(1) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, false)));
+  Seed(t, "server_secret_confirm_instead", Flags(1) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, true)) +
+                                               Message(MsgType::kAuthConfirm, std::string(32, 'p')));
   Seed(t, "server_not_hello", Flags(0) + ping);
   {
     wire::Hello other = MakeHello(ConnRole::kControl, false);
@@ -304,11 +307,19 @@ void HandshakeSeeds() {
   ack.session_id = 0x55;
   ack.engine_id = "127.0.0.1:26000";
   const std::string ack_msg = Message(MsgType::kHelloAck, wire::EncodeHelloAck(ack));
-  wire::AuthChallenge challenge{std::string(32, 's'), std::string(32, 'p')};
+  wire::AuthChallenge challenge{std::string(32, 's')};
   const std::string challenge_msg = Message(MsgType::kAuthChallenge, wire::EncodeAuthChallenge(challenge));
+  // The server's proof comes only after the client's (AuthConfirm); no input
+  // can carry the right one (it depends on the client's random nonce).
+  const std::string confirm_msg = Message(MsgType::kAuthConfirm, std::string(32, 'p'));
   Seed(t, "client_ack", Flags(2) + ack_msg);
-  Seed(t, "client_secret", Flags(3) + challenge_msg + ack_msg);
+  Seed(t, "client_secret", Flags(3) + challenge_msg + confirm_msg + ack_msg);
   Seed(t, "client_secret_no_challenge", Flags(3) + ack_msg);
+  Seed(t, "client_secret_no_confirm", Flags(3) + challenge_msg + ack_msg);
+  Seed(t, "client_secret_confirm_first", Flags(3) + confirm_msg + challenge_msg + ack_msg);
+  Seed(t, "client_secret_refused", Flags(3) + challenge_msg +
+                                       Message(MsgType::kError, "authentication failed: wrong proof", 0, 503900));
+  Seed(t, "client_confirm_without_secret", Flags(2) + confirm_msg + ack_msg);
   Seed(t, "client_challenge_without_secret", Flags(2) + challenge_msg);
   Seed(t, "client_refused", Flags(2) + Message(MsgType::kError, "authentication failed", 0, 4));
   Seed(t, "client_malformed_ack", Flags(2) + Message(MsgType::kHelloAck, "\x01\x02"));
@@ -372,8 +383,10 @@ void ParserSeeds() {
   Seed(t, "bad_endpoints", fields({"127.0.0.1:65536", "[::1", "[::1]x", "1.2.3:80", ":80", "host:1", ""}));
   Seed(t, "integers", fields({"+42", "-9223372036854775808", "18446744073709551615", "0", "+-1", "007"}));
   Seed(t, "options", fields({"llmdd.TcpConnections", "4", "llmdd.HeartbeatIntervalMs", "100", "llmdd.PeerTimeoutMs",
-                             "500", "llmdd.WorkerThreads", "16", "llmdd.AuthSecret", "s3cret", "llmdd.Transport",
-                             "shm"}));
+                             "500", "llmdd.WorkerThreads", "16", "llmdd.AuthSecret", "0123456789abcdef",
+                             "llmdd.Transport", "shm"}));
+  // 15 bytes: one short of the minimum, refused.
+  Seed(t, "options_short_secret", fields({"llmdd.AuthSecret", "0123456789abcde"}));
   Seed(t, "cann_options", fields({"adxl.BufferPool", "4:8", "adxl.RdmaTrafficClass", "132", "adxl.RdmaServiceLevel",
                                   "5", "BufferPool", "0:0", "unknown.key", "x"}));
   Seed(t, "fault_plan", "seed=7,delay=0.05:20,stall=0.01,drop=0.01,corrupt=0.01,close=0.01,partial=0.01,register=0.1");

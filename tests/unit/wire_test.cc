@@ -1,4 +1,5 @@
-// Wire codec: header checks, Hello/HelloAck round trips, range-list bounds.
+// Wire codec: header checks, Hello/HelloAck round trips, authentication
+// messages, range-list bounds.
 #include "engine/wire.h"
 
 #include <gtest/gtest.h>
@@ -110,6 +111,33 @@ TEST(WireHelloAck, RoundTrips) {
   EXPECT_EQ(out.session_id, 42U);
   EXPECT_EQ(out.engine_id, "engine");
   EXPECT_FALSE(DecodeHelloAck(std::string(5, '\0'), &out));
+}
+
+TEST(WireAuth, ChallengeCarriesOnlyTheNonce) {
+  AuthChallenge in{std::string(32, 'n')};
+  const std::string body = EncodeAuthChallenge(in);
+  EXPECT_EQ(body.size(), 4U + 32U);
+  AuthChallenge out;
+  ASSERT_TRUE(DecodeAuthChallenge(body, &out));
+  EXPECT_EQ(out.server_nonce, in.server_nonce);
+  // Anything after the nonce (the server proof of earlier revisions) is refused.
+  BodyWriter with_proof;
+  with_proof.Str(std::string(32, 'n'));
+  with_proof.Str(std::string(32, 'p'));
+  EXPECT_FALSE(DecodeAuthChallenge(with_proof.Data(), &out));
+  EXPECT_FALSE(DecodeAuthChallenge(body + "x", &out));
+  EXPECT_FALSE(DecodeAuthChallenge(body.substr(0, body.size() - 1), &out));
+  BodyWriter oversized;
+  oversized.Str(std::string(kMaxAuthField + 1, 'n'));
+  EXPECT_FALSE(DecodeAuthChallenge(oversized.Data(), &out));
+}
+
+TEST(WireAuth, ConfirmIsABoundedControlMessage) {
+  EXPECT_STREQ(MsgTypeName(static_cast<uint16_t>(MsgType::kAuthConfirm)), "AuthConfirm");
+  EXPECT_EQ(static_cast<uint16_t>(MsgType::kAuthConfirm), 10);
+  EXPECT_EQ(CheckHeader(Header(MsgType::kAuthConfirm, 32)), "");
+  EXPECT_NE(CheckHeader(Header(MsgType::kAuthConfirm, kMaxControlBody + 1)).find("exceeds"), std::string::npos);
+  EXPECT_NE(CheckHeader(Header(MsgType::kAuthConfirm, 32, 1)).find("payload"), std::string::npos);
 }
 
 TEST(WireRanges, HeaderMustMatchBodyAndLimits) {
