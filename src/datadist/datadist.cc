@@ -4,6 +4,7 @@
 
 #include "common/endpoint.h"
 #include "common/log.h"
+#include "common/sync_point.h"
 #include "common/threads.h"
 #include "datadist/link_messages.h"
 
@@ -718,6 +719,7 @@ Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster
   adxl::Status status;
   {
     std::shared_lock in_flight(link->in_flight);
+    SyncPoint("DataDist::RunPlan:link_taken");
     status = engine_->TransferKeyed(ClusterKey(cluster), direction == Direction::kPull ? adxl::READ : adxl::WRITE,
                                     segs, deadline, &error);
   }

@@ -3,11 +3,18 @@
 #include <cinttypes>
 
 #include "common/log.h"
+#include "common/sync_point.h"
 #include "common/threads.h"
 #include "transport/tcp/tcp_stream.h"
 #include "transport/fault_injection.h"
 
 namespace llmdd {
+namespace {
+
+// Finalize says goodbye to every peer it connected to within this much time in all.
+constexpr int64_t kFinalizeGoodbyeMs = 1000;
+
+}  // namespace
 
 adxl::Status BuildSegments(const adxl::TransferOpDesc *descs, size_t count, std::vector<Segment> *segs,
                            std::string *error) {
@@ -74,6 +81,7 @@ adxl::Status Engine::Initialize(const std::string &local_engine, const std::map<
 
 adxl::Status Engine::Start(const std::string &identity, const EngineConfig &config, const Endpoint *listen,
                            Hooks hooks) {
+  std::lock_guard ops(lifecycle_ops_);
   std::unique_lock lock(lifecycle_);
   if (initialized_) return adxl::SUCCESS;
   local_id_ = identity;
@@ -132,6 +140,7 @@ adxl::Status Engine::StartServerLocked(const Endpoint &listen) {
 }
 
 adxl::Status Engine::StartListening(const Endpoint &listen) {
+  std::lock_guard ops(lifecycle_ops_);
   std::unique_lock lock(lifecycle_);
   if (!initialized_) return adxl::FAILED;
   if (server_) return adxl::SUCCESS;
@@ -139,9 +148,16 @@ adxl::Status Engine::StartListening(const Endpoint &listen) {
 }
 
 void Engine::StopListening() {
-  std::unique_lock lock(lifecycle_);
-  if (server_) server_->Stop();
-  server_.reset();
+  std::lock_guard ops(lifecycle_ops_);
+  std::unique_ptr<PeerServer> server;
+  {
+    std::unique_lock lock(lifecycle_);
+    server = std::move(server_);
+  }
+  // Stopped outside the lifecycle lock: its threads may be waiting for calls
+  // that need that lock (docs/ARCHITECTURE.md, "Lock order").
+  if (server) server->Stop();
+  server.reset();
   std::lock_guard guard(attached_mutex_);
   attached_.clear();
 }
@@ -157,26 +173,37 @@ int Engine::ListenPort() const {
 }
 
 void Engine::Finalize() {
-  std::unique_lock lock(lifecycle_);
-  if (!initialized_) return;
-  if (server_) server_->Stop();
+  std::lock_guard ops(lifecycle_ops_);
+  std::unique_ptr<PeerServer> server;
   std::map<std::string, std::shared_ptr<Channel>> channels;
   {
+    // Waits for the calls running now; every later call sees the engine
+    // finalized and fails fast, so nothing below races a call.
+    std::unique_lock lock(lifecycle_);
+    if (!initialized_) return;
+    SyncPoint("Engine::Finalize:lifecycle_locked");
+    initialized_ = false;
+    server = std::move(server_);
     std::lock_guard guard(channels_mutex_);
     channels.swap(channels_);
   }
+  // Everything that waits for threads happens outside the lifecycle lock: a
+  // serving thread may be waiting (through a hook into the layer above) for
+  // a transfer that needs that lock (docs/ARCHITECTURE.md, "Lock order").
+  if (server) server->Stop();
+  // Goodbyes share one deadline: a frozen peer costs it once, not once per channel.
+  const Deadline goodbyes = Deadline::AfterMs(kFinalizeGoodbyeMs);
   for (auto &[id, channel] : channels) {
-    if (channel) channel->Close(Deadline::AfterMs(500));
+    if (channel) channel->Close(goodbyes);
   }
   channels.clear();
-  server_.reset();
+  server.reset();
   {
     std::lock_guard guard(attached_mutex_);
     attached_.clear();
   }
   registry_.Clear();
   workers_.reset();
-  initialized_ = false;
   LOG_INFO("engine %s finalized", local_id_.c_str());
 }
 
@@ -248,13 +275,23 @@ adxl::Status Engine::Connect(const std::string &remote, int32_t timeout_ms) {
     LOG_ERROR("Connect: '%s' is this engine itself", remote.c_str());
     return adxl::PARAM_INVALID;
   }
-  adxl::Status status = ConnectKeyed(remote, endpoint, 0, deadline, &error);
+  adxl::Status status = ConnectLocked(remote, endpoint, 0, deadline, &error);
   if (status != adxl::SUCCESS) LOG_ERROR("Connect(%s) failed: %s", remote.c_str(), error.c_str());
   return status;
 }
 
 adxl::Status Engine::ConnectKeyed(const std::string &key, const Endpoint &remote, uint32_t reverse_lanes,
                                   Deadline deadline, std::string *error) {
+  std::shared_lock lock(lifecycle_);
+  if (!initialized_) {
+    *error = "engine is not initialized";
+    return adxl::FAILED;
+  }
+  return ConnectLocked(key, remote, reverse_lanes, deadline, error);
+}
+
+adxl::Status Engine::ConnectLocked(const std::string &key, const Endpoint &remote, uint32_t reverse_lanes,
+                                   Deadline deadline, std::string *error) {
   {
     std::lock_guard guard(channels_mutex_);
     if (channels_.count(key) != 0) {

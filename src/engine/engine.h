@@ -85,6 +85,9 @@ class Engine {
 
  private:
   adxl::Status StartServerLocked(const Endpoint &listen);
+  // ConnectKeyed with the lifecycle lock already held (shared) by the caller.
+  adxl::Status ConnectLocked(const std::string &key, const Endpoint &remote, uint32_t reverse_lanes, Deadline deadline,
+                             std::string *error);
   // Resolves `key` to a lane pool (channel first, then attached peer) and keeps it alive.
   std::shared_ptr<LanePool> FindPool(const std::string &key, std::shared_ptr<Channel> *channel);
   Hooks hooks_;
@@ -95,6 +98,11 @@ class Engine {
   };
   std::map<std::string, Attached> attached_;
 
+  // Lock order (docs/ARCHITECTURE.md): lifecycle_ops_ -> lifecycle_ -> channels_mutex_ / attached_mutex_.
+  // lifecycle_ops_ serializes Start/Finalize/StartListening/StopListening;
+  // lifecycle_ is taken shared by every call and exclusively only for short
+  // state changes: nothing waits for a thread while holding it exclusively.
+  std::mutex lifecycle_ops_;
   mutable std::shared_mutex lifecycle_;
   bool initialized_ = false;
   std::string local_id_;

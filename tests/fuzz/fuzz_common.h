@@ -9,6 +9,8 @@
 //   GuardedBuffer a heap buffer with ASan-poisoned guard zones on both sides:
 //                 any byte the code under test touches outside [data, data+len)
 //                 is reported by ASan (including readv/writev buffers).
+//   SelfAsPeer    this process as a verified same-host peer (it holds both ends
+//                 of a loopback connection kept for the life of the fuzzer).
 //   FUZZ_CHECK    an invariant of the code under test; aborts (a libFuzzer crash)
 //                 with the message when it does not hold.
 #pragma once
@@ -27,7 +29,11 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <memory>
 #include <thread>
+
+#include "transport/shm/cma.h"
+#include "transport/tcp/tcp_stream.h"
 
 #define FUZZ_CHECK(cond, ...)                                               \
   do {                                                                      \
@@ -190,5 +196,32 @@ class GuardedBuffer {
 
 // A connected AF_UNIX stream pair; TcpStream works on it like on a TCP socket.
 inline bool SocketPair(int fds[2]) { return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0; }
+
+// This process as a verified same-host peer: it holds both ends of a
+// loopback connection kept for the life of the fuzzer.
+inline std::shared_ptr<PeerProcess> SelfAsPeer() {
+  static std::shared_ptr<PeerProcess> self = [] {
+    static TcpListener listener;
+    Endpoint local;
+    local.ip = "127.0.0.1";
+    local.family = AF_INET;
+    std::string why;
+    if (!listener.Listen(local, &why)) abort();
+    local.port = listener.Port();
+    bool timed_out = false;
+    static std::unique_ptr<TcpStream> client = TcpStream::Connect(local, Deadline::AfterMs(2000), &timed_out, &why);
+    static std::unique_ptr<TcpStream> server = listener.Accept(Deadline::AfterMs(2000));
+    if (!client || !server) abort();
+    ProcessIdentity id = LocalIdentity();
+    id.conn_fd = static_cast<uint32_t>(client->NativeHandle());
+    std::shared_ptr<PeerProcess> peer = PeerProcess::Verify(id, *server, &why);
+    if (!peer) {
+      fprintf(stderr, "fuzz: cannot verify this process for the same-host path: %s\n", why.c_str());
+      abort();
+    }
+    return peer;
+  }();
+  return self;
+}
 
 }  // namespace llmdd::fuzz

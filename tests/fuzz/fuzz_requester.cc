@@ -103,7 +103,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         segs[s] = {buffers[s]->addr(), remote, lens[s]};
       }
       result = ExecuteTransfer(stream, is_read ? adxl::READ : adxl::WRITE, segs, count, request_id,
-                               Deadline::AfterMs(2000), same_host ? static_cast<uint32_t>(getpid()) : 0);
+                               Deadline::AfterMs(2000), same_host ? fuzz::SelfAsPeer().get() : nullptr);
       if (!is_read) {
         for (size_t s = 0; s < count; ++s)
           for (size_t k = 0; k < lens[s]; ++k)

@@ -59,32 +59,6 @@ namespace {
 // The peer's budget for application messages held at once (small, so inputs reach it).
 constexpr uint64_t kAppBudget = 4096;
 
-// This process as a verified same-host requester: it holds both ends of a
-// loopback connection kept for the life of the fuzzer.
-std::shared_ptr<PeerProcess> SelfAsPeer() {
-  static std::shared_ptr<PeerProcess> self = [] {
-    static TcpListener listener;
-    Endpoint local;
-    local.ip = "127.0.0.1";
-    local.family = AF_INET;
-    std::string why;
-    if (!listener.Listen(local, &why)) abort();
-    local.port = listener.Port();
-    bool timed_out = false;
-    static std::unique_ptr<TcpStream> client = TcpStream::Connect(local, Deadline::AfterMs(2000), &timed_out, &why);
-    static std::unique_ptr<TcpStream> server = listener.Accept(Deadline::AfterMs(2000));
-    if (!client || !server) abort();
-    ProcessIdentity id = LocalIdentity();
-    id.conn_fd = static_cast<uint32_t>(client->NativeHandle());
-    std::shared_ptr<PeerProcess> peer = PeerProcess::Verify(id, *server, &why);
-    if (!peer) {
-      fprintf(stderr, "fuzz_serve_lane: cannot verify this process for the same-host path: %s\n", why.c_str());
-      abort();
-    }
-    return peer;
-  }();
-  return self;
-}
 
 constexpr uint64_t kRelativeTag = 0xADD1;
 constexpr size_t kLenA = 256, kLenB = 64, kOffsetC = 64, kLenC = 64, kLenD = 128, kLenR = 128;
@@ -371,7 +345,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ctx.app_handler = with_app_handler ? &g_app_handler : nullptr;
     ctx.peer = "fuzz-peer";
     ctx.session_id = 7;
-    if (same_host) ctx.same_host = SelfAsPeer();
+    if (same_host) ctx.same_host = fuzz::SelfAsPeer();
     std::atomic<uint64_t> app_bytes{0};
     ctx.app_bytes = &app_bytes;
     ctx.max_app_bytes = kAppBudget;

@@ -16,7 +16,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <mutex>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -27,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/sync_point.h"
 #include "llm_datadist/llm_datadist.h"
 
 namespace {
@@ -1404,3 +1408,94 @@ TEST_F(LinkedPair, LocalCacheUnregisteredIsReported) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------
+// Lock order (docs/ARCHITECTURE.md): a transfer that has taken its link, an
+// incoming Unlink served on a server thread (it waits for the link's transfers)
+// and Finalize, forced into the one interleaving that used to deadlock with sync
+// points: Finalize held the engine's lifecycle lock exclusively while joining
+// server threads, the Unlink's thread waited for the transfer, and the transfer
+// waited for the lifecycle lock.
+// ---------------------------------------------------------------------------------
+struct LockOrderScript {
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool transfer_holds_link = false;
+  bool finalize_holds_lifecycle = false;
+  bool armed = true;
+  std::thread::id transfer_thread;
+};
+LockOrderScript *g_script = nullptr;
+
+void LockOrderSyncPoint(const char *name) {
+  LockOrderScript &s = *g_script;
+  std::unique_lock lock(s.mutex);
+  if (!s.armed) return;
+  if (std::strcmp(name, "DataDist::RunPlan:link_taken") == 0 && std::this_thread::get_id() == s.transfer_thread) {
+    s.transfer_holds_link = true;
+    s.changed.notify_all();
+    // Hold the link until Finalize holds the lifecycle lock (bounded: a broken script must not hang).
+    s.changed.wait_for(lock, std::chrono::seconds(5), [&] { return s.finalize_holds_lifecycle; });
+  } else if (std::strcmp(name, "Engine::Finalize:lifecycle_locked") == 0) {
+    s.finalize_holds_lifecycle = true;
+    s.armed = false;
+    s.changed.notify_all();
+  }
+}
+
+TEST(DataDistLockOrder, TransferIncomingUnlinkAndFinalizeInTheWorstOrderAllReturn) {
+  auto prompt = std::make_unique<LlmDataDist>(kPromptId, LlmRole::kPrompt);
+  const int port = InitServer(*prompt);
+  ASSERT_NE(0, port);
+  LlmDataDist decoder(kDecoderId, LlmRole::kDecoder);
+  ASSERT_LLM(LLM_SUCCESS, decoder.Initialize(DeviceOnly()));
+  std::unique_ptr<Kv> pk = Kv::Std(4, 11), dk = Kv::Std(4, 22);
+  ASSERT_LLM(LLM_SUCCESS, pk->Register(*prompt));
+  ASSERT_LLM(LLM_SUCCESS, dk->Register(decoder));
+  ASSERT_LLM(LLM_SUCCESS, LinkOne(decoder, kPromptId, port));
+  ASSERT_LLM(LLM_SUCCESS, prompt->PullKvBlocks(Index(kDecoderId, 1), pk->AsCache(), {1}, {1}));
+
+  LockOrderScript script;
+  g_script = &script;
+  llmdd::SetSyncPointCallback(LockOrderSyncPoint);
+  // 1. The prompt pulls over the decoder's link: paused right after it took the link.
+  Status pulled = LLM_SUCCESS;
+  std::thread transfer([&] {
+    {
+      std::lock_guard lock(script.mutex);
+      script.transfer_thread = std::this_thread::get_id();
+    }
+    pulled = prompt->PullKvBlocks(Index(kDecoderId, 1), pk->AsCache(), {2}, {2});
+  });
+  {
+    std::unique_lock lock(script.mutex);
+    ASSERT_TRUE(script.changed.wait_for(lock, std::chrono::seconds(5), [&] { return script.transfer_holds_link; }));
+  }
+  // 2. The decoder unlinks: a prompt server thread handles it and waits for the paused transfer.
+  std::thread unlink([&] {
+    std::vector<Status> rets;
+    decoder.UnlinkLlmClusters({Cluster(kPromptId, port)}, rets, 3000);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // 3. The prompt finalizes; once it holds its lifecycle lock the transfer goes on to the engine.
+  const auto t0 = Clock::now();
+  std::atomic<bool> finalized{false};
+  std::thread finalize([&] {
+    prompt->Finalize();
+    finalized = true;
+  });
+  while (!finalized.load() && MsSince(t0) < 20000) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  if (!finalized.load()) {
+    fprintf(stderr, "Finalize did not return within 20 s: lock-order deadlock\n");
+    std::abort();  // the threads are stuck for good; fail loudly instead of hanging CTest
+  }
+  EXPECT_LE(MsSince(t0), 8000);
+  transfer.join();
+  unlink.join();
+  finalize.join();
+  llmdd::SetSyncPointCallback(nullptr);
+  g_script = nullptr;
+  EXPECT_NE(pulled, LLM_SUCCESS);  // it ran into a finalizing engine
+  EXPECT_TRUE(script.finalize_holds_lifecycle);
+  decoder.Finalize();
+}
