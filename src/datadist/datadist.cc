@@ -194,7 +194,9 @@ Status DataDist::Initialize(const std::map<std::string, std::string> &options) {
   Engine::Hooks hooks;
   hooks.app_handler = [this](const std::string &peer, uint64_t session, const std::string &request,
                              std::string *response) { return HandleApp(peer, session, request, response); };
-  hooks.on_peer_detached = [this](const std::string &peer, uint64_t session) { OnPeerDetached(peer, session); };
+  hooks.on_peer_detached = [this](const std::string &peer, uint64_t session, bool said_goodbye) {
+    OnPeerDetached(peer, session, said_goodbye);
+  };
   adxl::Status status = engine_->Start(ClusterKey(cluster_id_), config, listening ? &listen : nullptr, hooks);
   if (status != adxl::SUCCESS) {
     LOG_ERROR("Initialize: cannot start the transfer engine (listen %s)",
@@ -482,15 +484,23 @@ Status DataDist::UnlinkOne(const ClusterInfo &cluster, int32_t timeout_ms, bool 
   return LLM_SUCCESS;
 }
 
-void DataDist::OnPeerDetached(const std::string &peer, uint64_t session_id) {
+void DataDist::OnPeerDetached(const std::string &peer, uint64_t session_id, bool said_goodbye) {
   uint64_t cluster = 0;
   if (!ParseUint64(peer, &cluster)) return;
   std::lock_guard guard(links_mutex_);
   auto it = links_.find(cluster);
-  if (it != links_.end() && !it->second->outbound && it->second->session_id == session_id) {
-    LOG_INFO("cluster %" PRIu64 " went away: link removed", cluster);
+  if (it == links_.end() || it->second->outbound || it->second->session_id != session_id) return;
+  if (said_goodbye) {
+    LOG_INFO("cluster %" PRIu64 " disconnected: link removed", cluster);
     links_.erase(it);
+    return;
   }
+  // As in CANN, only an unlink on this side (or a new link from the peer)
+  // removes this side's link: a forced unlink over there is local to it.
+  it->second->lost = true;
+  LOG_WARN("cluster %" PRIu64 " lost its connection without unlinking: the link stays until UnlinkLlmClusters "
+           "(force_flag) here or a new link from it; transfers on it fail",
+           cluster);
 }
 
 void DataDist::ScheduleClose(uint64_t cluster) {
@@ -659,6 +669,11 @@ Status DataDist::Prepare(const char *call, uint64_t remote_cluster, int64_t loca
   if (!*link) {
     LOG_ERROR("%s: no link to cluster %" PRIu64, call, remote_cluster);
     return LLM_NOT_YET_LINK;
+  }
+  if ((*link)->lost.load()) {
+    LOG_ERROR("%s: cluster %" PRIu64 " lost its connection without unlinking; unlink it (force_flag) or let it "
+              "link again", call, remote_cluster);
+    return LLM_FAILED;
   }
   return LLM_SUCCESS;
 }

@@ -70,6 +70,10 @@ class DataDist {
     uint64_t remote_cluster = 0;
     bool outbound = false;     // we connected (we own the engine channel)
     uint64_t session_id = 0;   // for inbound links: the peer's engine session
+    // Inbound link whose peer's connections went away without an unlink (a
+    // crash, or its forced unlink): kept, as in CANN, until this side unlinks
+    // or the peer links again; transfers on it fail.
+    std::atomic<bool> lost{false};
     std::shared_mutex in_flight;  // transfers hold it shared; unlink exclusively
     std::mutex cache_mutex;
     std::map<int64_t, CacheGeometry> remote_caches;
@@ -95,7 +99,7 @@ class DataDist {
                  std::shared_ptr<Link> *link);
   adxl::Status HandleApp(const std::string &peer, uint64_t session_id, const std::string &typed_request,
                          std::string *response);
-  void OnPeerDetached(const std::string &peer, uint64_t session_id);
+  void OnPeerDetached(const std::string &peer, uint64_t session_id, bool said_goodbye);
   void JanitorLoop();
   void ScheduleClose(uint64_t cluster);
   bool Ready(const char *call) const;

@@ -168,14 +168,14 @@ void Channel::HeartbeatLoop() {
   }
 }
 
-void Channel::Close(Deadline deadline) {
+void Channel::Close(Deadline deadline, bool say_goodbye) {
   std::call_once(closed_, [&] {
     // 1. No transfer of ours is running after this (they are deadline-bounded).
     std::unique_lock drain(in_flight_);
     // 2. Stop heartbeats, then say goodbye on the control connection.
     stopping_.store(true);
     wake_.notify_all();
-    if (control_) {
+    if (control_ && say_goodbye) {
       std::unique_lock control(control_mutex_, std::defer_lock);
       // The heartbeat thread may hold the control connection while it waits for
       // a Pong; wait for it, but only until our deadline.
@@ -192,8 +192,8 @@ void Channel::Close(Deadline deadline) {
         }
         if (!acked) LOG_WARN("no goodbye answer from %s; released local resources anyway", params_.remote_id.c_str());
       }
-      control_->Shutdown();
     }
+    if (control_) control_->Shutdown();
     if (heartbeat_.joinable()) heartbeat_.join();
     if (lanes_) lanes_->ShutdownAll();
     for (auto &stream : reverse_streams_) stream->Shutdown();

@@ -58,7 +58,9 @@ class Channel {
 
   // Waits for in-flight transfers, says goodbye (best effort within the
   // deadline) and releases every connection and thread. Idempotent.
-  void Close(Deadline deadline);
+  // say_goodbye=false (a forced unlink) tears down only this end: no message
+  // is sent, the peer sees the connections close and keeps its own state.
+  void Close(Deadline deadline, bool say_goodbye = true);
 
  private:
   explicit Channel(const Params &params) : params_(params) {}

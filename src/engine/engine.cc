@@ -115,7 +115,7 @@ adxl::Status Engine::StartServerLocked(const Endpoint &listen) {
     }
     if (hooks_.on_peer_attached) hooks_.on_peer_attached(peer, session);
   };
-  callbacks.on_session_end = [this](const std::string &peer, uint64_t session) {
+  callbacks.on_session_end = [this](const std::string &peer, uint64_t session, bool said_goodbye) {
     bool removed = false;
     {
       std::lock_guard guard(attached_mutex_);
@@ -125,7 +125,7 @@ adxl::Status Engine::StartServerLocked(const Endpoint &listen) {
         removed = true;
       }
     }
-    if (removed && hooks_.on_peer_detached) hooks_.on_peer_detached(peer, session);
+    if (removed && hooks_.on_peer_detached) hooks_.on_peer_detached(peer, session, said_goodbye);
   };
   auto server = std::make_unique<PeerServer>(local_id_, &registry_, workers_.get(), &hooks_.app_handler, config_,
                                              std::move(callbacks));
@@ -329,7 +329,7 @@ adxl::Status Engine::DisconnectKeyed(const std::string &key, Deadline deadline, 
     channel = it->second;
     channels_.erase(it);
   }
-  channel->Close(say_goodbye ? deadline : Deadline::AfterMs(0));
+  channel->Close(deadline, say_goodbye);
   return adxl::SUCCESS;
 }
 

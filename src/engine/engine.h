@@ -58,7 +58,9 @@ class Engine {
     AppHandler app_handler;
     // A peer that connected to us opened reverse lanes: we can send it requests.
     std::function<void(const std::string &peer_id, uint64_t session_id)> on_peer_attached;
-    std::function<void(const std::string &peer_id, uint64_t session_id)> on_peer_detached;
+    // The session of a peer with reverse lanes ended; said_goodbye: it
+    // disconnected on purpose (else the connection was lost or dropped).
+    std::function<void(const std::string &peer_id, uint64_t session_id, bool said_goodbye)> on_peer_detached;
   };
   // Starts with an arbitrary identity (sent in Hello) and an optional listener.
   adxl::Status Start(const std::string &identity, const EngineConfig &config, const Endpoint *listen, Hooks hooks);

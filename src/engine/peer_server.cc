@@ -249,7 +249,7 @@ const char *PeerServer::ServeControl(const std::shared_ptr<Session> &session, co
     } else if (header.type == static_cast<uint16_t>(MsgType::kGoodbye)) {
       // Lanes are shut down before the ack, so the client knows nothing of the
       // session is still being served once it reads the ack.
-      EndSession(session->id, "client said goodbye", /*shutdown_control=*/false);
+      EndSession(session->id, "client said goodbye", /*said_goodbye=*/true);
       SendControl(*stream, MsgType::kGoodbyeAck, header.request_id, Deadline::AfterMs(1000));
       stream->Shutdown();
       return nullptr;  // already ended
@@ -354,7 +354,7 @@ void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wir
   if (first && callbacks_.on_reverse) callbacks_.on_reverse(hello.engine_id, hello.session_id, pool);
 }
 
-void PeerServer::EndSession(uint64_t session_id, const char *why, bool shutdown_control) {
+void PeerServer::EndSession(uint64_t session_id, const char *why, bool said_goodbye) {
   std::shared_ptr<Session> session;
   {
     std::lock_guard lock(mutex_);
@@ -365,7 +365,7 @@ void PeerServer::EndSession(uint64_t session_id, const char *why, bool shutdown_
     session->ended = true;
     for (auto &lane : session->lanes) lane->Shutdown();
   }
-  if (shutdown_control) session->control->Shutdown();
+  if (!said_goodbye) session->control->Shutdown();
   if (session->reverse) session->reverse->ShutdownAll();
   // Requests already being served finish or abort promptly (lanes are shut
   // down, copies stop at their deadlines); wait for them, bounded, so nothing
@@ -375,7 +375,7 @@ void PeerServer::EndSession(uint64_t session_id, const char *why, bool shutdown_
     LOG_WARN("session %" PRIx64 " of %s: a request is still being served after 2 s", session_id,
              session->client_id.c_str());
   LOG_INFO("session %" PRIx64 " of %s ended: %s", session_id, session->client_id.c_str(), why);
-  if (callbacks_.on_session_end) callbacks_.on_session_end(session->client_id, session_id);
+  if (callbacks_.on_session_end) callbacks_.on_session_end(session->client_id, session_id, said_goodbye);
 }
 
 }  // namespace llmdd

@@ -32,8 +32,9 @@ class PeerServer {
   struct Callbacks {
     // A client opened reverse lanes: the engine may now send requests to it.
     std::function<void(const std::string &client_id, uint64_t session_id, std::shared_ptr<LanePool>)> on_reverse;
-    // A session ended (goodbye, drop or timeout).
-    std::function<void(const std::string &client_id, uint64_t session_id)> on_session_end;
+    // A session ended: said_goodbye when the client ended it with Goodbye,
+    // false when it was dropped (connection lost, timeout, protocol error, stop).
+    std::function<void(const std::string &client_id, uint64_t session_id, bool said_goodbye)> on_session_end;
   };
 
   PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, const AppHandler *app_handler,
@@ -74,7 +75,8 @@ class PeerServer {
                            const wire::Hello &hello);
   void RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
   void AttachReverseLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
-  void EndSession(uint64_t session_id, const char *why, bool shutdown_control = true);
+  // said_goodbye: the client ended it (its control connection stays open for the ack).
+  void EndSession(uint64_t session_id, const char *why, bool said_goodbye = false);
   // Runs fn on a new connection thread; false when none can be started.
   bool Spawn(const char *name, std::function<void()> fn);
   void ReapFinished();

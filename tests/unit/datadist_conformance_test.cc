@@ -994,6 +994,36 @@ TEST_F(LinkedPair, ForcedUnlinkIsLocalAndUnknownClusters) {
   EXPECT_LLM(LLM_SUCCESS, decoder_->PullKvBlocks(ToPrompt(), DCache(), {3}, {3}));
 }
 
+TEST_F(LinkedPair, ForcedUnlinkTearsDownOnlyThisEnd) {
+  // CANN: a forced unlink sends nothing and tears down only the local side;
+  // both ends must call it.
+  ::testing::internal::CaptureStderr();
+  EXPECT_LLM(LLM_SUCCESS, UnlinkOne(*decoder_, kPromptId, port_, /*force=*/true));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the prompt notices the closed connections
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(log.find("goodbye"), std::string::npos) << "a forced unlink says no goodbye:\n" << log;
+  EXPECT_LLM(LLM_NOT_YET_LINK, decoder_->PullKvBlocks(ToPrompt(), DCache(), {0}, {0}));
+  // The prompt keeps its side: transfers on it fail, a non-forced unlink cannot reach the decoder.
+  EXPECT_LLM(LLM_FAILED, prompt_->PullKvBlocks(ToDecoder(), PCache(), {0}, {0}));
+  EXPECT_LLM(LLM_UNLINK_FAILED, UnlinkOne(*prompt_, kDecoderId, port_, false, 1000));
+  EXPECT_LLM(LLM_EXIST_LINK, prompt_->SetRole(LlmRole::kPrompt, Opts({{OPTION_LISTEN_IP_INFO, Listen(port_)}})));
+  // Until it force-unlinks too.
+  EXPECT_LLM(LLM_SUCCESS, UnlinkOne(*prompt_, kDecoderId, 0, /*force=*/true));
+  EXPECT_LLM(LLM_NOT_YET_LINK, prompt_->PullKvBlocks(ToDecoder(), PCache(), {0}, {0}));
+  ExpectUnchanged("after forced unlinks");
+  ASSERT_LLM(LLM_SUCCESS, LinkOne(*decoder_, kPromptId, port_));
+  EXPECT_LLM(LLM_SUCCESS, prompt_->PullKvBlocks(ToDecoder(), PCache(), {2}, {2}));
+}
+
+TEST_F(LinkedPair, APeerThatLinksAgainReplacesItsLostLink) {
+  EXPECT_LLM(LLM_SUCCESS, UnlinkOne(*decoder_, kPromptId, port_, /*force=*/true));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The decoder links again without the prompt having unlinked: the stale record is replaced.
+  ASSERT_LLM(LLM_SUCCESS, LinkOne(*decoder_, kPromptId, port_));
+  EXPECT_LLM(LLM_SUCCESS, prompt_->PullKvBlocks(ToDecoder(), PCache(), {3}, {3}));
+  EXPECT_LLM(LLM_SUCCESS, decoder_->PullKvBlocks(ToPrompt(), DCache(), {1}, {1}));
+}
+
 TEST_F(LinkedPair, ForcedUnlinkNeedsNoPeer) {
   // The prompt disappears (Finalize) while linked.
   prompt_->Finalize();
