@@ -11,9 +11,10 @@
  *  - Connect/Disconnect(remote "ip:port", timeout ms): ALREADY_CONNECTED /
  *    NOT_CONNECTED; timeout <= 0 -> PARAM_INVALID.
  *  - TransferSync(remote, READ|WRITE, descs, timeout ms): READ copies remote ->
- *    local, WRITE local -> remote. Every remote range must lie inside one region
- *    the remote registered (else PARAM_INVALID, nothing is touched). The whole
- *    batch honours the deadline (TIMEOUT). Empty batch -> SUCCESS.
+ *    local, WRITE local -> remote. Every remote range must lie inside memory the
+ *    remote registered: one region, or regions that touch end to start (else
+ *    PARAM_INVALID, nothing is touched). The whole batch honours the deadline
+ *    (TIMEOUT). Empty batch -> SUCCESS.
  *  - All calls except Finalize are thread-safe. Finalize must not race others.
  *  - The engine that is read from / written to makes no calls: its threads serve.
  */

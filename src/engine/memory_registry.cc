@@ -6,18 +6,82 @@
 namespace llmdd {
 
 bool RegionPins::Cover(uintptr_t addr, uint64_t len, uint32_t access) {
-  for (auto it = pinned_.rbegin(); it != pinned_.rend(); ++it) {
-    if ((*it)->Contains(addr, len) && ((*it)->access & access) == access) return true;
+  uintptr_t end = 0;
+  if (len == 0 || __builtin_add_overflow(addr, len, &end)) return false;
+  // Fast path, no lock and no atomic: the ranges of one request mostly lie in
+  // the region the previous range used (consecutive blocks of one tensor), or,
+  // while it has few pins, in one it pinned already (K and V alternating).
+  auto usable = [&](const Region &region) {
+    return region.Contains(addr, len) && (region.access & access) == access;
+  };
+  if (last_used_ != nullptr && usable(*last_used_)) return true;
+  if (pinned_.size() <= kLinearPinLimit) {
+    for (const auto &pinned : pinned_) {
+      if (usable(*pinned)) {
+        last_used_ = pinned.get();
+        return true;
+      }
+    }
   }
-  std::shared_ptr<Region> region = registry_->FindAndPin(addr, len, access);
-  if (!region) return false;
-  pinned_.push_back(std::move(region));
-  return true;
+  const size_t first_new_pin = pinned_.size();
+  // One shared lock for the whole walk: every region of the chain is looked
+  // up and pinned in one consistent view of the registry.
+  std::shared_lock lock(registry_->mutex_);
+  uintptr_t cursor = addr;
+  for (;;) {
+    // Any region that contains the byte at cursor will do: it moves the cursor
+    // forward, so the walk succeeds exactly when every byte is covered.
+    const std::shared_ptr<Region> *found = registry_->FindContainingByteLocked(cursor, access);
+    if (found == nullptr) {
+      UnpinFrom(first_new_pin);
+      return false;
+    }
+    const Region &region = **found;
+    if (!AlreadyPinned(&region)) Pin(*found);
+    last_used_ = &region;
+    const uint64_t left_in_region = region.len - (cursor - region.addr);  // > 0: region contains cursor
+    if (left_in_region >= end - cursor) return true;
+    cursor += left_in_region;  // the first byte after this region
+  }
+}
+
+bool RegionPins::AlreadyPinned(const Region *region) const {
+  if (pinned_.size() <= kLinearPinLimit) {
+    for (const auto &pinned : pinned_)
+      if (pinned.get() == region) return true;
+    return false;
+  }
+  return pinned_set_.count(region) != 0;
+}
+
+void RegionPins::Pin(const std::shared_ptr<Region> &region) {
+  // Under the registry's shared lock: Remove() unpublishes under the exclusive
+  // lock, so it either sees this pin when it waits or we never found the region.
+  region->users.fetch_add(1, std::memory_order_acq_rel);
+  pinned_.push_back(region);
+  if (pinned_.size() == kLinearPinLimit + 1) {
+    for (const auto &pinned : pinned_) pinned_set_.insert(pinned.get());
+  } else if (pinned_.size() > kLinearPinLimit + 1) {
+    pinned_set_.insert(region.get());
+  }
+}
+
+// Releases the pins from index `first` on (the ones a refused range took).
+void RegionPins::UnpinFrom(size_t first) {
+  for (size_t i = first; i < pinned_.size(); ++i) {
+    pinned_set_.erase(pinned_[i].get());
+    registry_->Unpin(pinned_[i].get());
+  }
+  pinned_.resize(first);
+  if (pinned_.size() <= kLinearPinLimit) pinned_set_.clear();
+  last_used_ = pinned_.empty() ? nullptr : pinned_.back().get();
 }
 
 void RegionPins::Release() {
   for (auto &region : pinned_) registry_->Unpin(region.get());
   pinned_.clear();
+  pinned_set_.clear();
+  last_used_ = nullptr;
 }
 
 uint64_t MemoryRegistry::Add(uintptr_t addr, uint64_t len, int mem_type, uint32_t access) {
@@ -71,19 +135,22 @@ size_t MemoryRegistry::Size() const {
   return by_id_.size();
 }
 
-std::shared_ptr<Region> MemoryRegistry::FindAndPin(uintptr_t addr, uint64_t len, uint32_t access) const {
+int MemoryRegistry::PinCount(uint64_t id) const {
   std::shared_lock lock(mutex_);
-  // Candidates start at or before addr; a region longer than max_len_ cannot exist,
-  // which bounds the backward scan when registrations overlap.
+  auto it = by_id_.find(id);
+  return it == by_id_.end() ? -1 : it->second->users.load(std::memory_order_acquire);
+}
+
+const std::shared_ptr<Region> *MemoryRegistry::FindContainingByteLocked(uintptr_t addr, uint32_t access) const {
+  // Candidates start at or before addr, nearest first. A region longer than
+  // max_len_ cannot exist, which bounds the backward scan when registrations
+  // overlap; without overlaps the nearest candidate is the only one.
   auto it = by_addr_.upper_bound(addr);
   while (it != by_addr_.begin()) {
     --it;
-    const auto &region = it->second;
-    if (addr - region->addr > max_len_) break;
-    if (region->Contains(addr, len) && (region->access & access) == access) {
-      region->users.fetch_add(1, std::memory_order_acq_rel);
-      return region;
-    }
+    const Region &region = *it->second;
+    if (addr - region.addr >= max_len_) break;
+    if (addr - region.addr < region.len && (region.access & access) == access) return &it->second;
   }
   return nullptr;
 }

@@ -1,10 +1,16 @@
 // The set of memory regions this engine lets peers read and write.
 //
-// Contract: a peer's range is served only if it lies entirely inside one live
-// region. Serving code holds a RegionPins for the duration of one request;
-// Remove() unpublishes the region at once and then waits until no request
-// still uses it and no standing read lease on it is left, so after Remove()
-// returns neither the engine nor a same-host peer touches that memory.
+// Contract: a peer's range is served only if every byte of it lies inside a
+// live region that allows the access: one region, or several that join without
+// a gap (one ends where the next begins, or they overlap). Requesters merge
+// descriptors that are contiguous on both sides, so a range may cross the
+// boundary between two registrations of one allocation (K and V views of one
+// buffer); it cannot reach memory that is not registered with the right.
+// Serving code holds a RegionPins for the duration of one request, which pins
+// every region a range uses; Remove() unpublishes the region at once and then
+// waits until no request still uses it and no standing read lease on it is
+// left, so after Remove() returns neither the engine nor a same-host peer
+// touches that memory.
 #pragma once
 
 #include <atomic>
@@ -15,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <unordered_set>
 #include <vector>
 
 namespace llmdd {
@@ -44,21 +51,40 @@ inline uint32_t AccessBits(uint8_t remote_access) {
 
 class MemoryRegistry;
 
-// Pins taken while serving one request; releases them on destruction.
+// Pins taken while serving one request; releases them on destruction. Each
+// region is pinned at most once per RegionPins, however many ranges use it.
 class RegionPins {
  public:
   explicit RegionPins(const MemoryRegistry *registry) : registry_(registry) {}
   ~RegionPins() { Release(); }
   RegionPins(const RegionPins &) = delete;
   RegionPins &operator=(const RegionPins &) = delete;
-  // True if [addr, addr+len) lies inside one live region that allows `access`
-  // (pinning it if new).
+  // True if every byte of [addr, addr+len) lies inside live regions that allow
+  // `access`: one region, or a chain that joins without a gap (touching end to
+  // start, or overlapping). Pins each region of the chain that is not pinned
+  // yet. False for len 0, a wrapping range, a gap, a region without the right
+  // or a range running past the last region; then nothing pinned for this
+  // range stays pinned (pins of earlier ranges stay). No lock for a range
+  // inside the region used last (or any pinned one while there are few);
+  // otherwise O(log regions).
   bool Cover(uintptr_t addr, uint64_t len, uint32_t access = kAccessReadWrite);
   void Release();
+  // Distinct regions pinned now (for tests and logs).
+  size_t PinnedCount() const { return pinned_.size(); }
 
  private:
+  bool AlreadyPinned(const Region *region) const;
+  void Pin(const std::shared_ptr<Region> &region);
+  void UnpinFrom(size_t first);
+
+  // Below this many pins a linear scan finds duplicates faster than a hash set
+  // (most requests use one or two regions); above it pinned_set_ is kept.
+  static constexpr size_t kLinearPinLimit = 8;
+
   const MemoryRegistry *registry_;
-  std::vector<std::shared_ptr<Region>> pinned_;
+  std::vector<std::shared_ptr<Region>> pinned_;    // in pin order
+  std::unordered_set<const Region *> pinned_set_;  // same regions, once pinned_ outgrows kLinearPinLimit
+  const Region *last_used_ = nullptr;             // pinned; the fast path checks it first
 };
 
 class MemoryRegistry {
@@ -79,11 +105,15 @@ class MemoryRegistry {
   std::vector<LeasedRange> GrantReadLease(std::chrono::steady_clock::time_point until, size_t max_regions,
                                           bool *too_many) const;
   size_t Size() const;
+  // How many RegionPins hold the live region `id` now; -1 if it is not live.
+  // For tests and diagnostics.
+  int PinCount(uint64_t id) const;
 
  private:
   friend class RegionPins;
-  // Finds a live region containing the range and increments its users.
-  std::shared_ptr<Region> FindAndPin(uintptr_t addr, uint64_t len, uint32_t access) const;
+  // A live region that allows `access` and contains the byte at `addr`, or
+  // null. Caller holds mutex_ (shared is enough).
+  const std::shared_ptr<Region> *FindContainingByteLocked(uintptr_t addr, uint32_t access) const;
   void Unpin(Region *region) const;
   void WaitUnused(const std::shared_ptr<Region> &region);
 

@@ -112,8 +112,10 @@ struct Model {
   static bool Inside(uintptr_t base, uint64_t size, uint64_t addr, uint64_t len) {
     return addr >= base && len <= size && addr - base <= size - len;
   }
-  // One range is served only if it lies inside one live region with the rights.
-  // (C lies inside A, so it never grants more than A does.)
+  // A range is served only if every byte lies in a live region with the rights
+  // (one region, or regions that touch end to start). A and B are separate
+  // buffers with guard zones between them, so no range joins them, and C lies
+  // inside A, so it never grants more than A does: inside A or inside B it is.
   bool Allowed(uint64_t addr, uint64_t len, bool is_read) const {
     if (addr == 0 || len == 0) return false;
     if (Inside(bases[0], kLenA, addr, len)) return true;

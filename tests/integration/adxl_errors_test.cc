@@ -261,7 +261,8 @@ TEST_P(TransportErrorsTest, TransferSyncArguments) {
 }
 
 // ---------------------------------------------------------------------------------
-// Remote ranges that are not fully inside one registered region.
+// Remote ranges that are not fully inside registered memory (one region, or
+// adjacent regions of one allocation: those are accepted, adxl_transfer_test.cc).
 // ---------------------------------------------------------------------------------
 class OutOfRegistrationTest : public AdxlFixture,
                               public ::testing::WithParamInterface<std::tuple<adxl::TransferOp, std::string>> {
@@ -303,8 +304,8 @@ TEST_P(OutOfRegistrationTest, RejectedWithoutTouchingEitherSide) {
       {"whole region plus 4 KiB", {{L, r0.addr, r0.len + 4096}}},
       {"entirely after the region", {{L, end0 + 8192, 64}}},
       {"starting exactly at the end", {{L, end0, 1}}},
-      {"spanning two adjacent regions", {{L, r2.addr - 8, 16}}},
-      {"covering two adjacent regions exactly", {{L, r1.addr, r1.len + r2.len}}},
+      {"across two adjacent regions and past the end of the second", {{L, r2.addr - 8, r2.len + 16}}},
+      {"two adjacent regions exactly plus one byte", {{L, r1.addr, r1.len + r2.len + 1}}},
       {"in a deregistered region", {{L, r3.addr, 100}}},
       {"valid descriptors followed by an invalid one",
        {{L, r0.addr, 1000}, {L + 1000, r1.addr, 1000}, {L + 2000, end0 - 1, 2}}},
@@ -324,6 +325,10 @@ TEST_P(OutOfRegistrationTest, RejectedWithoutTouchingEitherSide) {
   ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{L, r0.addr, r0.len}, {L + r0.len, r2.addr, r2.len}}, kTimeoutMs));
   EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), r0.len, r0.seed, 0));
   EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + r0.len, r2.len, r2.seed, 0));
+  // So are two adjacent regions exactly.
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{L, r1.addr, r1.len + r2.len}}, kTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), r1.len, r1.seed, 0));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + r1.len, r2.len, r2.seed, 0));
 }
 
 TEST_P(OutOfRegistrationTest, WrappingLengthRejected) {

@@ -417,6 +417,150 @@ TEST_P(TransferTest, SubRangesOfOneRegistration) {
 }
 
 // ---------------------------------------------------------------------------------
+// One allocation registered as adjacent regions (K and V views of one buffer, as
+// inference frameworks register them). The client merges descriptors that are
+// contiguous on both sides, so ranges cross the registration boundaries; the
+// server serves them because every byte lies in registered memory with the right.
+// ---------------------------------------------------------------------------------
+class AdjacentRegistrationsTest : public TransferBase, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { UseTransport(GetParam()); }
+
+  // Expected bytes of the adjacent regions [first, first + count) after nothing
+  // was written: the concatenation of their patterns.
+  std::vector<uint8_t> Image(AdxlPeer &peer, size_t first, size_t count) {
+    std::vector<uint8_t> image;
+    for (size_t i = first; i < first + count; ++i) {
+      const size_t at = image.size();
+      image.resize(at + peer.region(i).len);
+      FillPattern(image.data() + at, peer.region(i).len, peer.region(i).seed, 0);
+    }
+    return image;
+  }
+
+  // The peer's adjacent regions [first, first + count) hold `image`, region by region.
+  void ExpectRemote(AdxlPeer &peer, size_t first, size_t count, const std::vector<uint8_t> &image,
+                    const std::string &what) {
+    size_t at = 0;
+    for (size_t i = first; i < first + count; ++i) {
+      const size_t len = peer.region(i).len;
+      std::vector<uint8_t> part(image.begin() + at, image.begin() + at + len);
+      uint64_t crc = 0;
+      ASSERT_TRUE(peer.Crc(i, 0, len, &crc)) << peer.last_error();
+      if (crc != Hash64(part.data(), len))
+        ADD_FAILURE() << what << ": remote region " << i << " differs: " << LocateRemoteMismatch(peer, i, part);
+      at += len;
+    }
+  }
+};
+
+TEST_P(AdjacentRegistrationsTest, ReadAndWriteAcrossRegistrationBoundaries) {
+  // Odd sizes: boundaries fall at unaligned addresses; 3 x 512 KiB reaches the
+  // size at which the client splits a transfer across its lanes.
+  const size_t kPart = (512u << 10) + 3;
+  AdxlPeer::Options o;
+  o.size = 4096;
+  o.seed = 1400;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_EQ(1, peer->RegisterAdjacent(kPart, 1401, {"rw", "rw", "rw"})) << peer->last_error();
+  const RemoteRegion r1 = peer->region(1), r2 = peer->region(2), r3 = peer->region(3);
+  ASSERT_EQ(r1.addr + r1.len, r2.addr);
+  ASSERT_EQ(r2.addr + r2.len, r3.addr);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  const std::vector<uint8_t> original = Image(*peer, 1, 3);
+  const size_t kAll = 3 * kPart;
+  GuardedBuffer local(kAll);
+  const uintptr_t L = local.addr();
+  const uintptr_t R = r1.addr;  // the allocation's start; offsets below are into it
+
+  struct Case {
+    const char *what;
+    std::vector<adxl::TransferOpDesc> descs;  // local offset == remote offset within the allocation
+  };
+  auto desc = [&](size_t off, size_t len) { return adxl::TransferOpDesc{L + off, R + off, len}; };
+  const std::vector<Case> cases = {
+      {"two descriptors adjacent on both sides, meeting at the boundary",
+       {desc(kPart - 1000, 1000), desc(kPart, 3000)}},
+      {"one descriptor straddling the boundary", {desc(kPart - 1, 2)}},
+      {"one descriptor across two boundaries", {desc(kPart - 5000, kPart + 10000)}},
+      {"the whole allocation in three descriptors", {desc(0, kPart), desc(kPart, kPart), desc(2 * kPart, kPart)}},
+      {"the whole allocation in one descriptor", {desc(0, kAll)}},
+  };
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.what);
+    // READ: exactly the described bytes arrive, the rest of the local buffer keeps its pattern.
+    FillPattern(local.data(), kAll, 1499, 0);
+    std::vector<uint8_t> expected_local(local.data(), local.data() + kAll);
+    for (const auto &d : c.descs)
+      std::memcpy(expected_local.data() + (d.local_addr - L), original.data() + (d.remote_addr - R), d.len);
+    ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, c.descs, kBigTimeoutMs));
+    EXPECT_EQ(SIZE_MAX, FirstDiff(local.data(), expected_local.data(), kAll)) << "READ result";
+    ExpectRemote(*peer, 1, 3, original, "READ modified the source");
+
+    // WRITE: exactly the described bytes change on the peer.
+    FillPattern(local.data(), kAll, 1498, 0);
+    std::vector<uint8_t> expected_remote = original;
+    for (const auto &d : c.descs)
+      std::memcpy(expected_remote.data() + (d.remote_addr - R), local.data() + (d.local_addr - L), d.len);
+    ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, c.descs, kBigTimeoutMs));
+    ExpectRemote(*peer, 1, 3, expected_remote, "after WRITE");
+    EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), kAll, 1498, 0)) << "WRITE modified its source";
+    for (size_t i = 1; i <= 3; ++i) ASSERT_TRUE(peer->Fill(i, peer->region(i).seed));
+  }
+  EXPECT_EQ("OK", peer->CheckUntouched(0));
+}
+
+TEST_P(AdjacentRegistrationsTest, ReadOnlyNeighbourRefusesWritesAcrossTheBoundary) {
+  const size_t kPart = 64u << 10;
+  AdxlPeer::Options o;
+  o.size = 4096;
+  o.seed = 1500;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  // Region 1 read-write, region 2 read-only, adjacent.
+  ASSERT_EQ(1, peer->RegisterAdjacent(kPart, 1501, {"rw", "ro"})) << peer->last_error();
+  const RemoteRegion rw = peer->region(1), ro = peer->region(2);
+  ASSERT_EQ(rw.addr + rw.len, ro.addr);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  GuardedBuffer local(2 * kPart);
+  const uintptr_t L = local.addr();
+
+  // WRITE across the boundary, as two merged descriptors and as one: refused,
+  // no byte on either side of the boundary changed.
+  FillPattern(local.data(), local.size(), 1599, 0);
+  const std::vector<std::vector<adxl::TransferOpDesc>> writes = {
+      {{L, ro.addr - 100, 100}, {L + 100, ro.addr, 100}},
+      {{L, ro.addr - 1, 2}},
+      {{L, rw.addr, 2 * kPart}},
+  };
+  for (const auto &descs : writes) {
+    SCOPED_TRACE("WRITE of " + std::to_string(descs.size()) + " descriptor(s) from offset " +
+                 std::to_string(descs[0].remote_addr - rw.addr));
+    EXPECT_ST(adxl::PARAM_INVALID, Xfer(*peer, adxl::WRITE, descs, kBigTimeoutMs));
+    EXPECT_EQ("OK", peer->CheckUntouched(1)) << "the read-write part changed";
+    EXPECT_EQ("OK", peer->CheckUntouched(2)) << "the read-only part changed";
+    ASSERT_TRUE(peer->Ping()) << "peer " << peer->Health();
+  }
+  // READ across the same boundary is allowed: both regions may be read.
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{L, ro.addr - 100, 100}, {L + 100, ro.addr, 100}}, kBigTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), 100, rw.seed, kPart - 100));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + 100, 100, ro.seed, 0));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + 200, local.size() - 200, 1599, 200));
+  // A WRITE that stays inside the read-write part still works.
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{L, ro.addr - 100, 100}}, kBigTimeoutMs));
+  uint64_t crc = 0;
+  ASSERT_TRUE(peer->Crc(1, kPart - 100, 100, &crc)) << peer->last_error();
+  EXPECT_EQ(Hash64(local.data(), 100), crc) << "the written bytes";
+  EXPECT_EQ("OK", peer->Check(1, 0, kPart - 100, rw.seed));
+  EXPECT_EQ("OK", peer->CheckUntouched(2));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, AdjacentRegistrationsTest, ::testing::ValuesIn(AllTransports()), TransportName);
+
+// ---------------------------------------------------------------------------------
 // Memory registered on the server after Connect (an improvement over CANN).
 // ---------------------------------------------------------------------------------
 TEST_P(TransferTest, MemoryRegisteredAfterConnectIsAccessible) {

@@ -237,25 +237,37 @@ inline ::testing::AssertionResult SameTensor(const KvModel &expected, uint32_t t
 
 // ---------------------------------------------------------------------------------
 // LocalKv: a cache of the test process; tensor k is one GuardedBuffer (a byte past the
-// end of a tensor faults).
+// end of a tensor faults), or, with `adjacent`, the tensors are consecutive views of
+// one GuardedBuffer (tensor k + 1 starts where tensor k ends, as K and V caches that
+// a framework carves out of one allocation).
 // ---------------------------------------------------------------------------------
 class LocalKv {
  public:
-  LocalKv(uint32_t tensors, uint64_t rows, uint64_t stride) : tensors_(tensors), rows_(rows), stride_(stride) {
-    for (uint32_t k = 0; k < tensors; ++k) bufs_.push_back(std::make_unique<itest::GuardedBuffer>(rows * stride));
+  LocalKv(uint32_t tensors, uint64_t rows, uint64_t stride, bool adjacent = false)
+      : tensors_(tensors), rows_(rows), stride_(stride) {
+    const uint64_t bytes = rows * stride;
+    if (adjacent) {
+      bufs_.push_back(std::make_unique<itest::GuardedBuffer>(tensors * bytes));
+      for (uint32_t k = 0; k < tensors; ++k) data_.push_back(bufs_[0]->data() + k * bytes);
+    } else {
+      for (uint32_t k = 0; k < tensors; ++k) {
+        bufs_.push_back(std::make_unique<itest::GuardedBuffer>(bytes));
+        data_.push_back(bufs_.back()->data());
+      }
+    }
   }
   void Fill(uint64_t seed) {
-    for (uint32_t k = 0; k < tensors_; ++k) itest::FillPattern(bufs_[k]->data(), rows_ * stride_, seed + k, 0);
+    for (uint32_t k = 0; k < tensors_; ++k) itest::FillPattern(data_[k], rows_ * stride_, seed + k, 0);
   }
   void Load(const KvModel &m) {
-    for (uint32_t k = 0; k < tensors_; ++k) std::memcpy(bufs_[k]->data(), m.t[k].data(), rows_ * stride_);
+    for (uint32_t k = 0; k < tensors_; ++k) std::memcpy(data_[k], m.t[k].data(), rows_ * stride_);
   }
   KvModel Snapshot() const {
     KvModel m;
     m.tensors = tensors_;
     m.rows = rows_;
     m.stride = stride_;
-    for (uint32_t k = 0; k < tensors_; ++k) m.t.emplace_back(bufs_[k]->data(), bufs_[k]->data() + rows_ * stride_);
+    for (uint32_t k = 0; k < tensors_; ++k) m.t.emplace_back(data_[k], data_[k] + rows_ * stride_);
     return m;
   }
   CacheDesc Desc(CachePlacement placement = CachePlacement::kDevice) const {
@@ -268,7 +280,7 @@ class LocalKv {
   }
   std::vector<uint64_t> Addrs() const {
     std::vector<uint64_t> a;
-    for (const auto &b : bufs_) a.push_back(b->addr());
+    for (uint8_t *p : data_) a.push_back(reinterpret_cast<uintptr_t>(p));
     return a;
   }
   Status Register(LlmDataDist &dd) {
@@ -280,12 +292,12 @@ class LocalKv {
     Cache c;
     c.cache_id = id_;
     c.cache_desc = Desc();
-    for (const auto &b : bufs_) c.tensor_addrs.push_back(b->addr());
+    for (uint8_t *p : data_) c.tensor_addrs.push_back(reinterpret_cast<uintptr_t>(p));
     return c;
   }
   ::testing::AssertionResult Matches(const KvModel &m, const std::string &what) const {
     for (uint32_t k = 0; k < tensors_; ++k) {
-      auto r = SameTensor(m, k, bufs_[k]->data(), what);
+      auto r = SameTensor(m, k, data_[k], what);
       if (!r) return r;
     }
     return ::testing::AssertionSuccess();
@@ -300,7 +312,8 @@ class LocalKv {
   uint64_t rows_;
   uint64_t stride_;
   int64_t id_ = -1;
-  std::vector<std::unique_ptr<itest::GuardedBuffer>> bufs_;
+  std::vector<std::unique_ptr<itest::GuardedBuffer>> bufs_;  // one per tensor, or one for all
+  std::vector<uint8_t *> data_;                              // tensor k's first byte
 };
 
 // ---------------------------------------------------------------------------------
@@ -409,7 +422,8 @@ struct PeerOptions {
   uint64_t block_bytes = 64;
   uint64_t seed = 1;
   bool with_cache = true;
-  std::string transport;  // "" = default
+  bool adjacent_tensors = false;  // the start-up cache's tensors are views of one allocation
+  std::string transport;          // "" = default
 };
 
 class DdPeer {
@@ -449,6 +463,7 @@ class DdPeer {
         argv.push_back(std::to_string(opt.wait_time_ms));
       }
       if (!opt.with_cache) argv.push_back("--no-cache");
+      if (opt.adjacent_tensors) argv.push_back("--adjacent-tensors");
       if (!opt.transport.empty()) {
         argv.push_back("--opt");
         argv.push_back("llmdd.Transport=" + opt.transport);
@@ -591,9 +606,12 @@ class DdPeer {
     return StatusCmd("SETROLE " + role + (listen.empty() ? "" : " " + listen));
   }
   // Registers another cache filled with pattern seed; returns its id or -1 (*st = status).
-  int64_t Register(uint32_t tensors, uint64_t blocks, uint64_t block_bytes, uint64_t seed, Status *st = nullptr) {
+  // `adjacent`: its tensors are consecutive views of one allocation.
+  int64_t Register(uint32_t tensors, uint64_t blocks, uint64_t block_bytes, uint64_t seed, Status *st = nullptr,
+                   bool adjacent = false) {
     std::string r = Cmd("REGISTER " + std::to_string(tensors) + " " + std::to_string(blocks) + " " +
-                        std::to_string(block_bytes) + " " + std::to_string(seed));
+                        std::to_string(block_bytes) + " " + std::to_string(seed) +
+                        (adjacent ? " device adjacent" : ""));
     if (r.rfind("CACHE ", 0) == 0) {
       if (st) *st = LLM_SUCCESS;
       return std::strtoll(r.c_str() + 6, nullptr, 10);

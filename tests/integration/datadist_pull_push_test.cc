@@ -9,6 +9,7 @@
 // pushes to / pulls from the client that linked to it), reversed and
 // non-contiguous block lists, PullKvCache with partial rows (size > 0), layer
 // ranges with tensor_num_per_layer 1, 2 and 4, a large permuted block transfer,
+// K and V tensors carved out of one allocation (ranges joined across tensors),
 // and the three flows of spec section 4 (pull 4.1, layer-wise push 4.2, role
 // switch 4.3).
 #include <algorithm>
@@ -41,7 +42,8 @@ Pairs All(uint32_t n) {
 // pattern seed 1000 + t, the local one the sentinel pattern 9000 + t.
 class PullPushBase : public DdFixture {
  protected:
-  void Start(uint32_t tensors, uint64_t rows = kRows, uint64_t stride = kStride) {
+  // adjacent: on both sides the tensors are consecutive views of one allocation.
+  void Start(uint32_t tensors, uint64_t rows = kRows, uint64_t stride = kStride, bool adjacent = false) {
     tensors_ = tensors;
     SelfOptions so;
     so.transport = transport_;
@@ -53,10 +55,11 @@ class PullPushBase : public DdFixture {
     o.blocks = rows;
     o.block_bytes = stride;
     o.seed = 1000;
+    o.adjacent_tensors = adjacent;
     peer_ = StartPeer(o);
     ASSERT_NE(nullptr, peer_);
     ASSERT_EQ(1, peer_->cache_id()) << "the first cache of an instance must get id 1";
-    local_ = std::make_unique<LocalKv>(tensors, rows, stride);
+    local_ = std::make_unique<LocalKv>(tensors, rows, stride, adjacent);
     local_->Fill(9000);
     ASSERT_LLM(LLM_SUCCESS, local_->Register(self_->dd()));
     ASSERT_EQ(1, local_->id());
@@ -322,6 +325,73 @@ TEST_P(PullPushTest, ConcurrentTransfersOnOneLinkAndAcrossLinks) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transport, PullPushTest, ::testing::Values(std::string(), std::string("tcp")), TransportName);
+
+// ---------------------------------------------------------------------------------
+// K and V tensors carved out of one allocation on both sides (tensor k + 1 starts
+// where tensor k ends), each registered with its own address by RegisterKvCache.
+// The requester joins runs that are contiguous on both sides across tensor pairs,
+// so one range crosses the boundary between two registrations; the serving side
+// accepts it because every byte is registered.
+// ---------------------------------------------------------------------------------
+class AdjacentTensorsTest : public PullPushBase, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { transport_ = GetParam(); }
+};
+
+TEST_P(AdjacentTensorsTest, PullAndPushAcrossTensorBoundaries) {
+  ASSERT_NO_FATAL_FAILURE(Start(4, kRows, kStride, /*adjacent=*/true));
+  const std::vector<uint64_t> local_addrs = local_->Addrs();
+  for (uint32_t k = 1; k < 4; ++k) ASSERT_EQ(local_addrs[k - 1] + kRows * kStride, local_addrs[k]);
+
+  // Every block of every tensor: all four tensors become one range on each side.
+  Blocks all(kRows);
+  std::iota(all.begin(), all.end(), 0);
+  ASSERT_LLM(LLM_SUCCESS, self_->PullBlocks(kPeerId, 1, *local_, all, all).status);
+  ApplyBlocks(peer_model_, &local_model_, All(4), all, all);
+  ExpectLocal("PullKvBlocks of whole adjacent tensors");
+  // The last blocks of tensor k join the first blocks of tensor k + 1.
+  local_->Fill(9200);
+  local_model_ = local_->Snapshot();
+  ASSERT_LLM(LLM_SUCCESS, self_->PullBlocks(kPeerId, 1, *local_, {0, 1, 6, 7}, {0, 1, 6, 7}).status);
+  ApplyBlocks(peer_model_, &local_model_, All(4), {0, 1, 6, 7}, {0, 1, 6, 7});
+  ExpectLocal("PullKvBlocks of the blocks around each tensor boundary");
+  ExpectPeer("the pulled cache is only read");
+
+  // PullKvCache: with one row per tensor (batch 1) a row is a whole tensor, so
+  // the rows of all tensors join into one range.
+  constexpr uint64_t kRowBytes = 512;
+  Status st = LLM_FAILED;
+  const int64_t peer_rows = peer_->Register(4, 1, kRowBytes, 2000, &st, /*adjacent=*/true);
+  ASSERT_LLM(LLM_SUCCESS, st) << peer_->last_error();
+  LocalKv local_rows(4, 1, kRowBytes, /*adjacent=*/true);
+  local_rows.Fill(9300);
+  ASSERT_LLM(LLM_SUCCESS, local_rows.Register(self_->dd()));
+  ASSERT_LLM(LLM_SUCCESS, self_->PullCache(kPeerId, peer_rows, 0, local_rows, 0).status);
+  const KvModel peer_rows_model = KvModel::Pattern(4, 1, kRowBytes, 2000);
+  EXPECT_TRUE(local_rows.Matches(peer_rows_model, "PullKvCache of adjacent one-row tensors"));
+  EXPECT_TRUE(peer_->Matches(peer_rows, peer_rows_model, "the pulled one-row cache is only read"));
+
+  // Push, blocks and a row, into the peer's adjacent tensors.
+  local_->Fill(3000);
+  local_model_ = local_->Snapshot();
+  ASSERT_TRUE(peer_->Fill(1, 7000));
+  peer_model_ = KvModel::Pattern(4, kRows, kStride, 7000);
+  ASSERT_LLM(LLM_SUCCESS, self_->PushBlocks(*local_, kPeerId, 1, {0, 1, 6, 7}, {0, 1, 6, 7}).status);
+  ApplyBlocks(local_model_, &peer_model_, All(4), {0, 1, 6, 7}, {0, 1, 6, 7});
+  ExpectPeer("PushKvBlocks of the blocks around each tensor boundary");
+  ASSERT_LLM(LLM_SUCCESS, self_->PushBlocks(*local_, kPeerId, 1, all, all).status);
+  ApplyBlocks(local_model_, &peer_model_, All(4), all, all);
+  ExpectPeer("PushKvBlocks of whole adjacent tensors");
+  ExpectLocal("the push source is only read");
+  local_rows.Fill(3100);
+  const KvModel pushed_rows = local_rows.Snapshot();
+  ASSERT_LLM(LLM_SUCCESS, self_->PushCache(local_rows, 0, kPeerId, peer_rows, 0).status);
+  EXPECT_TRUE(peer_->Matches(peer_rows, pushed_rows, "PushKvCache of adjacent one-row tensors"));
+  EXPECT_LLM(LLM_SUCCESS, self_->dd().UnregisterKvCache(local_rows.id()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transport, AdjacentTensorsTest, ::testing::Values(std::string(), std::string("tcp")),
+                         TransportName);
 
 // ---------------------------------------------------------------------------------
 // Spec section 4 flows.

@@ -756,20 +756,16 @@ class AdxlPeer {
   // One allocation of 2*size bytes registered as two adjacent regions; returns the
   // index of the first (the second is +1) or -1.
   int RegisterSplit(size_t size, uint64_t seed) {
-    if (!proc_->WriteLine("SPLITREG " + std::to_string(size) + " " + std::to_string(seed))) return -1;
-    int first = -1;
-    for (int k = 0; k < 2; ++k) {
-      std::string line;
-      if (!proc_->ReadLine(&line, 60000)) return -1;
-      RemoteRegion reg;
-      if (!ParseRegionLine(line, &reg)) {
-        last_error_ = line;
-        return -1;
-      }
-      regions_.push_back(reg);
-      if (k == 0) first = static_cast<int>(regions_.size()) - 1;
-    }
-    return first;
+    return ReadRegionLines("SPLITREG " + std::to_string(size) + " " + std::to_string(seed), 2);
+  }
+
+  // One allocation of rights.size()*size bytes registered as adjacent regions of
+  // `size` bytes, region k with remote access rights[k] ("rw", "ro" or "wo") and
+  // pattern seed+k; returns the index of the first (the others follow) or -1.
+  int RegisterAdjacent(size_t size, uint64_t seed, const std::vector<std::string> &rights) {
+    std::string line = "ADJREG " + std::to_string(size) + " " + std::to_string(seed);
+    for (const std::string &r : rights) line += " " + r;
+    return ReadRegionLines(line, rights.size());
   }
 
   // Returns the peer's DeregisterMem status (or UINT32_MAX on protocol error).
@@ -841,6 +837,30 @@ class AdxlPeer {
 
  private:
   AdxlPeer() = default;
+
+  // Sends `line` and reads `count` REGION lines; returns the first new index or -1.
+  int ReadRegionLines(const std::string &line, size_t count) {
+    if (!proc_->WriteLine(line)) {
+      last_error_ = "could not write '" + line + "' to peer " + id_;
+      return -1;
+    }
+    int first = -1;
+    for (size_t k = 0; k < count; ++k) {
+      std::string reply;
+      if (!proc_->ReadLine(&reply, 60000)) {
+        last_error_ = "no REGION line for '" + line + "' from peer " + id_;
+        return -1;
+      }
+      RemoteRegion reg;
+      if (!ParseRegionLine(reply, &reg)) {
+        last_error_ = reply;
+        return -1;
+      }
+      regions_.push_back(reg);
+      if (k == 0) first = static_cast<int>(regions_.size()) - 1;
+    }
+    return first;
+  }
 
   uint32_t StatusCmd(const std::string &line, int64_t timeout_ms = 60000) {
     std::string r = Cmd(line, timeout_ms);

@@ -18,6 +18,11 @@
 //     SPLITREG <size> <seed>                 -> two REGION lines: one allocation of 2*size
 //                                               registered as two adjacent regions
 //                                               (seeds seed and seed+1)
+//     ADJREG <size> <seed> <access>...       -> one REGION line per <access> (rw, ro or wo:
+//                                               the remote access rights of
+//                                               llmdd/extensions.h): one allocation of
+//                                               N*size registered as N adjacent regions,
+//                                               region k filled with seed+k | ERR <text>
 //     DEREGISTER <i>                         -> STATUS <status>   (memory stays mapped)
 //     CONNECT <remote> <timeout_ms>          -> STATUS <status>
 //     DISCONNECT <remote> <timeout_ms>       -> STATUS <status>
@@ -43,6 +48,7 @@
 
 #include "../process_util.h"
 #include "adxl/adxl_engine.h"
+#include "llmdd/extensions.h"
 
 namespace {
 
@@ -77,8 +83,9 @@ std::string RegionLine(size_t idx) {
          std::to_string(r.len) + " " + std::to_string(r.seed);
 }
 
-// Registers [data, data+len); returns the status.
-uint32_t AddRegion(uint8_t *data, size_t len, uint64_t seed, size_t *idx) {
+// Registers [data, data+len) with the given remote access rights; returns the status.
+uint32_t AddRegion(uint8_t *data, size_t len, uint64_t seed, size_t *idx,
+                   llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite) {
   Region r;
   r.data = data;
   r.len = len;
@@ -86,6 +93,7 @@ uint32_t AddRegion(uint8_t *data, size_t len, uint64_t seed, size_t *idx) {
   adxl::MemDesc desc{};
   desc.addr = reinterpret_cast<uintptr_t>(data);
   desc.len = len;
+  if (access != llmdd_ext::kRemoteReadWrite) llmdd_ext::SetRemoteAccess(desc, access);
   uint32_t st = g_engine->RegisterMem(desc, g_mem_type, r.handle);
   if (st != adxl::SUCCESS) return st;
   r.registered = true;
@@ -197,6 +205,32 @@ void Serve(const std::vector<std::string> &t) {
     if (st != adxl::SUCCESS) return Reply("ERR " + std::to_string(st));
     Reply(RegionLine(a));
     Reply(RegionLine(b));
+  } else if (cmd == "ADJREG" && t.size() >= 4) {
+    uint64_t size = 0, seed = 0;
+    if (!ParseU64(t[1], &size) || size == 0 || !ParseU64(t[2], &seed)) return Reply("ERR bad args");
+    std::vector<llmdd_ext::RemoteAccess> rights;
+    for (size_t k = 3; k < t.size(); ++k) {
+      if (t[k] == "rw") {
+        rights.push_back(llmdd_ext::kRemoteReadWrite);
+      } else if (t[k] == "ro") {
+        rights.push_back(llmdd_ext::kRemoteReadOnly);
+      } else if (t[k] == "wo") {
+        rights.push_back(llmdd_ext::kRemoteWriteOnly);
+      } else {
+        return Reply("ERR bad access '" + t[k] + "' (rw, ro or wo)");
+      }
+    }
+    uint8_t *p = Allocate(rights.size() * size);
+    if (p == nullptr) return Reply("ERR out of memory");
+    std::vector<size_t> added;
+    for (size_t k = 0; k < rights.size(); ++k) {
+      itest::FillPattern(p + k * size, size, seed + k, 0);
+      size_t idx = 0;
+      uint32_t st = AddRegion(p + k * size, size, seed + k, &idx, rights[k]);
+      if (st != adxl::SUCCESS) return Reply("ERR " + std::to_string(st));
+      added.push_back(idx);
+    }
+    for (size_t idx : added) Reply(RegionLine(idx));
   } else if (cmd == "DEREGISTER" && t.size() == 2) {
     uint64_t idx = 0;
     if (!ParseU64(t[1], &idx) || idx >= g_regions.size()) return Reply("ERR bad region index");

@@ -4,7 +4,8 @@
 //
 //   datadist_peer --cluster-id N [--listen IP:PORT] [--role prompt|decoder|mix]
 //                 [--device D] [--wait-time MS] [--tensors T] [--blocks B]
-//                 [--block-bytes S] [--seed X] [--no-cache] [--opt KEY=VALUE]...
+//                 [--block-bytes S] [--seed X] [--no-cache] [--adjacent-tensors]
+//                 [--opt KEY=VALUE]...
 //
 // Initializes LlmDataDist(N, role) with llm.DeviceId = D, llm.ListenIpInfo (when
 // --listen is given), llm.SyncKvCacheWaitTime (when --wait-time is given) and any
@@ -12,13 +13,17 @@
 // unless --no-cache, it registers one cache: T tensors (default 4), each of shape
 // {B, S} (default 8 x 64) DT_UINT8, so a row/block is S bytes. Tensor t of a cache
 // registered with seed X holds itest::PatternByte(X + t, offset) at every offset.
-// Every tensor ends right before a PROT_NONE guard page. It prints
+// Every tensor ends right before a PROT_NONE guard page, except with
+// --adjacent-tensors (or "adjacent" on REGISTER): then the cache is one allocation
+// and tensor t + 1 starts where tensor t ends (K and V as views of one buffer),
+// each still registered with its own address. It prints
 //     CACHE <id>
 //     READY
 // and serves line commands on stdin, one reply line each ("STATUS <s>" = decimal
 // ge::Status):
 //     PING                                        -> PONG
-//     REGISTER <T> <B> <S> <seed> [host|device]   -> CACHE <id> | STATUS <s>
+//     REGISTER <T> <B> <S> <seed> [host|device] [adjacent]
+//                                                 -> CACHE <id> | STATUS <s>
 //     UNREGISTER <id>                             -> STATUS <s>   (memory stays mapped)
 //     FILL <cache> <seed>                         -> OK   (tensor t = pattern seed + t)
 //     CHECK <cache> <t> <off> <len> <seed> <pos0> -> OK | BAD <offset in tensor>
@@ -184,17 +189,20 @@ uint8_t *Allocate(size_t len) {
   return p;
 }
 
-// Allocates, fills and registers a cache; returns the status (and *id).
+// Allocates, fills and registers a cache; returns the status (and *id). With
+// `adjacent` the tensors are consecutive views of one allocation.
 Status AddCache(uint32_t tensors, uint64_t blocks, uint64_t block_bytes, uint64_t seed, CachePlacement placement,
-                int64_t *id) {
+                bool adjacent, int64_t *id) {
   PeerCache c;
   c.tensors = tensors;
   c.blocks = blocks;
   c.block_bytes = block_bytes;
   c.placement = placement;
   std::vector<uint64_t> addrs;
+  uint8_t *whole = adjacent ? Allocate(tensors * blocks * block_bytes) : nullptr;
+  if (adjacent && whole == nullptr) return LLM_OUT_OF_MEMORY;
   for (uint32_t t = 0; t < tensors; ++t) {
-    uint8_t *p = Allocate(blocks * block_bytes);
+    uint8_t *p = adjacent ? whole + t * blocks * block_bytes : Allocate(blocks * block_bytes);
     if (p == nullptr) return LLM_OUT_OF_MEMORY;
     itest::FillPattern(p, blocks * block_bytes, seed + t, 0);
     c.data.push_back(p);
@@ -268,20 +276,23 @@ void Serve(const std::vector<std::string> &t) {
   const std::string &cmd = t[0];
   if (cmd == "PING") {
     Reply("PONG");
-  } else if (cmd == "REGISTER" && (t.size() == 5 || t.size() == 6)) {
+  } else if (cmd == "REGISTER" && t.size() >= 5 && t.size() <= 7) {
     uint64_t tensors = 0, blocks = 0, bytes = 0, seed = 0;
     if (!ParseU64(t[1], &tensors) || !ParseU64(t[2], &blocks) || !ParseU64(t[3], &bytes) || !ParseU64(t[4], &seed) ||
         tensors == 0 || blocks == 0 || bytes == 0)
       return Reply("ERR bad args");
     CachePlacement placement = CachePlacement::kDevice;
-    if (t.size() == 6) {
-      if (t[5] == "host")
+    bool adjacent = false;
+    for (size_t k = 5; k < t.size(); ++k) {
+      if (t[k] == "host")
         placement = CachePlacement::kHost;
-      else if (t[5] != "device")
-        return Reply("ERR bad placement");
+      else if (t[k] == "adjacent")
+        adjacent = true;
+      else if (t[k] != "device")
+        return Reply("ERR bad placement or flag '" + t[k] + "'");
     }
     int64_t id = -1;
-    Status st = AddCache(static_cast<uint32_t>(tensors), blocks, bytes, seed, placement, &id);
+    Status st = AddCache(static_cast<uint32_t>(tensors), blocks, bytes, seed, placement, adjacent, &id);
     if (st != LLM_SUCCESS) return Reply("STATUS " + std::to_string(st));
     Reply("CACHE " + std::to_string(id));
   } else if (cmd == "UNREGISTER" && t.size() == 2) {
@@ -406,7 +417,7 @@ int main(int argc, char **argv) {
   std::string listen, device = "0", wait_time;
   LlmRole role = LlmRole::kPrompt;
   uint64_t tensors = 4, blocks = 8, block_bytes = 64, seed = 1;
-  bool with_cache = true;
+  bool with_cache = true, adjacent_tensors = false;
   std::vector<std::pair<std::string, std::string>> extra;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -447,6 +458,8 @@ int main(int argc, char **argv) {
       ParseU64(v, &seed);
     } else if (a == "--no-cache") {
       with_cache = false;
+    } else if (a == "--adjacent-tensors") {
+      adjacent_tensors = true;
     } else if (a == "--opt") {
       next(&v);
       const size_t eq = v.find('=');
@@ -479,7 +492,8 @@ int main(int argc, char **argv) {
   }
   if (with_cache) {
     int64_t id = -1;
-    st = AddCache(static_cast<uint32_t>(tensors), blocks, block_bytes, seed, CachePlacement::kDevice, &id);
+    st = AddCache(static_cast<uint32_t>(tensors), blocks, block_bytes, seed, CachePlacement::kDevice, adjacent_tensors,
+                  &id);
     if (st != LLM_SUCCESS) {
       Reply("REGISTER_FAILED " + std::to_string(st));
       FinalizeAndExit(4);
