@@ -86,6 +86,7 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
   if (initialized_) return adxl::SUCCESS;
   local_id_ = identity;
   config_ = config;
+  registry_.SetRemovalGrace(std::chrono::milliseconds(config_.deregister_grace_ms));
   if (config_.busy_poll_us >= 0) SetReadSpinMicros(static_cast<uint32_t>(config_.busy_poll_us));
   hooks_ = std::move(hooks);
   workers_ = WorkerPool::Create(static_cast<int>(config_.worker_threads));

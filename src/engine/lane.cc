@@ -412,7 +412,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   }
 
   // Validate every range before touching any byte; pin the regions meanwhile.
-  RegionPins pins(ctx.registry);
+  RegionPins pins(ctx.registry, &stream);
   iov.clear();
   iov.reserve(count + 1);
   MsgHeader response;
@@ -478,7 +478,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
                           "request arrived after its deadline", deadline);
     }
     int err = ctx.same_host->CopyFrom(iov.data(), iov.size(), peer_iov.data(), peer_iov.size(),
-                                      deadline.EarlierOf(requester_deadline));
+                                      deadline.EarlierOf(requester_deadline), &pins.Broken());
     pins.Release();
     adxl::Status status = adxl::SUCCESS;
     std::string text;

@@ -1,7 +1,12 @@
 #include "engine/memory_registry.h"
 
+#include <algorithm>
+#include <cinttypes>
 #include <mutex>
 #include <thread>
+
+#include "common/log.h"
+#include "transport/stream.h"
 
 namespace llmdd {
 
@@ -58,6 +63,10 @@ void RegionPins::Pin(const std::shared_ptr<Region> &region) {
   // Under the registry's shared lock: Remove() unpublishes under the exclusive
   // lock, so it either sees this pin when it waits or we never found the region.
   region->users.fetch_add(1, std::memory_order_acq_rel);
+  {
+    std::lock_guard lock(region->holders_mutex);
+    region->holders.push_back(this);
+  }
   pinned_.push_back(region);
   if (pinned_.size() == kLinearPinLimit + 1) {
     for (const auto &pinned : pinned_) pinned_set_.insert(pinned.get());
@@ -70,15 +79,35 @@ void RegionPins::Pin(const std::shared_ptr<Region> &region) {
 void RegionPins::UnpinFrom(size_t first) {
   for (size_t i = first; i < pinned_.size(); ++i) {
     pinned_set_.erase(pinned_[i].get());
-    registry_->Unpin(pinned_[i].get());
+    Unpin(pinned_[i].get());
   }
   pinned_.resize(first);
   if (pinned_.size() <= kLinearPinLimit) pinned_set_.clear();
   last_used_ = pinned_.empty() ? nullptr : pinned_.back().get();
 }
 
+void RegionPins::Unpin(Region *region) {
+  {
+    std::lock_guard lock(region->holders_mutex);
+    auto &holders = region->holders;
+    holders.erase(std::find(holders.begin(), holders.end(), this));
+  }
+  registry_->Unpin(region);
+}
+
+void RegionPins::Break() {
+  broken_.store(true, std::memory_order_release);
+  if (breaker_ != nullptr) breaker_->Shutdown();
+}
+
+size_t Region::BreakHolders() {
+  std::lock_guard lock(holders_mutex);
+  for (RegionPins *holder : holders) holder->Break();
+  return holders.size();
+}
+
 void RegionPins::Release() {
-  for (auto &region : pinned_) registry_->Unpin(region.get());
+  for (auto &region : pinned_) Unpin(region.get());
   pinned_.clear();
   pinned_set_.clear();
   last_used_ = nullptr;
@@ -114,7 +143,7 @@ bool MemoryRegistry::Remove(uint64_t id) {
       }
     }
   }
-  WaitUnused(region);
+  WaitUnused({region}, std::chrono::steady_clock::now() + std::chrono::milliseconds(removal_grace_ms_.load()));
   return true;
 }
 
@@ -127,7 +156,7 @@ void MemoryRegistry::Clear() {
     by_addr_.clear();
     max_len_ = 0;
   }
-  for (auto &region : all) WaitUnused(region);
+  WaitUnused(all, std::chrono::steady_clock::now() + std::chrono::milliseconds(removal_grace_ms_.load()));
 }
 
 size_t MemoryRegistry::Size() const {
@@ -190,16 +219,30 @@ std::vector<MemoryRegistry::LeasedRange> MemoryRegistry::GrantReadLease(std::chr
   return granted;
 }
 
-void MemoryRegistry::WaitUnused(const std::shared_ptr<Region> &region) {
-  {
+void MemoryRegistry::WaitUnused(const std::vector<std::shared_ptr<Region>> &regions,
+                                std::chrono::steady_clock::time_point patience_ends) {
+  for (const auto &region : regions) {
+    auto unused = [&] { return region->users.load(std::memory_order_acquire) == 0; };
     std::unique_lock lock(unpin_mutex_);
-    unpinned_.wait(lock, [&] { return region->users.load(std::memory_order_acquire) == 0; });
+    if (unpinned_.wait_until(lock, patience_ends, unused)) continue;
+    // A peer keeps a request on this memory beyond our patience (a stalled
+    // sender, a frozen reader): close the lanes serving it. Their blocking I/O
+    // returns at once and releases the pins; no byte is touched afterwards.
+    lock.unlock();
+    const size_t broken = region->BreakHolders();
+    LOG_WARN("deregistering [0x%" PRIxPTR ", +%" PRIu64 "): %zu request(s) still used it after the grace period "
+             "(llmdd.DeregisterGraceMs): their lanes were closed",
+             region->addr, region->len, broken);
+    lock.lock();
+    unpinned_.wait(lock, unused);
   }
   // A same-host peer may still be reading under a standing lease (bounded by
-  // wire::kStandingLeaseMs): wait it out. No new lease can name the region now.
-  const auto until = std::chrono::steady_clock::time_point(
-      std::chrono::nanoseconds(region->leased_until_ns.load(std::memory_order_acquire)));
-  if (std::chrono::steady_clock::now() < until) std::this_thread::sleep_until(until);
+  // wire::kStandingLeaseMs): wait it out. No new lease can name these regions now.
+  for (const auto &region : regions) {
+    const auto until = std::chrono::steady_clock::time_point(
+        std::chrono::nanoseconds(region->leased_until_ns.load(std::memory_order_acquire)));
+    if (std::chrono::steady_clock::now() < until) std::this_thread::sleep_until(until);
+  }
 }
 
 }  // namespace llmdd

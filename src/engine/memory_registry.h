@@ -31,6 +31,9 @@ constexpr uint32_t kAccessRead = 1;
 constexpr uint32_t kAccessWrite = 2;
 constexpr uint32_t kAccessReadWrite = kAccessRead | kAccessWrite;
 
+class RegionPins;
+class ByteStream;
+
 struct Region {
   uint64_t id = 0;
   uintptr_t addr = 0;
@@ -41,7 +44,13 @@ struct Region {
   // Until when (steady clock, ns since its epoch) a same-host peer may read it
   // one-sidedly under a standing lease; Remove() waits for that time too.
   std::atomic<int64_t> leased_until_ns{0};
+  // The requests that pin it, so a deregistration that ran out of patience
+  // can break them (RegionPins::Break).
+  std::mutex holders_mutex;
+  std::vector<RegionPins *> holders;
   bool Contains(uintptr_t a, uint64_t l) const { return a >= addr && l <= len && a - addr <= len - l; }
+  // Breaks every request pinning this region; returns how many.
+  size_t BreakHolders();
 };
 
 // Maps the public llmdd_ext::RemoteAccess value (0 rw, 1 read-only, 2 write-only).
@@ -55,7 +64,12 @@ class MemoryRegistry;
 // region is pinned at most once per RegionPins, however many ranges use it.
 class RegionPins {
  public:
-  explicit RegionPins(const MemoryRegistry *registry) : registry_(registry) {}
+  // `breaker`: the stream of the lane serving the request. A deregistration
+  // that waited its grace period shuts it down (Break), which makes every
+  // blocking I/O of the request return at once; may be null (then Remove
+  // waits for the request however long it takes).
+  explicit RegionPins(const MemoryRegistry *registry, ByteStream *breaker = nullptr)
+      : registry_(registry), breaker_(breaker) {}
   ~RegionPins() { Release(); }
   RegionPins(const RegionPins &) = delete;
   RegionPins &operator=(const RegionPins &) = delete;
@@ -71,8 +85,15 @@ class RegionPins {
   void Release();
   // Distinct regions pinned now (for tests and logs).
   size_t PinnedCount() const { return pinned_.size(); }
+  // Set once a deregistration broke this request: long copies check it
+  // between chunks and stop.
+  const std::atomic<bool> &Broken() const { return broken_; }
 
  private:
+  friend struct Region;
+  // Called by Region::BreakHolders under the region's holders_mutex.
+  void Break();
+  void Unpin(Region *region);
   bool AlreadyPinned(const Region *region) const;
   void Pin(const std::shared_ptr<Region> &region);
   void UnpinFrom(size_t first);
@@ -82,6 +103,8 @@ class RegionPins {
   static constexpr size_t kLinearPinLimit = 8;
 
   const MemoryRegistry *registry_;
+  ByteStream *const breaker_;
+  std::atomic<bool> broken_{false};
   std::vector<std::shared_ptr<Region>> pinned_;    // in pin order
   std::unordered_set<const Region *> pinned_set_;  // same regions, once pinned_ outgrows kLinearPinLimit
   const Region *last_used_ = nullptr;             // pinned; the fast path checks it first
@@ -89,11 +112,19 @@ class RegionPins {
 
 class MemoryRegistry {
  public:
+  // How long Remove()/Clear() wait for requests still using a region before
+  // they break those requests' lanes (llmdd.DeregisterGraceMs).
+  static constexpr std::chrono::milliseconds kDefaultRemovalGrace{2000};
+  void SetRemovalGrace(std::chrono::milliseconds grace) { removal_grace_ms_.store(grace.count()); }
+
   // Returns the new region's id (> 0). len may be 0 (registers nothing usable).
   uint64_t Add(uintptr_t addr, uint64_t len, int mem_type, uint32_t access = kAccessReadWrite);
-  // Unpublishes and waits for in-flight users. False if the id is unknown.
+  // Unpublishes and waits for in-flight users: up to the removal grace, then
+  // it breaks the lanes still serving them and waits for those to let go
+  // (they do at once: their I/O fails). False if the id is unknown.
   bool Remove(uint64_t id);
-  // Removes everything (Finalize); waits for users.
+  // Removes everything (Finalize); waits for users the same way, with one
+  // grace period for all regions.
   void Clear();
   // Standing read lease for a same-host peer: every live region it may read,
   // each kept from completing Remove() until `until`. Empty with *too_many set
@@ -115,7 +146,10 @@ class MemoryRegistry {
   // null. Caller holds mutex_ (shared is enough).
   const std::shared_ptr<Region> *FindContainingByteLocked(uintptr_t addr, uint32_t access) const;
   void Unpin(Region *region) const;
-  void WaitUnused(const std::shared_ptr<Region> &region);
+  // Waits until none of `regions` is used, breaking their users once
+  // `patience_ends` has passed; then waits out standing read leases.
+  void WaitUnused(const std::vector<std::shared_ptr<Region>> &regions,
+                  std::chrono::steady_clock::time_point patience_ends);
 
   mutable std::shared_mutex mutex_;
   std::multimap<uintptr_t, std::shared_ptr<Region>> by_addr_;
@@ -124,6 +158,7 @@ class MemoryRegistry {
   uint64_t next_id_ = 1;
   mutable std::mutex unpin_mutex_;
   mutable std::condition_variable unpinned_;
+  std::atomic<int64_t> removal_grace_ms_{kDefaultRemovalGrace.count()};
 };
 
 }  // namespace llmdd

@@ -203,7 +203,7 @@ void PeerProcess::MarkGone(const char *reason) {
 }
 
 int PeerProcess::CopyFrom(const iovec *local, size_t local_count, const iovec *remote, size_t remote_count,
-                          Deadline deadline) {
+                          Deadline deadline, const std::atomic<bool> *cancel) {
   if (Gone()) return ESRCH;
   Cursor l{local, local_count}, r{remote, remote_count};
   // Per-thread scratch of a fixed size: a small copy (the one-sided READ path)
@@ -215,6 +215,10 @@ int PeerProcess::CopyFrom(const iovec *local, size_t local_count, const iovec *r
   while (!l.Done() && !r.Done()) {
     if (deadline.Expired()) {
       err = ETIMEDOUT;
+      break;
+    }
+    if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
+      err = ECANCELED;
       break;
     }
     size_t ln = 0, rn = 0;

@@ -77,10 +77,11 @@ class PeerProcess {
   // as described above. Returns 0 or the errno that stopped it: EFAULT (a
   // range not mapped on either side), ETIMEDOUT (deadline passed), ESRCH (the
   // process is gone or no longer the verified image: trust has ended), EPERM
-  // (not permitted), EINVAL (lengths differ). On failure the bytes this call
+  // (not permitted), EINVAL (lengths differ), ECANCELED. On failure the bytes this call
   // wrote into `local` are zeroed: they may not be the peer's.
+  // `cancel`, when given and set, stops the copy between calls (ECANCELED).
   int CopyFrom(const iovec *local, size_t local_count, const iovec *remote, size_t remote_count,
-               Deadline deadline = Deadline::Never());
+               Deadline deadline = Deadline::Never(), const std::atomic<bool> *cancel = nullptr);
 
   // Asks the kernel (pidfd) whether the process still lives; false once it
   // has exited (and forever after).
