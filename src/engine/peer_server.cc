@@ -120,27 +120,25 @@ void PeerServer::AcceptLoop() {
 }
 
 void PeerServer::AcceptOne() {
+  std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(500));
+  ReapFinished();
+  if (!accepted) return;
+  std::shared_ptr<ByteStream> stream = MaybeInjectFaults(std::shared_ptr<ByteStream>(std::move(accepted)));
   {
-    std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(500));
-    ReapFinished();
-    if (!accepted) return;
-    std::shared_ptr<ByteStream> stream = MaybeInjectFaults(std::shared_ptr<ByteStream>(std::move(accepted)));
+    std::lock_guard lock(mutex_);
+    if (stopping_.load()) return;
+    pending_.push_back(stream);
+  }
+  if (!Spawn("peer connection", [this, stream] { HandleConnection(stream); })) {
+    // At the thread limit: refuse this connection, keep serving the others.
     {
       std::lock_guard lock(mutex_);
-      if (stopping_.load()) return;
-      pending_.push_back(stream);
+      pending_.erase(std::remove(pending_.begin(), pending_.end(), stream), pending_.end());
     }
-    if (!Spawn("peer connection", [this, stream] { HandleConnection(stream); })) {
-      // At the thread limit: refuse this connection, keep serving the others.
-      {
-        std::lock_guard lock(mutex_);
-        pending_.erase(std::remove(pending_.begin(), pending_.end(), stream), pending_.end());
-      }
-      LOG_ERROR("refused connection from %s: no thread to serve it (RESOURCE_EXHAUSTED)", stream->PeerName().c_str());
-      SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "the engine cannot serve more connections now",
-                  Deadline::AfterMs(100));
-      stream->Shutdown();
-    }
+    LOG_ERROR("refused connection from %s: no thread to serve it (RESOURCE_EXHAUSTED)", stream->PeerName().c_str());
+    SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "the engine cannot serve more connections now",
+                Deadline::AfterMs(100));
+    stream->Shutdown();
   }
 }
 
@@ -186,6 +184,12 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
   session->id = RandomSessionId();
   session->client_id = hello.engine_id;
   session->control = stream;
+  // Verified before the session is published: lanes read it under mutex_ only.
+  if (config_.SameHostAllowed() && hello.pid != 0) {
+    std::string why;
+    session->same_host = PeerProcess::Verify(IdentityOf(hello), *stream, &why);
+    if (!session->same_host) LOG_INFO("same-host path to %s not available: %s", hello.engine_id.c_str(), why.c_str());
+  }
   {
     std::lock_guard lock(mutex_);
     if (stopping_.load()) return;
@@ -204,15 +208,9 @@ const char *PeerServer::ServeControl(const std::shared_ptr<Session> &session, co
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
   ack.session_id = session->id;
   ack.engine_id = local_id_;
-  if (config_.SameHostAllowed() && hello.pid != 0) {
-    std::string why;
-    session->same_host = PeerProcess::Verify(IdentityOf(hello), *stream, &why);
-    if (session->same_host) {
-      ack.capabilities |= wire::kCapSameHost;
-      FillIdentity(&ack, *stream);  // only to a peer that passed the check (it would prove nothing to others anyway)
-    } else {
-      LOG_INFO("same-host path to %s not available: %s", hello.engine_id.c_str(), why.c_str());
-    }
+  if (session->same_host) {
+    ack.capabilities |= wire::kCapSameHost;
+    FillIdentity(&ack, *stream);  // only to a peer that passed the check (it would prove nothing to others anyway)
   }
   if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms)))
     return "hello answer could not be sent";
