@@ -23,6 +23,20 @@ bool ValidBufferPool(const std::string &text) {
   return num > 0 && size > 0 && num <= 1024 && size <= 4096;
 }
 
+// Parses an integer option in [lo, hi] into *out; false with *error naming it otherwise.
+template <typename T>
+bool SetBounded(const std::string &key, const std::string &value, int64_t lo, int64_t hi, T *out,
+                std::string *error) {
+  int64_t v = 0;
+  if (!ParseBounded(value, lo, hi, &v)) {
+    *error = "option " + key + "='" + value + "' must be an integer in [" + std::to_string(lo) + ", " +
+             std::to_string(hi) + "]";
+    return false;
+  }
+  *out = static_cast<T>(v);
+  return true;
+}
+
 // The reason a shared secret is refused, or "". Only its length is checked
 // and reported: the secret itself must never reach a log or an error text.
 std::string CheckAuthSecret(const std::string &secret) {
@@ -63,53 +77,21 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       }
       LOG_INFO("option %s=%s accepted (used by RDMA transports only)", key.c_str(), value.c_str());
     } else if (key == kOptTcpConnections) {
-      if (!ParseBounded(value, 1, 64, &v)) {
-        *error = "option " + key + "='" + value + "' must be an integer in [1, 64]";
-        return adxl::PARAM_INVALID;
-      }
-      config->tcp_connections = static_cast<uint32_t>(v);
+      if (!SetBounded(key, value, 1, 64, &config->tcp_connections, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptHeartbeatIntervalMs) {
-      if (!ParseBounded(value, 10, 3600000, &v)) {
-        *error = "option " + key + "='" + value + "' must be an integer in [10, 3600000]";
-        return adxl::PARAM_INVALID;
-      }
-      config->heartbeat_interval_ms = static_cast<uint32_t>(v);
+      if (!SetBounded(key, value, 10, 3600000, &config->heartbeat_interval_ms, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptPeerTimeoutMs) {
-      if (!ParseBounded(value, 100, 86400000, &v)) {
-        *error = "option " + key + "='" + value + "' must be an integer in [100, 86400000]";
-        return adxl::PARAM_INVALID;
-      }
-      config->peer_timeout_ms = static_cast<uint32_t>(v);
+      if (!SetBounded(key, value, 100, 86400000, &config->peer_timeout_ms, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptWorkerThreads) {
-      if (!ParseBounded(value, 1, 256, &v)) {
-        *error = "option " + key + "='" + value + "' must be an integer in [1, 256]";
-        return adxl::PARAM_INVALID;
-      }
-      config->worker_threads = static_cast<uint32_t>(v);
+      if (!SetBounded(key, value, 1, 256, &config->worker_threads, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptBusyPollUs) {
-      if (!ParseBounded(value, 0, 10000, &v)) {
-        *error = "option " + key + "='" + value + "' must be an integer in [0, 10000]";
-        return adxl::PARAM_INVALID;
-      }
-      config->busy_poll_us = static_cast<int32_t>(v);
+      if (!SetBounded(key, value, 0, 10000, &config->busy_poll_us, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptMaxServeWaitMs) {
-      if (!ParseBounded(value, 100, 86400000, &v)) {
-        *error = "option " + key + "='" + value + "' must be an integer in [100, 86400000]";
-        return adxl::PARAM_INVALID;
-      }
-      config->max_serve_wait_ms = static_cast<uint32_t>(v);
+      if (!SetBounded(key, value, 100, 86400000, &config->max_serve_wait_ms, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptDeregisterGraceMs) {
-      if (!ParseBounded(value, 100, 600000, &v)) {
-        *error = "option " + key + "='" + value + "' must be an integer in [100, 600000]";
-        return adxl::PARAM_INVALID;
-      }
-      config->deregister_grace_ms = static_cast<uint32_t>(v);
+      if (!SetBounded(key, value, 100, 600000, &config->deregister_grace_ms, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptMaxPeerMessageBytes) {
-      if (!ParseBounded(value, 64 << 10, 64 << 20, &v)) {
-        *error = "option " + key + "='" + value + "' must be an integer in [65536, 67108864]";
-        return adxl::PARAM_INVALID;
-      }
-      config->max_peer_message_bytes = static_cast<uint64_t>(v);
+      if (!SetBounded(key, value, 64 << 10, 64 << 20, &config->max_peer_message_bytes, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptTransport) {
       if (value == "auto") {
         config->transport = EngineConfig::Transport::kAuto;

@@ -19,6 +19,7 @@
 #include "engine/lane.h"
 #include "engine/memory_registry.h"
 #include "engine/wire.h"
+#include "loopback_util.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
@@ -232,14 +233,8 @@ TEST(HostilePeer, DeregistrationBreaksALaneThatPinsItPastTheGrace) {
 // for 8 MiB and no payload must not keep DeregisterMem (or Finalize) waiting.
 TEST(HostilePeer, DeregisterMemAndFinalizeAreBoundedWhileAPeerStalls) {
   Engine server;
-  TcpListener probe;
-  Endpoint local;
-  local.ip = "127.0.0.1";
-  local.family = AF_INET;
+  const Endpoint local = llmdd::testing::Loopback(llmdd::testing::FreeLoopbackPort());
   std::string error;
-  ASSERT_TRUE(probe.Listen(local, &error));
-  local.port = probe.Port();
-  probe.Close();
   ASSERT_EQ(server.Initialize(local.ToString(), {{"llmdd.DeregisterGraceMs", "300"}}), adxl::SUCCESS);
   std::vector<char> memory(8 << 20, 'm');
   uint64_t handle = 0;

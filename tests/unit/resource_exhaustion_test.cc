@@ -19,19 +19,11 @@
 #include "engine/wire.h"
 #include "llm_datadist/llm_datadist.h"
 #include "transport/fault_injection.h"
+#include "loopback_util.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
 namespace {
-
-int FreePort() {
-  TcpListener listener;
-  Endpoint any;
-  any.ip = "127.0.0.1";
-  any.family = AF_INET;
-  std::string error;
-  return listener.Listen(any, &error) ? listener.Port() : -1;
-}
 
 FaultPlan ThreadsFail() {
   FaultPlan plan;
@@ -46,7 +38,7 @@ struct ConnectedPair {
   std::vector<char> memory = std::vector<char>(4096);
   bool Start() {
     for (size_t i = 0; i < memory.size(); ++i) memory[i] = static_cast<char>(i * 7 + 1);
-    server_id = "127.0.0.1:" + std::to_string(FreePort());
+    server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
     uint64_t handle = 0;
     return server.Initialize(server_id, {}) == adxl::SUCCESS &&
            server.RegisterMem(reinterpret_cast<uintptr_t>(memory.data()), memory.size(), adxl::MEM_HOST, &handle) ==
@@ -82,7 +74,7 @@ TEST_F(ResourceExhaustion, InitializeWithoutThreadsIsAStatusNotAnAbort) {
 
 TEST_F(ResourceExhaustion, ConnectWithoutThreadsIsAStatus) {
   Engine server, client;
-  const std::string server_id = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
   ASSERT_EQ(server.Initialize(server_id, {}), adxl::SUCCESS);
   ASSERT_EQ(client.Initialize("127.0.0.1", {}), adxl::SUCCESS);
   SetFaultPlan(ThreadsFail());  // the client's heartbeat thread cannot start (nor the server's connection threads)

@@ -31,6 +31,7 @@
 #include "engine/engine.h"
 #include "engine/handshake.h"
 #include "engine/wire.h"
+#include "loopback_util.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
@@ -122,30 +123,12 @@ bool ReadMessage(ByteStream &stream, wire::MsgHeader *h, std::string *body) {
   return stream.Read(body->data(), body->size(), Deadline::AfterMs(3000)) == IoStatus::kOk;
 }
 
-int FreePort() {
-  TcpListener listener;
-  Endpoint any;
-  any.ip = "127.0.0.1";
-  any.family = AF_INET;
-  std::string error;
-  if (!listener.Listen(any, &error)) return -1;
-  return listener.Port();
-}
-
-Endpoint Loopback(int port) {
-  Endpoint e;
-  e.ip = "127.0.0.1";
-  e.family = AF_INET;
-  e.port = port;
-  return e;
-}
-
 // Server side: an attacker's verified child exits, a bystander takes its pid,
 // and the attacker asks the engine to "write" from the bystander's memory into
 // registered memory.
 int ServerScenario() {
   Engine server;
-  const int port = FreePort();
+  const int port = llmdd::testing::FreeLoopbackPort();
   SCENARIO_CHECK(port > 0, "no free port");
   SCENARIO_CHECK(server.Initialize("127.0.0.1:" + std::to_string(port), {}) == adxl::SUCCESS, "server start");
   uint64_t handle = 0;
@@ -154,8 +137,8 @@ int ServerScenario() {
                  "register");
   bool timed_out = false;
   std::string error;
-  std::shared_ptr<TcpStream> control = TcpStream::Connect(Loopback(port), Deadline::AfterMs(2000), &timed_out, &error);
-  std::shared_ptr<TcpStream> lane = TcpStream::Connect(Loopback(port), Deadline::AfterMs(2000), &timed_out, &error);
+  std::shared_ptr<TcpStream> control = TcpStream::Connect(llmdd::testing::Loopback(port), Deadline::AfterMs(2000), &timed_out, &error);
+  std::shared_ptr<TcpStream> lane = TcpStream::Connect(llmdd::testing::Loopback(port), Deadline::AfterMs(2000), &timed_out, &error);
   SCENARIO_CHECK(control && lane, "connect: %s", error.c_str());
   const pid_t child = StartHolder();  // holds both sockets: the process the server will verify
   SCENARIO_CHECK(child > 0, "fork");
@@ -221,7 +204,7 @@ int ServerScenario() {
 int ClientScenario() {
   TcpListener listener;
   std::string error;
-  Endpoint any = Loopback(0);
+  Endpoint any = llmdd::testing::Loopback(0);
   SCENARIO_CHECK(listener.Listen(any, &error), "listen: %s", error.c_str());
   const int port = listener.Port();
   std::atomic<int> fake_result{-1};
