@@ -297,14 +297,26 @@ LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline
 }
 
 bool ReadLease::Covers(uintptr_t addr, uint64_t len) const {
-  auto it = std::upper_bound(regions.begin(), regions.end(), addr,
-                             [](uintptr_t a, const Region &r) { return a < r.addr; });
-  while (it != regions.begin()) {
-    --it;
-    if (addr - it->addr > max_len) break;
-    if (len <= it->len && addr - it->addr <= it->len - len) return true;
+  uintptr_t end = 0;
+  if (len == 0 || __builtin_add_overflow(addr, len, &end)) return false;
+  // Walk forward through listed regions that join without a gap, as the
+  // server's range check does (K and V views of one allocation are two
+  // registrations; a merged range may cross from one into the next).
+  uintptr_t cursor = addr;
+  for (;;) {
+    // The listed region that contains the byte at cursor and reaches furthest.
+    uintptr_t reach = cursor;
+    auto it = std::upper_bound(regions.begin(), regions.end(), cursor,
+                               [](uintptr_t a, const Region &r) { return a < r.addr; });
+    while (it != regions.begin()) {
+      --it;
+      if (cursor - it->addr >= max_len) break;
+      if (cursor - it->addr < it->len) reach = std::max<uintptr_t>(reach, it->addr + it->len);
+    }
+    if (reach == cursor) return false;  // a byte no listed region holds
+    if (reach >= end) return true;
+    cursor = reach;
   }
-  return false;
 }
 
 LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::string &request, uint64_t request_id,
@@ -583,9 +595,17 @@ bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext 
   const auto until = Deadline::Clock::now() + std::chrono::milliseconds(wire::kStandingLeaseMs);
   bool too_many = false;
   std::vector<MemoryRegistry::LeasedRange> granted;
-  // No lease for a lane whose verified process is gone (answered like "too many": none).
+  // No lease for a lane whose verified process is gone (UNSUPPORTED, empty).
   const bool trusted = ctx.same_host->Alive();
   if (trusted) granted = ctx.registry->GrantReadLease(until, wire::kMaxLeaseRegions, &too_many);
+  if (too_many) {
+    // Partial lease: reads of the regions left out go as requests. Said once per process, not per renewal.
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true))
+      LOG_INFO("standing read lease lists the first %u readable regions only (wire limit); small reads of "
+               "later registrations use requests",
+               wire::kMaxLeaseRegions);
+  }
   std::vector<wire::Range> ranges;
   ranges.reserve(granted.size());
   for (const auto &g : granted) ranges.push_back({static_cast<uint64_t>(g.addr), g.len});
@@ -593,11 +613,11 @@ bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext 
   MsgHeader reply;
   reply.type = static_cast<uint16_t>(MsgType::kLeaseGrant);
   reply.request_id = header.request_id;
-  reply.status = too_many || !trusted ? adxl::UNSUPPORTED : adxl::SUCCESS;
+  reply.status = trusted ? adxl::SUCCESS : adxl::UNSUPPORTED;
   reply.flags = wire::kStandingLeaseMs;
   reply.body_len = body.size();
   iovec out[2] = {{&reply, sizeof(reply)}, {const_cast<char *>(body.data()), body.size()}};
-  return stream.WriteFull(out, 2, Deadline::AfterMs(kBodyAssemblyMs)) == IoStatus::kOk;
+  return stream.WriteFull(out, 2, AssemblyDeadline(ctx)) == IoStatus::kOk;
 }
 
 }  // namespace

@@ -201,17 +201,13 @@ std::vector<MemoryRegistry::LeasedRange> MemoryRegistry::GrantReadLease(std::chr
   // not listed at all.
   std::shared_lock lock(mutex_);
   for (const auto &entry : by_id_) {
-    const Region &region = *entry.second;
-    if ((region.access & kAccessRead) == 0 || region.len == 0) continue;
-    if (granted.size() == max_regions) {
-      *too_many = true;
-      return {};
-    }
-    granted.push_back({region.addr, region.len});
-  }
-  for (const auto &entry : by_id_) {
     Region &region = *entry.second;
     if ((region.access & kAccessRead) == 0 || region.len == 0) continue;
+    if (granted.size() == max_regions) {
+      *too_many = true;  // the lease lists what fits; the rest stays request-only
+      break;
+    }
+    granted.push_back({region.addr, region.len});
     int64_t seen = region.leased_until_ns.load(std::memory_order_relaxed);
     while (seen < until_ns && !region.leased_until_ns.compare_exchange_weak(seen, until_ns)) {
     }

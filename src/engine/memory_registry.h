@@ -126,9 +126,10 @@ class MemoryRegistry {
   // Removes everything (Finalize); waits for users the same way, with one
   // grace period for all regions.
   void Clear();
-  // Standing read lease for a same-host peer: every live region it may read,
-  // each kept from completing Remove() until `until`. Empty with *too_many set
-  // when there are more than `max_regions` (the peer then uses requests).
+  // Standing read lease for a same-host peer: the live regions it may read,
+  // each kept from completing Remove() until `until`. At most `max_regions`
+  // (the oldest registrations first); *too_many is set when some readable
+  // regions were left out (the peer reads those with requests).
   struct LeasedRange {
     uintptr_t addr;
     uint64_t len;

@@ -358,6 +358,22 @@ TEST(CmaLane, StandingReadLeaseOnlyOnVerifiedLanesAndOnlyReadableRegions) {
   }
 }
 
+TEST(CmaLane, AStandingLeaseCoversRangesAcrossAdjacentListedRegions) {
+  ReadLease lease;
+  lease.regions = {{1000, 100}, {1100, 50}, {1150, 10}, {2000, 100}};  // sorted; three touch, one apart
+  lease.max_len = 100;
+  EXPECT_TRUE(lease.Covers(1000, 100));
+  EXPECT_TRUE(lease.Covers(1090, 20));   // across the first boundary
+  EXPECT_TRUE(lease.Covers(1000, 160));  // across both
+  EXPECT_FALSE(lease.Covers(1000, 161)); // one byte past the chain
+  EXPECT_FALSE(lease.Covers(1150, 900)); // across the gap to 2000
+  EXPECT_FALSE(lease.Covers(999, 2));
+  EXPECT_TRUE(lease.Covers(2050, 50));
+  EXPECT_FALSE(lease.Covers(2050, 51));
+  EXPECT_FALSE(lease.Covers(1000, 0));
+  EXPECT_FALSE(lease.Covers(UINTPTR_MAX - 1, 8));  // wraps
+}
+
 TEST(CmaLane, UnverifiedPeerCannotUseTheSameHostPath) {
   int fds[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);

@@ -234,11 +234,20 @@ TEST(MemoryRegistry, ReadLeaseListsReadableRegionsAndHoldsBackTheirRemoval) {
   EXPECT_TRUE(registry.Remove(ro));
   granted = registry.GrantReadLease(std::chrono::steady_clock::now(), 16, &too_many);
   EXPECT_TRUE(granted.empty());
-  // Too many regions: no lease at all (the peer then sends requests).
-  for (int i = 0; i < 5; ++i) registry.Add(10000 + 100 * i, 50, 1);
-  granted = registry.GrantReadLease(std::chrono::steady_clock::now(), 4, &too_many);
+  // More regions than a grant may list: the oldest that fit are leased (and
+  // held back from removal), the others are not (the peer reads them with requests).
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(registry.Add(10000 + 100 * i, 50, 1));
+  const auto later = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  granted = registry.GrantReadLease(later, 4, &too_many);
   EXPECT_TRUE(too_many);
-  EXPECT_TRUE(granted.empty());
+  ASSERT_EQ(granted.size(), 4U);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(granted[i].addr, 10000U + 100 * i);
+  start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(registry.Remove(ids[4]));  // not listed: not held back
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(100));
+  EXPECT_TRUE(registry.Remove(ids[0]));  // listed: waits for its lease
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(250));
 }
 
 }  // namespace
