@@ -40,6 +40,10 @@ struct EngineConfig {
   // messages) one peer may have this engine hold at once; a larger message is
   // refused and its lane closed. Memory is allocated only as bytes arrive.
   uint64_t max_peer_message_bytes = 16ULL << 20;  // llmdd.MaxPeerMessageBytes [64 KiB, 64 MiB]
+  // Serving side caps; over one, a newcomer is refused at once with
+  // RESOURCE_EXHAUSTED (its Connect fails fast instead of timing out).
+  uint32_t max_sessions = 1024;        // llmdd.MaxSessions [1, 1000000]: client engines connected at once
+  uint32_t max_handshakes = 64;        // llmdd.MaxHandshakes [1, 65536]: connections that have not said Hello yet
   // Silence after which the server drops a client's session.
   uint32_t SessionSilenceMs(uint32_t client_peer_timeout_ms) const;
 };
@@ -55,6 +59,8 @@ constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";
 constexpr const char kOptMaxServeWaitMs[] = "llmdd.MaxServeWaitMs";
 constexpr const char kOptDeregisterGraceMs[] = "llmdd.DeregisterGraceMs";
 constexpr const char kOptMaxPeerMessageBytes[] = "llmdd.MaxPeerMessageBytes";
+constexpr const char kOptMaxSessions[] = "llmdd.MaxSessions";
+constexpr const char kOptMaxHandshakes[] = "llmdd.MaxHandshakes";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 // Shared secret bounds. The handshake lets a rogue server at an address the
 // client connects to collect one client proof per attempt, which it can test

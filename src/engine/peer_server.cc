@@ -38,6 +38,17 @@ std::shared_ptr<PeerProcess> SameHostForLane(const std::shared_ptr<PeerProcess> 
   return nullptr;
 }
 
+// Logs a refusal of a newcomer at most once a second per kind: a flood of
+// them must not flood the log too.
+void LogRefusalRateLimited(std::atomic<int64_t> *last_ms, const std::string &what) {
+  const int64_t now_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count();
+  int64_t said = last_ms->load();
+  if (now_ms - said >= 1000 && last_ms->compare_exchange_strong(said, now_ms))
+    LOG_WARN("%s (RESOURCE_EXHAUSTED; said at most once a second)", what.c_str());
+}
+
 }  // namespace
 
 PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers,
@@ -120,14 +131,27 @@ void PeerServer::AcceptLoop() {
 }
 
 void PeerServer::AcceptOne() {
-  std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(500));
+  bool out_of_descriptors = false;
+  std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(500), &out_of_descriptors);
   ReapFinished();
   if (!accepted) return;
   std::shared_ptr<ByteStream> stream = MaybeInjectFaults(std::shared_ptr<ByteStream>(std::move(accepted)));
+  if (out_of_descriptors) {
+    RefuseNewcomer(*stream, &refused_descriptors_ms_, "out of file descriptors");
+    return;
+  }
+  bool too_many_handshakes = false;
   {
     std::lock_guard lock(mutex_);
     if (stopping_.load()) return;
-    pending_.push_back(stream);
+    too_many_handshakes = pending_.size() >= config_.max_handshakes;
+    if (!too_many_handshakes) pending_.push_back(stream);
+  }
+  if (too_many_handshakes) {
+    RefuseNewcomer(*stream, &refused_handshakes_ms_,
+                   std::to_string(config_.max_handshakes) + " connections are already in their handshake "
+                   "(llmdd.MaxHandshakes)");
+    return;
   }
   if (!Spawn("peer connection", [this, stream] { HandleConnection(stream); })) {
     // At the thread limit: refuse this connection, keep serving the others.
@@ -135,11 +159,16 @@ void PeerServer::AcceptOne() {
       std::lock_guard lock(mutex_);
       pending_.erase(std::remove(pending_.begin(), pending_.end(), stream), pending_.end());
     }
-    LOG_ERROR("refused connection from %s: no thread to serve it (RESOURCE_EXHAUSTED)", stream->PeerName().c_str());
-    SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "the engine cannot serve more connections now",
-                Deadline::AfterMs(100));
-    stream->Shutdown();
+    RefuseNewcomer(*stream, &refused_threads_ms_, "no thread to serve it");
   }
+}
+
+void PeerServer::RefuseNewcomer(ByteStream &stream, std::atomic<int64_t> *last_logged_ms, const std::string &why) {
+  LogRefusalRateLimited(last_logged_ms, "refused a connection from " + stream.PeerName() + ": " + why);
+  // The newcomer has sent nothing we must read: answer its Hello in advance and close.
+  SendRefusal(stream, adxl::RESOURCE_EXHAUSTED, "engine " + local_id_ + " cannot take more connections now: " + why,
+              Deadline::AfterMs(100));
+  stream.Shutdown();
 }
 
 void PeerServer::HandleConnection(std::shared_ptr<ByteStream> stream) {
@@ -190,10 +219,20 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
     session->same_host = PeerProcess::Verify(IdentityOf(hello), *stream, &why);
     if (!session->same_host) LOG_INFO("same-host path to %s not available: %s", hello.engine_id.c_str(), why.c_str());
   }
+  bool full = false;
   {
     std::lock_guard lock(mutex_);
     if (stopping_.load()) return;
-    sessions_[session->id] = session;
+    full = sessions_.size() >= config_.max_sessions;
+    if (!full) sessions_[session->id] = session;
+  }
+  if (full) {
+    const std::string why =
+        std::to_string(config_.max_sessions) + " client engines are already connected (llmdd.MaxSessions)";
+    LogRefusalRateLimited(&refused_sessions_ms_, "refused a session of " + hello.engine_id + ": " + why);
+    SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "engine " + local_id_ + " is full: " + why, Deadline::AfterMs(200));
+    stream->Shutdown();
+    return;
   }
   // However serving ends (an exception included), the session ends with it.
   const char *why = "internal error (see the log)";

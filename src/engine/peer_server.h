@@ -67,6 +67,8 @@ class PeerServer {
 
   void AcceptLoop();
   void AcceptOne();
+  // Tells a new connection RESOURCE_EXHAUSTED (with why) and closes it; logged at most once a second per kind.
+  void RefuseNewcomer(ByteStream &stream, std::atomic<int64_t> *last_logged_ms, const std::string &why);
   void HandleConnection(std::shared_ptr<ByteStream> stream);
   void RunControl(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
   // The control connection's handshake answer and message loop; returns why
@@ -96,6 +98,9 @@ class PeerServer {
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;
   std::vector<std::shared_ptr<ByteStream>> pending_;  // connections still in handshake
   std::vector<Worker> threads_;
+  // When each kind of refusal was last logged (steady clock, ms).
+  std::atomic<int64_t> refused_descriptors_ms_{0}, refused_handshakes_ms_{0}, refused_threads_ms_{0},
+      refused_sessions_ms_{0};
 };
 
 }  // namespace llmdd

@@ -2,6 +2,10 @@
 // limit the engine refuses with a status, logs one line, and keeps serving the
 // peers it already has.
 #include <gtest/gtest.h>
+#include <chrono>
+#include <thread>
+#include <signal.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -159,6 +163,118 @@ TEST_F(ResourceExhaustion, AServerUnderAnAddressSpaceLimitSurvivesAFloodOfConnec
   ASSERT_EQ(waitpid(child, &status, 0), child);
   ASSERT_TRUE(WIFEXITED(status)) << "the process died of signal " << WTERMSIG(status);
   EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// A raw connection that has not said anything: reads the server's first
+// message, if any comes within `ms`.
+bool ReadsRefusal(TcpStream &stream, int ms, uint32_t *status) {
+  wire::MsgHeader header;
+  if (stream.Read(&header, sizeof(header), Deadline::AfterMs(ms)) != IoStatus::kOk) return false;
+  *status = header.status;
+  return header.type == static_cast<uint16_t>(wire::MsgType::kError);
+}
+
+TEST_F(ResourceExhaustion, SessionsBeyondTheCapAreRefusedAtOnce) {
+  Engine server;
+  const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  ASSERT_EQ(server.Initialize(server_id, {{"llmdd.MaxSessions", "2"}}), adxl::SUCCESS);
+  Engine a, b, c;
+  for (Engine *e : {&a, &b, &c}) ASSERT_EQ(e->Initialize("127.0.0.1", {}), adxl::SUCCESS);
+  ASSERT_EQ(a.Connect(server_id, 3000), adxl::SUCCESS);
+  ASSERT_EQ(b.Connect(server_id, 3000), adxl::SUCCESS);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(c.Connect(server_id, 5000), adxl::RESOURCE_EXHAUSTED);  // told at once, not after 5 s
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1));
+  ASSERT_EQ(a.Disconnect(server_id, 3000), adxl::SUCCESS);
+  EXPECT_EQ(c.Connect(server_id, 3000), adxl::SUCCESS);
+}
+
+TEST_F(ResourceExhaustion, HandshakesBeyondTheCapAreRefusedAtOnce) {
+  Engine server;
+  const int port = llmdd::testing::FreeLoopbackPort();
+  const std::string server_id = "127.0.0.1:" + std::to_string(port);
+  ASSERT_EQ(server.Initialize(server_id, {{"llmdd.MaxHandshakes", "2"}}), adxl::SUCCESS);
+  bool timed_out = false;
+  std::string error;
+  std::vector<std::unique_ptr<TcpStream>> silent;
+  for (int i = 0; i < 2; ++i) {
+    silent.push_back(TcpStream::Connect(llmdd::testing::Loopback(port), Deadline::AfterMs(2000), &timed_out, &error));
+    ASSERT_TRUE(silent.back()) << error;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // both are in their handshake now
+  std::unique_ptr<TcpStream> third =
+      TcpStream::Connect(llmdd::testing::Loopback(port), Deadline::AfterMs(2000), &timed_out, &error);
+  ASSERT_TRUE(third) << error;
+  uint32_t status = 0;
+  ASSERT_TRUE(ReadsRefusal(*third, 1000, &status));
+  EXPECT_EQ(status, adxl::RESOURCE_EXHAUSTED);
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {}), adxl::SUCCESS);
+  EXPECT_EQ(client.Connect(server_id, 5000), adxl::RESOURCE_EXHAUSTED);
+  silent.clear();  // the silent ones go away: room again
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(client.Connect(server_id, 3000), adxl::SUCCESS);
+}
+
+// A server process out of file descriptors still takes each new connection
+// long enough to tell its peer, instead of leaving it in the kernel's backlog
+// until the peer's timeout.
+TEST_F(ResourceExhaustion, AServerOutOfDescriptorsRefusesNewcomersAtOnce) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "sanitizer runtimes need descriptors of their own (UBSan's type checks read /proc/self/maps)";
+#endif
+  int to_parent[2];
+  ASSERT_EQ(pipe(to_parent), 0);
+  const int port = llmdd::testing::FreeLoopbackPort();
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(to_parent[0]);
+    Engine server;
+    if (server.Initialize("127.0.0.1:" + std::to_string(port), {}) != adxl::SUCCESS) _exit(10);
+    int open_fds = 0;
+    for (int fd = 0; fd < 4096; ++fd)
+      if (fcntl(fd, F_GETFD) != -1) ++open_fds;
+    rlimit limit{};
+    limit.rlim_cur = limit.rlim_max = static_cast<rlim_t>(open_fds + 8);  // room for a few connections
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) _exit(11);
+    char ready = 1;
+    if (write(to_parent[1], &ready, 1) != 1) _exit(12);
+    pause();
+    _exit(0);
+  }
+  close(to_parent[1]);
+  char ready = 0;
+  ASSERT_EQ(read(to_parent[0], &ready, 1), 1);
+  close(to_parent[0]);
+  std::vector<std::unique_ptr<TcpStream>> flood;
+  int refused_at_once = 0;
+  for (int i = 0; i < 30; ++i) {
+    bool timed_out = false;
+    std::string error;
+    std::unique_ptr<TcpStream> stream =
+        TcpStream::Connect(llmdd::testing::Loopback(port), Deadline::AfterMs(2000), &timed_out, &error);
+    ASSERT_TRUE(stream) << error;
+    uint32_t status = 0;
+    if (ReadsRefusal(*stream, 300, &status) && status == adxl::RESOURCE_EXHAUSTED) ++refused_at_once;
+    flood.push_back(std::move(stream));
+  }
+  EXPECT_GT(refused_at_once, 0) << "newcomers were left in the backlog";
+  flood.clear();
+  // Descriptors free again: the server (still alive) takes a client.
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.TcpConnections", "1"}}), adxl::SUCCESS);
+  adxl::Status connected = adxl::FAILED;
+  for (int attempt = 0; attempt < 20 && connected != adxl::SUCCESS; ++attempt) {
+    connected = client.Connect("127.0.0.1:" + std::to_string(port), 2000);
+    if (connected != adxl::SUCCESS) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(connected, adxl::SUCCESS);
+  client.Finalize();
+  kill(child, SIGKILL);
+  int wstatus = 0;
+  waitpid(child, &wstatus, 0);
+  EXPECT_TRUE(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL) << "the server died before it was killed";
 }
 
 }  // namespace

@@ -345,10 +345,13 @@ bool TcpListener::Listen(const Endpoint &local, std::string *error) {
     Close();
     return false;
   }
+  spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   return true;
 }
 
-std::unique_ptr<TcpStream> TcpListener::Accept(Deadline deadline) {
+std::unique_ptr<TcpStream> TcpListener::Accept(Deadline deadline, bool *out_of_descriptors) {
+  if (out_of_descriptors != nullptr) *out_of_descriptors = false;
+  if (spare_fd_ < 0) spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);  // given up last time
   while (!stopped_.load()) {
     pollfd pfds[2] = {{fd_, POLLIN, 0}, {wake_pipe_[0], POLLIN, 0}};
     int ready = poll(pfds, 2, deadline.RemainingMsForPoll());
@@ -359,14 +362,36 @@ std::unique_ptr<TcpStream> TcpListener::Accept(Deadline deadline) {
     socklen_t peer_len = sizeof(peer);
     int fd = accept4(fd_, reinterpret_cast<sockaddr *>(&peer), &peer_len, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
-      if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
-      LOG_WARN("accept failed: %s", strerror(errno));
-      if (errno == EMFILE || errno == ENFILE) {
-        // Out of descriptors: back off instead of spinning.
-        poll(nullptr, 0, 50);
-        continue;
+      const int err = errno;
+      if (err == EAGAIN || err == EINTR || err == ECONNABORTED) continue;
+      if ((err == EMFILE || err == ENFILE) && spare_fd_ >= 0 && out_of_descriptors != nullptr) {
+        // Take the connection with the reserved descriptor so its peer can be
+        // told; the reserve is reopened on the next Accept once one is free.
+        close(spare_fd_);
+        spare_fd_ = -1;
+        fd = accept4(fd_, reinterpret_cast<sockaddr *>(&peer), &peer_len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd >= 0) {
+          *out_of_descriptors = true;
+        } else {
+          spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
       }
-      return nullptr;
+      if (fd < 0) {
+        // Said at most once a second: a full descriptor table makes this repeat.
+        static std::atomic<int64_t> last_said_ms{0};
+        const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count();
+        int64_t said = last_said_ms.load();
+        if (now_ms - said >= 1000 && last_said_ms.compare_exchange_strong(said, now_ms))
+          LOG_WARN("accept failed: %s", strerror(err));
+        if (err == EMFILE || err == ENFILE) {
+          // Out of descriptors: back off instead of spinning.
+          poll(nullptr, 0, 50);
+          continue;
+        }
+        return nullptr;
+      }
     }
     char host[INET6_ADDRSTRLEN] = "?";
     int port = 0;
@@ -396,6 +421,8 @@ void TcpListener::Stop() {
 void TcpListener::Close() {
   if (fd_ >= 0) close(fd_);
   fd_ = -1;
+  if (spare_fd_ >= 0) close(spare_fd_);
+  spare_fd_ = -1;
   for (int &end : wake_pipe_) {
     if (end >= 0) close(end);
     end = -1;

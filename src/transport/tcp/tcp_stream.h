@@ -55,7 +55,11 @@ class TcpListener {
   // Binds and listens; returns false with *error on failure (e.g. port in use).
   bool Listen(const Endpoint &local, std::string *error);
   // Waits up to the deadline for a connection; nullptr on timeout or after Stop().
-  std::unique_ptr<TcpStream> Accept(Deadline deadline);
+  // When the process is out of descriptors, the connection waiting longest is
+  // still taken (through a descriptor kept in reserve for that) and returned
+  // with *out_of_descriptors set: the caller tells the peer and closes it, so
+  // the peer learns at once instead of timing out in the backlog.
+  std::unique_ptr<TcpStream> Accept(Deadline deadline, bool *out_of_descriptors = nullptr);
   // Wakes Accept() for good; safe from another thread.
   void Stop();
   void Close();
@@ -63,6 +67,7 @@ class TcpListener {
 
  private:
   int fd_ = -1;
+  int spare_fd_ = -1;  // /dev/null, given up to accept one connection when descriptors run out
   int wake_pipe_[2] = {-1, -1};
   int port_ = 0;
   std::atomic<bool> stopped_{false};
