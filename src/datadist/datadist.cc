@@ -732,12 +732,9 @@ Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster
   }
   std::string error;
   adxl::Status status;
-  {
-    std::shared_lock in_flight(link->in_flight);
-    SyncPoint("DataDist::RunPlan:link_taken");
-    status = engine_->TransferKeyed(ClusterKey(cluster), direction == Direction::kPull ? adxl::READ : adxl::WRITE,
-                                    segs, deadline, &error);
-  }
+  // The caller (Transfer) holds the link's in_flight lock.
+  status = engine_->TransferKeyed(ClusterKey(cluster), direction == Direction::kPull ? adxl::READ : adxl::WRITE,
+                                  segs, deadline, &error);
   if (status == adxl::SUCCESS) return LLM_SUCCESS;
   if (status == adxl::PARAM_INVALID) {
     // The peer refused a range: most likely the cache was unregistered (or
@@ -756,6 +753,10 @@ Status DataDist::Transfer(const char *call, Direction direction, uint64_t remote
   std::shared_ptr<Link> link;
   Status status = Prepare(call, remote_cluster, local_cache_id, &local, &link);
   if (status != LLM_SUCCESS) return status;
+  // In flight from here: an unlink waits for the whole call, the remote
+  // geometry query included, not only for its data transfer.
+  std::shared_lock in_flight(link->in_flight);
+  SyncPoint("DataDist::Transfer:link_taken");
   CacheGeometry remote;
   status = RemoteGeometry(link, remote_cache_id, false, &remote);
   if (status != LLM_SUCCESS) return status;

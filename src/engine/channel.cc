@@ -2,7 +2,7 @@
 
 #include <chrono>
 #include <cinttypes>
-#include <thread>
+#include <algorithm>
 
 #include "common/log.h"
 #include "common/threads.h"
@@ -86,33 +86,37 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       return status;
     }
     channel->reverse_streams_.push_back(lane);
-    std::thread serving;
-    const bool started = StartThread("serving a reverse lane", [raw, lane] {
-      ServeContext ctx;
-      ctx.registry = raw->params_.registry;
-      ctx.app_handler = raw->params_.app_handler;
-      ctx.peer = raw->params_.remote_id;
-      ctx.same_host = raw->server_process_;
-      ctx.stopping = &raw->stopping_;
-      ctx.max_wait_ms = raw->params_.config.max_serve_wait_ms;
-      ctx.max_lease_ms = raw->params_.config.deregister_grace_ms;
-      ctx.app_bytes = &raw->reverse_app_bytes_;
-      ctx.max_app_bytes = raw->params_.config.max_peer_message_bytes;
-      ServeLane(*lane, ctx);
-      lane->Shutdown();
-    }, &serving);
-    if (!started) {
-      *error = "cannot start a thread to serve a reverse lane to " + params.remote_id;
+    ServeContext ctx;
+    ctx.registry = params.registry;
+    ctx.app_handler = params.app_handler;
+    ctx.peer = params.remote_id;
+    ctx.same_host = channel->server_process_;
+    ctx.stopping = &raw->stopping_;
+    ctx.max_wait_ms = params.config.max_serve_wait_ms;
+    ctx.max_lease_ms = params.config.deregister_grace_ms;
+    ctx.app_bytes = &raw->reverse_app_bytes_;
+    ctx.max_app_bytes = params.config.max_peer_message_bytes;
+    auto server = std::make_shared<LaneServer>(*lane, std::move(ctx));
+    // The handler keeps the stream alive as long as it is watched.
+    const uint64_t watch =
+        params.reactor->Watch(lane->NativeHandle(), [server, lane] { return server->OnReadable(); }, error);
+    if (watch == 0) {
+      *error = "cannot serve a reverse lane to " + params.remote_id + ": " + *error;
       channel->Close(Deadline::AfterMs(200));
       return adxl::RESOURCE_EXHAUSTED;
     }
-    channel->reverse_threads_.push_back(std::move(serving));
+    channel->reverse_watches_.push_back(watch);
   }
-  if (!StartThread("heartbeats", [raw] { raw->HeartbeatLoop(); }, &channel->heartbeat_)) {
-    *error = "cannot start the heartbeat thread for " + params.remote_id;
+  channel->ping_sent_ms_.store(0);
+  channel->control_watch_ =
+      params.reactor->Watch(channel->control_->NativeHandle(), [raw] { return raw->OnControlReadable(); }, error);
+  if (channel->control_watch_ == 0) {
+    *error = "cannot watch the control connection to " + params.remote_id + ": " + *error;
     channel->Close(Deadline::AfterMs(200));
     return adxl::RESOURCE_EXHAUSTED;
   }
+  channel->heartbeat_timer_ = params.reactor->Every(std::chrono::milliseconds(params.config.heartbeat_interval_ms),
+                                                    [raw] { raw->Heartbeat(); });
   LOG_INFO("connected to %s (session %" PRIx64 ", %u lanes, %u reverse lanes, %s)", params.remote_id.c_str(),
            channel->session_id_, params.config.tcp_connections, params.reverse_lanes,
            forward_same_host ? "same-host path" : "tcp path");
@@ -137,67 +141,116 @@ void Channel::MarkDead(const std::string &reason) {
   LOG_ERROR("peer %s is considered dead: %s", params_.remote_id.c_str(), reason.c_str());
 }
 
-void Channel::HeartbeatLoop() {
-  uint64_t sequence = 0;
-  while (!stopping_.load()) {
-    {
-      std::unique_lock lock(wake_mutex_);
-      wake_.wait_for(lock, std::chrono::milliseconds(params_.config.heartbeat_interval_ms),
-                     [&] { return stopping_.load(); });
-    }
-    if (stopping_.load() || Dead()) return;
-    std::unique_lock control(control_mutex_, std::try_to_lock);
-    if (!control.owns_lock()) continue;  // Close() is using the control connection
-    Deadline deadline = Deadline::AfterMs(params_.config.peer_timeout_ms);
-    ++sequence;
-    if (!SendControl(*control_, MsgType::kPing, sequence, deadline)) {
-      if (!stopping_.load()) MarkDead("cannot send heartbeat");
-      return;
-    }
-    wire::MsgHeader header;
-    IoStatus io = IoStatus::kOk;
-    std::string error;
-    if (!ReadControl(*control_, deadline, &header, &io, &error) ||
-        header.type != static_cast<uint16_t>(MsgType::kPong) || header.request_id != sequence) {
-      if (!stopping_.load())
-        MarkDead(io == IoStatus::kTimeout ? "no heartbeat answer within " +
-                                                std::to_string(params_.config.peer_timeout_ms) + " ms"
-                                          : "control connection lost (" + error + ")");
-      return;
-    }
+namespace {
+
+int64_t SteadyNowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// A Ping is a 40-byte write into an idle socket: it either goes at once or the
+// connection is in trouble, which the unanswered Ping then reports.
+constexpr int64_t kPingSendMs = 100;
+
+}  // namespace
+
+void Channel::Heartbeat() {
+  if (stopping_.load() || Dead()) return;
+  const uint64_t outstanding = ping_outstanding_.load();
+  if (outstanding != 0) {
+    if (SteadyNowMs() - ping_sent_ms_.load() > params_.config.peer_timeout_ms)
+      MarkDead("no heartbeat answer within " + std::to_string(params_.config.peer_timeout_ms) + " ms");
+    return;  // one Ping at a time, as the server expects
   }
+  std::unique_lock control(control_mutex_, std::try_to_lock);
+  if (!control.owns_lock()) return;  // Close() is saying goodbye
+  const uint64_t sequence = ++ping_sequence_;
+  ping_sent_ms_.store(SteadyNowMs());
+  ping_outstanding_.store(sequence);
+  // Not sent (the connection ended or is jammed): the control handler reports
+  // the end, the unanswered Ping the jam.
+  SendControl(*control_, MsgType::kPing, sequence, Deadline::AfterMs(kPingSendMs));
+}
+
+bool Channel::OnControlReadable() {
+  std::string error;
+  const char *lost = nullptr;
+  for (;;) {
+    switch (control_incoming_.Feed(*control_, /*with_body=*/true, 0, &error)) {
+      case IncomingMessage::State::kPartial: return true;
+      case IncomingMessage::State::kClosed: lost = "closed"; break;
+      case IncomingMessage::State::kInvalid: lost = error.c_str(); break;
+      case IncomingMessage::State::kComplete: break;
+    }
+    if (lost != nullptr) break;
+    const wire::MsgHeader header = control_incoming_.Header();
+    control_incoming_.Reset();
+    if (header.type == static_cast<uint16_t>(MsgType::kPong)) {
+      uint64_t expected = header.request_id;
+      if (expected != 0) ping_outstanding_.compare_exchange_strong(expected, 0);
+      continue;
+    }
+    if (header.type == static_cast<uint16_t>(MsgType::kGoodbyeAck)) {
+      std::lock_guard lock(wake_mutex_);
+      goodbye_pending_ = false;
+      control_ended_ = true;
+      wake_.notify_all();
+      return false;
+    }
+    error = std::string("unexpected ") + wire::MsgTypeName(header.type);
+    lost = error.c_str();
+    break;
+  }
+  if (!stopping_.load()) MarkDead(std::string("control connection lost (") + lost + ")");
+  std::lock_guard lock(wake_mutex_);
+  control_ended_ = true;
+  wake_.notify_all();
+  return false;
+}
+
+void Channel::SayGoodbye(Deadline deadline) {
+  std::call_once(goodbye_sent_, [&] {
+    // 1. No transfer of ours is running after this (they are deadline-bounded).
+    { std::unique_lock drain(in_flight_); }
+    // 2. Stop heartbeats, then say goodbye; the control handler sees the answer.
+    stopping_.store(true);
+    if (params_.reactor != nullptr) params_.reactor->Cancel(heartbeat_timer_);
+    if (!control_ || Dead()) return;
+    std::lock_guard control(control_mutex_);
+    {
+      std::lock_guard lock(wake_mutex_);
+      if (control_ended_) return;
+      goodbye_pending_ = true;
+    }
+    if (!SendControl(*control_, MsgType::kGoodbye, 0, deadline)) {
+      std::lock_guard lock(wake_mutex_);
+      goodbye_pending_ = false;
+    }
+  });
 }
 
 void Channel::Close(Deadline deadline, bool say_goodbye) {
   std::call_once(closed_, [&] {
-    // 1. No transfer of ours is running after this (they are deadline-bounded).
-    std::unique_lock drain(in_flight_);
-    // 2. Stop heartbeats, then say goodbye on the control connection.
-    stopping_.store(true);
-    wake_.notify_all();
-    if (control_ && say_goodbye) {
-      std::unique_lock control(control_mutex_, std::defer_lock);
-      // The heartbeat thread may hold the control connection while it waits for
-      // a Pong; wait for it, but only until our deadline.
-      while (!Dead() && !control.try_lock() && !deadline.Expired())
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      if (!Dead() && control.owns_lock()) {
-        bool acked = false;
-        if (SendControl(*control_, MsgType::kGoodbye, 0, deadline)) {
-          wire::MsgHeader header;
-          IoStatus io = IoStatus::kOk;
-          std::string error;
-          acked = ReadControl(*control_, deadline, &header, &io, &error) &&
-                  header.type == static_cast<uint16_t>(MsgType::kGoodbyeAck);
-        }
-        if (!acked) LOG_WARN("no goodbye answer from %s; released local resources anyway", params_.remote_id.c_str());
-      }
+    if (say_goodbye) {
+      SayGoodbye(deadline);
+      std::unique_lock lock(wake_mutex_);
+      while (goodbye_pending_ && !control_ended_ && !Dead() && !deadline.Expired())
+        wake_.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(1, deadline.RemainingMs())));
+      if (goodbye_pending_ && !control_ended_)
+        LOG_WARN("no goodbye answer from %s; released local resources anyway", params_.remote_id.c_str());
+    } else {
+      { std::unique_lock drain(in_flight_); }
+      stopping_.store(true);
+      if (params_.reactor != nullptr) params_.reactor->Cancel(heartbeat_timer_);
     }
     if (control_) control_->Shutdown();
-    if (heartbeat_.joinable()) heartbeat_.join();
     if (lanes_) lanes_->ShutdownAll();
     for (auto &stream : reverse_streams_) stream->Shutdown();
-    for (auto &t : reverse_threads_) t.join();
+    // Nothing of ours runs on the event threads after this.
+    if (params_.reactor != nullptr) {
+      params_.reactor->Unwatch(control_watch_);
+      for (uint64_t watch : reverse_watches_) params_.reactor->Unwatch(watch);
+    }
   });
 }
 

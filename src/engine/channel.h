@@ -2,7 +2,9 @@
 // Connect creates). Owns the control connection (heartbeats, goodbye), the
 // forward data lanes (a LanePool that reconnects broken lanes) and, when asked,
 // reverse lanes that this side serves for the remote (LLM-DataDist links are
-// bidirectional).
+// bidirectional). It owns no thread: heartbeats are a timer, and the control
+// connection's answers and the reverse lanes' requests are handled on the
+// engine's event threads (engine/reactor.h).
 #pragma once
 
 #include <atomic>
@@ -11,14 +13,15 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/endpoint.h"
 #include "engine/engine_config.h"
 #include "engine/lane.h"
 #include "engine/lane_pool.h"
+#include "engine/incoming_message.h"
 #include "engine/memory_registry.h"
+#include "engine/reactor.h"
 
 namespace llmdd {
 
@@ -31,6 +34,7 @@ class Channel {
     EngineConfig config;
     uint32_t reverse_lanes = 0;  // lanes the remote may send requests on
     WorkerPool *workers = nullptr;
+    Reactor *reactor = nullptr;
     MemoryRegistry *registry = nullptr;
     const AppHandler *app_handler = nullptr;
   };
@@ -57,14 +61,22 @@ class Channel {
   const std::string &RemoteId() const { return params_.remote_id; }
 
   // Waits for in-flight transfers, says goodbye (best effort within the
-  // deadline) and releases every connection and thread. Idempotent.
+  // deadline) and releases every connection. Idempotent.
   // say_goodbye=false (a forced unlink) tears down only this end: no message
   // is sent, the peer sees the connections close and keeps its own state.
   void Close(Deadline deadline, bool say_goodbye = true);
+  // The first half of Close: waits for in-flight transfers and sends Goodbye
+  // without waiting for the answer. Closing many channels, send every goodbye
+  // first, then Close each under one deadline: the answers arrive in parallel.
+  void SayGoodbye(Deadline deadline);
 
  private:
   explicit Channel(const Params &params) : params_(params) {}
-  void HeartbeatLoop();
+  // Timer: sends a Ping when none is outstanding; declares the peer dead when
+  // the outstanding one went unanswered for the peer timeout.
+  void Heartbeat();
+  // The control connection is readable (Pong, GoodbyeAck, or its end).
+  bool OnControlReadable();
   void MarkDead(const std::string &reason);
   std::shared_ptr<ByteStream> OpenLane(wire::ConnRole role, Deadline deadline, adxl::Status *status,
                                        std::string *error);
@@ -76,10 +88,19 @@ class Channel {
   std::mutex control_mutex_;  // one control exchange at a time
   std::unique_ptr<LanePool> lanes_;
   std::vector<std::shared_ptr<ByteStream>> reverse_streams_;
-  std::vector<std::thread> reverse_threads_;
+  std::vector<uint64_t> reverse_watches_;
   std::atomic<uint64_t> reverse_app_bytes_{0};  // app messages held for the server across reverse lanes
   std::atomic<bool> stopping_{false};
-  std::thread heartbeat_;
+  uint64_t heartbeat_timer_ = 0;
+  uint64_t control_watch_ = 0;
+  IncomingMessage control_incoming_;  // touched by the control watch's handler only
+  uint64_t ping_sequence_ = 0;        // heartbeat timer only
+  std::atomic<uint64_t> ping_outstanding_{0};      // sequence of the unanswered Ping, 0: none
+  std::atomic<int64_t> ping_sent_ms_{0};           // when it was sent (steady clock)
+  // Goodbye: sent once (SayGoodbye), answered (or the connection ended) as seen by the control handler.
+  std::once_flag goodbye_sent_;
+  bool goodbye_pending_ = false;  // guarded by wake_mutex_
+  bool control_ended_ = false;    // guarded by wake_mutex_
   std::mutex wake_mutex_;
   std::condition_variable wake_;
   std::atomic<bool> dead_{false};

@@ -95,9 +95,21 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
               config_.worker_threads);
     return adxl::RESOURCE_EXHAUSTED;
   }
+  Reactor::Options event_options;
+  event_options.max_threads = config_.event_threads;
+  reactor_ = std::make_unique<Reactor>(event_options);
+  std::string error;
+  if (!reactor_->Start(&error)) {
+    LOG_ERROR("engine %s: %s", identity.c_str(), error.c_str());
+    reactor_.reset();
+    workers_.reset();
+    return adxl::RESOURCE_EXHAUSTED;
+  }
   if (listen != nullptr) {
     adxl::Status status = StartServerLocked(*listen);
     if (status != adxl::SUCCESS) {
+      reactor_->Stop();
+      reactor_.reset();
       workers_.reset();
       return status;
     }
@@ -128,8 +140,8 @@ adxl::Status Engine::StartServerLocked(const Endpoint &listen) {
     }
     if (removed && hooks_.on_peer_detached) hooks_.on_peer_detached(peer, session, said_goodbye);
   };
-  auto server = std::make_unique<PeerServer>(local_id_, &registry_, workers_.get(), &hooks_.app_handler, config_,
-                                             std::move(callbacks));
+  auto server = std::make_unique<PeerServer>(local_id_, &registry_, workers_.get(), reactor_.get(),
+                                             &hooks_.app_handler, config_, std::move(callbacks));
   std::string error;
   if (!server->Start(listen, &error)) {
     LOG_ERROR("cannot listen: %s", error.c_str());
@@ -193,7 +205,12 @@ void Engine::Finalize() {
   // a transfer that needs that lock (docs/ARCHITECTURE.md, "Lock order").
   if (server) server->Stop();
   // Goodbyes share one deadline: a frozen peer costs it once, not once per channel.
+  // Every goodbye is sent before any answer is awaited: the answers arrive
+  // in parallel on the event threads.
   const Deadline goodbyes = Deadline::AfterMs(kFinalizeGoodbyeMs);
+  for (auto &[id, channel] : channels) {
+    if (channel) channel->SayGoodbye(goodbyes);
+  }
   for (auto &[id, channel] : channels) {
     if (channel) channel->Close(goodbyes);
   }
@@ -203,6 +220,8 @@ void Engine::Finalize() {
     std::lock_guard guard(attached_mutex_);
     attached_.clear();
   }
+  if (reactor_) reactor_->Stop();
+  reactor_.reset();
   registry_.Clear();
   workers_.reset();
   LOG_INFO("engine %s finalized", local_id_.c_str());
@@ -308,6 +327,7 @@ adxl::Status Engine::ConnectLocked(const std::string &key, const Endpoint &remot
   params.config = config_;
   params.reverse_lanes = reverse_lanes;
   params.workers = workers_.get();
+  params.reactor = reactor_.get();
   params.registry = &registry_;
   params.app_handler = &hooks_.app_handler;
   std::shared_ptr<Channel> channel;

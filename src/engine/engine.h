@@ -24,6 +24,7 @@
 #include "engine/lane.h"
 #include "engine/memory_registry.h"
 #include "engine/peer_server.h"
+#include "engine/reactor.h"
 #include "engine/worker_pool.h"
 
 namespace llmdd {
@@ -112,6 +113,8 @@ class Engine {
   EngineConfig config_;
   MemoryRegistry registry_;
   std::unique_ptr<WorkerPool> workers_;
+  // Declared before server_ and the channels, which run on it: it outlives them.
+  std::unique_ptr<Reactor> reactor_;
   std::unique_ptr<PeerServer> server_;
 
   std::mutex channels_mutex_;

@@ -16,7 +16,11 @@ struct EngineConfig {
   uint32_t tcp_connections = 4;         // llmdd.TcpConnections: data lanes per peer [1, 64]
   uint32_t heartbeat_interval_ms = 1000; // llmdd.HeartbeatIntervalMs
   uint32_t peer_timeout_ms = 10000;     // llmdd.PeerTimeoutMs: silent peer -> dead
-  uint32_t worker_threads = 8;          // llmdd.WorkerThreads: requester-side I/O threads
+  uint32_t worker_threads = 8;          // llmdd.WorkerThreads: requester-side I/O threads (started when needed)
+  // The engine's event threads (engine/reactor.h): they accept, handshake,
+  // answer heartbeats and serve every peer's requests. One waits when idle;
+  // more start while requests keep them all busy, up to this cap.
+  uint32_t event_threads = 8;           // llmdd.EventThreads [1, 256]
   uint32_t handshake_timeout_ms = 5000; // server side: a new connection must say Hello within this
   // llmdd.Transport: how data moves between engines on one host.
   enum class Transport { kAuto, kTcp, kSameHost } transport = Transport::kAuto;
@@ -53,6 +57,7 @@ constexpr const char kOptTcpConnections[] = "llmdd.TcpConnections";
 constexpr const char kOptHeartbeatIntervalMs[] = "llmdd.HeartbeatIntervalMs";
 constexpr const char kOptPeerTimeoutMs[] = "llmdd.PeerTimeoutMs";
 constexpr const char kOptWorkerThreads[] = "llmdd.WorkerThreads";
+constexpr const char kOptEventThreads[] = "llmdd.EventThreads";
 constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
 constexpr const char kOptTransport[] = "llmdd.Transport";
 constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";

@@ -160,8 +160,8 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
   }
 }
 
-bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std::string &secret, Deadline deadline,
-                        std::string *error) {
+bool SendAuthChallenge(ByteStream &stream, const wire::Hello &hello, Deadline deadline, std::string *server_nonce,
+                       std::string *error) {
   if (hello.nonce.size() != kNonceBytes) {
     *error = "peer did not offer authentication (no shared secret configured on it)";
     return false;
@@ -175,6 +175,35 @@ bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std:
     *error = "cannot send the authentication challenge";
     return false;
   }
+  *server_nonce = challenge.server_nonce;
+  return true;
+}
+
+bool CheckAuthAnswer(ByteStream &stream, const wire::Hello &hello, const std::string &secret,
+                     const std::string &server_nonce, const MsgHeader &header, const std::string &proof,
+                     Deadline deadline, std::string *error) {
+  if (header.type != static_cast<uint16_t>(MsgType::kAuthResponse) || proof.size() != header.body_len) {
+    *error = "peer did not answer the authentication challenge";
+    return false;
+  }
+  if (!ConstantTimeEqual(proof, ClientProof(secret, hello.nonce, server_nonce, hello.engine_id))) {
+    *error = "wrong authentication proof (different shared secret)";
+    return false;
+  }
+  // Only now does the server prove itself, so the client can refuse an
+  // impostor before it trusts anything in HelloAck.
+  const std::string server_proof = ServerProof(secret, hello.nonce, server_nonce, hello.engine_id);
+  if (!SendMessage(stream, MsgType::kAuthConfirm, adxl::SUCCESS, server_proof, deadline)) {
+    *error = "cannot send the authentication confirmation";
+    return false;
+  }
+  return true;
+}
+
+bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std::string &secret, Deadline deadline,
+                        std::string *error) {
+  std::string server_nonce;
+  if (!SendAuthChallenge(stream, hello, deadline, &server_nonce, error)) return false;
   MsgHeader header;
   IoStatus io = IoStatus::kOk;
   if (!ReadControl(stream, deadline, &header, &io, error)) return false;
@@ -187,15 +216,16 @@ bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std:
     *error = "authentication answer not received";
     return false;
   }
-  if (!ConstantTimeEqual(proof, ClientProof(secret, hello.nonce, challenge.server_nonce, hello.engine_id))) {
-    *error = "wrong authentication proof (different shared secret)";
+  return CheckAuthAnswer(stream, hello, secret, server_nonce, header, proof, deadline, error);
+}
+
+bool ParseHello(const MsgHeader &header, const std::string &body, wire::Hello *hello, std::string *error) {
+  if (header.type != static_cast<uint16_t>(MsgType::kHello)) {
+    *error = std::string("expected Hello, got ") + wire::MsgTypeName(header.type);
     return false;
   }
-  // Only now does the server prove itself, so the client can refuse an
-  // impostor before it trusts anything in HelloAck.
-  const std::string server_proof = ServerProof(secret, hello.nonce, challenge.server_nonce, hello.engine_id);
-  if (!SendMessage(stream, MsgType::kAuthConfirm, adxl::SUCCESS, server_proof, deadline)) {
-    *error = "cannot send the authentication confirmation";
+  if (!wire::DecodeHello(body, hello)) {
+    *error = "malformed hello";
     return false;
   }
   return true;
@@ -214,11 +244,7 @@ bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::s
     *error = "hello body not received";
     return false;
   }
-  if (!wire::DecodeHello(body, hello)) {
-    *error = "malformed hello";
-    return false;
-  }
-  return true;
+  return ParseHello(header, body, hello, error);
 }
 
 bool SendHelloAck(ByteStream &stream, const wire::HelloAck &ack, Deadline deadline) {

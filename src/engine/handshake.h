@@ -31,8 +31,19 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
 bool AuthenticateClient(ByteStream &stream, const wire::Hello &hello, const std::string &secret, Deadline deadline,
                         std::string *error);
 
+// The two halves of AuthenticateClient for an event-driven server: the
+// challenge (keep *server_nonce), then, once the client's answer (header and
+// proof) has arrived, its check and the server's own proof.
+bool SendAuthChallenge(ByteStream &stream, const wire::Hello &hello, Deadline deadline, std::string *server_nonce,
+                       std::string *error);
+bool CheckAuthAnswer(ByteStream &stream, const wire::Hello &hello, const std::string &secret,
+                     const std::string &server_nonce, const wire::MsgHeader &header, const std::string &proof,
+                     Deadline deadline, std::string *error);
+
 // Server side: reads the first message, which must be a Hello.
 bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::string *error);
+// The same check and decoding of a Hello that has already arrived whole.
+bool ParseHello(const wire::MsgHeader &header, const std::string &body, wire::Hello *hello, std::string *error);
 bool SendHelloAck(ByteStream &stream, const wire::HelloAck &ack, Deadline deadline);
 // Refuses a connection with a status and a reason; best effort.
 void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline);

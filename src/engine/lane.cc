@@ -7,6 +7,10 @@
 #include <tuple>
 #include <vector>
 
+#include <poll.h>
+
+#include <cerrno>
+
 #include "common/log.h"
 #include "common/threads.h"
 #include "transport/shm/cma.h"
@@ -622,49 +626,77 @@ bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext 
 
 }  // namespace
 
-void ServeLoop(ByteStream &stream, const ServeContext &ctx);
-
-void ServeLane(ByteStream &stream, const ServeContext &ctx) {
-  // An exception (an allocation failing under a memory limit) ends this lane
-  // only; the requester sees it closed and reports a failure.
-  RunGuarded(("serving a lane from " + ctx.peer).c_str(), [&] { ServeLoop(stream, ctx); });
-  stream.Shutdown();  // the peer sees EOF at once instead of a half-dead lane
+bool ServeRequest(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
+  std::string bad = wire::CheckHeader(header);
+  const bool lease = header.type == static_cast<uint16_t>(MsgType::kLeaseRequest);
+  if (bad.empty() && header.type != static_cast<uint16_t>(MsgType::kReadRequest) &&
+      header.type != static_cast<uint16_t>(MsgType::kWriteRequest) &&
+      header.type != static_cast<uint16_t>(MsgType::kAppRequest) && !lease)
+    bad = std::string("unexpected ") + wire::MsgTypeName(header.type) + " on a data lane";
+  if (bad.empty() && lease && ctx.same_host == nullptr)
+    bad = "read lease requested on a connection whose peer was not verified for the same-host path";
+  adxl::Status refusal = adxl::PARAM_INVALID;
+  if (bad.empty() && header.type == static_cast<uint16_t>(MsgType::kAppRequest) &&
+      (ctx.app_handler == nullptr || !*ctx.app_handler)) {
+    // Refused before its body is read: nothing is held for a message nobody handles.
+    bad = "application messages are not served by this engine";
+    refusal = adxl::UNSUPPORTED;
+  }
+  if (!bad.empty()) {
+    LOG_ERROR("closing lane from %s: %s", ctx.peer.c_str(), bad.c_str());
+    SendProtocolError(stream, header.magic == wire::kMagic ? header.request_id : 0, bad, refusal);
+    return false;
+  }
+  BusyCount busy(ctx.busy);
+  return lease ? ServeLease(stream, header, ctx)
+               : header.type == static_cast<uint16_t>(MsgType::kAppRequest) ? ServeApp(stream, header, ctx)
+                                                                            : ServeTransfer(stream, header, ctx);
 }
 
-void ServeLoop(ByteStream &stream, const ServeContext &ctx) {
+bool LaneServer::OnReadable() {
+  bool keep = false;
+  // An exception (an allocation failing under a memory limit) ends this lane
+  // only; the requester sees it closed and reports a failure.
+  RunGuarded(("serving a lane from " + ctx_.peer).c_str(), [&] { keep = ServeArrived(); });
+  if (!keep) stream_.Shutdown();  // the peer sees EOF at once instead of a half-dead lane
+  return keep;
+}
+
+bool LaneServer::ServeArrived() {
+  for (int served = 0; served < kMaxRequestsPerWake; ++served) {
+    if (ctx_.stopping != nullptr && ctx_.stopping->load()) return false;
+    std::string error;
+    switch (next_.Feed(stream_, /*with_body=*/false, 0, &error)) {
+      case IncomingMessage::State::kPartial: return true;
+      case IncomingMessage::State::kClosed: return false;
+      case IncomingMessage::State::kInvalid: {
+        const MsgHeader &header = next_.Header();
+        LOG_ERROR("closing lane from %s: %s", ctx_.peer.c_str(), error.c_str());
+        if (next_.Received() == sizeof(header))  // a whole header that is wrong: say why
+          SendProtocolError(stream_, header.magic == wire::kMagic ? header.request_id : 0, error,
+                            adxl::PARAM_INVALID);
+        return false;
+      }
+      case IncomingMessage::State::kComplete: break;
+    }
+    const MsgHeader header = next_.Header();
+    next_.Reset();
+    if (!ServeRequest(stream_, header, ctx_)) return false;
+    // A requester that sends its next request right away finds us still here.
+    if (!stream_.ArrivesSoon()) return true;
+  }
+  return true;  // fair to the other connections: the event set brings us back
+}
+
+void ServeLane(ByteStream &stream, const ServeContext &ctx) {
+  LaneServer server(stream, ctx);
   for (;;) {
-    if (ctx.stopping != nullptr && ctx.stopping->load()) return;
-    MsgHeader header;
-    IoStatus io = stream.Read(&header, sizeof(header), Deadline::Never());
-    if (io != IoStatus::kOk) {
-      if (io != IoStatus::kClosed) LOG_INFO("lane from %s ended: %s", ctx.peer.c_str(), IoStatusName(io));
+    pollfd ready{stream.NativeHandle(), POLLIN, 0};
+    if (ready.fd >= 0 && poll(&ready, 1, -1) < 0 && errno != EINTR) {
+      stream.Shutdown();
       return;
     }
-    std::string bad = wire::CheckHeader(header);
-    const bool lease = header.type == static_cast<uint16_t>(MsgType::kLeaseRequest);
-    if (bad.empty() && header.type != static_cast<uint16_t>(MsgType::kReadRequest) &&
-        header.type != static_cast<uint16_t>(MsgType::kWriteRequest) &&
-        header.type != static_cast<uint16_t>(MsgType::kAppRequest) && !lease)
-      bad = std::string("unexpected ") + wire::MsgTypeName(header.type) + " on a data lane";
-    if (bad.empty() && lease && ctx.same_host == nullptr)
-      bad = "read lease requested on a connection whose peer was not verified for the same-host path";
-    adxl::Status refusal = adxl::PARAM_INVALID;
-    if (bad.empty() && header.type == static_cast<uint16_t>(MsgType::kAppRequest) &&
-        (ctx.app_handler == nullptr || !*ctx.app_handler)) {
-      // Refused before its body is read: nothing is held for a message nobody handles.
-      bad = "application messages are not served by this engine";
-      refusal = adxl::UNSUPPORTED;
-    }
-    if (!bad.empty()) {
-      LOG_ERROR("closing lane from %s: %s", ctx.peer.c_str(), bad.c_str());
-      SendProtocolError(stream, header.magic == wire::kMagic ? header.request_id : 0, bad, refusal);
-      return;
-    }
-    BusyCount busy(ctx.busy);
-    bool keep = lease ? ServeLease(stream, header, ctx)
-                : header.type == static_cast<uint16_t>(MsgType::kAppRequest) ? ServeApp(stream, header, ctx)
-                                                                             : ServeTransfer(stream, header, ctx);
-    if (!keep) return;
+    if (!server.OnReadable()) return;
   }
 }
 

@@ -15,6 +15,7 @@
 
 #include "adxl/adxl_types.h"
 #include "common/deadline.h"
+#include "engine/incoming_message.h"
 #include "engine/memory_registry.h"
 #include "engine/wire.h"
 #include "transport/shm/cma.h"
@@ -103,9 +104,37 @@ struct ServeContext {
   uint64_t max_app_bytes = 16ULL << 20;
 };
 
-// Serves requests until the peer closes, a protocol violation occurs, or
-// stream.Shutdown() is called from another thread; shuts the stream down when
-// it returns. Never touches memory outside the registry's live regions.
+// Checks a request header that arrived on a lane and serves the request
+// (reading its body and payload, bounded by the request's deadline). False
+// when the lane must end (protocol violation, I/O failure), after telling the
+// peer why where it can.
+bool ServeRequest(ByteStream &stream, const wire::MsgHeader &header, const ServeContext &ctx);
+
+// A lane served from the event set (engine/reactor.h): OnReadable is called
+// each time its connection is readable, never twice at once. It assembles the
+// next request header from what arrived (a half-sent header holds no thread),
+// serves the request, and goes on with the next one while it arrives within
+// the read spin (at most kMaxRequestsPerWake, so other connections get their
+// turn). Returns false when the lane has ended; the stream is then shut down.
+// Never touches memory outside the registry's live regions.
+class LaneServer {
+ public:
+  static constexpr int kMaxRequestsPerWake = 64;
+  LaneServer(ByteStream &stream, ServeContext ctx) : stream_(stream), ctx_(std::move(ctx)) {}
+  bool OnReadable();
+  const ServeContext &Context() const { return ctx_; }
+
+ private:
+  bool ServeArrived();
+  ByteStream &stream_;
+  ServeContext ctx_;
+  IncomingMessage next_;
+};
+
+// Serves a lane on the calling thread until the peer closes, a protocol
+// violation occurs, or stream.Shutdown() is called from another thread (the
+// same LaneServer, waiting in poll() instead of the event set; for tests and
+// tools).
 void ServeLane(ByteStream &stream, const ServeContext &ctx);
 
 }  // namespace llmdd

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <thread>
 
+#include <sys/socket.h>
+
 #include "common/hmac.h"
 #include "common/log.h"
 #include "common/threads.h"
@@ -40,10 +42,19 @@ std::shared_ptr<PeerProcess> SameHostForLane(const std::shared_ptr<PeerProcess> 
 
 // Logs a refusal of a newcomer at most once a second per kind: a flood of
 // them must not flood the log too.
+int64_t SteadyNowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Connections taken per listener wake-up: the rest wait for the next turn, so
+// a connection storm cannot keep one event thread from everything else.
+constexpr int kAcceptsPerWake = 64;
+// How often silent sessions and overdue handshakes are looked for.
+constexpr std::chrono::milliseconds kHousekeepingPeriod{100};
+
 void LogRefusalRateLimited(std::atomic<int64_t> *last_ms, const std::string &what) {
-  const int64_t now_ms =
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-          .count();
+  const int64_t now_ms = SteadyNowMs();
   int64_t said = last_ms->load();
   if (now_ms - said >= 1000 && last_ms->compare_exchange_strong(said, now_ms))
     LOG_WARN("%s (RESOURCE_EXHAUSTED; said at most once a second)", what.c_str());
@@ -51,11 +62,12 @@ void LogRefusalRateLimited(std::atomic<int64_t> *last_ms, const std::string &wha
 
 }  // namespace
 
-PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers,
+PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, Reactor *reactor,
                        const AppHandler *app_handler, EngineConfig config, Callbacks callbacks)
     : local_id_(std::move(local_id)),
       registry_(registry),
       workers_(workers),
+      reactor_(reactor),
       app_handler_(app_handler),
       config_(config),
       callbacks_(std::move(callbacks)) {}
@@ -64,11 +76,12 @@ PeerServer::~PeerServer() { Stop(); }
 
 bool PeerServer::Start(const Endpoint &listen, std::string *error) {
   if (!listener_.Listen(listen, error)) return false;
-  if (!StartThread("accept loop", [this] { AcceptLoop(); }, &accept_thread_)) {
+  listener_watch_ = reactor_->Watch(listener_.NativeHandle(), [this] { return OnAcceptable(); }, error);
+  if (listener_watch_ == 0) {
     listener_.Close();
-    *error = "cannot start the accept thread (RESOURCE_EXHAUSTED)";
     return false;
   }
+  housekeeping_timer_ = reactor_->Every(kHousekeepingPeriod, [this] { Housekeeping(); });
   started_ = true;
   LOG_INFO("engine %s listening on %s", local_id_.c_str(), listen.ToString().c_str());
   return true;
@@ -76,21 +89,25 @@ bool PeerServer::Start(const Endpoint &listen, std::string *error) {
 
 void PeerServer::Stop() {
   if (!started_ || stopping_.exchange(true)) return;
+  reactor_->Unwatch(listener_watch_);
+  reactor_->Cancel(housekeeping_timer_);
   listener_.Stop();
-  if (accept_thread_.joinable()) accept_thread_.join();
   std::vector<uint64_t> ids;
   {
     std::lock_guard lock(mutex_);
     for (auto &[id, session] : sessions_) ids.push_back(id);
-    for (auto &stream : pending_) stream->Shutdown();
+    for (auto &conn : pending_) conn->stream->Shutdown();
   }
   for (uint64_t id : ids) EndSession(id, "engine is finalizing");
-  std::vector<Worker> threads;
+  // Every connection is shut down now; its handler (if running) returns at
+  // once. After this, none of ours runs again.
+  std::set<uint64_t> watches;
   {
     std::lock_guard lock(mutex_);
-    threads.swap(threads_);
+    watches.swap(watches_);
+    pending_.clear();
   }
-  for (auto &w : threads) w.thread.join();
+  for (uint64_t watch : watches) reactor_->Unwatch(watch);
   listener_.Close();
 }
 
@@ -99,67 +116,47 @@ size_t PeerServer::SessionCount() const {
   return sessions_.size();
 }
 
-bool PeerServer::Spawn(const char *name, std::function<void()> fn) {
-  auto done = std::make_shared<std::atomic<bool>>(false);
-  std::thread thread;
-  // `done` is set however fn ends (RunGuarded inside StartThread catches what it throws).
-  if (!StartThread(name, [fn = std::move(fn), done] {
-        RunGuarded("peer connection", fn);
-        done->store(true);
-      }, &thread))
-    return false;
-  std::lock_guard lock(mutex_);
-  threads_.push_back({std::move(thread), done});
-  return true;
-}
-
-void PeerServer::ReapFinished() {
-  std::vector<Worker> finished;
-  {
-    std::lock_guard lock(mutex_);
-    auto split = std::partition(threads_.begin(), threads_.end(), [](const Worker &w) { return !w.done->load(); });
-    std::move(split, threads_.end(), std::back_inserter(finished));
-    threads_.erase(split, threads_.end());
+bool PeerServer::OnAcceptable() {
+  for (int i = 0; i < kAcceptsPerWake && !stopping_.load(); ++i) {
+    bool out_of_descriptors = false;
+    std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(0), &out_of_descriptors);
+    if (!accepted) break;
+    std::shared_ptr<ByteStream> stream = MaybeInjectFaults(std::shared_ptr<ByteStream>(std::move(accepted)));
+    if (out_of_descriptors) {
+      RefuseNewcomer(*stream, &refused_descriptors_ms_, "out of file descriptors");
+      continue;
+    }
+    Adopt(std::move(stream));
   }
-  for (auto &w : finished) w.thread.join();
+  return !stopping_.load();
 }
 
-void PeerServer::AcceptLoop() {
-  // One connection's trouble (an allocation that fails under a memory limit)
-  // must not stop the loop that serves every other peer.
-  while (!stopping_.load()) RunGuarded("accepting a connection", [this] { AcceptOne(); });
-}
-
-void PeerServer::AcceptOne() {
-  bool out_of_descriptors = false;
-  std::unique_ptr<TcpStream> accepted = listener_.Accept(Deadline::AfterMs(500), &out_of_descriptors);
-  ReapFinished();
-  if (!accepted) return;
-  std::shared_ptr<ByteStream> stream = MaybeInjectFaults(std::shared_ptr<ByteStream>(std::move(accepted)));
-  if (out_of_descriptors) {
-    RefuseNewcomer(*stream, &refused_descriptors_ms_, "out of file descriptors");
-    return;
-  }
-  bool too_many_handshakes = false;
+void PeerServer::Adopt(std::shared_ptr<ByteStream> stream) {
+  auto conn = std::make_shared<Connection>();
+  conn->stream = stream;
+  conn->handshake_deadline_ms = SteadyNowMs() + config_.handshake_timeout_ms;
+  std::string error;
+  bool at_cap = false;
   {
     std::lock_guard lock(mutex_);
     if (stopping_.load()) return;
-    too_many_handshakes = pending_.size() >= config_.max_handshakes;
-    if (!too_many_handshakes) pending_.push_back(stream);
+    at_cap = pending_.size() >= config_.max_handshakes;
+    if (!at_cap) {
+      // Held under mutex_ so the handler, which may run at once, finds its watch recorded.
+      conn->watch = reactor_->Watch(stream->NativeHandle(), [this, conn] { return OnReadable(conn); }, &error);
+      if (conn->watch != 0) {
+        pending_.insert(conn);
+        watches_.insert(conn->watch);
+        return;
+      }
+    }
   }
-  if (too_many_handshakes) {
+  if (at_cap) {
     RefuseNewcomer(*stream, &refused_handshakes_ms_,
                    std::to_string(config_.max_handshakes) + " connections are already in their handshake "
                    "(llmdd.MaxHandshakes)");
-    return;
-  }
-  if (!Spawn("peer connection", [this, stream] { HandleConnection(stream); })) {
-    // At the thread limit: refuse this connection, keep serving the others.
-    {
-      std::lock_guard lock(mutex_);
-      pending_.erase(std::remove(pending_.begin(), pending_.end(), stream), pending_.end());
-    }
-    RefuseNewcomer(*stream, &refused_threads_ms_, "no thread to serve it");
+  } else {
+    RefuseNewcomer(*stream, &refused_watches_ms_, error);
   }
 }
 
@@ -171,48 +168,108 @@ void PeerServer::RefuseNewcomer(ByteStream &stream, std::atomic<int64_t> *last_l
   stream.Shutdown();
 }
 
-void PeerServer::HandleConnection(std::shared_ptr<ByteStream> stream) {
-  wire::Hello hello;
-  std::string error;
-  bool ok = ReadHello(*stream, Deadline::AfterMs(config_.handshake_timeout_ms), &hello, &error);
-  {
+bool PeerServer::OnReadable(const ConnectionPtr &conn) {
+  bool keep = false;
+  RunGuarded("serving a peer connection", [&] {
+    switch (conn->stage) {
+      case Connection::Stage::kHello:
+      case Connection::Stage::kAuthAnswer: keep = OnHandshakeMessage(conn); break;
+      case Connection::Stage::kControl: keep = OnControlMessage(conn); break;
+      case Connection::Stage::kLane: keep = conn->lane->OnReadable(); break;
+    }
+  });
+  if (!keep) {
     std::lock_guard lock(mutex_);
-    pending_.erase(std::remove(pending_.begin(), pending_.end(), stream), pending_.end());
-  }
-  if (!ok) {
-    LOG_WARN("rejected connection from %s: %s", stream->PeerName().c_str(), error.c_str());
-    SendRefusal(*stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
-    stream->Shutdown();
-    return;
-  }
-  if (ok && !config_.auth_secret.empty()) {
-    ok = AuthenticateClient(*stream, hello, config_.auth_secret,
-                            Deadline::AfterMs(config_.handshake_timeout_ms), &error);
-    if (!ok) {
-      LOG_WARN("refused connection from %s (engine '%s'): authentication failed: %s", stream->PeerName().c_str(),
-               hello.engine_id.c_str(), error.c_str());
-      SendRefusal(*stream, adxl::FAILED, "authentication failed: " + error, Deadline::AfterMs(200));
-      stream->Shutdown();
-      return;
+    watches_.erase(conn->watch);
+    pending_.erase(conn);
+    if (conn->stage == Connection::Stage::kLane) {
+      auto &lanes = conn->session->lanes;
+      lanes.erase(std::remove(lanes.begin(), lanes.end(), conn->stream), lanes.end());
     }
   }
-  if (stopping_.load()) {
-    SendRefusal(*stream, adxl::FAILED, "engine " + local_id_ + " is finalizing", Deadline::AfterMs(200));
-    stream->Shutdown();
-    return;
-  }
-  switch (hello.role) {
-    case wire::ConnRole::kControl: RunControl(stream, hello); break;
-    case wire::ConnRole::kDataLane: RunDataLane(stream, hello); break;
-    case wire::ConnRole::kReverseLane: AttachReverseLane(stream, hello); break;
-  }
+  return keep;
 }
 
-void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
+void PeerServer::ForgetPending(const ConnectionPtr &conn) {
+  std::lock_guard lock(mutex_);
+  pending_.erase(conn);
+}
+
+bool PeerServer::OnHandshakeMessage(const ConnectionPtr &conn) {
+  ByteStream &stream = *conn->stream;
+  std::string error;
+  const uint64_t max_body = conn->stage == Connection::Stage::kHello ? wire::kMaxControlBody : wire::kMaxAuthField;
+  switch (conn->incoming.Feed(stream, /*with_body=*/true, max_body, &error)) {
+    case IncomingMessage::State::kPartial: return true;
+    case IncomingMessage::State::kClosed: stream.Shutdown(); return false;
+    case IncomingMessage::State::kInvalid:
+      LOG_WARN("rejected connection from %s: %s", stream.PeerName().c_str(), error.c_str());
+      SendRefusal(stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
+      stream.Shutdown();
+      return false;
+    case IncomingMessage::State::kComplete: break;
+  }
+  const wire::MsgHeader header = conn->incoming.Header();
+  const std::string body = conn->incoming.Body();
+  conn->incoming.Reset();
+  const Deadline deadline = Deadline::AfterMs(config_.handshake_timeout_ms);
+  if (conn->stage == Connection::Stage::kHello) {
+    if (!ParseHello(header, body, &conn->hello, &error)) {
+      LOG_WARN("rejected connection from %s: %s", stream.PeerName().c_str(), error.c_str());
+      SendRefusal(stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
+      stream.Shutdown();
+      return false;
+    }
+    if (!config_.auth_secret.empty()) {
+      if (!SendAuthChallenge(stream, conn->hello, deadline, &conn->server_nonce, &error)) {
+        LOG_WARN("refused connection from %s (engine '%s'): authentication failed: %s", stream.PeerName().c_str(),
+                 conn->hello.engine_id.c_str(), error.c_str());
+        SendRefusal(stream, adxl::FAILED, "authentication failed: " + error, Deadline::AfterMs(200));
+        stream.Shutdown();
+        return false;
+      }
+      conn->stage = Connection::Stage::kAuthAnswer;
+      return true;
+    }
+  } else if (!CheckAuthAnswer(stream, conn->hello, config_.auth_secret, conn->server_nonce, header, body, deadline,
+                              &error)) {
+    LOG_WARN("refused connection from %s (engine '%s'): authentication failed: %s", stream.PeerName().c_str(),
+             conn->hello.engine_id.c_str(), error.c_str());
+    SendRefusal(stream, adxl::FAILED, "authentication failed: " + error, Deadline::AfterMs(200));
+    stream.Shutdown();
+    return false;
+  }
+  ForgetPending(conn);
+  return Admit(conn);
+}
+
+bool PeerServer::Admit(const ConnectionPtr &conn) {
+  ByteStream &stream = *conn->stream;
+  if (stopping_.load()) {
+    SendRefusal(stream, adxl::FAILED, "engine " + local_id_ + " is finalizing", Deadline::AfterMs(200));
+    stream.Shutdown();
+    return false;
+  }
+  switch (conn->hello.role) {
+    case wire::ConnRole::kControl: return StartControl(conn);
+    case wire::ConnRole::kDataLane: return StartDataLane(conn);
+    case wire::ConnRole::kReverseLane: AttachReverseLane(conn); return false;  // served by the pool's requests
+  }
+  return false;
+}
+
+bool PeerServer::StartControl(const ConnectionPtr &conn) {
+  const wire::Hello &hello = conn->hello;
+  const std::shared_ptr<ByteStream> &stream = conn->stream;
   auto session = std::make_shared<Session>();
   session->id = RandomSessionId();
   session->client_id = hello.engine_id;
   session->control = stream;
+  // The client promises a heartbeat every interval; silence beyond its peer
+  // timeout (or ours, whichever is larger, capped by our own maximum wait)
+  // ends the session.
+  session->silence_ms = config_.SessionSilenceMs(hello.peer_timeout_ms);
+  session->last_heard_ms.store(SteadyNowMs());
   // Verified before the session is published: lanes read it under mutex_ only.
   if (config_.SameHostAllowed() && hello.pid != 0) {
     std::string why;
@@ -222,7 +279,10 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
   bool full = false;
   {
     std::lock_guard lock(mutex_);
-    if (stopping_.load()) return;
+    if (stopping_.load()) {
+      stream->Shutdown();
+      return false;
+    }
     full = sessions_.size() >= config_.max_sessions;
     if (!full) sessions_[session->id] = session;
   }
@@ -232,16 +292,8 @@ void PeerServer::RunControl(std::shared_ptr<ByteStream> stream, const wire::Hell
     LogRefusalRateLimited(&refused_sessions_ms_, "refused a session of " + hello.engine_id + ": " + why);
     SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "engine " + local_id_ + " is full: " + why, Deadline::AfterMs(200));
     stream->Shutdown();
-    return;
+    return false;
   }
-  // However serving ends (an exception included), the session ends with it.
-  const char *why = "internal error (see the log)";
-  RunGuarded("serving a control connection", [&] { why = ServeControl(session, stream, hello); });
-  if (why != nullptr) EndSession(session->id, why);
-}
-
-const char *PeerServer::ServeControl(const std::shared_ptr<Session> &session, const std::shared_ptr<ByteStream> &stream,
-                                     const wire::Hello &hello) {
   wire::HelloAck ack;
   ack.capabilities = wire::kCapReverseLanes;
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
@@ -251,56 +303,64 @@ const char *PeerServer::ServeControl(const std::shared_ptr<Session> &session, co
     ack.capabilities |= wire::kCapSameHost;
     FillIdentity(&ack, *stream);  // only to a peer that passed the check (it would prove nothing to others anyway)
   }
-  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms)))
-    return "hello answer could not be sent";
+  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
+    EndSession(session->id, "hello answer could not be sent");
+    return false;
+  }
   LOG_INFO("session %" PRIx64 " opened by %s (%s)", session->id, hello.engine_id.c_str(),
            stream->PeerName().c_str());
-  // The client promises a heartbeat every interval; silence beyond its peer
-  // timeout (or ours, whichever is larger, capped by our own maximum wait)
-  // ends the session.
-  const uint32_t silence_ms = config_.SessionSilenceMs(hello.peer_timeout_ms);
-  const char *why = "control connection closed";
+  conn->session = session;
+  conn->stage = Connection::Stage::kControl;
+  return true;
+}
+
+bool PeerServer::OnControlMessage(const ConnectionPtr &conn) {
+  const std::shared_ptr<Session> &session = conn->session;
+  ByteStream &stream = *conn->stream;
+  const std::string &client = conn->hello.engine_id;
   for (;;) {
-    wire::MsgHeader header;
-    IoStatus io = IoStatus::kOk;
     std::string error;
-    if (!ReadControl(*stream, Deadline::AfterMs(silence_ms), &header, &io, &error)) {
-      if (io == IoStatus::kTimeout) {
-        LOG_WARN("client %s silent for %u ms: dropping its session", hello.engine_id.c_str(), silence_ms);
-        why = "heartbeat timeout";
-      } else if (io == IoStatus::kOk) {
-        LOG_ERROR("protocol error on control connection from %s: %s", hello.engine_id.c_str(), error.c_str());
-        SendRefusal(*stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
+    const char *why = nullptr;
+    switch (conn->incoming.Feed(stream, /*with_body=*/true, 0, &error)) {
+      case IncomingMessage::State::kPartial: return true;
+      case IncomingMessage::State::kClosed: why = "control connection closed"; break;
+      case IncomingMessage::State::kInvalid:
+        LOG_ERROR("protocol error on control connection from %s: %s", client.c_str(), error.c_str());
+        SendRefusal(stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
         why = "protocol error";
-      }
-      break;
+        break;
+      case IncomingMessage::State::kComplete: break;
     }
-    if (header.body_len != 0) {
-      LOG_ERROR("control message %s from %s carries an unexpected body", wire::MsgTypeName(header.type),
-                hello.engine_id.c_str());
-      why = "protocol error";
-      break;
+    if (why != nullptr) {
+      EndSession(session->id, why);
+      return false;
     }
+    const wire::MsgHeader header = conn->incoming.Header();
+    conn->incoming.Reset();
+    session->last_heard_ms.store(SteadyNowMs());
     if (header.type == static_cast<uint16_t>(MsgType::kPing)) {
-      if (!SendControl(*stream, MsgType::kPong, header.request_id, Deadline::AfterMs(silence_ms))) break;
+      if (!SendControl(stream, MsgType::kPong, header.request_id, Deadline::AfterMs(session->silence_ms))) {
+        EndSession(session->id, "control connection lost");
+        return false;
+      }
     } else if (header.type == static_cast<uint16_t>(MsgType::kGoodbye)) {
       // Lanes are shut down before the ack, so the client knows nothing of the
       // session is still being served once it reads the ack.
       EndSession(session->id, "client said goodbye", /*said_goodbye=*/true);
-      SendControl(*stream, MsgType::kGoodbyeAck, header.request_id, Deadline::AfterMs(1000));
-      stream->Shutdown();
-      return nullptr;  // already ended
+      SendControl(stream, MsgType::kGoodbyeAck, header.request_id, Deadline::AfterMs(1000));
+      stream.Shutdown();
+      return false;
     } else {
-      LOG_ERROR("unexpected %s on control connection from %s", wire::MsgTypeName(header.type),
-                hello.engine_id.c_str());
-      why = "protocol error";
-      break;
+      LOG_ERROR("unexpected %s on control connection from %s", wire::MsgTypeName(header.type), client.c_str());
+      EndSession(session->id, "protocol error");
+      return false;
     }
   }
-  return why;
 }
 
-void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
+bool PeerServer::StartDataLane(const ConnectionPtr &conn) {
+  const wire::Hello &hello = conn->hello;
+  const std::shared_ptr<ByteStream> &stream = conn->stream;
   std::shared_ptr<PeerProcess> same_host;
   std::shared_ptr<std::atomic<int>> busy;
   std::shared_ptr<std::atomic<uint64_t>> app_bytes;
@@ -311,50 +371,50 @@ void PeerServer::RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hel
       LOG_WARN("data connection from %s names no live session", hello.engine_id.c_str());
       SendRefusal(*stream, adxl::NOT_CONNECTED, "no such session (reconnect)", Deadline::AfterMs(200));
       stream->Shutdown();
-      return;
+      return false;
     }
     if (it->second->lanes.size() >= LanePool::kMaxLanes) {
       LOG_WARN("data connection from %s refused: its session already has %zu lanes", hello.engine_id.c_str(),
                it->second->lanes.size());
       SendRefusal(*stream, adxl::FAILED, "too many lanes for one session", Deadline::AfterMs(200));
       stream->Shutdown();
-      return;
+      return false;
     }
     it->second->lanes.push_back(stream);
     same_host = it->second->same_host;
     busy = it->second->busy;
     app_bytes = it->second->app_bytes;
+    conn->session = it->second;
   }
-  RunGuarded("serving a data lane", [&] {
-    same_host = SameHostForLane(same_host, hello, *stream);
-    wire::HelloAck ack;
-    ack.session_id = hello.session_id;
-    ack.engine_id = local_id_;
-    if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) return;
-    ServeContext ctx;
-    ctx.registry = registry_;
-    ctx.app_handler = app_handler_;
-    ctx.peer = hello.engine_id;
-    ctx.session_id = hello.session_id;
-    ctx.same_host = same_host;
-    ctx.stopping = &stopping_;
-    ctx.busy = busy.get();
-    ctx.max_wait_ms = config_.max_serve_wait_ms;
-    ctx.max_lease_ms = config_.deregister_grace_ms;
-    ctx.app_bytes = app_bytes.get();
-    ctx.max_app_bytes = config_.max_peer_message_bytes;
-    ServeLane(*stream, ctx);
-  });
-  stream->Shutdown();
-  std::lock_guard lock(mutex_);
-  auto it = sessions_.find(hello.session_id);
-  if (it != sessions_.end()) {
-    auto &lanes = it->second->lanes;
-    lanes.erase(std::remove(lanes.begin(), lanes.end(), stream), lanes.end());
+  same_host = SameHostForLane(same_host, hello, *stream);
+  wire::HelloAck ack;
+  ack.session_id = hello.session_id;
+  ack.engine_id = local_id_;
+  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
+    stream->Shutdown();
+    return false;
   }
+  ServeContext ctx;
+  ctx.registry = registry_;
+  ctx.app_handler = app_handler_;
+  ctx.peer = hello.engine_id;
+  ctx.session_id = hello.session_id;
+  ctx.same_host = same_host;
+  ctx.stopping = &stopping_;
+  ctx.busy = busy.get();
+  ctx.max_wait_ms = config_.max_serve_wait_ms;
+  ctx.max_lease_ms = config_.deregister_grace_ms;
+  ctx.app_bytes = app_bytes.get();
+  ctx.max_app_bytes = config_.max_peer_message_bytes;
+  // The counters live in the session, which the connection keeps alive.
+  conn->lane = std::make_unique<LaneServer>(*stream, std::move(ctx));
+  conn->stage = Connection::Stage::kLane;
+  return true;
 }
 
-void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello) {
+void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
+  const wire::Hello &hello = conn->hello;
+  const std::shared_ptr<ByteStream> &stream = conn->stream;
   std::shared_ptr<LanePool> pool;
   bool first = false;
   {
@@ -389,6 +449,29 @@ void PeerServer::AttachReverseLane(std::shared_ptr<ByteStream> stream, const wir
     return;
   }
   if (first && callbacks_.on_reverse) callbacks_.on_reverse(hello.engine_id, hello.session_id, pool);
+}
+
+void PeerServer::Housekeeping() {
+  const int64_t now = SteadyNowMs();
+  std::vector<std::shared_ptr<Session>> silent;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto &conn : pending_) {
+      // Shut down: its handler sees the end, logs nothing more and forgets it.
+      if (now >= conn->handshake_deadline_ms) {
+        LOG_WARN("connection from %s did not finish its handshake within %u ms: closed",
+                 conn->stream->PeerName().c_str(), config_.handshake_timeout_ms);
+        conn->handshake_deadline_ms = INT64_MAX;
+        conn->stream->Shutdown();
+      }
+    }
+    for (auto &[id, session] : sessions_)
+      if (now - session->last_heard_ms.load() > session->silence_ms) silent.push_back(session);
+  }
+  for (auto &session : silent) {
+    LOG_WARN("client %s silent for %u ms: dropping its session", session->client_id.c_str(), session->silence_ms);
+    EndSession(session->id, "heartbeat timeout");
+  }
 }
 
 void PeerServer::EndSession(uint64_t session_id, const char *why, bool said_goodbye) {

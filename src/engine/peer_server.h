@@ -1,12 +1,18 @@
 // PeerServer: the serving side of an engine. Accepts connections on the
-// listen address and serves them from its own threads (one per connection), so
-// the engine that is read from or written to makes no calls.
+// listen address and serves them from the engine's event threads (a Reactor):
+// nothing here owns a thread, so the engine's thread count does not depend on
+// how many peers are connected, and the engine that is read from or written to
+// makes no calls.
 //
+// Every accepted connection starts in its handshake (Hello, optionally
+// authentication), assembled as it arrives: a peer that sends half a message
+// holds a small buffer, not a thread, and is dropped at the handshake deadline.
 // A client's control connection defines a session; its data lanes attach to
-// the session by id; reverse lanes (where this side becomes the requester) are
-// collected into a LanePool handed to the engine via a callback. A session ends
-// on Goodbye, when the control connection drops, or when the client is silent
-// for longer than its peer timeout; its lanes are then shut down.
+// the session by id and are served request by request (LaneServer); reverse
+// lanes (where this side becomes the requester) are collected into a LanePool
+// handed to the engine via a callback. A session ends on Goodbye, when the
+// control connection drops, or when the client is silent for longer than its
+// peer timeout; its lanes are then shut down.
 #pragma once
 
 #include <atomic>
@@ -14,15 +20,17 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/endpoint.h"
 #include "engine/engine_config.h"
+#include "engine/incoming_message.h"
 #include "engine/lane.h"
 #include "engine/lane_pool.h"
 #include "engine/memory_registry.h"
+#include "engine/reactor.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
@@ -37,12 +45,13 @@ class PeerServer {
     std::function<void(const std::string &client_id, uint64_t session_id, bool said_goodbye)> on_session_end;
   };
 
-  PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, const AppHandler *app_handler,
-             EngineConfig config, Callbacks callbacks);
+  PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, Reactor *reactor,
+             const AppHandler *app_handler, EngineConfig config, Callbacks callbacks);
   ~PeerServer();
 
   bool Start(const Endpoint &listen, std::string *error);
-  // Stops accepting, ends every session, joins every thread. Idempotent.
+  // Stops accepting, ends every session, and returns once none of this
+  // server's handlers runs any more. Idempotent.
   void Stop();
   int Port() const { return listener_.Port(); }
   size_t SessionCount() const;
@@ -58,48 +67,65 @@ class PeerServer {
     std::shared_ptr<std::atomic<int>> busy = std::make_shared<std::atomic<int>>(0);  // requests being served
     // Application-message bytes held for this client across its lanes (llmdd.MaxPeerMessageBytes).
     std::shared_ptr<std::atomic<uint64_t>> app_bytes = std::make_shared<std::atomic<uint64_t>>(0);
+    uint32_t silence_ms = 0;                   // silence on the control connection that ends the session
+    std::atomic<int64_t> last_heard_ms{0};     // steady clock, ms: the last control message
     bool ended = false;
   };
-  struct Worker {
-    std::thread thread;
-    std::shared_ptr<std::atomic<bool>> done;
+  // One accepted connection, from its handshake to its end; its reactor
+  // handler (OnReadable) runs on one thread at a time.
+  struct Connection {
+    enum class Stage { kHello, kAuthAnswer, kControl, kLane };
+    std::shared_ptr<ByteStream> stream;
+    Stage stage = Stage::kHello;
+    IncomingMessage incoming;
+    wire::Hello hello;
+    std::string server_nonce;            // kAuthAnswer: the challenge we sent
+    int64_t handshake_deadline_ms = 0;   // steady clock, ms
+    uint64_t watch = 0;
+    std::shared_ptr<Session> session;    // kControl
+    std::unique_ptr<LaneServer> lane;    // kLane
   };
+  using ConnectionPtr = std::shared_ptr<Connection>;
 
-  void AcceptLoop();
-  void AcceptOne();
+  // Listener readable: takes what is waiting (bounded per wake).
+  bool OnAcceptable();
+  void Adopt(std::shared_ptr<ByteStream> stream);
+  // A connection is readable; false when it is done.
+  bool OnReadable(const ConnectionPtr &conn);
+  bool OnHandshakeMessage(const ConnectionPtr &conn);
+  bool Admit(const ConnectionPtr &conn);
+  bool StartControl(const ConnectionPtr &conn);
+  bool OnControlMessage(const ConnectionPtr &conn);
+  bool StartDataLane(const ConnectionPtr &conn);
+  void AttachReverseLane(const ConnectionPtr &conn);
+  // Ends a connection that is still in its handshake (not yet admitted).
+  void ForgetPending(const ConnectionPtr &conn);
+  // Timer: silent sessions and overdue handshakes.
+  void Housekeeping();
   // Tells a new connection RESOURCE_EXHAUSTED (with why) and closes it; logged at most once a second per kind.
   void RefuseNewcomer(ByteStream &stream, std::atomic<int64_t> *last_logged_ms, const std::string &why);
-  void HandleConnection(std::shared_ptr<ByteStream> stream);
-  void RunControl(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
-  // The control connection's handshake answer and message loop; returns why
-  // the session should end, or nullptr when it already did (goodbye).
-  const char *ServeControl(const std::shared_ptr<Session> &session, const std::shared_ptr<ByteStream> &stream,
-                           const wire::Hello &hello);
-  void RunDataLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
-  void AttachReverseLane(std::shared_ptr<ByteStream> stream, const wire::Hello &hello);
   // said_goodbye: the client ended it (its control connection stays open for the ack).
   void EndSession(uint64_t session_id, const char *why, bool said_goodbye = false);
-  // Runs fn on a new connection thread; false when none can be started.
-  bool Spawn(const char *name, std::function<void()> fn);
-  void ReapFinished();
 
   std::string local_id_;
   MemoryRegistry *registry_;
   WorkerPool *workers_;
+  Reactor *reactor_;
   const AppHandler *app_handler_;
   EngineConfig config_;
   Callbacks callbacks_;
   TcpListener listener_;
-  std::thread accept_thread_;
+  uint64_t listener_watch_ = 0;
+  uint64_t housekeeping_timer_ = 0;
   std::atomic<bool> stopping_{false};
   bool started_ = false;
 
-  mutable std::mutex mutex_;  // guards sessions_, pending_, workers_list_
+  mutable std::mutex mutex_;  // guards sessions_, pending_, watches_
   std::map<uint64_t, std::shared_ptr<Session>> sessions_;
-  std::vector<std::shared_ptr<ByteStream>> pending_;  // connections still in handshake
-  std::vector<Worker> threads_;
+  std::set<ConnectionPtr> pending_;  // connections still in their handshake
+  std::set<uint64_t> watches_;       // this server's live watches (Stop waits them out)
   // When each kind of refusal was last logged (steady clock, ms).
-  std::atomic<int64_t> refused_descriptors_ms_{0}, refused_handshakes_ms_{0}, refused_threads_ms_{0},
+  std::atomic<int64_t> refused_descriptors_ms_{0}, refused_handshakes_ms_{0}, refused_watches_ms_{0},
       refused_sessions_ms_{0};
 };
 

@@ -165,6 +165,18 @@ IoStatus FaultyStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline)
   return inner_->ReadFull(iov, iovcnt, deadline);
 }
 
+IoStatus FaultyStream::ReadAvailable(void *buf, size_t len, size_t *got) {
+  *got = 0;
+  // Delays and stalls apply to the blocking reads that follow; a close fault applies here too.
+  if (shut_down_.load()) return IoStatus::kClosed;
+  if (Roll(plan_.close)) {
+    LOG_WARN("fault injection: closing the connection to %s", PeerName().c_str());
+    inner_->Shutdown();
+    return IoStatus::kClosed;
+  }
+  return inner_->ReadAvailable(buf, len, got);
+}
+
 IoStatus FaultyStream::WriteFull(const iovec *iov, int iovcnt, Deadline deadline) {
   IoStatus before = Before(deadline);
   if (before != IoStatus::kOk) return before;

@@ -53,6 +53,8 @@ class FaultyStream final : public ByteStream {
   FaultyStream(std::shared_ptr<ByteStream> inner, const FaultPlan &plan, uint64_t stream_seed);
   IoStatus ReadFull(const iovec *iov, int iovcnt, Deadline deadline) override;
   IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline deadline) override;
+  IoStatus ReadAvailable(void *buf, size_t len, size_t *got) override;
+  bool ArrivesSoon() override { return !shut_down_.load() && inner_->ArrivesSoon(); }
   void Shutdown() override {
     shut_down_ = true;
     inner_->Shutdown();

@@ -29,6 +29,15 @@ class ByteStream {
   // Both take a scratch copy of the iovec array; the caller's array is untouched.
   virtual IoStatus ReadFull(const iovec *iov, int iovcnt, Deadline deadline) = 0;
   virtual IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline deadline) = 0;
+  // Takes what has already arrived, up to `len` bytes, without waiting: kOk
+  // with *got (0 when nothing is there yet), kClosed at end of stream. For
+  // event-driven readers that assemble a message as it arrives.
+  virtual IoStatus ReadAvailable(void *buf, size_t len, size_t *got) = 0;
+  // True when bytes arrive within this process's short read spin (see
+  // ReadSpinMicros), false at once where spinning is not allowed: a serving
+  // thread that just answered keeps a busy peer's next request off the event
+  // set. Never blocks.
+  virtual bool ArrivesSoon() { return false; }
   virtual void Shutdown() = 0;
   virtual void Close() = 0;
   // Human-readable peer description for logs ("127.0.0.1:26000").

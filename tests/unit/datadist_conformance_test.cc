@@ -1461,7 +1461,7 @@ void LockOrderSyncPoint(const char *name) {
   LockOrderScript &s = *g_script;
   std::unique_lock lock(s.mutex);
   if (!s.armed) return;
-  if (std::strcmp(name, "DataDist::RunPlan:link_taken") == 0 && std::this_thread::get_id() == s.transfer_thread) {
+  if (std::strcmp(name, "DataDist::Transfer:link_taken") == 0 && std::this_thread::get_id() == s.transfer_thread) {
     s.transfer_holds_link = true;
     s.changed.notify_all();
     // Hold the link until Finalize holds the lifecycle lock (bounded: a broken script must not hang).

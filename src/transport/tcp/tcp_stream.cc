@@ -265,6 +265,42 @@ IoStatus TcpStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline) {
   return IoStatus::kOk;
 }
 
+IoStatus TcpStream::ReadAvailable(void *buf, size_t len, size_t *got) {
+  *got = 0;
+  for (;;) {
+    const int fd = fd_.load();
+    if (fd < 0) return IoStatus::kClosed;
+    const ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
+    if (n > 0) {
+      *got = static_cast<size_t>(n);
+      return IoStatus::kOk;
+    }
+    if (n == 0) return len == 0 ? IoStatus::kOk : IoStatus::kClosed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return IoStatus::kOk;
+    last_errno_ = errno;
+    return (errno == ECONNRESET || errno == EPIPE) ? IoStatus::kClosed : IoStatus::kError;
+  }
+}
+
+bool TcpStream::ArrivesSoon() {
+  SpinWait spin(&spin_credit_, true);
+  for (;;) {
+    const int fd = fd_.load();
+    if (fd < 0) return false;
+    char byte;
+    const ssize_t n = recv(fd, &byte, 1, MSG_DONTWAIT | MSG_PEEK);
+    if (n > 0) {
+      spin.Finished();
+      return true;
+    }
+    if (n == 0) return false;  // end of stream: the event set reports it
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
+    if (!spin.KeepSpinning()) return false;
+  }
+}
+
 IoStatus TcpStream::WriteFull(const iovec *iov, int iovcnt, Deadline deadline) {
   IovCursor cursor(iov, iovcnt);
   iovec window[kMaxIovPerCall];
@@ -388,6 +424,7 @@ std::unique_ptr<TcpStream> TcpListener::Accept(Deadline deadline, bool *out_of_d
         if (err == EMFILE || err == ENFILE) {
           // Out of descriptors: back off instead of spinning.
           poll(nullptr, 0, 50);
+          if (deadline.Expired()) return nullptr;
           continue;
         }
         return nullptr;

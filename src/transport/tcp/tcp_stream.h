@@ -32,6 +32,8 @@ class TcpStream final : public ByteStream {
 
   IoStatus ReadFull(const iovec *iov, int iovcnt, Deadline deadline) override;
   IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline deadline) override;
+  IoStatus ReadAvailable(void *buf, size_t len, size_t *got) override;
+  bool ArrivesSoon() override;
   void Shutdown() override;
   void Close() override;
   std::string PeerName() const override { return peer_name_; }
@@ -64,6 +66,8 @@ class TcpListener {
   void Stop();
   void Close();
   int Port() const { return port_; }
+  // The listening socket, for an event set to watch (-1 when not listening).
+  int NativeHandle() const { return fd_; }
 
  private:
   int fd_ = -1;

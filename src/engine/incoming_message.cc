@@ -1,0 +1,50 @@
+#include "engine/incoming_message.h"
+
+namespace llmdd {
+
+IncomingMessage::State IncomingMessage::Feed(ByteStream &stream, bool with_body, uint64_t max_body,
+                                             std::string *error) {
+  while (header_got_ < sizeof(header_)) {
+    size_t got = 0;
+    const IoStatus io =
+        stream.ReadAvailable(reinterpret_cast<char *>(&header_) + header_got_, sizeof(header_) - header_got_, &got);
+    if (io == IoStatus::kClosed) return State::kClosed;
+    if (io != IoStatus::kOk) {
+      *error = IoStatusName(io);
+      return State::kInvalid;
+    }
+    if (got == 0) return State::kPartial;
+    header_got_ += got;
+    if (header_got_ == sizeof(header_)) {
+      std::string bad = wire::CheckHeader(header_);
+      if (bad.empty() && with_body && header_.body_len > max_body)
+        bad = "message body of " + std::to_string(header_.body_len) + " bytes exceeds " + std::to_string(max_body);
+      if (!bad.empty()) {
+        *error = bad;
+        return State::kInvalid;
+      }
+      if (with_body) body_.assign(header_.body_len, '\0');
+    }
+  }
+  if (!with_body) return State::kComplete;
+  while (body_got_ < body_.size()) {
+    size_t got = 0;
+    const IoStatus io = stream.ReadAvailable(&body_[body_got_], body_.size() - body_got_, &got);
+    if (io == IoStatus::kClosed) return State::kClosed;
+    if (io != IoStatus::kOk) {
+      *error = IoStatusName(io);
+      return State::kInvalid;
+    }
+    if (got == 0) return State::kPartial;
+    body_got_ += got;
+  }
+  return State::kComplete;
+}
+
+void IncomingMessage::Reset() {
+  header_got_ = 0;
+  body_got_ = 0;
+  std::string().swap(body_);
+}
+
+}  // namespace llmdd
