@@ -71,14 +71,9 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
         return raw->OpenLane(wire::ConnRole::kDataLane, d, &s, why);
       });
   channel->lanes_->SetSameHost(forward_same_host ? channel->server_process_ : nullptr);
-  for (uint32_t i = 0; i < params.config.tcp_connections; ++i) {
-    std::shared_ptr<ByteStream> lane = channel->OpenLane(wire::ConnRole::kDataLane, deadline, &status, error);
-    if (!lane) {
-      channel->Close(Deadline::AfterMs(200));
-      return status;
-    }
-    channel->lanes_->AddLane(std::move(lane));
-  }
+  // Data lanes open when a transfer first needs them and close after they sat
+  // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.
+  channel->lanes_->AddLazyLanes(params.config.tcp_connections);
   for (uint32_t i = 0; i < params.reverse_lanes; ++i) {
     std::shared_ptr<ByteStream> lane = channel->OpenLane(wire::ConnRole::kReverseLane, deadline, &status, error);
     if (!lane) {
@@ -117,6 +112,9 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   }
   channel->heartbeat_timer_ = params.reactor->Every(std::chrono::milliseconds(params.config.heartbeat_interval_ms),
                                                     [raw] { raw->Heartbeat(); });
+  const std::chrono::milliseconds idle(params.config.idle_lane_close_ms);
+  channel->idle_timer_ = params.reactor->Every(std::max(idle / 4, std::chrono::milliseconds(10)),
+                                               [raw, idle] { raw->lanes_->CloseIdle(idle); });
   LOG_INFO("connected to %s (session %" PRIx64 ", %u lanes, %u reverse lanes, %s)", params.remote_id.c_str(),
            channel->session_id_, params.config.tcp_connections, params.reverse_lanes,
            forward_same_host ? "same-host path" : "tcp path");
@@ -214,7 +212,10 @@ void Channel::SayGoodbye(Deadline deadline) {
     { std::unique_lock drain(in_flight_); }
     // 2. Stop heartbeats, then say goodbye; the control handler sees the answer.
     stopping_.store(true);
-    if (params_.reactor != nullptr) params_.reactor->Cancel(heartbeat_timer_);
+    if (params_.reactor != nullptr) {
+      params_.reactor->Cancel(heartbeat_timer_);
+      params_.reactor->Cancel(idle_timer_);
+    }
     if (!control_ || Dead()) return;
     std::lock_guard control(control_mutex_);
     {
@@ -241,7 +242,10 @@ void Channel::Close(Deadline deadline, bool say_goodbye) {
     } else {
       { std::unique_lock drain(in_flight_); }
       stopping_.store(true);
-      if (params_.reactor != nullptr) params_.reactor->Cancel(heartbeat_timer_);
+      if (params_.reactor != nullptr) {
+        params_.reactor->Cancel(heartbeat_timer_);
+        params_.reactor->Cancel(idle_timer_);
+      }
     }
     if (control_) control_->Shutdown();
     if (lanes_) lanes_->ShutdownAll();

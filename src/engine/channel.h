@@ -92,6 +92,7 @@ class Channel {
   std::atomic<uint64_t> reverse_app_bytes_{0};  // app messages held for the server across reverse lanes
   std::atomic<bool> stopping_{false};
   uint64_t heartbeat_timer_ = 0;
+  uint64_t idle_timer_ = 0;  // closes data lanes that sat idle
   uint64_t control_watch_ = 0;
   IncomingMessage control_incoming_;  // touched by the control watch's handler only
   uint64_t ping_sequence_ = 0;        // heartbeat timer only

@@ -86,6 +86,8 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       if (!SetBounded(key, value, 1, 256, &config->worker_threads, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptEventThreads) {
       if (!SetBounded(key, value, 1, 256, &config->event_threads, error)) return adxl::PARAM_INVALID;
+    } else if (key == kOptIdleLaneCloseMs) {
+      if (!SetBounded(key, value, 100, 86400000, &config->idle_lane_close_ms, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptBusyPollUs) {
       if (!SetBounded(key, value, 0, 10000, &config->busy_poll_us, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptMaxServeWaitMs) {

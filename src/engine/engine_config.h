@@ -21,6 +21,9 @@ struct EngineConfig {
   // answer heartbeats and serve every peer's requests. One waits when idle;
   // more start while requests keep them all busy, up to this cap.
   uint32_t event_threads = 8;           // llmdd.EventThreads [1, 256]
+  // Client side: data lanes open on first use and close after sitting idle
+  // this long (reopened when needed), so an idle peer holds no data connection.
+  uint32_t idle_lane_close_ms = 30000;  // llmdd.IdleLaneCloseMs [100, 86400000]
   uint32_t handshake_timeout_ms = 5000; // server side: a new connection must say Hello within this
   // llmdd.Transport: how data moves between engines on one host.
   enum class Transport { kAuto, kTcp, kSameHost } transport = Transport::kAuto;
@@ -58,6 +61,7 @@ constexpr const char kOptHeartbeatIntervalMs[] = "llmdd.HeartbeatIntervalMs";
 constexpr const char kOptPeerTimeoutMs[] = "llmdd.PeerTimeoutMs";
 constexpr const char kOptWorkerThreads[] = "llmdd.WorkerThreads";
 constexpr const char kOptEventThreads[] = "llmdd.EventThreads";
+constexpr const char kOptIdleLaneCloseMs[] = "llmdd.IdleLaneCloseMs";
 constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
 constexpr const char kOptTransport[] = "llmdd.Transport";
 constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";

@@ -1,7 +1,6 @@
 #include "engine/lane_pool.h"
 
 #include <algorithm>
-#include <thread>
 
 #include "common/log.h"
 #include "common/threads.h"
@@ -15,111 +14,148 @@ LanePool::LanePool(std::string peer_name, WorkerPool *workers, Reconnector recon
 LanePool::~LanePool() { ShutdownAll(); }
 
 bool LanePool::AddLane(std::shared_ptr<ByteStream> stream) {
-  std::lock_guard lock(add_mutex_);
-  size_t n = count_.load();
-  if (n >= kMaxLanes) return false;
-  lanes_[n].Set(std::move(stream));
-  count_.store(n + 1);
+  std::lock_guard lock(mutex_);
+  if (count_ >= kMaxLanes) return false;
+  lanes_[count_].stream = std::move(stream);
+  lanes_[count_].last_used = Deadline::Clock::now();
+  ++count_;
+  freed_.notify_one();
   return true;
 }
 
+void LanePool::AddLazyLanes(size_t n) {
+  std::lock_guard lock(mutex_);
+  count_ = std::min(kMaxLanes, count_ + n);
+  freed_.notify_all();
+}
+
+size_t LanePool::LaneCount() const {
+  std::lock_guard lock(mutex_);
+  return count_;
+}
+
 size_t LanePool::LiveLaneCount() const {
+  std::lock_guard lock(mutex_);
   size_t live = 0;
-  size_t n = count_.load();
-  for (size_t i = 0; i < n; ++i) {
-    if (const_cast<Lane &>(lanes_[i]).Get()) ++live;
-  }
+  for (size_t i = 0; i < count_; ++i) live += lanes_[i].stream ? 1 : 0;
   return live;
 }
 
-void LanePool::ShutdownAll() {
-  shut_down_.store(true);
-  size_t n = count_.load();
-  // Shutdown() is safe while another thread is inside a request on the stream.
-  for (size_t i = 0; i < n; ++i) {
-    std::shared_ptr<ByteStream> stream = lanes_[i].Get();
-    if (stream) stream->Shutdown();
+size_t LanePool::CloseIdle(std::chrono::milliseconds idle) {
+  if (!reconnect_) return 0;  // lanes the peer opened to us cannot be reopened by us
+  std::vector<std::shared_ptr<ByteStream>> closing;
+  {
+    std::lock_guard lock(mutex_);
+    const auto before = Deadline::Clock::now() - idle;
+    for (size_t i = 0; i < count_; ++i) {
+      Lane &lane = lanes_[i];
+      if (!lane.busy && lane.stream && lane.last_used < before) closing.push_back(std::move(lane.stream));
+    }
   }
+  // The server sees the end of each and forgets it.
+  for (auto &stream : closing) stream->Shutdown();
+  return closing.size();
+}
+
+void LanePool::ShutdownAll() {
+  std::lock_guard lock(mutex_);
+  shut_down_.store(true);
+  // Shutdown() is safe while another thread is inside a request on the stream.
+  for (size_t i = 0; i < count_; ++i) {
+    if (lanes_[i].stream) lanes_[i].stream->Shutdown();
+  }
+  freed_.notify_all();
 }
 
 class LanePool::LaneGuard {
  public:
-  explicit LaneGuard(Lane *lane) : lane_(lane) {}
-  ~LaneGuard() {
-    if (lane_) lane_->busy.unlock();
-  }
+  LaneGuard(LanePool *pool, Lane *lane) : pool_(pool), lane_(lane) {}
+  ~LaneGuard() { pool_->Release(lane_); }
   LaneGuard(const LaneGuard &) = delete;
   LaneGuard &operator=(const LaneGuard &) = delete;
 
  private:
+  LanePool *pool_;
   Lane *lane_;
 };
 
-LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::string *error) {
+void LanePool::Release(Lane *lane) {
+  std::lock_guard lock(mutex_);
+  lane->busy = false;
+  lane->last_used = Deadline::Clock::now();
+  freed_.notify_one();
+}
+
+LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::string *error,
+                                  std::shared_ptr<ByteStream> *stream) {
   error->clear();
-  const size_t n = count_.load();
-  if (n == 0 || shut_down_.load()) {
-    *status = adxl::FAILED;
-    *error = "no open connection to " + peer_name_;
-    return nullptr;
-  }
-  // Lowest free lane first, not round robin: a caller issuing small calls one
-  // after another keeps using one warm lane (its serving thread spins for the
-  // next request, see TcpStream) while the other lanes' threads sleep.
-  const size_t start = 0;
-  auto usable = [&](Lane &lane) -> bool {
-    if (lane.Get()) return true;
-    if (!reconnect_ || shut_down_.load()) return false;
-    std::string why;
-    std::shared_ptr<ByteStream> fresh = reconnect_(deadline, &why);
-    if (!fresh) {
-      *error = "cannot reopen a connection to " + peer_name_ + ": " + why;
-      *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
-      return false;
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    if (count_ == 0 || shut_down_.load()) {
+      *status = adxl::FAILED;
+      *error = "no open connection to " + peer_name_;
+      return nullptr;
     }
-    lane.Set(std::move(fresh));
-    return true;
-  };
-  bool any_alive_or_reconnectable = false;
-  for (size_t i = 0; i < n; ++i) {
-    Lane &lane = lanes_[(start + i) % n];
-    if (!lane.busy.try_lock()) {
-      any_alive_or_reconnectable = true;
-      continue;
+    // Lowest free lane first, not round robin: a caller issuing small calls
+    // one after another keeps using one warm lane (its server spins for the
+    // next request, see LaneServer) while the others stay idle and close.
+    // An open lane is preferred to one that must be opened.
+    Lane *free_open = nullptr, *free_closed = nullptr;
+    bool any_open = false;
+    for (size_t i = 0; i < count_; ++i) {
+      Lane &lane = lanes_[i];
+      any_open |= lane.stream != nullptr || lane.busy;
+      if (lane.busy) continue;
+      if (lane.stream && free_open == nullptr) free_open = &lane;
+      if (!lane.stream && free_closed == nullptr) free_closed = &lane;
     }
-    if (usable(lane)) return &lane;
-    lane.busy.unlock();
-    if (!error->empty()) return nullptr;  // reconnect attempted and failed
-  }
-  if (!any_alive_or_reconnectable) {
-    *status = adxl::FAILED;
-    *error = "all connections to " + peer_name_ + " are lost";
-    return nullptr;
-  }
-  // Every lane is busy: wait for one, in rotation order, until the deadline.
-  for (size_t i = 0; !deadline.Expired(); i = (i + 1) % n) {
-    Lane &lane = lanes_[(start + i) % n];
-    if (!lane.busy.try_lock()) {
-      if (i + 1 == n) std::this_thread::sleep_for(std::chrono::microseconds(200));
-      continue;
+    if (free_open != nullptr) {
+      free_open->busy = true;
+      *stream = free_open->stream;
+      return free_open;
     }
-    if (usable(lane)) return &lane;
-    lane.busy.unlock();
-    if (!error->empty()) return nullptr;
+    if (free_closed != nullptr && reconnect_) {
+      free_closed->busy = true;  // reserved while it is opened, outside the lock
+      lock.unlock();
+      std::string why;
+      std::shared_ptr<ByteStream> fresh = reconnect_(deadline, &why);
+      lock.lock();
+      if (!fresh || shut_down_.load()) {
+        free_closed->busy = false;
+        freed_.notify_one();
+        if (fresh) fresh->Shutdown();
+        *error = "cannot open a connection to " + peer_name_ + ": " + (fresh ? "the link is closing" : why);
+        *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
+        return nullptr;
+      }
+      free_closed->stream = fresh;
+      *stream = std::move(fresh);
+      return free_closed;
+    }
+    if (!any_open) {
+      *status = adxl::FAILED;
+      *error = "all connections to " + peer_name_ + " are lost";
+      return nullptr;
+    }
+    // Every lane is busy: queue for the next one freed.
+    if (deadline.IsNever()) {
+      freed_.wait(lock);
+    } else if (freed_.wait_until(lock, deadline.At()) == std::cv_status::timeout && deadline.Expired()) {
+      *status = adxl::TIMEOUT;
+      *error = "no free connection to " + peer_name_ + " before the deadline";
+      return nullptr;
+    }
   }
-  *status = adxl::TIMEOUT;
-  *error = "no free connection to " + peer_name_ + " before the deadline";
-  return nullptr;
 }
 
 LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline) {
   LaneResult result;
   size_t done = 0;
   while (done < count) {
-    Lane *lane = Acquire(deadline, &result.status, &result.error);
+    std::shared_ptr<ByteStream> stream;
+    Lane *lane = Acquire(deadline, &result.status, &result.error, &stream);
     if (lane == nullptr) return result;
-    LaneGuard guard(lane);
-    std::shared_ptr<ByteStream> stream = lane->Get();
+    LaneGuard guard(this, lane);
     while (done < count) {
       size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
       result = ExecuteTransfer(*stream, op, segs + done, chunk, next_request_id_.fetch_add(1), deadline,
@@ -140,7 +176,8 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
 
 void LanePool::DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream) {
   stream->Shutdown();
-  lane->Set(nullptr);
+  std::lock_guard lock(mutex_);
+  if (lane->stream == stream) lane->stream.reset();
 }
 
 namespace {
@@ -166,9 +203,9 @@ std::shared_ptr<const ReadLease> LanePool::UsableLease(Deadline deadline) {
   }
   auto fresh = std::make_shared<ReadLease>();
   LaneResult r;
-  if (Lane *lane = Acquire(deadline, &r.status, &r.error)) {
-    LaneGuard guard(lane);
-    std::shared_ptr<ByteStream> stream = lane->Get();
+  std::shared_ptr<ByteStream> stream;
+  if (Lane *lane = Acquire(deadline, &r.status, &r.error, &stream)) {
+    LaneGuard guard(this, lane);
     r = ExecuteLeaseRequest(*stream, next_request_id_.fetch_add(1), deadline, fresh.get());
     if (r.broken) DropLane(lane, stream);
   }
@@ -218,7 +255,7 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
     }
   }
   size_t parts = 1;
-  const size_t lanes = count_.load();
+  const size_t lanes = LaneCount();
   if (total >= kParallelThreshold && lanes > 1 && workers_ != nullptr) {
     parts = static_cast<size_t>(std::min<uint64_t>(lanes, total / kMinPartBytes));
     parts = std::max<size_t>(parts, 1);
@@ -286,10 +323,10 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
 adxl::Status LanePool::AppCall(uint32_t app_type, const std::string &request, Deadline deadline,
                                std::string *response, std::string *error) {
   adxl::Status status = adxl::SUCCESS;
-  Lane *lane = Acquire(deadline, &status, error);
+  std::shared_ptr<ByteStream> stream;
+  Lane *lane = Acquire(deadline, &status, error, &stream);
   if (lane == nullptr) return status;
-  LaneGuard guard(lane);
-  std::shared_ptr<ByteStream> stream = lane->Get();
+  LaneGuard guard(this, lane);
   LaneResult r = ExecuteAppCall(*stream, app_type, request, next_request_id_.fetch_add(1), deadline, response);
   if (r.broken) DropLane(lane, stream);
   *error = r.error;

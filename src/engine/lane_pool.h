@@ -3,13 +3,16 @@
 // each request bounded by the caller's deadline.
 //
 // Thread-safe: any number of threads may call Transfer/AppCall at once; each
-// lane carries one request at a time. A lane whose framing broke (timeout or
-// error mid-message) is dropped and, when a reconnector is set, reopened on
-// next use.
+// lane carries one request at a time, and a caller that finds every lane busy
+// waits in a queue (a condition variable) for the next one freed, until its
+// deadline. Lanes of a pool with a reconnector are opened when first needed,
+// closed after they sat idle (CloseIdle), and reopened when needed again; a
+// lane whose framing broke (timeout or error mid-message) is dropped the same way.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -30,10 +33,15 @@ class LanePool {
   LanePool(std::string peer_name, WorkerPool *workers, Reconnector reconnect);
   ~LanePool();
 
-  // Adds a lane; false when kMaxLanes are already present.
+  // Adds a connected lane; false when kMaxLanes are already present.
   bool AddLane(std::shared_ptr<ByteStream> stream);
-  size_t LaneCount() const { return count_.load(); }
+  // Adds `n` lanes that are opened on first use (the pool needs a reconnector).
+  void AddLazyLanes(size_t n);
+  size_t LaneCount() const;
   size_t LiveLaneCount() const;
+  // Closes lanes no request has used for `idle`; they reopen when needed.
+  // Returns how many it closed.
+  size_t CloseIdle(std::chrono::milliseconds idle);
 
   // Moves `segs` (already validated). Returns an adxl status; *error says why on failure.
   adxl::Status Transfer(adxl::TransferOp op, const std::vector<Segment> &segs, Deadline deadline,
@@ -59,30 +67,22 @@ class LanePool {
   static constexpr uint64_t kMinPartBytes = 256ULL << 10;
 
  private:
-  // `busy` is held by the one request using the lane; the stream pointer has its
-  // own small lock so ShutdownAll() can reach it while a request runs.
   struct Lane {
-    std::mutex busy;  // try_lock + short sleeps: TSan models plain mutexes precisely
-    std::shared_ptr<ByteStream> Get() {
-      std::lock_guard lock(ptr_mutex);
-      return stream;
-    }
-    void Set(std::shared_ptr<ByteStream> s) {
-      std::lock_guard lock(ptr_mutex);
-      stream = std::move(s);
-    }
-
-   private:
-    std::mutex ptr_mutex;
-    std::shared_ptr<ByteStream> stream;  // null when broken
+    std::shared_ptr<ByteStream> stream;  // null: not open (yet, or any more)
+    bool busy = false;                   // a request (or its reconnect) owns the lane
+    Deadline::Clock::time_point last_used{};
   };
   class LaneGuard;
 
-  // Locks a lane with a usable stream (reconnecting if allowed) within the deadline.
-  Lane *Acquire(Deadline deadline, adxl::Status *status, std::string *error);
+  // Reserves a free lane with a usable stream (opening it if needed) within
+  // the deadline; null with *status and *error when none can be had. The
+  // lane is released by LaneGuard.
+  Lane *Acquire(Deadline deadline, adxl::Status *status, std::string *error,
+                std::shared_ptr<ByteStream> *stream);
+  void Release(Lane *lane);
   LaneResult RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline);
   // Closes a lane whose framing is unknown; Acquire reopens it on next use.
-  static void DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream);
+  void DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream);
   // Small same-host READ as one process_vm_readv under the standing lease;
   // false: not done (no lease, range not listed, copy failed, lease ran out),
   // the caller sends a request instead (which also reports any error).
@@ -94,9 +94,10 @@ class LanePool {
   std::string peer_name_;
   WorkerPool *workers_;
   Reconnector reconnect_;
+  mutable std::mutex mutex_;          // guards lanes_ and count_
+  std::condition_variable freed_;     // a lane was released (or the pool shut down)
   Lane lanes_[kMaxLanes];
-  std::atomic<size_t> count_{0};
-  std::mutex add_mutex_;
+  size_t count_ = 0;
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<bool> shut_down_{false};
   std::shared_ptr<PeerProcess> same_host_;  // written only before the pool is shared

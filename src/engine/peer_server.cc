@@ -50,6 +50,9 @@ int64_t SteadyNowMs() {
 // Connections taken per listener wake-up: the rest wait for the next turn, so
 // a connection storm cannot keep one event thread from everything else.
 constexpr int kAcceptsPerWake = 64;
+// A connection still in its handshake after this long gives way to a
+// newcomer when llmdd.MaxHandshakes are in progress (see Adopt).
+constexpr int64_t kEvictableHandshakeMs = 250;
 // How often silent sessions and overdue handshakes are looked for.
 constexpr std::chrono::milliseconds kHousekeepingPeriod{100};
 
@@ -136,21 +139,47 @@ void PeerServer::Adopt(std::shared_ptr<ByteStream> stream) {
   conn->stream = stream;
   conn->handshake_deadline_ms = SteadyNowMs() + config_.handshake_timeout_ms;
   std::string error;
-  bool at_cap = false;
+  bool at_cap = false, adopted = false;
+  ConnectionPtr evicted;
   {
     std::lock_guard lock(mutex_);
     if (stopping_.load()) return;
     at_cap = pending_.size() >= config_.max_handshakes;
+    if (at_cap) {
+      // A real peer says Hello within a round trip. When the oldest connection
+      // in its handshake has been silent for kEvictableHandshakeMs it gives
+      // way to the newcomer, so silent connections cannot lock out the lanes
+      // of peers already connected; a burst of young handshakes is not evicted.
+      for (const ConnectionPtr &pending : pending_)
+        if (!evicted || pending->handshake_deadline_ms < evicted->handshake_deadline_ms) evicted = pending;
+      const int64_t started = evicted ? evicted->handshake_deadline_ms - config_.handshake_timeout_ms : 0;
+      if (evicted && SteadyNowMs() - started >= kEvictableHandshakeMs && evicted->stage == Connection::Stage::kHello) {
+        pending_.erase(evicted);
+        at_cap = false;
+      } else {
+        evicted.reset();
+      }
+    }
     if (!at_cap) {
       // Held under mutex_ so the handler, which may run at once, finds its watch recorded.
       conn->watch = reactor_->Watch(stream->NativeHandle(), [this, conn] { return OnReadable(conn); }, &error);
       if (conn->watch != 0) {
         pending_.insert(conn);
         watches_.insert(conn->watch);
-        return;
+        adopted = true;
       }
     }
   }
+  if (evicted) {
+    LOG_INFO("connection from %s silent in its handshake gives way to %s (llmdd.MaxHandshakes)",
+             evicted->stream->PeerName().c_str(), stream->PeerName().c_str());
+    // Its handler sees the end and forgets it.
+    RefuseNewcomer(*evicted->stream, &refused_handshakes_ms_,
+                   "it said nothing for " + std::to_string(kEvictableHandshakeMs) + " ms while " +
+                       std::to_string(config_.max_handshakes) +
+                       " connections were in their handshake (llmdd.MaxHandshakes): it gave way to a newcomer");
+  }
+  if (adopted) return;
   if (at_cap) {
     RefuseNewcomer(*stream, &refused_handshakes_ms_,
                    std::to_string(config_.max_handshakes) + " connections are already in their handshake "

@@ -6,47 +6,91 @@
 
 namespace llmdd {
 
-std::unique_ptr<WorkerPool> WorkerPool::Create(int threads) {
-  std::unique_ptr<WorkerPool> pool(new WorkerPool());
-  for (int i = 0; i < threads; ++i) {
-    std::thread worker;
-    if (!StartThread("transfer worker", [raw = pool.get()] { raw->Run(); }, &worker)) return nullptr;  // joins the rest
-    pool->threads_.push_back(std::move(worker));
-  }
-  return pool;
+std::unique_ptr<WorkerPool> WorkerPool::Create(int max_threads, std::chrono::milliseconds idle_exit) {
+  return std::unique_ptr<WorkerPool>(new WorkerPool(max_threads < 1 ? 1 : max_threads, idle_exit));
 }
 
 WorkerPool::~WorkerPool() {
+  std::map<uint64_t, std::thread> threads;
   {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     stopping_ = true;
+    wake_.notify_all();
+    threads.swap(threads_);
   }
-  wake_.notify_all();
-  for (auto &t : threads_) t.join();
+  for (auto &[id, thread] : threads) thread.join();
+  std::unique_lock lock(mutex_);
+  JoinExited(lock);
+}
+
+size_t WorkerPool::ThreadCount() const {
+  std::lock_guard lock(mutex_);
+  return threads_.size();
 }
 
 bool WorkerPool::Submit(std::function<void()> task) {
+  std::unique_lock lock(mutex_);
   try {
-    std::lock_guard lock(mutex_);
     queue_.push_back(std::move(task));
   } catch (const std::bad_alloc &) {
     return false;
   }
-  wake_.notify_one();
-  return true;
+  if (idle_ >= queue_.size()) {
+    wake_.notify_one();
+    return true;
+  }
+  JoinExited(lock);
+  if (threads_.size() < max_threads_) {
+    const uint64_t self = next_thread_++;
+    std::thread worker;
+    // The new thread takes mutex_ first, which we hold: it finds itself in threads_.
+    if (StartThread("transfer worker", [this, self] { Run(self); }, &worker)) {
+      threads_[self] = std::move(worker);
+      return true;
+    }
+  }
+  if (!threads_.empty()) {
+    wake_.notify_one();  // a busy thread takes it when it is done
+    return true;
+  }
+  queue_.pop_back();  // no thread at all can run it
+  return false;
 }
 
-void WorkerPool::Run() {
+void WorkerPool::JoinExited(std::unique_lock<std::mutex> &lock) {
+  while (!exited_.empty()) {
+    std::vector<std::thread> exited;
+    exited.swap(exited_);
+    lock.unlock();
+    for (auto &thread : exited) thread.join();
+    lock.lock();
+  }
+}
+
+void WorkerPool::Run(uint64_t self) {
+  std::unique_lock lock(mutex_);
   for (;;) {
-    std::function<void()> task;
-    {
-      std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;
-      task = std::move(queue_.front());
-      queue_.pop_front();
+    ++idle_;
+    const bool woken = wake_.wait_for(lock, idle_exit_, [&] { return stopping_ || !queue_.empty(); });
+    --idle_;
+    if (queue_.empty()) {
+      if (stopping_) return;
+      if (!woken) {
+        // Idle for a whole period: end, and let the next Submit join us.
+        auto it = threads_.find(self);
+        if (it != threads_.end()) {
+          exited_.push_back(std::move(it->second));
+          threads_.erase(it);
+        }
+        return;
+      }
+      continue;
     }
+    std::function<void()> task = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
     RunGuarded("transfer worker task", task);
+    lock.lock();
   }
 }
 

@@ -1,0 +1,92 @@
+// What an idle peer costs: its control connection only. Data lanes open when
+// a transfer needs them and close after llmdd.IdleLaneCloseMs without use;
+// the next transfer reopens them and moves the right bytes.
+#include <dirent.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+#include "loopback_util.h"
+
+namespace llmdd {
+namespace {
+
+// Sockets this process holds (both engines live here: each connection counts twice).
+int OpenSockets() {
+  int sockets = 0;
+  DIR *dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  while (dirent *entry = readdir(dir)) {
+    char target[256];
+    const std::string path = std::string("/proc/self/fd/") + entry->d_name;
+    const ssize_t n = readlink(path.c_str(), target, sizeof(target) - 1);
+    if (n > 0 && strncmp(target, "socket:", 7) == 0) ++sockets;
+  }
+  closedir(dir);
+  return sockets;
+}
+
+template <typename Pred>
+bool WaitFor(Pred pred, int ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+class IdlePeer : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(IdlePeer, HoldsOnlyItsControlConnectionAndLanesComeAndGoWithUse) {
+  const std::map<std::string, std::string> options = {
+      {"llmdd.Transport", GetParam()}, {"llmdd.IdleLaneCloseMs", "300"}, {"llmdd.TcpConnections", "4"}};
+  Engine server, client;
+  const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  ASSERT_EQ(server.Initialize(server_id, options), adxl::SUCCESS);
+  ASSERT_EQ(client.Initialize("127.0.0.1", options), adxl::SUCCESS);
+  std::vector<char> remote(8 << 20), local(remote.size());
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 13 + 5);
+  uint64_t handle = 0;
+  ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(client.RegisterMem(reinterpret_cast<uintptr_t>(local.data()), local.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+
+  const int before = OpenSockets();
+  ASSERT_EQ(client.Connect(server_id, 3000), adxl::SUCCESS);
+  const int connected = OpenSockets();
+  EXPECT_EQ(connected - before, 2) << "an idle peer holds its control connection only (one socket on each side)";
+
+  // A large READ is split over the lanes: they open now, in parallel.
+  adxl::TransferOpDesc desc{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()),
+                            remote.size()};
+  ASSERT_EQ(client.TransferSync(server_id, adxl::READ, &desc, 1, 5000), adxl::SUCCESS);
+  EXPECT_EQ(local, remote);
+  const int busy = OpenSockets();
+  EXPECT_GT(busy, connected) << "the transfer opened data lanes";
+  EXPECT_LE(busy - connected, 2 * 4) << "at most llmdd.TcpConnections lanes";
+
+  // Idle for longer than llmdd.IdleLaneCloseMs: the lanes close on both sides.
+  EXPECT_TRUE(WaitFor([&] { return OpenSockets() == connected; }, 3000))
+      << OpenSockets() << " sockets, " << connected << " expected";
+
+  // And reopen for the next transfer, which moves the right bytes.
+  std::fill(local.begin(), local.end(), 0);
+  desc = {reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()), 4096};
+  ASSERT_EQ(client.TransferSync(server_id, adxl::READ, &desc, 1, 3000), adxl::SUCCESS);
+  EXPECT_EQ(0, memcmp(local.data(), remote.data(), 4096));
+  EXPECT_EQ(client.Disconnect(server_id, 3000), adxl::SUCCESS);
+  EXPECT_TRUE(WaitFor([&] { return OpenSockets() == before; }, 3000));
+}
+
+INSTANTIATE_TEST_SUITE_P(Transport, IdlePeer, ::testing::Values("tcp", "auto"));
+
+}  // namespace
+}  // namespace llmdd
