@@ -595,17 +595,10 @@ class Record {
  public:
   Record &Str(const std::string &k, const std::string &v) {
     if (k == "error" && v.empty()) return *this;  // "error" is present only on failure
-    kv_.emplace_back(k, "\"" + JsonEscape(v) + "\"");
-    return *this;
+    return Put(k, "\"" + JsonEscape(v) + "\"");
   }
-  Record &Int(const std::string &k, int64_t v) {
-    kv_.emplace_back(k, std::to_string(v));
-    return *this;
-  }
-  Record &Num(const std::string &k, double v) {
-    kv_.emplace_back(k, std::isfinite(v) ? Format("%.6g", v) : "null");
-    return *this;
-  }
+  Record &Int(const std::string &k, int64_t v) { return Put(k, std::to_string(v)); }
+  Record &Num(const std::string &k, double v) { return Put(k, std::isfinite(v) ? Format("%.6g", v) : "null"); }
   std::string Json() const {
     std::string out = "{";
     for (size_t i = 0; i < kv_.size(); ++i) out += (i ? ", \"" : "\"") + kv_[i].first + "\": " + kv_[i].second;
@@ -618,6 +611,17 @@ class Record {
   }
 
  private:
+  // A key set twice keeps its first place and its last value.
+  Record &Put(const std::string &k, std::string v) {
+    for (auto &[key, old] : kv_) {
+      if (key == k) {
+        old = std::move(v);
+        return *this;
+      }
+    }
+    kv_.emplace_back(k, std::move(v));
+    return *this;
+  }
   std::vector<std::pair<std::string, std::string>> kv_;
 };
 
