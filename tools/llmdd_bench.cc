@@ -553,7 +553,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     words_of("--sections", &opt->sections, {"idle", "frozen", "regions"});
   else
     words_of("--sections", &opt->sections, {"register", "submit", "plan"});
-  int_of("--peers", &opt->peers, 0, 1000000);
+  int_of("--peers", &opt->peers, 1, 1000000);
   int_of("--per-process", &opt->per_process, 1, 10000);
   int_of("--parallel", &opt->parallel, 1, 256);
   int_of("--frozen", &opt->frozen, 1, 100000);
