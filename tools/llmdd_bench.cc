@@ -9,6 +9,7 @@
 //   llmdd_bench memcpy   [options]  memcpy reference of the same shapes (1..N threads, hot and cold)
 //   llmdd_bench pingpong [options]  raw TCP ping-pong of 8 B over loopback (blocking and busy-polling)
 //   llmdd_bench overhead [options]  registration cost, PullKvBlocks planning cost, per-descriptor cost
+//   llmdd_bench peers    [options]  cost of many peers: idle peers, frozen peers, descriptors in many regions
 //   llmdd_bench serve ...           the peer process (internal; control protocol on stdin/stdout)
 //
 // Every point reports bytes per call, GB/s (1e9 B/s, all threads together),
@@ -19,7 +20,8 @@
 // descriptor size (gnuplot, else python3-matplotlib; skipped with a note when
 // neither is installed).
 //
-// Control protocol (parent <-> `serve` child, one line each way):
+// Control protocol (parent <-> `serve` child, one line each way; the peers
+// mode's roles have their own lines, described where they are served):
 //   child -> parent: READY <port> <words...> | FAILED <text>
 //   parent -> child: QUIT (or end of file)
 #include <adxl/adxl_engine.h>
@@ -27,6 +29,7 @@
 #include <llmdd/extensions.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -34,6 +37,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -271,7 +275,21 @@ struct Options {
   uint64_t reg_regions = 10000;
   uint64_t reg_region_bytes = 4 * kKiB;
   uint64_t reg_big_bytes = kGiB;
-  std::vector<std::string> sections = {"register", "submit", "plan"};
+  std::vector<std::string> sections = {"register", "submit", "plan"};  // peers: idle,frozen,regions
+  // peers
+  int peers = 1000;              // idle client engines connected to one server
+  int per_process = 50;          // idle client engines per client process
+  int parallel = 4;              // client processes connecting at once
+  int frozen = 100;              // server engines frozen (SIGSTOP) under one client's Finalize
+  int frozen_per_process = 25;   // frozen server engines per process
+  uint64_t regions = 100000;     // descriptors (each its own region, then all in one region)
+  int connect_samples = 9;       // Connect timings per point (median)
+  int idle_wait_ms = 500;        // after the last idle peer connected, before the server is sampled
+  int connect_timeout_ms = 5000; // Connect timeout of every client engine
+  int disconnect_timeout_ms = 1000;  // Disconnect timeout (frozen peer)
+  int peer_timeout_ms = 0;       // llmdd.PeerTimeoutMs of every engine; 0: library default
+  int ramp_deadline_s = 150;     // connecting the idle peers stops here
+  int deadline_s = 600;          // the whole mode: children killed and exit 3 past it
 
   uint64_t BlockBytes() const { return block_bytes != 0 ? block_bytes : block_tokens * heads * head_dim * 2; }
   uint32_t Tensors() const { return static_cast<uint32_t>(2 * layers); }
@@ -286,6 +304,8 @@ void Usage(FILE *out) {
           "  memcpy    memcpy reference of the same shapes, hot (same buffers) and cold (walks a pool)\n"
           "  pingpong  raw TCP ping-pong of 8 B over loopback, blocking and busy-polling\n"
           "  overhead  RegisterMem/RegisterKvCache cost, PullKvBlocks planning cost, per-descriptor cost\n"
+          "  peers     cost of many peers: one server with N idle client engines (threads, fds, RSS, Connect,\n"
+          "            4 KiB READ latency), Finalize with frozen peers, descriptors in many regions vs one\n"
           "common options:\n"
           "  --transport LIST     tcp|shm|auto, comma-separated; llmdd.Transport of both engines (auto)\n"
           "  --sizes LIST         descriptor sizes, e.g. 8,4K,64K,1M (engine/memcpy default 8..4M by x4)\n"
@@ -325,7 +345,24 @@ void Usage(FILE *out) {
           "  --sections LIST      register,submit,plan (default all)\n"
           "  --plan-blocks N      blocks in the planning test (default 100000)\n"
           "  --submit-descs N     8-byte descriptors in the submit test (default 10000)\n"
-          "  --reg-regions N      4 KiB regions in the registration test (default 10000)\n");
+          "  --reg-regions N      4 KiB regions in the registration test (default 10000)\n"
+          "peers options (--transport LIST: the server and idle clients use the first, the 4 KiB READ is\n"
+          "measured with each; default auto,tcp; --time: seconds per READ point, default 1):\n"
+          "  --sections LIST      idle,frozen,regions (default all)\n"
+          "  --peers N            idle client engines connected to the server (default 1000)\n"
+          "  --per-process N      idle client engines per client process (default 50)\n"
+          "  --parallel N         client processes connecting at once (default 4)\n"
+          "  --connect-samples N  Connect timings of a fresh client at 0 and at N peers (median; default 9)\n"
+          "  --idle-wait-ms N     wait after the last idle peer connected before sampling the server\n"
+          "                       (default 500; longer for an engine that closes idle connections later)\n"
+          "  --connect-timeout-ms N  Connect timeout of every client engine (default 5000)\n"
+          "  --frozen F           server engines frozen under one client's Finalize (default 100)\n"
+          "  --frozen-per-process N  frozen server engines per process (default 25)\n"
+          "  --disconnect-timeout-ms N  Disconnect timeout for one frozen peer (default 1000)\n"
+          "  --peer-timeout-ms N  llmdd.PeerTimeoutMs of every engine (default: library default)\n"
+          "  --regions N          descriptors of 8 B, each in its own region vs all in one (default 100000)\n"
+          "  --ramp-deadline-s N  stop connecting idle peers after N s (default 150)\n"
+          "  --deadline-s N       the whole mode: past it every child is killed, exit 3 (default 600)\n");
 }
 
 bool NeedValue(int argc, char **argv, int i) {
@@ -346,7 +383,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     Usage(stdout);
     exit(kExitOk);
   }
-  static const std::set<std::string> kModes = {"engine", "kv", "memcpy", "pingpong", "overhead"};
+  static const std::set<std::string> kModes = {"engine", "kv", "memcpy", "pingpong", "overhead", "peers"};
   if (kModes.count(opt->mode) == 0) {
     fprintf(stderr, "llmdd_bench: unknown mode '%s'\n", opt->mode.c_str());
     Usage(stderr);
@@ -360,7 +397,9 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       "--connections", "--workers", "--busy-poll-us",     "--timeout-ms",   "--json-out",     "--plot",        "--tag",
       "--layers",      "--blocks",      "--block-bytes",  "--block-tokens", "--heads",       "--head-dim",
       "--kv-blocks",   "--kv-pattern",  "--pool",         "--pp-modes",     "--sections",    "--plan-blocks",
-      "--submit-descs", "--reg-regions"};
+      "--submit-descs", "--reg-regions", "--peers",    "--per-process",  "--parallel",    "--frozen",
+      "--frozen-per-process", "--regions", "--connect-samples", "--connect-timeout-ms", "--disconnect-timeout-ms",
+      "--peer-timeout-ms", "--ramp-deadline-s", "--deadline-s", "--idle-wait-ms"};
   for (int i = 2; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
@@ -385,7 +424,18 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   if (opt->mode == "engine") opt->ops = {"read", "write"};
   if (opt->mode == "kv") opt->ops = {"pull", "push"};
   if (opt->mode == "memcpy") opt->ops = {"hot", "cold"};
-  if (opt->quick) {
+  if (opt->mode == "peers") {
+    opt->transports = {"auto", "tcp"};
+    opt->sections = {"idle", "frozen", "regions"};
+    opt->time_s = 1.0;
+  }
+  if (opt->quick && opt->mode == "peers") {
+    opt->peers = 100;
+    opt->frozen = 20;
+    opt->regions = 10000;
+    opt->connect_samples = 5;
+    opt->time_s = 0.25;
+  } else if (opt->quick) {
     opt->time_s = 0.06;
     opt->sizes = {8, 4 * kKiB, 64 * kKiB, kMiB};
     opt->batches = {1, 64};
@@ -499,7 +549,23 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   }
   size_of("--pool", &opt->pool_bytes, 4 * kKiB, 64 * kGiB);
   words_of("--pp-modes", &opt->pp_modes, {"blocking", "busy"});
-  words_of("--sections", &opt->sections, {"register", "submit", "plan"});
+  if (opt->mode == "peers")
+    words_of("--sections", &opt->sections, {"idle", "frozen", "regions"});
+  else
+    words_of("--sections", &opt->sections, {"register", "submit", "plan"});
+  int_of("--peers", &opt->peers, 1, 1000000);
+  int_of("--per-process", &opt->per_process, 1, 10000);
+  int_of("--parallel", &opt->parallel, 1, 256);
+  int_of("--frozen", &opt->frozen, 1, 100000);
+  int_of("--frozen-per-process", &opt->frozen_per_process, 1, 10000);
+  size_of("--regions", &opt->regions, 1, 1 << 24);
+  int_of("--connect-samples", &opt->connect_samples, 1, 1000);
+  int_of("--idle-wait-ms", &opt->idle_wait_ms, 0, 3600000);
+  int_of("--connect-timeout-ms", &opt->connect_timeout_ms, 1, 3600000);
+  int_of("--disconnect-timeout-ms", &opt->disconnect_timeout_ms, 1, 3600000);
+  int_of("--peer-timeout-ms", &opt->peer_timeout_ms, 100, 86400000);
+  int_of("--ramp-deadline-s", &opt->ramp_deadline_s, 1, 86400);
+  int_of("--deadline-s", &opt->deadline_s, 1, 86400);
   size_of("--plan-blocks", &opt->plan_blocks, 2, 1 << 24);
   size_of("--submit-descs", &opt->submit_descs, 1, 1 << 22);
   size_of("--reg-regions", &opt->reg_regions, 1, 1 << 22);
@@ -595,17 +661,10 @@ class Record {
  public:
   Record &Str(const std::string &k, const std::string &v) {
     if (k == "error" && v.empty()) return *this;  // "error" is present only on failure
-    kv_.emplace_back(k, "\"" + JsonEscape(v) + "\"");
-    return *this;
+    return Put(k, "\"" + JsonEscape(v) + "\"");
   }
-  Record &Int(const std::string &k, int64_t v) {
-    kv_.emplace_back(k, std::to_string(v));
-    return *this;
-  }
-  Record &Num(const std::string &k, double v) {
-    kv_.emplace_back(k, std::isfinite(v) ? Format("%.6g", v) : "null");
-    return *this;
-  }
+  Record &Int(const std::string &k, int64_t v) { return Put(k, std::to_string(v)); }
+  Record &Num(const std::string &k, double v) { return Put(k, std::isfinite(v) ? Format("%.6g", v) : "null"); }
   std::string Json() const {
     std::string out = "{";
     for (size_t i = 0; i < kv_.size(); ++i) out += (i ? ", \"" : "\"") + kv_[i].first + "\": " + kv_[i].second;
@@ -618,6 +677,17 @@ class Record {
   }
 
  private:
+  // A key set twice keeps its first place and its last value.
+  Record &Put(const std::string &k, std::string v) {
+    for (auto &[key, old] : kv_) {
+      if (key == k) {
+        old = std::move(v);
+        return *this;
+      }
+    }
+    kv_.emplace_back(k, std::move(v));
+    return *this;
+  }
   std::vector<std::pair<std::string, std::string>> kv_;
 };
 
@@ -695,7 +765,7 @@ class Reporter {
 
  private:
   void Stamp(Record *r) {
-    if (opt_.mode == "engine" || opt_.mode == "kv" || opt_.mode == "overhead") {
+    if (opt_.mode == "engine" || opt_.mode == "kv" || opt_.mode == "overhead" || opt_.mode == "peers") {
       r->Int("connections", opt_.connections);  // llmdd.TcpConnections; 0 = library default
       r->Int("workers", opt_.workers);          // llmdd.WorkerThreads; 0 = library default
       r->Int("busy_poll_us", opt_.busy_poll_us);  // llmdd.BusyPollUs; -1 = library default
@@ -922,6 +992,7 @@ std::map<AscendString, AscendString> ExtOptions(const Options &opt, const std::s
   if (opt.connections > 0) o["llmdd.TcpConnections"] = std::to_string(opt.connections).c_str();
   if (opt.workers > 0) o["llmdd.WorkerThreads"] = std::to_string(opt.workers).c_str();
   if (opt.busy_poll_us >= 0) o["llmdd.BusyPollUs"] = std::to_string(opt.busy_poll_us).c_str();
+  if (opt.peer_timeout_ms > 0) o["llmdd.PeerTimeoutMs"] = std::to_string(opt.peer_timeout_ms).c_str();
   return o;
 }
 
@@ -930,6 +1001,7 @@ std::vector<std::string> PeerCommonArgs(const Options &opt, const std::string &t
   if (opt.connections > 0) a.insert(a.end(), {"--connections", std::to_string(opt.connections)});
   if (opt.workers > 0) a.insert(a.end(), {"--workers", std::to_string(opt.workers)});
   if (opt.busy_poll_us >= 0) a.insert(a.end(), {"--busy-poll-us", std::to_string(opt.busy_poll_us)});
+  if (opt.peer_timeout_ms > 0) a.insert(a.end(), {"--peer-timeout-ms", std::to_string(opt.peer_timeout_ms)});
   if (!opt.hugepages) a.push_back("--no-hugepages");
   return a;
 }
@@ -953,6 +1025,15 @@ struct ServeOptions {
   bool hugepages = true;
   uint64_t bytes = 0;
   std::vector<std::string> caches;  // kv: "tensors:blocks:block_bytes"
+  // peers roles
+  int peer_timeout_ms = 0;
+  int count = 1;                  // engines in this process
+  std::string target;             // peers-clients: the server's "ip:port"
+  std::vector<std::string> targets;  // peers-frozen-client: the servers
+  uint64_t seed = 1;              // pattern written into served memory
+  uint64_t regions = 0;           // peers-regions
+  int connect_timeout_ms = 5000;
+  int disconnect_timeout_ms = 1000;
 };
 
 int ServeFail(const std::string &text) {
@@ -1132,6 +1213,305 @@ int ServePingPong() {
   _exit(kExitOk);  // detached threads may be blocked in recv/accept
 }
 
+// ------------------------------------------------------------------ peers: child processes
+//
+// Roles of `llmdd_bench serve` used by the peers mode. Each raises its soft
+// RLIMIT_NOFILE to the hard limit first and reports the limits it runs with.
+// Control lines (child -> parent on stdout, parent -> child on stdin):
+//   peers-server        READY <port> <addr> <bytes> <nofile_soft> <nofile_hard>; then QUIT
+//   peers-clients       READY <threads> <fds> <rss_kib> <nofile_soft> <nofile_hard>; waits for GO;
+//                       "C <n>" after each connected engine; DONE <connected> <status> <where>
+//                       <threads> <fds> <rss_kib> <ms>; then QUIT (Finalize of all)
+//   peers-frozen        READY <nofile_soft> <nofile_hard> <port>...; then QUIT
+//   peers-frozen-client CONNECTED <n> <first failure status> <nofile_soft> <nofile_hard>; waits for GO;
+//                       DONE <disconnect_ms> <disconnect_status> <finalize_ms>
+//   peers-regions       READY <port_many> <port_one> <addr_many> <addr_one> <regions>; then QUIT
+
+struct NofileLimit {
+  uint64_t soft = 0, hard = 0;
+};
+
+NofileLimit RaiseNofile() {
+  rlimit r{};
+  if (getrlimit(RLIMIT_NOFILE, &r) != 0) return {};
+  if (r.rlim_cur < r.rlim_max) {
+    rlimit want = r;
+    want.rlim_cur = r.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &want) != 0 && r.rlim_max == RLIM_INFINITY) {
+      // An unlimited hard limit is capped by fs.nr_open.
+      FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+      unsigned long long nr = 0;
+      if (f != nullptr) {
+        if (fscanf(f, "%llu", &nr) != 1) nr = 0;
+        fclose(f);
+      }
+      if (nr > r.rlim_cur) {
+        want.rlim_cur = nr;
+        setrlimit(RLIMIT_NOFILE, &want);
+      }
+    }
+    getrlimit(RLIMIT_NOFILE, &r);
+  }
+  return {static_cast<uint64_t>(r.rlim_cur), static_cast<uint64_t>(r.rlim_max)};
+}
+
+// Threads, open file descriptors and resident memory of a process (0: this one).
+struct ProcStats {
+  bool ok = false;
+  int64_t threads = -1, fds = -1, rss_kib = -1;
+};
+
+ProcStats ReadProcStats(pid_t pid) {
+  ProcStats s;
+  const std::string base = pid == 0 ? std::string("/proc/self") : "/proc/" + std::to_string(pid);
+  FILE *f = fopen((base + "/status").c_str(), "r");
+  if (f == nullptr) return s;
+  char line[256];
+  while (fgets(line, sizeof(line), f) != nullptr) {
+    if (strncmp(line, "Threads:", 8) == 0) s.threads = atoll(line + 8);
+    if (strncmp(line, "VmRSS:", 6) == 0) s.rss_kib = atoll(line + 6);
+  }
+  fclose(f);
+  DIR *d = opendir((base + "/fd").c_str());
+  if (d != nullptr) {
+    int64_t n = 0;
+    while (dirent *e = readdir(d))
+      if (e->d_name[0] != '.') ++n;
+    closedir(d);
+    s.fds = pid == 0 ? n - 1 : n;  // our own listing holds one
+  }
+  s.ok = s.threads >= 0 && s.fds >= 0 && s.rss_kib >= 0;
+  return s;
+}
+
+std::string StatusName(adxl::Status st) {
+  switch (st) {
+    case adxl::SUCCESS: return "SUCCESS";
+    case adxl::PARAM_INVALID: return "PARAM_INVALID";
+    case adxl::TIMEOUT: return "TIMEOUT";
+    case adxl::NOT_CONNECTED: return "NOT_CONNECTED";
+    case adxl::ALREADY_CONNECTED: return "ALREADY_CONNECTED";
+    case adxl::NOTIFY_FAILED: return "NOTIFY_FAILED";
+    case adxl::UNSUPPORTED: return "UNSUPPORTED";
+    case adxl::FAILED: return "FAILED";
+    case adxl::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    default: return Format("status %u", st);
+  }
+}
+
+// Served memory holds a pattern the reader can check: byte o of a buffer
+// seeded s is byte (o % 8) of Mix(s * K + o / 8).
+uint8_t PatternByte(uint64_t seed, uint64_t offset) {
+  return static_cast<uint8_t>(Mix(seed * 0x100000001B3ULL + offset / 8) >> (8 * (offset % 8)));
+}
+
+void FillPattern(uint8_t *p, uint64_t n, uint64_t seed) {
+  for (uint64_t w = 0; w * 8 < n; ++w) {
+    const uint64_t v = Mix(seed * 0x100000001B3ULL + w);
+    for (uint64_t j = 0; j < 8 && w * 8 + j < n; ++j) p[w * 8 + j] = static_cast<uint8_t>(v >> (8 * j));
+  }
+}
+
+// Bytes of local[0, n) that differ from the pattern at remote offset `offset`.
+uint64_t PatternMismatches(const uint8_t *local, uint64_t n, uint64_t seed, uint64_t offset) {
+  uint64_t bad = 0;
+  for (uint64_t i = 0; i < n; ++i) bad += local[i] != PatternByte(seed, offset + i) ? 1 : 0;
+  return bad;
+}
+
+Options ServeEngineOptions(const ServeOptions &so) {
+  Options o;
+  o.connections = so.connections;
+  o.workers = so.workers;
+  o.busy_poll_us = so.busy_poll_us;
+  o.peer_timeout_ms = so.peer_timeout_ms;
+  return o;
+}
+
+// Initializes `engine` listening on a free loopback port; the port or -1.
+int ListenOnFreePort(adxl::AdxlEngine &engine, const std::map<AscendString, AscendString> &options,
+                     adxl::Status *status) {
+  *status = adxl::FAILED;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const int port = PickFreePort();
+    const std::string id = std::string(kHost) + ":" + std::to_string(port);
+    *status = engine.Initialize(id.c_str(), options);
+    if (*status == adxl::SUCCESS) return port;
+  }
+  return -1;
+}
+
+// Waits for "GO" on stdin; false on QUIT, end of file or after timeout_ms (-1: none).
+bool WaitForGo(std::string *buf, int timeout_ms) {
+  std::string line;
+  while (ReadLine(STDIN_FILENO, buf, &line, timeout_ms)) {
+    if (line == "GO") return true;
+    if (line == "QUIT") return false;
+  }
+  return false;
+}
+
+// One listening engine with `bytes` of patterned memory registered.
+int ServePeersServer(const ServeOptions &so) {
+  const NofileLimit lim = RaiseNofile();
+  Buffer buf;
+  if (!buf.Allocate(so.bytes, false, true, 0)) return ServeFail("cannot allocate the buffer");
+  FillPattern(buf.data(), buf.size(), so.seed);
+  adxl::AdxlEngine engine;
+  adxl::Status st = adxl::FAILED;
+  const int port = ListenOnFreePort(engine, ExtOptions(ServeEngineOptions(so), so.transport), &st);
+  if (port < 0) return ServeFail("engine Initialize failed: " + StatusName(st));
+  adxl::MemDesc desc{};
+  desc.addr = buf.addr();
+  desc.len = buf.size();
+  adxl::MemHandle handle = nullptr;
+  st = engine.RegisterMem(desc, adxl::MEM_HOST, handle);
+  if (st != adxl::SUCCESS) return ServeFail("RegisterMem failed: " + StatusName(st));
+  WriteAll(STDOUT_FILENO, Format("READY %d 0x%" PRIxPTR " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", port, buf.addr(),
+                                 buf.size(), lim.soft, lim.hard));
+  WaitForQuit();
+  engine.DeregisterMem(handle);
+  engine.Finalize();
+  return kExitOk;
+}
+
+// `count` client-only engines, each connected to the target, made one after
+// the other once the parent says GO; the first failure ends the series.
+int ServePeersClients(const ServeOptions &so) {
+  const NofileLimit lim = RaiseNofile();
+  const ProcStats before = ReadProcStats(0);
+  WriteAll(STDOUT_FILENO, Format("READY %" PRId64 " %" PRId64 " %" PRId64 " %" PRIu64 " %" PRIu64 "\n",
+                                 before.threads, before.fds, before.rss_kib, lim.soft, lim.hard));
+  std::string in;
+  if (!WaitForGo(&in, -1)) return kExitOk;
+  const auto options = ExtOptions(ServeEngineOptions(so), so.transport);
+  std::vector<std::unique_ptr<adxl::AdxlEngine>> engines;
+  adxl::Status failed = adxl::SUCCESS;
+  std::string where = "-";
+  const int64_t t0 = NowNs();
+  for (int i = 0; i < so.count; ++i) {
+    auto e = std::make_unique<adxl::AdxlEngine>();
+    adxl::Status st = e->Initialize(kHost, options);
+    if (st != adxl::SUCCESS) {
+      failed = st;
+      where = "Initialize";
+      break;
+    }
+    st = e->Connect(so.target.c_str(), so.connect_timeout_ms);
+    if (st != adxl::SUCCESS) {
+      failed = st;
+      where = "Connect";
+      e->Finalize();
+      break;
+    }
+    engines.push_back(std::move(e));
+    WriteAll(STDOUT_FILENO, Format("C %zu\n", engines.size()));
+  }
+  const double ms = static_cast<double>(NowNs() - t0) / 1e6;
+  const ProcStats after = ReadProcStats(0);
+  WriteAll(STDOUT_FILENO, Format("DONE %zu %u %s %" PRId64 " %" PRId64 " %" PRId64 " %.3f\n", engines.size(), failed,
+                                 where.c_str(), after.threads, after.fds, after.rss_kib, ms));
+  WaitForQuit();
+  for (auto &e : engines) e->Finalize();
+  return kExitOk;
+}
+
+// `count` listening engines (no memory), to be frozen by the parent.
+int ServePeersFrozen(const ServeOptions &so) {
+  const NofileLimit lim = RaiseNofile();
+  const auto options = ExtOptions(ServeEngineOptions(so), so.transport);
+  std::vector<std::unique_ptr<adxl::AdxlEngine>> engines;
+  std::string ports;
+  for (int i = 0; i < so.count; ++i) {
+    auto e = std::make_unique<adxl::AdxlEngine>();
+    adxl::Status st = adxl::FAILED;
+    const int port = ListenOnFreePort(*e, options, &st);
+    if (port < 0) return ServeFail(Format("engine %d: Initialize failed: %s", i, StatusName(st).c_str()));
+    ports += " " + std::to_string(port);
+    engines.push_back(std::move(e));
+  }
+  WriteAll(STDOUT_FILENO, Format("READY %" PRIu64 " %" PRIu64 "%s\n", lim.soft, lim.hard, ports.c_str()));
+  WaitForQuit();
+  for (auto &e : engines) e->Finalize();
+  return kExitOk;
+}
+
+// One client engine connected to every target; on GO (the targets frozen by
+// then) times Disconnect of the first connected target and then Finalize.
+int ServePeersFrozenClient(const ServeOptions &so) {
+  const NofileLimit lim = RaiseNofile();
+  adxl::AdxlEngine engine;
+  adxl::Status st = engine.Initialize(kHost, ExtOptions(ServeEngineOptions(so), so.transport));
+  if (st != adxl::SUCCESS) return ServeFail("Initialize failed: " + StatusName(st));
+  std::vector<std::string> connected;
+  adxl::Status first_failure = adxl::SUCCESS;
+  for (const auto &t : so.targets) {
+    st = engine.Connect(t.c_str(), so.connect_timeout_ms);
+    if (st == adxl::SUCCESS) {
+      connected.push_back(t);
+    } else if (first_failure == adxl::SUCCESS) {
+      first_failure = st;
+    }
+  }
+  WriteAll(STDOUT_FILENO, Format("CONNECTED %zu %u %" PRIu64 " %" PRIu64 "\n", connected.size(), first_failure,
+                                 lim.soft, lim.hard));
+  std::string in;
+  if (!WaitForGo(&in, 600000)) return kExitOk;
+  double disconnect_ms = -1;
+  adxl::Status disconnect_status = adxl::NOT_CONNECTED;
+  if (!connected.empty()) {
+    const int64_t t0 = NowNs();
+    disconnect_status = engine.Disconnect(connected.front().c_str(), so.disconnect_timeout_ms);
+    disconnect_ms = static_cast<double>(NowNs() - t0) / 1e6;
+  }
+  const int64_t t1 = NowNs();
+  engine.Finalize();
+  const double finalize_ms = static_cast<double>(NowNs() - t1) / 1e6;
+  WriteAll(STDOUT_FILENO, Format("DONE %.3f %u %.3f\n", disconnect_ms, disconnect_status, finalize_ms));
+  return kExitOk;
+}
+
+// Two listening engines with the same layout of `regions` 8-byte slots at a
+// 16-byte stride: one registers every slot as its own region, the other the
+// whole buffer as one region.
+int ServePeersRegions(const ServeOptions &so) {
+  RaiseNofile();
+  const uint64_t n = so.regions;
+  Buffer many, one;
+  if (!many.Allocate(n * 16, false, true, 0) || !one.Allocate(n * 16, false, true, 0))
+    return ServeFail("cannot allocate the buffers");
+  FillPattern(many.data(), many.size(), so.seed);
+  FillPattern(one.data(), one.size(), so.seed + 1);
+  const auto options = ExtOptions(ServeEngineOptions(so), so.transport);
+  adxl::AdxlEngine e_many, e_one;
+  adxl::Status st = adxl::FAILED;
+  const int port_many = ListenOnFreePort(e_many, options, &st);
+  if (port_many < 0) return ServeFail("engine Initialize failed: " + StatusName(st));
+  const int port_one = ListenOnFreePort(e_one, options, &st);
+  if (port_one < 0) return ServeFail("engine Initialize failed: " + StatusName(st));
+  for (uint64_t i = 0; i < n; ++i) {
+    adxl::MemDesc d{};
+    d.addr = many.addr() + i * 16;
+    d.len = 8;
+    adxl::MemHandle h = nullptr;
+    st = e_many.RegisterMem(d, adxl::MEM_HOST, h);
+    if (st != adxl::SUCCESS)
+      return ServeFail(Format("RegisterMem of region %" PRIu64 " failed: %s", i, StatusName(st).c_str()));
+  }
+  adxl::MemDesc d{};
+  d.addr = one.addr();
+  d.len = n * 16;
+  adxl::MemHandle h = nullptr;
+  st = e_one.RegisterMem(d, adxl::MEM_HOST, h);
+  if (st != adxl::SUCCESS) return ServeFail("RegisterMem failed: " + StatusName(st));
+  WriteAll(STDOUT_FILENO, Format("READY %d %d 0x%" PRIxPTR " 0x%" PRIxPTR " %" PRIu64 "\n", port_many, port_one,
+                                 many.addr(), one.addr(), n));
+  WaitForQuit();
+  e_many.Finalize();
+  e_one.Finalize();
+  return kExitOk;
+}
+
 int ServeMain(int argc, char **argv) {
   ServeOptions so;
   for (int i = 2; i < argc; ++i) {
@@ -1153,6 +1533,22 @@ int ServeMain(int argc, char **argv) {
       ParseSize(next(), &so.bytes);
     } else if (a == "--cache") {
       so.caches.push_back(next());
+    } else if (a == "--peer-timeout-ms") {
+      so.peer_timeout_ms = atoi(next().c_str());
+    } else if (a == "--count") {
+      so.count = atoi(next().c_str());
+    } else if (a == "--target") {
+      so.target = next();
+    } else if (a == "--targets") {
+      so.targets = SplitOn(next(), ',');
+    } else if (a == "--seed") {
+      so.seed = strtoull(next().c_str(), nullptr, 10);
+    } else if (a == "--regions") {
+      ParseSize(next(), &so.regions);
+    } else if (a == "--connect-timeout-ms") {
+      so.connect_timeout_ms = atoi(next().c_str());
+    } else if (a == "--disconnect-timeout-ms") {
+      so.disconnect_timeout_ms = atoi(next().c_str());
     } else {
       return ServeFail("unknown serve option " + a);
     }
@@ -1160,6 +1556,11 @@ int ServeMain(int argc, char **argv) {
   if (so.role == "engine") return ServeEngine(so);
   if (so.role == "kv") return ServeKv(so);
   if (so.role == "pingpong") return ServePingPong();
+  if (so.role == "peers-server") return ServePeersServer(so);
+  if (so.role == "peers-clients") return ServePeersClients(so);
+  if (so.role == "peers-frozen") return ServePeersFrozen(so);
+  if (so.role == "peers-frozen-client") return ServePeersFrozenClient(so);
+  if (so.role == "peers-regions") return ServePeersRegions(so);
   return ServeFail("unknown role " + so.role);
 }
 
@@ -1887,6 +2288,884 @@ int RunOverhead(const Options &opt, Reporter &rep) {
   return rc;
 }
 
+// ------------------------------------------------------------------ peers
+//
+// Cost of many peers, each figure one JSON record (op):
+//   server_threads, server_fds, server_rss   one server engine, at 0 and at N idle client engines
+//   client_threads                           threads per idle client engine (several per process)
+//   connect                                  Connect of a fresh client at 0 and at N peers
+//   read_4k                                  4 KiB READ p50/p99 from an active client, 0 vs N peers
+//   finalize_frozen                          a client's Finalize with F peers frozen (SIGSTOP)
+//   regions                                  READ of R descriptors, each its own region vs one region
+// Every child is killed by pid at the end, and past --deadline-s.
+
+// Every child process of the peers mode, so that a deadline can kill them all.
+std::mutex g_children_mutex;
+std::set<pid_t> g_children;
+
+void KillAllChildren() {
+  std::lock_guard lock(g_children_mutex);
+  for (pid_t p : g_children) {
+    kill(p, SIGKILL);
+    kill(p, SIGCONT);
+  }
+  for (pid_t p : g_children) waitpid(p, nullptr, 0);
+  g_children.clear();
+}
+
+// A `llmdd_bench serve --role ...` child: lines from its stdout, commands to
+// its stdin; Stop() reaps it (SIGKILL after a grace period).
+class Child {
+ public:
+  Child() = default;
+  Child(const Child &) = delete;
+  Child &operator=(const Child &) = delete;
+  ~Child() { Stop(0); }
+
+  bool Start(const std::vector<std::string> &args, std::string *error) {
+    std::vector<std::string> all = {"llmdd_bench", "serve"};
+    all.insert(all.end(), args.begin(), args.end());
+    std::lock_guard lock(g_children_mutex);  // the watchdog sees every pid
+    if (!llmdd_tools::SpawnSelf(all, &pid_, &to_, &from_, error)) return false;
+    g_children.insert(pid_);
+    fcntl(from_, F_SETFL, fcntl(from_, F_GETFL) | O_NONBLOCK);
+    return true;
+  }
+  pid_t pid() const { return pid_; }
+  int fd() const { return from_; }
+  bool eof() const { return eof_; }
+  const std::string &exit_text() const { return exit_text_; }
+  bool Send(const std::string &line) { return to_ >= 0 && WriteAll(to_, line + "\n"); }
+  // Reads what its stdout has now (call when poll says so); false at end of file.
+  bool Pump() {
+    char chunk[4096];
+    for (;;) {
+      ssize_t n = read(from_, chunk, sizeof(chunk));
+      if (n > 0) {
+        buf_.append(chunk, static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+      eof_ = true;
+      return false;
+    }
+  }
+  bool TakeLine(std::string *line) {
+    size_t nl = buf_.find('\n');
+    if (nl == std::string::npos) return false;
+    *line = buf_.substr(0, nl);
+    buf_.erase(0, nl + 1);
+    return true;
+  }
+  // One line within timeout_ms; false at end of file or timeout.
+  bool WaitLine(std::string *line, int timeout_ms) {
+    const int64_t deadline = NowNs() + int64_t{timeout_ms} * 1000000;
+    for (;;) {
+      if (TakeLine(line)) return true;
+      if (eof_ || from_ < 0) return false;
+      const int64_t left_ms = (deadline - NowNs()) / 1000000;
+      if (left_ms <= 0) return false;
+      pollfd p{from_, POLLIN, 0};
+      if (poll(&p, 1, static_cast<int>(std::min<int64_t>(left_ms, 1000))) > 0) Pump();
+    }
+  }
+  // False once it exited (then reaped, exit_text() says how).
+  bool Alive() {
+    if (pid_ <= 0) return false;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      Reaped(status);
+      return false;
+    }
+    return true;
+  }
+  void Signal(int sig) {
+    if (pid_ > 0) kill(pid_, sig);
+  }
+  // Asks it to finish (SIGCONT, QUIT, end of file on stdin).
+  void RequestQuit() {
+    if (pid_ > 0) kill(pid_, SIGCONT);
+    if (to_ >= 0) {
+      Send("QUIT");
+      close(to_);
+      to_ = -1;
+    }
+  }
+  // RequestQuit, up to grace_ms for it to exit, then SIGKILL; reaps it.
+  void Stop(int grace_ms) {
+    RequestQuit();
+    const int64_t deadline = NowNs() + int64_t{grace_ms} * 1000000;
+    while (Alive() && NowNs() < deadline) usleep(5000);
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      int status = 0;
+      if (waitpid(pid_, &status, 0) == pid_) Reaped(status);
+      if (exit_text_.empty()) exit_text_ = "killed";
+      Forget();
+    }
+    if (from_ >= 0) close(from_);
+    from_ = -1;
+  }
+
+ private:
+  void Reaped(int status) {
+    if (WIFEXITED(status)) exit_text_ = Format("exit %d", WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) exit_text_ = Format("signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    Forget();
+  }
+  void Forget() {
+    std::lock_guard lock(g_children_mutex);
+    g_children.erase(pid_);
+    pid_ = -1;
+  }
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  bool eof_ = false;
+  std::string buf_;
+  std::string exit_text_;
+};
+
+// Stops many children at once: all are asked to quit, then share one grace period.
+void StopAll(const std::vector<Child *> &children, int grace_ms) {
+  for (Child *c : children) c->RequestQuit();
+  const int64_t deadline = NowNs() + int64_t{grace_ms} * 1000000;
+  for (;;) {
+    bool any = false;
+    for (Child *c : children) any = c->Alive() || any;
+    if (!any || NowNs() >= deadline) break;
+    usleep(10000);
+  }
+  for (Child *c : children) c->Stop(0);
+}
+
+// Past the deadline: a note, every child killed, exit 3.
+class Watchdog {
+ public:
+  explicit Watchdog(int seconds) {
+    thread_ = std::thread([this, seconds] {
+      std::unique_lock lock(mutex_);
+      if (cv_.wait_for(lock, std::chrono::seconds(seconds), [this] { return done_; })) return;
+      fprintf(stderr, "llmdd_bench peers: --deadline-s %d passed; killing every child and exiting\n", seconds);
+      printf("{\"mode\": \"peers\", \"op\": \"deadline\", \"error\": \"the mode ran past --deadline-s %d\"}\n",
+             seconds);
+      fflush(stdout);
+      KillAllChildren();
+      _exit(3);
+    });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// Threads of the whole system now (/proc/loadavg) and the most it may have.
+int64_t SystemThreads() {
+  FILE *f = fopen("/proc/loadavg", "r");
+  if (f == nullptr) return -1;
+  double a, b, c;
+  long running = 0, total = -1;
+  if (fscanf(f, "%lf %lf %lf %ld/%ld", &a, &b, &c, &running, &total) != 5) total = -1;
+  fclose(f);
+  return total;
+}
+
+int64_t ReadSysctl(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (f == nullptr) return -1;
+  long long v = -1;
+  if (fscanf(f, "%lld", &v) != 1) v = -1;
+  fclose(f);
+  return v;
+}
+
+int64_t SystemThreadCeiling() {
+  int64_t pid_max = ReadSysctl("/proc/sys/kernel/pid_max");
+  int64_t threads_max = ReadSysctl("/proc/sys/kernel/threads-max");
+  if (pid_max < 0) return threads_max;
+  if (threads_max < 0) return pid_max;
+  return std::min(pid_max, threads_max);
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+std::string JoinNums(const std::vector<double> &v) {
+  std::string out;
+  for (double x : v) out += (out.empty() ? "" : ",") + Format("%.3f", x);
+  return out;
+}
+
+Record PeersRecord(const std::string &op, const std::string &transport, double value, const std::string &unit,
+                   const NofileLimit &lim) {
+  Record r;
+  r.Str("mode", "peers").Str("op", op).Str("transport", transport).Num("value", value).Str("unit", unit);
+  r.Int("nofile_soft", static_cast<int64_t>(lim.soft)).Int("nofile_hard", static_cast<int64_t>(lim.hard));
+  return r;
+}
+
+// Connect of a fresh client-only engine, `samples` times (each then
+// disconnected and finalized): the times in ms, and the first failure.
+struct ConnectTimes {
+  std::vector<double> ms;
+  adxl::Status failure = adxl::SUCCESS;
+  std::string where;
+};
+
+ConnectTimes TimeConnects(const Options &opt, const std::string &transport, const std::string &target) {
+  ConnectTimes out;
+  for (int i = 0; i < opt.connect_samples; ++i) {
+    adxl::AdxlEngine e;
+    adxl::Status st = e.Initialize(kHost, ExtOptions(opt, transport));
+    if (st != adxl::SUCCESS) {
+      out.failure = st;
+      out.where = "Initialize";
+      break;
+    }
+    const int64_t t0 = NowNs();
+    st = e.Connect(target.c_str(), opt.connect_timeout_ms);
+    const double ms = static_cast<double>(NowNs() - t0) / 1e6;
+    if (st != adxl::SUCCESS) {
+      out.failure = st;
+      out.where = Format("Connect (after %.1f ms)", ms);
+      e.Finalize();
+      break;
+    }
+    out.ms.push_back(ms);
+    e.Disconnect(target.c_str(), 2000);
+    e.Finalize();
+  }
+  return out;
+}
+
+// 4 KiB READs from one client engine: the first and the last READ are checked
+// against the server's pattern (the local buffer zeroed before each).
+struct ReadFigure {
+  bool ok = false;
+  std::string error;
+  Stats stats;
+  int64_t iters = 0;
+};
+
+ReadFigure MeasureRead(const Options &opt, const std::string &transport, const std::string &target,
+                       uintptr_t remote_addr, uint64_t remote_len, uint64_t seed) {
+  ReadFigure out;
+  constexpr uint64_t kSize = 4 * kKiB;
+  const uint64_t offset = std::min<uint64_t>(3 * kSize, remote_len - kSize);
+  adxl::AdxlEngine e;
+  adxl::Status st = e.Initialize(kHost, ExtOptions(opt, transport));
+  if (st != adxl::SUCCESS) {
+    out.error = "Initialize: " + StatusName(st);
+    return out;
+  }
+  st = e.Connect(target.c_str(), opt.connect_timeout_ms);
+  if (st != adxl::SUCCESS) {
+    out.error = "Connect: " + StatusName(st);
+    e.Finalize();
+    return out;
+  }
+  Buffer local;
+  local.Allocate(kSize, false, true, 0);
+  const std::vector<adxl::TransferOpDesc> descs = {{local.addr(), remote_addr + offset, kSize}};
+  auto checked = [&](const char *which) -> std::string {
+    memset(local.data(), 0, kSize);
+    adxl::Status s = e.TransferSync(target.c_str(), adxl::READ, descs, opt.timeout_ms);
+    if (s != adxl::SUCCESS) return Format("%s READ: %s", which, StatusName(s).c_str());
+    uint64_t bad = PatternMismatches(local.data(), kSize, seed, offset);
+    if (bad != 0) return Format("%s READ: %" PRIu64 " of %" PRIu64 " bytes differ from the server's", which, bad, kSize);
+    return "";
+  };
+  out.error = checked("first");
+  if (out.error.empty()) {
+    Options o = opt;
+    o.warmup = 20;
+    o.min_iters = 100;
+    RunResult r = TimedRun(1, o, [&](int) { return EngineCall(e, target, adxl::READ, descs, opt.timeout_ms); });
+    out.stats = Summarize(r.ns);
+    out.iters = r.calls;
+    out.error = r.ok ? checked("last") : r.error;
+  }
+  out.ok = out.error.empty();
+  e.Disconnect(target.c_str(), 2000);
+  e.Finalize();
+  return out;
+}
+
+// The idle client processes and what they reported.
+struct ClientProc {
+  std::unique_ptr<Child> child;
+  int engines = 0;
+  enum State { kSpawned, kReady, kConnecting, kDone, kLost } state = kSpawned;
+  int64_t threads_before = -1, fds_before = -1, rss_before = -1;
+  uint64_t nofile_soft = 0, nofile_hard = 0;
+  int connected = 0;
+  adxl::Status failure = adxl::SUCCESS;
+  std::string where;
+  int64_t threads_after = -1, fds_after = -1, rss_after = -1;
+  double ms = 0;
+};
+
+struct IdleResult {
+  int connected = 0;
+  int processes = 0, processes_used = 0;
+  std::string stop_reason;  // why fewer than asked are connected
+  double ramp_s = 0;
+};
+
+// Connects opt.peers idle engines to `target` from client processes, at most
+// opt.parallel processes connecting at once; stops at the first failure, when
+// the server exits, when the system's thread headroom runs low or at the ramp
+// deadline.
+IdleResult ConnectIdlePeers(const Options &opt, const std::string &transport, const std::string &target,
+                            Child &server, std::vector<ClientProc> *procs, Reporter &rep) {
+  IdleResult out;
+  const int n = opt.peers;
+  for (int left = n; left > 0; left -= opt.per_process) {
+    ClientProc p;
+    p.engines = std::min(left, opt.per_process);
+    p.child = std::make_unique<Child>();
+    procs->push_back(std::move(p));
+  }
+  out.processes = static_cast<int>(procs->size());
+  const int64_t t_start = NowNs();
+  for (auto &p : *procs) {
+    auto args = PeerCommonArgs(opt, transport);
+    args.insert(args.end(), {"--role", "peers-clients", "--count", std::to_string(p.engines), "--target", target,
+                             "--connect-timeout-ms", std::to_string(opt.connect_timeout_ms)});
+    std::string error, line;
+    if (!p.child->Start(args, &error) || !p.child->WaitLine(&line, 30000)) {
+      p.state = ClientProc::kLost;
+      if (out.stop_reason.empty()) out.stop_reason = "a client process did not start: " + error;
+      break;
+    }
+    auto w = Words(line);
+    if (w.size() != 6 || w[0] != "READY") {
+      p.state = ClientProc::kLost;
+      if (out.stop_reason.empty()) out.stop_reason = "client process: " + line;
+      break;
+    }
+    p.threads_before = atoll(w[1].c_str());
+    p.fds_before = atoll(w[2].c_str());
+    p.rss_before = atoll(w[3].c_str());
+    p.nofile_soft = strtoull(w[4].c_str(), nullptr, 10);
+    p.nofile_hard = strtoull(w[5].c_str(), nullptr, 10);
+    p.state = ClientProc::kReady;
+  }
+  const int64_t deadline = t_start + int64_t{opt.ramp_deadline_s} * 1000000000;
+  const int64_t ceiling = SystemThreadCeiling();
+  size_t next = 0;
+  int active = 0;
+  for (;;) {
+    while (out.stop_reason.empty() && active < opt.parallel && next < procs->size()) {
+      ClientProc &p = (*procs)[next];
+      if (p.state != ClientProc::kReady) {
+        ++next;
+        continue;
+      }
+      // Leave the machine's other users room: about 9 client and 5 server
+      // threads per peer today, so ask for 16 a peer and keep 4096 spare.
+      const int64_t sys = SystemThreads();
+      if (ceiling > 0 && sys > 0 && sys + 16 * p.engines + 4096 > ceiling) {
+        out.stop_reason = Format("stopped: %" PRId64 " threads on the system, limit %" PRId64
+                                 " (pid_max/threads-max); kept 4096 spare",
+                                 sys, ceiling);
+        break;
+      }
+      if (!server.Alive()) {
+        out.stop_reason = "the server exited (" + server.exit_text() + ")";
+        break;
+      }
+      p.child->Send("GO");
+      p.state = ClientProc::kConnecting;
+      ++active;
+      ++next;
+      ++out.processes_used;
+    }
+    if (active == 0) break;
+    int connected_now = 0;
+    for (const auto &p : *procs) connected_now += p.connected;
+    rep.Progress(Format("peers: %d of %d idle client engines connected", connected_now, n));
+    if (NowNs() > deadline) {
+      if (out.stop_reason.empty())
+        out.stop_reason = Format("ramp deadline (--ramp-deadline-s %d) passed", opt.ramp_deadline_s);
+      for (auto &p : *procs) {
+        if (p.state != ClientProc::kConnecting) continue;
+        p.child->Stop(0);  // its engines counted as connected so far are gone now
+        p.state = ClientProc::kLost;
+        p.connected = 0;
+      }
+      break;
+    }
+    std::vector<pollfd> fds;
+    std::vector<ClientProc *> who;
+    for (auto &p : *procs) {
+      if (p.state != ClientProc::kConnecting) continue;
+      fds.push_back({p.child->fd(), POLLIN, 0});
+      who.push_back(&p);
+    }
+    if (poll(fds.data(), fds.size(), 200) < 0 && errno != EINTR) break;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (fds[i].revents == 0) continue;
+      ClientProc &p = *who[i];
+      p.child->Pump();
+      std::string line;
+      while (p.state == ClientProc::kConnecting && p.child->TakeLine(&line)) {
+        auto w = Words(line);
+        if (w.size() == 2 && w[0] == "C") {
+          p.connected = atoi(w[1].c_str());
+        } else if (w.size() == 8 && w[0] == "DONE") {
+          p.connected = atoi(w[1].c_str());
+          p.failure = static_cast<adxl::Status>(strtoul(w[2].c_str(), nullptr, 10));
+          p.where = w[3];
+          p.threads_after = atoll(w[4].c_str());
+          p.fds_after = atoll(w[5].c_str());
+          p.rss_after = atoll(w[6].c_str());
+          p.ms = atof(w[7].c_str());
+          p.state = ClientProc::kDone;
+          --active;
+          if (p.failure != adxl::SUCCESS && out.stop_reason.empty()) {
+            int before = 0;
+            for (const auto &q : *procs) before += q.connected;
+            out.stop_reason = Format("%s of an idle client returned %s (%d connected at that point)",
+                                     p.where.c_str(), StatusName(p.failure).c_str(), before);
+          }
+        }
+      }
+      if (p.state == ClientProc::kConnecting && p.child->eof()) {
+        p.child->Alive();
+        if (out.stop_reason.empty())
+          out.stop_reason = "a client process ended early (" + p.child->exit_text() + ")";
+        p.state = ClientProc::kLost;
+        p.connected = 0;
+        --active;
+      }
+    }
+  }
+  for (auto &p : *procs) {
+    if (p.state == ClientProc::kReady) p.child->Stop(2000);  // never started connecting
+    out.connected += p.connected;
+  }
+  out.ramp_s = static_cast<double>(NowNs() - t_start) / 1e9;
+  return out;
+}
+
+void NoteRecord(const Options &opt, Reporter &rep, const Record &r, const std::string &text) {
+  rep.Emit(r, false);
+  if (!opt.json) rep.Note(text + (r.Get("error").empty() ? "" : "  ERROR: " + r.Get("error")));
+}
+
+int PeersIdle(const Options &opt, Reporter &rep, const NofileLimit &lim) {
+  const std::string transport = opt.transports.front();
+  const uint64_t seed = 0xC0FFEE;
+  rep.Note(Format("# peers/idle: one server engine, %d idle client engines (%d per process, llmdd.Transport=%s); "
+                  "4 KiB READ with llmdd.Transport=%s",
+                  opt.peers, opt.per_process, transport.c_str(), [&] {
+                    std::string t;
+                    for (const auto &x : opt.transports) t += (t.empty() ? "" : ",") + x;
+                    return t;
+                  }().c_str()));
+  Child server;
+  std::string error, line;
+  auto args = PeerCommonArgs(opt, transport);
+  args.insert(args.end(), {"--role", "peers-server", "--bytes", "1M", "--seed", std::to_string(seed)});
+  rep.Progress("peers: starting the server");
+  std::vector<std::string> w;
+  if (server.Start(args, &error) && server.WaitLine(&line, 60000)) w = Words(line);
+  if (w.size() != 6 || w[0] != "READY") {
+    if (error.empty()) error = line.empty() ? "the server did not start (" + server.exit_text() + ")" : line;
+    NoteRecord(opt, rep, PeersRecord("server_threads", transport, NAN, "threads/peer", lim).Str("error", error),
+               "peers: server: " + error);
+    return kExitFailed;
+  }
+  const std::string target = std::string(kHost) + ":" + w[1];
+  const uintptr_t remote_addr = strtoull(w[2].c_str(), nullptr, 16);
+  const uint64_t remote_len = strtoull(w[3].c_str(), nullptr, 10);
+  const int64_t server_soft = atoll(w[4].c_str()), server_hard = atoll(w[5].c_str());
+  usleep(200000);
+  const ProcStats s0 = ReadProcStats(server.pid());
+
+  rep.Progress("peers: Connect and READ at 0 peers");
+  const ConnectTimes connect0 = TimeConnects(opt, transport, target);
+  std::map<std::string, ReadFigure> read0, readn;
+  for (const auto &t : opt.transports) read0[t] = MeasureRead(opt, t, target, remote_addr, remote_len, seed);
+  usleep(200000);
+  const ProcStats s0_after = ReadProcStats(server.pid());
+
+  std::vector<ClientProc> procs;
+  const IdleResult idle = ConnectIdlePeers(opt, transport, target, server, &procs, rep);
+  usleep(static_cast<useconds_t>(opt.idle_wait_ms) * 1000);  // the server settles
+  const bool server_alive = server.Alive();
+  const ProcStats sn = ReadProcStats(server.pid());
+  const int m = idle.connected;
+
+  auto base = [&](const char *op, double value, const char *unit) {
+    Record r = PeersRecord(op, transport, value, unit, lim);
+    r.Int("peers", m).Int("peers_req", opt.peers).Int("per_process", opt.per_process);
+    if (!idle.stop_reason.empty()) r.Str("stopped", idle.stop_reason);
+    return r;
+  };
+  int rc = kExitOk;
+  if (m < opt.peers) rc = kExitFailed;
+  // Server figures.
+  {
+    const bool ok = s0.ok && sn.ok && server_alive;
+    const std::string err = !server_alive ? "the server exited (" + server.exit_text() + ")"
+                            : !ok         ? "cannot read /proc of the server"
+                            : m == 0      ? "no idle peer connected"
+                                          : "";
+    auto per = [&](int64_t a, int64_t b) { return ok && m > 0 ? static_cast<double>(b - a) / m : NAN; };
+    struct Fig {
+      const char *op, *unit;
+      int64_t a, a2, b;
+    } figs[] = {{"server_threads", "threads/peer", s0.threads, s0_after.threads, sn.threads},
+                {"server_fds", "fds/peer", s0.fds, s0_after.fds, sn.fds},
+                {"server_rss", "KiB/peer", s0.rss_kib, s0_after.rss_kib, sn.rss_kib}};
+    for (const auto &f : figs) {
+      // Per idle peer: from just before the idle peers connect (after the
+      // 0-peer Connect and READ, which warm the server up) to N.
+      Record r = base(f.op, per(f.a2, f.b), f.unit);
+      r.Int("at_0", f.a).Int("at_0_before_idle", f.a2).Int("at_n", f.b);
+      r.Int("server_nofile_soft", server_soft).Int("server_nofile_hard", server_hard);
+      r.Str("error", err);
+      NoteRecord(opt, rep, r,
+                 Format("server %-8s at 0 peers %" PRId64 " (%" PRId64 " before the idle peers), at %d peers %" PRId64
+                        ": %.2f %s",
+                        f.op + 7, f.a, f.a2, m, f.b, per(f.a2, f.b), f.unit));
+    }
+    if (!err.empty()) rc = kExitFailed;
+  }
+  // Client figures.
+  {
+    int64_t dthreads = 0, dfds = 0, drss = 0, engines = 0;
+    double lo = INFINITY, hi = -INFINITY;
+    uint64_t soft = 0, hard = 0;
+    std::vector<double> before;
+    for (const auto &p : procs) {
+      if (p.state != ClientProc::kDone || p.connected == 0) continue;
+      dthreads += p.threads_after - p.threads_before;
+      dfds += p.fds_after - p.fds_before;
+      drss += p.rss_after - p.rss_before;
+      engines += p.connected;
+      const double per = static_cast<double>(p.threads_after - p.threads_before) / p.connected;
+      lo = std::min(lo, per);
+      hi = std::max(hi, per);
+      before.push_back(static_cast<double>(p.threads_before));
+      soft = p.nofile_soft;
+      hard = p.nofile_hard;
+    }
+    const double per = engines > 0 ? static_cast<double>(dthreads) / static_cast<double>(engines) : NAN;
+    Record r = base("client_threads", per, "threads/engine");
+    r.Int("engines", engines).Int("processes", idle.processes_used);
+    r.Num("threads_before_median", Median(before)).Num("per_process_min", engines > 0 ? lo : NAN);
+    r.Num("per_process_max", engines > 0 ? hi : NAN);
+    r.Num("fds_per_engine", engines > 0 ? static_cast<double>(dfds) / static_cast<double>(engines) : NAN);
+    r.Num("rss_kib_per_engine", engines > 0 ? static_cast<double>(drss) / static_cast<double>(engines) : NAN);
+    r.Int("client_nofile_soft", static_cast<int64_t>(soft)).Int("client_nofile_hard", static_cast<int64_t>(hard));
+    r.Num("ramp_s", idle.ramp_s);
+    if (engines == 0) r.Str("error", "no idle client engine connected");
+    NoteRecord(opt, rep, r,
+               Format("client threads per idle engine: %.2f (%" PRId64 " engines in %d processes; ramp %.1f s)%s", per,
+                      engines, idle.processes_used, idle.ramp_s,
+                      idle.stop_reason.empty() ? "" : ("; " + idle.stop_reason).c_str()));
+  }
+  // Connect of the (N+1)th client, then READ with N idle peers.
+  rep.Progress(Format("peers: Connect and READ at %d peers", m));
+  const ConnectTimes connectn = server_alive ? TimeConnects(opt, transport, target) : ConnectTimes{};
+  for (const auto &t : opt.transports) {
+    if (server_alive) {
+      readn[t] = MeasureRead(opt, t, target, remote_addr, remote_len, seed);
+    } else {
+      readn[t].error = "the server exited";
+    }
+  }
+  {
+    const double first = Median(connect0.ms), nth = Median(connectn.ms);
+    Record r = base("connect", nth / first, "ratio");
+    r.Num("first_ms", first).Num("nth_ms", nth).Int("samples", opt.connect_samples);
+    auto least = [](const std::vector<double> &v) { return v.empty() ? NAN : *std::min_element(v.begin(), v.end()); };
+    r.Num("first_min_ms", least(connect0.ms)).Num("nth_min_ms", least(connectn.ms));
+    r.Str("first_all_ms", JoinNums(connect0.ms)).Str("nth_all_ms", JoinNums(connectn.ms));
+    std::string err;
+    if (connect0.failure != adxl::SUCCESS)
+      err = "first client: " + connect0.where + ": " + StatusName(connect0.failure);
+    if (!server_alive) err += std::string(err.empty() ? "" : "; ") + "the server exited";
+    if (connectn.failure != adxl::SUCCESS)
+      err += std::string(err.empty() ? "" : "; ") + Format("client %d: ", m + 1) + connectn.where + ": " +
+             StatusName(connectn.failure);
+    r.Str("error", err);
+    if (!err.empty()) rc = kExitFailed;
+    NoteRecord(opt, rep, r,
+               Format("Connect of a fresh client: first %.2f ms, with %d peers %.2f ms (median of %d): ratio %.2f",
+                      first, m, nth, opt.connect_samples, nth / first));
+  }
+  for (const auto &t : opt.transports) {
+    const ReadFigure &a = read0[t], &b = readn[t];
+    const bool ok = a.ok && b.ok;
+    Record r = base("read_4k", ok ? b.stats.p50_us / a.stats.p50_us : NAN, "ratio");
+    r.Str("read_transport", t).Int("desc_size", 4096);
+    if (ok) {  // no figure from a READ whose bytes were wrong
+      r.Num("p50_0_us", a.stats.p50_us).Num("p99_0_us", a.stats.p99_us).Int("iters_0", a.iters);
+      r.Num("p50_n_us", b.stats.p50_us).Num("p99_n_us", b.stats.p99_us).Int("iters_n", b.iters);
+      r.Str("verified", "first and last READ at 0 and at N");
+    }
+    std::string err;
+    if (!a.ok) err = "at 0 peers: " + a.error;
+    if (!b.ok) err += (err.empty() ? "" : "; ") + Format("at %d peers: ", m) + b.error;
+    r.Str("error", err);
+    if (!ok) rc = kExitFailed;
+    NoteRecord(opt, rep, r,
+               ok ? Format("4 KiB READ (%s): p50 %.2f us (p99 %.2f) at 0 peers, %.2f us (p99 %.2f) at %d peers: "
+                           "ratio %.2f",
+                           t.c_str(), a.stats.p50_us, a.stats.p99_us, b.stats.p50_us, b.stats.p99_us, m,
+                           b.stats.p50_us / a.stats.p50_us)
+                  : Format("4 KiB READ (%s): no figure", t.c_str()));
+  }
+  rep.Progress("peers: stopping the idle clients");
+  std::vector<Child *> all;
+  for (auto &p : procs) all.push_back(p.child.get());
+  StopAll(all, 30000);
+  server.Stop(10000);
+  return rc;
+}
+
+int PeersFrozen(const Options &opt, Reporter &rep, const NofileLimit &lim) {
+  const std::string transport = opt.transports.front();
+  const int f = opt.frozen;
+  rep.Note(Format("# peers/frozen: one client engine connected to %d server engines (%d per process), the servers "
+                  "frozen (SIGSTOP), then Disconnect of one and Finalize",
+                  f, opt.frozen_per_process));
+  Record r = PeersRecord("finalize_frozen", transport, NAN, "ms", lim);
+  r.Int("frozen_req", f).Int("disconnect_timeout_ms", opt.disconnect_timeout_ms);
+  // What bounds it: llmdd.PeerTimeoutMs, and Finalize's goodbye deadline
+  // (docs/API.md, Finalize: "goodbyes within 1 s in all"; not an option).
+  r.Int("peer_timeout_ms", opt.peer_timeout_ms > 0 ? opt.peer_timeout_ms : 10000);
+  r.Str("peer_timeout_source", opt.peer_timeout_ms > 0 ? "--peer-timeout-ms" : "library default (docs/API.md)");
+  r.Int("close_timeout_ms", 1000).Str("close_timeout_source", "docs/API.md Finalize: goodbyes within 1 s in all");
+  std::vector<std::unique_ptr<Child>> servers;
+  std::vector<std::string> targets;
+  std::string error;
+  rep.Progress("peers: starting the frozen servers");
+  for (int left = f; left > 0 && error.empty(); left -= opt.frozen_per_process) {
+    auto c = std::make_unique<Child>();
+    auto args = PeerCommonArgs(opt, transport);
+    args.insert(args.end(),
+                {"--role", "peers-frozen", "--count", std::to_string(std::min(left, opt.frozen_per_process))});
+    std::string line;
+    if (!c->Start(args, &error)) break;
+    if (!c->WaitLine(&line, 60000)) {
+      error = "a frozen server process did not start (" + (c->Alive() ? "no READY" : c->exit_text()) + ")";
+    } else {
+      auto w = Words(line);
+      if (w.size() < 3 || w[0] != "READY") {
+        error = "frozen server process: " + line;
+      } else {
+        for (size_t i = 3; i < w.size(); ++i) targets.push_back(std::string(kHost) + ":" + w[i]);
+      }
+    }
+    servers.push_back(std::move(c));
+  }
+  r.Int("processes", static_cast<int64_t>(servers.size()));
+  Child client;
+  int connected = 0;
+  auto cleanup = [&] {
+    for (auto &s : servers) s->Signal(SIGCONT);
+    client.Stop(1000);
+    std::vector<Child *> all;
+    for (auto &s : servers) all.push_back(s.get());
+    StopAll(all, 10000);
+  };
+  if (error.empty()) {
+    std::string joined;
+    for (const auto &t : targets) joined += (joined.empty() ? "" : ",") + t;
+    auto args = PeerCommonArgs(opt, transport);
+    args.insert(args.end(), {"--role", "peers-frozen-client", "--targets", joined, "--connect-timeout-ms",
+                             std::to_string(opt.connect_timeout_ms), "--disconnect-timeout-ms",
+                             std::to_string(opt.disconnect_timeout_ms)});
+    std::string line;
+    rep.Progress(Format("peers: connecting one client to %d servers", f));
+    const int connect_budget_ms = 60000 + f * std::min(opt.connect_timeout_ms, 1000);
+    if (!client.Start(args, &error)) {
+    } else if (!client.WaitLine(&line, connect_budget_ms)) {
+      error = "the client did not connect within " + std::to_string(connect_budget_ms / 1000) + " s";
+    } else {
+      auto w = Words(line);
+      if (w.size() != 5 || w[0] != "CONNECTED") {
+        error = "client: " + line;
+      } else {
+        connected = atoi(w[1].c_str());
+        const auto first_failure = static_cast<adxl::Status>(strtoul(w[2].c_str(), nullptr, 10));
+        if (first_failure != adxl::SUCCESS) r.Str("connect_failure", StatusName(first_failure));
+        r.Int("client_nofile_soft", atoll(w[3].c_str())).Int("client_nofile_hard", atoll(w[4].c_str()));
+      }
+    }
+  }
+  r.Int("frozen", connected);
+  if (error.empty() && connected == 0) error = "the client connected to no server";
+  if (error.empty()) {
+    for (auto &s : servers) s->Signal(SIGSTOP);
+    // Until the kernel shows every one stopped ('T' in /proc/<pid>/stat), 2 s at most.
+    const int64_t until = NowNs() + 2000000000LL;
+    for (auto &s : servers) {
+      for (;;) {
+        char state = '?';
+        FILE *st = fopen(Format("/proc/%d/stat", s->pid()).c_str(), "r");
+        if (st != nullptr) {
+          if (fscanf(st, "%*d (%*[^)]) %c", &state) != 1) state = '?';
+          fclose(st);
+        }
+        if (state == 'T' || state == 't' || NowNs() > until) break;
+        usleep(1000);
+      }
+    }
+    const int budget_s = 60 + f;  // never waits longer than this for the client
+    rep.Progress(Format("peers: Disconnect and Finalize with %d frozen peers (at most %d s)", connected, budget_s));
+    client.Send("GO");
+    std::string line;
+    if (!client.WaitLine(&line, budget_s * 1000)) {
+      error = Format("Disconnect + Finalize did not return within %d s (client killed)", budget_s);
+    } else {
+      auto w = Words(line);
+      if (w.size() != 4 || w[0] != "DONE") {
+        error = "client: " + line;
+      } else {
+        const auto ds = static_cast<adxl::Status>(strtoul(w[2].c_str(), nullptr, 10));
+        r.Num("disconnect_ms", atof(w[1].c_str())).Str("disconnect_status", StatusName(ds));
+        r.Num("finalize_ms", atof(w[3].c_str()));
+        r.Num("value", atof(w[3].c_str()));
+        r.Int("finalized_with", connected - 1);  // the disconnected one is gone before Finalize
+      }
+    }
+  }
+  cleanup();
+  r.Str("error", error);
+  NoteRecord(opt, rep, r,
+             Format("Finalize with %d frozen peers: %s ms (Disconnect of one frozen peer: %s ms, timeout %d ms)",
+                    connected - 1, r.Get("finalize_ms").c_str(), r.Get("disconnect_ms").c_str(),
+                    opt.disconnect_timeout_ms));
+  return error.empty() ? kExitOk : kExitFailed;
+}
+
+int PeersRegions(const Options &opt, Reporter &rep, const NofileLimit &lim) {
+  const std::string transport = opt.transports.front();
+  const uint64_t n = opt.regions;
+  const uint64_t seed = 0xBEEF;
+  rep.Note(Format("# peers/regions: READ of %" PRIu64 " descriptors of 8 B (16 B apart), each in its own registered "
+                  "region vs all in one region (server in another process)",
+                  n));
+  Record r = PeersRecord("regions", transport, NAN, "ratio", lim);
+  r.Int("regions", static_cast<int64_t>(n)).Int("desc_size", 8).Int("stride", 16);
+  Child server;
+  std::string error, line;
+  auto args = PeerCommonArgs(opt, transport);
+  args.insert(args.end(),
+              {"--role", "peers-regions", "--regions", std::to_string(n), "--seed", std::to_string(seed)});
+  rep.Progress("peers: registering the regions");
+  std::vector<std::string> w;
+  if (server.Start(args, &error) && server.WaitLine(&line, 120000)) w = Words(line);
+  if (error.empty() && (w.size() != 6 || w[0] != "READY"))
+    error = line.empty() ? "the regions server did not start (" + server.exit_text() + ")" : line;
+  if (error.empty()) {
+    const std::string t_many = std::string(kHost) + ":" + w[1], t_one = std::string(kHost) + ":" + w[2];
+    const uintptr_t a_many = strtoull(w[3].c_str(), nullptr, 16), a_one = strtoull(w[4].c_str(), nullptr, 16);
+    adxl::AdxlEngine e;
+    adxl::Status st = e.Initialize(kHost, ExtOptions(opt, transport));
+    if (st != adxl::SUCCESS) error = "Initialize: " + StatusName(st);
+    if (error.empty() && (st = e.Connect(t_many.c_str(), opt.connect_timeout_ms)) != adxl::SUCCESS)
+      error = "Connect: " + StatusName(st);
+    if (error.empty() && (st = e.Connect(t_one.c_str(), opt.connect_timeout_ms)) != adxl::SUCCESS)
+      error = "Connect: " + StatusName(st);
+    Buffer local;
+    if (error.empty() && !local.Allocate(n * 16, false, true, 0)) error = "cannot allocate the local buffer";
+    struct Side {
+      const char *name;
+      std::string target;
+      uintptr_t addr;
+      uint64_t seed;
+      int reps;
+      double p50_ms = NAN, p99_ms = NAN;
+    } sides[] = {{"one", t_one, a_one, seed + 1, 5}, {"many", t_many, a_many, seed, 3}};
+    for (auto &s : sides) {
+      if (!error.empty()) break;
+      rep.Progress(Format("peers: READ of %" PRIu64 " descriptors, %s region(s)", n, s.name));
+      std::vector<adxl::TransferOpDesc> descs;
+      for (uint64_t i = 0; i < n; ++i) descs.push_back({local.addr() + i * 16, s.addr + i * 16, 8});
+      auto checked = [&](const char *which) -> std::string {
+        memset(local.data(), 0, n * 16);
+        adxl::Status c = e.TransferSync(s.target.c_str(), adxl::READ, descs, opt.timeout_ms);
+        if (c != adxl::SUCCESS) return Format("%s READ (%s): %s", which, s.name, StatusName(c).c_str());
+        uint64_t bad = 0;
+        for (uint64_t i = 0; i < n; ++i) {
+          bad += PatternMismatches(local.data() + i * 16, 8, s.seed, i * 16);
+          for (uint64_t j = 8; j < 16; ++j) bad += local.data()[i * 16 + j] != 0 ? 1 : 0;  // gaps untouched
+        }
+        return bad == 0 ? "" : Format("%s READ (%s): %" PRIu64 " bytes wrong", which, s.name, bad);
+      };
+      error = checked("first");  // also the warm-up
+      if (!error.empty()) break;
+      Options o = opt;
+      o.warmup = 0;
+      o.min_iters = s.reps;
+      o.time_s = 1e-3;
+      RunResult rr = TimedRun(1, o, [&](int) { return EngineCall(e, s.target, adxl::READ, descs, opt.timeout_ms); });
+      if (!rr.ok) {
+        error = Format("READ (%s): %s", s.name, rr.error.c_str());
+        break;
+      }
+      Stats stats = Summarize(rr.ns);
+      s.p50_ms = stats.p50_us / 1e3;
+      s.p99_ms = stats.max_us / 1e3;
+      error = checked("last");
+    }
+    if (error.empty()) {
+      const double one_ns = sides[0].p50_ms * 1e6 / static_cast<double>(n);
+      const double many_ns = sides[1].p50_ms * 1e6 / static_cast<double>(n);
+      r.Num("value", many_ns / one_ns);
+      r.Num("per_desc_ns_many", many_ns).Num("per_desc_ns_one", one_ns);
+      r.Num("call_p50_ms_many", sides[1].p50_ms).Num("call_max_ms_many", sides[1].p99_ms);
+      r.Num("call_p50_ms_one", sides[0].p50_ms).Num("call_max_ms_one", sides[0].p99_ms);
+      r.Int("calls_many", sides[1].reps).Int("calls_one", sides[0].reps);
+      r.Str("verified", "first and last READ of each");
+    }
+    e.Finalize();
+  }
+  server.Stop(10000);
+  r.Str("error", error);
+  NoteRecord(opt, rep, r,
+             Format("READ of %" PRIu64 " x 8 B descriptors: %s ns/descriptor in %" PRIu64 " regions, %s in one: ratio %s",
+                    n, r.Get("per_desc_ns_many").c_str(), n, r.Get("per_desc_ns_one").c_str(), r.Get("value").c_str()));
+  return error.empty() ? kExitOk : kExitFailed;
+}
+
+int RunPeers(const Options &opt, Reporter &rep) {
+  const NofileLimit lim = RaiseNofile();
+  Watchdog watchdog(opt.deadline_s);
+  rep.Note(Format("# peers: RLIMIT_NOFILE %" PRIu64 "/%" PRIu64 " (soft raised to hard in every process); "
+                  "%" PRId64 " threads on the system, limit %" PRId64,
+                  lim.soft, lim.hard, SystemThreads(), SystemThreadCeiling()));
+  auto has = [&](const char *s) { return std::find(opt.sections.begin(), opt.sections.end(), s) != opt.sections.end(); };
+  int rc = kExitOk;
+  if (has("idle")) rc = std::max(rc, PeersIdle(opt, rep, lim));
+  if (has("frozen")) rc = std::max(rc, PeersFrozen(opt, rep, lim));
+  if (has("regions")) rc = std::max(rc, PeersRegions(opt, rep, lim));
+  KillAllChildren();  // none should be left; never leave one behind
+  return rc;
+}
+
 // ------------------------------------------------------------------ plot
 
 bool HaveProgram(const std::string &name) {
@@ -2049,6 +3328,7 @@ int main(int argc, char **argv) {
   if (opt.mode == "memcpy") rc = RunMemcpy(opt, rep);
   if (opt.mode == "pingpong") rc = RunPingPong(opt, rep);
   if (opt.mode == "overhead") rc = RunOverhead(opt, rep);
+  if (opt.mode == "peers") rc = RunPeers(opt, rep);
   rep.ClearProgress();
   Plot(opt, rep);
   return rc;
