@@ -147,12 +147,6 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
 
 }  // namespace
 
-bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count) {
-  if (count == 0) return false;
-  if (op == adxl::READ && total_bytes < kSameHostMinReadBytes) return false;
-  return total_bytes / count >= kSameHostMinAvgDescriptor;
-}
-
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                            uint64_t request_id, Deadline deadline, PeerProcess *same_host_peer) {
   const bool is_read = op == adxl::READ;

@@ -17,6 +17,7 @@
 #include "common/deadline.h"
 #include "engine/incoming_message.h"
 #include "engine/memory_registry.h"
+#include "engine/path_policy.h"
 #include "engine/wire.h"
 #include "transport/shm/cma.h"
 #include "transport/stream.h"
@@ -37,19 +38,11 @@ struct LaneResult {
   std::string error;  // why, for the caller's log line
 };
 
-// Where the same-host path is not worth it, the request goes over the lane's
-// socket instead: a same-host READ costs a third message (the lease release)
-// and the kernel pins every remote iovec (~0.4 µs each), so small READs and
-// batches of small descriptors are faster as a plain TCP request.
-constexpr uint64_t kSameHostMinReadBytes = 64 * 1024;
-constexpr uint64_t kSameHostMinAvgDescriptor = 4 * 1024;
-bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count);
-
 // Sends one Read or Write request for `count` (<= wire::kMaxRangesPerRequest)
 // segments and completes it: READ fills the local ranges, WRITE sends them.
 // same_host != nullptr: the same-host path with that server process is
 // available (both sides verified they reach each other's memory;
-// docs/PROTOCOL.md) and is used where SameHostPays, while the process is
+// docs/PROTOCOL.md) and is used where SameHostPays (engine/path_policy.h), while the process is
 // still trusted.
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                            uint64_t request_id, Deadline deadline, PeerProcess *same_host = nullptr);

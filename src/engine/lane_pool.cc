@@ -246,20 +246,14 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
   if (segs.empty()) return adxl::SUCCESS;
   uint64_t total = 0;
   for (const auto &s : segs) total += s.len;
-  if (op == adxl::READ && SameHost() && segs.size() <= kOneSidedMaxDescriptors &&
-      total < kSameHostMinReadBytes) {
+  if (SameHost() && OneSidedReadFits(op, total, segs.size())) {
     if (TryOneSidedRead(segs, deadline)) return adxl::SUCCESS;
     if (deadline.Expired()) {  // renewing the lease took the whole time: the peer does not answer
       *error = "no answer from " + peer_name_ + " before the deadline (read lease renewal)";
       return adxl::TIMEOUT;
     }
   }
-  size_t parts = 1;
-  const size_t lanes = LaneCount();
-  if (total >= kParallelThreshold && lanes > 1 && workers_ != nullptr) {
-    parts = static_cast<size_t>(std::min<uint64_t>(lanes, total / kMinPartBytes));
-    parts = std::max<size_t>(parts, 1);
-  }
+  const size_t parts = workers_ != nullptr ? SplitParts(total, LaneCount()) : 1;
   if (parts == 1) {
     LaneResult r = RunPart(op, segs.data(), segs.size(), deadline);
     *error = r.error;

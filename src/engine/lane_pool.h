@@ -57,15 +57,6 @@ class LanePool {
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.
   void ShutdownAll();
 
-  // Same-host READs this small (bytes and descriptors) are copied one-sidedly
-  // under a standing read lease, renewed this long before it ends.
-  static constexpr size_t kOneSidedMaxDescriptors = 64;
-  static constexpr std::chrono::milliseconds kLeaseRenewMargin{20};
-
-  // Transfers of at least this many bytes are split across lanes.
-  static constexpr uint64_t kParallelThreshold = 1ULL << 20;
-  static constexpr uint64_t kMinPartBytes = 256ULL << 10;
-
  private:
   struct Lane {
     std::shared_ptr<ByteStream> stream;  // null: not open (yet, or any more)
