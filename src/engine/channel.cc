@@ -62,13 +62,14 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   // Broken forward lanes are reopened on demand with the same session.
   Channel *raw = channel.get();
   channel->lanes_ = std::make_unique<LanePool>(
-      params.remote_id, params.workers, [raw](Deadline d, std::string *why) -> std::shared_ptr<ByteStream> {
+      params.remote_id, params.workers,
+      [raw](Deadline d, adxl::Status *status, std::string *why) -> std::shared_ptr<ByteStream> {
         if (raw->stopping_.load() || raw->Dead()) {
+          *status = adxl::FAILED;
           *why = raw->Dead() ? raw->DeadReason() : "channel is closing";
           return nullptr;
         }
-        adxl::Status s = adxl::SUCCESS;
-        return raw->OpenLane(wire::ConnRole::kDataLane, d, &s, why);
+        return raw->OpenLane(wire::ConnRole::kDataLane, d, status, why);
       });
   channel->lanes_->SetSameHost(forward_same_host ? channel->server_process_ : nullptr);
   // Data lanes open when a transfer first needs them and close after they sat

@@ -98,6 +98,8 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       if (!SetBounded(key, value, 64 << 10, 64 << 20, &config->max_peer_message_bytes, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptMaxSessions) {
       if (!SetBounded(key, value, 1, 1000000, &config->max_sessions, error)) return adxl::PARAM_INVALID;
+    } else if (key == kOptMaxLanesPerSession) {
+      if (!SetBounded(key, value, 1, 1024, &config->max_lanes_per_session, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptMaxHandshakes) {
       if (!SetBounded(key, value, 1, 65536, &config->max_handshakes, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptTransport) {

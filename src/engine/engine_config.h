@@ -51,6 +51,7 @@ struct EngineConfig {
   // RESOURCE_EXHAUSTED (its Connect fails fast instead of timing out).
   uint32_t max_sessions = 1024;        // llmdd.MaxSessions [1, 1000000]: client engines connected at once
   uint32_t max_handshakes = 64;        // llmdd.MaxHandshakes [1, 65536]: connections that have not said Hello yet
+  uint32_t max_lanes_per_session = 64; // llmdd.MaxLanesPerSession [1, 1024]: data lanes one client engine may open
   // Silence after which the server drops a client's session.
   uint32_t SessionSilenceMs(uint32_t client_peer_timeout_ms) const;
 };
@@ -70,6 +71,7 @@ constexpr const char kOptDeregisterGraceMs[] = "llmdd.DeregisterGraceMs";
 constexpr const char kOptMaxPeerMessageBytes[] = "llmdd.MaxPeerMessageBytes";
 constexpr const char kOptMaxSessions[] = "llmdd.MaxSessions";
 constexpr const char kOptMaxHandshakes[] = "llmdd.MaxHandshakes";
+constexpr const char kOptMaxLanesPerSession[] = "llmdd.MaxLanesPerSession";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 // Shared secret bounds. The handshake lets a rogue server at an address the
 // client connects to collect one client proof per attempt, which it can test

@@ -100,14 +100,22 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
     // one after another keeps using one warm lane (its server spins for the
     // next request, see LaneServer) while the others stay idle and close.
     // An open lane is preferred to one that must be opened.
+    const auto now = Deadline::Clock::now();
     Lane *free_open = nullptr, *free_closed = nullptr;
     bool any_open = false;
+    auto next_retry = Deadline::Clock::time_point::max();
     for (size_t i = 0; i < count_; ++i) {
       Lane &lane = lanes_[i];
       any_open |= lane.stream != nullptr || lane.busy;
       if (lane.busy) continue;
       if (lane.stream && free_open == nullptr) free_open = &lane;
-      if (!lane.stream && free_closed == nullptr) free_closed = &lane;
+      if (!lane.stream && free_closed == nullptr) {
+        if (lane.retry_after <= now) {
+          free_closed = &lane;
+        } else {
+          next_retry = std::min(next_retry, lane.retry_after);
+        }
+      }
     }
     if (free_open != nullptr) {
       free_open->busy = true;
@@ -118,29 +126,38 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
       free_closed->busy = true;  // reserved while it is opened, outside the lock
       lock.unlock();
       std::string why;
-      std::shared_ptr<ByteStream> fresh = reconnect_(deadline, &why);
+      adxl::Status refused = adxl::FAILED;
+      std::shared_ptr<ByteStream> fresh = reconnect_(deadline, &refused, &why);
       lock.lock();
-      if (!fresh || shut_down_.load()) {
-        free_closed->busy = false;
-        freed_.notify_one();
-        if (fresh) fresh->Shutdown();
-        *error = "cannot open a connection to " + peer_name_ + ": " + (fresh ? "the link is closing" : why);
-        *status = deadline.Expired() ? adxl::TIMEOUT : adxl::FAILED;
-        return nullptr;
+      if (fresh && !shut_down_.load()) {
+        free_closed->stream = fresh;
+        *stream = std::move(fresh);
+        return free_closed;
       }
-      free_closed->stream = fresh;
-      *stream = std::move(fresh);
-      return free_closed;
+      free_closed->busy = false;
+      freed_.notify_one();
+      if (fresh) fresh->Shutdown();
+      const bool others_open = std::any_of(lanes_, lanes_ + count_, [](const Lane &l) { return l.stream != nullptr; });
+      if (!fresh && refused == adxl::RESOURCE_EXHAUSTED && others_open && !deadline.Expired()) {
+        // The peer takes no more lanes from us now: the open ones carry the
+        // requests, this one is tried again later.
+        free_closed->retry_after = Deadline::Clock::now() + std::chrono::seconds(1);
+        continue;
+      }
+      *error = "cannot open a connection to " + peer_name_ + ": " + (fresh ? "the link is closing" : why);
+      *status = deadline.Expired() ? adxl::TIMEOUT : fresh ? adxl::FAILED : refused;
+      return nullptr;
     }
-    if (!any_open) {
+    if (!any_open && next_retry == Deadline::Clock::time_point::max()) {
       *status = adxl::FAILED;
       *error = "all connections to " + peer_name_ + " are lost";
       return nullptr;
     }
-    // Every lane is busy: queue for the next one freed.
-    if (deadline.IsNever()) {
+    // Every lane is busy (or waits to be retried): queue for the next one freed.
+    const Deadline::Clock::time_point until = std::min(deadline.At(), next_retry);
+    if (until == Deadline::Clock::time_point::max()) {
       freed_.wait(lock);
-    } else if (freed_.wait_until(lock, deadline.At()) == std::cv_status::timeout && deadline.Expired()) {
+    } else if (freed_.wait_until(lock, until) == std::cv_status::timeout && deadline.Expired()) {
       *status = adxl::TIMEOUT;
       *error = "no free connection to " + peer_name_ + " before the deadline";
       return nullptr;

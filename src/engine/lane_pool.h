@@ -27,8 +27,9 @@ namespace llmdd {
 class LanePool {
  public:
   static constexpr size_t kMaxLanes = 64;
-  // Opens a fresh lane to the same peer; returns nullptr with *error on failure.
-  using Reconnector = std::function<std::shared_ptr<ByteStream>(Deadline, std::string *error)>;
+  // Opens a fresh lane to the same peer; returns nullptr with *status (the
+  // peer's refusal, TIMEOUT, FAILED) and *error on failure.
+  using Reconnector = std::function<std::shared_ptr<ByteStream>(Deadline, adxl::Status *status, std::string *error)>;
 
   LanePool(std::string peer_name, WorkerPool *workers, Reconnector reconnect);
   ~LanePool();
@@ -62,6 +63,9 @@ class LanePool {
     std::shared_ptr<ByteStream> stream;  // null: not open (yet, or any more)
     bool busy = false;                   // a request (or its reconnect) owns the lane
     Deadline::Clock::time_point last_used{};
+    // Not reopened before this after the peer refused to open it (other
+    // lanes carry the requests meanwhile).
+    Deadline::Clock::time_point retry_after{};
   };
   class LaneGuard;
 

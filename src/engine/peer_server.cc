@@ -402,10 +402,12 @@ bool PeerServer::StartDataLane(const ConnectionPtr &conn) {
       stream->Shutdown();
       return false;
     }
-    if (it->second->lanes.size() >= LanePool::kMaxLanes) {
-      LOG_WARN("data connection from %s refused: its session already has %zu lanes", hello.engine_id.c_str(),
-               it->second->lanes.size());
-      SendRefusal(*stream, adxl::FAILED, "too many lanes for one session", Deadline::AfterMs(200));
+    if (it->second->lanes.size() >= config_.max_lanes_per_session) {
+      const std::string why = "its session already has " + std::to_string(it->second->lanes.size()) +
+                              " data lanes (llmdd.MaxLanesPerSession)";
+      LogRefusalRateLimited(&refused_lanes_ms_, "refused a data lane of " + hello.engine_id + ": " + why);
+      SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "engine " + local_id_ + " refused a data lane: " + why,
+                  Deadline::AfterMs(200));
       stream->Shutdown();
       return false;
     }

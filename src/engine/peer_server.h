@@ -126,7 +126,7 @@ class PeerServer {
   std::set<uint64_t> watches_;       // this server's live watches (Stop waits them out)
   // When each kind of refusal was last logged (steady clock, ms).
   std::atomic<int64_t> refused_descriptors_ms_{0}, refused_handshakes_ms_{0}, refused_watches_ms_{0},
-      refused_sessions_ms_{0};
+      refused_sessions_ms_{0}, refused_lanes_ms_{0};
 };
 
 }  // namespace llmdd

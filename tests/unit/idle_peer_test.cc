@@ -88,5 +88,33 @@ TEST_P(IdlePeer, HoldsOnlyItsControlConnectionAndLanesComeAndGoWithUse) {
 
 INSTANTIATE_TEST_SUITE_P(Transport, IdlePeer, ::testing::Values("tcp", "auto"));
 
+// The server's llmdd.MaxLanesPerSession refuses lanes beyond it with
+// RESOURCE_EXHAUSTED: a transfer split for more lanes is carried by the ones
+// the server took, and moves the right bytes.
+TEST(LanesPerSession, ATransferSplitForMoreLanesThanTheServerTakesUsesTheLanesItGot) {
+  Engine server, client;
+  const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  ASSERT_EQ(server.Initialize(server_id, {{"llmdd.MaxLanesPerSession", "1"}}), adxl::SUCCESS);
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.Transport", "tcp"}, {"llmdd.TcpConnections", "4"}}),
+            adxl::SUCCESS);
+  std::vector<char> remote(8 << 20), local(remote.size());
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 31 + 7);
+  uint64_t handle = 0;
+  ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(client.RegisterMem(reinterpret_cast<uintptr_t>(local.data()), local.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  const int before = OpenSockets();
+  ASSERT_EQ(client.Connect(server_id, 3000), adxl::SUCCESS);
+  adxl::TransferOpDesc desc{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()),
+                            remote.size()};
+  for (int round = 0; round < 3; ++round) {
+    std::fill(local.begin(), local.end(), 0);
+    ASSERT_EQ(client.TransferSync(server_id, adxl::READ, &desc, 1, 5000), adxl::SUCCESS) << round;
+    EXPECT_EQ(local, remote);
+  }
+  EXPECT_EQ(OpenSockets() - before, 4) << "control and one lane, both ends";
+}
+
 }  // namespace
 }  // namespace llmdd
