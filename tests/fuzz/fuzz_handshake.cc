@@ -5,10 +5,11 @@
 //                    bit 1  client side (else server side)
 //   byte 1..  the bytes the peer sends.
 //
-// Server side (socketpair): what PeerServer::HandleConnection does with a new
-// connection: ReadHello, AuthenticateClient when a secret is set, refusals,
-// HelloAck, then control messages (ReadControl, Ping -> Pong, Goodbye ->
-// GoodbyeAck) until the stream ends or breaks the protocol.
+// Server side (socketpair): what PeerServer's handlers do with a new
+// connection, message by message as it arrives (IncomingMessage): ParseHello,
+// SendAuthChallenge / CheckAuthAnswer when a secret is set, refusals,
+// HelloAck, then control messages (Ping -> Pong, Goodbye -> GoodbyeAck) until
+// the stream ends or breaks the protocol.
 // Client side (loopback TCP, the harness accepts and plays the server):
 // OpenPeerConnection, which sends Hello and decodes AuthChallenge /
 // AuthConfirm / HelloAck / Error answers.
@@ -28,6 +29,7 @@
 // for the process that holds the other end of the connection (see
 // CheckSameHost); whatever is accepted respects the decoder bounds.
 #include <arpa/inet.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,6 +40,7 @@
 #include <string>
 
 #include "common/log.h"
+#include "engine/incoming_message.h"
 #include "engine/handshake.h"
 #include "engine/wire.h"
 #include "fuzz_common.h"
@@ -112,6 +115,21 @@ void CheckNothingProvedToAnUnauthenticatedPeer(const std::string &sent) {
   }
 }
 
+// What the event-driven server does between two readable events, in a loop:
+// feeds what arrived to `incoming` until a whole message is there (as
+// PeerServer's handlers do), waiting in poll() for at most `ms`.
+IncomingMessage::State NextMessage(IncomingMessage &incoming, TcpStream &stream, bool with_body, uint64_t max_body,
+                                   int ms, std::string *error) {
+  const Deadline deadline = Deadline::AfterMs(ms);
+  for (;;) {
+    IncomingMessage::State state = incoming.Feed(stream, with_body, max_body, error);
+    if (state != IncomingMessage::State::kPartial) return state;
+    if (deadline.Expired()) return IncomingMessage::State::kClosed;  // the handshake deadline
+    pollfd ready{stream.NativeHandle(), POLLIN, 0};
+    poll(&ready, 1, deadline.RemainingMsForPoll());
+  }
+}
+
 void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
   int fds[2];
   if (!fuzz::SocketPair(fds)) abort();
@@ -120,10 +138,19 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
   TcpStream stream(fds[0], "fuzz-peer");
   wire::Hello hello;
   std::string error;
-  bool ok = ReadHello(stream, Deadline::AfterMs(2000), &hello, &error);
-  if (g_debug) fprintf(stderr, "  server: ReadHello %s %s\n", ok ? "ok" : "failed:", error.c_str());
+  IncomingMessage incoming;
+  // PeerServer::OnHandshakeMessage, stage Hello.
+  IncomingMessage::State state =
+      NextMessage(incoming, stream, /*with_body=*/true, wire::kMaxControlBody, 2000, &error);
+  bool ok = state == IncomingMessage::State::kComplete &&
+            ParseHello(incoming.Header(), incoming.Body(), &hello, &error);
+  if (state == IncomingMessage::State::kComplete) {
+    FUZZ_CHECK(incoming.Body().size() <= wire::kMaxControlBody, "hello body over its bound assembled");
+  }
+  incoming.Reset();
+  if (g_debug) fprintf(stderr, "  server: Hello %s %s\n", ok ? "ok" : "failed:", error.c_str());
   if (!ok) {
-    FUZZ_CHECK(!error.empty(), "hello refused without a reason");
+    FUZZ_CHECK(state != IncomingMessage::State::kComplete || !error.empty(), "hello refused without a reason");
     SendRefusal(stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
   } else {
     const uint32_t role = static_cast<uint32_t>(hello.role);
@@ -131,8 +158,17 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
     FUZZ_CHECK(hello.engine_id.size() <= wire::kMaxEngineIdLen && hello.nonce.size() <= wire::kMaxAuthField,
                "oversized hello field accepted");
     if (with_secret) {
-      ok = AuthenticateClient(stream, hello, kSecret, Deadline::AfterMs(2000), &error);
-      if (g_debug) fprintf(stderr, "  server: AuthenticateClient %s %s\n", ok ? "ok" : "failed:", error.c_str());
+      // Stage AuthAnswer: the challenge, then the answer once it has arrived whole.
+      std::string server_nonce;
+      ok = SendAuthChallenge(stream, hello, Deadline::AfterMs(2000), &server_nonce, &error);
+      if (ok) {
+        state = NextMessage(incoming, stream, /*with_body=*/true, wire::kMaxAuthField, 2000, &error);
+        ok = state == IncomingMessage::State::kComplete &&
+             CheckAuthAnswer(stream, hello, kSecret, server_nonce, incoming.Header(), incoming.Body(),
+                             Deadline::AfterMs(2000), &error);
+        incoming.Reset();
+      }
+      if (g_debug) fprintf(stderr, "  server: authentication %s %s\n", ok ? "ok" : "failed:", error.c_str());
       FUZZ_CHECK(!ok, "a peer that cannot know the challenge passed authentication");
       SendRefusal(stream, adxl::FAILED, "authentication failed: " + error, Deadline::AfterMs(200));
     }
@@ -147,17 +183,20 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
       FillIdentity(&ack, stream);
     }
     if (SendHelloAck(stream, ack, Deadline::AfterMs(2000))) {
+      // PeerServer::OnControlMessage.
       for (int i = 0; i < 64; ++i) {
-        wire::MsgHeader header;
-        IoStatus io = IoStatus::kOk;
-        if (!ReadControl(stream, Deadline::AfterMs(2000), &header, &io, &error)) {
-          FUZZ_CHECK(io != IoStatus::kOk || !error.empty(), "protocol error without a reason");
-          if (io == IoStatus::kOk) SendRefusal(stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
+        state = NextMessage(incoming, stream, /*with_body=*/true, 0, 2000, &error);
+        if (state != IncomingMessage::State::kComplete) {
+          FUZZ_CHECK(state != IncomingMessage::State::kInvalid || !error.empty(), "protocol error without a reason");
+          if (state == IncomingMessage::State::kInvalid)
+            SendRefusal(stream, adxl::PARAM_INVALID, error, Deadline::AfterMs(200));
           break;
         }
-        FUZZ_CHECK(wire::CheckHeader(header).empty(), "ReadControl accepted a bad header");
+        const wire::MsgHeader header = incoming.Header();
+        incoming.Reset();
+        FUZZ_CHECK(wire::CheckHeader(header).empty(), "a bad header was assembled");
+        FUZZ_CHECK(header.body_len == 0, "a control message with a body was assembled");
         if (g_debug) fprintf(stderr, "  server: control message %s\n", wire::MsgTypeName(header.type));
-        if (header.body_len != 0) break;
         if (header.type == static_cast<uint16_t>(wire::MsgType::kPing)) {
           if (!SendControl(stream, wire::MsgType::kPong, header.request_id, Deadline::AfterMs(2000))) break;
         } else {
