@@ -45,6 +45,15 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       OpenPeerConnection(params.remote, hello, params.config.auth_secret, deadline, &ack, &status, error);
   if (!channel->control_) return status;
   channel->session_id_ = ack.session_id;
+  // Watched from here on, so the answer to a goodbye (on a failure below too) is seen.
+  Channel *raw = channel.get();
+  channel->control_watch_ =
+      params.reactor->Watch(channel->control_->NativeHandle(), [raw] { return raw->OnControlReadable(); }, error);
+  if (channel->control_watch_ == 0) {
+    *error = "cannot watch the control connection to " + params.remote_id + ": " + *error;
+    channel->Close(Deadline::AfterMs(200));
+    return adxl::RESOURCE_EXHAUSTED;
+  }
   // Same-host path: forward lanes when the server reached our memory; reverse
   // lanes when we reach the server's.
   std::string why_not;
@@ -60,7 +69,6 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   }
 
   // Broken forward lanes are reopened on demand with the same session.
-  Channel *raw = channel.get();
   channel->lanes_ = std::make_unique<LanePool>(
       params.remote_id, params.workers,
       [raw](Deadline d, adxl::Status *status, std::string *why) -> std::shared_ptr<ByteStream> {
@@ -102,14 +110,6 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       return adxl::RESOURCE_EXHAUSTED;
     }
     channel->reverse_watches_.push_back(watch);
-  }
-  channel->ping_sent_ms_.store(0);
-  channel->control_watch_ =
-      params.reactor->Watch(channel->control_->NativeHandle(), [raw] { return raw->OnControlReadable(); }, error);
-  if (channel->control_watch_ == 0) {
-    *error = "cannot watch the control connection to " + params.remote_id + ": " + *error;
-    channel->Close(Deadline::AfterMs(200));
-    return adxl::RESOURCE_EXHAUSTED;
   }
   channel->heartbeat_timer_ = params.reactor->Every(std::chrono::milliseconds(params.config.heartbeat_interval_ms),
                                                     [raw] { raw->Heartbeat(); });
