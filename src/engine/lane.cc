@@ -164,11 +164,13 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   if (same_host) {
     const uint64_t deadline_ns = static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.At().time_since_epoch()).count());
-    memcpy(body.data() + wire::kRangeBodyHeader, &deadline_ns, sizeof(deadline_ns));
+    wire::PutU64(body.data() + wire::kRangeBodyHeader, deadline_ns);
   }
   for (size_t i = 0; i < count; ++i) {
-    uint64_t entry[3] = {segs[i].remote, segs[i].len, segs[i].local};
-    memcpy(body.data() + entries_at + i * entry_size, entry, entry_size);
+    uint8_t *entry = body.data() + entries_at + i * entry_size;
+    wire::PutU64(entry, segs[i].remote);
+    wire::PutU64(entry + 8, segs[i].len);
+    if (same_host) wire::PutU64(entry + 16, segs[i].local);
   }
   wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
 
@@ -415,8 +417,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   // memory is never touched after it (a timed-out caller may reuse its buffers).
   Deadline requester_deadline = Deadline::Never();
   if (same_host) {
-    uint64_t ns = 0;
-    memcpy(&ns, body.data() + wire::kRangeBodyHeader, sizeof(ns));
+    const uint64_t ns = wire::GetU64(body.data() + wire::kRangeBodyHeader);
     requester_deadline = Deadline(Deadline::Clock::time_point(
         std::chrono::nanoseconds(static_cast<int64_t>(std::min<uint64_t>(ns, INT64_MAX)))));
   }
@@ -433,10 +434,10 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   uint64_t sum = 0;
   std::string refusal;
   for (uint32_t i = 0; i < count && refusal.empty(); ++i) {
-    uint64_t entry[3] = {0, 0, 0};
-    memcpy(entry, body.data() + entries_at + i * entry_size, entry_size);
-    const uint64_t addr = entry[0], len = entry[1];
-    if (same_host) peer_iov.push_back({reinterpret_cast<void *>(static_cast<uintptr_t>(entry[2])), len});
+    const uint8_t *entry = body.data() + entries_at + i * entry_size;
+    const uint64_t addr = wire::GetU64(entry), len = wire::GetU64(entry + 8);
+    if (same_host)
+      peer_iov.push_back({reinterpret_cast<void *>(static_cast<uintptr_t>(wire::GetU64(entry + 16))), len});
     if (len == 0 || __builtin_add_overflow(sum, len, &sum)) {
       refusal = "range " + std::to_string(i) + " has an invalid length";
     } else if (addr == 0 || !pins.Cover(static_cast<uintptr_t>(addr), len, is_read ? kAccessRead : kAccessWrite)) {

@@ -156,16 +156,16 @@ bool DecodeHelloAck(const std::string &body, HelloAck *out) {
 }
 
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]) {
-  memcpy(out, &count, 4);
-  memcpy(out + 4, &timeout_ms, 4);
-  memcpy(out + 8, &total, 8);
+  PutU32(out, count);
+  PutU32(out + 4, timeout_ms);
+  PutU64(out + 8, total);
 }
 
 std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
                               uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size) {
-  memcpy(count, in, 4);
-  memcpy(timeout_ms, in + 4, 4);
-  memcpy(total, in + 8, 8);
+  *count = GetU32(in);
+  *timeout_ms = GetU32(in + 4);
+  *total = GetU64(in + 8);
   if (*count == 0 || *count > kMaxRangesPerRequest)
     return "range count " + std::to_string(*count) + " outside [1, " + std::to_string(kMaxRangesPerRequest) + "]";
   const uint64_t extra = entry_size == kSameHostEntrySize ? kSameHostDeadlineSize : 0;

@@ -1,6 +1,9 @@
 // Wire format of the engine's protocol (documented in docs/PROTOCOL.md).
 // Every message is a fixed 40-byte header, a structured body of body_len bytes
-// and, for data messages, payload_len bulk bytes. All integers little-endian.
+// and, for data messages, payload_len bulk bytes. All integers little-endian,
+// whatever the host: bodies are encoded byte by byte (BodyWriter/BodyReader,
+// PutU32/GetU32...); the header is copied as a host struct, which the
+// static_assert below confines to little-endian hosts.
 // Decoding treats every byte as untrusted: sizes are bounded before anything is
 // allocated, unknown types/versions are refused.
 #pragma once
@@ -12,6 +15,12 @@
 #include <vector>
 
 namespace llmdd::wire {
+
+// MsgHeader is sent and received as a host struct (memcpy / iovec): that is
+// the protocol's byte order only on a little-endian host. A big-endian port
+// must encode it field by field (everything else already is).
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "the wire protocol is little-endian and MsgHeader is copied as a host struct");
 
 constexpr uint32_t kMagic = 0x4C58444CU;  // bytes "LDXL"
 constexpr uint16_t kVersion = 1;
@@ -151,11 +160,46 @@ std::string EncodeLeaseGrant(const std::vector<Range> &regions);
 // False if malformed (count beyond kMaxLeaseRegions or not matching the length).
 bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions);
 
+// Little-endian integers at a byte address, whatever the host's byte order
+// (written so that compilers merge them into single loads/stores).
+inline void PutU16(uint8_t *p, uint16_t v) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+inline void PutU32(uint8_t *p, uint32_t v) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+  p[2] = static_cast<uint8_t>(v >> 16);
+  p[3] = static_cast<uint8_t>(v >> 24);
+}
+inline void PutU64(uint8_t *p, uint64_t v) {
+  PutU32(p, static_cast<uint32_t>(v));
+  PutU32(p + 4, static_cast<uint32_t>(v >> 32));
+}
+inline uint16_t GetU16(const uint8_t *p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+inline uint32_t GetU32(const uint8_t *p) {
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+inline uint64_t GetU64(const uint8_t *p) { return uint64_t{GetU32(p)} | (uint64_t{GetU32(p + 4)} << 32); }
+
 // Little-endian encoder/decoder helpers.
 class BodyWriter {
  public:
-  void U32(uint32_t v) { Append(&v, sizeof(v)); }
-  void U64(uint64_t v) { Append(&v, sizeof(v)); }
+  void U16(uint16_t v) {
+    uint8_t b[2];
+    PutU16(b, v);
+    Append(b, sizeof(b));
+  }
+  void U32(uint32_t v) {
+    uint8_t b[4];
+    PutU32(b, v);
+    Append(b, sizeof(b));
+  }
+  void U64(uint64_t v) {
+    uint8_t b[8];
+    PutU64(b, v);
+    Append(b, sizeof(b));
+  }
   void Str(std::string_view s) {
     U32(static_cast<uint32_t>(s.size()));
     Append(s.data(), s.size());
@@ -172,8 +216,24 @@ class BodyWriter {
 class BodyReader {
  public:
   BodyReader(const void *data, size_t len) : p_(static_cast<const uint8_t *>(data)), left_(len) {}
-  bool U32(uint32_t *v) { return Take(v, sizeof(*v)); }
-  bool U64(uint64_t *v) { return Take(v, sizeof(*v)); }
+  bool U16(uint16_t *v) {
+    uint8_t b[2];
+    if (!Take(b, sizeof(b))) return false;
+    *v = GetU16(b);
+    return true;
+  }
+  bool U32(uint32_t *v) {
+    uint8_t b[4];
+    if (!Take(b, sizeof(b))) return false;
+    *v = GetU32(b);
+    return true;
+  }
+  bool U64(uint64_t *v) {
+    uint8_t b[8];
+    if (!Take(b, sizeof(b))) return false;
+    *v = GetU64(b);
+    return true;
+  }
   bool Str(std::string *s, uint32_t max_len) {
     uint32_t n = 0;
     if (!U32(&n) || n > max_len || n > left_) return false;

@@ -235,3 +235,40 @@ TEST(WireLease, GrantRoundTripsAndIsBounded) {
 
 }  // namespace
 }  // namespace llmdd::wire
+
+namespace llmdd::wire {
+namespace {
+
+TEST(WireByteOrder, IntegersAreLittleEndianOnTheWire) {
+  BodyWriter w;
+  w.U16(0x0102);
+  w.U32(0x01020304U);
+  w.U64(0x0102030405060708ULL);
+  EXPECT_EQ(w.Data(), std::string("\x02\x01"
+                                  "\x04\x03\x02\x01"
+                                  "\x08\x07\x06\x05\x04\x03\x02\x01",
+                                  14));
+  BodyReader r(w.Data().data(), w.Data().size());
+  uint16_t a = 0;
+  uint32_t b = 0;
+  uint64_t c = 0;
+  ASSERT_TRUE(r.U16(&a) && r.U32(&b) && r.U64(&c));
+  EXPECT_EQ(a, 0x0102);
+  EXPECT_EQ(b, 0x01020304U);
+  EXPECT_EQ(c, 0x0102030405060708ULL);
+  uint8_t range[kRangeBodyHeader];
+  EncodeRangeHeader(0x11223344U, 0x55667788U, 0x0102030405060708ULL, range);
+  EXPECT_EQ(std::string(reinterpret_cast<char *>(range), sizeof(range)),
+            std::string("\x44\x33\x22\x11\x88\x77\x66\x55\x08\x07\x06\x05\x04\x03\x02\x01", 16));
+  uint8_t eight[8];
+  PutU64(eight, 0xFEDCBA9876543210ULL);
+  EXPECT_EQ(eight[0], 0x10);
+  EXPECT_EQ(eight[7], 0xFE);
+  EXPECT_EQ(GetU64(eight), 0xFEDCBA9876543210ULL);
+  // The header is a host struct on the wire: magic "LDXL" in its first bytes.
+  MsgHeader h;
+  EXPECT_EQ(std::string(reinterpret_cast<const char *>(&h), 4), "LDXL");
+}
+
+}  // namespace
+}  // namespace llmdd::wire
