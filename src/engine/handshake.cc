@@ -1,6 +1,7 @@
 #include "engine/handshake.h"
 
 #include "common/hmac.h"
+#include "common/log.h"
 #include "transport/fault_injection.h"
 #include "transport/tcp/tcp_stream.h"
 
@@ -11,10 +12,15 @@ using wire::MsgType;
 
 namespace {
 
-bool SendMessage(ByteStream &stream, MsgType type, adxl::Status status, const std::string &body, Deadline deadline) {
+// `version`: kHandshakeVersion for the handshake's own messages, the
+// connection's version for an Error (kHandshakeVersion too until HelloAck).
+bool SendMessage(ByteStream &stream, MsgType type, adxl::Status status, const std::string &body, Deadline deadline,
+                 uint64_t request_id = 0, uint16_t version = wire::kHandshakeVersion) {
   MsgHeader header;
+  header.version = version;
   header.type = static_cast<uint16_t>(type);
   header.status = status;
+  header.request_id = request_id;
   header.body_len = body.size();
   iovec out[2] = {{&header, sizeof(header)}, {const_cast<char *>(body.data()), body.size()}};
   return stream.WriteFull(out, 2, deadline) == IoStatus::kOk;
@@ -35,7 +41,42 @@ std::string ClientProof(const std::string &secret, const std::string &client_non
 
 constexpr size_t kNonceBytes = 32;
 
+// Client side: the version the server picked (none said: a version-1 server)
+// must be one we offered; the connection then carries it.
+bool AcceptHelloAck(ByteStream &stream, const wire::Hello &sent, const std::string &remote, wire::HelloAck *ack,
+                    std::string *error) {
+  const uint16_t version = ack->version == 0 ? 1 : ack->version;
+  if (version < sent.min_version || version > sent.max_version) {
+    *error = ack->version == 0
+                 ? remote + " speaks protocol version 1 only; this engine speaks " +
+                       wire::VersionRange(sent.min_version, sent.max_version)
+                 : remote + " chose protocol version " + std::to_string(version) + ", which this engine (" +
+                       wire::VersionRange(sent.min_version, sent.max_version) + ") did not offer";
+    return false;
+  }
+  stream.SetProtocolVersion(version);
+  return true;
+}
+
 }  // namespace
+
+bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local_id, Deadline deadline) {
+  std::string why;
+  const uint16_t version = wire::NegotiateVersion(hello->min_version, hello->max_version);
+  if (version == 0) {
+    why = "no common protocol version: the client speaks " +
+          wire::VersionRange(hello->min_version, hello->max_version) + ", engine " + local_id + " speaks " +
+          wire::VersionRange(wire::kMinVersion, wire::kMaxVersion);
+  }
+  if (!why.empty()) {
+    LOG_WARN("refused connection from %s (engine '%s'): %s", stream.PeerName().c_str(), hello->engine_id.c_str(),
+             why.c_str());
+    SendRefusal(stream, adxl::FAILED, why, deadline);
+    stream.Shutdown();
+    return false;
+  }
+  return true;
+}
 
 bool ReadControl(ByteStream &stream, Deadline deadline, MsgHeader *header, IoStatus *io, std::string *error) {
   *io = stream.Read(header, sizeof(*header), deadline);
@@ -43,7 +84,7 @@ bool ReadControl(ByteStream &stream, Deadline deadline, MsgHeader *header, IoSta
     *error = IoStatusName(*io);
     return false;
   }
-  std::string bad = wire::CheckHeader(*header);
+  std::string bad = wire::CheckHeader(*header, stream.ProtocolVersion());
   if (!bad.empty()) {
     *error = bad;
     return false;
@@ -61,6 +102,8 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
     return nullptr;
   }
   wire::Hello sent = hello;
+  sent.min_version = wire::kMinVersion;
+  sent.max_version = wire::kMaxVersion;
   if (!secret.empty()) sent.nonce = RandomBytes(kNonceBytes);
   // A same-host identity names the descriptor that holds this connection, so
   // the server can ask the kernel whether we hold its other end.
@@ -155,6 +198,7 @@ std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wir
       *error = remote.ToString() + " sent a malformed hello answer";
       return nullptr;
     }
+    if (!AcceptHelloAck(*stream, sent, remote.ToString(), ack, error)) return nullptr;
     *status = adxl::SUCCESS;
     return stream;
   }
@@ -247,12 +291,17 @@ bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::s
   return ParseHello(header, body, hello, error);
 }
 
-bool SendHelloAck(ByteStream &stream, const wire::HelloAck &ack, Deadline deadline) {
-  return SendMessage(stream, MsgType::kHelloAck, adxl::SUCCESS, wire::EncodeHelloAck(ack), deadline);
+bool SendHelloAck(ByteStream &stream, const wire::Hello &hello, wire::HelloAck ack, Deadline deadline) {
+  ack.version = wire::NegotiateVersion(hello.min_version, hello.max_version);
+  if (ack.version == 0) return false;  // AdmitHello refuses such a Hello first
+  if (!SendMessage(stream, MsgType::kHelloAck, adxl::SUCCESS, wire::EncodeHelloAck(ack), deadline)) return false;
+  stream.SetProtocolVersion(ack.version);  // every later message on this connection
+  return true;
 }
 
 void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline) {
-  SendMessage(stream, MsgType::kError, status, reason.substr(0, wire::kMaxControlBody), deadline);
+  SendMessage(stream, MsgType::kError, status, reason.substr(0, wire::kMaxControlBody), deadline, 0,
+              stream.ProtocolVersion());
 }
 
 void FillIdentity(wire::Hello *hello) {
@@ -282,6 +331,7 @@ ProcessIdentity IdentityOf(const wire::HelloAck &ack) {
 
 bool SendControl(ByteStream &stream, MsgType type, uint64_t request_id, Deadline deadline) {
   MsgHeader header;
+  header.version = stream.ProtocolVersion();
   header.type = static_cast<uint16_t>(type);
   header.request_id = request_id;
   return stream.Write(&header, sizeof(header), deadline) == IoStatus::kOk;

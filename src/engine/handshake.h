@@ -17,8 +17,11 @@ namespace llmdd {
 // Connects to `remote`, sends `hello`, authenticates (mutual HMAC-SHA256
 // challenge-response, when `secret` is set on either side: the client proves
 // first, then checks the server's proof before it accepts the HelloAck), waits
-// for the ack, all within the deadline. On failure returns nullptr with
-// *status (FAILED, TIMEOUT or the peer's refusal code) and *error.
+// for the ack, all within the deadline. The Hello offers this engine's
+// protocol versions; the connection then carries the one the server picked
+// (ByteStream::ProtocolVersion). On failure returns nullptr with *status
+// (FAILED, TIMEOUT or the peer's refusal code) and *error; FAILED, naming
+// both, when the server picks a version this engine did not offer.
 std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello,
                                                const std::string &secret, Deadline deadline, wire::HelloAck *ack,
                                                adxl::Status *status, std::string *error);
@@ -44,7 +47,13 @@ bool CheckAuthAnswer(ByteStream &stream, const wire::Hello &hello, const std::st
 bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::string *error);
 // The same check and decoding of a Hello that has already arrived whole.
 bool ParseHello(const wire::MsgHeader &header, const std::string &body, wire::Hello *hello, std::string *error);
-bool SendHelloAck(ByteStream &stream, const wire::HelloAck &ack, Deadline deadline);
+// Server side, after the Hello (and authentication): refuses (FAILED, with the
+// reason, logged; the stream is shut down; returns false) a Hello that shares
+// no protocol version with this engine; otherwise returns true.
+bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local_id, Deadline deadline);
+// Answers an admitted `hello` with `ack` and the negotiated version; from then
+// on the stream carries that version.
+bool SendHelloAck(ByteStream &stream, const wire::Hello &hello, wire::HelloAck ack, Deadline deadline);
 // Refuses a connection with a status and a reason; best effort.
 void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline);
 
@@ -60,6 +69,7 @@ ProcessIdentity IdentityOf(const wire::HelloAck &ack);
 bool SendControl(ByteStream &stream, wire::MsgType type, uint64_t request_id, Deadline deadline);
 // Reads one control message; returns its header in *header. False on I/O or
 // protocol failure with *io set (kOk for a protocol violation) and *error.
+// The header must carry the stream's ProtocolVersion().
 bool ReadControl(ByteStream &stream, Deadline deadline, wire::MsgHeader *header, IoStatus *io, std::string *error);
 
 }  // namespace llmdd

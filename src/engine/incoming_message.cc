@@ -16,7 +16,7 @@ IncomingMessage::State IncomingMessage::Feed(ByteStream &stream, bool with_body,
     if (got == 0) return State::kPartial;
     header_got_ += got;
     if (header_got_ == sizeof(header_)) {
-      std::string bad = wire::CheckHeader(header_);
+      std::string bad = wire::CheckHeader(header_, stream.ProtocolVersion());
       if (bad.empty() && with_body && header_.body_len > max_body)
         bad = "message body of " + std::to_string(header_.body_len) + " bytes exceeds " + std::to_string(max_body);
       if (!bad.empty()) {

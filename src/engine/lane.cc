@@ -106,7 +106,7 @@ LaneResult ReadAnswer(ByteStream &stream, MsgType expected, uint64_t request_id,
   if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for an answer from");
   LaneResult result;
   const bool is_error = header->type == static_cast<uint16_t>(MsgType::kError);
-  std::string bad = wire::CheckHeader(*header);
+  std::string bad = wire::CheckHeader(*header, stream.ProtocolVersion());
   if (bad.empty() && header->type != static_cast<uint16_t>(expected) && !is_error)
     bad = std::string("unexpected ") + wire::MsgTypeName(header->type);
   if (bad.empty() && header->request_id != request_id && !(is_error && header->request_id == 0))
@@ -175,6 +175,7 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
 
   MsgHeader header;
+  header.version = stream.ProtocolVersion();
   header.type = static_cast<uint16_t>(is_read ? MsgType::kReadRequest : MsgType::kWriteRequest);
   header.request_id = request_id;
   header.body_len = body.size();
@@ -208,6 +209,7 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
                                        deadline.EarlierOf(Deadline(lease_end)));
     const bool in_lease = Deadline::Clock::now() < lease_end;
     MsgHeader release;
+    release.version = stream.ProtocolVersion();
     release.type = static_cast<uint16_t>(MsgType::kRelease);
     release.request_id = request_id;
     if (stream.Write(&release, sizeof(release), deadline.EarlierOf(Deadline::AfterMs(1000))) != IoStatus::kOk) {
@@ -262,6 +264,7 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
 LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease) {
   const auto sent_at = Deadline::Clock::now();
   MsgHeader header;
+  header.version = stream.ProtocolVersion();
   header.type = static_cast<uint16_t>(MsgType::kLeaseRequest);
   header.request_id = request_id;
   IoStatus io = stream.Write(&header, sizeof(header), deadline);
@@ -322,6 +325,7 @@ bool ReadLease::Covers(uintptr_t addr, uint64_t len) const {
 LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::string &request, uint64_t request_id,
                           Deadline deadline, std::string *response) {
   MsgHeader header;
+  header.version = stream.ProtocolVersion();
   header.type = static_cast<uint16_t>(MsgType::kAppRequest);
   header.flags = app_type;
   header.request_id = request_id;
@@ -342,6 +346,7 @@ namespace {
 bool SendResponse(ByteStream &stream, MsgType type, uint64_t request_id, adxl::Status status,
                   const std::string &text, Deadline deadline) {
   MsgHeader header;
+  header.version = stream.ProtocolVersion();
   header.type = static_cast<uint16_t>(type);
   header.request_id = request_id;
   header.status = status;
@@ -427,6 +432,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   iov.clear();
   iov.reserve(count + 1);
   MsgHeader response;
+  response.version = stream.ProtocolVersion();
   response.type = static_cast<uint16_t>(is_read ? MsgType::kReadResponse : MsgType::kWriteResponse);
   response.request_id = header.request_id;
   if (is_read && !same_host) iov.push_back({&response, sizeof(response)});
@@ -465,13 +471,14 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
         std::min({std::max<uint32_t>(timeout_ms, 1), wire::kMaxLeaseMs, std::max<uint32_t>(ctx.max_lease_ms, 1)});
     Deadline lease = Deadline::AfterMs(lease_ms);
     MsgHeader go;
+    go.version = stream.ProtocolVersion();
     go.type = static_cast<uint16_t>(MsgType::kReadResponse);
     go.request_id = header.request_id;
     go.flags = lease_ms;
     if (stream.Write(&go, sizeof(go), lease) != IoStatus::kOk) return false;
     MsgHeader release;
     IoStatus io = stream.Read(&release, sizeof(release), lease);
-    if (io != IoStatus::kOk || wire::CheckHeader(release) != "" ||
+    if (io != IoStatus::kOk || wire::CheckHeader(release, stream.ProtocolVersion()) != "" ||
         release.type != static_cast<uint16_t>(MsgType::kRelease) || release.request_id != header.request_id) {
       LOG_WARN("same-host read lease of %s ended without release (%s): closing the lane", ctx.peer.c_str(),
                io == IoStatus::kOk ? "unexpected message" : IoStatusName(io));
@@ -565,6 +572,7 @@ bool ServeApp(ByteStream &stream, const MsgHeader &header, const ServeContext &c
     response.clear();
   }
   MsgHeader reply;
+  reply.version = stream.ProtocolVersion();
   reply.type = static_cast<uint16_t>(MsgType::kAppResponse);
   reply.request_id = header.request_id;
   reply.status = status;
@@ -610,6 +618,7 @@ bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext 
   for (const auto &g : granted) ranges.push_back({static_cast<uint64_t>(g.addr), g.len});
   const std::string body = wire::EncodeLeaseGrant(ranges);
   MsgHeader reply;
+  reply.version = stream.ProtocolVersion();
   reply.type = static_cast<uint16_t>(MsgType::kLeaseGrant);
   reply.request_id = header.request_id;
   reply.status = trusted ? adxl::SUCCESS : adxl::UNSUPPORTED;
@@ -622,7 +631,7 @@ bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext 
 }  // namespace
 
 bool ServeRequest(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
-  std::string bad = wire::CheckHeader(header);
+  std::string bad = wire::CheckHeader(header, stream.ProtocolVersion());
   const bool lease = header.type == static_cast<uint16_t>(MsgType::kLeaseRequest);
   if (bad.empty() && header.type != static_cast<uint16_t>(MsgType::kReadRequest) &&
       header.type != static_cast<uint16_t>(MsgType::kWriteRequest) &&

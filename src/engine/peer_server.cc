@@ -274,6 +274,7 @@ bool PeerServer::OnHandshakeMessage(const ConnectionPtr &conn) {
 
 bool PeerServer::Admit(const ConnectionPtr &conn) {
   ByteStream &stream = *conn->stream;
+  if (!AdmitHello(stream, &conn->hello, local_id_, Deadline::AfterMs(200))) return false;  // refused, logged
   if (stopping_.load()) {
     SendRefusal(stream, adxl::FAILED, "engine " + local_id_ + " is finalizing", Deadline::AfterMs(200));
     stream.Shutdown();
@@ -332,7 +333,7 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
     ack.capabilities |= wire::kCapSameHost;
     FillIdentity(&ack, *stream);  // only to a peer that passed the check (it would prove nothing to others anyway)
   }
-  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
+  if (!SendHelloAck(*stream, hello, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
     EndSession(session->id, "hello answer could not be sent");
     return false;
   }
@@ -421,7 +422,7 @@ bool PeerServer::StartDataLane(const ConnectionPtr &conn) {
   wire::HelloAck ack;
   ack.session_id = hello.session_id;
   ack.engine_id = local_id_;
-  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
+  if (!SendHelloAck(*stream, hello, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
     stream->Shutdown();
     return false;
   }
@@ -475,7 +476,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
   wire::HelloAck ack;
   ack.session_id = hello.session_id;
   ack.engine_id = local_id_;
-  if (!SendHelloAck(*stream, ack, Deadline::AfterMs(config_.handshake_timeout_ms)) || !pool->AddLane(stream)) {
+  if (!SendHelloAck(*stream, hello, ack, Deadline::AfterMs(config_.handshake_timeout_ms)) || !pool->AddLane(stream)) {
     stream->Shutdown();
     return;
   }

@@ -1,5 +1,7 @@
 #include "engine/wire.h"
 
+#include <algorithm>
+
 namespace llmdd::wire {
 
 const char *MsgTypeName(uint16_t type) {
@@ -27,11 +29,25 @@ const char *MsgTypeName(uint16_t type) {
   return "Unknown";
 }
 
-std::string CheckHeader(const MsgHeader &header) {
+uint16_t NegotiateVersion(uint16_t peer_min, uint16_t peer_max, uint16_t our_min, uint16_t our_max) {
+  const uint16_t low = std::max(peer_min, our_min), high = std::min(peer_max, our_max);
+  return low <= high && high >= 1 ? high : 0;
+}
+
+std::string VersionRange(uint16_t min, uint16_t max) {
+  return min == max ? std::to_string(min) : std::to_string(min) + ".." + std::to_string(max);
+}
+
+std::string CheckHeader(const MsgHeader &header, uint16_t version) {
   if (header.magic != kMagic) return "bad magic (not an llm_datadist engine peer)";
-  if (header.version != kVersion)
-    return "unsupported protocol version " + std::to_string(header.version) + " (this engine speaks " +
-           std::to_string(kVersion) + ")";
+  if (header.version != version) {
+    if (version == kHandshakeVersion)
+      return "unsupported protocol version " + std::to_string(header.version) + " in a handshake message (they " +
+             "carry version " + std::to_string(kHandshakeVersion) + "; this engine speaks " +
+             VersionRange(kMinVersion, kMaxVersion) + ")";
+    return "protocol version " + std::to_string(header.version) + " on a connection that negotiated version " +
+           std::to_string(version);
+  }
   uint64_t max_body = 0;
   bool payload_allowed = false;
   switch (static_cast<MsgType>(header.type)) {
@@ -99,6 +115,10 @@ std::string EncodeHello(const Hello &hello) {
   w.U64(hello.token_addr);
   w.Str(hello.token);
   w.U32(hello.conn_fd);
+  // Appended in version 2: every field before is always written, so a version-1
+  // decoder reads what it knows and ignores these trailing bytes.
+  w.U16(hello.min_version);
+  w.U16(hello.max_version);
   return w.Data();
 }
 
@@ -115,6 +135,9 @@ bool DecodeHello(const std::string &body, Hello *out) {
                        !r.Str(&out->token, kMaxAuthField)))
     return false;
   if (r.Left() > 0 && !r.U32(&out->conn_fd)) return false;
+  out->min_version = out->max_version = 1;  // a version-1 sender says nothing more
+  if (r.Left() > 0 && (!r.U16(&out->min_version) || !r.U16(&out->max_version))) return false;
+  if (out->min_version == 0 || out->min_version > out->max_version) return false;
   if (role < 1 || role > 3) return false;
   out->role = static_cast<ConnRole>(role);
   return true;  // trailing bytes are tolerated: later minor revisions may append fields
@@ -141,18 +164,23 @@ std::string EncodeHelloAck(const HelloAck &ack) {
   w.U64(ack.token_addr);
   w.Str(ack.token);
   w.U32(ack.conn_fd);
+  w.U16(ack.version);  // appended in version 2 (after the always-written identity block)
   return w.Data();
 }
 
 bool DecodeHelloAck(const std::string &body, HelloAck *out) {
   BodyReader r(body.data(), body.size());
+  out->version = 0;
   if (!r.U32(&out->capabilities) || !r.U64(&out->session_id) || !r.Str(&out->engine_id, kMaxEngineIdLen))
     return false;
   if (r.Left() == 0) return true;  // no same-host identity
   if (!r.Str(&out->boot_id, kMaxAuthField) || !r.U32(&out->pid) || !r.U64(&out->token_addr) ||
       !r.Str(&out->token, kMaxAuthField))
     return false;
-  return r.Left() == 0 || r.U32(&out->conn_fd);
+  if (r.Left() == 0) return true;
+  if (!r.U32(&out->conn_fd)) return false;
+  if (r.Left() == 0) return true;  // a version-1 server
+  return r.U16(&out->version);     // later bytes: fields of later revisions
 }
 
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]) {

@@ -23,7 +23,25 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the wire protocol is little-endian and MsgHeader is copied as a host struct");
 
 constexpr uint32_t kMagic = 0x4C58444CU;  // bytes "LDXL"
-constexpr uint16_t kVersion = 1;
+
+// Protocol versions (docs/PROTOCOL.md "Versions and capabilities"). Each
+// connection negotiates one: the client's Hello says the range it speaks, the
+// server picks the highest version in both ranges and says it in HelloAck.
+// Every message up to and including HelloAck (or the Error that refuses the
+// Hello) carries kHandshakeVersion in its header, so that any version can parse
+// any other's Hello and refuse it clearly; every later message carries the
+// negotiated version, and a header with another version is a protocol error.
+//   1: the first revision (no range in Hello: a Hello without one means 1..1).
+//   2: version negotiation (this range in Hello, the version in HelloAck).
+constexpr uint16_t kHandshakeVersion = 1;
+constexpr uint16_t kMinVersion = 1;  // the oldest version this engine speaks
+constexpr uint16_t kMaxVersion = 2;  // the newest
+
+// The highest version in both [peer_min, peer_max] and [our_min, our_max]; 0 when none.
+uint16_t NegotiateVersion(uint16_t peer_min, uint16_t peer_max, uint16_t our_min = kMinVersion,
+                          uint16_t our_max = kMaxVersion);
+// "1..2", or "1" for a range of one version.
+std::string VersionRange(uint16_t min, uint16_t max);
 
 enum class MsgType : uint16_t {
   kHello = 1,          // first message on every connection
@@ -62,7 +80,7 @@ inline uint32_t SanitizePeerStatus(uint32_t status) {
 
 struct MsgHeader {
   uint32_t magic = kMagic;
-  uint16_t version = kVersion;
+  uint16_t version = kHandshakeVersion;  // the negotiated version once HelloAck is through
   uint16_t type = 0;
   uint32_t status = 0;       // adxl status code in responses
   uint32_t flags = 0;
@@ -138,6 +156,12 @@ struct Hello {
   uint64_t token_addr = 0;
   std::string token;
   uint32_t conn_fd = kNoConnFd;   // the sender's descriptor of this connection (appended field)
+  // Versions the sender speaks (appended u16 pair). A Hello without them, as
+  // version 1 sends it, decodes as 1..1; this default is the same, so a Hello
+  // built without setting them is a version-1 Hello (OpenPeerConnection sets
+  // this engine's range).
+  uint16_t min_version = 1;
+  uint16_t max_version = 1;
 };
 
 struct HelloAck {
@@ -149,6 +173,9 @@ struct HelloAck {
   uint64_t token_addr = 0;
   std::string token;
   uint32_t conn_fd = kNoConnFd;   // the server's descriptor of this connection (appended field)
+  // The version the server picked for this connection (appended u16); 0 when
+  // absent, as from a version-1 server, which means version 1.
+  uint16_t version = 0;
 };
 
 struct Range {
@@ -256,11 +283,15 @@ class BodyReader {
   size_t left_;
 };
 
-// Header checks common to every message: magic, version, known type, body bound
-// for that type. Returns an empty string when valid, else the reason.
-std::string CheckHeader(const MsgHeader &header);
+// Header checks common to every message: magic, version, known type, body
+// bound for that type. `version` is what the connection carries:
+// kHandshakeVersion until HelloAck, then the negotiated one
+// (ByteStream::ProtocolVersion()). Returns an empty string when valid, else
+// the reason.
+std::string CheckHeader(const MsgHeader &header, uint16_t version = kHandshakeVersion);
 
 std::string EncodeHello(const Hello &hello);
+// False when malformed (also: a version range with min 0 or min > max).
 bool DecodeHello(const std::string &body, Hello *out);
 // Carries nothing derived from the secret: the server proves itself only in
 // AuthConfirm, after the client has proved it knows the secret.

@@ -12,7 +12,9 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "common/deadline.h"
@@ -64,6 +66,15 @@ class ByteStream {
     iovec iov{const_cast<void *>(buf), len};
     return WriteFull(&iov, 1, deadline);
   }
+
+  // The engine protocol's version on this connection (engine/wire.h): 1, the
+  // handshake's, until the handshake sets the negotiated one, once, before
+  // the stream is shared. Stamped on and expected in every later header.
+  uint16_t ProtocolVersion() const { return protocol_version_.load(std::memory_order_relaxed); }
+  void SetProtocolVersion(uint16_t version) { protocol_version_.store(version, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint16_t> protocol_version_{1};
 };
 
 }  // namespace llmdd

@@ -173,6 +173,8 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
       SendRefusal(stream, adxl::FAILED, "authentication failed: " + error, Deadline::AfterMs(200));
     }
   }
+  // What PeerServer::Admit checks next (the version range).
+  if (ok) ok = AdmitHello(stream, &hello, "127.0.0.1:26000", Deadline::AfterMs(200));
   if (ok) {
     wire::HelloAck ack;
     ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
@@ -182,7 +184,10 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
       CheckSameHost(IdentityOf(hello), stream, /*harness_holds_peer_end=*/false, "server");
       FillIdentity(&ack, stream);
     }
-    if (SendHelloAck(stream, ack, Deadline::AfterMs(2000))) {
+    if (SendHelloAck(stream, hello, ack, Deadline::AfterMs(2000))) {
+      FUZZ_CHECK(stream.ProtocolVersion() >= wire::kMinVersion && stream.ProtocolVersion() <= wire::kMaxVersion &&
+                     stream.ProtocolVersion() >= hello.min_version && stream.ProtocolVersion() <= hello.max_version,
+                 "negotiated version %u outside a range", stream.ProtocolVersion());
       // PeerServer::OnControlMessage.
       for (int i = 0; i < 64; ++i) {
         state = NextMessage(incoming, stream, /*with_body=*/true, 0, 2000, &error);
@@ -194,7 +199,7 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
         }
         const wire::MsgHeader header = incoming.Header();
         incoming.Reset();
-        FUZZ_CHECK(wire::CheckHeader(header).empty(), "a bad header was assembled");
+        FUZZ_CHECK(wire::CheckHeader(header, stream.ProtocolVersion()).empty(), "a bad header was assembled");
         FUZZ_CHECK(header.body_len == 0, "a control message with a body was assembled");
         if (g_debug) fprintf(stderr, "  server: control message %s\n", wire::MsgTypeName(header.type));
         if (header.type == static_cast<uint16_t>(wire::MsgType::kPing)) {

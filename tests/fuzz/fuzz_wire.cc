@@ -26,7 +26,7 @@ void CheckHeaderOf(const uint8_t *data) {
   std::string bad = wire::CheckHeader(header);
   FUZZ_CHECK(wire::MsgTypeName(header.type) != nullptr, "no type name");
   if (!bad.empty()) return;
-  FUZZ_CHECK(header.magic == wire::kMagic && header.version == wire::kVersion, "accepted a foreign header");
+  FUZZ_CHECK(header.magic == wire::kMagic && header.version == wire::kHandshakeVersion, "accepted a foreign header");
   FUZZ_CHECK(strcmp(wire::MsgTypeName(header.type), "Unknown") != 0, "accepted unknown type %u", header.type);
   const auto type = static_cast<wire::MsgType>(header.type);
   const bool payload_ok = (type == wire::MsgType::kWriteRequest && (header.flags & wire::kFlagSameHost) == 0) ||

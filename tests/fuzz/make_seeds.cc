@@ -71,6 +71,8 @@ wire::Hello MakeHello(wire::ConnRole role, bool with_nonce) {
   hello.peer_timeout_ms = 10000;
   hello.engine_id = "127.0.0.1:26001";
   hello.target_engine_id = "127.0.0.1:26000";
+  hello.min_version = wire::kMinVersion;
+  hello.max_version = wire::kMaxVersion;
   if (with_nonce) hello.nonce = std::string(32, 'n');
   return hello;
 }
@@ -153,7 +155,15 @@ void WireSeeds() {
   ack.capabilities = 3;
   ack.session_id = 42;
   ack.engine_id = "127.0.0.1:26000";
+  ack.version = wire::kMaxVersion;
   Seed(t, "hello_ack", Message(MsgType::kHelloAck, wire::EncodeHelloAck(ack)));
+  {
+    wire::Hello v1 = MakeHello(ConnRole::kControl, false);
+    v1.min_version = v1.max_version = 1;
+    std::string body = wire::EncodeHello(v1);
+    body.resize(body.size() - 4);  // as version 1 sends it: no range
+    Seed(t, "hello_v1", Message(MsgType::kHello, body));
+  }
   wire::AuthChallenge challenge{std::string(32, 's')};
   Seed(t, "auth_challenge", Message(MsgType::kAuthChallenge, wire::EncodeAuthChallenge(challenge)));
   Seed(t, "auth_response", Message(MsgType::kAuthResponse, std::string(32, 'q')));
@@ -275,7 +285,13 @@ void HandshakeSeeds() {
   const char *t = "fuzz_handshake";
   using wire::ConnRole;
   using wire::MsgType;
-  const std::string ping = Header(MsgType::kPing, 0, 0, 1), goodbye = Header(MsgType::kGoodbye, 0, 0, 2);
+  // After a Hello that offers this engine's versions, messages carry the negotiated (highest) one.
+  auto v2 = [](std::string message) {
+    message[4] = static_cast<char>(wire::kMaxVersion);
+    return message;
+  };
+  const std::string ping = v2(Header(MsgType::kPing, 0, 0, 1)), goodbye = v2(Header(MsgType::kGoodbye, 0, 0, 2));
+  const std::string v1_ping = Header(MsgType::kPing, 0, 0, 1), v1_goodbye = Header(MsgType::kGoodbye, 0, 0, 2);
   Seed(t, "server_control", Flags(0) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, false)) + ping +
                                 ping + goodbye);
   Seed(t, "server_lane", Flags(0) + Message(MsgType::kHello, HelloBody(ConnRole::kDataLane, false)));
@@ -286,7 +302,18 @@ void HandshakeSeeds() {
   Seed(t, "server_secret_no_nonce", Flags(1) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, false)));
   Seed(t, "server_secret_confirm_instead", Flags(1) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, true)) +
                                                Message(MsgType::kAuthConfirm, std::string(32, 'p')));
-  Seed(t, "server_not_hello", Flags(0) + ping);
+  Seed(t, "server_not_hello", Flags(0) + v1_ping);
+  {
+    // Versions: a version-1 client (no range), a disjoint range.
+    wire::Hello v1 = MakeHello(ConnRole::kControl, false);
+    std::string body = wire::EncodeHello(v1);
+    body.resize(body.size() - 4);
+    Seed(t, "server_control_v1", Flags(0) + Message(MsgType::kHello, body) + v1_ping + v1_goodbye);
+    wire::Hello future = MakeHello(ConnRole::kControl, false);
+    future.min_version = wire::kMaxVersion + 1;
+    future.max_version = wire::kMaxVersion + 5;
+    Seed(t, "server_versions_disjoint", Flags(0) + Message(MsgType::kHello, wire::EncodeHello(future)));
+  }
   {
     wire::Hello other = MakeHello(ConnRole::kControl, false);
     SetIdentity(&other, "@self", 1, 0x1000, std::string(32, 'x'));
@@ -306,7 +333,16 @@ void HandshakeSeeds() {
   ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
   ack.session_id = 0x55;
   ack.engine_id = "127.0.0.1:26000";
+  ack.version = wire::kMaxVersion;
   const std::string ack_msg = Message(MsgType::kHelloAck, wire::EncodeHelloAck(ack));
+  {
+    wire::HelloAck v1 = ack;
+    std::string body = wire::EncodeHelloAck(v1);
+    body.resize(body.size() - 2);  // a version-1 server says no version
+    Seed(t, "client_ack_v1", Flags(2) + Message(MsgType::kHelloAck, body));
+    v1.version = wire::kMaxVersion + 1;
+    Seed(t, "client_ack_version_not_offered", Flags(2) + Message(MsgType::kHelloAck, wire::EncodeHelloAck(v1)));
+  }
   wire::AuthChallenge challenge{std::string(32, 's')};
   const std::string challenge_msg = Message(MsgType::kAuthChallenge, wire::EncodeAuthChallenge(challenge));
   // The server's proof comes only after the client's (AuthConfirm); no input

@@ -74,13 +74,14 @@ TEST(WireHello, RefusesTruncatedOversizedAndUnknownRole) {
   Hello out;
   // Trailing optional fields: the nonce (4-byte length, empty here), the
   // same-host identity block (boot id length 4, pid 4, token addr 8, token
-  // length 4) and the connection's descriptor (4). A body may end before any
-  // of them, nowhere else.
-  const size_t without_conn_fd = body.size() - 4;
+  // length 4), the connection's descriptor (4) and the version range (2 + 2).
+  // A body may end before any of them, nowhere else.
+  const size_t without_versions = body.size() - 4;
+  const size_t without_conn_fd = without_versions - 4;
   const size_t without_identity = without_conn_fd - 20;
   const size_t without_nonce = without_identity - 4;
   for (size_t cut = 0; cut < body.size(); ++cut) {
-    if (cut == without_nonce || cut == without_identity || cut == without_conn_fd) {
+    if (cut == without_nonce || cut == without_identity || cut == without_conn_fd || cut == without_versions) {
       EXPECT_TRUE(DecodeHello(body.substr(0, cut), &out));
     } else {
       EXPECT_FALSE(DecodeHello(body.substr(0, cut), &out)) << cut;
@@ -179,9 +180,10 @@ TEST(WireHello, SameHostIdentityRoundTrips) {
   EXPECT_EQ(out.token_addr, 0x7fff0000U);
   EXPECT_EQ(out.token, in.token);
   EXPECT_EQ(out.conn_fd, 17U);
-  // An identity block from a sender that names no descriptor (it ends after the token).
+  // An identity block from a sender that names no descriptor (it ends after
+  // the token; the version range, appended later, is absent too).
   std::string no_fd = EncodeHello(in);
-  no_fd.resize(no_fd.size() - 4);
+  no_fd.resize(no_fd.size() - 4 - 4);
   Hello older;
   ASSERT_TRUE(DecodeHello(no_fd, &older));
   EXPECT_EQ(older.conn_fd, kNoConnFd);
@@ -196,7 +198,7 @@ TEST(WireHello, SameHostIdentityRoundTrips) {
   EXPECT_EQ(back.token, "t");
   EXPECT_EQ(back.conn_fd, 5U);
   std::string ack_body = EncodeHelloAck(ack);
-  EXPECT_FALSE(DecodeHelloAck(ack_body.substr(0, ack_body.size() - 2), &back));  // a cut descriptor field
+  EXPECT_FALSE(DecodeHelloAck(ack_body.substr(0, ack_body.size() - 2 - 2), &back));  // a cut descriptor field
 }
 
 TEST(WireHeader, SameHostWritesCarryNoPayload) {
@@ -268,6 +270,139 @@ TEST(WireByteOrder, IntegersAreLittleEndianOnTheWire) {
   // The header is a host struct on the wire: magic "LDXL" in its first bytes.
   MsgHeader h;
   EXPECT_EQ(std::string(reinterpret_cast<const char *>(&h), 4), "LDXL");
+}
+
+}  // namespace
+}  // namespace llmdd::wire
+
+namespace llmdd::wire {
+namespace {
+
+// ---- Versions (docs/PROTOCOL.md "Versions and capabilities") ----
+
+TEST(WireVersion, NegotiationPicksTheHighestVersionInBothRanges) {
+  EXPECT_EQ(kHandshakeVersion, 1);
+  EXPECT_EQ(kMinVersion, 1);
+  EXPECT_EQ(kMaxVersion, 2);
+  EXPECT_EQ(NegotiateVersion(1, 1), 1);  // a version-1 peer
+  EXPECT_EQ(NegotiateVersion(1, 2), 2);
+  EXPECT_EQ(NegotiateVersion(2, 7), 2);  // a newer peer that still speaks 2
+  EXPECT_EQ(NegotiateVersion(3, 4), 0);  // disjoint
+  EXPECT_EQ(NegotiateVersion(1, 3, 2, 5), 3);
+  EXPECT_EQ(NegotiateVersion(4, 6, 1, 3), 0);
+  EXPECT_EQ(NegotiateVersion(0, 0), 0);
+  EXPECT_EQ(VersionRange(1, 2), "1..2");
+  EXPECT_EQ(VersionRange(3, 3), "3");
+}
+
+TEST(WireVersion, HeadersMustCarryTheConnectionsVersion) {
+  MsgHeader h = Header(MsgType::kPing, 0);
+  EXPECT_EQ(h.version, kHandshakeVersion);
+  EXPECT_EQ(CheckHeader(h), "");
+  EXPECT_NE(CheckHeader(h, 2).find("protocol version 1 on a connection that negotiated version 2"),
+            std::string::npos)
+      << CheckHeader(h, 2);
+  h.version = 2;
+  EXPECT_EQ(CheckHeader(h, 2), "");
+  EXPECT_NE(CheckHeader(h).find("unsupported protocol version 2 in a handshake message"), std::string::npos)
+      << CheckHeader(h);
+}
+
+// The layout a version-1 engine writes and reads, field by field.
+std::string Version1HelloLayout(const Hello &h) {
+  BodyWriter w;
+  w.U32(static_cast<uint32_t>(h.role));
+  w.U32(h.capabilities);
+  w.U64(h.session_id);
+  w.U32(h.lanes);
+  w.U32(h.heartbeat_interval_ms);
+  w.U32(h.peer_timeout_ms);
+  w.Str(h.engine_id);
+  w.Str(h.target_engine_id);
+  w.Str(h.nonce);
+  w.Str(h.boot_id);
+  w.U32(h.pid);
+  w.U64(h.token_addr);
+  w.Str(h.token);
+  w.U32(h.conn_fd);
+  return w.Data();
+}
+
+TEST(WireHello, TheVersionRangeIsAppendedAfterEveryVersion1Field) {
+  Hello in;
+  in.role = ConnRole::kControl;
+  in.capabilities = kCapReverseLanes | kCapSameHost;
+  in.heartbeat_interval_ms = 1000;
+  in.peer_timeout_ms = 10000;
+  in.engine_id = "127.0.0.1:26001";
+  in.target_engine_id = "127.0.0.1:26000";
+  in.boot_id = "boot";
+  in.pid = 77;
+  in.token = std::string(32, 't');
+  in.conn_fd = 12;
+  in.min_version = 1;
+  in.max_version = 2;
+  const std::string body = EncodeHello(in);
+  const std::string v1 = Version1HelloLayout(in);
+  // A version-1 receiver reads exactly what it knows and ignores the rest.
+  ASSERT_EQ(body.size(), v1.size() + 4);
+  EXPECT_EQ(body.substr(0, v1.size()), v1);
+  EXPECT_EQ(body.substr(v1.size()), std::string("\x01\x00\x02\x00", 4));
+  Hello out;
+  ASSERT_TRUE(DecodeHello(body, &out));
+  EXPECT_EQ(out.min_version, 1);
+  EXPECT_EQ(out.max_version, 2);
+  // What a version-1 sender sends (no range) means 1..1.
+  Hello old;
+  old.min_version = 9;
+  ASSERT_TRUE(DecodeHello(v1, &old));
+  EXPECT_EQ(old.min_version, 1);
+  EXPECT_EQ(old.max_version, 1);
+  // A later revision's fields after the range are ignored.
+  ASSERT_TRUE(DecodeHello(body + "later fields", &out));
+  EXPECT_EQ(out.max_version, 2);
+}
+
+TEST(WireHello, RefusesAnEmptyOrInvertedVersionRange) {
+  Hello in;
+  in.engine_id = "e";
+  Hello out;
+  in.min_version = 0;
+  in.max_version = 2;
+  EXPECT_FALSE(DecodeHello(EncodeHello(in), &out));
+  in.min_version = 3;
+  in.max_version = 2;
+  EXPECT_FALSE(DecodeHello(EncodeHello(in), &out));
+  std::string cut = EncodeHello(Hello{});
+  cut.resize(cut.size() - 1);  // half a range
+  EXPECT_FALSE(DecodeHello(cut, &out));
+}
+
+TEST(WireHelloAck, TheVersionIsAppendedAndAbsentFromVersion1) {
+  HelloAck ack;
+  ack.capabilities = kCapReverseLanes;
+  ack.session_id = 9;
+  ack.engine_id = "s";
+  ack.version = 2;
+  std::string body = EncodeHelloAck(ack);
+  HelloAck out;
+  ASSERT_TRUE(DecodeHelloAck(body, &out));
+  EXPECT_EQ(out.version, 2);
+  EXPECT_EQ(body.substr(body.size() - 2), std::string("\x02\x00", 2));
+  ASSERT_TRUE(DecodeHelloAck(body + "later", &out));
+  EXPECT_EQ(out.version, 2);
+  // Version 1 ends after the descriptor, or before the identity block.
+  out.version = 7;
+  ASSERT_TRUE(DecodeHelloAck(body.substr(0, body.size() - 2), &out));
+  EXPECT_EQ(out.version, 0);
+  BodyWriter minimal;
+  minimal.U32(kCapReverseLanes);
+  minimal.U64(9);
+  minimal.Str("s");
+  out.version = 7;
+  ASSERT_TRUE(DecodeHelloAck(minimal.Data(), &out));
+  EXPECT_EQ(out.version, 0);
+  EXPECT_FALSE(DecodeHelloAck(body.substr(0, body.size() - 1), &out));  // half a version
 }
 
 }  // namespace

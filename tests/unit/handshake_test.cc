@@ -1,0 +1,352 @@
+// A protocol that can evolve (docs/PROTOCOL.md "Versions and capabilities",
+// "Peers one version apart"): raw-socket peers speaking exactly what an older,
+// a current or a future engine would send, against a real serving engine, and
+// fake servers against the real client side.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/engine_config.h"
+#include "engine/handshake.h"
+#include "engine/lane.h"
+#include "engine/wire.h"
+#include "loopback_util.h"
+#include "transport/tcp/tcp_stream.h"
+
+namespace llmdd {
+namespace {
+
+using wire::MsgType;
+
+constexpr uint16_t TypeOf(MsgType t) { return static_cast<uint16_t>(t); }
+
+struct RawMessage {
+  wire::MsgHeader header;
+  std::string body;
+};
+
+// One connection of a hand-written peer. Headers carry the stream's
+// ProtocolVersion() unless told otherwise; answers are read without any check,
+// so that tests can assert every header field themselves.
+class RawConnection {
+ public:
+  explicit RawConnection(int port) {
+    bool timed_out = false;
+    std::string error;
+    stream_ = TcpStream::Connect(testing::Loopback(port), Deadline::AfterMs(2000), &timed_out, &error);
+    EXPECT_TRUE(stream_) << error;
+  }
+  explicit RawConnection(std::shared_ptr<ByteStream> stream) : stream_(std::move(stream)) {}
+  ByteStream &stream() { return *stream_; }
+
+  bool Send(uint16_t type, const std::string &body, uint64_t request_id = 0, int version = -1) {
+    wire::MsgHeader h;
+    h.version = version < 0 ? stream_->ProtocolVersion() : static_cast<uint16_t>(version);
+    h.type = type;
+    h.request_id = request_id;
+    h.body_len = body.size();
+    std::string bytes(reinterpret_cast<const char *>(&h), sizeof(h));
+    bytes += body;
+    return stream_->Write(bytes.data(), bytes.size(), Deadline::AfterMs(2000)) == IoStatus::kOk;
+  }
+  std::optional<RawMessage> Read(int64_t ms = 3000) {
+    RawMessage m;
+    if (stream_->Read(&m.header, sizeof(m.header), Deadline::AfterMs(ms)) != IoStatus::kOk) return std::nullopt;
+    if (m.header.body_len > (1u << 20)) return std::nullopt;
+    m.body.resize(m.header.body_len);
+    if (stream_->Read(m.body.data(), m.body.size(), Deadline::AfterMs(ms)) != IoStatus::kOk) return std::nullopt;
+    return m;
+  }
+  // The peer closed the connection (nothing more arrives, EOF within 3 s).
+  bool Ended() {
+    char byte;
+    return stream_->Read(&byte, 1, Deadline::AfterMs(3000)) == IoStatus::kClosed;
+  }
+  // Sends a Hello body (as given: a version-1 body has no range) and reads the
+  // answer; on HelloAck the connection carries the version it names (1 when none).
+  std::optional<RawMessage> Hello(const std::string &body, wire::HelloAck *ack = nullptr) {
+    if (!Send(TypeOf(MsgType::kHello), body, 0, wire::kHandshakeVersion)) return std::nullopt;
+    std::optional<RawMessage> answer = Read();
+    if (answer && answer->header.type == TypeOf(MsgType::kHelloAck)) {
+      wire::HelloAck decoded;
+      EXPECT_TRUE(wire::DecodeHelloAck(answer->body, &decoded));
+      stream_->SetProtocolVersion(decoded.version == 0 ? 1 : decoded.version);
+      if (ack != nullptr) *ack = decoded;
+    }
+    return answer;
+  }
+
+ private:
+  std::shared_ptr<ByteStream> stream_;
+};
+
+wire::Hello MakeHello(wire::ConnRole role, uint16_t min_version, uint16_t max_version) {
+  wire::Hello hello;
+  hello.role = role;
+  hello.capabilities = role == wire::ConnRole::kControl ? wire::kCapReverseLanes | wire::kCapAppMessages : 0;
+  hello.heartbeat_interval_ms = 1000;
+  hello.peer_timeout_ms = 10000;
+  hello.engine_id = "127.0.0.1:1";
+  hello.min_version = min_version;
+  hello.max_version = max_version;
+  return hello;
+}
+
+// A Hello as this engine's own client sends it (this engine's whole range).
+std::string CurrentHello(wire::Hello hello) {
+  hello.min_version = wire::kMinVersion;
+  hello.max_version = wire::kMaxVersion;
+  return wire::EncodeHello(hello);
+}
+
+// A Hello as a version-1 engine sends it: no version range at all.
+std::string Version1Hello(const wire::Hello &hello) {
+  std::string body = wire::EncodeHello(hello);
+  body.resize(body.size() - 4);
+  return body;
+}
+
+// A listening ADXL engine on a free loopback port with one registered region.
+struct Server {
+  Engine engine;
+  int port = -1;
+  std::vector<char> memory = std::vector<char>(4096);
+  explicit Server(const std::map<std::string, std::string> &options = {}) {
+    port = testing::FreeLoopbackPort();
+    EXPECT_EQ(engine.Initialize(Id(), options), adxl::SUCCESS);
+    for (size_t i = 0; i < memory.size(); ++i) memory[i] = static_cast<char>(i * 7 + 1);
+    uint64_t handle = 0;
+    EXPECT_EQ(engine.RegisterMem(reinterpret_cast<uintptr_t>(memory.data()), memory.size(), adxl::MEM_HOST, &handle),
+              adxl::SUCCESS);
+  }
+  ~Server() { engine.Finalize(); }
+  std::string Id() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
+// ---------------------------------------------------------------------------
+// Version negotiation
+// ---------------------------------------------------------------------------
+
+TEST(VersionNegotiation, ACurrentClientGetsTheHighestCommonVersionAndEveryLaterHeaderCarriesIt) {
+  Server server;
+  RawConnection control(server.port);
+  wire::HelloAck ack;
+  std::optional<RawMessage> answer = control.Hello(CurrentHello(MakeHello(wire::ConnRole::kControl, 1, 1)), &ack);
+  ASSERT_TRUE(answer);
+  ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
+  EXPECT_EQ(answer->header.version, wire::kHandshakeVersion);  // the handshake is version-1 framed
+  EXPECT_EQ(ack.version, wire::kMaxVersion);
+  EXPECT_EQ(ack.version, 2);
+  EXPECT_EQ(control.stream().ProtocolVersion(), 2);
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kPing), "", 41));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kPong));
+  EXPECT_EQ(answer->header.version, 2);
+  EXPECT_EQ(answer->header.request_id, 41U);
+  // A header with another version on this connection is a protocol error: the session ends.
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kPing), "", 42, /*version=*/1));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+  EXPECT_EQ(answer->header.version, 2);
+  EXPECT_EQ(answer->header.status, adxl::PARAM_INVALID);
+  EXPECT_NE(answer->body.find("protocol version 1 on a connection that negotiated version 2"), std::string::npos)
+      << answer->body;
+  EXPECT_TRUE(control.Ended());
+}
+
+TEST(VersionNegotiation, AVersion1ClientIsServedAtVersion1) {
+  Server server;
+  RawConnection control(server.port);
+  wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 1);
+  hello.lanes = 1;
+  wire::HelloAck ack;
+  std::optional<RawMessage> answer = control.Hello(Version1Hello(hello), &ack);
+  ASSERT_TRUE(answer);
+  ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
+  EXPECT_EQ(answer->header.version, 1);
+  EXPECT_EQ(ack.version, 1);
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kPing), "", 7));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kPong));
+  EXPECT_EQ(answer->header.version, 1);
+  // A version-1 data lane reads registered memory as before.
+  RawConnection lane(server.port);
+  hello.role = wire::ConnRole::kDataLane;
+  hello.session_id = ack.session_id;
+  wire::HelloAck lane_ack;
+  answer = lane.Hello(Version1Hello(hello), &lane_ack);
+  ASSERT_TRUE(answer);
+  ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
+  EXPECT_EQ(lane_ack.version, 1);
+  std::vector<char> local(256);
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(server.memory.data()) + 100,
+              local.size()};
+  LaneResult r = ExecuteTransfer(lane.stream(), adxl::READ, &seg, 1, 1, Deadline::AfterMs(3000));
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  EXPECT_EQ(0, memcmp(local.data(), server.memory.data() + 100, local.size()));
+}
+
+TEST(VersionNegotiation, AHelloWithADisjointRangeIsRefusedNamingBothRanges) {
+  Server server;
+  RawConnection control(server.port);
+  std::optional<RawMessage> answer =
+      control.Hello(wire::EncodeHello(MakeHello(wire::ConnRole::kControl, 3, 4)));
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+  EXPECT_EQ(answer->header.version, wire::kHandshakeVersion);  // readable by every version
+  EXPECT_EQ(answer->header.status, adxl::FAILED);
+  EXPECT_NE(answer->body.find("no common protocol version"), std::string::npos) << answer->body;
+  EXPECT_NE(answer->body.find("client speaks 3..4"), std::string::npos) << answer->body;
+  EXPECT_NE(answer->body.find("speaks 1..2"), std::string::npos) << answer->body;
+  EXPECT_TRUE(control.Ended());
+  // A range that overlaps at its low end gets that version.
+  RawConnection overlap(server.port);
+  wire::HelloAck ack;
+  answer = overlap.Hello(wire::EncodeHello(MakeHello(wire::ConnRole::kControl, 2, 9)), &ack);
+  ASSERT_TRUE(answer);
+  ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
+  EXPECT_EQ(ack.version, 2);
+}
+
+// A fake server on a loopback port: answers the first connection's Hello with
+// what `answer` returns (given the decoded Hello), then reads until the client
+// goes away.
+class FakeServer {
+ public:
+  explicit FakeServer(std::function<std::string(const wire::Hello &)> answer) {
+    std::string error;
+    EXPECT_TRUE(listener_.Listen(testing::Loopback(0), &error)) << error;
+    thread_ = std::thread([this, answer] {
+      std::shared_ptr<ByteStream> accepted(listener_.Accept(Deadline::AfterMs(5000)));
+      if (!accepted) return;
+      RawConnection peer(accepted);
+      std::optional<RawMessage> hello = peer.Read();
+      if (!hello || !wire::DecodeHello(hello->body, &received_)) return;
+      const std::string bytes = answer(received_);
+      accepted->Write(bytes.data(), bytes.size(), Deadline::AfterMs(2000));
+      while (peer.Read(500)) {
+      }
+    });
+  }
+  ~FakeServer() { Join(); }
+  int Port() const { return listener_.Port(); }
+  // The Hello it received, once the client has gone away.
+  const wire::Hello &Received() {
+    Join();
+    return received_;
+  }
+
+ private:
+  void Join() {
+    listener_.Stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  wire::Hello received_;
+  TcpListener listener_;
+  std::thread thread_;
+};
+
+std::string Message(MsgType type, const std::string &body, uint32_t status = 0) {
+  wire::MsgHeader h;
+  h.type = TypeOf(type);
+  h.status = status;
+  h.body_len = body.size();
+  return std::string(reinterpret_cast<const char *>(&h), sizeof(h)) + body;
+}
+
+std::shared_ptr<ByteStream> OpenControl(int port, wire::HelloAck *ack, adxl::Status *status, std::string *error) {
+  wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 1);  // OpenPeerConnection offers the whole range
+  hello.capabilities |= wire::kCapSameHost;
+  return OpenPeerConnection(testing::Loopback(port), hello, "", Deadline::AfterMs(3000), ack, status, error);
+}
+
+TEST(VersionNegotiation, TheClientRefusesAVersionItDidNotOffer) {
+  FakeServer fake([](const wire::Hello &) {
+    wire::HelloAck ack;
+    ack.capabilities = wire::kCapReverseLanes;
+    ack.session_id = 5;
+    ack.engine_id = "future";
+    ack.version = 9;
+    return Message(MsgType::kHelloAck, wire::EncodeHelloAck(ack));
+  });
+  wire::HelloAck ack;
+  adxl::Status status = adxl::SUCCESS;
+  std::string error;
+  EXPECT_EQ(OpenControl(fake.Port(), &ack, &status, &error), nullptr);
+  EXPECT_EQ(status, adxl::FAILED);
+  EXPECT_NE(error.find("chose protocol version 9, which this engine (1..2) did not offer"), std::string::npos)
+      << error;
+  EXPECT_EQ(fake.Received().min_version, wire::kMinVersion);
+  EXPECT_EQ(fake.Received().max_version, wire::kMaxVersion);
+}
+
+TEST(VersionNegotiation, AVersion1ServerIsSpokenToAtVersion1) {
+  FakeServer fake([](const wire::Hello &) {
+    wire::HelloAck ack;
+    ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost;
+    ack.session_id = 5;
+    ack.engine_id = "old";
+    ack.boot_id = "boot";
+    ack.pid = 4242;
+    ack.token_addr = 0x7f0000001000;
+    ack.token = std::string(32, 't');
+    ack.conn_fd = 9;
+    std::string body = wire::EncodeHelloAck(ack);
+    body.resize(body.size() - 2);  // version 1 says no version
+    return Message(MsgType::kHelloAck, body);
+  });
+  wire::HelloAck ack;
+  adxl::Status status = adxl::FAILED;
+  std::string error;
+  std::shared_ptr<ByteStream> stream = OpenControl(fake.Port(), &ack, &status, &error);
+  ASSERT_NE(stream, nullptr) << error;
+  EXPECT_EQ(status, adxl::SUCCESS);
+  EXPECT_EQ(stream->ProtocolVersion(), 1);
+  EXPECT_EQ(ack.version, 0);  // none said
+  stream->Shutdown();
+}
+
+TEST(VersionNegotiation, AnEngineReportsFailedForAServerWithoutACommonVersion) {
+  // What a version-3-only server answers this engine's Hello.
+  FakeServer fake([](const wire::Hello &hello) {
+    return Message(MsgType::kError,
+                   "no common protocol version: the client speaks " +
+                       wire::VersionRange(hello.min_version, hello.max_version) + ", engine X speaks 3",
+                   adxl::FAILED);
+  });
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {}), adxl::SUCCESS);
+  EXPECT_EQ(client.Connect("127.0.0.1:" + std::to_string(fake.Port()), 3000), adxl::FAILED);
+  client.Finalize();
+}
+
+TEST(VersionNegotiation, TheEnginesHelloSaysWhatItSpeaks) {
+  FakeServer fake([](const wire::Hello &) { return Message(MsgType::kError, "enough", adxl::FAILED); });
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.TcpConnections", "3"}}), adxl::SUCCESS);
+  const std::string remote = "127.0.0.1:" + std::to_string(fake.Port());
+  EXPECT_EQ(client.Connect(remote, 3000), adxl::FAILED);
+  client.Finalize();
+  EXPECT_EQ(fake.Received().role, wire::ConnRole::kControl);
+  EXPECT_EQ(fake.Received().min_version, wire::kMinVersion);
+  EXPECT_EQ(fake.Received().max_version, wire::kMaxVersion);
+  EXPECT_EQ(fake.Received().heartbeat_interval_ms, 1000U);
+  EXPECT_EQ(fake.Received().peer_timeout_ms, 10000U);
+  EXPECT_EQ(fake.Received().target_engine_id, remote);
+}
+
+}  // namespace
+}  // namespace llmdd
