@@ -38,7 +38,10 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   hello.engine_id = params.local_id;
   hello.target_engine_id = params.remote_id;
   const bool allow_same_host = params.config.SameHostAllowed();
-  if (allow_same_host) FillIdentity(&hello);
+  if (allow_same_host) {
+    FillIdentity(&hello);
+    hello.capabilities |= wire::kCapSameHost;  // offered; HelloAck grants it once the server verified us
+  }
   wire::HelloAck ack;
   adxl::Status status = adxl::SUCCESS;
   channel->control_ =

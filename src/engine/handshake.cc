@@ -42,7 +42,8 @@ std::string ClientProof(const std::string &secret, const std::string &client_non
 constexpr size_t kNonceBytes = 32;
 
 // Client side: the version the server picked (none said: a version-1 server)
-// must be one we offered; the connection then carries it.
+// must be one we offered; the connection then carries it. Capabilities not
+// offered or not known are dropped.
 bool AcceptHelloAck(ByteStream &stream, const wire::Hello &sent, const std::string &remote, wire::HelloAck *ack,
                     std::string *error) {
   const uint16_t version = ack->version == 0 ? 1 : ack->version;
@@ -55,6 +56,7 @@ bool AcceptHelloAck(ByteStream &stream, const wire::Hello &sent, const std::stri
     return false;
   }
   stream.SetProtocolVersion(version);
+  ack->capabilities &= sent.capabilities & wire::kKnownCapabilities;
   return true;
 }
 
@@ -75,6 +77,7 @@ bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local
     stream.Shutdown();
     return false;
   }
+  hello->capabilities &= wire::kKnownCapabilities;  // unknown bits: ignored
   return true;
 }
 
@@ -294,6 +297,7 @@ bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::s
 bool SendHelloAck(ByteStream &stream, const wire::Hello &hello, wire::HelloAck ack, Deadline deadline) {
   ack.version = wire::NegotiateVersion(hello.min_version, hello.max_version);
   if (ack.version == 0) return false;  // AdmitHello refuses such a Hello first
+  ack.capabilities = wire::NegotiateCapabilities(hello.capabilities, ack.capabilities);
   if (!SendMessage(stream, MsgType::kHelloAck, adxl::SUCCESS, wire::EncodeHelloAck(ack), deadline)) return false;
   stream.SetProtocolVersion(ack.version);  // every later message on this connection
   return true;

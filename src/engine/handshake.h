@@ -19,7 +19,8 @@ namespace llmdd {
 // first, then checks the server's proof before it accepts the HelloAck), waits
 // for the ack, all within the deadline. The Hello offers this engine's
 // protocol versions; the connection then carries the one the server picked
-// (ByteStream::ProtocolVersion). On failure returns nullptr with *status
+// (ByteStream::ProtocolVersion), and *ack holds only capabilities `hello`
+// offered. On failure returns nullptr with *status
 // (FAILED, TIMEOUT or the peer's refusal code) and *error; FAILED, naming
 // both, when the server picks a version this engine did not offer.
 std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello,
@@ -49,10 +50,12 @@ bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::s
 bool ParseHello(const wire::MsgHeader &header, const std::string &body, wire::Hello *hello, std::string *error);
 // Server side, after the Hello (and authentication): refuses (FAILED, with the
 // reason, logged; the stream is shut down; returns false) a Hello that shares
-// no protocol version with this engine; otherwise returns true.
+// no protocol version with this engine; otherwise drops unknown capability
+// bits and returns true.
 bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local_id, Deadline deadline);
-// Answers an admitted `hello` with `ack` and the negotiated version; from then
-// on the stream carries that version.
+// Answers an admitted `hello` with `ack`, granting only the capabilities of
+// `ack` that the client offered, and the negotiated version; from then on the
+// stream carries that version.
 bool SendHelloAck(ByteStream &stream, const wire::Hello &hello, wire::HelloAck ack, Deadline deadline);
 // Refuses a connection with a status and a reason; best effort.
 void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline);

@@ -97,13 +97,24 @@ enum class ConnRole : uint32_t {
   kReverseLane = 3,  // acceptor sends data requests, connector serves them
 };
 
-// Capability bits announced in Hello / HelloAck.
+// Capability bits. A control Hello offers what the client supports; the
+// HelloAck grants the subset the server supports too (NegotiateCapabilities),
+// and only granted features are used on the session. Bits a receiver does not
+// know are ignored (never refused, never granted), so a later revision may add
+// bits without a version bump.
 constexpr uint32_t kCapReverseLanes = 1U << 0;
 constexpr uint32_t kCapAppMessages = 1U << 1;
-// HelloAck: the server reached the client's memory (token check), so requests
-// on forward lanes may use the same-host path. Reverse-lane Hello: the client
-// reached the server's memory, so the server may use it on reverse lanes.
+// Control Hello: the client offers the same-host path (its identity block is
+// filled). HelloAck: the server reached the client's memory (token check), so
+// requests on forward lanes may use the same-host path. Reverse-lane Hello:
+// the client reached the server's memory, so the server may use it on reverse
+// lanes.
 constexpr uint32_t kCapSameHost = 1U << 2;
+constexpr uint32_t kKnownCapabilities = kCapReverseLanes | kCapAppMessages | kCapSameHost;
+// What a HelloAck grants: offered by the client, supported here, known.
+inline uint32_t NegotiateCapabilities(uint32_t offered, uint32_t supported) {
+  return offered & supported & kKnownCapabilities;
+}
 
 // Header flag of Read/Write requests: same-host request. Entries carry the
 // requester's local address too; no payload either way. Each side only ever

@@ -296,7 +296,7 @@ TEST(VersionNegotiation, TheClientRefusesAVersionItDidNotOffer) {
 TEST(VersionNegotiation, AVersion1ServerIsSpokenToAtVersion1) {
   FakeServer fake([](const wire::Hello &) {
     wire::HelloAck ack;
-    ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost;
+    ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost | (1U << 9);
     ack.session_id = 5;
     ack.engine_id = "old";
     ack.boot_id = "boot";
@@ -316,6 +316,8 @@ TEST(VersionNegotiation, AVersion1ServerIsSpokenToAtVersion1) {
   EXPECT_EQ(status, adxl::SUCCESS);
   EXPECT_EQ(stream->ProtocolVersion(), 1);
   EXPECT_EQ(ack.version, 0);  // none said
+  // Only what we offered: it granted the same-host bit we offered, never an unknown one.
+  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost);
   stream->Shutdown();
 }
 
@@ -346,6 +348,30 @@ TEST(VersionNegotiation, TheEnginesHelloSaysWhatItSpeaks) {
   EXPECT_EQ(fake.Received().heartbeat_interval_ms, 1000U);
   EXPECT_EQ(fake.Received().peer_timeout_ms, 10000U);
   EXPECT_EQ(fake.Received().target_engine_id, remote);
+  EXPECT_EQ(fake.Received().capabilities & ~wire::kCapSameHost, wire::kCapReverseLanes | wire::kCapAppMessages);
+  EXPECT_EQ((fake.Received().capabilities & wire::kCapSameHost) != 0, fake.Received().pid != 0);
+}
+
+// ---------------------------------------------------------------------------
+// Capabilities
+// ---------------------------------------------------------------------------
+
+TEST(Capabilities, UnknownBitsAreIgnoredAndOnlyOfferedOnesAreGranted) {
+  Server server;  // a plain ADXL engine: reverse lanes, no app messages
+  RawConnection control(server.port);
+  wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | (1U << 31) | (1U << 7);
+  wire::HelloAck ack;
+  std::optional<RawMessage> answer = control.Hello(wire::EncodeHello(hello), &ack);
+  ASSERT_TRUE(answer);
+  ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
+  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes);
+  RawConnection other(server.port);
+  hello.capabilities = 1U << 30;  // offers nothing this engine knows
+  answer = other.Hello(wire::EncodeHello(hello), &ack);
+  ASSERT_TRUE(answer);
+  ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
+  EXPECT_EQ(ack.capabilities, 0U);
 }
 
 }  // namespace

@@ -145,7 +145,7 @@ int ServerScenario() {
 
   wire::Hello hello;
   hello.role = wire::ConnRole::kControl;
-  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
+  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost;
   hello.lanes = 1;
   hello.heartbeat_interval_ms = 1000;
   hello.peer_timeout_ms = 10000;

@@ -407,3 +407,17 @@ TEST(WireHelloAck, TheVersionIsAppendedAndAbsentFromVersion1) {
 
 }  // namespace
 }  // namespace llmdd::wire
+
+namespace llmdd::wire {
+namespace {
+
+TEST(WireCapabilities, UnknownBitsAreNeverGranted) {
+  EXPECT_EQ(kKnownCapabilities, 7U);
+  EXPECT_EQ(NegotiateCapabilities(0xFFFFFFFFU, 0xFFFFFFFFU), kKnownCapabilities);
+  EXPECT_EQ(NegotiateCapabilities(kCapReverseLanes | (1U << 20), kCapReverseLanes | kCapAppMessages),
+            kCapReverseLanes);
+  EXPECT_EQ(NegotiateCapabilities(kCapSameHost, kCapReverseLanes), 0U);
+}
+
+}  // namespace
+}  // namespace llmdd::wire
