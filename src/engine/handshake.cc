@@ -333,6 +333,22 @@ ProcessIdentity IdentityOf(const wire::HelloAck &ack) {
   return ProcessIdentity{ack.boot_id, ack.pid, ack.token_addr, ack.token, ack.conn_fd};
 }
 
+bool AnswerIgnorable(ByteStream &stream, const wire::MsgHeader &header, Deadline deadline) {
+  LOG_DEBUG("ignored message type %u from %s (%s)", static_cast<unsigned>(header.type), stream.PeerName().c_str(),
+            header.request_id == 0 ? "a notification" : "answered UNSUPPORTED");
+  if (header.request_id == 0) return true;
+  return SendMessage(stream, MsgType::kError, adxl::UNSUPPORTED,
+                     "message type " + std::to_string(header.type) + " is not supported by this engine", deadline,
+                     header.request_id, stream.ProtocolVersion());
+}
+
+bool SkipIgnorable(ByteStream &stream, const wire::MsgHeader &header, Deadline deadline) {
+  char sink[wire::kMaxControlBody];  // CheckHeader bounds an ignorable body to this, without payload
+  if (header.body_len > sizeof(sink) || header.payload_len != 0) return false;
+  if (header.body_len > 0 && stream.Read(sink, header.body_len, deadline) != IoStatus::kOk) return false;
+  return AnswerIgnorable(stream, header, deadline);
+}
+
 bool SendControl(ByteStream &stream, MsgType type, uint64_t request_id, Deadline deadline) {
   MsgHeader header;
   header.version = stream.ProtocolVersion();

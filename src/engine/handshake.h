@@ -75,4 +75,12 @@ bool SendControl(ByteStream &stream, wire::MsgType type, uint64_t request_id, De
 // The header must carry the stream's ProtocolVersion().
 bool ReadControl(ByteStream &stream, Deadline deadline, wire::MsgHeader *header, IoStatus *io, std::string *error);
 
+// The serving side of an established connection got a message of an
+// ignorable type it does not know (wire::IsIgnorable, header already checked):
+// SkipIgnorable reads and drops its body, then, like AnswerIgnorable (for a
+// body already read), answers Error{UNSUPPORTED} when it carries a request id.
+// False when the stream failed (the connection must end).
+bool SkipIgnorable(ByteStream &stream, const wire::MsgHeader &header, Deadline deadline);
+bool AnswerIgnorable(ByteStream &stream, const wire::MsgHeader &header, Deadline deadline);
+
 }  // namespace llmdd

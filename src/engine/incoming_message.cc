@@ -17,7 +17,8 @@ IncomingMessage::State IncomingMessage::Feed(ByteStream &stream, bool with_body,
     header_got_ += got;
     if (header_got_ == sizeof(header_)) {
       std::string bad = wire::CheckHeader(header_, stream.ProtocolVersion());
-      if (bad.empty() && with_body && header_.body_len > max_body)
+      // An ignorable message's body (bounded by CheckHeader) is read whole, for the caller to skip.
+      if (bad.empty() && with_body && header_.body_len > max_body && !wire::IsIgnorable(header_.type))
         bad = "message body of " + std::to_string(header_.body_len) + " bytes exceeds " + std::to_string(max_body);
       if (!bad.empty()) {
         *error = bad;

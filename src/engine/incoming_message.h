@@ -22,7 +22,8 @@ class IncomingMessage {
   };
 
   // Takes what has arrived. with_body: also the header's body, which must not
-  // exceed max_body (checked before anything is allocated for it).
+  // exceed max_body (checked before anything is allocated for it), or, for an
+  // ignorable message type (wire::IsIgnorable), wire::kMaxControlBody.
   State Feed(ByteStream &stream, bool with_body, uint64_t max_body, std::string *error);
   const wire::MsgHeader &Header() const { return header_; }
   const std::string &Body() const { return body_; }

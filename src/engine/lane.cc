@@ -13,6 +13,7 @@
 
 #include "common/log.h"
 #include "common/threads.h"
+#include "engine/handshake.h"
 #include "transport/shm/cma.h"
 
 namespace llmdd {
@@ -632,6 +633,8 @@ bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext 
 
 bool ServeRequest(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
   std::string bad = wire::CheckHeader(header, stream.ProtocolVersion());
+  // A later revision's optional message: skipped, the lane stays (docs/PROTOCOL.md "Ignorable messages").
+  if (bad.empty() && wire::IsIgnorable(header.type)) return SkipIgnorable(stream, header, AssemblyDeadline(ctx));
   const bool lease = header.type == static_cast<uint16_t>(MsgType::kLeaseRequest);
   if (bad.empty() && header.type != static_cast<uint16_t>(MsgType::kReadRequest) &&
       header.type != static_cast<uint16_t>(MsgType::kWriteRequest) &&

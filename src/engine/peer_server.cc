@@ -368,6 +368,11 @@ bool PeerServer::OnControlMessage(const ConnectionPtr &conn) {
     const wire::MsgHeader header = conn->incoming.Header();
     conn->incoming.Reset();
     session->last_heard_ms.store(SteadyNowMs());
+    if (wire::IsIgnorable(header.type)) {  // a later revision's optional message (body read): the session stays
+      if (AnswerIgnorable(stream, header, Deadline::AfterMs(session->silence_ms))) continue;
+      EndSession(session->id, "control connection lost");
+      return false;
+    }
     if (header.type == static_cast<uint16_t>(MsgType::kPing)) {
       if (!SendControl(stream, MsgType::kPong, header.request_id, Deadline::AfterMs(session->silence_ms))) {
         EndSession(session->id, "control connection lost");

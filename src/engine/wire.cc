@@ -29,6 +29,8 @@ const char *MsgTypeName(uint16_t type) {
   return "Unknown";
 }
 
+bool IsKnownType(uint16_t type) { return std::string_view(MsgTypeName(type)) != "Unknown"; }
+
 uint16_t NegotiateVersion(uint16_t peer_min, uint16_t peer_max, uint16_t our_min, uint16_t our_max) {
   const uint16_t low = std::max(peer_min, our_min), high = std::min(peer_max, our_max);
   return low <= high && high >= 1 ? high : 0;
@@ -89,6 +91,11 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
       max_body = kMaxAppBody;
       break;
     default:
+      // Read and discarded by the side that serves the connection (IsIgnorable).
+      if (IsIgnorable(header.type)) {
+        max_body = kMaxControlBody;
+        break;
+      }
       return "unknown message type " + std::to_string(header.type);
   }
   if (header.body_len > max_body)

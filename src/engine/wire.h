@@ -32,7 +32,8 @@ constexpr uint32_t kMagic = 0x4C58444CU;  // bytes "LDXL"
 // any other's Hello and refuse it clearly; every later message carries the
 // negotiated version, and a header with another version is a protocol error.
 //   1: the first revision (no range in Hello: a Hello without one means 1..1).
-//   2: version negotiation (this range in Hello, the version in HelloAck).
+//   2: version negotiation (this range in Hello, the version in HelloAck),
+//      ignorable message types.
 constexpr uint16_t kHandshakeVersion = 1;
 constexpr uint16_t kMinVersion = 1;  // the oldest version this engine speaks
 constexpr uint16_t kMaxVersion = 2;  // the newest
@@ -66,6 +67,19 @@ enum class MsgType : uint16_t {
 };
 
 const char *MsgTypeName(uint16_t type);
+
+// Message types from here up are ignorable: one this engine does not know,
+// arriving on an established connection at the side that serves it (the
+// server's control connection and data lanes, the client's reverse lanes), is
+// read and discarded (CheckHeader bounds it to kMaxControlBody, no payload);
+// with a request_id it is answered Error{UNSUPPORTED, request_id} and the
+// connection stays open; with request_id 0 it is a notification, not answered.
+// Types below are never ignorable: an unknown one ends the connection. Senders
+// use ignorable types only on connections that negotiated version >= 2 (a
+// version-1 receiver ends the connection on any unknown type).
+constexpr uint16_t kFirstIgnorableType = 0x8000;
+bool IsKnownType(uint16_t type);
+inline bool IsIgnorable(uint16_t type) { return type >= kFirstIgnorableType && !IsKnownType(type); }
 
 // A status received from a peer is untrusted: anything but a known ADXL code
 // becomes FAILED, so the public API only ever returns documented values.
@@ -294,8 +308,8 @@ class BodyReader {
   size_t left_;
 };
 
-// Header checks common to every message: magic, version, known type, body
-// bound for that type. `version` is what the connection carries:
+// Header checks common to every message: magic, version, known (or
+// ignorable) type, body bound for that type. `version` is what the connection carries:
 // kHandshakeVersion until HelloAck, then the negotiated one
 // (ByteStream::ProtocolVersion()). Returns an empty string when valid, else
 // the reason.

@@ -27,7 +27,11 @@ void CheckHeaderOf(const uint8_t *data) {
   FUZZ_CHECK(wire::MsgTypeName(header.type) != nullptr, "no type name");
   if (!bad.empty()) return;
   FUZZ_CHECK(header.magic == wire::kMagic && header.version == wire::kHandshakeVersion, "accepted a foreign header");
-  FUZZ_CHECK(strcmp(wire::MsgTypeName(header.type), "Unknown") != 0, "accepted unknown type %u", header.type);
+  FUZZ_CHECK(strcmp(wire::MsgTypeName(header.type), "Unknown") != 0 || wire::IsIgnorable(header.type),
+             "accepted unknown type %u", header.type);
+  FUZZ_CHECK(!wire::IsIgnorable(header.type) || header.body_len <= wire::kMaxControlBody,
+             "ignorable type %u accepted with a %llu-byte body", header.type,
+             static_cast<unsigned long long>(header.body_len));
   const auto type = static_cast<wire::MsgType>(header.type);
   const bool payload_ok = (type == wire::MsgType::kWriteRequest && (header.flags & wire::kFlagSameHost) == 0) ||
                           type == wire::MsgType::kReadResponse;

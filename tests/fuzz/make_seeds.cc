@@ -164,6 +164,7 @@ void WireSeeds() {
     body.resize(body.size() - 4);  // as version 1 sends it: no range
     Seed(t, "hello_v1", Message(MsgType::kHello, body));
   }
+  Seed(t, "ignorable_request", Message(static_cast<MsgType>(wire::kFirstIgnorableType + 1), "optional", 7));
   wire::AuthChallenge challenge{std::string(32, 's')};
   Seed(t, "auth_challenge", Message(MsgType::kAuthChallenge, wire::EncodeAuthChallenge(challenge)));
   Seed(t, "auth_response", Message(MsgType::kAuthResponse, std::string(32, 'q')));
@@ -313,6 +314,11 @@ void HandshakeSeeds() {
     future.min_version = wire::kMaxVersion + 1;
     future.max_version = wire::kMaxVersion + 5;
     Seed(t, "server_versions_disjoint", Flags(0) + Message(MsgType::kHello, wire::EncodeHello(future)));
+    // Ignorable messages (a request, a notification) on an established control connection.
+    const std::string ignorable_request = v2(Message(static_cast<MsgType>(wire::kFirstIgnorableType), "optional", 5));
+    const std::string ignorable_note = v2(Message(static_cast<MsgType>(wire::kFirstIgnorableType + 3), "note", 0));
+    Seed(t, "server_control_ignorable", Flags(0) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, false)) +
+                                            ignorable_request + ignorable_note + ping);
   }
   {
     wire::Hello other = MakeHello(ConnRole::kControl, false);

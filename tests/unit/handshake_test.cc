@@ -1,5 +1,5 @@
 // A protocol that can evolve (docs/PROTOCOL.md "Versions and capabilities",
-// "Peers one version apart"): raw-socket peers speaking exactly what an older,
+// "Ignorable messages", "Peers one version apart"): raw-socket peers speaking exactly what an older,
 // a current or a future engine would send, against a real serving engine, and
 // fake servers against the real client side.
 #include <gtest/gtest.h>
@@ -372,6 +372,96 @@ TEST(Capabilities, UnknownBitsAreIgnoredAndOnlyOfferedOnesAreGranted) {
   ASSERT_TRUE(answer);
   ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
   EXPECT_EQ(ack.capabilities, 0U);
+}
+
+// ---------------------------------------------------------------------------
+// Ignorable messages
+// ---------------------------------------------------------------------------
+
+TEST(IgnorableMessages, TheControlConnectionSurvivesAnIgnorableRequestAndNotification) {
+  Server server;
+  RawConnection control(server.port);
+  wire::HelloAck ack;
+  ASSERT_TRUE(control.Hello(CurrentHello(MakeHello(wire::ConnRole::kControl, 1, 2)), &ack));
+  ASSERT_EQ(ack.version, 2);
+  ASSERT_TRUE(control.Send(wire::kFirstIgnorableType + 1, "a later revision's optional request", 77));
+  std::optional<RawMessage> answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+  EXPECT_EQ(answer->header.version, 2);
+  EXPECT_EQ(answer->header.status, adxl::UNSUPPORTED);
+  EXPECT_EQ(answer->header.request_id, 77U);
+  EXPECT_NE(answer->body.find("message type 32769 is not supported"), std::string::npos) << answer->body;
+  // A notification (request id 0) with the largest allowed body: no answer at all.
+  ASSERT_TRUE(control.Send(0xFFFF, std::string(wire::kMaxControlBody, 'n'), 0));
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kPing), "", 78));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kPong));
+  EXPECT_EQ(answer->header.request_id, 78U);
+  // Goodbye still works: the session was never dropped.
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kGoodbye), "", 79));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kGoodbyeAck));
+}
+
+// A control connection and one data lane of a version-2 session.
+struct Session {
+  RawConnection control, lane;
+  explicit Session(int port) : control(port), lane(port) {
+    wire::HelloAck ack;
+    wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+    EXPECT_TRUE(control.Hello(CurrentHello(hello), &ack));
+    hello.role = wire::ConnRole::kDataLane;
+    hello.session_id = ack.session_id;
+    std::optional<RawMessage> answer = lane.Hello(CurrentHello(hello), &ack);
+    EXPECT_TRUE(answer && answer->header.type == TypeOf(MsgType::kHelloAck));
+    EXPECT_EQ(lane.stream().ProtocolVersion(), 2);
+  }
+};
+
+TEST(IgnorableMessages, ADataLaneAnswersUnsupportedAndKeepsServing) {
+  Server server;
+  Session session(server.port);
+  RawConnection &lane = session.lane;
+  ASSERT_TRUE(lane.Send(wire::kFirstIgnorableType, "x", 3));
+  std::optional<RawMessage> answer = lane.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+  EXPECT_EQ(answer->header.status, adxl::UNSUPPORTED);
+  EXPECT_EQ(answer->header.request_id, 3U);
+  ASSERT_TRUE(lane.Send(wire::kFirstIgnorableType + 9, "", 0));  // notification: no answer
+  std::vector<char> local(512);
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(server.memory.data()),
+              local.size()};
+  LaneResult r = ExecuteTransfer(lane.stream(), adxl::READ, &seg, 1, 4, Deadline::AfterMs(3000));
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  EXPECT_FALSE(r.broken);
+  EXPECT_EQ(0, memcmp(local.data(), server.memory.data(), local.size()));
+}
+
+TEST(IgnorableMessages, UnknownTypesOutsideTheRangeAndOversizedOnesStillEndTheLane) {
+  Server server;
+  {
+    Session session(server.port);
+    ASSERT_TRUE(session.lane.Send(wire::kFirstIgnorableType - 1, "", 5));
+    std::optional<RawMessage> answer = session.lane.Read();
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+    EXPECT_EQ(answer->header.status, adxl::PARAM_INVALID);
+    EXPECT_NE(answer->body.find("unknown message type 32767"), std::string::npos) << answer->body;
+    EXPECT_TRUE(session.lane.Ended());
+  }
+  {
+    Session session(server.port);
+    ASSERT_TRUE(session.lane.Send(wire::kFirstIgnorableType, std::string(wire::kMaxControlBody + 1, 'x'), 6));
+    std::optional<RawMessage> answer = session.lane.Read();
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+    EXPECT_NE(answer->body.find("exceeds the limit of 4096"), std::string::npos) << answer->body;
+    EXPECT_TRUE(session.lane.Ended());
+  }
 }
 
 }  // namespace

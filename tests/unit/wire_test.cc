@@ -421,3 +421,29 @@ TEST(WireCapabilities, UnknownBitsAreNeverGranted) {
 
 }  // namespace
 }  // namespace llmdd::wire
+
+namespace llmdd::wire {
+namespace {
+
+TEST(WireHeader, IgnorableTypesAreAcceptedWithinTheControlBound) {
+  EXPECT_EQ(kFirstIgnorableType, 0x8000);
+  EXPECT_TRUE(IsIgnorable(0x8000));
+  EXPECT_TRUE(IsIgnorable(0xFFFF));
+  EXPECT_FALSE(IsIgnorable(0x7FFF));
+  EXPECT_FALSE(IsIgnorable(static_cast<uint16_t>(MsgType::kReadRequest)));
+  MsgHeader h;
+  h.type = 0x8001;
+  h.body_len = kMaxControlBody;
+  EXPECT_EQ(CheckHeader(h), "");
+  h.body_len = kMaxControlBody + 1;
+  EXPECT_NE(CheckHeader(h).find("exceeds the limit of 4096"), std::string::npos) << CheckHeader(h);
+  h.body_len = 0;
+  h.payload_len = 1;
+  EXPECT_NE(CheckHeader(h).find("must not carry a payload"), std::string::npos) << CheckHeader(h);
+  h.payload_len = 0;
+  h.type = 0x7FFF;
+  EXPECT_NE(CheckHeader(h).find("unknown message type 32767"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace llmdd::wire
