@@ -1,5 +1,6 @@
 #include "engine/handshake.h"
 
+#include "common/endpoint.h"
 #include "common/hmac.h"
 #include "common/log.h"
 #include "transport/fault_injection.h"
@@ -62,6 +63,20 @@ bool AcceptHelloAck(ByteStream &stream, const wire::Hello &sent, const std::stri
 
 }  // namespace
 
+bool TargetIsThisEngine(const std::string &target, const std::string &local_id, std::string *why) {
+  uint64_t wanted = 0, self = 0;
+  // No claim (a peer that sends none), or an address: ADXL engine ids are the
+  // engine's address, and the address the client reached is the engine, by
+  // whatever name it reached it (docs/PROTOCOL.md "Which engine a client reached").
+  if (target.empty() || !ParseUint64(target, &wanted)) return true;
+  const bool self_is_cluster = ParseUint64(local_id, &self);
+  if (self_is_cluster && self == wanted) return true;
+  *why = self_is_cluster ? "wrong engine: this is LLM-DataDist cluster " + local_id +
+                               ", the client asked for cluster " + target
+                         : "wrong engine: this is ADXL engine " + local_id + ", not LLM-DataDist cluster " + target;
+  return false;
+}
+
 bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local_id, Deadline deadline) {
   std::string why;
   const uint16_t version = wire::NegotiateVersion(hello->min_version, hello->max_version);
@@ -69,6 +84,8 @@ bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local
     why = "no common protocol version: the client speaks " +
           wire::VersionRange(hello->min_version, hello->max_version) + ", engine " + local_id + " speaks " +
           wire::VersionRange(wire::kMinVersion, wire::kMaxVersion);
+  } else {
+    TargetIsThisEngine(hello->target_engine_id, local_id, &why);
   }
   if (!why.empty()) {
     LOG_WARN("refused connection from %s (engine '%s'): %s", stream.PeerName().c_str(), hello->engine_id.c_str(),

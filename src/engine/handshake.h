@@ -50,9 +50,14 @@ bool ReadHello(ByteStream &stream, Deadline deadline, wire::Hello *hello, std::s
 bool ParseHello(const wire::MsgHeader &header, const std::string &body, wire::Hello *hello, std::string *error);
 // Server side, after the Hello (and authentication): refuses (FAILED, with the
 // reason, logged; the stream is shut down; returns false) a Hello that shares
-// no protocol version with this engine; otherwise drops unknown capability
-// bits and returns true.
+// no protocol version with this engine or names another engine
+// (TargetIsThisEngine); otherwise drops unknown capability bits and returns true.
 bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local_id, Deadline deadline);
+// Whether a client that asked for `target` reached this engine (`local_id`);
+// *why when not. Only LLM-DataDist cluster ids (decimal numbers) are compared;
+// an ADXL id is an address, and reaching the address is reaching the engine
+// (docs/PROTOCOL.md "Which engine a client reached").
+bool TargetIsThisEngine(const std::string &target, const std::string &local_id, std::string *why);
 // Answers an admitted `hello` with `ack`, granting only the capabilities of
 // `ack` that the client offered, and the negotiated version; from then on the
 // stream carries that version.

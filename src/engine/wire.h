@@ -33,7 +33,7 @@ constexpr uint32_t kMagic = 0x4C58444CU;  // bytes "LDXL"
 // negotiated version, and a header with another version is a protocol error.
 //   1: the first revision (no range in Hello: a Hello without one means 1..1).
 //   2: version negotiation (this range in Hello, the version in HelloAck),
-//      ignorable message types.
+//      ignorable message types, the target engine check.
 constexpr uint16_t kHandshakeVersion = 1;
 constexpr uint16_t kMinVersion = 1;  // the oldest version this engine speaks
 constexpr uint16_t kMaxVersion = 2;  // the newest
@@ -172,7 +172,7 @@ struct Hello {
   uint32_t heartbeat_interval_ms = 0;
   uint32_t peer_timeout_ms = 0;
   std::string engine_id;          // sender's engine id (client's local_engine)
-  std::string target_engine_id;   // the id the client used to reach the server
+  std::string target_engine_id;   // the id the client used to reach the server (checked: TargetIsThisEngine)
   std::string nonce;              // client's random challenge for mutual authentication
   // Same-host path (optional): who the sender is, so the receiver can verify it
   // reaches the sender's memory (see transport/shm/cma.h).

@@ -314,6 +314,9 @@ void HandshakeSeeds() {
     future.min_version = wire::kMaxVersion + 1;
     future.max_version = wire::kMaxVersion + 5;
     Seed(t, "server_versions_disjoint", Flags(0) + Message(MsgType::kHello, wire::EncodeHello(future)));
+    wire::Hello cluster = MakeHello(ConnRole::kControl, false);
+    cluster.target_engine_id = "7";  // an LLM-DataDist cluster id; the harness is ADXL engine 127.0.0.1:26000
+    Seed(t, "server_wrong_target", Flags(0) + Message(MsgType::kHello, wire::EncodeHello(cluster)));
     // Ignorable messages (a request, a notification) on an established control connection.
     const std::string ignorable_request = v2(Message(static_cast<MsgType>(wire::kFirstIgnorableType), "optional", 5));
     const std::string ignorable_note = v2(Message(static_cast<MsgType>(wire::kFirstIgnorableType + 3), "note", 0));

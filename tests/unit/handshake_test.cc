@@ -1,7 +1,8 @@
 // A protocol that can evolve (docs/PROTOCOL.md "Versions and capabilities",
-// "Ignorable messages", "Peers one version apart"): raw-socket peers speaking exactly what an older,
-// a current or a future engine would send, against a real serving engine, and
-// fake servers against the real client side.
+// "Ignorable messages", "Which engine a client reached", "Peers one version
+// apart"): raw-socket peers speaking exactly what an older, a current or a
+// future engine would send, against a real serving engine, and fake servers
+// against the real client side.
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
@@ -462,6 +463,84 @@ TEST(IgnorableMessages, UnknownTypesOutsideTheRangeAndOversizedOnesStillEndTheLa
     EXPECT_NE(answer->body.find("exceeds the limit of 4096"), std::string::npos) << answer->body;
     EXPECT_TRUE(session.lane.Ended());
   }
+}
+
+// ---------------------------------------------------------------------------
+// Which engine a client reached
+// ---------------------------------------------------------------------------
+
+TEST(TargetEngine, TheRuleComparesClusterIdsOnly) {
+  std::string why;
+  EXPECT_TRUE(TargetIsThisEngine("", "8", &why));
+  EXPECT_TRUE(TargetIsThisEngine("8", "8", &why));
+  EXPECT_TRUE(TargetIsThisEngine("008", "8", &why));  // the same number
+  EXPECT_TRUE(TargetIsThisEngine("10.0.0.5:26000", "8", &why));  // an address reached: an ADXL client
+  for (const char *name : {"10.0.0.5:26000", "10.0.0.5", "0.0.0.0:26000", "192.168.7.1:26000", "node-3:26000",
+                           "[::1]:26000", "127.0.0.1:9"})
+    EXPECT_TRUE(TargetIsThisEngine(name, "10.0.0.5:26000", &why)) << name;
+  EXPECT_FALSE(TargetIsThisEngine("7", "8", &why));
+  EXPECT_EQ(why, "wrong engine: this is LLM-DataDist cluster 8, the client asked for cluster 7");
+  EXPECT_FALSE(TargetIsThisEngine("7", "10.0.0.5:26000", &why));
+  EXPECT_EQ(why, "wrong engine: this is ADXL engine 10.0.0.5:26000, not LLM-DataDist cluster 7");
+}
+
+TEST(TargetEngine, AClusterThatReachedAnotherClusterIsRefused) {
+  const int port = testing::FreeLoopbackPort();
+  const Endpoint listen = testing::Loopback(port);
+  Engine server;
+  ASSERT_EQ(server.Start("8", EngineConfig{}, &listen, Engine::Hooks{}), adxl::SUCCESS);
+  RawConnection wrong(port);
+  wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+  hello.engine_id = "5";
+  hello.target_engine_id = "7";
+  std::optional<RawMessage> answer = wrong.Hello(wire::EncodeHello(hello));
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+  EXPECT_EQ(answer->header.status, adxl::FAILED);
+  EXPECT_EQ(answer->body, "wrong engine: this is LLM-DataDist cluster 8, the client asked for cluster 7");
+  EXPECT_TRUE(wrong.Ended());
+  // Through the engine's own client: a link keyed by the wrong cluster fails, the right one connects.
+  Engine client;
+  ASSERT_EQ(client.Start("5", EngineConfig{}, nullptr, Engine::Hooks{}), adxl::SUCCESS);
+  std::string error;
+  EXPECT_EQ(client.ConnectKeyed("7", listen, 0, Deadline::AfterMs(3000), &error), adxl::FAILED);
+  EXPECT_NE(error.find("wrong engine: this is LLM-DataDist cluster 8"), std::string::npos) << error;
+  EXPECT_EQ(client.ConnectKeyed("8", listen, 0, Deadline::AfterMs(3000), &error), adxl::SUCCESS) << error;
+  client.Finalize();
+  server.Finalize();
+}
+
+TEST(TargetEngine, AnAdxlEngineIsReachedByAnyOfItsNames) {
+  Server server;
+  for (const std::string &target : {server.Id(), std::string("localhost:") + std::to_string(server.port),
+                                    std::string("0.0.0.0:") + std::to_string(server.port), std::string("10.1.2.3:9"),
+                                    std::string("[::1]:") + std::to_string(server.port), std::string("127.0.0.1"),
+                                    std::string()}) {
+    RawConnection control(server.port);
+    wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+    hello.target_engine_id = target;
+    std::optional<RawMessage> answer = control.Hello(wire::EncodeHello(hello));
+    ASSERT_TRUE(answer);
+    EXPECT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << target << ": " << answer->body;
+  }
+  RawConnection cluster(server.port);
+  wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+  hello.target_engine_id = "7";
+  std::optional<RawMessage> answer = cluster.Hello(wire::EncodeHello(hello));
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+  EXPECT_EQ(answer->header.status, adxl::FAILED);
+  EXPECT_EQ(answer->body, "wrong engine: this is ADXL engine " + server.Id() + ", not LLM-DataDist cluster 7");
+}
+
+TEST(TargetEngine, AServerListeningOnTheWildcardAddressIsReachedThroughLoopback) {
+  const int port = testing::FreeLoopbackPort();
+  Engine server, client;
+  ASSERT_EQ(server.Initialize("0.0.0.0:" + std::to_string(port), {}), adxl::SUCCESS);
+  ASSERT_EQ(client.Initialize("127.0.0.1", {}), adxl::SUCCESS);
+  EXPECT_EQ(client.Connect("127.0.0.1:" + std::to_string(port), 3000), adxl::SUCCESS);
+  client.Finalize();
+  server.Finalize();
 }
 
 }  // namespace
