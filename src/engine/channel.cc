@@ -32,7 +32,6 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   wire::Hello hello;
   hello.role = wire::ConnRole::kControl;
   hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
-  hello.lanes = params.config.tcp_connections;
   hello.heartbeat_interval_ms = params.config.heartbeat_interval_ms;
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
   hello.engine_id = params.local_id;

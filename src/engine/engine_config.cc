@@ -143,11 +143,12 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
   return adxl::SUCCESS;
 }
 
-uint32_t EngineConfig::SessionSilenceMs(uint32_t client_peer_timeout_ms) const {
+uint32_t EngineConfig::SessionSilenceMs(uint32_t client_peer_timeout_ms, uint32_t client_heartbeat_interval_ms) const {
   // The client may ask for more patience than our own peer timeout (it sends
   // heartbeats less often), but never more than our own maximum wait.
+  const uint64_t promised = uint64_t{client_peer_timeout_ms} + client_heartbeat_interval_ms;
   const uint32_t ceiling = std::max(peer_timeout_ms, max_serve_wait_ms);
-  return std::min(std::max(peer_timeout_ms, client_peer_timeout_ms), ceiling);
+  return static_cast<uint32_t>(std::min<uint64_t>(std::max<uint64_t>(peer_timeout_ms, promised), ceiling));
 }
 
 }  // namespace llmdd

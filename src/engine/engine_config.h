@@ -52,8 +52,13 @@ struct EngineConfig {
   uint32_t max_sessions = 1024;        // llmdd.MaxSessions [1, 1000000]: client engines connected at once
   uint32_t max_handshakes = 64;        // llmdd.MaxHandshakes [1, 65536]: connections that have not said Hello yet
   uint32_t max_lanes_per_session = 64; // llmdd.MaxLanesPerSession [1, 1024]: data lanes one client engine may open
-  // Silence after which the server drops a client's session.
-  uint32_t SessionSilenceMs(uint32_t client_peer_timeout_ms) const;
+  // Silence after which the server drops a client's session, from what its
+  // Hello says: it pings every heartbeat interval once the previous Pong came
+  // back, and waits for a Pong at most its peer timeout (then it gives up on
+  // us itself), so a live client is never silent for longer than their sum.
+  // Never less than our own peer timeout, never more than
+  // max(peer_timeout_ms, max_serve_wait_ms).
+  uint32_t SessionSilenceMs(uint32_t client_peer_timeout_ms, uint32_t client_heartbeat_interval_ms = 0) const;
 };
 
 // Keys (extension options).

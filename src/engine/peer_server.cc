@@ -295,10 +295,11 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   session->id = RandomSessionId();
   session->client_id = hello.engine_id;
   session->control = stream;
-  // The client promises a heartbeat every interval; silence beyond its peer
-  // timeout (or ours, whichever is larger, capped by our own maximum wait)
-  // ends the session.
-  session->silence_ms = config_.SessionSilenceMs(hello.peer_timeout_ms);
+  // The client promises a heartbeat every interval once the previous one was
+  // answered, which it awaits for at most its peer timeout: silence beyond
+  // their sum (at least our own timeout, capped by our own maximum wait) ends
+  // the session.
+  session->silence_ms = config_.SessionSilenceMs(hello.peer_timeout_ms, hello.heartbeat_interval_ms);
   session->last_heard_ms.store(SteadyNowMs());
   // Verified before the session is published: lanes read it under mutex_ only.
   if (config_.SameHostAllowed() && hello.pid != 0) {

@@ -168,9 +168,9 @@ struct Hello {
   ConnRole role = ConnRole::kControl;
   uint32_t capabilities = 0;
   uint64_t session_id = 0;        // 0 on control connections; the session on lanes
-  uint32_t lanes = 0;             // data lanes the client will open
-  uint32_t heartbeat_interval_ms = 0;
-  uint32_t peer_timeout_ms = 0;
+  uint32_t lanes = 0;             // reserved: sent as 0 since version 2, ignored by every version
+  uint32_t heartbeat_interval_ms = 0;  // the client pings at least this often (server: silence limit)
+  uint32_t peer_timeout_ms = 0;        // and gives up on a Pong after this long
   std::string engine_id;          // sender's engine id (client's local_engine)
   std::string target_engine_id;   // the id the client used to reach the server (checked: TargetIsThisEngine)
   std::string nonce;              // client's random challenge for mutual authentication

@@ -336,7 +336,7 @@ TEST(VersionNegotiation, AnEngineReportsFailedForAServerWithoutACommonVersion) {
   client.Finalize();
 }
 
-TEST(VersionNegotiation, TheEnginesHelloSaysWhatItSpeaks) {
+TEST(VersionNegotiation, TheEnginesHelloSaysWhatItSpeaksAndNoLaneCount) {
   FakeServer fake([](const wire::Hello &) { return Message(MsgType::kError, "enough", adxl::FAILED); });
   Engine client;
   ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.TcpConnections", "3"}}), adxl::SUCCESS);
@@ -346,6 +346,7 @@ TEST(VersionNegotiation, TheEnginesHelloSaysWhatItSpeaks) {
   EXPECT_EQ(fake.Received().role, wire::ConnRole::kControl);
   EXPECT_EQ(fake.Received().min_version, wire::kMinVersion);
   EXPECT_EQ(fake.Received().max_version, wire::kMaxVersion);
+  EXPECT_EQ(fake.Received().lanes, 0U);  // not sent any more (docs/PROTOCOL.md)
   EXPECT_EQ(fake.Received().heartbeat_interval_ms, 1000U);
   EXPECT_EQ(fake.Received().peer_timeout_ms, 10000U);
   EXPECT_EQ(fake.Received().target_engine_id, remote);
@@ -541,6 +542,38 @@ TEST(TargetEngine, AServerListeningOnTheWildcardAddressIsReachedThroughLoopback)
   EXPECT_EQ(client.Connect("127.0.0.1:" + std::to_string(port), 3000), adxl::SUCCESS);
   client.Finalize();
   server.Finalize();
+}
+
+// ---------------------------------------------------------------------------
+// Heartbeats: the server uses the client's interval
+// ---------------------------------------------------------------------------
+
+TEST(SessionSilence, TheClientsIntervalAndTimeoutBoundWhatTheServerWaits) {
+  EngineConfig config;  // peer timeout 10 s, max serve wait 60 s
+  EXPECT_EQ(config.SessionSilenceMs(10000, 1000), 11000u);  // defaults on both sides
+  // A client pinging every 5 s that waits up to 10 s for a Pong may be silent
+  // for 15 s while alive (the previous rule, max of the timeouts, said 10 s).
+  EXPECT_EQ(config.SessionSilenceMs(10000, 5000), 15000u);
+  EXPECT_EQ(config.SessionSilenceMs(100, 50), 10000u);  // never less than our own timeout
+  EXPECT_EQ(config.SessionSilenceMs(UINT32_MAX, UINT32_MAX), 60000u);  // nor more than our ceiling
+  EXPECT_EQ(config.SessionSilenceMs(50000, 20000), 60000u);
+}
+
+TEST(SessionSilence, ASilentClientIsKeptForItsIntervalPlusTimeoutThenDropped) {
+  Server server({{"llmdd.HeartbeatIntervalMs", "100"}, {"llmdd.PeerTimeoutMs", "300"}});
+  RawConnection control(server.port);
+  wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+  hello.heartbeat_interval_ms = 1500;
+  hello.peer_timeout_ms = 300;  // silence allowed: max(300, 1500 + 300) = 1800 ms
+  ASSERT_TRUE(control.Hello(wire::EncodeHello(hello)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));  // past both timeouts, within the promise
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kPing), "", 1));
+  std::optional<RawMessage> answer = control.Read();
+  ASSERT_TRUE(answer) << "the session was dropped before the client's promised interval had passed";
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kPong));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2600));
+  control.Send(TypeOf(MsgType::kPing), "", 2);
+  EXPECT_FALSE(control.Read(1000)) << "a client silent for longer than it promised is dropped";
 }
 
 }  // namespace
