@@ -44,7 +44,9 @@ constexpr size_t kNonceBytes = 32;
 
 // Client side: the version the server picked (none said: a version-1 server)
 // must be one we offered; the connection then carries it. Capabilities not
-// offered or not known are dropped.
+// offered or not known are dropped, and so is the same-host path below
+// version 2 (version-1 same-host requests carry absolute CLOCK_MONOTONIC
+// deadlines, which this engine neither sends nor trusts).
 bool AcceptHelloAck(ByteStream &stream, const wire::Hello &sent, const std::string &remote, wire::HelloAck *ack,
                     std::string *error) {
   const uint16_t version = ack->version == 0 ? 1 : ack->version;
@@ -58,6 +60,15 @@ bool AcceptHelloAck(ByteStream &stream, const wire::Hello &sent, const std::stri
   }
   stream.SetProtocolVersion(version);
   ack->capabilities &= sent.capabilities & wire::kKnownCapabilities;
+  if (version < wire::kSameHostMinVersion && (ack->pid != 0 || (ack->capabilities & wire::kCapSameHost) != 0)) {
+    if (sent.role == wire::ConnRole::kControl)
+      LOG_INFO("%s speaks protocol version %u: the same-host path is not used with it (TCP only)", remote.c_str(),
+               static_cast<unsigned>(version));
+    ack->capabilities &= ~wire::kCapSameHost;
+    ack->pid = 0;
+    ack->boot_id.clear();
+    ack->token.clear();
+  }
   return true;
 }
 
@@ -95,6 +106,14 @@ bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local
     return false;
   }
   hello->capabilities &= wire::kKnownCapabilities;  // unknown bits: ignored
+  if (version < wire::kSameHostMinVersion) {
+    // Version-1 same-host requests carry absolute CLOCK_MONOTONIC deadlines:
+    // such a client is not offered the path (it uses TCP).
+    hello->capabilities &= ~wire::kCapSameHost;
+    hello->pid = 0;
+    hello->boot_id.clear();
+    hello->token.clear();
+  }
   return true;
 }
 

@@ -51,7 +51,8 @@ bool ParseHello(const wire::MsgHeader &header, const std::string &body, wire::He
 // Server side, after the Hello (and authentication): refuses (FAILED, with the
 // reason, logged; the stream is shut down; returns false) a Hello that shares
 // no protocol version with this engine or names another engine
-// (TargetIsThisEngine); otherwise drops unknown capability bits and returns true.
+// (TargetIsThisEngine); otherwise drops unknown capability bits, and the
+// same-host offer of a client below version 2, and returns true.
 bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local_id, Deadline deadline);
 // Whether a client that asked for `target` reached this engine (`local_id`);
 // *why when not. Only LLM-DataDist cluster ids (decimal numbers) are compared;

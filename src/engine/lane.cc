@@ -28,6 +28,9 @@ constexpr int64_t kServeGraceMs = 1000;
 // A peer that started a message must finish sending its body within this.
 constexpr int64_t kBodyAssemblyMs = 30000;
 constexpr size_t kDiscardChunk = 256 * 1024;
+// Longest same-host remaining time taken from a request (a day; the serve
+// deadline clamps it further): keeps the arithmetic far from overflow.
+constexpr uint64_t kMaxRemainingNs = 86400ULL * 1000000000ULL;
 
 // How long a peer that started a message may take to send its body: ours, and
 // never beyond this engine's own maximum wait.
@@ -39,6 +42,19 @@ std::string HexRange(uint64_t addr, uint64_t len) {
   char buf[96];
   snprintf(buf, sizeof(buf), "[0x%" PRIx64 ", +%" PRIu64 ")", addr, len);
   return buf;
+}
+
+// A same-host request's time (wire::kSameHostRemainingSize): what is left of
+// the caller's, less the margin for the request's way to the server (at most a
+// quarter of it), so the server's count, started when it reads the request,
+// normally ends before ours.
+uint64_t SameHostRemainingNs(const Deadline &deadline) {
+  if (deadline.IsNever()) return kMaxRemainingNs;
+  const int64_t left =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.At() - Deadline::Clock::now()).count();
+  if (left <= 0) return 0;
+  const uint64_t ns = std::min<uint64_t>(static_cast<uint64_t>(left), kMaxRemainingNs);
+  return ns - std::min<uint64_t>(wire::kSameHostMarginNs, ns / 4);
 }
 
 uint32_t TimeoutField(const Deadline &deadline) {
@@ -157,16 +173,12 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   const auto sent_at = Deadline::Clock::now();
   // Request body: range header + (remote addr, len[, local addr]) per segment.
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
-  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostDeadlineSize : 0);
+  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0);
   thread_local std::vector<uint8_t> body;
   thread_local std::vector<iovec> iov, local_iov, remote_iov;
   TrimOnExit trim(body, iov, local_iov, remote_iov);
   body.resize(entries_at + entry_size * count);
-  if (same_host) {
-    const uint64_t deadline_ns = static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.At().time_since_epoch()).count());
-    wire::PutU64(body.data() + wire::kRangeBodyHeader, deadline_ns);
-  }
+  if (same_host) wire::PutU64(body.data() + wire::kRangeBodyHeader, SameHostRemainingNs(deadline));
   for (size_t i = 0; i < count; ++i) {
     uint8_t *entry = body.data() + entries_at + i * entry_size;
     wire::PutU64(entry, segs[i].remote);
@@ -343,6 +355,15 @@ LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::stri
 
 namespace {
 
+// True once the requester shut the lane down or closed it (it does when it
+// gives up on a request), or the lane was shut down here. Never blocks.
+bool RequesterHungUp(const ByteStream &stream) {
+  const int fd = stream.NativeHandle();
+  if (fd < 0) return false;
+  pollfd p{fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
 // Sends a response with optional text; false if the stream failed.
 bool SendResponse(ByteStream &stream, MsgType type, uint64_t request_id, adxl::Status status,
                   const std::string &text, Deadline deadline) {
@@ -377,6 +398,7 @@ bool DiscardPayload(ByteStream &stream, uint64_t len, Deadline deadline) {
 
 // Serves one Read/Write request whose header has been read. False ends the lane.
 bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
+  const auto received_at = Deadline::Clock::now();  // the header was just read: same-host time counts from here
   const bool is_read = header.type == static_cast<uint16_t>(MsgType::kReadRequest);
   Deadline assembly = AssemblyDeadline(ctx);
   if (header.body_len < wire::kRangeBodyHeader) {
@@ -418,14 +440,14 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     return SendResponse(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse, header.request_id,
                         adxl::FAILED, "same-host trust ended: the verified peer process is gone", deadline);
   }
-  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostDeadlineSize : 0);
-  // Same-host: the requester's own deadline on the shared monotonic clock. Its
-  // memory is never touched after it (a timed-out caller may reuse its buffers).
+  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0);
+  // Same-host: the requester's remaining time (less its margin), counted from
+  // when we read the request. Its memory is never read after that, nor once it
+  // shut the lane down: a timed-out caller may reuse its buffers.
   Deadline requester_deadline = Deadline::Never();
   if (same_host) {
-    const uint64_t ns = wire::GetU64(body.data() + wire::kRangeBodyHeader);
-    requester_deadline = Deadline(Deadline::Clock::time_point(
-        std::chrono::nanoseconds(static_cast<int64_t>(std::min<uint64_t>(ns, INT64_MAX)))));
+    const uint64_t ns = std::min<uint64_t>(wire::GetU64(body.data() + wire::kRangeBodyHeader), kMaxRemainingNs);
+    requester_deadline = Deadline(received_at + std::chrono::nanoseconds(static_cast<int64_t>(ns)));
   }
 
   // Validate every range before touching any byte; pin the regions meanwhile.
@@ -496,9 +518,16 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
       return SendResponse(stream, MsgType::kWriteResponse, header.request_id, adxl::TIMEOUT,
                           "request arrived after its deadline", deadline);
     }
+    // Checked before every copy call (<= 8 MiB): a requester that gave up shut the lane down.
+    bool gave_up = false;
     int err = ctx.same_host->CopyFrom(iov.data(), iov.size(), peer_iov.data(), peer_iov.size(),
-                                      deadline.EarlierOf(requester_deadline), &pins.Broken());
+                                      deadline.EarlierOf(requester_deadline), &pins.Broken(),
+                                      [&stream, &gave_up] { return gave_up = RequesterHungUp(stream); });
     pins.Release();
+    if (gave_up) {
+      LOG_WARN("same-host write from %s: the requester gave up (lane shut down), copy stopped", ctx.peer.c_str());
+      return false;
+    }
     adxl::Status status = adxl::SUCCESS;
     std::string text;
     if (err != 0) {

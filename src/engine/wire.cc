@@ -73,10 +73,10 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
       max_body = kLeaseGrantHeader + 16ULL * kMaxLeaseRegions;
       break;
     case MsgType::kReadRequest:
-      max_body = kRangeBodyHeader + kSameHostDeadlineSize + kSameHostEntrySize * kMaxRangesPerRequest;
+      max_body = kRangeBodyHeader + kSameHostRemainingSize + kSameHostEntrySize * kMaxRangesPerRequest;
       break;
     case MsgType::kWriteRequest:
-      max_body = kRangeBodyHeader + kSameHostDeadlineSize + kSameHostEntrySize * kMaxRangesPerRequest;
+      max_body = kRangeBodyHeader + kSameHostRemainingSize + kSameHostEntrySize * kMaxRangesPerRequest;
       payload_allowed = (header.flags & kFlagSameHost) == 0;
       break;
     case MsgType::kReadResponse:
@@ -203,7 +203,7 @@ std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_
   *total = GetU64(in + 8);
   if (*count == 0 || *count > kMaxRangesPerRequest)
     return "range count " + std::to_string(*count) + " outside [1, " + std::to_string(kMaxRangesPerRequest) + "]";
-  const uint64_t extra = entry_size == kSameHostEntrySize ? kSameHostDeadlineSize : 0;
+  const uint64_t extra = entry_size == kSameHostEntrySize ? kSameHostRemainingSize : 0;
   if (body_len != kRangeBodyHeader + extra + entry_size * static_cast<uint64_t>(*count))
     return "body length " + std::to_string(body_len) + " does not match " + std::to_string(*count) + " ranges";
   return "";

@@ -33,10 +33,13 @@ constexpr uint32_t kMagic = 0x4C58444CU;  // bytes "LDXL"
 // negotiated version, and a header with another version is a protocol error.
 //   1: the first revision (no range in Hello: a Hello without one means 1..1).
 //   2: version negotiation (this range in Hello, the version in HelloAck),
-//      ignorable message types, the target engine check.
+//      ignorable message types, the target engine check, durations instead
+//      of absolute CLOCK_MONOTONIC deadlines in same-host requests. The
+//      same-host path is only used on version >= 2 connections.
 constexpr uint16_t kHandshakeVersion = 1;
 constexpr uint16_t kMinVersion = 1;  // the oldest version this engine speaks
 constexpr uint16_t kMaxVersion = 2;  // the newest
+constexpr uint16_t kSameHostMinVersion = 2;
 
 // The highest version in both [peer_min, peer_max] and [our_min, our_max]; 0 when none.
 uint16_t NegotiateVersion(uint16_t peer_min, uint16_t peer_max, uint16_t our_min = kMinVersion,
@@ -156,10 +159,17 @@ constexpr uint32_t kMaxAuthField = 64;
 constexpr uint64_t kRangeBodyHeader = 16;  // count u32, timeout_ms u32, total u64
 constexpr uint64_t kRangeEntrySize = 16;   // addr u64, len u64
 constexpr uint64_t kSameHostEntrySize = 24;  // addr u64, len u64, requester's local addr u64
-// Same-host requests carry, after the range header, the requester's absolute
-// deadline on CLOCK_MONOTONIC in ns (one clock on one host): the server never
-// touches the requester's memory after it.
-constexpr uint64_t kSameHostDeadlineSize = 8;
+// Same-host requests carry, after the range header, the requester's remaining
+// time in ns (u64), less a margin for the request's way to the server
+// (kSameHostMarginNs, at most a quarter of the time). The server counts it from
+// when it read the request's header and never reads the requester's memory
+// after that, nor once the requester has shut the lane down (which it does
+// when it gives up on a request). A duration, not a point in time: two
+// processes on one host need not share CLOCK_MONOTONIC (time namespaces).
+// Version 1 sent an absolute CLOCK_MONOTONIC deadline here; this engine never
+// uses the same-host path on a version-1 connection.
+constexpr uint64_t kSameHostRemainingSize = 8;
+constexpr uint64_t kSameHostMarginNs = 2000000;
 
 // "No descriptor named" in the same-host identity (older senders end the block before it).
 constexpr uint32_t kNoConnFd = UINT32_MAX;

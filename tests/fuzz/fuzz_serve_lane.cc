@@ -174,8 +174,8 @@ std::vector<Expect> Walk(std::vector<uint8_t> *stream, const Model &model) {
     const bool is_read = type == wire::MsgType::kReadRequest;
     const bool same_host = (header.flags & wire::kFlagSameHost) != 0;
     const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
-    // Same-host bodies carry the requester's deadline (CLOCK_MONOTONIC ns) before the entries.
-    const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostDeadlineSize : 0);
+    // Same-host bodies carry the requester's remaining time (ns) before the entries.
+    const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0);
     if (header.body_len < wire::kRangeBodyHeader) break;
     const size_t body_end = pos + static_cast<size_t>(std::min<uint64_t>(header.body_len, left));
     Expect e{type, same_host, header.request_id, 0, true};

@@ -100,7 +100,7 @@ void DecodeBodies(const std::string &body) {
     if (bad.empty()) {
       FUZZ_CHECK(count >= 1 && count <= wire::kMaxRangesPerRequest, "count %u accepted", count);
       // Same-host bodies carry the requester's deadline between header and entries.
-      const uint64_t extra = entry_size == wire::kSameHostEntrySize ? wire::kSameHostDeadlineSize : 0;
+      const uint64_t extra = entry_size == wire::kSameHostEntrySize ? wire::kSameHostRemainingSize : 0;
       FUZZ_CHECK(body.size() == wire::kRangeBodyHeader + extra + entry_size * count,
                  "count %u does not match %zu bytes", count, body.size());
       uint8_t again[wire::kRangeBodyHeader];

@@ -100,18 +100,19 @@ std::string Transfer(bool is_read, const std::vector<RangeSpec> &ranges, uint64_
          body + (is_read ? std::string() : payload);
 }
 
-// Same-host request: flags kFlagSameHost, the requester's deadline, entries
+// Same-host request: flags kFlagSameHost, the requester's remaining time, entries
 // (server addr, len, requester's addr), no payload.
 struct SameHostRange {
   uint64_t addr;
   uint64_t len;
   uint64_t local;
 };
-// deadline_ns: the requester's absolute deadline on CLOCK_MONOTONIC; ~0 = never, 1 = long past.
+// remaining_ns: the requester's remaining time, counted by the server from
+// when it reads the request; ~0 = as long as the server allows, 0 = none left.
 std::string SameHost(bool is_read, const std::vector<SameHostRange> &ranges, uint64_t request_id,
-                     uint32_t timeout_ms = 1000, uint64_t deadline_ns = ~0ULL) {
+                     uint32_t timeout_ms = 1000, uint64_t remaining_ns = ~0ULL) {
   uint64_t total = 0;
-  std::string entries = U64(deadline_ns);
+  std::string entries = U64(remaining_ns);
   for (const SameHostRange &r : ranges) {
     entries += U64(r.addr) + U64(r.len) + U64(r.local);
     total += r.len;
@@ -278,7 +279,7 @@ void ServeLaneSeeds() {
                                    SameHost(true, {{Rel(3, 0), 16, Rel(4, 0)}}, 2));
   Seed(t, "sh_unmapped_source", Flags(kSameHostOn) + SameHost(false, {{Rel(0, 0), 16, 0x10}}, 1) +
                                     SameHost(false, {{Rel(0, 0), 16, Rel(4, 120)}}, 2));
-  Seed(t, "sh_past_deadline", Flags(kSameHostOn) + SameHost(false, {{Rel(0, 0), 16, Rel(4, 0)}}, 1, 1000, 1) +
+  Seed(t, "sh_past_deadline", Flags(kSameHostOn) + SameHost(false, {{Rel(0, 0), 16, Rel(4, 0)}}, 1, 1000, 0) +
                                   SameHost(true, {{Rel(0, 0), 16, Rel(4, 0)}}, 2, 1000, 1) + Release(2));
 }
 

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <cstring>
 #include <thread>
@@ -420,12 +421,9 @@ TEST(CmaLane, UnreleasedLeaseExpiresAndDeregistrationProceeds) {
     ctx.same_host = SelfPeer();
     ServeLane(server, ctx);
   });
-  uint8_t body[wire::kRangeBodyHeader + wire::kSameHostDeadlineSize + wire::kSameHostEntrySize];
+  uint8_t body[wire::kRangeBodyHeader + wire::kSameHostRemainingSize + wire::kSameHostEntrySize];
   wire::EncodeRangeHeader(1, /*timeout_ms=*/300, 64, body);
-  uint64_t deadline_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                   Deadline::AfterMs(10000).At().time_since_epoch())
-                                                   .count());
-  memcpy(body + wire::kRangeBodyHeader, &deadline_ns, 8);
+  wire::PutU64(body + wire::kRangeBodyHeader, 10000000000ULL);  // 10 s left
   uint64_t entry[3] = {reinterpret_cast<uintptr_t>(remote.data()), 64, 0x1000};
   memcpy(body + wire::kRangeBodyHeader + 8, entry, sizeof(entry));
   wire::MsgHeader h;
@@ -447,6 +445,138 @@ TEST(CmaLane, UnreleasedLeaseExpiresAndDeregistrationProceeds) {
   char byte;
   EXPECT_EQ(requester.Read(&byte, 1, Deadline::AfterMs(1000)), IoStatus::kClosed);
   serving.join();
+}
+
+}  // namespace
+}  // namespace llmdd
+
+namespace llmdd {
+namespace {
+
+// A same-host write request as the wire carries it (docs/PROTOCOL.md "Same-host
+// path"): the requester's remaining time in ns, then (server addr, len, requester addr).
+std::string SameHostWrite(uint64_t request_id, uint64_t remaining_ns, const void *server_addr, uint64_t len,
+                          const void *requester_addr) {
+  std::string body(wire::kRangeBodyHeader + wire::kSameHostRemainingSize + wire::kSameHostEntrySize, '\0');
+  auto *p = reinterpret_cast<uint8_t *>(body.data());
+  wire::EncodeRangeHeader(1, /*timeout_ms=*/5000, len, p);
+  wire::PutU64(p + wire::kRangeBodyHeader, remaining_ns);
+  wire::PutU64(p + wire::kRangeBodyHeader + 8, reinterpret_cast<uintptr_t>(server_addr));
+  wire::PutU64(p + wire::kRangeBodyHeader + 16, len);
+  wire::PutU64(p + wire::kRangeBodyHeader + 24, reinterpret_cast<uintptr_t>(requester_addr));
+  wire::MsgHeader h;
+  h.type = static_cast<uint16_t>(wire::MsgType::kWriteRequest);
+  h.flags = wire::kFlagSameHost;
+  h.request_id = request_id;
+  h.body_len = body.size();
+  return std::string(reinterpret_cast<const char *>(&h), sizeof(h)) + body;
+}
+
+// A lane served in this process over a socketpair, its requester end held by the test.
+struct SameHostLane {
+  MemoryRegistry registry;
+  std::unique_ptr<TcpStream> requester, server;
+  std::thread serving;
+  SameHostLane() {
+    int fds[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0) abort();
+    requester = std::make_unique<TcpStream>(fds[0], "requester");
+    server = std::make_unique<TcpStream>(fds[1], "server");
+  }
+  void Serve() {
+    serving = std::thread([this] {
+      ServeContext ctx;
+      ctx.registry = &registry;
+      ctx.peer = "requester";
+      ctx.same_host = SelfPeer();
+      ServeLane(*server, ctx);
+    });
+  }
+  ~SameHostLane() {
+    requester->Shutdown();
+    if (serving.joinable()) serving.join();
+  }
+};
+
+TEST(CmaLane, ASameHostWritesTimeIsADurationCountedFromItsReceipt) {
+  SameHostLane lane;
+  std::vector<char> region(4096, 0), source(64, 'S');
+  lane.registry.Add(reinterpret_cast<uintptr_t>(region.data()), region.size(), 1);
+  lane.Serve();
+  // No time left: answered TIMEOUT, nothing read from the requester.
+  std::string request = SameHostWrite(1, 0, region.data(), source.size(), source.data());
+  ASSERT_EQ(lane.requester->Write(request.data(), request.size(), Deadline::AfterMs(1000)), IoStatus::kOk);
+  wire::MsgHeader reply;
+  ASSERT_EQ(lane.requester->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kWriteResponse));
+  EXPECT_EQ(reply.status, adxl::TIMEOUT);
+  std::string text(reply.body_len, '\0');
+  ASSERT_EQ(lane.requester->Read(text.data(), text.size(), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(text, "request arrived after its deadline");
+  EXPECT_EQ(region[0], 0);
+  // 5 s from receipt: applied, whatever this host's CLOCK_MONOTONIC reads.
+  request = SameHostWrite(2, 5000000000ULL, region.data(), source.size(), source.data());
+  ASSERT_EQ(lane.requester->Write(request.data(), request.size(), Deadline::AfterMs(1000)), IoStatus::kOk);
+  ASSERT_EQ(lane.requester->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.status, adxl::SUCCESS);
+  EXPECT_EQ(reply.request_id, 2U);
+  EXPECT_EQ(std::string(region.data(), 64), std::string(64, 'S'));
+}
+
+TEST(CmaLane, AWriteWhoseRequesterHungUpIsNotApplied) {
+  SameHostLane lane;
+  std::vector<char> region(4096, 0), source(64, 'S');
+  lane.registry.Add(reinterpret_cast<uintptr_t>(region.data()), region.size(), 1);
+  // The requester gave up (it shuts its lanes down when it does) before the
+  // server got to the request: plenty of time left by the count, yet no byte is read.
+  const std::string request = SameHostWrite(3, 5000000000ULL, region.data(), source.size(), source.data());
+  ASSERT_EQ(lane.requester->Write(request.data(), request.size(), Deadline::AfterMs(1000)), IoStatus::kOk);
+  ASSERT_EQ(shutdown(lane.requester->NativeHandle(), SHUT_WR), 0);
+  lane.Serve();
+  char byte;
+  EXPECT_EQ(lane.requester->Read(&byte, 1, Deadline::AfterMs(3000)), IoStatus::kClosed);  // no answer, lane closed
+  lane.serving.join();
+  EXPECT_EQ(region[0], 0);
+  EXPECT_EQ(region[63], 0);
+}
+
+TEST(CmaLane, TheRequesterSendsItsRemainingTimeLessAMargin) {
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  ASSERT_TRUE(self);
+  for (int64_t timeout_ms : {1000, 4}) {
+    int fds[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    TcpStream requester(fds[0], "requester"), server(fds[1], "server");
+    uint64_t remaining_ns = 0;
+    uint32_t flags = 0;
+    std::thread fake([&] {
+      wire::MsgHeader h;
+      if (server.Read(&h, sizeof(h), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+      std::vector<uint8_t> body(h.body_len);
+      if (server.Read(body.data(), body.size(), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+      flags = h.flags;
+      remaining_ns = wire::GetU64(body.data() + wire::kRangeBodyHeader);
+      wire::MsgHeader reply;
+      reply.type = static_cast<uint16_t>(wire::MsgType::kWriteResponse);
+      reply.request_id = h.request_id;
+      server.Write(&reply, sizeof(reply), Deadline::AfterMs(2000));
+    });
+    std::vector<char> source(8192, 'w');
+    Segment seg{reinterpret_cast<uintptr_t>(source.data()), 0x10000, source.size()};
+    const Deadline deadline = Deadline::AfterMs(timeout_ms);
+    LaneResult r = ExecuteTransfer(requester, adxl::WRITE, &seg, 1, 9, deadline, self.get());
+    fake.join();
+    ASSERT_EQ(flags, wire::kFlagSameHost) << "not sent as a same-host request";
+    if (timeout_ms == 1000) {  // 4 ms may run out on a busy host
+      EXPECT_EQ(r.status, adxl::SUCCESS) << r.error;
+    }
+    const uint64_t whole = static_cast<uint64_t>(timeout_ms) * 1000000;
+    const uint64_t margin = std::min<uint64_t>(wire::kSameHostMarginNs, whole / 4);
+    EXPECT_LE(remaining_ns, whole - margin) << timeout_ms;
+    if (timeout_ms == 1000) {
+      EXPECT_GT(remaining_ns, whole - margin - 200000000) << "the request took 200 ms to send?";
+    }
+  }
 }
 
 }  // namespace

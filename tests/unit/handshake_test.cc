@@ -167,10 +167,12 @@ TEST(VersionNegotiation, ACurrentClientGetsTheHighestCommonVersionAndEveryLaterH
   EXPECT_TRUE(control.Ended());
 }
 
-TEST(VersionNegotiation, AVersion1ClientIsServedAtVersion1) {
+TEST(VersionNegotiation, AVersion1ClientIsServedAtVersion1OverTcpOnly) {
   Server server;
   RawConnection control(server.port);
   wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 1);
+  FillIdentity(&hello);  // it offers the same-host path as version 1 did
+  hello.capabilities |= wire::kCapSameHost;
   hello.lanes = 1;
   wire::HelloAck ack;
   std::optional<RawMessage> answer = control.Hello(Version1Hello(hello), &ack);
@@ -178,6 +180,10 @@ TEST(VersionNegotiation, AVersion1ClientIsServedAtVersion1) {
   ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
   EXPECT_EQ(answer->header.version, 1);
   EXPECT_EQ(ack.version, 1);
+  // Version-1 same-host requests carry absolute CLOCK_MONOTONIC deadlines: not offered.
+  EXPECT_EQ(ack.capabilities & wire::kCapSameHost, 0U);
+  EXPECT_EQ(ack.pid, 0U);
+  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes);
   ASSERT_TRUE(control.Send(TypeOf(MsgType::kPing), "", 7));
   answer = control.Read();
   ASSERT_TRUE(answer);
@@ -294,7 +300,7 @@ TEST(VersionNegotiation, TheClientRefusesAVersionItDidNotOffer) {
   EXPECT_EQ(fake.Received().max_version, wire::kMaxVersion);
 }
 
-TEST(VersionNegotiation, AVersion1ServerIsSpokenToAtVersion1) {
+TEST(VersionNegotiation, AVersion1ServerIsSpokenToAtVersion1WithoutTheSameHostPath) {
   FakeServer fake([](const wire::Hello &) {
     wire::HelloAck ack;
     ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost | (1U << 9);
@@ -317,8 +323,10 @@ TEST(VersionNegotiation, AVersion1ServerIsSpokenToAtVersion1) {
   EXPECT_EQ(status, adxl::SUCCESS);
   EXPECT_EQ(stream->ProtocolVersion(), 1);
   EXPECT_EQ(ack.version, 0);  // none said
-  // Only what we offered: it granted the same-host bit we offered, never an unknown one.
-  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost);
+  // Only what we offered, never an unknown bit; and no same-host path at version 1
+  // (its grant and identity are dropped).
+  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes | wire::kCapAppMessages);
+  EXPECT_EQ(ack.pid, 0U);
   stream->Shutdown();
 }
 

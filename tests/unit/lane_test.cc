@@ -230,10 +230,10 @@ TEST_F(LaneTest, MalformedRequestReasonReachesTheRequester) {
   std::vector<char> local(16);
   Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 16};
   // Same-host flag on a lane that was never verified for it.
-  uint8_t body[wire::kRangeBodyHeader + wire::kSameHostDeadlineSize + wire::kSameHostEntrySize] = {};
+  uint8_t body[wire::kRangeBodyHeader + wire::kSameHostRemainingSize + wire::kSameHostEntrySize] = {};
   wire::EncodeRangeHeader(1, 1000, 16, body);
   uint64_t entry[3] = {R(0), 16, reinterpret_cast<uintptr_t>(local.data())};
-  memcpy(body + wire::kRangeBodyHeader + wire::kSameHostDeadlineSize, entry, sizeof(entry));
+  memcpy(body + wire::kRangeBodyHeader + wire::kSameHostRemainingSize, entry, sizeof(entry));
   wire::MsgHeader h;
   h.type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
   h.flags = wire::kFlagSameHost;

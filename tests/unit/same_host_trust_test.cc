@@ -106,8 +106,11 @@ void KillAndReap(pid_t pid) {
   waitpid(pid, nullptr, 0);
 }
 
-bool SendMessage(ByteStream &stream, wire::MsgType type, uint32_t flags, uint64_t id, const std::string &body) {
+// `version`: 1 (the handshake's) until HelloAck, then the negotiated one.
+bool SendMessage(ByteStream &stream, wire::MsgType type, uint32_t flags, uint64_t id, const std::string &body,
+                 uint16_t version = wire::kHandshakeVersion) {
   wire::MsgHeader h;
+  h.version = version;
   h.type = static_cast<uint16_t>(type);
   h.flags = flags;
   h.request_id = id;
@@ -116,9 +119,10 @@ bool SendMessage(ByteStream &stream, wire::MsgType type, uint32_t flags, uint64_
   return stream.WriteFull(out, 2, Deadline::AfterMs(2000)) == IoStatus::kOk;
 }
 
-bool ReadMessage(ByteStream &stream, wire::MsgHeader *h, std::string *body) {
+bool ReadMessage(ByteStream &stream, wire::MsgHeader *h, std::string *body,
+                 uint16_t version = wire::kHandshakeVersion) {
   if (stream.Read(h, sizeof(*h), Deadline::AfterMs(3000)) != IoStatus::kOk) return false;
-  if (!wire::CheckHeader(*h).empty()) return false;
+  if (!wire::CheckHeader(*h, version).empty()) return false;
   body->assign(h->body_len, '\0');
   return stream.Read(body->data(), body->size(), Deadline::AfterMs(3000)) == IoStatus::kOk;
 }
@@ -146,10 +150,11 @@ int ServerScenario() {
   wire::Hello hello;
   hello.role = wire::ConnRole::kControl;
   hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost;
-  hello.lanes = 1;
   hello.heartbeat_interval_ms = 1000;
   hello.peer_timeout_ms = 10000;
   hello.engine_id = "attacker";
+  hello.min_version = wire::kMinVersion;  // the same-host path needs version >= 2
+  hello.max_version = wire::kMaxVersion;
   FillIdentity(&hello);
   hello.pid = static_cast<uint32_t>(child);  // the child has our token at the same address
   hello.conn_fd = static_cast<uint32_t>(control->NativeHandle());
@@ -160,6 +165,7 @@ int ServerScenario() {
   SCENARIO_CHECK(ReadMessage(*control, &h, &body) && h.type == static_cast<uint16_t>(wire::MsgType::kHelloAck) &&
                      wire::DecodeHelloAck(body, &ack),
                  "hello answer");
+  SCENARIO_CHECK(ack.version == wire::kMaxVersion, "negotiated version %u", ack.version);
   if ((ack.capabilities & wire::kCapSameHost) == 0) {
     fprintf(stderr, "SKIP: the server did not verify the same-host path here\n");
     return kSkip;
@@ -178,15 +184,16 @@ int ServerScenario() {
     return kSkip;
   }
   // Same-host WRITE: "copy kSecretBytes from my local address g_secret into the region".
-  std::string request(wire::kRangeBodyHeader + wire::kSameHostDeadlineSize + wire::kSameHostEntrySize, '\0');
-  wire::EncodeRangeHeader(1, 2000, kSecretBytes, reinterpret_cast<uint8_t *>(request.data()));
-  const uint64_t deadline_ns = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(Deadline::AfterMs(5000).At().time_since_epoch()).count());
-  memcpy(request.data() + wire::kRangeBodyHeader, &deadline_ns, 8);
-  const uint64_t entry[3] = {reinterpret_cast<uint64_t>(g_region), kSecretBytes, reinterpret_cast<uint64_t>(g_secret)};
-  memcpy(request.data() + wire::kRangeBodyHeader + 8, entry, sizeof(entry));
-  SCENARIO_CHECK(SendMessage(*lane, wire::MsgType::kWriteRequest, wire::kFlagSameHost, 1, request), "send write");
-  const bool answered = ReadMessage(*lane, &h, &body);
+  std::string request(wire::kRangeBodyHeader + wire::kSameHostRemainingSize + wire::kSameHostEntrySize, '\0');
+  auto *p = reinterpret_cast<uint8_t *>(request.data());
+  wire::EncodeRangeHeader(1, 2000, kSecretBytes, p);
+  wire::PutU64(p + wire::kRangeBodyHeader, 5000000000ULL);  // 5 s from when the server reads the request
+  wire::PutU64(p + wire::kRangeBodyHeader + 8, reinterpret_cast<uint64_t>(g_region));
+  wire::PutU64(p + wire::kRangeBodyHeader + 16, kSecretBytes);
+  wire::PutU64(p + wire::kRangeBodyHeader + 24, reinterpret_cast<uint64_t>(g_secret));
+  SCENARIO_CHECK(SendMessage(*lane, wire::MsgType::kWriteRequest, wire::kFlagSameHost, 1, request, ack.version),
+                 "send write");
+  const bool answered = ReadMessage(*lane, &h, &body, ack.version);
   const bool leaked = g_region[0] == 'X' && g_region[kSecretBytes - 1] == 'X';
   KillAndReap(bystander);
   SCENARIO_CHECK(!leaked, "the bystander's secret was copied into registered memory (answer status %u)", h.status);
@@ -223,6 +230,7 @@ int ClientScenario() {
     ack.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapSameHost;
     ack.session_id = 42;
     ack.engine_id = "attacker";
+    ack.version = wire::NegotiateVersion(hello.min_version, hello.max_version);  // 2: same-host allowed
     FillIdentity(&ack, *control);
     ack.pid = static_cast<uint32_t>(child);
     if (!SendMessage(*control, wire::MsgType::kHelloAck, 0, 0, wire::EncodeHelloAck(ack))) return;
@@ -232,9 +240,10 @@ int ClientScenario() {
     wire::HelloAck lane_ack;
     lane_ack.session_id = 42;
     lane_ack.engine_id = "attacker";
+    lane_ack.version = ack.version;
     if (!SendMessage(*lane, wire::MsgType::kHelloAck, 0, 0, wire::EncodeHelloAck(lane_ack))) return;
     // The client's first small READ asks for a standing lease: swap the process first.
-    if (!ReadMessage(*lane, &h, &body) || h.type != static_cast<uint16_t>(wire::MsgType::kLeaseRequest)) {
+    if (!ReadMessage(*lane, &h, &body, ack.version) || h.type != static_cast<uint16_t>(wire::MsgType::kLeaseRequest)) {
       fake_result = 2;
       return;
     }
@@ -246,6 +255,7 @@ int ClientScenario() {
     }
     const std::string grant = wire::EncodeLeaseGrant({{reinterpret_cast<uint64_t>(g_secret), kSecretBytes}});
     wire::MsgHeader reply;
+    reply.version = ack.version;
     reply.type = static_cast<uint16_t>(wire::MsgType::kLeaseGrant);
     reply.request_id = h.request_id;
     reply.flags = wire::kStandingLeaseMs;

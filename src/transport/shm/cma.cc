@@ -203,7 +203,8 @@ void PeerProcess::MarkGone(const char *reason) {
 }
 
 int PeerProcess::CopyFrom(const iovec *local, size_t local_count, const iovec *remote, size_t remote_count,
-                          Deadline deadline, const std::atomic<bool> *cancel) {
+                          Deadline deadline, const std::atomic<bool> *cancel,
+                          const std::function<bool()> &abandoned) {
   if (Gone()) return ESRCH;
   Cursor l{local, local_count}, r{remote, remote_count};
   // Per-thread scratch of a fixed size: a small copy (the one-sided READ path)
@@ -217,7 +218,7 @@ int PeerProcess::CopyFrom(const iovec *local, size_t local_count, const iovec *r
       err = ETIMEDOUT;
       break;
     }
-    if (cancel != nullptr && cancel->load(std::memory_order_acquire)) {
+    if ((cancel != nullptr && cancel->load(std::memory_order_acquire)) || (abandoned && abandoned())) {
       err = ECANCELED;
       break;
     }

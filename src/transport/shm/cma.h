@@ -29,6 +29,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -79,9 +80,11 @@ class PeerProcess {
   // process is gone or no longer the verified image: trust has ended), EPERM
   // (not permitted), EINVAL (lengths differ), ECANCELED. On failure the bytes this call
   // wrote into `local` are zeroed: they may not be the peer's.
-  // `cancel`, when given and set, stops the copy between calls (ECANCELED).
+  // `cancel`, when given and set, stops the copy between calls (ECANCELED);
+  // so does `abandoned`, when given and it returns true (asked before every call).
   int CopyFrom(const iovec *local, size_t local_count, const iovec *remote, size_t remote_count,
-               Deadline deadline = Deadline::Never(), const std::atomic<bool> *cancel = nullptr);
+               Deadline deadline = Deadline::Never(), const std::atomic<bool> *cancel = nullptr,
+               const std::function<bool()> &abandoned = nullptr);
 
   // Asks the kernel (pidfd) whether the process still lives; false once it
   // has exited (and forever after).
