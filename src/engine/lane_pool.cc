@@ -137,7 +137,10 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
       free_closed->busy = false;
       freed_.notify_one();
       if (fresh) fresh->Shutdown();
-      const bool others_open = std::any_of(lanes_, lanes_ + count_, [](const Lane &l) { return l.stream != nullptr; });
+      // Another lane that is open, or being opened, may carry the requests.
+      const bool others_open = std::any_of(lanes_, lanes_ + count_, [&](const Lane &l) {
+        return &l != free_closed && (l.stream != nullptr || l.busy);
+      });
       if (!fresh && refused == adxl::RESOURCE_EXHAUSTED && others_open && !deadline.Expired()) {
         // The peer takes no more lanes from us now: the open ones carry the
         // requests, this one is tried again later.

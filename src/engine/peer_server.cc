@@ -479,14 +479,19 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       return;
     }
   }
-  wire::HelloAck ack;
-  ack.session_id = hello.session_id;
-  ack.engine_id = local_id_;
-  if (!SendHelloAck(*stream, hello, ack, Deadline::AfterMs(config_.handshake_timeout_ms)) || !pool->AddLane(stream)) {
+  // The lane is in the pool, and the pool published to the engine, before the
+  // client hears the lane is accepted: once its Connect returns, requests from
+  // this side find the pool.
+  if (!pool->AddLane(stream)) {
+    SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "too many reverse lanes for one session", Deadline::AfterMs(200));
     stream->Shutdown();
     return;
   }
   if (first && callbacks_.on_reverse) callbacks_.on_reverse(hello.engine_id, hello.session_id, pool);
+  wire::HelloAck ack;
+  ack.session_id = hello.session_id;
+  ack.engine_id = local_id_;
+  if (!SendHelloAck(*stream, hello, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) stream->Shutdown();
 }
 
 void PeerServer::Housekeeping() {
