@@ -334,9 +334,11 @@ bool SendHelloAck(ByteStream &stream, const wire::Hello &hello, wire::HelloAck a
   ack.version = wire::NegotiateVersion(hello.min_version, hello.max_version);
   if (ack.version == 0) return false;  // AdmitHello refuses such a Hello first
   ack.capabilities = wire::NegotiateCapabilities(hello.capabilities, ack.capabilities);
-  if (!SendMessage(stream, MsgType::kHelloAck, adxl::SUCCESS, wire::EncodeHelloAck(ack), deadline)) return false;
-  stream.SetProtocolVersion(ack.version);  // every later message on this connection
-  return true;
+  // Every later message on this connection carries the version; set before the
+  // HelloAck (which is stamped with the handshake's own version) goes out, so
+  // a lane published before its HelloAck (a reverse lane) never sends another.
+  stream.SetProtocolVersion(ack.version);
+  return SendMessage(stream, MsgType::kHelloAck, adxl::SUCCESS, wire::EncodeHelloAck(ack), deadline);
 }
 
 void SendRefusal(ByteStream &stream, adxl::Status status, const std::string &reason, Deadline deadline) {

@@ -586,3 +586,53 @@ TEST(SessionSilence, ASilentClientIsKeptForItsIntervalPlusTimeoutThenDropped) {
 
 }  // namespace
 }  // namespace llmdd
+
+namespace llmdd {
+namespace {
+
+// Records what is written and the stream's protocol version at that moment.
+class RecordingStream final : public ByteStream {
+ public:
+  IoStatus ReadFull(const iovec *, int, Deadline) override { return IoStatus::kClosed; }
+  IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline) override {
+    version_when_written = ProtocolVersion();
+    for (int i = 0; i < iovcnt; ++i) written.append(static_cast<const char *>(iov[i].iov_base), iov[i].iov_len);
+    return IoStatus::kOk;
+  }
+  IoStatus ReadAvailable(void *, size_t, size_t *got) override {
+    *got = 0;
+    return IoStatus::kClosed;
+  }
+  void Shutdown() override {}
+  void Close() override {}
+  std::string PeerName() const override { return "recording"; }
+  int LastErrno() const override { return 0; }
+  std::string written;
+  uint16_t version_when_written = 0;
+};
+
+TEST(VersionNegotiation, TheConnectionCarriesTheVersionBeforeItsHelloAckGoesOut) {
+  // A lane published before its HelloAck (reverse lanes) must never send a
+  // request with the handshake's version: the version is set first, while the
+  // HelloAck itself keeps the handshake's.
+  RecordingStream stream;
+  wire::Hello hello;
+  hello.min_version = 1;
+  hello.max_version = 2;
+  wire::HelloAck ack;
+  ack.engine_id = "s";
+  ASSERT_TRUE(SendHelloAck(stream, hello, ack, Deadline::AfterMs(1000)));
+  EXPECT_EQ(stream.version_when_written, 2);
+  EXPECT_EQ(stream.ProtocolVersion(), 2);
+  ASSERT_GE(stream.written.size(), sizeof(wire::MsgHeader));
+  wire::MsgHeader header;
+  memcpy(&header, stream.written.data(), sizeof(header));
+  EXPECT_EQ(header.type, TypeOf(MsgType::kHelloAck));
+  EXPECT_EQ(header.version, wire::kHandshakeVersion);
+  wire::HelloAck sent;
+  ASSERT_TRUE(wire::DecodeHelloAck(stream.written.substr(sizeof(header)), &sent));
+  EXPECT_EQ(sent.version, 2);
+}
+
+}  // namespace
+}  // namespace llmdd
