@@ -13,14 +13,27 @@ LanePool::LanePool(std::string peer_name, WorkerPool *workers, Reconnector recon
 
 LanePool::~LanePool() { ShutdownAll(); }
 
-bool LanePool::AddLane(std::shared_ptr<ByteStream> stream) {
+bool LanePool::AddLane(std::shared_ptr<ByteStream> stream, bool reserved) {
   std::lock_guard lock(mutex_);
   if (count_ >= kMaxLanes) return false;
   lanes_[count_].stream = std::move(stream);
+  lanes_[count_].busy = reserved;
   lanes_[count_].last_used = Deadline::Clock::now();
   ++count_;
-  freed_.notify_one();
+  if (!reserved) freed_.notify_one();
   return true;
+}
+
+void LanePool::ReleaseReserved(const std::shared_ptr<ByteStream> &stream) {
+  std::lock_guard lock(mutex_);
+  for (size_t i = 0; i < count_; ++i) {
+    if (lanes_[i].stream == stream && lanes_[i].busy) {
+      lanes_[i].busy = false;
+      lanes_[i].last_used = Deadline::Clock::now();
+      freed_.notify_one();
+      return;
+    }
+  }
 }
 
 void LanePool::AddLazyLanes(size_t n) {

@@ -35,7 +35,11 @@ class LanePool {
   ~LanePool();
 
   // Adds a connected lane; false when kMaxLanes are already present.
-  bool AddLane(std::shared_ptr<ByteStream> stream);
+  // reserved: the lane is added busy, so no request takes it until
+  // ReleaseReserved (a reverse lane is published before its HelloAck is
+  // written, and carries nothing before it).
+  bool AddLane(std::shared_ptr<ByteStream> stream, bool reserved = false);
+  void ReleaseReserved(const std::shared_ptr<ByteStream> &stream);
   // Adds `n` lanes that are opened on first use (the pool needs a reconnector).
   void AddLazyLanes(size_t n);
   size_t LaneCount() const;

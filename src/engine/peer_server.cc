@@ -481,8 +481,9 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
   }
   // The lane is in the pool, and the pool published to the engine, before the
   // client hears the lane is accepted: once its Connect returns, requests from
-  // this side find the pool.
-  if (!pool->AddLane(stream)) {
+  // this side find the pool. It is added reserved: nothing is sent on it
+  // before its HelloAck.
+  if (!pool->AddLane(stream, /*reserved=*/true)) {
     SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "too many reverse lanes for one session", Deadline::AfterMs(200));
     stream->Shutdown();
     return;
@@ -492,6 +493,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
   ack.session_id = hello.session_id;
   ack.engine_id = local_id_;
   if (!SendHelloAck(*stream, hello, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) stream->Shutdown();
+  pool->ReleaseReserved(stream);
 }
 
 void PeerServer::Housekeeping() {
