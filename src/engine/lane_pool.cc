@@ -80,6 +80,11 @@ void LanePool::ShutdownAll() {
   freed_.notify_all();
 }
 
+void LanePool::WakeWaiters() {
+  std::lock_guard lock(mutex_);
+  freed_.notify_all();
+}
+
 class LanePool::LaneGuard {
  public:
   LaneGuard(LanePool *pool, Lane *lane) : pool_(pool), lane_(lane) {}
@@ -100,10 +105,17 @@ void LanePool::Release(Lane *lane) {
 }
 
 LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::string *error,
-                                  std::shared_ptr<ByteStream> *stream) {
+                                  std::shared_ptr<ByteStream> *stream, const TransferRequest *request) {
   error->clear();
   std::unique_lock lock(mutex_);
   for (;;) {
+    // Checked under mutex_, which Cancel's WakeWaiters takes: no wake-up is missed.
+    if (request != nullptr && request->CancelRequested()) {
+      freed_.notify_one();  // a lane freed for us goes to the next waiter
+      *status = TransferRequest::kCanceledStatus;
+      *error = "canceled";
+      return nullptr;
+    }
     if (count_ == 0 || shut_down_.load()) {
       *status = adxl::FAILED;
       *error = "no open connection to " + peer_name_;
@@ -181,28 +193,46 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
   }
 }
 
-LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline) {
+namespace {
+
+LaneResult CanceledResult() {
+  LaneResult result;
+  result.status = TransferRequest::kCanceledStatus;
+  result.error = "canceled";
+  return result;
+}
+
+}  // namespace
+
+LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline,
+                             TransferRequest *request) {
   LaneResult result;
   size_t done = 0;
   while (done < count) {
     std::shared_ptr<ByteStream> stream;
-    Lane *lane = Acquire(deadline, &result.status, &result.error, &stream);
+    Lane *lane = Acquire(deadline, &result.status, &result.error, &stream, request);
     if (lane == nullptr) return result;
     LaneGuard guard(this, lane);
+    // Announced to the request, which shuts the stream down if it is canceled meanwhile.
+    if (request != nullptr && !request->BeginIo(stream)) return CanceledResult();
+    bool failed = false;
     while (done < count) {
       size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
       result = ExecuteTransfer(*stream, op, segs + done, chunk, next_request_id_.fetch_add(1), deadline,
                                same_host_.get());
       if (result.status != adxl::SUCCESS) {
-        if (result.broken) DropLane(lane, stream);
-        return result;
-      }
-      done += chunk;
-      if (result.broken) {  // done, but the lane cannot carry more: the rest goes on another
-        DropLane(lane, stream);
+        failed = true;
         break;
       }
+      done += chunk;
+      if (result.broken) break;  // done, but the lane cannot carry more: the rest goes on another
     }
+    // A stream the request's Cancel shut down is dropped like a broken one
+    // (the server abandons what it was doing on it); the lane reopens on next use.
+    const bool cut = request != nullptr && request->EndIo(stream);
+    if (result.broken || cut) DropLane(lane, stream);
+    if (cut) return CanceledResult();
+    if (failed) return result;
   }
   return result;
 }
@@ -255,7 +285,7 @@ std::shared_ptr<const ReadLease> LanePool::UsableLease(Deadline deadline) {
   return nullptr;
 }
 
-bool LanePool::TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline) {
+bool LanePool::TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline, TransferRequest *request) {
   if (!SameHost() || shut_down_.load()) return false;
   std::shared_ptr<const ReadLease> lease = UsableLease(deadline);
   if (!lease) return false;
@@ -268,19 +298,22 @@ bool LanePool::TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadli
     remote.push_back({reinterpret_cast<void *>(s.remote), s.len});
   }
   const Deadline lease_end(lease->expiry);
-  if (same_host_->CopyFrom(local.data(), local.size(), remote.data(), remote.size(), deadline.EarlierOf(lease_end)) !=
-      0)
-    return false;
+  // A short copy with no stream to shut down: a Cancel meanwhile completes the request when it returns.
+  if (request != nullptr && !request->BeginIo(nullptr)) return false;
+  const int err =
+      same_host_->CopyFrom(local.data(), local.size(), remote.data(), remote.size(), deadline.EarlierOf(lease_end));
+  if (request != nullptr) request->EndIo(nullptr);
+  if (err != 0) return false;
   return !lease_end.Expired();  // copied entirely while the regions were leased
 }
 
 adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> &segs, Deadline deadline,
-                                std::string *error) {
+                                std::string *error, TransferRequest *request) {
   if (segs.empty()) return adxl::SUCCESS;
   uint64_t total = 0;
   for (const auto &s : segs) total += s.len;
   if (SameHost() && OneSidedReadFits(op, total, segs.size())) {
-    if (TryOneSidedRead(segs, deadline)) return adxl::SUCCESS;
+    if (TryOneSidedRead(segs, deadline, request)) return adxl::SUCCESS;
     if (deadline.Expired()) {  // renewing the lease took the whole time: the peer does not answer
       *error = "no answer from " + peer_name_ + " before the deadline (read lease renewal)";
       return adxl::TIMEOUT;
@@ -288,13 +321,24 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
   }
   const size_t parts = workers_ != nullptr ? SplitParts(total, LaneCount()) : 1;
   if (parts == 1) {
-    LaneResult r = RunPart(op, segs.data(), segs.size(), deadline);
+    LaneResult r = RunPart(op, segs.data(), segs.size(), deadline, request);
     *error = r.error;
     return r.status;
   }
 
   // Split by bytes into `parts` contiguous pieces, cutting segments where needed.
-  std::vector<std::vector<Segment>> pieces(parts);
+  // Shared with the queued part tasks, which may run after this call returned.
+  struct Split {
+    explicit Split(size_t parts) : pieces(parts), results(parts), claimed(new std::atomic<bool>[parts]()) {}
+    std::vector<std::vector<Segment>> pieces;
+    std::vector<LaneResult> results;
+    std::unique_ptr<std::atomic<bool>[]> claimed;  // a thread has taken the part
+    std::mutex mutex;
+    std::condition_variable finished_cv;
+    size_t finished = 0;  // parts that ran (guarded by mutex)
+  };
+  auto split = std::make_shared<Split>(parts);
+  std::vector<std::vector<Segment>> &pieces = split->pieces;
   const uint64_t target = (total + parts - 1) / parts;
   size_t p = 0;
   uint64_t filled = 0;
@@ -314,31 +358,36 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
       }
     }
   }
-  std::vector<LaneResult> results(parts);
-  Latch latch(static_cast<int>(parts - 1));
-  // Each part records its outcome and nothing escapes it: the latch must be
-  // counted down, and the stack the parts share must outlive them all.
-  auto run_part = [&](size_t i) {
+  // Runs part i unless another thread took it first. Each part records its
+  // outcome and nothing escapes it. A queued copy that runs after every part
+  // was taken touches nothing but `split`.
+  auto run_part = [this, split, op, deadline, request](size_t i) {
+    if (split->claimed[i].exchange(true)) return;
+    LaneResult &result = split->results[i];
     if (!RunGuarded("transfer part", [&] {
-          if (!pieces[i].empty()) results[i] = RunPart(op, pieces[i].data(), pieces[i].size(), deadline);
+          const std::vector<Segment> &piece = split->pieces[i];
+          if (!piece.empty()) result = RunPart(op, piece.data(), piece.size(), deadline, request);
         })) {
-      results[i].status = adxl::FAILED;
-      results[i].error = "out of memory";
+      result.status = adxl::FAILED;
+      result.error = "out of memory";
     }
+    std::lock_guard lock(split->mutex);
+    ++split->finished;
+    split->finished_cv.notify_all();
   };
-  for (size_t i = 1; i < parts; ++i) {
-    auto task = [&, i] {
-      run_part(i);
-      latch.CountDown();
-    };
-    if (!workers_->Submit(task)) task();  // cannot queue it: do it here
+  // A part that cannot be queued is run below by the caller.
+  for (size_t i = 1; i < parts; ++i) workers_->Submit([run_part, i] { run_part(i); });
+  // The caller runs part 0, then every part no worker has started yet: a
+  // caller that is itself a worker (a request run on the pool) never waits
+  // for parts queued behind it, so requests cannot deadlock the pool. It
+  // holds a lane only while doing I/O.
+  for (size_t i = 0; i < parts; ++i) run_part(i);
+  {
+    std::unique_lock lock(split->mutex);
+    split->finished_cv.wait(lock, [&] { return split->finished == parts; });
   }
-  // The caller works on part 0 itself; it holds a lane only while doing I/O, so
-  // waiting for the other parts afterwards cannot deadlock the pool.
-  run_part(0);
-  latch.Wait();
   adxl::Status worst = adxl::SUCCESS;
-  for (const auto &r : results) {
+  for (const auto &r : split->results) {
     if (Rank(r.status) > Rank(worst)) {
       worst = r.status;
       *error = r.error;

@@ -8,6 +8,10 @@
 // deadline. Lanes of a pool with a reconnector are opened when first needed,
 // closed after they sat idle (CloseIdle), and reopened when needed again; a
 // lane whose framing broke (timeout or error mid-message) is dropped the same way.
+//
+// A transfer may run for a TransferRequest (engine/transfer_request.h): its
+// I/O is then announced to the request, which can cancel it (the lanes it is
+// using are shut down and dropped; a wait for a free lane is woken).
 #pragma once
 
 #include <atomic>
@@ -20,6 +24,7 @@
 #include <vector>
 
 #include "engine/lane.h"
+#include "engine/transfer_request.h"
 #include "engine/worker_pool.h"
 
 namespace llmdd {
@@ -49,8 +54,9 @@ class LanePool {
   size_t CloseIdle(std::chrono::milliseconds idle);
 
   // Moves `segs` (already validated). Returns an adxl status; *error says why on failure.
+  // With a `request`, stops early (FAILED) once it is canceled.
   adxl::Status Transfer(adxl::TransferOp op, const std::vector<Segment> &segs, Deadline deadline,
-                        std::string *error);
+                        std::string *error, TransferRequest *request = nullptr);
   adxl::Status AppCall(uint32_t app_type, const std::string &request, Deadline deadline, std::string *response,
                        std::string *error);
   // Same-host requests to the verified peer process (null: off). Set once both
@@ -61,6 +67,8 @@ class LanePool {
 
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.
   void ShutdownAll();
+  // Wakes the callers waiting for a free lane so they look again (a request was canceled).
+  void WakeWaiters();
 
  private:
   struct Lane {
@@ -76,16 +84,18 @@ class LanePool {
   // Reserves a free lane with a usable stream (opening it if needed) within
   // the deadline; null with *status and *error when none can be had. The
   // lane is released by LaneGuard.
+  // A canceled `request` ends the wait (FAILED).
   Lane *Acquire(Deadline deadline, adxl::Status *status, std::string *error,
-                std::shared_ptr<ByteStream> *stream);
+                std::shared_ptr<ByteStream> *stream, const TransferRequest *request = nullptr);
   void Release(Lane *lane);
-  LaneResult RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline);
+  LaneResult RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline,
+                     TransferRequest *request);
   // Closes a lane whose framing is unknown; Acquire reopens it on next use.
   void DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream);
   // Small same-host READ as one process_vm_readv under the standing lease;
   // false: not done (no lease, range not listed, copy failed, lease ran out),
   // the caller sends a request instead (which also reports any error).
-  bool TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline);
+  bool TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline, TransferRequest *request);
   // The current lease if it has some life left, renewing it when due (one
   // renewal at a time; a failed one is retried after a pause).
   std::shared_ptr<const ReadLease> UsableLease(Deadline deadline);

@@ -1,0 +1,121 @@
+// TransferRequest: one transfer as an object with a process-unique id, a
+// deadline, exactly one terminal outcome, a completion callers wait on, and a
+// Cancel (docs/ARCHITECTURE.md, "Requests").
+//
+// Lifecycle: queued -> running -> done. It becomes done exactly once, with
+//   - the runner's outcome (SUCCESS, or the failure status, TIMEOUT included)
+//     when it ends by itself, or
+//   - kCanceledStatus (adxl::FAILED) with Canceled() true when Cancel() came
+//     first: at once if it was moving no bytes at that moment, else as soon
+//     as the I/O it had in progress returns (Cancel shuts those lanes down).
+// Once done, the runner starts no more I/O into or out of the request's local
+// buffers (BeginIo refuses), so a caller may reuse them when Wait returns true.
+//
+// Thread-safe. The caller side is Wait/Done/Status/Error/Canceled/Cancel; the
+// runner side (Engine, LanePool) is BeginIo/EndIo/CancelRequested/Finish.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "adxl/adxl_types.h"
+#include "common/deadline.h"
+#include "engine/lane.h"
+
+namespace llmdd {
+
+class LanePool;
+
+class TransferRequest {
+ public:
+  // A canceled request ends with FAILED: that is what CANN's TransferStatus
+  // has for a request that did not complete (WAITING/COMPLETED/TIMEOUT/FAILED,
+  // no CANCELED), and what CANN reports for async requests torn down by
+  // Disconnect/Finalize. TIMEOUT stays reserved for the deadline.
+  static constexpr adxl::Status kCanceledStatus = adxl::FAILED;
+
+  // `segs` is the request's own copy. The second form borrows the caller's
+  // segments, which must outlive the request's run (a caller that runs the
+  // request on its own thread and waits for it).
+  TransferRequest(std::string key, adxl::TransferOp op, std::vector<Segment> segs, Deadline deadline);
+  TransferRequest(std::string key, adxl::TransferOp op, const std::vector<Segment> *borrowed, Deadline deadline);
+  TransferRequest(const TransferRequest &) = delete;
+  TransferRequest &operator=(const TransferRequest &) = delete;
+
+  uint64_t Id() const { return id_; }  // process-unique, increasing, never 0
+  const std::string &Key() const { return key_; }
+  adxl::TransferOp Op() const { return op_; }
+  Deadline GetDeadline() const { return deadline_; }
+  const std::vector<Segment> &Segments() const { return *segs_; }
+
+  // ---- caller side ----
+  // Waits until the request is done or `deadline` passes (a condition
+  // variable, no polling); true when done. The request goes on either way.
+  bool Wait(Deadline deadline) const;
+  bool Done() const;
+  // The terminal outcome; meaningful once Done() (FAILED before).
+  adxl::Status Status() const;
+  std::string Error() const;
+  // True when the request ended because of Cancel().
+  bool Canceled() const;
+  // True while it has I/O in progress on its local buffers (diagnostics, tests).
+  bool MovingBytes() const;
+  // Ends the request promptly with kCanceledStatus: lanes it is moving bytes
+  // on are shut down (the server abandons the request; the lane reopens on
+  // next use), a wait for a free lane is woken. Nothing when already done.
+  void Cancel(const std::string &why = "canceled");
+
+  // ---- runner side ----
+  // Runs once, on the thread that completes the request, before any waiter
+  // returns from Wait (the engine releases its in-flight slot here).
+  void SetOnDone(std::function<void()> on_done);
+  // The pool the request runs on (Cancel wakes its waiters); cleared when done.
+  void SetPool(std::shared_ptr<LanePool> pool);
+  bool CancelRequested() const { return cancel_requested_.load(std::memory_order_acquire); }
+  // Announces I/O on `stream` (null: a copy without a stream, e.g. a
+  // one-sided read) touching the local buffers. False once canceled or done:
+  // do not start it.
+  bool BeginIo(const std::shared_ptr<ByteStream> &stream);
+  // The I/O announced with BeginIo ended. True when Cancel shut `stream`
+  // down meanwhile: the lane is no longer usable, drop it.
+  bool EndIo(const std::shared_ptr<ByteStream> &stream);
+  // The runner's outcome; ignored when already done, replaced by the
+  // canceled outcome when Cancel came first.
+  void Finish(adxl::Status status, const std::string &error);
+
+ private:
+  // Completes with `status` (mutex_ held through `lock`, released inside).
+  void CompleteLocked(std::unique_lock<std::mutex> &lock, adxl::Status status, std::string error, bool canceled);
+
+  static std::atomic<uint64_t> next_id_;
+  const uint64_t id_;
+  const std::string key_;
+  const adxl::TransferOp op_;
+  const std::vector<Segment> owned_;
+  const std::vector<Segment> *const segs_;
+  const Deadline deadline_;
+
+  mutable std::mutex mutex_;
+  mutable std::condition_variable done_cv_;
+  std::atomic<bool> cancel_requested_{false};
+  bool finished_ = false;  // the outcome is set (guarded by mutex_)
+  bool visible_ = false;   // ... and on_done_ ran: waiters may return (guarded by mutex_)
+  adxl::Status status_ = adxl::FAILED;
+  std::string error_;
+  bool canceled_ = false;
+  std::string cancel_reason_;
+  // I/O in progress (null entries: copies without a stream). Cancel shuts
+  // down every stream here; BeginIo refuses after it, so every stream still
+  // here after a Cancel is one it shut down.
+  std::vector<std::shared_ptr<ByteStream>> io_;
+  std::shared_ptr<LanePool> pool_;
+  std::function<void()> on_done_;
+};
+
+}  // namespace llmdd
