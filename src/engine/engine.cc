@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include <atomic>
+#include <chrono>
 #include <cinttypes>
 
 #include "common/log.h"
@@ -13,6 +15,18 @@ namespace {
 
 // Finalize says goodbye to every peer it connected to within this much time in all.
 constexpr int64_t kFinalizeGoodbyeMs = 1000;
+// Finalize logs the requests it still waits for after this long.
+constexpr int64_t kFinalizeRunnersLogMs = 1000;
+
+// True at most once a second (per call site): refusals that a busy caller
+// may hit in a loop are logged, not flooded.
+bool LogThisSecond(std::atomic<int64_t> *last_ms) {
+  const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  int64_t last = last_ms->load(std::memory_order_relaxed);
+  return now - last >= 1000 && last_ms->compare_exchange_strong(last, now, std::memory_order_relaxed);
+}
 
 }  // namespace
 
@@ -86,6 +100,10 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
   if (initialized_) return adxl::SUCCESS;
   local_id_ = identity;
   config_ = config;
+  {
+    std::lock_guard guard(requests_mutex_);
+    requests_closed_ = false;
+  }
   registry_.SetRemovalGrace(std::chrono::milliseconds(config_.deregister_grace_ms));
   if (config_.busy_poll_us >= 0) SetReadSpinMicros(static_cast<uint32_t>(config_.busy_poll_us));
   hooks_ = std::move(hooks);
@@ -187,6 +205,19 @@ int Engine::ListenPort() const {
 
 void Engine::Finalize() {
   std::lock_guard ops(lifecycle_ops_);
+  // No new requests from now on; the running ones are canceled: each ends at
+  // once, or as soon as the I/O it has in progress returns (its lanes are
+  // shut down). Synchronous callers among them then release the lifecycle
+  // lock, so taking it below does not wait for their deadlines.
+  {
+    std::vector<std::shared_ptr<TransferRequest>> running;
+    {
+      std::lock_guard guard(requests_mutex_);
+      requests_closed_ = true;
+      for (const auto &[id, request] : live_) running.push_back(request);
+    }
+    for (const auto &request : running) request->Cancel("canceled: the engine is finalizing");
+  }
   std::unique_ptr<PeerServer> server;
   std::map<std::string, std::shared_ptr<Channel>> channels;
   {
@@ -203,6 +234,18 @@ void Engine::Finalize() {
   // Everything that waits for threads happens outside the lifecycle lock: a
   // serving thread may be waiting (through a hook into the layer above) for
   // a transfer that needs that lock (docs/ARCHITECTURE.md, "Lock order").
+  // The canceled requests' runners let go before the channels and workers
+  // they use are taken down. Each is done already; a runner can outlast its
+  // request only while it opens a lane (bounded by the request's deadline).
+  {
+    std::unique_lock guard(requests_mutex_);
+    if (!runners_ended_.wait_for(guard, std::chrono::milliseconds(kFinalizeRunnersLogMs),
+                                 [&] { return live_.empty(); })) {
+      LOG_WARN("Finalize: %zu transfer requests are still opening connections; waiting for them (their deadlines)",
+               live_.size());
+      runners_ended_.wait(guard, [&] { return live_.empty(); });
+    }
+  }
   if (server) server->Stop();
   // Goodbyes share one deadline: a frozen peer costs it once, not once per channel.
   // Every goodbye is sent before any answer is awaited: the answers arrive
@@ -393,22 +436,137 @@ adxl::Status Engine::TransferKeyed(const std::string &key, adxl::TransferOp op, 
                                    Deadline deadline, std::string *error) {
   std::shared_lock lock(lifecycle_);
   if (!initialized_) return adxl::FAILED;
-  std::shared_ptr<Channel> channel;
-  std::shared_ptr<LanePool> pool = FindPool(key, &channel);
-  if (!pool) {
+  Route route;
+  route.pool = FindPool(key, &route.channel);
+  if (!route.pool) {
     *error = "no connection to " + key;
     return adxl::NOT_CONNECTED;
   }
   if (segs.empty()) return adxl::SUCCESS;
-  std::unique_ptr<Channel::InFlight> in_flight;
-  if (channel) {
-    in_flight = std::make_unique<Channel::InFlight>(channel.get());
-    if (channel->Dead()) {
-      *error = "peer " + key + " is dead (" + channel->DeadReason() + ")";
+  if (route.channel && route.channel->Dead()) {
+    *error = "peer " + key + " is dead (" + route.channel->DeadReason() + ")";
+    return adxl::FAILED;
+  }
+  return RunHere(key, route, op, segs, deadline, error);
+}
+
+size_t Engine::RequestsInFlight() const {
+  std::lock_guard guard(requests_mutex_);
+  return requests_in_flight_;
+}
+
+adxl::Status Engine::Admit(const std::shared_ptr<TransferRequest> &request, const Route &route,
+                           std::string *error) {
+  {
+    std::lock_guard guard(requests_mutex_);
+    if (requests_closed_) {
+      *error = "the engine is finalizing";
       return adxl::FAILED;
     }
+    if (requests_in_flight_ >= config_.max_requests_in_flight) {
+      *error = std::to_string(requests_in_flight_) + " transfer requests are in flight (llmdd.MaxRequestsInFlight=" +
+               std::to_string(config_.max_requests_in_flight) + ")";
+      return adxl::RESOURCE_EXHAUSTED;
+    }
+    ++requests_in_flight_;
+    live_.emplace(request->Id(), request);
   }
-  return pool->Transfer(op, segs, deadline, error);
+  // Runs when the request is done, before its waiters return: a caller that
+  // waited for it can submit the next one at once.
+  request->SetOnDone([this] {
+    std::lock_guard guard(requests_mutex_);
+    --requests_in_flight_;
+  });
+  request->SetPool(route.pool);
+  return adxl::SUCCESS;
+}
+
+void Engine::ForgetRunner(uint64_t id) {
+  std::lock_guard guard(requests_mutex_);
+  live_.erase(id);
+  if (live_.empty()) runners_ended_.notify_all();
+}
+
+void Engine::RunRequest(const std::shared_ptr<TransferRequest> &request, Route route, bool queued) {
+  adxl::Status status = adxl::SUCCESS;
+  std::string error;
+  if (request->CancelRequested()) {
+    status = TransferRequest::kCanceledStatus;  // canceled while queued: nothing to do
+  } else if (queued && request->GetDeadline().Expired()) {
+    status = adxl::TIMEOUT;
+    error = "the deadline passed while the request waited for a worker";
+  } else if (!RunGuarded("transfer request", [&] {
+               // Close (Disconnect) waits for the transfers running on its channel.
+               std::unique_ptr<Channel::InFlight> in_flight;
+               if (route.channel) {
+                 in_flight = std::make_unique<Channel::InFlight>(route.channel.get());
+                 if (queued && route.channel->Dead()) {
+                   status = adxl::FAILED;
+                   error = "peer " + request->Key() + " is dead (" + route.channel->DeadReason() + ")";
+                   return;
+                 }
+               }
+               status = route.pool->Transfer(request->Op(), request->Segments(), request->GetDeadline(), &error,
+                                             request.get());
+             })) {
+    status = adxl::FAILED;
+    error = "out of memory";
+  }
+  request->Finish(status, error);
+  route = Route{};  // the channel may go with it: not under the runner's locks
+  ForgetRunner(request->Id());
+}
+
+adxl::Status Engine::RunHere(const std::string &key, const Route &route, adxl::TransferOp op,
+                             const std::vector<Segment> &segs, Deadline deadline, std::string *error,
+                             bool *refused) {
+  // Borrows `segs`: the request runs and ends before this call returns.
+  auto request = std::make_shared<TransferRequest>(key, op, &segs, deadline);
+  adxl::Status status = Admit(request, route, error);
+  if (refused != nullptr) *refused = status != adxl::SUCCESS;
+  if (status != adxl::SUCCESS) return status;
+  RunRequest(request, route, /*queued=*/false);
+  *error = request->Error();
+  return request->Status();
+}
+
+adxl::Status Engine::SubmitTransfer(const std::string &key, adxl::TransferOp op, std::vector<Segment> segs,
+                                    Deadline deadline, std::shared_ptr<TransferRequest> *request,
+                                    std::string *error) {
+  request->reset();
+  error->clear();
+  std::shared_lock lock(lifecycle_);
+  if (!initialized_) {
+    *error = "engine is not initialized";
+    return adxl::FAILED;
+  }
+  Route route;
+  route.pool = FindPool(key, &route.channel);
+  if (!route.pool) {
+    *error = "no connection to " + key;
+    return adxl::NOT_CONNECTED;
+  }
+  if (route.channel && route.channel->Dead()) {
+    *error = "peer " + key + " is dead (" + route.channel->DeadReason() + ")";
+    return adxl::FAILED;
+  }
+  auto submitted = std::make_shared<TransferRequest>(key, op, std::move(segs), deadline);
+  if (submitted->Segments().empty()) {  // nothing to move: done at once
+    submitted->Finish(adxl::SUCCESS, "");
+    *request = std::move(submitted);
+    return adxl::SUCCESS;
+  }
+  adxl::Status status = Admit(submitted, route, error);
+  if (status != adxl::SUCCESS) return status;
+  // Finalize waits for this runner (live_) before it destroys the workers.
+  if (!workers_->Submit([this, submitted, route]() mutable { RunRequest(submitted, std::move(route), true); })) {
+    *error = "no transfer worker can take the request";
+    submitted->Finish(adxl::RESOURCE_EXHAUSTED, *error);
+    ForgetRunner(submitted->Id());
+    return adxl::RESOURCE_EXHAUSTED;
+  }
+  *request = std::move(submitted);
+  return adxl::SUCCESS;
 }
 
 adxl::Status Engine::AppCallKeyed(const std::string &key, uint32_t app_type, const std::string &request,
@@ -483,13 +641,22 @@ adxl::Status Engine::TransferSync(const std::string &remote, adxl::TransferOp op
     return adxl::NOT_CONNECTED;
   }
   if (segs.empty()) return adxl::SUCCESS;
-  Channel::InFlight in_flight(channel.get());
   if (channel->Dead()) {
     LOG_ERROR("TransferSync(%s): peer is dead (%s); Disconnect and Connect again", remote.c_str(),
               channel->DeadReason().c_str());
     return adxl::FAILED;
   }
-  adxl::Status status = channel->Lanes().Transfer(op, segs, deadline, &error);
+  Route route;
+  route.channel = channel;
+  route.pool = std::shared_ptr<LanePool>(channel, &channel->Lanes());
+  bool refused = false;
+  adxl::Status status = RunHere(remote, route, op, segs, deadline, &error, &refused);
+  if (refused) {
+    static std::atomic<int64_t> last_logged{0};
+    if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))
+      LOG_ERROR("TransferSync(%s) refused: %s", remote.c_str(), error.c_str());
+    return status;
+  }
   if (status != adxl::SUCCESS) {
     LOG_ERROR("TransferSync(%s, %s, %zu descriptors) failed with %u: %s", remote.c_str(),
               op == adxl::READ ? "READ" : "WRITE", count, status, error.c_str());

@@ -3,11 +3,17 @@
 // channels and the requester worker pool; validates every argument and maps
 // every failure to an adxl status with one log line saying why.
 //
+// Every transfer is a TransferRequest (engine/transfer_request.h): the
+// synchronous calls (TransferSync, TransferKeyed) admit one and run it on the
+// calling thread; SubmitTransfer queues one on the worker pool and returns it.
+// At most llmdd.MaxRequestsInFlight are in flight; Finalize cancels them.
+//
 // Thread-safety: every method may be called concurrently except Initialize and
 // Finalize, which take the lifecycle lock exclusively (they wait for running
 // calls instead of racing them).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -25,6 +31,7 @@
 #include "engine/memory_registry.h"
 #include "engine/peer_server.h"
 #include "engine/reactor.h"
+#include "engine/transfer_request.h"
 #include "engine/worker_pool.h"
 
 namespace llmdd {
@@ -86,6 +93,18 @@ class Engine {
                             Deadline deadline, std::string *response, std::string *error);
   bool HasChannel(const std::string &key);
 
+  // Starts moving `segs` (validated, e.g. by BuildSegments) to/from the peer
+  // `key` (resolved as TransferKeyed does) on the worker pool and returns at
+  // once. SUCCESS: *request is running and ends by its deadline at the latest
+  // (an empty `segs` gives one already done). Refused, with no request:
+  // FAILED (not initialized or finalizing, or the peer is dead),
+  // NOT_CONNECTED, RESOURCE_EXHAUSTED (llmdd.MaxRequestsInFlight requests
+  // are in flight, or no worker can take it).
+  adxl::Status SubmitTransfer(const std::string &key, adxl::TransferOp op, std::vector<Segment> segs,
+                              Deadline deadline, std::shared_ptr<TransferRequest> *request, std::string *error);
+  // Requests admitted and not done yet (what llmdd.MaxRequestsInFlight caps).
+  size_t RequestsInFlight() const;
+
  private:
   adxl::Status StartServerLocked(const Endpoint &listen);
   // ConnectKeyed with the lifecycle lock already held (shared) by the caller.
@@ -93,6 +112,23 @@ class Engine {
                              std::string *error);
   // Resolves `key` to a lane pool (channel first, then attached peer) and keeps it alive.
   std::shared_ptr<LanePool> FindPool(const std::string &key, std::shared_ptr<Channel> *channel);
+
+  // What a request runs on (the channel, if any, is guarded against Close while it runs).
+  struct Route {
+    std::shared_ptr<Channel> channel;
+    std::shared_ptr<LanePool> pool;
+  };
+  // Counts `request` in flight and lets Finalize see it; refuses with FAILED
+  // (finalizing) or RESOURCE_EXHAUSTED (the cap), *error saying why.
+  adxl::Status Admit(const std::shared_ptr<TransferRequest> &request, const Route &route, std::string *error);
+  // Runs an admitted request to its end on this thread, then lets it go.
+  void RunRequest(const std::shared_ptr<TransferRequest> &request, Route route, bool queued);
+  // Admits a request for `segs` and runs it here (the caller waits anyway:
+  // no thread hop). The request's outcome, or the refusal (*refused set).
+  adxl::Status RunHere(const std::string &key, const Route &route, adxl::TransferOp op,
+                       const std::vector<Segment> &segs, Deadline deadline, std::string *error,
+                       bool *refused = nullptr);
+  void ForgetRunner(uint64_t id);
   Hooks hooks_;
   std::mutex attached_mutex_;
   struct Attached {
@@ -120,6 +156,15 @@ class Engine {
   std::mutex channels_mutex_;
   // A null value marks a Connect in progress (so a second Connect sees ALREADY_CONNECTED).
   std::map<std::string, std::shared_ptr<Channel>> channels_;
+
+  // Requests (lock order: beside channels_mutex_; a request's own lock is a leaf below).
+  mutable std::mutex requests_mutex_;
+  std::condition_variable runners_ended_;  // live_ became empty
+  bool requests_closed_ = false;           // Finalize: no new requests
+  size_t requests_in_flight_ = 0;          // admitted and not done (the cap)
+  // Admitted requests whose runner has not let go yet (Finalize cancels them
+  // and waits for them before it takes the channels and workers down).
+  std::map<uint64_t, std::shared_ptr<TransferRequest>> live_;
 };
 
 // Validates descriptors (null addresses, wrap-around) and merges neighbours that

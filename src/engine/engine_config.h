@@ -52,6 +52,10 @@ struct EngineConfig {
   uint32_t max_sessions = 1024;        // llmdd.MaxSessions [1, 1000000]: client engines connected at once
   uint32_t max_handshakes = 64;        // llmdd.MaxHandshakes [1, 65536]: connections that have not said Hello yet
   uint32_t max_lanes_per_session = 64; // llmdd.MaxLanesPerSession [1, 1024]: data lanes one client engine may open
+  // Requester side: transfer requests in flight at once in this engine
+  // (synchronous calls included); one more is refused at once with
+  // RESOURCE_EXHAUSTED.
+  uint32_t max_requests_in_flight = 1024;  // llmdd.MaxRequestsInFlight [1, 1000000]
   // Silence after which the server drops a client's session, from what its
   // Hello says: it pings every heartbeat interval once the previous Pong came
   // back, and waits for a Pong at most its peer timeout (then it gives up on
@@ -77,6 +81,7 @@ constexpr const char kOptMaxPeerMessageBytes[] = "llmdd.MaxPeerMessageBytes";
 constexpr const char kOptMaxSessions[] = "llmdd.MaxSessions";
 constexpr const char kOptMaxHandshakes[] = "llmdd.MaxHandshakes";
 constexpr const char kOptMaxLanesPerSession[] = "llmdd.MaxLanesPerSession";
+constexpr const char kOptMaxRequestsInFlight[] = "llmdd.MaxRequestsInFlight";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 // Shared secret bounds. The handshake lets a rogue server at an address the
 // client connects to collect one client proof per attempt, which it can test
