@@ -3,6 +3,8 @@
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
+#include <new>
+#include <optional>
 
 #include "common/log.h"
 #include "common/sync_point.h"
@@ -209,14 +211,12 @@ void Engine::Finalize() {
   // once, or as soon as the I/O it has in progress returns (its lanes are
   // shut down). Synchronous callers among them then release the lifecycle
   // lock, so taking it below does not wait for their deadlines.
+  // (Cancel takes only the request's lock and its pool's: it may run under
+  // requests_mutex_, which keeps each request in the list alive.)
   {
-    std::vector<std::shared_ptr<TransferRequest>> running;
-    {
-      std::lock_guard guard(requests_mutex_);
-      requests_closed_ = true;
-      for (const auto &[id, request] : live_) running.push_back(request);
-    }
-    for (const auto &request : running) request->Cancel("canceled: the engine is finalizing");
+    std::lock_guard guard(requests_mutex_);
+    requests_closed_ = true;
+    for (TransferRequest *r = live_; r != nullptr; r = r->live_next) r->Cancel("canceled: the engine is finalizing");
   }
   std::unique_ptr<PeerServer> server;
   std::map<std::string, std::shared_ptr<Channel>> channels;
@@ -240,10 +240,9 @@ void Engine::Finalize() {
   {
     std::unique_lock guard(requests_mutex_);
     if (!runners_ended_.wait_for(guard, std::chrono::milliseconds(kFinalizeRunnersLogMs),
-                                 [&] { return live_.empty(); })) {
-      LOG_WARN("Finalize: %zu transfer requests are still opening connections; waiting for them (their deadlines)",
-               live_.size());
-      runners_ended_.wait(guard, [&] { return live_.empty(); });
+                                 [&] { return live_ == nullptr; })) {
+      LOG_WARN("Finalize: transfer requests are still opening connections; waiting for them (their deadlines)");
+      runners_ended_.wait(guard, [&] { return live_ == nullptr; });
     }
   }
   if (server) server->Stop();
@@ -447,47 +446,51 @@ adxl::Status Engine::TransferKeyed(const std::string &key, adxl::TransferOp op, 
     *error = "peer " + key + " is dead (" + route.channel->DeadReason() + ")";
     return adxl::FAILED;
   }
-  return RunHere(key, route, op, segs, deadline, error);
+  return RunHere(key, std::move(route), op, segs, deadline, error);
 }
 
-size_t Engine::RequestsInFlight() const {
+size_t Engine::RequestsInFlight() const { return requests_in_flight_.load(); }
+
+void Engine::RequestDone(void *engine) { static_cast<Engine *>(engine)->requests_in_flight_.fetch_sub(1); }
+
+adxl::Status Engine::Admit(TransferRequest *request, const Route &route, std::string *error) {
+  // Armed before anyone else can see it (Finalize's Cancel included). The
+  // done hook runs before its waiters return: a caller that waited for it
+  // can submit the next one at once.
+  request->Arm(&Engine::RequestDone, this, route.pool.get());
   std::lock_guard guard(requests_mutex_);
-  return requests_in_flight_;
-}
-
-adxl::Status Engine::Admit(const std::shared_ptr<TransferRequest> &request, const Route &route,
-                           std::string *error) {
-  {
-    std::lock_guard guard(requests_mutex_);
-    if (requests_closed_) {
-      *error = "the engine is finalizing";
-      return adxl::FAILED;
-    }
-    if (requests_in_flight_ >= config_.max_requests_in_flight) {
-      *error = std::to_string(requests_in_flight_) + " transfer requests are in flight (llmdd.MaxRequestsInFlight=" +
-               std::to_string(config_.max_requests_in_flight) + ")";
-      return adxl::RESOURCE_EXHAUSTED;
-    }
-    ++requests_in_flight_;
-    live_.emplace(request->Id(), request);
+  if (requests_closed_) {
+    *error = "the engine is finalizing";
+    return adxl::FAILED;
   }
-  // Runs when the request is done, before its waiters return: a caller that
-  // waited for it can submit the next one at once.
-  request->SetOnDone([this] {
-    std::lock_guard guard(requests_mutex_);
-    --requests_in_flight_;
-  });
-  request->SetPool(route.pool);
+  const size_t in_flight = requests_in_flight_.load();
+  if (in_flight >= config_.max_requests_in_flight) {
+    *error = std::to_string(in_flight) + " transfer requests are in flight (llmdd.MaxRequestsInFlight=" +
+             std::to_string(config_.max_requests_in_flight) + ")";
+    return adxl::RESOURCE_EXHAUSTED;
+  }
+  requests_in_flight_.fetch_add(1);
+  request->live_prev = nullptr;
+  request->live_next = live_;
+  if (live_ != nullptr) live_->live_prev = request;
+  live_ = request;
   return adxl::SUCCESS;
 }
 
-void Engine::ForgetRunner(uint64_t id) {
+void Engine::ForgetRunner(TransferRequest *request) {
   std::lock_guard guard(requests_mutex_);
-  live_.erase(id);
-  if (live_.empty()) runners_ended_.notify_all();
+  if (request->live_prev != nullptr) {
+    request->live_prev->live_next = request->live_next;
+  } else {
+    live_ = request->live_next;
+  }
+  if (request->live_next != nullptr) request->live_next->live_prev = request->live_prev;
+  request->live_prev = request->live_next = nullptr;
+  if (live_ == nullptr) runners_ended_.notify_all();
 }
 
-void Engine::RunRequest(const std::shared_ptr<TransferRequest> &request, Route route, bool queued) {
+void Engine::RunRequest(TransferRequest *request, Route route, bool queued, adxl::Status *outcome,
+                        std::string *outcome_error) {
   adxl::Status status = adxl::SUCCESS;
   std::string error;
   if (request->CancelRequested()) {
@@ -495,39 +498,46 @@ void Engine::RunRequest(const std::shared_ptr<TransferRequest> &request, Route r
   } else if (queued && request->GetDeadline().Expired()) {
     status = adxl::TIMEOUT;
     error = "the deadline passed while the request waited for a worker";
-  } else if (!RunGuarded("transfer request", [&] {
-               // Close (Disconnect) waits for the transfers running on its channel.
-               std::unique_ptr<Channel::InFlight> in_flight;
-               if (route.channel) {
-                 in_flight = std::make_unique<Channel::InFlight>(route.channel.get());
-                 if (queued && route.channel->Dead()) {
-                   status = adxl::FAILED;
-                   error = "peer " + request->Key() + " is dead (" + route.channel->DeadReason() + ")";
-                   return;
-                 }
-               }
-               status = route.pool->Transfer(request->Op(), request->Segments(), request->GetDeadline(), &error,
-                                             request.get());
-             })) {
-    status = adxl::FAILED;
-    error = "out of memory";
+  } else {
+    // Nothing escapes: the request must end and its runner let go.
+    try {
+      // Close (Disconnect) waits for the transfers running on its channel.
+      std::optional<Channel::InFlight> in_flight;
+      if (route.channel) in_flight.emplace(route.channel.get());
+      if (queued && route.channel && route.channel->Dead()) {
+        status = adxl::FAILED;
+        error = "peer " + request->Key() + " is dead (" + route.channel->DeadReason() + ")";
+      } else {
+        status = route.pool->Transfer(request->Op(), request->Segments(), request->GetDeadline(), &error, request);
+      }
+    } catch (const std::bad_alloc &) {
+      status = adxl::RESOURCE_EXHAUSTED;
+      error = "out of memory";
+    } catch (...) {
+      status = adxl::FAILED;
+      error = "unexpected exception";
+    }
   }
-  request->Finish(status, error);
+  request->Finish(&status, &error);
   route = Route{};  // the channel may go with it: not under the runner's locks
-  ForgetRunner(request->Id());
+  ForgetRunner(request);
+  if (outcome != nullptr) {
+    *outcome = status;
+    *outcome_error = std::move(error);
+  }
 }
 
-adxl::Status Engine::RunHere(const std::string &key, const Route &route, adxl::TransferOp op,
+adxl::Status Engine::RunHere(const std::string &key, Route route, adxl::TransferOp op,
                              const std::vector<Segment> &segs, Deadline deadline, std::string *error,
                              bool *refused) {
-  // Borrows `segs`: the request runs and ends before this call returns.
-  auto request = std::make_shared<TransferRequest>(key, op, &segs, deadline);
-  adxl::Status status = Admit(request, route, error);
+  // On this stack and borrowing `segs`: it runs and ends before this call
+  // returns, and Finalize touches it only while its runner has not let go.
+  TransferRequest request(key, op, &segs, deadline);
+  adxl::Status status = Admit(&request, route, error);
   if (refused != nullptr) *refused = status != adxl::SUCCESS;
   if (status != adxl::SUCCESS) return status;
-  RunRequest(request, route, /*queued=*/false);
-  *error = request->Error();
-  return request->Status();
+  RunRequest(&request, std::move(route), /*queued=*/false, &status, error);
+  return status;
 }
 
 adxl::Status Engine::SubmitTransfer(const std::string &key, adxl::TransferOp op, std::vector<Segment> segs,
@@ -556,13 +566,13 @@ adxl::Status Engine::SubmitTransfer(const std::string &key, adxl::TransferOp op,
     *request = std::move(submitted);
     return adxl::SUCCESS;
   }
-  adxl::Status status = Admit(submitted, route, error);
+  adxl::Status status = Admit(submitted.get(), route, error);
   if (status != adxl::SUCCESS) return status;
   // Finalize waits for this runner (live_) before it destroys the workers.
-  if (!workers_->Submit([this, submitted, route]() mutable { RunRequest(submitted, std::move(route), true); })) {
+  if (!workers_->Submit([this, submitted, route]() mutable { RunRequest(submitted.get(), std::move(route), true); })) {
     *error = "no transfer worker can take the request";
     submitted->Finish(adxl::RESOURCE_EXHAUSTED, *error);
-    ForgetRunner(submitted->Id());
+    ForgetRunner(submitted.get());
     return adxl::RESOURCE_EXHAUSTED;
   }
   *request = std::move(submitted);
@@ -647,10 +657,10 @@ adxl::Status Engine::TransferSync(const std::string &remote, adxl::TransferOp op
     return adxl::FAILED;
   }
   Route route;
-  route.channel = channel;
   route.pool = std::shared_ptr<LanePool>(channel, &channel->Lanes());
+  route.channel = std::move(channel);
   bool refused = false;
-  adxl::Status status = RunHere(remote, route, op, segs, deadline, &error, &refused);
+  adxl::Status status = RunHere(remote, std::move(route), op, segs, deadline, &error, &refused);
   if (refused) {
     static std::atomic<int64_t> last_logged{0};
     if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))

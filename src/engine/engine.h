@@ -13,6 +13,7 @@
 // calls instead of racing them).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -120,15 +121,18 @@ class Engine {
   };
   // Counts `request` in flight and lets Finalize see it; refuses with FAILED
   // (finalizing) or RESOURCE_EXHAUSTED (the cap), *error saying why.
-  adxl::Status Admit(const std::shared_ptr<TransferRequest> &request, const Route &route, std::string *error);
-  // Runs an admitted request to its end on this thread, then lets it go.
-  void RunRequest(const std::shared_ptr<TransferRequest> &request, Route route, bool queued);
+  adxl::Status Admit(TransferRequest *request, const Route &route, std::string *error);
+  // Runs an admitted request to its end on this thread, then lets it go;
+  // its outcome in *outcome and *outcome_error when given.
+  void RunRequest(TransferRequest *request, Route route, bool queued, adxl::Status *outcome = nullptr,
+                  std::string *outcome_error = nullptr);
   // Admits a request for `segs` and runs it here (the caller waits anyway:
-  // no thread hop). The request's outcome, or the refusal (*refused set).
-  adxl::Status RunHere(const std::string &key, const Route &route, adxl::TransferOp op,
-                       const std::vector<Segment> &segs, Deadline deadline, std::string *error,
-                       bool *refused = nullptr);
-  void ForgetRunner(uint64_t id);
+  // no thread hop, no allocation). The request's outcome, or the refusal
+  // (*refused set).
+  adxl::Status RunHere(const std::string &key, Route route, adxl::TransferOp op, const std::vector<Segment> &segs,
+                       Deadline deadline, std::string *error, bool *refused = nullptr);
+  static void RequestDone(void *engine);
+  void ForgetRunner(TransferRequest *request);
   Hooks hooks_;
   std::mutex attached_mutex_;
   struct Attached {
@@ -161,10 +165,14 @@ class Engine {
   mutable std::mutex requests_mutex_;
   std::condition_variable runners_ended_;  // live_ became empty
   bool requests_closed_ = false;           // Finalize: no new requests
-  size_t requests_in_flight_ = 0;          // admitted and not done (the cap)
+  // Admitted and not done (the cap): raised under requests_mutex_, lowered
+  // without it by the done hook (which runs under the request's lock).
+  std::atomic<size_t> requests_in_flight_{0};
   // Admitted requests whose runner has not let go yet (Finalize cancels them
-  // and waits for them before it takes the channels and workers down).
-  std::map<uint64_t, std::shared_ptr<TransferRequest>> live_;
+  // and waits for them before it takes the channels and workers down): an
+  // intrusive list through TransferRequest::live_prev/live_next, so that
+  // admitting a request allocates nothing.
+  TransferRequest *live_ = nullptr;
 };
 
 // Validates descriptors (null addresses, wrap-around) and merges neighbours that

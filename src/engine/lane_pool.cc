@@ -214,7 +214,7 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
     if (lane == nullptr) return result;
     LaneGuard guard(this, lane);
     // Announced to the request, which shuts the stream down if it is canceled meanwhile.
-    if (request != nullptr && !request->BeginIo(stream)) return CanceledResult();
+    if (request != nullptr && !request->BeginIo(stream.get())) return CanceledResult();
     bool failed = false;
     while (done < count) {
       size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
@@ -229,7 +229,7 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
     }
     // A stream the request's Cancel shut down is dropped like a broken one
     // (the server abandons what it was doing on it); the lane reopens on next use.
-    const bool cut = request != nullptr && request->EndIo(stream);
+    const bool cut = request != nullptr && request->EndIo(stream.get());
     if (result.broken || cut) DropLane(lane, stream);
     if (cut) return CanceledResult();
     if (failed) return result;

@@ -1,10 +1,10 @@
 #include "engine/transfer_request.h"
 
-#include <algorithm>
-
 #include "engine/lane_pool.h"
 
 namespace llmdd {
+
+static_assert(LanePool::kMaxLanes + 1 <= TransferRequest::kMaxIo, "one I/O per lane and a one-sided copy");
 
 std::atomic<uint64_t> TransferRequest::next_id_{1};
 
@@ -26,110 +26,119 @@ TransferRequest::TransferRequest(std::string key, adxl::TransferOp op, const std
 
 bool TransferRequest::Wait(Deadline deadline) const {
   std::unique_lock lock(mutex_);
+  if (finished_) return true;
+  ++waiters_;
   if (deadline.IsNever()) {
-    done_cv_.wait(lock, [&] { return visible_; });
-    return true;
+    done_cv_.wait(lock, [&] { return finished_; });
+  } else {
+    done_cv_.wait_until(lock, deadline.At(), [&] { return finished_; });
   }
-  return done_cv_.wait_until(lock, deadline.At(), [&] { return visible_; });
+  --waiters_;
+  return finished_;
 }
 
 bool TransferRequest::Done() const {
   std::lock_guard lock(mutex_);
-  return visible_;
+  return finished_;
 }
 
 adxl::Status TransferRequest::Status() const {
   std::lock_guard lock(mutex_);
-  return visible_ ? status_ : adxl::FAILED;
+  return finished_ ? status_ : adxl::FAILED;
 }
 
 std::string TransferRequest::Error() const {
   std::lock_guard lock(mutex_);
-  return visible_ ? error_ : std::string();
+  return finished_ ? error_ : std::string();
+}
+
+adxl::Status TransferRequest::Outcome(std::string *error) const {
+  std::lock_guard lock(mutex_);
+  if (!finished_) {
+    error->clear();
+    return adxl::FAILED;
+  }
+  *error = error_;
+  return status_;
 }
 
 bool TransferRequest::Canceled() const {
   std::lock_guard lock(mutex_);
-  return visible_ && canceled_;
+  return finished_ && canceled_;
 }
 
 bool TransferRequest::MovingBytes() const {
   std::lock_guard lock(mutex_);
-  return !io_.empty();
+  return io_count_ != 0;
 }
 
-void TransferRequest::SetOnDone(std::function<void()> on_done) {
-  std::lock_guard lock(mutex_);
-  on_done_ = std::move(on_done);
-}
-
-void TransferRequest::SetPool(std::shared_ptr<LanePool> pool) {
-  std::lock_guard lock(mutex_);
-  if (!finished_) pool_ = std::move(pool);
+void TransferRequest::Arm(DoneHook on_done, void *context, LanePool *pool) {
+  // Not shared yet: whoever receives the request later does so through a
+  // lock (the engine's), which orders these writes before its reads.
+  on_done_ = on_done;
+  on_done_context_ = context;
+  pool_ = pool;
 }
 
 void TransferRequest::Cancel(const std::string &why) {
-  std::unique_lock lock(mutex_);
+  std::lock_guard lock(mutex_);
   if (finished_ || cancel_requested_.load(std::memory_order_relaxed)) return;
   cancel_reason_ = why;
   cancel_requested_.store(true, std::memory_order_release);
-  std::shared_ptr<LanePool> pool = pool_;
-  // Shut down under the lock: EndIo cannot hand a stream back to its pool
-  // (for another request to use) between our look at io_ and the shutdown.
-  for (const auto &stream : io_) {
-    if (stream) stream->Shutdown();
+  // Under the lock: EndIo cannot hand a stream back to its pool (for another
+  // request to use) between our look at io_ and the shutdown, and the pool
+  // is alive while the request is not done.
+  for (size_t i = 0; i < io_count_; ++i) {
+    if (io_[i] != nullptr) io_[i]->Shutdown();
   }
-  // Moving no bytes now: nothing to wait for. Otherwise the last EndIo completes it.
-  if (io_.empty()) CompleteLocked(lock, kCanceledStatus, cancel_reason_, true);
-  if (lock.owns_lock()) lock.unlock();
   // A runner waiting for a free lane sees the cancel at once.
-  if (pool) pool->WakeWaiters();
+  if (pool_ != nullptr) pool_->WakeWaiters();
+  // Moving no bytes now: nothing to wait for. Otherwise the last EndIo completes it.
+  if (io_count_ == 0) CompleteLocked(kCanceledStatus, cancel_reason_, true);
 }
 
-bool TransferRequest::BeginIo(const std::shared_ptr<ByteStream> &stream) {
+bool TransferRequest::BeginIo(ByteStream *stream) {
   std::lock_guard lock(mutex_);
-  if (finished_ || cancel_requested_.load(std::memory_order_relaxed)) return false;
-  io_.push_back(stream);
+  if (finished_ || cancel_requested_.load(std::memory_order_relaxed) || io_count_ == kMaxIo) return false;
+  io_[io_count_++] = stream;
   return true;
 }
 
-bool TransferRequest::EndIo(const std::shared_ptr<ByteStream> &stream) {
-  std::unique_lock lock(mutex_);
-  auto it = std::find(io_.begin(), io_.end(), stream);
-  if (it != io_.end()) io_.erase(it);
+bool TransferRequest::EndIo(ByteStream *stream) {
+  std::lock_guard lock(mutex_);
+  for (size_t i = 0; i < io_count_; ++i) {
+    if (io_[i] == stream) {
+      io_[i] = io_[--io_count_];
+      break;
+    }
+  }
   const bool canceled = cancel_requested_.load(std::memory_order_relaxed);
-  if (canceled && io_.empty() && !finished_) CompleteLocked(lock, kCanceledStatus, cancel_reason_, true);
+  if (canceled && io_count_ == 0 && !finished_) CompleteLocked(kCanceledStatus, cancel_reason_, true);
   return canceled && stream != nullptr;
 }
 
-void TransferRequest::Finish(adxl::Status status, const std::string &error) {
-  std::unique_lock lock(mutex_);
-  if (finished_) return;
-  if (cancel_requested_.load(std::memory_order_relaxed)) {
-    CompleteLocked(lock, kCanceledStatus, cancel_reason_, true);
-  } else {
-    CompleteLocked(lock, status, error, false);
+void TransferRequest::Finish(adxl::Status *status, std::string *error) {
+  std::lock_guard lock(mutex_);
+  if (!finished_) {
+    if (cancel_requested_.load(std::memory_order_relaxed)) {
+      CompleteLocked(kCanceledStatus, cancel_reason_, true);
+    } else {
+      CompleteLocked(*status, std::move(*error), false);
+    }
   }
+  *status = status_;
+  *error = error_;
 }
 
-void TransferRequest::CompleteLocked(std::unique_lock<std::mutex> &lock, adxl::Status status, std::string error,
-                                     bool canceled) {
+void TransferRequest::CompleteLocked(adxl::Status status, std::string error, bool canceled) {
   finished_ = true;
   status_ = status;
   error_ = std::move(error);
   canceled_ = canceled;
-  std::function<void()> on_done = std::move(on_done_);
+  pool_ = nullptr;
+  if (on_done_ != nullptr) on_done_(on_done_context_);
   on_done_ = nullptr;
-  std::shared_ptr<LanePool> pool = std::move(pool_);
-  lock.unlock();
-  // Outside the lock: on_done takes the engine's locks, and the last
-  // reference to the pool may go here.
-  if (on_done) on_done();
-  pool.reset();
-  lock.lock();
-  visible_ = true;
-  done_cv_.notify_all();
-  lock.unlock();
+  if (waiters_ > 0) done_cv_.notify_all();
 }
 
 }  // namespace llmdd

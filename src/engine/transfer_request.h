@@ -18,7 +18,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,6 +33,10 @@ class LanePool;
 
 class TransferRequest {
  public:
+  // I/O at once on one request: one per lane (LanePool::kMaxLanes) and a
+  // one-sided copy.
+  static constexpr size_t kMaxIo = 72;
+
   // A canceled request ends with FAILED: that is what CANN's TransferStatus
   // has for a request that did not complete (WAITING/COMPLETED/TIMEOUT/FAILED,
   // no CANCELED), and what CANN reports for async requests torn down by
@@ -62,6 +65,8 @@ class TransferRequest {
   // The terminal outcome; meaningful once Done() (FAILED before).
   adxl::Status Status() const;
   std::string Error() const;
+  // Both at once.
+  adxl::Status Outcome(std::string *error) const;
   // True when the request ended because of Cancel().
   bool Canceled() const;
   // True while it has I/O in progress on its local buffers (diagnostics, tests).
@@ -72,26 +77,37 @@ class TransferRequest {
   void Cancel(const std::string &why = "canceled");
 
   // ---- runner side ----
-  // Runs once, on the thread that completes the request, before any waiter
-  // returns from Wait (the engine releases its in-flight slot here).
-  void SetOnDone(std::function<void()> on_done);
-  // The pool the request runs on (Cancel wakes its waiters); cleared when done.
-  void SetPool(std::shared_ptr<LanePool> pool);
+  // Runs once when the request becomes done, on the completing thread,
+  // under the request's lock and before any waiter returns from Wait (the
+  // engine releases its in-flight slot there): it must not block or lock.
+  using DoneHook = void (*)(void *context);
+  // Before the request is shared with another thread: the done hook, and
+  // the pool it runs on (Cancel wakes its waiters). The runner keeps the
+  // pool alive until the request is done.
+  void Arm(DoneHook on_done, void *context, LanePool *pool);
   bool CancelRequested() const { return cancel_requested_.load(std::memory_order_acquire); }
   // Announces I/O on `stream` (null: a copy without a stream, e.g. a
   // one-sided read) touching the local buffers. False once canceled or done:
   // do not start it.
-  bool BeginIo(const std::shared_ptr<ByteStream> &stream);
+  // The caller keeps `stream` alive until EndIo.
+  bool BeginIo(ByteStream *stream);
   // The I/O announced with BeginIo ended. True when Cancel shut `stream`
   // down meanwhile: the lane is no longer usable, drop it.
-  bool EndIo(const std::shared_ptr<ByteStream> &stream);
+  bool EndIo(ByteStream *stream);
   // The runner's outcome; ignored when already done, replaced by the
-  // canceled outcome when Cancel came first.
-  void Finish(adxl::Status status, const std::string &error);
+  // canceled outcome when Cancel came first. Then *status and *error hold
+  // the request's outcome.
+  void Finish(adxl::Status *status, std::string *error);
+  void Finish(adxl::Status status, std::string error) { Finish(&status, &error); }
+
+  // The engine's list of requests whose runner has not let go (guarded by
+  // the engine's lock, not by this request's).
+  TransferRequest *live_prev = nullptr;
+  TransferRequest *live_next = nullptr;
 
  private:
-  // Completes with `status` (mutex_ held through `lock`, released inside).
-  void CompleteLocked(std::unique_lock<std::mutex> &lock, adxl::Status status, std::string error, bool canceled);
+  // Completes with `status` (mutex_ held).
+  void CompleteLocked(adxl::Status status, std::string error, bool canceled);
 
   static std::atomic<uint64_t> next_id_;
   const uint64_t id_;
@@ -105,17 +121,19 @@ class TransferRequest {
   mutable std::condition_variable done_cv_;
   std::atomic<bool> cancel_requested_{false};
   bool finished_ = false;  // the outcome is set (guarded by mutex_)
-  bool visible_ = false;   // ... and on_done_ ran: waiters may return (guarded by mutex_)
   adxl::Status status_ = adxl::FAILED;
   std::string error_;
   bool canceled_ = false;
   std::string cancel_reason_;
   // I/O in progress (null entries: copies without a stream). Cancel shuts
   // down every stream here; BeginIo refuses after it, so every stream still
-  // here after a Cancel is one it shut down.
-  std::vector<std::shared_ptr<ByteStream>> io_;
-  std::shared_ptr<LanePool> pool_;
-  std::function<void()> on_done_;
+  // here after a Cancel is one it shut down. Inline: no allocation per request.
+  ByteStream *io_[kMaxIo];  // the first io_count_ are set
+  size_t io_count_ = 0;
+  mutable int waiters_ = 0;  // threads in Wait (guarded by mutex_): no notify without them
+  LanePool *pool_ = nullptr;  // null once done
+  DoneHook on_done_ = nullptr;
+  void *on_done_context_ = nullptr;
 };
 
 }  // namespace llmdd

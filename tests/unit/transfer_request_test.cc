@@ -267,7 +267,7 @@ TEST(TransferRequestAlone, CompletesExactlyOnceAndWaitHonoursItsOwnDeadline) {
   EXPECT_LT(MsSince(t0), 1000);
   std::atomic<int> on_done_runs{0};
   bool seen_before_wait_returned = false;
-  request.SetOnDone([&] { ++on_done_runs; });
+  request.Arm([](void *runs) { ++*static_cast<std::atomic<int> *>(runs); }, &on_done_runs, nullptr);
   std::thread finisher([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
     request.Finish(adxl::TIMEOUT, "late");
@@ -293,13 +293,13 @@ TEST(TransferRequestAlone, CancelShutsDownTheStreamsInUseAndCompletesWhenTheirIo
   auto mine = std::make_shared<TcpStream>(fds[0], "mine");
   TcpStream other(fds[1], "other");
   TransferRequest request("k", adxl::READ, std::vector<Segment>{{1, 2, 3}}, Deadline::Never());
-  ASSERT_TRUE(request.BeginIo(mine));
+  ASSERT_TRUE(request.BeginIo(mine.get()));
   request.Cancel("stop");
   EXPECT_FALSE(request.Done());  // its I/O is still in progress
   char byte;
   EXPECT_EQ(mine->Read(&byte, 1, Deadline::AfterMs(2000)), IoStatus::kClosed);  // shut down
-  EXPECT_FALSE(request.BeginIo(mine));
-  EXPECT_TRUE(request.EndIo(mine));  // it was cut: the caller drops the lane
+  EXPECT_FALSE(request.BeginIo(mine.get()));
+  EXPECT_TRUE(request.EndIo(mine.get()));  // it was cut: the caller drops the lane
   EXPECT_TRUE(request.Wait(Deadline::AfterMs(0)));
   EXPECT_EQ(request.Status(), TransferRequest::kCanceledStatus);
   EXPECT_EQ(request.Status(), adxl::FAILED);
