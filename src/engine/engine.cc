@@ -392,6 +392,15 @@ adxl::Status Engine::DisconnectKeyed(const std::string &key, Deadline deadline, 
     channel = it->second;
     channels_.erase(it);
   }
+  // Submitted requests end now (no caller waits in them); Close then waits
+  // for the transfers still running on the channel, these included.
+  {
+    const std::string why = "canceled: disconnected from " + key;
+    std::lock_guard guard(requests_mutex_);
+    for (TransferRequest *r = live_; r != nullptr; r = r->live_next) {
+      if (r->live_submitted && r->live_channel == channel.get()) r->Cancel(why);
+    }
+  }
   channel->Close(deadline, say_goodbye);
   return adxl::SUCCESS;
 }
@@ -453,7 +462,7 @@ size_t Engine::RequestsInFlight() const { return requests_in_flight_.load(); }
 
 void Engine::RequestDone(void *engine) { static_cast<Engine *>(engine)->requests_in_flight_.fetch_sub(1); }
 
-adxl::Status Engine::Admit(TransferRequest *request, const Route &route, std::string *error) {
+adxl::Status Engine::Admit(TransferRequest *request, const Route &route, bool submitted, std::string *error) {
   // Armed before anyone else can see it (Finalize's Cancel included). The
   // done hook runs before its waiters return: a caller that waited for it
   // can submit the next one at once.
@@ -470,6 +479,8 @@ adxl::Status Engine::Admit(TransferRequest *request, const Route &route, std::st
     return adxl::RESOURCE_EXHAUSTED;
   }
   requests_in_flight_.fetch_add(1);
+  request->live_channel = route.channel.get();
+  request->live_submitted = submitted;
   request->live_prev = nullptr;
   request->live_next = live_;
   if (live_ != nullptr) live_->live_prev = request;
@@ -533,7 +544,7 @@ adxl::Status Engine::RunHere(const std::string &key, Route route, adxl::Transfer
   // On this stack and borrowing `segs`: it runs and ends before this call
   // returns, and Finalize touches it only while its runner has not let go.
   TransferRequest request(key, op, &segs, deadline);
-  adxl::Status status = Admit(&request, route, error);
+  adxl::Status status = Admit(&request, route, /*submitted=*/false, error);
   if (refused != nullptr) *refused = status != adxl::SUCCESS;
   if (status != adxl::SUCCESS) return status;
   RunRequest(&request, std::move(route), /*queued=*/false, &status, error);
@@ -566,7 +577,7 @@ adxl::Status Engine::SubmitTransfer(const std::string &key, adxl::TransferOp op,
     *request = std::move(submitted);
     return adxl::SUCCESS;
   }
-  adxl::Status status = Admit(submitted.get(), route, error);
+  adxl::Status status = Admit(submitted.get(), route, /*submitted=*/true, error);
   if (status != adxl::SUCCESS) return status;
   // Finalize waits for this runner (live_) before it destroys the workers.
   if (!workers_->Submit([this, submitted, route]() mutable { RunRequest(submitted.get(), std::move(route), true); })) {

@@ -83,6 +83,8 @@ class Engine {
   adxl::Status ConnectKeyed(const std::string &key, const Endpoint &remote, uint32_t reverse_lanes,
                             Deadline deadline, std::string *error);
   // say_goodbye=false closes locally without network traffic (forced unlink).
+  // Requests queued by SubmitTransfer on the channel are canceled; the
+  // synchronous transfers running on it are waited for (as CANN does).
   adxl::Status DisconnectKeyed(const std::string &key, Deadline deadline, bool say_goodbye);
   // Ends the session a peer opened to us (server side of a forced unlink).
   void DropAttachedPeer(const std::string &peer_id, uint64_t session_id);
@@ -121,7 +123,7 @@ class Engine {
   };
   // Counts `request` in flight and lets Finalize see it; refuses with FAILED
   // (finalizing) or RESOURCE_EXHAUSTED (the cap), *error saying why.
-  adxl::Status Admit(TransferRequest *request, const Route &route, std::string *error);
+  adxl::Status Admit(TransferRequest *request, const Route &route, bool submitted, std::string *error);
   // Runs an admitted request to its end on this thread, then lets it go;
   // its outcome in *outcome and *outcome_error when given.
   void RunRequest(TransferRequest *request, Route route, bool queued, adxl::Status *outcome = nullptr,

@@ -100,10 +100,12 @@ class TransferRequest {
   void Finish(adxl::Status *status, std::string *error);
   void Finish(adxl::Status status, std::string error) { Finish(&status, &error); }
 
-  // The engine's list of requests whose runner has not let go (guarded by
-  // the engine's lock, not by this request's).
+  // The engine's list of requests whose runner has not let go, and what the
+  // engine cancels by (guarded by the engine's lock, not by this request's).
   TransferRequest *live_prev = nullptr;
   TransferRequest *live_next = nullptr;
+  const void *live_channel = nullptr;  // the channel it runs on, if any
+  bool live_submitted = false;         // queued by SubmitTransfer (no caller waits in it)
 
  private:
   // Completes with `status` (mutex_ held).

@@ -547,6 +547,29 @@ TEST_F(RequestTest, FinalizeWithRequestsInFlightReturnsAndEveryRequestIsTerminal
   EXPECT_EQ(after, nullptr);
 }
 
+TEST_F(RequestTest, DisconnectCancelsTheSubmittedRequestsOnItsChannel) {
+  Start({{"llmdd.TcpConnections", "1"}});
+  Warm();
+  proxy_->FreezeOpen();
+  std::vector<std::shared_ptr<TransferRequest>> requests;
+  for (int i = 0; i < 3; ++i) requests.push_back(Submit(adxl::READ, Read(i << 20, 1 << 20), 60000));
+  ASSERT_TRUE(WaitUntil([&] { return requests[0]->MovingBytes() || requests[1]->MovingBytes() ||
+                                     requests[2]->MovingBytes(); },
+                        5000));
+  const auto t0 = Clock::now();
+  // The frozen peer does not answer the goodbye: Disconnect waits for it until its deadline.
+  EXPECT_EQ(client_.DisconnectKeyed(server_id_, Deadline::AfterMs(500), true), adxl::SUCCESS);
+  EXPECT_LT(MsSince(t0), 2000);
+  for (auto &r : requests) {
+    ASSERT_TRUE(r->Wait(Deadline::AfterMs(0)));
+    EXPECT_EQ(r->Status(), adxl::FAILED);
+    EXPECT_TRUE(r->Canceled());
+    EXPECT_NE(r->Error().find("disconnected"), std::string::npos) << r->Error();
+  }
+  EXPECT_EQ(client_.RequestsInFlight(), 0u);
+  Submit(adxl::READ, Read(0, 8), 1000, adxl::NOT_CONNECTED);
+}
+
 TEST_F(RequestTest, APeerThatGoesAwayEndsItsRequestsWithFailed) {
   Start({{"llmdd.TcpConnections", "1"}});
   Warm();
