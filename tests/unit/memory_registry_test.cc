@@ -8,6 +8,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <future>
+#include <memory>
 #include <random>
 #include <thread>
 #include <vector>
@@ -254,6 +256,289 @@ TEST(MemoryRegistry, ReadLeaseListsReadableRegionsAndHoldsBackTheirRemoval) {
 }  // namespace llmdd
 
 // ---------------------------------------------------------------------------------
+// RegionIndex and RegionPins against naive models: exact outcomes under random
+// registrations (overlapping, nested, adjacent, with different rights).
+// ---------------------------------------------------------------------------------
+namespace llmdd {
+namespace {
+
+constexpr uint32_t kAllRights[3] = {kAccessRead, kAccessWrite, kAccessReadWrite};
+
+// The model's answer to FindContaining: of the regions with the rights that
+// contain addr, the one reaching furthest, the lowest (addr, id) among equals.
+const Region *NaiveFindContaining(const std::vector<std::unique_ptr<Region>> &live, uintptr_t addr,
+                                  uint32_t rights) {
+  const Region *best = nullptr;
+  for (const auto &r : live) {
+    if (!(r->addr <= addr && addr < r->end) || !r->Allows(rights)) continue;
+    if (best == nullptr || r->end > best->end ||
+        (r->end == best->end && (r->addr < best->addr || (r->addr == best->addr && r->id < best->id))))
+      best = r.get();
+  }
+  return best;
+}
+
+TEST(RegionIndex, MatchesANaiveModelUnderRandomInsertsAndErases) {
+  std::mt19937_64 rng(42);
+  for (int round = 0; round < 20; ++round) {
+    RegionIndex index;
+    std::vector<std::unique_ptr<Region>> live;
+    uint64_t next_id = 1;
+    const uintptr_t space = round % 2 == 0 ? 600 : 5000;  // dense overlaps, then sparser
+    for (int op = 0; op < 400; ++op) {
+      if (live.empty() || rng() % 3 != 0) {
+        auto r = std::make_unique<Region>();
+        r->id = next_id++;
+        r->addr = rng() % space;
+        // Mostly short, some long enough to contain many others, some adjacent.
+        const uint64_t len = rng() % 8 == 0 ? 1 + rng() % space : 1 + rng() % 40;
+        r->end = r->addr + len;
+        r->len = len;
+        r->access = kAllRights[rng() % 3];
+        index.Insert(r.get());
+        live.push_back(std::move(r));
+      } else {
+        const size_t victim = rng() % live.size();
+        index.Erase(live[victim].get());
+        EXPECT_FALSE(live[victim]->indexed);
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(victim));
+      }
+      ASSERT_EQ(index.Check(), "") << "round " << round << " op " << op;
+      ASSERT_EQ(index.Size(), live.size());
+      for (int probe = 0; probe < 20; ++probe) {
+        const uintptr_t addr = rng() % (space + 50);
+        for (uint32_t rights : kAllRights) {
+          ASSERT_EQ(index.FindContaining(addr, rights), NaiveFindContaining(live, addr, rights))
+              << "round " << round << " op " << op << " addr " << addr << " rights " << rights;
+        }
+      }
+    }
+    index.Clear();
+    EXPECT_EQ(index.Size(), 0U);
+    EXPECT_EQ(index.First(), nullptr);
+    for (const auto &r : live) EXPECT_FALSE(r->indexed);
+  }
+}
+
+TEST(RegionIndex, FindsTheRegionReachingFurthestAmongNestedOnes) {
+  RegionIndex index;
+  std::vector<std::unique_ptr<Region>> regions;
+  auto add = [&](uintptr_t addr, uintptr_t end, uint32_t access) {
+    auto r = std::make_unique<Region>();
+    r->id = regions.size() + 1;
+    r->addr = addr;
+    r->end = end;
+    r->access = access;
+    index.Insert(r.get());
+    regions.push_back(std::move(r));
+    return regions.back().get();
+  };
+  Region *big = add(0x1000, 0x100000, kAccessReadWrite);
+  std::vector<const Region *> small;
+  for (uintptr_t a = 0x2000; a < 0x80000; a += 0x100) small.push_back(add(a, a + 0x10, kAccessReadWrite));
+  const Region *read_only = add(0x1800, 0x200000, kAccessRead);
+  ASSERT_EQ(index.Check(), "");
+  // Inside a small one: the big one reaches further (read-only reaches furthest for reads).
+  EXPECT_EQ(index.FindContaining(0x2008, kAccessWrite), big);
+  EXPECT_EQ(index.FindContaining(0x2008, kAccessReadWrite), big);
+  EXPECT_EQ(index.FindContaining(0x2008, kAccessRead), read_only);
+  // Between the small ones, far from the big one's start.
+  EXPECT_EQ(index.FindContaining(0x7ff80, kAccessWrite), big);
+  EXPECT_EQ(index.FindContaining(0x100000, kAccessWrite), nullptr);  // one past the big one
+  EXPECT_EQ(index.FindContaining(0x100000, kAccessRead), read_only);
+  EXPECT_EQ(index.FindContaining(0x17ff, kAccessRead), big);
+  EXPECT_EQ(index.FindContaining(0xfff, kAccessRead), nullptr);
+  index.Erase(big);
+  ASSERT_EQ(index.Check(), "");
+  EXPECT_EQ(index.FindContaining(0x7ff80, kAccessWrite), nullptr);
+  EXPECT_EQ(index.FindContaining(0x7ff08, kAccessWrite), small.back());
+  EXPECT_EQ(index.FindContaining(0x7ff08, kAccessRead), read_only);
+}
+
+// Cover() against the byte-level definition: a range is allowed exactly when
+// every byte lies in a live region with the rights. Registrations change
+// between and during requests (the successor links the lookup follows are
+// rewired); every region a request pinned holds the bytes it was allowed.
+TEST(MemoryRegistry, CoverMatchesAByteModelWhileRegistrationsChange) {
+  constexpr uintptr_t kBase = 0x10000, kSpace = 3000;
+  std::mt19937_64 rng(7);
+  MemoryRegistry registry;
+  struct Live {
+    uint64_t id;
+    uintptr_t addr;
+    uint64_t len;
+    uint32_t access;
+  };
+  std::vector<Live> live;
+  auto add = [&] {
+    const uintptr_t addr = kBase + rng() % kSpace;
+    const uint64_t len = rng() % 10 == 0 ? rng() % 600 : rng() % 50;  // some empty ones too
+    const uint32_t access = kAllRights[rng() % 3];
+    live.push_back({registry.Add(addr, len, 1, access), addr, len, access});
+  };
+  // Remove a region no request pins (a pinned one would wait for the request).
+  auto remove_unpinned = [&] {
+    for (int tries = 0; tries < 10 && !live.empty(); ++tries) {
+      const size_t i = rng() % live.size();
+      if (registry.PinCount(live[i].id) != 0) continue;
+      ASSERT_TRUE(registry.Remove(live[i].id));
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+      return;
+    }
+  };
+  auto covered = [&](uintptr_t a, uintptr_t end, uint32_t rights) {
+    for (uintptr_t byte = a; byte < end; ++byte) {
+      bool in = false;
+      for (const Live &r : live) in |= byte >= r.addr && byte - r.addr < r.len && (r.access & rights) == rights;
+      if (!in) return false;
+    }
+    return true;
+  };
+  for (int i = 0; i < 150; ++i) add();
+  size_t allowed = 0, refused = 0;
+  for (int request = 0; request < 300; ++request) {
+    RegionPins pins(&registry);
+    struct Allowed {
+      uintptr_t addr, end;
+      uint32_t rights;
+    };
+    std::vector<Allowed> granted;
+    uintptr_t cursor = kBase + rng() % kSpace;
+    for (int range = 0; range < 40; ++range) {
+      if (rng() % 8 == 0) add();
+      if (rng() % 8 == 0) remove_unpinned();
+      // Mostly ascending, some jumps; lengths across region boundaries too.
+      cursor = rng() % 5 == 0 ? kBase + rng() % kSpace : cursor + rng() % 64;
+      const uint64_t len = rng() % 6 == 0 ? 1 + rng() % 400 : 1 + rng() % 24;
+      const uint32_t rights = kAllRights[rng() % 3];
+      const bool expect = covered(cursor, cursor + len, rights);
+      ASSERT_EQ(pins.Cover(cursor, len, rights), expect)
+          << "request " << request << " range " << range << " [" << cursor << ", +" << len << ") rights " << rights;
+      if (expect) {
+        granted.push_back({cursor, cursor + len, rights});
+        ++allowed;
+      } else {
+        ++refused;
+      }
+    }
+    // What is allowed stays inside pinned regions: every byte of every
+    // allowed range is in a region this request pins, with the rights.
+    std::vector<Live> pinned;
+    for (const Live &r : live) {
+      const int count = registry.PinCount(r.id);
+      ASSERT_TRUE(count == 0 || count == 1) << count;
+      if (count == 1) pinned.push_back(r);
+    }
+    EXPECT_EQ(pins.PinnedCount(), pinned.size());
+    for (const Allowed &a : granted) {
+      for (uintptr_t byte = a.addr; byte < a.end; ++byte) {
+        bool in = false;
+        for (const Live &r : pinned)
+          in |= byte >= r.addr && byte - r.addr < r.len && (r.access & a.rights) == a.rights;
+        ASSERT_TRUE(in) << "byte " << byte << " of an allowed range is in no pinned region";
+      }
+    }
+    pins.Release();
+    for (const Live &r : live) ASSERT_EQ(registry.PinCount(r.id), 0);
+  }
+  EXPECT_GT(allowed, 1000U);  // both outcomes are exercised
+  EXPECT_GT(refused, 1000U);
+}
+
+// Overlapping registrations: a request pins the region that reaches furthest
+// (fewest steps); removing another registration of the same bytes does not
+// wait for it, removing the one it pinned does.
+TEST(MemoryRegistry, RemoveWaitsOnlyForRequestsThatPinnedThatRegion) {
+  MemoryRegistry registry;
+  const uint64_t big = registry.Add(1000, 1000, 1);
+  const uint64_t small = registry.Add(1100, 100, 1);
+  auto pins = std::make_unique<RegionPins>(&registry);
+  ASSERT_TRUE(pins->Cover(1150, 10));
+  EXPECT_EQ(registry.PinCount(big), 1);
+  EXPECT_EQ(registry.PinCount(small), 0);
+  auto removal = std::async(std::launch::async, [&] { return registry.Remove(small); });
+  const bool returned = removal.wait_for(std::chrono::milliseconds(1000)) == std::future_status::ready;
+  if (!returned) pins->Release();  // unblock it so the test can end
+  ASSERT_TRUE(returned) << "removing a region the request does not pin waited for the request";
+  EXPECT_TRUE(removal.get());
+  EXPECT_TRUE(pins->Cover(1120, 10));  // the big one still holds those bytes
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    registry.Remove(big);
+    removed = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_FALSE(removed.load()) << "Remove returned while the region was pinned";
+  // Unpublished already: a new request cannot use it, the pinning one still can.
+  RegionPins other(&registry);
+  EXPECT_FALSE(other.Cover(1150, 10));
+  EXPECT_TRUE(pins->Cover(1500, 10));
+  pins.reset();
+  remover.join();
+  EXPECT_TRUE(removed.load());
+}
+
+// Past the grace period a deregistration breaks the requests that pin the
+// region, and only those; then it waits for them to let go.
+TEST(MemoryRegistry, RemovalBreaksOnlyTheRequestsPinningTheRegion) {
+  MemoryRegistry registry;
+  registry.SetRemovalGrace(std::chrono::milliseconds(100));
+  const uint64_t first = registry.Add(1000, 100, 1);
+  registry.Add(2000, 100, 1);
+  auto user = std::make_unique<RegionPins>(&registry);
+  RegionPins bystander(&registry);
+  RegionPins refused_only(&registry);
+  ASSERT_TRUE(user->Cover(1010, 10));
+  ASSERT_TRUE(bystander.Cover(2010, 10));
+  ASSERT_FALSE(refused_only.Cover(1090, 20));  // runs past the first region: pins nothing
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    registry.Remove(first);
+    removed = true;
+  });
+  const auto start = std::chrono::steady_clock::now();
+  while (!user->Broken().load() && std::chrono::steady_clock::now() - start < std::chrono::seconds(5))
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_TRUE(user->Broken().load());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(90));
+  EXPECT_FALSE(bystander.Broken().load());
+  EXPECT_FALSE(refused_only.Broken().load());
+  EXPECT_FALSE(removed.load()) << "Remove returned before the broken request let go";
+  user.reset();
+  remover.join();
+  EXPECT_TRUE(removed.load());
+  // Clear() waits for the requests that pin something, not for one that pins nothing.
+  bystander.Release();
+  const auto clear_start = std::chrono::steady_clock::now();
+  registry.Clear();
+  EXPECT_LT(std::chrono::steady_clock::now() - clear_start, std::chrono::milliseconds(90));
+  EXPECT_FALSE(refused_only.Broken().load());
+}
+
+// Ranges that cross many adjacent registrations (each range one step per
+// region, following the successor links) and ranges that cross into a gap.
+TEST(MemoryRegistry, RangesAcrossManyAdjacentRegionsPinEachOnce) {
+  MemoryRegistry registry;
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 1000; ++i) ids.push_back(registry.Add(100000 + 64 * i, 64, 1));
+  RegionPins pins(&registry);
+  EXPECT_TRUE(pins.Cover(100000 + 10, 64 * 1000 - 20));
+  EXPECT_FALSE(pins.Cover(100000 + 10, 64 * 1000));  // one byte past the last one
+  EXPECT_TRUE(pins.Cover(100000, 64 * 1000));
+  EXPECT_EQ(pins.PinnedCount(), 1000U);
+  for (uint64_t id : ids) ASSERT_EQ(registry.PinCount(id), 1);
+  pins.Release();
+  registry.Remove(ids[500]);  // a gap in the middle
+  EXPECT_FALSE(pins.Cover(100000, 64 * 1000));
+  EXPECT_EQ(pins.PinnedCount(), 0U);
+  EXPECT_TRUE(pins.Cover(100000 + 64 * 501, 64 * 499));
+  EXPECT_EQ(pins.PinnedCount(), 499U);
+}
+
+}  // namespace
+}  // namespace llmdd
+
+// ---------------------------------------------------------------------------------
 // Micro benchmark, run by hand (prints figures, asserts nothing about time):
 //   build/tests/memory_registry_test --gtest_also_run_disabled_tests --gtest_filter='*CoverBenchmark*'
 // One RegionPins validates 100,000 ranges, as ServeTransfer does for one request.
@@ -287,6 +572,23 @@ TEST(MemoryRegistryBenchmark, DISABLED_CoverBenchmark) {
   run("each in a different region (shuffled)", shuffled);
   run("alternating between two regions", alternating);
   run("all in one region", same);
+  // Overlapping registrations: one region over all of them; ranges in the
+  // gaps between the small ones (only the big one holds them) and in the
+  // small ones (the big one reaches further).
+  registry.Add(kBase, kRegions * 2 * kRegionBytes, 1);
+  auto run_gaps = [&](const char *what, uint64_t offset) {
+    double best_ms = 1e300;
+    for (int round = 0; round < 3; ++round) {
+      RegionPins pins(&registry);
+      const auto start = std::chrono::steady_clock::now();
+      for (size_t i : shuffled) ASSERT_TRUE(pins.Cover(kBase + i * 2 * kRegionBytes + offset, 128, kAccessRead));
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+      best_ms = std::min(best_ms, ms);
+    }
+    std::printf("[ BENCHMARK] %zu ranges, %-38s best of 3: %9.2f ms\n", shuffled.size(), what, best_ms);
+  };
+  run_gaps("overlapped, in the gaps (shuffled)", kRegionBytes + 64);
+  run_gaps("overlapped, in the small ones (shuffled)", 64);
 }
 
 }  // namespace
