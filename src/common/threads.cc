@@ -46,4 +46,14 @@ bool StartThread(const char *name, std::function<void()> body, std::thread *out)
   return false;
 }
 
+void JoinExited(std::unique_lock<std::mutex> &lock, std::vector<std::thread> *exited) {
+  while (!exited->empty()) {
+    std::vector<std::thread> joining;
+    joining.swap(*exited);
+    lock.unlock();
+    for (auto &thread : joining) thread.join();
+    lock.lock();
+  }
+}
+
 }  // namespace llmdd

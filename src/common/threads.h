@@ -10,7 +10,9 @@
 #pragma once
 
 #include <functional>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 namespace llmdd {
 
@@ -20,6 +22,11 @@ bool StartThread(const char *name, std::function<void()> body, std::thread *out)
 
 // Runs `body`, turning an escaping exception into a log line and `false`.
 bool RunGuarded(const char *name, const std::function<void()> &body);
+
+// Joins the threads in *exited (threads of an elastic pool that ended on
+// their own and put themselves there under `lock`), with `lock` released
+// while joining and held again on return; repeats while more arrive.
+void JoinExited(std::unique_lock<std::mutex> &lock, std::vector<std::thread> *exited);
 
 // RunGuarded that also tells whether the exception was std::bad_alloc.
 bool RunGuardedClassified(const char *name, const std::function<void()> &body, bool *out_of_memory);

@@ -84,7 +84,7 @@ void Reactor::Stop() {
   for (auto &[id, thread] : threads) thread.join();
   {
     std::unique_lock lock(mutex_);
-    JoinFinished(lock);
+    JoinExited(lock, &exited_);
     // Handlers may own streams; they are destroyed outside the lock.
     watches.swap(watches_);
     timers.swap(timers_);
@@ -199,16 +199,6 @@ void Reactor::GrowLocked() {
   ++waiting_;  // counted as waiting from now on, so a burst starts one thread at a time
 }
 
-void Reactor::JoinFinished(std::unique_lock<std::mutex> &lock) {
-  while (!exited_.empty()) {
-    std::vector<std::thread> exited;
-    exited.swap(exited_);
-    lock.unlock();
-    for (auto &thread : exited) thread.join();
-    lock.lock();
-  }
-}
-
 void Reactor::Loop(uint64_t self) {
   t_reactor = this;
   std::unique_lock lock(mutex_);
@@ -216,7 +206,7 @@ void Reactor::Loop(uint64_t self) {
   Clock::time_point last_work = Clock::now();
   for (;;) {
     if (stopping_) return;
-    JoinFinished(lock);
+    JoinExited(lock, &exited_);
     const bool alone = threads_.size() <= 1;
     const int wait_ms = alone ? -1 : static_cast<int>(options_.idle_exit.count());
     ++waiting_;

@@ -97,7 +97,6 @@ class Reactor {
   void RunWatch(std::unique_lock<std::mutex> &lock, uint64_t id);
   void RunTimers(std::unique_lock<std::mutex> &lock);
   void ArmTimerFdLocked();
-  void JoinFinished(std::unique_lock<std::mutex> &lock);
 
   const Options options_;
   int epoll_fd_ = -1;

@@ -20,7 +20,7 @@ WorkerPool::~WorkerPool() {
   }
   for (auto &[id, thread] : threads) thread.join();
   std::unique_lock lock(mutex_);
-  JoinExited(lock);
+  JoinExited(lock, &exited_);
 }
 
 size_t WorkerPool::ThreadCount() const {
@@ -39,7 +39,7 @@ bool WorkerPool::Submit(std::function<void()> task) {
     wake_.notify_one();
     return true;
   }
-  JoinExited(lock);
+  JoinExited(lock, &exited_);
   if (threads_.size() < max_threads_) {
     const uint64_t self = next_thread_++;
     std::thread worker;
@@ -55,16 +55,6 @@ bool WorkerPool::Submit(std::function<void()> task) {
   }
   queue_.pop_back();  // no thread at all can run it
   return false;
-}
-
-void WorkerPool::JoinExited(std::unique_lock<std::mutex> &lock) {
-  while (!exited_.empty()) {
-    std::vector<std::thread> exited;
-    exited.swap(exited_);
-    lock.unlock();
-    for (auto &thread : exited) thread.join();
-    lock.lock();
-  }
 }
 
 void WorkerPool::Run(uint64_t self) {

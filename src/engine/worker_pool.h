@@ -32,7 +32,6 @@ class WorkerPool {
  private:
   WorkerPool(int max_threads, std::chrono::milliseconds idle_exit) : max_threads_(max_threads), idle_exit_(idle_exit) {}
   void Run(uint64_t self);
-  void JoinExited(std::unique_lock<std::mutex> &lock);
   const size_t max_threads_;
   const std::chrono::milliseconds idle_exit_;
   mutable std::mutex mutex_;
