@@ -85,6 +85,41 @@ void LanePool::WakeWaiters() {
   freed_.notify_all();
 }
 
+// A request's view of one lane's I/O: announced by Begin, ended by End (or,
+// should an exception leave first, by the destructor, before the lane is
+// released). A stream the request's Cancel shut down meanwhile is dropped
+// like a broken one (the server abandons what it was doing on it); the lane
+// reopens on next use.
+class LanePool::IoScope {
+ public:
+  IoScope(LanePool *pool, Lane *lane, const std::shared_ptr<ByteStream> &stream, TransferRequest *request)
+      : pool_(pool), lane_(lane), stream_(stream), request_(request) {}
+  ~IoScope() { End(); }
+  IoScope(const IoScope &) = delete;
+  IoScope &operator=(const IoScope &) = delete;
+  // False: the request was canceled, do not start.
+  bool Begin() {
+    if (request_ == nullptr) return true;
+    begun_ = request_->BeginIo(stream_.get());
+    return begun_;
+  }
+  // True when Cancel cut the stream (the lane was dropped).
+  bool End() {
+    if (!begun_) return false;
+    begun_ = false;
+    if (!request_->EndIo(stream_.get())) return false;
+    pool_->DropLane(lane_, stream_);
+    return true;
+  }
+
+ private:
+  LanePool *pool_;
+  Lane *lane_;
+  const std::shared_ptr<ByteStream> &stream_;
+  TransferRequest *request_;
+  bool begun_ = false;
+};
+
 class LanePool::LaneGuard {
  public:
   LaneGuard(LanePool *pool, Lane *lane) : pool_(pool), lane_(lane) {}
@@ -214,7 +249,8 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
     if (lane == nullptr) return result;
     LaneGuard guard(this, lane);
     // Announced to the request, which shuts the stream down if it is canceled meanwhile.
-    if (request != nullptr && !request->BeginIo(stream.get())) return CanceledResult();
+    IoScope io(this, lane, stream, request);
+    if (!io.Begin()) return CanceledResult();
     bool failed = false;
     while (done < count) {
       size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
@@ -227,10 +263,8 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
       done += chunk;
       if (result.broken) break;  // done, but the lane cannot carry more: the rest goes on another
     }
-    // A stream the request's Cancel shut down is dropped like a broken one
-    // (the server abandons what it was doing on it); the lane reopens on next use.
-    const bool cut = request != nullptr && request->EndIo(stream.get());
-    if (result.broken || cut) DropLane(lane, stream);
+    const bool cut = io.End();
+    if (result.broken && !cut) DropLane(lane, stream);
     if (cut) return CanceledResult();
     if (failed) return result;
   }

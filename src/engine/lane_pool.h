@@ -80,6 +80,7 @@ class LanePool {
     Deadline::Clock::time_point retry_after{};
   };
   class LaneGuard;
+  class IoScope;
 
   // Reserves a free lane with a usable stream (opening it if needed) within
   // the deadline; null with *status and *error when none can be had. The

@@ -74,8 +74,10 @@ class FreezableProxy {
     std::lock_guard lock(mutex_);
     for (auto &pair : pairs_) pair->frozen = false;
   }
-  // Ends every connection open now, as when the peer process dies.
-  void KillOpen() {
+  // Ends every connection open now and closes every later one at once, as
+  // when the peer process dies (a later reconnect finds nobody to answer).
+  void Die() {
+    dead_ = true;
     std::lock_guard lock(mutex_);
     for (auto &pair : pairs_) {
       shutdown(pair->client_fd, SHUT_RDWR);
@@ -97,6 +99,10 @@ class FreezableProxy {
       if (poll(&p, 1, 20) <= 0) continue;
       const int client = accept(listen_fd_, nullptr, nullptr);
       if (client < 0) continue;
+      if (dead_) {
+        close(client);
+        continue;
+      }
       const int server = socket(AF_INET, SOCK_STREAM, 0);
       sockaddr_in addr{};
       addr.sin_family = AF_INET;
@@ -155,6 +161,7 @@ class FreezableProxy {
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> dead_{false};
   std::atomic<int> accepted_{0};
   std::thread acceptor_;
   std::mutex mutex_;
@@ -578,7 +585,7 @@ TEST_F(RequestTest, APeerThatGoesAwayEndsItsRequestsWithFailed) {
   for (int i = 0; i < 4; ++i) requests.push_back(Submit(adxl::READ, Read(i << 20, 1 << 20), 60000));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   const auto t0 = Clock::now();
-  proxy_->KillOpen();
+  proxy_->Die();
   for (auto &r : requests) {
     ASSERT_TRUE(r->Wait(Deadline::AfterMs(5000)));
     EXPECT_EQ(r->Status(), adxl::FAILED) << r->Error();
