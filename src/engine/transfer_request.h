@@ -39,8 +39,9 @@ class TransferRequest {
 
   // A canceled request ends with FAILED: that is what CANN's TransferStatus
   // has for a request that did not complete (WAITING/COMPLETED/TIMEOUT/FAILED,
-  // no CANCELED), and what CANN reports for async requests torn down by
-  // Disconnect/Finalize. TIMEOUT stays reserved for the deadline.
+  // no CANCELED), and what CANN's GetTransferStatus reports (FAILED, or the
+  // call NOT_CONNECTED) for async requests torn down by Disconnect/Finalize.
+  // TIMEOUT stays reserved for the deadline.
   static constexpr adxl::Status kCanceledStatus = adxl::FAILED;
 
   // `segs` is the request's own copy. The second form borrows the caller's
