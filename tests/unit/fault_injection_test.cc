@@ -115,17 +115,19 @@ int FreePort() {
 // writes outside its destination (guard bytes around it stay intact).
 TEST(EngineUnderFaults, EveryCallReturnsInTimeAndNeverWritesOutsideTheDestination) {
   SetFaultPlan(Only("seed=42,delay=0.05:5,stall=0.01,drop=0.01,corrupt=0.02,close=0.02,partial=0.01"));
+  // Buffers outlive the engines (declared first, destroyed last): a transfer
+  // that failed on a fault may still be served while the test ends.
+  constexpr size_t kGuard = 4096;
+  std::vector<char> remote(1 << 20);
+  std::vector<char> local(remote.size() + 2 * kGuard, 'G');
   Engine server, client;
   std::string id = "127.0.0.1:" + std::to_string(FreePort());
   ASSERT_EQ(server.Initialize(id, {{"llmdd.TcpConnections", "2"}}), adxl::SUCCESS);
   ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.TcpConnections", "2"}}), adxl::SUCCESS);
-  std::vector<char> remote(1 << 20);
   for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 31 + 7);
   uint64_t handle = 0;
   ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
             adxl::SUCCESS);
-  constexpr size_t kGuard = 4096;
-  std::vector<char> local(remote.size() + 2 * kGuard, 'G');
   char *dest = local.data() + kGuard;
   std::map<adxl::Status, int> outcomes;
   int connected_calls = 0;

@@ -47,11 +47,12 @@ class IdlePeer : public ::testing::TestWithParam<const char *> {};
 TEST_P(IdlePeer, HoldsOnlyItsControlConnectionAndLanesComeAndGoWithUse) {
   const std::map<std::string, std::string> options = {
       {"llmdd.Transport", GetParam()}, {"llmdd.IdleLaneCloseMs", "300"}, {"llmdd.TcpConnections", "4"}};
+  // Buffers outlive the engines (declared first, destroyed last), see TESTING.md.
+  std::vector<char> remote(8 << 20), local(remote.size());
   Engine server, client;
   const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
   ASSERT_EQ(server.Initialize(server_id, options), adxl::SUCCESS);
   ASSERT_EQ(client.Initialize("127.0.0.1", options), adxl::SUCCESS);
-  std::vector<char> remote(8 << 20), local(remote.size());
   for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 13 + 5);
   uint64_t handle = 0;
   ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
@@ -92,12 +93,13 @@ INSTANTIATE_TEST_SUITE_P(Transport, IdlePeer, ::testing::Values("tcp", "auto"));
 // RESOURCE_EXHAUSTED: a transfer split for more lanes is carried by the ones
 // the server took, and moves the right bytes.
 TEST(LanesPerSession, ATransferSplitForMoreLanesThanTheServerTakesUsesTheLanesItGot) {
+  // Buffers outlive the engines (declared first, destroyed last), see TESTING.md.
+  std::vector<char> remote(8 << 20), local(remote.size());
   Engine server, client;
   const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
   ASSERT_EQ(server.Initialize(server_id, {{"llmdd.MaxLanesPerSession", "1"}}), adxl::SUCCESS);
   ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.Transport", "tcp"}, {"llmdd.TcpConnections", "4"}}),
             adxl::SUCCESS);
-  std::vector<char> remote(8 << 20), local(remote.size());
   for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 31 + 7);
   uint64_t handle = 0;
   ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),

@@ -122,10 +122,12 @@ class FreezableProxy {
       pair->client_fd = client;
       pair->server_fd = server;
       Pair *raw = pair.get();
+      // Counted before the pump starts: once it forwards, the client may finish
+      // a transfer through this connection and read the count.
+      ++accepted_;
       std::lock_guard lock(mutex_);
       pair->pump = std::thread([this, raw] { Pump(raw); });
       pairs_.push_back(std::move(pair));
-      ++accepted_;
     }
   }
 
