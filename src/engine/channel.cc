@@ -81,7 +81,11 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
         }
         return raw->OpenLane(wire::ConnRole::kDataLane, d, status, why);
       });
-  channel->lanes_->SetSameHost(forward_same_host ? channel->server_process_ : nullptr);
+  TransportPeer peer;
+  peer.peer_name = params.remote_id;
+  peer.lanes = channel->lanes_.get();
+  if (forward_same_host) peer.same_host = channel->server_process_;
+  channel->lanes_->SetLinks(params.transports->Connect(peer, deadline));
   // Data lanes open when a transfer first needs them and close after they sat
   // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.
   channel->lanes_->AddLazyLanes(params.config.tcp_connections);

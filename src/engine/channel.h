@@ -22,6 +22,7 @@
 #include "engine/incoming_message.h"
 #include "engine/memory_registry.h"
 #include "engine/reactor.h"
+#include "engine/transports.h"
 
 namespace llmdd {
 
@@ -37,6 +38,7 @@ class Channel {
     Reactor *reactor = nullptr;
     MemoryRegistry *registry = nullptr;
     const AppHandler *app_handler = nullptr;
+    const TransportSet *transports = nullptr;  // the links to the peer are made from these
   };
 
   // Performs the whole handshake within the deadline.

@@ -161,7 +161,7 @@ adxl::Status Engine::StartServerLocked(const Endpoint &listen) {
     if (removed && hooks_.on_peer_detached) hooks_.on_peer_detached(peer, session, said_goodbye);
   };
   auto server = std::make_unique<PeerServer>(local_id_, &registry_, workers_.get(), reactor_.get(),
-                                             &hooks_.app_handler, config_, std::move(callbacks));
+                                             &hooks_.app_handler, &transports_, config_, std::move(callbacks));
   std::string error;
   if (!server->Start(listen, &error)) {
     LOG_ERROR("cannot listen: %s", error.c_str());
@@ -372,6 +372,7 @@ adxl::Status Engine::ConnectLocked(const std::string &key, const Endpoint &remot
   params.reactor = reactor_.get();
   params.registry = &registry_;
   params.app_handler = &hooks_.app_handler;
+  params.transports = &transports_;
   std::shared_ptr<Channel> channel;
   adxl::Status status = Channel::Open(params, deadline, &channel, error);
   std::lock_guard guard(channels_mutex_);

@@ -33,6 +33,7 @@
 #include "engine/peer_server.h"
 #include "engine/reactor.h"
 #include "engine/transfer_request.h"
+#include "engine/transports.h"
 #include "engine/worker_pool.h"
 
 namespace llmdd {
@@ -154,6 +155,7 @@ class Engine {
   Endpoint local_endpoint_;
   EngineConfig config_;
   MemoryRegistry registry_;
+  TransportSet transports_;  // before the server and the channels, which make links from it
   std::unique_ptr<WorkerPool> workers_;
   // Declared before server_ and the channels, which run on it: it outlives them.
   std::unique_ptr<Reactor> reactor_;

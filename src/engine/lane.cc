@@ -28,9 +28,6 @@ constexpr int64_t kServeGraceMs = 1000;
 // A peer that started a message must finish sending its body within this.
 constexpr int64_t kBodyAssemblyMs = 30000;
 constexpr size_t kDiscardChunk = 256 * 1024;
-// Longest same-host remaining time taken from a request (a day; the serve
-// deadline clamps it further): keeps the arithmetic far from overflow.
-constexpr uint64_t kMaxRemainingNs = 86400ULL * 1000000000ULL;
 
 // How long a peer that started a message may take to send its body: ours, and
 // never beyond this engine's own maximum wait.
@@ -43,59 +40,6 @@ std::string HexRange(uint64_t addr, uint64_t len) {
   snprintf(buf, sizeof(buf), "[0x%" PRIx64 ", +%" PRIu64 ")", addr, len);
   return buf;
 }
-
-// A same-host request's time (wire::kSameHostRemainingSize): what is left of
-// the caller's, less the margin for the request's way to the server (at most a
-// quarter of it), so the server's count, started when it reads the request,
-// normally ends before ours.
-uint64_t SameHostRemainingNs(const Deadline &deadline) {
-  if (deadline.IsNever()) return kMaxRemainingNs;
-  const int64_t left =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.At() - Deadline::Clock::now()).count();
-  if (left <= 0) return 0;
-  const uint64_t ns = std::min<uint64_t>(static_cast<uint64_t>(left), kMaxRemainingNs);
-  return ns - std::min<uint64_t>(wire::kSameHostMarginNs, ns / 4);
-}
-
-uint32_t TimeoutField(const Deadline &deadline) {
-  int64_t ms = deadline.RemainingMs();
-  if (ms < 1) ms = 1;
-  if (ms > UINT32_MAX) ms = UINT32_MAX;
-  return static_cast<uint32_t>(ms);
-}
-
-LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what) {
-  LaneResult result;
-  result.broken = true;
-  result.status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
-  result.error = std::string(what) + " " + stream.PeerName() + ": " + IoStatusName(io);
-  if (io == IoStatus::kError) result.error += std::string(" (") + strerror(stream.LastErrno()) + ")";
-  return result;
-}
-
-// Per-thread scratch is kept between requests (small calls must not
-// allocate), but never more than this: one maximal request must not leave
-// megabytes behind on every thread that served or sent it.
-constexpr size_t kKeepScratchBytes = 64 * 1024;
-
-// Releases the given scratch vectors on scope exit when they grew beyond kKeepScratchBytes.
-template <typename... Vectors>
-class TrimOnExit {
- public:
-  explicit TrimOnExit(Vectors &...vectors) : vectors_(vectors...) {}
-  ~TrimOnExit() {
-    std::apply([](auto &...v) { (Trim(v), ...); }, vectors_);
-  }
-  TrimOnExit(const TrimOnExit &) = delete;
-  TrimOnExit &operator=(const TrimOnExit &) = delete;
-
- private:
-  template <typename T>
-  static void Trim(std::vector<T> &v) {
-    if (v.capacity() * sizeof(T) > kKeepScratchBytes) std::vector<T>().swap(v);
-  }
-  std::tuple<Vectors &...> vectors_;
-};
 
 // Reads a body of `len` bytes into *out (appended), allocating only as the
 // bytes arrive: a length a peer announced is not a reason to allocate it.
@@ -111,6 +55,24 @@ IoStatus ReadBodyAsItArrives(ByteStream &stream, uint64_t len, Deadline deadline
     len -= n;
   }
   return IoStatus::kOk;
+}
+
+}  // namespace
+
+uint32_t TimeoutField(const Deadline &deadline) {
+  int64_t ms = deadline.RemainingMs();
+  if (ms < 1) ms = 1;
+  if (ms > UINT32_MAX) ms = UINT32_MAX;
+  return static_cast<uint32_t>(ms);
+}
+
+LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what) {
+  LaneResult result;
+  result.broken = true;
+  result.status = io == IoStatus::kTimeout ? adxl::TIMEOUT : adxl::FAILED;
+  result.error = std::string(what) + " " + stream.PeerName() + ": " + IoStatusName(io);
+  if (io == IoStatus::kError) result.error += std::string(" (") + strerror(stream.LastErrno()) + ")";
+  return result;
 }
 
 // Reads the answer to request `request_id`: a header of type `expected` (or
@@ -162,28 +124,20 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
   return result;
 }
 
-}  // namespace
-
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                           uint64_t request_id, Deadline deadline, PeerProcess *same_host_peer) {
+                           uint64_t request_id, Deadline deadline) {
   const bool is_read = op == adxl::READ;
   uint64_t total = 0;
   for (size_t i = 0; i < count; ++i) total += segs[i].len;
-  const bool same_host = same_host_peer != nullptr && !same_host_peer->Gone() && SameHostPays(op, total, count);
-  const auto sent_at = Deadline::Clock::now();
-  // Request body: range header + (remote addr, len[, local addr]) per segment.
-  const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
-  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0);
+  // Request body: range header + (remote addr, len) per segment.
   thread_local std::vector<uint8_t> body;
-  thread_local std::vector<iovec> iov, local_iov, remote_iov;
-  TrimOnExit trim(body, iov, local_iov, remote_iov);
-  body.resize(entries_at + entry_size * count);
-  if (same_host) wire::PutU64(body.data() + wire::kRangeBodyHeader, SameHostRemainingNs(deadline));
+  thread_local std::vector<iovec> iov;
+  TrimOnExit trim(body, iov);
+  body.resize(wire::kRangeBodyHeader + wire::kRangeEntrySize * count);
   for (size_t i = 0; i < count; ++i) {
-    uint8_t *entry = body.data() + entries_at + i * entry_size;
+    uint8_t *entry = body.data() + wire::kRangeBodyHeader + i * wire::kRangeEntrySize;
     wire::PutU64(entry, segs[i].remote);
     wire::PutU64(entry + 8, segs[i].len);
-    if (same_host) wire::PutU64(entry + 16, segs[i].local);
   }
   wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
 
@@ -192,53 +146,7 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   header.type = static_cast<uint16_t>(is_read ? MsgType::kReadRequest : MsgType::kWriteRequest);
   header.request_id = request_id;
   header.body_len = body.size();
-  header.payload_len = (is_read || same_host) ? 0 : total;
-
-  if (same_host) {
-    header.flags = wire::kFlagSameHost;
-    iovec request[2] = {{&header, sizeof(header)}, {body.data(), body.size()}};
-    IoStatus io = stream.WriteFull(request, 2, deadline);
-    if (io != IoStatus::kOk) return IoFailure(io, stream, "sending request to");
-    MsgHeader response;
-    LaneResult result = ReadResponseHeader(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse,
-                                           request_id, deadline, &response);
-    if (result.status == adxl::SUCCESS && !result.broken && response.payload_len != 0) {
-      result.status = adxl::FAILED;
-      result.broken = true;
-      result.error = "peer " + stream.PeerName() + " sent a payload for a same-host request";
-    }
-    if (!is_read || result.status != adxl::SUCCESS || result.broken) return result;
-    // Read: the server pinned the ranges for `lease` ms, counted from its
-    // receipt of the request, which is after `sent_at`; so if our copy ends
-    // before sent_at + lease, it ran entirely while the memory was pinned.
-    const auto lease_end = sent_at + std::chrono::milliseconds(std::min<uint32_t>(response.flags, wire::kMaxLeaseMs));
-    local_iov.clear();
-    remote_iov.clear();
-    for (size_t i = 0; i < count; ++i) {
-      local_iov.push_back({reinterpret_cast<void *>(segs[i].local), segs[i].len});
-      remote_iov.push_back({reinterpret_cast<void *>(segs[i].remote), segs[i].len});
-    }
-    int err = same_host_peer->CopyFrom(local_iov.data(), local_iov.size(), remote_iov.data(), remote_iov.size(),
-                                       deadline.EarlierOf(Deadline(lease_end)));
-    const bool in_lease = Deadline::Clock::now() < lease_end;
-    MsgHeader release;
-    release.version = stream.ProtocolVersion();
-    release.type = static_cast<uint16_t>(MsgType::kRelease);
-    release.request_id = request_id;
-    if (stream.Write(&release, sizeof(release), deadline.EarlierOf(Deadline::AfterMs(1000))) != IoStatus::kOk) {
-      result.broken = true;  // the server ends the lease on its own; this lane's framing is unknown
-    }
-    if (err != 0) {
-      result.status = err == EFAULT ? adxl::PARAM_INVALID : err == ETIMEDOUT ? adxl::TIMEOUT : adxl::FAILED;
-      result.error = std::string("same-host read from ") + stream.PeerName() + " failed: " +
-                     (err == ESRCH ? "the peer process is gone (same-host trust ended)" : strerror(err)) +
-                     (err == EFAULT ? " (a local destination range is not mapped?)" : "");
-    } else if (!in_lease) {
-      result.status = adxl::TIMEOUT;
-      result.error = "same-host read from " + stream.PeerName() + " outlived its lease; the data is not trusted";
-    }
-    return result;
-  }
+  header.payload_len = is_read ? 0 : total;
 
   // Local side of the data: destination iovecs for READ, source iovecs for WRITE.
   iov.clear();
@@ -272,67 +180,6 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
   if (io != IoStatus::kOk) return IoFailure(io, stream, "sending write data to");
   MsgHeader response;
   return ReadResponseHeader(stream, MsgType::kWriteResponse, request_id, deadline, &response);
-}
-
-LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease) {
-  const auto sent_at = Deadline::Clock::now();
-  MsgHeader header;
-  header.version = stream.ProtocolVersion();
-  header.type = static_cast<uint16_t>(MsgType::kLeaseRequest);
-  header.request_id = request_id;
-  IoStatus io = stream.Write(&header, sizeof(header), deadline);
-  if (io != IoStatus::kOk) return IoFailure(io, stream, "sending lease request to");
-  MsgHeader reply;
-  std::string body;
-  LaneResult result = ReadAnswer(stream, MsgType::kLeaseGrant, request_id, deadline, &reply, &body);
-  if (result.status != adxl::SUCCESS || result.broken) return result;
-  std::vector<wire::Range> ranges;
-  if (!wire::DecodeLeaseGrant(body, &ranges)) {
-    result.status = adxl::FAILED;
-    result.broken = true;
-    result.error = "peer " + stream.PeerName() + " sent a malformed lease";
-    return result;
-  }
-  result.status = reply.status == adxl::SUCCESS ? adxl::SUCCESS : adxl::UNSUPPORTED;
-  if (result.status != adxl::SUCCESS) {
-    result.error = "peer " + stream.PeerName() + " grants no standing lease (too many regions)";
-    return result;
-  }
-  // Counted from before our request, so the lease ends here no later than on the server.
-  lease->expiry = sent_at + std::chrono::milliseconds(std::min<uint32_t>(reply.flags, wire::kStandingLeaseMs));
-  lease->regions.clear();
-  lease->max_len = 0;
-  for (const wire::Range &r : ranges) {
-    if (r.len == 0 || r.addr + r.len < r.addr) continue;  // unusable entries are ignored
-    lease->regions.push_back({static_cast<uintptr_t>(r.addr), r.len});
-    lease->max_len = std::max(lease->max_len, r.len);
-  }
-  std::sort(lease->regions.begin(), lease->regions.end(),
-            [](const ReadLease::Region &a, const ReadLease::Region &b) { return a.addr < b.addr; });
-  return result;
-}
-
-bool ReadLease::Covers(uintptr_t addr, uint64_t len) const {
-  uintptr_t end = 0;
-  if (len == 0 || __builtin_add_overflow(addr, len, &end)) return false;
-  // Walk forward through listed regions that join without a gap, as the
-  // server's range check does (K and V views of one allocation are two
-  // registrations; a merged range may cross from one into the next).
-  uintptr_t cursor = addr;
-  for (;;) {
-    // The listed region that contains the byte at cursor and reaches furthest.
-    uintptr_t reach = cursor;
-    auto it = std::upper_bound(regions.begin(), regions.end(), cursor,
-                               [](uintptr_t a, const Region &r) { return a < r.addr; });
-    while (it != regions.begin()) {
-      --it;
-      if (cursor - it->addr >= max_len) break;
-      if (cursor - it->addr < it->len) reach = std::max<uintptr_t>(reach, it->addr + it->len);
-    }
-    if (reach == cursor) return false;  // a byte no listed region holds
-    if (reach >= end) return true;
-    cursor = reach;
-  }
 }
 
 LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::string &request, uint64_t request_id,
@@ -446,7 +293,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   // shut the lane down: a timed-out caller may reuse its buffers.
   Deadline requester_deadline = Deadline::Never();
   if (same_host) {
-    const uint64_t ns = std::min<uint64_t>(wire::GetU64(body.data() + wire::kRangeBodyHeader), kMaxRemainingNs);
+    const uint64_t ns = std::min<uint64_t>(wire::GetU64(body.data() + wire::kRangeBodyHeader), wire::kMaxSameHostRemainingNs);
     requester_deadline = Deadline(received_at + std::chrono::nanoseconds(static_cast<int64_t>(ns)));
   }
 

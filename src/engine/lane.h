@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "adxl/adxl_types.h"
@@ -19,16 +20,10 @@
 #include "engine/memory_registry.h"
 #include "engine/path_policy.h"
 #include "engine/wire.h"
-#include "transport/shm/cma.h"
 #include "transport/stream.h"
+#include "transport/transport.h"
 
 namespace llmdd {
-
-struct Segment {
-  uintptr_t local;
-  uintptr_t remote;
-  uint64_t len;
-};
 
 // Outcome of one request on the requester side. When `broken` is set the
 // stream's framing is lost (timeout or error mid-message) and it must be dropped.
@@ -39,31 +34,75 @@ struct LaneResult {
 };
 
 // Sends one Read or Write request for `count` (<= wire::kMaxRangesPerRequest)
-// segments and completes it: READ fills the local ranges, WRITE sends them.
-// same_host != nullptr: the same-host path with that server process is
-// available (both sides verified they reach each other's memory;
-// docs/PROTOCOL.md) and is used where SameHostPays (engine/path_policy.h), while the process is
-// still trusted.
+// segments and completes it: READ fills the local ranges, WRITE sends them
+// (the TCP path: the bytes travel on the lane). The same-host path's requests
+// are transport/shm/same_host_link.h.
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                           uint64_t request_id, Deadline deadline, PeerProcess *same_host = nullptr);
+                           uint64_t request_id, Deadline deadline);
 
-// A standing read lease held by a same-host requester (wire::kLeaseGrant):
-// until `expiry` (our clock, counted from before the request) it may copy out
-// of the listed server regions with process_vm_readv, no message needed.
-struct ReadLease {
-  struct Region {
-    uintptr_t addr;
-    uint64_t len;
-  };
-  Deadline::Clock::time_point expiry{};
-  std::vector<Region> regions;  // sorted by addr
-  uint64_t max_len = 0;
-  bool Covers(uintptr_t addr, uint64_t len) const;
+// ---- For transports whose requests ride on lanes (transport/*/...) ----
+
+// The engine's data connections to one peer, lent to transports
+// (engine/lane_pool.h implements it). Thread-safe.
+class LaneLender {
+ public:
+  // Runs one request on a lane: `io` gets the stream and a fresh request id.
+  using LaneIo = std::function<LaneResult(ByteStream &stream, uint64_t request_id)>;
+  // Runs a batch over lanes, `wire::kMaxRangesPerRequest` segments per request:
+  // `io` gets the stream, the next chunk and a fresh request id. A lane whose
+  // framing broke is dropped and the rest goes on another one. With a
+  // `request`, its I/O is announced to it (Cancel cuts it) and nothing starts
+  // once it is canceled (status TransferRequest::kCanceledStatus).
+  using ChunkIo = std::function<LaneResult(ByteStream &stream, const Segment *segs, size_t count,
+                                           uint64_t request_id, Deadline deadline)>;
+  virtual ~LaneLender() = default;
+  virtual LaneResult RunChunks(const Segment *segs, size_t count, Deadline deadline, TransferRequest *request,
+                               const ChunkIo &io) = 0;
+  // One request, not announced to any TransferRequest (lease renewals).
+  virtual LaneResult RunOnce(Deadline deadline, const LaneIo &io) = 0;
+  // Lanes it may have open at once (the parallelism a transfer can use).
+  virtual size_t LaneCount() const = 0;
+  virtual const std::string &PeerName() const = 0;
 };
 
-// Asks the server (a same-host peer) for a standing read lease. UNSUPPORTED:
-// it grants none (too many regions); the lane stays usable.
-LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease);
+// The lane protocol's pieces, for transports that send their own requests.
+// The value of a request's timeout field for `deadline` (>= 1 ms).
+uint32_t TimeoutField(const Deadline &deadline);
+// A failed read or write on `stream` as a broken result naming `what`.
+LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what);
+// Reads the answer to request `request_id`: a header of type `expected` (or
+// an Error about this request or the lane, id 0) and its body. SUCCESS with
+// *body filled for `expected`; an Error becomes the peer's (sanitized) status
+// with its text; anything else is a protocol error. Broken unless SUCCESS.
+LaneResult ReadAnswer(ByteStream &stream, wire::MsgType expected, uint64_t request_id, Deadline deadline,
+                      wire::MsgHeader *header, std::string *body);
+// The answer to a Read/WriteRequest: its status, and the refusal text as the error.
+LaneResult ReadResponseHeader(ByteStream &stream, wire::MsgType expected, uint64_t request_id, Deadline deadline,
+                              wire::MsgHeader *header);
+
+// Per-thread scratch is kept between requests (small calls must not
+// allocate), but never more than this: one maximal request must not leave
+// megabytes behind on every thread that served or sent it.
+constexpr size_t kKeepScratchBytes = 64 * 1024;
+
+// Releases the given scratch vectors on scope exit when they grew beyond kKeepScratchBytes.
+template <typename... Vectors>
+class TrimOnExit {
+ public:
+  explicit TrimOnExit(Vectors &...vectors) : vectors_(vectors...) {}
+  ~TrimOnExit() {
+    std::apply([](auto &...v) { (Trim(v), ...); }, vectors_);
+  }
+  TrimOnExit(const TrimOnExit &) = delete;
+  TrimOnExit &operator=(const TrimOnExit &) = delete;
+
+ private:
+  template <typename T>
+  static void Trim(std::vector<T> &v) {
+    if (v.capacity() * sizeof(T) > kKeepScratchBytes) std::vector<T>().swap(v);
+  }
+  std::tuple<Vectors &...> vectors_;
+};
 
 // Application messages (used by LLM-DataDist for cache tables and unlink).
 // The handler gets the peer's engine id, the session the request arrived on

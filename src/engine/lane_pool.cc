@@ -1,10 +1,11 @@
 #include "engine/lane_pool.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "common/log.h"
 #include "common/threads.h"
-#include "transport/shm/cma.h"
+#include "engine/path_policy.h"
 
 namespace llmdd {
 
@@ -71,6 +72,9 @@ size_t LanePool::CloseIdle(std::chrono::milliseconds idle) {
 }
 
 void LanePool::ShutdownAll() {
+  for (const auto &link : links_) {
+    if (link) link->Shutdown();
+  }
   std::lock_guard lock(mutex_);
   shut_down_.store(true);
   // Shutdown() is safe while another thread is inside a request on the stream.
@@ -239,8 +243,8 @@ LaneResult CanceledResult() {
 
 }  // namespace
 
-LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline,
-                             TransferRequest *request) {
+LaneResult LanePool::RunChunks(const Segment *segs, size_t count, Deadline deadline, TransferRequest *request,
+                              const ChunkIo &io_fn) {
   LaneResult result;
   size_t done = 0;
   while (done < count) {
@@ -254,8 +258,7 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
     bool failed = false;
     while (done < count) {
       size_t chunk = std::min<size_t>(count - done, wire::kMaxRangesPerRequest);
-      result = ExecuteTransfer(*stream, op, segs + done, chunk, next_request_id_.fetch_add(1), deadline,
-                               same_host_.get());
+      result = io_fn(*stream, segs + done, chunk, next_request_id_.fetch_add(1), deadline);
       if (result.status != adxl::SUCCESS) {
         failed = true;
         break;
@@ -269,6 +272,24 @@ LaneResult LanePool::RunPart(adxl::TransferOp op, const Segment *segs, size_t co
     if (failed) return result;
   }
   return result;
+}
+
+LaneResult LanePool::RunOnce(Deadline deadline, const LaneIo &io_fn) {
+  LaneResult result;
+  std::shared_ptr<ByteStream> stream;
+  Lane *lane = Acquire(deadline, &result.status, &result.error, &stream);
+  if (lane == nullptr) return result;
+  LaneGuard guard(this, lane);
+  result = io_fn(*stream, next_request_id_.fetch_add(1));
+  if (result.broken) DropLane(lane, stream);
+  return result;
+}
+
+bool LanePool::HasUsableLink(const char *name) const {
+  for (const auto &link : links_) {
+    if (link && strcmp(link->Caps().name, name) == 0 && link->Usable()) return true;
+  }
+  return false;
 }
 
 void LanePool::DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream) {
@@ -290,74 +311,36 @@ int Rank(adxl::Status s) {
 
 }  // namespace
 
-std::shared_ptr<const ReadLease> LanePool::UsableLease(Deadline deadline) {
-  const auto now = Deadline::Clock::now();
-  {
-    std::lock_guard lock(lease_mutex_);
-    if (lease_ && now + kLeaseRenewMargin < lease_->expiry) return lease_;
-    if (lease_renewing_ || now < lease_retry_after_) return lease_ && now < lease_->expiry ? lease_ : nullptr;
-    lease_renewing_ = true;
-  }
-  auto fresh = std::make_shared<ReadLease>();
-  LaneResult r;
-  std::shared_ptr<ByteStream> stream;
-  if (Lane *lane = Acquire(deadline, &r.status, &r.error, &stream)) {
-    LaneGuard guard(this, lane);
-    r = ExecuteLeaseRequest(*stream, next_request_id_.fetch_add(1), deadline, fresh.get());
-    if (r.broken) DropLane(lane, stream);
-  }
-  std::lock_guard lock(lease_mutex_);
-  lease_renewing_ = false;
-  if (r.status == adxl::SUCCESS) {
-    lease_ = std::move(fresh);
-    return lease_;
-  }
-  LOG_DEBUG("no standing read lease from %s (%s): small reads use requests for a while", peer_name_.c_str(),
-            r.error.c_str());
-  lease_.reset();
-  lease_retry_after_ = now + std::chrono::seconds(1);
-  return nullptr;
-}
-
-bool LanePool::TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline, TransferRequest *request) {
-  if (!SameHost() || shut_down_.load()) return false;
-  std::shared_ptr<const ReadLease> lease = UsableLease(deadline);
-  if (!lease) return false;
-  thread_local std::vector<iovec> local, remote;
-  local.clear();
-  remote.clear();
-  for (const Segment &s : segs) {
-    if (!lease->Covers(s.remote, s.len)) return false;  // not listed (yet): the server decides
-    local.push_back({reinterpret_cast<void *>(s.local), s.len});
-    remote.push_back({reinterpret_cast<void *>(s.remote), s.len});
-  }
-  const Deadline lease_end(lease->expiry);
-  // A short copy with no stream to shut down: a Cancel meanwhile completes the request when it returns.
-  if (request != nullptr && !request->BeginIo(nullptr)) return false;
-  const int err =
-      same_host_->CopyFrom(local.data(), local.size(), remote.data(), remote.size(), deadline.EarlierOf(lease_end));
-  if (request != nullptr) request->EndIo(nullptr);
-  if (err != 0) return false;
-  return !lease_end.Expired();  // copied entirely while the regions were leased
-}
-
 adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> &segs, Deadline deadline,
-                                std::string *error, TransferRequest *request) {
+                                std::string *error, TransferRequest *request, MemoryKind kind) {
   if (segs.empty()) return adxl::SUCCESS;
   uint64_t total = 0;
   for (const auto &s : segs) total += s.len;
-  if (SameHost() && OneSidedReadFits(op, total, segs.size())) {
-    if (TryOneSidedRead(segs, deadline, request)) return adxl::SUCCESS;
-    if (deadline.Expired()) {  // renewing the lease took the whole time: the peer does not answer
-      *error = "no answer from " + peer_name_ + " before the deadline (read lease renewal)";
-      return adxl::TIMEOUT;
-    }
-  }
-  const size_t parts = workers_ != nullptr ? SplitParts(total, LaneCount()) : 1;
-  if (parts == 1) {
-    LaneResult r = RunPart(op, segs.data(), segs.size(), deadline, request);
-    *error = r.error;
+  TransportLink *order[8];
+  const size_t offered = OrderPaths(links_.data(), links_.size(), op, total, segs.size(), kind, order, 8);
+  for (size_t i = 0; i < offered; ++i) {
+    TransportResult r = RunOnLink(order[i], op, segs, total, deadline, request);
+    if (r.declined) continue;
+    *error = std::move(r.error);
     return r.status;
+  }
+  *error = "no transport reaches " + peer_name_ + " for this transfer";
+  return adxl::FAILED;
+}
+
+TransportResult LanePool::RunOnLink(TransportLink *link, adxl::TransferOp op, const std::vector<Segment> &segs,
+                                    uint64_t total, Deadline deadline, TransferRequest *request) {
+  const size_t lanes = std::min(LaneCount(), link->Caps().max_parallel);
+  const size_t parts = workers_ != nullptr ? SplitParts(total, lanes) : 1;
+  if (parts == 1) {
+    TransferBatch batch;
+    batch.op = op;
+    batch.segs = segs.data();
+    batch.count = segs.size();
+    batch.total_bytes = total;
+    batch.deadline = deadline;
+    batch.request = request;
+    return link->Submit(batch);
   }
 
   // Split by bytes into `parts` contiguous pieces, cutting segments where needed.
@@ -365,7 +348,7 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
   struct Split {
     explicit Split(size_t parts) : pieces(parts), results(parts), claimed(new std::atomic<bool>[parts]()) {}
     std::vector<std::vector<Segment>> pieces;
-    std::vector<LaneResult> results;
+    std::vector<TransportResult> results;
     std::unique_ptr<std::atomic<bool>[]> claimed;  // a thread has taken the part
     std::mutex mutex;
     std::condition_variable finished_cv;
@@ -395,12 +378,25 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
   // Runs part i unless another thread took it first. Each part records its
   // outcome and nothing escapes it. A queued copy that runs after every part
   // was taken touches nothing but `split`.
-  auto run_part = [this, split, op, deadline, request](size_t i) {
+  // The link outlives the parts: the pool (its owner) waits for them below.
+  auto run_part = [link, split, op, deadline, request](size_t i) {
     if (split->claimed[i].exchange(true)) return;
-    LaneResult &result = split->results[i];
+    TransportResult &result = split->results[i];
     if (!RunGuarded("transfer part", [&] {
           const std::vector<Segment> &piece = split->pieces[i];
-          if (!piece.empty()) result = RunPart(op, piece.data(), piece.size(), deadline, request);
+          if (piece.empty()) return;
+          TransferBatch batch;
+          batch.op = op;
+          batch.segs = piece.data();
+          batch.count = piece.size();
+          for (const Segment &s : piece) batch.total_bytes += s.len;
+          batch.deadline = deadline;
+          batch.request = request;
+          result = link->Submit(batch);
+          if (result.declined) {  // the path ended under a part already split for it
+            result.status = adxl::FAILED;
+            result.error = std::string("the ") + link->Caps().name + " path ended during the transfer";
+          }
         })) {
       result.status = adxl::FAILED;
       result.error = "out of memory";
@@ -420,12 +416,9 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
     std::unique_lock lock(split->mutex);
     split->finished_cv.wait(lock, [&] { return split->finished == parts; });
   }
-  adxl::Status worst = adxl::SUCCESS;
+  TransportResult worst;
   for (const auto &r : split->results) {
-    if (Rank(r.status) > Rank(worst)) {
-      worst = r.status;
-      *error = r.error;
-    }
+    if (Rank(r.status) > Rank(worst.status)) worst = r;
   }
   return worst;
 }

@@ -1,6 +1,9 @@
 // LanePool: the requester side of a peer link. Owns up to kMaxLanes streams on
-// which this engine sends requests, splits a transfer across them, and keeps
-// each request bounded by the caller's deadline.
+// which this engine sends requests (lent to transports, LaneLender) and the
+// transport links to the peer (transport/transport.h); a transfer is offered
+// to the links in the path policy's order (engine/path_policy.h), split into
+// parts that run at once where the policy says it pays, and bounded by the
+// caller's deadline.
 //
 // Thread-safe: any number of threads may call Transfer/AppCall at once; each
 // lane carries one request at a time, and a caller that finds every lane busy
@@ -29,7 +32,7 @@
 
 namespace llmdd {
 
-class LanePool {
+class LanePool : public LaneLender {
  public:
   static constexpr size_t kMaxLanes = 64;
   // Opens a fresh lane to the same peer; returns nullptr with *status (the
@@ -37,7 +40,7 @@ class LanePool {
   using Reconnector = std::function<std::shared_ptr<ByteStream>(Deadline, adxl::Status *status, std::string *error)>;
 
   LanePool(std::string peer_name, WorkerPool *workers, Reconnector reconnect);
-  ~LanePool();
+  ~LanePool() override;
 
   // Adds a connected lane; false when kMaxLanes are already present.
   // reserved: the lane is added busy, so no request takes it until
@@ -47,23 +50,34 @@ class LanePool {
   void ReleaseReserved(const std::shared_ptr<ByteStream> &stream);
   // Adds `n` lanes that are opened on first use (the pool needs a reconnector).
   void AddLazyLanes(size_t n);
-  size_t LaneCount() const;
+  size_t LaneCount() const override;
   size_t LiveLaneCount() const;
   // Closes lanes no request has used for `idle`; they reopen when needed.
   // Returns how many it closed.
   size_t CloseIdle(std::chrono::milliseconds idle);
 
-  // Moves `segs` (already validated). Returns an adxl status; *error says why on failure.
-  // With a `request`, stops early (FAILED) once it is canceled.
+  // Moves `segs` (already validated) over the first link the path policy
+  // offers it to that does not decline it. Returns an adxl status; *error
+  // says why on failure. With a `request`, stops early once it is canceled.
+  // `kind`: where the local ranges live (the policy skips links that cannot reach it).
   adxl::Status Transfer(adxl::TransferOp op, const std::vector<Segment> &segs, Deadline deadline,
-                        std::string *error, TransferRequest *request = nullptr);
+                        std::string *error, TransferRequest *request = nullptr, MemoryKind kind = MemoryKind::kHost);
   adxl::Status AppCall(uint32_t app_type, const std::string &request, Deadline deadline, std::string *response,
                        std::string *error);
-  // Same-host requests to the verified peer process (null: off). Set once both
-  // sides verified they reach each other's memory, before the pool is used.
-  void SetSameHost(std::shared_ptr<PeerProcess> peer) { same_host_ = std::move(peer); }
-  // While the peer process is still trusted (it ends for good when it is gone).
-  bool SameHost() const { return same_host_ && !same_host_->Gone(); }
+  // The links transfers are offered to (a TCP link over these lanes, the
+  // same-host link when the handshake verified the peer, a fake in tests).
+  // Set once, before the pool is used.
+  void SetLinks(std::vector<std::shared_ptr<TransportLink>> links) { links_ = std::move(links); }
+  // Whether a usable link of this transport (TransportCaps::name) is present.
+  bool HasUsableLink(const char *name) const;
+  // The same-host path, while the verified peer process is still trusted.
+  bool SameHost() const { return HasUsableLink("shm"); }
+
+  // LaneLender (transports run their requests on these lanes).
+  LaneResult RunChunks(const Segment *segs, size_t count, Deadline deadline, TransferRequest *request,
+                       const ChunkIo &io) override;
+  LaneResult RunOnce(Deadline deadline, const LaneIo &io) override;
+  const std::string &PeerName() const override { return peer_name_; }
 
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.
   void ShutdownAll();
@@ -89,18 +103,12 @@ class LanePool {
   Lane *Acquire(Deadline deadline, adxl::Status *status, std::string *error,
                 std::shared_ptr<ByteStream> *stream, const TransferRequest *request = nullptr);
   void Release(Lane *lane);
-  LaneResult RunPart(adxl::TransferOp op, const Segment *segs, size_t count, Deadline deadline,
-                     TransferRequest *request);
+  // Moves `segs` over `link`, split into parts that run at once on the worker
+  // pool where the policy says so.
+  TransportResult RunOnLink(TransportLink *link, adxl::TransferOp op, const std::vector<Segment> &segs,
+                            uint64_t total, Deadline deadline, TransferRequest *request);
   // Closes a lane whose framing is unknown; Acquire reopens it on next use.
   void DropLane(Lane *lane, const std::shared_ptr<ByteStream> &stream);
-  // Small same-host READ as one process_vm_readv under the standing lease;
-  // false: not done (no lease, range not listed, copy failed, lease ran out),
-  // the caller sends a request instead (which also reports any error).
-  bool TryOneSidedRead(const std::vector<Segment> &segs, Deadline deadline, TransferRequest *request);
-  // The current lease if it has some life left, renewing it when due (one
-  // renewal at a time; a failed one is retried after a pause).
-  std::shared_ptr<const ReadLease> UsableLease(Deadline deadline);
-
   std::string peer_name_;
   WorkerPool *workers_;
   Reconnector reconnect_;
@@ -110,11 +118,7 @@ class LanePool {
   size_t count_ = 0;
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<bool> shut_down_{false};
-  std::shared_ptr<PeerProcess> same_host_;  // written only before the pool is shared
-  std::mutex lease_mutex_;
-  std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_
-  bool lease_renewing_ = false;
-  Deadline::Clock::time_point lease_retry_after_{};
+  std::vector<std::shared_ptr<TransportLink>> links_;  // written only before the pool is shared
 };
 
 }  // namespace llmdd

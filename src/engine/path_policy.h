@@ -19,8 +19,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <string_view>
 
 #include "adxl/adxl_types.h"
+#include "transport/transport.h"
 
 namespace llmdd {
 
@@ -54,6 +57,51 @@ inline size_t SplitParts(uint64_t total_bytes, size_t lanes) {
   if (total_bytes < kParallelThreshold || lanes <= 1) return 1;
   const uint64_t parts = total_bytes / kMinPartBytes;
   return parts < 1 ? 1 : (parts < lanes ? static_cast<size_t>(parts) : lanes);
+}
+
+// Where a link stands among the paths offered a transfer: lower is offered
+// first, negative is not offered. Every link's rule is here, next to the
+// others it competes with:
+//   - a fake (tests) takes everything it can: the test put it there;
+//   - the same-host path where it pays (a request), or for a small READ that
+//     may fit its standing lease (the link declines it otherwise);
+//   - TCP takes anything, last.
+// A transport added later adds its rule here (UCX: before TCP, for the memory
+// kinds it reaches).
+inline int PathRank(const TransportCaps &caps, adxl::TransferOp op, uint64_t total_bytes, size_t count) {
+  const std::string_view name(caps.name);
+  if (name == "fake") return 0;
+  if (name == "shm") return SameHostPays(op, total_bytes, count) || OneSidedReadFits(op, total_bytes, count) ? 10 : -1;
+  if (name == "tcp") return 100;
+  return 50;
+}
+
+// Fills `order` with the usable links of `links` that can move this transfer
+// (its operation, the memory kind of its ranges), in the order to offer it;
+// returns how many. At most `max_order` are written.
+inline size_t OrderPaths(const std::shared_ptr<TransportLink> *links, size_t count_links, adxl::TransferOp op,
+                         uint64_t total_bytes, size_t count, MemoryKind kind, TransportLink **order,
+                         size_t max_order) {
+  size_t n = 0;
+  int ranks[8];
+  for (size_t i = 0; i < count_links && n < max_order && n < 8; ++i) {
+    TransportLink *link = links[i].get();
+    if (link == nullptr || !link->Usable()) continue;
+    const TransportCaps &caps = link->Caps();
+    if ((op == adxl::READ && !caps.read) || (op == adxl::WRITE && !caps.write)) continue;
+    if ((caps.memory_kinds & MemoryKindBit(kind)) == 0) continue;
+    const int rank = PathRank(caps, op, total_bytes, count);
+    if (rank < 0) continue;
+    size_t at = n++;  // insertion sort: a handful of links
+    while (at > 0 && ranks[at - 1] > rank) {
+      order[at] = order[at - 1];
+      ranks[at] = ranks[at - 1];
+      --at;
+    }
+    order[at] = link;
+    ranks[at] = rank;
+  }
+  return n;
 }
 
 }  // namespace llmdd

@@ -66,12 +66,14 @@ void LogRefusalRateLimited(std::atomic<int64_t> *last_ms, const std::string &wha
 }  // namespace
 
 PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, Reactor *reactor,
-                       const AppHandler *app_handler, EngineConfig config, Callbacks callbacks)
+                       const AppHandler *app_handler, const TransportSet *transports, EngineConfig config,
+                       Callbacks callbacks)
     : local_id_(std::move(local_id)),
       registry_(registry),
       workers_(workers),
       reactor_(reactor),
       app_handler_(app_handler),
+      transports_(transports),
       config_(config),
       callbacks_(std::move(callbacks)) {}
 
@@ -469,7 +471,11 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       // The client verified it reaches our memory: it can serve same-host requests.
       const bool both_ways = (hello.capabilities & wire::kCapSameHost) != 0 && session->same_host &&
                              config_.SameHostAllowed();
-      session->reverse->SetSameHost(both_ways ? session->same_host : nullptr);
+      TransportPeer peer;
+      peer.peer_name = session->client_id;
+      peer.lanes = session->reverse.get();
+      if (both_ways) peer.same_host = session->same_host;
+      session->reverse->SetLinks(transports_->Connect(peer, Deadline::AfterMs(200)));
       first = true;
     }
     pool = session->reverse;

@@ -31,6 +31,7 @@
 #include "engine/lane_pool.h"
 #include "engine/memory_registry.h"
 #include "engine/reactor.h"
+#include "engine/transports.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
@@ -46,7 +47,7 @@ class PeerServer {
   };
 
   PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, Reactor *reactor,
-             const AppHandler *app_handler, EngineConfig config, Callbacks callbacks);
+             const AppHandler *app_handler, const TransportSet *transports, EngineConfig config, Callbacks callbacks);
   ~PeerServer();
 
   bool Start(const Endpoint &listen, std::string *error);
@@ -112,6 +113,7 @@ class PeerServer {
   WorkerPool *workers_;
   Reactor *reactor_;
   const AppHandler *app_handler_;
+  const TransportSet *transports_;
   EngineConfig config_;
   Callbacks callbacks_;
   TcpListener listener_;

@@ -170,6 +170,9 @@ constexpr uint64_t kSameHostEntrySize = 24;  // addr u64, len u64, requester's l
 // uses the same-host path on a version-1 connection.
 constexpr uint64_t kSameHostRemainingSize = 8;
 constexpr uint64_t kSameHostMarginNs = 2000000;
+// The longest remaining time a same-host request carries or is taken from (a
+// day; the server's own limits clamp it further): far from overflow.
+constexpr uint64_t kMaxSameHostRemainingNs = 86400ULL * 1000000000ULL;
 
 // "No descriptor named" in the same-host identity (older senders end the block before it).
 constexpr uint32_t kNoConnFd = UINT32_MAX;

@@ -33,6 +33,7 @@
 
 #include "common/log.h"
 #include "engine/lane.h"
+#include "transport/shm/same_host_link.h"
 #include "fuzz_common.h"
 #include "transport/tcp/tcp_stream.h"
 

@@ -16,11 +16,25 @@
 #include <vector>
 
 #include "engine/lane.h"
+#include "engine/path_policy.h"
+#include "transport/shm/same_host_link.h"
 #include "transport/shm/connection_owner.h"
 #include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
 namespace {
+
+// What the engine does with a request for a verified same-host peer: the
+// same-host link where the path policy says it pays, else a TCP request.
+LaneResult ExecuteWithSameHost(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
+                               uint64_t request_id, Deadline deadline, PeerProcess *peer) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += segs[i].len;
+  if (peer != nullptr && !peer->Gone() && SameHostPays(op, total, count))
+    return ExecuteSameHostTransfer(stream, op, segs, count, request_id, deadline, *peer);
+  return ExecuteTransfer(stream, op, segs, count, request_id, deadline);
+}
+
 
 // A loopback TCP connection inside this process: both ends are held here.
 struct LoopbackPair {
@@ -290,7 +304,7 @@ TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
     std::vector<char> local(2 * piece, 'L');
     Segment segs[2] = {{reinterpret_cast<uintptr_t>(local.data()), R(100), piece},
                        {reinterpret_cast<uintptr_t>(local.data() + piece), R(120000), piece}};
-    LaneResult r = ExecuteTransfer(requester, adxl::READ, segs, 2, 1, Deadline::AfterMs(3000), self);
+    LaneResult r = ExecuteWithSameHost(requester, adxl::READ, segs, 2, 1, Deadline::AfterMs(3000), self);
     ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
     EXPECT_EQ(memcmp(local.data(), remote.data() + 100, piece), 0);
     EXPECT_EQ(memcmp(local.data() + piece, remote.data() + 120000, piece), 0);
@@ -299,7 +313,7 @@ TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
   for (size_t len : {size_t{8192}, size_t{300}}) {
     std::vector<char> data(len, static_cast<char>('W' + (len & 1)));
     Segment w{reinterpret_cast<uintptr_t>(data.data()), R(7000), len};
-    LaneResult r = ExecuteTransfer(requester, adxl::WRITE, &w, 1, 2, Deadline::AfterMs(3000), self);
+    LaneResult r = ExecuteWithSameHost(requester, adxl::WRITE, &w, 1, 2, Deadline::AfterMs(3000), self);
     ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
     EXPECT_EQ(std::string(remote.data() + 7000, len), std::string(data.begin(), data.end()));
   }
@@ -307,12 +321,12 @@ TEST(CmaLane, ReadWriteAndRefusalsOverTheSameHostPath) {
   std::vector<char> before = remote;
   std::vector<char> data(8192, 'X');
   Segment outside{reinterpret_cast<uintptr_t>(data.data()), R(remote.size() - 4096), 8192};
-  LaneResult r = ExecuteTransfer(requester, adxl::WRITE, &outside, 1, 3, Deadline::AfterMs(3000), self);
+  LaneResult r = ExecuteWithSameHost(requester, adxl::WRITE, &outside, 1, 3, Deadline::AfterMs(3000), self);
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
   EXPECT_EQ(remote, before);
 
   Segment bad_local{0x10, R(0), 64 * 1024};
-  r = ExecuteTransfer(requester, adxl::READ, &bad_local, 1, 4, Deadline::AfterMs(3000), self);
+  r = ExecuteWithSameHost(requester, adxl::READ, &bad_local, 1, 4, Deadline::AfterMs(3000), self);
   EXPECT_EQ(r.status, adxl::PARAM_INVALID);
   EXPECT_NE(r.error.find("not mapped"), std::string::npos) << r.error;
   requester.Shutdown();
@@ -392,7 +406,7 @@ TEST(CmaLane, UnverifiedPeerCannotUseTheSameHostPath) {
   std::vector<char> local(len, 'L');
   Segment s{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()), len};
   std::shared_ptr<PeerProcess> self = SelfPeer();
-  LaneResult r = ExecuteTransfer(requester, adxl::READ, &s, 1, 1, Deadline::AfterMs(3000), self.get());
+  LaneResult r = ExecuteWithSameHost(requester, adxl::READ, &s, 1, 1, Deadline::AfterMs(3000), self.get());
   EXPECT_NE(r.status, adxl::SUCCESS);
   EXPECT_EQ(std::string(local.begin(), local.end()), std::string(len, 'L'));
   requester.Shutdown();
@@ -564,7 +578,7 @@ TEST(CmaLane, TheRequesterSendsItsRemainingTimeLessAMargin) {
     std::vector<char> source(8192, 'w');
     Segment seg{reinterpret_cast<uintptr_t>(source.data()), 0x10000, source.size()};
     const Deadline deadline = Deadline::AfterMs(timeout_ms);
-    LaneResult r = ExecuteTransfer(requester, adxl::WRITE, &seg, 1, 9, deadline, self.get());
+    LaneResult r = ExecuteWithSameHost(requester, adxl::WRITE, &seg, 1, 9, deadline, self.get());
     fake.join();
     ASSERT_EQ(flags, wire::kFlagSameHost) << "not sent as a same-host request";
     if (timeout_ms == 1000) {  // 4 ms may run out on a busy host

@@ -1,0 +1,267 @@
+#include "transport/shm/same_host_link.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "common/log.h"
+#include "engine/path_policy.h"
+#include "engine/transfer_request.h"
+#include "engine/wire.h"
+
+namespace llmdd {
+namespace {
+
+using wire::MsgHeader;
+using wire::MsgType;
+
+// A same-host request's time (wire::kSameHostRemainingSize): what is left of
+// the caller's, less the margin for the request's way to the server (at most a
+// quarter of it), so the server's count, started when it reads the request,
+// normally ends before ours.
+uint64_t SameHostRemainingNs(const Deadline &deadline) {
+  if (deadline.IsNever()) return wire::kMaxSameHostRemainingNs;
+  const int64_t left =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.At() - Deadline::Clock::now()).count();
+  if (left <= 0) return 0;
+  const uint64_t ns = std::min<uint64_t>(static_cast<uint64_t>(left), wire::kMaxSameHostRemainingNs);
+  return ns - std::min<uint64_t>(wire::kSameHostMarginNs, ns / 4);
+}
+
+}  // namespace
+
+LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
+                                   uint64_t request_id, Deadline deadline, PeerProcess &peer) {
+  const bool is_read = op == adxl::READ;
+  uint64_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += segs[i].len;
+  const auto sent_at = Deadline::Clock::now();
+  // Request body: range header + remaining time + (remote addr, len, local addr) per segment.
+  const uint64_t entries_at = wire::kRangeBodyHeader + wire::kSameHostRemainingSize;
+  thread_local std::vector<uint8_t> body;
+  thread_local std::vector<iovec> local_iov, remote_iov;
+  TrimOnExit trim(body, local_iov, remote_iov);
+  body.resize(entries_at + wire::kSameHostEntrySize * count);
+  wire::PutU64(body.data() + wire::kRangeBodyHeader, SameHostRemainingNs(deadline));
+  for (size_t i = 0; i < count; ++i) {
+    uint8_t *entry = body.data() + entries_at + i * wire::kSameHostEntrySize;
+    wire::PutU64(entry, segs[i].remote);
+    wire::PutU64(entry + 8, segs[i].len);
+    wire::PutU64(entry + 16, segs[i].local);
+  }
+  wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
+
+  MsgHeader header;
+  header.version = stream.ProtocolVersion();
+  header.type = static_cast<uint16_t>(is_read ? MsgType::kReadRequest : MsgType::kWriteRequest);
+  header.request_id = request_id;
+  header.body_len = body.size();
+  header.payload_len = 0;  // the bytes never travel on the lane
+
+  header.flags = wire::kFlagSameHost;
+  iovec request[2] = {{&header, sizeof(header)}, {body.data(), body.size()}};
+  IoStatus io = stream.WriteFull(request, 2, deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "sending request to");
+  MsgHeader response;
+  LaneResult result = ReadResponseHeader(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse,
+                                         request_id, deadline, &response);
+  if (result.status == adxl::SUCCESS && !result.broken && response.payload_len != 0) {
+    result.status = adxl::FAILED;
+    result.broken = true;
+    result.error = "peer " + stream.PeerName() + " sent a payload for a same-host request";
+  }
+  if (!is_read || result.status != adxl::SUCCESS || result.broken) return result;
+  // Read: the server pinned the ranges for `lease` ms, counted from its
+  // receipt of the request, which is after `sent_at`; so if our copy ends
+  // before sent_at + lease, it ran entirely while the memory was pinned.
+  const auto lease_end = sent_at + std::chrono::milliseconds(std::min<uint32_t>(response.flags, wire::kMaxLeaseMs));
+  local_iov.clear();
+  remote_iov.clear();
+  for (size_t i = 0; i < count; ++i) {
+    local_iov.push_back({reinterpret_cast<void *>(segs[i].local), segs[i].len});
+    remote_iov.push_back({reinterpret_cast<void *>(segs[i].remote), segs[i].len});
+  }
+  int err = peer.CopyFrom(local_iov.data(), local_iov.size(), remote_iov.data(), remote_iov.size(),
+                                     deadline.EarlierOf(Deadline(lease_end)));
+  const bool in_lease = Deadline::Clock::now() < lease_end;
+  MsgHeader release;
+  release.version = stream.ProtocolVersion();
+  release.type = static_cast<uint16_t>(MsgType::kRelease);
+  release.request_id = request_id;
+  if (stream.Write(&release, sizeof(release), deadline.EarlierOf(Deadline::AfterMs(1000))) != IoStatus::kOk) {
+    result.broken = true;  // the server ends the lease on its own; this lane's framing is unknown
+  }
+  if (err != 0) {
+    result.status = err == EFAULT ? adxl::PARAM_INVALID : err == ETIMEDOUT ? adxl::TIMEOUT : adxl::FAILED;
+    result.error = std::string("same-host read from ") + stream.PeerName() + " failed: " +
+                   (err == ESRCH ? "the peer process is gone (same-host trust ended)" : strerror(err)) +
+                   (err == EFAULT ? " (a local destination range is not mapped?)" : "");
+  } else if (!in_lease) {
+    result.status = adxl::TIMEOUT;
+    result.error = "same-host read from " + stream.PeerName() + " outlived its lease; the data is not trusted";
+  }
+  return result;
+}
+
+LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease) {
+  const auto sent_at = Deadline::Clock::now();
+  MsgHeader header;
+  header.version = stream.ProtocolVersion();
+  header.type = static_cast<uint16_t>(MsgType::kLeaseRequest);
+  header.request_id = request_id;
+  IoStatus io = stream.Write(&header, sizeof(header), deadline);
+  if (io != IoStatus::kOk) return IoFailure(io, stream, "sending lease request to");
+  MsgHeader reply;
+  std::string body;
+  LaneResult result = ReadAnswer(stream, MsgType::kLeaseGrant, request_id, deadline, &reply, &body);
+  if (result.status != adxl::SUCCESS || result.broken) return result;
+  std::vector<wire::Range> ranges;
+  if (!wire::DecodeLeaseGrant(body, &ranges)) {
+    result.status = adxl::FAILED;
+    result.broken = true;
+    result.error = "peer " + stream.PeerName() + " sent a malformed lease";
+    return result;
+  }
+  result.status = reply.status == adxl::SUCCESS ? adxl::SUCCESS : adxl::UNSUPPORTED;
+  if (result.status != adxl::SUCCESS) {
+    result.error = "peer " + stream.PeerName() + " grants no standing lease (too many regions)";
+    return result;
+  }
+  // Counted from before our request, so the lease ends here no later than on the server.
+  lease->expiry = sent_at + std::chrono::milliseconds(std::min<uint32_t>(reply.flags, wire::kStandingLeaseMs));
+  lease->regions.clear();
+  lease->max_len = 0;
+  for (const wire::Range &r : ranges) {
+    if (r.len == 0 || r.addr + r.len < r.addr) continue;  // unusable entries are ignored
+    lease->regions.push_back({static_cast<uintptr_t>(r.addr), r.len});
+    lease->max_len = std::max(lease->max_len, r.len);
+  }
+  std::sort(lease->regions.begin(), lease->regions.end(),
+            [](const ReadLease::Region &a, const ReadLease::Region &b) { return a.addr < b.addr; });
+  return result;
+}
+
+bool ReadLease::Covers(uintptr_t addr, uint64_t len) const {
+  uintptr_t end = 0;
+  if (len == 0 || __builtin_add_overflow(addr, len, &end)) return false;
+  // Walk forward through listed regions that join without a gap, as the
+  // server's range check does (K and V views of one allocation are two
+  // registrations; a merged range may cross from one into the next).
+  uintptr_t cursor = addr;
+  for (;;) {
+    // The listed region that contains the byte at cursor and reaches furthest.
+    uintptr_t reach = cursor;
+    auto it = std::upper_bound(regions.begin(), regions.end(), cursor,
+                               [](uintptr_t a, const Region &r) { return a < r.addr; });
+    while (it != regions.begin()) {
+      --it;
+      if (cursor - it->addr >= max_len) break;
+      if (cursor - it->addr < it->len) reach = std::max<uintptr_t>(reach, it->addr + it->len);
+    }
+    if (reach == cursor) return false;  // a byte no listed region holds
+    if (reach >= end) return true;
+    cursor = reach;
+  }
+}
+
+std::shared_ptr<const ReadLease> SameHostLink::UsableLease(Deadline deadline) {
+  const auto now = Deadline::Clock::now();
+  {
+    std::lock_guard lock(lease_mutex_);
+    if (lease_ && now + kLeaseRenewMargin < lease_->expiry) return lease_;
+    if (lease_renewing_ || now < lease_retry_after_) return lease_ && now < lease_->expiry ? lease_ : nullptr;
+    lease_renewing_ = true;
+  }
+  auto fresh = std::make_shared<ReadLease>();
+  LaneResult r = lanes_->RunOnce(deadline, [&fresh, deadline](ByteStream &stream, uint64_t request_id) {
+    return ExecuteLeaseRequest(stream, request_id, deadline, fresh.get());
+  });
+  std::lock_guard lock(lease_mutex_);
+  lease_renewing_ = false;
+  if (r.status == adxl::SUCCESS) {
+    lease_ = std::move(fresh);
+    return lease_;
+  }
+  LOG_DEBUG("no standing read lease from %s (%s): small reads use requests for a while", lanes_->PeerName().c_str(),
+            r.error.c_str());
+  lease_.reset();
+  lease_retry_after_ = now + std::chrono::seconds(1);
+  return nullptr;
+}
+
+bool SameHostLink::TryOneSidedRead(const TransferBatch &batch) {
+  const Deadline deadline = batch.deadline;
+  TransferRequest *request = batch.request;
+  std::shared_ptr<const ReadLease> lease = UsableLease(deadline);
+  if (!lease) return false;
+  thread_local std::vector<iovec> local, remote;
+  local.clear();
+  remote.clear();
+  for (size_t i = 0; i < batch.count; ++i) {
+    const Segment &s = batch.segs[i];
+    if (!lease->Covers(s.remote, s.len)) return false;  // not listed (yet): the server decides
+    local.push_back({reinterpret_cast<void *>(s.local), s.len});
+    remote.push_back({reinterpret_cast<void *>(s.remote), s.len});
+  }
+  const Deadline lease_end(lease->expiry);
+  // A short copy with no stream to shut down: a Cancel meanwhile completes the request when it returns.
+  if (request != nullptr && !request->BeginIo(nullptr)) return false;
+  const int err =
+      peer_->CopyFrom(local.data(), local.size(), remote.data(), remote.size(), deadline.EarlierOf(lease_end));
+  if (request != nullptr) request->EndIo(nullptr);
+  if (err != 0) return false;
+  return !lease_end.Expired();  // copied entirely while the regions were leased
+}
+
+
+const TransportCaps &SameHostTransport::StaticCaps() {
+  static const TransportCaps caps = [] {
+    TransportCaps c;
+    c.name = "shm";
+    c.same_host_only = true;
+    c.max_parallel = 64;  // one request per lane; the server copies on its event threads
+    return c;
+  }();
+  return caps;
+}
+
+std::shared_ptr<TransportLink> SameHostTransport::Connect(const TransportPeer &peer, Deadline deadline,
+                                                          std::string *error) {
+  (void)deadline;
+  if (peer.same_host == nullptr || peer.lanes == nullptr) {
+    *error = "peer " + peer.peer_name + " was not verified for the same-host path";
+    return nullptr;
+  }
+  return std::make_shared<SameHostLink>(peer.lanes, peer.same_host);
+}
+
+TransportResult SameHostLink::Submit(const TransferBatch &batch) {
+  TransportResult result;
+  if (!Usable()) {
+    result.declined = true;
+    return result;
+  }
+  if (OneSidedReadFits(batch.op, batch.total_bytes, batch.count)) {
+    if (TryOneSidedRead(batch)) return result;
+    if (batch.deadline.Expired()) {  // renewing the lease took the whole time: the peer does not answer
+      result.status = adxl::TIMEOUT;
+      result.error = "no answer from " + lanes_->PeerName() + " before the deadline (read lease renewal)";
+      return result;
+    }
+    result.declined = true;  // not listed (yet), or no lease: a request decides
+    return result;
+  }
+  PeerProcess *peer = peer_.get();
+  const adxl::TransferOp op = batch.op;
+  LaneResult r = lanes_->RunChunks(
+      batch.segs, batch.count, batch.deadline, batch.request,
+      [peer, op](ByteStream &stream, const Segment *segs, size_t count, uint64_t request_id, Deadline deadline) {
+        return ExecuteSameHostTransfer(stream, op, segs, count, request_id, deadline, *peer);
+      });
+  result.status = r.status;
+  result.error = std::move(r.error);
+  return result;
+}
+
+}  // namespace llmdd

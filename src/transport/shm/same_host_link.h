@@ -1,0 +1,87 @@
+// The same-host transport: one copy between two processes on this host with
+// Cross Memory Attach (cma.h), for peers both sides verified in the handshake
+// (kCapSameHost, docs/PROTOCOL.md "Same-host path"). Its small control
+// messages ride on the engine's lanes (LaneLender); the bytes do not.
+//   - WRITE: a same-host request; the server copies out of our memory into
+//     its registered memory with process_vm_readv (it never writes ours).
+//   - READ: a same-host request; the server validates and pins the ranges for
+//     a bounded lease, we copy out of its memory, then say Release.
+//   - small READ: under a standing read lease (the server lists its readable
+//     regions for a while), one process_vm_readv and no message at all.
+// Which of these carries a batch, and when the TCP path is cheaper instead,
+// is the path policy's call (engine/path_policy.h: SameHostPays,
+// OneSidedReadFits); a batch the link cannot take (range not in the standing
+// lease, no lease) is declined and goes to the next path.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/lane.h"
+#include "transport/shm/cma.h"
+#include "transport/transport.h"
+
+namespace llmdd {
+
+// A standing read lease held by a same-host requester (wire::kLeaseGrant):
+// until `expiry` (our clock, counted from before the request) it may copy out
+// of the listed server regions with process_vm_readv, no message needed.
+struct ReadLease {
+  struct Region {
+    uintptr_t addr;
+    uint64_t len;
+  };
+  Deadline::Clock::time_point expiry{};
+  std::vector<Region> regions;  // sorted by addr
+  uint64_t max_len = 0;
+  bool Covers(uintptr_t addr, uint64_t len) const;
+};
+
+// Sends one same-host Read or Write request for `count` (<=
+// wire::kMaxRangesPerRequest) segments over a lane and completes it with one
+// copy from `peer`'s memory (READ) or by the server's copy from ours (WRITE).
+LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
+                                   uint64_t request_id, Deadline deadline, PeerProcess &peer);
+
+// Asks the server (a same-host peer) for a standing read lease. UNSUPPORTED:
+// it grants none (too many regions); the lane stays usable.
+LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease);
+
+class SameHostTransport : public Transport {
+ public:
+  static const TransportCaps &StaticCaps();
+  const TransportCaps &Caps() const override { return StaticCaps(); }
+  // A link when the handshake verified the peer process (peer.same_host).
+  std::shared_ptr<TransportLink> Connect(const TransportPeer &peer, Deadline deadline, std::string *error) override;
+};
+
+class SameHostLink : public TransportLink {
+ public:
+  SameHostLink(LaneLender *lanes, std::shared_ptr<PeerProcess> peer) : lanes_(lanes), peer_(std::move(peer)) {}
+  const TransportCaps &Caps() const override { return SameHostTransport::StaticCaps(); }
+  // While the verified process is still trusted (it ends for good when it is gone).
+  bool Usable() const override { return !shut_down_.load() && !peer_->Gone(); }
+  TransportResult Submit(const TransferBatch &batch) override;
+  void Shutdown() override { shut_down_.store(true); }
+  PeerProcess &Peer() { return *peer_; }
+
+ private:
+  // Small READ as one process_vm_readv under the standing lease; false: not
+  // done (no lease, range not listed, copy failed, lease ran out).
+  bool TryOneSidedRead(const TransferBatch &batch);
+  // The current lease if it has some life left, renewing it when due (one
+  // renewal at a time; a failed one is retried after a pause).
+  std::shared_ptr<const ReadLease> UsableLease(Deadline deadline);
+
+  LaneLender *lanes_;
+  std::shared_ptr<PeerProcess> peer_;
+  std::atomic<bool> shut_down_{false};
+  std::mutex lease_mutex_;
+  std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_
+  bool lease_renewing_ = false;
+  Deadline::Clock::time_point lease_retry_after_{};
+};
+
+}  // namespace llmdd
