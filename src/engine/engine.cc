@@ -264,7 +264,9 @@ void Engine::Finalize() {
   }
   if (reactor_) reactor_->Stop();
   reactor_.reset();
+  const std::vector<TransportRegion> regions = registry_.Regions();
   registry_.Clear();
+  for (const TransportRegion &region : regions) transports_.DeregisterMemory(region);
   workers_.reset();
   LOG_INFO("engine %s finalized", local_id_.c_str());
 }
@@ -297,7 +299,18 @@ adxl::Status Engine::RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType typ
     LOG_ERROR("RegisterMem: registration failed (fault injection)");
     return adxl::FAILED;
   }
-  *handle = registry_.Add(addr, len, type, access);
+  // MEM_DEVICE on the cpu device (no accelerator backend) is host memory
+  // (device/device.h); a device backend will tell its memory apart here.
+  const MemoryKind kind = MemoryKind::kHost;
+  *handle = registry_.Add(addr, len, type, access, kind);
+  TransportRegion region{addr, len, kind, access};
+  std::string error;
+  if (transports_.RegisterMemory(region, &error) != adxl::SUCCESS) {
+    registry_.Remove(*handle);
+    *handle = 0;
+    LOG_ERROR("RegisterMem: [0x%" PRIxPTR ", +%" PRIu64 ") refused by a transport: %s", addr, len, error.c_str());
+    return adxl::FAILED;
+  }
   LOG_DEBUG("registered [0x%" PRIxPTR ", +%" PRIu64 ") as handle %" PRIu64, addr, len, *handle);
   return adxl::SUCCESS;
 }
@@ -308,7 +321,14 @@ adxl::Status Engine::DeregisterMem(uint64_t handle) {
     LOG_ERROR("DeregisterMem: engine not initialized");
     return adxl::FAILED;
   }
-  if (!registry_.Remove(handle)) LOG_WARN("DeregisterMem: unknown handle %" PRIu64 " (nothing to do)", handle);
+  // Transports forget the region after the registry's barrier: no request uses it any more.
+  TransportRegion region;
+  const bool known = registry_.Describe(handle, &region);
+  if (!registry_.Remove(handle)) {
+    LOG_WARN("DeregisterMem: unknown handle %" PRIu64 " (nothing to do)", handle);
+  } else if (known) {
+    transports_.DeregisterMemory(region);
+  }
   return adxl::SUCCESS;
 }
 
@@ -520,7 +540,10 @@ void Engine::RunRequest(TransferRequest *request, Route route, bool queued, adxl
         status = adxl::FAILED;
         error = "peer " + request->Key() + " is dead (" + route.channel->DeadReason() + ")";
       } else {
-        status = route.pool->Transfer(request->Op(), request->Segments(), request->GetDeadline(), &error, request);
+        // The policy skips paths that cannot reach where the local ranges live.
+        const MemoryKind kind = registry_.KindAt(request->Segments().front().local);
+        status =
+            route.pool->Transfer(request->Op(), request->Segments(), request->GetDeadline(), &error, request, kind);
       }
     } catch (const std::bad_alloc &) {
       status = adxl::RESOURCE_EXHAUSTED;

@@ -72,6 +72,9 @@ class Engine {
     // disconnected on purpose (else the connection was lost or dropped).
     std::function<void(const std::string &peer_id, uint64_t session_id, bool said_goodbye)> on_peer_detached;
   };
+  // Adds a transport beside TCP and the same-host path (tests: a fake,
+  // transport/fake/fake_transport.h); call before Initialize/Start.
+  void AddTransport(std::shared_ptr<Transport> transport) { transports_.Add(std::move(transport)); }
   // Starts with an arbitrary identity (sent in Hello) and an optional listener.
   adxl::Status Start(const std::string &identity, const EngineConfig &config, const Endpoint *listen, Hooks hooks);
   adxl::Status StartListening(const Endpoint &listen);

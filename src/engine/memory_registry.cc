@@ -346,7 +346,7 @@ void MemoryRegistry::Unlink(RegionPins *pins) const {
   if (waiters_ > 0) released_.notify_all();
 }
 
-uint64_t MemoryRegistry::Add(uintptr_t addr, uint64_t len, int mem_type, uint32_t access) {
+uint64_t MemoryRegistry::Add(uintptr_t addr, uint64_t len, int mem_type, uint32_t access, MemoryKind kind) {
   auto region = std::make_shared<Region>();
   region->access = access & kAccessReadWrite;
   region->addr = addr;
@@ -354,11 +354,40 @@ uint64_t MemoryRegistry::Add(uintptr_t addr, uint64_t len, int mem_type, uint32_
   uintptr_t end = 0;
   region->end = __builtin_add_overflow(addr, len, &end) ? UINTPTR_MAX : end;
   region->mem_type = mem_type;
+  region->kind = kind;
   std::unique_lock lock(mutex_);
   region->id = next_id_++;
   by_id_.emplace(region->id, region);
   if (region->addr < region->end) index_.Insert(region.get());
   return region->id;
+}
+
+bool MemoryRegistry::Describe(uint64_t id, TransportRegion *out) const {
+  std::shared_lock lock(mutex_);
+  auto it = by_id_.find(id);
+  if (it == by_id_.end()) return false;
+  out->addr = it->second->addr;
+  out->len = it->second->len;
+  out->kind = it->second->kind;
+  out->access = it->second->access;
+  return true;
+}
+
+std::vector<TransportRegion> MemoryRegistry::Regions() const {
+  std::shared_lock lock(mutex_);
+  std::vector<TransportRegion> regions;
+  regions.reserve(by_id_.size());
+  for (const auto &entry : by_id_) {
+    regions.push_back({entry.second->addr, entry.second->len, entry.second->kind, entry.second->access});
+  }
+  return regions;
+}
+
+MemoryKind MemoryRegistry::KindAt(uintptr_t addr) const {
+  std::shared_lock lock(mutex_);
+  const Region *region = index_.FindContaining(addr, kAccessRead);
+  if (region == nullptr) region = index_.FindContaining(addr, kAccessWrite);
+  return region != nullptr ? region->kind : MemoryKind::kHost;
 }
 
 bool MemoryRegistry::Remove(uint64_t id) {

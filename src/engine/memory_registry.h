@@ -32,6 +32,8 @@
 #include <string>
 #include <vector>
 
+#include "transport/transport.h"
+
 namespace llmdd {
 
 // Remote access rights of a region (bit set).
@@ -68,6 +70,7 @@ struct alignas(64) Region {
 
   uint64_t len = 0;
   int mem_type = 0;  // adxl::MemType
+  MemoryKind kind = MemoryKind::kHost;  // where the bytes live (the path policy reads it)
   // Until when (steady clock, ns since its epoch) a same-host peer may read it
   // one-sidedly under a standing lease; Remove() waits for that time too.
   std::atomic<int64_t> leased_until_ns{0};
@@ -208,7 +211,15 @@ class MemoryRegistry {
 
   // Returns the new region's id (> 0). len may be 0 (registers nothing
   // usable). Rights outside kAccessReadWrite are ignored.
-  uint64_t Add(uintptr_t addr, uint64_t len, int mem_type, uint32_t access = kAccessReadWrite);
+  uint64_t Add(uintptr_t addr, uint64_t len, int mem_type, uint32_t access = kAccessReadWrite,
+               MemoryKind kind = MemoryKind::kHost);
+  // The live region `id` as transports see it; false if the id is unknown.
+  bool Describe(uint64_t id, TransportRegion *out) const;
+  // The memory kind of the registration holding the byte at `addr` (kHost
+  // when none does: unregistered local memory is host memory). O(log n).
+  MemoryKind KindAt(uintptr_t addr) const;
+  // Every live region as transports see it (Finalize tells them all are gone).
+  std::vector<TransportRegion> Regions() const;
   // Unpublishes and waits for in-flight users: up to the removal grace, then
   // it breaks the lanes still serving them and waits for those to let go
   // (they do at once: their I/O fails). False if the id is unknown.

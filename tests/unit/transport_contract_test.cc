@@ -1,0 +1,277 @@
+// The transport contract (transport/transport.h) from the engine's side,
+// without sockets: the lane pool offers a transfer to its links in the path
+// policy's order, splits large ones into parts that run at once, and turns
+// what a link reports (bytes moved, refusal, decline, stall, cancel) into the
+// transfer's outcome. The links are the fake transport, made to misbehave by
+// FaultyLink; the last tests run whole engines whose transfers take the fake.
+#include "transport/fake/fake_transport.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/lane_pool.h"
+#include "engine/path_policy.h"
+#include "engine/transfer_request.h"
+#include "engine/worker_pool.h"
+#include "loopback_util.h"
+
+namespace llmdd {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t MsSince(Clock::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
+}
+
+constexpr size_t kBytes = 4 << 20;
+
+// A "remote" engine's memory registered on a fake transport, and a lane pool
+// (no lane is ever opened: the fake needs none) whose links reach it.
+class FakeLinks : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    remote_.resize(kBytes);
+    for (size_t i = 0; i < remote_.size(); ++i) remote_[i] = static_cast<char>(i * 29 + i / 997);
+    local_.assign(kBytes, 0);
+    server_ = FakeTransport::Create(&fabric_, "server");
+    std::string key, error;
+    ASSERT_EQ(server_->RegisterMemory({R(0), kBytes, MemoryKind::kHost, kAccessReadWrite}, &key, &error),
+              adxl::SUCCESS);
+    workers_ = WorkerPool::Create(4);
+    pool_ = std::make_unique<LanePool>("server", workers_.get(), nullptr);
+    pool_->AddLazyLanes(4);  // the parallelism a transfer may use
+  }
+  void TearDown() override { pool_.reset(); }
+  uintptr_t R(size_t off) { return reinterpret_cast<uintptr_t>(remote_.data()) + off; }
+  uintptr_t L(size_t off) { return reinterpret_cast<uintptr_t>(local_.data()) + off; }
+  std::shared_ptr<FakeLink> FakeTo(const std::string &name) {
+    TransportPeer peer;
+    peer.peer_name = name;
+    std::string error;
+    auto client = FakeTransport::Create(&fabric_, "client-" + std::to_string(++clients_));
+    clients_kept_.push_back(client);
+    return std::static_pointer_cast<FakeLink>(client->Connect(peer, Deadline::AfterMs(100), &error));
+  }
+  adxl::Status Move(adxl::TransferOp op, size_t off, size_t len, std::string *error, int timeout_ms = 5000,
+                    TransferRequest *request = nullptr) {
+    return pool_->Transfer(op, {{L(off), R(off), len}}, Deadline::AfterMs(timeout_ms), error, request);
+  }
+
+  FakeFabric fabric_;
+  std::shared_ptr<FakeTransport> server_;
+  std::vector<std::shared_ptr<FakeTransport>> clients_kept_;
+  int clients_ = 0;
+  std::vector<char> remote_, local_;
+  std::unique_ptr<WorkerPool> workers_;
+  std::unique_ptr<LanePool> pool_;
+};
+
+TEST_F(FakeLinks, ReadAndWriteMoveTheBytesOfRegisteredMemoryOnly) {
+  auto link = FakeTo("server");
+  ASSERT_TRUE(link);
+  pool_->SetLinks({link});
+  std::string error;
+  ASSERT_EQ(Move(adxl::READ, 4096, 64 << 10, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(0, memcmp(local_.data() + 4096, remote_.data() + 4096, 64 << 10));
+  EXPECT_EQ(local_[4095], 0);
+  memset(local_.data(), 'W', 8192);
+  ASSERT_EQ(Move(adxl::WRITE, 0, 8192, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(std::string(remote_.data(), 8192), std::string(8192, 'W'));
+  // One byte past the registration: refused, nothing moved.
+  const std::vector<char> before = remote_;
+  EXPECT_EQ(pool_->Transfer(adxl::WRITE, {{L(0), R(kBytes - 16), 17}}, Deadline::AfterMs(1000), &error),
+            adxl::PARAM_INVALID);
+  EXPECT_NE(error.find("not registered"), std::string::npos) << error;
+  EXPECT_EQ(remote_, before);
+  // Deregistered: refused too.
+  server_->DeregisterMemory({R(0), kBytes, MemoryKind::kHost, kAccessReadWrite});
+  EXPECT_EQ(Move(adxl::READ, 0, 4096, &error), adxl::PARAM_INVALID);
+}
+
+TEST_F(FakeLinks, ALargeTransferIsSplitIntoPartsThatRunAtOnce) {
+  auto link = FakeTo("server");
+  pool_->SetLinks({link});
+  std::string error;
+  ASSERT_EQ(Move(adxl::READ, 0, kBytes, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(local_, remote_);
+  // 4 MiB over 4 lanes (the fake takes up to 8 at once): 4 parts.
+  EXPECT_EQ(link->Submitted(), SplitParts(kBytes, 4));
+  EXPECT_EQ(link->Submitted(), 4u);
+  // Below the split threshold: one batch.
+  ASSERT_EQ(Move(adxl::READ, 0, 64 << 10, &error), adxl::SUCCESS);
+  EXPECT_EQ(link->Submitted(), 5u);
+}
+
+TEST_F(FakeLinks, ADeclinedBatchGoesToTheNextLinkInThePolicysOrder) {
+  auto first = FakeTo("server"), second = FakeTo("server");
+  FaultyLink::Plan decline;
+  decline.decline = true;
+  auto declining = std::make_shared<FaultyLink>(first, decline);
+  pool_->SetLinks({declining, second});
+  std::string error;
+  ASSERT_EQ(Move(adxl::READ, 0, 8192, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(0, memcmp(local_.data(), remote_.data(), 8192));
+  EXPECT_EQ(first->Submitted(), 0u);
+  EXPECT_EQ(second->Submitted(), 1u);
+  // Declined by every link: FAILED, saying no transport reaches the peer.
+  pool_->SetLinks({declining});
+  EXPECT_EQ(Move(adxl::READ, 0, 8192, &error), adxl::FAILED);
+  EXPECT_NE(error.find("no transport"), std::string::npos) << error;
+}
+
+TEST_F(FakeLinks, APartThatFailsFailsTheTransferWithItsStatus) {
+  FaultyLink::Plan plan;
+  plan.fail_with = adxl::TIMEOUT;
+  plan.fail_every = 3;  // the 1st of every 3 batches
+  auto faulty = std::make_shared<FaultyLink>(FakeTo("server"), plan);
+  pool_->SetLinks({faulty});
+  std::string error;
+  EXPECT_EQ(Move(adxl::READ, 0, kBytes, &error), adxl::TIMEOUT);
+  EXPECT_EQ(error, "failed by the fault plan");
+  // A refused range outranks a timeout among the parts' outcomes.
+  plan.fail_with = adxl::PARAM_INVALID;
+  plan.fail_every = 2;
+  faulty->SetPlan(plan);
+  EXPECT_EQ(Move(adxl::WRITE, 0, kBytes, &error), adxl::PARAM_INVALID);
+}
+
+TEST_F(FakeLinks, AStalledBatchEndsAtItsDeadlineWithTimeout) {
+  FaultyLink::Plan plan;
+  plan.stall = true;
+  pool_->SetLinks({std::make_shared<FaultyLink>(FakeTo("server"), plan)});
+  std::string error;
+  const auto t0 = Clock::now();
+  EXPECT_EQ(Move(adxl::READ, 0, 4096, &error, 200), adxl::TIMEOUT);
+  EXPECT_GE(MsSince(t0), 195);
+  EXPECT_LT(MsSince(t0), 1500);
+}
+
+TEST_F(FakeLinks, CancelEndsAStalledRequestPromptlyAndShutdownEndsTheRest) {
+  FaultyLink::Plan plan;
+  plan.stall = true;
+  auto faulty = std::make_shared<FaultyLink>(FakeTo("server"), plan);
+  pool_->SetLinks({faulty});
+  auto request = std::make_shared<TransferRequest>("server", adxl::READ,
+                                                   std::vector<Segment>{{L(0), R(0), kBytes}}, Deadline::AfterMs(30000));
+  request->Arm([](void *) {}, nullptr, pool_.get());
+  adxl::Status status = adxl::SUCCESS;
+  std::string error;
+  std::thread runner([&] {
+    status = pool_->Transfer(request->Op(), request->Segments(), request->GetDeadline(), &error, request.get());
+    request->Finish(&status, &error);
+  });
+  const auto until = Clock::now() + std::chrono::seconds(5);
+  while (faulty->InFlight() < 4 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(faulty->InFlight(), 4) << "every part stalls";
+  const auto t0 = Clock::now();
+  request->Cancel();
+  ASSERT_TRUE(request->Wait(Deadline::AfterMs(2000)));
+  runner.join();
+  EXPECT_LT(MsSince(t0), 1000);
+  EXPECT_EQ(request->Status(), TransferRequest::kCanceledStatus);
+  EXPECT_TRUE(request->Canceled());
+  EXPECT_EQ(faulty->InFlight(), 0);
+  // Shutdown ends a stalled batch with FAILED, and every later one at once.
+  std::thread late([&] { status = Move(adxl::READ, 0, 4096, &error, 30000); });
+  while (faulty->InFlight() < 1 && Clock::now() < until + std::chrono::seconds(5))
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  pool_->ShutdownAll();
+  late.join();
+  EXPECT_EQ(status, adxl::FAILED);
+}
+
+// A link that reaches device memory only (a later transport's shape).
+class DeviceOnlyLink : public TransportLink {
+ public:
+  DeviceOnlyLink() {
+    caps_.name = "device-only";
+    caps_.memory_kinds = MemoryKindBit(MemoryKind::kDevice);
+  }
+  const TransportCaps &Caps() const override { return caps_; }
+  bool Usable() const override { return true; }
+  TransportResult Submit(const TransferBatch &) override {
+    ++submitted;
+    return {};
+  }
+  void Shutdown() override {}
+  int submitted = 0;
+
+ private:
+  TransportCaps caps_;
+};
+
+TEST_F(FakeLinks, ThePolicySkipsLinksThatCannotReachTheMemoryKind) {
+  auto device = std::make_shared<DeviceOnlyLink>();
+  auto fake = FakeTo("server");
+  pool_->SetLinks({device, fake});
+  std::string error;
+  ASSERT_EQ(Move(adxl::READ, 0, 4096, &error), adxl::SUCCESS) << error;  // host memory: the fake
+  EXPECT_EQ(device->submitted, 0);
+  EXPECT_EQ(fake->Submitted(), 1u);
+  ASSERT_EQ(pool_->Transfer(adxl::READ, {{L(0), R(0), 4096}}, Deadline::AfterMs(1000), &error, nullptr,
+                            MemoryKind::kDevice),
+            adxl::SUCCESS);
+  EXPECT_EQ(device->submitted, 1);
+  EXPECT_EQ(fake->Submitted(), 1u);
+}
+
+TEST(MemoryKind, IsAnAttributeOfTheRegistrationThatHoldsTheByte) {
+  MemoryRegistry registry;
+  std::vector<char> host(4096), device(4096);
+  registry.Add(reinterpret_cast<uintptr_t>(host.data()), host.size(), adxl::MEM_HOST);
+  const uint64_t id = registry.Add(reinterpret_cast<uintptr_t>(device.data()), device.size(), adxl::MEM_DEVICE,
+                                   kAccessReadWrite, MemoryKind::kDevice);
+  EXPECT_EQ(registry.KindAt(reinterpret_cast<uintptr_t>(host.data()) + 100), MemoryKind::kHost);
+  EXPECT_EQ(registry.KindAt(reinterpret_cast<uintptr_t>(device.data()) + 100), MemoryKind::kDevice);
+  int unregistered = 0;
+  EXPECT_EQ(registry.KindAt(reinterpret_cast<uintptr_t>(&unregistered)), MemoryKind::kHost);
+  TransportRegion region;
+  ASSERT_TRUE(registry.Describe(id, &region));
+  EXPECT_EQ(region.addr, reinterpret_cast<uintptr_t>(device.data()));
+  EXPECT_EQ(region.len, device.size());
+  EXPECT_EQ(region.kind, MemoryKind::kDevice);
+  EXPECT_EQ(registry.Regions().size(), 2u);
+}
+
+// Whole engines whose transfers take the fake transport (the handshake still
+// runs over loopback TCP): registrations reach the transport, the policy
+// prefers the fake, bytes arrive, refusals come back with their status.
+TEST(EngineOnTheFakeTransport, TransfersTakeTheFakeAndRegistrationsReachIt) {
+  std::vector<char> remote(1 << 20), local(1 << 20, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 11 + 3);
+  FakeFabric fabric;
+  const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  auto server_fake = FakeTransport::Create(&fabric, server_id);
+  auto client_fake = FakeTransport::Create(&fabric, "client");
+  Engine server, client;
+  server.AddTransport(server_fake);
+  client.AddTransport(client_fake);
+  ASSERT_EQ(server.Initialize(server_id, {}), adxl::SUCCESS);
+  ASSERT_EQ(client.Initialize("127.0.0.1", {}), adxl::SUCCESS);
+  uint64_t handle = 0;
+  ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(client.Connect(server_id, 3000), adxl::SUCCESS);
+  adxl::TransferOpDesc desc{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()),
+                            local.size()};
+  ASSERT_EQ(client.TransferSync(server_id, adxl::READ, &desc, 1, 3000), adxl::SUCCESS);
+  EXPECT_EQ(local, remote);
+  EXPECT_GT(server_fake->Served(), 0u) << "the bytes went through the fake transport";
+  // Outside the registration: the fake refuses it, the engine says PARAM_INVALID.
+  adxl::TransferOpDesc outside{reinterpret_cast<uintptr_t>(local.data()),
+                               reinterpret_cast<uintptr_t>(remote.data()) + remote.size() - 8, 16};
+  EXPECT_EQ(client.TransferSync(server_id, adxl::READ, &outside, 1, 3000), adxl::PARAM_INVALID);
+  // Deregistered on the engine: the transport forgot it too.
+  ASSERT_EQ(server.DeregisterMem(handle), adxl::SUCCESS);
+  EXPECT_EQ(client.TransferSync(server_id, adxl::READ, &desc, 1, 3000), adxl::PARAM_INVALID);
+  EXPECT_EQ(client.Disconnect(server_id, 3000), adxl::SUCCESS);
+}
+
+}  // namespace
+}  // namespace llmdd
