@@ -14,7 +14,7 @@
 #include "common/log.h"
 #include "common/threads.h"
 #include "engine/handshake.h"
-#include "transport/shm/cma.h"
+#include "transport/shm/same_host_serve.h"
 
 namespace llmdd {
 namespace {
@@ -28,12 +28,6 @@ constexpr int64_t kServeGraceMs = 1000;
 // A peer that started a message must finish sending its body within this.
 constexpr int64_t kBodyAssemblyMs = 30000;
 constexpr size_t kDiscardChunk = 256 * 1024;
-
-// How long a peer that started a message may take to send its body: ours, and
-// never beyond this engine's own maximum wait.
-Deadline AssemblyDeadline(const ServeContext &ctx) {
-  return Deadline::AfterMs(std::min<int64_t>(kBodyAssemblyMs, int64_t{ctx.max_wait_ms} + kServeGraceMs));
-}
 
 std::string HexRange(uint64_t addr, uint64_t len) {
   char buf[96];
@@ -58,6 +52,12 @@ IoStatus ReadBodyAsItArrives(ByteStream &stream, uint64_t len, Deadline deadline
 }
 
 }  // namespace
+
+// How long a peer that started a message may take to send its body: ours, and
+// never beyond this engine's own maximum wait.
+Deadline AssemblyDeadline(const ServeContext &ctx) {
+  return Deadline::AfterMs(std::min<int64_t>(kBodyAssemblyMs, int64_t{ctx.max_wait_ms} + kServeGraceMs));
+}
 
 uint32_t TimeoutField(const Deadline &deadline) {
   int64_t ms = deadline.RemainingMs();
@@ -200,8 +200,6 @@ LaneResult ExecuteAppCall(ByteStream &stream, uint32_t app_type, const std::stri
   return result;
 }
 
-namespace {
-
 // True once the requester shut the lane down or closed it (it does when it
 // gives up on a request), or the lane was shut down here. Never blocks.
 bool RequesterHungUp(const ByteStream &stream) {
@@ -224,6 +222,8 @@ bool SendResponse(ByteStream &stream, MsgType type, uint64_t request_id, adxl::S
   iovec out[2] = {{&header, sizeof(header)}, {clipped.data(), clipped.size()}};
   return stream.WriteFull(out, 2, deadline) == IoStatus::kOk;
 }
+
+namespace {
 
 // `request_id` is 0 when the message that broke the lane could not be read as a request.
 void SendProtocolError(ByteStream &stream, uint64_t request_id, const std::string &reason,
@@ -279,11 +279,8 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   // choose how long we hold its regions pinned.
   const uint32_t serve_ms = std::min(timeout_ms, ctx.max_wait_ms);
   Deadline deadline = Deadline::AfterMs(static_cast<int64_t>(serve_ms) + kServeGraceMs);
-  if (same_host && !ctx.same_host->Alive()) {
-    // The process we verified is gone: whoever holds the lane now is not it.
+  if (same_host && !SameHostTrustHolds(ctx, is_read ? "read" : "write")) {
     // A same-host request carries no payload, so the lane stays in step.
-    LOG_WARN("refused same-host %s from %s: the verified process (pid %d) is gone, same-host trust has ended",
-             is_read ? "read" : "write", ctx.peer.c_str(), static_cast<int>(ctx.same_host->Pid()));
     return SendResponse(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse, header.request_id,
                         adxl::FAILED, "same-host trust ended: the verified peer process is gone", deadline);
   }
@@ -334,57 +331,9 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
                         header.request_id, adxl::PARAM_INVALID, refusal, deadline);
   }
 
-  if (same_host && is_read) {
-    // The requester copies out of our memory itself: keep the regions pinned
-    // for a bounded lease, until it says Release. We never write its memory.
-    const uint32_t lease_ms =
-        std::min({std::max<uint32_t>(timeout_ms, 1), wire::kMaxLeaseMs, std::max<uint32_t>(ctx.max_lease_ms, 1)});
-    Deadline lease = Deadline::AfterMs(lease_ms);
-    MsgHeader go;
-    go.version = stream.ProtocolVersion();
-    go.type = static_cast<uint16_t>(MsgType::kReadResponse);
-    go.request_id = header.request_id;
-    go.flags = lease_ms;
-    if (stream.Write(&go, sizeof(go), lease) != IoStatus::kOk) return false;
-    MsgHeader release;
-    IoStatus io = stream.Read(&release, sizeof(release), lease);
-    if (io != IoStatus::kOk || wire::CheckHeader(release, stream.ProtocolVersion()) != "" ||
-        release.type != static_cast<uint16_t>(MsgType::kRelease) || release.request_id != header.request_id) {
-      LOG_WARN("same-host read lease of %s ended without release (%s): closing the lane", ctx.peer.c_str(),
-               io == IoStatus::kOk ? "unexpected message" : IoStatusName(io));
-      return false;  // pins are released on return
-    }
-    return true;
-  }
+  if (same_host && is_read) return HoldSameHostRead(stream, header, ctx, timeout_ms);
   if (same_host) {
-    // Write: one copy from the requester's ranges into our registered memory,
-    // with the regions pinned. The requester's memory is only read.
-    if (requester_deadline.Expired()) {
-      pins.Release();
-      LOG_WARN("same-host write from %s arrived after its deadline: not applied", ctx.peer.c_str());
-      return SendResponse(stream, MsgType::kWriteResponse, header.request_id, adxl::TIMEOUT,
-                          "request arrived after its deadline", deadline);
-    }
-    // Checked before every copy call (<= 8 MiB): a requester that gave up shut the lane down.
-    bool gave_up = false;
-    int err = ctx.same_host->CopyFrom(iov.data(), iov.size(), peer_iov.data(), peer_iov.size(),
-                                      deadline.EarlierOf(requester_deadline), &pins.Broken(),
-                                      [&stream, &gave_up] { return gave_up = RequesterHungUp(stream); });
-    pins.Release();
-    if (gave_up) {
-      LOG_WARN("same-host write from %s: the requester gave up (lane shut down), copy stopped", ctx.peer.c_str());
-      return false;
-    }
-    adxl::Status status = adxl::SUCCESS;
-    std::string text;
-    if (err != 0) {
-      status = err == EFAULT ? adxl::PARAM_INVALID : err == ETIMEDOUT ? adxl::TIMEOUT : adxl::FAILED;
-      text = std::string("same-host copy failed: ") + strerror(err) +
-             (err == EFAULT ? " (a local range of the requester is not mapped)" : "");
-      LOG_WARN("%s for %s", text.c_str(), ctx.peer.c_str());
-    }
-    return SendResponse(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse, header.request_id, status,
-                        text, deadline);
+    return ServeSameHostWrite(stream, header, ctx, iov, peer_iov, deadline, requester_deadline, pins);
   }
   if (is_read) {
     response.payload_len = total;
@@ -475,36 +424,6 @@ class BusyCount {
 };
 
 // Grants a standing read lease (same-host lanes only; checked by the caller).
-bool ServeLease(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
-  const auto until = Deadline::Clock::now() + std::chrono::milliseconds(wire::kStandingLeaseMs);
-  bool too_many = false;
-  std::vector<MemoryRegistry::LeasedRange> granted;
-  // No lease for a lane whose verified process is gone (UNSUPPORTED, empty).
-  const bool trusted = ctx.same_host->Alive();
-  if (trusted) granted = ctx.registry->GrantReadLease(until, wire::kMaxLeaseRegions, &too_many);
-  if (too_many) {
-    // Partial lease: reads of the regions left out go as requests. Said once per process, not per renewal.
-    static std::atomic<bool> said{false};
-    if (!said.exchange(true))
-      LOG_INFO("standing read lease lists the first %u readable regions only (wire limit); small reads of "
-               "later registrations use requests",
-               wire::kMaxLeaseRegions);
-  }
-  std::vector<wire::Range> ranges;
-  ranges.reserve(granted.size());
-  for (const auto &g : granted) ranges.push_back({static_cast<uint64_t>(g.addr), g.len});
-  const std::string body = wire::EncodeLeaseGrant(ranges);
-  MsgHeader reply;
-  reply.version = stream.ProtocolVersion();
-  reply.type = static_cast<uint16_t>(MsgType::kLeaseGrant);
-  reply.request_id = header.request_id;
-  reply.status = trusted ? adxl::SUCCESS : adxl::UNSUPPORTED;
-  reply.flags = wire::kStandingLeaseMs;
-  reply.body_len = body.size();
-  iovec out[2] = {{&reply, sizeof(reply)}, {const_cast<char *>(body.data()), body.size()}};
-  return stream.WriteFull(out, 2, AssemblyDeadline(ctx)) == IoStatus::kOk;
-}
-
 }  // namespace
 
 bool ServeRequest(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
@@ -531,7 +450,7 @@ bool ServeRequest(ByteStream &stream, const MsgHeader &header, const ServeContex
     return false;
   }
   BusyCount busy(ctx.busy);
-  return lease ? ServeLease(stream, header, ctx)
+  return lease ? ServeLeaseRequest(stream, header, ctx)
                : header.type == static_cast<uint16_t>(MsgType::kAppRequest) ? ServeApp(stream, header, ctx)
                                                                             : ServeTransfer(stream, header, ctx);
 }

@@ -136,6 +136,17 @@ struct ServeContext {
   uint64_t max_app_bytes = 16ULL << 20;
 };
 
+// Serving-side pieces, for transports that serve requests arriving on lanes.
+// How long a peer that started a message may take to send its body: ours, and
+// never beyond this engine's own maximum wait.
+Deadline AssemblyDeadline(const ServeContext &ctx);
+// True once the requester shut the lane down or closed it (it does when it
+// gives up on a request), or the lane was shut down here. Never blocks.
+bool RequesterHungUp(const ByteStream &stream);
+// Sends a response with optional text; false if the stream failed.
+bool SendResponse(ByteStream &stream, wire::MsgType type, uint64_t request_id, adxl::Status status,
+                  const std::string &text, Deadline deadline);
+
 // Checks a request header that arrived on a lane and serves the request
 // (reading its body and payload, bounded by the request's deadline). False
 // when the lane must end (protocol violation, I/O failure), after telling the

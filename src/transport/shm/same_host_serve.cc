@@ -1,0 +1,110 @@
+#include "transport/shm/same_host_serve.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "common/log.h"
+#include "transport/shm/cma.h"
+
+namespace llmdd {
+
+using wire::MsgHeader;
+using wire::MsgType;
+
+bool SameHostTrustHolds(const ServeContext &ctx, const char *what) {
+  if (ctx.same_host->Alive()) return true;
+  LOG_WARN("refused same-host %s from %s: the verified process (pid %d) is gone, same-host trust has ended", what,
+           ctx.peer.c_str(), static_cast<int>(ctx.same_host->Pid()));
+  return false;
+}
+
+bool HoldSameHostRead(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx, uint32_t timeout_ms) {
+  // The requester copies out of our memory itself: keep the regions pinned
+  // for a bounded lease, until it says Release. We never write its memory.
+  const uint32_t lease_ms =
+      std::min({std::max<uint32_t>(timeout_ms, 1), wire::kMaxLeaseMs, std::max<uint32_t>(ctx.max_lease_ms, 1)});
+  Deadline lease = Deadline::AfterMs(lease_ms);
+  MsgHeader go;
+  go.version = stream.ProtocolVersion();
+  go.type = static_cast<uint16_t>(MsgType::kReadResponse);
+  go.request_id = header.request_id;
+  go.flags = lease_ms;
+  if (stream.Write(&go, sizeof(go), lease) != IoStatus::kOk) return false;
+  MsgHeader release;
+  IoStatus io = stream.Read(&release, sizeof(release), lease);
+  if (io != IoStatus::kOk || wire::CheckHeader(release, stream.ProtocolVersion()) != "" ||
+      release.type != static_cast<uint16_t>(MsgType::kRelease) || release.request_id != header.request_id) {
+    LOG_WARN("same-host read lease of %s ended without release (%s): closing the lane", ctx.peer.c_str(),
+             io == IoStatus::kOk ? "unexpected message" : IoStatusName(io));
+    return false;  // pins are released on return
+  }
+  return true;
+}
+
+bool ServeSameHostWrite(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx,
+                        const std::vector<iovec> &iov, const std::vector<iovec> &peer_iov, Deadline deadline,
+                        Deadline requester_deadline, RegionPins &pins) {
+  // Write: one copy from the requester's ranges into our registered memory,
+  // with the regions pinned. The requester's memory is only read.
+  if (requester_deadline.Expired()) {
+    pins.Release();
+    LOG_WARN("same-host write from %s arrived after its deadline: not applied", ctx.peer.c_str());
+    return SendResponse(stream, MsgType::kWriteResponse, header.request_id, adxl::TIMEOUT,
+                        "request arrived after its deadline", deadline);
+  }
+  // Checked before every copy call (<= 8 MiB): a requester that gave up shut the lane down.
+  bool gave_up = false;
+  int err = ctx.same_host->CopyFrom(iov.data(), iov.size(), peer_iov.data(), peer_iov.size(),
+                                    deadline.EarlierOf(requester_deadline), &pins.Broken(),
+                                    [&stream, &gave_up] { return gave_up = RequesterHungUp(stream); });
+  pins.Release();
+  if (gave_up) {
+    LOG_WARN("same-host write from %s: the requester gave up (lane shut down), copy stopped", ctx.peer.c_str());
+    return false;
+  }
+  adxl::Status status = adxl::SUCCESS;
+  std::string text;
+  if (err != 0) {
+    status = err == EFAULT ? adxl::PARAM_INVALID : err == ETIMEDOUT ? adxl::TIMEOUT : adxl::FAILED;
+    text = std::string("same-host copy failed: ") + strerror(err) +
+           (err == EFAULT ? " (a local range of the requester is not mapped)" : "");
+    LOG_WARN("%s for %s", text.c_str(), ctx.peer.c_str());
+  }
+  return SendResponse(stream, MsgType::kWriteResponse, header.request_id, status,
+                      text, deadline);
+}
+
+bool ServeLeaseRequest(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx) {
+  const auto until = Deadline::Clock::now() + std::chrono::milliseconds(wire::kStandingLeaseMs);
+  bool too_many = false;
+  std::vector<MemoryRegistry::LeasedRange> granted;
+  // No lease for a lane whose verified process is gone (UNSUPPORTED, empty).
+  const bool trusted = ctx.same_host->Alive();
+  if (trusted) granted = ctx.registry->GrantReadLease(until, wire::kMaxLeaseRegions, &too_many);
+  if (too_many) {
+    // Partial lease: reads of the regions left out go as requests. Said once per process, not per renewal.
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true))
+      LOG_INFO("standing read lease lists the first %u readable regions only (wire limit); small reads of "
+               "later registrations use requests",
+               wire::kMaxLeaseRegions);
+  }
+  std::vector<wire::Range> ranges;
+  ranges.reserve(granted.size());
+  for (const auto &g : granted) ranges.push_back({static_cast<uint64_t>(g.addr), g.len});
+  const std::string body = wire::EncodeLeaseGrant(ranges);
+  MsgHeader reply;
+  reply.version = stream.ProtocolVersion();
+  reply.type = static_cast<uint16_t>(MsgType::kLeaseGrant);
+  reply.request_id = header.request_id;
+  reply.status = trusted ? adxl::SUCCESS : adxl::UNSUPPORTED;
+  reply.flags = wire::kStandingLeaseMs;
+  reply.body_len = body.size();
+  iovec out[2] = {{&reply, sizeof(reply)}, {const_cast<char *>(body.data()), body.size()}};
+  return stream.WriteFull(out, 2, AssemblyDeadline(ctx)) == IoStatus::kOk;
+}
+
+}  // namespace llmdd
