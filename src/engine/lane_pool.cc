@@ -52,6 +52,7 @@ size_t LanePool::LiveLaneCount() const {
   std::lock_guard lock(mutex_);
   size_t live = 0;
   for (size_t i = 0; i < count_; ++i) live += lanes_[i].stream ? 1 : 0;
+  live += lanes_[kExpressLane].stream ? 1 : 0;
   return live;
 }
 
@@ -61,10 +62,11 @@ size_t LanePool::CloseIdle(std::chrono::milliseconds idle) {
   {
     std::lock_guard lock(mutex_);
     const auto before = Deadline::Clock::now() - idle;
-    for (size_t i = 0; i < count_; ++i) {
-      Lane &lane = lanes_[i];
+    auto close_if_idle = [&](Lane &lane) {
       if (!lane.busy && lane.stream && lane.last_used < before) closing.push_back(std::move(lane.stream));
-    }
+    };
+    for (size_t i = 0; i < count_; ++i) close_if_idle(lanes_[i]);
+    close_if_idle(lanes_[kExpressLane]);
   }
   // The server sees the end of each and forgets it.
   for (auto &stream : closing) stream->Shutdown();
@@ -81,6 +83,7 @@ void LanePool::ShutdownAll() {
   for (size_t i = 0; i < count_; ++i) {
     if (lanes_[i].stream) lanes_[i].stream->Shutdown();
   }
+  if (lanes_[kExpressLane].stream) lanes_[kExpressLane].stream->Shutdown();
   freed_.notify_all();
 }
 
@@ -140,11 +143,13 @@ void LanePool::Release(Lane *lane) {
   std::lock_guard lock(mutex_);
   lane->busy = false;
   lane->last_used = Deadline::Clock::now();
-  freed_.notify_one();
+  // Waiters differ (only small requests may take the express lane): wake
+  // them all so the one this lane suits is among them.
+  freed_.notify_all();
 }
 
 LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::string *error,
-                                  std::shared_ptr<ByteStream> *stream, const TransferRequest *request) {
+                                  std::shared_ptr<ByteStream> *stream, const TransferRequest *request, bool small) {
   error->clear();
   std::unique_lock lock(mutex_);
   for (;;) {
@@ -163,15 +168,16 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
     // Lowest free lane first, not round robin: a caller issuing small calls
     // one after another keeps using one warm lane (its server spins for the
     // next request, see LaneServer) while the others stay idle and close.
-    // An open lane is preferred to one that must be opened.
+    // An open lane is preferred to one that must be opened. A small request
+    // that finds every regular lane busy takes the express lane instead of
+    // waiting behind the transfers on them.
     const auto now = Deadline::Clock::now();
     Lane *free_open = nullptr, *free_closed = nullptr;
     bool any_open = false;
     auto next_retry = Deadline::Clock::time_point::max();
-    for (size_t i = 0; i < count_; ++i) {
-      Lane &lane = lanes_[i];
+    auto consider = [&](Lane &lane) {
       any_open |= lane.stream != nullptr || lane.busy;
-      if (lane.busy) continue;
+      if (lane.busy) return;
       if (lane.stream && free_open == nullptr) free_open = &lane;
       if (!lane.stream && free_closed == nullptr) {
         if (lane.retry_after <= now) {
@@ -179,6 +185,15 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
         } else {
           next_retry = std::min(next_retry, lane.retry_after);
         }
+      }
+    };
+    for (size_t i = 0; i < count_; ++i) consider(lanes_[i]);
+    if (small && reconnect_ && free_open == nullptr) {
+      Lane &express = lanes_[kExpressLane];
+      if (!express.busy && express.stream) {
+        free_open = &express;
+      } else if (free_closed == nullptr) {
+        consider(express);
       }
     }
     if (free_open != nullptr) {
@@ -199,7 +214,7 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
         return free_closed;
       }
       free_closed->busy = false;
-      freed_.notify_one();
+      freed_.notify_all();
       if (fresh) fresh->Shutdown();
       // Another lane that is open, or being opened, may carry the requests.
       const bool others_open = std::any_of(lanes_, lanes_ + count_, [&](const Lane &l) {
@@ -246,10 +261,13 @@ LaneResult CanceledResult() {
 LaneResult LanePool::RunChunks(const Segment *segs, size_t count, Deadline deadline, TransferRequest *request,
                               const ChunkIo &io_fn) {
   LaneResult result;
+  uint64_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += segs[i].len;
+  const bool small = total <= kExpressMaxBytes;
   size_t done = 0;
   while (done < count) {
     std::shared_ptr<ByteStream> stream;
-    Lane *lane = Acquire(deadline, &result.status, &result.error, &stream, request);
+    Lane *lane = Acquire(deadline, &result.status, &result.error, &stream, request, small);
     if (lane == nullptr) return result;
     LaneGuard guard(this, lane);
     // Announced to the request, which shuts the stream down if it is canceled meanwhile.
@@ -277,7 +295,7 @@ LaneResult LanePool::RunChunks(const Segment *segs, size_t count, Deadline deadl
 LaneResult LanePool::RunOnce(Deadline deadline, const LaneIo &io_fn) {
   LaneResult result;
   std::shared_ptr<ByteStream> stream;
-  Lane *lane = Acquire(deadline, &result.status, &result.error, &stream);
+  Lane *lane = Acquire(deadline, &result.status, &result.error, &stream, nullptr, /*small=*/true);
   if (lane == nullptr) return result;
   LaneGuard guard(this, lane);
   result = io_fn(*stream, next_request_id_.fetch_add(1));
@@ -427,7 +445,7 @@ adxl::Status LanePool::AppCall(uint32_t app_type, const std::string &request, De
                                std::string *response, std::string *error) {
   adxl::Status status = adxl::SUCCESS;
   std::shared_ptr<ByteStream> stream;
-  Lane *lane = Acquire(deadline, &status, error, &stream);
+  Lane *lane = Acquire(deadline, &status, error, &stream, nullptr, request.size() <= kExpressMaxBytes);
   if (lane == nullptr) return status;
   LaneGuard guard(this, lane);
   LaneResult r = ExecuteAppCall(*stream, app_type, request, next_request_id_.fetch_add(1), deadline, response);

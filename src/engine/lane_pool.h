@@ -100,8 +100,9 @@ class LanePool : public LaneLender {
   // the deadline; null with *status and *error when none can be had. The
   // lane is released by LaneGuard.
   // A canceled `request` ends the wait (FAILED).
+  // small: a request of at most kExpressMaxBytes, which may take the express lane.
   Lane *Acquire(Deadline deadline, adxl::Status *status, std::string *error,
-                std::shared_ptr<ByteStream> *stream, const TransferRequest *request = nullptr);
+                std::shared_ptr<ByteStream> *stream, const TransferRequest *request = nullptr, bool small = false);
   void Release(Lane *lane);
   // Moves `segs` over `link`, split into parts that run at once on the worker
   // pool where the policy says so.
@@ -114,7 +115,12 @@ class LanePool : public LaneLender {
   Reconnector reconnect_;
   mutable std::mutex mutex_;          // guards lanes_ and count_
   std::condition_variable freed_;     // a lane was released (or the pool shut down)
-  Lane lanes_[kMaxLanes];
+  // lanes_[0, count_) are the regular lanes; lanes_[kExpressLane] is the
+  // express lane, opened (pools with a reconnector only) when a small request
+  // finds every regular lane busy, so that it never waits behind large
+  // transfers; it closes when idle like the others.
+  static constexpr size_t kExpressLane = kMaxLanes;
+  Lane lanes_[kMaxLanes + 1];
   size_t count_ = 0;
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<bool> shut_down_{false};

@@ -35,6 +35,9 @@ constexpr uint64_t kSameHostMinAvgDescriptor = 4 * 1024;
 // most this many descriptors; the lease is renewed this long before it ends.
 constexpr size_t kOneSidedMaxDescriptors = 64;
 constexpr std::chrono::milliseconds kLeaseRenewMargin{20};
+// A request of at most this many bytes never waits behind larger ones: when
+// every regular lane is busy it takes the peer's express lane (LanePool).
+constexpr uint64_t kExpressMaxBytes = 64 * 1024;
 // Split across lanes from this many bytes, in parts of at least kMinPartBytes.
 constexpr uint64_t kParallelThreshold = 1ULL << 20;
 constexpr uint64_t kMinPartBytes = 256ULL << 10;

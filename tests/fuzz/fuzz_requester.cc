@@ -103,8 +103,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const uint64_t remote = same_host ? server.addr() + s * kServerStride : 0x10000 + s * 0x100000;
         segs[s] = {buffers[s]->addr(), remote, lens[s]};
       }
-      result = ExecuteTransfer(stream, is_read ? adxl::READ : adxl::WRITE, segs, count, request_id,
-                               Deadline::AfterMs(2000), same_host ? fuzz::SelfAsPeer().get() : nullptr);
+      const adxl::TransferOp op_kind = is_read ? adxl::READ : adxl::WRITE;
+      result = same_host ? ExecuteSameHostTransfer(stream, op_kind, segs, count, request_id, Deadline::AfterMs(2000),
+                                                   *fuzz::SelfAsPeer())
+                         : ExecuteTransfer(stream, op_kind, segs, count, request_id, Deadline::AfterMs(2000));
       if (!is_read) {
         for (size_t s = 0; s < count; ++s)
           for (size_t k = 0; k < lens[s]; ++k)

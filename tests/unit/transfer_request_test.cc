@@ -423,6 +423,38 @@ TEST_F(RequestTest, WaitWithAShortDeadlineReturnsWhileTheRequestGoesOn) {
   EXPECT_TRUE(Arrived(0, 1 << 20));
 }
 
+// A small request never waits behind a large one: with the only regular lane
+// held by a stalled 4 MiB READ, a 4 KiB READ takes the express lane (a new
+// connection, which the frozen proxy forwards) and completes at once.
+TEST_F(RequestTest, ASmallRequestDoesNotWaitBehindALargeOne) {
+  Start({{"llmdd.TcpConnections", "1"}});
+  Warm();
+  const int connections_before = proxy_->Accepted();
+  proxy_->FreezeOpen();
+  auto large = Submit(adxl::READ, Read(0, 4 << 20), 30000);
+  ASSERT_TRUE(large);
+  ASSERT_TRUE(WaitUntil([&] { return large->MovingBytes(); }, 5000));
+  local_.assign(kRemoteBytes, 0);
+  std::string error;
+  const auto t0 = Clock::now();
+  ASSERT_EQ(client_.TransferKeyed(server_id_, adxl::READ, Read(6 << 20, 4096), Deadline::AfterMs(3000), &error),
+            adxl::SUCCESS)
+      << error;
+  EXPECT_LT(MsSince(t0), 1000);
+  EXPECT_TRUE(Arrived(6 << 20, 4096));
+  EXPECT_FALSE(large->Done()) << "the large READ is still stalled";
+  EXPECT_EQ(proxy_->Accepted(), connections_before + 1) << "one express lane";
+  // A large request does not take the express lane: with the regular lane
+  // still stalled, a 1 MiB READ waits (and times out).
+  EXPECT_EQ(client_.TransferKeyed(server_id_, adxl::READ, Read(5 << 20, 1 << 20), Deadline::AfterMs(300), &error),
+            adxl::TIMEOUT);
+  EXPECT_EQ(proxy_->Accepted(), connections_before + 1);
+  proxy_->Thaw();
+  ASSERT_TRUE(large->Wait(Deadline::AfterMs(10000)));
+  EXPECT_EQ(large->Status(), adxl::SUCCESS) << large->Error();
+  EXPECT_TRUE(Arrived(0, 4 << 20));
+}
+
 class CancelStalled : public RequestTest, public ::testing::WithParamInterface<adxl::TransferOp> {};
 
 TEST_P(CancelStalled, EndsPromptlyCanceledAndTheLaneServesTheNextTransfer) {
@@ -469,9 +501,10 @@ TEST_F(RequestTest, CancelWhileWaitingForALaneEndsAtOnceAndLeavesTheOthersRunnin
   Start({{"llmdd.TcpConnections", "1"}});
   Warm();
   proxy_->FreezeOpen();
-  auto holding = Submit(adxl::READ, Read(0, 4096), 30000);
+  // Larger than kExpressMaxBytes: both need a regular lane (the express lane is for small ones).
+  auto holding = Submit(adxl::READ, Read(0, 128 << 10), 30000);
   ASSERT_TRUE(WaitUntil([&] { return holding->MovingBytes(); }, 5000));  // it holds the only lane
-  auto queued = Submit(adxl::READ, Read(8192, 4096), 30000);
+  auto queued = Submit(adxl::READ, Read(256 << 10, 128 << 10), 30000);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // it waits for the lane
   ASSERT_FALSE(queued->Done());
   const auto t0 = Clock::now();
@@ -485,16 +518,17 @@ TEST_F(RequestTest, CancelWhileWaitingForALaneEndsAtOnceAndLeavesTheOthersRunnin
   proxy_->Thaw();
   ASSERT_TRUE(holding->Wait(Deadline::AfterMs(10000)));
   EXPECT_EQ(holding->Status(), adxl::SUCCESS) << holding->Error();
-  EXPECT_TRUE(Arrived(0, 4096));
-  EXPECT_FALSE(Arrived(8192, 4096));
+  EXPECT_TRUE(Arrived(0, 128 << 10));
+  EXPECT_FALSE(Arrived(256 << 10, 128 << 10));
 }
 
 TEST_F(RequestTest, TheInFlightCapRefusesAtOnceWithResourceExhausted) {
   Start({{"llmdd.TcpConnections", "1"}, {"llmdd.MaxRequestsInFlight", "2"}});
   Warm();
   proxy_->FreezeOpen();
-  auto a = Submit(adxl::READ, Read(0, 4096), 30000);
-  auto b = Submit(adxl::READ, Read(4096, 4096), 30000);
+  // Larger than kExpressMaxBytes: they compete for the one regular lane.
+  auto a = Submit(adxl::READ, Read(0, 128 << 10), 30000);
+  auto b = Submit(adxl::READ, Read(128 << 10, 128 << 10), 30000);
   ASSERT_TRUE(a && b);
   // One holds the only lane (so canceling it drops that frozen lane), the other waits for it.
   ASSERT_TRUE(WaitUntil([&] { return a->MovingBytes() || b->MovingBytes(); }, 5000));
@@ -529,7 +563,9 @@ TEST_F(RequestTest, FinalizeWithRequestsInFlightReturnsAndEveryRequestIsTerminal
   adxl::Status sync_status = adxl::SUCCESS;
   std::thread sync([&] {
     std::string error;
-    sync_status = client_.TransferKeyed(server_id_, adxl::READ, Read(7 << 20, 4096), Deadline::AfterMs(60000), &error);
+    // Not a small one (which would take the express lane): it waits for the lane.
+    sync_status =
+        client_.TransferKeyed(server_id_, adxl::READ, Read(7 << 20, 128 << 10), Deadline::AfterMs(60000), &error);
     sync_returned = true;
   });
   ASSERT_TRUE(WaitUntil([&] { return client_.RequestsInFlight() == 7; }, 2000));
