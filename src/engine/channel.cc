@@ -36,6 +36,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
   hello.engine_id = params.local_id;
   hello.target_engine_id = params.remote_id;
+  hello.transports = params.transports->Advertisement();
   const bool allow_same_host = params.config.SameHostAllowed();
   if (allow_same_host) {
     FillIdentity(&hello);
@@ -85,7 +86,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   peer.peer_name = params.remote_id;
   peer.lanes = channel->lanes_.get();
   if (forward_same_host) peer.same_host = channel->server_process_;
-  channel->lanes_->SetLinks(params.transports->Connect(peer, deadline));
+  channel->lanes_->SetLinks(params.transports->Connect(peer, ack.transports, deadline));
   // Data lanes open when a transfer first needs them and close after they sat
   // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.
   channel->lanes_->AddLazyLanes(params.config.tcp_connections);

@@ -297,6 +297,7 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   session->id = RandomSessionId();
   session->client_id = hello.engine_id;
   session->control = stream;
+  session->transports = hello.transports;
   // The client promises a heartbeat every interval once the previous one was
   // answered, which it awaits for at most its peer timeout: silence beyond
   // their sum (at least our own timeout, capped by our own maximum wait) ends
@@ -332,6 +333,7 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
   ack.session_id = session->id;
   ack.engine_id = local_id_;
+  ack.transports = transports_->Advertisement();
   if (session->same_host) {
     ack.capabilities |= wire::kCapSameHost;
     FillIdentity(&ack, *stream);  // only to a peer that passed the check (it would prove nothing to others anyway)
@@ -475,7 +477,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       peer.peer_name = session->client_id;
       peer.lanes = session->reverse.get();
       if (both_ways) peer.same_host = session->same_host;
-      session->reverse->SetLinks(transports_->Connect(peer, Deadline::AfterMs(200)));
+      session->reverse->SetLinks(transports_->Connect(peer, session->transports, Deadline::AfterMs(200)));
       first = true;
     }
     pool = session->reverse;

@@ -65,6 +65,7 @@ class PeerServer {
     std::vector<std::shared_ptr<ByteStream>> lanes;
     std::shared_ptr<LanePool> reverse;
     std::shared_ptr<PeerProcess> same_host;  // the client process, when we verified we reach its memory
+    std::vector<wire::TransportAd> transports;  // what the client advertised (its reverse lanes' links use it)
     std::shared_ptr<std::atomic<int>> busy = std::make_shared<std::atomic<int>>(0);  // requests being served
     // Application-message bytes held for this client across its lanes (llmdd.MaxPeerMessageBytes).
     std::shared_ptr<std::atomic<uint64_t>> app_bytes = std::make_shared<std::atomic<uint64_t>>(0);

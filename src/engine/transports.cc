@@ -1,5 +1,7 @@
 #include "engine/transports.h"
 
+#include <cstring>
+
 #include "common/log.h"
 #include "transport/shm/same_host_link.h"
 #include "transport/tcp/tcp_link.h"
@@ -11,9 +13,31 @@ TransportSet::TransportSet() {
   transports_.push_back(std::make_shared<SameHostTransport>());
 }
 
-std::vector<std::shared_ptr<TransportLink>> TransportSet::Connect(const TransportPeer &peer, Deadline deadline) const {
+std::vector<wire::TransportAd> TransportSet::Advertisement() const {
+  std::vector<wire::TransportAd> ads;
+  for (const auto &transport : transports_) {
+    std::string metadata = transport->LocalMetadata();
+    if (metadata.empty()) continue;
+    if (ads.size() == wire::kMaxTransportAds || metadata.size() > wire::kMaxTransportMetadata ||
+        strlen(transport->Caps().name) > wire::kMaxTransportNameLen) {
+      LOG_WARN("transport %s is not advertised: over the handshake's limits", transport->Caps().name);
+      continue;
+    }
+    ads.push_back({transport->Caps().name, std::move(metadata)});
+  }
+  return ads;
+}
+
+std::vector<std::shared_ptr<TransportLink>> TransportSet::Connect(const TransportPeer &base,
+                                                                  const std::vector<wire::TransportAd> &ads,
+                                                                  Deadline deadline) const {
   std::vector<std::shared_ptr<TransportLink>> links;
   for (const auto &transport : transports_) {
+    TransportPeer peer = base;
+    peer.metadata.clear();
+    for (const wire::TransportAd &ad : ads) {
+      if (ad.name == transport->Caps().name) peer.metadata = ad.metadata;
+    }
     std::string why;
     if (auto link = transport->Connect(peer, deadline, &why)) {
       links.push_back(std::move(link));

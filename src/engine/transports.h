@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/wire.h"
 #include "transport/transport.h"
 
 namespace llmdd {
@@ -19,9 +20,15 @@ class TransportSet {
   TransportSet();
   // Adds a transport (tests: a fake); before the engine connects to anyone.
   void Add(std::shared_ptr<Transport> transport) { transports_.push_back(std::move(transport)); }
-  // A link from every transport that reaches `peer` (the others say why not
-  // at debug level: not reaching a peer is normal for a same-host path).
-  std::vector<std::shared_ptr<TransportLink>> Connect(const TransportPeer &peer, Deadline deadline) const;
+  // What this engine advertises in its Hello / HelloAck: each transport with
+  // metadata (TCP and the same-host path have none).
+  std::vector<wire::TransportAd> Advertisement() const;
+  // A link from every transport that reaches `peer`, each given the metadata
+  // the peer advertised for it in `ads` (the others say why not at debug
+  // level: not reaching a peer is normal for a same-host path).
+  std::vector<std::shared_ptr<TransportLink>> Connect(const TransportPeer &peer,
+                                                      const std::vector<wire::TransportAd> &ads,
+                                                      Deadline deadline) const;
   // Announces a registration to every transport; the first refusal is
   // returned (and the ones that accepted it are told it is gone).
   adxl::Status RegisterMemory(const TransportRegion &region, std::string *error);

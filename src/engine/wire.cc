@@ -106,6 +106,46 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
   return "";
 }
 
+namespace {
+
+// Transport advertisements (TransportAd): u16 count, then name and metadata
+// strings. The encoder writes at most the limits a decoder accepts, and
+// nothing at all when there is nothing to advertise (the body is then the
+// one earlier revisions of version 2 sent); a field appended by a later
+// revision comes after this block, which it then writes (count 0 if need be).
+void PutTransportAds(BodyWriter &w, const std::vector<TransportAd> &ads) {
+  if (ads.empty()) return;
+  uint16_t count = 0;
+  for (const TransportAd &ad : ads) {
+    count += ad.name.size() <= kMaxTransportNameLen && ad.metadata.size() <= kMaxTransportMetadata ? 1 : 0;
+  }
+  count = static_cast<uint16_t>(std::min<uint32_t>(count, kMaxTransportAds));
+  w.U16(count);
+  uint16_t written = 0;
+  for (const TransportAd &ad : ads) {
+    if (written == count) break;
+    if (ad.name.size() > kMaxTransportNameLen || ad.metadata.size() > kMaxTransportMetadata) continue;
+    w.Str(ad.name);
+    w.Str(ad.metadata);
+    ++written;
+  }
+}
+
+// Absent (nothing left): none. Malformed or over the limits: false.
+bool GetTransportAds(BodyReader &r, std::vector<TransportAd> *ads) {
+  ads->clear();
+  if (r.Left() == 0) return true;
+  uint16_t count = 0;
+  if (!r.U16(&count) || count > kMaxTransportAds) return false;
+  ads->resize(count);
+  for (TransportAd &ad : *ads) {
+    if (!r.Str(&ad.name, kMaxTransportNameLen) || !r.Str(&ad.metadata, kMaxTransportMetadata)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 std::string EncodeHello(const Hello &hello) {
   BodyWriter w;
   w.U32(static_cast<uint32_t>(hello.role));
@@ -126,6 +166,7 @@ std::string EncodeHello(const Hello &hello) {
   // decoder reads what it knows and ignores these trailing bytes.
   w.U16(hello.min_version);
   w.U16(hello.max_version);
+  PutTransportAds(w, hello.transports);
   return w.Data();
 }
 
@@ -145,6 +186,7 @@ bool DecodeHello(const std::string &body, Hello *out) {
   out->min_version = out->max_version = 1;  // a version-1 sender says nothing more
   if (r.Left() > 0 && (!r.U16(&out->min_version) || !r.U16(&out->max_version))) return false;
   if (out->min_version == 0 || out->min_version > out->max_version) return false;
+  if (!GetTransportAds(r, &out->transports)) return false;
   if (role < 1 || role > 3) return false;
   out->role = static_cast<ConnRole>(role);
   return true;  // trailing bytes are tolerated: later minor revisions may append fields
@@ -172,6 +214,7 @@ std::string EncodeHelloAck(const HelloAck &ack) {
   w.Str(ack.token);
   w.U32(ack.conn_fd);
   w.U16(ack.version);  // appended in version 2 (after the always-written identity block)
+  PutTransportAds(w, ack.transports);
   return w.Data();
 }
 
@@ -187,7 +230,8 @@ bool DecodeHelloAck(const std::string &body, HelloAck *out) {
   if (r.Left() == 0) return true;
   if (!r.U32(&out->conn_fd)) return false;
   if (r.Left() == 0) return true;  // a version-1 server
-  return r.U16(&out->version);     // later bytes: fields of later revisions
+  if (!r.U16(&out->version)) return false;
+  return GetTransportAds(r, &out->transports);  // later bytes: fields of later revisions
 }
 
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]) {

@@ -177,6 +177,19 @@ constexpr uint64_t kMaxSameHostRemainingNs = 86400ULL * 1000000000ULL;
 // "No descriptor named" in the same-host identity (older senders end the block before it).
 constexpr uint32_t kNoConnFd = UINT32_MAX;
 
+// A transport the sender runs and what a peer needs to reach it through that
+// transport (transport/transport.h: Transport::LocalMetadata), appended to
+// Hello and HelloAck (version 2, after every other field: decoders that do not
+// know it ignore the trailing bytes). TCP and the same-host path advertise
+// nothing here (the same-host path has kCapSameHost and the identity block).
+struct TransportAd {
+  std::string name;      // TransportCaps::name
+  std::string metadata;  // opaque to the engine
+};
+constexpr uint32_t kMaxTransportAds = 4;
+constexpr uint32_t kMaxTransportNameLen = 16;
+constexpr uint32_t kMaxTransportMetadata = 1024;
+
 struct Hello {
   ConnRole role = ConnRole::kControl;
   uint32_t capabilities = 0;
@@ -200,6 +213,7 @@ struct Hello {
   // this engine's range).
   uint16_t min_version = 1;
   uint16_t max_version = 1;
+  std::vector<TransportAd> transports;  // appended: u16 count, then (name, metadata) strings
 };
 
 struct HelloAck {
@@ -214,6 +228,7 @@ struct HelloAck {
   // The version the server picked for this connection (appended u16); 0 when
   // absent, as from a version-1 server, which means version 1.
   uint16_t version = 0;
+  std::vector<TransportAd> transports;  // appended after version, as in Hello
 };
 
 struct Range {

@@ -53,6 +53,7 @@ class FakeLinks : public ::testing::Test {
   std::shared_ptr<FakeLink> FakeTo(const std::string &name) {
     TransportPeer peer;
     peer.peer_name = name;
+    peer.metadata = name;  // what the peer's handshake would have advertised
     std::string error;
     auto client = FakeTransport::Create(&fabric_, "client-" + std::to_string(++clients_));
     clients_kept_.push_back(client);
@@ -240,14 +241,15 @@ TEST(MemoryKind, IsAnAttributeOfTheRegistrationThatHoldsTheByte) {
 }
 
 // Whole engines whose transfers take the fake transport (the handshake still
-// runs over loopback TCP): registrations reach the transport, the policy
-// prefers the fake, bytes arrive, refusals come back with their status.
+// runs over loopback TCP, and advertises the fake's name: the client connects
+// its link from that): registrations reach the transport, the policy prefers
+// the fake, bytes arrive, refusals come back with their status.
 TEST(EngineOnTheFakeTransport, TransfersTakeTheFakeAndRegistrationsReachIt) {
   std::vector<char> remote(1 << 20), local(1 << 20, 0);
   for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 11 + 3);
   FakeFabric fabric;
   const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
-  auto server_fake = FakeTransport::Create(&fabric, server_id);
+  auto server_fake = FakeTransport::Create(&fabric, "fake-server");  // not the engine id: found by the advertisement
   auto client_fake = FakeTransport::Create(&fabric, "client");
   Engine server, client;
   server.AddTransport(server_fake);

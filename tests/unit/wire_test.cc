@@ -56,7 +56,8 @@ TEST(WireHello, RoundTripsAndToleratesTrailingBytes) {
   in.peer_timeout_ms = 10000;
   in.engine_id = "127.0.0.1:26000";
   in.target_engine_id = "[::1]:5000";
-  std::string body = EncodeHello(in) + "future-field";
+  // A later revision's field follows the transport advertisements (an empty block here).
+  std::string body = EncodeHello(in) + std::string("\0\0", 2) + "future-field";
   Hello out;
   ASSERT_TRUE(DecodeHello(body, &out));
   EXPECT_EQ(out.role, in.role);
@@ -358,9 +359,59 @@ TEST(WireHello, TheVersionRangeIsAppendedAfterEveryVersion1Field) {
   ASSERT_TRUE(DecodeHello(v1, &old));
   EXPECT_EQ(old.min_version, 1);
   EXPECT_EQ(old.max_version, 1);
-  // A later revision's fields after the range are ignored.
-  ASSERT_TRUE(DecodeHello(body + "later fields", &out));
+  // A later revision's fields after the range (and the transport
+  // advertisements, an empty block here) are ignored.
+  ASSERT_TRUE(DecodeHello(body + std::string("\0\0", 2) + "later fields", &out));
   EXPECT_EQ(out.max_version, 2);
+}
+
+TEST(WireHello, TransportAdvertisementsFollowTheVersionRangeAndAreBounded) {
+  Hello in;
+  in.engine_id = "e";
+  in.min_version = 1;
+  in.max_version = 2;
+  const std::string plain = EncodeHello(in);
+  in.transports = {{"fake", "fake-server"}, {"ucx", std::string(300, 'w')}};
+  const std::string body = EncodeHello(in);
+  // Appended after every earlier field: an engine that does not know them reads the rest unchanged.
+  ASSERT_GT(body.size(), plain.size());
+  EXPECT_EQ(body.substr(0, plain.size()), plain);
+  Hello out;
+  ASSERT_TRUE(DecodeHello(body, &out));
+  ASSERT_EQ(out.transports.size(), 2u);
+  EXPECT_EQ(out.transports[0].name, "fake");
+  EXPECT_EQ(out.transports[0].metadata, "fake-server");
+  EXPECT_EQ(out.transports[1].metadata, std::string(300, 'w'));
+  // None advertised: nothing written, none decoded.
+  ASSERT_TRUE(DecodeHello(plain, &out));
+  EXPECT_TRUE(out.transports.empty());
+  // Truncated inside the block: refused.
+  for (size_t cut = plain.size() + 1; cut < body.size(); ++cut)
+    EXPECT_FALSE(DecodeHello(body.substr(0, cut), &out)) << cut;
+  // Over the limits: more than kMaxTransportAds, a name or metadata too long.
+  BodyWriter w;
+  w.U16(kMaxTransportAds + 1);
+  EXPECT_FALSE(DecodeHello(plain + w.Data(), &out));
+  BodyWriter long_name;
+  long_name.U16(1);
+  long_name.Str(std::string(kMaxTransportNameLen + 1, 'n'));
+  long_name.Str("m");
+  EXPECT_FALSE(DecodeHello(plain + long_name.Data(), &out));
+  // The encoder leaves out what a decoder would refuse.
+  in.transports = {{"x", std::string(kMaxTransportMetadata + 1, 'm')}, {"ok", "m"}};
+  ASSERT_TRUE(DecodeHello(EncodeHello(in), &out));
+  ASSERT_EQ(out.transports.size(), 1u);
+  EXPECT_EQ(out.transports[0].name, "ok");
+  // HelloAck carries them the same way, after its version.
+  HelloAck ack;
+  ack.engine_id = "s";
+  ack.version = 2;
+  ack.transports = {{"fake", "f"}};
+  HelloAck ack_out;
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(ack), &ack_out));
+  EXPECT_EQ(ack_out.version, 2);
+  ASSERT_EQ(ack_out.transports.size(), 1u);
+  EXPECT_EQ(ack_out.transports[0].metadata, "f");
 }
 
 TEST(WireHello, RefusesAnEmptyOrInvertedVersionRange) {
@@ -389,7 +440,7 @@ TEST(WireHelloAck, TheVersionIsAppendedAndAbsentFromVersion1) {
   ASSERT_TRUE(DecodeHelloAck(body, &out));
   EXPECT_EQ(out.version, 2);
   EXPECT_EQ(body.substr(body.size() - 2), std::string("\x02\x00", 2));
-  ASSERT_TRUE(DecodeHelloAck(body + "later", &out));
+  ASSERT_TRUE(DecodeHelloAck(body + std::string("\0\0", 2) + "later", &out));
   EXPECT_EQ(out.version, 2);
   // Version 1 ends after the descriptor, or before the identity block.
   out.version = 7;

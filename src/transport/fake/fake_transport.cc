@@ -74,9 +74,13 @@ void FakeTransport::DeregisterMemory(const TransportRegion &region) {
 std::shared_ptr<TransportLink> FakeTransport::Connect(const TransportPeer &peer, Deadline deadline,
                                                       std::string *error) {
   (void)deadline;
-  auto remote = fabric_->Find(peer.metadata.empty() ? peer.peer_name : peer.metadata);
+  if (peer.metadata.empty()) {
+    *error = "peer " + peer.peer_name + " did not advertise a fake transport";
+    return nullptr;
+  }
+  auto remote = fabric_->Find(peer.metadata);
   if (remote == nullptr) {
-    *error = "no fake transport named " + (peer.metadata.empty() ? peer.peer_name : peer.metadata);
+    *error = "no fake transport named " + peer.metadata;
     return nullptr;
   }
   return std::make_shared<FakeLink>(std::move(remote));

@@ -7,9 +7,9 @@
 // engine's request path (policy, split into parts, completion, cancel) without
 // the timing of the network, and wrap it in FaultyLink to make it misbehave.
 //
-// A FakeFabric is the "network": transports join it under a name (their
-// engine's id); Connect finds the peer by TransportPeer::metadata, or by its
-// peer_name when no metadata was advertised.
+// A FakeFabric is the "network": transports join it under a name, which they
+// advertise in the handshake (LocalMetadata); Connect finds the peer by the
+// name it advertised (TransportPeer::metadata).
 #pragma once
 
 #include <atomic>
