@@ -10,6 +10,7 @@
 //   llmdd_bench pingpong [options]  raw TCP ping-pong of 8 B over loopback (blocking and busy-polling)
 //   llmdd_bench overhead [options]  registration cost, PullKvBlocks planning cost, per-descriptor cost
 //   llmdd_bench peers    [options]  cost of many peers: idle peers, frozen peers, descriptors in many regions
+//   llmdd_bench mixed    [options]  a small READ alone and while bulk READs keep every lane to the same peer busy
 //   llmdd_bench serve ...           the peer process (internal; control protocol on stdin/stdout)
 //
 // Every point reports bytes per call, GB/s (1e9 B/s, all threads together),
@@ -290,6 +291,10 @@ struct Options {
   int peer_timeout_ms = 0;       // llmdd.PeerTimeoutMs of every engine; 0: library default
   int ramp_deadline_s = 150;     // connecting the idle peers stops here
   int deadline_s = 600;          // the whole mode: children killed and exit 3 past it
+  // mixed
+  uint64_t small_size = 4 * kKiB;  // the small READ timed alone and under load
+  uint64_t bulk_size = 32 * kMiB;  // each background READ
+  int bulk_threads = 0;            // background threads; 0: --connections, else the library's 4 lanes
 
   uint64_t BlockBytes() const { return block_bytes != 0 ? block_bytes : block_tokens * heads * head_dim * 2; }
   uint32_t Tensors() const { return static_cast<uint32_t>(2 * layers); }
@@ -306,6 +311,8 @@ void Usage(FILE *out) {
           "  overhead  RegisterMem/RegisterKvCache cost, PullKvBlocks planning cost, per-descriptor cost\n"
           "  peers     cost of many peers: one server with N idle client engines (threads, fds, RSS, Connect,\n"
           "            4 KiB READ latency), Finalize with frozen peers, descriptors in many regions vs one\n"
+          "  mixed     a small READ to one peer alone, then while background threads keep issuing large READs\n"
+          "            to the same peer (does a small request wait behind large ones?)\n"
           "common options:\n"
           "  --transport LIST     tcp|shm|auto, comma-separated; llmdd.Transport of both engines (auto)\n"
           "  --sizes LIST         descriptor sizes, e.g. 8,4K,64K,1M (engine/memcpy default 8..4M by x4)\n"
@@ -362,7 +369,13 @@ void Usage(FILE *out) {
           "  --peer-timeout-ms N  llmdd.PeerTimeoutMs of every engine (default: library default)\n"
           "  --regions N          descriptors of 8 B, each in its own region vs all in one (default 100000)\n"
           "  --ramp-deadline-s N  stop connecting idle peers after N s (default 150)\n"
-          "  --deadline-s N       the whole mode: past it every child is killed, exit 3 (default 600)\n");
+          "  --deadline-s N       the whole mode: past it every child is killed, exit 3 (default 600)\n"
+          "mixed options (--transport default tcp,auto, one peer process each; --time: seconds of small READs\n"
+          "per phase, default 0.5, quick 0.2; at least 100 timed READs per phase):\n"
+          "  --small-size N       the small READ, one descriptor (default 4K)\n"
+          "  --bulk-size N        each background READ, one descriptor (default 32M)\n"
+          "  --bulk-threads N     background threads, each READing its own region in a loop\n"
+          "                       (default: --connections, else 4, the library's llmdd.TcpConnections)\n");
 }
 
 bool NeedValue(int argc, char **argv, int i) {
@@ -383,7 +396,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     Usage(stdout);
     exit(kExitOk);
   }
-  static const std::set<std::string> kModes = {"engine", "kv", "memcpy", "pingpong", "overhead", "peers"};
+  static const std::set<std::string> kModes = {"engine", "kv", "memcpy", "pingpong", "overhead", "peers", "mixed"};
   if (kModes.count(opt->mode) == 0) {
     fprintf(stderr, "llmdd_bench: unknown mode '%s'\n", opt->mode.c_str());
     Usage(stderr);
@@ -399,7 +412,8 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       "--kv-blocks",   "--kv-pattern",  "--pool",         "--pp-modes",     "--sections",    "--plan-blocks",
       "--submit-descs", "--reg-regions", "--peers",    "--per-process",  "--parallel",    "--frozen",
       "--frozen-per-process", "--regions", "--connect-samples", "--connect-timeout-ms", "--disconnect-timeout-ms",
-      "--peer-timeout-ms", "--ramp-deadline-s", "--deadline-s", "--idle-wait-ms"};
+      "--peer-timeout-ms", "--ramp-deadline-s", "--deadline-s", "--idle-wait-ms", "--small-size", "--bulk-size",
+      "--bulk-threads"};
   for (int i = 2; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
@@ -429,13 +443,17 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     opt->sections = {"idle", "frozen", "regions"};
     opt->time_s = 1.0;
   }
+  if (opt->mode == "mixed") {
+    opt->transports = {"tcp", "auto"};
+    opt->time_s = opt->quick ? 0.2 : 0.5;
+  }
   if (opt->quick && opt->mode == "peers") {
     opt->peers = 100;
     opt->frozen = 20;
     opt->regions = 10000;
     opt->connect_samples = 5;
     opt->time_s = 0.25;
-  } else if (opt->quick) {
+  } else if (opt->quick && opt->mode != "mixed") {
     opt->time_s = 0.06;
     opt->sizes = {8, 4 * kKiB, 64 * kKiB, kMiB};
     opt->batches = {1, 64};
@@ -566,6 +584,9 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   int_of("--peer-timeout-ms", &opt->peer_timeout_ms, 100, 86400000);
   int_of("--ramp-deadline-s", &opt->ramp_deadline_s, 1, 86400);
   int_of("--deadline-s", &opt->deadline_s, 1, 86400);
+  size_of("--small-size", &opt->small_size, 1, 64 * kMiB);
+  size_of("--bulk-size", &opt->bulk_size, 1, 4 * kGiB);
+  int_of("--bulk-threads", &opt->bulk_threads, 1, 64);
   size_of("--plan-blocks", &opt->plan_blocks, 2, 1 << 24);
   size_of("--submit-descs", &opt->submit_descs, 1, 1 << 22);
   size_of("--reg-regions", &opt->reg_regions, 1, 1 << 22);
@@ -765,7 +786,8 @@ class Reporter {
 
  private:
   void Stamp(Record *r) {
-    if (opt_.mode == "engine" || opt_.mode == "kv" || opt_.mode == "overhead" || opt_.mode == "peers") {
+    if (opt_.mode == "engine" || opt_.mode == "kv" || opt_.mode == "overhead" || opt_.mode == "peers" ||
+        opt_.mode == "mixed") {
       r->Int("connections", opt_.connections);  // llmdd.TcpConnections; 0 = library default
       r->Int("workers", opt_.workers);          // llmdd.WorkerThreads; 0 = library default
       r->Int("busy_poll_us", opt_.busy_poll_us);  // llmdd.BusyPollUs; -1 = library default
@@ -3166,6 +3188,168 @@ int RunPeers(const Options &opt, Reporter &rep) {
   return rc;
 }
 
+// ------------------------------------------------------------------ mixed
+
+// Does a small request wait behind large ones on the same peer? One client
+// engine and one peer (`serve --role engine`, memory filled with 0x5A): a
+// small READ is timed alone, then while `bulk_threads` background threads
+// keep READing `bulk_size` each (one descriptor, own region) from the same
+// peer. The background threads start before the loaded phase and each has
+// finished one READ before it begins, so every lane is open and busy.
+
+struct SmallPhase {
+  std::string error;
+  Stats stats;
+  int64_t iters = 0;
+};
+
+uint64_t BytesNotEqual(const uint8_t *p, uint64_t n, uint8_t want) {
+  uint64_t bad = 0;
+  for (uint64_t i = 0; i < n; ++i) bad += p[i] != want ? 1 : 0;
+  return bad;
+}
+
+int RunMixed(const Options &opt, Reporter &rep) {
+  constexpr uint8_t kPeerByte = 0x5A;  // ServeEngine's fill
+  const int bulk_threads = opt.bulk_threads > 0 ? opt.bulk_threads : opt.connections > 0 ? opt.connections : 4;
+  const uint64_t bulk_region = (opt.bulk_size + 4095) / 4096 * 4096;
+  const uint64_t small_offset = bulk_region * static_cast<uint64_t>(bulk_threads);
+  const uint64_t bytes = small_offset + (opt.small_size + 4095) / 4096 * 4096;
+  rep.Note(Format("# mixed: READ of %s alone, then while %d threads READ %s each in a loop from the same peer; "
+                  "%.2f s (at least 100 READs) per phase, buffers %s per side",
+                  HumanBytes(opt.small_size).c_str(), bulk_threads, HumanBytes(opt.bulk_size).c_str(), opt.time_s,
+                  HumanBytes(bytes).c_str()));
+  int rc = kExitOk;
+  for (const auto &transport : opt.transports) {
+    Record r;
+    r.Str("mode", "mixed").Str("op", "small_under_load").Str("transport", transport);
+    r.Num("value", NAN).Str("unit", "ratio");
+    r.Int("small_size", static_cast<int64_t>(opt.small_size)).Int("bulk_size", static_cast<int64_t>(opt.bulk_size));
+    r.Int("bulk_threads", bulk_threads);
+    EngineSession session;
+    std::string error;
+    rep.Progress("mixed: starting peer (" + transport + ")");
+    if (!session.Open(opt, transport, bytes, &error)) {
+      r.Str("error", error);
+      NoteRecord(opt, rep, r, "mixed " + transport + ": SKIPPED");
+      rc = kExitFailed;
+      continue;
+    }
+    adxl::AdxlEngine &engine = session.engine();
+    const std::string &remote = session.remote();
+    uint8_t *small_local = session.local() + small_offset;
+    const std::vector<adxl::TransferOpDesc> small_descs = {
+        {reinterpret_cast<uintptr_t>(small_local), session.remote_addr() + small_offset, opt.small_size}};
+
+    // The small READs of one phase; the first and the last are checked (the
+    // local bytes zeroed before each).
+    auto small_phase = [&](const char *phase) {
+      SmallPhase out;
+      auto checked = [&](const char *which) -> std::string {
+        memset(small_local, 0, opt.small_size);
+        adxl::Status st = engine.TransferSync(remote.c_str(), adxl::READ, small_descs, opt.timeout_ms);
+        if (st != adxl::SUCCESS) return Format("%s small READ (%s): %s", which, phase, StatusName(st).c_str());
+        const uint64_t bad = BytesNotEqual(small_local, opt.small_size, kPeerByte);
+        if (bad != 0)
+          return Format("%s small READ (%s): %" PRIu64 " of %" PRIu64 " bytes differ from the peer's", which, phase,
+                        bad, opt.small_size);
+        return "";
+      };
+      out.error = checked("first");
+      if (!out.error.empty()) return out;
+      Options o = opt;
+      o.warmup = 20;
+      o.min_iters = 100;
+      RunResult rr =
+          TimedRun(1, o, [&](int) { return EngineCall(engine, remote, adxl::READ, small_descs, opt.timeout_ms); });
+      out.stats = Summarize(rr.ns);
+      out.iters = rr.calls;
+      out.error = rr.ok ? checked("last") : rr.error;
+      return out;
+    };
+
+    rep.Progress(Format("mixed %s: small READs alone", transport.c_str()));
+    const SmallPhase alone = small_phase("alone");
+
+    // The load: every thread READs its own region in a loop until told to stop.
+    SmallPhase load;
+    std::atomic<bool> stop{false};
+    std::atomic<int> warmed{0};      // threads with one READ done
+    std::atomic<int64_t> bulk_done{0};  // READs done, all threads
+    std::vector<std::string> bulk_errors(static_cast<size_t>(bulk_threads));
+    std::vector<std::thread> bulk;
+    memset(session.local(), 0, small_offset);
+    if (alone.error.empty()) {
+      for (int t = 0; t < bulk_threads; ++t) {
+        bulk.emplace_back([&, t] {
+          const uint64_t off = static_cast<uint64_t>(t) * bulk_region;
+          const std::vector<adxl::TransferOpDesc> descs = {
+              {reinterpret_cast<uintptr_t>(session.local() + off), session.remote_addr() + off, opt.bulk_size}};
+          bool first = true;
+          while (!stop.load()) {
+            adxl::Status st = engine.TransferSync(remote.c_str(), adxl::READ, descs, opt.timeout_ms);
+            if (st != adxl::SUCCESS) {
+              bulk_errors[static_cast<size_t>(t)] = "background READ: " + StatusName(st);
+              break;
+            }
+            bulk_done.fetch_add(1);
+            if (first) warmed.fetch_add(1);
+            first = false;
+          }
+          if (first) warmed.fetch_add(1);  // failed before its first READ: do not wait for it
+        });
+      }
+      const int64_t warm_deadline = NowNs() + int64_t{opt.timeout_ms} * 1000000;
+      while (warmed.load() < bulk_threads && NowNs() < warm_deadline) usleep(1000);
+      rep.Progress(Format("mixed %s: small READs under %d x %s READs", transport.c_str(), bulk_threads,
+                          HumanBytes(opt.bulk_size).c_str()));
+      const int64_t calls0 = bulk_done.load(), t0 = NowNs();
+      load = small_phase("under load");
+      const int64_t calls1 = bulk_done.load(), t1 = NowNs();
+      stop.store(true);
+      for (auto &th : bulk) th.join();
+      const double secs = static_cast<double>(t1 - t0) / 1e9;
+      r.Int("bulk_calls", calls1 - calls0).Num("bulk_seconds", secs);
+      r.Num("bulk_gbps", static_cast<double>(calls1 - calls0) * static_cast<double>(opt.bulk_size) / secs / 1e9);
+    }
+    for (const auto &e : bulk_errors)
+      if (error.empty() && !e.empty()) error = e;
+    // Every background region must hold the peer's bytes (zeroed before the load).
+    if (error.empty() && alone.error.empty()) {
+      for (int t = 0; t < bulk_threads && error.empty(); ++t) {
+        const uint64_t bad =
+            BytesNotEqual(session.local() + static_cast<uint64_t>(t) * bulk_region, opt.bulk_size, kPeerByte);
+        if (bad != 0) error = Format("background READ %d: %" PRIu64 " bytes differ from the peer's", t, bad);
+      }
+    }
+    if (!alone.error.empty()) error = alone.error;
+    if (error.empty()) error = load.error;
+    if (error.empty() && r.Get("bulk_calls") == "0") error = "no background READ finished during the loaded phase";
+    session.Close();
+
+    r.Num("p50_alone_us", alone.stats.p50_us).Num("p99_alone_us", alone.stats.p99_us);
+    r.Num("max_alone_us", alone.stats.max_us).Int("iters_alone", alone.iters);
+    r.Num("p50_load_us", load.stats.p50_us).Num("p99_load_us", load.stats.p99_us);
+    r.Num("max_load_us", load.stats.max_us).Int("iters_load", load.iters);
+    if (error.empty()) {
+      r.Num("value", load.stats.p50_us / alone.stats.p50_us);
+      r.Num("ratio_p50", load.stats.p50_us / alone.stats.p50_us);
+      r.Num("ratio_p99", load.stats.p99_us / alone.stats.p99_us);
+      r.Str("verified", "first and last small READ of each phase; every background region after the load");
+    }
+    r.Str("error", error);
+    if (!error.empty()) rc = kExitFailed;
+    NoteRecord(opt, rep, r,
+               Format("mixed %-4s %s READ p50/p99: alone %s/%s us, under %d x %s READs %s/%s us: "
+                      "x%s p50, x%s p99 (background %s GB/s)",
+                      transport.c_str(), HumanBytes(opt.small_size).c_str(), r.Get("p50_alone_us").c_str(),
+                      r.Get("p99_alone_us").c_str(), bulk_threads, HumanBytes(opt.bulk_size).c_str(),
+                      r.Get("p50_load_us").c_str(), r.Get("p99_load_us").c_str(), r.Get("ratio_p50").c_str(),
+                      r.Get("ratio_p99").c_str(), r.Get("bulk_gbps").c_str()));
+  }
+  return rc;
+}
+
 // ------------------------------------------------------------------ plot
 
 bool HaveProgram(const std::string &name) {
@@ -3329,6 +3513,7 @@ int main(int argc, char **argv) {
   if (opt.mode == "pingpong") rc = RunPingPong(opt, rep);
   if (opt.mode == "overhead") rc = RunOverhead(opt, rep);
   if (opt.mode == "peers") rc = RunPeers(opt, rep);
+  if (opt.mode == "mixed") rc = RunMixed(opt, rep);
   rep.ClearProgress();
   Plot(opt, rep);
   return rc;
