@@ -165,6 +165,14 @@ std::vector<Expect> Walk(std::vector<uint8_t> *stream, const Model &model) {
       expects.push_back({type, false, header.request_id, 0, false});
       continue;
     }
+    if (wire::IsIgnorable(header.type)) {
+      // A later revision's optional message: its body is skipped, and one with
+      // a request id is answered Error{UNSUPPORTED}; the lane stays.
+      if (header.body_len > left) break;
+      pos += header.body_len;
+      if (header.request_id != 0) expects.push_back({type, false, header.request_id, 0, false});
+      continue;
+    }
     if (type == wire::MsgType::kLeaseRequest) {
       if (!model.same_host) break;  // refused on a lane that was not verified
       expects.push_back({type, true, header.request_id, 0, true});
@@ -206,8 +214,10 @@ std::vector<Expect> Walk(std::vector<uint8_t> *stream, const Model &model) {
     // A granted same-host read lease ends with the requester's Release.
     wire::MsgHeader release;
     if (same_host && is_read && ValidHeaderAt(*stream, pos, &release) &&
-        release.type == static_cast<uint16_t>(wire::MsgType::kRelease))
+        release.type == static_cast<uint16_t>(wire::MsgType::kRelease)) {
+      if (!e.allowed) break;  // nothing was granted: the Release is unexpected and the lane closes
       pos += sizeof(release);
+    }
   }
   return expects;
 }
@@ -248,6 +258,15 @@ void CheckResponses(const std::string &out, const std::vector<Expect> &expects, 
     const char *data = out.data() + pos;
     pos += payload;
     FUZZ_CHECK(wire::CheckHeader(h).empty(), "the lane sent an invalid header");
+    if (h.type == static_cast<uint16_t>(wire::MsgType::kError) && next < expects.size() &&
+        wire::IsIgnorable(static_cast<uint16_t>(expects[next].type))) {
+      FUZZ_CHECK(h.request_id == expects[next].request_id && h.status == adxl::UNSUPPORTED,
+                 "ignorable message %llu answered with status %u for request %llu",
+                 static_cast<unsigned long long>(expects[next].request_id), h.status,
+                 static_cast<unsigned long long>(h.request_id));
+      ++next;
+      continue;  // the lane stays
+    }
     if (h.type == static_cast<uint16_t>(wire::MsgType::kError)) return;  // the lane closes after it
     FUZZ_CHECK(next < expects.size(), "response %s without a request", wire::MsgTypeName(h.type));
     const Expect &e = expects[next++];
