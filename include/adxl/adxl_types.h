@@ -1,7 +1,10 @@
 /*
  * ADXL public types: option keys, status codes, memory and transfer descriptors.
- * Names, values and layouts match CANN's adxl/adxl_types.h (original release).
- * C++11-compatible; see docs/API.md for the behaviour of each status.
+ * Names, values and layouts match CANN's newest adxl/adxl_types.h (the original
+ * release's types, unchanged in size, plus the later additions: asynchronous
+ * transfers, notifications, capabilities, MemDesc::local_only).
+ * C++11-compatible and free of ACL: ShareableHandle is a type of our own.
+ * See docs/API.md for the behaviour of each status.
  */
 #ifndef CANN_GRAPH_ENGINE_INC_EXTERNAL_ADXL_ADXL_TYPES_H_
 #define CANN_GRAPH_ENGINE_INC_EXTERNAL_ADXL_ADXL_TYPES_H_
@@ -26,6 +29,8 @@ using AscendString = ge::AscendString;
 constexpr const char OPTION_RDMA_TRAFFIC_CLASS[] = "adxl.RdmaTrafficClass";
 constexpr const char OPTION_RDMA_SERVICE_LEVEL[] = "adxl.RdmaServiceLevel";
 constexpr const char OPTION_BUFFER_POOL[] = "adxl.BufferPool";
+constexpr const char OPTION_LOCAL_COMM_RES[] = "adxl.LocalCommRes";
+constexpr const char OPTION_AUTO_CONNECT[] = "AutoConnect";
 
 // status codes
 constexpr Status SUCCESS = 0U;
@@ -40,6 +45,22 @@ constexpr Status FAILED = 503900U;
 constexpr Status RESOURCE_EXHAUSTED = 203900U;
 
 using MemHandle = void *;
+// An asynchronous transfer (TransferAsync): an opaque id, never null.
+using TransferReq = void *;
+
+// Capabilities (AdxlEngine::GetCapability).
+enum FeatureType : int32_t {
+  AUTO_CONNECT = 0,
+  CLIENT_SERVER_COMM = 1,
+};
+constexpr int32_t FEATURE_SUPPORTED = 1;
+constexpr int32_t FEATURE_NOT_SUPPORTED = 0;
+
+// CANN: aclrtMemFabricHandle (fabric memory). No fabric memory exists here:
+// ExportToShareableHandle returns UNSUPPORTED, and no ACL header is needed.
+struct ShareableHandle {
+  uint8_t reserved[128] = {};
+};
 
 enum MemType {
   MEM_DEVICE,
@@ -54,13 +75,33 @@ enum TransferOp {
 struct MemDesc {
   uintptr_t addr;
   size_t len;
-  uint8_t reserved[128] = {};
+  // Registered for local use only: never reachable by peers (the serving
+  // engine refuses every remote range in it). Byte 0 of the original
+  // release's reserved[128]; the struct keeps its size.
+  bool local_only = false;
+  uint8_t reserved[127] = {};
 };
 
 struct TransferOpDesc {
   uintptr_t local_addr;
   uintptr_t remote_addr;
   size_t len;
+};
+
+enum class TransferStatus {
+  WAITING,
+  COMPLETED,
+  TIMEOUT,
+  FAILED
+};
+
+struct TransferArgs {
+  uint8_t reserved[128] = {};
+};
+
+struct NotifyDesc {
+  AscendString name;
+  AscendString notify_msg;
 };
 }  // namespace adxl
 

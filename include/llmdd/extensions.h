@@ -7,11 +7,22 @@
  * Remote access rights of a registration (default: peers may read and write,
  * as in CANN). The serving engine enforces them: a peer's READ of write-only
  * memory or WRITE into read-only memory is refused with PARAM_INVALID
- * (LLM_PARAM_INVALID) and a log line naming the range.
+ * (LLM_PARAM_INVALID) and a log line naming the range. MemDesc::local_only
+ * (CANN's own field) wins over them: such memory is never reachable by peers.
+ *
+ * Where the bytes are: both structs end in a 128-byte area after their
+ * required fields (adxl::MemDesc: local_only and reserved[127], that is the
+ * original release's reserved[128]; llm_datadist::RegisterCfg: reserved[128]).
+ * The marker takes the last four bytes of that area, bytes 124..127, far from
+ * byte 0, which CANN's newest MemDesc gave to local_only (CANN grows its
+ * structs from the front of the reserved area). Programs built with the first
+ * version of this header put the marker in bytes 0..3 ("LDA" and the value);
+ * the library still reads those as access rights, never as local_only.
  */
 #ifndef LLMDD_EXTENSIONS_H_
 #define LLMDD_EXTENSIONS_H_
 
+#include <cstddef>
 #include <cstdint>
 #include "adxl/adxl_types.h"
 #include "llm_datadist/llm_datadist.h"
@@ -24,25 +35,54 @@ enum RemoteAccess : uint8_t {
   kRemoteWriteOnly = 2,  // peers may WRITE (push) into it, not READ (pull) it
 };
 
-// Marker in reserved[0..2]; reserved[3] holds the RemoteAccess value.
+// The marker: kMarker0..2 then the RemoteAccess value, at kAccessOffset of
+// the 128-byte area (kLegacyAccessOffset in programs built with the first
+// version of this header).
 constexpr uint8_t kMarker0 = 'L', kMarker1 = 'D', kMarker2 = 'A';
+constexpr size_t kExtensionAreaBytes = 128;
+constexpr size_t kAccessOffset = 124;
+constexpr size_t kLegacyAccessOffset = 0;
 
-inline void SetRemoteAccess(uint8_t *reserved, RemoteAccess access) {
-  reserved[0] = kMarker0;
-  reserved[1] = kMarker1;
-  reserved[2] = kMarker2;
-  reserved[3] = static_cast<uint8_t>(access);
+// The 128-byte area of each struct (see above).
+inline uint8_t *ExtensionArea(adxl::MemDesc &mem) { return reinterpret_cast<uint8_t *>(&mem.local_only); }
+inline const uint8_t *ExtensionArea(const adxl::MemDesc &mem) {
+  return reinterpret_cast<const uint8_t *>(&mem.local_only);
 }
-inline void SetRemoteAccess(adxl::MemDesc &mem, RemoteAccess access) { SetRemoteAccess(mem.reserved, access); }
-inline void SetRemoteAccess(llm_datadist::RegisterCfg &cfg, RemoteAccess access) {
-  SetRemoteAccess(cfg.reserved, access);
-}
+inline uint8_t *ExtensionArea(llm_datadist::RegisterCfg &cfg) { return cfg.reserved; }
+inline const uint8_t *ExtensionArea(const llm_datadist::RegisterCfg &cfg) { return cfg.reserved; }
 
-// Reads the marker back; returns false when none is set (use the default).
-inline bool GetRemoteAccess(const uint8_t *reserved, RemoteAccess *access) {
-  if (reserved[0] != kMarker0 || reserved[1] != kMarker1 || reserved[2] != kMarker2 || reserved[3] > 2) return false;
-  *access = static_cast<RemoteAccess>(reserved[3]);
+// True when `area` holds a marker at `offset`; *access gets its value.
+inline bool ReadAccessMarker(const uint8_t *area, size_t offset, RemoteAccess *access) {
+  const uint8_t *m = area + offset;
+  if (m[0] != kMarker0 || m[1] != kMarker1 || m[2] != kMarker2 || m[3] > 2) return false;
+  *access = static_cast<RemoteAccess>(m[3]);
   return true;
+}
+
+inline void SetRemoteAccess(adxl::MemDesc &mem, RemoteAccess access) {
+  uint8_t *m = ExtensionArea(mem) + kAccessOffset;
+  m[0] = kMarker0;
+  m[1] = kMarker1;
+  m[2] = kMarker2;
+  m[3] = static_cast<uint8_t>(access);
+}
+inline void SetRemoteAccess(llm_datadist::RegisterCfg &cfg, RemoteAccess access) {
+  uint8_t *m = ExtensionArea(cfg) + kAccessOffset;
+  m[0] = kMarker0;
+  m[1] = kMarker1;
+  m[2] = kMarker2;
+  m[3] = static_cast<uint8_t>(access);
+}
+
+// Reads the marker back (either place); returns false when none is set (use
+// the default, read-write).
+inline bool GetRemoteAccess(const adxl::MemDesc &mem, RemoteAccess *access) {
+  return ReadAccessMarker(ExtensionArea(mem), kAccessOffset, access) ||
+         ReadAccessMarker(ExtensionArea(mem), kLegacyAccessOffset, access);
+}
+inline bool GetRemoteAccess(const llm_datadist::RegisterCfg &cfg, RemoteAccess *access) {
+  return ReadAccessMarker(ExtensionArea(cfg), kAccessOffset, access) ||
+         ReadAccessMarker(ExtensionArea(cfg), kLegacyAccessOffset, access);
 }
 
 }  // namespace llmdd_ext

@@ -2,6 +2,7 @@
 // (AscendString, MemHandle) and nothing else.
 #include "adxl/adxl_engine.h"
 
+#include <cstddef>
 #include <string>
 
 #include "common/log.h"
@@ -16,7 +17,24 @@ class AdxlEngine::AdxlEngineImpl {
   llmdd::Engine engine;
 };
 
+// The layouts CANN's programs were built with (the original release's
+// MemDesc, with reserved[128] where local_only and reserved[127] are now).
+static_assert(sizeof(MemDesc) == sizeof(uintptr_t) + sizeof(size_t) + 128, "MemDesc keeps its size");
+static_assert(offsetof(MemDesc, local_only) == sizeof(uintptr_t) + sizeof(size_t), "local_only is byte 0");
+static_assert(offsetof(MemDesc, reserved) == offsetof(MemDesc, local_only) + 1, "reserved follows local_only");
+static_assert(sizeof(TransferArgs) == 128 && sizeof(TransferReq) == sizeof(void *), "CANN's async types");
+static_assert(static_cast<int>(TransferStatus::FAILED) == 3 && RESOURCE_EXHAUSTED == 203900U, "CANN's values");
+
 namespace {
+
+// MemDesc::local_only, read as the byte it is: a program built with the
+// first llmdd/extensions.h put its access marker in this byte ('L').
+bool LocalOnly(const MemDesc &mem) {
+  const uint8_t *area = llmdd_ext::ExtensionArea(mem);
+  llmdd_ext::RemoteAccess legacy = llmdd_ext::kRemoteReadWrite;
+  if (llmdd_ext::ReadAccessMarker(area, llmdd_ext::kLegacyAccessOffset, &legacy)) return false;
+  return area[0] != 0;
+}
 
 std::string ToStd(const AscendString &s) { return std::string(s.GetString(), s.GetLength()); }
 
@@ -50,8 +68,9 @@ Status AdxlEngine::RegisterMem(const MemDesc &mem, MemType type, MemHandle &mem_
   return Guarded("RegisterMem", [&] {
     uint64_t handle = 0;
     llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite;
-    llmdd_ext::GetRemoteAccess(mem.reserved, &access);
-    Status status = impl_->engine.RegisterMem(mem.addr, mem.len, type, &handle, llmdd::AccessBits(access));
+    llmdd_ext::GetRemoteAccess(mem, &access);
+    const uint32_t rights = LocalOnly(mem) ? llmdd::kAccessNone : llmdd::AccessBits(access);
+    Status status = impl_->engine.RegisterMem(mem.addr, mem.len, type, &handle, rights);
     if (status == SUCCESS) mem_handle = reinterpret_cast<MemHandle>(static_cast<uintptr_t>(handle));
     return status;
   });

@@ -113,7 +113,7 @@ Status LlmDataDist::RegisterKvCache(const CacheDesc &cache_desc, const std::vect
                                     const RegisterCfg &cfg, int64_t &cache_id) {
   // cfg is reserved in CANN V2; we read the optional remote-access extension from it.
   llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite;
-  llmdd_ext::GetRemoteAccess(cfg.reserved, &access);
+  llmdd_ext::GetRemoteAccess(cfg, &access);
   return Guarded("RegisterKvCache",
                  [&] { return impl_->core.RegisterKvCache(cache_desc, addrs, llmdd::AccessBits(access), cache_id); });
 }

@@ -291,7 +291,7 @@ adxl::Status Engine::RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType typ
     LOG_ERROR("RegisterMem: unknown memory type %d", static_cast<int>(type));
     return adxl::PARAM_INVALID;
   }
-  if (access == 0 || (access & ~kAccessReadWrite) != 0) {
+  if ((access & ~kAccessReadWrite) != 0) {
     LOG_ERROR("RegisterMem: invalid remote access rights %u", access);
     return adxl::PARAM_INVALID;
   }
@@ -311,7 +311,8 @@ adxl::Status Engine::RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType typ
     LOG_ERROR("RegisterMem: [0x%" PRIxPTR ", +%" PRIu64 ") refused by a transport: %s", addr, len, error.c_str());
     return adxl::FAILED;
   }
-  LOG_DEBUG("registered [0x%" PRIxPTR ", +%" PRIu64 ") as handle %" PRIu64, addr, len, *handle);
+  LOG_DEBUG("registered [0x%" PRIxPTR ", +%" PRIu64 ") as handle %" PRIu64 "%s", addr, len, *handle,
+            access == kAccessNone ? " (local only: peers cannot reach it)" : "");
   return adxl::SUCCESS;
 }
 

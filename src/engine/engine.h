@@ -49,7 +49,8 @@ class Engine {
   void Finalize();
   bool Initialized() const;
 
-  // access: kAccessRead/kAccessWrite bits peers get (enforced when serving).
+  // access: kAccessRead/kAccessWrite bits peers get (enforced when serving);
+  // kAccessNone: local only, never reachable by peers (MemDesc::local_only).
   adxl::Status RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType type, uint64_t *handle,
                            uint32_t access = kAccessReadWrite);
   adxl::Status DeregisterMem(uint64_t handle);

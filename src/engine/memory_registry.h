@@ -36,7 +36,9 @@
 
 namespace llmdd {
 
-// Remote access rights of a region (bit set).
+// Remote access rights of a region (bit set). kAccessNone: registered for
+// local use only (MemDesc::local_only), never reachable by peers.
+constexpr uint32_t kAccessNone = 0;
 constexpr uint32_t kAccessRead = 1;
 constexpr uint32_t kAccessWrite = 2;
 constexpr uint32_t kAccessReadWrite = kAccessRead | kAccessWrite;

@@ -57,7 +57,10 @@ static_assert(llm_datadist::DT_FLOAT == 0 && llm_datadist::DT_FLOAT16 == 1 && ll
                   llm_datadist::DT_INT32 == 3 && llm_datadist::DT_BF16 == 27 && llm_datadist::DT_UNDEFINED == 28,
               "DataType values");
 static_assert(std::is_same<llm_datadist::DataType, ge::DataType>::value, "DataType is ge::DataType");
-static_assert(sizeof(adxl::MemDesc::reserved) == 128U && sizeof(RegisterCfg) == 128U, "reserved sizes");
+// CANN's newest MemDesc: local_only took byte 0 of the original reserved[128]; same size.
+static_assert(sizeof(adxl::MemDesc::reserved) == 127U && sizeof(adxl::MemDesc::local_only) == 1U &&
+                  sizeof(adxl::MemDesc) == sizeof(uintptr_t) + sizeof(size_t) + 128U && sizeof(RegisterCfg) == 128U,
+              "reserved sizes");
 static_assert(sizeof(KvCacheExtParam::reserved) == 127U, "KvCacheExtParam reserved size");
 static_assert(std::is_trivially_copyable<CacheIndex>::value, "CacheIndex is a plain aggregate");
 
