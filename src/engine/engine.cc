@@ -596,6 +596,12 @@ adxl::Status Engine::SubmitTransfer(const std::string &key, adxl::TransferOp op,
     *error = "peer " + key + " is dead (" + route.channel->DeadReason() + ")";
     return adxl::FAILED;
   }
+  return SubmitLocked(key, route, op, std::move(segs), deadline, request, error);
+}
+
+adxl::Status Engine::SubmitLocked(const std::string &key, const Route &route, adxl::TransferOp op,
+                                  std::vector<Segment> segs, Deadline deadline,
+                                  std::shared_ptr<TransferRequest> *request, std::string *error) {
   auto submitted = std::make_shared<TransferRequest>(key, op, std::move(segs), deadline);
   if (submitted->Segments().empty()) {  // nothing to move: done at once
     submitted->Finish(adxl::SUCCESS, "");
@@ -708,6 +714,105 @@ adxl::Status Engine::TransferSync(const std::string &remote, adxl::TransferOp op
               op == adxl::READ ? "READ" : "WRITE", count, status, error.c_str());
   }
   return status;
+}
+
+adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp op, const adxl::TransferOpDesc *descs,
+                                   size_t count, const void *user_data, uint64_t *id) {
+  *id = 0;
+  std::shared_lock lock(lifecycle_);
+  if (!initialized_) {
+    LOG_ERROR("TransferAsync(%s): engine not initialized", remote.c_str());
+    return adxl::FAILED;
+  }
+  if (op != adxl::READ && op != adxl::WRITE) {
+    LOG_ERROR("TransferAsync(%s): unknown operation %d", remote.c_str(), static_cast<int>(op));
+    return adxl::PARAM_INVALID;
+  }
+  std::vector<Segment> segs;
+  std::string error;
+  if (BuildSegments(descs, count, &segs, &error) != adxl::SUCCESS) {
+    LOG_ERROR("TransferAsync(%s): %s", remote.c_str(), error.c_str());
+    return adxl::PARAM_INVALID;
+  }
+  Route route;
+  {
+    std::lock_guard guard(channels_mutex_);
+    auto it = channels_.find(remote);
+    if (it != channels_.end()) route.channel = it->second;
+  }
+  if (!route.channel) {
+    LOG_ERROR("TransferAsync: not connected to %s", remote.c_str());
+    return adxl::NOT_CONNECTED;
+  }
+  if (route.channel->Dead()) {
+    LOG_ERROR("TransferAsync(%s): peer is dead (%s); Disconnect and Connect again", remote.c_str(),
+              route.channel->DeadReason().c_str());
+    return adxl::FAILED;
+  }
+  route.pool = std::shared_ptr<LanePool>(route.channel, &route.channel->Lanes());
+  static std::atomic<int64_t> last_logged{0};
+  size_t held = 0;
+  if (!async_.Reserve(config_.max_requests_in_flight, &held)) {
+    if (LogThisSecond(&last_logged))
+      LOG_ERROR("TransferAsync(%s) refused: %zu asynchronous requests are held (submitted, terminal status not "
+                "read yet; llmdd.MaxRequestsInFlight=%u)",
+                remote.c_str(), held, config_.max_requests_in_flight);
+    return adxl::RESOURCE_EXHAUSTED;
+  }
+  std::shared_ptr<TransferRequest> request;
+  adxl::Status status = adxl::FAILED;
+  try {
+    status = SubmitLocked(remote, route, op, std::move(segs), Deadline::AfterMs(config_.async_transfer_max_ms),
+                          &request, &error);
+  } catch (...) {
+    async_.Unreserve();
+    throw;
+  }
+  if (status != adxl::SUCCESS) {
+    async_.Unreserve();
+    if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))
+      LOG_ERROR("TransferAsync(%s) refused: %s", remote.c_str(), error.c_str());
+    return status;
+  }
+  *id = request->Id();
+  async_.Insert(std::move(request), route.channel, user_data);
+  return adxl::SUCCESS;
+}
+
+adxl::Status Engine::GetTransferStatus(uint64_t id, adxl::TransferStatus *status) {
+  *status = adxl::TransferStatus::FAILED;
+  if (id == 0) {
+    LOG_ERROR("GetTransferStatus: the request is null");
+    return adxl::FAILED;
+  }
+  adxl::Status outcome = adxl::FAILED;
+  std::string error;
+  switch (async_.Query(id, status, &outcome, &error)) {
+    case AsyncRequests::Found::kNo:
+      *status = adxl::TransferStatus::FAILED;
+      if (!Initialized()) {
+        LOG_ERROR("GetTransferStatus(%" PRIu64 "): engine not initialized", id);
+        return adxl::FAILED;
+      }
+      LOG_ERROR("GetTransferStatus(%" PRIu64 "): no such request (never issued, or its terminal status was "
+                "already reported)", id);
+      return adxl::PARAM_INVALID;
+    case AsyncRequests::Found::kWaiting:
+      return adxl::SUCCESS;
+    case AsyncRequests::Found::kTerminal:
+      break;
+  }
+  if (*status == adxl::TransferStatus::COMPLETED) return adxl::SUCCESS;
+  LOG_ERROR("TransferAsync request %" PRIu64 " failed with %u: %s", id, outcome, error.c_str());
+  return adxl::FAILED;
+}
+
+adxl::Status Engine::GetTransferStatuses(uint32_t max_count, bool skip_waiting,
+                                         std::vector<AsyncRequests::Result> *results) {
+  std::vector<std::string> failures;
+  async_.QueryMany(max_count, skip_waiting, results, &failures);
+  for (const std::string &failure : failures) LOG_ERROR("TransferAsync %s", failure.c_str());
+  return adxl::SUCCESS;
 }
 
 }  // namespace llmdd

@@ -26,6 +26,7 @@
 
 #include "adxl/adxl_types.h"
 #include "common/endpoint.h"
+#include "engine/async_requests.h"
 #include "engine/channel.h"
 #include "engine/engine_config.h"
 #include "engine/lane.h"
@@ -59,6 +60,27 @@ class Engine {
   adxl::Status Disconnect(const std::string &remote, int32_t timeout_ms);
   adxl::Status TransferSync(const std::string &remote, adxl::TransferOp op, const adxl::TransferOpDesc *descs,
                             size_t count, int32_t timeout_ms);
+
+  // ---- Asynchronous transfers (docs/API.md, "TransferAsync") ----
+  // Validates like TransferSync (no timeout: the request runs for at most
+  // llmdd.AsyncTransferMaxMs), submits the transfer and returns at once with
+  // its id (*id, never 0; 0 when refused). Refused: FAILED (not initialized,
+  // finalizing, the peer is dead), PARAM_INVALID, NOT_CONNECTED,
+  // RESOURCE_EXHAUSTED (llmdd.MaxRequestsInFlight requests are held by the
+  // async table, or in flight in the engine).
+  adxl::Status TransferAsync(const std::string &remote, adxl::TransferOp op, const adxl::TransferOpDesc *descs,
+                             size_t count, const void *user_data, uint64_t *id);
+  // SUCCESS with WAITING or COMPLETED; FAILED with FAILED (the request failed:
+  // both end it, and its id is unknown afterwards); PARAM_INVALID (status
+  // FAILED) for an id that is not held: never issued, or already reported
+  // terminal. id 0: FAILED.
+  adxl::Status GetTransferStatus(uint64_t id, adxl::TransferStatus *status);
+  // HIXL's bulk query: the statuses of the held requests in id order, at most
+  // max_count, WAITING ones left out when skip_waiting; terminal ones are
+  // released as by GetTransferStatus. SUCCESS (each result has its status).
+  adxl::Status GetTransferStatuses(uint32_t max_count, bool skip_waiting, std::vector<AsyncRequests::Result> *results);
+  // Requests the async table holds (submitted, terminal status not read yet).
+  size_t AsyncRequestsHeld() const { return async_.Size(); }
 
   const std::string &LocalId() const { return local_id_; }
   const EngineConfig &Config() const { return config_; }
@@ -138,6 +160,9 @@ class Engine {
   // (*refused set).
   adxl::Status RunHere(const std::string &key, Route route, adxl::TransferOp op, const std::vector<Segment> &segs,
                        Deadline deadline, std::string *error, bool *refused = nullptr);
+  // SubmitTransfer with the route resolved (lifecycle lock held, shared).
+  adxl::Status SubmitLocked(const std::string &key, const Route &route, adxl::TransferOp op, std::vector<Segment> segs,
+                            Deadline deadline, std::shared_ptr<TransferRequest> *request, std::string *error);
   static void RequestDone(void *engine);
   void ForgetRunner(TransferRequest *request);
   Hooks hooks_;
@@ -181,6 +206,10 @@ class Engine {
   // intrusive list through TransferRequest::live_prev/live_next, so that
   // admitting a request allocates nothing.
   TransferRequest *live_ = nullptr;
+
+  // TransferAsync's requests until their terminal status is read; kept
+  // across Finalize (a query afterwards still gets the request's end).
+  AsyncRequests async_;
 };
 
 // Validates descriptors (null addresses, wrap-around) and merges neighbours that

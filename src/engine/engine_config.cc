@@ -104,6 +104,8 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       if (!SetBounded(key, value, 1, 65536, &config->max_handshakes, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptMaxRequestsInFlight) {
       if (!SetBounded(key, value, 1, 1000000, &config->max_requests_in_flight, error)) return adxl::PARAM_INVALID;
+    } else if (key == kOptAsyncTransferMaxMs) {
+      if (!SetBounded(key, value, 100, 86400000, &config->async_transfer_max_ms, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptTransport) {
       if (value == "auto") {
         config->transport = EngineConfig::Transport::kAuto;

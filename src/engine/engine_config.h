@@ -56,6 +56,10 @@ struct EngineConfig {
   // (synchronous calls included); one more is refused at once with
   // RESOURCE_EXHAUSTED.
   uint32_t max_requests_in_flight = 1024;  // llmdd.MaxRequestsInFlight [1, 1000000]
+  // An asynchronous transfer (TransferAsync) still running after this long
+  // is ended with FAILED: CANN's has no timeout and never reports TIMEOUT,
+  // but every request here ends, a frozen peer's included.
+  uint32_t async_transfer_max_ms = 60000;  // llmdd.AsyncTransferMaxMs [100, 86400000]
   // Silence after which the server drops a client's session, from what its
   // Hello says: it pings every heartbeat interval once the previous Pong came
   // back, and waits for a Pong at most its peer timeout (then it gives up on
@@ -82,6 +86,7 @@ constexpr const char kOptMaxSessions[] = "llmdd.MaxSessions";
 constexpr const char kOptMaxHandshakes[] = "llmdd.MaxHandshakes";
 constexpr const char kOptMaxLanesPerSession[] = "llmdd.MaxLanesPerSession";
 constexpr const char kOptMaxRequestsInFlight[] = "llmdd.MaxRequestsInFlight";
+constexpr const char kOptAsyncTransferMaxMs[] = "llmdd.AsyncTransferMaxMs";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 // Shared secret bounds. The handshake lets a rogue server at an address the
 // client connects to collect one client proof per attempt, which it can test

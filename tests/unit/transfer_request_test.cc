@@ -654,5 +654,169 @@ TEST_F(RequestTest, RefusalsComeWithoutARequest) {
   EXPECT_EQ(request, nullptr);
 }
 
+// ---- asynchronous transfers (Engine::TransferAsync, engine/async_requests.h) ----
+
+// Polls GetTransferStatus until the request is terminal; its outcome.
+adxl::Status PollToEnd(Engine &engine, uint64_t id, adxl::TransferStatus *status, int timeout_ms) {
+  const auto end = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    adxl::Status ret = engine.GetTransferStatus(id, status);
+    if (ret != adxl::SUCCESS || *status != adxl::TransferStatus::WAITING) return ret;
+    if (Clock::now() > end) return ret;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+uint64_t Async(Engine &engine, const std::string &remote, adxl::TransferOp op, const std::vector<adxl::TransferOpDesc> &descs,
+               const void *user_data = nullptr, adxl::Status expect = adxl::SUCCESS) {
+  uint64_t id = 12345;
+  EXPECT_EQ(engine.TransferAsync(remote, op, descs.data(), descs.size(), user_data, &id), expect);
+  EXPECT_EQ(id != 0, expect == adxl::SUCCESS);
+  return id;
+}
+
+TEST_F(RequestTest, AsyncBulkQueryReportsUserDataInIdOrderAndReleasesWhatEnded) {
+  Start({{"llmdd.TcpConnections", "1"}});
+  Warm();
+  proxy_->FreezeOpen();
+  int tags[3];
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i)
+    ids.push_back(Async(client_, server_id_, adxl::READ, {{L(i << 20), R(i << 20), 1 << 20}}, &tags[i]));
+  ASSERT_LT(ids[0], ids[1]);
+  ASSERT_LT(ids[1], ids[2]);
+  EXPECT_EQ(client_.AsyncRequestsHeld(), 3u);
+  std::vector<AsyncRequests::Result> results;
+  // Frozen: all wait; skip_waiting leaves them out.
+  ASSERT_EQ(client_.GetTransferStatuses(UINT32_MAX, false, &results), adxl::SUCCESS);
+  ASSERT_EQ(results.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(results[i].id, ids[i]);
+    EXPECT_EQ(results[i].user_data, &tags[i]);
+    EXPECT_EQ(results[i].status, adxl::TransferStatus::WAITING);
+  }
+  ASSERT_EQ(client_.GetTransferStatuses(2, false, &results), adxl::SUCCESS);
+  EXPECT_EQ(results.size(), 2u);
+  ASSERT_EQ(client_.GetTransferStatuses(UINT32_MAX, true, &results), adxl::SUCCESS);
+  EXPECT_TRUE(results.empty());
+  proxy_->Thaw();
+  // Thawed: they complete; one query at a time in id order, each released once reported.
+  std::vector<uint64_t> reported;
+  const auto t0 = Clock::now();
+  while (reported.size() < 3 && MsSince(t0) < 10000) {
+    ASSERT_EQ(client_.GetTransferStatuses(1, true, &results), adxl::SUCCESS);
+    ASSERT_LE(results.size(), 1u);
+    if (results.empty()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    EXPECT_EQ(results[0].status, adxl::TransferStatus::COMPLETED);
+    EXPECT_EQ(results[0].user_data, &tags[reported.size()]);
+    reported.push_back(results[0].id);
+  }
+  EXPECT_EQ(reported, ids);
+  EXPECT_TRUE(Arrived(0, 3 << 20));
+  EXPECT_EQ(client_.AsyncRequestsHeld(), 0u);
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(client_.GetTransferStatus(ids[0], &status), adxl::PARAM_INVALID);
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
+}
+
+TEST_F(RequestTest, AsyncRequestsCountAgainstTheCapUntilTheirEndIsRead) {
+  Start({{"llmdd.MaxRequestsInFlight", "3"}}, /*direct=*/true);
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(Async(client_, server_id_, adxl::READ, {{L(i * 4096), R(i * 4096), 4096}}));
+  // Finished or not, they are held until their terminal status is read.
+  Async(client_, server_id_, adxl::READ, {{L(0), R(0), 8}}, nullptr, adxl::RESOURCE_EXHAUSTED);
+  // The engine's own count is free again once they are done: synchronous calls go on.
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  ASSERT_EQ(PollToEnd(client_, ids[0], &status, 10000), adxl::SUCCESS);
+  EXPECT_EQ(status, adxl::TransferStatus::COMPLETED);
+  std::string error;
+  ASSERT_TRUE(WaitUntil([&] { return client_.RequestsInFlight() == 0; }, 10000));
+  EXPECT_EQ(client_.TransferKeyed(server_id_, adxl::READ, Read(1 << 20, 64), Deadline::AfterMs(5000), &error),
+            adxl::SUCCESS)
+      << error;
+  const uint64_t next = Async(client_, server_id_, adxl::READ, {{L(5 << 20), R(5 << 20), 4096}});
+  EXPECT_GT(next, ids[2]);
+  Async(client_, server_id_, adxl::READ, {{L(0), R(0), 8}}, nullptr, adxl::RESOURCE_EXHAUSTED);
+  for (uint64_t id : {ids[1], ids[2], next}) {
+    ASSERT_EQ(PollToEnd(client_, id, &status, 10000), adxl::SUCCESS);
+    EXPECT_EQ(status, adxl::TransferStatus::COMPLETED);
+  }
+  EXPECT_TRUE(Arrived(0, 3 * 4096));
+  EXPECT_TRUE(Arrived(5 << 20, 4096));
+  EXPECT_EQ(client_.AsyncRequestsHeld(), 0u);
+}
+
+TEST_F(RequestTest, AnAsyncRequestPastAsyncTransferMaxMsEndsFailed) {
+  Start({{"llmdd.TcpConnections", "1"}, {"llmdd.AsyncTransferMaxMs", "400"}});
+  Warm();
+  proxy_->FreezeOpen();
+  const auto t0 = Clock::now();
+  const uint64_t id = Async(client_, server_id_, adxl::READ, {{L(0), R(0), 1 << 20}});
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(client_.GetTransferStatus(id, &status), adxl::SUCCESS);
+  EXPECT_EQ(status, adxl::TransferStatus::WAITING);
+  // CANN's async transfers never report TIMEOUT: the bound ends it FAILED.
+  EXPECT_EQ(PollToEnd(client_, id, &status, 5000), adxl::FAILED);
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
+  EXPECT_GE(MsSince(t0), 350);
+  EXPECT_LT(MsSince(t0), 3000);
+  EXPECT_EQ(client_.GetTransferStatus(id, &status), adxl::PARAM_INVALID);
+}
+
+TEST_F(RequestTest, AQueryEndsAnAsyncRequestToAPeerDeclaredDead) {
+  // Default bound (60 s): only the heartbeats can end it early.
+  Start({{"llmdd.TcpConnections", "1"}, {"llmdd.HeartbeatIntervalMs", "50"}, {"llmdd.PeerTimeoutMs", "300"}});
+  Warm();
+  proxy_->FreezeOpen();  // the control connection too: heartbeats go unanswered
+  const auto t0 = Clock::now();
+  const uint64_t id = Async(client_, server_id_, adxl::WRITE, {{L(0), R(0), 1 << 20}});
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(PollToEnd(client_, id, &status, 10000), adxl::FAILED);
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
+  EXPECT_GE(MsSince(t0), 250);
+  EXPECT_LT(MsSince(t0), 5000);
+  EXPECT_EQ(client_.RequestsInFlight(), 0u);
+  EXPECT_EQ(client_.AsyncRequestsHeld(), 0u);
+}
+
+TEST_F(RequestTest, AsyncRequestsEndedByDisconnectAndFinalizeReportFailed) {
+  Start({{"llmdd.TcpConnections", "1"}});
+  Warm();
+  proxy_->FreezeOpen();
+  const uint64_t a = Async(client_, server_id_, adxl::READ, {{L(0), R(0), 1 << 20}});
+  const uint64_t b = Async(client_, server_id_, adxl::READ, {{L(1 << 20), R(1 << 20), 1 << 20}});
+  EXPECT_EQ(client_.DisconnectKeyed(server_id_, Deadline::AfterMs(300), true), adxl::SUCCESS);
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(client_.GetTransferStatus(a, &status), adxl::FAILED);
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
+  client_.Finalize();
+  // Still answered after Finalize (the table outlives it), then released.
+  status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(client_.GetTransferStatus(b, &status), adxl::FAILED);
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
+  EXPECT_EQ(client_.GetTransferStatus(b, &status), adxl::FAILED);  // unknown, and not initialized
+  EXPECT_EQ(client_.GetTransferStatus(0, &status), adxl::FAILED);
+}
+
+TEST_F(RequestTest, AsyncRefusalsComeWithoutARequest) {
+  Start({}, /*direct=*/true);
+  Async(client_, "nobody", adxl::READ, {{L(0), R(0), 8}}, nullptr, adxl::NOT_CONNECTED);
+  Async(client_, server_id_, adxl::READ, {{0, R(0), 8}}, nullptr, adxl::PARAM_INVALID);
+  Async(client_, server_id_, static_cast<adxl::TransferOp>(7), {{L(0), R(0), 8}}, nullptr, adxl::PARAM_INVALID);
+  EXPECT_EQ(client_.AsyncRequestsHeld(), 0u);
+  // Nothing to move: a request that is complete at once.
+  const uint64_t empty = Async(client_, server_id_, adxl::WRITE, {});
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(client_.GetTransferStatus(empty, &status), adxl::SUCCESS);
+  EXPECT_EQ(status, adxl::TransferStatus::COMPLETED);
+  // A remote range the server did not register: accepted, then FAILED.
+  const uint64_t bad = Async(client_, server_id_, adxl::READ, {{L(0), R(0) + kRemoteBytes, 8}});
+  EXPECT_EQ(PollToEnd(client_, bad, &status, 10000), adxl::FAILED);
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
+}
+
 }  // namespace
 }  // namespace llmdd
