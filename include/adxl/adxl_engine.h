@@ -15,6 +15,16 @@
  *    remote registered: one region, or regions that touch end to start (else
  *    PARAM_INVALID, nothing is touched). The whole batch honours the deadline
  *    (TIMEOUT). Empty batch -> SUCCESS.
+ *  - TransferAsync(remote, op, descs, args, req): the same checks as
+ *    TransferSync without a timeout; returns at once with req, an opaque id
+ *    (increasing, never null). GetTransferStatus(req, status): WAITING while
+ *    it runs; COMPLETED (SUCCESS) or FAILED (returns FAILED too) end it, and
+ *    a second query of that req is PARAM_INVALID. Disconnect and Finalize end
+ *    the requests in flight (FAILED). More than llmdd.MaxRequestsInFlight
+ *    requests not yet reported terminal -> RESOURCE_EXHAUSTED.
+ *  - Static, usable before Initialize: GetCapability, MallocMem/FreeMem (host
+ *    memory, page-aligned, huge pages where the host has them);
+ *    ExportToShareableHandle -> UNSUPPORTED (no fabric memory here).
  *  - All calls except Finalize are thread-safe. Finalize must not race others.
  *  - The engine that is read from / written to makes no calls: its threads serve.
  */
@@ -45,6 +55,18 @@ class ASCEND_FUNC_VISIBILITY AdxlEngine {
                       TransferOp operation,
                       const std::vector<TransferOpDesc> &op_descs,
                       int32_t timeout_in_millis = 1000);
+
+  Status TransferAsync(const AscendString &remote_engine,
+                       TransferOp operation,
+                       const std::vector<TransferOpDesc> &op_descs,
+                       const TransferArgs &optional_args,
+                       TransferReq &req);
+  Status GetTransferStatus(const TransferReq &req, TransferStatus &status);
+
+  static Status MallocMem(MemType type, size_t size, void **ptr);
+  static Status ExportToShareableHandle(void *addr, ShareableHandle &handle);
+  static Status FreeMem(void *ptr);
+  static Status GetCapability(FeatureType feature_type, int32_t &value);
 
  private:
   class AdxlEngineImpl;

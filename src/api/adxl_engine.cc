@@ -2,9 +2,11 @@
 // (AscendString, MemHandle) and nothing else.
 #include "adxl/adxl_engine.h"
 
+#include <cinttypes>
 #include <cstddef>
 #include <string>
 
+#include "common/host_memory.h"
 #include "common/log.h"
 #include "common/threads.h"
 #include "engine/engine.h"
@@ -100,6 +102,100 @@ Status AdxlEngine::TransferSync(const AscendString &remote_engine, TransferOp op
     return impl_->engine.TransferSync(ToStd(remote_engine), operation, op_descs.data(), op_descs.size(),
                                       timeout_in_millis);
   });
+}
+
+Status AdxlEngine::TransferAsync(const AscendString &remote_engine, TransferOp operation,
+                                 const std::vector<TransferOpDesc> &op_descs, const TransferArgs &optional_args,
+                                 TransferReq &req) {
+  (void)optional_args;  // reserved
+  req = nullptr;
+  return Guarded("TransferAsync", [&] {
+    uint64_t id = 0;
+    Status status = impl_->engine.TransferAsync(ToStd(remote_engine), operation, op_descs.data(), op_descs.size(),
+                                                nullptr, &id);
+    if (status == SUCCESS) req = reinterpret_cast<TransferReq>(static_cast<uintptr_t>(id));
+    return status;
+  });
+}
+
+Status AdxlEngine::GetTransferStatus(const TransferReq &req, TransferStatus &status) {
+  status = TransferStatus::FAILED;
+  return Guarded("GetTransferStatus", [&] {
+    return impl_->engine.GetTransferStatus(static_cast<uint64_t>(reinterpret_cast<uintptr_t>(req)), &status);
+  });
+}
+
+Status AdxlEngine::MallocMem(MemType type, size_t size, void **ptr) {
+  return Guarded("MallocMem", [&] {
+    if (ptr == nullptr) {
+      LOG_ERROR("MallocMem: ptr is null");
+      return PARAM_INVALID;
+    }
+    *ptr = nullptr;
+    if (type == MEM_DEVICE) {
+      LOG_ERROR("MallocMem: only MEM_HOST memory can be allocated (as in CANN)");
+      return UNSUPPORTED;
+    }
+    if (type != MEM_HOST) {
+      LOG_ERROR("MallocMem: unknown memory type %d", static_cast<int>(type));
+      return PARAM_INVALID;
+    }
+    if (size == 0) {
+      LOG_ERROR("MallocMem: size is 0");
+      return PARAM_INVALID;
+    }
+    llmdd::HostAllocation allocation;
+    if (llmdd::AllocateHostMemory(size, &allocation) != llmdd::HostAllocStatus::kOk) {
+      LOG_ERROR("MallocMem: cannot map %zu bytes of host memory", size);
+      return RESOURCE_EXHAUSTED;
+    }
+    *ptr = allocation.addr;
+    LOG_DEBUG("MallocMem: %zu bytes at %p (%zu mapped, %s)", size, allocation.addr, allocation.mapped,
+              allocation.huge_tlb ? "huge pages" : "ordinary pages");
+    return SUCCESS;
+  });
+}
+
+Status AdxlEngine::ExportToShareableHandle(void *addr, ShareableHandle &handle) {
+  (void)addr;
+  (void)handle;
+  LOG_ERROR("ExportToShareableHandle: fabric memory is not supported by this implementation");
+  return UNSUPPORTED;
+}
+
+Status AdxlEngine::FreeMem(void *ptr) {
+  return Guarded("FreeMem", [&] {
+    if (ptr == nullptr) {
+      LOG_ERROR("FreeMem: ptr is null");
+      return PARAM_INVALID;
+    }
+    if (!llmdd::FreeHostMemory(ptr)) {
+      LOG_ERROR("FreeMem: %p was not allocated by MallocMem (or was freed already)", ptr);
+      return PARAM_INVALID;
+    }
+    return SUCCESS;
+  });
+}
+
+Status AdxlEngine::GetCapability(FeatureType feature_type, int32_t &value) {
+  const int32_t feature = static_cast<int32_t>(feature_type);
+  if (feature < 0) {
+    LOG_ERROR("GetCapability: invalid feature %d", static_cast<int>(feature));
+    value = FEATURE_NOT_SUPPORTED;
+    return PARAM_INVALID;
+  }
+  switch (feature) {
+    case CLIENT_SERVER_COMM:
+      // Client-only engines (no port) connect to listening engines and move
+      // data both ways; servers make no calls.
+      value = FEATURE_SUPPORTED;
+      break;
+    case AUTO_CONNECT:  // transfers to an unknown remote need Connect first
+    default:            // unknown features: not supported, as in CANN
+      value = FEATURE_NOT_SUPPORTED;
+      break;
+  }
+  return SUCCESS;
 }
 
 }  // namespace adxl
