@@ -558,6 +558,47 @@ TEST_P(AdjacentRegistrationsTest, ReadOnlyNeighbourRefusesWritesAcrossTheBoundar
   EXPECT_EQ("OK", peer->CheckUntouched(2));
 }
 
+// MemDesc::local_only: registered, but never reachable by peers, not even
+// across a boundary with neighbours they may read and write, on either path
+// (same host: neither the one-sided read lease nor requests reach it).
+TEST_P(AdjacentRegistrationsTest, LocalOnlyMemoryIsNeverReachableByPeers) {
+  const size_t kPart = 64u << 10;
+  AdxlPeer::Options o;
+  o.size = 4096;
+  o.seed = 1600;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_EQ(1, peer->RegisterAdjacent(kPart, 1601, {"rw", "local", "rw"})) << peer->last_error();
+  const RemoteRegion before = peer->region(1), hidden = peer->region(2), after = peer->region(3);
+  ASSERT_EQ(before.addr + before.len, hidden.addr);
+  ASSERT_EQ(hidden.addr + hidden.len, after.addr);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  GuardedBuffer local(3 * kPart);
+  const uintptr_t L = local.addr();
+  const std::vector<std::vector<adxl::TransferOpDesc>> cases = {
+      {{L, hidden.addr, 8}},                  // small (one-sided on one host)
+      {{L, hidden.addr + 100, kPart - 200}},  // inside
+      {{L, hidden.addr - 1, 2}},              // across the lower boundary
+      {{L, before.addr, 3 * kPart}},          // all three
+      {{L, after.addr - 50, 100}},            // across the upper boundary
+  };
+  for (const auto &descs : cases) {
+    SCOPED_TRACE("remote offset " + std::to_string(static_cast<int64_t>(descs[0].remote_addr - hidden.addr)) +
+                 ", " + std::to_string(descs[0].len) + " bytes");
+    FillPattern(local.data(), local.size(), 1699, 0);
+    EXPECT_ST(adxl::PARAM_INVALID, Xfer(*peer, adxl::READ, descs, kBigTimeoutMs));
+    EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), local.size(), 1699, 0)) << "READ wrote local memory";
+    EXPECT_ST(adxl::PARAM_INVALID, Xfer(*peer, adxl::WRITE, descs, kBigTimeoutMs));
+    for (size_t i = 1; i <= 3; ++i) EXPECT_EQ("OK", peer->CheckUntouched(i)) << "region " << i << " changed";
+  }
+  // Its neighbours are served as usual.
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{L, before.addr, kPart}, {L + kPart, after.addr, kPart}},
+                                kBigTimeoutMs));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), kPart, before.seed, 0));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + kPart, kPart, after.seed, 0));
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, AdjacentRegistrationsTest, ::testing::ValuesIn(AllTransports()), TransportName);
 
 // ---------------------------------------------------------------------------------

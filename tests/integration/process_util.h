@@ -760,7 +760,8 @@ class AdxlPeer {
   }
 
   // One allocation of rights.size()*size bytes registered as adjacent regions of
-  // `size` bytes, region k with remote access rights[k] ("rw", "ro" or "wo") and
+  // `size` bytes, region k with remote access rights[k] ("rw", "ro", "wo", or
+  // "local": MemDesc::local_only) and
   // pattern seed+k; returns the index of the first (the others follow) or -1.
   int RegisterAdjacent(size_t size, uint64_t seed, const std::vector<std::string> &rights) {
     std::string line = "ADJREG " + std::to_string(size) + " " + std::to_string(seed);

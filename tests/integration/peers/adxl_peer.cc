@@ -20,7 +20,8 @@
 //                                               (seeds seed and seed+1)
 //     ADJREG <size> <seed> <access>...       -> one REGION line per <access> (rw, ro or wo:
 //                                               the remote access rights of
-//                                               llmdd/extensions.h): one allocation of
+//                                               llmdd/extensions.h; local: registered with
+//                                               MemDesc::local_only): one allocation of
 //                                               N*size registered as N adjacent regions,
 //                                               region k filled with seed+k | ERR <text>
 //     DEREGISTER <i>                         -> STATUS <status>   (memory stays mapped)
@@ -85,7 +86,7 @@ std::string RegionLine(size_t idx) {
 
 // Registers [data, data+len) with the given remote access rights; returns the status.
 uint32_t AddRegion(uint8_t *data, size_t len, uint64_t seed, size_t *idx,
-                   llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite) {
+                   llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite, bool local_only = false) {
   Region r;
   r.data = data;
   r.len = len;
@@ -94,6 +95,7 @@ uint32_t AddRegion(uint8_t *data, size_t len, uint64_t seed, size_t *idx,
   desc.addr = reinterpret_cast<uintptr_t>(data);
   desc.len = len;
   if (access != llmdd_ext::kRemoteReadWrite) llmdd_ext::SetRemoteAccess(desc, access);
+  desc.local_only = local_only;
   uint32_t st = g_engine->RegisterMem(desc, g_mem_type, r.handle);
   if (st != adxl::SUCCESS) return st;
   r.registered = true;
@@ -209,15 +211,17 @@ void Serve(const std::vector<std::string> &t) {
     uint64_t size = 0, seed = 0;
     if (!ParseU64(t[1], &size) || size == 0 || !ParseU64(t[2], &seed)) return Reply("ERR bad args");
     std::vector<llmdd_ext::RemoteAccess> rights;
+    std::vector<bool> local_only;
     for (size_t k = 3; k < t.size(); ++k) {
-      if (t[k] == "rw") {
+      local_only.push_back(t[k] == "local");
+      if (t[k] == "rw" || t[k] == "local") {
         rights.push_back(llmdd_ext::kRemoteReadWrite);
       } else if (t[k] == "ro") {
         rights.push_back(llmdd_ext::kRemoteReadOnly);
       } else if (t[k] == "wo") {
         rights.push_back(llmdd_ext::kRemoteWriteOnly);
       } else {
-        return Reply("ERR bad access '" + t[k] + "' (rw, ro or wo)");
+        return Reply("ERR bad access '" + t[k] + "' (rw, ro, wo or local)");
       }
     }
     uint8_t *p = Allocate(rights.size() * size);
@@ -226,7 +230,7 @@ void Serve(const std::vector<std::string> &t) {
     for (size_t k = 0; k < rights.size(); ++k) {
       itest::FillPattern(p + k * size, size, seed + k, 0);
       size_t idx = 0;
-      uint32_t st = AddRegion(p + k * size, size, seed + k, &idx, rights[k]);
+      uint32_t st = AddRegion(p + k * size, size, seed + k, &idx, rights[k], local_only[k]);
       if (st != adxl::SUCCESS) return Reply("ERR " + std::to_string(st));
       added.push_back(idx);
     }
