@@ -1,4 +1,6 @@
-// Install test client: uses adxl::AdxlEngine exactly as CANN documents it,
+// Install test client: uses adxl::AdxlEngine exactly as CANN documents it
+// (the original calls, and the later ones: TransferAsync/GetTransferStatus,
+// GetCapability, MallocMem/FreeMem, ExportToShareableHandle, the newest types),
 // built against the *installed* headers and library only (C++11, -Werror,
 // both values of _GLIBCXX_USE_CXX11_ABI). Two engines live in this process:
 // A listens on 127.0.0.1:<free port>, B is a pure client that connects to A.
@@ -91,10 +93,56 @@ void CheckAscendString() {
   Check(set.size() == 2U && set.count(adxl::AscendString("b")) == 1U, "std::hash<AscendString>");
 }
 
+// The later calls (spec 5.1, 5.3, 5.3a) that need no engine: capabilities,
+// host memory, the newest types.
+void CheckStatics() {
+  int32_t value = -1;
+  CheckStatus(adxl::AdxlEngine::GetCapability(adxl::CLIENT_SERVER_COMM, value), adxl::SUCCESS,
+              "GetCapability(CLIENT_SERVER_COMM) before Initialize");
+  Check(value == adxl::FEATURE_SUPPORTED, "CLIENT_SERVER_COMM is supported");
+  CheckStatus(adxl::AdxlEngine::GetCapability(adxl::AUTO_CONNECT, value), adxl::SUCCESS, "GetCapability(AUTO_CONNECT)");
+  Check(value == adxl::FEATURE_SUPPORTED || value == adxl::FEATURE_NOT_SUPPORTED, "AUTO_CONNECT answered");
+  void *mem = nullptr;
+  CheckStatus(adxl::AdxlEngine::MallocMem(adxl::MEM_HOST, 12345, &mem), adxl::SUCCESS, "MallocMem");
+  Check(mem != nullptr && reinterpret_cast<uintptr_t>(mem) % 4096U == 0U, "MallocMem is page-aligned");
+  if (mem != nullptr) {
+    std::memset(mem, 0x5A, 12345);
+  }
+  CheckStatus(adxl::AdxlEngine::FreeMem(mem), adxl::SUCCESS, "FreeMem");
+  CheckStatus(adxl::AdxlEngine::FreeMem(mem), adxl::PARAM_INVALID, "FreeMem twice");
+  adxl::ShareableHandle handle;
+  CheckStatus(adxl::AdxlEngine::ExportToShareableHandle(&value, handle), adxl::UNSUPPORTED, "ExportToShareableHandle");
+  adxl::MemDesc desc;
+  Check(!desc.local_only && desc.reserved[126] == 0U, "MemDesc{} has local_only false");
+  adxl::TransferArgs args;
+  Check(args.reserved[0] == 0U && sizeof(args) == 128U, "TransferArgs");
+  adxl::NotifyDesc notify;
+  notify.name = "n";
+  notify.notify_msg = "m";
+  Check(notify.name == "n" && notify.notify_msg == "m", "NotifyDesc");
+  Check(std::string(adxl::OPTION_AUTO_CONNECT) == "AutoConnect" &&
+            std::string(adxl::OPTION_LOCAL_COMM_RES) == "adxl.LocalCommRes",
+        "option names");
+}
+
+// Polls an async request until it is no longer WAITING (at most ~20 s).
+adxl::Status PollToEnd(adxl::AdxlEngine &engine, adxl::TransferReq req, adxl::TransferStatus *status) {
+  adxl::Status st = adxl::FAILED;
+  for (int i = 0; i < 20000; ++i) {
+    st = engine.GetTransferStatus(req, *status);
+    if (st != adxl::SUCCESS || *status != adxl::TransferStatus::WAITING) {
+      break;
+    }
+    ::usleep(1000);
+  }
+  return st;
+}
+
 }  // namespace
 
 int main() {
   CheckAscendString();
+  CheckStatics();
 
   // Options map keyed by AscendString, built from the header constant and
   // from a plain string literal (both are documented usages). "4:8" is the
@@ -206,6 +254,30 @@ int main() {
               server_buf[i] == static_cast<uint8_t>((i * 29U + 3U) & 0xFFU);
   }
   Check(read_ok, "READ delivered the bytes (and left the source intact)");
+
+  // Asynchronous READ of the same ranges into the other half: WAITING, then COMPLETED.
+  std::vector<adxl::TransferOpDesc> async_ops;
+  for (size_t k = 0; k < read_ops.size(); ++k) {
+    adxl::TransferOpDesc d = read_ops[k];
+    d.local_addr += 8192;
+    async_ops.push_back(d);
+  }
+  adxl::TransferArgs async_args;
+  adxl::TransferReq req = nullptr;
+  CheckStatus(client.TransferAsync(server_name, adxl::READ, async_ops, async_args, req), adxl::SUCCESS,
+              "TransferAsync READ");
+  Check(req != nullptr, "TransferAsync returns a request");
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  CheckStatus(PollToEnd(client, req, &status), adxl::SUCCESS, "GetTransferStatus");
+  Check(status == adxl::TransferStatus::COMPLETED, "the async READ completed");
+  Check(std::memcmp(client_buf.data() + half + 8192, client_buf.data() + half, 8192) == 0,
+        "the async READ delivered the bytes");
+  CheckStatus(client.GetTransferStatus(req, status), adxl::PARAM_INVALID, "GetTransferStatus after the end");
+  CheckStatus(client.GetTransferStatus(nullptr, status), adxl::FAILED, "GetTransferStatus(nullptr)");
+  adxl::TransferReq none = nullptr;
+  CheckStatus(client.TransferAsync("127.0.0.1:1", adxl::READ, async_ops, async_args, none), adxl::NOT_CONNECTED,
+              "TransferAsync to an engine never connected");
+  Check(none == nullptr, "no request when refused");
 
   // Documented status codes.
   CheckStatus(client.TransferSync(server_name, adxl::READ, read_ops, 0), adxl::PARAM_INVALID,

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install test: installs the build into a temporary prefix and builds/runs small
 # clients against that prefix only (never the source tree):
-#   1. adxl_client.cc and llm_datadist_client.cc with g++ -std=c++11 -Werror,
+#   1. adxl_client.cc (the original and the later ADXL calls), legacy_client.cc
+#      (built against the first headers in tests/install/legacy: the library
+#      must keep working for programs built with them) and
+#      llm_datadist_client.cc with g++ -std=c++11 -Werror,
 #      once per _GLIBCXX_USE_CXX11_ABI value, flags from `pkg-config llm_datadist`;
 #   2. adxl_client.cc through a separate CMake project using find_package().
 # Usage: run_install_test.sh <build dir> <source dir> [<cmake command>]
@@ -84,7 +87,10 @@ echo "installed: $(cd "$PREFIX" && find . -type f -o -type l | sort | tr '\n' ' 
 # source tree must be needed to use it).
 EXPORTS="$WORK/exports.txt"
 nm -DC --defined-only "$REAL_LIB" >"$EXPORTS" || fail "nm on $REAL_LIB failed"
-for sym in 'adxl::AdxlEngine::Initialize' 'adxl::AdxlEngine::TransferSync' 'ge::AscendString::AscendString'; do
+for sym in 'adxl::AdxlEngine::Initialize' 'adxl::AdxlEngine::TransferSync' 'adxl::AdxlEngine::TransferAsync' \
+           'adxl::AdxlEngine::GetTransferStatus' 'adxl::AdxlEngine::MallocMem' 'adxl::AdxlEngine::FreeMem' \
+           'adxl::AdxlEngine::GetCapability' 'adxl::AdxlEngine::ExportToShareableHandle' \
+           'ge::AscendString::AscendString'; do
   grep -qF "$sym" "$EXPORTS" || fail "$REAL_LIB does not export $sym"
 done
 
@@ -107,7 +113,7 @@ run_client() {  # <binary> <expected line>
   out=$(timeout "$RUN_TIMEOUT" "$bin" 2>&1) || rc=$?
   if [[ $rc -eq 0 ]] && grep -qx "$expect" <<<"$out"; then
     # Success: the library's log lines for the deliberately provoked errors are noise.
-    grep -E '^(adxl_client|llm_datadist_client)' <<<"$out" | sed "s|^|    $(basename "$bin"): |"
+    grep -E '^(adxl_client|adxl_legacy_client|llm_datadist_client)' <<<"$out" | sed "s|^|    $(basename "$bin"): |"
     return 0
   fi
   printf '%s\n' "$out" | sed "s|^|    $(basename "$bin"): |" >&2
@@ -127,6 +133,13 @@ for abi in 0 1; do
   "$CXX_BIN" "${CXXFLAGS_STRICT[@]}" -D_GLIBCXX_USE_CXX11_ABI=$abi "$HERE/adxl_client.cc" -o "$bin" $PC_FLAGS \
     || fail "compiling/linking adxl_client.cc with _GLIBCXX_USE_CXX11_ABI=$abi"
   run_client "$bin" "adxl_client OK"
+
+  step "adxl_legacy_client (built with the first headers), _GLIBCXX_USE_CXX11_ABI=$abi (pkg-config)"
+  bin="$WORK/adxl_legacy_client_abi$abi"
+  "$CXX_BIN" "${CXXFLAGS_STRICT[@]}" -D_GLIBCXX_USE_CXX11_ABI=$abi -I"$HERE/legacy" \
+    "$HERE/legacy_client.cc" -o "$bin" $PC_FLAGS \
+    || fail "compiling/linking legacy_client.cc with _GLIBCXX_USE_CXX11_ABI=$abi"
+  run_client "$bin" "adxl_legacy_client OK"
 
   step "llm_datadist_client, _GLIBCXX_USE_CXX11_ABI=$abi (pkg-config)"
   obj="$WORK/llm_datadist_client_abi$abi.o"
