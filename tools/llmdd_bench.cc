@@ -11,6 +11,8 @@
 //   llmdd_bench overhead [options]  registration cost, PullKvBlocks planning cost, per-descriptor cost
 //   llmdd_bench peers    [options]  cost of many peers: idle peers, frozen peers, descriptors in many regions
 //   llmdd_bench mixed    [options]  a small READ alone and while bulk READs keep every lane to the same peer busy
+//   llmdd_bench async    [options]  TransferAsync: N READs in flight vs one TransferSync of the same N descriptors,
+//                                   submit cost, GetTransferStatus cost on a completed request
 //   llmdd_bench serve ...           the peer process (internal; control protocol on stdin/stdout)
 //
 // Every point reports bytes per call, GB/s (1e9 B/s, all threads together),
@@ -268,6 +270,8 @@ struct Options {
   std::string kv_pattern = "scattered";
   // memcpy
   uint64_t pool_bytes = 512 * kMiB;  // per side, for cold copies
+  uint64_t async_descs = 64;          // async: requests in flight per round
+  uint64_t async_size = 64 * kKiB;    // async: bytes per descriptor
   // pingpong
   std::vector<std::string> pp_modes = {"blocking", "busy"};
   // overhead
@@ -313,6 +317,9 @@ void Usage(FILE *out) {
           "            4 KiB READ latency), Finalize with frozen peers, descriptors in many regions vs one\n"
           "  mixed     a small READ to one peer alone, then while background threads keep issuing large READs\n"
           "            to the same peer (does a small request wait behind large ones?)\n"
+          "  async     TransferAsync: N READs of one descriptor in flight vs one TransferSync of the same N\n"
+          "            descriptors (rounds alternate), TransferAsync submit cost (1 descriptor), GetTransferStatus\n"
+          "            cost on a completed request\n"
           "common options:\n"
           "  --transport LIST     tcp|shm|auto, comma-separated; llmdd.Transport of both engines (auto)\n"
           "  --sizes LIST         descriptor sizes, e.g. 8,4K,64K,1M (engine/memcpy default 8..4M by x4)\n"
@@ -353,6 +360,9 @@ void Usage(FILE *out) {
           "  --plan-blocks N      blocks in the planning test (default 100000)\n"
           "  --submit-descs N     8-byte descriptors in the submit test (default 10000)\n"
           "  --reg-regions N      4 KiB regions in the registration test (default 10000)\n"
+          "async options (--transport default tcp,auto; --time: seconds per method, default 1):\n"
+          "  --async-descs N      descriptors (requests in flight) per round (default 64)\n"
+          "  --async-size N       bytes per descriptor (default 64K)\n"
           "peers options (--transport LIST: the server and idle clients use the first, the 4 KiB READ is\n"
           "measured with each; default auto,tcp; --time: seconds per READ point, default 1):\n"
           "  --sections LIST      idle,frozen,regions (default all)\n"
@@ -396,7 +406,8 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     Usage(stdout);
     exit(kExitOk);
   }
-  static const std::set<std::string> kModes = {"engine", "kv", "memcpy", "pingpong", "overhead", "peers", "mixed"};
+  static const std::set<std::string> kModes = {"engine",   "kv",    "memcpy", "pingpong",
+                                               "overhead", "peers", "mixed",  "async"};
   if (kModes.count(opt->mode) == 0) {
     fprintf(stderr, "llmdd_bench: unknown mode '%s'\n", opt->mode.c_str());
     Usage(stderr);
@@ -413,7 +424,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       "--submit-descs", "--reg-regions", "--peers",    "--per-process",  "--parallel",    "--frozen",
       "--frozen-per-process", "--regions", "--connect-samples", "--connect-timeout-ms", "--disconnect-timeout-ms",
       "--peer-timeout-ms", "--ramp-deadline-s", "--deadline-s", "--idle-wait-ms", "--small-size", "--bulk-size",
-      "--bulk-threads"};
+      "--bulk-threads", "--async-descs", "--async-size"};
   for (int i = 2; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
@@ -438,6 +449,10 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   if (opt->mode == "engine") opt->ops = {"read", "write"};
   if (opt->mode == "kv") opt->ops = {"pull", "push"};
   if (opt->mode == "memcpy") opt->ops = {"hot", "cold"};
+  if (opt->mode == "async") {
+    opt->transports = {"tcp", "auto"};
+    opt->time_s = 1.0;
+  }
   if (opt->mode == "peers") {
     opt->transports = {"auto", "tcp"};
     opt->sections = {"idle", "frozen", "regions"};
@@ -566,6 +581,8 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     }
   }
   size_of("--pool", &opt->pool_bytes, 4 * kKiB, 64 * kGiB);
+  size_of("--async-descs", &opt->async_descs, 1, 100000);
+  size_of("--async-size", &opt->async_size, 1, kGiB);
   words_of("--pp-modes", &opt->pp_modes, {"blocking", "busy"});
   if (opt->mode == "peers")
     words_of("--sections", &opt->sections, {"idle", "frozen", "regions"});
@@ -787,7 +804,7 @@ class Reporter {
  private:
   void Stamp(Record *r) {
     if (opt_.mode == "engine" || opt_.mode == "kv" || opt_.mode == "overhead" || opt_.mode == "peers" ||
-        opt_.mode == "mixed") {
+        opt_.mode == "mixed" || opt_.mode == "async") {
       r->Int("connections", opt_.connections);  // llmdd.TcpConnections; 0 = library default
       r->Int("workers", opt_.workers);          // llmdd.WorkerThreads; 0 = library default
       r->Int("busy_poll_us", opt_.busy_poll_us);  // llmdd.BusyPollUs; -1 = library default
@@ -1706,6 +1723,160 @@ int RunEngine(const Options &opt, Reporter &rep) {
         if (!r.ok) rc = kExitFailed;
       }
     }
+    session.Close();
+  }
+  return rc;
+}
+
+// ------------------------------------------------------------------ async
+//
+// One record per figure (op), per transport:
+//   batch_sync    one TransferSync of N descriptors: p50/p99 per call
+//   batch_async   N TransferAsync of one descriptor each, submitted back to
+//                 back, then polled until every one is COMPLETED: p50/p99 per
+//                 round; ratio_to_sync = its p50 / batch_sync's p50. Rounds
+//                 of the two alternate, so both see the same machine.
+//   submit_1desc  TransferAsync of one descriptor (the calls of the rounds above)
+//   status_completed  GetTransferStatus of a request that has completed (the
+//                 query that reports COMPLETED and releases it; measured after
+//                 the round's requests had time to end, WAITING answers left out)
+
+// Polls every request until it is terminal; false (with *error) if one is not COMPLETED.
+bool PollAll(adxl::AdxlEngine &engine, const std::vector<adxl::TransferReq> &reqs, int timeout_ms,
+             std::vector<int64_t> *completed_ns, std::string *error) {
+  const int64_t give_up = NowNs() + static_cast<int64_t>(timeout_ms) * 1000000;
+  for (adxl::TransferReq req : reqs) {
+    for (;;) {
+      adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+      const int64_t t0 = NowNs();
+      const adxl::Status st = engine.GetTransferStatus(req, status);
+      const int64_t took = NowNs() - t0;
+      if (st != adxl::SUCCESS) {
+        *error = Format("GetTransferStatus status %u", st);
+        return false;
+      }
+      if (status == adxl::TransferStatus::COMPLETED) {
+        if (completed_ns != nullptr) completed_ns->push_back(took);
+        break;
+      }
+      if (status != adxl::TransferStatus::WAITING) {
+        *error = Format("request ended with TransferStatus %d", static_cast<int>(status));
+        return false;
+      }
+      if (NowNs() > give_up) {
+        *error = "requests still WAITING past --timeout-ms";
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+int RunAsync(const Options &opt, Reporter &rep) {
+  const uint64_t n = opt.async_descs, size = opt.async_size;
+  const uint64_t bytes = (n * size + 4095) / 4096 * 4096;
+  int rc = kExitOk;
+  rep.Note(Format("# async: %" PRIu64 " READs of %s in flight vs one TransferSync of the same %" PRIu64
+                  " descriptors (layout reversed), %.2f s per method",
+                  n, HumanBytes(size).c_str(), n, opt.time_s));
+  for (const auto &transport : opt.transports) {
+    EngineSession session;
+    std::string error;
+    rep.Progress("async: starting peer (" + transport + ")");
+    if (!session.Open(opt, transport, bytes, &error)) {
+      rep.Emit(Record().Str("mode", "async").Str("op", "connect").Str("transport", transport).Str("error", error),
+               false);
+      rep.Note("async " + transport + ": SKIPPED: " + error);
+      rc = kExitFailed;
+      continue;
+    }
+    adxl::AdxlEngine &engine = session.engine();
+    const AscendString remote(session.remote().c_str());
+    std::vector<adxl::TransferOpDesc> descs;
+    const uintptr_t lbase = reinterpret_cast<uintptr_t>(session.local());
+    for (uint64_t i = 0; i < n; ++i) {
+      auto [lo, ro] = DescOffsets("reversed", size, n, i);
+      descs.push_back({lbase + lo, session.remote_addr() + ro, size});
+    }
+    std::vector<std::vector<adxl::TransferOpDesc>> singles;
+    for (const auto &d : descs) singles.push_back({d});
+    const adxl::TransferArgs args;
+    std::vector<adxl::TransferReq> reqs(n);
+    std::vector<int64_t> sync_ns, async_ns, submit_ns, status_ns;
+    auto async_round = [&](std::vector<int64_t> *completed_ns, int64_t settle_us) -> bool {
+      for (uint64_t i = 0; i < n; ++i) {
+        const int64_t t0 = NowNs();
+        const adxl::Status st = engine.TransferAsync(remote, adxl::READ, singles[i], args, reqs[i]);
+        submit_ns.push_back(NowNs() - t0);
+        if (st != adxl::SUCCESS) {
+          error = Format("TransferAsync status %u", st);
+          return false;
+        }
+      }
+      if (settle_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(settle_us));
+      return PollAll(engine, reqs, opt.timeout_ms, completed_ns, &error);
+    };
+    bool ok = true;
+    // Warm-up: lanes open, pages touched, workers started.
+    for (int w = 0; w < std::max(1, opt.warmup) && ok; ++w) {
+      ok = EngineCall(engine, session.remote(), adxl::READ, descs, opt.timeout_ms).empty() &&
+           async_round(nullptr, 0);
+    }
+    submit_ns.clear();
+    const int64_t budget_ns = static_cast<int64_t>(opt.time_s * 2e9);
+    const int64_t start = NowNs();
+    uint64_t rounds = 0;
+    while (ok && (rounds < static_cast<uint64_t>(opt.min_iters) || NowNs() - start < budget_ns) &&
+           rounds < static_cast<uint64_t>(opt.max_iters)) {
+      rep.Progress(Format("async %s: round %" PRIu64, transport.c_str(), rounds + 1));
+      int64_t t0 = NowNs();
+      error = EngineCall(engine, session.remote(), adxl::READ, descs, opt.timeout_ms);
+      sync_ns.push_back(NowNs() - t0);
+      if (!error.empty()) {
+        ok = false;
+        break;
+      }
+      t0 = NowNs();
+      ok = async_round(nullptr, 0);
+      async_ns.push_back(NowNs() - t0);
+      ++rounds;
+    }
+    // The query on a completed request: rounds that had time to end first.
+    const int64_t settle_us = std::max<int64_t>(2000, sync_ns.empty() ? 0 : 4 * Summarize(sync_ns).p50_us);
+    for (int k = 0; ok && k < 20; ++k) ok = async_round(&status_ns, settle_us);
+    const Stats sync = Summarize(sync_ns), async = Summarize(async_ns), submit = Summarize(submit_ns),
+                status = Summarize(status_ns);
+    const std::string err = ok ? "" : error;
+    auto base = [&](const char *op) {
+      Record r;
+      r.Str("mode", "async").Str("op", op).Str("transport", transport).Int("desc_size", static_cast<int64_t>(size))
+          .Int("descs", static_cast<int64_t>(n));
+      return r;
+    };
+    rep.Emit(base("batch_sync").Num("p50_us", sync.p50_us).Num("p99_us", sync.p99_us)
+                 .Num("gbps", sync.p50_us > 0 ? static_cast<double>(n * size) / (sync.p50_us * 1e3) : 0)
+                 .Int("iters", static_cast<int64_t>(sync_ns.size())).Str("error", err),
+             false);
+    const double ratio = sync.p50_us > 0 ? async.p50_us / sync.p50_us : 0;
+    rep.Emit(base("batch_async").Num("p50_us", async.p50_us).Num("p99_us", async.p99_us)
+                 .Num("gbps", async.p50_us > 0 ? static_cast<double>(n * size) / (async.p50_us * 1e3) : 0)
+                 .Num("ratio_to_sync", ratio).Int("iters", static_cast<int64_t>(async_ns.size())).Str("error", err),
+             false);
+    rep.Emit(base("submit_1desc").Num("p50_us", submit.p50_us).Num("p99_us", submit.p99_us)
+                 .Int("iters", static_cast<int64_t>(submit_ns.size())).Str("error", err),
+             false);
+    rep.Emit(base("status_completed").Num("p50_us", status.p50_us).Num("p99_us", status.p99_us)
+                 .Int("iters", static_cast<int64_t>(status_ns.size())).Str("error", err),
+             false);
+    if (!opt.json) {
+      if (!ok) rep.Note("async " + transport + ": FAILED: " + error);
+      rep.Note(Format("async %-4s %" PRIu64 " x %s: TransferSync p50 %.1f us (p99 %.1f), %" PRIu64
+                      " async in flight p50 %.1f us (p99 %.1f): %.2fx; TransferAsync submit p50 %.2f us (p99 %.2f); "
+                      "GetTransferStatus on a completed request p50 %.3f us (p99 %.3f); %" PRIu64 " rounds",
+                      transport.c_str(), n, HumanBytes(size).c_str(), sync.p50_us, sync.p99_us, n, async.p50_us,
+                      async.p99_us, ratio, submit.p50_us, submit.p99_us, status.p50_us, status.p99_us, rounds));
+    }
+    if (!ok) rc = kExitFailed;
     session.Close();
   }
   return rc;
@@ -3514,6 +3685,7 @@ int main(int argc, char **argv) {
   if (opt.mode == "overhead") rc = RunOverhead(opt, rep);
   if (opt.mode == "peers") rc = RunPeers(opt, rep);
   if (opt.mode == "mixed") rc = RunMixed(opt, rep);
+  if (opt.mode == "async") rc = RunAsync(opt, rep);
   rep.ClearProgress();
   Plot(opt, rep);
   return rc;
