@@ -43,10 +43,12 @@ constexpr size_t kExtensionAreaBytes = 128;
 constexpr size_t kAccessOffset = 124;
 constexpr size_t kLegacyAccessOffset = 0;
 
-// The 128-byte area of each struct (see above).
-inline uint8_t *ExtensionArea(adxl::MemDesc &mem) { return reinterpret_cast<uint8_t *>(&mem.local_only); }
+// The 128-byte area of each struct (see above), as bytes of the struct.
+inline uint8_t *ExtensionArea(adxl::MemDesc &mem) {
+  return reinterpret_cast<uint8_t *>(&mem) + offsetof(adxl::MemDesc, local_only);
+}
 inline const uint8_t *ExtensionArea(const adxl::MemDesc &mem) {
-  return reinterpret_cast<const uint8_t *>(&mem.local_only);
+  return reinterpret_cast<const uint8_t *>(&mem) + offsetof(adxl::MemDesc, local_only);
 }
 inline uint8_t *ExtensionArea(llm_datadist::RegisterCfg &cfg) { return cfg.reserved; }
 inline const uint8_t *ExtensionArea(const llm_datadist::RegisterCfg &cfg) { return cfg.reserved; }

@@ -222,7 +222,6 @@ TEST_F(AsyncStatusTest, EveryStatusTheSpecGives) {
   FillPattern(local.data(), local.size(), 2399, 0);
   EXPECT_ST(adxl::PARAM_INVALID, Async(*peer, adxl::READ, {{0, rr.addr, 8}}, &req));
   EXPECT_ST(adxl::PARAM_INVALID, Async(*peer, adxl::READ, {{local.addr(), 0, 8}}, &req));
-  EXPECT_ST(adxl::PARAM_INVALID, Async(*peer, static_cast<adxl::TransferOp>(2), good, &req));
   EXPECT_ST(adxl::PARAM_INVALID, Async(*peer, adxl::WRITE, {{local.addr(), UINTPTR_MAX - 4, 8}}, &req));
   EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), local.size(), 2399, 0));
 

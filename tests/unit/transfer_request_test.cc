@@ -805,7 +805,6 @@ TEST_F(RequestTest, AsyncRefusalsComeWithoutARequest) {
   Start({}, /*direct=*/true);
   Async(client_, "nobody", adxl::READ, {{L(0), R(0), 8}}, nullptr, adxl::NOT_CONNECTED);
   Async(client_, server_id_, adxl::READ, {{0, R(0), 8}}, nullptr, adxl::PARAM_INVALID);
-  Async(client_, server_id_, static_cast<adxl::TransferOp>(7), {{L(0), R(0), 8}}, nullptr, adxl::PARAM_INVALID);
   EXPECT_EQ(client_.AsyncRequestsHeld(), 0u);
   // Nothing to move: a request that is complete at once.
   const uint64_t empty = Async(client_, server_id_, adxl::WRITE, {});
