@@ -21,7 +21,7 @@ bool LanePool::AddLane(std::shared_ptr<ByteStream> stream, bool reserved) {
   lanes_[count_].busy = reserved;
   lanes_[count_].last_used = Deadline::Clock::now();
   ++count_;
-  if (!reserved) freed_.notify_one();
+  if (!reserved) WakeOneLocked(/*express=*/false);
   return true;
 }
 
@@ -31,7 +31,7 @@ void LanePool::ReleaseReserved(const std::shared_ptr<ByteStream> &stream) {
     if (lanes_[i].stream == stream && lanes_[i].busy) {
       lanes_[i].busy = false;
       lanes_[i].last_used = Deadline::Clock::now();
-      freed_.notify_one();
+      WakeOneLocked(/*express=*/false);
       return;
     }
   }
@@ -40,7 +40,7 @@ void LanePool::ReleaseReserved(const std::shared_ptr<ByteStream> &stream) {
 void LanePool::AddLazyLanes(size_t n) {
   std::lock_guard lock(mutex_);
   count_ = std::min(kMaxLanes, count_ + n);
-  freed_.notify_all();
+  WakeAllLocked();
 }
 
 size_t LanePool::LaneCount() const {
@@ -84,12 +84,12 @@ void LanePool::ShutdownAll() {
     if (lanes_[i].stream) lanes_[i].stream->Shutdown();
   }
   if (lanes_[kExpressLane].stream) lanes_[kExpressLane].stream->Shutdown();
-  freed_.notify_all();
+  WakeAllLocked();
 }
 
 void LanePool::WakeWaiters() {
   std::lock_guard lock(mutex_);
-  freed_.notify_all();
+  WakeAllLocked();
 }
 
 // A request's view of one lane's I/O: announced by Begin, ended by End (or,
@@ -143,9 +143,23 @@ void LanePool::Release(Lane *lane) {
   std::lock_guard lock(mutex_);
   lane->busy = false;
   lane->last_used = Deadline::Clock::now();
-  // Waiters differ (only small requests may take the express lane): wake
-  // them all so the one this lane suits is among them.
+  WakeOneLocked(lane == &lanes_[kExpressLane]);
+}
+
+void LanePool::WakeOneLocked(bool express) {
+  // One waiter per freed lane, never a herd: the express lane goes to a small
+  // request; a regular lane to a large one if any waits (only it can use it),
+  // else to a small one.
+  if (!express && bulk_waiting_ > 0) {
+    freed_.notify_one();
+  } else {
+    small_freed_.notify_one();
+  }
+}
+
+void LanePool::WakeAllLocked() {
   freed_.notify_all();
+  small_freed_.notify_all();
 }
 
 LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::string *error,
@@ -155,7 +169,9 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
   for (;;) {
     // Checked under mutex_, which Cancel's WakeWaiters takes: no wake-up is missed.
     if (request != nullptr && request->CancelRequested()) {
-      freed_.notify_one();  // a lane freed for us goes to the next waiter
+      // A lane freed for us goes to the next waiter (of either kind: we do not know which we were).
+      freed_.notify_one();
+      small_freed_.notify_one();
       *status = TransferRequest::kCanceledStatus;
       *error = "canceled";
       return nullptr;
@@ -214,7 +230,7 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
         return free_closed;
       }
       free_closed->busy = false;
-      freed_.notify_all();
+      WakeOneLocked(free_closed == &lanes_[kExpressLane]);
       if (fresh) fresh->Shutdown();
       // Another lane that is open, or being opened, may carry the requests.
       const bool others_open = std::any_of(lanes_, lanes_ + count_, [&](const Lane &l) {
@@ -237,9 +253,19 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
     }
     // Every lane is busy (or waits to be retried): queue for the next one freed.
     const Deadline::Clock::time_point until = std::min(deadline.At(), next_retry);
+    // Small requests wait apart from large ones, so a freed lane wakes one
+    // waiter that can take it (WakeOneLocked).
+    std::condition_variable &cv = small ? small_freed_ : freed_;
+    size_t &waiting = small ? small_waiting_ : bulk_waiting_;
+    ++waiting;
+    std::cv_status woke = std::cv_status::no_timeout;
     if (until == Deadline::Clock::time_point::max()) {
-      freed_.wait(lock);
-    } else if (freed_.wait_until(lock, until) == std::cv_status::timeout && deadline.Expired()) {
+      cv.wait(lock);
+    } else {
+      woke = cv.wait_until(lock, until);
+    }
+    --waiting;
+    if (woke == std::cv_status::timeout && deadline.Expired()) {
       *status = adxl::TIMEOUT;
       *error = "no free connection to " + peer_name_ + " before the deadline";
       return nullptr;

@@ -104,6 +104,10 @@ class LanePool : public LaneLender {
   Lane *Acquire(Deadline deadline, adxl::Status *status, std::string *error,
                 std::shared_ptr<ByteStream> *stream, const TransferRequest *request = nullptr, bool small = false);
   void Release(Lane *lane);
+  // mutex_ held: wakes one waiter that can take the lane just freed
+  // (express: the express lane), or every waiter (shutdown, new lanes, cancel).
+  void WakeOneLocked(bool express);
+  void WakeAllLocked();
   // Moves `segs` over `link`, split into parts that run at once on the worker
   // pool where the policy says so.
   TransportResult RunOnLink(TransportLink *link, adxl::TransferOp op, const std::vector<Segment> &segs,
@@ -114,7 +118,10 @@ class LanePool : public LaneLender {
   WorkerPool *workers_;
   Reconnector reconnect_;
   mutable std::mutex mutex_;          // guards lanes_ and count_
-  std::condition_variable freed_;     // a lane was released (or the pool shut down)
+  std::condition_variable freed_;        // large requests: a regular lane was released (or the pool shut down)
+  std::condition_variable small_freed_;  // small requests: any lane was released (or the pool shut down)
+  size_t bulk_waiting_ = 0;              // threads waiting on freed_ (guarded by mutex_)
+  size_t small_waiting_ = 0;             // threads waiting on small_freed_ (guarded by mutex_)
   // lanes_[0, count_) are the regular lanes; lanes_[kExpressLane] is the
   // express lane, opened (pools with a reconnector only) when a small request
   // finds every regular lane busy, so that it never waits behind large
