@@ -35,6 +35,11 @@ const int g_max_spinners = [] {
   return cpus > 3 ? static_cast<int>(cpus / 2) : 1;
 }();
 
+int64_t MonotonicNanos() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -273,6 +278,7 @@ IoStatus TcpStream::ReadAvailable(void *buf, size_t len, size_t *got) {
     const ssize_t n = recv(fd, buf, len, MSG_DONTWAIT);
     if (n > 0) {
       *got = static_cast<size_t>(n);
+      if (gave_up_at_ns_ != 0) SettleGaveUp();
       return IoStatus::kOk;
     }
     if (n == 0) return len == 0 ? IoStatus::kOk : IoStatus::kClosed;
@@ -297,8 +303,17 @@ bool TcpStream::ArrivesSoon() {
     if (n == 0) return false;  // end of stream: the event set reports it
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
-    if (!spin.KeepSpinning()) return false;
+    if (!spin.KeepSpinning()) {
+      gave_up_at_ns_ = MonotonicNanos();
+      return false;
+    }
   }
+}
+
+void TcpStream::SettleGaveUp() {
+  const int64_t waited_ns = MonotonicNanos() - gave_up_at_ns_;
+  gave_up_at_ns_ = 0;
+  if (waited_ns < static_cast<int64_t>(ReadSpinMicros()) * 1000) spin_credit_ = std::min(spin_credit_ + 2, kSpinCreditMax);
 }
 
 IoStatus TcpStream::WriteFull(const iovec *iov, int iovcnt, Deadline deadline) {

@@ -44,9 +44,16 @@ class TcpStream final : public ByteStream {
  private:
   class SpinWait;
   IoStatus WaitFor(short events, Deadline deadline);
+  void SettleGaveUp();
 
   std::atomic<int> fd_;
   int spin_credit_ = 8;  // adaptive spinning (SpinWait); only the reading thread touches it
+  // When ArrivesSoon last gave up (0: it has not, or that was settled). A
+  // server that stops waiting returns its thread to the event set, and the
+  // next read there (ReadAvailable) tells whether the bytes came within the
+  // spin budget: if so spinning would have caught them and credit comes
+  // back; without this a stream that once spun in vain never spins again.
+  int64_t gave_up_at_ns_ = 0;
   std::string peer_name_;
   int last_errno_ = 0;
 };

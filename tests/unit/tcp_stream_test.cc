@@ -1,0 +1,110 @@
+// TcpStream's spin-then-block reads as the event-driven server uses them:
+// ArrivesSoon (spin briefly for the requester's next message) and the credit
+// that keeps an idle stream from burning a core but must come back when the
+// requester turns out to be quick.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "transport/tcp/tcp_stream.h"
+
+namespace llmdd {
+namespace {
+
+class TcpStreamSpin : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    saved_spin_us_ = ReadSpinMicros();
+    SetReadSpinMicros(kSpinUs);
+    int fds[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    server_ = std::make_unique<TcpStream>(fds[0], "server");
+    requester_fd_ = fds[1];
+  }
+  void TearDown() override {
+    SetReadSpinMicros(saved_spin_us_);
+    if (requester_fd_ >= 0) close(requester_fd_);
+  }
+
+  // The requester sends one byte `after` from now, from another thread, while
+  // the server asks ArrivesSoon; returns what ArrivesSoon said.
+  bool ArrivesSoonWhenSentAfter(std::chrono::microseconds after) {
+    std::thread requester([&] {
+      std::this_thread::sleep_for(after);
+      const char byte = 'r';
+      EXPECT_EQ(send(requester_fd_, &byte, 1, 0), 1);
+    });
+    const bool soon = server_->ArrivesSoon();
+    requester.join();
+    DrainOne();
+    return soon;
+  }
+  // Takes the byte the way the event-driven server does after a wake-up.
+  void DrainOne() {
+    char byte = 0;
+    size_t got = 0;
+    for (int i = 0; i < 1000 && got == 0; ++i) {
+      ASSERT_EQ(server_->ReadAvailable(&byte, 1, &got), IoStatus::kOk);
+      if (got == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_EQ(got, 1u);
+  }
+  // Spins in vain until the stream stops spinning (no credit left).
+  void SpendAllCredit() {
+    for (int i = 0; i < 16; ++i) ASSERT_FALSE(server_->ArrivesSoon());
+  }
+
+  // Long enough that a byte sent 2 ms into a spin is caught even on a loaded machine.
+  static constexpr uint32_t kSpinUs = 50000;
+  uint32_t saved_spin_us_ = 0;
+  std::unique_ptr<TcpStream> server_;
+  int requester_fd_ = -1;
+};
+
+TEST_F(TcpStreamSpin, AByteSentDuringTheSpinIsCaught) {
+  EXPECT_TRUE(ArrivesSoonWhenSentAfter(std::chrono::milliseconds(2)));
+}
+
+TEST_F(TcpStreamSpin, AStreamThatSpunInVainStopsSpinning) {
+  SpendAllCredit();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(server_->ArrivesSoon());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::microseconds(kSpinUs / 2))
+      << "a stream without credit must not spin";
+}
+
+// The event-driven server gives up waiting, returns its thread to the event
+// set, and reads the next message after the wake-up. When that message came
+// within the spin budget, spinning would have caught it: the stream must spin
+// again (before this, a server lane that once spun in vain never spun again,
+// and every small request paid an epoll wake-up: 8 B READ p50 22.5 vs 11.6 µs).
+TEST_F(TcpStreamSpin, CreditComesBackWhenTheNextMessageArrivesWithinTheBudget) {
+  SpendAllCredit();
+  // Gives up at once (no credit); the byte follows right after and is read
+  // the way the reactor reads it.
+  EXPECT_FALSE(server_->ArrivesSoon());
+  const char byte = 'r';
+  ASSERT_EQ(send(requester_fd_, &byte, 1, 0), 1);
+  DrainOne();
+  EXPECT_TRUE(ArrivesSoonWhenSentAfter(std::chrono::milliseconds(2)));
+}
+
+TEST_F(TcpStreamSpin, CreditStaysSpentWhenTheNextMessageComesLate) {
+  SetReadSpinMicros(2000);
+  SpendAllCredit();
+  EXPECT_FALSE(server_->ArrivesSoon());
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // well past the budget
+  const char byte = 'r';
+  ASSERT_EQ(send(requester_fd_, &byte, 1, 0), 1);
+  DrainOne();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(server_->ArrivesSoon());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::microseconds(1000));
+}
+
+}  // namespace
+}  // namespace llmdd
