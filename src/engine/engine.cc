@@ -610,15 +610,154 @@ adxl::Status Engine::SubmitLocked(const std::string &key, const Route &route, ad
   }
   adxl::Status status = Admit(submitted.get(), route, /*submitted=*/true, error);
   if (status != adxl::SUCCESS) return status;
+  const LanePool *pool = route.pool.get();
+  {
+    std::lock_guard guard(queued_mutex_);
+    queued_[pool].push_back(Queued{submitted, route});
+  }
   // Finalize waits for this runner (live_) before it destroys the workers.
-  if (!workers_->Submit([this, submitted, route]() mutable { RunRequest(submitted.get(), std::move(route), true); })) {
-    *error = "no transfer worker can take the request";
-    submitted->Finish(adxl::RESOURCE_EXHAUSTED, *error);
-    ForgetRunner(submitted.get());
-    return adxl::RESOURCE_EXHAUSTED;
+  if (!workers_->Submit([this, pool] { RunQueued(pool); })) {
+    bool taken_back = false;
+    {
+      std::lock_guard guard(queued_mutex_);
+      auto it = queued_.find(pool);
+      if (it != queued_.end()) {
+        for (auto q = it->second.begin(); q != it->second.end(); ++q) {
+          if (q->request == submitted) {
+            it->second.erase(q);
+            taken_back = true;
+            break;
+          }
+        }
+        if (it->second.empty()) queued_.erase(it);
+      }
+    }
+    if (taken_back) {
+      *error = "no transfer worker can take the request";
+      EndRunner(submitted.get(), adxl::RESOURCE_EXHAUSTED, *error);
+      return adxl::RESOURCE_EXHAUSTED;
+    }
+    // A running worker took it along with requests queued before it.
   }
   *request = std::move(submitted);
   return adxl::SUCCESS;
+}
+
+void Engine::EndRunner(TransferRequest *request, adxl::Status status, std::string error) {
+  request->Finish(&status, &error);
+  ForgetRunner(request);
+}
+
+namespace {
+uint64_t TotalBytes(const std::vector<Segment> &segs) {
+  uint64_t total = 0;
+  for (const Segment &s : segs) total += s.len;
+  return total;
+}
+}  // namespace
+
+void Engine::RunQueued(const LanePool *pool) {
+  std::vector<Queued> taken;
+  {
+    std::lock_guard guard(queued_mutex_);
+    auto it = queued_.find(pool);
+    if (it == queued_.end()) return;  // taken along by another worker
+    std::deque<Queued> &queue = it->second;
+    taken.push_back(std::move(queue.front()));
+    queue.pop_front();
+    const TransferRequest &oldest = *taken.front().request;
+    uint64_t bytes = TotalBytes(oldest.Segments());
+    size_t descriptors = oldest.Segments().size();
+    size_t scanned = 0;
+    for (auto q = queue.begin(); q != queue.end() && scanned < kCoalesceMaxScan && bytes < kCoalesceMaxBytes;
+         ++scanned) {
+      const TransferRequest &r = *q->request;
+      const uint64_t r_bytes = TotalBytes(r.Segments());
+      if (r.Op() != oldest.Op() || r.CancelRequested() || bytes + r_bytes > kCoalesceMaxBytes ||
+          descriptors + r.Segments().size() > kCoalesceMaxDescriptors) {
+        ++q;
+        continue;
+      }
+      bytes += r_bytes;
+      descriptors += r.Segments().size();
+      taken.push_back(std::move(*q));
+      q = queue.erase(q);
+    }
+    if (queue.empty()) queued_.erase(it);
+  }
+  if (taken.size() == 1) {
+    RunRequest(taken.front().request.get(), std::move(taken.front().route), /*queued=*/true);
+    return;
+  }
+  RunTogether(std::move(taken));
+}
+
+void Engine::RunTogether(std::vector<Queued> taken) {
+  Route route = taken.front().route;
+  const TransferRequest &oldest = *taken.front().request;
+  // The policy skips paths that cannot reach where the local ranges live: a
+  // group shares one memory kind; a request of another kind runs alone.
+  const MemoryKind kind = registry_.KindAt(oldest.Segments().front().local);
+  std::vector<Queued> members, alone;
+  Deadline earliest = oldest.GetDeadline();
+  for (Queued &q : taken) {
+    if (&q != &taken.front() && registry_.KindAt(q.request->Segments().front().local) != kind) {
+      alone.push_back(std::move(q));
+      continue;
+    }
+    if (q.request->GetDeadline().At() < earliest.At()) earliest = q.request->GetDeadline();
+    members.push_back(std::move(q));
+  }
+  std::vector<Segment> segs;  // the carrier borrows them: filled before it runs, kept until it ends
+  TransferRequest carrier(oldest.Key(), oldest.Op(), &segs, earliest);
+  carrier.Arm(nullptr, nullptr, route.pool.get());
+  std::vector<Queued> carried;
+  for (Queued &q : members) {
+    if (q.request->AttachTo(&carrier)) {
+      segs.insert(segs.end(), q.request->Segments().begin(), q.request->Segments().end());
+      carried.push_back(std::move(q));
+    } else {
+      alone.push_back(std::move(q));  // canceled meanwhile: RunRequest ends it
+    }
+  }
+  adxl::Status status = adxl::SUCCESS;
+  std::string error;
+  if (carried.size() < 2) {
+    status = adxl::FAILED;  // nothing to share: each runs alone below
+  } else {
+    try {
+      // Close (Disconnect) waits for the transfers running on its channel.
+      std::optional<Channel::InFlight> in_flight;
+      if (route.channel) in_flight.emplace(route.channel.get());
+      if (route.channel && route.channel->Dead()) {
+        status = adxl::FAILED;
+        error = "peer " + carrier.Key() + " is dead (" + route.channel->DeadReason() + ")";
+      } else {
+        status = route.pool->Transfer(carrier.Op(), segs, carrier.GetDeadline(), &error, &carrier, kind);
+      }
+    } catch (const std::bad_alloc &) {
+      status = adxl::RESOURCE_EXHAUSTED;
+      error = "out of memory";
+    } catch (...) {
+      status = adxl::FAILED;
+      error = "unexpected exception";
+    }
+    carrier.Finish(&status, &error);
+  }
+  // The carrier's I/O has returned: no byte of a member moves after this.
+  std::vector<TransferRequest *> ending;
+  for (Queued &q : carried) {
+    q.request->Detach();
+    if (status == adxl::SUCCESS || q.request->CancelRequested()) {
+      ending.push_back(q.request.get());
+      q.route = Route{};  // the channel may go with it: not under the runner's locks
+    } else {
+      alone.push_back(std::move(q));  // its own outcome: run it alone
+    }
+  }
+  route = Route{};
+  for (TransferRequest *request : ending) EndRunner(request, adxl::SUCCESS, "");  // a canceled one ends canceled
+  for (Queued &q : alone) RunRequest(q.request.get(), std::move(q.route), /*queued=*/true);
 }
 
 adxl::Status Engine::AppCallKeyed(const std::string &key, uint32_t app_type, const std::string &request,

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -165,6 +166,28 @@ class Engine {
                             Deadline deadline, std::shared_ptr<TransferRequest> *request, std::string *error);
   static void RequestDone(void *engine);
   void ForgetRunner(TransferRequest *request);
+  // Ends an admitted request that did not run (or ran carried by a group)
+  // with `status` and lets it go.
+  void EndRunner(TransferRequest *request, adxl::Status status, std::string error);
+
+  // Submitted requests wait per lane pool for a worker. The worker takes the
+  // oldest and, of the others queued to the same pool, those it can carry in
+  // the same transfer (same operation, within path_policy.h's coalescing
+  // caps): many small asynchronous requests to one peer then cost a round
+  // trip per lane, as one TransferSync of their descriptors does, not one
+  // round trip each. Every submission queues one request and one worker task,
+  // so every request is taken by some task.
+  struct Queued {
+    std::shared_ptr<TransferRequest> request;
+    Route route;
+  };
+  void RunQueued(const LanePool *pool);
+  // Runs requests taken together (the oldest first) as one carrier request:
+  // each member is attached to it (its Cancel cancels the carrier) and ends
+  // with the carrier's SUCCESS; after a failure each member not canceled runs
+  // again alone, so that each gets its own outcome (a bad range fails only
+  // the request that has it).
+  void RunTogether(std::vector<Queued> taken);
   Hooks hooks_;
   std::mutex attached_mutex_;
   struct Attached {
@@ -206,6 +229,10 @@ class Engine {
   // intrusive list through TransferRequest::live_prev/live_next, so that
   // admitting a request allocates nothing.
   TransferRequest *live_ = nullptr;
+  // Submitted requests not taken by a worker yet, per lane pool (RunQueued).
+  // A leaf lock: under it only a request's immutable fields and atomics are read.
+  std::mutex queued_mutex_;
+  std::map<const LanePool *, std::deque<Queued>> queued_;
 
   // TransferAsync's requests until their terminal status is read; kept
   // across Finalize (a query afterwards still gets the request's end).

@@ -38,6 +38,12 @@ constexpr std::chrono::milliseconds kLeaseRenewMargin{20};
 // A request of at most this many bytes never waits behind larger ones: when
 // every regular lane is busy it takes the peer's express lane (LanePool).
 constexpr uint64_t kExpressMaxBytes = 64 * 1024;
+// Submitted requests to one peer that are queued for a worker travel together
+// (Engine::RunQueued) while the group stays within these totals; the scan for
+// companions looks at this many queued requests at most.
+constexpr uint64_t kCoalesceMaxBytes = 16ULL << 20;
+constexpr size_t kCoalesceMaxDescriptors = 4096;
+constexpr size_t kCoalesceMaxScan = 1024;
 // Split across lanes from this many bytes, in parts of at least kMinPartBytes.
 constexpr uint64_t kParallelThreshold = 1ULL << 20;
 constexpr uint64_t kMinPartBytes = 256ULL << 10;

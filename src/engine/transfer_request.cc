@@ -69,7 +69,7 @@ bool TransferRequest::Canceled() const {
 
 bool TransferRequest::MovingBytes() const {
   std::lock_guard lock(mutex_);
-  return io_count_ != 0;
+  return io_count_ != 0 || group_ != nullptr;
 }
 
 void TransferRequest::Arm(DoneHook on_done, void *context, LanePool *pool) {
@@ -93,8 +93,29 @@ void TransferRequest::Cancel(const std::string &why) {
   }
   // A runner waiting for a free lane sees the cancel at once.
   if (pool_ != nullptr) pool_->WakeWaiters();
+  // Carried by a group: the group stops (lock order: a member's lock, then its
+  // group's; nothing takes them the other way) and its runner ends this one
+  // once the group's I/O has returned.
+  if (group_ != nullptr) {
+    group_->Cancel(why);
+    return;
+  }
   // Moving no bytes now: nothing to wait for. Otherwise the last EndIo completes it.
   if (io_count_ == 0) CompleteLocked(kCanceledStatus, cancel_reason_, true);
+}
+
+bool TransferRequest::AttachTo(TransferRequest *group) {
+  std::lock_guard lock(mutex_);
+  if (finished_ || cancel_requested_.load(std::memory_order_relaxed) || group_ != nullptr) return false;
+  group_ = group;
+  return true;
+}
+
+void TransferRequest::Detach() {
+  std::lock_guard lock(mutex_);
+  group_ = nullptr;
+  if (cancel_requested_.load(std::memory_order_relaxed) && io_count_ == 0 && !finished_)
+    CompleteLocked(kCanceledStatus, cancel_reason_, true);
 }
 
 bool TransferRequest::BeginIo(ByteStream *stream) {

@@ -77,6 +77,15 @@ class TransferRequest {
   // next use), a wait for a free lane is woken. Nothing when already done.
   void Cancel(const std::string &why = "canceled");
 
+  // ---- coalescing (several queued requests carried as one, Engine) ----
+  // From now on this request's bytes move as part of `group`, a request that
+  // carries this one's segments with others': Cancel cancels the group, and
+  // this request counts as moving bytes (it does not end on a Cancel) until
+  // Detach. False, nothing attached, when it is canceled or done already.
+  // The caller keeps `group` alive until Detach.
+  bool AttachTo(TransferRequest *group);
+  void Detach();
+
   // ---- runner side ----
   // Runs once when the request becomes done, on the completing thread,
   // under the request's lock and before any waiter returns from Wait (the
@@ -135,6 +144,7 @@ class TransferRequest {
   size_t io_count_ = 0;
   mutable int waiters_ = 0;  // threads in Wait (guarded by mutex_): no notify without them
   LanePool *pool_ = nullptr;  // null once done
+  TransferRequest *group_ = nullptr;  // the request carrying this one's bytes (AttachTo)
   DoneHook on_done_ = nullptr;
   void *on_done_context_ = nullptr;
 };
