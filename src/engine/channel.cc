@@ -32,6 +32,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   wire::Hello hello;
   hello.role = wire::ConnRole::kControl;
   hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
+  if (params.reverse_lanes > 0) hello.capabilities |= wire::kCapLazyReverseLanes;
   hello.heartbeat_interval_ms = params.config.heartbeat_interval_ms;
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
   hello.engine_id = params.local_id;
@@ -90,33 +91,16 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   // Data lanes open when a transfer first needs them and close after they sat
   // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.
   channel->lanes_->AddLazyLanes(params.config.tcp_connections);
-  for (uint32_t i = 0; i < params.reverse_lanes; ++i) {
-    std::shared_ptr<ByteStream> lane = channel->OpenLane(wire::ConnRole::kReverseLane, deadline, &status, error);
-    if (!lane) {
+  // A server that asks for reverse lanes (kCapLazyReverseLanes) gets the first
+  // now: it carries what the server needs to know of the paths to us, and the
+  // server then asks for the others as its requests need them.
+  const bool lazy_reverse = (ack.capabilities & wire::kCapLazyReverseLanes) != 0;
+  const uint32_t reverse_now = lazy_reverse ? std::min<uint32_t>(params.reverse_lanes, 1) : params.reverse_lanes;
+  for (uint32_t i = 0; i < reverse_now; ++i) {
+    if (!channel->AddReverseLane(deadline, &status, error)) {
       channel->Close(Deadline::AfterMs(200));
       return status;
     }
-    channel->reverse_streams_.push_back(lane);
-    ServeContext ctx;
-    ctx.registry = params.registry;
-    ctx.app_handler = params.app_handler;
-    ctx.peer = params.remote_id;
-    ctx.same_host = channel->server_process_;
-    ctx.stopping = &raw->stopping_;
-    ctx.max_wait_ms = params.config.max_serve_wait_ms;
-    ctx.max_lease_ms = params.config.deregister_grace_ms;
-    ctx.app_bytes = &raw->reverse_app_bytes_;
-    ctx.max_app_bytes = params.config.max_peer_message_bytes;
-    auto server = std::make_shared<LaneServer>(*lane, std::move(ctx));
-    // The handler keeps the stream alive as long as it is watched.
-    const uint64_t watch =
-        params.reactor->Watch(lane->NativeHandle(), [server, lane] { return server->OnReadable(); }, error);
-    if (watch == 0) {
-      *error = "cannot serve a reverse lane to " + params.remote_id + ": " + *error;
-      channel->Close(Deadline::AfterMs(200));
-      return adxl::RESOURCE_EXHAUSTED;
-    }
-    channel->reverse_watches_.push_back(watch);
   }
   channel->heartbeat_timer_ = params.reactor->Every(std::chrono::milliseconds(params.config.heartbeat_interval_ms),
                                                     [raw] { raw->Heartbeat(); });
@@ -131,6 +115,91 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
 }
 
 Channel::~Channel() { Close(Deadline::AfterMs(0)); }
+
+bool Channel::AddReverseLane(Deadline deadline, adxl::Status *status, std::string *error) {
+  std::shared_ptr<ByteStream> lane = OpenLane(wire::ConnRole::kReverseLane, deadline, status, error);
+  if (!lane) return false;
+  ServeContext ctx;
+  ctx.registry = params_.registry;
+  ctx.app_handler = params_.app_handler;
+  ctx.peer = params_.remote_id;
+  ctx.same_host = server_process_;
+  ctx.stopping = &stopping_;
+  ctx.max_wait_ms = params_.config.max_serve_wait_ms;
+  ctx.max_lease_ms = params_.config.deregister_grace_ms;
+  ctx.app_bytes = &reverse_app_bytes_;
+  ctx.max_app_bytes = params_.config.max_peer_message_bytes;
+  auto server = std::make_shared<LaneServer>(*lane, std::move(ctx));
+  std::lock_guard lock(reverse_mutex_);
+  if (reverse_closed_) {
+    lane->Shutdown();
+    *status = adxl::FAILED;
+    *error = "the channel to " + params_.remote_id + " is closing";
+    return false;
+  }
+  // The handler keeps the stream alive as long as it is watched. Close
+  // unwatches every reverse lane before the channel goes, so `this` is alive
+  // whenever a handler runs.
+  const uint64_t watch = params_.reactor->Watch(
+      lane->NativeHandle(),
+      [this, server, lane] {
+        if (server->OnReadable()) return true;
+        ForgetReverseLane(lane.get());  // ended (the remote closed it idle): its socket goes with the watch
+        return false;
+      },
+      error);
+  if (watch == 0) {
+    lane->Shutdown();
+    *status = adxl::RESOURCE_EXHAUSTED;
+    *error = "cannot serve a reverse lane to " + params_.remote_id + ": " + *error;
+    return false;
+  }
+  reverse_streams_.push_back(std::move(lane));
+  reverse_watches_.push_back(watch);
+  return true;
+}
+
+void Channel::ForgetReverseLane(const ByteStream *lane) {
+  std::lock_guard lock(reverse_mutex_);
+  for (size_t i = 0; i < reverse_streams_.size(); ++i) {
+    if (reverse_streams_[i].get() == lane) {
+      reverse_streams_.erase(reverse_streams_.begin() + static_cast<std::ptrdiff_t>(i));
+      reverse_watches_.erase(reverse_watches_.begin() + static_cast<std::ptrdiff_t>(i));
+      return;
+    }
+  }
+}
+
+void Channel::OnReverseLaneWanted() {
+  {
+    std::lock_guard lock(reverse_mutex_);
+    // Its regular reverse lanes and its express lane: what the remote's pool can use.
+    const size_t cap = static_cast<size_t>(params_.reverse_lanes) + 1;
+    if (reverse_closed_ || reverse_streams_.size() + reverse_opening_ >= cap) {
+      LOG_WARN("%s asked for a reverse lane beyond the %zu it may have: not opened", params_.remote_id.c_str(), cap);
+      return;
+    }
+    ++reverse_opening_;
+  }
+  // The handshake is a round trip: not on the event thread that read the request.
+  std::weak_ptr<Channel> weak = weak_from_this();
+  const bool submitted = params_.workers->Submit([weak] {
+    std::shared_ptr<Channel> self = weak.lock();
+    if (!self) return;
+    adxl::Status status = adxl::SUCCESS;
+    std::string error;
+    if (!self->AddReverseLane(Deadline::AfterMs(self->params_.config.handshake_timeout_ms), &status, &error) &&
+        !self->stopping_.load())
+      LOG_WARN("cannot open the reverse lane %s asked for: %s", self->params_.remote_id.c_str(), error.c_str());
+    std::lock_guard lock(self->reverse_mutex_);
+    --self->reverse_opening_;
+  });
+  if (!submitted) {
+    LOG_WARN("cannot open the reverse lane %s asked for: no worker thread", params_.remote_id.c_str());
+    std::lock_guard lock(reverse_mutex_);
+    --reverse_opening_;
+  }
+}
 
 std::string Channel::DeadReason() const {
   std::lock_guard lock(dead_mutex_);
@@ -196,6 +265,10 @@ bool Channel::OnControlReadable() {
       if (expected != 0) ping_outstanding_.compare_exchange_strong(expected, 0);
       continue;
     }
+    if (header.type == static_cast<uint16_t>(MsgType::kReverseLaneWanted) && params_.reverse_lanes > 0) {
+      OnReverseLaneWanted();
+      continue;
+    }
     if (header.type == static_cast<uint16_t>(MsgType::kGoodbyeAck)) {
       std::lock_guard lock(wake_mutex_);
       goodbye_pending_ = false;
@@ -257,11 +330,19 @@ void Channel::Close(Deadline deadline, bool say_goodbye) {
     }
     if (control_) control_->Shutdown();
     if (lanes_) lanes_->ShutdownAll();
-    for (auto &stream : reverse_streams_) stream->Shutdown();
+    std::vector<std::shared_ptr<ByteStream>> reverse;
+    std::vector<uint64_t> reverse_watches;
+    {
+      std::lock_guard lock(reverse_mutex_);
+      reverse_closed_ = true;  // a lane being opened on request is shut when it arrives
+      reverse = reverse_streams_;
+      reverse_watches = reverse_watches_;
+    }
+    for (auto &stream : reverse) stream->Shutdown();
     // Nothing of ours runs on the event threads after this.
     if (params_.reactor != nullptr) {
       params_.reactor->Unwatch(control_watch_);
-      for (uint64_t watch : reverse_watches_) params_.reactor->Unwatch(watch);
+      for (uint64_t watch : reverse_watches) params_.reactor->Unwatch(watch);
     }
   });
 }

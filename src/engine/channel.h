@@ -26,7 +26,7 @@
 
 namespace llmdd {
 
-class Channel {
+class Channel : public std::enable_shared_from_this<Channel> {
  public:
   struct Params {
     std::string local_id;
@@ -82,6 +82,15 @@ class Channel {
   void MarkDead(const std::string &reason);
   std::shared_ptr<ByteStream> OpenLane(wire::ConnRole role, Deadline deadline, adxl::Status *status,
                                        std::string *error);
+  // Opens one reverse lane and serves the remote's requests on it (event
+  // threads); false with *status/*error when it cannot, or when the channel
+  // is closing. A lane the remote closes (idle) is forgotten and its socket
+  // closed.
+  bool AddReverseLane(Deadline deadline, adxl::Status *status, std::string *error);
+  // The remote asked for a reverse lane (ReverseLaneWanted): opened on the
+  // worker pool, up to the channel's cap (reverse lanes and the express lane).
+  void OnReverseLaneWanted();
+  void ForgetReverseLane(const ByteStream *lane);
 
   Params params_;
   uint64_t session_id_ = 0;
@@ -89,8 +98,13 @@ class Channel {
   std::shared_ptr<ByteStream> control_;
   std::mutex control_mutex_;  // one control exchange at a time
   std::unique_ptr<LanePool> lanes_;
-  std::vector<std::shared_ptr<ByteStream>> reverse_streams_;
-  std::vector<uint64_t> reverse_watches_;
+  // Reverse lanes being served, and their watches (same order). Lazy reverse
+  // lanes (kCapLazyReverseLanes) come and go while the channel is open.
+  std::mutex reverse_mutex_;
+  std::vector<std::shared_ptr<ByteStream>> reverse_streams_;  // guarded by reverse_mutex_
+  std::vector<uint64_t> reverse_watches_;                     // guarded by reverse_mutex_
+  size_t reverse_opening_ = 0;   // asked-for lanes being opened (guarded by reverse_mutex_)
+  bool reverse_closed_ = false;  // Close took the lanes: no more (guarded by reverse_mutex_)
   std::atomic<uint64_t> reverse_app_bytes_{0};  // app messages held for the server across reverse lanes
   std::atomic<bool> stopping_{false};
   uint64_t heartbeat_timer_ = 0;

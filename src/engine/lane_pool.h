@@ -68,6 +68,8 @@ class LanePool : public LaneLender {
   // same-host link when the handshake verified the peer, a fake in tests).
   // Set once, before the pool is used.
   void SetLinks(std::vector<std::shared_ptr<TransportLink>> links) { links_ = std::move(links); }
+  // Whether lanes can be (re)opened from this side (a reconnector was given).
+  bool CanReconnect() const { return static_cast<bool>(reconnect_); }
   // Whether a usable link of this transport (TransportCaps::name) is present.
   bool HasUsableLink(const char *name) const;
   // The same-host path, while the verified peer process is still trusted.

@@ -55,6 +55,11 @@ constexpr int kAcceptsPerWake = 64;
 constexpr int64_t kEvictableHandshakeMs = 250;
 // How often silent sessions and overdue handshakes are looked for.
 constexpr std::chrono::milliseconds kHousekeepingPeriod{100};
+// A lazy session's reverse pool: its regular lanes (the client opens the first
+// at Connect), and how many lanes the client opened on request may wait for
+// the opener that asked (more are refused: nobody asked for them).
+constexpr size_t kLazyReverseLanes = 2;
+constexpr size_t kMaxReverseArrivals = 3;
 
 void LogRefusalRateLimited(std::atomic<int64_t> *last_ms, const std::string &what) {
   const int64_t now_ms = SteadyNowMs();
@@ -329,7 +334,9 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
     return false;
   }
   wire::HelloAck ack;
-  ack.capabilities = wire::kCapReverseLanes;
+  // Granted only where the client offered it (SendHelloAck negotiates).
+  ack.capabilities = wire::kCapReverseLanes | wire::kCapLazyReverseLanes;
+  session->lazy_reverse = (hello.capabilities & wire::kCapLazyReverseLanes) != 0;
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
   ack.session_id = session->id;
   ack.engine_id = local_id_;
@@ -374,12 +381,16 @@ bool PeerServer::OnControlMessage(const ConnectionPtr &conn) {
     conn->incoming.Reset();
     session->last_heard_ms.store(SteadyNowMs());
     if (wire::IsIgnorable(header.type)) {  // a later revision's optional message (body read): the session stays
+      std::unique_lock write(session->control_write);
       if (AnswerIgnorable(stream, header, Deadline::AfterMs(session->silence_ms))) continue;
+      write.unlock();
       EndSession(session->id, "control connection lost");
       return false;
     }
     if (header.type == static_cast<uint16_t>(MsgType::kPing)) {
+      std::unique_lock write(session->control_write);
       if (!SendControl(stream, MsgType::kPong, header.request_id, Deadline::AfterMs(session->silence_ms))) {
+        write.unlock();
         EndSession(session->id, "control connection lost");
         return false;
       }
@@ -387,7 +398,10 @@ bool PeerServer::OnControlMessage(const ConnectionPtr &conn) {
       // Lanes are shut down before the ack, so the client knows nothing of the
       // session is still being served once it reads the ack.
       EndSession(session->id, "client said goodbye", /*said_goodbye=*/true);
-      SendControl(stream, MsgType::kGoodbyeAck, header.request_id, Deadline::AfterMs(1000));
+      {
+        std::lock_guard write(session->control_write);
+        SendControl(stream, MsgType::kGoodbyeAck, header.request_id, Deadline::AfterMs(1000));
+      }
       stream.Shutdown();
       return false;
     } else {
@@ -458,6 +472,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
   const wire::Hello &hello = conn->hello;
   const std::shared_ptr<ByteStream> &stream = conn->stream;
   std::shared_ptr<LanePool> pool;
+  std::shared_ptr<Session> asked;  // a lane a lazy session's pool asked for
   bool first = false;
   {
     std::lock_guard lock(mutex_);
@@ -469,7 +484,14 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
     }
     auto &session = it->second;
     if (!session->reverse) {
-      session->reverse = std::make_shared<LanePool>(session->client_id, workers_, nullptr);
+      LanePool::Reconnector opener;
+      if (session->lazy_reverse) {
+        opener = [weak = std::weak_ptr<Session>(session), wait_ms = config_.handshake_timeout_ms](
+                     Deadline d, adxl::Status *status, std::string *why) {
+          return AskForReverseLane(weak, wait_ms, d, status, why);
+        };
+      }
+      session->reverse = std::make_shared<LanePool>(session->client_id, workers_, std::move(opener));
       // The client verified it reaches our memory: it can serve same-host requests.
       const bool both_ways = (hello.capabilities & wire::kCapSameHost) != 0 && session->same_host &&
                              config_.SameHostAllowed();
@@ -479,6 +501,8 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       if (both_ways) peer.same_host = session->same_host;
       session->reverse->SetLinks(transports_->Connect(peer, session->transports, Deadline::AfterMs(200)));
       first = true;
+    } else if (session->lazy_reverse) {
+      asked = session;
     }
     pool = session->reverse;
     if (pool->SameHost() && !SameHostForLane(session->same_host, hello, *stream)) {
@@ -486,6 +510,32 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       stream->Shutdown();
       return;
     }
+  }
+  wire::HelloAck ack;
+  ack.session_id = hello.session_id;
+  ack.engine_id = local_id_;
+  if (asked) {
+    // Lazy session: the pool's opener asked for this lane and waits for it.
+    {
+      std::lock_guard lock(asked->reverse_mutex);
+      if (asked->reverse_closed || asked->reverse_arrivals.size() >= kMaxReverseArrivals) {
+        SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "reverse lane not asked for", Deadline::AfterMs(200));
+        stream->Shutdown();
+        return;
+      }
+    }
+    if (!SendHelloAck(*stream, hello, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) {
+      stream->Shutdown();
+      return;
+    }
+    std::lock_guard lock(asked->reverse_mutex);
+    if (asked->reverse_closed) {
+      stream->Shutdown();
+      return;
+    }
+    asked->reverse_arrivals.push_back(stream);
+    asked->reverse_arrived.notify_one();
+    return;
   }
   // The lane is in the pool, and the pool published to the engine, before the
   // client hears the lane is accepted: once its Connect returns, requests from
@@ -496,17 +546,56 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
     stream->Shutdown();
     return;
   }
+  // A lazy session's client opened its first lane only: the others open when asked for.
+  if (first && pool->CanReconnect()) pool->AddLazyLanes(kLazyReverseLanes - 1);
   if (first && callbacks_.on_reverse) callbacks_.on_reverse(hello.engine_id, hello.session_id, pool);
-  wire::HelloAck ack;
-  ack.session_id = hello.session_id;
-  ack.engine_id = local_id_;
   if (!SendHelloAck(*stream, hello, ack, Deadline::AfterMs(config_.handshake_timeout_ms))) stream->Shutdown();
   pool->ReleaseReserved(stream);
+}
+
+std::shared_ptr<ByteStream> PeerServer::AskForReverseLane(const std::weak_ptr<Session> &weak, uint32_t wait_ms,
+                                                          Deadline deadline, adxl::Status *status, std::string *why) {
+  const std::shared_ptr<Session> session = weak.lock();
+  if (!session) {
+    *status = adxl::FAILED;
+    *why = "the client's session ended";
+    return nullptr;
+  }
+  const Deadline until = deadline.EarlierOf(Deadline::AfterMs(wait_ms));
+  std::unique_lock lock(session->reverse_mutex);
+  if (session->reverse_arrivals.empty() && !session->reverse_closed) {
+    lock.unlock();
+    bool sent = false;
+    {
+      std::lock_guard write(session->control_write);
+      sent = SendControl(*session->control, MsgType::kReverseLaneWanted, 0, until.EarlierOf(Deadline::AfterMs(200)));
+    }
+    if (!sent) {
+      *status = adxl::FAILED;
+      *why = "cannot ask " + session->client_id + " for a reverse lane: its control connection is lost";
+      return nullptr;
+    }
+    lock.lock();
+    session->reverse_arrived.wait_until(lock, until.At(), [&] {
+      return !session->reverse_arrivals.empty() || session->reverse_closed;
+    });
+  }
+  if (!session->reverse_arrivals.empty()) {
+    std::shared_ptr<ByteStream> lane = std::move(session->reverse_arrivals.front());
+    session->reverse_arrivals.pop_front();
+    return lane;
+  }
+  *status = session->reverse_closed ? adxl::FAILED : adxl::TIMEOUT;
+  *why = session->reverse_closed ? "the client's session ended"
+                                 : "client " + session->client_id + " did not open the reverse lane asked for within " +
+                                       std::to_string(wait_ms) + " ms";
+  return nullptr;
 }
 
 void PeerServer::Housekeeping() {
   const int64_t now = SteadyNowMs();
   std::vector<std::shared_ptr<Session>> silent;
+  std::vector<std::shared_ptr<LanePool>> lazy_pools;
   {
     std::lock_guard lock(mutex_);
     for (auto &conn : pending_) {
@@ -518,9 +607,13 @@ void PeerServer::Housekeeping() {
         conn->stream->Shutdown();
       }
     }
-    for (auto &[id, session] : sessions_)
+    for (auto &[id, session] : sessions_) {
       if (now - session->last_heard_ms.load() > session->silence_ms) silent.push_back(session);
+      if (session->lazy_reverse && session->reverse) lazy_pools.push_back(session->reverse);
+    }
   }
+  // Reverse lanes of lazy sessions close when idle, as the client's forward lanes do; asked for again when needed.
+  for (auto &pool : lazy_pools) pool->CloseIdle(std::chrono::milliseconds(config_.idle_lane_close_ms));
   for (auto &session : silent) {
     LOG_WARN("client %s silent for %u ms: dropping its session", session->client_id.c_str(), session->silence_ms);
     EndSession(session->id, "heartbeat timeout");
@@ -539,6 +632,13 @@ void PeerServer::EndSession(uint64_t session_id, const char *why, bool said_good
     for (auto &lane : session->lanes) lane->Shutdown();
   }
   if (!said_goodbye) session->control->Shutdown();
+  {
+    std::lock_guard lock(session->reverse_mutex);
+    session->reverse_closed = true;
+    for (auto &lane : session->reverse_arrivals) lane->Shutdown();
+    session->reverse_arrivals.clear();
+    session->reverse_arrived.notify_all();
+  }
   if (session->reverse) session->reverse->ShutdownAll();
   // Requests already being served finish or abort promptly (lanes are shut
   // down, copies stop at their deadlines); wait for them, bounded, so nothing

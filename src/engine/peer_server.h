@@ -16,6 +16,8 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -69,6 +71,18 @@ class PeerServer {
     std::shared_ptr<std::atomic<int>> busy = std::make_shared<std::atomic<int>>(0);  // requests being served
     // Application-message bytes held for this client across its lanes (llmdd.MaxPeerMessageBytes).
     std::shared_ptr<std::atomic<uint64_t>> app_bytes = std::make_shared<std::atomic<uint64_t>>(0);
+    // Messages the server starts on the control connection (ReverseLaneWanted,
+    // from a requesting thread) and answers (Pong, from the control handler)
+    // are written one at a time.
+    std::mutex control_write;
+    // kCapLazyReverseLanes granted: the reverse pool opens lanes by asking the
+    // client; the lanes it opened wait in `reverse_arrivals` for the opener
+    // that asked (at most kMaxReverseArrivals; unasked ones beyond are refused).
+    bool lazy_reverse = false;
+    std::mutex reverse_mutex;
+    std::condition_variable reverse_arrived;
+    std::deque<std::shared_ptr<ByteStream>> reverse_arrivals;
+    bool reverse_closed = false;  // guarded by reverse_mutex: the session ended
     uint32_t silence_ms = 0;                   // silence on the control connection that ends the session
     std::atomic<int64_t> last_heard_ms{0};     // steady clock, ms: the last control message
     bool ended = false;
@@ -100,6 +114,10 @@ class PeerServer {
   bool OnControlMessage(const ConnectionPtr &conn);
   bool StartDataLane(const ConnectionPtr &conn);
   void AttachReverseLane(const ConnectionPtr &conn);
+  // The reverse pool's opener for a lazy session: asks the client for a lane
+  // and waits (bounded by the handshake timeout) for it to arrive.
+  static std::shared_ptr<ByteStream> AskForReverseLane(const std::weak_ptr<Session> &weak, uint32_t wait_ms,
+                                                       Deadline deadline, adxl::Status *status, std::string *why);
   // Ends a connection that is still in its handshake (not yet admitted).
   void ForgetPending(const ConnectionPtr &conn);
   // Timer: silent sessions and overdue handshakes.

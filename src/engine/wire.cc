@@ -16,6 +16,7 @@ const char *MsgTypeName(uint16_t type) {
     case MsgType::kAuthChallenge: return "AuthChallenge";
     case MsgType::kAuthResponse: return "AuthResponse";
     case MsgType::kAuthConfirm: return "AuthConfirm";
+    case MsgType::kReverseLaneWanted: return "ReverseLaneWanted";
     case MsgType::kReadRequest: return "ReadRequest";
     case MsgType::kReadResponse: return "ReadResponse";
     case MsgType::kWriteRequest: return "WriteRequest";
@@ -67,6 +68,7 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
       break;
     case MsgType::kRelease:
     case MsgType::kLeaseRequest:
+    case MsgType::kReverseLaneWanted:
       max_body = 0;
       break;
     case MsgType::kLeaseGrant:

@@ -58,6 +58,9 @@ enum class MsgType : uint16_t {
   kAuthChallenge = 8,  // server -> client when a shared secret is configured: the server's nonce only
   kAuthResponse = 9,   // client -> server, answers the challenge with the client's proof
   kAuthConfirm = 10,   // server -> client, only after a valid client proof: the server's proof
+  // server -> client on the control connection of a session that granted
+  // kCapLazyReverseLanes: open one more reverse lane (no body, request_id 0)
+  kReverseLaneWanted = 15,
   kReadRequest = 16,   // data lanes
   kReadResponse = 17,
   kWriteRequest = 18,
@@ -127,7 +130,13 @@ constexpr uint32_t kCapAppMessages = 1U << 1;
 // the client reached the server's memory, so the server may use it on reverse
 // lanes.
 constexpr uint32_t kCapSameHost = 1U << 2;
-constexpr uint32_t kKnownCapabilities = kCapReverseLanes | kCapAppMessages | kCapSameHost;
+// Control Hello: the client opens its reverse lanes when the server asks
+// (ReverseLaneWanted) instead of all at Connect; HelloAck: the server will ask.
+// The client then opens one reverse lane at Connect (it tells the server which
+// paths reach the client, as before) and the server closes idle ones
+// (llmdd.IdleLaneCloseMs) and asks again when it needs them.
+constexpr uint32_t kCapLazyReverseLanes = 1U << 4;
+constexpr uint32_t kKnownCapabilities = kCapReverseLanes | kCapAppMessages | kCapSameHost | kCapLazyReverseLanes;
 // What a HelloAck grants: offered by the client, supported here, known.
 inline uint32_t NegotiateCapabilities(uint32_t offered, uint32_t supported) {
   return offered & supported & kKnownCapabilities;

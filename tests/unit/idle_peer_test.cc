@@ -118,5 +118,61 @@ TEST(LanesPerSession, ATransferSplitForMoreLanesThanTheServerTakesUsesTheLanesIt
   EXPECT_EQ(OpenSockets() - before, 4) << "control and one lane, both ends";
 }
 
+// An LLM-DataDist link (ConnectKeyed with reverse lanes) costs the same when
+// idle: the client opens one reverse lane at Connect (it tells the server how
+// to reach the client), the server closes it once idle and asks for reverse
+// lanes (ReverseLaneWanted) when its requests need them. Before, both reverse
+// lanes stayed open for the link's life: 3 sockets a side per idle link.
+TEST_P(IdlePeer, AReverseLinkOpensItsReverseLanesOnRequestAndClosesThemWhenIdle) {
+  const std::map<std::string, std::string> options = {
+      {"llmdd.Transport", GetParam()}, {"llmdd.IdleLaneCloseMs", "300"}, {"llmdd.TcpConnections", "4"}};
+  // Buffers outlive the engines (declared first, destroyed last), see TESTING.md.
+  std::vector<char> on_client(8 << 20), on_server(on_client.size());
+  Engine server, client;
+  const int port = llmdd::testing::FreeLoopbackPort();
+  const std::string server_id = "127.0.0.1:" + std::to_string(port);
+  const std::string client_id = "127.0.0.1";
+  ASSERT_EQ(server.Initialize(server_id, options), adxl::SUCCESS);
+  ASSERT_EQ(client.Initialize(client_id, options), adxl::SUCCESS);
+  for (size_t i = 0; i < on_client.size(); ++i) on_client[i] = static_cast<char>(i * 17 + 3);
+  uint64_t handle = 0;
+  ASSERT_EQ(client.RegisterMem(reinterpret_cast<uintptr_t>(on_client.data()), on_client.size(), adxl::MEM_HOST,
+                               &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(on_server.data()), on_server.size(), adxl::MEM_HOST,
+                               &handle),
+            adxl::SUCCESS);
+
+  const int before = OpenSockets();
+  std::string error;
+  ASSERT_EQ(client.ConnectKeyed("server", llmdd::testing::Loopback(port), 2, Deadline::AfterMs(3000), &error),
+            adxl::SUCCESS)
+      << error;
+  EXPECT_EQ(OpenSockets() - before, 4) << "control and one reverse lane (both ends)";
+  EXPECT_TRUE(WaitFor([&] { return OpenSockets() - before == 2; }, 3000))
+      << OpenSockets() - before << " sockets: the idle reverse lane stayed open";
+
+  // The server reads the client's memory: it asks for reverse lanes again.
+  std::vector<Segment> all = {{reinterpret_cast<uintptr_t>(on_server.data()),
+                               reinterpret_cast<uintptr_t>(on_client.data()), on_client.size()}};
+  ASSERT_EQ(server.TransferKeyed(client_id, adxl::READ, all, Deadline::AfterMs(5000), &error), adxl::SUCCESS)
+      << error;
+  EXPECT_EQ(on_server, on_client);
+  const int busy = OpenSockets() - before;
+  EXPECT_GT(busy, 2) << "the transfer opened reverse lanes";
+  EXPECT_LE(busy, 2 + 2 * 3) << "at most 2 reverse lanes and the express lane";
+  EXPECT_TRUE(WaitFor([&] { return OpenSockets() - before == 2; }, 3000)) << OpenSockets() - before << " sockets";
+
+  // Again, small: reopened, the right bytes.
+  std::fill(on_server.begin(), on_server.end(), 0);
+  std::vector<Segment> small = {{reinterpret_cast<uintptr_t>(on_server.data()) + 4096,
+                                 reinterpret_cast<uintptr_t>(on_client.data()) + 4096, 4096}};
+  ASSERT_EQ(server.TransferKeyed(client_id, adxl::READ, small, Deadline::AfterMs(3000), &error), adxl::SUCCESS)
+      << error;
+  EXPECT_EQ(0, memcmp(on_server.data() + 4096, on_client.data() + 4096, 4096));
+  EXPECT_EQ(client.DisconnectKeyed("server", Deadline::AfterMs(3000), true), adxl::SUCCESS);
+  EXPECT_TRUE(WaitFor([&] { return OpenSockets() == before; }, 3000));
+}
+
 }  // namespace
 }  // namespace llmdd
