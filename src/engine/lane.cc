@@ -66,6 +66,42 @@ uint32_t TimeoutField(const Deadline &deadline) {
   return static_cast<uint32_t>(ms);
 }
 
+namespace {
+
+// A same-host request's time (wire::kSameHostRemainingSize): what is left of
+// the caller's, less the margin for the request's way to the server (at most a
+// quarter of it), so the server's count, started when it reads the request,
+// normally ends before ours.
+uint64_t SameHostRemainingNs(const Deadline &deadline) {
+  if (deadline.IsNever()) return wire::kMaxSameHostRemainingNs;
+  const int64_t left =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.At() - Deadline::Clock::now()).count();
+  if (left <= 0) return 0;
+  const uint64_t ns = std::min<uint64_t>(static_cast<uint64_t>(left), wire::kMaxSameHostRemainingNs);
+  return ns - std::min<uint64_t>(wire::kSameHostMarginNs, ns / 4);
+}
+
+}  // namespace
+
+uint64_t EncodeRangeBody(const Segment *segs, size_t count, Deadline deadline, bool same_host,
+                         std::vector<uint8_t> *body) {
+  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0);
+  const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
+  body->resize(entries_at + entry_size * count);
+  uint8_t *out = body->data();
+  if (same_host) wire::PutU64(out + wire::kRangeBodyHeader, SameHostRemainingNs(deadline));
+  uint64_t total = 0;
+  for (size_t i = 0; i < count; ++i) {
+    uint8_t *entry = out + entries_at + i * entry_size;
+    wire::PutU64(entry, segs[i].remote);
+    wire::PutU64(entry + 8, segs[i].len);
+    if (same_host) wire::PutU64(entry + 16, segs[i].local);
+    total += segs[i].len;
+  }
+  wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, out);
+  return total;
+}
+
 LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what) {
   LaneResult result;
   result.broken = true;
@@ -127,19 +163,10 @@ LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t req
 LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                            uint64_t request_id, Deadline deadline) {
   const bool is_read = op == adxl::READ;
-  uint64_t total = 0;
-  for (size_t i = 0; i < count; ++i) total += segs[i].len;
-  // Request body: range header + (remote addr, len) per segment.
   thread_local std::vector<uint8_t> body;
   thread_local std::vector<iovec> iov;
   TrimOnExit trim(body, iov);
-  body.resize(wire::kRangeBodyHeader + wire::kRangeEntrySize * count);
-  for (size_t i = 0; i < count; ++i) {
-    uint8_t *entry = body.data() + wire::kRangeBodyHeader + i * wire::kRangeEntrySize;
-    wire::PutU64(entry, segs[i].remote);
-    wire::PutU64(entry + 8, segs[i].len);
-  }
-  wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
+  const uint64_t total = EncodeRangeBody(segs, count, deadline, /*same_host=*/false, &body);
 
   MsgHeader header;
   header.version = stream.ProtocolVersion();

@@ -51,13 +51,13 @@ class LaneLender {
   // Runs a batch over lanes, `wire::kMaxRangesPerRequest` segments per request:
   // `io` gets the stream, the next chunk and a fresh request id. A lane whose
   // framing broke is dropped and the rest goes on another one. With a
-  // `request`, its I/O is announced to it (Cancel cuts it) and nothing starts
-  // once it is canceled (status TransferRequest::kCanceledStatus).
+  // `batch.request`, its I/O is announced to it (Cancel cuts it) and nothing
+  // starts once it is canceled (status TransferRequest::kCanceledStatus).
+  // `batch.total_bytes` decides whether the batch may take the express lane.
   using ChunkIo = std::function<LaneResult(ByteStream &stream, const Segment *segs, size_t count,
                                            uint64_t request_id, Deadline deadline)>;
   virtual ~LaneLender() = default;
-  virtual LaneResult RunChunks(const Segment *segs, size_t count, Deadline deadline, TransferRequest *request,
-                               const ChunkIo &io) = 0;
+  virtual LaneResult RunChunks(const TransferBatch &batch, const ChunkIo &io) = 0;
   // One request, not announced to any TransferRequest (lease renewals).
   virtual LaneResult RunOnce(Deadline deadline, const LaneIo &io) = 0;
   // Lanes it may have open at once (the parallelism a transfer can use).
@@ -68,6 +68,12 @@ class LaneLender {
 // The lane protocol's pieces, for transports that send their own requests.
 // The value of a request's timeout field for `deadline` (>= 1 ms).
 uint32_t TimeoutField(const Deadline &deadline);
+// Fills *body with a Read/WriteRequest's body for `count` segments: the range
+// header, then for a same-host request the requester's remaining time
+// (wire::kSameHostRemainingSize), then an entry per segment: (remote, len),
+// and for same-host also the requester's local address. Returns the total bytes.
+uint64_t EncodeRangeBody(const Segment *segs, size_t count, Deadline deadline, bool same_host,
+                         std::vector<uint8_t> *body);
 // A failed read or write on `stream` as a broken result naming `what`.
 LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what);
 // Reads the answer to request `request_id`: a header of type `expected` (or

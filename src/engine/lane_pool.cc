@@ -51,8 +51,7 @@ size_t LanePool::LaneCount() const {
 size_t LanePool::LiveLaneCount() const {
   std::lock_guard lock(mutex_);
   size_t live = 0;
-  for (size_t i = 0; i < count_; ++i) live += lanes_[i].stream ? 1 : 0;
-  live += lanes_[kExpressLane].stream ? 1 : 0;
+  ForEachSlotLocked([&](const Lane &lane) { live += lane.stream ? 1 : 0; });
   return live;
 }
 
@@ -62,11 +61,9 @@ size_t LanePool::CloseIdle(std::chrono::milliseconds idle) {
   {
     std::lock_guard lock(mutex_);
     const auto before = Deadline::Clock::now() - idle;
-    auto close_if_idle = [&](Lane &lane) {
+    ForEachSlotLocked([&](Lane &lane) {
       if (!lane.busy && lane.stream && lane.last_used < before) closing.push_back(std::move(lane.stream));
-    };
-    for (size_t i = 0; i < count_; ++i) close_if_idle(lanes_[i]);
-    close_if_idle(lanes_[kExpressLane]);
+    });
   }
   // The server sees the end of each and forgets it.
   for (auto &stream : closing) stream->Shutdown();
@@ -80,10 +77,9 @@ void LanePool::ShutdownAll() {
   std::lock_guard lock(mutex_);
   shut_down_.store(true);
   // Shutdown() is safe while another thread is inside a request on the stream.
-  for (size_t i = 0; i < count_; ++i) {
-    if (lanes_[i].stream) lanes_[i].stream->Shutdown();
-  }
-  if (lanes_[kExpressLane].stream) lanes_[kExpressLane].stream->Shutdown();
+  ForEachSlotLocked([](Lane &lane) {
+    if (lane.stream) lane.stream->Shutdown();
+  });
   WakeAllLocked();
 }
 
@@ -284,12 +280,13 @@ LaneResult CanceledResult() {
 
 }  // namespace
 
-LaneResult LanePool::RunChunks(const Segment *segs, size_t count, Deadline deadline, TransferRequest *request,
-                              const ChunkIo &io_fn) {
+LaneResult LanePool::RunChunks(const TransferBatch &batch, const ChunkIo &io_fn) {
   LaneResult result;
-  uint64_t total = 0;
-  for (size_t i = 0; i < count; ++i) total += segs[i].len;
-  const bool small = total <= kExpressMaxBytes;
+  const Segment *segs = batch.segs;
+  const size_t count = batch.count;
+  const Deadline deadline = batch.deadline;
+  TransferRequest *request = batch.request;
+  const bool small = batch.total_bytes <= kExpressMaxBytes;
   size_t done = 0;
   while (done < count) {
     std::shared_ptr<ByteStream> stream;

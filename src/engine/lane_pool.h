@@ -76,8 +76,7 @@ class LanePool : public LaneLender {
   bool SameHost() const { return HasUsableLink("shm"); }
 
   // LaneLender (transports run their requests on these lanes).
-  LaneResult RunChunks(const Segment *segs, size_t count, Deadline deadline, TransferRequest *request,
-                       const ChunkIo &io) override;
+  LaneResult RunChunks(const TransferBatch &batch, const ChunkIo &io) override;
   LaneResult RunOnce(Deadline deadline, const LaneIo &io) override;
   const std::string &PeerName() const override { return peer_name_; }
 
@@ -110,6 +109,18 @@ class LanePool : public LaneLender {
   // (express: the express lane), or every waiter (shutdown, new lanes, cancel).
   void WakeOneLocked(bool express);
   void WakeAllLocked();
+  // mutex_ held: calls fn(lane) for every slot, the regular lanes and the
+  // express lane (the one place that knows where the slots are).
+  template <typename Fn>
+  void ForEachSlotLocked(Fn fn) {
+    for (size_t i = 0; i < count_; ++i) fn(lanes_[i]);
+    fn(lanes_[kExpressLane]);
+  }
+  template <typename Fn>
+  void ForEachSlotLocked(Fn fn) const {
+    for (size_t i = 0; i < count_; ++i) fn(lanes_[i]);
+    fn(lanes_[kExpressLane]);
+  }
   // Moves `segs` over `link`, split into parts that run at once on the worker
   // pool where the policy says so.
   TransportResult RunOnLink(TransportLink *link, adxl::TransferOp op, const std::vector<Segment> &segs,

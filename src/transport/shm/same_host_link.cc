@@ -16,41 +16,16 @@ namespace {
 using wire::MsgHeader;
 using wire::MsgType;
 
-// A same-host request's time (wire::kSameHostRemainingSize): what is left of
-// the caller's, less the margin for the request's way to the server (at most a
-// quarter of it), so the server's count, started when it reads the request,
-// normally ends before ours.
-uint64_t SameHostRemainingNs(const Deadline &deadline) {
-  if (deadline.IsNever()) return wire::kMaxSameHostRemainingNs;
-  const int64_t left =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.At() - Deadline::Clock::now()).count();
-  if (left <= 0) return 0;
-  const uint64_t ns = std::min<uint64_t>(static_cast<uint64_t>(left), wire::kMaxSameHostRemainingNs);
-  return ns - std::min<uint64_t>(wire::kSameHostMarginNs, ns / 4);
-}
-
 }  // namespace
 
 LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                                    uint64_t request_id, Deadline deadline, PeerProcess &peer) {
   const bool is_read = op == adxl::READ;
-  uint64_t total = 0;
-  for (size_t i = 0; i < count; ++i) total += segs[i].len;
   const auto sent_at = Deadline::Clock::now();
-  // Request body: range header + remaining time + (remote addr, len, local addr) per segment.
-  const uint64_t entries_at = wire::kRangeBodyHeader + wire::kSameHostRemainingSize;
   thread_local std::vector<uint8_t> body;
   thread_local std::vector<iovec> local_iov, remote_iov;
   TrimOnExit trim(body, local_iov, remote_iov);
-  body.resize(entries_at + wire::kSameHostEntrySize * count);
-  wire::PutU64(body.data() + wire::kRangeBodyHeader, SameHostRemainingNs(deadline));
-  for (size_t i = 0; i < count; ++i) {
-    uint8_t *entry = body.data() + entries_at + i * wire::kSameHostEntrySize;
-    wire::PutU64(entry, segs[i].remote);
-    wire::PutU64(entry + 8, segs[i].len);
-    wire::PutU64(entry + 16, segs[i].local);
-  }
-  wire::EncodeRangeHeader(static_cast<uint32_t>(count), TimeoutField(deadline), total, body.data());
+  EncodeRangeBody(segs, count, deadline, /*same_host=*/true, &body);
 
   MsgHeader header;
   header.version = stream.ProtocolVersion();
@@ -255,8 +230,7 @@ TransportResult SameHostLink::Submit(const TransferBatch &batch) {
   PeerProcess *peer = peer_.get();
   const adxl::TransferOp op = batch.op;
   LaneResult r = lanes_->RunChunks(
-      batch.segs, batch.count, batch.deadline, batch.request,
-      [peer, op](ByteStream &stream, const Segment *segs, size_t count, uint64_t request_id, Deadline deadline) {
+      batch, [peer, op](ByteStream &stream, const Segment *segs, size_t count, uint64_t request_id, Deadline deadline) {
         return ExecuteSameHostTransfer(stream, op, segs, count, request_id, deadline, *peer);
       });
   result.status = r.status;

@@ -31,8 +31,7 @@ TransportResult TcpLink::Submit(const TransferBatch &batch) {
   }
   const adxl::TransferOp op = batch.op;
   LaneResult r = lanes_->RunChunks(
-      batch.segs, batch.count, batch.deadline, batch.request,
-      [op](ByteStream &stream, const Segment *segs, size_t count, uint64_t request_id, Deadline deadline) {
+      batch, [op](ByteStream &stream, const Segment *segs, size_t count, uint64_t request_id, Deadline deadline) {
         return ExecuteTransfer(stream, op, segs, count, request_id, deadline);
       });
   result.status = r.status;
