@@ -16,20 +16,11 @@
 
 #include "adxl/adxl_engine.h"
 #include "llmdd/extensions.h"
+#include "loopback_util.h"
 
 namespace {
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+int FreePort() { return llmdd::testing::FreeLoopbackPort(); }
 
 TEST(AdxlAccess, ReadOnlyAndWriteOnlyRegistrationsAreEnforcedByTheServer) {
   adxl::AdxlEngine server, client;

@@ -14,20 +14,11 @@
 
 #include "adxl/adxl_engine.h"
 #include "common/host_memory.h"
+#include "loopback_util.h"
 
 namespace {
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+int FreePort() { return llmdd::testing::FreeLoopbackPort(); }
 
 TEST(AdxlCapability, AnswersBeforeAnyEngineExists) {
   int32_t value = -7;

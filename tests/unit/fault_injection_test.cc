@@ -15,6 +15,7 @@
 
 #include "engine/engine.h"
 #include "transport/tcp/tcp_stream.h"
+#include "loopback_util.h"
 
 namespace llmdd {
 namespace {
@@ -98,17 +99,7 @@ TEST(FaultyStream, CloseStallDropCorruptPartial) {
   }
 }
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
+int FreePort() { return llmdd::testing::FreeLoopbackPort(); }
 
 // The real engine with faults on every connection (both sides, one process):
 // each call returns a specific status within timeout + margin, and READ never
