@@ -182,6 +182,10 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       Usage(stdout);
       exit(kExitOk);
     }
+    if (arg == "--version") {
+      llmdd_tools::PrintVersion("kv_demo");
+      exit(kExitOk);
+    }
     if (arg == "--quick") {
       opt->quick = true;
       continue;
