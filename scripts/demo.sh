@@ -6,7 +6,7 @@
 #
 #   scripts/demo.sh             default model shape (32 layers x K,V, 256 MiB a side)
 #   scripts/demo.sh --quick     small model (CI)
-#   scripts/demo.sh --help      all options (tools/kv_demo.cc)
+#   scripts/demo.sh --help      all options (tools/kv_demo.cc; two hosts: docs/TWO_HOSTS.md)
 # The raw ADXL transfer demo is scripts/adxl_demo.sh.
 set -euo pipefail
 exec "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/kv_demo.sh" "$@"

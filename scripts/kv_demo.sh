@@ -3,12 +3,15 @@
 # build-release/) and runs it: a PREFILL process and a DECODE process on this
 # host move a model-shaped paged KV cache (default 32 layers x (K,V), 128 blocks
 # of 32 KiB per tensor, 256 MiB a side) with PullKvBlocks and layer-wise
-# PushKvBlocks over 127.0.0.1, verify every byte and print a latency /
-# throughput table. Exits with the demo's status (0 = VERIFIED, 1 = FAILED).
+# PushKvBlocks, verify every byte and print a latency / throughput table with
+# the path the bytes took (same-host or TCP) and the machine's load. Exits with
+# the demo's status (0 = VERIFIED, 1 = FAILED).
 #
-#   scripts/kv_demo.sh              default model shape
-#   scripts/kv_demo.sh --quick      small model, few iterations (CI)
-#   scripts/kv_demo.sh --help       all options of tools/kv_demo
+#   scripts/kv_demo.sh                    default model shape, both halves on this host
+#   scripts/kv_demo.sh --quick            small model, few iterations (CI)
+#   scripts/kv_demo.sh --transport tcp    over TCP sockets even on one host
+#   scripts/kv_demo.sh --help             all options of tools/kv_demo
+# Two hosts (prefill on one, decode on the other): docs/TWO_HOSTS.md.
 #
 # Needs cmake and a C++20 compiler (scripts/setup.sh installs them); no root.
 set -euo pipefail

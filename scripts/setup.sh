@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 (bookworm) packages the project needs, by purpose:
-#   bash scripts/setup.sh build   # build the library, tools and demos
+#   bash scripts/setup.sh build   # build the library, tools, examples and demos
 #   bash scripts/setup.sh test    # build + run the test suite (unit, integration, install, sanitizers)
 #   bash scripts/setup.sh fuzz    # the libFuzzer targets (scripts/fuzz.sh)
-#   bash scripts/setup.sh         # all of the above (what CI needs)
-# Idempotent: when every package of the chosen purposes is installed it does
-# nothing and needs no root. Otherwise it installs the missing ones as root, or
-# through sudo; without either it names what is missing and exits 1.
+#   bash scripts/setup.sh ucx     # UCX headers and tools (UCX transport work, bench/compare.sh's ucx_perftest)
+#   bash scripts/setup.sh python  # Python headers and venv (Python package work, bench/compare.sh's peers)
+#   bash scripts/setup.sh         # build, test and fuzz: what CI needs (.ci/run)
+#   bash scripts/setup.sh all     # every purpose above
+# Several purposes may be given at once (setup.sh test fuzz).
+#
+# Idempotent: it first asks dpkg what is installed; when nothing of the chosen
+# purposes is missing it says so and exits 0 without root. Otherwise it names
+# the missing packages per purpose and installs them as root, or through sudo;
+# without either it prints the apt-get command to run as root and exits 1.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
-# One package per line, with why it is needed.
+# One package per line, with why it is needed. A package is listed under the
+# first purpose that needs it; later purposes include the earlier ones they
+# build on (see needs_of below).
 BUILD_PACKAGES=(
   build-essential     # g++, make, binutils (nm/objdump used by tests/install)
   cmake               # build system (>= 3.20; bookworm ships 3.25)
@@ -27,43 +35,90 @@ FUZZ_PACKAGES=(
   clang               # Clang for the libFuzzer targets (scripts/fuzz.sh, CI fuzz smoke)
   libclang-rt-14-dev  # Clang's sanitizer and libFuzzer runtimes (-fsanitize=fuzzer,address,undefined)
 )
+UCX_PACKAGES=(
+  libucx-dev          # UCX headers and libraries (a UCX transport links libucp)
+  ucx-utils           # ucx_info, ucx_perftest (bench/compare.sh's UCX reference)
+)
+PYTHON_PACKAGES=(
+  python3-dev         # Python headers for a native extension module
+  python3-venv        # virtual environments (bench/compare.sh's Python peers, pip installs)
+)
 
-purposes=("$@")
-[[ ${#purposes[@]} -eq 0 ]] && purposes=(all)
-wanted=()
-for purpose in "${purposes[@]}"; do
-  case "$purpose" in
-    build) wanted+=("${BUILD_PACKAGES[@]}") ;;
-    test) wanted+=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
-    fuzz) wanted+=("${BUILD_PACKAGES[@]}" "${FUZZ_PACKAGES[@]}") ;;
-    all) wanted+=("${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${FUZZ_PACKAGES[@]}") ;;
+usage() {
+  echo "usage: setup.sh [build|test|fuzz|ucx|python|all]...  (no argument: build test fuzz)" >&2
+}
+
+# Purposes in the order their packages are checked; each adds what it needs
+# beyond the purposes before it. test, fuzz, ucx and python all build the
+# library, so they include build.
+purposes=()
+add_purpose() {
+  local p
+  for p in "${purposes[@]}"; do [[ $p == "$1" ]] && return 0; done
+  purposes+=("$1")
+}
+[[ $# -eq 0 ]] && set -- build test fuzz
+for arg in "$@"; do
+  case "$arg" in
+    build) add_purpose build ;;
+    test | fuzz | ucx | python) add_purpose build; add_purpose "$arg" ;;
+    all) for p in build test fuzz ucx python; do add_purpose "$p"; done ;;
+    -h | --help) usage; exit 0 ;;
     *)
-      echo "setup.sh: unknown purpose '$purpose' (build, test, fuzz or all)" >&2
+      echo "setup.sh: unknown purpose '$arg'" >&2
+      usage
       exit 2
       ;;
   esac
 done
 
+packages_of() {  # <purpose>: prints its packages, one a line
+  case "$1" in
+    build) printf '%s\n' "${BUILD_PACKAGES[@]}" ;;
+    test) printf '%s\n' "${TEST_PACKAGES[@]}" ;;
+    fuzz) printf '%s\n' "${FUZZ_PACKAGES[@]}" ;;
+    ucx) printf '%s\n' "${UCX_PACKAGES[@]}" ;;
+    python) printf '%s\n' "${PYTHON_PACKAGES[@]}" ;;
+  esac
+}
+
+installed() {  # <package>: true when dpkg has it installed
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "setup.sh: dpkg-query not found: this script knows Debian 12 packages only." >&2
+  echo "setup.sh: install by hand what the lists at the top of scripts/setup.sh name." >&2
+  exit 1
+fi
+
+# 1. What is missing, per purpose (no root needed for this).
 missing=()
-for pkg in "${wanted[@]}"; do
-  [[ " ${missing[*]} " == *" $pkg "* ]] && continue
-  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-  [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+for purpose in "${purposes[@]}"; do
+  lacking=()
+  while IFS= read -r pkg; do
+    installed "$pkg" || lacking+=("$pkg")
+  done < <(packages_of "$purpose")
+  if [[ ${#lacking[@]} -gt 0 ]]; then
+    echo "setup.sh: missing for $purpose: ${lacking[*]}"
+    missing+=("${lacking[@]}")
+  fi
 done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  echo "setup.sh: the packages for '${purposes[*]}' are installed"
+  echo "setup.sh: everything for ${purposes[*]} is installed; nothing to do"
   exit 0
 fi
 
-# Only now is root needed.
+# 2. Only now is root needed.
 if [[ $(id -u) -eq 0 ]]; then
   SUDO=()
 elif command -v sudo >/dev/null 2>&1; then
   SUDO=(sudo -E)
+  echo "setup.sh: not root: installing through sudo"
 else
-  echo "setup.sh: missing for '${purposes[*]}': ${missing[*]}" >&2
-  echo "setup.sh: not root and sudo is not available; as root run: apt-get install ${missing[*]}" >&2
+  echo "setup.sh: not root and sudo is not available; as root run:" >&2
+  echo "  apt-get update && apt-get install --no-install-recommends ${missing[*]}" >&2
   exit 1
 fi
 

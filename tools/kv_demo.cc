@@ -1,9 +1,15 @@
 // kv_demo: the main LLM-DataDist V2 demo. A PREFILL process and a DECODE
-// process on one host move a model-shaped, paged KV cache through the public
+// process move a model-shaped, paged KV cache through the public
 // llm_datadist::LlmDataDist API, exactly as a CANN serving engine does.
 //
-//   kv_demo [both] [options]     run DECODE here and fork/exec `kv_demo prefill` (default)
-//   kv_demo prefill [options]    the PREFILL side alone; control protocol on stdin/stdout
+//   kv_demo [both] [options]     run DECODE here and fork/exec `kv_demo prefill --pipe` (default)
+//   kv_demo prefill --listen IP:PORT [options]
+//                                the PREFILL side alone (another host): LLM-DataDist listens on
+//                                IP:PORT, the demo's control connection on IP:PORT+1
+//   kv_demo decode --remote HOST:PORT [options]
+//                                the DECODE side alone: connects to a prefill started as above
+// Both halves must be given the same model-shape options (the decoder checks).
+// Two hosts: docs/TWO_HOSTS.md.
 //
 // Model-shaped cache: L layers x (K, V) = 2L tensors, each
 // [blocks, block_tokens, heads, head_dim] bf16 (CacheDesc.shape is the shape of
@@ -27,18 +33,21 @@
 //  4. DECODE unlinks (a normal unlink tears down both sides' link), both sides
 //     unregister and finalize.
 //
-// Control protocol (DECODE parent <-> PREFILL child over two pipes, one line each):
-//   prefill -> decode: LOG <text> | READY <port> <cache_id> |
+// Control protocol (DECODE <-> PREFILL, one line each; over two pipes when
+// `both` started the prefill, over a TCP connection to IP:PORT+1 otherwise):
+//   prefill -> decode: LOG <text> | READY <port> <cache_id> <layers> <blocks> <block_tokens> <heads> <head_dim> |
 //                      PASS <pass> <total_ns> <layer0_ns> ... | PUSHED <generation> |
 //                      DONE | FAILED <text>
 //   decode -> prefill: PUSH <cluster> <cache_id> <warmup> <iterations> | VERIFIED |
 //                      UNLINKED | ABORT
 // The child dies with its parent (PR_SET_PDEATHSIG, SIGKILL) and exits when its
-// control pipe (stdin) reaches end of file.
+// control pipe (stdin) reaches end of file; a standalone prefill serves one
+// decoder and exits when its control connection ends.
 #include <llm_datadist/llm_datadist.h>
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -73,6 +82,10 @@
 
 namespace {
 
+// Passes the engine's log on as the user's LLMDD_LOG_LEVEL would, and learns
+// from it which path the link took (tool_util.h). DECODE side only.
+llmdd_tools::LogTap g_tap;
+
 using llmdd_tools::Format;
 using llmdd_tools::NowNs;
 using llmdd_tools::WriteAll;
@@ -92,7 +105,7 @@ using llm_datadist::Status;
 
 constexpr uint64_t kPrefillCluster = 100;
 constexpr uint64_t kDecodeCluster = 200;
-constexpr const char *kHostIp = "127.0.0.1";
+constexpr const char *kLoopback = "127.0.0.1";
 constexpr uint64_t kKiB = 1024;
 constexpr uint64_t kMiB = 1024 * kKiB;
 constexpr uint64_t kTensorAlign = 2 * kMiB;   // like ACL_MEM_MALLOC_HUGE_ONLY
@@ -122,6 +135,11 @@ struct Options {
   int port = 0;               // 0: the prefill picks a free port
   int timeout_ms = 10000;     // llm.SyncKvCacheWaitTime
   bool quick = false;
+  std::string listen_ip = kLoopback;  // prefill: the address it listens on (--listen IP:PORT)
+  std::string remote_host;            // decode: the prefill's host (--remote HOST:PORT)
+  std::string local_ip;               // decode: its own address in local_ip_infos (--local IP)
+  std::string transport;              // llmdd.Transport on both sides (empty: the engine's default, auto)
+  bool pipe_control = false;          // prefill started by `both`: control on stdin/stdout
 
   uint32_t Tensors() const { return static_cast<uint32_t>(2 * layers); }
   uint64_t BlockBytes() const {
@@ -134,11 +152,20 @@ struct Options {
 
 void Usage(FILE *out) {
   fprintf(out,
-          "usage: kv_demo [both|prefill] [options]\n"
+          "usage: kv_demo [both|prefill|decode] [options]\n"
           "  both (default)      run the DECODE side here and a PREFILL process (fork/exec), transfer the\n"
           "                      KV cache both ways, verify every byte, print a table\n"
-          "  prefill             the PREFILL side alone (control protocol on stdin/stdout)\n"
+          "  prefill             the PREFILL side alone, for two hosts: --listen IP:PORT (LLM-DataDist on\n"
+          "                      PORT, the demo's control connection on PORT+1); serves one decoder\n"
+          "  decode              the DECODE side alone: --remote HOST:PORT of a prefill started as above\n"
+          "                      (same model-shape options on both); prints the table\n"
           "options:\n"
+          "  --listen IP:PORT    prefill: address to listen on (default 127.0.0.1 and a free port;\n"
+          "                      0.0.0.0 for every interface; IPv6 as [addr]:PORT)\n"
+          "  --remote HOST:PORT  decode: the prefill's address and LLM-DataDist port\n"
+          "  --local IP          decode: its own address for local_ip_infos (default: the address its\n"
+          "                      control connection to the prefill left from)\n"
+          "  --transport T       llmdd.Transport on both sides: auto (default), tcp or shm\n"
           "  --layers N          transformer layers; the cache has 2N tensors (K, V) (default 32, quick 8)\n"
           "  --blocks N          blocks per tensor, shape[0] (default 128, quick 64; at least 8)\n"
           "  --block-tokens N    tokens per block (default 16)\n"
@@ -146,9 +173,11 @@ void Usage(FILE *out) {
           "  --head-dim N        head dimension (default 128)\n"
           "  --iterations N      timed PullKvBlocks calls and push passes (default 20, quick 5)\n"
           "  --warmup N          untimed calls/passes before them (default 1)\n"
-          "  --port N            prefill listen port on 127.0.0.1 (default: a free port)\n"
+          "  --port N            prefill listen port (same as the PORT of --listen)\n"
           "  --timeout-ms N      llm.SyncKvCacheWaitTime for every transfer (default 10000)\n"
-          "  --quick             small model for CI: 8 layers, 64 blocks, 5 iterations\n");
+          "  --quick             small model for CI: 8 layers, 64 blocks, 5 iterations\n"
+          "  --version           print the library version and exit\n"
+          "A shared secret (LLMDD_AUTH_SECRET in both environments) authenticates the two sides.\n");
 }
 
 bool ParseInt64(const std::string &text, int64_t min, int64_t max, int64_t *out) {
@@ -161,10 +190,27 @@ bool ParseInt64(const std::string &text, int64_t min, int64_t max, int64_t *out)
   return true;
 }
 
+// "IP:PORT", "HOST:PORT" or "[IPv6]:PORT" -> host (without brackets) and port.
+bool SplitHostPort(const std::string &text, std::string *host, int64_t *port) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  std::string h = text.substr(0, colon);
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  else if (h.find(':') != std::string::npos) return false;  // IPv6 needs brackets
+  if (h.empty() || !ParseInt64(text.substr(colon + 1), 0, 65535, port)) return false;
+  *host = h;
+  return true;
+}
+
+// An address as llm.ListenIpInfo and messages write it: IPv6 in brackets.
+std::string JoinHostPort(const std::string &host, int port) {
+  return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
 int ParseArgs(int argc, char **argv, Options *opt) {
   int i = 1;
   if (i < argc && argv[i][0] != '-') opt->mode = argv[i++];
-  if (opt->mode != "both" && opt->mode != "prefill") {
+  if (opt->mode != "both" && opt->mode != "prefill" && opt->mode != "decode") {
     fprintf(stderr, "kv_demo: unknown mode '%s'\n", opt->mode.c_str());
     Usage(stderr);
     return kExitUsage;
@@ -182,8 +228,48 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       Usage(stdout);
       exit(kExitOk);
     }
+    if (arg == "--version") {
+      llmdd_tools::PrintVersion("kv_demo");
+      exit(kExitOk);
+    }
     if (arg == "--quick") {
       opt->quick = true;
+      continue;
+    }
+    if (arg == "--pipe") {  // internal: the prefill that `both` starts
+      opt->pipe_control = true;
+      continue;
+    }
+    if (arg == "--listen" || arg == "--remote" || arg == "--local" || arg == "--transport") {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "kv_demo: %s needs a value\n", arg.c_str());
+        return kExitUsage;
+      }
+      const std::string value = argv[++i];
+      int64_t port = 0;
+      if (arg == "--listen") {
+        if (!SplitHostPort(value, &opt->listen_ip, &port)) {
+          fprintf(stderr, "kv_demo: --listen needs IP:PORT (e.g. 0.0.0.0:26000, [::]:26000), got '%s'\n",
+                  value.c_str());
+          return kExitUsage;
+        }
+        given["--port"] = port;
+      } else if (arg == "--remote") {
+        if (!SplitHostPort(value, &opt->remote_host, &port) || port == 0) {
+          fprintf(stderr, "kv_demo: --remote needs HOST:PORT of the prefill (e.g. 10.0.0.5:26000), got '%s'\n",
+                  value.c_str());
+          return kExitUsage;
+        }
+        given["--port"] = port;
+      } else if (arg == "--local") {
+        opt->local_ip = value;
+      } else {
+        if (value != "auto" && value != "tcp" && value != "shm") {
+          fprintf(stderr, "kv_demo: --transport is auto, tcp or shm, got '%s'\n", value.c_str());
+          return kExitUsage;
+        }
+        opt->transport = value;
+      }
       continue;
     }
     auto range = kRanges.find(arg);
@@ -219,6 +305,14 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   take("--warmup", &opt->warmup);
   take("--port", &opt->port);
   take("--timeout-ms", &opt->timeout_ms);
+  if (opt->mode == "decode" && opt->remote_host.empty()) {
+    fprintf(stderr, "kv_demo: decode needs --remote HOST:PORT (the prefill's --listen address)\n");
+    return kExitUsage;
+  }
+  if (opt->mode == "prefill" && !opt->pipe_control && opt->port == 65535) {
+    fprintf(stderr, "kv_demo: the prefill's control connection takes PORT+1: choose a PORT below 65535\n");
+    return kExitUsage;
+  }
   // Every factor is range-checked above, so the product fits in 128 bits.
   const unsigned __int128 cache_bytes = static_cast<unsigned __int128>(opt->block_tokens) * opt->heads *
                                         opt->head_dim * kBf16Bytes * opt->blocks * opt->Tensors();
@@ -491,30 +585,77 @@ class Prefill {
   int Run() {
     int rc = Serve();
     if (rc != kExitOk) Teardown();
+    if (control_fd_ >= 0) close(control_fd_);
+    if (listen_fd_ >= 0) close(listen_fd_);
     return rc;
   }
 
  private:
-  void Send(const std::string &line) { WriteAll(STDOUT_FILENO, line + "\n"); }
-  void Log(const std::string &text) { Send("LOG " + text); }
+  // Started by `both`: the control protocol on stdin/stdout. Standalone: on
+  // the decoder's TCP connection, and what the prefill says is printed here too.
+  void Send(const std::string &line) {
+    if (opt_.pipe_control) {
+      WriteAll(STDOUT_FILENO, line + "\n");
+    } else if (control_fd_ >= 0) {
+      WriteAll(control_fd_, line + "\n");
+    }
+  }
+  void Print(const std::string &text) {
+    if (!opt_.pipe_control) printf("[prefill] %s\n", text.c_str());
+  }
+  void Log(const std::string &text) {
+    Print(text);
+    Send("LOG " + text);
+  }
   int Fail(const std::string &text) {
+    if (!opt_.pipe_control) printf("FAILED: %s\n", text.c_str());
     Send("FAILED " + text);
     return kExitFailed;
   }
 
-  static int PickFreePort() {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = 0;
-    inet_pton(AF_INET, kHostIp, &addr.sin_addr);
-    socklen_t len = sizeof(addr);
-    int port = -1;
-    if (bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) == 0 &&
-        getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0) {
-      port = ntohs(addr.sin_port);
+  // A TCP socket bound to host:port (port 0: a free one); -1 with *error.
+  static int BoundSocket(const std::string &host, int port, int *bound_port, std::string *error) {
+    sockaddr_storage addr{};
+    socklen_t len = 0;
+    int family = AF_INET;
+    if (host.find(':') != std::string::npos) {
+      auto *a6 = reinterpret_cast<sockaddr_in6 *>(&addr);
+      a6->sin6_family = family = AF_INET6;
+      a6->sin6_port = htons(static_cast<uint16_t>(port));
+      if (inet_pton(AF_INET6, host.c_str(), &a6->sin6_addr) != 1) {
+        *error = "'" + host + "' is not an IPv6 address";
+        return -1;
+      }
+      len = sizeof(sockaddr_in6);
+    } else {
+      auto *a4 = reinterpret_cast<sockaddr_in *>(&addr);
+      a4->sin_family = AF_INET;
+      a4->sin_port = htons(static_cast<uint16_t>(port));
+      if (inet_pton(AF_INET, host.c_str(), &a4->sin_addr) != 1) {
+        *error = "'" + host + "' is not an IPv4 address (give the prefill an IP to listen on)";
+        return -1;
+      }
+      len = sizeof(sockaddr_in);
     }
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr *>(&addr), len) != 0 ||
+        getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) != 0) {
+      *error = Format("cannot bind %s: %s", JoinHostPort(host, port).c_str(), strerror(errno));
+      if (fd >= 0) close(fd);
+      return -1;
+    }
+    *bound_port = ntohs(family == AF_INET6 ? reinterpret_cast<sockaddr_in6 *>(&addr)->sin6_port
+                                           : reinterpret_cast<sockaddr_in *>(&addr)->sin_port);
+    return fd;
+  }
+
+  static int PickFreePort(const std::string &host) {
+    int port = -1;
+    std::string error;
+    int fd = BoundSocket(host, 0, &port, &error);
+    if (fd < 0) return -1;
     close(fd);
     return port;
   }
@@ -522,10 +663,37 @@ class Prefill {
   std::map<AscendString, AscendString> InitOptions(int port) const {
     std::map<AscendString, AscendString> options;
     options[llm_datadist::OPTION_DEVICE_ID] = "0";
-    std::string listen = std::string(kHostIp) + ":" + std::to_string(port);
+    // llm.ListenIpInfo is one string "ip:port" (IPv6: "[ip]:port"); a
+    // std::string value needs .c_str() to become an AscendString.
+    std::string listen = JoinHostPort(opt_.listen_ip, port);
     options[llm_datadist::OPTION_LISTEN_IP_INFO] = listen.c_str();
     options[llm_datadist::OPTION_SYNC_CACHE_WAIT_TIME] = std::to_string(opt_.timeout_ms).c_str();
+    if (!opt_.transport.empty()) options["llmdd.Transport"] = opt_.transport.c_str();
     return options;
+  }
+
+  // Standalone: waits for the decoder's control connection on PORT+1.
+  int AcceptDecoder() {
+    std::string error;
+    int control_port = 0;
+    listen_fd_ = BoundSocket(opt_.listen_ip, port_ + 1, &control_port, &error);
+    if (listen_fd_ < 0 || listen(listen_fd_, 1) != 0)
+      return Fail("demo control port: " + (error.empty() ? std::string(strerror(errno)) : error));
+    Print(Format("waiting for the decoder: on the other host run  kv_demo decode --remote <this host's address>:%d "
+                 "(and the same model-shape options); control connection on port %d",
+                 port_, control_port));
+    fflush(stdout);
+    for (;;) {
+      sockaddr_storage peer{};
+      socklen_t len = sizeof(peer);
+      control_fd_ = accept4(listen_fd_, reinterpret_cast<sockaddr *>(&peer), &len, SOCK_CLOEXEC);
+      if (control_fd_ >= 0) break;
+      if (errno != EINTR) return Fail(Format("accept on the control port: %s", strerror(errno)));
+    }
+    close(listen_fd_);  // one decoder per run
+    listen_fd_ = -1;
+    Print("decoder connected to the control port");
+    return kExitOk;
   }
 
   void FillBlocks(const std::vector<uint64_t> &blocks, uint64_t gen) {
@@ -545,28 +713,41 @@ class Prefill {
     // A free port may be taken between the probe and Initialize: try again.
     Status st = llm_datadist::LLM_FAILED;
     for (int attempt = 0; attempt < (opt_.port == 0 ? 8 : 1); ++attempt) {
-      port_ = opt_.port != 0 ? opt_.port : PickFreePort();
-      if (port_ <= 0) return Fail("cannot find a free TCP port on 127.0.0.1");
+      port_ = opt_.port != 0 ? opt_.port : PickFreePort(opt_.listen_ip);
+      if (port_ <= 0) return Fail("cannot find a free TCP port on " + opt_.listen_ip);
       dd_ = std::make_unique<LlmDataDist>(kPrefillCluster, LlmRole::kPrompt);
       st = dd_->Initialize(InitOptions(port_));
       if (st == llm_datadist::LLM_SUCCESS) break;
       dd_.reset();
     }
     if (st != llm_datadist::LLM_SUCCESS)
-      return Fail(Format("prefill Initialize (listen %s:%d): %s", kHostIp, port_, StatusText(st).c_str()));
+      return Fail(Format("prefill Initialize (listen %s): %s", JoinHostPort(opt_.listen_ip, port_).c_str(),
+                         StatusText(st).c_str()));
     initialized_ = true;
 
     desc_ = ModelCacheDesc(opt_);
     st = dd_->RegisterKvCache(desc_, addrs, RegisterCfg{}, cache_id_);
     if (st != llm_datadist::LLM_SUCCESS) return Fail("prefill RegisterKvCache: " + StatusText(st));
     registered_ = true;
-    Log(Format("pid %d, cluster %" PRIu64 ", listening on %s:%d; RegisterKvCache -> cache id %" PRId64
+    if (!opt_.pipe_control) {
+      Print(llmdd_tools::MachineLine());
+      Print(getenv("LLMDD_AUTH_SECRET") != nullptr && getenv("LLMDD_AUTH_SECRET")[0] != '\0'
+                ? "authentication: on (LLMDD_AUTH_SECRET): only peers with the same secret are served"
+                : "authentication: off: anyone who reaches the port may link and read or write the cache "
+                  "(set LLMDD_AUTH_SECRET on both hosts; docs/TWO_HOSTS.md)");
+    }
+    Log(Format("pid %d, cluster %" PRIu64 ", listening on %s; RegisterKvCache -> cache id %" PRId64
                " (%u tensors x %s), filled with the pattern",
-               getpid(), kPrefillCluster, kHostIp, port_, cache_id_, opt_.Tensors(),
+               getpid(), kPrefillCluster, JoinHostPort(opt_.listen_ip, port_).c_str(), cache_id_, opt_.Tensors(),
                HumanBytes(opt_.TensorBytes()).c_str()));
-    Send(Format("READY %d %" PRId64, port_, cache_id_));
+    if (!opt_.pipe_control) {
+      int rc = AcceptDecoder();
+      if (rc != kExitOk) return rc;
+    }
+    Send(Format("READY %d %" PRId64 " %d %" PRId64 " %" PRId64 " %" PRId64 " %" PRId64, port_, cache_id_, opt_.layers,
+                opt_.blocks, opt_.block_tokens, opt_.heads, opt_.head_dim));
 
-    LineReader control(STDIN_FILENO);
+    LineReader control(opt_.pipe_control ? STDIN_FILENO : control_fd_);
     for (;;) {
       std::string line;
       int rc = control.ReadLine(&line, -1);
@@ -666,6 +847,8 @@ class Prefill {
   int64_t cache_id_ = -1;
   bool initialized_ = false;
   bool registered_ = false;
+  int listen_fd_ = -1;   // standalone: the control port until the decoder connects
+  int control_fd_ = -1;  // standalone: the decoder's control connection
 };
 
 // ------------------------------------------------------------------ DECODE (parent)
@@ -698,6 +881,13 @@ void PrintTable(const std::vector<Series> &rows) {
   }
   printf("GB/s = total bytes / total time of the calls; GB/s p50 = bytes per call / median latency; "
          "GB = 10^9 B\n\n");
+}
+
+// "same-host" / "tcp" (LogTap::PathTo) in words.
+const char *PathText(const std::string &path) {
+  if (path == "same-host") return "same-host path (one copy between the processes, process_vm_readv/writev)";
+  if (path == "tcp") return "TCP path (sockets)";
+  return "path the engine did not log (unknown)";
 }
 
 class Decode {
@@ -737,12 +927,83 @@ class Decode {
                                      std::to_string(opt_.heads),
                                      "--head-dim",
                                      std::to_string(opt_.head_dim),
-                                     "--port",
-                                     std::to_string(opt_.port),
+                                     "--listen",
+                                     JoinHostPort(opt_.listen_ip, opt_.port),
                                      "--timeout-ms",
-                                     std::to_string(opt_.timeout_ms)};
+                                     std::to_string(opt_.timeout_ms),
+                                     "--pipe"};
+    if (!opt_.transport.empty()) {
+      args.push_back("--transport");
+      args.push_back(opt_.transport);
+    }
     if (!llmdd_tools::SpawnSelf(args, &child_, &to_child_, &from_child_, error)) return false;
     reader_ = std::make_unique<LineReader>(from_child_);
+    remote_ip_ = local_ip_ = opt_.listen_ip == "0.0.0.0" ? kLoopback : opt_.listen_ip == "::" ? "::1" : opt_.listen_ip;
+    return true;
+  }
+
+  // decode mode: the control connection to the prefill's PORT+1 (retried for
+  // up to a minute, so either half may be started first).
+  bool ConnectControl(std::string *error) {
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    const std::string service = std::to_string(opt_.port + 1);
+    const int64_t deadline = NowNs() + 60 * int64_t{1000000000};
+    bool said = false;
+    for (;;) {
+      addrinfo *found = nullptr;
+      int rc = getaddrinfo(opt_.remote_host.c_str(), service.c_str(), &hints, &found);
+      if (rc != 0) {
+        *error = "cannot resolve '" + opt_.remote_host + "': " + gai_strerror(rc);
+        return false;
+      }
+      int last_errno = 0;
+      for (addrinfo *a = found; a != nullptr && to_child_ < 0; a = a->ai_next) {
+        int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) continue;
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+          char ip[INET6_ADDRSTRLEN] = "";
+          const void *where = a->ai_family == AF_INET6
+                                  ? static_cast<const void *>(&reinterpret_cast<sockaddr_in6 *>(a->ai_addr)->sin6_addr)
+                                  : static_cast<const void *>(&reinterpret_cast<sockaddr_in *>(a->ai_addr)->sin_addr);
+          inet_ntop(a->ai_family, where, ip, sizeof(ip));
+          remote_ip_ = ip;
+          // Our own address on the route to the prefill: what local_ip_infos names.
+          sockaddr_storage self{};
+          socklen_t len = sizeof(self);
+          if (getsockname(fd, reinterpret_cast<sockaddr *>(&self), &len) == 0) {
+            const void *mine = self.ss_family == AF_INET6
+                                   ? static_cast<const void *>(&reinterpret_cast<sockaddr_in6 *>(&self)->sin6_addr)
+                                   : static_cast<const void *>(&reinterpret_cast<sockaddr_in *>(&self)->sin_addr);
+            inet_ntop(self.ss_family, mine, ip, sizeof(ip));
+            local_ip_ = ip;
+          }
+          to_child_ = fd;
+          from_child_ = dup(fd);
+          break;
+        }
+        last_errno = errno;
+        close(fd);
+      }
+      freeaddrinfo(found);
+      if (to_child_ >= 0) break;
+      if (NowNs() > deadline) {
+        *error = Format("no prefill control port at %s within 60 s (%s): start `kv_demo prefill --listen IP:%d` there, "
+                        "and let TCP ports %d and %d through its firewall",
+                        JoinHostPort(opt_.remote_host, opt_.port + 1).c_str(), strerror(last_errno), opt_.port,
+                        opt_.port, opt_.port + 1);
+        return false;
+      }
+      if (!said) {
+        Say(Format("[decode] waiting for the prefill's control port %s (%s) ...",
+                   JoinHostPort(opt_.remote_host, opt_.port + 1).c_str(), strerror(last_errno)));
+        said = true;
+      }
+      usleep(500000);
+    }
+    if (!opt_.local_ip.empty()) local_ip_ = opt_.local_ip;
+    reader_ = std::make_unique<LineReader>(from_child_);
+    Say(Format("[decode] control connection to the prefill at %s", JoinHostPort(remote_ip_, opt_.port + 1).c_str()));
     return true;
   }
 
@@ -811,6 +1072,13 @@ class Decode {
 
   // Waits for the child; with abort it is asked to leave, then killed.
   int StopChild(bool abort) {
+    if (opt_.mode == "decode") {  // a remote prefill: end the control connection
+      if (abort && to_child_ >= 0) WriteAll(to_child_, "ABORT\n");
+      if (to_child_ >= 0) close(to_child_);
+      if (from_child_ >= 0) close(from_child_);
+      to_child_ = from_child_ = -1;
+      return 0;
+    }
     if (child_ <= 0) return -1;
     if (abort && to_child_ >= 0) WriteAll(to_child_, "ABORT\n");
     if (to_child_ >= 0) close(to_child_);  // end of file: the prefill exits
@@ -834,10 +1102,11 @@ class Decode {
     ClusterInfo cluster{};
     cluster.remote_cluster_id = kPrefillCluster;
     cluster.remote_role_type = 0;  // docs: 0 = full (prompt)
+    // IpInfo.ip is an AscendString: a std::string needs .c_str().
     IpInfo local{};
-    local.ip = kHostIp;
+    local.ip = local_ip_.c_str();
     IpInfo remote{};
-    remote.ip = kHostIp;
+    remote.ip = remote_ip_.c_str();
     remote.port = static_cast<uint16_t>(prefill_port_);
     cluster.local_ip_infos.push_back(local);
     cluster.remote_ip_infos.push_back(remote);
@@ -910,8 +1179,14 @@ class Decode {
     Say(Format("  %zu destination blocks in neither list must keep the sentinel 0x%02X", p.untouched.size(),
                kSentinel));
 
+    Say("  " + llmdd_tools::MachineLine());
+    if (opt_.mode == "decode")
+      Say(getenv("LLMDD_AUTH_SECRET") != nullptr && getenv("LLMDD_AUTH_SECRET")[0] != '\0'
+              ? "  authentication: on (LLMDD_AUTH_SECRET)"
+              : "  authentication: off (set LLMDD_AUTH_SECRET on both hosts; docs/TWO_HOSTS.md)");
+
     std::string error;
-    if (!StartChild(&error)) return Fail(error);
+    if (!(opt_.mode == "decode" ? ConnectControl(&error) : StartChild(&error))) return Fail(error);
 
     // DECODE: client (no listen option), its own cache of the same shape.
     std::vector<uint64_t> addrs;
@@ -921,6 +1196,7 @@ class Decode {
     std::map<AscendString, AscendString> options;
     options[llm_datadist::OPTION_DEVICE_ID] = "1";
     options[llm_datadist::OPTION_SYNC_CACHE_WAIT_TIME] = std::to_string(opt_.timeout_ms).c_str();
+    if (!opt_.transport.empty()) options["llmdd.Transport"] = opt_.transport.c_str();
     Status st = dd_->Initialize(options);
     if (st != llm_datadist::LLM_SUCCESS) return Fail("decode Initialize: " + StatusText(st));
     initialized_ = true;
@@ -936,10 +1212,19 @@ class Decode {
                getpid(), kDecodeCluster, cache_id_));
 
     std::vector<std::string> words;
-    if (!Expect("READY", 3, &words, 120000)) return kExitFailed;
+    if (!Expect("READY", 8, &words, 120000)) return kExitFailed;
     int64_t port = 0;
+    int64_t shape[5] = {0, 0, 0, 0, 0};
+    for (int k = 0; k < 5; ++k)
+      if (!ParseInt64(words[3 + k], 1, INT64_MAX, &shape[k])) return Fail("malformed READY line from the prefill");
     if (!ParseInt64(words[1], 1, 65535, &port) || !ParseInt64(words[2], 1, INT64_MAX, &prefill_cache_))
       return Fail("malformed READY line from the prefill process");
+    if (shape[0] != opt_.layers || shape[1] != opt_.blocks || shape[2] != opt_.block_tokens ||
+        shape[3] != opt_.heads || shape[4] != opt_.head_dim)
+      return Fail(Format("the prefill's cache has another shape: --layers %" PRId64 " --blocks %" PRId64
+                         " --block-tokens %" PRId64 " --heads %" PRId64 " --head-dim %" PRId64
+                         " there; give both halves the same options",
+                         shape[0], shape[1], shape[2], shape[3], shape[4]));
     prefill_port_ = static_cast<int>(port);
     if (prefill_cache_ != 1)
       return Fail(Format("prefill RegisterKvCache returned cache id %" PRId64 "; the first id of an instance is 1",
@@ -952,11 +1237,14 @@ class Decode {
     st = dd_->LinkLlmClusters(clusters, rets, kLinkTimeoutMs);
     int64_t link_ns = NowNs() - t0;
     if (st != llm_datadist::LLM_SUCCESS || rets.size() != 1 || rets[0] != llm_datadist::LLM_SUCCESS)
-      return Fail("LinkLlmClusters to cluster 100 at " + std::string(kHostIp) + ":" + std::to_string(prefill_port_) +
+      return Fail("LinkLlmClusters to cluster 100 at " + JoinHostPort(remote_ip_, prefill_port_) +
                   ": " + StatusText(st) + (rets.size() == 1 ? ", rets[0] " + StatusText(rets[0]) : ""));
     linked_ = true;
-    Say(Format("[decode] LinkLlmClusters -> cluster %" PRIu64 " at %s:%d: ok (%.3f ms)", kPrefillCluster, kHostIp,
-               prefill_port_, static_cast<double>(link_ns) / 1e6));
+    Say(Format("[decode] LinkLlmClusters -> cluster %" PRIu64 " at %s (from %s): ok (%.3f ms)", kPrefillCluster,
+               JoinHostPort(remote_ip_, prefill_port_).c_str(), local_ip_.c_str(), static_cast<double>(link_ns) / 1e6));
+    path_ = g_tap.PathTo("");
+    Say(Format("[decode] the bytes move over the %s (llmdd.Transport=%s)", PathText(path_),
+               opt_.transport.empty() ? "auto" : opt_.transport.c_str()));
 
     // ---- pull: decode pulls the block list for all layers.
     Series pull{Format("PullKvBlocks (%zu blocks x %u tensors)", p.pull.src.size(), opt_.Tensors()),
@@ -1038,6 +1326,8 @@ class Decode {
     if (child_rc != 0) return Fail(Format("the prefill process exited with status %d", child_rc));
 
     PrintTable({pull, layer, pass});
+    Say(Format("moved over the %s between %s and %s; load average (1 min) now %s", PathText(path_),
+               local_ip_.c_str(), JoinHostPort(remote_ip_, prefill_port_).c_str(), llmdd_tools::LoadNow().c_str()));
     Say(Format("VERIFIED: all bytes correct (%" PRIu64 " bytes checked)", bytes_checked_));
     return kExitOk;
   }
@@ -1061,6 +1351,9 @@ class Decode {
   int64_t cache_id_ = -1;
   int64_t prefill_cache_ = -1;
   int prefill_port_ = 0;
+  std::string local_ip_;   // this side's address in local_ip_infos
+  std::string remote_ip_;  // the prefill's address in remote_ip_infos
+  std::string path_;       // "same-host" or "tcp", from the engine's log
   bool initialized_ = false;
   bool registered_ = false;
   bool linked_ = false;
@@ -1078,11 +1371,15 @@ int main(int argc, char **argv) {
   int rc = ParseArgs(argc, argv, &opt);
   if (rc != kExitOk) return rc;
   signal(SIGPIPE, SIG_IGN);
+  setvbuf(stdout, nullptr, _IOLBF, 0);
   if (opt.mode == "prefill") {
     Prefill prefill(opt);
     return prefill.Run();
   }
-  setvbuf(stdout, nullptr, _IOLBF, 0);
+  // Before the first library call and before the prefill process starts.
+  if (!g_tap.Start()) fprintf(stderr, "kv_demo: cannot read the engine's log; the path will show as unknown\n");
   Decode decode(opt, argv[0]);
-  return decode.Run();
+  rc = decode.Run();
+  g_tap.Stop();
+  return rc;
 }

@@ -343,6 +343,7 @@ void Usage(FILE *out) {
           "  --json-out FILE      also append the JSON lines to FILE\n"
           "  --plot FILE.png      plot GB/s vs descriptor size (engine, memcpy) with gnuplot or matplotlib\n"
           "  --tag TEXT           copied into every JSON record\n"
+          "  --version            print the library version and exit\n"
           "  --quick              small sweep that takes seconds\n"
           "kv options:\n"
           "  --layers N           layers; the cache has 2N tensors (default 16)\n"
@@ -406,6 +407,10 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     Usage(stdout);
     exit(kExitOk);
   }
+  if (opt->mode == "--version") {
+    llmdd_tools::PrintVersion("llmdd_bench");
+    exit(kExitOk);
+  }
   static const std::set<std::string> kModes = {"engine",   "kv",    "memcpy", "pingpong",
                                                "overhead", "peers", "mixed",  "async"};
   if (kModes.count(opt->mode) == 0) {
@@ -429,6 +434,10 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
       Usage(stdout);
+      exit(kExitOk);
+    }
+    if (arg == "--version") {
+      llmdd_tools::PrintVersion("llmdd_bench");
       exit(kExitOk);
     }
     if (kFlags.count(arg) != 0) {

@@ -2,7 +2,7 @@
  * Extensions of this implementation that CANN's headers have no field for.
  * They travel in the reserved bytes of the public structs, so programs that do
  * not use them are unaffected and the struct layouts stay exactly CANN's.
- * C++11, header-only.
+ * C++11. Everything here is inline except Version(), which the library exports.
  *
  * Remote access rights of a registration (default: peers may read and write,
  * as in CANN). The serving engine enforces them: a peer's READ of write-only
@@ -28,6 +28,11 @@
 #include "llm_datadist/llm_datadist.h"
 
 namespace llmdd_ext {
+
+// The version of the loaded libllm_datadist.so, "MAJOR.MINOR.PATCH" (CMake's
+// project() version; the same as `pkg-config --modversion llm_datadist` and
+// the CMake package version of its install). A static string: never free it.
+ASCEND_FUNC_VISIBILITY const char *Version();
 
 enum RemoteAccess : uint8_t {
   kRemoteReadWrite = 0,

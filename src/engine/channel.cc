@@ -206,14 +206,18 @@ std::string Channel::DeadReason() const {
   return dead_reason_;
 }
 
-void Channel::MarkDead(const std::string &reason) {
+void Channel::MarkDead(const std::string &reason, bool orderly) {
   {
     std::lock_guard lock(dead_mutex_);
     if (dead_.load()) return;
     dead_reason_ = reason;
     dead_.store(true);
   }
-  LOG_ERROR("peer %s is considered dead: %s", params_.remote_id.c_str(), reason.c_str());
+  if (orderly) {
+    LOG_INFO("peer %s ended the connection: %s", params_.remote_id.c_str(), reason.c_str());
+  } else {
+    LOG_ERROR("peer %s is considered dead: %s", params_.remote_id.c_str(), reason.c_str());
+  }
 }
 
 namespace {
@@ -272,6 +276,15 @@ bool Channel::OnControlReadable() {
     if (header.type == static_cast<uint16_t>(MsgType::kGoodbyeAck)) {
       std::lock_guard lock(wake_mutex_);
       goodbye_pending_ = false;
+      control_ended_ = true;
+      wake_.notify_all();
+      return false;
+    }
+    if (header.type == static_cast<uint16_t>(MsgType::kGoodbye)) {
+      // The server finalized: an orderly end. Transfers fail fast from now on
+      // (FAILED, naming this reason) until Disconnect + Connect.
+      if (!stopping_.load()) MarkDead("the peer finalized its engine", /*orderly=*/true);
+      std::lock_guard lock(wake_mutex_);
       control_ended_ = true;
       wake_.notify_all();
       return false;

@@ -79,7 +79,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   void Heartbeat();
   // The control connection is readable (Pong, GoodbyeAck, or its end).
   bool OnControlReadable();
-  void MarkDead(const std::string &reason);
+  // Logged at error level, or at info level when the peer ended the session
+  // in order (it finalized and said goodbye): nothing went wrong then.
+  void MarkDead(const std::string &reason, bool orderly = false);
   std::shared_ptr<ByteStream> OpenLane(wire::ConnRole role, Deadline deadline, adxl::Status *status,
                                        std::string *error);
   // Opens one reverse lane and serves the remote's requests on it (event

@@ -108,7 +108,7 @@ void PeerServer::Stop() {
     for (auto &[id, session] : sessions_) ids.push_back(id);
     for (auto &conn : pending_) conn->stream->Shutdown();
   }
-  for (uint64_t id : ids) EndSession(id, "engine is finalizing");
+  for (uint64_t id : ids) EndSession(id, "engine is finalizing", /*said_goodbye=*/false, /*finalizing=*/true);
   // Every connection is shut down now; its handler (if running) returns at
   // once. After this, none of ours runs again.
   std::set<uint64_t> watches;
@@ -620,7 +620,7 @@ void PeerServer::Housekeeping() {
   }
 }
 
-void PeerServer::EndSession(uint64_t session_id, const char *why, bool said_goodbye) {
+void PeerServer::EndSession(uint64_t session_id, const char *why, bool said_goodbye, bool finalizing) {
   std::shared_ptr<Session> session;
   {
     std::lock_guard lock(mutex_);
@@ -630,6 +630,13 @@ void PeerServer::EndSession(uint64_t session_id, const char *why, bool said_good
     sessions_.erase(it);
     session->ended = true;
     for (auto &lane : session->lanes) lane->Shutdown();
+  }
+  if (finalizing) {
+    // Tell the client this is an orderly end, not a crash (it logs it at info
+    // level; docs/PROTOCOL.md). Skipped while another message is being written: a jammed
+    // connection must not hold Finalize.
+    std::unique_lock write(session->control_write, std::try_to_lock);
+    if (write.owns_lock()) SendControl(*session->control, MsgType::kGoodbye, 0, Deadline::AfterMs(100));
   }
   if (!said_goodbye) session->control->Shutdown();
   {

@@ -125,7 +125,9 @@ class PeerServer {
   // Tells a new connection RESOURCE_EXHAUSTED (with why) and closes it; logged at most once a second per kind.
   void RefuseNewcomer(ByteStream &stream, std::atomic<int64_t> *last_logged_ms, const std::string &why);
   // said_goodbye: the client ended it (its control connection stays open for the ack).
-  void EndSession(uint64_t session_id, const char *why, bool said_goodbye = false);
+  // said_goodbye: the client asked (its Goodbye is acked after this returns);
+  // finalizing: this engine stops, and tells the client with a Goodbye first.
+  void EndSession(uint64_t session_id, const char *why, bool said_goodbye = false, bool finalizing = false);
 
   std::string local_id_;
   MemoryRegistry *registry_;

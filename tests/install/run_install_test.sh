@@ -122,6 +122,17 @@ run_client() {  # <binary> <expected line>
   grep -qx "$expect" <<<"$out" || fail "$(basename "$bin") did not print '$expect'"
 }
 
+# llmdd_ext::Version() (llmdd/extensions.h) is the package's version.
+step "llmdd_ext::Version() against pkg-config --modversion"
+grep -qF 'llmdd_ext::Version()' "$EXPORTS" || fail "$REAL_LIB does not export llmdd_ext::Version()"
+printf '#include "llmdd/extensions.h"\n#include <cstdio>\nint main() { std::printf("%%s\\n", llmdd_ext::Version()); return 0; }\n' |
+  "$CXX_BIN" "${CXXFLAGS_STRICT[@]}" -x c++ - -o "$WORK/print_version" $PC_FLAGS || fail "compiling a llmdd_ext::Version() client"
+LIB_VERSION=$(timeout "$RUN_TIMEOUT" "$WORK/print_version") || fail "running the llmdd_ext::Version() client"
+PC_VERSION=$(pkg-config --modversion llm_datadist)
+[[ -n "$LIB_VERSION" && "$LIB_VERSION" == "$PC_VERSION" ]] ||
+  fail "llmdd_ext::Version() says '$LIB_VERSION', pkg-config --modversion says '$PC_VERSION'"
+echo "    library version $LIB_VERSION"
+
 HAVE_DATADIST=0
 if grep -qF 'llm_datadist::LlmDataDist::Initialize' "$EXPORTS"; then
   HAVE_DATADIST=1

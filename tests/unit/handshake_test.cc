@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/log.h"
 #include "engine/engine.h"
 #include "engine/engine_config.h"
 #include "engine/handshake.h"
@@ -632,6 +633,63 @@ TEST(VersionNegotiation, TheConnectionCarriesTheVersionBeforeItsHelloAckGoesOut)
   wire::HelloAck sent;
   ASSERT_TRUE(wire::DecodeHelloAck(stream.written.substr(sizeof(header)), &sent));
   EXPECT_EQ(sent.version, 2);
+}
+
+
+// ---------------------------------------------------------------------------
+// A server that finalizes says goodbye: its clients log an orderly end
+// ---------------------------------------------------------------------------
+
+TEST(ServerGoodbye, AFinalizingServerSendsGoodbyeOnEveryControlConnection) {
+  auto server = std::make_unique<Server>();
+  RawConnection control(server->port);
+  std::optional<RawMessage> answer = control.Hello(CurrentHello(MakeHello(wire::ConnRole::kControl, 1, 1)));
+  ASSERT_TRUE(answer);
+  ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
+  server->engine.Finalize();
+  answer = control.Read();
+  ASSERT_TRUE(answer) << "no message before the connection closed";
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kGoodbye));
+  EXPECT_EQ(answer->header.version, 2);
+  EXPECT_TRUE(answer->body.empty());
+  EXPECT_TRUE(control.Ended());
+}
+
+TEST(ServerGoodbye, AClientWhoseServerFinalizesLogsNothingAtTheDefaultLevelAndItsTransfersFail) {
+  const LogLevel saved = CurrentLogLevel();
+  SetLogLevel(LogLevel::kWarn);
+  auto server = std::make_unique<Server>();
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {}), adxl::SUCCESS);
+  ASSERT_EQ(client.Connect(server->Id(), 2000), adxl::SUCCESS);
+  std::vector<char> local(64);
+  const adxl::TransferOpDesc desc{reinterpret_cast<uintptr_t>(local.data()),
+                                  reinterpret_cast<uintptr_t>(server->memory.data()), local.size()};
+  ASSERT_EQ(client.TransferSync(server->Id(), adxl::READ, &desc, 1, 2000), adxl::SUCCESS);
+  EXPECT_EQ(local[1], server->memory[1]);
+  const std::string id = server->Id();
+
+  fflush(stderr);
+  ::testing::internal::CaptureStderr();
+  server.reset();  // Finalize: the client is told, it does not find out from a closed socket
+  // The client has taken it in once the control connection's handler ran; give
+  // it time (nothing here waits for a heartbeat).
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  fflush(stderr);
+  const std::string logged = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(logged, "") << "a server that finalizes is not an error on its clients";
+
+  // Transfers fail fast, naming why (this one is logged: a failed call is an error).
+  ::testing::internal::CaptureStderr();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(client.TransferSync(id, adxl::READ, &desc, 1, 2000), adxl::FAILED);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(500));
+  fflush(stderr);
+  const std::string failure = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(failure.find("the peer finalized its engine"), std::string::npos) << failure;
+  EXPECT_EQ(client.Disconnect(id, 1000), adxl::SUCCESS);
+  client.Finalize();
+  SetLogLevel(saved);
 }
 
 }  // namespace
