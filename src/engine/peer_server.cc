@@ -303,6 +303,8 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   session->client_id = hello.engine_id;
   session->control = stream;
   session->transports = hello.transports;
+  // Read under mutex_ by Housekeeping: set before the session is published.
+  session->lazy_reverse = (hello.capabilities & wire::kCapLazyReverseLanes) != 0;
   // The client promises a heartbeat every interval once the previous one was
   // answered, which it awaits for at most its peer timeout: silence beyond
   // their sum (at least our own timeout, capped by our own maximum wait) ends
@@ -336,7 +338,6 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   wire::HelloAck ack;
   // Granted only where the client offered it (SendHelloAck negotiates).
   ack.capabilities = wire::kCapReverseLanes | wire::kCapLazyReverseLanes;
-  session->lazy_reverse = (hello.capabilities & wire::kCapLazyReverseLanes) != 0;
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
   ack.session_id = session->id;
   ack.engine_id = local_id_;
