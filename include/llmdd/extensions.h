@@ -2,7 +2,8 @@
  * Extensions of this implementation that CANN's headers have no field for.
  * They travel in the reserved bytes of the public structs, so programs that do
  * not use them are unaffected and the struct layouts stay exactly CANN's.
- * C++11. Everything here is inline except Version(), which the library exports.
+ * C++11. Everything here is inline except Version() and StatusName(), which the
+ * library exports.
  *
  * Remote access rights of a registration (default: peers may read and write,
  * as in CANN). The serving engine enforces them: a peer's READ of write-only
@@ -33,6 +34,14 @@ namespace llmdd_ext {
 // project() version; the same as `pkg-config --modversion llm_datadist` and
 // the CMake package version of its install). A static string: never free it.
 ASCEND_FUNC_VISIBILITY const char *Version();
+
+// The name of a status of either API, as its header spells it: an
+// adxl::Status ("PARAM_INVALID" for 103900, "RESOURCE_EXHAUSTED" for 203900)
+// or an llm_datadist::Status ("LLM_LINK_FAILED" for 0x5010B009). 0 is
+// "SUCCESS" (adxl::SUCCESS and llm_datadist::LLM_SUCCESS alike); a value
+// neither header defines is "unknown status". Never null; a static string:
+// never free it. docs/TROUBLESHOOTING.md lists each status's usual causes.
+ASCEND_FUNC_VISIBILITY const char *StatusName(uint32_t status);
 
 enum RemoteAccess : uint8_t {
   kRemoteReadWrite = 0,

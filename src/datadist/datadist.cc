@@ -4,6 +4,7 @@
 
 #include "common/endpoint.h"
 #include "common/log.h"
+#include "common/status_name.h"
 #include "common/sync_point.h"
 #include "common/threads.h"
 #include "datadist/link_messages.h"
@@ -105,6 +106,18 @@ void ForEachConcurrently(size_t count, const std::function<void(size_t)> &work) 
     }
     for (auto &t : threads) t.join();
   }
+}
+
+// The reason a peer gave with a refused app message (its response body; older
+// engines send none): clipped, and bytes that are not printable ASCII replaced,
+// since it goes into our log lines.
+std::string PeerReason(const std::string &response) {
+  if (response.empty()) return "no reason given";
+  std::string text = response.substr(0, wire::kMaxErrorText);
+  for (char &c : text) {
+    if (c < 0x20 || c > 0x7E) c = '?';
+  }
+  return text;
 }
 
 }  // namespace
@@ -373,9 +386,10 @@ Status DataDist::LinkOne(const ClusterInfo &cluster, int32_t timeout_ms) {
   adxl::Status status = engine_->ConnectKeyed(key, endpoint, kReverseLanes, deadline, &error);
   if (status != adxl::SUCCESS) {
     unreserve();
-    LOG_ERROR("LinkLlmClusters: cannot reach cluster %" PRIu64 " at %s: %s", remote, endpoint.ToString().c_str(),
-              error.c_str());
-    return status == adxl::TIMEOUT ? LLM_TIMEOUT : LLM_LINK_FAILED;
+    const Status llm = status == adxl::TIMEOUT ? LLM_TIMEOUT : LLM_LINK_FAILED;
+    LOG_ERROR("LinkLlmClusters: link to cluster %" PRIu64 " at %s failed with %s: %s", remote,
+              endpoint.ToString().c_str(), StatusText(llm).c_str(), error.c_str());
+    return llm;
   }
   std::string response;
   LinkRequest request{cluster_id_, remote};
@@ -385,8 +399,15 @@ Status DataDist::LinkOne(const ClusterInfo &cluster, int32_t timeout_ms) {
     unreserve();
     // Only the codes a Link answer may carry; anything else from the peer is a failed link.
     Status llm = status == adxl::TIMEOUT ? LLM_TIMEOUT : status == LLM_ALREADY_LINK ? LLM_ALREADY_LINK : LLM_LINK_FAILED;
-    LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " at %s refused the link (status 0x%X) %s", remote,
-              endpoint.ToString().c_str(), status, error.c_str());
+    if (error.empty()) {
+      // The peer answered: its status and its reason (the response body).
+      LOG_ERROR("LinkLlmClusters: cluster %" PRIu64 " at %s refused the link with %s: %s; returning %s", remote,
+                endpoint.ToString().c_str(), StatusText(status).c_str(), PeerReason(response).c_str(),
+                StatusText(llm).c_str());
+    } else {
+      LOG_ERROR("LinkLlmClusters: link to cluster %" PRIu64 " at %s failed with %s: %s", remote,
+                endpoint.ToString().c_str(), StatusText(llm).c_str(), error.c_str());
+    }
     return llm;
   }
   auto link = std::make_shared<Link>();
@@ -539,16 +560,29 @@ adxl::Status DataDist::HandleApp(const std::string &peer, uint64_t session_id, c
   switch (type) {
     case kAppLink: {
       LinkRequest req;
-      if (!DecodeLinkRequest(body, &req) || req.sender_cluster != peer_cluster) return adxl::PARAM_INVALID;
+      // A refusal's response body is its reason: the requester logs it.
+      if (!DecodeLinkRequest(body, &req) || req.sender_cluster != peer_cluster) {
+        *response = "malformed link request, or its sender cluster is not the engine id of the connection";
+        LOG_ERROR("link from cluster %" PRIu64 " refused: %s", peer_cluster, response->c_str());
+        return adxl::PARAM_INVALID;
+      }
       if (req.expected_receiver_cluster != cluster_id_) {
+        *response = "the link names cluster " + std::to_string(req.expected_receiver_cluster) +
+                    " (remote_cluster_id), but this instance at that address is cluster " +
+                    std::to_string(cluster_id_);
         LOG_ERROR("link from cluster %" PRIu64 " refused: it expects cluster %" PRIu64 ", this is %" PRIu64,
                   peer_cluster, req.expected_receiver_cluster, cluster_id_);
         return LLM_LINK_FAILED;
       }
-      if (session_id == 0) return adxl::PARAM_INVALID;  // links are made on the listening side only
+      if (session_id == 0) {  // links are made on the listening side only
+        *response = "links are accepted only by the listening side (llm.ListenIpInfo)";
+        return adxl::PARAM_INVALID;
+      }
       std::lock_guard guard(links_mutex_);
       auto it = links_.find(peer_cluster);
       if (it != links_.end() && it->second->outbound) {
+        *response = "cluster " + std::to_string(cluster_id_) + " already has its own link to cluster " +
+                    std::to_string(peer_cluster);
         LOG_ERROR("link from cluster %" PRIu64 " refused: this side already linked to it", peer_cluster);
         return LLM_ALREADY_LINK;
       }
@@ -586,7 +620,10 @@ adxl::Status DataDist::HandleApp(const std::string &peer, uint64_t session_id, c
       if (!DecodeCacheQuery(body, &cache_id)) return adxl::PARAM_INVALID;
       std::lock_guard guard(caches_mutex_);
       auto it = caches_.find(cache_id);
-      if (it == caches_.end()) return LLM_KV_CACHE_NOT_EXIST;
+      if (it == caches_.end()) {
+        *response = "cache " + std::to_string(cache_id) + " is not registered on cluster " + std::to_string(cluster_id_);
+        return LLM_KV_CACHE_NOT_EXIST;
+      }
       *response = EncodeGeometry(it->second.geometry);
       return adxl::SUCCESS;
     }
@@ -696,13 +733,16 @@ Status DataDist::RemoteGeometry(const std::shared_ptr<Link> &link, int64_t cache
                                               EncodeCacheQuery(cache_id), Deadline::AfterMs(sync_timeout_ms_),
                                               &response, &error);
   if (status == LLM_KV_CACHE_NOT_EXIST) {
-    LOG_ERROR("cache %" PRId64 " is not registered on cluster %" PRIu64, cache_id, link->remote_cluster);
+    LOG_ERROR("cache %" PRId64 " is not registered on cluster %" PRIu64 " (%s)", cache_id, link->remote_cluster,
+              StatusText(LLM_KV_CACHE_NOT_EXIST).c_str());
     return LLM_KV_CACHE_NOT_EXIST;
   }
   if (status != adxl::SUCCESS) {
-    LOG_ERROR("cannot query cache %" PRId64 " of cluster %" PRIu64 " (status 0x%X): %s", cache_id,
-              link->remote_cluster, status, error.c_str());
-    return ToLlmStatus(wire::SanitizePeerStatus(status));
+    const Status llm = ToLlmStatus(wire::SanitizePeerStatus(status));
+    LOG_ERROR("cannot query cache %" PRId64 " of cluster %" PRIu64 " (%s, returning %s): %s", cache_id,
+              link->remote_cluster, StatusText(status).c_str(), StatusText(llm).c_str(),
+              error.empty() ? PeerReason(response).c_str() : error.c_str());
+    return llm;
   }
   if (!DecodeGeometry(response, out)) {
     LOG_ERROR("cluster %" PRIu64 " sent a malformed description of cache %" PRId64, link->remote_cluster, cache_id);
@@ -743,7 +783,8 @@ Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster
     Status again = RemoteGeometry(link, remote_cache_id, /*refresh=*/true, &fresh);
     if (again == LLM_KV_CACHE_NOT_EXIST) return LLM_KV_CACHE_NOT_EXIST;
   }
-  LOG_ERROR("%s with cluster %" PRIu64 " failed: %s", call, cluster, error.c_str());
+  LOG_ERROR("%s with cluster %" PRIu64 " failed with %s (transfer: %s): %s", call, cluster,
+            StatusText(ToLlmStatus(status)).c_str(), StatusText(status).c_str(), error.c_str());
   return ToLlmStatus(status);
 }
 

@@ -2,6 +2,8 @@
 
 #include "engine/channel.h"
 
+#include "common/status_name.h"
+
 namespace llmdd {
 
 bool AsyncRequests::Reserve(size_t cap, size_t *held) {
@@ -84,7 +86,7 @@ void AsyncRequests::QueryMany(uint32_t max_count, bool skip_waiting, std::vector
     results->push_back(result);
     if (failures != nullptr && outcome != adxl::SUCCESS)
       failures->push_back("request " + std::to_string(it->first) + " to " + it->second.request->Key() +
-                          " failed with " + std::to_string(outcome) + ": " + error);
+                          " failed with " + StatusText(outcome) + ": " + error);
     ended.push_back(std::move(it->second.request));
     it = entries_.erase(it);
   }

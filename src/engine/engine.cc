@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "common/log.h"
+#include "common/status_name.h"
 #include "common/sync_point.h"
 #include "common/threads.h"
 #include "transport/tcp/tcp_stream.h"
@@ -359,7 +360,8 @@ adxl::Status Engine::Connect(const std::string &remote, int32_t timeout_ms) {
     return adxl::PARAM_INVALID;
   }
   adxl::Status status = ConnectLocked(remote, endpoint, 0, deadline, &error);
-  if (status != adxl::SUCCESS) LOG_ERROR("Connect(%s) failed: %s", remote.c_str(), error.c_str());
+  if (status != adxl::SUCCESS)
+    LOG_ERROR("Connect(%s) failed with %s: %s", remote.c_str(), StatusText(status).c_str(), error.c_str());
   return status;
 }
 
@@ -845,12 +847,12 @@ adxl::Status Engine::TransferSync(const std::string &remote, adxl::TransferOp op
   if (refused) {
     static std::atomic<int64_t> last_logged{0};
     if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))
-      LOG_ERROR("TransferSync(%s) refused: %s", remote.c_str(), error.c_str());
+      LOG_ERROR("TransferSync(%s) refused with %s: %s", remote.c_str(), StatusText(status).c_str(), error.c_str());
     return status;
   }
   if (status != adxl::SUCCESS) {
-    LOG_ERROR("TransferSync(%s, %s, %zu descriptors) failed with %u: %s", remote.c_str(),
-              op == adxl::READ ? "READ" : "WRITE", count, status, error.c_str());
+    LOG_ERROR("TransferSync(%s, %s, %zu descriptors) failed with %s: %s", remote.c_str(),
+              op == adxl::READ ? "READ" : "WRITE", count, StatusText(status).c_str(), error.c_str());
   }
   return status;
 }
@@ -893,9 +895,9 @@ adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp o
   size_t held = 0;
   if (!async_.Reserve(config_.max_requests_in_flight, &held)) {
     if (LogThisSecond(&last_logged))
-      LOG_ERROR("TransferAsync(%s) refused: %zu asynchronous requests are held (submitted, terminal status not "
-                "read yet; llmdd.MaxRequestsInFlight=%u)",
-                remote.c_str(), held, config_.max_requests_in_flight);
+      LOG_ERROR("TransferAsync(%s) refused with %s: %zu asynchronous requests are held (submitted, terminal "
+                "status not read yet; llmdd.MaxRequestsInFlight=%u)",
+                remote.c_str(), StatusText(adxl::RESOURCE_EXHAUSTED).c_str(), held, config_.max_requests_in_flight);
     return adxl::RESOURCE_EXHAUSTED;
   }
   std::shared_ptr<TransferRequest> request;
@@ -910,7 +912,7 @@ adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp o
   if (status != adxl::SUCCESS) {
     async_.Unreserve();
     if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))
-      LOG_ERROR("TransferAsync(%s) refused: %s", remote.c_str(), error.c_str());
+      LOG_ERROR("TransferAsync(%s) refused with %s: %s", remote.c_str(), StatusText(status).c_str(), error.c_str());
     return status;
   }
   *id = request->Id();
@@ -942,7 +944,7 @@ adxl::Status Engine::GetTransferStatus(uint64_t id, adxl::TransferStatus *status
       break;
   }
   if (*status == adxl::TransferStatus::COMPLETED) return adxl::SUCCESS;
-  LOG_ERROR("TransferAsync request %" PRIu64 " failed with %u: %s", id, outcome, error.c_str());
+  LOG_ERROR("TransferAsync request %" PRIu64 " failed with %s: %s", id, StatusText(outcome).c_str(), error.c_str());
   return adxl::FAILED;
 }
 
