@@ -27,6 +27,7 @@
 
 #include "adxl/adxl_engine.h"
 #include "example_peer.h"
+#include "llmdd/extensions.h"  // llmdd_ext::StatusName
 
 namespace {
 
@@ -76,8 +77,8 @@ bool WaitAll(adxl::AdxlEngine &engine, std::vector<adxl::TransferReq> requests) 
       }
       // Ended (COMPLETED, or FAILED: rc is FAILED too). The request is gone now.
       if (status != adxl::TransferStatus::COMPLETED) {
-        fprintf(stderr, "adxl_async: a request ended with status %d (call returned %u)\n",
-                static_cast<int>(status), rc);
+        fprintf(stderr, "adxl_async: a request ended with status %d (call returned %s)\n",
+                static_cast<int>(status), llmdd_ext::StatusName(rc));
         all_completed = false;
       }
       requests.erase(requests.begin() + static_cast<std::ptrdiff_t>(i));
@@ -106,7 +107,7 @@ int Client(uintptr_t remote) {
     adxl::TransferReq request = nullptr;
     const adxl::Status rc = engine.TransferAsync(server.c_str(), adxl::READ, descs, args, request);
     if (rc != adxl::SUCCESS) {
-      fprintf(stderr, "adxl_async: TransferAsync READ failed with status %u\n", rc);
+      fprintf(stderr, "adxl_async: TransferAsync READ failed with %s (%u)\n", llmdd_ext::StatusName(rc), rc);
       WaitAll(engine, requests);  // end what was submitted before leaving
       return 1;
     }

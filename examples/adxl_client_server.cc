@@ -24,6 +24,7 @@
 
 #include "adxl/adxl_engine.h"
 #include "example_peer.h"
+#include "llmdd/extensions.h"  // llmdd_ext::StatusName
 
 namespace {
 
@@ -78,7 +79,8 @@ int Server(int in_fd, int out_fd) {
 
 bool Ok(adxl::Status status, const char *what) {
   if (status == adxl::SUCCESS) return true;
-  fprintf(stderr, "adxl_client_server: %s failed with status %u\n", what, status);
+  // StatusName: "PARAM_INVALID" for 103900 (docs/TROUBLESHOOTING.md lists the causes of each).
+  fprintf(stderr, "adxl_client_server: %s failed with %s (%u)\n", what, llmdd_ext::StatusName(status), status);
   return false;
 }
 

@@ -20,6 +20,7 @@
 
 #include "example_peer.h"
 #include "llm_datadist/llm_datadist.h"
+#include "llmdd/extensions.h"  // llmdd_ext::StatusName
 
 namespace {
 
@@ -91,7 +92,7 @@ int Prompt(int in_fd, int out_fd) {
 
 bool Ok(Status status, const char *what) {
   if (status == llm_datadist::LLM_SUCCESS) return true;
-  fprintf(stderr, "datadist_pull: %s failed with status 0x%X\n", what, status);
+  fprintf(stderr, "datadist_pull: %s failed with %s (0x%X)\n", what, llmdd_ext::StatusName(status), status);
   return false;
 }
 

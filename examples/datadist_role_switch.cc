@@ -21,6 +21,7 @@
 
 #include "example_peer.h"
 #include "llm_datadist/llm_datadist.h"
+#include "llmdd/extensions.h"  // llmdd_ext::StatusName
 
 namespace {
 
@@ -97,7 +98,7 @@ std::vector<llm_datadist::ClusterInfo> Target(uint64_t cluster, int port) {
 
 bool Ok(Status status, const char *who, const char *what) {
   if (status == llm_datadist::LLM_SUCCESS) return true;
-  fprintf(stderr, "datadist_role_switch: %s: %s failed with status 0x%X\n", who, what, status);
+  fprintf(stderr, "datadist_role_switch: %s: %s failed with %s (0x%X)\n", who, what, llmdd_ext::StatusName(status), status);
   return false;
 }
 

@@ -253,19 +253,7 @@ void Say(const char *fmt, ...) {
   fflush(stdout);
 }
 
-const char *StatusName(Status s) {
-  switch (s) {
-    case adxl::SUCCESS: return "SUCCESS";
-    case adxl::PARAM_INVALID: return "PARAM_INVALID";
-    case adxl::TIMEOUT: return "TIMEOUT";
-    case adxl::NOT_CONNECTED: return "NOT_CONNECTED";
-    case adxl::ALREADY_CONNECTED: return "ALREADY_CONNECTED";
-    case adxl::NOTIFY_FAILED: return "NOTIFY_FAILED";
-    case adxl::UNSUPPORTED: return "UNSUPPORTED";
-    case adxl::FAILED: return "FAILED";
-    default: return "unknown status";
-  }
-}
+const char *StatusName(Status s) { return llmdd_ext::StatusName(s); }
 
 // Checks one Status; prints a FAILED line with the number and name otherwise.
 bool Ok(Status s, const std::string &what) {

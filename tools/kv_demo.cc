@@ -88,6 +88,7 @@ llmdd_tools::LogTap g_tap;
 
 using llmdd_tools::Format;
 using llmdd_tools::NowNs;
+using llmdd_tools::StatusWithNumber;
 using llmdd_tools::WriteAll;
 
 using llm_datadist::AscendString;
@@ -337,32 +338,7 @@ std::string HumanBytes(uint64_t bytes) {
   return buf;
 }
 
-std::string StatusText(Status s) {
-  static const std::map<Status, const char *> kNames = {
-      {llm_datadist::LLM_SUCCESS, "LLM_SUCCESS"},
-      {llm_datadist::LLM_FAILED, "LLM_FAILED"},
-      {llm_datadist::LLM_WAIT_PROC_TIMEOUT, "LLM_WAIT_PROC_TIMEOUT"},
-      {llm_datadist::LLM_KV_CACHE_NOT_EXIST, "LLM_KV_CACHE_NOT_EXIST"},
-      {llm_datadist::LLM_PARAM_INVALID, "LLM_PARAM_INVALID"},
-      {llm_datadist::LLM_NOT_YET_LINK, "LLM_NOT_YET_LINK"},
-      {llm_datadist::LLM_ALREADY_LINK, "LLM_ALREADY_LINK"},
-      {llm_datadist::LLM_LINK_FAILED, "LLM_LINK_FAILED"},
-      {llm_datadist::LLM_UNLINK_FAILED, "LLM_UNLINK_FAILED"},
-      {llm_datadist::LLM_NOTIFY_PROMPT_UNLINK_FAILED, "LLM_NOTIFY_PROMPT_UNLINK_FAILED"},
-      {llm_datadist::LLM_CLUSTER_NUM_EXCEED_LIMIT, "LLM_CLUSTER_NUM_EXCEED_LIMIT"},
-      {llm_datadist::LLM_PROCESSING_LINK, "LLM_PROCESSING_LINK"},
-      {llm_datadist::LLM_DEVICE_OUT_OF_MEMORY, "LLM_DEVICE_OUT_OF_MEMORY"},
-      {llm_datadist::LLM_EXIST_LINK, "LLM_EXIST_LINK"},
-      {llm_datadist::LLM_FEATURE_NOT_ENABLED, "LLM_FEATURE_NOT_ENABLED"},
-      {llm_datadist::LLM_TIMEOUT, "LLM_TIMEOUT"},
-      {llm_datadist::LLM_LINK_BUSY, "LLM_LINK_BUSY"},
-      {llm_datadist::LLM_OUT_OF_MEMORY, "LLM_OUT_OF_MEMORY"},
-  };
-  char buf[64];
-  auto it = kNames.find(s);
-  snprintf(buf, sizeof(buf), "status 0x%08X (%s)", s, it == kNames.end() ? "unknown" : it->second);
-  return buf;
-}
+std::string StatusText(Status s) { return StatusWithNumber(s); }
 
 // ------------------------------------------------------------------ data
 

@@ -79,6 +79,7 @@ namespace {
 
 using llmdd_tools::Format;
 using llmdd_tools::NowNs;
+using llmdd_tools::StatusWithNumber;
 using llmdd_tools::WriteAll;
 
 using Clock = std::chrono::steady_clock;
@@ -1104,13 +1105,13 @@ int ServeEngine(const ServeOptions &so) {
     std::string id = std::string(kHost) + ":" + std::to_string(port);
     st = engine.Initialize(id.c_str(), ExtOptions(fake, so.transport));
   }
-  if (st != adxl::SUCCESS) return ServeFail(Format("engine Initialize failed: %u", st));
+  if (st != adxl::SUCCESS) return ServeFail("engine Initialize failed: " + StatusWithNumber(st));
   adxl::MemDesc desc{};
   desc.addr = buf.addr();
   desc.len = buf.size();
   adxl::MemHandle handle = nullptr;
   st = engine.RegisterMem(desc, adxl::MEM_HOST, handle);
-  if (st != adxl::SUCCESS) return ServeFail(Format("RegisterMem failed: %u", st));
+  if (st != adxl::SUCCESS) return ServeFail("RegisterMem failed: " + StatusWithNumber(st));
   WriteAll(STDOUT_FILENO, Format("READY %d 0x%" PRIxPTR " %" PRIu64 "\n", port, buf.addr(), buf.size()));
   WaitForQuit();
   engine.DeregisterMem(handle);
@@ -1186,13 +1187,13 @@ int ServeKv(const ServeOptions &so) {
     o[llm_datadist::OPTION_SYNC_CACHE_WAIT_TIME] = "30000";
     st = dd->Initialize(o);
   }
-  if (st != llm_datadist::LLM_SUCCESS) return ServeFail(Format("LlmDataDist Initialize failed: 0x%X", st));
+  if (st != llm_datadist::LLM_SUCCESS) return ServeFail("LlmDataDist Initialize failed: " + StatusWithNumber(st));
   std::string ids;
   std::vector<int64_t> cache_ids;
   for (size_t i = 0; i < shapes.size(); ++i) {
     int64_t id = -1;
     st = dd->RegisterKvCache(KvDesc(shapes[i]), mem[i].addrs, llm_datadist::RegisterCfg{}, id);
-    if (st != llm_datadist::LLM_SUCCESS) return ServeFail(Format("RegisterKvCache failed: 0x%X", st));
+    if (st != llm_datadist::LLM_SUCCESS) return ServeFail("RegisterKvCache failed: " + StatusWithNumber(st));
     cache_ids.push_back(id);
     ids += " " + std::to_string(id);
   }
@@ -1332,20 +1333,7 @@ ProcStats ReadProcStats(pid_t pid) {
   return s;
 }
 
-std::string StatusName(adxl::Status st) {
-  switch (st) {
-    case adxl::SUCCESS: return "SUCCESS";
-    case adxl::PARAM_INVALID: return "PARAM_INVALID";
-    case adxl::TIMEOUT: return "TIMEOUT";
-    case adxl::NOT_CONNECTED: return "NOT_CONNECTED";
-    case adxl::ALREADY_CONNECTED: return "ALREADY_CONNECTED";
-    case adxl::NOTIFY_FAILED: return "NOTIFY_FAILED";
-    case adxl::UNSUPPORTED: return "UNSUPPORTED";
-    case adxl::FAILED: return "FAILED";
-    case adxl::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    default: return Format("status %u", st);
-  }
-}
+std::string StatusName(uint32_t st) { return StatusWithNumber(st); }
 
 // Served memory holds a pattern the reader can check: byte o of a buffer
 // seeded s is byte (o % 8) of Mix(s * K + o / 8).
@@ -1635,7 +1623,7 @@ class EngineSession {
     }
     adxl::Status st = engine_.Initialize(kHost, ExtOptions(opt, transport));
     if (st != adxl::SUCCESS) {
-      *error = Format("Initialize: status %u", st);
+      *error = "Initialize: " + StatusName(st);
       return false;
     }
     initialized_ = true;
@@ -1643,7 +1631,7 @@ class EngineSession {
     st = engine_.Connect(remote_id_.c_str(), 10000);
     connect_ms_ = static_cast<double>(NowNs() - t0) / 1e6;
     if (st != adxl::SUCCESS) {
-      *error = Format("Connect(%s, llmdd.Transport=%s): status %u", remote_id_.c_str(), transport.c_str(), st);
+      *error = Format("Connect(%s, llmdd.Transport=%s): %s", remote_id_.c_str(), transport.c_str(), StatusName(st).c_str());
       return false;
     }
     connected_ = true;
@@ -1678,7 +1666,7 @@ class EngineSession {
 std::string EngineCall(adxl::AdxlEngine &engine, const std::string &remote, adxl::TransferOp op,
                        const std::vector<adxl::TransferOpDesc> &descs, int timeout_ms) {
   adxl::Status st = engine.TransferSync(remote.c_str(), op, descs, timeout_ms);
-  return st == adxl::SUCCESS ? std::string() : Format("TransferSync status %u", st);
+  return st == adxl::SUCCESS ? std::string() : "TransferSync: " + StatusName(st);
 }
 
 int RunEngine(const Options &opt, Reporter &rep) {
@@ -1761,7 +1749,7 @@ bool PollAll(adxl::AdxlEngine &engine, const std::vector<adxl::TransferReq> &req
       const adxl::Status st = engine.GetTransferStatus(req, status);
       const int64_t took = NowNs() - t0;
       if (st != adxl::SUCCESS) {
-        *error = Format("GetTransferStatus status %u", st);
+        *error = "GetTransferStatus: " + StatusName(st);
         return false;
       }
       if (status == adxl::TransferStatus::COMPLETED) {
@@ -1818,7 +1806,7 @@ int RunAsync(const Options &opt, Reporter &rep) {
         const adxl::Status st = engine.TransferAsync(remote, adxl::READ, singles[i], args, reqs[i]);
         submit_ns.push_back(NowNs() - t0);
         if (st != adxl::SUCCESS) {
-          error = Format("TransferAsync status %u", st);
+          error = "TransferAsync: " + StatusName(st);
           return false;
         }
       }
@@ -1916,7 +1904,7 @@ class KvSession {
     o[llm_datadist::OPTION_SYNC_CACHE_WAIT_TIME] = std::to_string(opt.timeout_ms).c_str();
     llm_datadist::Status st = dd_->Initialize(o);
     if (st != llm_datadist::LLM_SUCCESS) {
-      *error = Format("LlmDataDist Initialize: 0x%X", st);
+      *error = "LlmDataDist Initialize: " + StatusName(st);
       return false;
     }
     initialized_ = true;
@@ -1932,7 +1920,7 @@ class KvSession {
       st = dd_->RegisterKvCache(c.cache_desc, mem_[i].addrs, llm_datadist::RegisterCfg{}, c.cache_id);
       register_ms_.push_back(static_cast<double>(NowNs() - t0) / 1e6);
       if (st != llm_datadist::LLM_SUCCESS) {
-        *error = Format("RegisterKvCache: 0x%X", st);
+        *error = "RegisterKvCache: " + StatusName(st);
         return false;
       }
       c.tensor_addrs.assign(mem_[i].addrs.begin(), mem_[i].addrs.end());
@@ -1949,7 +1937,7 @@ class KvSession {
     std::vector<llm_datadist::Status> rets;
     st = dd_->LinkLlmClusters({cluster}, rets, 10000);
     if (st != llm_datadist::LLM_SUCCESS) {
-      *error = Format("LinkLlmClusters (llmdd.Transport=%s): 0x%X", transport.c_str(), st);
+      *error = Format("LinkLlmClusters (llmdd.Transport=%s): %s", transport.c_str(), StatusName(st).c_str());
       return false;
     }
     linked_ = true;
@@ -2018,7 +2006,7 @@ std::string KvCall(KvSession &s, bool pull, size_t cache, const std::vector<uint
                    const std::vector<uint64_t> &dst) {
   llm_datadist::Status st = pull ? s.dd().PullKvBlocks(s.remote(cache), s.local(cache), src, dst)
                                  : s.dd().PushKvBlocks(s.local(cache), s.remote(cache), src, dst);
-  return st == llm_datadist::LLM_SUCCESS ? std::string() : Format("%s status 0x%X", pull ? "PullKvBlocks" : "PushKvBlocks", st);
+  return st == llm_datadist::LLM_SUCCESS ? std::string() : Format("%s: %s", pull ? "PullKvBlocks" : "PushKvBlocks", StatusName(st).c_str());
 }
 
 int RunKv(const Options &opt, Reporter &rep) {
@@ -3211,7 +3199,7 @@ int PeersFrozen(const Options &opt, Reporter &rep, const NofileLimit &lim) {
       } else {
         connected = atoi(w[1].c_str());
         const auto first_failure = static_cast<adxl::Status>(strtoul(w[2].c_str(), nullptr, 10));
-        if (first_failure != adxl::SUCCESS) r.Str("connect_failure", StatusName(first_failure));
+        if (first_failure != adxl::SUCCESS) r.Str("connect_failure", llmdd_ext::StatusName(first_failure));
         r.Int("client_nofile_soft", atoll(w[3].c_str())).Int("client_nofile_hard", atoll(w[4].c_str()));
       }
     }
@@ -3246,7 +3234,7 @@ int PeersFrozen(const Options &opt, Reporter &rep, const NofileLimit &lim) {
         error = "client: " + line;
       } else {
         const auto ds = static_cast<adxl::Status>(strtoul(w[2].c_str(), nullptr, 10));
-        r.Num("disconnect_ms", atof(w[1].c_str())).Str("disconnect_status", StatusName(ds));
+        r.Num("disconnect_ms", atof(w[1].c_str())).Str("disconnect_status", llmdd_ext::StatusName(ds));
         r.Num("finalize_ms", atof(w[3].c_str()));
         r.Num("value", atof(w[3].c_str()));
         r.Int("finalized_with", connected - 1);  // the disconnected one is gone before Finalize

@@ -1,5 +1,5 @@
 // Small helpers shared by the tools (adxl_demo, kv_demo, llmdd_bench): --version, printf-style
-// formatting into a std::string, writing a whole string to a pipe, a
+// formatting into a std::string, a status's name and number, writing a whole string to a pipe, a
 // monotonic clock in nanoseconds, starting this program again as a peer, a
 // line about the machine and its load, and LogTap (which path a connection
 // took, from the engine's own log line).
@@ -60,6 +60,13 @@ inline std::string Format(const char *fmt, ...) {
   }
   va_end(ap2);
   return out;
+}
+
+// A status of either API with its number, as the library's log lines write
+// it: "PARAM_INVALID (103900)", "LLM_LINK_FAILED (0x5010B009)" (LLM-DataDist
+// codes in hex), "unknown status (42)".
+inline std::string StatusWithNumber(uint32_t status) {
+  return Format(status >= 0x10000000U ? "%s (0x%08X)" : "%s (%u)", llmdd_ext::StatusName(status), status);
 }
 
 // Writes all of `text` to `fd` (retrying short writes and EINTR); false on error.
