@@ -4,6 +4,7 @@
 // built against the *installed* headers and library only (C++11, -Werror,
 // both values of _GLIBCXX_USE_CXX11_ABI). Two engines live in this process:
 // A listens on 127.0.0.1:<free port>, B is a pure client that connects to A.
+// Also llmdd_ext::StatusName (llmdd/extensions.h) for statuses of both APIs.
 // Prints "adxl_client OK" and exits 0 only if every check matched.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "adxl/adxl_engine.h"
+#include "llmdd/extensions.h"
 
 namespace {
 
@@ -38,8 +40,9 @@ void Check(bool ok, const char *what) {
 
 void CheckStatus(adxl::Status got, adxl::Status want, const char *what) {
   if (got != want) {
-    char buf[96];
-    std::snprintf(buf, sizeof(buf), "status %u, expected %u", static_cast<unsigned>(got), static_cast<unsigned>(want));
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "%s (%u), expected %s (%u)", llmdd_ext::StatusName(got),
+                  static_cast<unsigned>(got), llmdd_ext::StatusName(want), static_cast<unsigned>(want));
     Fail(what, buf);
   }
 }
@@ -140,9 +143,43 @@ adxl::Status PollToEnd(adxl::AdxlEngine &engine, adxl::TransferReq req, adxl::Tr
 
 }  // namespace
 
+// The exported status names, for values of both APIs and an unknown one.
+void CheckStatusNames() {
+  struct Named {
+    uint32_t value;
+    const char *name;
+  };
+  const Named names[] = {
+      {adxl::SUCCESS, "SUCCESS"},
+      {adxl::PARAM_INVALID, "PARAM_INVALID"},
+      {adxl::TIMEOUT, "TIMEOUT"},
+      {adxl::NOT_CONNECTED, "NOT_CONNECTED"},
+      {adxl::ALREADY_CONNECTED, "ALREADY_CONNECTED"},
+      {adxl::NOTIFY_FAILED, "NOTIFY_FAILED"},
+      {adxl::UNSUPPORTED, "UNSUPPORTED"},
+      {adxl::FAILED, "FAILED"},
+      {adxl::RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"},
+      {llm_datadist::LLM_SUCCESS, "SUCCESS"},
+      {llm_datadist::LLM_FAILED, "LLM_FAILED"},
+      {llm_datadist::LLM_PARAM_INVALID, "LLM_PARAM_INVALID"},
+      {llm_datadist::LLM_LINK_FAILED, "LLM_LINK_FAILED"},
+      {llm_datadist::LLM_WAIT_PROC_TIMEOUT, "LLM_WAIT_PROC_TIMEOUT"},
+      {llm_datadist::LLM_OUT_OF_MEMORY, "LLM_OUT_OF_MEMORY"},
+      {42U, "unknown status"},
+      {0x5010B0FFU, "unknown status"},
+  };
+  for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); ++i) {
+    const char *got = llmdd_ext::StatusName(names[i].value);
+    if (got == nullptr || std::strcmp(got, names[i].name) != 0) {
+      Fail("llmdd_ext::StatusName", std::string(names[i].name) + " expected, got " + (got ? got : "null"));
+    }
+  }
+}
+
 int main() {
   CheckAscendString();
   CheckStatics();
+  CheckStatusNames();
 
   // Options map keyed by AscendString, built from the header constant and
   // from a plain string literal (both are documented usages). "4:8" is the
@@ -178,8 +215,8 @@ int main() {
     if (st == adxl::SUCCESS) {
       server.swap(engine);
     } else {
-      std::fprintf(stderr, "adxl_client: Initialize(%s) returned %u, retrying\n", server_id.c_str(),
-                   static_cast<unsigned>(st));
+      std::fprintf(stderr, "adxl_client: Initialize(%s) returned %s (%u), retrying\n", server_id.c_str(),
+                   llmdd_ext::StatusName(st), static_cast<unsigned>(st));
     }
   }
   if (!server) {

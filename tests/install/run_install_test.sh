@@ -125,6 +125,7 @@ run_client() {  # <binary> <expected line>
 # llmdd_ext::Version() (llmdd/extensions.h) is the package's version.
 step "llmdd_ext::Version() against pkg-config --modversion"
 grep -qF 'llmdd_ext::Version()' "$EXPORTS" || fail "$REAL_LIB does not export llmdd_ext::Version()"
+grep -qF 'llmdd_ext::StatusName(unsigned int)' "$EXPORTS" || fail "$REAL_LIB does not export llmdd_ext::StatusName()"
 printf '#include "llmdd/extensions.h"\n#include <cstdio>\nint main() { std::printf("%%s\\n", llmdd_ext::Version()); return 0; }\n' |
   "$CXX_BIN" "${CXXFLAGS_STRICT[@]}" -x c++ - -o "$WORK/print_version" $PC_FLAGS || fail "compiling a llmdd_ext::Version() client"
 LIB_VERSION=$(timeout "$RUN_TIMEOUT" "$WORK/print_version") || fail "running the llmdd_ext::Version() client"

@@ -116,6 +116,17 @@ TEST(StatusName, ApiDocValuesMatch) {
   EXPECT_GE(checked, 10U);
 }
 
+// docs/TROUBLESHOOTING.md has a section for every status of both headers.
+TEST(StatusName, TroubleshootingCoversEveryStatus) {
+  const std::string doc = ReadSource("docs/TROUBLESHOOTING.md");
+  ASSERT_FALSE(doc.empty()) << "docs/TROUBLESHOOTING.md is missing";
+  for (const auto &kv : AllHeaderStatuses()) {
+    if (kv.second == 0) continue;
+    const std::string heading = "### `" + kv.first + "`";
+    EXPECT_NE(doc.find(heading), std::string::npos) << heading << " is not in docs/TROUBLESHOOTING.md";
+  }
+}
+
 // ---------------------------------------------------------------- log lines
 
 class StatusLogTest : public ::testing::Test {
