@@ -535,7 +535,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       return;
     }
     asked->reverse_arrivals.push_back(stream);
-    asked->reverse_arrived.notify_one();
+    asked->reverse_arrived.notify_all();  // each opener takes one; the others wait on
     return;
   }
   // The lane is in the pool, and the pool published to the engine, before the
@@ -564,7 +564,12 @@ std::shared_ptr<ByteStream> PeerServer::AskForReverseLane(const std::weak_ptr<Se
   }
   const Deadline until = deadline.EarlierOf(Deadline::AfterMs(wait_ms));
   std::unique_lock lock(session->reverse_mutex);
-  if (session->reverse_arrivals.empty() && !session->reverse_closed) {
+  // Asks, and asks again each second while none arrives (a client that
+  // dropped the request, e.g. at its cap while an idle lane was closing, is
+  // asked once more; it opens no more than its cap either way).
+  for (int asked = 0; session->reverse_arrivals.empty() && !session->reverse_closed && !until.Expired(); ++asked) {
+    if (asked > 0)
+      LOG_WARN("no reverse lane from %s %d s after asking for one: asking again", session->client_id.c_str(), asked);
     lock.unlock();
     bool sent = false;
     {
@@ -577,7 +582,8 @@ std::shared_ptr<ByteStream> PeerServer::AskForReverseLane(const std::weak_ptr<Se
       return nullptr;
     }
     lock.lock();
-    session->reverse_arrived.wait_until(lock, until.At(), [&] {
+    const Deadline round = until.EarlierOf(Deadline::AfterMs(1000));
+    session->reverse_arrived.wait_until(lock, round.At(), [&] {
       return !session->reverse_arrivals.empty() || session->reverse_closed;
     });
   }
