@@ -4,13 +4,11 @@
 
 #include <cinttypes>
 #include <cstddef>
-#include <string>
 
+#include "api/facade.h"
 #include "common/host_memory.h"
 #include "common/log.h"
-#include "common/threads.h"
 #include "engine/engine.h"
-#include "llmdd/extensions.h"
 
 namespace adxl {
 
@@ -29,22 +27,8 @@ static_assert(static_cast<int>(TransferStatus::FAILED) == 3 && RESOURCE_EXHAUSTE
 
 namespace {
 
-// MemDesc::local_only, read as the byte it is: a program built with the
-// first llmdd/extensions.h put its access marker in this byte ('L').
-bool LocalOnly(const MemDesc &mem) {
-  const uint8_t *area = llmdd_ext::ExtensionArea(mem);
-  llmdd_ext::RemoteAccess legacy = llmdd_ext::kRemoteReadWrite;
-  if (llmdd_ext::ReadAccessMarker(area, llmdd_ext::kLegacyAccessOffset, &legacy)) return false;
-  return area[0] != 0;
-}
-
-std::string ToStd(const AscendString &s) { return std::string(s.GetString(), s.GetLength()); }
-
-// No exception crosses the ABI: out of memory is RESOURCE_EXHAUSTED, anything else FAILED (both logged).
-template <typename Call>
-Status Guarded(const char *name, Call &&call) {
-  return llmdd::CallGuarded<Status>(name, RESOURCE_EXHAUSTED, FAILED, std::forward<Call>(call));
-}
+using llmdd::Guarded;
+using llmdd::ToStd;
 
 }  // namespace
 
@@ -56,9 +40,7 @@ AdxlEngine::~AdxlEngine() {
 
 Status AdxlEngine::Initialize(const AscendString &local_engine, const std::map<AscendString, AscendString> &options) {
   return Guarded("Initialize", [&] {
-    std::map<std::string, std::string> converted;
-    for (const auto &kv : options) converted[ToStd(kv.first)] = ToStd(kv.second);
-    return impl_->engine.Initialize(ToStd(local_engine), converted);
+    return impl_->engine.Initialize(ToStd(local_engine), ToStd(options));
   });
 }
 
@@ -69,10 +51,7 @@ void AdxlEngine::Finalize() {
 Status AdxlEngine::RegisterMem(const MemDesc &mem, MemType type, MemHandle &mem_handle) {
   return Guarded("RegisterMem", [&] {
     uint64_t handle = 0;
-    llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite;
-    llmdd_ext::GetRemoteAccess(mem, &access);
-    const uint32_t rights = LocalOnly(mem) ? llmdd::kAccessNone : llmdd::AccessBits(access);
-    Status status = impl_->engine.RegisterMem(mem.addr, mem.len, type, &handle, rights);
+    Status status = impl_->engine.RegisterMem(mem.addr, mem.len, type, &handle, llmdd::RemoteRights(mem));
     if (status == SUCCESS) mem_handle = reinterpret_cast<MemHandle>(static_cast<uintptr_t>(handle));
     return status;
   });
