@@ -76,6 +76,11 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         return adxl::PARAM_INVALID;
       }
       LOG_INFO("option %s=%s accepted (used by RDMA transports only)", key.c_str(), value.c_str());
+    } else if (key == "GlobalResourceConfig") {
+      // HIXL's JSON resource configuration: hixl::Hixl reads its
+      // connect_pool.* members (engine/async_connects.h) before this runs.
+      LOG_INFO("option %s: connect_pool.* members are used by hixl::Hixl; the others are not used by this engine",
+               key.c_str());
     } else if (key == kOptTcpConnections) {
       if (!SetBounded(key, value, 1, 64, &config->tcp_connections, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptHeartbeatIntervalMs) {
