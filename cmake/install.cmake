@@ -1,7 +1,7 @@
 # Install rules, CMake package and pkg-config file (owned by the packaging work).
 #
 # Installed layout (relative to the install prefix):
-#   include/{adxl,llm_datadist,external,graph,llmdd}/...  public headers (C++11)
+#   include/{adxl,hixl,llm_datadist,external,graph,llmdd}/...  public headers (C++11)
 #   <libdir>/libllm_datadist.so -> .so.<major> -> .so.<version>
 #   <libdir>/cmake/llm_datadist/llm_datadist{Config,ConfigVersion,Targets*}.cmake
 #   <libdir>/pkgconfig/llm_datadist.pc

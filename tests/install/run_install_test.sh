@@ -4,9 +4,11 @@
 #   1. adxl_client.cc (the original and the later ADXL calls), legacy_client.cc
 #      (built against the first headers in tests/install/legacy: the library
 #      must keep working for programs built with them) and
-#      llm_datadist_client.cc with g++ -std=c++11 -Werror,
+#      llm_datadist_client.cc and hixl_client.cc (hixl::Hixl, HIXL's names only)
+#      with g++ -std=c++11 -Werror,
 #      once per _GLIBCXX_USE_CXX11_ABI value, flags from `pkg-config llm_datadist`;
-#   2. adxl_client.cc through a separate CMake project using find_package().
+#   2. adxl_client.cc and hixl_client.cc through a separate CMake project using
+#      find_package().
 # Usage: run_install_test.sh <build dir> <source dir> [<cmake command>]
 # Env:   CXX_FOR_INSTALL_TEST (default g++), LLMDD_INSTALL_TEST_KEEP=1 keeps the temp dir.
 # shellcheck disable=SC2086  # PC_FLAGS / PC_CFLAGS are word lists by design
@@ -57,7 +59,7 @@ PC_FILE=$(find "$PREFIX" -name llm_datadist.pc -path '*/pkgconfig/*' | head -n1)
 PC_DIR=$(dirname "$PC_FILE")
 LIB_DIR=$(dirname "$PC_DIR")
 
-for h in adxl/adxl_engine.h adxl/adxl_types.h llm_datadist/llm_datadist.h \
+for h in adxl/adxl_engine.h adxl/adxl_types.h hixl/hixl.h hixl/hixl_types.h llm_datadist/llm_datadist.h \
          external/ge_common/ge_api_error_codes.h external/graph/ascend_string.h \
          external/graph/types.h graph/ascend_string.h graph/types.h; do
   [[ -f "$PREFIX/include/$h" ]] || fail "header include/$h not installed"
@@ -90,6 +92,8 @@ nm -DC --defined-only "$REAL_LIB" >"$EXPORTS" || fail "nm on $REAL_LIB failed"
 for sym in 'adxl::AdxlEngine::Initialize' 'adxl::AdxlEngine::TransferSync' 'adxl::AdxlEngine::TransferAsync' \
            'adxl::AdxlEngine::GetTransferStatus' 'adxl::AdxlEngine::MallocMem' 'adxl::AdxlEngine::FreeMem' \
            'adxl::AdxlEngine::GetCapability' 'adxl::AdxlEngine::ExportToShareableHandle' \
+           'hixl::Hixl::Initialize' 'hixl::Hixl::ConnectAsync' 'hixl::Hixl::GetAsyncConnectStatus' \
+           'hixl::Hixl::GetTransferStatus(hixl::GetTransferStatusArgs const&' 'hixl::Hixl::SendNotify' \
            'ge::AscendString::AscendString'; do
   grep -qF "$sym" "$EXPORTS" || fail "$REAL_LIB does not export $sym"
 done
@@ -113,7 +117,7 @@ run_client() {  # <binary> <expected line>
   out=$(timeout "$RUN_TIMEOUT" "$bin" 2>&1) || rc=$?
   if [[ $rc -eq 0 ]] && grep -qx "$expect" <<<"$out"; then
     # Success: the library's log lines for the deliberately provoked errors are noise.
-    grep -E '^(adxl_client|adxl_legacy_client|llm_datadist_client)' <<<"$out" | sed "s|^|    $(basename "$bin"): |"
+    grep -E '^(adxl_client|adxl_legacy_client|llm_datadist_client|hixl_client)' <<<"$out" | sed "s|^|    $(basename "$bin"): |"
     return 0
   fi
   printf '%s\n' "$out" | sed "s|^|    $(basename "$bin"): |" >&2
@@ -145,6 +149,12 @@ for abi in 0 1; do
   "$CXX_BIN" "${CXXFLAGS_STRICT[@]}" -D_GLIBCXX_USE_CXX11_ABI=$abi "$HERE/adxl_client.cc" -o "$bin" $PC_FLAGS \
     || fail "compiling/linking adxl_client.cc with _GLIBCXX_USE_CXX11_ABI=$abi"
   run_client "$bin" "adxl_client OK"
+
+  step "hixl_client, _GLIBCXX_USE_CXX11_ABI=$abi (pkg-config)"
+  bin="$WORK/hixl_client_abi$abi"
+  "$CXX_BIN" "${CXXFLAGS_STRICT[@]}" -D_GLIBCXX_USE_CXX11_ABI=$abi "$HERE/hixl_client.cc" -o "$bin" $PC_FLAGS \
+    || fail "compiling/linking hixl_client.cc with _GLIBCXX_USE_CXX11_ABI=$abi"
+  run_client "$bin" "hixl_client OK"
 
   step "adxl_legacy_client (built with the first headers), _GLIBCXX_USE_CXX11_ABI=$abi (pkg-config)"
   bin="$WORK/adxl_legacy_client_abi$abi"
@@ -196,5 +206,6 @@ fi
   fail "building the find_package consumer"
 }
 run_client "$CONSUMER_BUILD/adxl_client" "adxl_client OK"
+run_client "$CONSUMER_BUILD/hixl_client" "hixl_client OK"
 
 echo "install test: PASSED"
