@@ -2,7 +2,7 @@
  * HIXL public types (namespace hixl): option keys, status codes, memory and
  * transfer descriptors, asynchronous transfer and connection statuses.
  * Names, values, default member initializers and layouts match CANN's newest
- * hixl/hixl_types.h (API spec 5.3a). The types are hixl's own (not aliases of
+ * hixl/hixl_types.h. The types are hixl's own (not aliases of
  * adxl's), as in CANN, so symbols of hixl::Hixl name hixl types; they have
  * the same values and layouts as their adxl namesakes.
  * C++11-compatible; every struct keeps a fixed size with reserved bytes.

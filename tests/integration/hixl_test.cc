@@ -1,4 +1,4 @@
-// Multi-process tests of hixl::Hixl (include/hixl/hixl.h, spec 5.3a): this
+// Multi-process tests of hixl::Hixl (include/hixl/hixl.h): this
 // process runs a Hixl; its peers are adxl_peer processes (adxl::AdxlEngine,
 // the same engine under its other name, so these also show the two names
 // talk to each other). Every test checks exact statuses and the bytes.
