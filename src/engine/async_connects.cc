@@ -6,6 +6,7 @@
 #include "common/endpoint.h"
 #include "common/json_object.h"
 #include "common/log.h"
+#include "common/status_name.h"
 #include "common/threads.h"
 
 namespace llmdd {
@@ -118,8 +119,8 @@ void AsyncConnects::RunNext(const std::string &remote) {
   } else {
     r.outcome = hixl::AsyncConnectStatus::NOT_CONNECT;
   }
-  LOG_INFO("%s(%s) ended with status %u", task.connect ? "ConnectAsync" : "DisconnectAsync", remote.c_str(),
-           static_cast<unsigned>(status));
+  LOG_INFO("%s(%s) ended with %s", task.connect ? "ConnectAsync" : "DisconnectAsync", remote.c_str(),
+           StatusText(status).c_str());
   if (started_ && !r.waiting.empty()) {
     // The next task of this remote goes behind whatever other remotes queued.
     if (pool_->Submit([this, remote] { RunNext(remote); })) return;
