@@ -26,8 +26,25 @@ const char *MsgTypeName(uint16_t type) {
     case MsgType::kLeaseGrant: return "LeaseGrant";
     case MsgType::kAppRequest: return "AppRequest";
     case MsgType::kAppResponse: return "AppResponse";
+    case MsgType::kNotify: return "Notify";
+    case MsgType::kNotifyAck: return "NotifyAck";
   }
   return "Unknown";
+}
+
+std::string StatusName(uint32_t status) {
+  switch (status) {
+    case 0U: return "SUCCESS";
+    case 103900U: return "PARAM_INVALID";
+    case 103901U: return "TIMEOUT";
+    case 103902U: return "NOT_CONNECTED";
+    case 103903U: return "ALREADY_CONNECTED";
+    case 103904U: return "NOTIFY_FAILED";
+    case 103905U: return "UNSUPPORTED";
+    case 203900U: return "RESOURCE_EXHAUSTED";
+    case 503900U: return "FAILED";
+  }
+  return "status " + std::to_string(status);
 }
 
 bool IsKnownType(uint16_t type) { return std::string_view(MsgTypeName(type)) != "Unknown"; }
@@ -91,6 +108,12 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
     case MsgType::kAppRequest:
     case MsgType::kAppResponse:
       max_body = kMaxAppBody;
+      break;
+    case MsgType::kNotify:
+      max_body = kMaxNotifyBody;
+      break;
+    case MsgType::kNotifyAck:
+      max_body = kMaxErrorText;
       break;
     default:
       // Read and discarded by the side that serves the connection (IsIgnorable).
@@ -277,6 +300,18 @@ bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions) {
     if (!r.U64(&range.addr) || !r.U64(&range.len)) return false;
   }
   return true;
+}
+
+std::string EncodeNotify(const Notify &notify) {
+  BodyWriter w;
+  w.Str(notify.name);
+  w.Str(notify.message);
+  return w.Data();
+}
+
+bool DecodeNotify(const std::string &body, Notify *out) {
+  BodyReader r(body.data(), body.size());
+  return r.Str(&out->name, kMaxNotifyField) && r.Str(&out->message, kMaxNotifyField);
 }
 
 }  // namespace llmdd::wire
