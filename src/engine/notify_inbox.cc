@@ -62,9 +62,14 @@ void NotifyInbox::LogRefusal(const std::string &peer, const std::string &why) {
     unlogged = unlogged_refusals_;
     unlogged_refusals_ = 0;
   }
-  LOG_WARN("refused a notify from %s with RESOURCE_EXHAUSTED: %s (logged at most once a second; %" PRIu64
-           " refusals since the last line)",
-           peer.c_str(), why.c_str(), unlogged);
+  if (unlogged == 0) {
+    LOG_WARN("refused a notify from %s with RESOURCE_EXHAUSTED: %s (logged at most once a second)", peer.c_str(),
+             why.c_str());
+  } else {
+    LOG_WARN("refused a notify from %s with RESOURCE_EXHAUSTED: %s (logged at most once a second; %" PRIu64
+             " more refused since the last line)",
+             peer.c_str(), why.c_str(), unlogged);
+  }
 }
 
 void NotifyInbox::TakeAll(std::vector<wire::Notify> *out) {

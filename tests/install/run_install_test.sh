@@ -90,6 +90,7 @@ nm -DC --defined-only "$REAL_LIB" >"$EXPORTS" || fail "nm on $REAL_LIB failed"
 for sym in 'adxl::AdxlEngine::Initialize' 'adxl::AdxlEngine::TransferSync' 'adxl::AdxlEngine::TransferAsync' \
            'adxl::AdxlEngine::GetTransferStatus' 'adxl::AdxlEngine::MallocMem' 'adxl::AdxlEngine::FreeMem' \
            'adxl::AdxlEngine::GetCapability' 'adxl::AdxlEngine::ExportToShareableHandle' \
+           'adxl::AdxlEngine::SendNotify' 'adxl::AdxlEngine::GetNotifies' \
            'ge::AscendString::AscendString'; do
   grep -qF "$sym" "$EXPORTS" || fail "$REAL_LIB does not export $sym"
 done
