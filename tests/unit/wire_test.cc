@@ -463,7 +463,7 @@ namespace llmdd::wire {
 namespace {
 
 TEST(WireCapabilities, UnknownBitsAreNeverGranted) {
-  EXPECT_EQ(kKnownCapabilities, 0x17U);  // reverse lanes, app messages, same host, lazy reverse lanes
+  EXPECT_EQ(kKnownCapabilities, 0x1FU);  // reverse lanes, app messages, same host, notifications, lazy reverse lanes
   EXPECT_EQ(NegotiateCapabilities(0xFFFFFFFFU, 0xFFFFFFFFU), kKnownCapabilities);
   EXPECT_EQ(NegotiateCapabilities(kCapReverseLanes | (1U << 20), kCapReverseLanes | kCapAppMessages),
             kCapReverseLanes);
