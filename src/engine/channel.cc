@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <algorithm>
+#include <thread>
 
 #include "common/log.h"
 #include "common/threads.h"
@@ -360,11 +361,20 @@ adxl::Status Channel::SendNotify(const wire::Notify &notify, Deadline deadline, 
     pending_notifies_.erase(id);
   };
   {
-    std::unique_lock control(control_mutex_, std::defer_lock);
-    if (!control.try_lock_until(deadline.At())) {
-      forget();
-      *error = "the control connection to " + params_.remote_id + " stayed busy until the deadline";
-      return adxl::TIMEOUT;
+    std::unique_lock control(control_mutex_, std::try_to_lock);
+    for (int tries = 0; !control.owns_lock(); ++tries) {
+      if (deadline.Expired()) {
+        forget();
+        *error = "the control connection to " + params_.remote_id + " stayed busy until the deadline";
+        return adxl::TIMEOUT;
+      }
+      // Holders keep it for one message's write (bounded by their own deadlines).
+      if (tries < 16) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+      control.try_lock();
     }
     // SayGoodbye sets stopping_ before it takes control_mutex_: nothing is sent after the Goodbye.
     if (stopping_.load()) {

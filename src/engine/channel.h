@@ -111,8 +111,10 @@ class Channel : public std::enable_shared_from_this<Channel> {
   uint64_t session_id_ = 0;
   std::shared_ptr<PeerProcess> server_process_;  // the server, when we verified we reach its memory
   std::shared_ptr<ByteStream> control_;
-  // One control message written at a time (timed: a notify waits for it at most until its deadline).
-  std::timed_mutex control_mutex_;
+  // One control message written at a time. A notify waits for it at most
+  // until its deadline (try_lock in a loop: TSan does not see the clocked
+  // lock that std::timed_mutex uses, and holders keep it for one write).
+  std::mutex control_mutex_;
   std::unique_ptr<LanePool> lanes_;
   // Reverse lanes being served, and their watches (same order). Lazy reverse
   // lanes (kCapLazyReverseLanes) come and go while the channel is open.
