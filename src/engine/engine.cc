@@ -993,7 +993,7 @@ adxl::Status Engine::SendNotify(const std::string &remote, const wire::Notify &n
     static std::atomic<int64_t> last_logged{0};
     if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))
       LOG_ERROR("SendNotify(%s, '%s') failed with %s: %s", remote.c_str(), notify.name.substr(0, 64).c_str(),
-                wire::StatusName(status).c_str(), error.c_str());
+                StatusText(status).c_str(), error.c_str());
   }
   return status;
 }

@@ -4,6 +4,7 @@
 #include <cinttypes>
 
 #include "common/log.h"
+#include "common/status_name.h"
 #include "engine/handshake.h"
 
 namespace llmdd {
@@ -112,11 +113,11 @@ bool ServeNotify(ByteStream &stream, const wire::MsgHeader &header, const std::s
     status = adxl::PARAM_INVALID;
     why = "malformed Notify body of " + std::to_string(body.size()) + " bytes (two strings of at most " +
           std::to_string(wire::kMaxNotifyField) + " bytes expected)";
-    LOG_WARN("refused a notify from %s with %s: %s", peer.c_str(), wire::StatusName(status).c_str(), why.c_str());
+    LOG_WARN("refused a notify from %s with %s: %s", peer.c_str(), StatusText(status).c_str(), why.c_str());
   } else {
     status = inbox.Add(link, peer, local_id, std::move(notify), &why);
   }
-  LOG_DEBUG("notify %" PRIu64 " from %s: %s", header.request_id, peer.c_str(), wire::StatusName(status).c_str());
+  LOG_DEBUG("notify %" PRIu64 " from %s: %s", header.request_id, peer.c_str(), StatusText(status).c_str());
   if (why.size() > wire::kMaxErrorText) why.resize(wire::kMaxErrorText);
   return SendControlBody(stream, wire::MsgType::kNotifyAck, status, header.request_id, why, deadline);
 }

@@ -32,21 +32,6 @@ const char *MsgTypeName(uint16_t type) {
   return "Unknown";
 }
 
-std::string StatusName(uint32_t status) {
-  switch (status) {
-    case 0U: return "SUCCESS";
-    case 103900U: return "PARAM_INVALID";
-    case 103901U: return "TIMEOUT";
-    case 103902U: return "NOT_CONNECTED";
-    case 103903U: return "ALREADY_CONNECTED";
-    case 103904U: return "NOTIFY_FAILED";
-    case 103905U: return "UNSUPPORTED";
-    case 203900U: return "RESOURCE_EXHAUSTED";
-    case 503900U: return "FAILED";
-  }
-  return "status " + std::to_string(status);
-}
-
 bool IsKnownType(uint16_t type) { return std::string_view(MsgTypeName(type)) != "Unknown"; }
 
 uint16_t NegotiateVersion(uint16_t peer_min, uint16_t peer_max, uint16_t our_min, uint16_t our_max) {

@@ -105,9 +105,6 @@ inline uint32_t SanitizePeerStatus(uint32_t status) {
   }
 }
 
-// The name of an ADXL status ("RESOURCE_EXHAUSTED"), for log lines; "status N" for others.
-std::string StatusName(uint32_t status);
-
 struct MsgHeader {
   uint32_t magic = kMagic;
   uint16_t version = kHandshakeVersion;  // the negotiated version once HelloAck is through
