@@ -22,6 +22,15 @@
  *    a second query of that req is PARAM_INVALID. Disconnect and Finalize end
  *    the requests in flight (FAILED). More than llmdd.MaxRequestsInFlight
  *    requests not yet reported terminal -> RESOURCE_EXHAUSTED.
+ *  - SendNotify(remote, notify, timeout ms): sends {name, notify_msg} to the
+ *    server `remote` (a channel of Connect) and waits for its acknowledgement:
+ *    name or message over 1024 chars / timeout <= 0 -> PARAM_INVALID; no
+ *    channel -> NOT_CONNECTED; no answer in time -> TIMEOUT; the receiver holds
+ *    4096 unconsumed notifies of this link (or its byte limit) ->
+ *    RESOURCE_EXHAUSTED. A notify sent after a transfer to that remote
+ *    completed is seen there only once that transfer's bytes are in its memory.
+ *    GetNotifies(notifies): appends every notify this engine received as a
+ *    server, oldest first, and forgets them.
  *  - Static, usable before Initialize: GetCapability, MallocMem/FreeMem (host
  *    memory, page-aligned, huge pages where the host has them);
  *    ExportToShareableHandle -> UNSUPPORTED (no fabric memory here).
@@ -62,6 +71,9 @@ class ASCEND_FUNC_VISIBILITY AdxlEngine {
                        const TransferArgs &optional_args,
                        TransferReq &req);
   Status GetTransferStatus(const TransferReq &req, TransferStatus &status);
+
+  Status SendNotify(const AscendString &remote_engine, const NotifyDesc &notify, int32_t timeout_in_millis = 1000);
+  Status GetNotifies(std::vector<NotifyDesc> &notifies);
 
   static Status MallocMem(MemType type, size_t size, void **ptr);
   static Status ExportToShareableHandle(void *addr, ShareableHandle &handle);

@@ -285,17 +285,30 @@ Status Hixl::GetTransferStatus(const GetTransferStatusArgs &args, std::vector<Tr
 }
 
 Status Hixl::SendNotify(const AscendString &remote_engine, const NotifyDesc &notify, int32_t timeout_in_millis) {
-  (void)notify;
-  (void)timeout_in_millis;
-  LOG_ERROR("SendNotify(%s): notifications are not supported by this build yet (UNSUPPORTED)",
-            remote_engine.GetString());
-  return UNSUPPORTED;
+  return Guarded("SendNotify", [&] {
+    llmdd::wire::Notify converted;
+    converted.name = std::string(notify.name.GetString(), notify.name.GetLength());
+    converted.message = std::string(notify.notify_msg.GetString(), notify.notify_msg.GetLength());
+    return impl_->engine.SendNotify(std::string(remote_engine.GetString(), remote_engine.GetLength()), converted,
+                                    timeout_in_millis);
+  });
 }
 
 Status Hixl::GetNotifies(std::vector<NotifyDesc> &notifies) {
-  (void)notifies;
-  LOG_ERROR("GetNotifies: notifications are not supported by this build yet (UNSUPPORTED)");
-  return UNSUPPORTED;
+  return Guarded("GetNotifies", [&] {
+    std::vector<llmdd::wire::Notify> received;
+    Status status = impl_->engine.GetNotifies(&received);
+    if (status != SUCCESS) return status;
+    // Appended (the caller's entries stay), oldest first, as AdxlEngine::GetNotifies.
+    notifies.reserve(notifies.size() + received.size());
+    for (const llmdd::wire::Notify &n : received) {
+      NotifyDesc desc;
+      desc.name = AscendString(n.name.data(), n.name.size());
+      desc.notify_msg = AscendString(n.message.data(), n.message.size());
+      notifies.push_back(desc);
+    }
+    return SUCCESS;
+  });
 }
 
 Status Hixl::GetCapability(FeatureType feature_type, int32_t &value) {

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <algorithm>
+#include <thread>
 
 #include "common/log.h"
 #include "common/threads.h"
@@ -31,7 +32,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   std::shared_ptr<Channel> channel(new Channel(params));
   wire::Hello hello;
   hello.role = wire::ConnRole::kControl;
-  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages;
+  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify;
   if (params.reverse_lanes > 0) hello.capabilities |= wire::kCapLazyReverseLanes;
   hello.heartbeat_interval_ms = params.config.heartbeat_interval_ms;
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
@@ -49,6 +50,8 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       OpenPeerConnection(params.remote, hello, params.config.auth_secret, deadline, &ack, &status, error);
   if (!channel->control_) return status;
   channel->session_id_ = ack.session_id;
+  // Notify is an ignorable type: sent only where the server granted it (OpenPeerConnection drops it below version 2).
+  channel->notify_granted_ = (ack.capabilities & wire::kCapNotify) != 0;
   // Watched from here on, so the answer to a goodbye (on a failure below too) is seen.
   Channel *raw = channel.get();
   channel->control_watch_ =
@@ -218,6 +221,8 @@ void Channel::MarkDead(const std::string &reason, bool orderly) {
   } else {
     LOG_ERROR("peer %s is considered dead: %s", params_.remote_id.c_str(), reason.c_str());
   }
+  std::lock_guard lock(wake_mutex_);  // notifies waiting for an answer give up now
+  wake_.notify_all();
 }
 
 namespace {
@@ -255,7 +260,8 @@ bool Channel::OnControlReadable() {
   std::string error;
   const char *lost = nullptr;
   for (;;) {
-    switch (control_incoming_.Feed(*control_, /*with_body=*/true, 0, &error)) {
+    // Bodies are bounded per type by the header check (NotifyAck: kMaxErrorText).
+    switch (control_incoming_.Feed(*control_, /*with_body=*/true, wire::kMaxControlBody, &error)) {
       case IncomingMessage::State::kPartial: return true;
       case IncomingMessage::State::kClosed: lost = "closed"; break;
       case IncomingMessage::State::kInvalid: lost = error.c_str(); break;
@@ -263,6 +269,36 @@ bool Channel::OnControlReadable() {
     }
     if (lost != nullptr) break;
     const wire::MsgHeader header = control_incoming_.Header();
+    // A notify's answer: NotifyAck, or the Error{UNSUPPORTED, request_id} an
+    // engine that does not know Notify answers to an ignorable type with (the
+    // connection stays). An answer that comes after its SendNotify gave up is dropped.
+    const bool notify_answer =
+        header.type == static_cast<uint16_t>(MsgType::kNotifyAck) ||
+        (header.type == static_cast<uint16_t>(MsgType::kError) && header.request_id != 0 &&
+         header.request_id <= notify_sequence_.load());
+    if (notify_answer) {
+      std::lock_guard lock(wake_mutex_);
+      auto it = pending_notifies_.find(header.request_id);
+      if (it != pending_notifies_.end()) {
+        it->second.answered = true;
+        it->second.status = header.type == static_cast<uint16_t>(MsgType::kError) && header.status == adxl::SUCCESS
+                                ? adxl::FAILED
+                                : wire::SanitizePeerStatus(header.status);
+        it->second.reason = control_incoming_.Body();
+        wake_.notify_all();
+      } else {
+        LOG_DEBUG("answer to notify %" PRIu64 " from %s came after its SendNotify gave up", header.request_id,
+                  params_.remote_id.c_str());
+      }
+      control_incoming_.Reset();
+      continue;
+    }
+    if (header.type == static_cast<uint16_t>(MsgType::kError)) {
+      error = "the server ended the session: " + control_incoming_.Body().substr(0, wire::kMaxErrorText);
+      control_incoming_.Reset();
+      lost = error.c_str();
+      break;
+    }
     control_incoming_.Reset();
     if (header.type == static_cast<uint16_t>(MsgType::kPong)) {
       uint64_t expected = header.request_id;
@@ -298,6 +334,89 @@ bool Channel::OnControlReadable() {
   control_ended_ = true;
   wake_.notify_all();
   return false;
+}
+
+adxl::Status Channel::SendNotify(const wire::Notify &notify, Deadline deadline, std::string *error) {
+  if (!notify_granted_) {
+    *error = params_.remote_id + " does not accept notifications (an engine of an earlier revision: its handshake "
+             "did not grant them)";
+    return adxl::UNSUPPORTED;
+  }
+  if (Dead()) {
+    *error = "peer " + params_.remote_id + " is dead (" + DeadReason() + "); Disconnect and Connect again";
+    return adxl::FAILED;
+  }
+  const std::string body = wire::EncodeNotify(notify);
+  const uint64_t id = notify_sequence_.fetch_add(1) + 1;
+  {
+    std::lock_guard lock(wake_mutex_);
+    if (control_ended_) {
+      *error = "the control connection to " + params_.remote_id + " has ended";
+      return adxl::FAILED;
+    }
+    pending_notifies_[id];
+  }
+  auto forget = [this, id] {
+    std::lock_guard lock(wake_mutex_);
+    pending_notifies_.erase(id);
+  };
+  {
+    std::unique_lock control(control_mutex_, std::try_to_lock);
+    for (int tries = 0; !control.owns_lock(); ++tries) {
+      if (deadline.Expired()) {
+        forget();
+        *error = "the control connection to " + params_.remote_id + " stayed busy until the deadline";
+        return adxl::TIMEOUT;
+      }
+      // Holders keep it for one message's write (bounded by their own deadlines).
+      if (tries < 16) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+      control.try_lock();
+    }
+    // SayGoodbye sets stopping_ before it takes control_mutex_: nothing is sent after the Goodbye.
+    if (stopping_.load()) {
+      forget();
+      *error = "the channel to " + params_.remote_id + " is being disconnected";
+      return adxl::NOT_CONNECTED;
+    }
+    if (!SendControlBody(*control_, MsgType::kNotify, adxl::SUCCESS, id, body, deadline)) {
+      forget();
+      if (stopping_.load()) {
+        *error = "the channel to " + params_.remote_id + " is being disconnected";
+        return adxl::NOT_CONNECTED;
+      }
+      // Part of the message may have gone out: the connection's framing is
+      // lost, and with it the session.
+      const bool timed_out = deadline.Expired();
+      *error = timed_out ? "the notify could not be written within the timeout (the peer does not read its "
+                           "control connection); the channel is now dead"
+                         : "the control connection to " + params_.remote_id + " failed";
+      control_->Shutdown();
+      MarkDead(timed_out ? "a notify could not be written to the control connection within its timeout"
+                         : "the control connection failed while a notify was written");
+      return timed_out ? adxl::TIMEOUT : adxl::FAILED;
+    }
+  }
+  std::unique_lock lock(wake_mutex_);
+  auto it = pending_notifies_.find(id);
+  while (!it->second.answered && !control_ended_ && !Dead() && !deadline.Expired())
+    wake_.wait_for(lock, std::chrono::milliseconds(std::clamp<int64_t>(deadline.RemainingMs(), 1, 1000)));
+  const PendingNotify result = std::move(it->second);
+  pending_notifies_.erase(it);
+  if (result.answered) {
+    *error = result.reason;
+    return result.status;
+  }
+  if (control_ended_ || Dead()) {
+    *error = "the control connection to " + params_.remote_id + " ended before the notify was answered" +
+             (Dead() ? " (" + DeadReason() + ")" : "");
+    return adxl::FAILED;
+  }
+  *error = "no answer from " + params_.remote_id + " within the timeout (the notify may still arrive)";
+  return adxl::TIMEOUT;
 }
 
 void Channel::SayGoodbye(Deadline deadline) {
@@ -357,6 +476,10 @@ void Channel::Close(Deadline deadline, bool say_goodbye) {
       params_.reactor->Unwatch(control_watch_);
       for (uint64_t watch : reverse_watches) params_.reactor->Unwatch(watch);
     }
+    // No answer can arrive any more: notifies still waiting give up.
+    std::lock_guard lock(wake_mutex_);
+    control_ended_ = true;
+    wake_.notify_all();
   });
 }
 

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -62,6 +63,18 @@ class Channel : public std::enable_shared_from_this<Channel> {
   std::string DeadReason() const;
   const std::string &RemoteId() const { return params_.remote_id; }
 
+  // Notifications (docs/API.md, "Notifications"): sends `notify` on the
+  // control connection and waits for the server's NotifyAck until the
+  // deadline. SUCCESS, or the server's refusal (RESOURCE_EXHAUSTED: the link
+  // or the engine holds too many unconsumed notifies; PARAM_INVALID), or:
+  // UNSUPPORTED (the server's handshake did not grant notifications: an
+  // earlier revision), NOT_CONNECTED (the channel is closing), FAILED (the
+  // control connection is lost or the peer dead), TIMEOUT (no answer in
+  // time; the notify may still arrive). *error says why. Thread-safe; many
+  // may wait at once.
+  adxl::Status SendNotify(const wire::Notify &notify, Deadline deadline, std::string *error);
+  bool NotifyGranted() const { return notify_granted_; }
+
   // Waits for in-flight transfers, says goodbye (best effort within the
   // deadline) and releases every connection. Idempotent.
   // say_goodbye=false (a forced unlink) tears down only this end: no message
@@ -98,7 +111,10 @@ class Channel : public std::enable_shared_from_this<Channel> {
   uint64_t session_id_ = 0;
   std::shared_ptr<PeerProcess> server_process_;  // the server, when we verified we reach its memory
   std::shared_ptr<ByteStream> control_;
-  std::mutex control_mutex_;  // one control exchange at a time
+  // One control message written at a time. A notify waits for it at most
+  // until its deadline (try_lock in a loop: TSan does not see the clocked
+  // lock that std::timed_mutex uses, and holders keep it for one write).
+  std::mutex control_mutex_;
   std::unique_ptr<LanePool> lanes_;
   // Reverse lanes being served, and their watches (same order). Lazy reverse
   // lanes (kCapLazyReverseLanes) come and go while the channel is open.
@@ -120,6 +136,16 @@ class Channel : public std::enable_shared_from_this<Channel> {
   std::once_flag goodbye_sent_;
   bool goodbye_pending_ = false;  // guarded by wake_mutex_
   bool control_ended_ = false;    // guarded by wake_mutex_
+  // Notifications: granted by the server's HelloAck (set once in Open); the
+  // ones sent and not yet answered, by request id (guarded by wake_mutex_).
+  bool notify_granted_ = false;
+  std::atomic<uint64_t> notify_sequence_{0};
+  struct PendingNotify {
+    bool answered = false;
+    adxl::Status status = adxl::FAILED;
+    std::string reason;
+  };
+  std::map<uint64_t, PendingNotify> pending_notifies_;
   std::mutex wake_mutex_;
   std::condition_variable wake_;
   std::atomic<bool> dead_{false};

@@ -108,6 +108,7 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
     requests_closed_ = false;
   }
   registry_.SetRemovalGrace(std::chrono::milliseconds(config_.deregister_grace_ms));
+  notifies_.SetLimits(wire::kMaxNotifiesPerLink, config_.max_notify_bytes);
   if (config_.busy_poll_us >= 0) SetReadSpinMicros(static_cast<uint32_t>(config_.busy_poll_us));
   hooks_ = std::move(hooks);
   workers_ = WorkerPool::Create(static_cast<int>(config_.worker_threads));
@@ -162,7 +163,8 @@ adxl::Status Engine::StartServerLocked(const Endpoint &listen) {
     if (removed && hooks_.on_peer_detached) hooks_.on_peer_detached(peer, session, said_goodbye);
   };
   auto server = std::make_unique<PeerServer>(local_id_, &registry_, workers_.get(), reactor_.get(),
-                                             &hooks_.app_handler, &transports_, config_, std::move(callbacks));
+                                             &hooks_.app_handler, &transports_, config_, std::move(callbacks),
+                                             &notifies_);
   std::string error;
   if (!server->Start(listen, &error)) {
     LOG_ERROR("cannot listen: %s", error.c_str());
@@ -259,6 +261,7 @@ void Engine::Finalize() {
   }
   channels.clear();
   server.reset();
+  notifies_.Clear();  // nothing adds to it any more
   {
     std::lock_guard guard(attached_mutex_);
     attached_.clear();
@@ -953,6 +956,55 @@ adxl::Status Engine::GetTransferStatuses(uint32_t max_count, bool skip_waiting,
   std::vector<std::string> failures;
   async_.QueryMany(max_count, skip_waiting, results, &failures);
   for (const std::string &failure : failures) LOG_ERROR("TransferAsync %s", failure.c_str());
+  return adxl::SUCCESS;
+}
+
+adxl::Status Engine::SendNotify(const std::string &remote, const wire::Notify &notify, int32_t timeout_ms) {
+  if (notify.name.size() > wire::kMaxNotifyField || notify.message.size() > wire::kMaxNotifyField) {
+    LOG_ERROR("SendNotify(%s): the %s has %zu characters (at most %u)", remote.c_str(),
+              notify.name.size() > wire::kMaxNotifyField ? "name" : "message",
+              notify.name.size() > wire::kMaxNotifyField ? notify.name.size() : notify.message.size(),
+              wire::kMaxNotifyField);
+    return adxl::PARAM_INVALID;
+  }
+  if (timeout_ms <= 0) {
+    LOG_ERROR("SendNotify(%s): timeout %d ms must be > 0", remote.c_str(), timeout_ms);
+    return adxl::PARAM_INVALID;
+  }
+  const Deadline deadline = Deadline::AfterMs(timeout_ms);
+  std::shared_ptr<Channel> channel;
+  {
+    std::shared_lock lock(lifecycle_);
+    if (!initialized_) {
+      LOG_ERROR("SendNotify(%s): engine not initialized", remote.c_str());
+      return adxl::FAILED;
+    }
+    std::lock_guard guard(channels_mutex_);
+    auto it = channels_.find(remote);
+    if (it != channels_.end()) channel = it->second;
+  }
+  if (!channel) {
+    LOG_ERROR("SendNotify: not connected to %s", remote.c_str());
+    return adxl::NOT_CONNECTED;
+  }
+  std::string error;
+  const adxl::Status status = channel->SendNotify(notify, deadline, &error);
+  if (status != adxl::SUCCESS) {
+    static std::atomic<int64_t> last_logged{0};
+    if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))
+      LOG_ERROR("SendNotify(%s, '%s') failed with %s: %s", remote.c_str(), notify.name.substr(0, 64).c_str(),
+                StatusText(status).c_str(), error.c_str());
+  }
+  return status;
+}
+
+adxl::Status Engine::GetNotifies(std::vector<wire::Notify> *notifies) {
+  std::shared_lock lock(lifecycle_);
+  if (!initialized_) {
+    LOG_ERROR("GetNotifies: engine not initialized");
+    return adxl::FAILED;
+  }
+  notifies_.TakeAll(notifies);
   return adxl::SUCCESS;
 }
 

@@ -32,6 +32,7 @@
 #include "engine/engine_config.h"
 #include "engine/lane.h"
 #include "engine/memory_registry.h"
+#include "engine/notify_inbox.h"
 #include "engine/peer_server.h"
 #include "engine/reactor.h"
 #include "engine/transfer_request.h"
@@ -82,6 +83,23 @@ class Engine {
   adxl::Status GetTransferStatuses(uint32_t max_count, bool skip_waiting, std::vector<AsyncRequests::Result> *results);
   // Requests the async table holds (submitted, terminal status not read yet).
   size_t AsyncRequestsHeld() const { return async_.Size(); }
+
+  // ---- Notifications (docs/API.md, "Notifications") ----
+  // Sends `notify` to the server `remote` (a channel of Connect) over its
+  // control connection and waits for its acknowledgement. PARAM_INVALID
+  // (timeout <= 0, name or message over 1024 bytes), FAILED (not
+  // initialized, the peer is dead or the connection lost), NOT_CONNECTED,
+  // UNSUPPORTED (the remote is an earlier revision without notifications),
+  // TIMEOUT (no answer in time), or the remote's refusal:
+  // RESOURCE_EXHAUSTED (it holds 4096 unconsumed notifies of this link, or
+  // llmdd.MaxNotifyBytes of all), with a log line each. The lifecycle lock is
+  // not held while it waits: Finalize ends the wait (FAILED).
+  adxl::Status SendNotify(const std::string &remote, const wire::Notify &notify, int32_t timeout_ms);
+  // Appends every notify received on this engine's serving side, oldest
+  // first, and forgets them. FAILED if not initialized.
+  adxl::Status GetNotifies(std::vector<wire::Notify> *notifies);
+  // Notifies held unconsumed (tests).
+  size_t NotifiesHeld() const { return notifies_.Size(); }
 
   const std::string &LocalId() const { return local_id_; }
   const EngineConfig &Config() const { return config_; }
@@ -207,6 +225,9 @@ class Engine {
   Endpoint local_endpoint_;
   EngineConfig config_;
   MemoryRegistry registry_;
+  // What peers notified us (the server's sessions add, GetNotifies takes);
+  // declared before server_, which adds to it.
+  NotifyInbox notifies_;
   TransportSet transports_;  // before the server and the channels, which make links from it
   std::unique_ptr<WorkerPool> workers_;
   // Declared before server_ and the channels, which run on it: it outlives them.

@@ -111,6 +111,9 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       if (!SetBounded(key, value, 1, 1000000, &config->max_requests_in_flight, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptAsyncTransferMaxMs) {
       if (!SetBounded(key, value, 100, 86400000, &config->async_transfer_max_ms, error)) return adxl::PARAM_INVALID;
+    } else if (key == kOptMaxNotifyBytes) {
+      if (!SetBounded(key, value, 64 << 10, int64_t{4} << 30, &config->max_notify_bytes, error))
+        return adxl::PARAM_INVALID;
     } else if (key == kOptTransport) {
       if (value == "auto") {
         config->transport = EngineConfig::Transport::kAuto;

@@ -60,6 +60,11 @@ struct EngineConfig {
   // is ended with FAILED: CANN's has no timeout and never reports TIMEOUT,
   // but every request here ends, a frozen peer's included.
   uint32_t async_transfer_max_ms = 60000;  // llmdd.AsyncTransferMaxMs [100, 86400000]
+  // Serving side: bytes of notifications (SendNotify) this engine holds
+  // unconsumed, from all links together (names and messages plus 128 bytes
+  // each); one more is refused with RESOURCE_EXHAUSTED. Each link holds at
+  // most 4096 besides (CANN's limit). Kept across sessions until GetNotifies.
+  uint64_t max_notify_bytes = 64ULL << 20;  // llmdd.MaxNotifyBytes [64 KiB, 4 GiB]
   // Silence after which the server drops a client's session, from what its
   // Hello says: it pings every heartbeat interval once the previous Pong came
   // back, and waits for a Pong at most its peer timeout (then it gives up on
@@ -87,6 +92,7 @@ constexpr const char kOptMaxHandshakes[] = "llmdd.MaxHandshakes";
 constexpr const char kOptMaxLanesPerSession[] = "llmdd.MaxLanesPerSession";
 constexpr const char kOptMaxRequestsInFlight[] = "llmdd.MaxRequestsInFlight";
 constexpr const char kOptAsyncTransferMaxMs[] = "llmdd.AsyncTransferMaxMs";
+constexpr const char kOptMaxNotifyBytes[] = "llmdd.MaxNotifyBytes";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 // Shared secret bounds. The handshake lets a rogue server at an address the
 // client connects to collect one client proof per attempt, which it can test

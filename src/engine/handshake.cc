@@ -60,6 +60,8 @@ bool AcceptHelloAck(ByteStream &stream, const wire::Hello &sent, const std::stri
   }
   stream.SetProtocolVersion(version);
   ack->capabilities &= sent.capabilities & wire::kKnownCapabilities;
+  // Notify is an ignorable message type: never sent at version 1.
+  if (version < 2) ack->capabilities &= ~wire::kCapNotify;
   if (version < wire::kSameHostMinVersion && (ack->pid != 0 || (ack->capabilities & wire::kCapSameHost) != 0)) {
     if (sent.role == wire::ConnRole::kControl)
       LOG_INFO("%s speaks protocol version %u: the same-host path is not used with it (TCP only)", remote.c_str(),
@@ -106,6 +108,8 @@ bool AdmitHello(ByteStream &stream, wire::Hello *hello, const std::string &local
     return false;
   }
   hello->capabilities &= wire::kKnownCapabilities;  // unknown bits: ignored
+  // Notify is an ignorable message type, which version 1 does not have.
+  if (version < 2) hello->capabilities &= ~wire::kCapNotify;
   if (version < wire::kSameHostMinVersion) {
     // Version-1 same-host requests carry absolute CLOCK_MONOTONIC deadlines:
     // such a client is not offered the path (it uses TCP).
@@ -385,6 +389,11 @@ bool SkipIgnorable(ByteStream &stream, const wire::MsgHeader &header, Deadline d
   if (header.body_len > sizeof(sink) || header.payload_len != 0) return false;
   if (header.body_len > 0 && stream.Read(sink, header.body_len, deadline) != IoStatus::kOk) return false;
   return AnswerIgnorable(stream, header, deadline);
+}
+
+bool SendControlBody(ByteStream &stream, MsgType type, adxl::Status status, uint64_t request_id,
+                     const std::string &body, Deadline deadline) {
+  return SendMessage(stream, type, status, body, deadline, request_id, stream.ProtocolVersion());
 }
 
 bool SendControl(ByteStream &stream, MsgType type, uint64_t request_id, Deadline deadline) {

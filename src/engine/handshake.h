@@ -76,6 +76,10 @@ ProcessIdentity IdentityOf(const wire::HelloAck &ack);
 
 // Small control messages without payload (Ping/Pong/Goodbye/GoodbyeAck).
 bool SendControl(ByteStream &stream, wire::MsgType type, uint64_t request_id, Deadline deadline);
+// A control message with a status and a body (Notify, NotifyAck), at the
+// stream's protocol version, in one write.
+bool SendControlBody(ByteStream &stream, wire::MsgType type, adxl::Status status, uint64_t request_id,
+                     const std::string &body, Deadline deadline);
 // Reads one control message; returns its header in *header. False on I/O or
 // protocol failure with *io set (kOk for a protocol violation) and *error.
 // The header must carry the stream's ProtocolVersion().

@@ -72,7 +72,7 @@ void LogRefusalRateLimited(std::atomic<int64_t> *last_ms, const std::string &wha
 
 PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, Reactor *reactor,
                        const AppHandler *app_handler, const TransportSet *transports, EngineConfig config,
-                       Callbacks callbacks)
+                       Callbacks callbacks, NotifyInbox *notifies)
     : local_id_(std::move(local_id)),
       registry_(registry),
       workers_(workers),
@@ -80,7 +80,8 @@ PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPoo
       app_handler_(app_handler),
       transports_(transports),
       config_(config),
-      callbacks_(std::move(callbacks)) {}
+      callbacks_(std::move(callbacks)),
+      notifies_(notifies) {}
 
 PeerServer::~PeerServer() { Stop(); }
 
@@ -339,6 +340,7 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   // Granted only where the client offered it (SendHelloAck negotiates).
   ack.capabilities = wire::kCapReverseLanes | wire::kCapLazyReverseLanes;
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
+  if (notifies_ != nullptr) ack.capabilities |= wire::kCapNotify;  // granted at version >= 2 only (AdmitHello)
   ack.session_id = session->id;
   ack.engine_id = local_id_;
   ack.transports = transports_->Advertisement();
@@ -364,7 +366,8 @@ bool PeerServer::OnControlMessage(const ConnectionPtr &conn) {
   for (;;) {
     std::string error;
     const char *why = nullptr;
-    switch (conn->incoming.Feed(stream, /*with_body=*/true, 0, &error)) {
+    // The largest control body is a Notify's (each type's own bound is checked first, before any allocation).
+    switch (conn->incoming.Feed(stream, /*with_body=*/true, wire::kMaxNotifyBody, &error)) {
       case IncomingMessage::State::kPartial: return true;
       case IncomingMessage::State::kClosed: why = "control connection closed"; break;
       case IncomingMessage::State::kInvalid:
@@ -379,9 +382,23 @@ bool PeerServer::OnControlMessage(const ConnectionPtr &conn) {
       return false;
     }
     const wire::MsgHeader header = conn->incoming.Header();
-    conn->incoming.Reset();
     session->last_heard_ms.store(SteadyNowMs());
-    if (wire::IsIgnorable(header.type)) {  // a later revision's optional message (body read): the session stays
+    if (header.type == static_cast<uint16_t>(MsgType::kNotify) && notifies_ != nullptr) {
+      // Stored before the answer: once the sender's SendNotify returns
+      // SUCCESS, GetNotifies here returns it.
+      std::unique_lock write(session->control_write);
+      const bool sent = ServeNotify(stream, header, conn->incoming.Body(), *notifies_, session->id, client,
+                                    local_id_, Deadline::AfterMs(session->silence_ms));
+      conn->incoming.Reset();
+      if (sent) continue;
+      write.unlock();
+      EndSession(session->id, "control connection lost");
+      return false;
+    }
+    conn->incoming.Reset();
+    // A later revision's optional message (body read): the session stays. (A
+    // Notify without an inbox is answered like one: UNSUPPORTED.)
+    if (wire::IsIgnorable(header.type) || header.type == static_cast<uint16_t>(MsgType::kNotify)) {
       std::unique_lock write(session->control_write);
       if (AnswerIgnorable(stream, header, Deadline::AfterMs(session->silence_ms))) continue;
       write.unlock();

@@ -32,6 +32,7 @@
 #include "engine/lane.h"
 #include "engine/lane_pool.h"
 #include "engine/memory_registry.h"
+#include "engine/notify_inbox.h"
 #include "engine/reactor.h"
 #include "engine/transports.h"
 #include "transport/tcp/tcp_stream.h"
@@ -48,8 +49,11 @@ class PeerServer {
     std::function<void(const std::string &client_id, uint64_t session_id, bool said_goodbye)> on_session_end;
   };
 
+  // `notifies` (may be null: notifications are then not offered) receives
+  // the clients' Notify messages; it must outlive the server.
   PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, Reactor *reactor,
-             const AppHandler *app_handler, const TransportSet *transports, EngineConfig config, Callbacks callbacks);
+             const AppHandler *app_handler, const TransportSet *transports, EngineConfig config, Callbacks callbacks,
+             NotifyInbox *notifies = nullptr);
   ~PeerServer();
 
   bool Start(const Endpoint &listen, std::string *error);
@@ -137,6 +141,7 @@ class PeerServer {
   const TransportSet *transports_;
   EngineConfig config_;
   Callbacks callbacks_;
+  NotifyInbox *notifies_;
   TcpListener listener_;
   uint64_t listener_watch_ = 0;
   uint64_t housekeeping_timer_ = 0;

@@ -26,6 +26,8 @@ const char *MsgTypeName(uint16_t type) {
     case MsgType::kLeaseGrant: return "LeaseGrant";
     case MsgType::kAppRequest: return "AppRequest";
     case MsgType::kAppResponse: return "AppResponse";
+    case MsgType::kNotify: return "Notify";
+    case MsgType::kNotifyAck: return "NotifyAck";
   }
   return "Unknown";
 }
@@ -91,6 +93,12 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
     case MsgType::kAppRequest:
     case MsgType::kAppResponse:
       max_body = kMaxAppBody;
+      break;
+    case MsgType::kNotify:
+      max_body = kMaxNotifyBody;
+      break;
+    case MsgType::kNotifyAck:
+      max_body = kMaxErrorText;
       break;
     default:
       // Read and discarded by the side that serves the connection (IsIgnorable).
@@ -277,6 +285,18 @@ bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions) {
     if (!r.U64(&range.addr) || !r.U64(&range.len)) return false;
   }
   return true;
+}
+
+std::string EncodeNotify(const Notify &notify) {
+  BodyWriter w;
+  w.Str(notify.name);
+  w.Str(notify.message);
+  return w.Data();
+}
+
+bool DecodeNotify(const std::string &body, Notify *out) {
+  BodyReader r(body.data(), body.size());
+  return r.Str(&out->name, kMaxNotifyField) && r.Str(&out->message, kMaxNotifyField);
 }
 
 }  // namespace llmdd::wire

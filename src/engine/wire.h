@@ -70,6 +70,13 @@ enum class MsgType : uint16_t {
   kLeaseGrant = 22,    // the readable regions and how long they stay readable (flags = ms)
   kAppRequest = 32,    // opaque request/response for layers above the engine
   kAppResponse = 33,
+  // Notifications (ADXL SendNotify): client -> server on the control
+  // connection, answered by NotifyAck with the same request_id. In the
+  // ignorable range, so an engine that does not know them answers
+  // Error{UNSUPPORTED, request_id} and keeps the session; sent only once the
+  // HelloAck granted kCapNotify (version >= 2).
+  kNotify = 0x8010,     // body: name (string <= kMaxNotifyField), message (same); later fields may follow
+  kNotifyAck = 0x8011,  // status: SUCCESS, RESOURCE_EXHAUSTED (link or engine full), PARAM_INVALID; body: reason
 };
 
 const char *MsgTypeName(uint16_t type);
@@ -130,13 +137,17 @@ constexpr uint32_t kCapAppMessages = 1U << 1;
 // the client reached the server's memory, so the server may use it on reverse
 // lanes.
 constexpr uint32_t kCapSameHost = 1U << 2;
+// Control Hello: the client may send Notify. HelloAck: the server stores and
+// acknowledges them (only at version >= 2: Notify is an ignorable type).
+constexpr uint32_t kCapNotify = 1U << 3;
 // Control Hello: the client opens its reverse lanes when the server asks
 // (ReverseLaneWanted) instead of all at Connect; HelloAck: the server will ask.
 // The client then opens one reverse lane at Connect (it tells the server which
 // paths reach the client, as before) and the server closes idle ones
 // (llmdd.IdleLaneCloseMs) and asks again when it needs them.
 constexpr uint32_t kCapLazyReverseLanes = 1U << 4;
-constexpr uint32_t kKnownCapabilities = kCapReverseLanes | kCapAppMessages | kCapSameHost | kCapLazyReverseLanes;
+constexpr uint32_t kKnownCapabilities =
+    kCapReverseLanes | kCapAppMessages | kCapSameHost | kCapNotify | kCapLazyReverseLanes;
 // What a HelloAck grants: offered by the client, supported here, known.
 inline uint32_t NegotiateCapabilities(uint32_t offered, uint32_t supported) {
   return offered & supported & kKnownCapabilities;
@@ -182,6 +193,14 @@ constexpr uint64_t kSameHostMarginNs = 2000000;
 // The longest remaining time a same-host request carries or is taken from (a
 // day; the server's own limits clamp it further): far from overflow.
 constexpr uint64_t kMaxSameHostRemainingNs = 86400ULL * 1000000000ULL;
+
+// Notifications (ADXL NotifyDesc): name and message, each at most 1024 bytes
+// (CANN's limit); at most kMaxNotifiesPerLink of one session held unconsumed
+// by the receiver (CANN's later docs: 4096 per link), the oldest kept.
+constexpr uint32_t kMaxNotifyField = 1024;
+constexpr uint64_t kMaxNotifyBody = 2 * (4 + kMaxNotifyField);
+constexpr uint32_t kMaxNotifiesPerLink = 4096;
+static_assert(kMaxNotifyBody <= kMaxControlBody, "Notify must fit the ignorable-type bound of older receivers");
 
 // "No descriptor named" in the same-host identity (older senders end the block before it).
 constexpr uint32_t kNoConnFd = UINT32_MAX;
@@ -246,6 +265,15 @@ struct Range {
 };
 
 std::string EncodeLeaseGrant(const std::vector<Range> &regions);
+
+struct Notify {
+  std::string name;
+  std::string message;
+};
+std::string EncodeNotify(const Notify &notify);
+// False when malformed: cut short, or a field over kMaxNotifyField. Trailing
+// bytes are ignored (a later revision may append fields).
+bool DecodeNotify(const std::string &body, Notify *out);
 // False if malformed (count beyond kMaxLeaseRegions or not matching the length).
 bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions);
 

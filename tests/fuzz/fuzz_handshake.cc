@@ -8,8 +8,9 @@
 // Server side (socketpair): what PeerServer's handlers do with a new
 // connection, message by message as it arrives (IncomingMessage): ParseHello,
 // SendAuthChallenge / CheckAuthAnswer when a secret is set, refusals,
-// HelloAck, then control messages (Ping -> Pong, Goodbye -> GoodbyeAck) until
-// the stream ends or breaks the protocol.
+// HelloAck, then control messages (Ping -> Pong, Goodbye -> GoodbyeAck,
+// Notify -> ServeNotify into a small NotifyInbox -> NotifyAck, ignorable ones)
+// until the stream ends or breaks the protocol.
 // Client side (loopback TCP, the harness accepts and plays the server):
 // OpenPeerConnection, which sends Hello and decodes AuthChallenge /
 // AuthConfirm / HelloAck / Error answers.
@@ -27,7 +28,9 @@
 // (AuthConfirm) nor anything but a nonce in its challenge (see
 // CheckNothingProvedToAnUnauthenticatedPeer); the same-host check passes only
 // for the process that holds the other end of the connection (see
-// CheckSameHost); whatever is accepted respects the decoder bounds.
+// CheckSameHost); whatever is accepted respects the decoder bounds; the
+// notify inbox never holds more than its caps (2 per link, 8 KiB in all) and
+// every Notify is answered with a NotifyAck of a documented status.
 #include <arpa/inet.h>
 #include <poll.h>
 #include <netinet/in.h>
@@ -42,6 +45,7 @@
 #include "common/log.h"
 #include "engine/incoming_message.h"
 #include "engine/handshake.h"
+#include "engine/notify_inbox.h"
 #include "engine/wire.h"
 #include "fuzz_common.h"
 #include "transport/shm/cma.h"
@@ -188,9 +192,12 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
       FUZZ_CHECK(stream.ProtocolVersion() >= wire::kMinVersion && stream.ProtocolVersion() <= wire::kMaxVersion &&
                      stream.ProtocolVersion() >= hello.min_version && stream.ProtocolVersion() <= hello.max_version,
                  "negotiated version %u outside a range", stream.ProtocolVersion());
-      // PeerServer::OnControlMessage.
+      // PeerServer::OnControlMessage. Small caps, so that inputs reach them.
+      constexpr uint32_t kPerLink = 2;
+      constexpr uint64_t kInboxBytes = 8192;
+      NotifyInbox inbox(kPerLink, kInboxBytes);
       for (int i = 0; i < 64; ++i) {
-        state = NextMessage(incoming, stream, /*with_body=*/true, 0, 2000, &error);
+        state = NextMessage(incoming, stream, /*with_body=*/true, wire::kMaxNotifyBody, 2000, &error);
         if (state != IncomingMessage::State::kComplete) {
           FUZZ_CHECK(state != IncomingMessage::State::kInvalid || !error.empty(), "protocol error without a reason");
           if (state == IncomingMessage::State::kInvalid)
@@ -198,11 +205,35 @@ void ServeHandshake(const uint8_t *data, size_t size, bool with_secret) {
           break;
         }
         const wire::MsgHeader header = incoming.Header();
+        const bool notify = header.type == static_cast<uint16_t>(wire::MsgType::kNotify);
+        const std::string body = notify ? incoming.Body() : std::string();
         incoming.Reset();
         FUZZ_CHECK(wire::CheckHeader(header, stream.ProtocolVersion()).empty(), "a bad header was assembled");
-        FUZZ_CHECK(header.body_len == 0 || wire::IsIgnorable(header.type),
-                   "a control message with a body was assembled");
+        FUZZ_CHECK(body.size() == header.body_len || !notify, "a Notify body was not assembled whole");
+        FUZZ_CHECK(header.body_len <= wire::kMaxNotifyBody || wire::IsIgnorable(header.type),
+                   "a control message with a %llu-byte body was assembled",
+                   static_cast<unsigned long long>(header.body_len));
         if (g_debug) fprintf(stderr, "  server: control message %s\n", wire::MsgTypeName(header.type));
+        if (notify) {
+          const size_t before = inbox.Size();
+          if (!ServeNotify(stream, header, body, inbox, 0x1234, "fuzz-peer", "127.0.0.1:26000",
+                           Deadline::AfterMs(2000)))
+            break;
+          FUZZ_CHECK(inbox.Size() <= kPerLink && inbox.Bytes() <= kInboxBytes,
+                     "the inbox holds %zu notifies of %llu bytes", inbox.Size(),
+                     static_cast<unsigned long long>(inbox.Bytes()));
+          wire::Notify decoded;
+          FUZZ_CHECK(inbox.Size() <= before + 1, "one Notify stored more than one notify");
+          FUZZ_CHECK(inbox.Size() == before || wire::DecodeNotify(body, &decoded), "a malformed Notify was stored");
+          if (i % 8 == 7) {  // GetNotifies now and then: room again
+            std::vector<wire::Notify> taken;
+            inbox.TakeAll(&taken);
+            for (const wire::Notify &n : taken)
+              FUZZ_CHECK(n.name.size() <= wire::kMaxNotifyField && n.message.size() <= wire::kMaxNotifyField,
+                         "a notify over the field bound was stored");
+          }
+          continue;
+        }
         if (wire::IsIgnorable(header.type)) {  // its body was assembled: answered, the session stays
           if (!AnswerIgnorable(stream, header, Deadline::AfterMs(2000))) break;
           continue;

@@ -2,7 +2,7 @@
 //
 // Input: any bytes. The first 40 bytes (when present) are checked as a message
 // header (CheckHeader, MsgTypeName); every body decoder (Hello, HelloAck,
-// AuthChallenge, range header with TCP and same-host entries, LLM-DataDist
+// AuthChallenge, Notify, range header with TCP and same-host entries, LLM-DataDist
 // link/unlink/cache-query/geometry)
 // then runs on the whole input and, when a header is present, on the bytes
 // after it. Whatever a decoder accepts must survive an encode/decode round trip
@@ -39,9 +39,27 @@ void CheckHeaderOf(const uint8_t *data) {
   FUZZ_CHECK(header.body_len <= wire::kMaxAppBody, "body_len %llu accepted",
              static_cast<unsigned long long>(header.body_len));
   FUZZ_CHECK(type != wire::MsgType::kRelease || header.body_len == 0, "Release with a body accepted");
+  FUZZ_CHECK(type != wire::MsgType::kNotify || header.body_len <= wire::kMaxNotifyBody,
+             "Notify with a %llu-byte body accepted", static_cast<unsigned long long>(header.body_len));
+  FUZZ_CHECK(type != wire::MsgType::kNotifyAck || header.body_len <= wire::kMaxErrorText,
+             "NotifyAck with a %llu-byte body accepted", static_cast<unsigned long long>(header.body_len));
 }
 
 void DecodeBodies(const std::string &body) {
+  {
+    wire::Notify notify;
+    if (wire::DecodeNotify(body, &notify)) {
+      FUZZ_CHECK(notify.name.size() <= wire::kMaxNotifyField && notify.message.size() <= wire::kMaxNotifyField,
+                 "notify field over its bound accepted");
+      const std::string encoded = wire::EncodeNotify(notify);
+      FUZZ_CHECK(encoded.size() <= wire::kMaxNotifyBody && encoded.size() <= body.size(),
+                 "accepted Notify re-encodes to %zu bytes", encoded.size());
+      FUZZ_CHECK(body.compare(0, encoded.size(), encoded) == 0, "Notify re-encoding differs from its input");
+      wire::Notify again;
+      FUZZ_CHECK(wire::DecodeNotify(encoded, &again) && again.name == notify.name && again.message == notify.message,
+                 "re-encoded Notify changed");
+    }
+  }
   {
     wire::Hello hello;
     if (wire::DecodeHello(body, &hello)) {

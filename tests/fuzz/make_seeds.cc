@@ -166,6 +166,9 @@ void WireSeeds() {
     Seed(t, "hello_v1", Message(MsgType::kHello, body));
   }
   Seed(t, "ignorable_request", Message(static_cast<MsgType>(wire::kFirstIgnorableType + 1), "optional", 7));
+  Seed(t, "notify", Message(MsgType::kNotify, wire::EncodeNotify({"kv-ready/req-17", "layers 0..31"}), 11));
+  Seed(t, "notify_body_only", wire::EncodeNotify({std::string(1024, 'n'), std::string(1024, 'm')}));
+  Seed(t, "notify_ack", Message(MsgType::kNotifyAck, "engine holds 4096 unconsumed notifies", 11, 203900));
   wire::AuthChallenge challenge{std::string(32, 's')};
   Seed(t, "auth_challenge", Message(MsgType::kAuthChallenge, wire::EncodeAuthChallenge(challenge)));
   Seed(t, "auth_response", Message(MsgType::kAuthResponse, std::string(32, 'q')));
@@ -323,6 +326,14 @@ void HandshakeSeeds() {
     const std::string ignorable_note = v2(Message(static_cast<MsgType>(wire::kFirstIgnorableType + 3), "note", 0));
     Seed(t, "server_control_ignorable", Flags(0) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, false)) +
                                             ignorable_request + ignorable_note + ping);
+    // Notifications: stored and acknowledged, the third from one link refused
+    // (the harness's inbox holds 2 per link), a malformed one, then a ping.
+    std::string notifies;
+    for (int k = 0; k < 3; ++k)
+      notifies += v2(Message(MsgType::kNotify, wire::EncodeNotify({"n" + std::to_string(k), "m"}), 20 + k));
+    notifies += v2(Message(MsgType::kNotify, std::string("\x05\x00\x00\x00" "ab", 6), 30));
+    Seed(t, "server_control_notify", Flags(0) + Message(MsgType::kHello, HelloBody(ConnRole::kControl, false)) +
+                                         notifies + ping + goodbye);
   }
   {
     wire::Hello other = MakeHello(ConnRole::kControl, false);

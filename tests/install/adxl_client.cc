@@ -1,5 +1,6 @@
 // Install test client: uses adxl::AdxlEngine exactly as CANN documents it
 // (the original calls, and the later ones: TransferAsync/GetTransferStatus,
+// SendNotify/GetNotifies,
 // GetCapability, MallocMem/FreeMem, ExportToShareableHandle, the newest types),
 // built against the *installed* headers and library only (C++11, -Werror,
 // both values of _GLIBCXX_USE_CXX11_ABI). Two engines live in this process:
@@ -326,6 +327,25 @@ int main() {
   CheckStatus(client.DeregisterMem(nullptr), adxl::PARAM_INVALID, "DeregisterMem(nullptr)");
   CheckStatus(client.TransferSync("127.0.0.1:1", adxl::READ, read_ops, 1000), adxl::NOT_CONNECTED,
               "TransferSync to an engine never connected");
+
+  // Notifications: client -> server, read on the server with GetNotifies (appended, then cleared).
+  adxl::NotifyDesc notify;
+  notify.name = "kv-ready";
+  notify.notify_msg = "request 17";
+  CheckStatus(client.SendNotify(server_name, notify), adxl::SUCCESS, "SendNotify");
+  CheckStatus(client.SendNotify(server_name, notify, 0), adxl::PARAM_INVALID, "SendNotify timeout 0");
+  adxl::NotifyDesc too_long;
+  too_long.name = std::string(1025, 'n').c_str();
+  CheckStatus(client.SendNotify(server_name, too_long, 1000), adxl::PARAM_INVALID, "SendNotify name of 1025");
+  CheckStatus(client.SendNotify("127.0.0.1:1", notify, 1000), adxl::NOT_CONNECTED, "SendNotify never connected");
+  std::vector<adxl::NotifyDesc> notifies(1);
+  CheckStatus(server->GetNotifies(notifies), adxl::SUCCESS, "GetNotifies");
+  Check(notifies.size() == 2 && std::string(notifies[1].name.GetString()) == "kv-ready" &&
+            std::string(notifies[1].notify_msg.GetString()) == "request 17",
+        "GetNotifies appended the notify");
+  notifies.clear();
+  CheckStatus(server->GetNotifies(notifies), adxl::SUCCESS, "second GetNotifies");
+  Check(notifies.empty(), "GetNotifies cleared what it returned");
 
   CheckStatus(client.Disconnect(server_name, 2000), adxl::SUCCESS, "Disconnect");
   CheckStatus(client.TransferSync(server_name, adxl::READ, read_ops, 1000), adxl::NOT_CONNECTED,

@@ -94,6 +94,7 @@ for sym in 'adxl::AdxlEngine::Initialize' 'adxl::AdxlEngine::TransferSync' 'adxl
            'adxl::AdxlEngine::GetCapability' 'adxl::AdxlEngine::ExportToShareableHandle' \
            'hixl::Hixl::Initialize' 'hixl::Hixl::ConnectAsync' 'hixl::Hixl::GetAsyncConnectStatus' \
            'hixl::Hixl::GetTransferStatus(hixl::GetTransferStatusArgs const&' 'hixl::Hixl::SendNotify' \
+           'adxl::AdxlEngine::SendNotify' 'adxl::AdxlEngine::GetNotifies' \
            'ge::AscendString::AscendString'; do
   grep -qF "$sym" "$EXPORTS" || fail "$REAL_LIB does not export $sym"
 done

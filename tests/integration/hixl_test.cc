@@ -7,7 +7,7 @@
 //    checks (GlobalResourceConfig included), register, connect, TransferSync
 //    both ways, TransferAsync with user_data, the single and the bulk
 //    GetTransferStatus, a peer reading and writing our memory, disconnect,
-//    deregister, finalize; SendNotify/GetNotifies UNSUPPORTED.
+//    deregister, finalize; SendNotify/GetNotifies through the same engine.
 //  - The bulk GetTransferStatus: id order, max_query_count, skip_waiting
 //    (requests to a stopped peer stay WAITING and are not released),
 //    user_data; FAILED results after Disconnect.
@@ -305,14 +305,17 @@ TEST_P(HixlTest, EveryCallOfALifeWithExactStatuses) {
   EXPECT_EQ(Hash64(local.data() + 300000, 70000), crc);
   EXPECT_ST(hixl::SUCCESS, peer->Disconnect(id_, 10000));
 
-  // Notifications are not in this build yet; capabilities as ADXL's.
+  // Notifications go through the same engine as ADXL's (adxl_notify_test covers them whole);
+  // capabilities as ADXL's.
   hixl::NotifyDesc notify;
   notify.name = "kv";
   notify.notify_msg = "landed";
-  EXPECT_ST(hixl::UNSUPPORTED, hixl_.SendNotify(peer->engine(), notify));
+  EXPECT_ST(hixl::SUCCESS, hixl_.SendNotify(peer->engine(), notify));
+  notify.name = std::string(1025, 'n').c_str();
+  EXPECT_ST(hixl::PARAM_INVALID, hixl_.SendNotify(peer->engine(), notify));
   std::vector<hixl::NotifyDesc> notifies;
-  EXPECT_ST(hixl::UNSUPPORTED, hixl_.GetNotifies(notifies));
-  EXPECT_TRUE(notifies.empty());
+  EXPECT_ST(hixl::SUCCESS, hixl_.GetNotifies(notifies));
+  EXPECT_TRUE(notifies.empty()) << "nobody sent this engine a notify";
   int32_t value = -1;
   EXPECT_ST(hixl::SUCCESS, hixl::Hixl::GetCapability(hixl::CLIENT_SERVER_COMM, value));
   EXPECT_EQ(hixl::FEATURE_SUPPORTED, value);

@@ -166,6 +166,29 @@ inline size_t FirstDiff(const void *a_v, const void *b_v, size_t len) {
   return SIZE_MAX;
 }
 
+// Bytes as lowercase hex behind an 'x' ("x" alone for none), so that any name or
+// message travels as one token of the peers' line protocol.
+inline std::string HexToken(const std::string &bytes) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out = "x";
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 15];
+  }
+  return out;
+}
+inline bool FromHexToken(const std::string &token, std::string *bytes) {
+  if (token.empty() || token[0] != 'x' || token.size() % 2 != 1) return false;
+  auto digit = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
+  bytes->clear();
+  for (size_t i = 1; i < token.size(); i += 2) {
+    const int hi = digit(token[i]), lo = digit(token[i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    bytes->push_back(static_cast<char>(hi * 16 + lo));
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------------------------
 // GuardedBuffer: [data(), data()+size()) is followed immediately by a PROT_NONE page
 // and preceded (after page rounding) by another one.
@@ -786,6 +809,54 @@ class AdxlPeer {
     s << "XFER " << remote << " " << op << " " << idx << " " << off << " " << std::hex << remote_addr << std::dec
       << " " << len << " " << timeout_ms;
     return StatusCmd(s.str(), reply_timeout_ms);
+  }
+
+  // SendNotify from the peer's engine to `remote`; the status, UINT32_MAX on a protocol error.
+  uint32_t Notify(const std::string &remote, const std::string &name, const std::string &msg, int timeout_ms) {
+    return StatusCmd("NOTIFY " + remote + " " + HexToken(name) + " " + HexToken(msg) + " " +
+                     std::to_string(timeout_ms));
+  }
+  // GetNotifies on the peer's engine: its status, the notifies as (name, message).
+  uint32_t Notifies(std::vector<std::pair<std::string, std::string>> *out, int64_t timeout_ms = 60000) {
+    out->clear();
+    std::string r = Cmd("NOTIFIES", timeout_ms);
+    std::istringstream head(r);
+    std::string tag;
+    uint32_t status = UINT32_MAX;
+    size_t count = 0;
+    if (!(head >> tag >> status >> count) || tag != "NOTIFIES") {
+      if (!r.empty()) last_error_ = "unexpected reply '" + r + "' to NOTIFIES";
+      return UINT32_MAX;
+    }
+    for (size_t k = 0; k < count; ++k) {
+      std::string line;
+      if (!proc_->ReadLine(&line, timeout_ms)) {
+        last_error_ = "NOTIFIES: line " + std::to_string(k) + " of " + std::to_string(count) + " missing";
+        return UINT32_MAX;
+      }
+      std::istringstream in(line);
+      std::string n, name_hex, msg_hex;
+      std::pair<std::string, std::string> item;
+      if (!(in >> n >> name_hex >> msg_hex) || n != "N" || !FromHexToken(name_hex, &item.first) ||
+          !FromHexToken(msg_hex, &item.second)) {
+        last_error_ = "bad NOTIFIES line '" + line + "'";
+        return UINT32_MAX;
+      }
+      out->push_back(std::move(item));
+    }
+    return status;
+  }
+  // Starts WATCHNOTIFY (see adxl_peer.cc) without waiting for its reply;
+  // WatchResult() reads it.
+  bool StartWatch(size_t count, size_t region, int64_t timeout_ms) {
+    return proc_->WriteLine("WATCHNOTIFY " + std::to_string(count) + " " + std::to_string(region) + " " +
+                            std::to_string(timeout_ms));
+  }
+  std::string WatchResult(int64_t timeout_ms) {
+    std::string reply;
+    bool eof = false;
+    if (!proc_->ReadLine(&reply, timeout_ms, &eof)) return std::string("no WATCHNOTIFY reply") + (eof ? " (exited)" : "");
+    return reply;
   }
 
   bool Ping(int64_t timeout_ms = 10000) { return Cmd("PING", timeout_ms) == "PONG"; }

@@ -359,7 +359,8 @@ TEST(VersionNegotiation, TheEnginesHelloSaysWhatItSpeaksAndNoLaneCount) {
   EXPECT_EQ(fake.Received().heartbeat_interval_ms, 1000U);
   EXPECT_EQ(fake.Received().peer_timeout_ms, 10000U);
   EXPECT_EQ(fake.Received().target_engine_id, remote);
-  EXPECT_EQ(fake.Received().capabilities & ~wire::kCapSameHost, wire::kCapReverseLanes | wire::kCapAppMessages);
+  EXPECT_EQ(fake.Received().capabilities & ~wire::kCapSameHost,
+            wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify);
   EXPECT_EQ((fake.Received().capabilities & wire::kCapSameHost) != 0, fake.Received().pid != 0);
 }
 
@@ -473,6 +474,282 @@ TEST(IgnorableMessages, UnknownTypesOutsideTheRangeAndOversizedOnesStillEndTheLa
     EXPECT_NE(answer->body.find("exceeds the limit of 4096"), std::string::npos) << answer->body;
     EXPECT_TRUE(session.lane.Ended());
   }
+}
+
+// ---------------------------------------------------------------------------
+// Notifications (SendNotify): capability kCapNotify, Notify / NotifyAck on the
+// control connection, in the ignorable range
+// ---------------------------------------------------------------------------
+
+std::string NotifyBody(const std::string &name, const std::string &message) {
+  wire::Notify n;
+  n.name = name;
+  n.message = message;
+  return wire::EncodeNotify(n);
+}
+
+TEST(Notifications, GrantedToAVersion2ClientThatOffersThemOnly) {
+  Server server;
+  RawConnection current(server.port);
+  wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+  hello.capabilities |= wire::kCapNotify;
+  wire::HelloAck ack;
+  ASSERT_TRUE(current.Hello(CurrentHello(hello), &ack));
+  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes | wire::kCapNotify);
+  // Version 1 has no ignorable types: the bit is not granted at version 1.
+  RawConnection old(server.port);
+  ASSERT_TRUE(old.Hello(Version1Hello(hello), &ack));
+  EXPECT_EQ(ack.version, 1);
+  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes);
+  // Not offered: not granted.
+  RawConnection silent(server.port);
+  ASSERT_TRUE(silent.Hello(CurrentHello(MakeHello(wire::ConnRole::kControl, 1, 2)), &ack));
+  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes);
+}
+
+TEST(Notifications, StoredBeforeTheAckAndAMalformedOneKeepsTheSession) {
+  Server server;
+  RawConnection control(server.port);
+  wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+  hello.capabilities |= wire::kCapNotify;
+  ASSERT_TRUE(control.Hello(CurrentHello(hello)));
+  const std::string binary("n\0\xff\x01", 4);
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kNotify), NotifyBody(binary, std::string(1024, 'm')), 5));
+  std::optional<RawMessage> answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kNotifyAck));
+  EXPECT_EQ(answer->header.version, 2);
+  EXPECT_EQ(answer->header.status, adxl::SUCCESS);
+  EXPECT_EQ(answer->header.request_id, 5U);
+  EXPECT_EQ(answer->body, "");
+  std::vector<wire::Notify> got;
+  ASSERT_EQ(server.engine.GetNotifies(&got), adxl::SUCCESS);  // stored before the ack was sent
+  ASSERT_EQ(got.size(), 1U);
+  EXPECT_EQ(got[0].name, binary);
+  EXPECT_EQ(got[0].message, std::string(1024, 'm'));
+  // A field over 1024 bytes (the body is within its bound): PARAM_INVALID, the session stays.
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kNotify), NotifyBody(std::string(1025, 'x'), "") , 6));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kNotifyAck));
+  EXPECT_EQ(answer->header.status, adxl::PARAM_INVALID);
+  EXPECT_EQ(answer->header.request_id, 6U);
+  EXPECT_NE(answer->body.find("malformed Notify"), std::string::npos) << answer->body;
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kNotify), std::string("\x05\x00", 2), 7));  // cut short
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.status, adxl::PARAM_INVALID);
+  // Trailing bytes (a later revision's fields) are ignored.
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kNotify), NotifyBody("later", "m") + "more", 8));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.status, adxl::SUCCESS);
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kPing), "", 9));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kPong));
+  got.clear();
+  ASSERT_EQ(server.engine.GetNotifies(&got), adxl::SUCCESS);
+  ASSERT_EQ(got.size(), 1U);
+  EXPECT_EQ(got[0].name, "later");
+  // A body over the Notify bound is a protocol error: refused before it is read, the session ends.
+  ASSERT_TRUE(control.Send(TypeOf(MsgType::kNotify), std::string(wire::kMaxNotifyBody + 1, 'x'), 10));
+  answer = control.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+  EXPECT_NE(answer->body.find("Notify body of 2057 bytes exceeds the limit of 2056"), std::string::npos)
+      << answer->body;
+  EXPECT_TRUE(control.Ended());
+}
+
+TEST(Notifications, OnADataLaneANotifyIsAProtocolError) {
+  Server server;
+  Session session(server.port);
+  ASSERT_TRUE(session.lane.Send(TypeOf(MsgType::kNotify), NotifyBody("n", "m"), 3));
+  std::optional<RawMessage> answer = session.lane.Read();
+  ASSERT_TRUE(answer);
+  EXPECT_EQ(answer->header.type, TypeOf(MsgType::kError));
+  EXPECT_TRUE(session.lane.Ended());
+  std::vector<wire::Notify> got;
+  ASSERT_EQ(server.engine.GetNotifies(&got), adxl::SUCCESS);
+  EXPECT_TRUE(got.empty());
+}
+
+// A control session of a raw client that sends notifies one at a time.
+struct NotifySender {
+  RawConnection control;
+  uint64_t next_id = 1;
+  explicit NotifySender(int port) : control(port) {
+    wire::Hello hello = MakeHello(wire::ConnRole::kControl, 1, 2);
+    hello.capabilities |= wire::kCapNotify;
+    wire::HelloAck ack;
+    EXPECT_TRUE(control.Hello(CurrentHello(hello), &ack));
+    EXPECT_NE(ack.capabilities & wire::kCapNotify, 0U);
+  }
+  // The NotifyAck's status (UINT32_MAX when none came); its reason in *why.
+  uint32_t Send(const std::string &name, const std::string &message, std::string *why = nullptr) {
+    const uint64_t id = next_id++;
+    if (!control.Send(TypeOf(MsgType::kNotify), NotifyBody(name, message), id)) return UINT32_MAX;
+    std::optional<RawMessage> answer = control.Read();
+    if (!answer || answer->header.type != TypeOf(MsgType::kNotifyAck) || answer->header.request_id != id)
+      return UINT32_MAX;
+    if (why != nullptr) *why = answer->body;
+    return answer->header.status;
+  }
+};
+
+TEST(Notifications, TheEnginesByteLimitRefusesAcrossLinksAndAcknowledgedOnesOutliveTheirSession) {
+  Server server(std::map<std::string, std::string>{{"llmdd.MaxNotifyBytes", "65536"}});
+  const std::string big(1024, 'b');
+  const uint64_t cost = 2 * 1024 + 128;  // name + message + the fixed overhead
+  const size_t fit = 65536 / cost;        // 30
+  {
+    NotifySender first(server.port);
+    for (size_t k = 0; k < fit; ++k) ASSERT_EQ(first.Send(std::to_string(k) + big.substr(8), big), adxl::SUCCESS);
+    std::string why;
+    EXPECT_EQ(first.Send("over", big, &why), adxl::RESOURCE_EXHAUSTED);
+    EXPECT_NE(why.find("llmdd.MaxNotifyBytes=65536"), std::string::npos) << why;
+    // The limit is the engine's: another link is refused too.
+    NotifySender second(server.port);
+    EXPECT_EQ(second.Send("other", big, &why), adxl::RESOURCE_EXHAUSTED);
+    ASSERT_TRUE(first.control.Send(TypeOf(MsgType::kGoodbye), "", 0));
+    ASSERT_TRUE(first.control.Read());  // GoodbyeAck: the first session is over
+  }
+  // What was acknowledged is kept after its sender left, oldest first.
+  std::vector<wire::Notify> got(1);
+  got[0].name = "kept";
+  ASSERT_EQ(server.engine.GetNotifies(&got), adxl::SUCCESS);
+  ASSERT_EQ(got.size(), fit + 1);
+  EXPECT_EQ(got[0].name, "kept");  // appended: what the caller had stays
+  for (size_t k = 0; k < fit; ++k) EXPECT_EQ(got[k + 1].name.substr(0, std::to_string(k).size()), std::to_string(k));
+  EXPECT_EQ(server.engine.NotifiesHeld(), 0U);
+  NotifySender third(server.port);
+  EXPECT_EQ(third.Send("again", big), adxl::SUCCESS);
+}
+
+// A version-2 server played by hand: answers Hello with `capabilities`,
+// Ping with Pong, Goodbye with GoodbyeAck, and Notify as `on_notify` says.
+class ScriptedServer {
+ public:
+  using OnNotify = std::function<void(RawConnection &, const RawMessage &)>;
+  ScriptedServer(uint32_t capabilities, OnNotify on_notify) {
+    std::string error;
+    EXPECT_TRUE(listener_.Listen(testing::Loopback(0), &error)) << error;
+    thread_ = std::thread([this, capabilities, on_notify] {
+      std::shared_ptr<ByteStream> accepted(listener_.Accept(Deadline::AfterMs(5000)));
+      if (!accepted) return;
+      RawConnection peer(accepted);
+      std::optional<RawMessage> hello = peer.Read();
+      wire::Hello decoded;
+      if (!hello || !wire::DecodeHello(hello->body, &decoded)) return;
+      wire::HelloAck ack;
+      ack.capabilities = capabilities & decoded.capabilities;
+      ack.session_id = 77;
+      ack.engine_id = "scripted";
+      ack.version = 2;
+      const std::string bytes = Message(MsgType::kHelloAck, wire::EncodeHelloAck(ack));
+      if (accepted->Write(bytes.data(), bytes.size(), Deadline::AfterMs(2000)) != IoStatus::kOk) return;
+      accepted->SetProtocolVersion(2);
+      while (std::optional<RawMessage> m = peer.Read(5000)) {
+        if (m->header.type == TypeOf(MsgType::kPing)) {
+          peer.Send(TypeOf(MsgType::kPong), "", m->header.request_id);
+        } else if (m->header.type == TypeOf(MsgType::kGoodbye)) {
+          peer.Send(TypeOf(MsgType::kGoodbyeAck), "", m->header.request_id);
+          break;
+        } else if (m->header.type == TypeOf(MsgType::kNotify)) {
+          ++notifies_;
+          on_notify(peer, *m);
+        }
+      }
+    });
+  }
+  ~ScriptedServer() {
+    listener_.Stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  std::string Id() const { return "127.0.0.1:" + std::to_string(listener_.Port()); }
+  int Notifies() const { return notifies_.load(); }
+
+ private:
+  TcpListener listener_;
+  std::atomic<int> notifies_{0};
+  std::thread thread_;
+};
+
+int64_t TimedMs(const std::function<void()> &fn) {
+  const auto t0 = std::chrono::steady_clock::now();
+  fn();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+}
+
+TEST(Notifications, AServerThatDoesNotGrantThemIsUnsupportedAtOnceAndNothingIsSent) {
+  ScriptedServer old(wire::kCapReverseLanes, [](RawConnection &, const RawMessage &) {});
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.Transport", "tcp"}}), adxl::SUCCESS);
+  ASSERT_EQ(client.Connect(old.Id(), 3000), adxl::SUCCESS);
+  adxl::Status status = adxl::FAILED;
+  EXPECT_LT(TimedMs([&] { status = client.SendNotify(old.Id(), {"n", "m"}, 5000); }), 1000);
+  EXPECT_EQ(status, adxl::UNSUPPORTED);
+  EXPECT_EQ(client.Disconnect(old.Id(), 3000), adxl::SUCCESS);
+  client.Finalize();
+  EXPECT_EQ(old.Notifies(), 0);
+}
+
+TEST(Notifications, AnUnsupportedAnswerToTheIgnorableTypeKeepsTheChannel) {
+  // What an engine that does not know the type answers (it skips ignorable types).
+  ScriptedServer server(wire::kCapReverseLanes | wire::kCapNotify, [](RawConnection &peer, const RawMessage &m) {
+    AnswerIgnorable(peer.stream(), m.header, Deadline::AfterMs(2000));
+  });
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.Transport", "tcp"}}), adxl::SUCCESS);
+  ASSERT_EQ(client.Connect(server.Id(), 3000), adxl::SUCCESS);
+  EXPECT_EQ(client.SendNotify(server.Id(), {"n", "m"}, 3000), adxl::UNSUPPORTED);
+  EXPECT_EQ(client.SendNotify(server.Id(), {"n2", "m"}, 3000), adxl::UNSUPPORTED);  // the channel lives
+  EXPECT_EQ(client.Disconnect(server.Id(), 3000), adxl::SUCCESS);
+  client.Finalize();
+  EXPECT_EQ(server.Notifies(), 2);
+}
+
+TEST(Notifications, TimeoutWithinTheDeadlineThenALateAckIsDroppedAndTheChannelLives) {
+  // The first notify is answered 600 ms late, later ones at once.
+  ScriptedServer server(wire::kCapReverseLanes | wire::kCapNotify, [](RawConnection &peer, const RawMessage &m) {
+    if (m.header.request_id == 1) std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    peer.Send(TypeOf(MsgType::kNotifyAck), "", m.header.request_id);
+  });
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.Transport", "tcp"}}), adxl::SUCCESS);
+  ASSERT_EQ(client.Connect(server.Id(), 3000), adxl::SUCCESS);
+  adxl::Status status = adxl::FAILED;
+  const int64_t ms = TimedMs([&] { status = client.SendNotify(server.Id(), {"late", "m"}, 200); });
+  EXPECT_EQ(status, adxl::TIMEOUT);
+  EXPECT_GE(ms, 190);
+  EXPECT_LT(ms, 500);
+  // The late ack (id 1) arrives while this one waits; only its own counts.
+  EXPECT_EQ(client.SendNotify(server.Id(), {"next", "m"}, 3000), adxl::SUCCESS);
+  EXPECT_EQ(client.SendNotify(server.Id(), {"third", "m"}, 3000), adxl::SUCCESS);
+  EXPECT_EQ(client.Disconnect(server.Id(), 3000), adxl::SUCCESS);
+  client.Finalize();
+}
+
+TEST(Notifications, TheServersRefusalIsReturnedAndUndocumentedStatusesBecomeFailed) {
+  ScriptedServer server(wire::kCapReverseLanes | wire::kCapNotify, [](RawConnection &peer, const RawMessage &m) {
+    wire::MsgHeader h;
+    h.version = 2;
+    h.type = TypeOf(MsgType::kNotifyAck);
+    h.status = m.header.request_id == 1 ? adxl::RESOURCE_EXHAUSTED : 4242U;
+    h.request_id = m.header.request_id;
+    h.body_len = 4;
+    std::string bytes(reinterpret_cast<const char *>(&h), sizeof(h));
+    bytes += "full";
+    peer.stream().Write(bytes.data(), bytes.size(), Deadline::AfterMs(2000));
+  });
+  Engine client;
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.Transport", "tcp"}}), adxl::SUCCESS);
+  ASSERT_EQ(client.Connect(server.Id(), 3000), adxl::SUCCESS);
+  EXPECT_EQ(client.SendNotify(server.Id(), {"n", "m"}, 3000), adxl::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(client.SendNotify(server.Id(), {"n", "m"}, 3000), adxl::FAILED);
+  EXPECT_EQ(client.Disconnect(server.Id(), 3000), adxl::SUCCESS);
+  client.Finalize();
 }
 
 // ---------------------------------------------------------------------------

@@ -463,7 +463,7 @@ namespace llmdd::wire {
 namespace {
 
 TEST(WireCapabilities, UnknownBitsAreNeverGranted) {
-  EXPECT_EQ(kKnownCapabilities, 0x17U);  // reverse lanes, app messages, same host, lazy reverse lanes
+  EXPECT_EQ(kKnownCapabilities, 0x1FU);  // reverse lanes, app messages, same host, notifications, lazy reverse lanes
   EXPECT_EQ(NegotiateCapabilities(0xFFFFFFFFU, 0xFFFFFFFFU), kKnownCapabilities);
   EXPECT_EQ(NegotiateCapabilities(kCapReverseLanes | (1U << 20), kCapReverseLanes | kCapAppMessages),
             kCapReverseLanes);
@@ -494,6 +494,58 @@ TEST(WireHeader, IgnorableTypesAreAcceptedWithinTheControlBound) {
   h.payload_len = 0;
   h.type = 0x7FFF;
   EXPECT_NE(CheckHeader(h).find("unknown message type 32767"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace llmdd::wire
+
+namespace llmdd::wire {
+namespace {
+
+TEST(WireNotify, TypesLieInTheIgnorableRangeAndAreKnown) {
+  for (MsgType t : {MsgType::kNotify, MsgType::kNotifyAck}) {
+    const auto type = static_cast<uint16_t>(t);
+    EXPECT_GE(type, kFirstIgnorableType);
+    EXPECT_TRUE(IsKnownType(type));
+    EXPECT_FALSE(IsIgnorable(type));  // this engine handles them
+  }
+  EXPECT_STREQ(MsgTypeName(0x8010), "Notify");
+  EXPECT_STREQ(MsgTypeName(0x8011), "NotifyAck");
+  EXPECT_NE(kKnownCapabilities & kCapNotify, 0U);
+  EXPECT_EQ(kCapNotify, 8U);
+}
+
+TEST(WireNotify, HeaderBoundsAreTheNotifyBodyAndTheErrorText) {
+  EXPECT_EQ(kMaxNotifyBody, 2056U);
+  EXPECT_EQ(CheckHeader(Header(MsgType::kNotify, kMaxNotifyBody)), "");
+  EXPECT_NE(CheckHeader(Header(MsgType::kNotify, kMaxNotifyBody + 1)).find("Notify body of 2057 bytes"),
+            std::string::npos);
+  EXPECT_NE(CheckHeader(Header(MsgType::kNotify, 10, 1)).find("must not carry a payload"), std::string::npos);
+  EXPECT_EQ(CheckHeader(Header(MsgType::kNotifyAck, kMaxErrorText)), "");
+  EXPECT_NE(CheckHeader(Header(MsgType::kNotifyAck, kMaxErrorText + 1)).find("exceeds"), std::string::npos);
+}
+
+TEST(WireNotify, RoundTripAndMalformedBodies) {
+  Notify n;
+  n.name = std::string("a\0b", 3);
+  n.message = std::string(kMaxNotifyField, 'm');
+  const std::string body = EncodeNotify(n);
+  EXPECT_EQ(body.size(), 4 + 3 + 4 + kMaxNotifyField);
+  Notify back;
+  ASSERT_TRUE(DecodeNotify(body, &back));
+  EXPECT_EQ(back.name, n.name);
+  EXPECT_EQ(back.message, n.message);
+  ASSERT_TRUE(DecodeNotify(body + "a later field", &back));  // trailing bytes: ignored
+  EXPECT_EQ(back.message, n.message);
+  EXPECT_FALSE(DecodeNotify(body.substr(0, body.size() - 1), &back));  // cut short
+  EXPECT_FALSE(DecodeNotify("", &back));
+  Notify big;
+  big.name = std::string(kMaxNotifyField + 1, 'n');
+  EXPECT_FALSE(DecodeNotify(EncodeNotify(big), &back));  // a field over 1024 bytes
+  // A length beyond the body is refused before anything is copied.
+  std::string lying(4, '\0');
+  PutU32(reinterpret_cast<uint8_t *>(lying.data()), 1000);
+  EXPECT_FALSE(DecodeNotify(lying + "short", &back));
 }
 
 }  // namespace

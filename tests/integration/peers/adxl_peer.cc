@@ -29,10 +29,23 @@
 //     DISCONNECT <remote> <timeout_ms>       -> STATUS <status>
 //     XFER <remote> READ|WRITE <i> <off> <remote-addr-hex> <len> <timeout_ms>
 //                                            -> STATUS <status>  (local side: region i + off)
+//     NOTIFY <remote> <name> <msg> <timeout_ms>
+//                                            -> STATUS <status>  (SendNotify; name and msg as
+//                                               itest::HexToken: 'x' + hex bytes)
+//     NOTIFIES                               -> NOTIFIES <status> <count>, then <count> lines
+//                                               N <name> <msg>   (GetNotifies, as HexToken)
+//     WATCHNOTIFY <count> <i> <timeout_ms>   -> WATCHED <seen> <bad> <first-bad|->
+//                                               polls GetNotifies until <count> notifies named
+//                                               w<k> with message "<off> <len> <seed>" have
+//                                               come (or the timeout), checking for each, as
+//                                               soon as it is seen, that region i holds pattern
+//                                               <seed> at [off, off+len) (what the sender
+//                                               wrote before notifying); first-bad: k@offset
 //     QUIT                                   -> Finalize, exit 0
 // Malformed commands answer "ERR <text>". If Initialize fails it prints
 // "INIT_FAILED <status>" and exits 3. It exits when stdin closes (Finalize bounded by
 // an alarm), and dies with its parent (PR_SET_PDEATHSIG, also set by the launcher).
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
@@ -265,6 +278,59 @@ void Serve(const std::vector<std::string> &t) {
     if (!ParseU64(t[5], &raddr, 16) || !ParseI32(t[7], &timeout)) return Reply("ERR bad args");
     std::vector<adxl::TransferOpDesc> descs{{reinterpret_cast<uintptr_t>(r->data + off), raddr, len}};
     Reply("STATUS " + std::to_string(g_engine->TransferSync(adxl::AscendString(t[1].c_str()), op, descs, timeout)));
+  } else if (cmd == "NOTIFY" && t.size() == 5) {
+    int32_t timeout = 0;
+    adxl::NotifyDesc notify;
+    std::string name, msg;
+    if (!itest::FromHexToken(t[2], &name) || !itest::FromHexToken(t[3], &msg) || !ParseI32(t[4], &timeout))
+      return Reply("ERR bad args");
+    notify.name = adxl::AscendString(name.data(), name.size());
+    notify.notify_msg = adxl::AscendString(msg.data(), msg.size());
+    Reply("STATUS " + std::to_string(g_engine->SendNotify(adxl::AscendString(t[1].c_str()), notify, timeout)));
+  } else if (cmd == "NOTIFIES" && t.size() == 1) {
+    std::vector<adxl::NotifyDesc> notifies;
+    uint32_t st = g_engine->GetNotifies(notifies);
+    std::string out = "NOTIFIES " + std::to_string(st) + " " + std::to_string(notifies.size());
+    for (const adxl::NotifyDesc &n : notifies) {
+      out += "\nN " + itest::HexToken(std::string(n.name.GetString(), n.name.GetLength())) + " " +
+             itest::HexToken(std::string(n.notify_msg.GetString(), n.notify_msg.GetLength()));
+    }
+    Reply(out);
+  } else if (cmd == "WATCHNOTIFY" && t.size() == 4) {
+    uint64_t count = 0, idx = 0;
+    int32_t timeout = 0;
+    if (!ParseU64(t[1], &count) || !ParseU64(t[2], &idx) || idx >= g_regions.size() || !ParseI32(t[3], &timeout))
+      return Reply("ERR bad args");
+    const Region &r = g_regions[idx];
+    uint64_t seen = 0, bad = 0;
+    std::string first_bad = "-";
+    const auto deadline = itest::Clock::now() + std::chrono::milliseconds(timeout);
+    std::vector<adxl::NotifyDesc> notifies;
+    while (seen < count && itest::Clock::now() < deadline) {
+      notifies.clear();
+      if (g_engine->GetNotifies(notifies) != adxl::SUCCESS) return Reply("ERR GetNotifies failed");
+      if (notifies.empty()) {
+        sched_yield();
+        continue;
+      }
+      for (const adxl::NotifyDesc &n : notifies) {
+        // Checked at once: the bytes the sender wrote before this notify must be here now.
+        std::istringstream in(std::string(n.notify_msg.GetString(), n.notify_msg.GetLength()));
+        uint64_t off = 0, len = 0, seed = 0;
+        const std::string name(n.name.GetString(), n.name.GetLength());
+        size_t mismatch = SIZE_MAX;
+        if (!(in >> off >> len >> seed) || off > r.len || len > r.len - off) {
+          mismatch = 0;
+        } else {
+          mismatch = itest::FindPatternMismatch(r.data + off, len, seed, off);
+        }
+        if (mismatch != SIZE_MAX) {
+          if (bad++ == 0) first_bad = name + "@" + std::to_string(off + mismatch);
+        }
+        ++seen;
+      }
+    }
+    Reply("WATCHED " + std::to_string(seen) + " " + std::to_string(bad) + " " + first_bad);
   } else if (cmd == "QUIT") {
     Reply("BYE");
     FinalizeAndExit(0);
