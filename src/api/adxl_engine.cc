@@ -104,13 +104,9 @@ Status AdxlEngine::GetTransferStatus(const TransferReq &req, TransferStatus &sta
   });
 }
 
-Status AdxlEngine::SendNotify(const AscendString &remote_engine, const NotifyDesc &notify,
-                              int32_t timeout_in_millis) {
+Status AdxlEngine::SendNotify(const AscendString &remote_engine, const NotifyDesc &notify, int32_t timeout_in_millis) {
   return Guarded("SendNotify", [&] {
-    llmdd::wire::Notify converted;
-    converted.name = ToStd(notify.name);
-    converted.message = ToStd(notify.notify_msg);
-    return impl_->engine.SendNotify(ToStd(remote_engine), converted, timeout_in_millis);
+    return impl_->engine.SendNotify(ToStd(remote_engine), llmdd::ToWireNotify(notify), timeout_in_millis);
   });
 }
 
@@ -118,16 +114,8 @@ Status AdxlEngine::GetNotifies(std::vector<NotifyDesc> &notifies) {
   return Guarded("GetNotifies", [&] {
     std::vector<llmdd::wire::Notify> received;
     Status status = impl_->engine.GetNotifies(&received);
-    if (status != SUCCESS) return status;
-    // Appended (the caller's entries stay), oldest first.
-    notifies.reserve(notifies.size() + received.size());
-    for (const llmdd::wire::Notify &n : received) {
-      NotifyDesc desc;
-      desc.name = AscendString(n.name.data(), n.name.size());
-      desc.notify_msg = AscendString(n.message.data(), n.message.size());
-      notifies.push_back(desc);
-    }
-    return SUCCESS;
+    if (status == SUCCESS) llmdd::AppendNotifies(received, &notifies);
+    return status;
   });
 }
 

@@ -7,10 +7,12 @@
 #include <map>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "adxl/adxl_types.h"
 #include "common/threads.h"
 #include "engine/memory_registry.h"
+#include "engine/wire.h"
 #include "llmdd/extensions.h"
 
 namespace llmdd {
@@ -43,6 +45,26 @@ inline uint32_t RemoteRights(const adxl::MemDesc &mem) {
 template <typename Call>
 adxl::Status Guarded(const char *name, Call &&call) {
   return CallGuarded<adxl::Status>(name, adxl::RESOURCE_EXHAUSTED, adxl::FAILED, std::forward<Call>(call));
+}
+
+// A NotifyDesc (adxl's or hixl's: the same two fields) as the engine's, and back.
+template <typename NotifyDescT>
+wire::Notify ToWireNotify(const NotifyDescT &notify) {
+  wire::Notify converted;
+  converted.name = ToStd(notify.name);
+  converted.message = ToStd(notify.notify_msg);
+  return converted;
+}
+// Appends `received` (oldest first) to the caller's vector, whose entries stay.
+template <typename NotifyDescT>
+void AppendNotifies(const std::vector<wire::Notify> &received, std::vector<NotifyDescT> *notifies) {
+  notifies->reserve(notifies->size() + received.size());
+  for (const wire::Notify &n : received) {
+    NotifyDescT desc;
+    desc.name = ge::AscendString(n.name.data(), n.name.size());
+    desc.notify_msg = ge::AscendString(n.message.data(), n.message.size());
+    notifies->push_back(desc);
+  }
 }
 
 }  // namespace llmdd

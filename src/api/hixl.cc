@@ -286,11 +286,7 @@ Status Hixl::GetTransferStatus(const GetTransferStatusArgs &args, std::vector<Tr
 
 Status Hixl::SendNotify(const AscendString &remote_engine, const NotifyDesc &notify, int32_t timeout_in_millis) {
   return Guarded("SendNotify", [&] {
-    llmdd::wire::Notify converted;
-    converted.name = std::string(notify.name.GetString(), notify.name.GetLength());
-    converted.message = std::string(notify.notify_msg.GetString(), notify.notify_msg.GetLength());
-    return impl_->engine.SendNotify(std::string(remote_engine.GetString(), remote_engine.GetLength()), converted,
-                                    timeout_in_millis);
+    return impl_->engine.SendNotify(ToStd(remote_engine), llmdd::ToWireNotify(notify), timeout_in_millis);
   });
 }
 
@@ -298,16 +294,8 @@ Status Hixl::GetNotifies(std::vector<NotifyDesc> &notifies) {
   return Guarded("GetNotifies", [&] {
     std::vector<llmdd::wire::Notify> received;
     Status status = impl_->engine.GetNotifies(&received);
-    if (status != SUCCESS) return status;
-    // Appended (the caller's entries stay), oldest first, as AdxlEngine::GetNotifies.
-    notifies.reserve(notifies.size() + received.size());
-    for (const llmdd::wire::Notify &n : received) {
-      NotifyDesc desc;
-      desc.name = AscendString(n.name.data(), n.name.size());
-      desc.notify_msg = AscendString(n.message.data(), n.message.size());
-      notifies.push_back(desc);
-    }
-    return SUCCESS;
+    if (status == SUCCESS) llmdd::AppendNotifies(received, &notifies);
+    return status;
   });
 }
 
