@@ -193,13 +193,24 @@ class Engine {
   // the same transfer (same operation, within path_policy.h's coalescing
   // caps): many small asynchronous requests to one peer then cost a round
   // trip per lane, as one TransferSync of their descriptors does, not one
-  // round trip each. Every submission queues one request and one worker task,
-  // so every request is taken by some task.
+  // round trip each. One worker task at most waits per pool (runner_posted):
+  // a burst of submissions wakes one worker, which takes what has queued by
+  // the time it runs, instead of one wake-up per submission, each taking a
+  // fragment (on a host with few cores those wake-ups also preempt the
+  // submitting thread). A runner that leaves requests behind posts the next.
   struct Queued {
     std::shared_ptr<TransferRequest> request;
     Route route;
   };
+  struct PoolQueue {
+    std::deque<Queued> requests;
+    bool runner_posted = false;  // a RunQueued task for this pool is queued and has not taken yet
+    std::chrono::steady_clock::time_point last_arrival;  // of the newest submission
+  };
   void RunQueued(const LanePool *pool);
+  // While a burst of submissions to `pool` is still arriving (path_policy.h's
+  // kCoalesceQuietGap, at most kCoalesceMaxLinger), waits for it to end.
+  void LingerForBurst(const LanePool *pool);
   // Runs requests taken together (the oldest first) as one carrier request:
   // each member is attached to it (its Cancel cancels the carrier) and ends
   // with the carrier's SUCCESS; after a failure each member not canceled runs
@@ -253,7 +264,7 @@ class Engine {
   // Submitted requests not taken by a worker yet, per lane pool (RunQueued).
   // A leaf lock: under it only a request's immutable fields and atomics are read.
   std::mutex queued_mutex_;
-  std::map<const LanePool *, std::deque<Queued>> queued_;
+  std::map<const LanePool *, PoolQueue> queued_;  // an entry exists while it has requests
 
   // TransferAsync's requests until their terminal status is read; kept
   // across Finalize (a query afterwards still gets the request's end).

@@ -44,6 +44,12 @@ constexpr uint64_t kExpressMaxBytes = 64 * 1024;
 constexpr uint64_t kCoalesceMaxBytes = 16ULL << 20;
 constexpr size_t kCoalesceMaxDescriptors = 4096;
 constexpr size_t kCoalesceMaxScan = 1024;
+// A burst being submitted (at least two requests queued, the newest younger
+// than kCoalesceQuietGap) is waited for, up to kCoalesceMaxLinger, so that
+// it travels as one carrier split across the lanes rather than as a head
+// and a tail that queues behind it for a lane. A lone request never waits.
+constexpr std::chrono::microseconds kCoalesceQuietGap{10};
+constexpr std::chrono::microseconds kCoalesceMaxLinger{100};
 // Split across lanes from this many bytes, in parts of at least kMinPartBytes.
 constexpr uint64_t kParallelThreshold = 1ULL << 20;
 constexpr uint64_t kMinPartBytes = 256ULL << 10;

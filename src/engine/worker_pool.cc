@@ -36,6 +36,9 @@ bool WorkerPool::Submit(std::function<void()> task) {
     return false;
   }
   if (idle_ >= queue_.size()) {
+    // Woken after the unlock: a thread woken under our lock would run only
+    // to block on it again (on a small host, preempting us to do so).
+    lock.unlock();
     wake_.notify_one();
     return true;
   }
