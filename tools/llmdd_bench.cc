@@ -19,9 +19,9 @@
 //
 // Every point reports bytes per call, GB/s (1e9 B/s, all threads together),
 // descriptors/s, per-call latency p50/p99 in microseconds and the iteration
-// count. The terminal gets a table (a progress line on stderr); --json prints
-// one JSON object per line instead; --json-out FILE appends the same lines to
-// FILE while the table is printed. --plot FILE.png draws GB/s against the
+// count. The terminal gets a table; --json prints one JSON object per line
+// instead; --json-out FILE appends the same lines to FILE while the table is
+// printed. A progress line goes to stderr (Reporter says when). --plot FILE.png draws GB/s against the
 // descriptor size (gnuplot, else python3-matplotlib; skipped with a note when
 // neither is installed).
 //
@@ -41,6 +41,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -262,6 +263,7 @@ struct Options {
   std::string json_out;
   std::string plot;
   bool quick = false;
+  int progress = -1;  // the progress line: -1 only when stderr is a terminal, 0 never, 1 always
   std::string tag;
   // kv
   int layers = 16;
@@ -349,6 +351,10 @@ void Usage(FILE *out) {
           "  --busy-poll-us N     llmdd.BusyPollUs, both sides (default: library default; 0 = block at once)\n"
           "  --timeout-ms N       TransferSync / llm.SyncKvCacheWaitTime timeout (default 30000)\n"
           "  --no-hugepages       do not madvise(MADV_HUGEPAGE) the buffers\n"
+          "  --progress           a progress line on stderr also when stderr is not a terminal (by default only\n"
+          "                       on a terminal, rewritten in place at most once a second from 2 s into the\n"
+          "                       run): from the start, a new line at most every 5 s\n"
+          "  --no-progress        no progress line\n"
           "  --json               JSON lines on stdout instead of the table\n"
           "  --json-out FILE      also append the JSON lines to FILE\n"
           "  --plot FILE.png      plot GB/s vs descriptor size (engine, memcpy) with gnuplot or matplotlib\n"
@@ -432,7 +438,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     return kExitUsage;
   }
   std::map<std::string, std::string> given;
-  static const std::set<std::string> kFlags = {"--json", "--quick", "--no-hugepages"};
+  static const std::set<std::string> kFlags = {"--json", "--quick", "--no-hugepages", "--progress", "--no-progress"};
   static const std::set<std::string> kValued = {
       "--transport",   "--sizes",       "--batches",      "--threads",      "--points",      "--ops",
       "--layout",      "--time",        "--warmup",       "--min-iters",    "--max-iters",   "--max-call-bytes",
@@ -469,6 +475,8 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   opt->quick = given.count("--quick") != 0;
   opt->json = given.count("--json") != 0;
   opt->hugepages = given.count("--no-hugepages") == 0;
+  if (given.count("--no-progress") != 0) opt->progress = 0;
+  if (given.count("--progress") != 0) opt->progress = 1;
   if (opt->mode == "engine") opt->ops = {"read", "write"};
   if (opt->mode == "kv") opt->ops = {"pull", "push"};
   if (opt->mode == "memcpy") opt->ops = {"hot", "cold"};
@@ -758,6 +766,21 @@ class Record {
   std::vector<std::pair<std::string, std::string>> kv_;
 };
 
+// Prints what a run produces: the table or the JSON lines on stdout, notes,
+// and the progress line on stderr (never on stdout, so `--json > file` stays
+// pure JSON lines).
+//
+// The progress line: by default only when stderr is a terminal, one line
+// rewritten in place at most once a second, and only from 2 s into the run
+// (a run of a few seconds stays quiet). --progress shows it when stderr is
+// not a terminal too, from the start, as a new line at most every 5 s (a log
+// of a 10-minute peers run gets ~120 lines, not one per point); --no-progress
+// never. A ticker thread redraws it once a second so the elapsed time moves
+// during long steps (a peers ramp, a notify run); formatting and writing one
+// line a second is nothing a measurement sees. Every write of the Reporter
+// holds mu_, so a redraw never lands between a row and its newline; a row or
+// note printed to the same terminal clears the line and puts it back, up to
+// date, below itself (no write more than the row's own).
 class Reporter {
  public:
   explicit Reporter(const Options &opt) : opt_(opt) {
@@ -766,53 +789,94 @@ class Reporter {
       if (out_ == nullptr) fprintf(stderr, "llmdd_bench: cannot open %s: %s\n", opt.json_out.c_str(), strerror(errno));
     }
     tty_ = isatty(STDERR_FILENO) != 0;
+    forced_ = opt.progress > 0;
+    progress_ = forced_ || (opt.progress < 0 && tty_);
+    start_ns_ = NowNs();
+    if (progress_) ticker_ = std::thread([this] { Tick(); });
   }
   ~Reporter() {
+    Finish();
     if (out_ != nullptr) fclose(out_);
   }
-  void Progress(const std::string &text) {
-    if (!tty_) return;  // a progress line only on a terminal
-    fprintf(stderr, tty_ ? "\r\033[K%s" : "%s\n", text.c_str());
-    fflush(stderr);
-    dirty_ = tty_;
+  // A sweep announces how many points it will measure (all transports and
+  // ops together); Point() then counts them in the progress line.
+  void PlanPoints(size_t total) {
+    std::lock_guard lock(mu_);
+    points_total_ = total;
+    points_started_ = 0;
   }
-  void ClearProgress() {
-    if (dirty_) fprintf(stderr, "\r\033[K");
-    dirty_ = false;
+  // The next point of a planned sweep starts.
+  void Point(const std::string &text) {
+    std::lock_guard lock(mu_);
+    const int64_t now = NowNs();
+    if (points_started_ == 0) first_point_ns_ = now;
+    ++points_started_;
+    point_ns_ = now;
+    step_ = text;
+    DrawLocked(now);
+  }
+  // A step that is not a point of a sweep (starting a peer, a phase).
+  void Progress(const std::string &text) {
+    std::lock_guard lock(mu_);
+    step_ = text;
+    DrawLocked(NowNs());
+  }
+  // The measuring is over: the ticker stops and the line is cleared.
+  void Finish() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (ticker_.joinable()) ticker_.join();
+    std::lock_guard lock(mu_);
+    ClearLocked(stderr);
   }
   // A free-text line (headers, notes); never on stdout with --json.
   void Note(const std::string &text) {
-    ClearProgress();
+    std::lock_guard lock(mu_);
+    const bool shown = ClearLocked(opt_.json ? stderr : stdout);
     if (opt_.json) {
       fprintf(stderr, "%s\n", text.c_str());
     } else {
       printf("%s\n", text.c_str());
       fflush(stdout);
     }
+    if (shown) RestoreLocked();
   }
   void TableHeader() {
     if (opt_.json) return;
-    ClearProgress();
+    std::lock_guard lock(mu_);
+    const bool shown = ClearLocked(stdout);
     printf("%-8s %-9s %-5s %8s %6s %3s %9s %9s %10s %10s %10s %8s\n", "mode", "op", "trans", "desc", "batch", "thr",
            "bytes", "GB/s", "Mdesc/s", "p50_us", "p99_us", "iters");
     fflush(stdout);
+    if (shown) RestoreLocked();
   }
   // A throughput record also prints as a table row.
   void Emit(Record r, bool row) {
     Stamp(&r);
+    std::lock_guard lock(mu_);
     records_.push_back(r);
     std::string line = r.Json();
     if (out_ != nullptr) {
       fprintf(out_, "%s\n", line.c_str());
       fflush(out_);
     }
-    ClearProgress();
+    const bool shown = ClearLocked(stdout);
     if (opt_.json) {
       printf("%s\n", line.c_str());
       fflush(stdout);
-      return;
+    } else if (row) {
+      PrintRow(r);
     }
-    if (!row) return;
+    if (shown) RestoreLocked();
+  }
+  // Only read once the measuring threads are done (main, after the mode returned).
+  const std::vector<Record> &records() const { return records_; }
+
+ private:
+  void PrintRow(const Record &r) {
     auto num = [&](const char *k) { return atof(r.Get(k).c_str()); };
     std::string err = r.Get("error");
     if (!err.empty()) {
@@ -828,9 +892,6 @@ class Reporter {
     }
     fflush(stdout);
   }
-  const std::vector<Record> &records() const { return records_; }
-
- private:
   void Stamp(Record *r) {
     if (opt_.mode == "engine" || opt_.mode == "kv" || opt_.mode == "overhead" || opt_.mode == "peers" ||
         opt_.mode == "mixed" || opt_.mode == "async") {
@@ -842,11 +903,82 @@ class Reporter {
     r->Int("nproc", static_cast<int64_t>(std::thread::hardware_concurrency()));
     if (!opt_.tag.empty()) r->Str("tag", opt_.tag);
   }
+  static constexpr int64_t kSecond = 1000000000;  // ns
+  void Tick() {
+    std::unique_lock lock(mu_);
+    while (!cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stop_; })) DrawLocked(NowNs());
+  }
+  // Draws the line if it is due: not before 2 s unless forced, then at most
+  // once a second on a terminal and every 5 s elsewhere (100 ms of slack, so
+  // the once-a-second ticker does not skip every other second).
+  void DrawLocked(int64_t now) {
+    if (!progress_ || step_.empty() || stop_) return;
+    if (!forced_ && now - start_ns_ < 2 * kSecond) return;
+    const int64_t period = tty_ ? kSecond : 5 * kSecond;
+    if (drawn_ns_ != 0 && now - drawn_ns_ < period - kSecond / 10) return;
+    drawn_ns_ = now;
+    ComposeLocked(now);
+    RedrawLocked();
+  }
+  // The counts first: a terminal narrower than the line cuts the step's
+  // details, not how far the run is.
+  void ComposeLocked(int64_t now) {
+    line_ = "[llmdd_bench] ";
+    if (points_total_ > 0 && points_started_ > 0)
+      line_ += Format("point %zu/%zu, ", std::min(points_started_, points_total_), points_total_);
+    line_ += Format("%" PRId64 " s elapsed", (now - start_ns_) / kSecond);
+    // The points done so far took (point_ns_ - first_point_ns_); the rest
+    // are assumed to take as long each (peer start-ups included: "about").
+    if (points_total_ > points_started_ && points_started_ >= 2) {
+      const size_t done = points_started_ - 1;
+      const double per = static_cast<double>(point_ns_ - first_point_ns_) / static_cast<double>(done);
+      const double left = per * static_cast<double>(points_total_ - done) - static_cast<double>(now - point_ns_);
+      if (left >= kSecond) line_ += Format(", about %.0f s left", left / kSecond);
+    }
+    line_ += ": " + step_;
+  }
+  // After a row cleared the line from the terminal: puts it back, up to date
+  // (no more writes than the row itself; not counted as an update).
+  void RestoreLocked() {
+    ComposeLocked(NowNs());
+    RedrawLocked();
+  }
+  void RedrawLocked() {
+    if (line_.empty()) return;
+    if (!tty_) {
+      fprintf(stderr, "%s\n", line_.c_str());
+      fflush(stderr);
+      return;
+    }
+    // A line longer than the terminal would wrap, and \r would then return
+    // to its last row only: cut it to the width.
+    winsize ws{};
+    const size_t width = ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 ? ws.ws_col - 1 : 79;
+    fprintf(stderr, "\r\033[K%s", line_.substr(0, width).c_str());
+    fflush(stderr);
+    shown_ = true;
+  }
+  // Before text goes to `to`: clears the line if `to` is a terminal too (a
+  // row would land in the middle of it); true if it did (to put it back).
+  bool ClearLocked(FILE *to) {
+    if (!shown_ || isatty(fileno(to)) == 0) return false;
+    fprintf(stderr, "\r\033[K");
+    fflush(stderr);
+    shown_ = false;
+    return true;
+  }
+
   const Options &opt_;
   FILE *out_ = nullptr;
-  bool tty_ = false;
-  bool dirty_ = false;
   std::vector<Record> records_;
+  std::mutex mu_;  // every write of the Reporter, records_ and the progress state below
+  std::condition_variable cv_;
+  std::thread ticker_;
+  bool tty_ = false, forced_ = false, progress_ = false, stop_ = false;
+  bool shown_ = false;         // the line is on the terminal now
+  std::string step_, line_;    // the current step; the line last drawn
+  int64_t start_ns_ = 0, drawn_ns_ = 0, first_point_ns_ = 0, point_ns_ = 0;
+  size_t points_total_ = 0, points_started_ = 0;
 };
 
 // ------------------------------------------------------------------ timed runs
@@ -1742,6 +1874,7 @@ int RunEngine(const Options &opt, Reporter &rep) {
   rep.Note(Format("# engine: ADXL TransferSync, %zu points x %zu ops, layout %s, %.2f s/point, buffers %s per side",
                   points.size(), opt.ops.size(), opt.layout.c_str(), opt.time_s, HumanBytes(bytes).c_str()));
   rep.TableHeader();
+  rep.PlanPoints(opt.transports.size() * opt.ops.size() * points.size());
   for (const auto &transport : opt.transports) {
     EngineSession session;
     std::string error;
@@ -1753,14 +1886,11 @@ int RunEngine(const Options &opt, Reporter &rep) {
       rc = kExitFailed;
       continue;
     }
-    size_t done = 0;
     for (const auto &op_name : opt.ops) {
       const adxl::TransferOp op = op_name == "read" ? adxl::READ : adxl::WRITE;
       for (const auto &p : points) {
-        ++done;
-        rep.Progress(Format("engine %s %s: %s x %" PRIu64 " x %d threads (%zu/%zu)", transport.c_str(),
-                            op_name.c_str(), HumanBytes(p.size).c_str(), p.batch, p.threads, done,
-                            points.size() * opt.ops.size()));
+        rep.Point(Format("engine %s %s %s x %" PRIu64 " x %d thread%s", transport.c_str(), op_name.c_str(),
+                         HumanBytes(p.size).c_str(), p.batch, p.threads, p.threads == 1 ? "" : "s"));
         std::vector<std::vector<adxl::TransferOpDesc>> descs(static_cast<size_t>(p.threads));
         for (int t = 0; t < p.threads; ++t) {
           const uintptr_t lbase = reinterpret_cast<uintptr_t>(session.local()) + static_cast<uint64_t>(t) * per_thread;
@@ -2076,6 +2206,7 @@ int RunKv(const Options &opt, Reporter &rep) {
                   HumanBytes(static_cast<uint64_t>(shape.tensors) * shape.blocks * shape.block_bytes).c_str(),
                   opt.kv_pattern.c_str(), opt.time_s));
   rep.TableHeader();
+  rep.PlanPoints(opt.transports.size() * opt.ops.size() * opt.threads.size() * opt.kv_counts.size());
   int rc = kExitOk;
   for (const auto &transport : opt.transports) {
     KvSession session;
@@ -2090,8 +2221,8 @@ int RunKv(const Options &opt, Reporter &rep) {
     for (const auto &op : opt.ops) {
       for (uint64_t threads : opt.threads) {
         for (uint64_t count : opt.kv_counts) {
-          rep.Progress(Format("kv %s %s: %" PRIu64 " blocks x %u tensors, %" PRIu64 " threads", transport.c_str(),
-                              op.c_str(), count, shape.tensors, threads));
+          rep.Point(Format("kv %s %s %" PRIu64 " blocks x %u tensors, %" PRIu64 " thread%s", transport.c_str(),
+                           op.c_str(), count, shape.tensors, threads, threads == 1 ? "" : "s"));
           std::vector<std::vector<uint64_t>> src(threads), dst(threads);
           for (uint64_t t = 0; t < threads; ++t)
             MakeBlockLists(count, shape.blocks, opt.kv_pattern, 0x5EED + t * 7919, &src[t], &dst[t]);
@@ -2136,13 +2267,12 @@ int RunMemcpy(const Options &opt, Reporter &rep) {
   rep.Note(Format("# memcpy: %zu points x %zu ops, layout %s, %.2f s/point, %s per side (cold copies walk it)",
                   points.size(), opt.ops.size(), opt.layout.c_str(), opt.time_s, HumanBytes(side).c_str()));
   rep.TableHeader();
-  size_t done = 0;
+  rep.PlanPoints(opt.ops.size() * points.size());
   for (const auto &op : opt.ops) {
     const bool cold = op == "cold";
     for (const auto &p : points) {
-      ++done;
-      rep.Progress(Format("memcpy %s: %s x %" PRIu64 " x %d threads (%zu/%zu)", op.c_str(), HumanBytes(p.size).c_str(),
-                          p.batch, p.threads, done, points.size() * opt.ops.size()));
+      rep.Point(Format("memcpy %s %s x %" PRIu64 " x %d thread%s", op.c_str(), HumanBytes(p.size).c_str(), p.batch,
+                       p.threads, p.threads == 1 ? "" : "s"));
       const uint64_t region = RegionBytes(p, opt.layout);
       // Cold: each thread walks its share of the pool; a call uses the next
       // region, page-aligned, so no line or page of the last call is reused.
@@ -3881,7 +4011,7 @@ int main(int argc, char **argv) {
   if (opt.mode == "mixed") rc = RunMixed(opt, rep);
   if (opt.mode == "async") rc = RunAsync(opt, rep);
   if (opt.mode == "notify") rc = RunNotify(opt, rep);
-  rep.ClearProgress();
+  rep.Finish();
   Plot(opt, rep);
   return rc;
 }
