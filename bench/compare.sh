@@ -20,7 +20,9 @@
 #   nixl         NIXL, UCX backend over TCP: same points
 # and reports medians over the rounds. A tool that cannot be installed or run
 # is reported as SKIPPED; no number is ever made up. Raw JSON lines go to
-# <build-dir>/results/<date>.jsonl, the report to <date>-report.txt.
+# <build-dir>/results/<date>.jsonl, the report to <date>-report.txt; a full
+# run (not --quick, not --no-plot) also plots an engine and a kv sweep with
+# gnuplot: <date>-engine.png, <date>-kv.png and their -latency.png.
 set -u -o pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0 ;;
     --no-plot) PLOT=0 ;;
     --build-dir) BUILD="$(cd "$(dirname "$2")" && pwd)/$(basename "$2")"; shift ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -107,7 +109,7 @@ apt_install() {  # apt_install PACKAGE COMMAND
 HAVE_IPERF=0; HAVE_UCX=0
 apt_install iperf3 iperf3 && HAVE_IPERF=1
 apt_install ucx-utils ucx_perftest && HAVE_UCX=1
-[ $PLOT = 1 ] && { apt_install gnuplot-nox gnuplot || say "gnuplot not available (the plot needs gnuplot or python3-matplotlib)"; }
+[ $PLOT = 1 ] && { apt_install gnuplot-nox gnuplot || say "gnuplot not available (apt-get install gnuplot-nox, as root): no plots"; }
 
 # Python peers: one virtual environment with both wheels (pip, PyPI only).
 PY="$VENV/bin/python"
@@ -241,10 +243,16 @@ for r in $(seq 1 "$RUNS"); do
   elif [ "$r" = 1 ]; then skip nixl "the nixl-cu12 wheel is not installed (run as root, or pip install --no-deps nixl-cu12 numpy into $VENV)"; fi
 done
 if [ $PLOT = 1 ]; then
-  say "engine sweep for the plot"
+  # Sweeps for the plots (not part of the report): GB/s and time per call
+  # against the descriptor size (engine) and the blocks per call (kv); each
+  # writes NAME.png and NAME-latency.png (docs/PERFORMANCE.md, "Plots").
+  say "engine and kv sweeps for the plots"
   "$BENCH" engine --transport tcp,shm --batches 64 --threads 1 --time 0.2 --plot "$RESULTS/$STAMP-engine.png" \
     --json-out "$RESULTS/$STAMP-sweep.jsonl" --tag sweep > "$RESULTS/$STAMP-sweep.txt" 2>> "$LOG" ||
     say "engine sweep exited with $?"
+  "$BENCH" kv --transport shm,tcp --threads 1 --time 0.2 --plot "$RESULTS/$STAMP-kv.png" \
+    --json-out "$RESULTS/$STAMP-sweep.jsonl" --tag sweep >> "$RESULTS/$STAMP-sweep.txt" 2>> "$LOG" ||
+    say "kv sweep exited with $?"
   grep -h '^plot:' "$RESULTS/$STAMP-sweep.txt" >&2
 fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -21,9 +21,8 @@
 // descriptors/s, per-call latency p50/p99 in microseconds and the iteration
 // count. The terminal gets a table; --json prints one JSON object per line
 // instead; --json-out FILE appends the same lines to FILE while the table is
-// printed. A progress line goes to stderr (Reporter says when). --plot FILE.png draws GB/s against the
-// descriptor size (gnuplot, else python3-matplotlib; skipped with a note when
-// neither is installed).
+// printed. A progress line goes to stderr (Reporter says when). --plot
+// FILE.png draws the run's figures with gnuplot ("plot", below, says which).
 //
 // Control protocol (parent <-> `serve` child, one line each way; the peers
 // mode's roles have their own lines, described where they are served):
@@ -63,6 +62,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <map>
 #include <memory>
@@ -272,7 +272,7 @@ struct Options {
   uint64_t block_tokens = 16;
   uint64_t heads = 8;
   uint64_t head_dim = 64;
-  std::vector<uint64_t> kv_counts = {1, 16, 128};  // blocks per call
+  std::vector<uint64_t> kv_counts;  // blocks per call; not given: 1, 2, 4, ... (ParseArgs)
   std::string kv_pattern = "scattered";
   // memcpy
   uint64_t pool_bytes = 512 * kMiB;  // per side, for cold copies
@@ -318,9 +318,9 @@ void Usage(FILE *out) {
           "usage: llmdd_bench MODE [options]\n"
           "modes:\n"
           "  engine    ADXL TransferSync READ/WRITE: sweep descriptor size x batch x threads\n"
-          "  kv        LLM-DataDist PullKvBlocks/PushKvBlocks over a model-shaped KV cache\n"
+          "  kv        LLM-DataDist PullKvBlocks/PushKvBlocks over a model-shaped KV cache: sweep blocks per call\n"
           "  memcpy    memcpy reference of the same shapes, hot (same buffers) and cold (walks a pool)\n"
-          "  pingpong  raw TCP ping-pong of 8 B over loopback, blocking and busy-polling\n"
+          "  pingpong  raw TCP ping-pong of 8 B over loopback to a peer process, blocking and busy-polling\n"
           "  overhead  RegisterMem/RegisterKvCache cost, PullKvBlocks planning cost, per-descriptor cost\n"
           "  peers     cost of many peers: one server with N idle client engines (threads, fds, RSS, Connect,\n"
           "            4 KiB READ latency), Finalize with frozen peers, descriptors in many regions vs one\n"
@@ -332,55 +332,67 @@ void Usage(FILE *out) {
           "  notify    SendNotify -> GetNotifies latency, one way (the sender stamps each notify, the receiver\n"
           "            polls GetNotifies), and the time SendNotify takes (its acknowledgement), against the\n"
           "            TCP ping-pong round trip (blocking and busy-polling) measured in the same run\n"
-          "common options:\n"
-          "  --transport LIST     tcp|shm|auto, comma-separated; llmdd.Transport of both engines (auto)\n"
-          "  --sizes LIST         descriptor sizes, e.g. 8,4K,64K,1M (engine/memcpy default 8..4M by x4)\n"
-          "  --batches LIST       descriptors per call (default 1,64)\n"
-          "  --threads LIST       caller threads, each with its own buffers (default 1,2)\n"
-          "  --points LIST        size:batch:threads,... instead of the cross product\n"
+          "output:\n"
+          "  a table on stdout (or JSON lines with --json); notes and headers go to stderr with --json.\n"
+          "  A progress line goes to stderr, never stdout: on a terminal by default, rewritten in place\n"
+          "  at most once a second from 2 s into the run (shorter runs stay quiet).\n"
+          "  --plot FILE.png      draw the run's figures with gnuplot (apt-get install gnuplot-nox; FILE.svg: SVG):\n"
+          "                       engine, memcpy, kv: GB/s vs descriptor size (kv: vs blocks per call) in FILE, and\n"
+          "                         time per call (p50 solid, p99 dashed) vs the same in FILE-latency.png;\n"
+          "                       pingpong, async, notify, mixed, peers: bars of each latency's p50 and p99 in FILE;\n"
+          "                       overhead: no plot. Without gnuplot: one note at the start, no plot, the same\n"
+          "                       exit status\n"
+          "  --progress           the progress line also when stderr is not a terminal: from the start, a new\n"
+          "                       line at most every 5 s\n"
+          "  --no-progress        no progress line\n"
+          "  --json               JSON lines on stdout instead of the table\n"
+          "  --json-out FILE      also append the JSON lines to FILE\n"
+          "  --tag TEXT           copied into every JSON record\n"
+          "  --version            print the library version and exit\n"
+          "common options (each mode's section below says where its defaults differ):\n"
+          "  --transport LIST     tcp|shm|auto, comma-separated; llmdd.Transport of both engines, one peer\n"
+          "                       each in turn (default auto; memcpy and pingpong ignore it)\n"
+          "  --sizes LIST         engine, memcpy: descriptor sizes, e.g. 8,4K,64K,1M\n"
+          "                       (default 8,64,256,1K,4K,16K,64K,256K,1M,4M; quick 8,4K,64K,1M)\n"
+          "  --batches LIST       engine, memcpy: descriptors per call (default 1,64)\n"
+          "  --threads LIST       engine, memcpy, kv: caller threads, each with its own buffers (default 1,2)\n"
+          "  --points LIST        engine, memcpy: size:batch:threads,... instead of the cross product\n"
           "  --ops LIST           engine: read,write; kv: pull,push; memcpy: hot,cold (default all)\n"
-          "  --layout L           reversed (default: local i <-> remote n-1-i, never merged), contiguous,\n"
-          "                       strided (gap of one descriptor between descriptors)\n"
+          "  --layout L           engine, memcpy: reversed (default: local i <-> remote n-1-i, never merged),\n"
+          "                       contiguous, strided (gap of one descriptor between descriptors)\n"
           "  --time SEC           measuring time per point (default 0.25, quick 0.06)\n"
           "  --warmup N           untimed calls per thread before each point (default 2)\n"
           "  --min-iters N        at least N timed calls per thread (default 3)\n"
           "  --max-iters N        at most N timed calls per thread (default 1000000)\n"
-          "  --max-call-bytes N   clip the batch so one call moves at most N bytes (default 64M)\n"
+          "  --max-call-bytes N   engine, memcpy: clip the batch so one call moves at most N bytes; kv: the\n"
+          "                       default --kv-blocks stops there (default 64M, quick 16M)\n"
           "  --connections N      llmdd.TcpConnections (default: library default)\n"
           "  --workers N          llmdd.WorkerThreads (default: library default)\n"
           "  --busy-poll-us N     llmdd.BusyPollUs, both sides (default: library default; 0 = block at once)\n"
           "  --timeout-ms N       TransferSync / llm.SyncKvCacheWaitTime timeout (default 30000)\n"
           "  --no-hugepages       do not madvise(MADV_HUGEPAGE) the buffers\n"
-          "  --progress           a progress line on stderr also when stderr is not a terminal (by default only\n"
-          "                       on a terminal, rewritten in place at most once a second from 2 s into the\n"
-          "                       run): from the start, a new line at most every 5 s\n"
-          "  --no-progress        no progress line\n"
-          "  --json               JSON lines on stdout instead of the table\n"
-          "  --json-out FILE      also append the JSON lines to FILE\n"
-          "  --plot FILE.png      plot GB/s vs descriptor size (engine, memcpy) with gnuplot or matplotlib\n"
-          "  --tag TEXT           copied into every JSON record\n"
-          "  --version            print the library version and exit\n"
           "  --quick              small sweep that takes seconds\n"
           "kv options:\n"
-          "  --layers N           layers; the cache has 2N tensors (default 16)\n"
-          "  --blocks N           blocks per tensor (default 512)\n"
+          "  --layers N           layers; the cache has 2N tensors (default 16, quick 4)\n"
+          "  --blocks N           blocks per tensor (default 512, quick 256)\n"
           "  --block-bytes N      bytes per block per tensor (default tokens*heads*head-dim*2 = 16K)\n"
           "  --block-tokens N --heads N --head-dim N   bf16 block shape (default 16, 8, 64)\n"
-          "  --kv-blocks LIST     blocks per call (default 1,16,128)\n"
+          "  --kv-blocks LIST     blocks per call (default 1,2,4,... while the cache (--blocks/2 scattered) and\n"
+          "                       --max-call-bytes allow: 1..128 for the default and the quick shape)\n"
           "  --kv-pattern P       scattered (default; no two blocks adjacent on both sides) or contiguous\n"
           "memcpy options:\n"
           "  --pool N             bytes per side walked by cold copies (default 512M)\n"
-          "pingpong options:\n"
+          "pingpong options (--time: at least 1 s per mode):\n"
           "  --pp-modes LIST      blocking,busy (default both)\n"
           "notify options (--transport default tcp; the notifies travel on the control connection either way):\n"
           "  --notify-count N     notifies timed per transport (default 20000, quick 2000; 500 more untimed)\n"
           "  --notify-poll-us N   the receiver sleeps N us between empty GetNotifies polls (default 0: busy loop)\n"
-          "overhead options:\n"
+          "overhead options (--transport: the transports of the submit and plan sections):\n"
           "  --sections LIST      register,submit,plan (default all)\n"
           "  --plan-blocks N      blocks in the planning test (default 100000)\n"
           "  --submit-descs N     8-byte descriptors in the submit test (default 10000)\n"
           "  --reg-regions N      4 KiB regions in the registration test (default 10000)\n"
-          "async options (--transport default tcp,auto; --time: seconds per method, default 1):\n"
+          "async options (--transport default tcp,auto; --time: seconds per method, default 1, quick 0.06):\n"
           "  --async-descs N      descriptors (requests in flight) per round (default 64)\n"
           "  --async-size N       bytes per descriptor (default 64K)\n"
           "peers options (--transport LIST: the server and idle clients use the first, the 4 KiB READ is\n"
@@ -510,7 +522,6 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     opt->threads = {1, 2};
     opt->layers = 4;
     opt->kv_blocks = 256;
-    opt->kv_counts = {16, 128};
     opt->pool_bytes = 256 * kMiB;
     opt->max_call_bytes = 16 * kMiB;
     opt->plan_blocks = 100000;
@@ -656,6 +667,16 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       }
       opt->points.push_back({s, b, static_cast<int>(t), b});
     }
+  }
+  // Blocks per call: 1, 2, 4, ... as far as the cache and --max-call-bytes
+  // allow, so the kv plot has a curve (8 points of the default shape, 1..128
+  // blocks of 512K: 64M per call), not the two or three points of a fixed list.
+  if (opt->kv_counts.empty()) {
+    const uint64_t per_block = std::max<uint64_t>(1, uint64_t{opt->Tensors()} * opt->BlockBytes());
+    const uint64_t most = std::min(opt->kv_pattern == "scattered" ? opt->kv_blocks / 2 : opt->kv_blocks,
+                                   std::max<uint64_t>(1, opt->max_call_bytes / per_block));
+    for (uint64_t c = 1; c <= most; c *= 2) opt->kv_counts.push_back(c);
+    if (opt->kv_counts.empty()) opt->kv_counts.push_back(1);
   }
   if (opt->mode == "kv" && opt->kv_pattern == "scattered") {
     for (uint64_t c : opt->kv_counts) {
@@ -3846,6 +3867,51 @@ int RunNotify(const Options &opt, Reporter &rep) {
 }
 
 // ------------------------------------------------------------------ plot
+//
+// --plot FILE draws the run's figures with gnuplot, the package
+// bench/compare.sh installs (gnuplot-nox). There is one renderer on purpose:
+// a figure is described once (Figure, below) and written as one gnuplot
+// script with its data inline, so changing a plot means changing data, not
+// two plotting languages kept in step. Without gnuplot the run says so in one
+// line at its start and writes no plot; the plot never changes the exit status.
+//
+//   engine, memcpy, kv             FILE: GB/s vs descriptor size (kv: blocks
+//                                  per call), FILE-latency.EXT: time per call,
+//                                  p50 solid and p99 dashed, same x
+//   pingpong, async, notify,       FILE: bars of p50 and p99 of each latency
+//   mixed, peers                   figure of the run
+//   overhead                       nothing (single costs in several units)
+//
+// Every figure stands alone: its title names the mode, what is constant in
+// the run (transport, threads, batch, layout, time per point) and the host
+// (cpus, load during the run, date); what varies is in the legend or in the
+// panel titles, in words ("batch of 64 descriptors per call", not "x64").
+// Axes are logarithmic where the values span more than 20x.
+
+struct Curve {
+  std::string label;
+  std::vector<std::pair<double, double>> pts;  // (x, GB/s) or (x, p50 us)
+  std::vector<std::pair<double, double>> p99;  // latency figures: (x, p99 us), drawn dashed
+};
+
+struct Panel {
+  std::string title;  // empty: the figure has one panel
+  std::vector<Curve> curves;
+};
+
+struct Bar {  // one group of a bar chart; NaN: no bar
+  std::string label;
+  double p50 = NAN, p99 = NAN;
+};
+
+struct Figure {
+  std::string path, what;   // the file, and what it shows (for the note)
+  std::string title;        // lines separated by '\n'
+  std::string xlabel, ylabel, x2label;
+  std::vector<std::pair<std::string, double>> xtics, x2tics;  // line figures: one named tick per x of the run
+  std::vector<Panel> panels;  // a line figure...
+  std::vector<Bar> bars;      // ...or a bar chart
+};
 
 bool HaveProgram(const std::string &name) {
   const char *path = getenv("PATH");
@@ -3857,138 +3923,615 @@ bool HaveProgram(const std::string &name) {
   return false;
 }
 
-void Plot(const Options &opt, Reporter &rep) {
-  if (opt.plot.empty()) return;
-  if (opt.mode != "engine" && opt.mode != "memcpy" && opt.mode != "kv") {
-    rep.Note("plot: only engine, memcpy and kv sweeps are plotted; skipped");
-    return;
-  }
-  // One curve per op/transport (and batch/threads when the sweep has several).
-  std::map<std::string, std::vector<std::pair<double, double>>> curves;
-  std::set<std::string> batches, threads;
-  // kv sweeps vary the blocks per call; the others the descriptor size.
-  const std::string xfield = opt.mode == "kv" ? "kv_blocks" : "desc_size";
-  const std::string xlabel = opt.mode == "kv" ? "blocks per call" : "descriptor size (bytes)";
-  std::set<uint64_t> xs;
-  for (const auto &r : rep.records()) {
-    if (!r.Get("error").empty() || r.Get("gbps").empty()) continue;
-    batches.insert(r.Get("batch_req"));
-    threads.insert(r.Get("threads"));
-  }
-  for (const auto &r : rep.records()) {
-    if (!r.Get("error").empty() || r.Get("gbps").empty()) continue;
-    std::string label = r.Get("op") + " " + r.Get("transport");
-    if (batches.size() > 1 && opt.mode != "kv") label += " x" + r.Get("batch_req");
-    if (threads.size() > 1) label += " " + r.Get("threads") + "thr";
-    const std::string x = r.Get(xfield);
-    xs.insert(static_cast<uint64_t>(atof(x.c_str())));
-    curves[label].push_back({atof(x.c_str()), atof(r.Get("gbps").c_str())});
-  }
-  std::string xtics;
-  for (uint64_t x : xs)
-    xtics += Format("%s\"%s\" %" PRIu64, xtics.empty() ? "" : ", ",
-                    opt.mode == "kv" ? std::to_string(x).c_str() : HumanBytes(x).c_str(), x);
-  if (curves.empty()) {
-    rep.Note("plot: nothing to plot");
-    return;
-  }
-  char data_path[] = "/tmp/llmdd_bench_plot_XXXXXX";
-  int fd = mkstemp(data_path);
-  if (fd < 0) {
-    rep.Note("plot: cannot create a temporary file");
-    return;
-  }
-  std::string data;
-  std::vector<std::string> labels;
-  for (auto &[label, pts] : curves) {
-    std::sort(pts.begin(), pts.end());
-    labels.push_back(label);
-    for (const auto &[x, y] : pts) data += Format("%.0f %.6g\n", x, y);
-    data += "\n\n";
-  }
-  WriteAll(fd, data);
-  close(fd);
-  const std::string title =
-      opt.mode == "kv"
-          ? Format("llmdd_bench kv: GB/s vs blocks per call (%u tensors x %s blocks, %s)", opt.Tensors(),
-                   HumanBytes(opt.BlockBytes()).c_str(), opt.kv_pattern.c_str())
-          : Format("llmdd_bench %s: GB/s vs descriptor size (layout %s)", opt.mode.c_str(), opt.layout.c_str());
-  int rc = -1;
-  std::string tool;
-  if (HaveProgram("gnuplot")) {
-    tool = "gnuplot";
-    std::string script = "set terminal pngcairo size 1100,700 noenhanced\n";
-    script += "set output '" + opt.plot + "'\nset logscale x 2\nset grid\nset key left top\n";
-    script += "set xtics (" + xtics + ")\nset yrange [0:*]\n";
-    script += "set xlabel '" + xlabel + "'\nset ylabel 'GB/s (1e9 B/s)'\n";
-    script += "set title '" + title + "'\nplot ";
-    for (size_t i = 0; i < labels.size(); ++i)
-      script += Format("%s'%s' index %zu using 1:2 with linespoints title '%s'", i ? ", " : "", data_path, i,
-                       labels[i].c_str());
-    script += "\n";
-    FILE *g = popen("gnuplot 2>&1", "w");
-    if (g != nullptr) {
-      fputs(script.c_str(), g);
-      rc = pclose(g);
+// The modes --plot draws, and the note for the others.
+bool PlotsMode(const std::string &mode) { return mode != "overhead"; }
+
+// FILE.png -> FILE-latency.png (FILE -> FILE-latency).
+std::string SiblingPath(const std::string &path, const std::string &suffix) {
+  const size_t slash = path.rfind('/');
+  const size_t dot = path.rfind('.');
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash) || dot == slash + 1)
+    return path + suffix;
+  return path.substr(0, dot) + suffix + path.substr(dot);
+}
+
+// A number of a record; NaN when absent or null.
+double Field(const Record &r, const std::string &key) {
+  const std::string v = r.Get(key);
+  if (v.empty() || v == "null") return NAN;
+  return atof(v.c_str());
+}
+
+// A count or size of a record; 0 when absent.
+uint64_t Count(const Record &r, const std::string &key) {
+  const double v = Field(r, key);
+  return v > 0 ? static_cast<uint64_t>(v) : 0;
+}
+
+std::string CpuModel() {
+  std::string cpu = "?";
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  if (f == nullptr) return cpu;
+  char line[512];
+  while (fgets(line, sizeof(line), f) != nullptr) {
+    if (strncmp(line, "model name", 10) == 0) {
+      const char *c = strchr(line, ':');
+      cpu = c != nullptr ? c + 2 : line;
+      if (!cpu.empty() && cpu.back() == '\n') cpu.pop_back();
+      break;
     }
-    if (rc != 0) {  // a gnuplot without cairo: the libgd terminal
-      size_t pos = script.find("pngcairo");
-      script.replace(pos, 8, "png");
-      g = popen("gnuplot 2>&1", "w");
-      if (g != nullptr) {
-        fputs(script.c_str(), g);
-        rc = pclose(g);
+  }
+  fclose(f);
+  return cpu;
+}
+
+// "host: 2 cpus (AMD EPYC 7B13), load 1.52-2.31 during the run, 2026-12-03 18:05 UTC, llmdd 0.3.0"
+std::string HostLine(const std::vector<Record> &recs) {
+  double lo = INFINITY, hi = -INFINITY;
+  for (const auto &r : recs) {
+    const double l = Field(r, "load1");
+    if (l >= 0) {
+      lo = std::min(lo, l);
+      hi = std::max(hi, l);
+    }
+  }
+  std::string load = !(lo <= hi)                 ? "load ?"
+                     : Format("%.2f", lo) == Format("%.2f", hi) ? Format("load %.2f", lo)
+                                                               : Format("load %.2f-%.2f during the run", lo, hi);
+  char when[64] = "";
+  const time_t now = time(nullptr);
+  tm utc{};
+  gmtime_r(&now, &utc);
+  strftime(when, sizeof(when), "%Y-%m-%d %H:%M UTC", &utc);
+  return Format("host: %u cpus (%s), %s; %s; llmdd %s", std::thread::hardware_concurrency(), CpuModel().c_str(),
+                load.c_str(), when, llmdd_ext::Version());
+}
+
+std::string Join(const std::vector<std::string> &parts, const std::string &sep) {
+  std::string out;
+  for (const auto &p : parts)
+    if (!p.empty()) out += (out.empty() ? "" : sep) + p;
+  return out;
+}
+
+std::string TransportWords(const std::string &t) {
+  if (t == "tcp") return "TCP";
+  if (t == "auto") return "auto transport";
+  return t;  // shm: TransportNote explains it once per figure
+}
+
+// What the transport names of a run mean, said once in the title.
+std::string TransportNote(const std::set<std::string> &transports) {
+  std::vector<std::string> notes;
+  if (transports.count("shm")) notes.push_back("shm: the same-host one-copy path");
+  if (transports.count("auto")) notes.push_back("auto: the library picks the path (llmdd.Transport auto)");
+  return Join(notes, "; ");
+}
+
+std::string OpWords(const Options &opt, const std::string &op) {
+  if (op == "read") return "READ";
+  if (op == "write") return "WRITE";
+  if (op == "pull") return "PullKvBlocks";
+  if (op == "push") return "PushKvBlocks";
+  if (op == "hot") return "hot (same buffers every call)";
+  if (op == "cold") return "cold (walks a " + HumanBytes(opt.pool_bytes) + " pool)";
+  return op;
+}
+
+std::string ThreadWords(int threads) { return Format("%d caller thread%s", threads, threads == 1 ? "" : "s"); }
+
+std::string BatchWords(uint64_t batch) {
+  return batch == 1 ? "one descriptor per call" : Format("batch of %" PRIu64 " descriptors per call", batch);
+}
+
+
+// engine, memcpy, kv: GB/s and time per call against the swept size.
+void SweepFigures(const Options &opt, const std::vector<Record> &recs, std::vector<Figure> *out) {
+  const bool kv = opt.mode == "kv";
+  struct Row {
+    std::string op, transport;
+    int threads;
+    uint64_t batch_req, batch;
+    double x, gbps, p50, p99;
+  };
+  std::vector<Row> rows;
+  for (const auto &r : recs) {
+    if (!r.Get("error").empty() || r.Get("gbps").empty()) continue;
+    Row w{r.Get("op"),
+          r.Get("transport"),
+          atoi(r.Get("threads").c_str()),
+          Count(r, "batch_req"),
+          Count(r, "batch"),
+          Field(r, kv ? "kv_blocks" : "desc_size"),
+          Field(r, "gbps"),
+          Field(r, "p50_us"),
+          Field(r, "p99_us")};
+    if (w.x > 0) rows.push_back(w);
+  }
+  if (rows.empty()) return;
+  std::set<std::string> ops, transports;
+  std::set<int> threads;
+  std::set<uint64_t> batches;
+  std::set<double> xs;
+  for (const auto &w : rows) {
+    ops.insert(w.op);
+    transports.insert(w.transport);
+    threads.insert(w.threads);
+    batches.insert(w.batch_req);
+    xs.insert(w.x);
+  }
+  // What varies becomes panels (the batch) or legend words; what is constant
+  // goes into the title, said once.
+  const bool batch_panels = !kv && batches.size() > 1;
+  std::vector<std::string> constant;
+  if (transports.size() == 1 && opt.mode != "memcpy") constant.push_back(TransportWords(*transports.begin()));
+  if (threads.size() == 1) constant.push_back(ThreadWords(*threads.begin()));
+  if (!kv && !batch_panels) constant.push_back(BatchWords(*batches.begin()));
+  if (!kv) {
+    constant.push_back(opt.layout == "reversed"     ? "layout reversed (local i <-> remote n-1-i: never merged)"
+                       : opt.layout == "contiguous" ? "layout contiguous (the engine may merge descriptors)"
+                                                    : "layout strided (a gap between descriptors)");
+  } else {
+    constant.push_back(Format("%d layers x (K,V) = %u tensors of %" PRIu64 " blocks of %s, %s block lists",
+                              opt.layers, opt.Tensors(), opt.kv_blocks, HumanBytes(opt.BlockBytes()).c_str(),
+                              opt.kv_pattern.c_str()));
+  }
+  constant.push_back(Format("%.2g s per point", opt.time_s));
+  constant.push_back(TransportNote(transports));
+  if (opt.connections > 0) constant.push_back(Format("llmdd.TcpConnections %d", opt.connections));
+  if (opt.workers > 0) constant.push_back(Format("llmdd.WorkerThreads %d", opt.workers));
+  if (opt.busy_poll_us >= 0) constant.push_back(Format("llmdd.BusyPollUs %d", opt.busy_poll_us));
+  const std::string context = Join(constant, "; ") + "\n" + HostLine(recs);
+
+  const uint64_t per_block = uint64_t{opt.Tensors()} * opt.BlockBytes();
+  std::vector<std::pair<std::string, double>> xtics, x2tics;
+  for (double x : xs) {
+    const uint64_t v = static_cast<uint64_t>(x);
+    xtics.push_back({kv ? std::to_string(v) : HumanBytes(v), x});
+    if (kv) x2tics.push_back({HumanBytes(v * per_block), x});
+  }
+
+  // Panels by batch; curves by op, transport and threads, in the run's order.
+  std::vector<uint64_t> panel_keys;
+  for (const auto &w : rows)
+    if (std::find(panel_keys.begin(), panel_keys.end(), batch_panels ? w.batch_req : 0) == panel_keys.end())
+      panel_keys.push_back(batch_panels ? w.batch_req : 0);
+  auto label_of = [&](const Row &w) {
+    std::vector<std::string> parts = {OpWords(opt, w.op)};
+    if (transports.size() > 1) parts.push_back(TransportWords(w.transport));
+    if (threads.size() > 1) parts.push_back(ThreadWords(w.threads));
+    return Join(parts, ", ");
+  };
+  for (const bool latency : {false, true}) {
+    Figure f;
+    f.path = latency ? SiblingPath(opt.plot, "-latency") : opt.plot;
+    f.xtics = xtics;
+    f.x2tics = x2tics;
+    if (kv) {
+      f.xlabel = Format("blocks per call (a block: %u tensors x %s = %s)", opt.Tensors(),
+                        HumanBytes(opt.BlockBytes()).c_str(), HumanBytes(per_block).c_str());
+      f.x2label = "bytes per call (K = KiB, M = MiB)";
+    } else {
+      f.xlabel = "descriptor size, bytes (K = KiB, M = MiB)";
+    }
+    const std::string what = opt.mode == "engine" ? "ADXL TransferSync"
+                             : opt.mode == "kv"   ? "LLM-DataDist " + Join({ops.count("pull") ? "PullKvBlocks" : "",
+                                                                            ops.count("push") ? "PushKvBlocks" : ""},
+                                                                           "/")
+                                                  : "memcpy in one process (the reference for the engine)";
+    const std::string against = kv ? "blocks per call" : "descriptor size";
+    if (!latency) {
+      f.what = "GB/s vs " + against;
+      f.title = "llmdd_bench " + opt.mode + ": " + what + ", throughput vs " + against + "\n" + context;
+      f.ylabel = "GB/s (10^9 bytes/s, all caller threads together)";
+    } else {
+      f.what = "time per call (p50, p99) vs " + against;
+      f.title = "llmdd_bench " + opt.mode + ": " + what + ", time per call vs " + against +
+                " (solid: p50, dashed: p99)\n" + context;
+      f.ylabel = "time per call, µs";
+    }
+    for (uint64_t key : panel_keys) {
+      Panel panel;
+      if (batch_panels) {
+        panel.title = BatchWords(key);
+        // SweepPoints clipped the batch where a call would pass --max-call-bytes.
+        double clipped_from = INFINITY;
+        for (const auto &w : rows)
+          if (w.batch_req == key && w.batch != w.batch_req) clipped_from = std::min(clipped_from, w.x);
+        if (std::isfinite(clipped_from))
+          panel.title += Format("\n(fewer from %s on: a call moves at most %s, --max-call-bytes)",
+                                HumanBytes(static_cast<uint64_t>(clipped_from)).c_str(),
+                                HumanBytes(opt.max_call_bytes).c_str());
+      }
+      for (const auto &w : rows) {
+        if (batch_panels && w.batch_req != key) continue;
+        const std::string label = label_of(w);
+        auto it = std::find_if(panel.curves.begin(), panel.curves.end(),
+                               [&](const Curve &c) { return c.label == label; });
+        if (it == panel.curves.end()) {
+          panel.curves.push_back(Curve{label, {}, {}});
+          it = panel.curves.end() - 1;
+        }
+        if (!latency) {
+          it->pts.push_back({w.x, w.gbps});
+        } else {
+          it->pts.push_back({w.x, w.p50});
+          it->p99.push_back({w.x, w.p99});
+        }
+      }
+      for (auto &c : panel.curves) {
+        std::sort(c.pts.begin(), c.pts.end());
+        std::sort(c.p99.begin(), c.p99.end());
+      }
+      f.panels.push_back(panel);
+    }
+    out->push_back(f);
+  }
+}
+
+// pingpong, async, notify, mixed, peers: one bar chart of their latencies.
+void BarFigure(const Options &opt, const std::vector<Record> &recs, std::vector<Figure> *out) {
+  Figure f;
+  f.path = opt.plot;
+  f.what = "p50/p99 bars";
+  std::set<std::string> transports, named;  // named: also peers' READ transports, for the note
+  for (const auto &r : recs) {
+    if (!r.Get("error").empty()) continue;
+    transports.insert(r.Get("transport"));
+    named.insert(r.Get("transport"));
+    if (!r.Get("read_transport").empty()) named.insert(r.Get("read_transport"));
+  }
+  // A transport is named in each bar's label only when the run had several;
+  // otherwise once, in the title.
+  auto tr = [&](const Record &r) {
+    return transports.size() > 1 ? " (" + TransportWords(r.Get("transport")) + ")" : std::string();
+  };
+  const std::string note = TransportNote(named);
+  const std::string one = (transports.size() == 1 ? TransportWords(*transports.begin()) + "; " : "") +
+                          (note.empty() ? "" : note + "; ");
+  std::string title, constant;
+  if (opt.mode == "pingpong") {
+    title = "llmdd_bench pingpong: raw TCP round trip of 8 B over loopback to a peer process (the reference)";
+    f.ylabel = "round trip, µs";
+    constant = Format("TCP_NODELAY; at least %.2g s per mode", std::max(opt.time_s, 1.0));
+  } else if (opt.mode == "async") {
+    title = "llmdd_bench async: TransferAsync in flight vs one TransferSync, and the calls' own cost";
+    f.ylabel = "time, µs";
+    constant = one + Format("%.2g s per method", opt.time_s);
+  } else if (opt.mode == "notify") {
+    title = "llmdd_bench notify: SendNotify -> GetNotifies one way, SendNotify's own time, TCP ping-pong reference";
+    f.ylabel = "time, µs";
+    constant = one + Format("%" PRIu64 " notifies timed; the receiver polls %s", opt.notify_count,
+                            opt.notify_poll_us > 0 ? Format("every %d µs", opt.notify_poll_us).c_str()
+                                                   : "in a busy loop");
+  } else if (opt.mode == "mixed") {
+    title = "llmdd_bench mixed: a small READ alone and while large READs keep every lane to the same peer busy";
+    f.ylabel = "time per small READ, µs";
+    constant = one + Format("%.2g s per phase", opt.time_s);
+  } else if (opt.mode == "peers") {
+    title = "llmdd_bench peers: latency with no and with many idle peers on one server";
+    f.ylabel = "time, µs";
+    constant = transports.size() == 1 ? "server and idle peers over " + one : "";
+  }
+  bool reference_done = false;
+  for (const auto &r : recs) {
+    if (!r.Get("error").empty()) continue;
+    const std::string op = r.Get("op");
+    auto bar = [&](const std::string &label, const char *p50, const char *p99) {
+      f.bars.push_back(Bar{label, p50 != nullptr ? Field(r, p50) : NAN, p99 != nullptr ? Field(r, p99) : NAN});
+    };
+    if (opt.mode == "pingpong") {
+      bar(op == "busy" ? "busy-polling recv (both sides)" : "blocking recv (both sides)", "p50_us", "p99_us");
+    } else if (opt.mode == "async") {
+      const std::string n = r.Get("descs"), size = HumanBytes(Count(r, "desc_size"));
+      if (op == "batch_sync") bar("one TransferSync of " + n + " x " + size + tr(r), "p50_us", "p99_us");
+      if (op == "batch_async")
+        bar(n + " TransferAsync of " + size + " in flight, until all completed" + tr(r), "p50_us", "p99_us");
+      if (op == "submit_1desc") bar("TransferAsync submit, 1 descriptor" + tr(r), "p50_us", "p99_us");
+      if (op == "status_completed") bar("GetTransferStatus of a completed request" + tr(r), "p50_us", "p99_us");
+    } else if (opt.mode == "notify") {
+      bar("SendNotify -> GetNotifies, one way" + tr(r), "p50_us", "p99_us");
+      bar("SendNotify call, to its acknowledgement" + tr(r), "send_p50_us", "send_p99_us");
+      if (!reference_done) {  // measured once per run, before the notifies; its median only
+        bar("TCP ping-pong 8 B round trip, busy-polling (reference)", "rtt_busy_p50_us", nullptr);
+        bar("TCP ping-pong 8 B round trip, blocking (reference)", "rtt_blocking_p50_us", nullptr);
+        reference_done = true;
+      }
+    } else if (opt.mode == "mixed") {
+      const std::string small = HumanBytes(Count(r, "small_size"));
+      bar(small + " READ alone" + tr(r), "p50_alone_us", "p99_alone_us");
+      bar(Format("%s READ while %s threads READ %s each", small.c_str(), r.Get("bulk_threads").c_str(),
+                 HumanBytes(Count(r, "bulk_size")).c_str()) +
+              tr(r),
+          "p50_load_us", "p99_load_us");
+    } else if (opt.mode == "peers") {
+      const std::string peers = r.Get("peers");
+      if (op == "read_4k") {
+        const std::string over = " over " + TransportWords(r.Get("read_transport"));
+        bar("4K READ" + over + ", no idle peers", "p50_0_us", "p99_0_us");
+        bar("4K READ" + over + ", " + peers + " idle peers", "p50_n_us", "p99_n_us");
+      }
+      if (op == "connect") {  // medians of --connect-samples, in ms
+        const std::string median = Format(" (median of %d)", opt.connect_samples);
+        f.bars.push_back(Bar{"Connect of a fresh client, no idle peers" + median, Field(r, "first_ms") * 1e3, NAN});
+        f.bars.push_back(Bar{"Connect of a fresh client, " + peers + " idle peers" + median,
+                             Field(r, "nth_ms") * 1e3, NAN});
       }
     }
-  } else if (system("python3 -c 'import matplotlib' >/dev/null 2>&1") == 0) {
-    tool = "matplotlib";
-    std::string py = "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n";
-    py += "blocks=open('" + std::string(data_path) + "').read().strip().split('\\n\\n\\n')\n";
-    py += "labels=[";
-    for (const auto &l : labels) py += "'" + l + "',";
-    py += "]\nplt.figure(figsize=(11,7))\n";
-    py += "for b,l in zip(blocks,labels):\n  pts=[tuple(map(float,x.split())) for x in b.strip().split('\\n')]\n"
-          "  plt.plot([p[0] for p in pts],[p[1] for p in pts],marker='o',label=l)\n";
-    py += "plt.xscale('log',base=2)\nplt.grid(True)\nplt.legend()\nplt.xlabel('" + xlabel + "')\n"
-          "plt.ylabel('GB/s (1e9 B/s)')\nplt.title('" +
-          title + "')\nplt.savefig('" + opt.plot + "')\n";
-    char py_path[] = "/tmp/llmdd_bench_plot_py_XXXXXX";
-    int pfd = mkstemp(py_path);
-    if (pfd >= 0) {
-      WriteAll(pfd, py);
-      close(pfd);
-      rc = system(("python3 " + std::string(py_path)).c_str());
-      unlink(py_path);
+  }
+  f.bars.erase(std::remove_if(f.bars.begin(), f.bars.end(), [](const Bar &b) { return !(b.p50 > 0) && !(b.p99 > 0); }),
+               f.bars.end());
+  if (f.bars.empty()) return;
+  while (!constant.empty() && (constant.back() == ' ' || constant.back() == ';')) constant.pop_back();
+  f.title = title + "\n" + (constant.empty() ? "" : constant + "\n") + HostLine(recs);
+  out->push_back(f);
+}
+
+std::vector<Figure> Figures(const Options &opt, const std::vector<Record> &recs) {
+  std::vector<Figure> figs;
+  if (opt.mode == "engine" || opt.mode == "memcpy" || opt.mode == "kv") {
+    SweepFigures(opt, recs, &figs);
+  } else if (PlotsMode(opt.mode)) {
+    BarFigure(opt, recs, &figs);
+  }
+  return figs;
+}
+
+// A gnuplot string constant: double quotes, so "\n" breaks a line.
+std::string GpString(const std::string &s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
     }
+    out += c;
+  }
+  return out + "\"";
+}
+
+// Breaks a bar label into lines of about `width` characters.
+std::string Wrap(const std::string &text, size_t width) {
+  std::string out, line;
+  for (const auto &word : SplitOn(text, ' ')) {
+    if (!line.empty() && line.size() + 1 + word.size() > width) {
+      out += (out.empty() ? "" : "\n") + line;
+      line.clear();
+    }
+    line += (line.empty() ? "" : " ") + word;
+  }
+  if (!line.empty()) out += (out.empty() ? "" : "\n") + line;
+  return out;
+}
+
+// The y range of values: logarithmic when they span more than 20x.
+struct YAxis {
+  bool log = false;
+  double lo = 0, hi = 1;
+};
+YAxis YAxisOf(const std::vector<double> &values) {
+  double lo = INFINITY, hi = 0;
+  for (double v : values) {
+    if (v > 0 && std::isfinite(v)) {
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+    }
+  }
+  YAxis y;
+  if (!(hi > 0)) return y;
+  y.log = hi / lo > 20;
+  y.lo = y.log ? lo / 2 : 0;
+  y.hi = y.log ? hi * 2.5 : hi * 1.2;
+  return y;
+}
+
+const char *const kColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                               "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+
+// terminal: gnuplot's terminal name and the options that follow its size.
+std::string GnuplotScript(const Figure &f, const std::pair<std::string, std::string> &terminal) {
+  std::string s = "set encoding utf8\n";
+  const bool bars = !f.bars.empty();
+  const size_t panels = bars ? 1 : f.panels.size();
+  const size_t cols = panels == 1 ? 1 : 2, rows = (panels + 1) / 2;
+  // Line figures carry their key under each panel (2 columns), so it never
+  // covers a curve: the height grows with its rows.
+  size_t entries = 0;
+  for (const auto &p : f.panels) {
+    const bool p99 = !p.curves.empty() && !p.curves[0].p99.empty();  // one more entry: "dashed: p99"
+    entries = std::max(entries, p.curves.size() + (p99 ? 1 : 0));
+  }
+  const int key_rows = static_cast<int>((entries + 1) / 2);
+  int width = static_cast<int>(cols == 1 ? 1200 : 1900);
+  int height = static_cast<int>(rows) * (rows == 1 ? 700 : 600) + 22 * key_rows * static_cast<int>(rows);
+  if (bars) width = std::max(1100, static_cast<int>(150 * f.bars.size() + 360));
+  s += Format("set terminal %s size %d,%d %s\n", terminal.first.c_str(), width, height, terminal.second.c_str());
+  s += "set output " + GpString(f.path) + "\n";
+  s += "set grid xtics ytics mytics lt 1 lw 1 lc rgb '#dddddd', lt 1 lw 1 lc rgb '#f0f0f0'\n";
+  s += "set border lw 1\nset format y '%g'\nset key box lc rgb '#999999' samplen 3 spacing 1.1 Left reverse\n";
+  if (bars) {
+    std::vector<double> all;
+    for (const auto &b : f.bars) all.insert(all.end(), {b.p50, b.p99});
+    const YAxis y = YAxisOf(all);
+    s += "set title " + GpString(f.title) + "\n";
+    s += "set ylabel " + GpString(f.ylabel + (y.log ? " (log scale)" : "")) + "\n";
+    s += y.log ? "set logscale y 10\n" : "";
+    s += Format("set yrange [%.6g:%.6g]\n", y.lo, y.hi);
+    s += Format("set xrange [-0.6:%.1f]\n", static_cast<double>(f.bars.size()) - 0.4);
+    s += "set xtics nomirror (";
+    for (size_t i = 0; i < f.bars.size(); ++i)
+      s += Format("%s%s %zu", i ? ", " : "", GpString(Wrap(f.bars[i].label, 20)).c_str(), i);
+    s += ")\nset grid noxtics\nset bmargin 7\nset key outside right top vertical\n";
+    // Two bars per group, drawn as boxes from the bottom of the axis (a box
+    // from 0 does not exist on a log axis); each carries its value.
+    const double w = 0.36, base = y.lo;
+    for (int which = 0; which < 2; ++which) {
+      s += Format("$b%d << EOD\n", which);
+      for (size_t i = 0; i < f.bars.size(); ++i) {
+        const double v = which == 0 ? f.bars[i].p50 : f.bars[i].p99;
+        if (!(v > 0)) continue;
+        const double x = static_cast<double>(i) + (which == 0 ? -w / 2 : w / 2);
+        // 3 significant digits, but 38300 rather than 3.83e+04.
+        const std::string text = v >= 100 ? Format("%.0f", v) : Format("%.3g", v);
+        s += Format("%.4f %.6g %.4f %.4f %.6g %.6g \"%s\"\n", x, v, x - w / 2, x + w / 2, base, v, text.c_str());
+      }
+      s += "EOD\n";
+    }
+    s += "plot $b0 using 1:2:3:4:5:6 with boxxyerror fs solid 0.85 noborder lc rgb '#1f77b4' title 'p50 (median)', \\\n"
+         "     $b1 using 1:2:3:4:5:6 with boxxyerror fs solid 0.85 noborder lc rgb '#ff7f0e' title 'p99', \\\n"
+         "     $b0 using 1:2:7 with labels offset 0,0.7 font ',9' notitle, \\\n"
+         "     $b1 using 1:2:7 with labels offset 0,0.7 font ',9' notitle\n";
+    return s;
+  }
+  // Line figure. Colours follow the curve's label, so a curve keeps its
+  // colour in every panel.
+  std::vector<std::string> labels;
+  std::vector<double> xs_all, ys_all;
+  for (const auto &p : f.panels)
+    for (const auto &c : p.curves) {
+      if (std::find(labels.begin(), labels.end(), c.label) == labels.end()) labels.push_back(c.label);
+      for (const auto &[x, y] : c.pts) xs_all.push_back(x), ys_all.push_back(y);
+      for (const auto &[x, y] : c.p99) ys_all.push_back(y);
+    }
+  const YAxis y = YAxisOf(ys_all);  // one scale for every panel: panels compare at a glance
+  double xlo = *std::min_element(xs_all.begin(), xs_all.end()), xhi = *std::max_element(xs_all.begin(), xs_all.end());
+  xlo /= 1.5;
+  xhi *= 1.5;
+  const bool latency = !f.panels.empty() && !f.panels[0].curves.empty() && !f.panels[0].curves[0].p99.empty();
+  s += "set logscale x 2\n" + Format("set xrange [%.6g:%.6g]\n", xlo, xhi);
+  s += "set xtics nomirror (";
+  for (size_t i = 0; i < f.xtics.size(); ++i)
+    s += Format("%s%s %.6g", i ? ", " : "", GpString(f.xtics[i].first).c_str(), f.xtics[i].second);
+  s += ")\nset xlabel " + GpString(f.xlabel) + "\n";
+  if (!f.x2tics.empty()) {
+    s += "set logscale x2 2\n" + Format("set x2range [%.6g:%.6g]\n", xlo, xhi) + "set x2tics (";
+    for (size_t i = 0; i < f.x2tics.size(); ++i)
+      s += Format("%s%s %.6g", i ? ", " : "", GpString(f.x2tics[i].first).c_str(), f.x2tics[i].second);
+    s += ")\nset x2label " + GpString(f.x2label) + "\n";
+  }
+  s += "set ylabel " + GpString(f.ylabel + (y.log ? " (log scale)" : "")) + "\n";
+  s += y.log ? "set logscale y 10\n" : "";
+  s += Format("set yrange [%.6g:%.6g]\n", y.lo, y.hi);
+  // The bottom margin is set, not left to gnuplot: with the key below, its
+  // own would put the key over the x label. Several panels get the same
+  // margins all round, so their plot areas line up whatever their titles.
+  // (vertical: gnuplot keeps maxrows only when it fills columns; horizontal
+  // in the margin would make one long column.)
+  s += Format("set key bmargin center vertical maxrows %d\n", std::max(1, key_rows));
+  s += Format("set bmargin %d\n", 5 + (key_rows * 5 + 3) / 4);  // tics, label, 1.25 lines per key row
+  if (panels > 1) s += "set tmargin 5\nset lmargin 12\nset rmargin 4\n";
+  if (panels > 1) {
+    s += Format("set multiplot layout %zu,%zu title %s\n", rows, cols, GpString(f.title).c_str());
   } else {
-    rep.Note("plot: neither gnuplot nor python3-matplotlib is installed (apt-get install gnuplot-nox or "
-             "python3-matplotlib); plot skipped");
-    unlink(data_path);
+    s += "set title " + GpString(f.title) + "\n";
+  }
+  int block = 0;
+  for (const auto &p : f.panels) {
+    if (panels > 1) s += "set title " + GpString(p.title) + "\n";
+    std::string plot;
+    for (const auto &c : p.curves) {
+      const size_t k = static_cast<size_t>(std::find(labels.begin(), labels.end(), c.label) - labels.begin());
+      const std::string colour = kColors[k % (sizeof(kColors) / sizeof(kColors[0]))];
+      const int point = 5 + 2 * static_cast<int>(k % 4);  // filled square, circle, triangle, diamond
+      s += Format("$d%d << EOD\n", block);
+      for (size_t i = 0; i < c.pts.size(); ++i)
+        s += Format("%.6g %.6g %.6g\n", c.pts[i].first, c.pts[i].second, i < c.p99.size() ? c.p99[i].second : NAN);
+      s += "EOD\n";
+      plot += Format("%s$d%d using 1:2 with linespoints lw 2 pt %d ps 1.2 lc rgb '%s' title %s",
+                     plot.empty() ? "" : ", \\\n     ", block, point, colour.c_str(),
+                     GpString(c.label).c_str());
+      if (latency)
+        plot += Format(", \\\n     $d%d using 1:3 with linespoints lw 1.5 dt 2 pt %d ps 0.8 lc rgb '%s' notitle", block,
+                       point - 1, colour.c_str());
+      ++block;
+    }
+    if (latency)
+      plot += ", \\\n     NaN with lines lw 1.5 dt 2 lc rgb '#555555' title 'dashed: p99 of the same colour'";
+    s += "plot " + plot + "\n";
+  }
+  if (panels > 1) s += "unset multiplot\n";
+  return s;
+}
+
+// Runs gnuplot on the figure's script; "" or the reason it failed. A
+// gnuplot without cairo gets the libgd png terminal instead.
+std::string RenderFigure(const Figure &f) {
+  const size_t dot = f.path.rfind('.');
+  const std::string ext = dot == std::string::npos ? "" : f.path.substr(dot);
+  std::vector<std::pair<std::string, std::string>> terminals;
+  if (ext == ".svg" || ext == ".SVG") {
+    terminals = {{"svg", "dynamic background rgb 'white' font 'Sans,10' noenhanced"}};
+  } else {
+    terminals = {{"pngcairo", "font 'Sans,10' noenhanced"}, {"png", "font 'Sans,10' noenhanced"}};
+  }
+  std::string why;
+  for (const auto &terminal : terminals) {
+    char script_path[] = "/tmp/llmdd_bench_plot_XXXXXX";
+    const int fd = mkstemp(script_path);
+    if (fd < 0) return std::string("cannot create a temporary file: ") + strerror(errno);
+    WriteAll(fd, GnuplotScript(f, terminal));
+    close(fd);
+    const std::string log_path = std::string(script_path) + ".log";
+    // gnuplot's stdout and stderr go to a file: stdout carries the JSON lines.
+    const int rc = system(("gnuplot " + std::string(script_path) + " > " + log_path + " 2>&1").c_str());
+    std::string first;
+    if (FILE *l = fopen(log_path.c_str(), "r")) {
+      char buf[512];
+      while (fgets(buf, sizeof(buf), l) != nullptr) {
+        std::string line(buf);
+        while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
+        if (!line.empty() && line.find_first_not_of(" ^") != std::string::npos) first = line;  // the last message
+      }
+      fclose(l);
+    }
+    unlink(log_path.c_str());
+    unlink(script_path);
+    if (rc == 0) return "";
+    why = first.empty() ? Format("gnuplot exited with status %d", rc) : "gnuplot: " + first;
+  }
+  return why;
+}
+
+// Said at the start of the run, so a user does not wait for a plot that will
+// not come; false when no plot will be drawn.
+bool CheckPlot(const Options &opt, Reporter &rep) {
+  if (opt.plot.empty()) return false;
+  if (!PlotsMode(opt.mode)) {
+    rep.Note("plot: overhead's figures are single costs in several units; no plot (--plot draws engine, memcpy, "
+             "kv, pingpong, async, notify, mixed and peers)");
+    return false;
+  }
+  if (!HaveProgram("gnuplot")) {
+    rep.Note("plot: gnuplot is not installed (apt-get install gnuplot-nox, as root); this run writes no plot");
+    return false;
+  }
+  return true;
+}
+
+void Plot(const Options &opt, Reporter &rep) {
+  const std::vector<Figure> figs = Figures(opt, rep.records());
+  if (figs.empty()) {
+    rep.Note("plot: no figure without errors to plot; no plot written");
     return;
   }
-  unlink(data_path);
-  rep.Note(rc == 0 ? "plot: wrote " + opt.plot + " (" + tool + ")" : "plot: " + tool + " failed; plot skipped");
+  std::vector<std::string> wrote;
+  for (const auto &f : figs) {
+    const std::string why = RenderFigure(f);
+    if (why.empty()) {
+      wrote.push_back(f.path + " (" + f.what + ")");
+    } else {
+      rep.Note("plot: " + f.path + " not written: " + why);
+    }
+  }
+  if (!wrote.empty()) rep.Note("plot: wrote " + Join(wrote, ", "));
 }
 
 void PrintMachine(const Options &opt, Reporter &rep) {
-  std::string cpu = "?";
-  FILE *f = fopen("/proc/cpuinfo", "r");
-  if (f != nullptr) {
-    char line[512];
-    while (fgets(line, sizeof(line), f) != nullptr) {
-      if (strncmp(line, "model name", 10) == 0) {
-        const char *c = strchr(line, ':');
-        cpu = c != nullptr ? c + 2 : line;
-        if (!cpu.empty() && cpu.back() == '\n') cpu.pop_back();
-        break;
-      }
-    }
-    fclose(f);
-  }
   utsname u{};
   uname(&u);
   rep.Note(Format("# llmdd_bench %s on %u cpus (%s), kernel %s, load %.2f", opt.mode.c_str(),
-                  std::thread::hardware_concurrency(), cpu.c_str(), u.release, Load1()));
+                  std::thread::hardware_concurrency(), CpuModel().c_str(), u.release, Load1()));
 }
 
 }  // namespace
@@ -4002,6 +4545,7 @@ int main(int argc, char **argv) {
   if (rc != kExitOk) return rc;
   Reporter rep(opt);
   PrintMachine(opt, rep);
+  const bool plot = CheckPlot(opt, rep);
   if (opt.mode == "engine") rc = RunEngine(opt, rep);
   if (opt.mode == "kv") rc = RunKv(opt, rep);
   if (opt.mode == "memcpy") rc = RunMemcpy(opt, rep);
@@ -4012,6 +4556,6 @@ int main(int argc, char **argv) {
   if (opt.mode == "async") rc = RunAsync(opt, rep);
   if (opt.mode == "notify") rc = RunNotify(opt, rep);
   rep.Finish();
-  Plot(opt, rep);
+  if (plot) Plot(opt, rep);
   return rc;
 }
