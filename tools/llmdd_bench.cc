@@ -4506,6 +4506,12 @@ bool CheckPlot(const Options &opt, Reporter &rep) {
     rep.Note("plot: gnuplot is not installed (apt-get install gnuplot-nox, as root); this run writes no plot");
     return false;
   }
+  const size_t slash = opt.plot.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : opt.plot.substr(0, slash);
+  if (access(dir.c_str(), W_OK) != 0) {
+    rep.Note("plot: cannot write in " + dir + " (" + strerror(errno) + "); this run writes no plot");
+    return false;
+  }
   return true;
 }
 
