@@ -17,6 +17,9 @@
 //                                   TCP ping-pong round trip measured in the same run
 //   llmdd_bench serve ...           the peer process (internal; control protocol on stdin/stdout)
 //
+// Engine, kv and async points check the bytes of their first and last
+// call and report no figure when one is wrong ("byte checks" below).
+//
 // Every point reports bytes per call, GB/s (1e9 B/s, all threads together),
 // descriptors/s, per-call latency p50/p99 in microseconds and the iteration
 // count. The terminal gets a table (a progress line on stderr); --json prints
@@ -29,6 +32,7 @@
 // mode's roles have their own lines, described where they are served):
 //   child -> parent: READY <port> <words...> | FAILED <text>
 //   parent -> child: QUIT (or end of file)
+//   engine and kv peers also answer CHECK lines (byte checks)
 #include <adxl/adxl_engine.h>
 #include <llm_datadist/llm_datadist.h>
 #include <llmdd/extensions.h>
@@ -355,6 +359,8 @@ void Usage(FILE *out) {
           "  --tag TEXT           copied into every JSON record\n"
           "  --version            print the library version and exit\n"
           "  --quick              small sweep that takes seconds\n"
+          "byte checks: every engine, kv and async point checks the bytes of its first and last\n"
+          "  call; a wrong byte fails the point (an \"error\" record, no figure) and the exit status is 1\n"
           "kv options:\n"
           "  --layers N           layers; the cache has 2N tensors (default 16)\n"
           "  --blocks N           blocks per tensor (default 512)\n"
@@ -857,6 +863,7 @@ struct RunResult {
   int64_t calls = 0;    // all threads
   double seconds = 0;   // wall time of the timed phase
   std::vector<int64_t> ns;  // per-call latencies, all threads
+  bool checked = false;     // the first and last call's bytes were checked (CheckedRun)
 };
 
 // Runs `call(thread)` on `threads` threads: `warmup` untimed calls each, then
@@ -929,6 +936,26 @@ RunResult TimedRun(int threads, const Options &opt, const std::function<std::str
   return result;
 }
 
+// TimedRun between two checked calls (byte checks): check("first") runs
+// before the warm-up, check("last") after the timed calls; a wrong byte in
+// either fails the run with what was wrong, and no timed calls follow a
+// failed first check.
+RunResult CheckedRun(int threads, const Options &opt, const std::function<std::string(const char *)> &check,
+                     const std::function<std::string(int)> &call) {
+  RunResult r;
+  std::string e = check("first");
+  if (e.empty()) {
+    r = TimedRun(threads, opt, call);
+    if (r.ok) e = check("last");
+  }
+  if (!e.empty()) {
+    r.ok = false;
+    r.error = e;
+  }
+  r.checked = r.ok;
+  return r;
+}
+
 Record ThroughputRecord(const std::string &mode, const std::string &op, const std::string &transport,
                         const Point &p, uint64_t descs_per_call, const RunResult &r) {
   const uint64_t bytes = p.size * p.batch;
@@ -939,6 +966,11 @@ Record ThroughputRecord(const std::string &mode, const std::string &op, const st
   rec.Int("batch_req", static_cast<int64_t>(p.batch_req != 0 ? p.batch_req : p.batch));
   rec.Int("threads", p.threads).Int("bytes", static_cast<int64_t>(bytes));
   rec.Int("descs", static_cast<int64_t>(descs_per_call));
+  // A failed point reports what failed and no figure (a wrong byte, a failed
+  // call): nothing downstream can take a broken run's speed for a result.
+  if (!r.ok) return rec.Str("error", r.error.empty() ? "failed" : r.error);
+  // "first,last": the bytes of the point's first and last call were checked.
+  if (r.checked) rec.Str("checked", "first,last");
   rec.Int("iters", r.calls).Num("seconds", r.seconds);
   const double secs = r.seconds > 0 ? r.seconds : 1e-12;
   rec.Num("gbps", static_cast<double>(bytes) * static_cast<double>(r.calls) / secs / 1e9);
@@ -949,7 +981,6 @@ Record ThroughputRecord(const std::string &mode, const std::string &op, const st
   // Per-thread bytes over the median call time: less sensitive to the process
   // being descheduled by other load than the wall-clock figure.
   rec.Num("gbps_p50", s.p50_us > 0 ? static_cast<double>(bytes) * p.threads / (s.p50_us * 1e3) : NAN);
-  if (!r.ok) rec.Str("error", r.error);
   return rec;
 }
 
@@ -1011,6 +1042,12 @@ class Peer {
     ready->assign(words.begin() + 1, words.end());
     return true;
   }
+  // Sends one control line and waits for the peer's one-line answer.
+  bool Ask(const std::string &line, std::string *reply, int timeout_ms) {
+    if (pid_ <= 0 || !WriteAll(to_, line + "\n")) return false;
+    return ReadLine(from_, &buf_, reply, timeout_ms);
+  }
+  pid_t pid() const { return pid_; }
   void Stop() {
     if (pid_ <= 0) return;
     WriteAll(to_, "QUIT\n");
@@ -1082,6 +1119,188 @@ void WaitForQuit() {
   }
 }
 
+// ------------------------------------------------------------------ byte checks
+//
+// A figure counts only if the bytes arrived. Every engine, kv and async
+// point checks its first and its last call (the first runs before the
+// warm-up, the last after the timed calls; the calls between are not checked,
+// a comparison in the timed loop would be measured with them):
+//   - the serving peer fills region r of its memory (the engine buffer, or
+//     tensor r of the KV caches in registration order) with the pattern
+//     seeded RegionSeed(kPeerSeed, r);
+//   - READ: the destination is poisoned first, so a call that moves nothing
+//     cannot pass on bytes an earlier call left there; afterwards every
+//     descriptor must hold the peer's pattern at its remote offset;
+//   - WRITE: the source holds a pattern with a fresh seed at the remote
+//     offsets; afterwards the peer is asked to compare those ranges (a CHECK
+//     line on its stdin) and puts its own pattern back.
+// A point whose check fails is reported with an "error" and no figure, and
+// llmdd_bench exits non-zero: a broken engine cannot produce a fast figure.
+//
+// LLMDD_BENCH_PEER_FAULT=flip (read by the serving peer; for the tests of
+// this check only) makes the peer's memory differ from what it announces: the
+// first byte of every 4 KiB of its pattern is flipped, and so is the first
+// byte of every range it is asked to check, as if the engine had delivered
+// one wrong byte.
+
+constexpr uint64_t kPeerSeed = 0x5EEDull;    // the pattern served memory holds
+constexpr uint64_t kPoisonSeed = 0xBADull;   // what a destination holds before a checked READ
+constexpr uint64_t kPatternChunk = 64 * kKiB;
+
+uint64_t RegionSeed(uint64_t seed, uint64_t region) { return Mix(seed * 0x9E3779B97F4A7C15ULL + region); }
+
+// Bytes [offset, offset + n) of the pattern seeded `seed`: byte o is byte
+// o % 8 (in memory order) of the word Mix(seed + o / 8). Any offset, any length.
+void FillPatternAt(uint8_t *p, uint64_t n, uint64_t seed, uint64_t offset) {
+  uint64_t o = offset;
+  const uint64_t end = offset + n;
+  while (o < end) {
+    const uint64_t v = Mix(seed + o / 8);
+    const uint64_t in_word = o % 8;
+    const uint64_t take = std::min<uint64_t>(8 - in_word, end - o);
+    if (take == 8) {
+      memcpy(p, &v, 8);
+    } else {
+      uint8_t w[8];
+      memcpy(w, &v, 8);
+      memcpy(p, w + in_word, take);
+    }
+    p += take;
+    o += take;
+  }
+}
+
+// Bytes of p[0, n) that differ from the pattern `seed` at `offset`.
+uint64_t PatternMismatchesAt(const uint8_t *p, uint64_t n, uint64_t seed, uint64_t offset) {
+  std::vector<uint8_t> want(static_cast<size_t>(std::min(n, kPatternChunk)));
+  uint64_t bad = 0;
+  for (uint64_t done = 0; done < n;) {
+    const uint64_t len = std::min(kPatternChunk, n - done);
+    FillPatternAt(want.data(), len, seed, offset + done);
+    if (memcmp(p + done, want.data(), len) != 0)
+      for (uint64_t i = 0; i < len; ++i) bad += p[done + i] != want[i] ? 1 : 0;
+    done += len;
+  }
+  return bad;
+}
+
+bool PeerFaultFlip() {
+  const char *f = getenv("LLMDD_BENCH_PEER_FAULT");
+  return f != nullptr && strcmp(f, "flip") == 0;
+}
+
+// Memory a peer serves, as regions it fills with its pattern and checks on request.
+struct ServedRegion {
+  uint8_t *p;
+  uint64_t len;
+};
+
+// Puts the peer's own pattern into [off, off + len) of a region (with the test fault, if set).
+void PaintServed(const ServedRegion &r, uint64_t region, uint64_t off, uint64_t len, bool flip) {
+  FillPatternAt(r.p + off, len, RegionSeed(kPeerSeed, region), off);
+  if (!flip) return;
+  for (uint64_t o = (off + 4095) / 4096 * 4096; o < off + len; o += 4096) r.p[o] ^= 0xFF;
+}
+
+// The peer's control loop: answers
+//   CHECK <seed> <region>:<offset>:<len>,...  ->  CHECKED <bytes wrong> <first wrong range or -1>
+// (each range compared with the pattern RegionSeed(seed, region), then given
+// the peer's own pattern back) until QUIT or end of file.
+void ServeChecks(const std::vector<ServedRegion> &regions) {
+  const bool flip = PeerFaultFlip();
+  std::string buf, line;
+  while (ReadLine(STDIN_FILENO, &buf, &line, -1)) {
+    if (line == "QUIT") return;
+    auto words = Words(line);
+    if (words.size() != 3 || words[0] != "CHECK") continue;
+    const uint64_t seed = strtoull(words[1].c_str(), nullptr, 10);
+    uint64_t bad = 0;
+    int64_t first = -1, index = 0;
+    for (const auto &range : SplitOn(words[2], ',')) {
+      auto f = SplitOn(range, ':');
+      uint64_t r = 0, off = 0, len = 0;
+      bool ok = f.size() == 3;
+      if (ok) {
+        r = strtoull(f[0].c_str(), nullptr, 10);
+        off = strtoull(f[1].c_str(), nullptr, 10);
+        len = strtoull(f[2].c_str(), nullptr, 10);
+        ok = r < regions.size() && off <= regions[r].len && len <= regions[r].len - off;
+      }
+      uint64_t wrong = ok ? 0 : 1;  // a range outside the served memory counts as wrong
+      if (ok && len > 0) {
+        if (flip) regions[r].p[off] ^= 0xFF;
+        wrong = PatternMismatchesAt(regions[r].p + off, len, RegionSeed(seed, r), off);
+        PaintServed(regions[r], r, off, len, flip);
+      }
+      if (wrong != 0 && first < 0) first = index;
+      bad += wrong;
+      ++index;
+    }
+    WriteAll(STDOUT_FILENO, Format("CHECKED %" PRIu64 " %" PRId64 "\n", bad, first));
+  }
+}
+
+// Asks the peer to compare `ranges` ("region:offset:len" words) with the
+// pattern `seed`; "" when every byte is right, else what was wrong.
+std::string PeerCheck(Peer &peer, uint64_t seed, const std::vector<std::string> &ranges, const char *which) {
+  std::string line = "CHECK " + std::to_string(seed) + " ";
+  for (size_t i = 0; i < ranges.size(); ++i) line += (i ? "," : "") + ranges[i];
+  std::string reply;
+  if (!peer.Ask(line, &reply, 120000)) return Format("bytes not checked after the %s call: the peer did not answer", which);
+  auto w = Words(reply);
+  if (w.size() != 3 || w[0] != "CHECKED") return "bytes not checked: the peer answered '" + reply + "'";
+  if (w[1] == "0") return "";
+  return Format("bytes wrong after the %s call: %s bytes in the peer's memory differ from what was written "
+                "(first in range %s of %zu)", which, w[1].c_str(), w[2].c_str(), ranges.size());
+}
+
+// One descriptor of a checked call, as offsets: local memory and the peer's region.
+struct CheckRange {
+  uint8_t *local;
+  uint64_t region, remote_off, len;
+};
+
+// Before a checked call: READ destinations poisoned, WRITE sources given the pattern `seed`.
+void PrepareChecked(bool read, const std::vector<CheckRange> &ranges, uint64_t seed) {
+  for (const auto &c : ranges) {
+    if (read)
+      FillPatternAt(c.local, c.len, kPoisonSeed, c.remote_off);
+    else
+      FillPatternAt(c.local, c.len, RegionSeed(seed, c.region), c.remote_off);
+  }
+}
+
+// After a checked call: "" when every byte arrived, else what was wrong.
+std::string VerifyChecked(bool read, Peer &peer, const std::vector<CheckRange> &ranges, uint64_t seed,
+                          const char *which) {
+  if (!read) {
+    std::vector<std::string> words;
+    words.reserve(ranges.size());
+    for (const auto &c : ranges)
+      words.push_back(Format("%" PRIu64 ":%" PRIu64 ":%" PRIu64, c.region, c.remote_off, c.len));
+    return PeerCheck(peer, seed, words, which);
+  }
+  uint64_t bad = 0, total = 0;
+  int64_t first = -1;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto &c = ranges[i];
+    const uint64_t wrong = PatternMismatchesAt(c.local, c.len, RegionSeed(kPeerSeed, c.region), c.remote_off);
+    if (wrong != 0 && first < 0) first = static_cast<int64_t>(i);
+    bad += wrong;
+    total += c.len;
+  }
+  if (bad == 0) return "";
+  return Format("bytes wrong after the %s call: %" PRIu64 " of %" PRIu64 " bytes read differ from the peer's "
+                "(first in descriptor %" PRId64 " of %zu)", which, bad, total, first, ranges.size());
+}
+
+// A fresh seed for each checked WRITE, so a call that writes nothing cannot
+// pass on what an earlier one left in the peer's memory.
+uint64_t NextWriteSeed() {
+  static std::atomic<uint64_t> n{1};
+  return Mix(0xC0FFEEull + n.fetch_add(1));
+}
+
 // ------------------------------------------------------------------ serve
 
 struct ServeOptions {
@@ -1115,7 +1334,9 @@ int ServeEngine(const ServeOptions &so) {
   fake.workers = so.workers;
   fake.busy_poll_us = so.busy_poll_us;
   Buffer buf;
-  if (!buf.Allocate(so.bytes, so.hugepages, true, 0x5A)) return ServeFail("cannot allocate the buffer");
+  if (!buf.Allocate(so.bytes, so.hugepages, false, 0)) return ServeFail("cannot allocate the buffer");
+  const ServedRegion served{buf.data(), buf.size()};
+  PaintServed(served, 0, 0, served.len, PeerFaultFlip());  // also faults every page in
   adxl::AdxlEngine engine;
   int port = -1;
   adxl::Status st = adxl::FAILED;
@@ -1132,7 +1353,7 @@ int ServeEngine(const ServeOptions &so) {
   st = engine.RegisterMem(desc, adxl::MEM_HOST, handle);
   if (st != adxl::SUCCESS) return ServeFail("RegisterMem failed: " + StatusWithNumber(st));
   WriteAll(STDOUT_FILENO, Format("READY %d 0x%" PRIxPTR " %" PRIu64 "\n", port, buf.addr(), buf.size()));
-  WaitForQuit();
+  ServeChecks({served});
   engine.DeregisterMem(handle);
   engine.Finalize();
   return kExitOk;
@@ -1187,8 +1408,14 @@ int ServeKv(const ServeOptions &so) {
     shapes.push_back(s);
   }
   std::vector<KvMemory> mem(shapes.size());
-  for (size_t i = 0; i < shapes.size(); ++i)
-    if (!mem[i].Allocate(shapes[i], so.hugepages, true, 0x5A)) return ServeFail("cannot allocate a cache");
+  std::vector<ServedRegion> served;  // region r: the r-th tensor, caches in order
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    if (!mem[i].Allocate(shapes[i], so.hugepages, false, 0)) return ServeFail("cannot allocate a cache");
+    for (const auto &t : mem[i].tensors) {
+      served.push_back({t->data(), t->size()});
+      PaintServed(served.back(), served.size() - 1, 0, t->size(), PeerFaultFlip());
+    }
+  }
   Options fake;
   fake.connections = so.connections;
   fake.workers = so.workers;
@@ -1217,7 +1444,7 @@ int ServeKv(const ServeOptions &so) {
     ids += " " + std::to_string(id);
   }
   WriteAll(STDOUT_FILENO, Format("READY %d%s\n", port, ids.c_str()));
-  WaitForQuit();
+  ServeChecks(served);
   for (int64_t id : cache_ids) dd->UnregisterKvCache(id);
   dd->Finalize();
   return kExitOk;
@@ -1710,6 +1937,7 @@ class EngineSession {
   uint64_t remote_len() const { return remote_len_; }
   uint8_t *local() const { return local_.data(); }
   double connect_ms() const { return connect_ms_; }
+  Peer &peer() { return peer_; }
 
  private:
   Peer peer_;
@@ -1726,6 +1954,31 @@ std::string EngineCall(adxl::AdxlEngine &engine, const std::string &remote, adxl
                        const std::vector<adxl::TransferOpDesc> &descs, int timeout_ms) {
   adxl::Status st = engine.TransferSync(remote.c_str(), op, descs, timeout_ms);
   return st == adxl::SUCCESS ? std::string() : "TransferSync: " + StatusName(st);
+}
+
+// The check ranges of a descriptor list into the peer's one region (byte checks).
+std::vector<CheckRange> EngineCheckRanges(const EngineSession &s, const std::vector<adxl::TransferOpDesc> &descs) {
+  std::vector<CheckRange> out;
+  out.reserve(descs.size());
+  for (const auto &d : descs)
+    out.push_back({reinterpret_cast<uint8_t *>(d.local_addr), 0, d.remote_addr - s.remote_addr(), d.len});
+  return out;
+}
+
+// One checked TransferSync per thread's descriptor list, one after the other
+// (byte checks): "" when every byte arrived, else what was wrong.
+std::string CheckedEngineCalls(EngineSession &s, adxl::TransferOp op,
+                               const std::vector<std::vector<adxl::TransferOpDesc>> &descs, int timeout_ms,
+                               const char *which) {
+  for (const auto &list : descs) {
+    const auto ranges = EngineCheckRanges(s, list);
+    const uint64_t seed = NextWriteSeed();
+    PrepareChecked(op == adxl::READ, ranges, seed);
+    std::string e = EngineCall(s.engine(), s.remote(), op, list, timeout_ms);
+    if (e.empty()) e = VerifyChecked(op == adxl::READ, s.peer(), ranges, seed, which);
+    if (!e.empty()) return e;
+  }
+  return "";
 }
 
 int RunEngine(const Options &opt, Reporter &rep) {
@@ -1770,7 +2023,9 @@ int RunEngine(const Options &opt, Reporter &rep) {
             descs[static_cast<size_t>(t)].push_back({lbase + lo, rbase + ro, p.size});
           }
         }
-        RunResult r = TimedRun(p.threads, opt, [&](int t) {
+        RunResult r = CheckedRun(p.threads, opt, [&](const char *which) {
+          return CheckedEngineCalls(session, op, descs, opt.timeout_ms, which);
+        }, [&](int t) {
           return EngineCall(session.engine(), session.remote(), op, descs[static_cast<size_t>(t)], opt.timeout_ms);
         });
         Record rec = ThroughputRecord("engine", op_name, transport, p, p.batch, r);
@@ -1872,7 +2127,20 @@ int RunAsync(const Options &opt, Reporter &rep) {
       if (settle_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(settle_us));
       return PollAll(engine, reqs, opt.timeout_ms, completed_ns, &error);
     };
-    bool ok = true;
+    // Byte checks: one TransferSync and one round of TransferAsync, each into
+    // a poisoned buffer, before the warm-up and after the timed rounds.
+    const auto ranges = EngineCheckRanges(session, descs);
+    auto checked = [&](const char *which) -> bool {
+      PrepareChecked(true, ranges, 0);
+      error = EngineCall(engine, session.remote(), adxl::READ, descs, opt.timeout_ms);
+      if (error.empty()) error = VerifyChecked(true, session.peer(), ranges, 0, which);
+      if (!error.empty()) return false;
+      PrepareChecked(true, ranges, 0);
+      if (!async_round(nullptr, 0)) return false;
+      error = VerifyChecked(true, session.peer(), ranges, 0, which);
+      return error.empty();
+    };
+    bool ok = checked("first");
     // Warm-up: lanes open, pages touched, workers started.
     for (int w = 0; w < std::max(1, opt.warmup) && ok; ++w) {
       ok = EngineCall(engine, session.remote(), adxl::READ, descs, opt.timeout_ms).empty() &&
@@ -1900,39 +2168,49 @@ int RunAsync(const Options &opt, Reporter &rep) {
     // The query on a completed request: rounds that had time to end first.
     const int64_t settle_us = std::max<int64_t>(2000, sync_ns.empty() ? 0 : 4 * Summarize(sync_ns).p50_us);
     for (int k = 0; ok && k < 20; ++k) ok = async_round(&status_ns, settle_us);
+    const size_t timed_submits = submit_ns.size();
+    if (ok) ok = checked("last");
+    submit_ns.resize(std::min(timed_submits, submit_ns.size()));
     const Stats sync = Summarize(sync_ns), async = Summarize(async_ns), submit = Summarize(submit_ns),
                 status = Summarize(status_ns);
-    const std::string err = ok ? "" : error;
     auto base = [&](const char *op) {
       Record r;
       r.Str("mode", "async").Str("op", op).Str("transport", transport).Int("desc_size", static_cast<int64_t>(size))
           .Int("descs", static_cast<int64_t>(n));
       return r;
     };
+    if (!ok) {
+      // No figures from a failed run (a failed call or a wrong byte).
+      for (const char *op : {"batch_sync", "batch_async", "submit_1desc", "status_completed"})
+        rep.Emit(base(op).Str("error", error), false);
+      rep.Note("async " + transport + ": FAILED: " + error);
+      rc = kExitFailed;
+      session.Close();
+      continue;
+    }
     rep.Emit(base("batch_sync").Num("p50_us", sync.p50_us).Num("p99_us", sync.p99_us)
                  .Num("gbps", sync.p50_us > 0 ? static_cast<double>(n * size) / (sync.p50_us * 1e3) : 0)
-                 .Int("iters", static_cast<int64_t>(sync_ns.size())).Str("error", err),
+                 .Int("iters", static_cast<int64_t>(sync_ns.size())).Str("checked", "first,last"),
              false);
     const double ratio = sync.p50_us > 0 ? async.p50_us / sync.p50_us : 0;
     rep.Emit(base("batch_async").Num("p50_us", async.p50_us).Num("p99_us", async.p99_us)
                  .Num("gbps", async.p50_us > 0 ? static_cast<double>(n * size) / (async.p50_us * 1e3) : 0)
-                 .Num("ratio_to_sync", ratio).Int("iters", static_cast<int64_t>(async_ns.size())).Str("error", err),
+                 .Num("ratio_to_sync", ratio).Int("iters", static_cast<int64_t>(async_ns.size()))
+                 .Str("checked", "first,last"),
              false);
     rep.Emit(base("submit_1desc").Num("p50_us", submit.p50_us).Num("p99_us", submit.p99_us)
-                 .Int("iters", static_cast<int64_t>(submit_ns.size())).Str("error", err),
+                 .Int("iters", static_cast<int64_t>(submit_ns.size())),
              false);
     rep.Emit(base("status_completed").Num("p50_us", status.p50_us).Num("p99_us", status.p99_us)
-                 .Int("iters", static_cast<int64_t>(status_ns.size())).Str("error", err),
+                 .Int("iters", static_cast<int64_t>(status_ns.size())),
              false);
     if (!opt.json) {
-      if (!ok) rep.Note("async " + transport + ": FAILED: " + error);
       rep.Note(Format("async %-4s %" PRIu64 " x %s: TransferSync p50 %.1f us (p99 %.1f), %" PRIu64
                       " async in flight p50 %.1f us (p99 %.1f): %.2fx; TransferAsync submit p50 %.2f us (p99 %.2f); "
                       "GetTransferStatus on a completed request p50 %.3f us (p99 %.3f); %" PRIu64 " rounds",
                       transport.c_str(), n, HumanBytes(size).c_str(), sync.p50_us, sync.p99_us, n, async.p50_us,
                       async.p99_us, ratio, submit.p50_us, submit.p99_us, status.p50_us, status.p99_us, rounds));
     }
-    if (!ok) rc = kExitFailed;
     session.Close();
   }
   return rc;
@@ -2021,6 +2299,8 @@ class KvSession {
   const llm_datadist::Cache &local(size_t i) const { return local_[i]; }
   llm_datadist::CacheIndex remote(size_t i) const { return {kPromptCluster, remote_ids_[i], 0}; }
   double register_ms(size_t i) const { return register_ms_[i]; }
+  uint8_t *tensor(size_t cache, size_t t) const { return mem_[cache].tensors[t]->data(); }
+  Peer &peer() { return peer_; }
 
  private:
   Peer peer_;
@@ -2068,6 +2348,19 @@ std::string KvCall(KvSession &s, bool pull, size_t cache, const std::vector<uint
   return st == llm_datadist::LLM_SUCCESS ? std::string() : Format("%s: %s", pull ? "PullKvBlocks" : "PushKvBlocks", StatusName(st).c_str());
 }
 
+// The check ranges of one call of cache 0 (byte checks): piece (tensor t,
+// block i) pairs local block dst[i] with the peer's src[i] for a pull, local
+// src[i] with the peer's dst[i] for a push; the peer's region t is tensor t.
+std::vector<CheckRange> KvCheckRanges(const KvSession &s, const KvShape &shape, bool pull,
+                                      const std::vector<uint64_t> &src, const std::vector<uint64_t> &dst) {
+  std::vector<CheckRange> out;
+  const uint64_t bb = shape.block_bytes;
+  for (uint32_t t = 0; t < shape.tensors; ++t)
+    for (size_t i = 0; i < src.size(); ++i)
+      out.push_back({s.tensor(0, t) + (pull ? dst[i] : src[i]) * bb, t, (pull ? src[i] : dst[i]) * bb, bb});
+  return out;
+}
+
 int RunKv(const Options &opt, Reporter &rep) {
   const KvShape shape{opt.Tensors(), opt.kv_blocks, opt.BlockBytes()};
   rep.Note(Format("# kv: LLM-DataDist %d layers x (K,V) = %u tensors, %" PRIu64 " blocks x %s per tensor "
@@ -2095,8 +2388,19 @@ int RunKv(const Options &opt, Reporter &rep) {
           std::vector<std::vector<uint64_t>> src(threads), dst(threads);
           for (uint64_t t = 0; t < threads; ++t)
             MakeBlockLists(count, shape.blocks, opt.kv_pattern, 0x5EED + t * 7919, &src[t], &dst[t]);
-          RunResult r = TimedRun(static_cast<int>(threads), opt, [&](int t) {
-            return KvCall(session, op == "pull", 0, src[static_cast<size_t>(t)], dst[static_cast<size_t>(t)]);
+          const bool pull = op == "pull";
+          RunResult r = CheckedRun(static_cast<int>(threads), opt, [&](const char *which) {
+            for (uint64_t t = 0; t < threads; ++t) {
+              const auto ranges = KvCheckRanges(session, shape, pull, src[t], dst[t]);
+              const uint64_t seed = NextWriteSeed();
+              PrepareChecked(pull, ranges, seed);
+              std::string e = KvCall(session, pull, 0, src[t], dst[t]);
+              if (e.empty()) e = VerifyChecked(pull, session.peer(), ranges, seed, which);
+              if (!e.empty()) return e;
+            }
+            return std::string();
+          }, [&](int t) {
+            return KvCall(session, pull, 0, src[static_cast<size_t>(t)], dst[static_cast<size_t>(t)]);
           });
           // A "descriptor" here is one (block, tensor) piece of block_bytes.
           Point p{shape.block_bytes, count * shape.tensors, static_cast<int>(threads)};
@@ -3425,7 +3729,7 @@ int RunPeers(const Options &opt, Reporter &rep) {
 // ------------------------------------------------------------------ mixed
 
 // Does a small request wait behind large ones on the same peer? One client
-// engine and one peer (`serve --role engine`, memory filled with 0x5A): a
+// engine and one peer (`serve --role engine`, patterned memory): a
 // small READ is timed alone, then while `bulk_threads` background threads
 // keep READing `bulk_size` each (one descriptor, own region) from the same
 // peer. The background threads start before the loaded phase and each has
@@ -3437,14 +3741,12 @@ struct SmallPhase {
   int64_t iters = 0;
 };
 
-uint64_t BytesNotEqual(const uint8_t *p, uint64_t n, uint8_t want) {
-  uint64_t bad = 0;
-  for (uint64_t i = 0; i < n; ++i) bad += p[i] != want ? 1 : 0;
-  return bad;
+// Bytes of p[0, n) that differ from what ServeEngine serves at `remote_off` (byte checks).
+uint64_t PeerBytesWrong(const uint8_t *p, uint64_t n, uint64_t remote_off) {
+  return PatternMismatchesAt(p, n, RegionSeed(kPeerSeed, 0), remote_off);
 }
 
 int RunMixed(const Options &opt, Reporter &rep) {
-  constexpr uint8_t kPeerByte = 0x5A;  // ServeEngine's fill
   const int bulk_threads = opt.bulk_threads > 0 ? opt.bulk_threads : opt.connections > 0 ? opt.connections : 4;
   const uint64_t bulk_region = (opt.bulk_size + 4095) / 4096 * 4096;
   const uint64_t small_offset = bulk_region * static_cast<uint64_t>(bulk_threads);
@@ -3483,7 +3785,7 @@ int RunMixed(const Options &opt, Reporter &rep) {
         memset(small_local, 0, opt.small_size);
         adxl::Status st = engine.TransferSync(remote.c_str(), adxl::READ, small_descs, opt.timeout_ms);
         if (st != adxl::SUCCESS) return Format("%s small READ (%s): %s", which, phase, StatusName(st).c_str());
-        const uint64_t bad = BytesNotEqual(small_local, opt.small_size, kPeerByte);
+        const uint64_t bad = PeerBytesWrong(small_local, opt.small_size, small_offset);
         if (bad != 0)
           return Format("%s small READ (%s): %" PRIu64 " of %" PRIu64 " bytes differ from the peer's", which, phase,
                         bad, opt.small_size);
@@ -3552,7 +3854,8 @@ int RunMixed(const Options &opt, Reporter &rep) {
     if (error.empty() && alone.error.empty()) {
       for (int t = 0; t < bulk_threads && error.empty(); ++t) {
         const uint64_t bad =
-            BytesNotEqual(session.local() + static_cast<uint64_t>(t) * bulk_region, opt.bulk_size, kPeerByte);
+            PeerBytesWrong(session.local() + static_cast<uint64_t>(t) * bulk_region, opt.bulk_size,
+                           static_cast<uint64_t>(t) * bulk_region);
         if (bad != 0) error = Format("background READ %d: %" PRIu64 " bytes differ from the peer's", t, bad);
       }
     }
