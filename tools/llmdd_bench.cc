@@ -7,6 +7,7 @@
 //   llmdd_bench engine   [options]  ADXL TransferSync READ/WRITE sweep: descriptor size x batch x threads
 //   llmdd_bench kv       [options]  LLM-DataDist PullKvBlocks/PushKvBlocks over a model-shaped KV cache
 //   llmdd_bench memcpy   [options]  memcpy reference of the same shapes (1..N threads, hot and cold)
+//   llmdd_bench cma      [options]  raw process_vm_readv/writev of the same shapes with a child process
 //   llmdd_bench pingpong [options]  raw TCP ping-pong of 8 B over loopback (blocking and busy-polling)
 //   llmdd_bench overhead [options]  registration cost, PullKvBlocks planning cost, per-descriptor cost
 //   llmdd_bench peers    [options]  cost of many peers: idle peers, frozen peers, descriptors in many regions
@@ -17,7 +18,7 @@
 //                                   TCP ping-pong round trip measured in the same run
 //   llmdd_bench serve ...           the peer process (internal; control protocol on stdin/stdout)
 //
-// Engine, kv and async points check the bytes of their first and last
+// Engine, kv, async and cma points check the bytes of their first and last
 // call and report no figure when one is wrong ("byte checks" below).
 //
 // Every point reports bytes per call, GB/s (1e9 B/s, all threads together),
@@ -32,7 +33,7 @@
 // mode's roles have their own lines, described where they are served):
 //   child -> parent: READY <port> <words...> | FAILED <text>
 //   parent -> child: QUIT (or end of file)
-//   engine and kv peers also answer CHECK lines (byte checks)
+//   engine, kv and cma peers also answer CHECK lines (byte checks)
 #include <adxl/adxl_engine.h>
 #include <llm_datadist/llm_datadist.h>
 #include <llmdd/extensions.h>
@@ -50,6 +51,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -196,6 +198,8 @@ uint64_t Mix(uint64_t x) {  // splitmix64
   return z ^ (z >> 31);
 }
 
+inline void CompilerBarrier() { asm volatile("" ::: "memory"); }
+
 // ------------------------------------------------------------------ memory
 
 // Anonymous mapping, optionally advised for transparent huge pages (the
@@ -276,6 +280,7 @@ struct Options {
   uint64_t head_dim = 64;
   std::vector<uint64_t> kv_counts = {1, 16, 128};  // blocks per call
   std::string kv_pattern = "scattered";
+  std::vector<uint64_t> copy_threads = {1, 2};  // kv memcpy: threads sharing one call's pieces
   // memcpy
   uint64_t pool_bytes = 512 * kMiB;  // per side, for cold copies
   uint64_t async_descs = 64;          // async: requests in flight per round
@@ -322,6 +327,8 @@ void Usage(FILE *out) {
           "  engine    ADXL TransferSync READ/WRITE: sweep descriptor size x batch x threads\n"
           "  kv        LLM-DataDist PullKvBlocks/PushKvBlocks over a model-shaped KV cache\n"
           "  memcpy    memcpy reference of the same shapes, hot (same buffers) and cold (walks a pool)\n"
+          "  cma       raw process_vm_readv/writev of the same shapes from/to a child process's memory\n"
+          "            (the same-host physical limit: what the shm path does with no engine around it)\n"
           "  pingpong  raw TCP ping-pong of 8 B over loopback, blocking and busy-polling\n"
           "  overhead  RegisterMem/RegisterKvCache cost, PullKvBlocks planning cost, per-descriptor cost\n"
           "  peers     cost of many peers: one server with N idle client engines (threads, fds, RSS, Connect,\n"
@@ -340,7 +347,8 @@ void Usage(FILE *out) {
           "  --batches LIST       descriptors per call (default 1,64)\n"
           "  --threads LIST       caller threads, each with its own buffers (default 1,2)\n"
           "  --points LIST        size:batch:threads,... instead of the cross product\n"
-          "  --ops LIST           engine: read,write; kv: pull,push; memcpy: hot,cold (default all)\n"
+          "  --ops LIST           engine, cma: read,write; kv: pull,push,memcpy (default pull,push);\n"
+          "                       memcpy: hot,cold (default all)\n"
           "  --layout L           reversed (default: local i <-> remote n-1-i, never merged), contiguous,\n"
           "                       strided (gap of one descriptor between descriptors)\n"
           "  --time SEC           measuring time per point (default 0.25, quick 0.06)\n"
@@ -359,8 +367,8 @@ void Usage(FILE *out) {
           "  --tag TEXT           copied into every JSON record\n"
           "  --version            print the library version and exit\n"
           "  --quick              small sweep that takes seconds\n"
-          "byte checks: every engine, kv and async point checks the bytes of its first and last\n"
-          "  call; a wrong byte fails the point (an \"error\" record, no figure) and the exit status is 1\n"
+          "byte checks: every engine, kv (pull/push), async and cma point checks the bytes of its first and\n"
+          "  last call; a wrong byte fails the point (an \"error\" record, no figure) and the exit status is 1\n"
           "kv options:\n"
           "  --layers N           layers; the cache has 2N tensors (default 16)\n"
           "  --blocks N           blocks per tensor (default 512)\n"
@@ -368,6 +376,8 @@ void Usage(FILE *out) {
           "  --block-tokens N --heads N --head-dim N   bf16 block shape (default 16, 8, 64)\n"
           "  --kv-blocks LIST     blocks per call (default 1,16,128)\n"
           "  --kv-pattern P       scattered (default; no two blocks adjacent on both sides) or contiguous\n"
+          "  --copy-threads LIST  op memcpy: the pieces of a pull copied in-process (src -> the odd block after\n"
+          "                       dst), one call's pieces split over N threads (default 1,2; scattered only)\n"
           "memcpy options:\n"
           "  --pool N             bytes per side walked by cold copies (default 512M)\n"
           "pingpong options:\n"
@@ -430,7 +440,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     llmdd_tools::PrintVersion("llmdd_bench");
     exit(kExitOk);
   }
-  static const std::set<std::string> kModes = {"engine",   "kv",    "memcpy", "pingpong",
+  static const std::set<std::string> kModes = {"engine", "kv",    "memcpy", "cma",   "pingpong",
                                                "overhead", "peers", "mixed",  "async", "notify"};
   if (kModes.count(opt->mode) == 0) {
     fprintf(stderr, "llmdd_bench: unknown mode '%s'\n", opt->mode.c_str());
@@ -449,7 +459,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       "--frozen-per-process", "--regions", "--connect-samples", "--connect-timeout-ms", "--disconnect-timeout-ms",
       "--peer-timeout-ms", "--ramp-deadline-s", "--deadline-s", "--idle-wait-ms", "--small-size", "--bulk-size",
       "--bulk-threads", "--async-descs", "--async-size", "--notify-count",
-      "--notify-poll-us"};
+      "--notify-poll-us", "--copy-threads"};
   for (int i = 2; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
@@ -475,7 +485,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   opt->quick = given.count("--quick") != 0;
   opt->json = given.count("--json") != 0;
   opt->hugepages = given.count("--no-hugepages") == 0;
-  if (opt->mode == "engine") opt->ops = {"read", "write"};
+  if (opt->mode == "engine" || opt->mode == "cma") opt->ops = {"read", "write"};
   if (opt->mode == "kv") opt->ops = {"pull", "push"};
   if (opt->mode == "memcpy") opt->ops = {"hot", "cold"};
   if (opt->mode == "async") {
@@ -568,8 +578,9 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   list_of("--sizes", &opt->sizes, 1, 1 * kGiB);
   list_of("--batches", &opt->batches, 1, 65536 * 4);
   list_of("--threads", &opt->threads, 1, 64);
-  if (opt->mode == "engine") words_of("--ops", &opt->ops, {"read", "write"});
-  if (opt->mode == "kv") words_of("--ops", &opt->ops, {"pull", "push"});
+  if (opt->mode == "engine" || opt->mode == "cma") words_of("--ops", &opt->ops, {"read", "write"});
+  if (opt->mode == "kv") words_of("--ops", &opt->ops, {"pull", "push", "memcpy"});
+  list_of("--copy-threads", &opt->copy_threads, 1, 64);
   if (opt->mode == "memcpy") words_of("--ops", &opt->ops, {"hot", "cold"});
   if (given.count("--layout")) {
     opt->layout = given["--layout"];
@@ -1121,7 +1132,7 @@ void WaitForQuit() {
 
 // ------------------------------------------------------------------ byte checks
 //
-// A figure counts only if the bytes arrived. Every engine, kv and async
+// A figure counts only if the bytes arrived. Every engine, kv, async and cma
 // point checks its first and its last call (the first runs before the
 // warm-up, the last after the timed calls; the calls between are not checked,
 // a comparison in the timed loop would be measured with them):
@@ -1399,6 +1410,18 @@ struct KvMemory {
     return true;
   }
 };
+
+// The cma mode's peer: patterned memory and nothing else (no engine); the
+// parent reads and writes it with process_vm_readv/writev.
+int ServeCma(const ServeOptions &so) {
+  Buffer buf;
+  if (!buf.Allocate(so.bytes, so.hugepages, false, 0)) return ServeFail("cannot allocate the buffer");
+  const ServedRegion served{buf.data(), buf.size()};
+  PaintServed(served, 0, 0, served.len, PeerFaultFlip());
+  WriteAll(STDOUT_FILENO, Format("READY 0 0x%" PRIxPTR " %" PRIu64 "\n", buf.addr(), buf.size()));
+  ServeChecks({served});
+  return kExitOk;
+}
 
 int ServeKv(const ServeOptions &so) {
   std::vector<KvShape> shapes;
@@ -1876,6 +1899,7 @@ int ServeMain(int argc, char **argv) {
   }
   if (so.role == "engine") return ServeEngine(so);
   if (so.role == "kv") return ServeKv(so);
+  if (so.role == "cma") return ServeCma(so);
   if (so.role == "pingpong") return ServePingPong();
   if (so.role == "peers-server") return ServePeersServer(so);
   if (so.role == "peers-clients") return ServePeersClients(so);
@@ -2361,6 +2385,32 @@ std::vector<CheckRange> KvCheckRanges(const KvSession &s, const KvShape &shape, 
   return out;
 }
 
+// The memcpy reference of a pull (op "memcpy"): the same pieces, copied in
+// this process from local block src[i] to local block dst[i]+1 of the same
+// tensor (odd blocks: the scattered lists only use even ones, so no piece
+// overlaps another), split over `copy_threads` threads that start with the
+// call and join at its end, as the engine hands one call's parts to its
+// threads. Same piece size, count and scatter as the engine's call.
+std::string KvMemcpyCall(const KvSession &s, const KvShape &shape, const std::vector<uint64_t> &src,
+                         const std::vector<uint64_t> &dst, int copy_threads) {
+  const uint64_t bb = shape.block_bytes, n = src.size();
+  const uint64_t pieces = n * shape.tensors;
+  auto part = [&](uint64_t from, uint64_t to) {
+    for (uint64_t k = from; k < to; ++k) {
+      const uint64_t t = k / n, i = k % n;
+      const uint64_t to_block = dst[i] + 1 < shape.blocks ? dst[i] + 1 : dst[i] - 1;
+      memcpy(s.tensor(0, t) + to_block * bb, s.tensor(0, t) + src[i] * bb, bb);
+    }
+  };
+  std::vector<std::thread> helpers;
+  const uint64_t tc = static_cast<uint64_t>(copy_threads);
+  for (uint64_t h = 1; h < tc; ++h) helpers.emplace_back(part, pieces * h / tc, pieces * (h + 1) / tc);
+  part(0, pieces / tc);
+  for (auto &th : helpers) th.join();
+  CompilerBarrier();
+  return "";
+}
+
 int RunKv(const Options &opt, Reporter &rep) {
   const KvShape shape{opt.Tensors(), opt.kv_blocks, opt.BlockBytes()};
   rep.Note(Format("# kv: LLM-DataDist %d layers x (K,V) = %u tensors, %" PRIu64 " blocks x %s per tensor "
@@ -2381,32 +2431,47 @@ int RunKv(const Options &opt, Reporter &rep) {
       continue;
     }
     for (const auto &op : opt.ops) {
-      for (uint64_t threads : opt.threads) {
+      const bool copy = op == "memcpy";
+      if (copy && transport != opt.transports.front()) continue;  // in-process: once, not per transport
+      if (copy && opt.kv_pattern != "scattered") {
+        rep.Note("kv memcpy: needs --kv-pattern scattered (it copies into the odd blocks); skipped");
+        continue;
+      }
+      // For memcpy the thread counts are --copy-threads, threads sharing one
+      // call's pieces; for pull/push they are --threads, callers with their own lists.
+      for (uint64_t threads : copy ? opt.copy_threads : opt.threads) {
         for (uint64_t count : opt.kv_counts) {
           rep.Progress(Format("kv %s %s: %" PRIu64 " blocks x %u tensors, %" PRIu64 " threads", transport.c_str(),
                               op.c_str(), count, shape.tensors, threads));
-          std::vector<std::vector<uint64_t>> src(threads), dst(threads);
-          for (uint64_t t = 0; t < threads; ++t)
+          const uint64_t callers = copy ? 1 : threads;
+          std::vector<std::vector<uint64_t>> src(callers), dst(callers);
+          for (uint64_t t = 0; t < callers; ++t)
             MakeBlockLists(count, shape.blocks, opt.kv_pattern, 0x5EED + t * 7919, &src[t], &dst[t]);
-          const bool pull = op == "pull";
-          RunResult r = CheckedRun(static_cast<int>(threads), opt, [&](const char *which) {
-            for (uint64_t t = 0; t < threads; ++t) {
-              const auto ranges = KvCheckRanges(session, shape, pull, src[t], dst[t]);
-              const uint64_t seed = NextWriteSeed();
-              PrepareChecked(pull, ranges, seed);
-              std::string e = KvCall(session, pull, 0, src[t], dst[t]);
-              if (e.empty()) e = VerifyChecked(pull, session.peer(), ranges, seed, which);
-              if (!e.empty()) return e;
-            }
-            return std::string();
-          }, [&](int t) {
-            return KvCall(session, pull, 0, src[static_cast<size_t>(t)], dst[static_cast<size_t>(t)]);
-          });
+          RunResult r;
+          if (copy) {
+            r = TimedRun(1, opt, [&](int) { return KvMemcpyCall(session, shape, src[0], dst[0], static_cast<int>(threads)); });
+          } else {
+            const bool pull = op == "pull";
+            r = CheckedRun(static_cast<int>(threads), opt, [&](const char *which) {
+              for (uint64_t t = 0; t < callers; ++t) {
+                const auto ranges = KvCheckRanges(session, shape, pull, src[t], dst[t]);
+                const uint64_t seed = NextWriteSeed();
+                PrepareChecked(pull, ranges, seed);
+                std::string e = KvCall(session, pull, 0, src[t], dst[t]);
+                if (e.empty()) e = VerifyChecked(pull, session.peer(), ranges, seed, which);
+                if (!e.empty()) return e;
+              }
+              return std::string();
+            }, [&](int t) {
+              return KvCall(session, pull, 0, src[static_cast<size_t>(t)], dst[static_cast<size_t>(t)]);
+            });
+          }
           // A "descriptor" here is one (block, tensor) piece of block_bytes.
           Point p{shape.block_bytes, count * shape.tensors, static_cast<int>(threads)};
-          Record rec = ThroughputRecord("kv", op, transport, p, count * shape.tensors, r);
+          Record rec = ThroughputRecord("kv", op, copy ? "local" : transport, p, count * shape.tensors, r);
           rec.Int("kv_blocks", static_cast<int64_t>(count)).Int("tensors", shape.tensors);
           rec.Int("layers", opt.layers).Str("pattern", opt.kv_pattern);
+          if (copy) rec.Int("copy_threads", static_cast<int64_t>(threads));
           rep.Emit(rec, true);
           if (!r.ok) rc = kExitFailed;
         }
@@ -2417,9 +2482,105 @@ int RunKv(const Options &opt, Reporter &rep) {
   return rc;
 }
 
-// ------------------------------------------------------------------ memcpy
+// ------------------------------------------------------------------ cma
+//
+// The same-host physical limit: process_vm_readv / process_vm_writev between
+// this process and a child (`serve --role cma`, forked and exec'd like every
+// peer) that holds patterned memory, with the engine mode's descriptor shapes
+// and layout, one system call per call (at most kCmaMaxIov iovecs each) and
+// nothing else: no message, no lease, no token, no worker hand-off. Each
+// thread has its own region, as in engine mode. What the shm path adds on top
+// of this is the engine's cost.
 
-inline void CompilerBarrier() { asm volatile("" ::: "memory"); }
+constexpr size_t kCmaMaxIov = 1024;  // UIO_MAXIOV: the kernel refuses more iovecs per call
+
+std::string CmaCall(pid_t pid, bool read, const std::vector<iovec> &local, const std::vector<iovec> &remote) {
+  for (size_t done = 0; done < local.size();) {
+    const size_t k = std::min(kCmaMaxIov, local.size() - done);
+    size_t want = 0;
+    for (size_t i = done; i < done + k; ++i) want += local[i].iov_len;
+    const ssize_t got = read ? process_vm_readv(pid, &local[done], k, &remote[done], k, 0)
+                             : process_vm_writev(pid, &local[done], k, &remote[done], k, 0);
+    if (got < 0) {
+      const int err = errno;
+      return Format("%s: %s%s", read ? "process_vm_readv" : "process_vm_writev", strerror(err),
+                    err == EPERM ? " (this host does not let a process read its child's memory: "
+                                   "kernel.yama.ptrace_scope or a seccomp policy)"
+                                 : "");
+    }
+    if (static_cast<size_t>(got) != want)
+      return Format("%s moved %zd of %zu bytes", read ? "process_vm_readv" : "process_vm_writev", got, want);
+    done += k;
+  }
+  return "";
+}
+
+int RunCma(const Options &opt, Reporter &rep) {
+  const std::vector<Point> points = SweepPoints(opt);
+  uint64_t per_thread = 0;
+  int max_threads = 1;
+  for (const auto &p : points) {
+    per_thread = std::max(per_thread, RegionBytes(p, opt.layout));
+    max_threads = std::max(max_threads, p.threads);
+  }
+  per_thread = (per_thread + 4095) / 4096 * 4096;
+  const uint64_t bytes = per_thread * static_cast<uint64_t>(max_threads);
+  rep.Note(Format("# cma: process_vm_readv/writev with a child process, %zu points x %zu ops, layout %s, %.2f s/point, "
+                  "buffers %s per side",
+                  points.size(), opt.ops.size(), opt.layout.c_str(), opt.time_s, HumanBytes(bytes).c_str()));
+  rep.TableHeader();
+  Peer peer;
+  std::vector<std::string> ready;
+  std::string error;
+  std::vector<std::string> args = {"--role", "cma", "--bytes", std::to_string(bytes)};
+  if (!opt.hugepages) args.push_back("--no-hugepages");
+  Buffer local;
+  if (!peer.Start(args, &ready, &error) || ready.size() != 3 || !local.Allocate(bytes, opt.hugepages, true, 0xA5)) {
+    if (error.empty()) error = "cannot start the child or allocate the local buffer";
+    rep.Emit(Record().Str("mode", "cma").Str("op", "start").Str("transport", "cma").Str("error", error), false);
+    rep.Note("cma: FAILED: " + error);
+    return kExitFailed;
+  }
+  const uintptr_t remote_base = strtoull(ready[1].c_str(), nullptr, 16);
+  int rc = kExitOk;
+  for (const auto &op_name : opt.ops) {
+    const bool read = op_name == "read";
+    for (const auto &p : points) {
+      std::vector<std::vector<iovec>> liov(static_cast<size_t>(p.threads)), riov(static_cast<size_t>(p.threads));
+      std::vector<std::vector<CheckRange>> ranges(static_cast<size_t>(p.threads));
+      for (int t = 0; t < p.threads; ++t) {
+        const uint64_t base = static_cast<uint64_t>(t) * per_thread;
+        for (uint64_t i = 0; i < p.batch; ++i) {
+          auto [lo, ro] = DescOffsets(opt.layout, p.size, p.batch, i);
+          liov[static_cast<size_t>(t)].push_back({local.data() + base + lo, p.size});
+          riov[static_cast<size_t>(t)].push_back({reinterpret_cast<void *>(remote_base + base + ro), p.size});
+          ranges[static_cast<size_t>(t)].push_back({local.data() + base + lo, 0, base + ro, p.size});
+        }
+      }
+      RunResult r = CheckedRun(p.threads, opt, [&](const char *which) {
+        for (int t = 0; t < p.threads; ++t) {
+          const auto &rg = ranges[static_cast<size_t>(t)];
+          const uint64_t seed = NextWriteSeed();
+          PrepareChecked(read, rg, seed);
+          std::string e = CmaCall(peer.pid(), read, liov[static_cast<size_t>(t)], riov[static_cast<size_t>(t)]);
+          if (e.empty()) e = VerifyChecked(read, peer, rg, seed, which);
+          if (!e.empty()) return e;
+        }
+        return std::string();
+      }, [&](int t) {
+        return CmaCall(peer.pid(), read, liov[static_cast<size_t>(t)], riov[static_cast<size_t>(t)]);
+      });
+      Record rec = ThroughputRecord("cma", op_name, "cma", p, p.batch, r);
+      rec.Str("layout", opt.layout);
+      rep.Emit(rec, true);
+      if (!r.ok) rc = kExitFailed;
+    }
+  }
+  peer.Stop();
+  return rc;
+}
+
+// ------------------------------------------------------------------ memcpy
 
 int RunMemcpy(const Options &opt, Reporter &rep) {
   const std::vector<Point> points = SweepPoints(opt);
@@ -4178,6 +4339,7 @@ int main(int argc, char **argv) {
   if (opt.mode == "engine") rc = RunEngine(opt, rep);
   if (opt.mode == "kv") rc = RunKv(opt, rep);
   if (opt.mode == "memcpy") rc = RunMemcpy(opt, rep);
+  if (opt.mode == "cma") rc = RunCma(opt, rep);
   if (opt.mode == "pingpong") rc = RunPingPong(opt, rep);
   if (opt.mode == "overhead") rc = RunOverhead(opt, rep);
   if (opt.mode == "peers") rc = RunPeers(opt, rep);
