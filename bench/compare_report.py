@@ -1,12 +1,31 @@
 #!/usr/bin/env python3
-"""Report of bench/compare.sh: medians over rounds, ratios, PASS/MISS per target.
+"""Report of bench/compare.sh: each figure of ours beside a reference measured
+in the same run, as a ratio, with PASS/MISS against the targets of
+docs/PERFORMANCE.md ("bench/compare.sh").
 
   compare_report.py RAW.jsonl [--runs N] [--load-before "a b c"] [--load-after "a b c"] [--elapsed S]
 
-RAW.jsonl holds the JSON lines of llmdd_bench and of the reference tools (one
-line per point per round). Every figure is the median over the rounds; the
-spread (min..max over the rounds) is printed next to our throughputs. A
-reference that was not measured makes its row SKIPPED, never a guess.
+RAW.jsonl holds the JSON lines of llmdd_bench and of the reference tools, one
+line per point per round (tag "round=N"), and one "meta" line from
+compare.sh (lanes, threads, shapes). How a comparison is computed:
+
+  - ours and the reference are paired by round: each round measures both,
+    seconds to a minute apart, so a slow stretch of a shared host hits both
+    sides of a pair;
+  - ratio = ours / reference in each round that has both; the ratio column
+    is the median of those per-round ratios (for an even count, the less
+    favourable of the two middle ones: it is always one round's ratio and
+    never flatters us), with their min..max and count;
+  - the "ours" and "reference" columns are the two figures of that median
+    round: their quotient is the ratio shown. (The medians of each side over
+    the rounds, printed in the sections above, need not divide to it.)
+  - a comparison with no round holding both sides is SKIPPED; no number is
+    ever made up or carried over from another run.
+
+Exit status: 1 when a target is MISS, or when a figure of ours failed (an
+llmdd_bench "error" record: a failed call or bytes that did not arrive); 0
+otherwise. SKIPPED (a reference not installed or not measured) does not fail
+a run; the report lists why each was skipped.
 """
 import argparse
 import json
@@ -14,6 +33,16 @@ import os
 import platform
 import statistics
 import sys
+
+M = 1048576
+K = 1024
+
+# llmdd_bench modes: an error record of these is a failure of ours.
+OUR_MODES = ("engine", "kv", "cma", "memcpy", "pingpong", "overhead", "async", "llmdd_bench")
+# compare.sh's family (--only) of each record mode.
+FAMILY = {"ucx_perftest": "ucx"}
+# Records that fail a whole session (no point measured) rather than one point.
+SESSION_OPS = ("connect", "link", "start")
 
 
 def load(path):
@@ -29,52 +58,93 @@ def load(path):
     return recs
 
 
+def matches(rec, match):
+    return all(rec.get(k) == v for k, v in match.items())
+
+
 class Data:
     def __init__(self, recs):
         self.recs = recs
+        self.meta = {}
+        for r in recs:
+            if r.get("mode") == "meta":
+                self.meta.update(r)
 
-    def values(self, field, **match):
-        out = []
-        for r in self.recs:
-            if r.get("error") or r.get("skipped") or r.get("tag") == "sweep":
-                continue
-            if all(r.get(k) == v for k, v in match.items()):
-                v = r.get(field)
-                if isinstance(v, (int, float)):
-                    out.append(float(v))
-        return out
+    def usable(self, r):
+        return not (r.get("error") or r.get("skipped") or r.get("tag") == "sweep" or r.get("mode") == "meta")
 
-    def median(self, field, **match):
-        v = self.values(field, **match)
-        return statistics.median(v) if v else None
-
-    def by_round(self, field, **match):
+    def by_round(self, field, match):
+        """{round tag: median of `field` over the matching records of that round}."""
         out = {}
         for r in self.recs:
-            if r.get("error") or r.get("skipped") or r.get("tag") == "sweep":
-                continue
-            if all(r.get(k) == v for k, v in match.items()) and isinstance(r.get(field), (int, float)):
+            if self.usable(r) and matches(r, match) and isinstance(r.get(field), (int, float)):
                 out.setdefault(r.get("tag"), []).append(float(r[field]))
         return {t: statistics.median(v) for t, v in out.items()}
 
-    def paired_ratio(self, a, b):
-        """Median over rounds of a/b, each pair taken in the same round (seconds
-        apart), so a slow stretch of a shared host hits both sides. a, b:
-        (field, match dict). None when no round has both."""
-        ra, rb = self.by_round(a[0], **a[1]), self.by_round(b[0], **b[1])
-        ratios = [ra[t] / rb[t] for t in ra if t in rb and rb[t]]
-        return statistics.median(ratios) if ratios else None
+    def summary(self, field, match):
+        """(median, min, max, n) over the rounds, or None."""
+        v = list(self.by_round(field, match).values())
+        return (statistics.median(v), min(v), max(v), len(v)) if v else None
 
-    def spread(self, field, **match):
-        v = self.values(field, **match)
-        return (min(v), max(v), len(v)) if v else None
+    def pair(self, ours, ref, higher=True):
+        """Per-round ratios ours/ref. ours, ref: (field, match); higher: a
+        larger ratio is better (throughput) or worse (latency). Returns None
+        when no round has both, else a dict: ratio (the median of the
+        per-round ratios; for an even count the less favourable of the two
+        middle ones), lo, hi, n, and ours/ref: the two figures of the round
+        whose ratio that is."""
+        a, b = self.by_round(*ours), self.by_round(*ref)
+        rounds = sorted(((a[t] / b[t], a[t], b[t]) for t in a if t in b and b[t]), key=lambda x: x[0])
+        if not rounds:
+            return None
+        n = len(rounds)
+        mid = rounds[(n - 1) // 2 if higher else n // 2]
+        return {"ratio": mid[0], "ours": mid[1], "ref": mid[2], "lo": rounds[0][0], "hi": rounds[-1][0],
+                "n": len(rounds)}
 
-    def skipped(self, mode):
+    def errors_for(self, match):
+        """Error records of `match`'s mode whose fields agree with `match`
+        (a session-level failure of that mode and transport counts for every op)."""
+        out = []
+        for r in self.recs:
+            if not r.get("error") or r.get("mode") != match.get("mode"):
+                continue
+            ok = True
+            for k, v in match.items():
+                if k not in r or (k == "op" and r.get("op") in SESSION_OPS):
+                    continue
+                if r[k] != v:
+                    ok = False
+                    break
+            if ok:
+                out.append(r["error"])
+        return out
+
+    def why_skipped(self, mode, match=None):
         for r in self.recs:
             if r.get("mode") == mode and r.get("skipped"):
                 return r["skipped"]
-        errs = [r.get("error") for r in self.recs if r.get("mode") == mode and r.get("error")]
-        return errs[0] if errs else None
+        for r in self.recs:
+            if r.get("mode") == mode and r.get("error") and (match is None or matches(r, {
+                    k: v for k, v in match.items() if k in r})):
+                return r["error"]
+        return None
+
+    def not_run(self, mode):
+        """Why a mode has no records when compare.sh was told not to run its family (--only)."""
+        family = FAMILY.get(mode, mode)
+        only = self.meta.get("only")
+        if only and family not in only.split(","):
+            return "%s not run (--only %s)" % (family, only)
+        return None
+
+    def unchecked(self):
+        """Throughput records of ours without a byte check ("checked")."""
+        return sum(1 for r in self.recs if self.usable(r) and not r.get("checked") and (
+            r.get("mode") in ("engine", "cma") or (r.get("mode") == "kv" and r.get("op") in ("pull", "push"))))
+
+    def our_errors(self):
+        return [r for r in self.recs if r.get("mode") in OUR_MODES and r.get("error")]
 
 
 def fmt(v, unit):
@@ -91,8 +161,178 @@ def fmt(v, unit):
     return "%.3g %s" % (v, unit)
 
 
+UNIT = {"gbps": "GB/s", "p50_us": "us", "p99_us": "us", "rtt_p50_us": "us", "value": None}
+
+
+class Row:
+    """One line of the comparison table."""
+
+    def __init__(self, kind, name, ours="-", ref="-", ratio="-", need="-", verdict="-"):
+        self.kind, self.name, self.ours, self.ref = kind, name, ours, ref
+        self.ratio, self.need, self.verdict = ratio, need, verdict
+
+    def cells(self):
+        return (self.name, self.ours, self.ref, self.ratio, self.need, self.verdict)
+
+    @property
+    def failed(self):
+        return self.verdict.startswith("MISS") or self.verdict.startswith("ERROR")
+
+
+def compare(d, kind, name, ours, ref, need=None, higher=True, ref_mode=None):
+    """A paired comparison. kind: "target" (PASS/MISS against need) or "info"
+    (the ratio is reported, nothing is required). ours, ref: (field, match)."""
+    need_s = "-" if need is None else "%s %.2f" % (">=" if higher else "<=", need)
+    errs = d.errors_for(ours[1])
+    if errs:
+        return Row(kind, name, need=need_s, verdict="ERROR: " + errs[0][:120])
+    p = d.pair(ours, ref, higher)
+    unit_o, unit_r = UNIT.get(ours[0], ""), UNIT.get(ref[0], "")
+    if p is None:
+        if not d.by_round(*ours):
+            why = d.not_run(ours[1]["mode"]) or "ours not measured"
+        elif d.by_round(*ref):
+            why = "no round has both sides"
+        else:
+            mode = ref_mode or ref[1].get("mode")
+            why = d.not_run(mode) or d.why_skipped(mode, ref[1]) or "reference not measured"
+        return Row(kind, name, need=need_s, verdict="SKIPPED: " + why[:120])
+    ratio = "%.2f (%.2f..%.2f, n=%d)" % (p["ratio"], p["lo"], p["hi"], p["n"])
+    if kind == "info" or need is None:
+        verdict = "info"
+    else:
+        ok = p["ratio"] >= need if higher else p["ratio"] <= need
+        # MISS (-12%): 12% short of a lower bound; MISS (+30%): 30% over an upper bound.
+        verdict = "PASS" if ok else "MISS (%+.0f%%)" % ((p["ratio"] / need - 1) * 100)
+    return Row(kind, name, fmt(p["ours"], unit_o), fmt(p["ref"], unit_r), ratio, need_s, verdict)
+
+
+def absolute(d, name, field, match, unit, limit):
+    errs = d.errors_for(match)
+    if errs:
+        return Row("target", name, need="<= %s" % fmt(limit, unit), verdict="ERROR: " + errs[0][:120])
+    s = d.summary(field, match)
+    if s is None:
+        return Row("target", name, need="<= %s" % fmt(limit, unit),
+                   verdict="SKIPPED: " + (d.not_run(match["mode"]) or "not measured"))
+    ok = s[0] <= limit
+    return Row("target", name, fmt(s[0], unit), "-", "-", "<= %s" % fmt(limit, unit),
+               "PASS" if ok else "MISS (%.1fx the limit)" % (s[0] / limit))
+
+
+def setup(d):
+    """The run's parameters, from compare.sh's meta line (defaults: the library's)."""
+    m = d.meta
+    lanes = int(m.get("lanes", 4))
+    nproc = int(m.get("nproc", os.cpu_count() or 1))
+    allcore = int(m.get("allcore_threads", min(lanes, nproc)))
+    kv_blocks = int(m.get("kv_blocks", 128))
+    return lanes, nproc, allcore, kv_blocks
+
+
+def evaluate(d):
+    """Every comparison row, in report order."""
+    lanes, nproc, ac, kvb = setup(d)
+    rows = []
+
+    def eng(op, tr, size, batch, conn=0, field="gbps"):
+        return (field, dict(mode="engine", op=op, transport=tr, desc_size=size, batch=batch, threads=1,
+                            connections=conn))
+
+    def memcpy(size, batch, thr, op="hot"):
+        return ("gbps", dict(mode="memcpy", op=op, desc_size=size, batch=batch, threads=thr))
+
+    def cma(op, size, batch, thr, field="gbps"):
+        return (field, dict(mode="cma", op=op, desc_size=size, batch=batch, threads=thr))
+
+    def ucx(test, tls, size):
+        return ("gbps", dict(mode="ucx_perftest", op=test, transport=tls, desc_size=size))
+
+    def kv(op, tr, **extra):
+        match = dict(mode="kv", op=op, transport=tr, kv_blocks=kvb)
+        if op != "memcpy":
+            match["threads"] = 1
+        match.update(extra)
+        return ("gbps", match)
+
+    # -- same host, bulk: memcpy with as many threads as the engine used (target), one thread (info)
+    for op in ("read", "write"):
+        o = eng(op, "shm", M, 64)
+        rows.append(compare(d, "target", "shm %s 1 MiB x 64 vs memcpy %d thr" % (op.upper(), ac), o,
+                            memcpy(M, 64, ac), 0.9))
+        rows.append(compare(d, "info", "shm %s 1 MiB x 64 vs memcpy 1 thr" % op.upper(), o, memcpy(M, 64, 1)))
+        rows.append(compare(d, "info", "shm %s 1 MiB x 64 vs raw process_vm_%sv %d thr" %
+                            (op.upper(), "read" if op == "read" else "write", ac), o, cma(op, M, 64, ac)))
+        rows.append(compare(d, "info", "shm %s 1 MiB x 64, 1 lane vs memcpy 1 thr" % op.upper(),
+                            eng(op, "shm", M, 64, conn=1), memcpy(M, 64, 1)))
+    # -- same host, one 1 MiB call: the raw system call of the same buffer
+    o = eng("read", "shm", M, 1)
+    rows.append(compare(d, "target", "shm READ 1 MiB x 1 vs raw process_vm_readv", o, cma("read", M, 1, 1), 0.9))
+    rows.append(compare(d, "info", "shm READ 1 MiB x 1 vs memcpy 1 MiB (hot)", o, memcpy(M, 1, 1)))
+    rows.append(compare(d, "info", "shm READ 1 MiB x 1 vs UCX ucp_get posix", o, ucx("ucp_get", "posix", M),
+                        ref_mode="ucx_perftest"))
+    rows.append(compare(d, "info", "shm WRITE 1 MiB x 1 vs UCX ucp_put_bw posix", eng("write", "shm", M, 1),
+                        ucx("ucp_put_bw", "posix", M), ref_mode="ucx_perftest"))
+    # -- same host, KV: memcpy of the same pieces
+    rows.append(compare(d, "target", "shm PullKvBlocks vs memcpy same pieces %d thr" % ac, kv("pull", "shm"),
+                        kv("memcpy", "local", copy_threads=ac), 0.9))
+    rows.append(compare(d, "info", "shm PullKvBlocks vs memcpy same pieces 1 thr", kv("pull", "shm"),
+                        kv("memcpy", "local", copy_threads=1)))
+    rows.append(compare(d, "info", "shm PushKvBlocks vs memcpy same pieces %d thr" % ac, kv("push", "shm"),
+                        kv("memcpy", "local", copy_threads=ac)))
+    # -- TCP against UCX's TCP stream at the same bytes per call and buffer temperature
+    for op in ("read", "write"):
+        rows.append(compare(d, "target", "tcp %s 1 MiB x 64 vs UCX tag_bw 64 MiB" % op.upper(),
+                            eng(op, "tcp", M, 64), ucx("tag_bw", "tcp", 64 * M), 0.9, ref_mode="ucx_perftest"))
+    for op in ("read", "write"):
+        rows.append(compare(d, "target", "tcp %s 1 MiB x 1 (hot) vs UCX tag_bw 1 MiB" % op.upper(),
+                            eng(op, "tcp", M, 1), ucx("tag_bw", "tcp", M), 0.9, ref_mode="ucx_perftest"))
+    rows.append(compare(d, "info", "tcp WRITE 1 MiB x 64 vs UCX ucp_put_bw 64 MiB", eng("write", "tcp", M, 64),
+                        ucx("ucp_put_bw", "tcp", 64 * M), ref_mode="ucx_perftest"))
+    rows.append(compare(d, "info", "tcp WRITE 1 MiB x 1 (hot) vs UCX ucp_put_bw 1 MiB", eng("write", "tcp", M, 1),
+                        ucx("ucp_put_bw", "tcp", M), ref_mode="ucx_perftest"))
+    rows.append(compare(d, "info", "tcp READ 1 MiB x 1 (hot) vs UCX ucp_get 1 MiB", eng("read", "tcp", M, 1),
+                        ucx("ucp_get", "tcp", M), ref_mode="ucx_perftest"))
+    # -- TCP against iperf3 with as many streams as lanes
+    rows.append(compare(d, "target", "tcp READ 1 MiB x 64, 1 lane vs iperf3 -P 1", eng("read", "tcp", M, 64, conn=1),
+                        ("gbps", dict(mode="iperf3", streams=1)), 0.95))
+    rows.append(compare(d, "target", "tcp READ 1 MiB x 64, %d lanes vs iperf3 -P %d" % (lanes, lanes),
+                        eng("read", "tcp", M, 64), ("gbps", dict(mode="iperf3", streams=lanes)), 0.95))
+    # -- TCP against the other engines' own benchmarks
+    rows.append(compare(d, "target", "tcp READ 64 KiB x 128 vs Mooncake TE bench", eng("read", "tcp", 64 * K, 128),
+                        ("gbps", dict(mode="mooncake", desc_size=64 * K, batch=128)), 3.0))
+    rows.append(compare(d, "info", "tcp READ 64 KiB x 128 vs NIXL (UCX tcp)", eng("read", "tcp", 64 * K, 128),
+                        ("gbps", dict(mode="nixl", transport="tcp", desc_size=64 * K, batch=128))))
+    # -- latency (lower is better: ratio = ours / reference <= need)
+    rows.append(compare(d, "target", "tcp READ 8 B p50 vs busy ping-pong RTT", eng("read", "tcp", 8, 1, field="p50_us"),
+                        ("rtt_p50_us", dict(mode="pingpong", op="busy")), 1.5, higher=False))
+    rows.append(compare(d, "target", "shm READ 8 B p50 vs raw 8 B process_vm_readv",
+                        eng("read", "shm", 8, 1, field="p50_us"), cma("read", 8, 1, 1, field="p50_us"), 1.2,
+                        higher=False))
+    # -- absolute limits kept from earlier issues (planning, per-descriptor cost)
+    for tr in ("tcp", "shm"):
+        rows.append(absolute(d, "%s planning 100,000 blocks" % tr, "value",
+                             dict(mode="overhead", op="plan_100k", transport=tr), "ms", 10.0))
+    for tr in ("tcp", "shm"):
+        for op in ("read", "write"):
+            rows.append(absolute(d, "%s submit cost per descriptor (%s)" % (tr, op.upper()), "value",
+                                 dict(mode="overhead", op="submit_per_desc_" + op, transport=tr), "ns", 200.0))
+    return rows
+
+
+def table(rows, indent="  "):
+    hdr = ("comparison", "ours", "reference", "ratio (min..max, n)", "need", "verdict")
+    cells = [r.cells() for r in rows]
+    w = [max([len(hdr[i])] + [len(c[i]) for c in cells]) for i in range(6)]
+    line = "  ".join("%-*s" % (w[i], hdr[i]) for i in range(6))
+    print(indent + line)
+    print(indent + "-" * len(line))
+    for c in cells:
+        print(indent + "  ".join("%-*s" % (w[i], c[i]) for i in range(6)).rstrip())
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("raw")
     ap.add_argument("--runs", default="?")
     ap.add_argument("--load-before", default="?")
@@ -100,6 +340,7 @@ def main():
     ap.add_argument("--elapsed", default="?")
     a = ap.parse_args()
     d = Data(load(a.raw))
+    lanes, nproc, ac, kvb = setup(d)
 
     cpu = "?"
     try:
@@ -118,234 +359,163 @@ def main():
         pass
     print("== llmdd performance comparison ==")
     print("host: %d cpus, %s, %s RAM, kernel %s" % (os.cpu_count() or 0, cpu, mem, platform.release()))
-    print("rounds: %s (every figure is the median over the rounds), %s s; load average before %s, after %s"
-          % (a.runs, a.elapsed, a.load_before, a.load_after))
+    print("rounds: %s, %s s; load average before %s, after %s" % (a.runs, a.elapsed, a.load_before, a.load_after))
     print("raw: %s" % a.raw)
+    slow = d.meta.get("slow_engine")
+    if slow:
+        print()
+        print("!! THE ENGINE WAS SLOWED ON PURPOSE (%s): these figures are not the engine's;" % slow)
+        print("!! this run exists to show that the comparison reports MISS and fails.")
+    print()
+    print("method:")
+    print("  ratio = ours / reference, paired by round (both measured in the same round). The ratio column is the")
+    print("  median of the per-round ratios (for an even count the less favourable of the two middle ones), with")
+    print("  their min..max and count;")
+    print("  ours and reference are the two figures of that median round, so ours / reference = ratio.")
+    print("  Throughputs are GB/s (1e9 B/s); latencies are p50 in us, and their ratio must be at most the need.")
+    unchecked = d.unchecked()
+    if unchecked:
+        print("  WARNING: %d figure(s) of ours carry no byte check (an llmdd_bench older than its byte checks?)."
+              % unchecked)
+    else:
+        print("  Every figure of ours had the bytes of its first and last call checked (llmdd_bench byte checks).")
+    print("  Engine threads per call: a call of >= 1 MiB is split into one part per lane, %d lanes" % lanes)
+    print("  (llmdd.TcpConnections, library default), copied at once by %d threads (READ: the caller and its" % lanes)
+    print("  workers; WRITE: the peer's lane threads) on %d cpus, so the engine's same-host calls are compared" % nproc)
+    print("  with memcpy on min(%d, %d) = %d threads (target) and on 1 thread (info); TCP with %d lanes with" %
+          (lanes, nproc, ac, lanes))
+    print("  iperf3 -P %d, TCP on 1 lane with iperf3 -P 1." % lanes)
     print()
 
-    M = 1048576
-    K = 1024
-    # Engine figures with the library's default options (connections 0 = default lanes).
-    eng = lambda op, tr, size, batch, thr, field="gbps", conn=0: d.median(
-        field, mode="engine", op=op, transport=tr, desc_size=size, batch=batch, threads=thr, connections=conn)
-    memcpy = lambda op, size, batch, thr: d.median("gbps", mode="memcpy", op=op, desc_size=size, batch=batch,
-                                                    threads=thr)
-
-    # ---- reference table
-    print("-- references measured on this host (medians) --")
+    # ---- references
+    print("-- references measured in this run (median over rounds; min..max, n) --")
     refs = [
-        ("memcpy 1 thread, 1 MiB x 64 (hot: same buffers)", memcpy("hot", M, 64, 1), "GB/s"),
-        ("memcpy 1 thread, 1 MiB x 64 (cold: walks 512 MiB)", memcpy("cold", M, 64, 1), "GB/s"),
-        ("memcpy 2 threads, 1 MiB x 64 each (hot)", memcpy("hot", M, 64, 2), "GB/s"),
-        ("memcpy 1 thread, 16 KiB x 4096 (hot)", memcpy("hot", 16 * K, 4096, 1), "GB/s"),
-        ("memcpy 1 thread, 1 MiB x 1 (hot: stays in cache)", memcpy("hot", M, 1, 1), "GB/s"),
-        ("iperf3 single stream, loopback, -l 1M", d.median("gbps", mode="iperf3"), "GB/s"),
-        ("ucx_perftest ucp_get 1 MiB, UCX_TLS=tcp", d.median("gbps", mode="ucx_perftest", op="ucp_get"), "GB/s"),
-        ("ucx_perftest tag_bw 1 MiB, UCX_TLS=tcp", d.median("gbps", mode="ucx_perftest", op="tag_bw"), "GB/s"),
-        ("Mooncake TE (tcp) read 64 KiB x 128", d.median("gbps", mode="mooncake", desc_size=64 * K, batch=128), "GB/s"),
-        ("Mooncake TE (tcp) read 1 MiB x 128", d.median("gbps", mode="mooncake", desc_size=M, batch=128), "GB/s"),
-        ("NIXL UCX (tcp) read 64 KiB x 128", d.median("gbps", mode="nixl", transport="tcp", desc_size=64 * K,
-                                                      batch=128), "GB/s"),
-        ("NIXL UCX (tcp) read 1 MiB x 128", d.median("gbps", mode="nixl", transport="tcp", desc_size=M, batch=128),
-         "GB/s"),
-        ("TCP ping-pong 8 B round trip p50, busy-polling", d.median("rtt_p50_us", mode="pingpong", op="busy"), "us"),
-        ("TCP ping-pong 8 B round trip p50, blocking", d.median("rtt_p50_us", mode="pingpong", op="blocking"), "us"),
+        ("memcpy 1 MiB x 64, 1 thread (hot: same buffers)", "gbps", dict(mode="memcpy", op="hot", desc_size=M,
+                                                                          batch=64, threads=1), "memcpy"),
+        ("memcpy 1 MiB x 64, %d threads (hot)" % ac, "gbps", dict(mode="memcpy", op="hot", desc_size=M, batch=64,
+                                                                  threads=ac), "memcpy"),
+        ("memcpy 1 MiB x 64, 1 thread (cold: walks a pool)", "gbps", dict(mode="memcpy", op="cold", desc_size=M,
+                                                                           batch=64, threads=1), "memcpy"),
+        ("memcpy 1 MiB x 1 (hot: stays in cache)", "gbps", dict(mode="memcpy", op="hot", desc_size=M, batch=1,
+                                                                threads=1), "memcpy"),
+        ("process_vm_readv 8 B, p50", "p50_us", dict(mode="cma", op="read", desc_size=8, batch=1, threads=1), "cma"),
+        ("process_vm_readv 1 MiB x 1 (hot)", "gbps", dict(mode="cma", op="read", desc_size=M, batch=1, threads=1),
+         "cma"),
+        ("process_vm_readv 1 MiB x 64, 1 thread", "gbps", dict(mode="cma", op="read", desc_size=M, batch=64,
+                                                               threads=1), "cma"),
+        ("process_vm_readv 1 MiB x 64, %d threads" % ac, "gbps", dict(mode="cma", op="read", desc_size=M, batch=64,
+                                                                      threads=ac), "cma"),
+        ("process_vm_writev 1 MiB x 64, %d threads" % ac, "gbps", dict(mode="cma", op="write", desc_size=M, batch=64,
+                                                                       threads=ac), "cma"),
+        ("memcpy of the KV pull's pieces, 1 thread", "gbps", dict(mode="kv", op="memcpy", kv_blocks=kvb,
+                                                                  copy_threads=1), "kv"),
+        ("memcpy of the KV pull's pieces, %d threads" % ac, "gbps", dict(mode="kv", op="memcpy", kv_blocks=kvb,
+                                                                         copy_threads=ac), "kv"),
+        ("TCP ping-pong 8 B round trip p50, busy-polling", "rtt_p50_us", dict(mode="pingpong", op="busy"),
+         "pingpong"),
+        ("TCP ping-pong 8 B round trip p50, blocking", "rtt_p50_us", dict(mode="pingpong", op="blocking"),
+         "pingpong"),
+        ("iperf3 -P 1, loopback, -l 1M", "gbps", dict(mode="iperf3", streams=1), "iperf3"),
+        ("iperf3 -P %d, loopback, -l 1M" % lanes, "gbps", dict(mode="iperf3", streams=lanes), "iperf3"),
+        ("UCX tag_bw 64 MiB, tcp", "gbps", dict(mode="ucx_perftest", op="tag_bw", transport="tcp", desc_size=64 * M),
+         "ucx_perftest"),
+        ("UCX tag_bw 1 MiB, tcp", "gbps", dict(mode="ucx_perftest", op="tag_bw", transport="tcp", desc_size=M),
+         "ucx_perftest"),
+        ("UCX ucp_put_bw 64 MiB, tcp", "gbps", dict(mode="ucx_perftest", op="ucp_put_bw", transport="tcp",
+                                                    desc_size=64 * M), "ucx_perftest"),
+        ("UCX ucp_put_bw 1 MiB, tcp", "gbps", dict(mode="ucx_perftest", op="ucp_put_bw", transport="tcp",
+                                                   desc_size=M), "ucx_perftest"),
+        ("UCX ucp_get 1 MiB, tcp (information only)", "gbps", dict(mode="ucx_perftest", op="ucp_get", transport="tcp",
+                                                                   desc_size=M), "ucx_perftest"),
+        ("UCX ucp_get 1 MiB, posix (same host)", "gbps", dict(mode="ucx_perftest", op="ucp_get", transport="posix",
+                                                              desc_size=M), "ucx_perftest"),
+        ("UCX ucp_put_bw 1 MiB, posix (same host)", "gbps", dict(mode="ucx_perftest", op="ucp_put_bw",
+                                                                 transport="posix", desc_size=M), "ucx_perftest"),
+        ("UCX tag_bw 1 MiB, cma rendezvous (same host)", "gbps", dict(mode="ucx_perftest", op="tag_bw",
+                                                                      transport="cma", desc_size=M), "ucx_perftest"),
+        ("UCX tag_bw 64 MiB, cma rendezvous (same host)", "gbps", dict(mode="ucx_perftest", op="tag_bw",
+                                                                       transport="cma", desc_size=64 * M),
+         "ucx_perftest"),
+        ("Mooncake TE bench (tcp) read 64 KiB x 128", "gbps", dict(mode="mooncake", desc_size=64 * K, batch=128),
+         "mooncake"),
+        ("Mooncake TE bench (tcp) read 1 MiB x 128", "gbps", dict(mode="mooncake", desc_size=M, batch=128),
+         "mooncake"),
+        ("NIXL UCX (tcp) read 64 KiB x 128", "gbps", dict(mode="nixl", transport="tcp", desc_size=64 * K, batch=128),
+         "nixl"),
+        ("NIXL UCX (tcp) read 1 MiB x 128", "gbps", dict(mode="nixl", transport="tcp", desc_size=M, batch=128),
+         "nixl"),
     ]
-    skip_of = {"iperf3": "iperf3", "ucp_get": "ucx_perftest", "tag_bw": "ucx_perftest", "Mooncake": "mooncake",
-               "NIXL": "nixl"}
-    for name, v, unit in refs:
-        if v is None:
-            why = None
-            for key, mode in skip_of.items():
-                if key in name:
-                    why = d.skipped(mode)
-            print("  %-52s SKIPPED%s" % (name, (": " + why) if why else " (not measured)"))
+    for name, field, match, mode in refs:
+        s = d.summary(field, match)
+        unit = UNIT[field]
+        if s is None:
+            why = d.not_run(match["mode"]) or d.why_skipped(mode, match)
+            print("  %-52s SKIPPED%s" % (name, (": " + why[:100]) if why else " (not measured)"))
         else:
-            print("  %-52s %s" % (name, fmt(v, unit)))
+            print("  %-52s %s   (%s..%s, n=%d)" % (name, fmt(s[0], unit), fmt(s[1], unit).split()[0],
+                                                  fmt(s[2], unit).split()[0], s[3]))
     print()
 
     # ---- our figures
-    print("-- llmdd (medians; min..max over rounds) --")
-    ours = [
-        ("shm READ 1 MiB x 64, 1 thread", ("read", "shm", M, 64, 1)),
-        ("shm WRITE 1 MiB x 64, 1 thread", ("write", "shm", M, 64, 1)),
-        ("shm READ 1 MiB x 64, 2 threads", ("read", "shm", M, 64, 2)),
-        ("shm WRITE 1 MiB x 64, 2 threads", ("write", "shm", M, 64, 2)),
-        ("tcp READ 1 MiB x 64, 1 thread", ("read", "tcp", M, 64, 1)),
-        ("tcp WRITE 1 MiB x 64, 1 thread", ("write", "tcp", M, 64, 1)),
-        ("tcp READ 1 MiB x 64, 2 threads", ("read", "tcp", M, 64, 2)),
-        ("tcp READ 64 KiB x 128, 1 thread", ("read", "tcp", 64 * K, 128, 1)),
-        ("tcp WRITE 64 KiB x 128, 1 thread", ("write", "tcp", 64 * K, 128, 1)),
-        ("shm READ 64 KiB x 128, 1 thread", ("read", "shm", 64 * K, 128, 1)),
-        ("tcp READ 1 MiB x 1 (cache-hot, like iperf3's buffers)", ("read", "tcp", M, 1, 1)),
-        ("shm READ 1 MiB x 1 (cache-hot)", ("read", "shm", M, 1, 1)),
-    ]
-    ours += [
-        ("shm READ 1 MiB x 64, 1 thread, 1 lane", ("read", "shm", M, 64, 1, 1)),
-        ("shm WRITE 1 MiB x 64, 1 thread, 1 lane", ("write", "shm", M, 64, 1, 1)),
-        ("tcp READ 1 MiB x 64, 1 thread, 1 lane", ("read", "tcp", M, 64, 1, 1)),
-        ("tcp WRITE 1 MiB x 64, 1 thread, 1 lane", ("write", "tcp", M, 64, 1, 1)),
-    ]
-    for name, key in ours:
-        op, tr, size, batch, thr = key[:5]
-        conn = key[5] if len(key) > 5 else 0
-        v = eng(op, tr, size, batch, thr, conn=conn)
-        s = d.spread("gbps", mode="engine", op=op, transport=tr, desc_size=size, batch=batch, threads=thr,
-                     connections=conn)
-        p50 = eng(op, tr, size, batch, thr, field="gbps_p50", conn=conn)
-        print("  %-52s %s%s%s" % (name, fmt(v, "GB/s"), ("   (%.3f..%.3f, n=%d)" % s) if s else "",
-                                  ("   [bytes/p50: %.3f]" % p50) if p50 else ""))
+    print("-- llmdd (median over rounds; min..max, n) --")
+    ours = []
     for tr in ("shm", "tcp"):
+        for op in ("read", "write"):
+            ours.append(("%s %s 1 MiB x 64, %d lanes" % (tr, op.upper(), lanes), "gbps",
+                         dict(mode="engine", op=op, transport=tr, desc_size=M, batch=64, threads=1, connections=0)))
+            ours.append(("%s %s 1 MiB x 64, 1 lane" % (tr, op.upper()), "gbps",
+                         dict(mode="engine", op=op, transport=tr, desc_size=M, batch=64, threads=1, connections=1)))
+            ours.append(("%s %s 1 MiB x 1 (hot)" % (tr, op.upper()), "gbps",
+                         dict(mode="engine", op=op, transport=tr, desc_size=M, batch=1, threads=1, connections=0)))
+            ours.append(("%s %s 64 KiB x 128" % (tr, op.upper()), "gbps",
+                         dict(mode="engine", op=op, transport=tr, desc_size=64 * K, batch=128, threads=1,
+                              connections=0)))
+        ours.append(("%s READ 8 B p50" % tr, "p50_us",
+                     dict(mode="engine", op="read", transport=tr, desc_size=8, batch=1, threads=1, connections=0)))
+        ours.append(("%s READ 8 B p99" % tr, "p99_us",
+                     dict(mode="engine", op="read", transport=tr, desc_size=8, batch=1, threads=1, connections=0)))
         for op, call in (("pull", "PullKvBlocks"), ("push", "PushKvBlocks")):
-            v = d.median("gbps", mode="kv", op=op, transport=tr, kv_blocks=128)
-            s = d.spread("gbps", mode="kv", op=op, transport=tr, kv_blocks=128)
-            print("  %-52s %s%s" % ("%s %s 128 blocks x 32 tensors x 16 KiB" % (tr, call), fmt(v, "GB/s"),
-                                    ("   (%.3f..%.3f, n=%d)" % s) if s else ""))
-    for tr in ("tcp", "shm"):
-        v = eng("read", tr, 8, 1, 1, "p50_us")
-        v99 = eng("read", tr, 8, 1, 1, "p99_us")
-        print("  %-52s p50 %s, p99 %s" % ("%s READ 8 B, 1 descriptor" % tr, fmt(v, "us"), fmt(v99, "us")))
-    for tr in ("tcp", "shm"):
-        for op in ("read", "write"):
-            v = d.median("value", mode="overhead", op="submit_per_desc_" + op, transport=tr)
-            m = d.median("marginal_ns", mode="overhead", op="submit_per_desc_" + op, transport=tr)
-            print("  %-52s %s (marginal %s)" % ("%s TransferSync %s 10,000 x 8 B: per descriptor" % (tr, op.upper()),
-                                                fmt(v, "ns"), fmt(m, "ns")))
-    for tr in ("tcp", "shm"):
-        v = d.median("value", mode="overhead", op="plan_100k", transport=tr)
-        sc = d.median("pull_scattered_ms", mode="overhead", op="plan_100k", transport=tr)
-        ps = d.median("plan_scattered_ms", mode="overhead", op="plan_100k", transport=tr)
-        print("  %-52s %s (scattered 100k blocks: %s per call, minus raw transfer %s)"
-              % ("%s planning 100,000 blocks (contiguous - 1 block)" % tr, fmt(v, "ms"), fmt(sc, "ms"), fmt(ps, "ms")))
-    r1 = d.median("value", mode="overhead", op="register_1region")
-    rm = d.median("value", mode="overhead", op="register_many")
-    rk = d.median("value", mode="overhead", op="register_kv_cache")
-    mc_1, mc_2 = memcpy("hot", M, 64, 1), memcpy("hot", M, 64, 2)
-    if mc_1 and mc_2:
-        print("  %-52s %.2f (the ceiling for the 2-thread target)" % ("memcpy 2 threads / 1 thread, 1 MiB x 64", mc_2 / mc_1))
-    for op in ("read", "write"):
-        dflt = d.paired_ratio(("gbps", dict(mode="engine", op=op, transport="shm", desc_size=M, batch=64, threads=1,
-                                            connections=0)),
-                              ("gbps", dict(mode="engine", op=op, transport="shm", desc_size=M, batch=64, threads=1,
-                                            connections=1)))
-        if dflt:
-            print("  %-52s %.2f (what splitting one call across lanes and cores brings)"
-                  % ("shm %s 1 thread: default lanes / 1 lane" % op.upper(), dflt))
-    ip_ = d.median("gbps", mode="iperf3")
-    tg = d.median("gbps", mode="ucx_perftest", op="tag_bw")
-    nx = d.median("gbps", mode="nixl", transport="tcp", desc_size=M, batch=128)
-    tr1 = eng("read", "tcp", M, 64, 1)
-    for name, ref in (("iperf3", ip_), ("UCX tag_bw", tg), ("NIXL UCX tcp 1 MiB x 128", nx)):
-        if tr1 and ref:
-            print("  %-52s %.2f" % ("tcp READ 1 MiB x 64 / " + name, tr1 / ref))
-    hot = eng("read", "tcp", M, 1, 1)
-    if hot and ip_:
-        print("  %-52s %.2f" % ("tcp READ 1 MiB x 1 (cache-hot) / iperf3", hot / ip_))
-    print("  %-52s %s" % ("RegisterMem 1 GiB, one region", fmt(r1, "us")))
-    print("  %-52s %s" % ("RegisterMem 10,000 regions of 4 KiB (total)", fmt(rm, "ms")))
-    print("  %-52s %s" % ("RegisterKvCache 32 tensors x 512 x 16 KiB", fmt(rk, "us")))
+            ours.append(("%s %s %d blocks x all tensors" % (tr, call, kvb), "gbps",
+                         dict(mode="kv", op=op, transport=tr, kv_blocks=kvb, threads=1)))
+    for name, field, match in ours:
+        s = d.summary(field, match)
+        unit = UNIT[field]
+        if s is None:
+            errs = d.errors_for(match)
+            print("  %-52s %s" % (name, ("ERROR: " + errs[0][:100]) if errs else "-"))
+        else:
+            print("  %-52s %s   (%s..%s, n=%d)" % (name, fmt(s[0], unit), fmt(s[1], unit).split()[0],
+                                                  fmt(s[2], unit).split()[0], s[3]))
     print()
 
-    # ---- targets
-    print("-- targets --")
-    rows = []
-
-    def ratio_row(name, ours_v, ref_v, ref_name, need, higher=True, skip_mode=None, pair=None):
-        if ours_v is None or ref_v is None:
-            why = d.skipped(skip_mode) if skip_mode else None
-            rows.append((name, fmt(ours_v, "GB/s") if ours_v is not None else "-", ref_name, "-",
-                         ("%s %.2f" % (">=" if higher else "<=", need)),
-                         "SKIPPED" + ((": " + why) if why else "")))
-            return
-        # The verdict uses the median of per-round ratios where both sides were
-        # measured in the same round (robust to the host's load drifting).
-        ratio = (d.paired_ratio(*pair) if pair else None) or ours_v / ref_v
-        ok = ratio >= need if higher else ratio <= need
-        rows.append((name, None, ref_name, "%.2f" % ratio, ("%s %.2f" % (">=" if higher else "<=", need)),
-                     "PASS" if ok else "MISS (%+.0f%%)" % ((ratio / need - 1) * 100)))
-        return ratio
-
-    def abs_row(name, v, unit, limit):
-        if v is None:
-            rows.append((name, "-", "-", "-", "<= %s" % fmt(limit, unit), "SKIPPED (not measured)"))
-            return
-        ok = v <= limit
-        rows.append((name, fmt(v, unit), "-", "-", "<= %s" % fmt(limit, unit),
-                     "PASS" if ok else "MISS (%.1fx the limit)" % (v / limit)))
-
-    mc1 = memcpy("hot", M, 64, 1)
-    for op in ("read", "write"):
-        v = eng(op, "shm", M, 64, 1)
-        ratio_row("shm %s 1 MiB x 64, 1 thr vs memcpy 1 thr" % op.upper(), v, mc1,
-                  "memcpy %s" % fmt(mc1, "GB/s"), 0.75,
-                  pair=(("gbps", dict(mode="engine", op=op, transport="shm", desc_size=M, batch=64, threads=1,
-                                      connections=0)),
-                        ("gbps", dict(mode="memcpy", op="hot", desc_size=M, batch=64, threads=1))))
-        rows[-1] = (rows[-1][0], fmt(v, "GB/s"),) + rows[-1][2:]
-    for op in ("read", "write"):
-        v1, v2 = eng(op, "shm", M, 64, 1), eng(op, "shm", M, 64, 2)
-        ratio_row("shm %s 1 MiB x 64, 2 thr vs 1 thr" % op.upper(), v2, v1, "1 thr %s" % fmt(v1, "GB/s"), 1.4,
-                  pair=(("gbps", dict(mode="engine", op=op, transport="shm", desc_size=M, batch=64, threads=2,
-                                      connections=0)),
-                        ("gbps", dict(mode="engine", op=op, transport="shm", desc_size=M, batch=64, threads=1,
-                                      connections=0))))
-        rows[-1] = (rows[-1][0], fmt(v2, "GB/s"),) + rows[-1][2:]
-    kvp = d.median("gbps", mode="kv", op="pull", transport="shm", kv_blocks=128)
-    shm_read = eng("read", "shm", M, 64, 1)
-    ratio_row("shm PullKvBlocks 4096 x 16 KiB vs READ 1 MiB x 64", kvp, shm_read,
-              "READ %s" % fmt(shm_read, "GB/s"), 0.5,
-              pair=(("gbps", dict(mode="kv", op="pull", transport="shm", kv_blocks=128)),
-                    ("gbps", dict(mode="engine", op="read", transport="shm", desc_size=M, batch=64, threads=1,
-                                  connections=0))))
-    rows[-1] = (rows[-1][0], fmt(kvp, "GB/s"),) + rows[-1][2:]
-    tcp_read = eng("read", "tcp", M, 64, 1)
-    ip = d.median("gbps", mode="iperf3")
-    ratio_row("tcp READ 1 MiB x 64 vs iperf3 1 stream", tcp_read, ip, "iperf3 %s" % fmt(ip, "GB/s"), 0.8,
-              skip_mode="iperf3", pair=(("gbps", dict(mode="engine", op="read", transport="tcp", desc_size=M, batch=64, threads=1, connections=0)), ("gbps", dict(mode="iperf3"))))
-    rows[-1] = (rows[-1][0], fmt(tcp_read, "GB/s"),) + rows[-1][2:]
-    ug = d.median("gbps", mode="ucx_perftest", op="ucp_get")
-    ratio_row("tcp READ 1 MiB x 64 vs UCX ucp_get (tcp)", tcp_read, ug, "ucp_get %s" % fmt(ug, "GB/s"), 5.0,
-              skip_mode="ucx_perftest", pair=(("gbps", dict(mode="engine", op="read", transport="tcp", desc_size=M, batch=64, threads=1, connections=0)), ("gbps", dict(mode="ucx_perftest", op="ucp_get"))))
-    rows[-1] = (rows[-1][0], fmt(tcp_read, "GB/s"),) + rows[-1][2:]
-    t64 = eng("read", "tcp", 64 * K, 128, 1)
-    ratio_row("tcp READ 64 KiB x 128 vs Mooncake published", t64, 0.9, "0.9 GB/s (published)", 2.5)
-    rows[-1] = (rows[-1][0], fmt(t64, "GB/s"),) + rows[-1][2:]
-    mc = d.median("gbps", mode="mooncake", desc_size=64 * K, batch=128)
-    ratio_row("tcp READ 64 KiB x 128 vs Mooncake measured", t64, mc, "Mooncake %s" % fmt(mc, "GB/s"), 2.5,
-              skip_mode="mooncake",
-              pair=(("gbps", dict(mode="engine", op="read", transport="tcp", desc_size=64 * K, batch=128, threads=1,
-                                  connections=0)),
-                    ("gbps", dict(mode="mooncake", desc_size=64 * K, batch=128))))
-    rows[-1] = (rows[-1][0], fmt(t64, "GB/s"),) + rows[-1][2:]
-    lat = eng("read", "tcp", 8, 1, 1, "p50_us")
-    rtt = d.median("rtt_p50_us", mode="pingpong", op="busy")
-    ratio_row("tcp READ 8 B p50 vs busy ping-pong RTT p50", lat, rtt, "RTT %s" % fmt(rtt, "us"), 2.0, higher=False,
-              pair=(("p50_us", dict(mode="engine", op="read", transport="tcp", desc_size=8, batch=1, threads=1,
-                                    connections=0)),
-                    ("rtt_p50_us", dict(mode="pingpong", op="busy"))))
-    rows[-1] = (rows[-1][0], fmt(lat, "us"),) + rows[-1][2:]
-    abs_row("shm READ 8 B p50", eng("read", "shm", 8, 1, 1, "p50_us"), "us", 10.0)
-    for tr in ("shm", "tcp"):
-        abs_row("%s planning 100,000 blocks" % tr, d.median("value", mode="overhead", op="plan_100k", transport=tr),
-                "ms", 10.0)
-    for tr in ("tcp", "shm"):
-        for op in ("read", "write"):
-            abs_row("%s submit cost per descriptor (%s)" % (tr, op.upper()),
-                    d.median("value", mode="overhead", op="submit_per_desc_" + op, transport=tr), "ns", 200.0)
-
-    w = [max(len(str(r[i])) for r in rows) for i in range(6)]
-    hdr = ("target", "ours", "reference", "ratio", "need", "verdict")
-    w = [max(w[i], len(hdr[i])) for i in range(6)]
-    line = "  ".join("%-*s" % (w[i], hdr[i]) for i in range(6))
-    print("  " + line)
-    print("  " + "-" * len(line))
-    for r in rows:
-        print("  " + "  ".join("%-*s" % (w[i], r[i]) for i in range(6)))
-    passed = sum(1 for r in rows if r[5] == "PASS")
-    missed = sum(1 for r in rows if r[5].startswith("MISS"))
-    skipped = sum(1 for r in rows if r[5].startswith("SKIPPED"))
+    # ---- comparisons
+    rows = evaluate(d)
+    print("-- targets (issue 11) and information --")
+    table(rows)
     print()
-    print("%d PASS, %d MISS, %d SKIPPED" % (passed, missed, skipped))
+    errs = d.our_errors()
+    if errs:
+        print("-- failures of ours (no figure reported for these) --")
+        seen = set()
+        for r in errs:
+            key = (r.get("mode"), r.get("op"), r.get("transport"), r.get("desc_size"), r.get("batch"), r["error"])
+            if key in seen:
+                continue
+            seen.add(key)
+            print("  %s %s %s %s x %s: %s" % (r.get("mode"), r.get("op", ""), r.get("transport", ""),
+                                             r.get("desc_size", ""), r.get("batch", ""), r["error"]))
+        print()
+    targets = [r for r in rows if r.kind == "target"]
+    passed = sum(1 for r in targets if r.verdict == "PASS")
+    missed = sum(1 for r in targets if r.verdict.startswith("MISS"))
+    errored = sum(1 for r in targets if r.verdict.startswith("ERROR"))
+    skipped = sum(1 for r in targets if r.verdict.startswith("SKIPPED"))
+    failed = missed + errored > 0 or bool(errs)
+    print("%d PASS, %d MISS, %d ERROR, %d SKIPPED (targets); %d failure record(s) of ours" %
+          (passed, missed, errored, skipped, len(errs)))
+    print("result: %s" % ("FAIL (a target is MISS or a figure of ours failed)" if failed else
+                          "PASS (no target MISS, nothing of ours failed; SKIPPED targets were not judged)"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

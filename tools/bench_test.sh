@@ -21,7 +21,7 @@ fail() {
   for f in out err; do [[ -f $work/$f ]] && { echo "--- $f" >&2; cat "$work/$f" >&2; }; done
   exit 1
 }
-modes="engine kv memcpy pingpong overhead peers mixed async notify"
+modes="engine kv memcpy cma pingpong overhead peers mixed async notify"
 
 step="--help"
 "$bench" --help >"$work/help" 2>&1 || fail "--help exited with $?"

@@ -7,6 +7,7 @@
 //   llmdd_bench engine   [options]  ADXL TransferSync READ/WRITE sweep: descriptor size x batch x threads
 //   llmdd_bench kv       [options]  LLM-DataDist PullKvBlocks/PushKvBlocks over a model-shaped KV cache
 //   llmdd_bench memcpy   [options]  memcpy reference of the same shapes (1..N threads, hot and cold)
+//   llmdd_bench cma      [options]  raw process_vm_readv/writev of the same shapes with a child process
 //   llmdd_bench pingpong [options]  raw TCP ping-pong of 8 B over loopback (blocking and busy-polling)
 //   llmdd_bench overhead [options]  registration cost, PullKvBlocks planning cost, per-descriptor cost
 //   llmdd_bench peers    [options]  cost of many peers: idle peers, frozen peers, descriptors in many regions
@@ -16,6 +17,9 @@
 //   llmdd_bench notify   [options]  SendNotify -> GetNotifies latency (one way) and SendNotify's own time, vs the
 //                                   TCP ping-pong round trip measured in the same run
 //   llmdd_bench serve ...           the peer process (internal; control protocol on stdin/stdout)
+//
+// Engine, kv, async and cma points check the bytes of their first and last
+// call and report no figure when one is wrong ("byte checks" below).
 //
 // Every point reports bytes per call, GB/s (1e9 B/s, all threads together),
 // descriptors/s, per-call latency p50/p99 in microseconds and the iteration
@@ -28,6 +32,7 @@
 // mode's roles have their own lines, described where they are served):
 //   child -> parent: READY <port> <words...> | FAILED <text>
 //   parent -> child: QUIT (or end of file)
+//   engine, kv and cma peers also answer CHECK lines (byte checks)
 #include <adxl/adxl_engine.h>
 #include <llm_datadist/llm_datadist.h>
 #include <llmdd/extensions.h>
@@ -46,6 +51,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -193,6 +199,8 @@ uint64_t Mix(uint64_t x) {  // splitmix64
   return z ^ (z >> 31);
 }
 
+inline void CompilerBarrier() { asm volatile("" ::: "memory"); }
+
 // ------------------------------------------------------------------ memory
 
 // Anonymous mapping, optionally advised for transparent huge pages (the
@@ -274,6 +282,7 @@ struct Options {
   uint64_t head_dim = 64;
   std::vector<uint64_t> kv_counts;  // blocks per call; not given: 1, 2, 4, ... (ParseArgs)
   std::string kv_pattern = "scattered";
+  std::vector<uint64_t> copy_threads = {1, 2};  // kv memcpy: threads sharing one call's pieces
   // memcpy
   uint64_t pool_bytes = 512 * kMiB;  // per side, for cold copies
   uint64_t async_descs = 64;          // async: requests in flight per round
@@ -320,7 +329,9 @@ void Usage(FILE *out) {
           "  engine    ADXL TransferSync READ/WRITE: sweep descriptor size x batch x threads\n"
           "  kv        LLM-DataDist PullKvBlocks/PushKvBlocks over a model-shaped KV cache: sweep blocks per call\n"
           "  memcpy    memcpy reference of the same shapes, hot (same buffers) and cold (walks a pool)\n"
-          "  pingpong  raw TCP ping-pong of 8 B over loopback to a peer process, blocking and busy-polling\n"
+          "  cma       raw process_vm_readv/writev of the same shapes from/to a child process's memory\n"
+          "            (the same-host physical limit: what the shm path does with no engine around it)\n"
+                    "  pingpong  raw TCP ping-pong of 8 B over loopback to a peer process, blocking and busy-polling\n"
           "  overhead  RegisterMem/RegisterKvCache cost, PullKvBlocks planning cost, per-descriptor cost\n"
           "  peers     cost of many peers: one server with N idle client engines (threads, fds, RSS, Connect,\n"
           "            4 KiB READ latency), Finalize with frozen peers, descriptors in many regions vs one\n"
@@ -339,7 +350,8 @@ void Usage(FILE *out) {
           "  --plot FILE.png      draw the run's figures with gnuplot (apt-get install gnuplot-nox; FILE.svg: SVG):\n"
           "                       engine, memcpy, kv: GB/s vs descriptor size (kv: vs blocks per call) in FILE, and\n"
           "                         time per call (p50 solid, p99 dashed) vs the same in FILE-latency.png;\n"
-          "                       pingpong, async, notify, mixed, peers: bars of each latency's p50 and p99 in FILE;\n"
+          "                       cma, pingpong, async, notify, mixed, peers: bars of each latency's p50 and p99\n"
+          "                         in FILE;\n"
           "                       overhead: no plot. Without gnuplot: one note at the start, no plot, the same\n"
           "                       exit status\n"
           "  --progress           the progress line also when stderr is not a terminal: from the start, a new\n"
@@ -357,7 +369,8 @@ void Usage(FILE *out) {
           "  --batches LIST       engine, memcpy: descriptors per call (default 1,64)\n"
           "  --threads LIST       engine, memcpy, kv: caller threads, each with its own buffers (default 1,2)\n"
           "  --points LIST        engine, memcpy: size:batch:threads,... instead of the cross product\n"
-          "  --ops LIST           engine: read,write; kv: pull,push; memcpy: hot,cold (default all)\n"
+          "  --ops LIST           engine, cma: read,write; kv: pull,push,memcpy (default pull,push);\n"
+          "                       memcpy: hot,cold (default all)\n"
           "  --layout L           engine, memcpy: reversed (default: local i <-> remote n-1-i, never merged),\n"
           "                       contiguous, strided (gap of one descriptor between descriptors)\n"
           "  --time SEC           measuring time per point (default 0.25, quick 0.06)\n"
@@ -372,6 +385,8 @@ void Usage(FILE *out) {
           "  --timeout-ms N       TransferSync / llm.SyncKvCacheWaitTime timeout (default 30000)\n"
           "  --no-hugepages       do not madvise(MADV_HUGEPAGE) the buffers\n"
           "  --quick              small sweep that takes seconds\n"
+          "byte checks: every engine, kv (pull/push), async and cma point checks the bytes of its first and\n"
+          "  last call; a wrong byte fails the point (an \"error\" record, no figure) and the exit status is 1\n"
           "kv options:\n"
           "  --layers N           layers; the cache has 2N tensors (default 16, quick 4)\n"
           "  --blocks N           blocks per tensor (default 512, quick 256)\n"
@@ -380,6 +395,8 @@ void Usage(FILE *out) {
           "  --kv-blocks LIST     blocks per call (default 1,2,4,... while the cache (--blocks/2 scattered) and\n"
           "                       --max-call-bytes allow: 1..128 for the default and the quick shape)\n"
           "  --kv-pattern P       scattered (default; no two blocks adjacent on both sides) or contiguous\n"
+          "  --copy-threads LIST  op memcpy: the pieces of a pull copied in-process (src -> the odd block after\n"
+          "                       dst), one call's pieces split over N threads (default 1,2; scattered only)\n"
           "memcpy options:\n"
           "  --pool N             bytes per side walked by cold copies (default 512M)\n"
           "pingpong options (--time: at least 1 s per mode):\n"
@@ -442,7 +459,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     llmdd_tools::PrintVersion("llmdd_bench");
     exit(kExitOk);
   }
-  static const std::set<std::string> kModes = {"engine",   "kv",    "memcpy", "pingpong",
+  static const std::set<std::string> kModes = {"engine", "kv",    "memcpy", "cma",   "pingpong",
                                                "overhead", "peers", "mixed",  "async", "notify"};
   if (kModes.count(opt->mode) == 0) {
     fprintf(stderr, "llmdd_bench: unknown mode '%s'\n", opt->mode.c_str());
@@ -461,7 +478,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       "--frozen-per-process", "--regions", "--connect-samples", "--connect-timeout-ms", "--disconnect-timeout-ms",
       "--peer-timeout-ms", "--ramp-deadline-s", "--deadline-s", "--idle-wait-ms", "--small-size", "--bulk-size",
       "--bulk-threads", "--async-descs", "--async-size", "--notify-count",
-      "--notify-poll-us"};
+      "--notify-poll-us", "--copy-threads"};
   for (int i = 2; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {
@@ -489,7 +506,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   opt->hugepages = given.count("--no-hugepages") == 0;
   if (given.count("--no-progress") != 0) opt->progress = 0;
   if (given.count("--progress") != 0) opt->progress = 1;
-  if (opt->mode == "engine") opt->ops = {"read", "write"};
+  if (opt->mode == "engine" || opt->mode == "cma") opt->ops = {"read", "write"};
   if (opt->mode == "kv") opt->ops = {"pull", "push"};
   if (opt->mode == "memcpy") opt->ops = {"hot", "cold"};
   if (opt->mode == "async") {
@@ -581,8 +598,9 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   list_of("--sizes", &opt->sizes, 1, 1 * kGiB);
   list_of("--batches", &opt->batches, 1, 65536 * 4);
   list_of("--threads", &opt->threads, 1, 64);
-  if (opt->mode == "engine") words_of("--ops", &opt->ops, {"read", "write"});
-  if (opt->mode == "kv") words_of("--ops", &opt->ops, {"pull", "push"});
+  if (opt->mode == "engine" || opt->mode == "cma") words_of("--ops", &opt->ops, {"read", "write"});
+  if (opt->mode == "kv") words_of("--ops", &opt->ops, {"pull", "push", "memcpy"});
+  list_of("--copy-threads", &opt->copy_threads, 1, 64);
   if (opt->mode == "memcpy") words_of("--ops", &opt->ops, {"hot", "cold"});
   if (given.count("--layout")) {
     opt->layout = given["--layout"];
@@ -1010,6 +1028,7 @@ struct RunResult {
   int64_t calls = 0;    // all threads
   double seconds = 0;   // wall time of the timed phase
   std::vector<int64_t> ns;  // per-call latencies, all threads
+  bool checked = false;     // the first and last call's bytes were checked (CheckedRun)
 };
 
 // Runs `call(thread)` on `threads` threads: `warmup` untimed calls each, then
@@ -1082,6 +1101,26 @@ RunResult TimedRun(int threads, const Options &opt, const std::function<std::str
   return result;
 }
 
+// TimedRun between two checked calls (byte checks): check("first") runs
+// before the warm-up, check("last") after the timed calls; a wrong byte in
+// either fails the run with what was wrong, and no timed calls follow a
+// failed first check.
+RunResult CheckedRun(int threads, const Options &opt, const std::function<std::string(const char *)> &check,
+                     const std::function<std::string(int)> &call) {
+  RunResult r;
+  std::string e = check("first");
+  if (e.empty()) {
+    r = TimedRun(threads, opt, call);
+    if (r.ok) e = check("last");
+  }
+  if (!e.empty()) {
+    r.ok = false;
+    r.error = e;
+  }
+  r.checked = r.ok;
+  return r;
+}
+
 Record ThroughputRecord(const std::string &mode, const std::string &op, const std::string &transport,
                         const Point &p, uint64_t descs_per_call, const RunResult &r) {
   const uint64_t bytes = p.size * p.batch;
@@ -1092,6 +1131,11 @@ Record ThroughputRecord(const std::string &mode, const std::string &op, const st
   rec.Int("batch_req", static_cast<int64_t>(p.batch_req != 0 ? p.batch_req : p.batch));
   rec.Int("threads", p.threads).Int("bytes", static_cast<int64_t>(bytes));
   rec.Int("descs", static_cast<int64_t>(descs_per_call));
+  // A failed point reports what failed and no figure (a wrong byte, a failed
+  // call): nothing downstream can take a broken run's speed for a result.
+  if (!r.ok) return rec.Str("error", r.error.empty() ? "failed" : r.error);
+  // "first,last": the bytes of the point's first and last call were checked.
+  if (r.checked) rec.Str("checked", "first,last");
   rec.Int("iters", r.calls).Num("seconds", r.seconds);
   const double secs = r.seconds > 0 ? r.seconds : 1e-12;
   rec.Num("gbps", static_cast<double>(bytes) * static_cast<double>(r.calls) / secs / 1e9);
@@ -1102,7 +1146,6 @@ Record ThroughputRecord(const std::string &mode, const std::string &op, const st
   // Per-thread bytes over the median call time: less sensitive to the process
   // being descheduled by other load than the wall-clock figure.
   rec.Num("gbps_p50", s.p50_us > 0 ? static_cast<double>(bytes) * p.threads / (s.p50_us * 1e3) : NAN);
-  if (!r.ok) rec.Str("error", r.error);
   return rec;
 }
 
@@ -1164,6 +1207,12 @@ class Peer {
     ready->assign(words.begin() + 1, words.end());
     return true;
   }
+  // Sends one control line and waits for the peer's one-line answer.
+  bool Ask(const std::string &line, std::string *reply, int timeout_ms) {
+    if (pid_ <= 0 || !WriteAll(to_, line + "\n")) return false;
+    return ReadLine(from_, &buf_, reply, timeout_ms);
+  }
+  pid_t pid() const { return pid_; }
   void Stop() {
     if (pid_ <= 0) return;
     WriteAll(to_, "QUIT\n");
@@ -1235,6 +1284,188 @@ void WaitForQuit() {
   }
 }
 
+// ------------------------------------------------------------------ byte checks
+//
+// A figure counts only if the bytes arrived. Every engine, kv, async and cma
+// point checks its first and its last call (the first runs before the
+// warm-up, the last after the timed calls; the calls between are not checked,
+// a comparison in the timed loop would be measured with them):
+//   - the serving peer fills region r of its memory (the engine buffer, or
+//     tensor r of the KV caches in registration order) with the pattern
+//     seeded RegionSeed(kPeerSeed, r);
+//   - READ: the destination is poisoned first, so a call that moves nothing
+//     cannot pass on bytes an earlier call left there; afterwards every
+//     descriptor must hold the peer's pattern at its remote offset;
+//   - WRITE: the source holds a pattern with a fresh seed at the remote
+//     offsets; afterwards the peer is asked to compare those ranges (a CHECK
+//     line on its stdin) and puts its own pattern back.
+// A point whose check fails is reported with an "error" and no figure, and
+// llmdd_bench exits non-zero: a broken engine cannot produce a fast figure.
+//
+// LLMDD_BENCH_PEER_FAULT=flip (read by the serving peer; for the tests of
+// this check only) makes the peer's memory differ from what it announces: the
+// first byte of every 4 KiB of its pattern is flipped, and so is the first
+// byte of every range it is asked to check, as if the engine had delivered
+// one wrong byte.
+
+constexpr uint64_t kPeerSeed = 0x5EEDull;    // the pattern served memory holds
+constexpr uint64_t kPoisonSeed = 0xBADull;   // what a destination holds before a checked READ
+constexpr uint64_t kPatternChunk = 64 * kKiB;
+
+uint64_t RegionSeed(uint64_t seed, uint64_t region) { return Mix(seed * 0x9E3779B97F4A7C15ULL + region); }
+
+// Bytes [offset, offset + n) of the pattern seeded `seed`: byte o is byte
+// o % 8 (in memory order) of the word Mix(seed + o / 8). Any offset, any length.
+void FillPatternAt(uint8_t *p, uint64_t n, uint64_t seed, uint64_t offset) {
+  uint64_t o = offset;
+  const uint64_t end = offset + n;
+  while (o < end) {
+    const uint64_t v = Mix(seed + o / 8);
+    const uint64_t in_word = o % 8;
+    const uint64_t take = std::min<uint64_t>(8 - in_word, end - o);
+    if (take == 8) {
+      memcpy(p, &v, 8);
+    } else {
+      uint8_t w[8];
+      memcpy(w, &v, 8);
+      memcpy(p, w + in_word, take);
+    }
+    p += take;
+    o += take;
+  }
+}
+
+// Bytes of p[0, n) that differ from the pattern `seed` at `offset`.
+uint64_t PatternMismatchesAt(const uint8_t *p, uint64_t n, uint64_t seed, uint64_t offset) {
+  std::vector<uint8_t> want(static_cast<size_t>(std::min(n, kPatternChunk)));
+  uint64_t bad = 0;
+  for (uint64_t done = 0; done < n;) {
+    const uint64_t len = std::min(kPatternChunk, n - done);
+    FillPatternAt(want.data(), len, seed, offset + done);
+    if (memcmp(p + done, want.data(), len) != 0)
+      for (uint64_t i = 0; i < len; ++i) bad += p[done + i] != want[i] ? 1 : 0;
+    done += len;
+  }
+  return bad;
+}
+
+bool PeerFaultFlip() {
+  const char *f = getenv("LLMDD_BENCH_PEER_FAULT");
+  return f != nullptr && strcmp(f, "flip") == 0;
+}
+
+// Memory a peer serves, as regions it fills with its pattern and checks on request.
+struct ServedRegion {
+  uint8_t *p;
+  uint64_t len;
+};
+
+// Puts the peer's own pattern into [off, off + len) of a region (with the test fault, if set).
+void PaintServed(const ServedRegion &r, uint64_t region, uint64_t off, uint64_t len, bool flip) {
+  FillPatternAt(r.p + off, len, RegionSeed(kPeerSeed, region), off);
+  if (!flip) return;
+  for (uint64_t o = (off + 4095) / 4096 * 4096; o < off + len; o += 4096) r.p[o] ^= 0xFF;
+}
+
+// The peer's control loop: answers
+//   CHECK <seed> <region>:<offset>:<len>,...  ->  CHECKED <bytes wrong> <first wrong range or -1>
+// (each range compared with the pattern RegionSeed(seed, region), then given
+// the peer's own pattern back) until QUIT or end of file.
+void ServeChecks(const std::vector<ServedRegion> &regions) {
+  const bool flip = PeerFaultFlip();
+  std::string buf, line;
+  while (ReadLine(STDIN_FILENO, &buf, &line, -1)) {
+    if (line == "QUIT") return;
+    auto words = Words(line);
+    if (words.size() != 3 || words[0] != "CHECK") continue;
+    const uint64_t seed = strtoull(words[1].c_str(), nullptr, 10);
+    uint64_t bad = 0;
+    int64_t first = -1, index = 0;
+    for (const auto &range : SplitOn(words[2], ',')) {
+      auto f = SplitOn(range, ':');
+      uint64_t r = 0, off = 0, len = 0;
+      bool ok = f.size() == 3;
+      if (ok) {
+        r = strtoull(f[0].c_str(), nullptr, 10);
+        off = strtoull(f[1].c_str(), nullptr, 10);
+        len = strtoull(f[2].c_str(), nullptr, 10);
+        ok = r < regions.size() && off <= regions[r].len && len <= regions[r].len - off;
+      }
+      uint64_t wrong = ok ? 0 : 1;  // a range outside the served memory counts as wrong
+      if (ok && len > 0) {
+        if (flip) regions[r].p[off] ^= 0xFF;
+        wrong = PatternMismatchesAt(regions[r].p + off, len, RegionSeed(seed, r), off);
+        PaintServed(regions[r], r, off, len, flip);
+      }
+      if (wrong != 0 && first < 0) first = index;
+      bad += wrong;
+      ++index;
+    }
+    WriteAll(STDOUT_FILENO, Format("CHECKED %" PRIu64 " %" PRId64 "\n", bad, first));
+  }
+}
+
+// Asks the peer to compare `ranges` ("region:offset:len" words) with the
+// pattern `seed`; "" when every byte is right, else what was wrong.
+std::string PeerCheck(Peer &peer, uint64_t seed, const std::vector<std::string> &ranges, const char *which) {
+  std::string line = "CHECK " + std::to_string(seed) + " ";
+  for (size_t i = 0; i < ranges.size(); ++i) line += (i ? "," : "") + ranges[i];
+  std::string reply;
+  if (!peer.Ask(line, &reply, 120000)) return Format("bytes not checked after the %s call: the peer did not answer", which);
+  auto w = Words(reply);
+  if (w.size() != 3 || w[0] != "CHECKED") return "bytes not checked: the peer answered '" + reply + "'";
+  if (w[1] == "0") return "";
+  return Format("bytes wrong after the %s call: %s bytes in the peer's memory differ from what was written "
+                "(first in range %s of %zu)", which, w[1].c_str(), w[2].c_str(), ranges.size());
+}
+
+// One descriptor of a checked call, as offsets: local memory and the peer's region.
+struct CheckRange {
+  uint8_t *local;
+  uint64_t region, remote_off, len;
+};
+
+// Before a checked call: READ destinations poisoned, WRITE sources given the pattern `seed`.
+void PrepareChecked(bool read, const std::vector<CheckRange> &ranges, uint64_t seed) {
+  for (const auto &c : ranges) {
+    if (read)
+      FillPatternAt(c.local, c.len, kPoisonSeed, c.remote_off);
+    else
+      FillPatternAt(c.local, c.len, RegionSeed(seed, c.region), c.remote_off);
+  }
+}
+
+// After a checked call: "" when every byte arrived, else what was wrong.
+std::string VerifyChecked(bool read, Peer &peer, const std::vector<CheckRange> &ranges, uint64_t seed,
+                          const char *which) {
+  if (!read) {
+    std::vector<std::string> words;
+    words.reserve(ranges.size());
+    for (const auto &c : ranges)
+      words.push_back(Format("%" PRIu64 ":%" PRIu64 ":%" PRIu64, c.region, c.remote_off, c.len));
+    return PeerCheck(peer, seed, words, which);
+  }
+  uint64_t bad = 0, total = 0;
+  int64_t first = -1;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const auto &c = ranges[i];
+    const uint64_t wrong = PatternMismatchesAt(c.local, c.len, RegionSeed(kPeerSeed, c.region), c.remote_off);
+    if (wrong != 0 && first < 0) first = static_cast<int64_t>(i);
+    bad += wrong;
+    total += c.len;
+  }
+  if (bad == 0) return "";
+  return Format("bytes wrong after the %s call: %" PRIu64 " of %" PRIu64 " bytes read differ from the peer's "
+                "(first in descriptor %" PRId64 " of %zu)", which, bad, total, first, ranges.size());
+}
+
+// A fresh seed for each checked WRITE, so a call that writes nothing cannot
+// pass on what an earlier one left in the peer's memory.
+uint64_t NextWriteSeed() {
+  static std::atomic<uint64_t> n{1};
+  return Mix(0xC0FFEEull + n.fetch_add(1));
+}
+
 // ------------------------------------------------------------------ serve
 
 struct ServeOptions {
@@ -1268,7 +1499,9 @@ int ServeEngine(const ServeOptions &so) {
   fake.workers = so.workers;
   fake.busy_poll_us = so.busy_poll_us;
   Buffer buf;
-  if (!buf.Allocate(so.bytes, so.hugepages, true, 0x5A)) return ServeFail("cannot allocate the buffer");
+  if (!buf.Allocate(so.bytes, so.hugepages, false, 0)) return ServeFail("cannot allocate the buffer");
+  const ServedRegion served{buf.data(), buf.size()};
+  PaintServed(served, 0, 0, served.len, PeerFaultFlip());  // also faults every page in
   adxl::AdxlEngine engine;
   int port = -1;
   adxl::Status st = adxl::FAILED;
@@ -1285,7 +1518,7 @@ int ServeEngine(const ServeOptions &so) {
   st = engine.RegisterMem(desc, adxl::MEM_HOST, handle);
   if (st != adxl::SUCCESS) return ServeFail("RegisterMem failed: " + StatusWithNumber(st));
   WriteAll(STDOUT_FILENO, Format("READY %d 0x%" PRIxPTR " %" PRIu64 "\n", port, buf.addr(), buf.size()));
-  WaitForQuit();
+  ServeChecks({served});
   engine.DeregisterMem(handle);
   engine.Finalize();
   return kExitOk;
@@ -1332,6 +1565,18 @@ struct KvMemory {
   }
 };
 
+// The cma mode's peer: patterned memory and nothing else (no engine); the
+// parent reads and writes it with process_vm_readv/writev.
+int ServeCma(const ServeOptions &so) {
+  Buffer buf;
+  if (!buf.Allocate(so.bytes, so.hugepages, false, 0)) return ServeFail("cannot allocate the buffer");
+  const ServedRegion served{buf.data(), buf.size()};
+  PaintServed(served, 0, 0, served.len, PeerFaultFlip());
+  WriteAll(STDOUT_FILENO, Format("READY 0 0x%" PRIxPTR " %" PRIu64 "\n", buf.addr(), buf.size()));
+  ServeChecks({served});
+  return kExitOk;
+}
+
 int ServeKv(const ServeOptions &so) {
   std::vector<KvShape> shapes;
   for (const auto &c : so.caches) {
@@ -1340,8 +1585,14 @@ int ServeKv(const ServeOptions &so) {
     shapes.push_back(s);
   }
   std::vector<KvMemory> mem(shapes.size());
-  for (size_t i = 0; i < shapes.size(); ++i)
-    if (!mem[i].Allocate(shapes[i], so.hugepages, true, 0x5A)) return ServeFail("cannot allocate a cache");
+  std::vector<ServedRegion> served;  // region r: the r-th tensor, caches in order
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    if (!mem[i].Allocate(shapes[i], so.hugepages, false, 0)) return ServeFail("cannot allocate a cache");
+    for (const auto &t : mem[i].tensors) {
+      served.push_back({t->data(), t->size()});
+      PaintServed(served.back(), served.size() - 1, 0, t->size(), PeerFaultFlip());
+    }
+  }
   Options fake;
   fake.connections = so.connections;
   fake.workers = so.workers;
@@ -1370,7 +1621,7 @@ int ServeKv(const ServeOptions &so) {
     ids += " " + std::to_string(id);
   }
   WriteAll(STDOUT_FILENO, Format("READY %d%s\n", port, ids.c_str()));
-  WaitForQuit();
+  ServeChecks(served);
   for (int64_t id : cache_ids) dd->UnregisterKvCache(id);
   dd->Finalize();
   return kExitOk;
@@ -1802,6 +2053,7 @@ int ServeMain(int argc, char **argv) {
   }
   if (so.role == "engine") return ServeEngine(so);
   if (so.role == "kv") return ServeKv(so);
+  if (so.role == "cma") return ServeCma(so);
   if (so.role == "pingpong") return ServePingPong();
   if (so.role == "peers-server") return ServePeersServer(so);
   if (so.role == "peers-clients") return ServePeersClients(so);
@@ -1863,6 +2115,7 @@ class EngineSession {
   uint64_t remote_len() const { return remote_len_; }
   uint8_t *local() const { return local_.data(); }
   double connect_ms() const { return connect_ms_; }
+  Peer &peer() { return peer_; }
 
  private:
   Peer peer_;
@@ -1879,6 +2132,31 @@ std::string EngineCall(adxl::AdxlEngine &engine, const std::string &remote, adxl
                        const std::vector<adxl::TransferOpDesc> &descs, int timeout_ms) {
   adxl::Status st = engine.TransferSync(remote.c_str(), op, descs, timeout_ms);
   return st == adxl::SUCCESS ? std::string() : "TransferSync: " + StatusName(st);
+}
+
+// The check ranges of a descriptor list into the peer's one region (byte checks).
+std::vector<CheckRange> EngineCheckRanges(const EngineSession &s, const std::vector<adxl::TransferOpDesc> &descs) {
+  std::vector<CheckRange> out;
+  out.reserve(descs.size());
+  for (const auto &d : descs)
+    out.push_back({reinterpret_cast<uint8_t *>(d.local_addr), 0, d.remote_addr - s.remote_addr(), d.len});
+  return out;
+}
+
+// One checked TransferSync per thread's descriptor list, one after the other
+// (byte checks): "" when every byte arrived, else what was wrong.
+std::string CheckedEngineCalls(EngineSession &s, adxl::TransferOp op,
+                               const std::vector<std::vector<adxl::TransferOpDesc>> &descs, int timeout_ms,
+                               const char *which) {
+  for (const auto &list : descs) {
+    const auto ranges = EngineCheckRanges(s, list);
+    const uint64_t seed = NextWriteSeed();
+    PrepareChecked(op == adxl::READ, ranges, seed);
+    std::string e = EngineCall(s.engine(), s.remote(), op, list, timeout_ms);
+    if (e.empty()) e = VerifyChecked(op == adxl::READ, s.peer(), ranges, seed, which);
+    if (!e.empty()) return e;
+  }
+  return "";
 }
 
 int RunEngine(const Options &opt, Reporter &rep) {
@@ -1921,7 +2199,9 @@ int RunEngine(const Options &opt, Reporter &rep) {
             descs[static_cast<size_t>(t)].push_back({lbase + lo, rbase + ro, p.size});
           }
         }
-        RunResult r = TimedRun(p.threads, opt, [&](int t) {
+        RunResult r = CheckedRun(p.threads, opt, [&](const char *which) {
+          return CheckedEngineCalls(session, op, descs, opt.timeout_ms, which);
+        }, [&](int t) {
           return EngineCall(session.engine(), session.remote(), op, descs[static_cast<size_t>(t)], opt.timeout_ms);
         });
         Record rec = ThroughputRecord("engine", op_name, transport, p, p.batch, r);
@@ -2023,7 +2303,20 @@ int RunAsync(const Options &opt, Reporter &rep) {
       if (settle_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(settle_us));
       return PollAll(engine, reqs, opt.timeout_ms, completed_ns, &error);
     };
-    bool ok = true;
+    // Byte checks: one TransferSync and one round of TransferAsync, each into
+    // a poisoned buffer, before the warm-up and after the timed rounds.
+    const auto ranges = EngineCheckRanges(session, descs);
+    auto checked = [&](const char *which) -> bool {
+      PrepareChecked(true, ranges, 0);
+      error = EngineCall(engine, session.remote(), adxl::READ, descs, opt.timeout_ms);
+      if (error.empty()) error = VerifyChecked(true, session.peer(), ranges, 0, which);
+      if (!error.empty()) return false;
+      PrepareChecked(true, ranges, 0);
+      if (!async_round(nullptr, 0)) return false;
+      error = VerifyChecked(true, session.peer(), ranges, 0, which);
+      return error.empty();
+    };
+    bool ok = checked("first");
     // Warm-up: lanes open, pages touched, workers started.
     for (int w = 0; w < std::max(1, opt.warmup) && ok; ++w) {
       ok = EngineCall(engine, session.remote(), adxl::READ, descs, opt.timeout_ms).empty() &&
@@ -2051,39 +2344,49 @@ int RunAsync(const Options &opt, Reporter &rep) {
     // The query on a completed request: rounds that had time to end first.
     const int64_t settle_us = std::max<int64_t>(2000, sync_ns.empty() ? 0 : 4 * Summarize(sync_ns).p50_us);
     for (int k = 0; ok && k < 20; ++k) ok = async_round(&status_ns, settle_us);
+    const size_t timed_submits = submit_ns.size();
+    if (ok) ok = checked("last");
+    submit_ns.resize(std::min(timed_submits, submit_ns.size()));
     const Stats sync = Summarize(sync_ns), async = Summarize(async_ns), submit = Summarize(submit_ns),
                 status = Summarize(status_ns);
-    const std::string err = ok ? "" : error;
     auto base = [&](const char *op) {
       Record r;
       r.Str("mode", "async").Str("op", op).Str("transport", transport).Int("desc_size", static_cast<int64_t>(size))
           .Int("descs", static_cast<int64_t>(n));
       return r;
     };
+    if (!ok) {
+      // No figures from a failed run (a failed call or a wrong byte).
+      for (const char *op : {"batch_sync", "batch_async", "submit_1desc", "status_completed"})
+        rep.Emit(base(op).Str("error", error), false);
+      rep.Note("async " + transport + ": FAILED: " + error);
+      rc = kExitFailed;
+      session.Close();
+      continue;
+    }
     rep.Emit(base("batch_sync").Num("p50_us", sync.p50_us).Num("p99_us", sync.p99_us)
                  .Num("gbps", sync.p50_us > 0 ? static_cast<double>(n * size) / (sync.p50_us * 1e3) : 0)
-                 .Int("iters", static_cast<int64_t>(sync_ns.size())).Str("error", err),
+                 .Int("iters", static_cast<int64_t>(sync_ns.size())).Str("checked", "first,last"),
              false);
     const double ratio = sync.p50_us > 0 ? async.p50_us / sync.p50_us : 0;
     rep.Emit(base("batch_async").Num("p50_us", async.p50_us).Num("p99_us", async.p99_us)
                  .Num("gbps", async.p50_us > 0 ? static_cast<double>(n * size) / (async.p50_us * 1e3) : 0)
-                 .Num("ratio_to_sync", ratio).Int("iters", static_cast<int64_t>(async_ns.size())).Str("error", err),
+                 .Num("ratio_to_sync", ratio).Int("iters", static_cast<int64_t>(async_ns.size()))
+                 .Str("checked", "first,last"),
              false);
     rep.Emit(base("submit_1desc").Num("p50_us", submit.p50_us).Num("p99_us", submit.p99_us)
-                 .Int("iters", static_cast<int64_t>(submit_ns.size())).Str("error", err),
+                 .Int("iters", static_cast<int64_t>(submit_ns.size())),
              false);
     rep.Emit(base("status_completed").Num("p50_us", status.p50_us).Num("p99_us", status.p99_us)
-                 .Int("iters", static_cast<int64_t>(status_ns.size())).Str("error", err),
+                 .Int("iters", static_cast<int64_t>(status_ns.size())),
              false);
     if (!opt.json) {
-      if (!ok) rep.Note("async " + transport + ": FAILED: " + error);
       rep.Note(Format("async %-4s %" PRIu64 " x %s: TransferSync p50 %.1f us (p99 %.1f), %" PRIu64
                       " async in flight p50 %.1f us (p99 %.1f): %.2fx; TransferAsync submit p50 %.2f us (p99 %.2f); "
                       "GetTransferStatus on a completed request p50 %.3f us (p99 %.3f); %" PRIu64 " rounds",
                       transport.c_str(), n, HumanBytes(size).c_str(), sync.p50_us, sync.p99_us, n, async.p50_us,
                       async.p99_us, ratio, submit.p50_us, submit.p99_us, status.p50_us, status.p99_us, rounds));
     }
-    if (!ok) rc = kExitFailed;
     session.Close();
   }
   return rc;
@@ -2172,6 +2475,8 @@ class KvSession {
   const llm_datadist::Cache &local(size_t i) const { return local_[i]; }
   llm_datadist::CacheIndex remote(size_t i) const { return {kPromptCluster, remote_ids_[i], 0}; }
   double register_ms(size_t i) const { return register_ms_[i]; }
+  uint8_t *tensor(size_t cache, size_t t) const { return mem_[cache].tensors[t]->data(); }
+  Peer &peer() { return peer_; }
 
  private:
   Peer peer_;
@@ -2219,6 +2524,45 @@ std::string KvCall(KvSession &s, bool pull, size_t cache, const std::vector<uint
   return st == llm_datadist::LLM_SUCCESS ? std::string() : Format("%s: %s", pull ? "PullKvBlocks" : "PushKvBlocks", StatusName(st).c_str());
 }
 
+// The check ranges of one call of cache 0 (byte checks): piece (tensor t,
+// block i) pairs local block dst[i] with the peer's src[i] for a pull, local
+// src[i] with the peer's dst[i] for a push; the peer's region t is tensor t.
+std::vector<CheckRange> KvCheckRanges(const KvSession &s, const KvShape &shape, bool pull,
+                                      const std::vector<uint64_t> &src, const std::vector<uint64_t> &dst) {
+  std::vector<CheckRange> out;
+  const uint64_t bb = shape.block_bytes;
+  for (uint32_t t = 0; t < shape.tensors; ++t)
+    for (size_t i = 0; i < src.size(); ++i)
+      out.push_back({s.tensor(0, t) + (pull ? dst[i] : src[i]) * bb, t, (pull ? src[i] : dst[i]) * bb, bb});
+  return out;
+}
+
+// The memcpy reference of a pull (op "memcpy"): the same pieces, copied in
+// this process from local block src[i] to local block dst[i]+1 of the same
+// tensor (odd blocks: the scattered lists only use even ones, so no piece
+// overlaps another), split over `copy_threads` threads that start with the
+// call and join at its end, as the engine hands one call's parts to its
+// threads. Same piece size, count and scatter as the engine's call.
+std::string KvMemcpyCall(const KvSession &s, const KvShape &shape, const std::vector<uint64_t> &src,
+                         const std::vector<uint64_t> &dst, int copy_threads) {
+  const uint64_t bb = shape.block_bytes, n = src.size();
+  const uint64_t pieces = n * shape.tensors;
+  auto part = [&](uint64_t from, uint64_t to) {
+    for (uint64_t k = from; k < to; ++k) {
+      const uint64_t t = k / n, i = k % n;
+      const uint64_t to_block = dst[i] + 1 < shape.blocks ? dst[i] + 1 : dst[i] - 1;
+      memcpy(s.tensor(0, t) + to_block * bb, s.tensor(0, t) + src[i] * bb, bb);
+    }
+  };
+  std::vector<std::thread> helpers;
+  const uint64_t tc = static_cast<uint64_t>(copy_threads);
+  for (uint64_t h = 1; h < tc; ++h) helpers.emplace_back(part, pieces * h / tc, pieces * (h + 1) / tc);
+  part(0, pieces / tc);
+  for (auto &th : helpers) th.join();
+  CompilerBarrier();
+  return "";
+}
+
 int RunKv(const Options &opt, Reporter &rep) {
   const KvShape shape{opt.Tensors(), opt.kv_blocks, opt.BlockBytes()};
   rep.Note(Format("# kv: LLM-DataDist %d layers x (K,V) = %u tensors, %" PRIu64 " blocks x %s per tensor "
@@ -2227,7 +2571,12 @@ int RunKv(const Options &opt, Reporter &rep) {
                   HumanBytes(static_cast<uint64_t>(shape.tensors) * shape.blocks * shape.block_bytes).c_str(),
                   opt.kv_pattern.c_str(), opt.time_s));
   rep.TableHeader();
-  rep.PlanPoints(opt.transports.size() * opt.ops.size() * opt.threads.size() * opt.kv_counts.size());
+  // memcpy runs once (in-process, not per transport), over --copy-threads.
+  size_t planned = 0;
+  for (const auto &op : opt.ops)
+    planned += op == "memcpy" ? opt.copy_threads.size() * opt.kv_counts.size()
+                              : opt.transports.size() * opt.threads.size() * opt.kv_counts.size();
+  rep.PlanPoints(planned);
   int rc = kExitOk;
   for (const auto &transport : opt.transports) {
     KvSession session;
@@ -2240,21 +2589,47 @@ int RunKv(const Options &opt, Reporter &rep) {
       continue;
     }
     for (const auto &op : opt.ops) {
-      for (uint64_t threads : opt.threads) {
+      const bool copy = op == "memcpy";
+      if (copy && transport != opt.transports.front()) continue;  // in-process: once, not per transport
+      if (copy && opt.kv_pattern != "scattered") {
+        rep.Note("kv memcpy: needs --kv-pattern scattered (it copies into the odd blocks); skipped");
+        continue;
+      }
+      // For memcpy the thread counts are --copy-threads, threads sharing one
+      // call's pieces; for pull/push they are --threads, callers with their own lists.
+      for (uint64_t threads : copy ? opt.copy_threads : opt.threads) {
         for (uint64_t count : opt.kv_counts) {
           rep.Point(Format("kv %s %s %" PRIu64 " blocks x %u tensors, %" PRIu64 " thread%s", transport.c_str(),
                            op.c_str(), count, shape.tensors, threads, threads == 1 ? "" : "s"));
-          std::vector<std::vector<uint64_t>> src(threads), dst(threads);
-          for (uint64_t t = 0; t < threads; ++t)
+          const uint64_t callers = copy ? 1 : threads;
+          std::vector<std::vector<uint64_t>> src(callers), dst(callers);
+          for (uint64_t t = 0; t < callers; ++t)
             MakeBlockLists(count, shape.blocks, opt.kv_pattern, 0x5EED + t * 7919, &src[t], &dst[t]);
-          RunResult r = TimedRun(static_cast<int>(threads), opt, [&](int t) {
-            return KvCall(session, op == "pull", 0, src[static_cast<size_t>(t)], dst[static_cast<size_t>(t)]);
-          });
+          RunResult r;
+          if (copy) {
+            r = TimedRun(1, opt, [&](int) { return KvMemcpyCall(session, shape, src[0], dst[0], static_cast<int>(threads)); });
+          } else {
+            const bool pull = op == "pull";
+            r = CheckedRun(static_cast<int>(threads), opt, [&](const char *which) {
+              for (uint64_t t = 0; t < callers; ++t) {
+                const auto ranges = KvCheckRanges(session, shape, pull, src[t], dst[t]);
+                const uint64_t seed = NextWriteSeed();
+                PrepareChecked(pull, ranges, seed);
+                std::string e = KvCall(session, pull, 0, src[t], dst[t]);
+                if (e.empty()) e = VerifyChecked(pull, session.peer(), ranges, seed, which);
+                if (!e.empty()) return e;
+              }
+              return std::string();
+            }, [&](int t) {
+              return KvCall(session, pull, 0, src[static_cast<size_t>(t)], dst[static_cast<size_t>(t)]);
+            });
+          }
           // A "descriptor" here is one (block, tensor) piece of block_bytes.
           Point p{shape.block_bytes, count * shape.tensors, static_cast<int>(threads)};
-          Record rec = ThroughputRecord("kv", op, transport, p, count * shape.tensors, r);
+          Record rec = ThroughputRecord("kv", op, copy ? "local" : transport, p, count * shape.tensors, r);
           rec.Int("kv_blocks", static_cast<int64_t>(count)).Int("tensors", shape.tensors);
           rec.Int("layers", opt.layers).Str("pattern", opt.kv_pattern);
+          if (copy) rec.Int("copy_threads", static_cast<int64_t>(threads));
           rep.Emit(rec, true);
           if (!r.ok) rc = kExitFailed;
         }
@@ -2265,9 +2640,105 @@ int RunKv(const Options &opt, Reporter &rep) {
   return rc;
 }
 
-// ------------------------------------------------------------------ memcpy
+// ------------------------------------------------------------------ cma
+//
+// The same-host physical limit: process_vm_readv / process_vm_writev between
+// this process and a child (`serve --role cma`, forked and exec'd like every
+// peer) that holds patterned memory, with the engine mode's descriptor shapes
+// and layout, one system call per call (at most kCmaMaxIov iovecs each) and
+// nothing else: no message, no lease, no token, no worker hand-off. Each
+// thread has its own region, as in engine mode. What the shm path adds on top
+// of this is the engine's cost.
 
-inline void CompilerBarrier() { asm volatile("" ::: "memory"); }
+constexpr size_t kCmaMaxIov = 1024;  // UIO_MAXIOV: the kernel refuses more iovecs per call
+
+std::string CmaCall(pid_t pid, bool read, const std::vector<iovec> &local, const std::vector<iovec> &remote) {
+  for (size_t done = 0; done < local.size();) {
+    const size_t k = std::min(kCmaMaxIov, local.size() - done);
+    size_t want = 0;
+    for (size_t i = done; i < done + k; ++i) want += local[i].iov_len;
+    const ssize_t got = read ? process_vm_readv(pid, &local[done], k, &remote[done], k, 0)
+                             : process_vm_writev(pid, &local[done], k, &remote[done], k, 0);
+    if (got < 0) {
+      const int err = errno;
+      return Format("%s: %s%s", read ? "process_vm_readv" : "process_vm_writev", strerror(err),
+                    err == EPERM ? " (this host does not let a process read its child's memory: "
+                                   "kernel.yama.ptrace_scope or a seccomp policy)"
+                                 : "");
+    }
+    if (static_cast<size_t>(got) != want)
+      return Format("%s moved %zd of %zu bytes", read ? "process_vm_readv" : "process_vm_writev", got, want);
+    done += k;
+  }
+  return "";
+}
+
+int RunCma(const Options &opt, Reporter &rep) {
+  const std::vector<Point> points = SweepPoints(opt);
+  uint64_t per_thread = 0;
+  int max_threads = 1;
+  for (const auto &p : points) {
+    per_thread = std::max(per_thread, RegionBytes(p, opt.layout));
+    max_threads = std::max(max_threads, p.threads);
+  }
+  per_thread = (per_thread + 4095) / 4096 * 4096;
+  const uint64_t bytes = per_thread * static_cast<uint64_t>(max_threads);
+  rep.Note(Format("# cma: process_vm_readv/writev with a child process, %zu points x %zu ops, layout %s, %.2f s/point, "
+                  "buffers %s per side",
+                  points.size(), opt.ops.size(), opt.layout.c_str(), opt.time_s, HumanBytes(bytes).c_str()));
+  rep.TableHeader();
+  Peer peer;
+  std::vector<std::string> ready;
+  std::string error;
+  std::vector<std::string> args = {"--role", "cma", "--bytes", std::to_string(bytes)};
+  if (!opt.hugepages) args.push_back("--no-hugepages");
+  Buffer local;
+  if (!peer.Start(args, &ready, &error) || ready.size() != 3 || !local.Allocate(bytes, opt.hugepages, true, 0xA5)) {
+    if (error.empty()) error = "cannot start the child or allocate the local buffer";
+    rep.Emit(Record().Str("mode", "cma").Str("op", "start").Str("transport", "cma").Str("error", error), false);
+    rep.Note("cma: FAILED: " + error);
+    return kExitFailed;
+  }
+  const uintptr_t remote_base = strtoull(ready[1].c_str(), nullptr, 16);
+  int rc = kExitOk;
+  for (const auto &op_name : opt.ops) {
+    const bool read = op_name == "read";
+    for (const auto &p : points) {
+      std::vector<std::vector<iovec>> liov(static_cast<size_t>(p.threads)), riov(static_cast<size_t>(p.threads));
+      std::vector<std::vector<CheckRange>> ranges(static_cast<size_t>(p.threads));
+      for (int t = 0; t < p.threads; ++t) {
+        const uint64_t base = static_cast<uint64_t>(t) * per_thread;
+        for (uint64_t i = 0; i < p.batch; ++i) {
+          auto [lo, ro] = DescOffsets(opt.layout, p.size, p.batch, i);
+          liov[static_cast<size_t>(t)].push_back({local.data() + base + lo, p.size});
+          riov[static_cast<size_t>(t)].push_back({reinterpret_cast<void *>(remote_base + base + ro), p.size});
+          ranges[static_cast<size_t>(t)].push_back({local.data() + base + lo, 0, base + ro, p.size});
+        }
+      }
+      RunResult r = CheckedRun(p.threads, opt, [&](const char *which) {
+        for (int t = 0; t < p.threads; ++t) {
+          const auto &rg = ranges[static_cast<size_t>(t)];
+          const uint64_t seed = NextWriteSeed();
+          PrepareChecked(read, rg, seed);
+          std::string e = CmaCall(peer.pid(), read, liov[static_cast<size_t>(t)], riov[static_cast<size_t>(t)]);
+          if (e.empty()) e = VerifyChecked(read, peer, rg, seed, which);
+          if (!e.empty()) return e;
+        }
+        return std::string();
+      }, [&](int t) {
+        return CmaCall(peer.pid(), read, liov[static_cast<size_t>(t)], riov[static_cast<size_t>(t)]);
+      });
+      Record rec = ThroughputRecord("cma", op_name, "cma", p, p.batch, r);
+      rec.Str("layout", opt.layout);
+      rep.Emit(rec, true);
+      if (!r.ok) rc = kExitFailed;
+    }
+  }
+  peer.Stop();
+  return rc;
+}
+
+// ------------------------------------------------------------------ memcpy
 
 int RunMemcpy(const Options &opt, Reporter &rep) {
   const std::vector<Point> points = SweepPoints(opt);
@@ -3576,7 +4047,7 @@ int RunPeers(const Options &opt, Reporter &rep) {
 // ------------------------------------------------------------------ mixed
 
 // Does a small request wait behind large ones on the same peer? One client
-// engine and one peer (`serve --role engine`, memory filled with 0x5A): a
+// engine and one peer (`serve --role engine`, patterned memory): a
 // small READ is timed alone, then while `bulk_threads` background threads
 // keep READing `bulk_size` each (one descriptor, own region) from the same
 // peer. The background threads start before the loaded phase and each has
@@ -3588,14 +4059,12 @@ struct SmallPhase {
   int64_t iters = 0;
 };
 
-uint64_t BytesNotEqual(const uint8_t *p, uint64_t n, uint8_t want) {
-  uint64_t bad = 0;
-  for (uint64_t i = 0; i < n; ++i) bad += p[i] != want ? 1 : 0;
-  return bad;
+// Bytes of p[0, n) that differ from what ServeEngine serves at `remote_off` (byte checks).
+uint64_t PeerBytesWrong(const uint8_t *p, uint64_t n, uint64_t remote_off) {
+  return PatternMismatchesAt(p, n, RegionSeed(kPeerSeed, 0), remote_off);
 }
 
 int RunMixed(const Options &opt, Reporter &rep) {
-  constexpr uint8_t kPeerByte = 0x5A;  // ServeEngine's fill
   const int bulk_threads = opt.bulk_threads > 0 ? opt.bulk_threads : opt.connections > 0 ? opt.connections : 4;
   const uint64_t bulk_region = (opt.bulk_size + 4095) / 4096 * 4096;
   const uint64_t small_offset = bulk_region * static_cast<uint64_t>(bulk_threads);
@@ -3634,7 +4103,7 @@ int RunMixed(const Options &opt, Reporter &rep) {
         memset(small_local, 0, opt.small_size);
         adxl::Status st = engine.TransferSync(remote.c_str(), adxl::READ, small_descs, opt.timeout_ms);
         if (st != adxl::SUCCESS) return Format("%s small READ (%s): %s", which, phase, StatusName(st).c_str());
-        const uint64_t bad = BytesNotEqual(small_local, opt.small_size, kPeerByte);
+        const uint64_t bad = PeerBytesWrong(small_local, opt.small_size, small_offset);
         if (bad != 0)
           return Format("%s small READ (%s): %" PRIu64 " of %" PRIu64 " bytes differ from the peer's", which, phase,
                         bad, opt.small_size);
@@ -3703,7 +4172,8 @@ int RunMixed(const Options &opt, Reporter &rep) {
     if (error.empty() && alone.error.empty()) {
       for (int t = 0; t < bulk_threads && error.empty(); ++t) {
         const uint64_t bad =
-            BytesNotEqual(session.local() + static_cast<uint64_t>(t) * bulk_region, opt.bulk_size, kPeerByte);
+            PeerBytesWrong(session.local() + static_cast<uint64_t>(t) * bulk_region, opt.bulk_size,
+                           static_cast<uint64_t>(t) * bulk_region);
         if (bad != 0) error = Format("background READ %d: %" PRIu64 " bytes differ from the peer's", t, bad);
       }
     }
@@ -4555,6 +5025,7 @@ int main(int argc, char **argv) {
   if (opt.mode == "engine") rc = RunEngine(opt, rep);
   if (opt.mode == "kv") rc = RunKv(opt, rep);
   if (opt.mode == "memcpy") rc = RunMemcpy(opt, rep);
+  if (opt.mode == "cma") rc = RunCma(opt, rep);
   if (opt.mode == "pingpong") rc = RunPingPong(opt, rep);
   if (opt.mode == "overhead") rc = RunOverhead(opt, rep);
   if (opt.mode == "peers") rc = RunPeers(opt, rep);

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Tests of bench/compare_report.py on made-up raw records (ctest bench_report).
+
+What they hold the report to: the ratio column is the median of per-round
+paired ratios (for an even count the less favourable middle one) with its
+min..max; the
+"ours" and "reference" columns are that median round's two figures (so they
+divide to the ratio, which the medians of each side need not do); a MISS, or
+a failure record of ours, makes the exit status 1; a reference that was not
+measured makes its row SKIPPED and fails nothing.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import compare_report as cr  # noqa: E402
+
+M = 1048576
+
+
+def eng(r, op, tr, size, batch, conn=0, **fig):
+    rec = {"mode": "engine", "op": op, "transport": tr, "desc_size": size, "batch": batch, "threads": 1,
+           "connections": conn, "tag": "round=%d" % r, "checked": "first,last"}
+    rec.update(fig)
+    return rec
+
+
+def memcpy(r, size, batch, thr, gbps):
+    return {"mode": "memcpy", "op": "hot", "desc_size": size, "batch": batch, "threads": thr, "gbps": gbps,
+            "tag": "round=%d" % r}
+
+
+def busy_rtt(r, us):
+    return {"mode": "pingpong", "op": "busy", "rtt_p50_us": us, "tag": "round=%d" % r}
+
+
+META = {"mode": "meta", "lanes": 4, "allcore_threads": 2, "nproc": 2, "kv_blocks": 256}
+
+
+def row(rows, name):
+    for r in rows:
+        if r.name == name:
+            return r
+    raise AssertionError("no row %r in %s" % (name, [r.name for r in rows]))
+
+
+def run_cli(recs):
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        for r in recs:
+            f.write(json.dumps(r) + "\n")
+        path = f.name
+    try:
+        p = subprocess.run([sys.executable, os.path.join(HERE, "compare_report.py"), path], capture_output=True,
+                           text=True)
+    finally:
+        os.unlink(path)
+    return p.returncode, p.stdout
+
+
+class PairedRatios(unittest.TestCase):
+    def test_median_round_is_shown_and_divides_to_the_ratio(self):
+        # Per-round ratios 1.0, 1.2, 0.667 -> median 1.0 (round 1: 10 / 10). The
+        # medians of each side (8 and 10) would divide to 0.8: not what is shown.
+        recs = [META]
+        for r, ours, ref in ((1, 10.0, 10.0), (2, 6.0, 5.0), (3, 8.0, 12.0)):
+            recs.append(eng(r, "read", "shm", M, 64, gbps=ours))
+            recs.append(memcpy(r, M, 64, 2, ref))
+        rows = cr.evaluate(cr.Data(recs))
+        x = row(rows, "shm READ 1 MiB x 64 vs memcpy 2 thr")
+        self.assertEqual(x.ours, "10.000 GB/s")
+        self.assertEqual(x.ref, "10.000 GB/s")
+        self.assertEqual(x.ratio, "1.00 (0.67..1.20, n=3)")
+        self.assertEqual(x.verdict, "PASS")
+
+    def test_even_count_takes_the_less_favourable_middle_ratio(self):
+        # Latency (lower is better): ratios 2, 3, 1.2, 4 -> middle ones 2 and 3 -> 3.
+        recs = [META]
+        for r, ours in ((1, 20.0), (2, 30.0), (3, 12.0), (4, 40.0)):
+            recs.append(eng(r, "read", "tcp", 8, 1, p50_us=ours))
+            recs.append(busy_rtt(r, 10.0))
+        x = row(cr.evaluate(cr.Data(recs)), "tcp READ 8 B p50 vs busy ping-pong RTT")
+        self.assertEqual(x.ratio, "3.00 (1.20..4.00, n=4)")
+        self.assertEqual((x.ours, x.ref), ("30.00 us", "10.00 us"))
+        self.assertTrue(x.verdict.startswith("MISS"), x.verdict)  # latency: ratio must be <= 1.5
+        # Throughput (higher is better): ratios 0.5, 1.0 -> 0.5.
+        recs = [META]
+        for r, ours in ((1, 5.0), (2, 10.0)):
+            recs.append(eng(r, "read", "shm", M, 64, gbps=ours))
+            recs.append(memcpy(r, M, 64, 2, 10.0))
+        x = row(cr.evaluate(cr.Data(recs)), "shm READ 1 MiB x 64 vs memcpy 2 thr")
+        self.assertEqual(x.ratio, "0.50 (0.50..1.00, n=2)")
+
+    def test_rounds_without_both_sides_are_not_paired(self):
+        recs = [META, eng(1, "read", "shm", M, 64, gbps=10.0), memcpy(2, M, 64, 2, 10.0)]
+        x = row(cr.evaluate(cr.Data(recs)), "shm READ 1 MiB x 64 vs memcpy 2 thr")
+        self.assertTrue(x.verdict.startswith("SKIPPED: no round has both sides"), x.verdict)
+
+
+class Verdicts(unittest.TestCase):
+    def test_pass_and_skipped_exit_zero(self):
+        recs = [META, {"mode": "iperf3", "skipped": "iperf3 is not installed"}]
+        for r in (1, 2, 3):
+            recs.append(eng(r, "read", "shm", M, 64, gbps=9.5))
+            recs.append(memcpy(r, M, 64, 2, 10.0))
+            recs.append(eng(r, "read", "tcp", M, 64, conn=1, gbps=5.0))
+        rows = cr.evaluate(cr.Data(recs))
+        x = row(rows, "tcp READ 1 MiB x 64, 1 lane vs iperf3 -P 1")
+        self.assertEqual(x.verdict, "SKIPPED: iperf3 is not installed")
+        rc, out = run_cli(recs)
+        self.assertEqual(rc, 0, out)
+        self.assertIn("result: PASS", out)
+
+    def test_a_miss_fails_the_run(self):
+        recs = [META]
+        for r in (1, 2, 3):
+            recs.append(eng(r, "read", "shm", M, 64, gbps=5.0))
+            recs.append(memcpy(r, M, 64, 2, 10.0))
+        rc, out = run_cli(recs)
+        self.assertEqual(rc, 1, out)
+        self.assertRegex(out, r"shm READ 1 MiB x 64 vs memcpy 2 thr .*MISS \(-44%\)")
+        self.assertIn("result: FAIL", out)
+
+    def test_a_failure_of_ours_fails_the_run_and_has_no_figure(self):
+        recs = [META]
+        for r in (1, 2, 3):
+            recs.append(memcpy(r, M, 64, 2, 10.0))
+            bad = eng(r, "write", "shm", M, 64)
+            bad["error"] = "bytes wrong after the first call: 64 bytes in the peer's memory differ"
+            del bad["checked"]
+            recs.append(bad)
+        x = row(cr.evaluate(cr.Data(recs)), "shm WRITE 1 MiB x 64 vs memcpy 2 thr")
+        self.assertTrue(x.verdict.startswith("ERROR: bytes wrong"), x.verdict)
+        self.assertEqual(x.ours, "-")
+        rc, out = run_cli(recs)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("failures of ours", out)
+
+    def test_a_crashed_bench_fails_the_run(self):
+        recs = [META, {"mode": "llmdd_bench", "op": "kv", "tag": "round=1", "error": "llmdd_bench kv exited with 139"}]
+        rc, out = run_cli(recs)
+        self.assertEqual(rc, 1, out)
+
+
+if __name__ == "__main__":
+    unittest.main()
