@@ -31,6 +31,14 @@
  *    completed is seen there only once that transfer's bytes are in its memory.
  *    GetNotifies(notifies): appends every notify this engine received as a
  *    server, oldest first, and forgets them.
+ *  - OPTION_AUTO_CONNECT "1" (or a channel pool, "GlobalResourceConfig"
+ *    channel_pool.*): TransferSync / TransferAsync / SendNotify to a remote
+ *    without a channel connect to it first (within the call's timeout; 1 s
+ *    for TransferAsync) and return a failed connect's status. The channels
+ *    this engine opens then share max_channel slots (default 512): idle ones
+ *    are closed by the waterlines or to make room, never one with a transfer
+ *    in flight; a connect finding every slot busy waits up to its timeout,
+ *    then RESOURCE_EXHAUSTED. GetCapability(AUTO_CONNECT) -> FEATURE_SUPPORTED.
  *  - Static, usable before Initialize: GetCapability, MallocMem/FreeMem (host
  *    memory, page-aligned, huge pages where the host has them);
  *    ExportToShareableHandle -> UNSUPPORTED (no fabric memory here).

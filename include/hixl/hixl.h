@@ -25,6 +25,11 @@
  *    requests in submission order (at most args.max_query_count, WAITING ones
  *    left out when args.skip_waiting), each with the user_data its
  *    TransferArgs carried; COMPLETED and FAILED ones are released.
+ *  - OPTION_AUTO_CONNECT and GlobalResourceConfig "channel_pool.max_channel",
+ *    "channel_pool.high_waterline", "channel_pool.low_waterline": transfers
+ *    and notifies connect on demand, and the channels this engine opens share
+ *    a pool whose idle channels are closed (never busy ones); as
+ *    adxl::AdxlEngine's (docs/API.md, "Auto-connect and the channel pool").
  *  - SendNotify / GetNotifies: see docs/API.md.
  *  - GetCapability: static, callable before Initialize.
  *  - All calls except Finalize are thread-safe. Finalize must not race others.

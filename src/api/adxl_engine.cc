@@ -184,8 +184,12 @@ Status AdxlEngine::GetCapability(FeatureType feature_type, int32_t &value) {
       // data both ways; servers make no calls.
       value = FEATURE_SUPPORTED;
       break;
-    case AUTO_CONNECT:  // transfers to an unknown remote need Connect first
-    default:            // unknown features: not supported, as in CANN
+    case AUTO_CONNECT:
+      // OPTION_AUTO_CONNECT "1" (or a channel pool in GlobalResourceConfig):
+      // transfers and notifies to a remote without a channel open one.
+      value = FEATURE_SUPPORTED;
+      break;
+    default:  // unknown features: not supported, as in CANN
       value = FEATURE_NOT_SUPPORTED;
       break;
   }

@@ -138,19 +138,11 @@ Status Hixl::Initialize(const AscendString &local_engine, const std::map<AscendS
       LOG_INFO("engine %s already initialized; Initialize ignored", impl_->engine.LocalId().c_str());
       return SUCCESS;
     }
-    const std::map<std::string, std::string> converted = ToStd(options);
-    llmdd::AsyncConnects::Config pool;
-    auto grc = converted.find(OPTION_GLOBAL_RESOURCE_CONFIG);
-    if (grc != converted.end()) {
-      std::string error;
-      if (!llmdd::ParseConnectPoolConfig(grc->second, &pool, &error)) {
-        LOG_ERROR("Initialize: %s", error.c_str());
-        return PARAM_INVALID;
-      }
-    }
-    Status status = impl_->engine.Initialize(ToStd(local_engine), converted);
+    // The engine reads GlobalResourceConfig (its channel pool and our
+    // connect pool: engine_config.h, one parser) and refuses a bad one.
+    Status status = impl_->engine.Initialize(ToStd(local_engine), ToStd(options));
     if (status != SUCCESS) return status;
-    status = impl_->connects.Start(pool);
+    status = impl_->connects.Start(impl_->engine.Config().connect_pool);
     if (status != SUCCESS) {
       LOG_ERROR("Initialize: cannot set up the asynchronous connection pool (RESOURCE_EXHAUSTED)");
       impl_->engine.Finalize();

@@ -3,8 +3,6 @@
 #include <new>
 #include <utility>
 
-#include "common/endpoint.h"
-#include "common/json_object.h"
 #include "common/log.h"
 #include "common/status_name.h"
 #include "common/threads.h"
@@ -160,34 +158,6 @@ std::map<std::string, hixl::AsyncConnectStatus> AsyncConnects::Statuses() const 
 size_t AsyncConnects::Waiting() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return waiting_;
-}
-
-bool ParseConnectPoolConfig(const std::string &json, AsyncConnects::Config *config, std::string *error) {
-  std::map<std::string, std::string> members;
-  if (!ParseJsonObject(json, &members, error)) {
-    *error = "GlobalResourceConfig is not a JSON object: " + *error;
-    return false;
-  }
-  struct Field {
-    const char *key;
-    int64_t lo, hi;
-    uint32_t *out;
-  } fields[] = {
-      {"connect_pool.thread_num", 1, 64, &config->threads},
-      {"connect_pool.task_queue_capacity", 1, 65535, &config->queue_capacity},
-  };
-  for (const Field &f : fields) {
-    auto it = members.find(f.key);
-    if (it == members.end()) continue;
-    int64_t v = 0;
-    if (!ParseInt64(it->second, &v) || v < f.lo || v > f.hi) {
-      *error = std::string("GlobalResourceConfig ") + f.key + "='" + it->second + "' must be an integer in [" +
-               std::to_string(f.lo) + ", " + std::to_string(f.hi) + "]";
-      return false;
-    }
-    *f.out = static_cast<uint32_t>(v);
-  }
-  return true;
 }
 
 }  // namespace llmdd

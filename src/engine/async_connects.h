@@ -34,6 +34,7 @@
 #include <string>
 
 #include "adxl/adxl_types.h"
+#include "engine/engine_config.h"
 #include "engine/worker_pool.h"
 #include "hixl/hixl_types.h"
 
@@ -45,10 +46,8 @@ class AsyncConnects {
   // returns the engine's status.
   using Runner = std::function<adxl::Status(const std::string &remote, bool connect, int32_t timeout_ms)>;
 
-  struct Config {
-    uint32_t threads = 2;            // GlobalResourceConfig connect_pool.thread_num [1, 64]
-    uint32_t queue_capacity = 128;   // connect_pool.task_queue_capacity [1, 65535]
-  };
+  // GlobalResourceConfig connect_pool.* (engine_config.h reads it).
+  using Config = ConnectPoolConfig;
 
   explicit AsyncConnects(Runner runner);
   ~AsyncConnects();  // Stop()
@@ -96,11 +95,5 @@ class AsyncConnects {
   std::map<std::string, Remote> remotes_;
   size_t waiting_ = 0;
 };
-
-// Reads connect_pool.thread_num and connect_pool.task_queue_capacity from
-// HIXL's GlobalResourceConfig (a JSON object; values as strings or numbers;
-// other members are left to whoever reads them). False with *error when the
-// text is not a JSON object or a value is out of range.
-bool ParseConnectPoolConfig(const std::string &json, AsyncConnects::Config *config, std::string *error);
 
 }  // namespace llmdd

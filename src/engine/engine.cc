@@ -22,6 +22,10 @@ namespace {
 constexpr int64_t kFinalizeGoodbyeMs = 1000;
 // Finalize logs the requests it still waits for after this long.
 constexpr int64_t kFinalizeRunnersLogMs = 1000;
+// Channels the pool closes say goodbye within this much time in all (and
+// within the connect's deadline): the connect that needed the slot should
+// not wait long for a frozen idle peer, whose session its server drops anyway.
+constexpr int64_t kEvictGoodbyeMs = 200;
 
 // True at most once a second (per call site): refusals that a busy caller
 // may hit in a loop are logged, not flooded.
@@ -110,6 +114,13 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
     requests_closed_ = false;
   }
   registry_.SetRemovalGrace(std::chrono::milliseconds(config_.deregister_grace_ms));
+  // Auto-connect always goes through the pool (ChannelFor connects pooled:
+  // the pool is what replaces dead channels and bounds what transfers open).
+  if (config_.auto_connect) config_.channel_pool.enabled = true;
+  {
+    std::lock_guard guard(channels_mutex_);
+    pool_.Configure(config_.channel_pool);
+  }
   notifies_.SetLimits(wire::kMaxNotifiesPerLink, config_.max_notify_bytes);
   if (config_.busy_poll_us >= 0) SetReadSpinMicros(static_cast<uint32_t>(config_.busy_poll_us));
   hooks_ = std::move(hooks);
@@ -140,6 +151,15 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
   }
   initialized_ = true;
   LOG_INFO("engine %s initialized (%s)", local_id_.c_str(), server_ ? "listening" : "client only");
+  if (pool_.Enabled()) {
+    LOG_INFO("engine %s: auto-connect on; channel pool of %u channels, %s", local_id_.c_str(),
+             config_.channel_pool.max_channel,
+             config_.channel_pool.waterlines
+                 ? ("idle ones closed from " + std::to_string(pool_.HighCount()) + " down to " +
+                    std::to_string(pool_.LowCount()))
+                       .c_str()
+                 : "an idle one closed only to make room");
+  }
   return adxl::SUCCESS;
 }
 
@@ -223,6 +243,9 @@ void Engine::Finalize() {
     requests_closed_ = true;
     for (TransferRequest *r = live_; r != nullptr; r = r->live_next) r->Cancel("canceled: the engine is finalizing");
   }
+  // Connects waiting for a slot of the channel pool give up (they hold the
+  // lifecycle lock, which Finalize takes next).
+  pool_.Wake();
   std::unique_ptr<PeerServer> server;
   std::map<std::string, std::shared_ptr<Channel>> channels;
   {
@@ -235,6 +258,7 @@ void Engine::Finalize() {
     server = std::move(server_);
     std::lock_guard guard(channels_mutex_);
     channels.swap(channels_);
+    pool_.Clear();
   }
   // Everything that waits for threads happens outside the lifecycle lock: a
   // serving thread may be waiting (through a hook into the layer above) for
@@ -364,7 +388,7 @@ adxl::Status Engine::Connect(const std::string &remote, int32_t timeout_ms) {
     LOG_ERROR("Connect: '%s' is this engine itself", remote.c_str());
     return adxl::PARAM_INVALID;
   }
-  adxl::Status status = ConnectLocked(remote, endpoint, 0, deadline, &error);
+  adxl::Status status = ConnectLocked(remote, endpoint, 0, deadline, &error, /*pooled=*/pool_.Enabled());
   if (status != adxl::SUCCESS)
     LOG_ERROR("Connect(%s) failed with %s: %s", remote.c_str(), StatusText(status).c_str(), error.c_str());
   return status;
@@ -381,15 +405,10 @@ adxl::Status Engine::ConnectKeyed(const std::string &key, const Endpoint &remote
 }
 
 adxl::Status Engine::ConnectLocked(const std::string &key, const Endpoint &remote, uint32_t reverse_lanes,
-                                   Deadline deadline, std::string *error) {
-  {
-    std::lock_guard guard(channels_mutex_);
-    if (channels_.count(key) != 0) {
-      *error = "already connected to " + key;
-      return adxl::ALREADY_CONNECTED;
-    }
-    channels_[key] = nullptr;  // reserve: a concurrent Connect sees ALREADY_CONNECTED
-  }
+                                   Deadline deadline, std::string *error, bool pooled, std::shared_ptr<Channel> *opened,
+                                   ChannelPool::Pin *pin) {
+  adxl::Status status = Reserve(key, pooled, deadline, error);
+  if (status != adxl::SUCCESS) return status;
   Channel::Params params;
   params.local_id = local_id_;
   params.remote_id = key;
@@ -402,14 +421,191 @@ adxl::Status Engine::ConnectLocked(const std::string &key, const Endpoint &remot
   params.app_handler = &hooks_.app_handler;
   params.transports = &transports_;
   std::shared_ptr<Channel> channel;
-  adxl::Status status = Channel::Open(params, deadline, &channel, error);
-  std::lock_guard guard(channels_mutex_);
-  if (status != adxl::SUCCESS) {
-    channels_.erase(key);
+  // The reservation must end whatever happens: a slot and a waiting
+  // auto-connect depend on it.
+  try {
+    status = Channel::Open(params, deadline, &channel, error);
+  } catch (const std::bad_alloc &) {
+    status = adxl::RESOURCE_EXHAUSTED;
+    *error = "out of memory";
+  } catch (...) {
+    status = adxl::FAILED;
+    *error = "unexpected exception";
+  }
+  {
+    std::lock_guard guard(channels_mutex_);
+    auto outcome = connecting_.find(key);
+    if (outcome != connecting_.end()) {
+      outcome->second->done = true;
+      outcome->second->status = status;
+      outcome->second->error = *error;
+      connecting_.erase(outcome);
+    }
+    if (status != adxl::SUCCESS) {
+      channels_.erase(key);
+      if (pooled) pool_.Release(key);
+    } else {
+      channels_[key] = channel;
+      if (pooled) {
+        pool_.Opened(key);
+        if (pin != nullptr) *pin = pool_.PinUse(key);
+      }
+      if (opened != nullptr) *opened = channel;
+    }
+  }
+  connect_done_.notify_all();
+  return status;
+}
+
+adxl::Status Engine::Reserve(const std::string &key, bool pooled, Deadline deadline, std::string *error) {
+  if (!pooled) {
+    std::lock_guard guard(channels_mutex_);
+    if (channels_.count(key) != 0) {
+      *error = "already connected to " + key;
+      return adxl::ALREADY_CONNECTED;
+    }
+    channels_[key] = nullptr;  // reserve: a concurrent Connect sees ALREADY_CONNECTED
+    connecting_[key] = std::make_shared<ConnectOutcome>();
+    return adxl::SUCCESS;
+  }
+  pool_.BeginWait();
+  struct EndWait {
+    ChannelPool *pool;
+    ~EndWait() { pool->EndWait(); }
+  } end_wait{&pool_};
+  // Dead channels give their slots back first (TryTake; under channels_mutex_).
+  const auto dead = [this](const std::string &k) {
+    auto it = channels_.find(k);
+    return it != channels_.end() && it->second && it->second->Dead();
+  };
+  bool waited = false;
+  for (;;) {
+    const uint64_t generation = pool_.Generation();  // before anything it looks at
+    {
+      std::lock_guard guard(requests_mutex_);
+      if (requests_closed_) {
+        *error = "the engine is finalizing";
+        return adxl::FAILED;
+      }
+    }
+    std::vector<std::shared_ptr<Channel>> evicted;
+    std::shared_ptr<Channel> replaced;
+    ChannelPool::Take take = ChannelPool::Take::kFull;
+    size_t taken = 0;
+    {
+      std::lock_guard guard(channels_mutex_);
+      auto existing = channels_.find(key);
+      if (existing != channels_.end() && existing->second && existing->second->Dead()) {
+        // Cleaned up (a pool means auto-connect): the connect replaces it. It
+        // is closed by whoever holds it last (a transfer may still be failing
+        // on it), not waited for here.
+        replaced = std::move(existing->second);
+        channels_.erase(existing);
+        pool_.Release(key);
+      } else if (existing != channels_.end()) {
+        *error = "already connected to " + key;
+        return adxl::ALREADY_CONNECTED;
+      }
+      std::vector<std::string> keys;
+      take = pool_.TryTake(key, dead, &keys);
+      for (const std::string &k : keys) {
+        auto it = channels_.find(k);
+        if (it == channels_.end()) continue;
+        if (it->second) evicted.push_back(std::move(it->second));
+        channels_.erase(it);
+      }
+      if (take == ChannelPool::Take::kTaken) {
+        channels_[key] = nullptr;
+        connecting_[key] = std::make_shared<ConnectOutcome>();
+      }
+      taken = pool_.Count();
+    }
+    if (replaced) LOG_WARN("the channel to %s is dead (%s); connecting again", key.c_str(), replaced->DeadReason().c_str());
+    replaced.reset();
+    if (!evicted.empty()) CloseEvicted(std::move(evicted), deadline);
+    if (take == ChannelPool::Take::kTaken) {
+      if (waited) LOG_INFO("connect to %s got a slot of the channel pool", key.c_str());
+      return adxl::SUCCESS;
+    }
+    if (deadline.Expired()) {
+      *error = "every slot of the channel pool is busy (" + std::to_string(taken) +
+               " channels with a transfer, notify or connect in flight; channel_pool.max_channel=" +
+               std::to_string(config_.channel_pool.max_channel) + ") and none came free within the timeout";
+      return adxl::RESOURCE_EXHAUSTED;
+    }
+    if (!waited) {
+      LOG_INFO("connect to %s waits for a slot of the channel pool (all %zu busy)", key.c_str(), taken);
+      waited = true;
+    }
+    pool_.Wait(generation, deadline);
+  }
+}
+
+void Engine::CloseEvicted(std::vector<std::shared_ptr<Channel>> channels, Deadline deadline) {
+  // One deadline for all, every goodbye sent before any answer is awaited (as Finalize does).
+  const Deadline goodbyes = deadline.EarlierOf(Deadline::AfterMs(kEvictGoodbyeMs));
+  for (const auto &channel : channels) {
+    LOG_INFO("channel pool: closing the idle channel to %s%s", channel->RemoteId().c_str(),
+             channel->Dead() ? " (dead)" : "");
+    channel->SayGoodbye(goodbyes);
+  }
+  for (const auto &channel : channels) channel->Close(goodbyes);
+}
+
+adxl::Status Engine::ChannelFor(const char *call, const std::string &remote, Deadline deadline,
+                                std::shared_ptr<Channel> *channel, ChannelPool::Pin *pin, std::string *error) {
+  for (;;) {
+    {
+      std::unique_lock lock(channels_mutex_);
+      auto it = channels_.find(remote);
+      if (it != channels_.end() && it->second && !(config_.auto_connect && it->second->Dead())) {
+        *channel = it->second;
+        *pin = pool_.PinUse(remote);
+        return adxl::SUCCESS;
+      }
+      if (!config_.auto_connect) {
+        *error = "not connected to " + remote;
+        return adxl::NOT_CONNECTED;
+      }
+      // A dead channel (its peer stopped answering or went away) is replaced
+      // by the connect below (Reserve drops it).
+      if (it != channels_.end() && !it->second) {
+        // Being connected (by another transfer or a Connect): its outcome is ours.
+        auto pending = connecting_.find(remote);
+        if (pending == connecting_.end()) {  // (every reservation has one: Reserve)
+          *error = "a connect to " + remote + " is in progress";
+          return adxl::NOT_CONNECTED;
+        }
+        std::shared_ptr<ConnectOutcome> outcome = pending->second;
+        if (!connect_done_.wait_until(lock, deadline.At(), [&] { return outcome->done; })) {
+          *error = "the connect to " + remote + " in progress did not end within the timeout";
+          return adxl::TIMEOUT;
+        }
+        if (outcome->status != adxl::SUCCESS) {
+          *error = "connecting failed: " + outcome->error;
+          return outcome->status;
+        }
+        continue;  // its channel, or (closed again meanwhile) a connect of our own
+      }
+    }
+    Endpoint endpoint;
+    if (!ParseEngineEndpoint(remote, &endpoint, error)) {
+      *error = "invalid remote engine '" + remote + "': " + *error;
+      return adxl::PARAM_INVALID;
+    }
+    if (!endpoint.HasListenPort()) {
+      *error = "remote engine '" + remote + "' has no port, so it cannot be listening";
+      return adxl::PARAM_INVALID;
+    }
+    if (remote == local_id_) {
+      *error = "'" + remote + "' is this engine itself";
+      return adxl::PARAM_INVALID;
+    }
+    const adxl::Status status = ConnectLocked(remote, endpoint, 0, deadline, error, /*pooled=*/true, channel, pin);
+    if (status == adxl::ALREADY_CONNECTED) continue;  // another caller started first: share its connect
+    if (status == adxl::SUCCESS) LOG_INFO("%s: connected to %s on demand (auto-connect)", call, remote.c_str());
     return status;
   }
-  channels_[key] = channel;
-  return adxl::SUCCESS;
 }
 
 adxl::Status Engine::DisconnectKeyed(const std::string &key, Deadline deadline, bool say_goodbye) {
@@ -420,6 +616,7 @@ adxl::Status Engine::DisconnectKeyed(const std::string &key, Deadline deadline, 
     if (it == channels_.end() || !it->second) return adxl::NOT_CONNECTED;
     channel = it->second;
     channels_.erase(it);
+    pool_.Release(key);
   }
   // Submitted requests end now (no caller waits in them); Close then waits
   // for the transfers still running on the channel, these included.
@@ -451,6 +648,11 @@ bool Engine::HasChannel(const std::string &key) {
   std::lock_guard guard(channels_mutex_);
   auto it = channels_.find(key);
   return it != channels_.end() && it->second;
+}
+
+size_t Engine::ChannelSlotsTaken() {
+  std::lock_guard guard(channels_mutex_);
+  return pool_.Count();
 }
 
 std::shared_ptr<LanePool> Engine::FindPool(const std::string &key, std::shared_ptr<Channel> *channel) {
@@ -872,14 +1074,16 @@ adxl::Status Engine::TransferSync(const std::string &remote, adxl::TransferOp op
     return adxl::PARAM_INVALID;
   }
   std::shared_ptr<Channel> channel;
-  {
-    std::lock_guard guard(channels_mutex_);
-    auto it = channels_.find(remote);
-    if (it != channels_.end()) channel = it->second;
-  }
-  if (!channel) {
-    LOG_ERROR("TransferSync: not connected to %s", remote.c_str());
-    return adxl::NOT_CONNECTED;
+  ChannelPool::Pin pin;  // the channel stays out of the pool's reach until the transfer returns
+  adxl::Status found = ChannelFor("TransferSync", remote, deadline, &channel, &pin, &error);
+  if (found != adxl::SUCCESS) {
+    if (found == adxl::NOT_CONNECTED && !config_.auto_connect) {
+      LOG_ERROR("TransferSync: not connected to %s", remote.c_str());
+    } else {
+      LOG_ERROR("TransferSync(%s): no channel, auto-connect failed with %s: %s", remote.c_str(),
+                StatusText(found).c_str(), error.c_str());
+    }
+    return found;
   }
   if (segs.empty()) return adxl::SUCCESS;
   if (channel->Dead()) {
@@ -924,15 +1128,20 @@ adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp o
     return adxl::PARAM_INVALID;
   }
   Route route;
-  {
-    std::lock_guard guard(channels_mutex_);
-    auto it = channels_.find(remote);
-    if (it != channels_.end()) route.channel = it->second;
+  ChannelPool::Pin pin;
+  adxl::Status found =
+      ChannelFor("TransferAsync", remote, Deadline::AfterMs(kAutoConnectAsyncMs), &route.channel, &pin, &error);
+  if (found != adxl::SUCCESS) {
+    if (found == adxl::NOT_CONNECTED && !config_.auto_connect) {
+      LOG_ERROR("TransferAsync: not connected to %s", remote.c_str());
+    } else {
+      LOG_ERROR("TransferAsync(%s): no channel, auto-connect failed with %s: %s", remote.c_str(),
+                StatusText(found).c_str(), error.c_str());
+    }
+    return found;
   }
-  if (!route.channel) {
-    LOG_ERROR("TransferAsync: not connected to %s", remote.c_str());
-    return adxl::NOT_CONNECTED;
-  }
+  // The request's route keeps the channel busy until the request is done.
+  if (pin) route.pin = std::make_shared<ChannelPool::Pin>(std::move(pin));
   if (route.channel->Dead()) {
     LOG_ERROR("TransferAsync(%s): peer is dead (%s); Disconnect and Connect again", remote.c_str(),
               route.channel->DeadReason().c_str());
@@ -1022,21 +1231,25 @@ adxl::Status Engine::SendNotify(const std::string &remote, const wire::Notify &n
   }
   const Deadline deadline = Deadline::AfterMs(timeout_ms);
   std::shared_ptr<Channel> channel;
+  ChannelPool::Pin pin;  // the channel stays out of the pool's reach until the notify is answered
+  std::string error;
   {
     std::shared_lock lock(lifecycle_);
     if (!initialized_) {
       LOG_ERROR("SendNotify(%s): engine not initialized", remote.c_str());
       return adxl::FAILED;
     }
-    std::lock_guard guard(channels_mutex_);
-    auto it = channels_.find(remote);
-    if (it != channels_.end()) channel = it->second;
+    const adxl::Status found = ChannelFor("SendNotify", remote, deadline, &channel, &pin, &error);
+    if (found != adxl::SUCCESS) {
+      if (found == adxl::NOT_CONNECTED && !config_.auto_connect) {
+        LOG_ERROR("SendNotify: not connected to %s", remote.c_str());
+      } else {
+        LOG_ERROR("SendNotify(%s): no channel, auto-connect failed with %s: %s", remote.c_str(),
+                  StatusText(found).c_str(), error.c_str());
+      }
+      return found;
+    }
   }
-  if (!channel) {
-    LOG_ERROR("SendNotify: not connected to %s", remote.c_str());
-    return adxl::NOT_CONNECTED;
-  }
-  std::string error;
   const adxl::Status status = channel->SendNotify(notify, deadline, &error);
   if (status != adxl::SUCCESS) {
     static std::atomic<int64_t> last_logged{0};

@@ -8,6 +8,10 @@
 // calling thread; SubmitTransfer queues one on the worker pool and returns it.
 // At most llmdd.MaxRequestsInFlight are in flight; Finalize cancels them.
 //
+// With AutoConnect or a channel pool (engine/channel_pool.h), TransferSync,
+// TransferAsync and SendNotify to a remote without a channel open one
+// (ChannelFor), and the channels this engine opens share the pool's slots.
+//
 // Thread-safety: every method may be called concurrently except Initialize and
 // Finalize, which take the lifecycle lock exclusively (they wait for running
 // calls instead of racing them).
@@ -29,6 +33,7 @@
 #include "common/endpoint.h"
 #include "engine/async_requests.h"
 #include "engine/channel.h"
+#include "engine/channel_pool.h"
 #include "engine/engine_config.h"
 #include "engine/lane.h"
 #include "engine/memory_registry.h"
@@ -58,8 +63,15 @@ class Engine {
                            uint32_t access = kAccessReadWrite);
   adxl::Status DeregisterMem(uint64_t handle);
 
+  // With a channel pool, a Connect takes a slot: when every slot is busy it
+  // waits for one within its timeout, then RESOURCE_EXHAUSTED; the channel
+  // it opens may be closed by the pool when idle (a later transfer opens it
+  // again).
   adxl::Status Connect(const std::string &remote, int32_t timeout_ms);
   adxl::Status Disconnect(const std::string &remote, int32_t timeout_ms);
+  // Without a channel to `remote`: NOT_CONNECTED, or with auto-connect a
+  // channel is opened within the timeout first (ChannelFor: its failure is
+  // the transfer's status).
   adxl::Status TransferSync(const std::string &remote, adxl::TransferOp op, const adxl::TransferOpDesc *descs,
                             size_t count, int32_t timeout_ms);
 
@@ -69,7 +81,10 @@ class Engine {
   // its id (*id, never 0; 0 when refused). Refused: FAILED (not initialized,
   // finalizing, the peer is dead), PARAM_INVALID, NOT_CONNECTED,
   // RESOURCE_EXHAUSTED (llmdd.MaxRequestsInFlight requests are held by the
-  // async table, or in flight in the engine).
+  // async table, or in flight in the engine). With auto-connect, a remote
+  // without a channel is connected first, within kAutoConnectAsyncMs (the
+  // caller waits for it); a failed connect is refused with its status.
+  static constexpr int32_t kAutoConnectAsyncMs = 1000;
   adxl::Status TransferAsync(const std::string &remote, adxl::TransferOp op, const adxl::TransferOpDesc *descs,
                              size_t count, const void *user_data, uint64_t *id);
   // SUCCESS with WAITING or COMPLETED; FAILED with FAILED (the request failed:
@@ -93,7 +108,9 @@ class Engine {
   // TIMEOUT (no answer in time), or the remote's refusal:
   // RESOURCE_EXHAUSTED (it holds 4096 unconsumed notifies of this link, or
   // llmdd.MaxNotifyBytes of all), with a log line each. The lifecycle lock is
-  // not held while it waits: Finalize ends the wait (FAILED).
+  // not held while it waits: Finalize ends the wait (FAILED). With
+  // auto-connect, a remote without a channel is connected first (within the
+  // timeout), as for TransferSync.
   adxl::Status SendNotify(const std::string &remote, const wire::Notify &notify, int32_t timeout_ms);
   // Appends every notify received on this engine's serving side, oldest
   // first, and forgets them. FAILED if not initialized.
@@ -141,6 +158,8 @@ class Engine {
   adxl::Status AppCallKeyed(const std::string &key, uint32_t app_type, const std::string &request,
                             Deadline deadline, std::string *response, std::string *error);
   bool HasChannel(const std::string &key);
+  // Slots of the channel pool taken (open channels and connects in progress; tests).
+  size_t ChannelSlotsTaken();
 
   // Starts moving `segs` (validated, e.g. by BuildSegments) to/from the peer
   // `key` (resolved as TransferKeyed does) on the worker pool and returns at
@@ -157,8 +176,31 @@ class Engine {
  private:
   adxl::Status StartServerLocked(const Endpoint &listen);
   // ConnectKeyed with the lifecycle lock already held (shared) by the caller.
+  // pooled: the channel takes a slot of the channel pool (Reserve); on
+  // success *opened (when given) is the channel and *pin (when given) pins
+  // it, taken under the same lock that installs it, so the pool cannot close
+  // it before the caller uses it.
   adxl::Status ConnectLocked(const std::string &key, const Endpoint &remote, uint32_t reverse_lanes, Deadline deadline,
-                             std::string *error);
+                             std::string *error, bool pooled = false, std::shared_ptr<Channel> *opened = nullptr,
+                             ChannelPool::Pin *pin = nullptr);
+  // Reserves `key` for a connect (a null entry in channels_, so a second
+  // Connect sees ALREADY_CONNECTED, and its ConnectOutcome). pooled: also a
+  // slot of the channel pool, closing the channels it says must go, and
+  // waiting for a slot until the deadline (then RESOURCE_EXHAUSTED).
+  adxl::Status Reserve(const std::string &key, bool pooled, Deadline deadline, std::string *error);
+  // Says goodbye to and closes channels the pool evicted (idle: nothing to
+  // wait for), in parallel, within the connect's deadline and at most
+  // kEvictGoodbyeMs.
+  void CloseEvicted(std::vector<std::shared_ptr<Channel>> channels, Deadline deadline);
+  // The channel for a call of the public API (`call` names it in errors) to
+  // `remote`, pinned by *pin. Without one: NOT_CONNECTED; with auto-connect
+  // it is opened within `deadline` (a connect in progress to `remote` is
+  // waited for and its outcome shared; a dead channel is dropped and opened
+  // again): PARAM_INVALID for a remote Connect would refuse, the connect's
+  // status when it fails, TIMEOUT when a shared connect outlasts the deadline.
+  // Lifecycle lock held (shared).
+  adxl::Status ChannelFor(const char *call, const std::string &remote, Deadline deadline,
+                          std::shared_ptr<Channel> *channel, ChannelPool::Pin *pin, std::string *error);
   // Resolves `key` to a lane pool (channel first, then attached peer) and keeps it alive.
   std::shared_ptr<LanePool> FindPool(const std::string &key, std::shared_ptr<Channel> *channel);
 
@@ -166,6 +208,9 @@ class Engine {
   struct Route {
     std::shared_ptr<Channel> channel;
     std::shared_ptr<LanePool> pool;
+    // Keeps a pooled channel busy until the request is done (its runner
+    // drops the route then); shared by the route's copies.
+    std::shared_ptr<ChannelPool::Pin> pin;
   };
   // Counts `request` in flight and lets Finalize see it; refuses with FAILED
   // (finalizing) or RESOURCE_EXHAUSTED (the cap), *error saying why.
@@ -248,6 +293,21 @@ class Engine {
   std::mutex channels_mutex_;
   // A null value marks a Connect in progress (so a second Connect sees ALREADY_CONNECTED).
   std::map<std::string, std::shared_ptr<Channel>> channels_;
+  // The outcome of each connect in progress (guarded by channels_mutex_):
+  // auto-connects to a remote that is being connected wait for it
+  // (connect_done_, with channels_mutex_) and share its status, so
+  // concurrent transfers open one channel.
+  struct ConnectOutcome {
+    bool done = false;
+    adxl::Status status = adxl::FAILED;
+    std::string error;
+  };
+  std::map<std::string, std::shared_ptr<ConnectOutcome>> connecting_;
+  std::condition_variable connect_done_;
+  // The channel pool's slots (guarded by channels_mutex_ but for its pins
+  // and waits: engine/channel_pool.h). Disabled unless AutoConnect or a
+  // channel pool was configured.
+  ChannelPool pool_;
 
   // Requests (lock order: beside channels_mutex_; a request's own lock is a leaf below).
   mutable std::mutex requests_mutex_;

@@ -1,9 +1,12 @@
 #include "engine/engine_config.h"
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdlib>
 
 #include "common/endpoint.h"
+#include "common/json_object.h"
 #include "common/log.h"
 
 namespace llmdd {
@@ -49,10 +52,82 @@ std::string CheckAuthSecret(const std::string &secret) {
   return "";
 }
 
+// A number as JSON writes one (or as a string holding one), read without the
+// process's locale (strtod would take "0,3" under a German LC_NUMERIC).
+bool ParseFraction(const std::string &text, double *out) {
+  const char *begin = text.data(), *end = text.data() + text.size();
+  const auto result = std::from_chars(begin, end, *out, std::chars_format::general);
+  return !text.empty() && result.ec == std::errc() && result.ptr == end && std::isfinite(*out);
+}
+
+// Tolerance of the waterline checks: 0.3 - 0.1 is 0.19999999999999998 in
+// doubles, and (0.3 - 0.1) * 10 must still count as two channels.
+constexpr double kWaterlineEpsilon = 1e-9;
+
 }  // namespace
+
+bool ParseGlobalResourceConfig(const std::string &json, ConnectPoolConfig *connect_pool,
+                               ChannelPoolConfig *channel_pool, std::string *error) {
+  std::map<std::string, std::string> members;
+  if (!ParseJsonObject(json, &members, error)) {
+    *error = "GlobalResourceConfig is not a JSON object: " + *error;
+    return false;
+  }
+  struct Field {
+    const char *key;
+    int64_t lo, hi;
+    uint32_t *out;
+  } fields[] = {
+      {"connect_pool.thread_num", 1, 64, &connect_pool->threads},
+      {"connect_pool.task_queue_capacity", 1, 65535, &connect_pool->queue_capacity},
+      {"channel_pool.max_channel", 1, 512, &channel_pool->max_channel},
+  };
+  for (const Field &f : fields) {
+    auto it = members.find(f.key);
+    if (it == members.end()) continue;
+    int64_t v = 0;
+    if (!ParseBounded(it->second, f.lo, f.hi, &v)) {
+      *error = std::string("GlobalResourceConfig ") + f.key + "='" + it->second + "' must be an integer in [" +
+               std::to_string(f.lo) + ", " + std::to_string(f.hi) + "]";
+      return false;
+    }
+    *f.out = static_cast<uint32_t>(v);
+  }
+  const auto high = members.find("channel_pool.high_waterline");
+  const auto low = members.find("channel_pool.low_waterline");
+  if (members.count("channel_pool.max_channel") != 0 || high != members.end() || low != members.end())
+    channel_pool->enabled = true;
+  if ((high == members.end()) != (low == members.end())) {
+    const char *given = high != members.end() ? "channel_pool.high_waterline" : "channel_pool.low_waterline";
+    const char *missing = high != members.end() ? "channel_pool.low_waterline" : "channel_pool.high_waterline";
+    *error = std::string("GlobalResourceConfig ") + given + " is given without " + missing +
+             ": give both waterlines (each in (0, 1)) or neither";
+    return false;
+  }
+  if (high == members.end()) return true;
+  for (const auto &member : {high, low}) {
+    double v = 0;
+    if (!ParseFraction(member->second, &v) || v <= 0 || v >= 1) {
+      *error = "GlobalResourceConfig " + member->first + "='" + member->second + "' must be a number in (0, 1)";
+      return false;
+    }
+    (member == high ? channel_pool->high_waterline : channel_pool->low_waterline) = v;
+  }
+  const double span = (channel_pool->high_waterline - channel_pool->low_waterline) * channel_pool->max_channel;
+  if (span < 1 - kWaterlineEpsilon) {
+    *error = "GlobalResourceConfig channel_pool.high_waterline='" + high->second +
+             "' and channel_pool.low_waterline='" + low->second +
+             "' must be at least one channel apart: (high - low) * channel_pool.max_channel (" +
+             std::to_string(channel_pool->max_channel) + ") is " + std::to_string(span) + ", must be >= 1";
+    return false;
+  }
+  channel_pool->waterlines = true;
+  return true;
+}
 
 adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &options, EngineConfig *config,
                                 std::string *error) {
+  int auto_connect_option = -1;  // AutoConnect: -1 not given, else its value
   for (const auto &[key, value] : options) {
     int64_t v = 0;
     if (key == adxl::OPTION_BUFFER_POOL || key == "BufferPool") {
@@ -76,11 +151,20 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         return adxl::PARAM_INVALID;
       }
       LOG_INFO("option %s=%s accepted (used by RDMA transports only)", key.c_str(), value.c_str());
-    } else if (key == "GlobalResourceConfig") {
-      // HIXL's JSON resource configuration: hixl::Hixl reads its
-      // connect_pool.* members (engine/async_connects.h) before this runs.
-      LOG_INFO("option %s: connect_pool.* members are used by hixl::Hixl; the others are not used by this engine",
-               key.c_str());
+    } else if (key == kOptGlobalResourceConfig) {
+      // HIXL's JSON resource configuration, read here for both names: the
+      // channel pool is the engine's, the connect pool hixl::Hixl's.
+      std::string why;
+      if (!ParseGlobalResourceConfig(value, &config->connect_pool, &config->channel_pool, &why)) {
+        *error = "option " + why;  // "option GlobalResourceConfig channel_pool.max_channel='0' must be ..."
+        return adxl::PARAM_INVALID;
+      }
+    } else if (key == kOptAutoConnect) {
+      if (value != "0" && value != "1") {
+        *error = "option " + key + "='" + value + "' must be 0 or 1";
+        return adxl::PARAM_INVALID;
+      }
+      auto_connect_option = value == "1" ? 1 : 0;
     } else if (key == kOptTcpConnections) {
       if (!SetBounded(key, value, 1, 64, &config->tcp_connections, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptHeartbeatIntervalMs) {
@@ -146,6 +230,16 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       }
       config->auth_secret = env;
     }
+  }
+  // A pool needs auto-connect (the channels it closes must come back on use),
+  // and auto-connect needs the pool (it bounds the channels transfers open
+  // and cleans up dead ones): either option turns both on.
+  if (config->channel_pool.enabled && auto_connect_option == 0)
+    LOG_WARN("option %s=0 ignored: a channel pool in %s turns auto-connect on", kOptAutoConnect,
+             kOptGlobalResourceConfig);
+  if (config->channel_pool.enabled || auto_connect_option == 1) {
+    config->auto_connect = true;
+    config->channel_pool.enabled = true;
   }
   if (config->peer_timeout_ms <= config->heartbeat_interval_ms) {
     *error = "llmdd.PeerTimeoutMs (" + std::to_string(config->peer_timeout_ms) +

@@ -12,6 +12,30 @@
 
 namespace llmdd {
 
+// HIXL's GlobalResourceConfig "connect_pool.*": the threads and the queue of
+// hixl::Hixl's ConnectAsync/DisconnectAsync tasks (engine/async_connects.h).
+struct ConnectPoolConfig {
+  uint32_t threads = 2;           // connect_pool.thread_num [1, 64]
+  uint32_t queue_capacity = 128;  // connect_pool.task_queue_capacity [1, 65535]
+};
+
+// The channel pool (engine/channel_pool.h; docs/API.md, "Auto-connect and
+// the channel pool"): GlobalResourceConfig "channel_pool.*", or AutoConnect
+// alone (then with these defaults). When enabled, the channels this engine
+// opens (Connect, and the transfers' auto-connects, which it turns on) take a
+// slot each, idle ones are closed by the waterlines, and a connect that finds
+// every slot busy waits for one until its timeout.
+struct ChannelPoolConfig {
+  bool enabled = false;
+  uint32_t max_channel = 512;  // channel_pool.max_channel [1, 512]
+  // channel_pool.high_waterline / low_waterline, both in (0, 1), both or
+  // neither, (high - low) * max_channel >= 1. Without them an idle channel is
+  // closed only to make room when max_channel are open.
+  bool waterlines = false;
+  double high_waterline = 0;
+  double low_waterline = 0;
+};
+
 struct EngineConfig {
   uint32_t tcp_connections = 4;         // llmdd.TcpConnections: data lanes per peer [1, 64]
   uint32_t heartbeat_interval_ms = 1000; // llmdd.HeartbeatIntervalMs
@@ -65,6 +89,13 @@ struct EngineConfig {
   // each); one more is refused with RESOURCE_EXHAUSTED. Each link holds at
   // most 4096 besides (CANN's limit). Kept across sessions until GetNotifies.
   uint64_t max_notify_bytes = 64ULL << 20;  // llmdd.MaxNotifyBytes [64 KiB, 4 GiB]
+  // AutoConnect ("0"/"1"), or a channel pool in GlobalResourceConfig (which
+  // turns it on): TransferSync, TransferAsync and SendNotify to a remote
+  // without a channel open one (Engine::ChannelFor), and always through the
+  // channel pool (channel_pool.enabled is set with it).
+  bool auto_connect = false;
+  ChannelPoolConfig channel_pool;
+  ConnectPoolConfig connect_pool;  // read by hixl::Hixl only
   // Silence after which the server drops a client's session, from what its
   // Hello says: it pings every heartbeat interval once the previous Pong came
   // back, and waits for a Pong at most its peer timeout (then it gives up on
@@ -93,6 +124,9 @@ constexpr const char kOptMaxLanesPerSession[] = "llmdd.MaxLanesPerSession";
 constexpr const char kOptMaxRequestsInFlight[] = "llmdd.MaxRequestsInFlight";
 constexpr const char kOptAsyncTransferMaxMs[] = "llmdd.AsyncTransferMaxMs";
 constexpr const char kOptMaxNotifyBytes[] = "llmdd.MaxNotifyBytes";
+// CANN's keys that both names (adxl's and hixl's) spell without a prefix.
+constexpr const char kOptAutoConnect[] = "AutoConnect";
+constexpr const char kOptGlobalResourceConfig[] = "GlobalResourceConfig";
 constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 // Shared secret bounds. The handshake lets a rogue server at an address the
 // client connects to collect one client proof per attempt, which it can test
@@ -101,6 +135,16 @@ constexpr const char kEnvAuthSecret[] = "LLMDD_AUTH_SECRET";
 // variable means "no secret").
 constexpr size_t kMinAuthSecretBytes = 16;
 constexpr size_t kMaxAuthSecretBytes = 4096;
+
+// Reads HIXL's GlobalResourceConfig (one JSON object; values as strings or
+// numbers): connect_pool.thread_num, connect_pool.task_queue_capacity and
+// channel_pool.max_channel / high_waterline / low_waterline; any channel_pool
+// member enables the pool. Other members (fabric memory, comm_resource_config)
+// are left alone. False with *error naming the member and its allowed range
+// when the text is not a JSON object or a value is out of range; the outputs
+// are then unspecified.
+bool ParseGlobalResourceConfig(const std::string &json, ConnectPoolConfig *connect_pool,
+                               ChannelPoolConfig *channel_pool, std::string *error);
 
 // Parses and validates; unknown keys are logged and ignored. Returns
 // adxl::SUCCESS or adxl::PARAM_INVALID with *error naming the key and value.

@@ -91,6 +91,9 @@ void CheckTypes() {
   int32_t value = -1;
   CheckStatus(hixl::Hixl::GetCapability(hixl::CLIENT_SERVER_COMM, value), hixl::SUCCESS, "GetCapability");
   Check(value == hixl::FEATURE_SUPPORTED, "CLIENT_SERVER_COMM supported");
+  value = -1;
+  CheckStatus(hixl::Hixl::GetCapability(hixl::AUTO_CONNECT, value), hixl::SUCCESS, "GetCapability(AUTO_CONNECT)");
+  Check(value == hixl::FEATURE_SUPPORTED, "AUTO_CONNECT supported");
 }
 
 }  // namespace

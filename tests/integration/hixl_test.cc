@@ -319,6 +319,9 @@ TEST_P(HixlTest, EveryCallOfALifeWithExactStatuses) {
   int32_t value = -1;
   EXPECT_ST(hixl::SUCCESS, hixl::Hixl::GetCapability(hixl::CLIENT_SERVER_COMM, value));
   EXPECT_EQ(hixl::FEATURE_SUPPORTED, value);
+  value = -1;
+  EXPECT_ST(hixl::SUCCESS, hixl::Hixl::GetCapability(hixl::AUTO_CONNECT, value));
+  EXPECT_EQ(hixl::FEATURE_SUPPORTED, value);
   EXPECT_ST(hixl::PARAM_INVALID, hixl::Hixl::GetCapability(static_cast<hixl::FeatureType>(-1), value));
 
   // Disconnect: afterwards NOT_CONNECTED; deregister; finalize.

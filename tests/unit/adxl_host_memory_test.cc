@@ -23,7 +23,7 @@ int FreePort() { return llmdd::testing::FreeLoopbackPort(); }
 TEST(AdxlCapability, AnswersBeforeAnyEngineExists) {
   int32_t value = -7;
   EXPECT_EQ(adxl::AdxlEngine::GetCapability(adxl::AUTO_CONNECT, value), adxl::SUCCESS);
-  EXPECT_EQ(value, adxl::FEATURE_NOT_SUPPORTED);
+  EXPECT_EQ(value, adxl::FEATURE_SUPPORTED);  // OPTION_AUTO_CONNECT (docs/API.md, "Auto-connect")
   value = -7;
   EXPECT_EQ(adxl::AdxlEngine::GetCapability(adxl::CLIENT_SERVER_COMM, value), adxl::SUCCESS);
   EXPECT_EQ(value, adxl::FEATURE_SUPPORTED);

@@ -261,16 +261,19 @@ TEST_F(AsyncConnectsTest, StopDropsWaitingTasksWaitsForRunningOnesAndForgetsStat
 
 TEST(ConnectPoolConfig, ReadsConnectPoolMembersAsStringsOrNumbers) {
   AsyncConnects::Config config;
+  ChannelPoolConfig channels;
   std::string error;
-  ASSERT_TRUE(ParseConnectPoolConfig(R"({"connect_pool.thread_num":"3", "connect_pool.task_queue_capacity": 256,
+  ASSERT_TRUE(ParseGlobalResourceConfig(R"({"connect_pool.thread_num":"3", "connect_pool.task_queue_capacity": 256,
       "channel_pool.max_channel":"10", "comm_resource_config.protocol_desc": ["roce:host", "roce:device"],
       "nested": {"a": [1, 2.5e3, true, null, "\u00e9\ud83d\ude00"]}})",
-                                     &config, &error))
+                                        &config, &channels, &error))
       << error;
   EXPECT_EQ(3u, config.threads);
   EXPECT_EQ(256u, config.queue_capacity);
   AsyncConnects::Config defaults;
-  ASSERT_TRUE(ParseConnectPoolConfig("{}", &defaults, &error)) << error;
+  ChannelPoolConfig no_pool;
+  ASSERT_TRUE(ParseGlobalResourceConfig("{}", &defaults, &no_pool, &error)) << error;
+  EXPECT_FALSE(no_pool.enabled);
   EXPECT_EQ(2u, defaults.threads);
   EXPECT_EQ(128u, defaults.queue_capacity);
   for (const char *bad : {R"({"connect_pool.thread_num":"0"})", R"({"connect_pool.thread_num":"65"})",
@@ -279,7 +282,7 @@ TEST(ConnectPoolConfig, ReadsConnectPoolMembersAsStringsOrNumbers) {
                           "", "[]", "{", R"({"a":1,})", R"({"a" 1})", R"({"a":"b"} x)", R"({"a":"\q"})",
                           R"({"a":tru})", R"({"a":"\ud800"})"}) {
     AsyncConnects::Config c;
-    EXPECT_FALSE(ParseConnectPoolConfig(bad, &c, &error)) << bad;
+    EXPECT_FALSE(ParseGlobalResourceConfig(bad, &c, &channels, &error)) << bad;
     EXPECT_FALSE(error.empty()) << bad;
   }
 }
