@@ -14,7 +14,7 @@ namespace llmdd {
 using wire::MsgType;
 
 std::shared_ptr<ByteStream> Channel::OpenLane(wire::ConnRole role, Deadline deadline, adxl::Status *status,
-                                              std::string *error) {
+                                              std::string *error, const LanePool::Opening &opening) {
   wire::Hello hello;
   hello.role = role;
   hello.session_id = session_id_;
@@ -24,7 +24,8 @@ std::shared_ptr<ByteStream> Channel::OpenLane(wire::ConnRole role, Deadline dead
   hello.engine_id = params_.local_id;
   hello.target_engine_id = params_.remote_id;
   wire::HelloAck ack;
-  return OpenPeerConnection(params_.remote, hello, params_.config.auth_secret, deadline, &ack, status, error);
+  return OpenPeerConnection(params_.remote, hello, params_.config.auth_secret, deadline, &ack, status, error,
+                            opening);
 }
 
 adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_ptr<Channel> *out,
@@ -78,13 +79,14 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   // Broken forward lanes are reopened on demand with the same session.
   channel->lanes_ = std::make_unique<LanePool>(
       params.remote_id, params.workers,
-      [raw](Deadline d, adxl::Status *status, std::string *why) -> std::shared_ptr<ByteStream> {
+      [raw](Deadline d, adxl::Status *status, std::string *why,
+            const LanePool::Opening &opening) -> std::shared_ptr<ByteStream> {
         if (raw->stopping_.load() || raw->Dead()) {
           *status = adxl::FAILED;
           *why = raw->Dead() ? raw->DeadReason() : "channel is closing";
           return nullptr;
         }
-        return raw->OpenLane(wire::ConnRole::kDataLane, d, status, why);
+        return raw->OpenLane(wire::ConnRole::kDataLane, d, status, why, opening);
       });
   TransportPeer peer;
   peer.peer_name = params.remote_id;

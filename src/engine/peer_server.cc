@@ -504,8 +504,9 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
     if (!session->reverse) {
       LanePool::Reconnector opener;
       if (session->lazy_reverse) {
+        // The client opens the lane: nothing of ours to shut down while we wait (at most wait_ms).
         opener = [weak = std::weak_ptr<Session>(session), wait_ms = config_.handshake_timeout_ms](
-                     Deadline d, adxl::Status *status, std::string *why) {
+                     Deadline d, adxl::Status *status, std::string *why, const LanePool::Opening &) {
           return AskForReverseLane(weak, wait_ms, d, status, why);
         };
       }

@@ -92,8 +92,9 @@ void TransferRequest::Cancel(const std::string &why, adxl::Status status) {
   for (size_t i = 0; i < io_count_; ++i) {
     if (io_[i] != nullptr) io_[i]->Shutdown();
   }
-  // A runner waiting for a free lane sees the cancel at once.
-  if (pool_ != nullptr) pool_->WakeWaiters();
+  // A runner waiting for a free lane sees the cancel at once; one opening a
+  // lane for it has that connection shut down.
+  if (pool_ != nullptr) pool_->WakeWaiters(this);
   // Carried by a group: the group stops (lock order: a member's lock, then its
   // group's; nothing takes them the other way) and its runner ends this one
   // once the group's I/O has returned.
