@@ -33,7 +33,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   std::shared_ptr<Channel> channel(new Channel(params));
   wire::Hello hello;
   hello.role = wire::ConnRole::kControl;
-  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify;
+  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify | wire::kCapWriteHold;
   if (params.reverse_lanes > 0) hello.capabilities |= wire::kCapLazyReverseLanes;
   hello.heartbeat_interval_ms = params.config.heartbeat_interval_ms;
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
@@ -92,6 +92,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   peer.peer_name = params.remote_id;
   peer.lanes = channel->lanes_.get();
   if (forward_same_host) peer.same_host = channel->server_process_;
+  peer.write_hold = (ack.capabilities & wire::kCapWriteHold) != 0;
   channel->lanes_->SetLinks(params.transports->Connect(peer, ack.transports, deadline));
   // Data lanes open when a transfer first needs them and close after they sat
   // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.
