@@ -19,13 +19,27 @@
  * structs from the front of the reserved area). Programs built with the first
  * version of this header put the marker in bytes 0..3 ("LDA" and the value);
  * the library still reads those as access rights, never as local_only.
+ *
+ * Per-request deadline of an asynchronous transfer (adxl::AdxlEngine and
+ * hixl::Hixl TransferAsync; default: none, as in CANN). When it passes before
+ * the transfer completed, the request is canceled and its status becomes
+ * TransferStatus::TIMEOUT (terminal: it releases the request like COMPLETED
+ * and FAILED), whether or not the caller is polling. Where the bytes are:
+ * the last 8 bytes of the 128-byte TransferArgs of either API (adxl:
+ * reserved[120..127]; hixl, whose user_data takes the first 8 bytes:
+ * reserved[112..119]): a marker "LDT", a format byte (1), then the timeout in
+ * milliseconds (uint32_t, this host's byte order). Zeroed bytes, as a
+ * default-constructed TransferArgs has, mean no deadline. docs/API.md,
+ * "Per-request deadline", says what a request guarantees once it ended.
  */
 #ifndef LLMDD_EXTENSIONS_H_
 #define LLMDD_EXTENSIONS_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include "adxl/adxl_types.h"
+#include "hixl/hixl_types.h"
 #include "llm_datadist/llm_datadist.h"
 
 namespace llmdd_ext {
@@ -99,6 +113,64 @@ inline bool GetRemoteAccess(const adxl::MemDesc &mem, RemoteAccess *access) {
 inline bool GetRemoteAccess(const llm_datadist::RegisterCfg &cfg, RemoteAccess *access) {
   return ReadAccessMarker(ExtensionArea(cfg), kAccessOffset, access) ||
          ReadAccessMarker(ExtensionArea(cfg), kLegacyAccessOffset, access);
+}
+
+// ---- Per-request deadline (TransferArgs) ----
+
+// The marker: kTimeoutMarker0..2, kTimeoutFormat, then the timeout in ms
+// (uint32_t), at kTimeoutOffset of the 128-byte struct.
+constexpr uint8_t kTimeoutMarker0 = 'L', kTimeoutMarker1 = 'D', kTimeoutMarker2 = 'T';
+constexpr uint8_t kTimeoutFormat = 1;
+constexpr size_t kTransferArgsBytes = 128;
+constexpr size_t kTimeoutOffset = kTransferArgsBytes - 8;
+
+static_assert(sizeof(adxl::TransferArgs) == kTransferArgsBytes, "adxl::TransferArgs is 128 bytes");
+static_assert(sizeof(hixl::TransferArgs) == kTransferArgsBytes, "hixl::TransferArgs is 128 bytes");
+static_assert(offsetof(hixl::TransferArgs, reserved) + sizeof(hixl::TransferArgs().reserved) == kTransferArgsBytes,
+              "the deadline lies in hixl::TransferArgs::reserved");
+
+// The 8 bytes of `args` (a TransferArgs of either API) that hold the deadline.
+inline void WriteTimeoutBytes(uint8_t *at, uint32_t timeout_ms) {
+  if (timeout_ms == 0) {
+    std::memset(at, 0, 8);
+    return;
+  }
+  at[0] = kTimeoutMarker0;
+  at[1] = kTimeoutMarker1;
+  at[2] = kTimeoutMarker2;
+  at[3] = kTimeoutFormat;
+  std::memcpy(at + 4, &timeout_ms, sizeof(timeout_ms));
+}
+// True when `at` holds a deadline (a marker and a timeout of at least 1 ms).
+inline bool ReadTimeoutBytes(const uint8_t *at, uint32_t *timeout_ms) {
+  if (at[0] != kTimeoutMarker0 || at[1] != kTimeoutMarker1 || at[2] != kTimeoutMarker2 || at[3] != kTimeoutFormat)
+    return false;
+  uint32_t ms = 0;
+  std::memcpy(&ms, at + 4, sizeof(ms));
+  if (ms == 0) return false;
+  *timeout_ms = ms;
+  return true;
+}
+
+// Sets the deadline of the request TransferAsync makes from `args`: it ends
+// TIMEOUT once `timeout_ms` milliseconds have passed since TransferAsync
+// accepted it, unless it ended before. 0 removes the deadline (the request
+// then runs until it completes, fails, is canceled, or the engine's
+// llmdd.AsyncTransferMaxMs ends it FAILED). Touches only the last 8 bytes.
+inline void SetTransferTimeout(adxl::TransferArgs &args, uint32_t timeout_ms) {
+  WriteTimeoutBytes(reinterpret_cast<uint8_t *>(&args) + kTimeoutOffset, timeout_ms);
+}
+inline void SetTransferTimeout(hixl::TransferArgs &args, uint32_t timeout_ms) {
+  WriteTimeoutBytes(reinterpret_cast<uint8_t *>(&args) + kTimeoutOffset, timeout_ms);
+}
+
+// Reads the deadline back; false (and *timeout_ms untouched) when none is
+// set, as in zeroed or default-constructed args.
+inline bool GetTransferTimeout(const adxl::TransferArgs &args, uint32_t *timeout_ms) {
+  return ReadTimeoutBytes(reinterpret_cast<const uint8_t *>(&args) + kTimeoutOffset, timeout_ms);
+}
+inline bool GetTransferTimeout(const hixl::TransferArgs &args, uint32_t *timeout_ms) {
+  return ReadTimeoutBytes(reinterpret_cast<const uint8_t *>(&args) + kTimeoutOffset, timeout_ms);
 }
 
 }  // namespace llmdd_ext

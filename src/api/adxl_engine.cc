@@ -86,12 +86,14 @@ Status AdxlEngine::TransferSync(const AscendString &remote_engine, TransferOp op
 Status AdxlEngine::TransferAsync(const AscendString &remote_engine, TransferOp operation,
                                  const std::vector<TransferOpDesc> &op_descs, const TransferArgs &optional_args,
                                  TransferReq &req) {
-  (void)optional_args;  // reserved
   req = nullptr;
   return Guarded("TransferAsync", [&] {
+    // The reserved bytes carry only the deadline extension (llmdd/extensions.h); 0: none.
+    uint32_t timeout_ms = 0;
+    llmdd_ext::GetTransferTimeout(optional_args, &timeout_ms);
     uint64_t id = 0;
     Status status = impl_->engine.TransferAsync(ToStd(remote_engine), operation, op_descs.data(), op_descs.size(),
-                                                nullptr, &id);
+                                                nullptr, timeout_ms, &id);
     if (status == SUCCESS) req = reinterpret_cast<TransferReq>(static_cast<uintptr_t>(id));
     return status;
   });

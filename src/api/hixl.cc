@@ -243,9 +243,12 @@ Status Hixl::TransferAsync(const AscendString &remote_engine, TransferOp operati
   req = nullptr;
   return Guarded("TransferAsync", [&] {
     const std::vector<adxl::TransferOpDesc> descs = ToAdxl(op_descs);
+    // The reserved bytes carry only the deadline extension (llmdd/extensions.h); 0: none.
+    uint32_t timeout_ms = 0;
+    llmdd_ext::GetTransferTimeout(optional_args, &timeout_ms);
     uint64_t id = 0;
     Status status = impl_->engine.TransferAsync(ToStd(remote_engine), ToAdxl(operation), descs.data(), descs.size(),
-                                                optional_args.user_data, &id);
+                                                optional_args.user_data, timeout_ms, &id);
     if (status == SUCCESS) req = ToReq(id);
     return status;
   });

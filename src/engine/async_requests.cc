@@ -20,12 +20,14 @@ void AsyncRequests::Unreserve() {
 }
 
 void AsyncRequests::Insert(std::shared_ptr<TransferRequest> request, std::weak_ptr<Channel> channel,
-                           const void *user_data) {
+                           const void *user_data, bool own_deadline, uint64_t timer) {
   const uint64_t id = request->Id();
   Entry entry;
   entry.request = std::move(request);
   entry.channel = std::move(channel);
   entry.user_data = user_data;
+  entry.own_deadline = own_deadline;
+  entry.timer = timer;
   std::lock_guard lock(mutex_);
   if (reserved_ > 0) --reserved_;
   entries_.emplace(id, std::move(entry));
@@ -44,11 +46,11 @@ adxl::TransferStatus AsyncRequests::Evaluate(const Entry &entry, adxl::Status *o
     if (!request.Done()) return adxl::TransferStatus::WAITING;
   }
   *outcome = request.Outcome(error);
-  return TerminalStatus(*outcome);
+  return TerminalStatus(*outcome, entry.own_deadline);
 }
 
 AsyncRequests::Found AsyncRequests::Query(uint64_t id, adxl::TransferStatus *status, adxl::Status *outcome,
-                                          std::string *error) {
+                                          std::string *error, uint64_t *timer) {
   // Released after the lock (declared before it): the last reference to a
   // channel or a request may be ours.
   std::shared_ptr<Channel> channel;
@@ -59,12 +61,13 @@ AsyncRequests::Found AsyncRequests::Query(uint64_t id, adxl::TransferStatus *sta
   *status = Evaluate(it->second, outcome, error, &channel);
   if (*status == adxl::TransferStatus::WAITING) return Found::kWaiting;
   request = std::move(it->second.request);
+  if (timer != nullptr) *timer = it->second.timer;
   entries_.erase(it);
   return Found::kTerminal;
 }
 
 void AsyncRequests::QueryMany(uint32_t max_count, bool skip_waiting, std::vector<Result> *results,
-                              std::vector<std::string> *failures) {
+                              std::vector<std::string> *failures, std::vector<uint64_t> *timers) {
   results->clear();
   std::vector<std::shared_ptr<Channel>> channels;
   std::vector<std::shared_ptr<TransferRequest>> ended;
@@ -87,6 +90,7 @@ void AsyncRequests::QueryMany(uint32_t max_count, bool skip_waiting, std::vector
     if (failures != nullptr && outcome != adxl::SUCCESS)
       failures->push_back("request " + std::to_string(it->first) + " to " + it->second.request->Key() +
                           " failed with " + StatusText(outcome) + ": " + error);
+    if (timers != nullptr && it->second.timer != 0) timers->push_back(it->second.timer);
     ended.push_back(std::move(it->second.request));
     it = entries_.erase(it);
   }

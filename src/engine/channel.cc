@@ -14,7 +14,7 @@ namespace llmdd {
 using wire::MsgType;
 
 std::shared_ptr<ByteStream> Channel::OpenLane(wire::ConnRole role, Deadline deadline, adxl::Status *status,
-                                              std::string *error) {
+                                              std::string *error, const LanePool::Opening &opening) {
   wire::Hello hello;
   hello.role = role;
   hello.session_id = session_id_;
@@ -24,7 +24,8 @@ std::shared_ptr<ByteStream> Channel::OpenLane(wire::ConnRole role, Deadline dead
   hello.engine_id = params_.local_id;
   hello.target_engine_id = params_.remote_id;
   wire::HelloAck ack;
-  return OpenPeerConnection(params_.remote, hello, params_.config.auth_secret, deadline, &ack, status, error);
+  return OpenPeerConnection(params_.remote, hello, params_.config.auth_secret, deadline, &ack, status, error,
+                            opening);
 }
 
 adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_ptr<Channel> *out,
@@ -32,7 +33,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   std::shared_ptr<Channel> channel(new Channel(params));
   wire::Hello hello;
   hello.role = wire::ConnRole::kControl;
-  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify;
+  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify | wire::kCapWriteHold;
   if (params.reverse_lanes > 0) hello.capabilities |= wire::kCapLazyReverseLanes;
   hello.heartbeat_interval_ms = params.config.heartbeat_interval_ms;
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
@@ -78,18 +79,20 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   // Broken forward lanes are reopened on demand with the same session.
   channel->lanes_ = std::make_unique<LanePool>(
       params.remote_id, params.workers,
-      [raw](Deadline d, adxl::Status *status, std::string *why) -> std::shared_ptr<ByteStream> {
+      [raw](Deadline d, adxl::Status *status, std::string *why,
+            const LanePool::Opening &opening) -> std::shared_ptr<ByteStream> {
         if (raw->stopping_.load() || raw->Dead()) {
           *status = adxl::FAILED;
           *why = raw->Dead() ? raw->DeadReason() : "channel is closing";
           return nullptr;
         }
-        return raw->OpenLane(wire::ConnRole::kDataLane, d, status, why);
+        return raw->OpenLane(wire::ConnRole::kDataLane, d, status, why, opening);
       });
   TransportPeer peer;
   peer.peer_name = params.remote_id;
   peer.lanes = channel->lanes_.get();
   if (forward_same_host) peer.same_host = channel->server_process_;
+  peer.write_hold = (ack.capabilities & wire::kCapWriteHold) != 0;
   channel->lanes_->SetLinks(params.transports->Connect(peer, ack.transports, deadline));
   // Data lanes open when a transfer first needs them and close after they sat
   // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.

@@ -96,7 +96,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   // in order (it finalized and said goodbye): nothing went wrong then.
   void MarkDead(const std::string &reason, bool orderly = false);
   std::shared_ptr<ByteStream> OpenLane(wire::ConnRole role, Deadline deadline, adxl::Status *status,
-                                       std::string *error);
+                                       std::string *error, const LanePool::Opening &opening = nullptr);
   // Opens one reverse lane and serves the remote's requests on it (event
   // threads); false with *status/*error when it cannot, or when the channel
   // is closing. A lane the remote closes (idle) is forgotten and its socket

@@ -2,6 +2,7 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
@@ -1110,7 +1111,7 @@ adxl::Status Engine::TransferSync(const std::string &remote, adxl::TransferOp op
 }
 
 adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp op, const adxl::TransferOpDesc *descs,
-                                   size_t count, const void *user_data, uint64_t *id) {
+                                   size_t count, const void *user_data, uint32_t timeout_ms, uint64_t *id) {
   *id = 0;
   std::shared_lock lock(lifecycle_);
   if (!initialized_) {
@@ -1157,11 +1158,14 @@ adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp o
                 remote.c_str(), StatusText(adxl::RESOURCE_EXHAUSTED).c_str(), held, config_.max_requests_in_flight);
     return adxl::RESOURCE_EXHAUSTED;
   }
+  // The caller's own deadline replaces the engine's bound for requests
+  // without one (llmdd.AsyncTransferMaxMs): it asked for this one.
+  const bool own_deadline = timeout_ms != 0;
+  const Deadline deadline = Deadline::AfterMs(own_deadline ? timeout_ms : config_.async_transfer_max_ms);
   std::shared_ptr<TransferRequest> request;
   adxl::Status status = adxl::FAILED;
   try {
-    status = SubmitLocked(remote, route, op, std::move(segs), Deadline::AfterMs(config_.async_transfer_max_ms),
-                          &request, &error);
+    status = SubmitLocked(remote, route, op, std::move(segs), deadline, &request, &error);
   } catch (...) {
     async_.Unreserve();
     throw;
@@ -1172,9 +1176,42 @@ adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp o
       LOG_ERROR("TransferAsync(%s) refused with %s: %s", remote.c_str(), StatusText(status).c_str(), error.c_str());
     return status;
   }
+  // The runner ends the request at its deadline too (every wait it makes is
+  // bounded by it), but not while it waits for a worker behind requests to a
+  // frozen peer: the timer ends it then, whether anyone polls or not. Cancel
+  // cuts the I/O in flight, so within milliseconds of its deadline the
+  // request is TIMEOUT and its buffers are the caller's again.
+  uint64_t timer = 0;
+  if (own_deadline && !request->Done()) {
+    try {
+      timer = reactor_->At(deadline.At(), [weak = std::weak_ptr<TransferRequest>(request), timeout_ms] {
+        if (std::shared_ptr<TransferRequest> expired = weak.lock())
+          expired->Cancel("its deadline of " + std::to_string(timeout_ms) + " ms passed", adxl::TIMEOUT);
+      });
+    } catch (const std::bad_alloc &) {
+      timer = 0;  // the request is running: its runner still ends it by its deadline
+    }
+    if (timer == 0)
+      LOG_WARN("TransferAsync(%s): no timer for the deadline of request %" PRIu64
+               " (out of memory, or finalizing); its transfer still ends by it",
+               remote.c_str(), request->Id());
+  }
   *id = request->Id();
-  async_.Insert(std::move(request), route.channel, user_data);
+  async_.Insert(std::move(request), route.channel, user_data, own_deadline, timer);
   return adxl::SUCCESS;
+}
+
+void Engine::CancelDeadlineTimers(const uint64_t *timers, size_t count) {
+  // Most requests have no timer: a query of one costs no lock here.
+  if (std::none_of(timers, timers + count, [](uint64_t timer) { return timer != 0; })) return;
+  // The reactor lives while the engine is initialized (Finalize stops it
+  // after it flips initialized_ under the exclusive lock); a timer of an
+  // earlier reactor names nothing in this one (ids are process-unique).
+  std::shared_lock lock(lifecycle_);
+  if (!initialized_ || !reactor_) return;
+  for (size_t i = 0; i < count; ++i) {
+    if (timers[i] != 0) reactor_->Cancel(timers[i]);
+  }
 }
 
 adxl::Status Engine::GetTransferStatus(uint64_t id, adxl::TransferStatus *status) {
@@ -1185,7 +1222,8 @@ adxl::Status Engine::GetTransferStatus(uint64_t id, adxl::TransferStatus *status
   }
   adxl::Status outcome = adxl::FAILED;
   std::string error;
-  switch (async_.Query(id, status, &outcome, &error)) {
+  uint64_t timer = 0;
+  switch (async_.Query(id, status, &outcome, &error, &timer)) {
     case AsyncRequests::Found::kNo:
       *status = adxl::TransferStatus::FAILED;
       if (!Initialized()) {
@@ -1201,15 +1239,19 @@ adxl::Status Engine::GetTransferStatus(uint64_t id, adxl::TransferStatus *status
     case AsyncRequests::Found::kTerminal:
       break;
   }
+  CancelDeadlineTimers(&timer, 1);
   if (*status == adxl::TransferStatus::COMPLETED) return adxl::SUCCESS;
   LOG_ERROR("TransferAsync request %" PRIu64 " failed with %s: %s", id, StatusText(outcome).c_str(), error.c_str());
-  return adxl::FAILED;
+  // TIMEOUT (its own deadline passed) is reported as such, as FAILED is.
+  return *status == adxl::TransferStatus::TIMEOUT ? adxl::TIMEOUT : adxl::FAILED;
 }
 
 adxl::Status Engine::GetTransferStatuses(uint32_t max_count, bool skip_waiting,
                                          std::vector<AsyncRequests::Result> *results) {
   std::vector<std::string> failures;
-  async_.QueryMany(max_count, skip_waiting, results, &failures);
+  std::vector<uint64_t> timers;
+  async_.QueryMany(max_count, skip_waiting, results, &failures, &timers);
+  CancelDeadlineTimers(timers.data(), timers.size());
   for (const std::string &failure : failures) LOG_ERROR("TransferAsync %s", failure.c_str());
   bool any_ended = false;
   for (const AsyncRequests::Result &result : *results) any_ended |= result.status != adxl::TransferStatus::WAITING;

@@ -76,21 +76,25 @@ class Engine {
                             size_t count, int32_t timeout_ms);
 
   // ---- Asynchronous transfers (docs/API.md, "TransferAsync") ----
-  // Validates like TransferSync (no timeout: the request runs for at most
-  // llmdd.AsyncTransferMaxMs), submits the transfer and returns at once with
-  // its id (*id, never 0; 0 when refused). Refused: FAILED (not initialized,
-  // finalizing, the peer is dead), PARAM_INVALID, NOT_CONNECTED,
-  // RESOURCE_EXHAUSTED (llmdd.MaxRequestsInFlight requests are held by the
-  // async table, or in flight in the engine). With auto-connect, a remote
-  // without a channel is connected first, within kAutoConnectAsyncMs (the
-  // caller waits for it); a failed connect is refused with its status.
+  // Validates like TransferSync, submits the transfer and returns at once with
+  // its id (*id, never 0; 0 when refused). timeout_ms: the request's own
+  // deadline (llmdd/extensions.h SetTransferTimeout), 0 for none: a timer
+  // cancels it then, whether anyone polls or not, and it ends TIMEOUT;
+  // without one it runs for at most llmdd.AsyncTransferMaxMs and ends FAILED
+  // then. Refused: FAILED (not initialized, finalizing, the peer is dead),
+  // PARAM_INVALID, NOT_CONNECTED, RESOURCE_EXHAUSTED (llmdd.MaxRequestsInFlight
+  // requests are held by the async table, or in flight in the engine). With
+  // auto-connect, a remote without a channel is connected first, within
+  // kAutoConnectAsyncMs (the caller waits for it); a failed connect is
+  // refused with its status.
   static constexpr int32_t kAutoConnectAsyncMs = 1000;
   adxl::Status TransferAsync(const std::string &remote, adxl::TransferOp op, const adxl::TransferOpDesc *descs,
-                             size_t count, const void *user_data, uint64_t *id);
-  // SUCCESS with WAITING or COMPLETED; FAILED with FAILED (the request failed:
-  // both end it, and its id is unknown afterwards); PARAM_INVALID (status
-  // FAILED) for an id that is not held: never issued, or already reported
-  // terminal. id 0: FAILED.
+                             size_t count, const void *user_data, uint32_t timeout_ms, uint64_t *id);
+  // SUCCESS with WAITING or COMPLETED; TIMEOUT with TIMEOUT (its own
+  // deadline passed); FAILED with FAILED (the request failed). Terminal
+  // statuses end the request: its id is unknown afterwards. PARAM_INVALID
+  // (status FAILED) for an id that is not held: never issued, or already
+  // reported terminal. id 0: FAILED.
   adxl::Status GetTransferStatus(uint64_t id, adxl::TransferStatus *status);
   // HIXL's bulk query: the statuses of the held requests in id order, at most
   // max_count, WAITING ones left out when skip_waiting; terminal ones are
@@ -228,6 +232,9 @@ class Engine {
   adxl::Status SubmitLocked(const std::string &key, const Route &route, adxl::TransferOp op, std::vector<Segment> segs,
                             Deadline deadline, std::shared_ptr<TransferRequest> *request, std::string *error);
   static void RequestDone(void *engine);
+  // Cancels the deadline timers of async requests that were released (they
+  // may still be due): their captures go now, not at their deadlines.
+  void CancelDeadlineTimers(const uint64_t *timers, size_t count);
   void ForgetRunner(TransferRequest *request);
   // Ends an admitted request that did not run (or ran carried by a group)
   // with `status` and lets it go.

@@ -137,13 +137,23 @@ bool ReadControl(ByteStream &stream, Deadline deadline, MsgHeader *header, IoSta
 
 std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello,
                                                const std::string &secret, Deadline deadline, wire::HelloAck *ack,
-                                               adxl::Status *status, std::string *error) {
+                                               adxl::Status *status, std::string *error,
+                                               const std::function<void(ByteStream *)> &opening) {
   bool timed_out = false;
   std::shared_ptr<ByteStream> stream = MaybeInjectFaults(TcpStream::Connect(remote, deadline, &timed_out, error));
   if (!stream) {
     *status = timed_out ? adxl::TIMEOUT : adxl::FAILED;
     return nullptr;
   }
+  // Published for the handshake only, and withdrawn on every way out (before
+  // the stream can go): whoever holds it may shut it down meanwhile.
+  struct Published {
+    const std::function<void(ByteStream *)> &opening;
+    ~Published() {
+      if (opening) opening(nullptr);
+    }
+  } published{opening};
+  if (opening) opening(stream.get());
   wire::Hello sent = hello;
   sent.min_version = wire::kMinVersion;
   sent.max_version = wire::kMaxVersion;

@@ -2,6 +2,7 @@
 // Hello -> HelloAck (or Error). See docs/PROTOCOL.md.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,9 +24,14 @@ namespace llmdd {
 // offered. On failure returns nullptr with *status
 // (FAILED, TIMEOUT or the peer's refusal code) and *error; FAILED, naming
 // both, when the server picks a version this engine did not offer.
+// `opening`, when given, is told the connection as soon as it is connected
+// (before the handshake) and null before the call returns: shutting it down
+// meanwhile ends the handshake at once (FAILED), e.g. when the request the
+// lane was being opened for is canceled.
 std::shared_ptr<ByteStream> OpenPeerConnection(const Endpoint &remote, const wire::Hello &hello,
                                                const std::string &secret, Deadline deadline, wire::HelloAck *ack,
-                                               adxl::Status *status, std::string *error);
+                                               adxl::Status *status, std::string *error,
+                                               const std::function<void(ByteStream *)> &opening = nullptr);
 
 // Server side, after ReadHello when a secret is configured: sends a challenge
 // (a nonce only), checks the client's proof and only then sends the server's

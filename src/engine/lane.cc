@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/threads.h"
 #include "engine/handshake.h"
+#include "transport/shm/cma.h"
 #include "transport/shm/same_host_serve.h"
 
 namespace llmdd {
@@ -84,12 +85,19 @@ uint64_t SameHostRemainingNs(const Deadline &deadline) {
 }  // namespace
 
 uint64_t EncodeRangeBody(const Segment *segs, size_t count, Deadline deadline, bool same_host,
-                         std::vector<uint8_t> *body) {
-  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0);
+                         std::vector<uint8_t> *body, uint64_t hold_addr, uint64_t hold_value) {
+  const bool held = same_host && hold_addr != 0;
+  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0) +
+                              (held ? wire::kSameHostHoldSize : 0);
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
   body->resize(entries_at + entry_size * count);
   uint8_t *out = body->data();
   if (same_host) wire::PutU64(out + wire::kRangeBodyHeader, SameHostRemainingNs(deadline));
+  if (held) {
+    uint8_t *hold = out + wire::kRangeBodyHeader + wire::kSameHostRemainingSize;
+    wire::PutU64(hold, hold_addr);
+    wire::PutU64(hold + 8, hold_value);
+  }
   uint64_t total = 0;
   for (size_t i = 0; i < count; ++i) {
     uint8_t *entry = out + entries_at + i * entry_size;
@@ -280,6 +288,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     return false;
   }
   const bool same_host = (header.flags & wire::kFlagSameHost) != 0;
+  const bool held = (header.flags & wire::kFlagWriteHold) != 0;
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
   thread_local std::vector<uint8_t> body;
   thread_local std::vector<iovec> iov, peer_iov;  // peer_iov: same-host, the requester's local ranges
@@ -288,7 +297,10 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   if (ReadBodyAsItArrives(stream, header.body_len, assembly, &body) != IoStatus::kOk) return false;
   uint32_t count = 0, timeout_ms = 0;
   uint64_t total = 0;
-  std::string bad = wire::DecodeRangeHeader(body.data(), header.body_len, &count, &timeout_ms, &total, entry_size);
+  std::string bad = held && (!same_host || is_read)
+                        ? "a write hold on a request that is not a same-host write"
+                        : wire::DecodeRangeHeader(body.data(), header.body_len, &count, &timeout_ms, &total,
+                                                  entry_size, held);
   if (bad.empty() && same_host && ctx.same_host == nullptr)
     bad = "same-host request on a connection whose peer was not verified for it";
   if (!bad.empty()) {
@@ -311,14 +323,23 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     return SendResponse(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse, header.request_id,
                         adxl::FAILED, "same-host trust ended: the verified peer process is gone", deadline);
   }
-  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0);
+  const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0) +
+                              (held ? wire::kSameHostHoldSize : 0);
   // Same-host: the requester's remaining time (less its margin), counted from
   // when we read the request. Its memory is never read after that, nor once it
-  // shut the lane down: a timed-out caller may reuse its buffers.
+  // shut the lane down: a timed-out caller may reuse its buffers. A held
+  // write also names the requester's hold word: what a copy call read after
+  // the requester let go is thrown away (cma.h, CopyFrom).
   Deadline requester_deadline = Deadline::Never();
+  HoldWord hold;
   if (same_host) {
     const uint64_t ns = std::min<uint64_t>(wire::GetU64(body.data() + wire::kRangeBodyHeader), wire::kMaxSameHostRemainingNs);
     requester_deadline = Deadline(received_at + std::chrono::nanoseconds(static_cast<int64_t>(ns)));
+  }
+  if (held) {
+    const uint8_t *at = body.data() + wire::kRangeBodyHeader + wire::kSameHostRemainingSize;
+    hold.addr = wire::GetU64(at);
+    hold.value = wire::GetU64(at + 8);
   }
 
   // Validate every range before touching any byte; pin the regions meanwhile.
@@ -360,7 +381,8 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
 
   if (same_host && is_read) return HoldSameHostRead(stream, header, ctx, timeout_ms);
   if (same_host) {
-    return ServeSameHostWrite(stream, header, ctx, iov, peer_iov, deadline, requester_deadline, pins);
+    return ServeSameHostWrite(stream, header, ctx, iov, peer_iov, deadline, requester_deadline, pins,
+                              held ? &hold : nullptr);
   }
   if (is_read) {
     response.payload_len = total;

@@ -70,10 +70,11 @@ class LaneLender {
 uint32_t TimeoutField(const Deadline &deadline);
 // Fills *body with a Read/WriteRequest's body for `count` segments: the range
 // header, then for a same-host request the requester's remaining time
-// (wire::kSameHostRemainingSize), then an entry per segment: (remote, len),
+// (wire::kSameHostRemainingSize) and, for a held write (hold_addr != 0), the
+// hold (wire::kSameHostHoldSize), then an entry per segment: (remote, len),
 // and for same-host also the requester's local address. Returns the total bytes.
 uint64_t EncodeRangeBody(const Segment *segs, size_t count, Deadline deadline, bool same_host,
-                         std::vector<uint8_t> *body);
+                         std::vector<uint8_t> *body, uint64_t hold_addr = 0, uint64_t hold_value = 0);
 // A failed read or write on `stream` as a broken result naming `what`.
 LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what);
 // Reads the answer to request `request_id`: a header of type `expected` (or

@@ -79,12 +79,23 @@ void LanePool::ShutdownAll() {
   // Shutdown() is safe while another thread is inside a request on the stream.
   ForEachSlotLocked([](Lane &lane) {
     if (lane.stream) lane.stream->Shutdown();
+    if (lane.opening) lane.opening->Shutdown();
   });
   WakeAllLocked();
 }
 
-void LanePool::WakeWaiters() {
+void LanePool::WakeWaiters(const TransferRequest *canceled) {
   std::lock_guard lock(mutex_);
+  if (canceled != nullptr) {
+    // Its runner may be opening a lane to a peer that does not answer: the
+    // request is done already, but whoever waits for its runner (Disconnect,
+    // Finalize) should not wait for the handshake's deadline.
+    ForEachSlotLocked([canceled](Lane &lane) {
+      if (lane.opening_for != canceled) return;
+      lane.opening_canceled = true;
+      if (lane.opening) lane.opening->Shutdown();
+    });
+  }
   WakeAllLocked();
 }
 
@@ -215,11 +226,30 @@ LanePool::Lane *LanePool::Acquire(Deadline deadline, adxl::Status *status, std::
     }
     if (free_closed != nullptr && reconnect_) {
       free_closed->busy = true;  // reserved while it is opened, outside the lock
+      free_closed->opening_for = request;
+      free_closed->opening_canceled = false;
       lock.unlock();
       std::string why;
       adxl::Status refused = adxl::FAILED;
-      std::shared_ptr<ByteStream> fresh = reconnect_(deadline, &refused, &why);
+      Lane *slot = free_closed;
+      const Opening opening = [this, slot](ByteStream *connecting) {
+        std::lock_guard guard(mutex_);
+        slot->opening = connecting;
+        if (connecting != nullptr && (slot->opening_canceled || shut_down_.load())) connecting->Shutdown();
+      };
+      std::shared_ptr<ByteStream> fresh = reconnect_(deadline, &refused, &why, opening);
       lock.lock();
+      const bool canceled_meanwhile = free_closed->opening_canceled;
+      free_closed->opening_for = nullptr;
+      free_closed->opening = nullptr;
+      free_closed->opening_canceled = false;
+      if (canceled_meanwhile) {
+        // Its handshake may have been cut: the lane is not used. The loop
+        // sees the cancel and gives the slot to the next waiter.
+        if (fresh) fresh->Shutdown();
+        free_closed->busy = false;
+        continue;
+      }
       if (fresh && !shut_down_.load()) {
         free_closed->stream = fresh;
         *stream = std::move(fresh);

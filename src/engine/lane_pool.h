@@ -35,9 +35,16 @@ namespace llmdd {
 class LanePool : public LaneLender {
  public:
   static constexpr size_t kMaxLanes = 64;
+  // Told the connection a lane is being opened on once it exists (before its
+  // handshake), and null before the opener returns (OpenPeerConnection's
+  // `opening`): a Cancel of the request the lane is opened for shuts it down,
+  // so a canceled request's runner does not wait for a frozen peer's answer.
+  using Opening = std::function<void(ByteStream *)>;
   // Opens a fresh lane to the same peer; returns nullptr with *status (the
-  // peer's refusal, TIMEOUT, FAILED) and *error on failure.
-  using Reconnector = std::function<std::shared_ptr<ByteStream>(Deadline, adxl::Status *status, std::string *error)>;
+  // peer's refusal, TIMEOUT, FAILED) and *error on failure. It may ignore
+  // `opening` (the lane is then opened to its end or the deadline).
+  using Reconnector = std::function<std::shared_ptr<ByteStream>(Deadline, adxl::Status *status, std::string *error,
+                                                                const Opening &opening)>;
 
   LanePool(std::string peer_name, WorkerPool *workers, Reconnector reconnect);
   ~LanePool() override;
@@ -82,8 +89,9 @@ class LanePool : public LaneLender {
 
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.
   void ShutdownAll();
-  // Wakes the callers waiting for a free lane so they look again (a request was canceled).
-  void WakeWaiters();
+  // Wakes the callers waiting for a free lane so they look again (a request
+  // was canceled), and shuts down the lanes being opened for `canceled`.
+  void WakeWaiters(const TransferRequest *canceled = nullptr);
 
  private:
   struct Lane {
@@ -93,6 +101,11 @@ class LanePool : public LaneLender {
     // Not reopened before this after the peer refused to open it (other
     // lanes carry the requests meanwhile).
     Deadline::Clock::time_point retry_after{};
+    // While it is being opened: for which request (null: none), its
+    // connection once it exists, and whether that request was canceled.
+    const TransferRequest *opening_for = nullptr;
+    ByteStream *opening = nullptr;
+    bool opening_canceled = false;
   };
   class LaneGuard;
   class IoScope;

@@ -306,6 +306,8 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   session->transports = hello.transports;
   // Read under mutex_ by Housekeeping: set before the session is published.
   session->lazy_reverse = (hello.capabilities & wire::kCapLazyReverseLanes) != 0;
+  // Granted below whenever offered: both sides then hold their same-host writes.
+  session->write_hold = (hello.capabilities & wire::kCapWriteHold) != 0;
   // The client promises a heartbeat every interval once the previous one was
   // answered, which it awaits for at most its peer timeout: silence beyond
   // their sum (at least our own timeout, capped by our own maximum wait) ends
@@ -338,7 +340,7 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   }
   wire::HelloAck ack;
   // Granted only where the client offered it (SendHelloAck negotiates).
-  ack.capabilities = wire::kCapReverseLanes | wire::kCapLazyReverseLanes;
+  ack.capabilities = wire::kCapReverseLanes | wire::kCapLazyReverseLanes | wire::kCapWriteHold;
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
   if (notifies_ != nullptr) ack.capabilities |= wire::kCapNotify;  // granted at version >= 2 only (AdmitHello)
   ack.session_id = session->id;
@@ -504,8 +506,9 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
     if (!session->reverse) {
       LanePool::Reconnector opener;
       if (session->lazy_reverse) {
+        // The client opens the lane: nothing of ours to shut down while we wait (at most wait_ms).
         opener = [weak = std::weak_ptr<Session>(session), wait_ms = config_.handshake_timeout_ms](
-                     Deadline d, adxl::Status *status, std::string *why) {
+                     Deadline d, adxl::Status *status, std::string *why, const LanePool::Opening &) {
           return AskForReverseLane(weak, wait_ms, d, status, why);
         };
       }
@@ -517,6 +520,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       peer.peer_name = session->client_id;
       peer.lanes = session->reverse.get();
       if (both_ways) peer.same_host = session->same_host;
+      peer.write_hold = session->write_hold;
       session->reverse->SetLinks(transports_->Connect(peer, session->transports, Deadline::AfterMs(200)));
       first = true;
     } else if (session->lazy_reverse) {

@@ -83,6 +83,8 @@ class PeerServer {
     // client; the lanes it opened wait in `reverse_arrivals` for the opener
     // that asked (at most kMaxReverseArrivals; unasked ones beyond are refused).
     bool lazy_reverse = false;
+    // kCapWriteHold granted: same-host writes on the reverse lanes carry holds.
+    bool write_hold = false;
     std::mutex reverse_mutex;
     std::condition_variable reverse_arrived;
     std::deque<std::shared_ptr<ByteStream>> reverse_arrivals;

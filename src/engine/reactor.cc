@@ -5,6 +5,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -23,6 +24,11 @@ constexpr uint64_t kTimerEvent = UINT64_MAX - 1;
 thread_local const Reactor *t_reactor = nullptr;
 thread_local uint64_t t_watch = 0;
 thread_local uint64_t t_timer = 0;
+
+// Watch and timer ids, process-wide: an id outlives its reactor in the
+// engine's tables (a deadline timer of a request kept across Finalize) and
+// must never name something of the next reactor.
+std::atomic<uint64_t> g_next_id{1};
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Reactor::Clock::now().time_since_epoch()).count();
@@ -107,7 +113,7 @@ uint64_t Reactor::Watch(int fd, Handler on_readable, std::string *error) {
     *error = "the engine is stopping";
     return 0;
   }
-  const uint64_t id = next_id_++;
+  const uint64_t id = g_next_id.fetch_add(1, std::memory_order_relaxed);
   epoll_event event{};
   event.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
   event.data.u64 = id;
@@ -147,10 +153,24 @@ uint64_t Reactor::Every(std::chrono::milliseconds period, std::function<void()> 
   timer->fn = std::move(fn);
   timer->due = Clock::now() + timer->period;
   std::lock_guard lock(mutex_);
-  const uint64_t id = next_id_++;
+  const uint64_t id = g_next_id.fetch_add(1, std::memory_order_relaxed);
   timers_[id] = timer;
   timer_queue_.insert({timer->due, id});
   ArmTimerFdLocked();
+  return id;
+}
+
+uint64_t Reactor::At(Clock::time_point due, std::function<void()> fn) {
+  auto timer = std::make_shared<Timer>();
+  timer->fn = std::move(fn);
+  timer->due = due;
+  std::lock_guard lock(mutex_);
+  if (stopping_ || !started_) return 0;
+  const uint64_t id = g_next_id.fetch_add(1, std::memory_order_relaxed);
+  timers_[id] = timer;
+  const bool earliest = timer_queue_.empty() || due < timer_queue_.begin()->first;
+  timer_queue_.insert({due, id});
+  if (earliest) ArmTimerFdLocked();  // a later one does not move the timerfd (no syscall)
   return id;
 }
 
@@ -318,13 +338,21 @@ void Reactor::RunTimers(std::unique_lock<std::mutex> &lock) {
     t_timer = 0;
     lock.lock();
     timer->running = false;
-    if (!timer->removed) {
+    if (timer->period.count() == 0) {
+      timer->removed = true;  // one-shot: done
+      auto it = timers_.find(id);
+      if (it != timers_.end() && it->second == timer) timers_.erase(it);
+    } else if (!timer->removed) {
       timer->due = std::max(timer->due + timer->period, Clock::now());
       timer_queue_.insert({timer->due, id});
     }
     finished_.notify_all();
   }
   if (!due.empty()) ArmTimerFdLocked();
+  // What the timers that ended own (a one-shot's captures) goes outside the lock.
+  lock.unlock();
+  due.clear();
+  lock.lock();
 }
 
 void Reactor::ArmTimerFdLocked() {

@@ -69,8 +69,14 @@ class Reactor {
   // Runs `fn` every `period` (first after one period) on a reactor thread,
   // never twice at once; a run that overruns delays the next, never stacks.
   uint64_t Every(std::chrono::milliseconds period, std::function<void()> fn);
+  // Runs `fn` once, at `due` (or as soon after as a thread is free), on a
+  // reactor thread; the timer is then forgotten. 0 when the reactor is
+  // stopping or not started (nothing will run).
+  uint64_t At(Clock::time_point due, std::function<void()> fn);
   // After it returns `fn` is not running and never runs again (from `fn`
-  // itself: it is not called again).
+  // itself: it is not called again). Ids are unique in the process, across
+  // reactors: an id of a reactor that was stopped names nothing in a later
+  // one, so canceling it there does nothing.
   void Cancel(uint64_t timer_id);
 
   size_t ThreadCount() const;
@@ -84,7 +90,7 @@ class Reactor {
     bool removed = false;
   };
   struct Timer {
-    std::chrono::milliseconds period{0};
+    std::chrono::milliseconds period{0};  // 0: one-shot (At)
     std::function<void()> fn;
     Clock::time_point due;
     bool running = false;
@@ -107,7 +113,6 @@ class Reactor {
   mutable std::mutex mutex_;
   std::condition_variable finished_;  // a handler or timer run ended
   bool stopping_ = false;
-  uint64_t next_id_ = 1;
   std::unordered_map<uint64_t, std::shared_ptr<Watched>> watches_;
   std::map<uint64_t, std::shared_ptr<Timer>> timers_;
   std::set<std::pair<Clock::time_point, uint64_t>> timer_queue_;  // (due, id) of timers not running

@@ -80,10 +80,11 @@ void TransferRequest::Arm(DoneHook on_done, void *context, LanePool *pool) {
   pool_ = pool;
 }
 
-void TransferRequest::Cancel(const std::string &why) {
+void TransferRequest::Cancel(const std::string &why, adxl::Status status) {
   std::lock_guard lock(mutex_);
   if (finished_ || cancel_requested_.load(std::memory_order_relaxed)) return;
   cancel_reason_ = why;
+  cancel_status_ = status;
   cancel_requested_.store(true, std::memory_order_release);
   // Under the lock: EndIo cannot hand a stream back to its pool (for another
   // request to use) between our look at io_ and the shutdown, and the pool
@@ -91,17 +92,18 @@ void TransferRequest::Cancel(const std::string &why) {
   for (size_t i = 0; i < io_count_; ++i) {
     if (io_[i] != nullptr) io_[i]->Shutdown();
   }
-  // A runner waiting for a free lane sees the cancel at once.
-  if (pool_ != nullptr) pool_->WakeWaiters();
+  // A runner waiting for a free lane sees the cancel at once; one opening a
+  // lane for it has that connection shut down.
+  if (pool_ != nullptr) pool_->WakeWaiters(this);
   // Carried by a group: the group stops (lock order: a member's lock, then its
   // group's; nothing takes them the other way) and its runner ends this one
   // once the group's I/O has returned.
   if (group_ != nullptr) {
-    group_->Cancel(why);
+    group_->Cancel(why, status);
     return;
   }
   // Moving no bytes now: nothing to wait for. Otherwise the last EndIo completes it.
-  if (io_count_ == 0) CompleteLocked(kCanceledStatus, cancel_reason_, true);
+  if (io_count_ == 0) CompleteLocked(cancel_status_, cancel_reason_, true);
 }
 
 bool TransferRequest::AttachTo(TransferRequest *group) {
@@ -115,7 +117,7 @@ void TransferRequest::Detach() {
   std::lock_guard lock(mutex_);
   group_ = nullptr;
   if (cancel_requested_.load(std::memory_order_relaxed) && io_count_ == 0 && !finished_)
-    CompleteLocked(kCanceledStatus, cancel_reason_, true);
+    CompleteLocked(cancel_status_, cancel_reason_, true);
 }
 
 bool TransferRequest::BeginIo(ByteStream *stream) {
@@ -134,7 +136,7 @@ bool TransferRequest::EndIo(ByteStream *stream) {
     }
   }
   const bool canceled = cancel_requested_.load(std::memory_order_relaxed);
-  if (canceled && io_count_ == 0 && !finished_) CompleteLocked(kCanceledStatus, cancel_reason_, true);
+  if (canceled && io_count_ == 0 && !finished_) CompleteLocked(cancel_status_, cancel_reason_, true);
   return canceled && stream != nullptr;
 }
 
@@ -142,7 +144,7 @@ void TransferRequest::Finish(adxl::Status *status, std::string *error) {
   std::lock_guard lock(mutex_);
   if (!finished_) {
     if (cancel_requested_.load(std::memory_order_relaxed)) {
-      CompleteLocked(kCanceledStatus, cancel_reason_, true);
+      CompleteLocked(cancel_status_, cancel_reason_, true);
     } else {
       CompleteLocked(*status, std::move(*error), false);
     }

@@ -5,9 +5,11 @@
 // Lifecycle: queued -> running -> done. It becomes done exactly once, with
 //   - the runner's outcome (SUCCESS, or the failure status, TIMEOUT included)
 //     when it ends by itself, or
-//   - kCanceledStatus (adxl::FAILED) with Canceled() true when Cancel() came
-//     first: at once if it was moving no bytes at that moment, else as soon
-//     as the I/O it had in progress returns (Cancel shuts those lanes down).
+//   - the status Cancel() was given (kCanceledStatus, adxl::FAILED, unless
+//     its deadline timer canceled it: TIMEOUT) with Canceled() true when
+//     Cancel() came first: at once if it was moving no bytes at that moment,
+//     else as soon as the I/O it had in progress returns (Cancel shuts those
+//     lanes down).
 // Once done, the runner starts no more I/O into or out of the request's local
 // buffers (BeginIo refuses), so a caller may reuse them when Wait returns true.
 //
@@ -72,10 +74,11 @@ class TransferRequest {
   bool Canceled() const;
   // True while it has I/O in progress on its local buffers (diagnostics, tests).
   bool MovingBytes() const;
-  // Ends the request promptly with kCanceledStatus: lanes it is moving bytes
-  // on are shut down (the server abandons the request; the lane reopens on
-  // next use), a wait for a free lane is woken. Nothing when already done.
-  void Cancel(const std::string &why = "canceled");
+  // Ends the request promptly with `status` (kCanceledStatus; TIMEOUT when
+  // its deadline ended it): lanes it is moving bytes on are shut down (the
+  // server abandons the request; the lane reopens on next use), a wait for a
+  // free lane is woken. Nothing when already done or canceled.
+  void Cancel(const std::string &why = "canceled", adxl::Status status = kCanceledStatus);
 
   // ---- coalescing (several queued requests carried as one, Engine) ----
   // From now on this request's bytes move as part of `group`, a request that
@@ -96,6 +99,9 @@ class TransferRequest {
   // pool alive until the request is done.
   void Arm(DoneHook on_done, void *context, LanePool *pool);
   bool CancelRequested() const { return cancel_requested_.load(std::memory_order_acquire); }
+  // The flag CancelRequested reads, for copy loops that check it between
+  // calls (PeerProcess::CopyFrom); valid while the request lives.
+  const std::atomic<bool> *CancelFlag() const { return &cancel_requested_; }
   // Announces I/O on `stream` (null: a copy without a stream, e.g. a
   // one-sided read) touching the local buffers. False once canceled or done:
   // do not start it.
@@ -137,6 +143,7 @@ class TransferRequest {
   std::string error_;
   bool canceled_ = false;
   std::string cancel_reason_;
+  adxl::Status cancel_status_ = kCanceledStatus;  // what Cancel was given (guarded by mutex_)
   // I/O in progress (null entries: copies without a stream). Cancel shuts
   // down every stream here; BeginIo refuses after it, so every stream still
   // here after a Cancel is one it shut down. Inline: no allocation per request.

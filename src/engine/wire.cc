@@ -80,7 +80,8 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
       max_body = kRangeBodyHeader + kSameHostRemainingSize + kSameHostEntrySize * kMaxRangesPerRequest;
       break;
     case MsgType::kWriteRequest:
-      max_body = kRangeBodyHeader + kSameHostRemainingSize + kSameHostEntrySize * kMaxRangesPerRequest;
+      max_body = kRangeBodyHeader + kSameHostRemainingSize + kSameHostHoldSize +
+                 kSameHostEntrySize * kMaxRangesPerRequest;
       payload_allowed = (header.flags & kFlagSameHost) == 0;
       break;
     case MsgType::kReadResponse:
@@ -251,13 +252,14 @@ void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint
 }
 
 std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
-                              uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size) {
+                              uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size, bool write_hold) {
   *count = GetU32(in);
   *timeout_ms = GetU32(in + 4);
   *total = GetU64(in + 8);
   if (*count == 0 || *count > kMaxRangesPerRequest)
     return "range count " + std::to_string(*count) + " outside [1, " + std::to_string(kMaxRangesPerRequest) + "]";
-  const uint64_t extra = entry_size == kSameHostEntrySize ? kSameHostRemainingSize : 0;
+  const uint64_t extra =
+      entry_size == kSameHostEntrySize ? kSameHostRemainingSize + (write_hold ? kSameHostHoldSize : 0) : 0;
   if (body_len != kRangeBodyHeader + extra + entry_size * static_cast<uint64_t>(*count))
     return "body length " + std::to_string(body_len) + " does not match " + std::to_string(*count) + " ranges";
   return "";

@@ -146,8 +146,14 @@ constexpr uint32_t kCapNotify = 1U << 3;
 // paths reach the client, as before) and the server closes idle ones
 // (llmdd.IdleLaneCloseMs) and asks again when it needs them.
 constexpr uint32_t kCapLazyReverseLanes = 1U << 4;
+// Control Hello: the client holds its same-host writes (kFlagWriteHold) and
+// honours the holds of writes it serves; HelloAck: so does the server. Granted,
+// both directions of the session send every same-host write with a hold;
+// otherwise a same-host write is not sent at all (TCP carries it), so that a
+// request that ended never has its memory read by the peer again.
+constexpr uint32_t kCapWriteHold = 1U << 5;
 constexpr uint32_t kKnownCapabilities =
-    kCapReverseLanes | kCapAppMessages | kCapSameHost | kCapNotify | kCapLazyReverseLanes;
+    kCapReverseLanes | kCapAppMessages | kCapSameHost | kCapNotify | kCapLazyReverseLanes | kCapWriteHold;
 // What a HelloAck grants: offered by the client, supported here, known.
 inline uint32_t NegotiateCapabilities(uint32_t offered, uint32_t supported) {
   return offered & supported & kKnownCapabilities;
@@ -160,6 +166,16 @@ inline uint32_t NegotiateCapabilities(uint32_t offered, uint32_t supported) {
 // lease (ReadResponse.flags = lease in ms) during which the requester copies
 // with process_vm_readv, then sends Release.
 constexpr uint32_t kFlagSameHost = 1U << 0;
+// Header flag of same-host WriteRequests (with kFlagSameHost): after the
+// requester's remaining time come `hold_addr u64, hold_value u64`
+// (kSameHostHoldSize), a word in the requester's memory that holds
+// hold_value while the requester still wants the write. The server reads it
+// in every copy call right after the data; once it no longer holds the value
+// the requester has ended the request (deadline, cancel) and may have reused
+// its buffers, so the bytes copied are zeroed and the copy stops. Only on
+// sessions that granted kCapWriteHold.
+constexpr uint32_t kFlagWriteHold = 1U << 1;
+constexpr uint64_t kSameHostHoldSize = 16;
 constexpr uint32_t kMaxLeaseMs = 10000;
 // Standing read lease (same-host lanes only): LeaseGrant lists regions the
 // requester may read one-sidedly, with process_vm_readv and no message, for
@@ -399,8 +415,10 @@ bool DecodeHelloAck(const std::string &body, HelloAck *out);
 // Range-list body of Read/Write requests.
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]);
 // Validates count against body_len and the limits; returns "" or the reason.
-// entry_size: kRangeEntrySize, or kSameHostEntrySize for same-host requests.
+// entry_size: kRangeEntrySize, or kSameHostEntrySize for same-host requests;
+// write_hold: a same-host write with kFlagWriteHold (kSameHostHoldSize more).
 std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
-                              uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size = kRangeEntrySize);
+                              uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size = kRangeEntrySize,
+                              bool write_hold = false);
 
 }  // namespace llmdd::wire

@@ -1,5 +1,8 @@
 #include "transport/fault_injection.h"
 
+#include <signal.h>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -18,6 +21,16 @@ std::mutex g_plan_mutex;
 bool g_plan_loaded = false;
 FaultPlan g_plan;
 std::atomic<uint64_t> g_stream_counter{0};
+// The freeze faults fire once per process.
+std::atomic<bool> g_froze_send{false};
+std::atomic<bool> g_froze_copy{false};
+
+// Stops the whole process (a stop signal stops every thread) until SIGCONT.
+void FreezeThisProcess(const char *where) {
+  LOG_WARN("fault injection: stopping this process (SIGSTOP) %s", where);
+  raise(SIGSTOP);
+  LOG_WARN("fault injection: resumed (SIGCONT)");
+}
 
 bool ParseProbability(const std::string &text, double *out) {
   char *end = nullptr;
@@ -79,6 +92,11 @@ bool ParseFaultPlan(const std::string &text, FaultPlan *plan, std::string *error
       ok = ParseProbability(value, &parsed.fail_register);
     } else if (key == "thread") {
       ok = ParseProbability(value, &parsed.fail_thread);
+    } else if (key == "freeze_send") {
+      ok = ParseUint64(value, &parsed.freeze_send);
+    } else if (key == "freeze_copy") {
+      ok = value == "0" || value == "1";
+      parsed.freeze_copy = value == "1";
     } else {
       *error = "unknown fault '" + key + "'";
       return false;
@@ -128,6 +146,12 @@ bool InjectThreadStartFailure() {
   static std::mt19937_64 rng(plan.seed ^ 0x7EAD);
   std::lock_guard lock(mutex);
   return std::uniform_real_distribution<double>(0, 1)(rng) < plan.fail_thread;
+}
+
+void InjectFreezeBeforeServedCopy() {
+  if (g_froze_copy.load(std::memory_order_relaxed) || !CurrentFaultPlan().freeze_copy) return;
+  if (g_froze_copy.exchange(true)) return;
+  FreezeThisProcess("before copying a same-host write from its requester");
 }
 
 FaultyStream::FaultyStream(std::shared_ptr<ByteStream> inner, const FaultPlan &plan, uint64_t stream_seed)
@@ -186,6 +210,21 @@ IoStatus FaultyStream::WriteFull(const iovec *iov, int iovcnt, Deadline deadline
   }
   size_t total = 0;
   for (int i = 0; i < iovcnt; ++i) total += iov[i].iov_len;
+  if (plan_.freeze_send > 0 && total > plan_.freeze_send && !g_froze_send.exchange(true)) {
+    // The first freeze_send bytes leave, then the process stops mid-write.
+    std::vector<iovec> head, tail;
+    size_t keep = plan_.freeze_send;
+    for (int i = 0; i < iovcnt; ++i) {
+      const size_t n = std::min(keep, iov[i].iov_len);
+      if (n > 0) head.push_back({iov[i].iov_base, n});
+      if (n < iov[i].iov_len) tail.push_back({static_cast<char *>(iov[i].iov_base) + n, iov[i].iov_len - n});
+      keep -= n;
+    }
+    IoStatus io = inner_->WriteFull(head.data(), static_cast<int>(head.size()), deadline);
+    if (io != IoStatus::kOk) return io;
+    FreezeThisProcess(("in the middle of a write to " + PeerName()).c_str());
+    return inner_->WriteFull(tail.data(), static_cast<int>(tail.size()), deadline);
+  }
   if (total > 0 && Roll(plan_.partial)) {
     LOG_WARN("fault injection: partial write to %s, then closing", PeerName().c_str());
     size_t keep;

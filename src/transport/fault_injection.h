@@ -5,6 +5,13 @@
 //   LLMDD_FAULT_INJECTION="seed=7,delay=0.05:20,stall=0.01,drop=0.01,corrupt=0.01,close=0.01,partial=0.01,register=0.1,thread=0.1"
 // Each probability applies per read/write call (register: per RegisterMem;
 // thread: per thread the library starts).
+// Two faults freeze the process itself at a chosen point, once per process,
+// as a SIGSTOP from outside would at the worst moment (a test then resumes it
+// with SIGCONT): freeze_send=N cuts the first stream write of more than N
+// bytes after N bytes and stops the process before it sends the rest (a peer
+// frozen mid-transfer); freeze_copy=1 stops the serving side of a same-host
+// write between its last check whether the requester gave up and its first
+// copy call from the requester's memory.
 // The decorator honours deadlines like the real stream: a stall waits until
 // the caller's deadline and reports a timeout, it never hangs.
 #pragma once
@@ -31,7 +38,12 @@ struct FaultPlan {
   double partial = 0;   // probability of sending only part of a write, then shutting down
   double fail_register = 0;  // probability that RegisterMem fails (engine level)
   double fail_thread = 0;    // probability that starting a thread fails (as at a thread limit)
-  bool Active() const { return delay + stall + drop + corrupt + close + partial + fail_register + fail_thread > 0; }
+  uint64_t freeze_send = 0;  // > 0: stop the process once, N bytes into a larger stream write
+  bool freeze_copy = false;  // stop the process once, right before a served same-host write's copy
+  bool Active() const {
+    return delay + stall + drop + corrupt + close + partial + fail_register + fail_thread > 0 || freeze_send > 0 ||
+           freeze_copy;
+  }
 };
 
 // "key=value,..." as in the header comment. False with *error on bad input.
@@ -47,6 +59,9 @@ std::shared_ptr<ByteStream> MaybeInjectFaults(std::shared_ptr<ByteStream> stream
 bool InjectRegistrationFailure();
 // Rolls the thread-start-failure dice of the current plan.
 bool InjectThreadStartFailure();
+// freeze_copy: stops this process (SIGSTOP), the first time only. Called by
+// the serving side of a same-host write right before a copy call.
+void InjectFreezeBeforeServedCopy();
 
 class FaultyStream final : public ByteStream {
  public:

@@ -100,6 +100,9 @@ struct TransportPeer {
   LaneLender *lanes = nullptr;
   // Same-host: the peer process both sides verified they reach (else null).
   std::shared_ptr<PeerProcess> same_host;
+  // Same-host: the session granted wire::kCapWriteHold (writes carry a hold
+  // the peer honours). Without it the same-host link carries no WRITE.
+  bool write_hold = false;
   // What the peer advertised for this transport (its LocalMetadata).
   std::string metadata;
 };

@@ -181,12 +181,23 @@ std::vector<Expect> Walk(std::vector<uint8_t> *stream, const Model &model) {
     if (type != wire::MsgType::kReadRequest && type != wire::MsgType::kWriteRequest) break;
     const bool is_read = type == wire::MsgType::kReadRequest;
     const bool same_host = (header.flags & wire::kFlagSameHost) != 0;
+    const bool held = (header.flags & wire::kFlagWriteHold) != 0;
     const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
-    // Same-host bodies carry the requester's remaining time (ns) before the entries.
-    const uint64_t entries_at = wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0);
+    // Same-host bodies carry the requester's remaining time (ns) before the
+    // entries, a held write its hold (addr, value) after it.
+    const uint64_t hold_at = wire::kRangeBodyHeader + wire::kSameHostRemainingSize;
+    const uint64_t entries_at =
+        wire::kRangeBodyHeader + (same_host ? wire::kSameHostRemainingSize : 0) + (held ? wire::kSameHostHoldSize : 0);
     if (header.body_len < wire::kRangeBodyHeader) break;
+    if (held && (!same_host || is_read)) break;  // a protocol error: the lane closes
     const size_t body_end = pos + static_cast<size_t>(std::min<uint64_t>(header.body_len, left));
     Expect e{type, same_host, header.request_id, 0, true};
+    if (held && pos + hold_at + 8 <= body_end) {  // the hold word's address, like the requester's ranges
+      uint64_t addr = 0;
+      memcpy(&addr, stream->data() + pos + hold_at, 8);
+      addr = Relocate(addr, model);
+      memcpy(stream->data() + pos + hold_at, &addr, 8);
+    }
     uint64_t sum = 0;
     for (size_t at = pos + entries_at; at + entry_size <= body_end; at += entry_size) {
       uint64_t entry[3] = {0, 0, 0};
@@ -199,7 +210,8 @@ std::vector<Expect> Walk(std::vector<uint8_t> *stream, const Model &model) {
     }
     if (header.body_len > left) break;  // the server reads to EOF and stops
     uint32_t count = 0, timeout_ms = 0;
-    if (!wire::DecodeRangeHeader(stream->data() + pos, header.body_len, &count, &timeout_ms, &e.total, entry_size)
+    if (!wire::DecodeRangeHeader(stream->data() + pos, header.body_len, &count, &timeout_ms, &e.total, entry_size,
+                                 held)
              .empty())
       break;
     if (same_host && !model.same_host) break;

@@ -108,17 +108,23 @@ void DecodeBodies(const std::string &body) {
       FUZZ_CHECK(again.server_nonce == challenge.server_nonce, "AuthChallenge round trip changed a field");
     }
   }
-  for (uint64_t entry_size : {wire::kRangeEntrySize, wire::kSameHostEntrySize}) {
+  for (int layout = 0; layout < 3; ++layout) {
+    // TCP entries; same-host entries; same-host entries behind a write hold.
+    const uint64_t entry_size = layout == 0 ? wire::kRangeEntrySize : wire::kSameHostEntrySize;
+    const bool held = layout == 2;
     if (body.size() < wire::kRangeBodyHeader) break;
     // As ServeTransfer uses it: body_len is the length of the whole range list.
     uint32_t count = 0, timeout_ms = 0;
     uint64_t total = 0;
     const auto *p = reinterpret_cast<const uint8_t *>(body.data());
-    std::string bad = wire::DecodeRangeHeader(p, body.size(), &count, &timeout_ms, &total, entry_size);
+    std::string bad = wire::DecodeRangeHeader(p, body.size(), &count, &timeout_ms, &total, entry_size, held);
     if (bad.empty()) {
       FUZZ_CHECK(count >= 1 && count <= wire::kMaxRangesPerRequest, "count %u accepted", count);
-      // Same-host bodies carry the requester's deadline between header and entries.
-      const uint64_t extra = entry_size == wire::kSameHostEntrySize ? wire::kSameHostRemainingSize : 0;
+      // Same-host bodies carry the requester's deadline (and a held write its
+      // hold) between header and entries.
+      const uint64_t extra = entry_size == wire::kSameHostEntrySize
+                                 ? wire::kSameHostRemainingSize + (held ? wire::kSameHostHoldSize : 0)
+                                 : 0;
       FUZZ_CHECK(body.size() == wire::kRangeBodyHeader + extra + entry_size * count,
                  "count %u does not match %zu bytes", count, body.size());
       uint8_t again[wire::kRangeBodyHeader];

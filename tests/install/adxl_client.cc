@@ -5,7 +5,8 @@
 // built against the *installed* headers and library only (C++11, -Werror,
 // both values of _GLIBCXX_USE_CXX11_ABI). Two engines live in this process:
 // A listens on 127.0.0.1:<free port>, B is a pure client that connects to A.
-// Also llmdd_ext::StatusName (llmdd/extensions.h) for statuses of both APIs.
+// Also llmdd_ext::StatusName (llmdd/extensions.h) for statuses of both APIs,
+// and its per-request deadline of TransferAsync (SetTransferTimeout).
 // Prints "adxl_client OK" and exits 0 only if every check matched.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -301,6 +302,10 @@ int main() {
     async_ops.push_back(d);
   }
   adxl::TransferArgs async_args;
+  // The per-request deadline extension (llmdd/extensions.h): generous, so the READ completes.
+  llmdd_ext::SetTransferTimeout(async_args, 30000);
+  uint32_t deadline_ms = 0;
+  Check(llmdd_ext::GetTransferTimeout(async_args, &deadline_ms) && deadline_ms == 30000U, "SetTransferTimeout");
   adxl::TransferReq req = nullptr;
   CheckStatus(client.TransferAsync(server_name, adxl::READ, async_ops, async_args, req), adxl::SUCCESS,
               "TransferAsync READ");

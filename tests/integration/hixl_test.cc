@@ -23,6 +23,7 @@
 #include <set>
 
 #include "hixl/hixl.h"
+#include "llmdd/extensions.h"
 
 namespace itest {
 namespace {
@@ -435,6 +436,56 @@ TEST_P(HixlTest, BulkStatusInIdOrderWithMaxCountSkipWaitingAndUserData) {
   EXPECT_TRUE(results.empty());
   peer->Continue();
   EXPECT_TRUE(peer->Ping()) << peer->Health();
+}
+
+// The per-request deadline through hixl::TransferArgs (llmdd/extensions.h):
+// requests to a stopped peer end TIMEOUT at it, with their user_data, in the
+// bulk query and in the single one (which returns TIMEOUT too); a request
+// without one stays WAITING.
+TEST_P(HixlTest, ADeadlineInTransferArgsEndsARequestTimeoutInBothQueries) {
+  AdxlPeer::Options o;
+  o.size = 4u << 20;
+  o.seed = 3500;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_ST(hixl::SUCCESS, hixl_.Connect(peer->engine(), 10000));
+  const RemoteRegion rr = peer->region(0);
+  GuardedBuffer local(4u << 20);
+  ASSERT_ST(hixl::SUCCESS, hixl_.TransferSync(peer->engine(), hixl::READ, {{local.addr(), rr.addr, 4096}}, 10000));
+  ASSERT_TRUE(peer->Stop());
+  int tags[3];
+  hixl::TransferReq reqs[3] = {};
+  for (int k = 0; k < 3; ++k) {
+    hixl::TransferArgs args;
+    args.user_data = &tags[k];
+    if (k < 2) llmdd_ext::SetTransferTimeout(args, 400);
+    ASSERT_ST(hixl::SUCCESS, hixl_.TransferAsync(peer->engine(), k == 1 ? hixl::WRITE : hixl::READ,
+                                                 {{local.addr() + k * (1u << 20), rr.addr + k * (1u << 20), 1u << 20}},
+                                                 args, reqs[k]));
+    uint32_t ms = 0;
+    EXPECT_EQ(k < 2, llmdd_ext::GetTransferTimeout(args, &ms));
+    EXPECT_EQ(&tags[k], args.user_data) << "the deadline does not touch user_data";
+  }
+  SleepMs(1000);  // nobody polls meanwhile
+  hixl::TransferStatus status = hixl::TransferStatus::WAITING;
+  EXPECT_ST(hixl::TIMEOUT, hixl_.GetTransferStatus(reqs[0], status));
+  EXPECT_EQ("TIMEOUT", Name(status));
+  std::vector<hixl::TransferResult> results;
+  ASSERT_ST(hixl::SUCCESS, hixl_.GetTransferStatus(hixl::GetTransferStatusArgs(), results));
+  ASSERT_EQ(2u, results.size());
+  EXPECT_EQ(reqs[1], results[0].req);
+  EXPECT_EQ(&tags[1], results[0].user_data);
+  EXPECT_EQ("TIMEOUT", Name(results[0].status));
+  EXPECT_EQ(reqs[2], results[1].req);
+  EXPECT_EQ("WAITING", Name(results[1].status));  // no deadline of its own
+  EXPECT_ST(hixl::PARAM_INVALID, hixl_.GetTransferStatus(reqs[1], status));  // released by the bulk query
+  peer->Continue();
+  auto done = CollectAll({reqs[2]});
+  ASSERT_EQ(1u, done.size());
+  EXPECT_EQ("COMPLETED", Name(done[reqs[2]].status));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + (2u << 20), 1u << 20, rr.seed, 2u << 20));
+  EXPECT_ST(hixl::SUCCESS, hixl_.Disconnect(peer->engine(), 5000));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, HixlTest, ::testing::ValuesIn(AllTransports()), TransportName);

@@ -615,6 +615,10 @@ class AdxlPeer {
     std::vector<std::pair<std::string, std::string>> engine_options;
     int64_t start_timeout_ms = 60000;
     int fixed_port = 0;  // listen on this port (retried for a few seconds) instead of a free one
+    // "KEY=VALUE" entries added to the peer's environment only (it is started
+    // through /usr/bin/env; the test process's environment is never touched),
+    // e.g. LLMDD_FAULT_INJECTION=freeze_copy=1.
+    std::vector<std::string> env;
   };
 
   static std::string PeerPath() {
@@ -642,8 +646,15 @@ class AdxlPeer {
       } else {
         id = v6 ? "[" + opt.host + "]" : opt.host;
       }
-      std::vector<std::string> argv = {PeerPath(), "--engine", id, "--regions", std::to_string(opt.regions),
-                                       "--size", std::to_string(opt.size), "--seed", std::to_string(opt.seed)};
+      std::vector<std::string> argv;
+      if (!opt.env.empty()) {
+        argv.push_back("/usr/bin/env");
+        argv.insert(argv.end(), opt.env.begin(), opt.env.end());
+      }
+      for (const std::string &a : {PeerPath(), std::string("--engine"), id, std::string("--regions"),
+                                   std::to_string(opt.regions), std::string("--size"), std::to_string(opt.size),
+                                   std::string("--seed"), std::to_string(opt.seed)})
+        argv.push_back(a);
       if (opt.device_mem) {
         argv.push_back("--mem");
         argv.push_back("device");
@@ -888,6 +899,29 @@ class AdxlPeer {
     return proc_->Stop();
   }
   void Continue() { proc_->Continue(); }
+  // Waits until the peer stopped itself (a freeze fault of
+  // LLMDD_FAULT_INJECTION); false when it did not within the time.
+  bool WaitStopped(int64_t timeout_ms) {
+    faulted_ = true;
+    const auto t0 = Clock::now();
+    while (MsSince(t0) < timeout_ms) {
+      if (proc_->AllThreadsStopped()) return true;
+      SleepMs(1);
+    }
+    return false;
+  }
+  // How many 8-byte words of region i at [off, off+len) equal the pattern
+  // `seed` counted from position pos0 (the bytes a WRITE of a buffer filled
+  // with FillPattern(seed, pos0) would leave there); -1 on a protocol error.
+  int64_t Matches(size_t i, size_t off, size_t len, uint64_t seed, uint64_t pos0 = 0) {
+    std::string r = Cmd("MATCHES " + std::to_string(i) + " " + std::to_string(off) + " " + std::to_string(len) + " " +
+                        std::to_string(seed) + " " + std::to_string(pos0));
+    if (r.rfind("MATCHES ", 0) != 0) {
+      last_error_ = "unexpected reply '" + r + "' to MATCHES";
+      return -1;
+    }
+    return static_cast<int64_t>(std::strtoll(r.c_str() + 8, nullptr, 10));
+  }
   bool faulted() const { return faulted_; }
 
   // "alive" or how it ended (reaps it if it ended).

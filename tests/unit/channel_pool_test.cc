@@ -446,7 +446,7 @@ TEST_F(Engines, WithoutTheOptionATransferToARemoteWithoutConnectIsNotConnectedWi
   EXPECT_EQ(adxl::NOT_CONNECTED, Read(0, 0, 64));
   uint64_t id = 1;
   const adxl::TransferOpDesc desc = Desc(0, 0, 64);
-  EXPECT_EQ(adxl::NOT_CONNECTED, client_.TransferAsync(Id(0), adxl::READ, &desc, 1, nullptr, &id));
+  EXPECT_EQ(adxl::NOT_CONNECTED, client_.TransferAsync(Id(0), adxl::READ, &desc, 1, nullptr, 0, &id));
   EXPECT_EQ(0u, id);
   EXPECT_EQ(adxl::NOT_CONNECTED, client_.SendNotify(Id(0), wire::Notify{"n", "m"}, 1000));
   EXPECT_FALSE(client_.HasChannel(Id(0)));
@@ -476,7 +476,7 @@ TEST_F(Engines, AutoConnectTransfersAndNotifiesWithoutConnectAndMovesTheBytes) {
   // TransferAsync to server 1, which has no channel yet.
   const adxl::TransferOpDesc desc = Desc(1, 4096, 65536);
   uint64_t id = 0;
-  ASSERT_EQ(adxl::SUCCESS, client_.TransferAsync(Id(1), adxl::READ, &desc, 1, nullptr, &id));
+  ASSERT_EQ(adxl::SUCCESS, client_.TransferAsync(Id(1), adxl::READ, &desc, 1, nullptr, 0, &id));
   EXPECT_NE(0u, id);
   adxl::TransferStatus status = adxl::TransferStatus::WAITING;
   ASSERT_TRUE(WaitFor([&] {
@@ -509,7 +509,7 @@ TEST_F(Engines, ARemoteConnectWouldRefuseIsParamInvalidAndAFailedConnectReturnsI
   EXPECT_EQ(adxl::FAILED, client_.TransferSync(nobody, adxl::READ, &desc, 1, 3000));
   EXPECT_LT(MsSince(t0), 2500);
   uint64_t id = 1;
-  EXPECT_EQ(adxl::FAILED, client_.TransferAsync(nobody, adxl::READ, &desc, 1, nullptr, &id));
+  EXPECT_EQ(adxl::FAILED, client_.TransferAsync(nobody, adxl::READ, &desc, 1, nullptr, 0, &id));
   EXPECT_EQ(0u, id);
   EXPECT_FALSE(client_.HasChannel(nobody));
   EXPECT_EQ(0u, client_.ChannelSlotsTaken()) << "a failed connect gives its slot back";
@@ -619,7 +619,7 @@ TEST_F(Engines, BusyChannelsAreNeverClosedAndAThirdConnectWaitsThenResourceExhau
   transport_->SetPlan(Id(0), stall);
   const adxl::TransferOpDesc desc = Desc(0, 0, 4096);
   uint64_t id = 0;
-  ASSERT_EQ(adxl::SUCCESS, client_.TransferAsync(Id(0), adxl::READ, &desc, 1, nullptr, &id));
+  ASSERT_EQ(adxl::SUCCESS, client_.TransferAsync(Id(0), adxl::READ, &desc, 1, nullptr, 0, &id));
   std::atomic<adxl::Status> sync_status{adxl::SUCCESS};
   std::thread sync = StalledRead(1, 6000, &sync_status);
   ASSERT_TRUE(WaitFor([&] { return transport_->InFlight(Id(0)) == 1 && transport_->InFlight(Id(1)) == 1; }, 5000));

@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <cstring>
 #include <thread>
 #include <vector>
 
+#include "common/sync_point.h"
 #include "engine/lane.h"
 #include "engine/path_policy.h"
 #include "transport/shm/same_host_link.h"
@@ -266,6 +268,35 @@ TEST(Cma, UnmappedPeerRangeIsEfaultAndWhatWasCopiedIsScrubbed) {
   EXPECT_EQ(std::string(dst.data() + page, page), std::string(page, 'D'));
   EXPECT_FALSE(self->Gone());  // a bad range is the caller's mistake, not a reason to distrust the peer
   munmap(two, 2 * page);
+}
+
+TEST(Cma, ACopyUnderAReleasedHoldIsThrownAwayAndTrustStays) {
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  ASSERT_TRUE(self);
+  std::vector<char> src(3 * kMaxBytesPerCall / 2, 'S'), dst(src.size(), 'D');
+  iovec l{dst.data(), dst.size()}, r{src.data(), src.size()};
+  WriteHold hold;
+  const HoldWord word{hold.Addr(), hold.Value()};
+  ASSERT_EQ(self->CopyFrom(&l, 1, &r, 1, Deadline::Never(), nullptr, nullptr, &word), 0);
+  EXPECT_EQ(dst, src);  // held: copied
+  WriteHold other;      // another hold never has the same value
+  EXPECT_NE(other.Value(), hold.Value());
+  hold.Release();
+  std::fill(dst.begin(), dst.end(), 'D');
+  // The requester let go: what the call read is zeroed (bytes of two calls), the copy stops.
+  EXPECT_EQ(self->CopyFrom(&l, 1, &r, 1, Deadline::Never(), nullptr, nullptr, &word), ECANCELED);
+  EXPECT_EQ(std::count(dst.begin(), dst.end(), 'S'), 0);
+  EXPECT_FALSE(self->Gone());  // the requester's choice, not a reason to distrust it
+  // A released word is reused with a fresh value: an old hold never matches again.
+  WriteHold reused;
+  const HoldWord stale{reused.Addr(), word.value};
+  EXPECT_EQ(self->CopyFrom(&l, 1, &r, 1, Deadline::Never(), nullptr, nullptr, &stale), ECANCELED);
+  // A hold word that is not mapped: the requester's mistake (EFAULT), nothing kept.
+  const HoldWord unmapped{0x10, 1};
+  std::fill(dst.begin(), dst.end(), 'D');
+  EXPECT_EQ(self->CopyFrom(&l, 1, &r, 1, Deadline::Never(), nullptr, nullptr, &unmapped), EFAULT);
+  EXPECT_EQ(std::count(dst.begin(), dst.end(), 'S'), 0);
+  EXPECT_FALSE(self->Gone());
 }
 
 // The lane protocol with same-host requests: the serving side copies straight
@@ -552,6 +583,97 @@ TEST(CmaLane, AWriteWhoseRequesterHungUpIsNotApplied) {
   lane.serving.join();
   EXPECT_EQ(region[0], 0);
   EXPECT_EQ(region[63], 0);
+}
+
+// A server stopped between its check whether the requester gave up and its
+// copy call (descheduled, or frozen by SIGSTOP): the requester's request ended
+// meanwhile (TIMEOUT) and the caller reused its buffer. The hold, read by the
+// copy call itself, makes the server throw away what it read then.
+std::atomic<int> g_window_state{0};  // 0 idle, 1 a server thread waits in the window, 2 go on
+void PauseInTheCopyWindow(const char *name) {
+  if (strcmp(name, "ServeSameHostWrite:before_copy") != 0) return;
+  int expected = 0;
+  if (!g_window_state.compare_exchange_strong(expected, 1)) return;  // once per arming
+  for (int i = 0; i < 5000 && g_window_state.load() != 2; ++i) usleep(1000);
+}
+
+TEST(CmaLane, AHeldWriteWhoseRequesterLetGoBeforeTheCopyLeavesNothingOfItsBuffer) {
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  ASSERT_TRUE(self);
+  SetSyncPointCallback(&PauseInTheCopyWindow);
+  // Control first (no hold, as a peer of an earlier revision sends it): the
+  // server cannot tell, and copies the bytes the caller wrote after its
+  // request ended. This is why writes to such a peer go over TCP.
+  for (bool held : {false, true}) {
+    SCOPED_TRACE(held ? "held write" : "write without a hold");
+    SameHostLane lane;
+    std::vector<char> region(1 << 20, 0), source(1 << 20, 'A');
+    lane.registry.Add(reinterpret_cast<uintptr_t>(region.data()), region.size(), 1);
+    lane.Serve();
+    g_window_state = 0;
+    Segment seg{reinterpret_cast<uintptr_t>(source.data()), reinterpret_cast<uintptr_t>(region.data()),
+                source.size()};
+    LaneResult r = ExecuteSameHostTransfer(*lane.requester, adxl::WRITE, &seg, 1, 5, Deadline::AfterMs(300), *self,
+                                           held);
+    EXPECT_EQ(r.status, adxl::TIMEOUT) << r.error;  // the server waits in the window
+    ASSERT_EQ(g_window_state.load(), 1) << "the server never reached its copy";
+    // The request ended: the caller reuses its buffer. (The lane is not shut
+    // down: the server is past that check.)
+    std::fill(source.begin(), source.end(), 'N');
+    g_window_state = 2;
+    char byte;
+    EXPECT_NE(lane.requester->Read(&byte, 1, Deadline::AfterMs(3000)), IoStatus::kTimeout);  // answered or closed
+    lane.requester->Shutdown();
+    lane.serving.join();
+    const auto reused = std::count(region.begin(), region.end(), 'N');
+    if (held) {
+      EXPECT_EQ(reused, 0) << "bytes the caller wrote after its request ended reached the server's memory";
+      EXPECT_EQ(std::count(region.begin(), region.end(), 0), static_cast<long>(region.size()));
+    } else {
+      EXPECT_EQ(reused, static_cast<long>(region.size())) << "the window was not reached (control)";
+    }
+  }
+  SetSyncPointCallback(nullptr);
+}
+
+TEST(CmaLane, AWriteHoldOnAnythingButASameHostWriteIsAProtocolError) {
+  SameHostLane lane;
+  std::vector<char> region(4096, 0), source(64, 'S');
+  lane.registry.Add(reinterpret_cast<uintptr_t>(region.data()), region.size(), 1);
+  lane.Serve();
+  std::string request = SameHostWrite(4, 5000000000ULL, region.data(), source.size(), source.data());
+  wire::MsgHeader h;
+  memcpy(&h, request.data(), sizeof(h));
+  h.type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
+  h.flags |= wire::kFlagWriteHold;
+  memcpy(request.data(), &h, sizeof(h));
+  ASSERT_EQ(lane.requester->Write(request.data(), request.size(), Deadline::AfterMs(1000)), IoStatus::kOk);
+  wire::MsgHeader reply;
+  ASSERT_EQ(lane.requester->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kError));
+  EXPECT_EQ(reply.status, adxl::PARAM_INVALID);
+  std::string text(reply.body_len, '\0');
+  ASSERT_EQ(lane.requester->Read(text.data(), text.size(), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_NE(text.find("write hold"), std::string::npos) << text;
+  char byte;
+  EXPECT_EQ(lane.requester->Read(&byte, 1, Deadline::AfterMs(3000)), IoStatus::kClosed);
+  EXPECT_EQ(region[0], 0);
+}
+
+TEST(CmaLane, WritesGoOverTcpToAPeerThatDoesNotHonourHolds) {
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  ASSERT_TRUE(self);
+  std::vector<char> data(1 << 20, 'w');
+  Segment seg{reinterpret_cast<uintptr_t>(data.data()), 0x10000, data.size()};
+  TransferBatch batch;
+  batch.op = adxl::WRITE;
+  batch.segs = &seg;
+  batch.count = 1;
+  batch.total_bytes = data.size();
+  batch.deadline = Deadline::AfterMs(1000);
+  SameHostLink unheld(nullptr, self, /*write_hold=*/false);
+  TransportResult r = unheld.Submit(batch);
+  EXPECT_TRUE(r.declined);  // nothing sent: the next path (TCP) takes it
 }
 
 TEST(CmaLane, TheRequesterSendsItsRemainingTimeLessAMargin) {

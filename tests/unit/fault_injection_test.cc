@@ -53,6 +53,13 @@ TEST(FaultPlan, ParsesAndRejects) {
   EXPECT_FALSE(ParseFaultPlan("drop=-0.1", &plan, &error));
   EXPECT_FALSE(ParseFaultPlan(std::string("drop=0.1\0x", 10), &plan, &error));
   EXPECT_FALSE(FaultPlan().Active());
+  // The freezes (a process stopping itself once, for tests of frozen peers).
+  plan = Only("freeze_send=1048576,freeze_copy=1");
+  EXPECT_EQ(plan.freeze_send, 1048576U);
+  EXPECT_TRUE(plan.freeze_copy);
+  EXPECT_TRUE(plan.Active());
+  EXPECT_FALSE(ParseFaultPlan("freeze_copy=2", &plan, &error));
+  EXPECT_FALSE(ParseFaultPlan("freeze_send=-1", &plan, &error));
 }
 
 TEST(FaultyStream, CloseStallDropCorruptPartial) {

@@ -360,7 +360,7 @@ TEST(VersionNegotiation, TheEnginesHelloSaysWhatItSpeaksAndNoLaneCount) {
   EXPECT_EQ(fake.Received().peer_timeout_ms, 10000U);
   EXPECT_EQ(fake.Received().target_engine_id, remote);
   EXPECT_EQ(fake.Received().capabilities & ~wire::kCapSameHost,
-            wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify);
+            wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify | wire::kCapWriteHold);
   EXPECT_EQ((fake.Received().capabilities & wire::kCapSameHost) != 0, fake.Received().pid != 0);
 }
 
@@ -384,6 +384,14 @@ TEST(Capabilities, UnknownBitsAreIgnoredAndOnlyOfferedOnesAreGranted) {
   ASSERT_TRUE(answer);
   ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
   EXPECT_EQ(ack.capabilities, 0U);
+  // Write holds (docs/PROTOCOL.md "Write holds"): granted where offered, so
+  // both sides of the session hold their same-host writes.
+  RawConnection holding(server.port);
+  hello.capabilities = wire::kCapReverseLanes | wire::kCapWriteHold;
+  answer = holding.Hello(wire::EncodeHello(hello), &ack);
+  ASSERT_TRUE(answer);
+  ASSERT_EQ(answer->header.type, TypeOf(MsgType::kHelloAck)) << answer->body;
+  EXPECT_EQ(ack.capabilities, wire::kCapReverseLanes | wire::kCapWriteHold);
 }
 
 // ---------------------------------------------------------------------------

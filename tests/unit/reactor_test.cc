@@ -178,6 +178,41 @@ TEST(Reactor, TimersRepeatAndCancelWaitsForARunningOne) {
   EXPECT_EQ(after, 5);
 }
 
+TEST(Reactor, AOneShotTimerRunsOnceAtItsTimeUnlessCanceled) {
+  Reactor reactor(SmallOptions());
+  std::string error;
+  ASSERT_TRUE(reactor.Start(&error)) << error;
+  std::atomic<int> runs{0}, canceled_runs{0};
+  const auto t0 = Reactor::Clock::now();
+  std::atomic<int64_t> ran_after_ms{-1};
+  const uint64_t later = reactor.At(t0 + 300ms, [&] { ++canceled_runs; });
+  const uint64_t once = reactor.At(t0 + 80ms, [&] {
+    ran_after_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Reactor::Clock::now() - t0).count();
+    ++runs;
+  });
+  ASSERT_NE(once, 0u);
+  ASSERT_NE(later, 0u);
+  EXPECT_NE(once, later);
+  ASSERT_TRUE(WaitFor([&] { return runs.load() == 1; }));
+  EXPECT_GE(ran_after_ms.load(), 80);  // an earlier timer armed later still runs first, at its time
+  reactor.Cancel(later);
+  std::this_thread::sleep_for(400ms);
+  EXPECT_EQ(runs.load(), 1);  // once, then forgotten
+  EXPECT_EQ(canceled_runs.load(), 0);
+  reactor.Cancel(once);  // already ran: nothing to do
+  // Ids are unique in the process, across reactors: a stale id names nothing.
+  Reactor other(SmallOptions());
+  ASSERT_TRUE(other.Start(&error)) << error;
+  std::atomic<int> other_runs{0};
+  const uint64_t fresh = other.At(Reactor::Clock::now() + 50ms, [&] { ++other_runs; });
+  EXPECT_GT(fresh, later);
+  other.Cancel(once);
+  other.Cancel(later);
+  EXPECT_TRUE(WaitFor([&] { return other_runs.load() == 1; }));
+  other.Stop();
+  EXPECT_EQ(other.At(Reactor::Clock::now(), [] {}), 0u);  // stopped: nothing would run it
+}
+
 TEST(Reactor, AThrowingHandlerLosesItsWatchOnly) {
   Reactor reactor(SmallOptions());
   std::string error;

@@ -99,7 +99,7 @@ class Coalescing : public ::testing::Test {
   }
   uint64_t Submit(adxl::TransferOp op, const adxl::TransferOpDesc &desc) {
     uint64_t id = 0;
-    EXPECT_EQ(client_.TransferAsync(server_id_, op, &desc, 1, nullptr, &id), adxl::SUCCESS);
+    EXPECT_EQ(client_.TransferAsync(server_id_, op, &desc, 1, nullptr, 0, &id), adxl::SUCCESS);
     return id;
   }
   // Polls until terminal (or 10 s): the terminal status, WAITING if none came.

@@ -318,6 +318,25 @@ TEST(TransferRequestAlone, CancelShutsDownTheStreamsInUseAndCompletesWhenTheirIo
   EXPECT_EQ(request.Status(), adxl::FAILED);
 }
 
+TEST(TransferRequestAlone, ACancelForItsDeadlineEndsItTimeoutOnceItsIoReturned) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  auto mine = std::make_shared<TcpStream>(fds[0], "mine");
+  TcpStream other(fds[1], "other");
+  TransferRequest request("k", adxl::READ, std::vector<Segment>{{1, 2, 3}}, Deadline::Never());
+  ASSERT_TRUE(request.BeginIo(mine.get()));
+  request.Cancel("its deadline passed", adxl::TIMEOUT);
+  request.Cancel("disconnected");  // the first cancel decides
+  EXPECT_FALSE(request.Done());    // not before the I/O on its buffers returned
+  EXPECT_TRUE(request.EndIo(mine.get()));
+  ASSERT_TRUE(request.Done());
+  EXPECT_EQ(request.Status(), adxl::TIMEOUT);
+  EXPECT_TRUE(request.Canceled());
+  EXPECT_EQ(request.Error(), "its deadline passed");
+  request.Finish(adxl::SUCCESS, "");
+  EXPECT_EQ(request.Status(), adxl::TIMEOUT);
+}
+
 TEST(TransferRequestAlone, CancelOfARequestMovingNoBytesCompletesAtOnce) {
   TransferRequest request("k", adxl::READ, std::vector<Segment>{{1, 2, 3}}, Deadline::Never());
   request.Cancel();
@@ -670,7 +689,7 @@ adxl::Status PollToEnd(Engine &engine, uint64_t id, adxl::TransferStatus *status
 uint64_t Async(Engine &engine, const std::string &remote, adxl::TransferOp op, const std::vector<adxl::TransferOpDesc> &descs,
                const void *user_data = nullptr, adxl::Status expect = adxl::SUCCESS) {
   uint64_t id = 12345;
-  EXPECT_EQ(engine.TransferAsync(remote, op, descs.data(), descs.size(), user_data, &id), expect);
+  EXPECT_EQ(engine.TransferAsync(remote, op, descs.data(), descs.size(), user_data, 0, &id), expect);
   EXPECT_EQ(id != 0, expect == adxl::SUCCESS);
   return id;
 }
@@ -796,6 +815,116 @@ TEST_F(RequestTest, AsyncRequestsEndedByDisconnectAndFinalizeReportFailed) {
   EXPECT_EQ(status, adxl::TransferStatus::FAILED);
   EXPECT_EQ(client_.GetTransferStatus(b, &status), adxl::FAILED);  // unknown, and not initialized
   EXPECT_EQ(client_.GetTransferStatus(0, &status), adxl::FAILED);
+}
+
+// ---- the per-request deadline of asynchronous requests (llmdd/extensions.h SetTransferTimeout) ----
+
+uint64_t AsyncWithin(Engine &engine, const std::string &remote, adxl::TransferOp op,
+                     const std::vector<adxl::TransferOpDesc> &descs, uint32_t timeout_ms,
+                     const void *user_data = nullptr) {
+  uint64_t id = 0;
+  EXPECT_EQ(engine.TransferAsync(remote, op, descs.data(), descs.size(), user_data, timeout_ms, &id), adxl::SUCCESS);
+  EXPECT_NE(id, 0u);
+  return id;
+}
+
+TEST_F(RequestTest, AnAsyncRequestPastItsOwnDeadlineEndsTimeoutWithoutBeingPolled) {
+  Start({{"llmdd.TcpConnections", "1"}});
+  Warm();
+  proxy_->FreezeOpen();
+  memset(local_.data(), 0xEE, 1 << 20);
+  const auto t0 = Clock::now();
+  const uint64_t id = AsyncWithin(client_, server_id_, adxl::READ, {{L(0), R(0), 1 << 20}}, 300);
+  // Nobody polls: the request still ends at its deadline (its in-flight slot is free).
+  ASSERT_TRUE(WaitUntil([&] { return client_.RequestsInFlight() == 0; }, 5000));
+  const int64_t ended_ms = MsSince(t0);
+  EXPECT_GE(ended_ms, 290);
+  EXPECT_LT(ended_ms, 300 + 1500);
+  EXPECT_EQ(client_.AsyncRequestsHeld(), 1u);  // held until its end is read
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(client_.GetTransferStatus(id, &status), adxl::TIMEOUT);
+  EXPECT_EQ(status, adxl::TransferStatus::TIMEOUT);
+  EXPECT_EQ(client_.GetTransferStatus(id, &status), adxl::PARAM_INVALID);  // released
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
+  // The peer resumes and sends what it owed: none of it reaches the buffer
+  // of a request that ended (its lane was closed, not drained into it).
+  proxy_->Thaw();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (size_t i = 0; i < (1 << 20); ++i) {
+    if (static_cast<unsigned char>(local_[i]) != 0xEE) {
+      ADD_FAILURE() << "byte " << i << " of the buffer was written after the request ended";
+      break;
+    }
+  }
+  // The channel goes on: a new request reopens a lane.
+  const uint64_t again = AsyncWithin(client_, server_id_, adxl::READ, {{L(0), R(0), 4096}}, 5000);
+  EXPECT_EQ(PollToEnd(client_, again, &status, 10000), adxl::SUCCESS);
+  EXPECT_EQ(status, adxl::TransferStatus::COMPLETED);
+  EXPECT_TRUE(Arrived(0, 4096));
+}
+
+TEST_F(RequestTest, ADeadlineEndsARequestThatWaitsForAWorkerBehindAStuckOne) {
+  // One worker, busy with a request to the frozen peer for up to 20 s: the
+  // next request waits in the queue, and its own deadline still ends it.
+  Start({{"llmdd.TcpConnections", "1"}, {"llmdd.WorkerThreads", "1"}, {"llmdd.AsyncTransferMaxMs", "20000"}});
+  Warm();
+  proxy_->FreezeOpen();
+  const uint64_t stuck = AsyncWithin(client_, server_id_, adxl::READ, {{L(0), R(0), 1 << 20}}, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the worker took it
+  const auto t0 = Clock::now();
+  // A WRITE is never carried together with the READ: it waits alone.
+  const uint64_t queued = AsyncWithin(client_, server_id_, adxl::WRITE, {{L(2 << 20), R(2 << 20), 4096}}, 300);
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(PollToEnd(client_, queued, &status, 5000), adxl::TIMEOUT);
+  EXPECT_EQ(status, adxl::TransferStatus::TIMEOUT);
+  EXPECT_GE(MsSince(t0), 290);
+  EXPECT_LT(MsSince(t0), 300 + 1500);
+  EXPECT_EQ(client_.GetTransferStatus(stuck, &status), adxl::SUCCESS);
+  EXPECT_EQ(status, adxl::TransferStatus::WAITING);  // no deadline of its own: unaffected
+  EXPECT_EQ(client_.DisconnectKeyed(server_id_, Deadline::AfterMs(300), true), adxl::SUCCESS);
+  EXPECT_EQ(client_.GetTransferStatus(stuck, &status), adxl::FAILED);
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
+}
+
+TEST_F(RequestTest, OwnDeadlinesAreReportedByTheBulkQueryAndOtherEndsStayTheirs) {
+  Start({{"llmdd.TcpConnections", "1"}});
+  Warm();
+  int tags[3];
+  // In time: COMPLETED; a range the server refuses: FAILED, deadline or not.
+  const uint64_t done = AsyncWithin(client_, server_id_, adxl::READ, {{L(0), R(0), 4096}}, 5000, &tags[0]);
+  const uint64_t refused =
+      AsyncWithin(client_, server_id_, adxl::READ, {{L(0), R(0) + kRemoteBytes, 8}}, 5000, &tags[1]);
+  ASSERT_TRUE(WaitUntil([&] { return client_.RequestsInFlight() == 0; }, 10000));
+  proxy_->FreezeOpen();
+  const uint64_t late = AsyncWithin(client_, server_id_, adxl::WRITE, {{L(0), R(0), 4096}}, 200, &tags[2]);
+  ASSERT_TRUE(WaitUntil([&] { return client_.RequestsInFlight() == 0; }, 5000));
+  std::vector<AsyncRequests::Result> results;
+  ASSERT_EQ(client_.GetTransferStatuses(UINT32_MAX, false, &results), adxl::SUCCESS);
+  ASSERT_EQ(results.size(), 3u);
+  EXPECT_EQ(results[0].id, done);
+  EXPECT_EQ(results[0].status, adxl::TransferStatus::COMPLETED);
+  EXPECT_EQ(results[1].id, refused);
+  EXPECT_EQ(results[1].status, adxl::TransferStatus::FAILED);
+  EXPECT_EQ(results[2].id, late);
+  EXPECT_EQ(results[2].user_data, &tags[2]);
+  EXPECT_EQ(results[2].status, adxl::TransferStatus::TIMEOUT);
+  ASSERT_EQ(client_.GetTransferStatuses(UINT32_MAX, false, &results), adxl::SUCCESS);
+  EXPECT_TRUE(results.empty());
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(client_.GetTransferStatus(late, &status), adxl::PARAM_INVALID);
+}
+
+TEST_F(RequestTest, ARequestWithADeadlineEndedByDisconnectIsFailedNotTimeout) {
+  Start({{"llmdd.TcpConnections", "1"}});
+  Warm();
+  proxy_->FreezeOpen();
+  const uint64_t id = AsyncWithin(client_, server_id_, adxl::READ, {{L(0), R(0), 1 << 20}}, 60000);
+  const auto t0 = Clock::now();
+  EXPECT_EQ(client_.DisconnectKeyed(server_id_, Deadline::AfterMs(300), true), adxl::SUCCESS);
+  EXPECT_LT(MsSince(t0), 2000);
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  EXPECT_EQ(client_.GetTransferStatus(id, &status), adxl::FAILED);
+  EXPECT_EQ(status, adxl::TransferStatus::FAILED);
 }
 
 TEST_F(RequestTest, AsyncRefusalsComeWithoutARequest) {

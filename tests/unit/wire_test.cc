@@ -160,6 +160,25 @@ TEST(WireRanges, HeaderMustMatchBodyAndLimits) {
             "");
 }
 
+TEST(WireRanges, AHeldSameHostWriteCarriesItsHoldBeforeTheEntries) {
+  uint8_t buf[kRangeBodyHeader];
+  uint32_t count = 0, timeout = 0;
+  uint64_t total = 0;
+  EncodeRangeHeader(2, 100, 20, buf);
+  const uint64_t plain = kRangeBodyHeader + kSameHostRemainingSize + 2 * kSameHostEntrySize;
+  EXPECT_EQ(DecodeRangeHeader(buf, plain, &count, &timeout, &total, kSameHostEntrySize), "");
+  EXPECT_NE(DecodeRangeHeader(buf, plain, &count, &timeout, &total, kSameHostEntrySize, /*write_hold=*/true), "");
+  EXPECT_EQ(DecodeRangeHeader(buf, plain + kSameHostHoldSize, &count, &timeout, &total, kSameHostEntrySize, true), "");
+  EXPECT_EQ(count, 2U);
+  // The largest held write passes the header's bound, one byte more does not.
+  MsgHeader h = Header(MsgType::kWriteRequest, kRangeBodyHeader + kSameHostRemainingSize + kSameHostHoldSize +
+                                                   kSameHostEntrySize * kMaxRangesPerRequest);
+  h.flags = kFlagSameHost | kFlagWriteHold;
+  EXPECT_EQ(CheckHeader(h), "");
+  h.body_len += 1;
+  EXPECT_NE(CheckHeader(h), "");
+}
+
 }  // namespace
 }  // namespace llmdd::wire
 
@@ -463,7 +482,7 @@ namespace llmdd::wire {
 namespace {
 
 TEST(WireCapabilities, UnknownBitsAreNeverGranted) {
-  EXPECT_EQ(kKnownCapabilities, 0x1FU);  // reverse lanes, app messages, same host, notifications, lazy reverse lanes
+  EXPECT_EQ(kKnownCapabilities, 0x3FU);  // reverse lanes, app messages, same host, notifications, lazy reverse lanes, write hold
   EXPECT_EQ(NegotiateCapabilities(0xFFFFFFFFU, 0xFFFFFFFFU), kKnownCapabilities);
   EXPECT_EQ(NegotiateCapabilities(kCapReverseLanes | (1U << 20), kCapReverseLanes | kCapAppMessages),
             kCapReverseLanes);

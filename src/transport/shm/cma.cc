@@ -9,6 +9,7 @@
 #include <climits>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <vector>
 
 #include "common/hmac.h"
@@ -20,8 +21,9 @@ namespace {
 
 constexpr size_t kTokenBytes = 32;
 constexpr size_t kMaxIov = IOV_MAX < 1024 ? IOV_MAX : 1024;
-// Each call carries the data ranges plus one entry for the token.
-constexpr size_t kMaxDataIov = kMaxIov - 1;
+// Each call carries the data ranges plus an entry for a write's hold word and
+// one for the token.
+constexpr size_t kMaxDataIov = kMaxIov - 2;
 
 std::string ReadBootId() {
   std::ifstream in("/proc/sys/kernel/random/boot_id");
@@ -86,7 +88,60 @@ void Scrub(const iovec *iov, size_t count, size_t bytes) {
   }
 }
 
+// The words of WriteHold: allocated in blocks that are never freed (a peer
+// may read a word at any time), reused once released.
+class HoldWords {
+ public:
+  static HoldWords &Get() {
+    static HoldWords *words = new HoldWords;  // never destroyed: peers may read the words until we exit
+    return *words;
+  }
+  std::atomic<uint64_t> *Take() {
+    std::lock_guard lock(mutex_);
+    if (free_.empty()) {
+      constexpr size_t kBlock = 512;
+      std::atomic<uint64_t> *block = new std::atomic<uint64_t>[kBlock];
+      blocks_.push_back(block);
+      for (size_t i = 0; i < kBlock; ++i) {
+        block[i].store(0, std::memory_order_relaxed);
+        free_.push_back(&block[i]);
+      }
+    }
+    std::atomic<uint64_t> *word = free_.back();
+    free_.pop_back();
+    return word;
+  }
+  void Give(std::atomic<uint64_t> *word) {
+    std::lock_guard lock(mutex_);
+    free_.push_back(word);
+  }
+  // A value no hold had before in this process (never 0, the released value).
+  uint64_t NextValue() { return next_value_.fetch_add(1, std::memory_order_relaxed); }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::atomic<uint64_t> *> blocks_;
+  std::vector<std::atomic<uint64_t> *> free_;
+  std::atomic<uint64_t> next_value_{1};
+};
+
 }  // namespace
+
+WriteHold::WriteHold() : word_(HoldWords::Get().Take()), value_(HoldWords::Get().NextValue()) {
+  // Published before the request that names it is sent (a syscall after this).
+  word_->store(value_, std::memory_order_release);
+}
+
+void WriteHold::Release() {
+  if (word_ == nullptr) return;
+  // seq_cst: ordered before everything that reports the write ended, hence
+  // before whatever the caller then writes into its buffers. A server call
+  // that read such a write also reads this store (it reads the word after the
+  // data), so it throws its bytes away.
+  word_->store(0, std::memory_order_seq_cst);
+  HoldWords::Get().Give(word_);
+  word_ = nullptr;
+}
 
 const ProcessIdentity &LocalIdentity() {
   static const ProcessIdentity identity = [] {
@@ -204,7 +259,7 @@ void PeerProcess::MarkGone(const char *reason) {
 
 int PeerProcess::CopyFrom(const iovec *local, size_t local_count, const iovec *remote, size_t remote_count,
                           Deadline deadline, const std::atomic<bool> *cancel,
-                          const std::function<bool()> &abandoned) {
+                          const std::function<bool()> &abandoned, const HoldWord *hold) {
   if (Gone()) return ESRCH;
   Cursor l{local, local_count}, r{remote, remote_count};
   // Per-thread scratch of a fixed size: a small copy (the one-sided READ path)
@@ -233,11 +288,23 @@ int PeerProcess::CopyFrom(const iovec *local, size_t local_count, const iovec *r
       if (acc + lv[used].iov_len > want) lv[used].iov_len = want - acc;
       acc += lv[used].iov_len;
     }
+    // A write's hold word right after the data: the kernel reads the
+    // remote ranges in order, and between two of them it drops its page
+    // references (full barriers), so a call that read any byte the
+    // requester wrote after letting go also reads the word it changed
+    // before (WriteHold::Release).
+    size_t lcount = used, rcount = rn;
+    uint64_t held = 0;
+    if (hold != nullptr) {
+      lv[lcount++] = {&held, sizeof(held)};
+      rv[rcount++] = {reinterpret_cast<void *>(static_cast<uintptr_t>(hold->addr)), sizeof(held)};
+    }
+    const size_t hold_bytes = hold != nullptr ? sizeof(held) : 0;
     // The token last: if it arrives intact, every byte before it came from
     // the address space we verified (one call reads from one address space).
-    lv[used] = {echo, kTokenBytes};
-    rv[rn] = {reinterpret_cast<void *>(token_addr_), kTokenBytes};
-    ssize_t n = process_vm_readv(pid_, lv.data(), used + 1, rv.data(), rn + 1, 0);
+    lv[lcount++] = {echo, kTokenBytes};
+    rv[rcount++] = {reinterpret_cast<void *>(token_addr_), kTokenBytes};
+    ssize_t n = process_vm_readv(pid_, lv.data(), lcount, rv.data(), rcount, 0);
     if (n < 0 && errno == EINTR) {  // nothing was copied
       l.Rewind(want);
       r.Rewind(want);
@@ -255,9 +322,17 @@ int PeerProcess::CopyFrom(const iovec *local, size_t local_count, const iovec *r
       break;
     }
     written += want;
-    if (got < want + kTokenBytes || !TokenMatches(echo)) {
+    if (got < want + hold_bytes) {  // the hold word is not mapped: the requester's mistake, not ours to trust
+      err = EFAULT;
+      break;
+    }
+    if (got < want + hold_bytes + kTokenBytes || !TokenMatches(echo)) {
       MarkGone("its address space no longer holds its token (the pid names another process or a new image)");
       err = ESRCH;
+      break;
+    }
+    if (hold != nullptr && held != hold->value) {  // the requester let go meanwhile: what we read may be stale
+      err = ECANCELED;
       break;
     }
   }

@@ -58,6 +58,39 @@ const ProcessIdentity &LocalIdentity();
 // this bounds how far a copy can overrun its deadline.
 constexpr size_t kMaxBytesPerCall = 8u << 20;
 
+// A same-host write's hold as the serving side sees it (wire::kFlagWriteHold):
+// the word at `addr` in the requester's memory holds `value` while the
+// requester still wants the write.
+struct HoldWord {
+  uint64_t addr = 0;
+  uint64_t value = 0;
+};
+
+// The requester's half of a hold: a word of this process, set to a value no
+// hold ever had before, that the server re-reads in every copy call from our
+// memory. Release (or the destructor) changes it before the write is
+// reported ended, so a copy call that read our buffers after that also reads
+// the change and its bytes are thrown away: once a same-host write ended
+// (TIMEOUT, cancel), nothing the server read from its buffers afterwards
+// stays in the server's memory. The words are never freed (a frozen peer may
+// read one much later); released ones are reused with new values.
+class WriteHold {
+ public:
+  WriteHold();
+  ~WriteHold() { Release(); }
+  WriteHold(const WriteHold &) = delete;
+  WriteHold &operator=(const WriteHold &) = delete;
+  uint64_t Addr() const { return reinterpret_cast<uint64_t>(word_); }
+  uint64_t Value() const { return value_; }
+  // The requester lets go: from here on every copy call of the server fails
+  // the check. Idempotent.
+  void Release();
+
+ private:
+  std::atomic<uint64_t> *word_ = nullptr;
+  uint64_t value_ = 0;
+};
+
 class PeerProcess {
  public:
   // Verifies `claimed` as described above against `connection` (the TCP
@@ -82,9 +115,13 @@ class PeerProcess {
   // wrote into `local` are zeroed: they may not be the peer's.
   // `cancel`, when given and set, stops the copy between calls (ECANCELED);
   // so does `abandoned`, when given and it returns true (asked before every call).
+  // `hold`, when given: every call also reads the hold word, right after the
+  // data; when it no longer holds its value the requester had let go while
+  // the call read its memory, so the copy stops (ECANCELED) and what it wrote
+  // is zeroed like any failed copy's. A hold word that cannot be read is EFAULT.
   int CopyFrom(const iovec *local, size_t local_count, const iovec *remote, size_t remote_count,
                Deadline deadline = Deadline::Never(), const std::atomic<bool> *cancel = nullptr,
-               const std::function<bool()> &abandoned = nullptr);
+               const std::function<bool()> &abandoned = nullptr, const HoldWord *hold = nullptr);
 
   // Asks the kernel (pidfd) whether the process still lives; false once it
   // has exited (and forever after).

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "common/log.h"
 #include "engine/path_policy.h"
@@ -19,13 +20,21 @@ using wire::MsgType;
 }  // namespace
 
 LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                                   uint64_t request_id, Deadline deadline, PeerProcess &peer) {
+                                   uint64_t request_id, Deadline deadline, PeerProcess &peer, bool write_hold,
+                                   const std::atomic<bool> *cancel) {
   const bool is_read = op == adxl::READ;
   const auto sent_at = Deadline::Clock::now();
   thread_local std::vector<uint8_t> body;
   thread_local std::vector<iovec> local_iov, remote_iov;
   TrimOnExit trim(body, local_iov, remote_iov);
-  EncodeRangeBody(segs, count, deadline, /*same_host=*/true, &body);
+  // A write's hold lives until this returns, whatever the outcome: the
+  // request this chunk belongs to cannot end before (its I/O is announced
+  // around this call), so the server never keeps what it reads from our
+  // buffers once the request ended (cma.h, WriteHold).
+  std::optional<WriteHold> hold;
+  if (!is_read && write_hold) hold.emplace();
+  EncodeRangeBody(segs, count, deadline, /*same_host=*/true, &body, hold ? hold->Addr() : 0,
+                  hold ? hold->Value() : 0);
 
   MsgHeader header;
   header.version = stream.ProtocolVersion();
@@ -34,7 +43,7 @@ LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, cons
   header.body_len = body.size();
   header.payload_len = 0;  // the bytes never travel on the lane
 
-  header.flags = wire::kFlagSameHost;
+  header.flags = wire::kFlagSameHost | (hold ? wire::kFlagWriteHold : 0);
   iovec request[2] = {{&header, sizeof(header)}, {body.data(), body.size()}};
   IoStatus io = stream.WriteFull(request, 2, deadline);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "sending request to");
@@ -58,7 +67,7 @@ LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, cons
     remote_iov.push_back({reinterpret_cast<void *>(segs[i].remote), segs[i].len});
   }
   int err = peer.CopyFrom(local_iov.data(), local_iov.size(), remote_iov.data(), remote_iov.size(),
-                                     deadline.EarlierOf(Deadline(lease_end)));
+                          deadline.EarlierOf(Deadline(lease_end)), cancel);
   const bool in_lease = Deadline::Clock::now() < lease_end;
   MsgHeader release;
   release.version = stream.ProtocolVersion();
@@ -68,7 +77,10 @@ LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, cons
     result.broken = true;  // the server ends the lease on its own; this lane's framing is unknown
   }
   if (err != 0) {
-    result.status = err == EFAULT ? adxl::PARAM_INVALID : err == ETIMEDOUT ? adxl::TIMEOUT : adxl::FAILED;
+    result.status = err == EFAULT      ? adxl::PARAM_INVALID
+                    : err == ETIMEDOUT ? adxl::TIMEOUT
+                    : err == ECANCELED ? TransferRequest::kCanceledStatus
+                                       : adxl::FAILED;
     result.error = std::string("same-host read from ") + stream.PeerName() + " failed: " +
                    (err == ESRCH ? "the peer process is gone (same-host trust ended)" : strerror(err)) +
                    (err == EFAULT ? " (a local destination range is not mapped?)" : "");
@@ -208,7 +220,7 @@ std::shared_ptr<TransportLink> SameHostTransport::Connect(const TransportPeer &p
     *error = "peer " + peer.peer_name + " was not verified for the same-host path";
     return nullptr;
   }
-  return std::make_shared<SameHostLink>(peer.lanes, peer.same_host);
+  return std::make_shared<SameHostLink>(peer.lanes, peer.same_host, peer.write_hold);
 }
 
 TransportResult SameHostLink::Submit(const TransferBatch &batch) {
@@ -227,12 +239,22 @@ TransportResult SameHostLink::Submit(const TransferBatch &batch) {
     result.declined = true;  // not listed (yet), or no lease: a request decides
     return result;
   }
+  if (batch.op == adxl::WRITE && !write_hold_) {
+    // A peer that does not honour write holds might copy from our buffers
+    // after the request ended (a stale read into its memory): TCP carries
+    // the write instead, from our own thread.
+    result.declined = true;
+    return result;
+  }
   PeerProcess *peer = peer_.get();
   const adxl::TransferOp op = batch.op;
-  LaneResult r = lanes_->RunChunks(
-      batch, [peer, op](ByteStream &stream, const Segment *segs, size_t count, uint64_t request_id, Deadline deadline) {
-        return ExecuteSameHostTransfer(stream, op, segs, count, request_id, deadline, *peer);
-      });
+  const bool hold = write_hold_;
+  const std::atomic<bool> *cancel = batch.request != nullptr ? batch.request->CancelFlag() : nullptr;
+  LaneResult r = lanes_->RunChunks(batch, [peer, op, hold, cancel](ByteStream &stream, const Segment *segs,
+                                                                   size_t count, uint64_t request_id,
+                                                                   Deadline deadline) {
+    return ExecuteSameHostTransfer(stream, op, segs, count, request_id, deadline, *peer, hold, cancel);
+  });
   result.status = r.status;
   result.error = std::move(r.error);
   return result;

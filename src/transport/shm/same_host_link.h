@@ -3,7 +3,11 @@
 // (kCapSameHost, docs/PROTOCOL.md "Same-host path"). Its small control
 // messages ride on the engine's lanes (LaneLender); the bytes do not.
 //   - WRITE: a same-host request; the server copies out of our memory into
-//     its registered memory with process_vm_readv (it never writes ours).
+//     its registered memory with process_vm_readv (it never writes ours),
+//     under a hold (WriteHold, wire::kFlagWriteHold) we release before the
+//     request may end: nothing the server reads from our buffers after that
+//     is kept. Only to a peer that honours holds (kCapWriteHold): writes to
+//     another are declined and go over TCP.
 //   - READ: a same-host request; the server validates and pins the ranges for
 //     a bounded lease, we copy out of its memory, then say Release.
 //   - small READ: under a standing read lease (the server lists its readable
@@ -41,9 +45,12 @@ struct ReadLease {
 
 // Sends one same-host Read or Write request for `count` (<=
 // wire::kMaxRangesPerRequest) segments over a lane and completes it with one
-// copy from `peer`'s memory (READ) or by the server's copy from ours (WRITE).
+// copy from `peer`'s memory (READ) or by the server's copy from ours (WRITE,
+// under a hold released before this returns, when write_hold). `cancel`
+// (may be null) stops a READ's copy between calls.
 LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
-                                   uint64_t request_id, Deadline deadline, PeerProcess &peer);
+                                   uint64_t request_id, Deadline deadline, PeerProcess &peer,
+                                   bool write_hold = false, const std::atomic<bool> *cancel = nullptr);
 
 // Asks the server (a same-host peer) for a standing read lease. UNSUPPORTED:
 // it grants none (too many regions); the lane stays usable.
@@ -59,7 +66,8 @@ class SameHostTransport : public Transport {
 
 class SameHostLink : public TransportLink {
  public:
-  SameHostLink(LaneLender *lanes, std::shared_ptr<PeerProcess> peer) : lanes_(lanes), peer_(std::move(peer)) {}
+  SameHostLink(LaneLender *lanes, std::shared_ptr<PeerProcess> peer, bool write_hold = false)
+      : lanes_(lanes), peer_(std::move(peer)), write_hold_(write_hold) {}
   const TransportCaps &Caps() const override { return SameHostTransport::StaticCaps(); }
   // While the verified process is still trusted (it ends for good when it is gone).
   bool Usable() const override { return !shut_down_.load() && !peer_->Gone(); }
@@ -77,6 +85,7 @@ class SameHostLink : public TransportLink {
 
   LaneLender *lanes_;
   std::shared_ptr<PeerProcess> peer_;
+  const bool write_hold_;  // the peer honours write holds: WRITEs may take this path
   std::atomic<bool> shut_down_{false};
   std::mutex lease_mutex_;
   std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_

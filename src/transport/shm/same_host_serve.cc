@@ -7,6 +7,8 @@
 #include <cstring>
 
 #include "common/log.h"
+#include "common/sync_point.h"
+#include "transport/fault_injection.h"
 #include "transport/shm/cma.h"
 
 namespace llmdd {
@@ -46,7 +48,7 @@ bool HoldSameHostRead(ByteStream &stream, const MsgHeader &header, const ServeCo
 
 bool ServeSameHostWrite(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx,
                         const std::vector<iovec> &iov, const std::vector<iovec> &peer_iov, Deadline deadline,
-                        Deadline requester_deadline, RegionPins &pins) {
+                        Deadline requester_deadline, RegionPins &pins, const HoldWord *hold) {
   // Write: one copy from the requester's ranges into our registered memory,
   // with the regions pinned. The requester's memory is only read.
   if (requester_deadline.Expired()) {
@@ -55,14 +57,28 @@ bool ServeSameHostWrite(ByteStream &stream, const MsgHeader &header, const Serve
     return SendResponse(stream, MsgType::kWriteResponse, header.request_id, adxl::TIMEOUT,
                         "request arrived after its deadline", deadline);
   }
-  // Checked before every copy call (<= 8 MiB): a requester that gave up shut the lane down.
+  // Checked before every copy call (<= 8 MiB): a requester that gave up shut
+  // the lane down. That check and the call are not one step (we may stop, or
+  // be stopped, between them): the hold, read by the call itself, is what
+  // makes a call that started after the requester let go throw its bytes away.
   bool gave_up = false;
   int err = ctx.same_host->CopyFrom(iov.data(), iov.size(), peer_iov.data(), peer_iov.size(),
                                     deadline.EarlierOf(requester_deadline), &pins.Broken(),
-                                    [&stream, &gave_up] { return gave_up = RequesterHungUp(stream); });
+                                    [&stream, &gave_up] {
+                                      gave_up = RequesterHungUp(stream);
+                                      if (!gave_up) {
+                                        // Tests stop here: the window between the check and the call.
+                                        SyncPoint("ServeSameHostWrite:before_copy");
+                                        InjectFreezeBeforeServedCopy();
+                                      }
+                                      return gave_up;
+                                    },
+                                    hold);
+  const bool deregistered = pins.Broken().load();
   pins.Release();
-  if (gave_up) {
-    LOG_WARN("same-host write from %s: the requester gave up (lane shut down), copy stopped", ctx.peer.c_str());
+  if (gave_up || (hold != nullptr && err == ECANCELED && !deregistered)) {
+    LOG_WARN("same-host write from %s: the requester gave up (%s), copy stopped%s", ctx.peer.c_str(),
+             gave_up ? "lane shut down" : "hold released", gave_up ? "" : " and its bytes zeroed");
     return false;
   }
   adxl::Status status = adxl::SUCCESS;

@@ -14,6 +14,8 @@
 
 namespace llmdd {
 
+struct HoldWord;  // transport/shm/cma.h
+
 // Whether the verified requester process still lives (a pidfd check); logs
 // why not, naming `what` ("read", "write"), when it is gone: whoever holds the
 // lane now is not the process we verified.
@@ -26,11 +28,13 @@ bool HoldSameHostRead(ByteStream &stream, const wire::MsgHeader &header, const S
                       uint32_t timeout_ms);
 
 // WRITE: one copy from the requester's ranges (`peer_iov`) into our
-// registered memory (`iov`, pinned by `pins`), stopped at `requester_deadline`
-// or once the requester shut the lane down; answers with the outcome.
+// registered memory (`iov`, pinned by `pins`), stopped at `requester_deadline`,
+// once the requester shut the lane down, or (a held write, `hold`) once the
+// requester released its hold, in which case what was copied is zeroed;
+// answers with the outcome (nothing when the requester gave up).
 bool ServeSameHostWrite(ByteStream &stream, const wire::MsgHeader &header, const ServeContext &ctx,
                         const std::vector<iovec> &iov, const std::vector<iovec> &peer_iov, Deadline deadline,
-                        Deadline requester_deadline, RegionPins &pins);
+                        Deadline requester_deadline, RegionPins &pins, const HoldWord *hold = nullptr);
 
 // A standing read lease request (wire::kLeaseRequest): lists our readable
 // regions (at most wire::kMaxLeaseRegions) and holds back their removal for

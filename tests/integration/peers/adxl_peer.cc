@@ -14,6 +14,9 @@
 //     CHECK <i> <off> <len> <seed>           -> OK | BAD <first mismatching offset in region>
 //     FILL <i> <seed>                        -> OK             (whole region = pattern seed)
 //     CRC <i> <off> <len>                    -> CRC <hex of itest::Hash64(bytes)>
+//     MATCHES <i> <off> <len> <seed> <pos0>  -> MATCHES <n>: how many 8-byte words at off, off+8, ...
+//                                               equal the pattern seed at pos0, pos0+8, ... (bytes a
+//                                               write of a buffer with that pattern would leave)
 //     REGISTER <size> <seed>                 -> REGION ... | ERR <status>
 //     SPLITREG <size> <seed>                 -> two REGION lines: one allocation of 2*size
 //                                               registered as two adjacent regions
@@ -196,6 +199,16 @@ void Serve(const std::vector<std::string> &t) {
     uint64_t off = 0, len = 0;
     if (!RegionRange(t[1], t[2], t[3], &r, &off, &len, &err)) return Reply(err);
     Reply("CRC " + Hex(itest::Hash64(r->data + off, len)));
+  } else if (cmd == "MATCHES" && t.size() == 6) {
+    Region *r = nullptr;
+    uint64_t off = 0, len = 0, seed = 0, pos0 = 0;
+    if (!RegionRange(t[1], t[2], t[3], &r, &off, &len, &err)) return Reply(err);
+    if (!ParseU64(t[4], &seed) || !ParseU64(t[5], &pos0)) return Reply("ERR bad args");
+    std::vector<uint8_t> pattern(len);
+    itest::FillPattern(pattern.data(), len, seed, pos0);
+    uint64_t n = 0;
+    for (uint64_t k = 0; k + 8 <= len; k += 8) n += memcmp(r->data + off + k, pattern.data() + k, 8) == 0 ? 1 : 0;
+    Reply("MATCHES " + std::to_string(n));
   } else if (cmd == "REGISTER" && t.size() == 3) {
     uint64_t size = 0, seed = 0;
     if (!ParseU64(t[1], &size) || size == 0 || !ParseU64(t[2], &seed)) return Reply("ERR bad args");
