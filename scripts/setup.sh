@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 (bookworm) packages the project needs, by purpose:
 #   bash scripts/setup.sh build   # build the library, tools, examples and demos
-#   bash scripts/setup.sh test    # build + run the test suite (unit, integration, install, sanitizers)
+#   bash scripts/setup.sh test    # build + run the test suite (unit, integration, install, sanitizers,
+#                                 # and the Python package's tests: includes python)
 #   bash scripts/setup.sh fuzz    # the libFuzzer targets (scripts/fuzz.sh)
 #   bash scripts/setup.sh ucx     # UCX headers and tools (UCX transport work, bench/compare.sh's ucx_perftest)
-#   bash scripts/setup.sh python  # Python headers and venv (Python package work, bench/compare.sh's peers)
+#   bash scripts/setup.sh python  # Python headers and venv (the Python package: pip install ., its tests;
+#                                 # bench/compare.sh's peers)
 #   bash scripts/setup.sh         # build, test and fuzz: what CI needs (.ci/run)
 #   bash scripts/setup.sh all     # every purpose above
 # Several purposes may be given at once (setup.sh test fuzz).
@@ -40,8 +42,8 @@ UCX_PACKAGES=(
   ucx-utils           # ucx_info, ucx_perftest (bench/compare.sh's UCX reference)
 )
 PYTHON_PACKAGES=(
-  python3-dev         # Python headers for a native extension module
-  python3-venv        # virtual environments (bench/compare.sh's Python peers, pip installs)
+  python3-dev         # Python headers for the native module llm_datadist._native (pip install .)
+  python3-venv        # virtual environments with pip (scripts/python_test.sh, bench/compare.sh's peers)
 )
 
 usage() {
@@ -50,7 +52,8 @@ usage() {
 
 # Purposes in the order their packages are checked; each adds what it needs
 # beyond the purposes before it. test, fuzz, ucx and python all build the
-# library, so they include build.
+# library, so they include build; test runs the Python package's tests too
+# (scripts/test.sh), so it includes python.
 purposes=()
 add_purpose() {
   local p
@@ -61,7 +64,8 @@ add_purpose() {
 for arg in "$@"; do
   case "$arg" in
     build) add_purpose build ;;
-    test | fuzz | ucx | python) add_purpose build; add_purpose "$arg" ;;
+    test) add_purpose build; add_purpose test; add_purpose python ;;
+    fuzz | ucx | python) add_purpose build; add_purpose "$arg" ;;
     all) for p in build test fuzz ucx python; do add_purpose "$p"; done ;;
     -h | --help) usage; exit 0 ;;
     *)

@@ -4,6 +4,9 @@
 #   LLMDD_SANITIZE=address bash scripts/test.sh  # build-asan/, ASan+UBSan
 #   LLMDD_SANITIZE=thread  bash scripts/test.sh  # build-tsan/, TSan
 # Extra arguments are passed to ctest (e.g. -R adxl -V).
+# The plain run then tests the Python package (scripts/python_test.sh: a venv
+# in build/python, pip install ., pytest tests/python; PyPI needed);
+# LLMDD_PYTHON_TESTS=0 skips that. Sanitizer runs test the C++ library only.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -55,4 +58,11 @@ cmake --build "$BUILD_DIR" -j"$JOBS"
 
 echo "==> ctest"
 "${CTEST_PREFIX[@]}" ctest --test-dir "$BUILD_DIR" --output-on-failure -j2 --timeout 600 "${CTEST_EXTRA[@]}" "$@"
+
+# The Python package: an instrumented library cannot be loaded into a plain
+# interpreter, so only the plain run has it.
+if [[ -z "$SANITIZE" && "${LLMDD_PYTHON_TESTS:-1}" != 0 ]]; then
+  echo "==> python package tests"
+  bash scripts/python_test.sh "$BUILD_DIR"
+fi
 echo "==> all tests passed ($BUILD_DIR)"

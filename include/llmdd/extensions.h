@@ -2,7 +2,8 @@
  * Extensions of this implementation that CANN's headers have no field for.
  * They travel in the reserved bytes of the public structs, so programs that do
  * not use them are unaffected and the struct layouts stay exactly CANN's.
- * C++11. Everything here is inline except Version() and StatusName(), which the
+ * C++11. Everything here is inline except Version(), StatusName(), LastErrors(),
+ * ClearLastErrors(), RegisterKvCacheWithKeys() and FindRemoteCache(), which the
  * library exports.
  *
  * Remote access rights of a registration (default: peers may read and write,
@@ -38,6 +39,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 #include "adxl/adxl_types.h"
 #include "hixl/hixl_types.h"
 #include "llm_datadist/llm_datadist.h"
@@ -61,6 +63,11 @@ enum RemoteAccess : uint8_t {
   kRemoteReadWrite = 0,
   kRemoteReadOnly = 1,   // peers may READ (pull) it, not WRITE (push) into it
   kRemoteWriteOnly = 2,  // peers may WRITE (push) into it, not READ (pull) it
+  // Peers may do neither (CANN Python's remote_accessible=False): a pull from
+  // or push into it is refused with PARAM_INVALID / LLM_PARAM_INVALID. Local
+  // transfers (this side's pulls into it, pushes from it) are unaffected.
+  // A library older than this value reads the marker as absent (read-write).
+  kRemoteNone = 3,
 };
 
 // The marker: kMarker0..2 then the RemoteAccess value, at kAccessOffset of
@@ -84,7 +91,7 @@ inline const uint8_t *ExtensionArea(const llm_datadist::RegisterCfg &cfg) { retu
 // True when `area` holds a marker at `offset`; *access gets its value.
 inline bool ReadAccessMarker(const uint8_t *area, size_t offset, RemoteAccess *access) {
   const uint8_t *m = area + offset;
-  if (m[0] != kMarker0 || m[1] != kMarker1 || m[2] != kMarker2 || m[3] > 2) return false;
+  if (m[0] != kMarker0 || m[1] != kMarker1 || m[2] != kMarker2 || m[3] > 3) return false;
   *access = static_cast<RemoteAccess>(m[3]);
   return true;
 }
@@ -172,6 +179,72 @@ inline bool GetTransferTimeout(const adxl::TransferArgs &args, uint32_t *timeout
 inline bool GetTransferTimeout(const hixl::TransferArgs &args, uint32_t *timeout_ms) {
   return ReadTimeoutBytes(reinterpret_cast<const uint8_t *>(&args) + kTimeoutOffset, timeout_ms);
 }
+
+// ---------------------------------------------------------------- errors
+//
+// Why the last call failed, as text: the error lines this thread logged (see
+// docs/API.md "Logging") since ClearLastErrors(), the last 4 of them joined by
+// "; ", whether or not LLMDD_LOG_LEVEL printed them; "" when none. Lines that
+// other threads logged on the caller's behalf (a link's parallel attempts, the
+// peer) are not included. The pointer stays valid until this thread's next
+// call into the library. Never null.
+ASCEND_FUNC_VISIBILITY const char *LastErrors();
+ASCEND_FUNC_VISIBILITY void ClearLastErrors();
+
+// ---------------------------------------------------------------- cache keys
+//
+// CANN's Python package (llm_datadist) lets the owner of a cache register it
+// under keys and a peer name it by key instead of by cache id:
+// BlocksCacheKey(cluster_id, model_id) names a blocks cache,
+// CacheKey(cluster_id, req_id, model_id, prefix_id) one batch row of a cache.
+// CANN's C++ V2 API has no keys; these two calls add them. The owner registers
+// with its own cluster id in the key; a peer linked to it finds the cache with
+// the same key (key.cluster_id selects the link, as CacheIndex::cluster_id does).
+enum CacheKeyKind : uint32_t {
+  kBlocksCacheKey = 1,   // cluster_id, model_id: the whole cache (row 0)
+  kRequestCacheKey = 2,  // cluster_id, req_id, model_id, prefix_id: one row
+};
+constexpr uint64_t kInvalidKeyId = UINT64_MAX;  // CANN's "no id" (2**64 - 1)
+
+struct CacheKey {
+  uint32_t kind = kBlocksCacheKey;
+  uint64_t cluster_id = 0;
+  uint64_t model_id = 0;
+  uint64_t req_id = kInvalidKeyId;     // kRequestCacheKey only
+  uint64_t prefix_id = kInvalidKeyId;  // kRequestCacheKey only
+  uint8_t reserved[64] = {};
+};
+
+// LlmDataDist::RegisterKvCache, and the cache is also registered under `keys`:
+// a kBlocksCacheKey names the whole cache; the i-th kRequestCacheKey names
+// batch row i (CANN's register_cache: one key per batch row; a key with both
+// req_id and prefix_id kInvalidKeyId only holds the place of an unused row
+// and is not registered). A key registered again (by this or another cache)
+// names the newest registration; UnregisterKvCache drops the cache's keys.
+// LLM_PARAM_INVALID (nothing registered) for an unknown kind, more request
+// keys than rows, or a list that mixes the two kinds or has two blocks keys;
+// otherwise RegisterKvCache's statuses. `datadist` must be alive (as for any
+// member call).
+ASCEND_FUNC_VISIBILITY llm_datadist::Status RegisterKvCacheWithKeys(llm_datadist::LlmDataDist &datadist,
+                                                                    const llm_datadist::CacheDesc &cache_desc,
+                                                                    const std::vector<uint64_t> &addrs,
+                                                                    const llm_datadist::RegisterCfg &cfg,
+                                                                    const std::vector<CacheKey> &keys,
+                                                                    int64_t &cache_id);
+
+// The cache (and row) that `key` names on the linked peer key.cluster_id:
+// `index` gets {key.cluster_id, its cache id, its row}, ready for the Pull/Push
+// calls. The answer is cached per link (one round trip on first use); pass
+// refresh = true to ask the peer again (after a transfer with the cached index
+// returned LLM_KV_CACHE_NOT_EXIST: the peer may have registered the key anew).
+// LLM_FAILED if not initialized or the link is lost; LLM_PARAM_INVALID for an
+// unknown kind or this instance's own cluster id; LLM_NOT_YET_LINK without a
+// link; LLM_KV_CACHE_NOT_EXIST when the peer has no cache under that key;
+// LLM_TIMEOUT when the peer does not answer within llm.SyncKvCacheWaitTime;
+// LLM_FAILED when the peer runs a library without cache keys.
+ASCEND_FUNC_VISIBILITY llm_datadist::Status FindRemoteCache(llm_datadist::LlmDataDist &datadist,
+                                                            const CacheKey &key, bool refresh,
+                                                            llm_datadist::CacheIndex &index);
 
 }  // namespace llmdd_ext
 

@@ -2,7 +2,9 @@
 // Converts the ABI types and implements the V1-only stubs.
 #include "llm_datadist/llm_datadist.h"
 
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "common/log.h"
 #include "common/threads.h"
@@ -38,11 +40,41 @@ Status NotEnabled(const char *call) {
   return LLM_FEATURE_NOT_ENABLED;
 }
 
+// The live instances, for the llmdd_ext calls that take an LlmDataDist: CANN's
+// header gives the class no member they could use and no friend, and its
+// layout must stay CANN's, so each instance records its core here for its
+// lifetime. One lookup under a mutex per extension call.
+std::mutex g_instances_mutex;
+std::unordered_map<const LlmDataDist *, llmdd::datadist::DataDist *> g_instances;
+
+llmdd::datadist::DataDist *CoreOf(const LlmDataDist &datadist) {
+  std::lock_guard guard(g_instances_mutex);
+  auto it = g_instances.find(&datadist);
+  return it == g_instances.end() ? nullptr : it->second;
+}
+
+llmdd::datadist::CacheKeyId ToKeyId(const llmdd_ext::CacheKey &key) {
+  return llmdd::datadist::CacheKeyId{key.kind, key.cluster_id, key.model_id, key.req_id, key.prefix_id};
+}
+
+// RegisterCfg's remote-access marker as engine access bits (default read-write).
+uint32_t AccessOf(const RegisterCfg &cfg) {
+  llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite;
+  llmdd_ext::GetRemoteAccess(cfg, &access);
+  return llmdd::AccessBits(access);
+}
+
 }  // namespace
 
-LlmDataDist::LlmDataDist(uint64_t cluster_id, LlmRole role) : impl_(new LlmDataDistImpl(cluster_id, role)) {}
+LlmDataDist::LlmDataDist(uint64_t cluster_id, LlmRole role) : impl_(new LlmDataDistImpl(cluster_id, role)) {
+  std::lock_guard guard(g_instances_mutex);
+  g_instances[this] = &impl_->core;
+}
 
-LlmDataDist::~LlmDataDist() = default;
+LlmDataDist::~LlmDataDist() {
+  std::lock_guard guard(g_instances_mutex);
+  g_instances.erase(this);
+}
 
 Status LlmDataDist::Initialize(const std::map<AscendString, AscendString> &options) {
   return Guarded("Initialize", [&] { return impl_->core.Initialize(ToStd(options)); });
@@ -112,10 +144,8 @@ Status LlmDataDist::PushKvBlocks(const Cache &src_cache, const CacheIndex &dst_c
 Status LlmDataDist::RegisterKvCache(const CacheDesc &cache_desc, const std::vector<uint64_t> &addrs,
                                     const RegisterCfg &cfg, int64_t &cache_id) {
   // cfg is reserved in CANN V2; we read the optional remote-access extension from it.
-  llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite;
-  llmdd_ext::GetRemoteAccess(cfg, &access);
   return Guarded("RegisterKvCache",
-                 [&] { return impl_->core.RegisterKvCache(cache_desc, addrs, llmdd::AccessBits(access), cache_id); });
+                 [&] { return impl_->core.RegisterKvCache(cache_desc, addrs, AccessOf(cfg), cache_id); });
 }
 
 Status LlmDataDist::UnregisterKvCache(int64_t cache_id) {
@@ -123,3 +153,43 @@ Status LlmDataDist::UnregisterKvCache(int64_t cache_id) {
 }
 
 }  // namespace llm_datadist
+
+// ---------------------------------------------------------------- llmdd/extensions.h
+
+namespace llmdd_ext {
+
+using llm_datadist::Status;
+
+Status RegisterKvCacheWithKeys(llm_datadist::LlmDataDist &datadist, const llm_datadist::CacheDesc &cache_desc,
+                               const std::vector<uint64_t> &addrs, const llm_datadist::RegisterCfg &cfg,
+                               const std::vector<CacheKey> &keys, int64_t &cache_id) {
+  return llm_datadist::Guarded("RegisterKvCacheWithKeys", [&] {
+    llmdd::datadist::DataDist *core = llm_datadist::CoreOf(datadist);
+    if (core == nullptr) {
+      LOG_ERROR("RegisterKvCacheWithKeys: not a live LlmDataDist");
+      return llm_datadist::LLM_PARAM_INVALID;
+    }
+    std::vector<llmdd::datadist::CacheKeyId> ids;
+    ids.reserve(keys.size());
+    for (const CacheKey &key : keys) ids.push_back(llm_datadist::ToKeyId(key));
+    return core->RegisterKvCache(cache_desc, addrs, llm_datadist::AccessOf(cfg), cache_id, ids);
+  });
+}
+
+Status FindRemoteCache(llm_datadist::LlmDataDist &datadist, const CacheKey &key, bool refresh,
+                       llm_datadist::CacheIndex &index) {
+  return llm_datadist::Guarded("FindRemoteCache", [&] {
+    llmdd::datadist::DataDist *core = llm_datadist::CoreOf(datadist);
+    if (core == nullptr) {
+      LOG_ERROR("FindRemoteCache: not a live LlmDataDist");
+      return llm_datadist::LLM_PARAM_INVALID;
+    }
+    return core->FindRemoteCache(llm_datadist::ToKeyId(key), refresh, &index);
+  });
+}
+
+const char *LastErrors() { return llmdd::ThreadErrors().c_str(); }
+
+void ClearLastErrors() { llmdd::ClearThreadErrors(); }
+
+}  // namespace llmdd_ext

@@ -120,6 +120,53 @@ std::string PeerReason(const std::string &response) {
   return text;
 }
 
+// A key as log lines and refusals name it, with CANN's Python names.
+std::string KeyText(const CacheKeyId &key) {
+  if (key.kind == kBlocksKey)
+    return "BlocksCacheKey(cluster_id=" + std::to_string(key.cluster_id) +
+           ", model_id=" + std::to_string(key.model_id) + ")";
+  return "CacheKey(cluster_id=" + std::to_string(key.cluster_id) + ", req_id=" + std::to_string(key.req_id) +
+         ", model_id=" + std::to_string(key.model_id) + ", prefix_id=" + std::to_string(key.prefix_id) + ")";
+}
+
+// A request key that names no request and no prefix: CANN's placeholder for
+// an unused batch row in register_cache's key list.
+bool IsPlaceholder(const CacheKeyId &key) {
+  return key.kind == kRequestKey && key.req_id == UINT64_MAX && key.prefix_id == UINT64_MAX;
+}
+
+// The keys of one registration (llmdd_ext::RegisterKvCacheWithKeys): one
+// blocks key, or request keys for at most `rows` rows. Fills `targets` with
+// what each non-placeholder key will name.
+bool CheckKeys(const std::vector<CacheKeyId> &keys, uint64_t rows,
+               std::vector<std::pair<CacheKeyId, uint32_t>> *targets, std::string *error) {
+  size_t blocks = 0, requests = 0;
+  for (const CacheKeyId &key : keys) {
+    if (key.kind == kBlocksKey) {
+      ++blocks;
+    } else if (key.kind == kRequestKey) {
+      ++requests;
+    } else {
+      *error = "cache key kind " + std::to_string(key.kind) + " is neither a blocks key (1) nor a request key (2)";
+      return false;
+    }
+  }
+  if (blocks > 1 || (blocks == 1 && requests > 0)) {
+    *error = "a cache is registered under one blocks key or under request keys (one per row), not " +
+             std::to_string(blocks) + " blocks key(s) and " + std::to_string(requests) + " request key(s)";
+    return false;
+  }
+  if (requests > rows) {
+    *error = std::to_string(requests) + " request keys for a cache of " + std::to_string(rows) +
+             " rows: key i names row i";
+    return false;
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (!IsPlaceholder(keys[i])) targets->emplace_back(keys[i], keys[i].kind == kBlocksKey ? 0U : static_cast<uint32_t>(i));
+  }
+  return true;
+}
+
 }  // namespace
 
 Status ToLlmStatus(adxl::Status status) {
@@ -257,6 +304,7 @@ void DataDist::Finalize() {
   {
     std::lock_guard guard(caches_mutex_);
     caches_.clear();
+    keys_.clear();
   }
   device_.reset();
   LOG_INFO("LlmDataDist cluster %" PRIu64 " finalized", cluster_id_);
@@ -627,6 +675,22 @@ adxl::Status DataDist::HandleApp(const std::string &peer, uint64_t session_id, c
       *response = EncodeGeometry(it->second.geometry);
       return adxl::SUCCESS;
     }
+    case kAppFindCache: {
+      CacheKeyId key;
+      if (!DecodeKeyQuery(body, &key)) {
+        *response = "malformed cache key query";
+        return adxl::PARAM_INVALID;
+      }
+      std::lock_guard guard(caches_mutex_);
+      auto it = keys_.find(key);
+      auto cache = it == keys_.end() ? caches_.end() : caches_.find(it->second.cache_id);
+      if (cache == caches_.end()) {
+        *response = "no cache is registered under key " + KeyText(key) + " on cluster " + std::to_string(cluster_id_);
+        return LLM_KV_CACHE_NOT_EXIST;
+      }
+      *response = EncodeKeyAnswer(it->second, cache->second.geometry);
+      return adxl::SUCCESS;
+    }
     default:
       LOG_ERROR("unknown LLM-DataDist message %u from cluster %" PRIu64, type, peer_cluster);
       return adxl::UNSUPPORTED;
@@ -636,7 +700,7 @@ adxl::Status DataDist::HandleApp(const std::string &peer, uint64_t session_id, c
 // ---------------------------------------------------------------- caches
 
 Status DataDist::RegisterKvCache(const CacheDesc &desc, const std::vector<uint64_t> &addrs, uint32_t access,
-                                 int64_t &cache_id) {
+                                 int64_t &cache_id, const std::vector<CacheKeyId> &keys) {
   if (!Ready("RegisterKvCache")) return LLM_FAILED;
   LocalCache cache;
   std::string error;
@@ -644,6 +708,11 @@ Status DataDist::RegisterKvCache(const CacheDesc &desc, const std::vector<uint64
   if (status != LLM_SUCCESS) {
     LOG_ERROR("RegisterKvCache: %s", error.c_str());
     return status;
+  }
+  std::vector<std::pair<CacheKeyId, uint32_t>> key_rows;
+  if (!CheckKeys(keys, cache.geometry.row_count, &key_rows, &error)) {
+    LOG_ERROR("RegisterKvCache: %s", error.c_str());
+    return LLM_PARAM_INVALID;
   }
   cache.placement = desc.placement;
   const adxl::MemType type = desc.placement == CachePlacement::kHost ? adxl::MEM_HOST : adxl::MEM_DEVICE;
@@ -659,6 +728,12 @@ Status DataDist::RegisterKvCache(const CacheDesc &desc, const std::vector<uint64
   }
   std::lock_guard guard(caches_mutex_);
   cache_id = next_cache_id_++;
+  for (const auto &[key, row] : key_rows) {
+    // As in CANN, the newest registration under a key wins (logged: usually a mistake).
+    auto [it, added] = keys_.insert_or_assign(key, KeyTarget{cache_id, row});
+    if (!added) LOG_INFO("RegisterKvCache: %s now names cache %" PRId64, KeyText(key).c_str(), cache_id);
+    cache.keys.push_back(key);
+  }
   caches_.emplace(cache_id, std::move(cache));
   LOG_INFO("RegisterKvCache: cache %" PRId64 " (%u tensors of %" PRIu64 " B, %" PRIu64 " rows)", cache_id,
            caches_[cache_id].geometry.num_tensors, caches_[cache_id].geometry.tensor_size,
@@ -678,6 +753,10 @@ Status DataDist::UnregisterKvCache(int64_t cache_id) {
     }
     cache = std::move(it->second);
     caches_.erase(it);
+    for (const CacheKeyId &key : cache.keys) {
+      auto named = keys_.find(key);
+      if (named != keys_.end() && named->second.cache_id == cache_id) keys_.erase(named);
+    }
   }
   // Waits for peers' requests that are reading or writing these tensors.
   for (uint64_t handle : cache.handles) engine_->DeregisterMem(handle);
@@ -751,6 +830,75 @@ Status DataDist::RemoteGeometry(const std::shared_ptr<Link> &link, int64_t cache
   std::lock_guard guard(link->cache_mutex);
   link->remote_caches[cache_id] = *out;
   return LLM_SUCCESS;
+}
+
+Status DataDist::FindRemoteCache(const CacheKeyId &key, bool refresh, CacheIndex *index) {
+  const char *call = "FindRemoteCache";
+  if (!Ready(call)) return LLM_FAILED;
+  if (key.kind != kBlocksKey && key.kind != kRequestKey) {
+    LOG_ERROR("%s: cache key kind %u is neither a blocks key (1) nor a request key (2)", call, key.kind);
+    return LLM_PARAM_INVALID;
+  }
+  if (key.cluster_id == cluster_id_) {
+    LOG_ERROR("%s: %s names this instance itself", call, KeyText(key).c_str());
+    return LLM_PARAM_INVALID;
+  }
+  std::shared_ptr<Link> link = FindLink(key.cluster_id);
+  if (!link) {
+    LOG_ERROR("%s: no link to cluster %" PRIu64 " (%s)", call, key.cluster_id, KeyText(key).c_str());
+    return LLM_NOT_YET_LINK;
+  }
+  if (link->lost.load()) {
+    LOG_ERROR("%s: cluster %" PRIu64 " lost its connection without unlinking; unlink it (force_flag) or let it "
+              "link again", call, key.cluster_id);
+    return LLM_FAILED;
+  }
+  // An unlink waits for the lookup, as for a transfer.
+  std::shared_lock in_flight(link->in_flight);
+  auto answer = [&](const KeyTarget &target) {
+    index->cluster_id = key.cluster_id;
+    index->cache_id = target.cache_id;
+    index->batch_index = target.batch_index;
+    return LLM_SUCCESS;
+  };
+  {
+    std::lock_guard guard(link->cache_mutex);
+    auto it = link->remote_keys.find(key);
+    if (it != link->remote_keys.end()) {
+      if (!refresh) return answer(it->second);
+      link->remote_keys.erase(it);
+    }
+  }
+  std::string response, error;
+  adxl::Status status = engine_->AppCallKeyed(ClusterKey(key.cluster_id), kAppFindCache, EncodeKeyQuery(key),
+                                              Deadline::AfterMs(sync_timeout_ms_), &response, &error);
+  if (status == LLM_KV_CACHE_NOT_EXIST) {
+    LOG_ERROR("%s: no cache is registered under %s on cluster %" PRIu64 " (%s)", call, KeyText(key).c_str(),
+              key.cluster_id, StatusText(LLM_KV_CACHE_NOT_EXIST).c_str());
+    return LLM_KV_CACHE_NOT_EXIST;
+  }
+  if (status == adxl::UNSUPPORTED) {
+    LOG_ERROR("%s: cluster %" PRIu64 " runs a library without cache keys (it refused the query with %s)", call,
+              key.cluster_id, StatusText(status).c_str());
+    return LLM_FAILED;
+  }
+  if (status != adxl::SUCCESS) {
+    const Status llm = ToLlmStatus(wire::SanitizePeerStatus(status));
+    LOG_ERROR("%s: cannot look up %s on cluster %" PRIu64 " (%s, returning %s): %s", call, KeyText(key).c_str(),
+              key.cluster_id, StatusText(status).c_str(), StatusText(llm).c_str(),
+              error.empty() ? PeerReason(response).c_str() : error.c_str());
+    return llm;
+  }
+  KeyTarget target;
+  CacheGeometry geometry;
+  if (!DecodeKeyAnswer(response, &target, &geometry)) {
+    LOG_ERROR("%s: cluster %" PRIu64 " sent a malformed answer for %s", call, key.cluster_id, KeyText(key).c_str());
+    return LLM_FAILED;
+  }
+  std::lock_guard guard(link->cache_mutex);
+  link->remote_keys[key] = target;
+  link->remote_caches[target.cache_id] = geometry;  // the transfer that follows needs no query
+  return answer(target);
 }
 
 Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster, int64_t remote_cache_id,

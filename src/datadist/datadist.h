@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "datadist/link_messages.h"
 #include "datadist/planner.h"
 #include "device/device.h"
 #include "engine/engine.h"
@@ -44,8 +45,11 @@ class DataDist {
   Status UnlinkClusters(const std::vector<llm_datadist::ClusterInfo> &clusters, std::vector<Status> &rets,
                         int32_t timeout_ms, bool force);
   // access: remote access bits (kAccessRead/kAccessWrite) peers get on the tensors.
+  // keys: what peers may name the cache by (llmdd_ext::RegisterKvCacheWithKeys
+  // states the rules); placeholders (a request key with no req_id and no
+  // prefix_id) hold a row's place and are not registered.
   Status RegisterKvCache(const llm_datadist::CacheDesc &desc, const std::vector<uint64_t> &addrs, uint32_t access,
-                         int64_t &cache_id);
+                         int64_t &cache_id, const std::vector<CacheKeyId> &keys = {});
   Status UnregisterKvCache(int64_t cache_id);
   Status PullKvCache(const llm_datadist::CacheIndex &src, const llm_datadist::Cache &dst, uint32_t batch_index,
                      int64_t size, const llm_datadist::KvCacheExtParam &ext);
@@ -58,6 +62,9 @@ class DataDist {
                       const std::vector<uint64_t> &src_blocks, const std::vector<uint64_t> &dst_blocks,
                       const llm_datadist::KvCacheExtParam &ext);
 
+  // The cache `key` names on the linked peer key.cluster_id (llmdd_ext::FindRemoteCache).
+  Status FindRemoteCache(const CacheKeyId &key, bool refresh, llm_datadist::CacheIndex *index);
+
   uint64_t ClusterId() const { return cluster_id_; }
 
  private:
@@ -65,6 +72,7 @@ class DataDist {
     CacheGeometry geometry;
     llm_datadist::CachePlacement placement;
     std::vector<uint64_t> handles;  // engine registrations, one per tensor
+    std::vector<CacheKeyId> keys;   // registered with it (some may name a newer cache by now)
   };
   struct Link {
     uint64_t remote_cluster = 0;
@@ -77,6 +85,7 @@ class DataDist {
     std::shared_mutex in_flight;  // transfers hold it shared; unlink exclusively
     std::mutex cache_mutex;
     std::map<int64_t, CacheGeometry> remote_caches;
+    std::map<CacheKeyId, KeyTarget> remote_keys;  // what the peer answered to kAppFindCache
   };
   enum class Direction { kPull, kPush };
 
@@ -117,6 +126,7 @@ class DataDist {
 
   std::mutex caches_mutex_;
   std::map<int64_t, LocalCache> caches_;
+  std::map<CacheKeyId, KeyTarget> keys_;  // a key names the newest cache registered under it
   int64_t next_cache_id_ = 1;
 
   std::mutex links_mutex_;

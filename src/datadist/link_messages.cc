@@ -44,6 +44,43 @@ bool DecodeCacheQuery(const std::string &body, int64_t *cache_id) {
   return true;
 }
 
+std::string EncodeKeyQuery(const CacheKeyId &key) {
+  BodyWriter w;
+  w.U32(key.kind);
+  w.U64(key.cluster_id);
+  w.U64(key.model_id);
+  w.U64(key.req_id);
+  w.U64(key.prefix_id);
+  return w.Data();
+}
+
+bool DecodeKeyQuery(const std::string &body, CacheKeyId *key) {
+  BodyReader r(body.data(), body.size());
+  if (!r.U32(&key->kind) || !r.U64(&key->cluster_id) || !r.U64(&key->model_id) || !r.U64(&key->req_id) ||
+      !r.U64(&key->prefix_id))
+    return false;
+  return r.Left() == 0 && (key->kind == kBlocksKey || key->kind == kRequestKey);
+}
+
+std::string EncodeKeyAnswer(const KeyTarget &target, const CacheGeometry &geometry) {
+  BodyWriter w;
+  w.U64(static_cast<uint64_t>(target.cache_id));
+  w.U32(target.batch_index);
+  return w.Data() + EncodeGeometry(geometry);
+}
+
+bool DecodeKeyAnswer(const std::string &body, KeyTarget *target, CacheGeometry *geometry) {
+  constexpr size_t kTargetBytes = 12;
+  if (body.size() < kTargetBytes) return false;
+  BodyReader r(body.data(), kTargetBytes);
+  uint64_t id = 0;
+  if (!r.U64(&id) || !r.U32(&target->batch_index)) return false;
+  target->cache_id = static_cast<int64_t>(id);
+  if (target->cache_id <= 0 || !DecodeGeometry(body.substr(kTargetBytes), geometry)) return false;
+  // The row a key names lies inside the cache.
+  return target->batch_index < geometry->row_count;
+}
+
 std::string EncodeGeometry(const CacheGeometry &geometry) {
   BodyWriter w;
   w.U32(geometry.num_tensors);

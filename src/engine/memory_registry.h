@@ -82,9 +82,12 @@ struct alignas(64) Region {
   const void *NextLine() const { return &indexed; }
 };
 
-// Maps the public llmdd_ext::RemoteAccess value (0 rw, 1 read-only, 2 write-only).
+// Maps the public llmdd_ext::RemoteAccess value (0 rw, 1 read-only, 2 write-only, 3 none).
 inline uint32_t AccessBits(uint8_t remote_access) {
-  return remote_access == 1 ? kAccessRead : remote_access == 2 ? kAccessWrite : kAccessReadWrite;
+  return remote_access == 1   ? kAccessRead
+         : remote_access == 2 ? kAccessWrite
+         : remote_access == 3 ? kAccessNone
+                              : kAccessReadWrite;
 }
 
 // The live regions ordered by (addr, id): a treap whose nodes also know, per

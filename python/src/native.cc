@@ -1,0 +1,322 @@
+// llm_datadist._native: the thin C++ layer under the Python package
+// llm_datadist (python/llm_datadist/). It mirrors how CANN's package is built:
+// the native part returns status codes (plain ints) and the Python part checks
+// arguments, maps codes to LLMStatusCode and raises LLMException.
+//
+// Contracts every binding here keeps:
+// - Every call that can block (a network round trip, waiting for transfers,
+//   joining threads) releases the GIL (nb::call_guard<nb::gil_scoped_release>):
+//   arguments are converted before and results after, with the GIL held.
+// - Nothing throws out of the library (its API returns statuses); what can
+//   throw here (allocations while converting arguments) becomes a Python
+//   exception, never a crash.
+// - Each call clears this thread's error lines first, so last_errors() right
+//   after a failed call on the same thread says why (the lines the library
+//   logged, docs/API.md "Logging").
+// - finalize() waits for the calls in flight on the same object and later
+//   calls return LLM_FAILED: CANN forbids Finalize concurrently with other
+//   calls, and a Python program must not be able to crash the process by
+//   doing it anyway.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "llm_datadist/llm_datadist.h"
+#include "llmdd/extensions.h"
+
+namespace nb = nanobind;
+using namespace llm_datadist;  // NOLINT: API types and status constants
+
+namespace {
+
+using Options = std::map<std::string, std::string>;
+// (ip, port): the ip as text, IPv4 or IPv6.
+using IpTuple = std::pair<std::string, uint16_t>;
+// (remote_cluster_id, remote_role_type, local ips, remote ips).
+using ClusterTuple = std::tuple<uint64_t, int32_t, std::vector<IpTuple>, std::vector<IpTuple>>;
+// A cache key: (kind, cluster_id, model_id, req_id, prefix_id), kind as llmdd_ext::CacheKeyKind.
+using KeyTuple = std::tuple<uint32_t, uint64_t, uint64_t, uint64_t, uint64_t>;
+// What a transfer names on the peer: (kind, cluster_id, a, b, c) where kind 0 is
+// CacheKeyByIdAndIndex (a = cache_id, b = batch_index), 1 a BlocksCacheKey
+// (a = model_id) and 2 a CacheKey (a = req_id, b = model_id, c = prefix_id).
+using SourceTuple = std::tuple<uint32_t, uint64_t, uint64_t, uint64_t, uint64_t>;
+// KvCacheExtParam: (src_first, src_last, dst_first, dst_last, tensor_num_per_layer), ranges inclusive, -1 = all.
+using ExtTuple = std::tuple<int32_t, int32_t, int32_t, int32_t, uint8_t>;
+using Gil = nb::call_guard<nb::gil_scoped_release>;
+
+std::map<AscendString, AscendString> ToAscend(const Options &options) {
+  std::map<AscendString, AscendString> out;
+  for (const auto &kv : options)
+    out[AscendString(kv.first.data(), kv.first.size())] = AscendString(kv.second.data(), kv.second.size());
+  return out;
+}
+
+std::vector<ClusterInfo> ToClusters(const std::vector<ClusterTuple> &clusters) {
+  std::vector<ClusterInfo> out;
+  out.reserve(clusters.size());
+  for (const auto &[remote, role, locals, remotes] : clusters) {
+    ClusterInfo info;
+    info.remote_cluster_id = remote;
+    info.remote_role_type = role;
+    for (const auto &[ip, port] : locals) {
+      IpInfo ip_info;
+      ip_info.ip = AscendString(ip.data(), ip.size());
+      ip_info.port = port;
+      info.local_ip_infos.push_back(ip_info);
+    }
+    for (const auto &[ip, port] : remotes) {
+      IpInfo ip_info;
+      ip_info.ip = AscendString(ip.data(), ip.size());
+      ip_info.port = port;
+      info.remote_ip_infos.push_back(ip_info);
+    }
+    out.push_back(info);
+  }
+  return out;
+}
+
+llmdd_ext::CacheKey ToKey(uint32_t kind, uint64_t cluster, uint64_t model, uint64_t req, uint64_t prefix) {
+  llmdd_ext::CacheKey key;
+  key.kind = kind;
+  key.cluster_id = cluster;
+  key.model_id = model;
+  key.req_id = req;
+  key.prefix_id = prefix;
+  return key;
+}
+
+KvCacheExtParam ToExt(const ExtTuple &ext) {
+  KvCacheExtParam out;
+  out.src_layer_range = {std::get<0>(ext), std::get<1>(ext)};
+  out.dst_layer_range = {std::get<2>(ext), std::get<3>(ext)};
+  out.tensor_num_per_layer = std::get<4>(ext);
+  return out;
+}
+
+CacheIndex Index(uint64_t cluster, int64_t cache_id, uint32_t batch_index) {
+  CacheIndex index{};
+  index.cluster_id = cluster;
+  index.cache_id = cache_id;
+  index.batch_index = batch_index;
+  return index;
+}
+
+// One llm_datadist::LlmDataDist for one Python LLMDataDist.
+class DataDist {
+ public:
+  DataDist(uint64_t cluster_id, int32_t role) : datadist_(cluster_id, static_cast<LlmRole>(role)) {}
+
+  uint32_t Initialize(const Options &options) {
+    Call call(this);
+    return call.ok ? datadist_.Initialize(ToAscend(options)) : LLM_FAILED;
+  }
+
+  void Finalize() {
+    llmdd_ext::ClearLastErrors();
+    std::unique_lock lock(calls_);  // waits for the calls in flight
+    finalized_ = true;
+    datadist_.Finalize();
+  }
+
+  uint32_t SetRole(int32_t role, const Options &options) {
+    Call call(this);
+    return call.ok ? datadist_.SetRole(static_cast<LlmRole>(role), ToAscend(options)) : LLM_FAILED;
+  }
+
+  std::pair<uint32_t, std::vector<uint32_t>> Link(const std::vector<ClusterTuple> &clusters, int32_t timeout_ms) {
+    Call call(this);
+    std::vector<Status> rets;
+    Status status = call.ok ? datadist_.LinkLlmClusters(ToClusters(clusters), rets, timeout_ms) : LLM_FAILED;
+    return {status, std::vector<uint32_t>(rets.begin(), rets.end())};
+  }
+
+  std::pair<uint32_t, std::vector<uint32_t>> Unlink(const std::vector<ClusterTuple> &clusters, int32_t timeout_ms,
+                                                    bool force) {
+    Call call(this);
+    std::vector<Status> rets;
+    Status status = call.ok ? datadist_.UnlinkLlmClusters(ToClusters(clusters), rets, timeout_ms, force) : LLM_FAILED;
+    return {status, std::vector<uint32_t>(rets.begin(), rets.end())};
+  }
+
+  // Returns (status, cache_id). remote_accessible false: peers can neither pull
+  // from nor push into the cache (llmdd_ext::kRemoteNone).
+  std::pair<uint32_t, int64_t> Register(uint32_t placement, uint32_t num_tensors, int32_t data_type,
+                                        const std::vector<int64_t> &shape, const std::vector<uint64_t> &addrs,
+                                        const std::vector<KeyTuple> &keys, bool remote_accessible) {
+    Call call(this);
+    if (!call.ok) return {LLM_FAILED, -1};
+    CacheDesc desc;
+    desc.placement = static_cast<CachePlacement>(placement);
+    desc.num_tensors = num_tensors;
+    desc.data_type = static_cast<DataType>(data_type);
+    desc.shape = shape;
+    RegisterCfg cfg{};
+    if (!remote_accessible) llmdd_ext::SetRemoteAccess(cfg, llmdd_ext::kRemoteNone);
+    std::vector<llmdd_ext::CacheKey> ext_keys;
+    ext_keys.reserve(keys.size());
+    for (const auto &[kind, cluster, model, req, prefix] : keys) ext_keys.push_back(ToKey(kind, cluster, model, req, prefix));
+    int64_t cache_id = -1;
+    Status status = llmdd_ext::RegisterKvCacheWithKeys(datadist_, desc, addrs, cfg, ext_keys, cache_id);
+    return {status, cache_id};
+  }
+
+  uint32_t Unregister(int64_t cache_id) {
+    Call call(this);
+    return call.ok ? datadist_.UnregisterKvCache(cache_id) : LLM_FAILED;
+  }
+
+  uint32_t PullCache(const SourceTuple &src, int64_t dst_cache_id, uint32_t batch_index, int64_t size,
+                     const ExtTuple &ext) {
+    Call call(this);
+    if (!call.ok) return LLM_FAILED;
+    Cache dst;
+    dst.cache_id = dst_cache_id;
+    const KvCacheExtParam param = ToExt(ext);
+    return WithSource(src, [&](const CacheIndex &index) {
+      return datadist_.PullKvCache(index, dst, batch_index, size, param);
+    });
+  }
+
+  uint32_t PullBlocks(const SourceTuple &src, int64_t dst_cache_id, const std::vector<uint64_t> &src_blocks,
+                      const std::vector<uint64_t> &dst_blocks, const ExtTuple &ext) {
+    Call call(this);
+    if (!call.ok) return LLM_FAILED;
+    Cache dst;
+    dst.cache_id = dst_cache_id;
+    const KvCacheExtParam param = ToExt(ext);
+    return WithSource(src, [&](const CacheIndex &index) {
+      return datadist_.PullKvBlocks(index, dst, src_blocks, dst_blocks, param);
+    });
+  }
+
+  // src_num_tensors / src_placement: the source Cache's CacheDesc, which the
+  // C++ push calls read (placement must be kDevice; num_tensors gives the layers
+  // when no range is given).
+  uint32_t PushCache(const SourceTuple &dst, int64_t src_cache_id, uint32_t src_placement, uint32_t src_num_tensors,
+                     uint32_t src_batch_index, int64_t size, const ExtTuple &ext) {
+    Call call(this);
+    if (!call.ok) return LLM_FAILED;
+    const Cache src = Source(src_cache_id, src_placement, src_num_tensors);
+    const KvCacheExtParam param = ToExt(ext);
+    return WithSource(dst, [&](const CacheIndex &index) {
+      return datadist_.PushKvCache(src, index, src_batch_index, size, param);
+    });
+  }
+
+  uint32_t PushBlocks(const SourceTuple &dst, int64_t src_cache_id, uint32_t src_placement, uint32_t src_num_tensors,
+                      const std::vector<uint64_t> &src_blocks, const std::vector<uint64_t> &dst_blocks,
+                      const ExtTuple &ext) {
+    Call call(this);
+    if (!call.ok) return LLM_FAILED;
+    const Cache src = Source(src_cache_id, src_placement, src_num_tensors);
+    const KvCacheExtParam param = ToExt(ext);
+    return WithSource(dst, [&](const CacheIndex &index) {
+      return datadist_.PushKvBlocks(src, index, src_blocks, dst_blocks, param);
+    });
+  }
+
+ private:
+  // Shared hold on the object for one call (Finalize takes it exclusively);
+  // ok is false once finalized. Clears this thread's error lines.
+  struct Call {
+    explicit Call(DataDist *self) : lock(self->calls_), ok(!self->finalized_) { llmdd_ext::ClearLastErrors(); }
+    std::shared_lock<std::shared_mutex> lock;
+    bool ok;
+  };
+
+  static Cache Source(int64_t cache_id, uint32_t placement, uint32_t num_tensors) {
+    Cache src;
+    src.cache_id = cache_id;
+    src.cache_desc.placement = static_cast<CachePlacement>(placement);
+    src.cache_desc.num_tensors = num_tensors;
+    return src;
+  }
+
+  // Runs `transfer` on the CacheIndex `source` names. A key is looked up on the
+  // peer (cached per link); when the transfer then finds no such cache, the
+  // owner may have registered the key anew since: look it up again and, if it
+  // names another cache now, transfer once more.
+  template <typename Transfer>
+  Status WithSource(const SourceTuple &source, Transfer &&transfer) {
+    const auto &[kind, cluster, a, b, c] = source;
+    if (kind == 0) return transfer(Index(cluster, static_cast<int64_t>(a), static_cast<uint32_t>(b)));
+    const llmdd_ext::CacheKey key = kind == llmdd_ext::kBlocksCacheKey
+                                        ? ToKey(kind, cluster, a, llmdd_ext::kInvalidKeyId, llmdd_ext::kInvalidKeyId)
+                                        : ToKey(kind, cluster, b, a, c);
+    CacheIndex index{};
+    Status status = llmdd_ext::FindRemoteCache(datadist_, key, false, index);
+    if (status != LLM_SUCCESS) return status;
+    status = transfer(index);
+    if (status != LLM_KV_CACHE_NOT_EXIST) return status;
+    CacheIndex fresh{};
+    if (llmdd_ext::FindRemoteCache(datadist_, key, true, fresh) != LLM_SUCCESS || fresh.cache_id == index.cache_id)
+      return status;
+    return transfer(fresh);
+  }
+
+  LlmDataDist datadist_;
+  std::shared_mutex calls_;
+  bool finalized_ = false;  // written under calls_ held exclusively
+};
+
+// (address, byte length, read-only) of an object exposing the buffer protocol
+// (numpy arrays, bytearray, memoryview, mmap). TypeError if it has none;
+// ValueError if it is not C-contiguous (a cache tensor is one byte range).
+std::tuple<uint64_t, uint64_t, bool> BufferInfo(nb::handle obj) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0) {
+    const bool exposes_buffer = PyObject_CheckBuffer(obj.ptr());
+    PyErr_Clear();
+    if (exposes_buffer) throw nb::value_error("the buffer is not C-contiguous");
+    throw nb::type_error("the object does not expose the buffer protocol");
+  }
+  std::tuple<uint64_t, uint64_t, bool> info{reinterpret_cast<uint64_t>(view.buf), static_cast<uint64_t>(view.len),
+                                            view.readonly != 0};
+  PyBuffer_Release(&view);
+  return info;
+}
+
+}  // namespace
+
+NB_MODULE(_native, m) {
+  m.doc() = "Native layer of llm_datadist (libllm_datadist.so); use the llm_datadist package, not this module.";
+
+  nb::class_<DataDist>(m, "DataDist")
+      .def(nb::init<uint64_t, int32_t>(), nb::arg("cluster_id"), nb::arg("role"))
+      .def("initialize", &DataDist::Initialize, nb::arg("options"), Gil())
+      .def("finalize", &DataDist::Finalize, Gil())
+      .def("set_role", &DataDist::SetRole, nb::arg("role"), nb::arg("options"), Gil())
+      .def("link_clusters", &DataDist::Link, nb::arg("clusters"), nb::arg("timeout_ms"), Gil())
+      .def("unlink_clusters", &DataDist::Unlink, nb::arg("clusters"), nb::arg("timeout_ms"), nb::arg("force"), Gil())
+      .def("register_cache", &DataDist::Register, nb::arg("placement"), nb::arg("num_tensors"),
+           nb::arg("data_type"), nb::arg("shape"), nb::arg("addrs"), nb::arg("keys"), nb::arg("remote_accessible"),
+           Gil())
+      .def("unregister_cache", &DataDist::Unregister, nb::arg("cache_id"), Gil())
+      .def("pull_cache", &DataDist::PullCache, nb::arg("src"), nb::arg("dst_cache_id"), nb::arg("batch_index"),
+           nb::arg("size"), nb::arg("ext"), Gil())
+      .def("pull_blocks", &DataDist::PullBlocks, nb::arg("src"), nb::arg("dst_cache_id"), nb::arg("src_blocks"),
+           nb::arg("dst_blocks"), nb::arg("ext"), Gil())
+      .def("push_cache", &DataDist::PushCache, nb::arg("dst"), nb::arg("src_cache_id"), nb::arg("src_placement"),
+           nb::arg("src_num_tensors"), nb::arg("src_batch_index"), nb::arg("size"), nb::arg("ext"), Gil())
+      .def("push_blocks", &DataDist::PushBlocks, nb::arg("dst"), nb::arg("src_cache_id"), nb::arg("src_placement"),
+           nb::arg("src_num_tensors"), nb::arg("src_blocks"), nb::arg("dst_blocks"), nb::arg("ext"), Gil());
+
+  m.def("last_errors", [] { return std::string(llmdd_ext::LastErrors()); },
+        "The error lines the library logged on this thread during its last call here.");
+  m.def("status_name", [](uint32_t status) { return std::string(llmdd_ext::StatusName(status)); });
+  m.def("version", [] { return std::string(llmdd_ext::Version()); });
+  m.def("buffer_info", &BufferInfo, nb::arg("obj"));
+}
