@@ -81,6 +81,11 @@ constexpr const char OPTION_SYNC_CACHE_WAIT_TIME[] = "llm.SyncKvCacheWaitTime";
 constexpr const char OPTION_BUF_POOL_CFG[] = "llm.BufPoolCfg";
 constexpr const char OPTION_ENABLE_SET_ROLE[] = "llm.EnableSwitchRole";
 constexpr const char OPTION_LOCAL_COMM_RES[] = "llm.LocalCommRes";
+// Later options (CANN 2026): the HIXL transfer backend ("hixl") and HIXL's JSON
+// resource configuration, forwarded to the transfer engine. See docs/API.md
+// "Later LLM-DataDist options" for what each does here.
+constexpr const char OPTION_TRANSFER_BACKEND[] = "llm.TransferBackend";
+constexpr const char OPTION_GLOBAL_RESOURCE_CONFIG[] = "llm.GlobalResourceConfig";
 
 // status codes
 constexpr Status LLM_SUCCESS = 0x0U;

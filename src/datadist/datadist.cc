@@ -239,6 +239,42 @@ Status DataDist::Initialize(const std::map<std::string, std::string> &options) {
   }
   if (options.count(OPTION_LOCAL_COMM_RES) != 0)
     LOG_INFO("Initialize: option %s describes Ascend NICs; not needed here, ignored", OPTION_LOCAL_COMM_RES);
+  // llm.TransferBackend "hixl": CANN moves the data with HIXL, where every
+  // instance is client and server; our engine is that already, so what stays
+  // is CANN's rule that every instance listens (and keeps its address, see
+  // SetRole).
+  bool hixl_backend = false;
+  auto backend_it = options.find(OPTION_TRANSFER_BACKEND);
+  if (backend_it != options.end()) {
+    if (backend_it->second != "hixl") {
+      LOG_ERROR("Initialize: option %s='%s' is not a backend (the only one is 'hixl') (PARAM_INVALID)",
+                OPTION_TRANSFER_BACKEND, backend_it->second.c_str());
+      return LLM_PARAM_INVALID;
+    }
+    if (!listening) {
+      LOG_ERROR("Initialize: option %s=hixl needs %s (with the HIXL backend every instance listens) "
+                "(PARAM_INVALID)", OPTION_TRANSFER_BACKEND, OPTION_LISTEN_IP_INFO);
+      return LLM_PARAM_INVALID;
+    }
+    hixl_backend = true;
+  }
+  // llm.GlobalResourceConfig is HIXL's JSON (CANN forwards it verbatim): it is
+  // read and checked as hixl::Hixl reads it, so a bad value fails here as it
+  // would there. Its channel pool is not applied: LLM-DataDist's links are
+  // made and ended only by LinkLlmClusters / UnlinkLlmClusters, and a pool
+  // that evicted an idle link would break that contract (docs/API.md).
+  auto resource_it = options.find(OPTION_GLOBAL_RESOURCE_CONFIG);
+  if (resource_it != options.end()) {
+    ConnectPoolConfig connect_pool;
+    ChannelPoolConfig channel_pool;
+    std::string why;
+    if (!ParseGlobalResourceConfig(resource_it->second, &connect_pool, &channel_pool, &why)) {
+      LOG_ERROR("Initialize: option %s: %s (PARAM_INVALID)", OPTION_GLOBAL_RESOURCE_CONFIG, why.c_str());
+      return LLM_PARAM_INVALID;
+    }
+    LOG_INFO("Initialize: option %s accepted%s", OPTION_GLOBAL_RESOURCE_CONFIG,
+             channel_pool.enabled ? "; its channel pool does not apply to links, which only Link/Unlink change" : "");
+  }
   EngineConfig config;
   std::string error;
   if (ParseEngineOptions(EngineOptions(options), &config, &error) != adxl::SUCCESS) {
@@ -269,6 +305,7 @@ Status DataDist::Initialize(const std::map<std::string, std::string> &options) {
   local_comm_known_.store(listening || options.count(OPTION_LOCAL_COMM_RES) != 0);
   listen_ = listen;
   listening_ = listening;
+  hixl_backend_ = hixl_backend;
   janitor_stop_ = false;
   if (!StartThread("LLM-DataDist janitor", [this] { JanitorLoop(); }, &janitor_)) {
     LOG_ERROR("Initialize: cannot start a thread (RESOURCE_EXHAUSTED)");
@@ -334,8 +371,17 @@ Status DataDist::SetRole(LlmRole role, const std::map<std::string, std::string> 
     }
   }
   std::lock_guard lock(init_mutex_);
-  if (want_listen && listening_ && listen.port == listen_.port && listen.ip == listen_.ip) {
-    // Same listen address: nothing to change.
+  const bool same_address = want_listen && listening_ && listen.port == listen_.port && listen.ip == listen_.ip;
+  if (hixl_backend_ && want_listen && !same_address) {
+    // CANN: with the HIXL backend SetRole cannot change the listen port.
+    LOG_ERROR("SetRole: option %s='%s' differs from %s; with %s=hixl the listen address cannot change "
+              "(PARAM_INVALID)", OPTION_LISTEN_IP_INFO, it->second.c_str(), listen_.ToString().c_str(),
+              OPTION_TRANSFER_BACKEND);
+    return LLM_PARAM_INVALID;
+  }
+  if (same_address || hixl_backend_) {
+    // Same listen address (or the HIXL backend, where every instance keeps
+    // listening whatever the role): nothing to change.
   } else {
     if (listening_) {
       engine_->StopListening();

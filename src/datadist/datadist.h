@@ -122,6 +122,7 @@ class DataDist {
   std::unique_ptr<Engine> engine_;
   Endpoint listen_;
   bool listening_ = false;
+  bool hixl_backend_ = false;  // llm.TransferBackend=hixl: always listening, at one address
   std::atomic<bool> local_comm_known_{false};  // listening, llm.LocalCommRes, or linked once
 
   std::mutex caches_mutex_;

@@ -410,6 +410,61 @@ TEST(DataDistInitialize, AcceptsV1OnlyOptions) {
   EXPECT_EQ(1, kv->id);
 }
 
+// The later options (CANN 2026): llm.TransferBackend "hixl" needs a listen
+// address and keeps it; llm.GlobalResourceConfig is checked as HIXL checks it.
+TEST(DataDistInitialize, TransferBackendHixlNeedsAndKeepsTheListenAddress) {
+  {
+    LlmDataDist dd(1, LlmRole::kDecoder);
+    EXPECT_LLM(LLM_PARAM_INVALID, dd.Initialize(Opts({{OPTION_DEVICE_ID, "0"}, {OPTION_TRANSFER_BACKEND, "hixl"}})))
+        << "the HIXL backend without llm.ListenIpInfo";
+    EXPECT_LLM(LLM_PARAM_INVALID, dd.Initialize(Opts({{OPTION_DEVICE_ID, "0"},
+                                                      {OPTION_LISTEN_IP_INFO, Listen(FreePort())},
+                                                      {OPTION_TRANSFER_BACKEND, "hccl"}})))
+        << "a backend that does not exist";
+  }
+  LlmDataDist server(kPromptId, LlmRole::kPrompt);
+  const int port = InitServer(server, Opts({{OPTION_TRANSFER_BACKEND, "hixl"}}));
+  ASSERT_NE(0, port);
+  LlmDataDist client(kDecoderId, LlmRole::kDecoder);
+  ASSERT_LLM(LLM_SUCCESS, client.Initialize(DeviceOnly()));
+  // Another address is refused; the same one, or none, changes only the role,
+  // and the instance stays reachable where it was.
+  EXPECT_LLM(LLM_PARAM_INVALID, server.SetRole(LlmRole::kDecoder, Opts({{OPTION_LISTEN_IP_INFO, Listen(FreePort())}})));
+  EXPECT_LLM(LLM_SUCCESS, server.SetRole(LlmRole::kDecoder));
+  EXPECT_LLM(LLM_SUCCESS, LinkOne(client, kPromptId, port)) << "still listening after SetRole without an address";
+  EXPECT_LLM(LLM_SUCCESS, UnlinkOne(client, kPromptId, port));
+  EXPECT_LLM(LLM_SUCCESS, server.SetRole(LlmRole::kPrompt, Opts({{OPTION_LISTEN_IP_INFO, Listen(port)}})));
+  EXPECT_LLM(LLM_SUCCESS, LinkOne(client, kPromptId, port));
+  EXPECT_LLM(LLM_SUCCESS, UnlinkOne(client, kPromptId, port));
+}
+
+TEST(DataDistInitialize, GlobalResourceConfigIsCheckedAsHixlChecksIt) {
+  for (const std::string bad : {"not json", R"({"channel_pool.max_channel":"0"})",
+                                R"({"channel_pool.max_channel":"10","channel_pool.high_waterline":"0.3"})",
+                                R"({"connect_pool.thread_num":"-1"})"}) {
+    SCOPED_TRACE("llm.GlobalResourceConfig='" + bad + "'");
+    LlmDataDist dd(1, LlmRole::kDecoder);
+    EXPECT_LLM(LLM_PARAM_INVALID, dd.Initialize(Opts({{OPTION_DEVICE_ID, "0"}, {OPTION_GLOBAL_RESOURCE_CONFIG, bad}})));
+  }
+  // A valid channel pool is accepted and does not evict links: two links
+  // stay usable with a pool whose high waterline is one channel.
+  LlmDataDist a(kPromptId, LlmRole::kPrompt), b(kPromptId + 1, LlmRole::kPrompt);
+  const int port_a = InitServer(a), port_b = InitServer(b);
+  ASSERT_NE(0, port_a);
+  ASSERT_NE(0, port_b);
+  LlmDataDist client(kDecoderId, LlmRole::kDecoder);
+  ASSERT_LLM(LLM_SUCCESS,
+             client.Initialize(Opts({{OPTION_DEVICE_ID, "0"},
+                                     {OPTION_GLOBAL_RESOURCE_CONFIG,
+                                      R"({"channel_pool.max_channel":"2","channel_pool.high_waterline":"0.9",)"
+                                      R"("channel_pool.low_waterline":"0.4","connect_pool.thread_num":"2"})"}})));
+  EXPECT_LLM(LLM_SUCCESS, LinkOne(client, kPromptId, port_a));
+  EXPECT_LLM(LLM_SUCCESS, LinkOne(client, kPromptId + 1, port_b));
+  EXPECT_LLM(LLM_ALREADY_LINK, LinkOne(client, kPromptId, port_a)) << "the first link is still there";
+  EXPECT_LLM(LLM_SUCCESS, UnlinkOne(client, kPromptId, port_a));
+  EXPECT_LLM(LLM_SUCCESS, UnlinkOne(client, kPromptId + 1, port_b));
+}
+
 TEST(DataDistInitialize, SecondInitializeSucceedsWithoutEffect) {
   LlmDataDist server(kPromptId, LlmRole::kPrompt);
   const int port = InitServer(server);
