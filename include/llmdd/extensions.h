@@ -12,8 +12,9 @@
  * (LLM_PARAM_INVALID) and a log line naming the range. MemDesc::local_only
  * (CANN's own field) wins over them: such memory is never reachable by peers.
  *
- * Where the bytes are: both structs end in a 128-byte area after their
- * required fields (adxl::MemDesc: local_only and reserved[127], that is the
+ * Where the bytes are: the structs end in a 128-byte area after their
+ * required fields (adxl::MemDesc and hixl::MemDesc, the same layout:
+ * local_only and reserved[127], that is the
  * original release's reserved[128]; llm_datadist::RegisterCfg: reserved[128]).
  * The marker takes the last four bytes of that area, bytes 124..127, far from
  * byte 0, which CANN's newest MemDesc gave to local_only (CANN grows its
@@ -85,6 +86,12 @@ inline uint8_t *ExtensionArea(adxl::MemDesc &mem) {
 inline const uint8_t *ExtensionArea(const adxl::MemDesc &mem) {
   return reinterpret_cast<const uint8_t *>(&mem) + offsetof(adxl::MemDesc, local_only);
 }
+inline uint8_t *ExtensionArea(hixl::MemDesc &mem) {
+  return reinterpret_cast<uint8_t *>(&mem) + offsetof(hixl::MemDesc, local_only);
+}
+inline const uint8_t *ExtensionArea(const hixl::MemDesc &mem) {
+  return reinterpret_cast<const uint8_t *>(&mem) + offsetof(hixl::MemDesc, local_only);
+}
 inline uint8_t *ExtensionArea(llm_datadist::RegisterCfg &cfg) { return cfg.reserved; }
 inline const uint8_t *ExtensionArea(const llm_datadist::RegisterCfg &cfg) { return cfg.reserved; }
 
@@ -103,6 +110,13 @@ inline void SetRemoteAccess(adxl::MemDesc &mem, RemoteAccess access) {
   m[2] = kMarker2;
   m[3] = static_cast<uint8_t>(access);
 }
+inline void SetRemoteAccess(hixl::MemDesc &mem, RemoteAccess access) {
+  uint8_t *m = ExtensionArea(mem) + kAccessOffset;
+  m[0] = kMarker0;
+  m[1] = kMarker1;
+  m[2] = kMarker2;
+  m[3] = static_cast<uint8_t>(access);
+}
 inline void SetRemoteAccess(llm_datadist::RegisterCfg &cfg, RemoteAccess access) {
   uint8_t *m = ExtensionArea(cfg) + kAccessOffset;
   m[0] = kMarker0;
@@ -114,6 +128,10 @@ inline void SetRemoteAccess(llm_datadist::RegisterCfg &cfg, RemoteAccess access)
 // Reads the marker back (either place); returns false when none is set (use
 // the default, read-write).
 inline bool GetRemoteAccess(const adxl::MemDesc &mem, RemoteAccess *access) {
+  return ReadAccessMarker(ExtensionArea(mem), kAccessOffset, access) ||
+         ReadAccessMarker(ExtensionArea(mem), kLegacyAccessOffset, access);
+}
+inline bool GetRemoteAccess(const hixl::MemDesc &mem, RemoteAccess *access) {
   return ReadAccessMarker(ExtensionArea(mem), kAccessOffset, access) ||
          ReadAccessMarker(ExtensionArea(mem), kLegacyAccessOffset, access);
 }

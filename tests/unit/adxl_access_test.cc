@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "adxl/adxl_engine.h"
+#include "hixl/hixl.h"
 #include "llmdd/extensions.h"
 #include "loopback_util.h"
 
@@ -51,6 +52,37 @@ TEST(AdxlAccess, ReadOnlyAndWriteOnlyRegistrationsAreEnforcedByTheServer) {
   EXPECT_EQ(local, std::vector<char>(256, 'R'));
   EXPECT_EQ(client.TransferSync(id.c_str(), adxl::WRITE, on_wo, 2000), adxl::SUCCESS);
   EXPECT_EQ(wo, std::vector<char>(256, 'R'));
+  client.Finalize();
+  server.Finalize();
+}
+
+// The same marker on hixl::MemDesc (the same layout as adxl's), through
+// hixl::Hixl: the overloads of SetRemoteAccess / GetRemoteAccess.
+TEST(AdxlAccess, HixlMemDescCarriesTheSameRights) {
+  hixl::MemDesc probe;
+  llmdd_ext::SetRemoteAccess(probe, llmdd_ext::kRemoteWriteOnly);
+  EXPECT_FALSE(probe.local_only);
+  llmdd_ext::RemoteAccess access = llmdd_ext::kRemoteReadWrite;
+  ASSERT_TRUE(llmdd_ext::GetRemoteAccess(probe, &access));
+  EXPECT_EQ(access, llmdd_ext::kRemoteWriteOnly);
+
+  hixl::Hixl server, client;
+  std::string id = "127.0.0.1:" + std::to_string(FreePort());
+  ASSERT_EQ(server.Initialize(id.c_str(), {}), hixl::SUCCESS);
+  ASSERT_EQ(client.Initialize("127.0.0.1", {}), hixl::SUCCESS);
+  std::vector<char> ro(256, 'R'), local(256, 'L');
+  hixl::MemDesc ro_desc;
+  ro_desc.addr = reinterpret_cast<uintptr_t>(ro.data());
+  ro_desc.len = ro.size();
+  llmdd_ext::SetRemoteAccess(ro_desc, llmdd_ext::kRemoteReadOnly);
+  hixl::MemHandle handle = nullptr;
+  ASSERT_EQ(server.RegisterMem(ro_desc, hixl::MEM_HOST, handle), hixl::SUCCESS);
+  ASSERT_EQ(client.Connect(id.c_str(), 2000), hixl::SUCCESS);
+  std::vector<hixl::TransferOpDesc> descs{{reinterpret_cast<uintptr_t>(local.data()), ro_desc.addr, 256}};
+  EXPECT_EQ(client.TransferSync(id.c_str(), hixl::WRITE, descs, 2000), hixl::PARAM_INVALID);
+  EXPECT_EQ(ro, std::vector<char>(256, 'R'));
+  EXPECT_EQ(client.TransferSync(id.c_str(), hixl::READ, descs, 2000), hixl::SUCCESS);
+  EXPECT_EQ(local, std::vector<char>(256, 'R'));
   client.Finalize();
   server.Finalize();
 }
