@@ -1130,8 +1130,13 @@ adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp o
   }
   Route route;
   ChannelPool::Pin pin;
+  // The submitter waits for an auto-connect: never longer than the request
+  // itself may take.
+  const int32_t connect_ms =
+      timeout_ms > 0 && timeout_ms < static_cast<uint32_t>(kAutoConnectAsyncMs) ? static_cast<int32_t>(timeout_ms)
+                                                                                : kAutoConnectAsyncMs;
   adxl::Status found =
-      ChannelFor("TransferAsync", remote, Deadline::AfterMs(kAutoConnectAsyncMs), &route.channel, &pin, &error);
+      ChannelFor("TransferAsync", remote, Deadline::AfterMs(connect_ms), &route.channel, &pin, &error);
   if (found != adxl::SUCCESS) {
     if (found == adxl::NOT_CONNECTED && !config_.auto_connect) {
       LOG_ERROR("TransferAsync: not connected to %s", remote.c_str());

@@ -85,8 +85,8 @@ class Engine {
   // PARAM_INVALID, NOT_CONNECTED, RESOURCE_EXHAUSTED (llmdd.MaxRequestsInFlight
   // requests are held by the async table, or in flight in the engine). With
   // auto-connect, a remote without a channel is connected first, within
-  // kAutoConnectAsyncMs (the caller waits for it); a failed connect is
-  // refused with its status.
+  // kAutoConnectAsyncMs or the request's own timeout_ms, whichever is shorter
+  // (the caller waits for it); a failed connect is refused with its status.
   static constexpr int32_t kAutoConnectAsyncMs = 1000;
   adxl::Status TransferAsync(const std::string &remote, adxl::TransferOp op, const adxl::TransferOpDesc *descs,
                              size_t count, const void *user_data, uint32_t timeout_ms, uint64_t *id);

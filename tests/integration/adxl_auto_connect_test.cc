@@ -7,7 +7,8 @@
 //    notify arrives); without the option, or with "0", each is NOT_CONNECTED
 //    as before. GetCapability(AUTO_CONNECT) is FEATURE_SUPPORTED.
 //  - A failed auto-connect is the transfer's status, within its timeout:
-//    FAILED when nobody listens, TIMEOUT when the peer is frozen.
+//    FAILED when nobody listens, TIMEOUT when the peer is frozen; TransferAsync
+//    waits for it no longer than the request's own deadline.
 //  - A dead peer is cleaned up: after it exits and another starts on its
 //    address, the next transfer reconnects on its own.
 //  - hixl::Hixl with a channel pool of two (GlobalResourceConfig): the third
@@ -24,6 +25,7 @@
 #include <thread>
 
 #include "hixl/hixl.h"
+#include "llmdd/extensions.h"
 
 namespace itest {
 namespace {
@@ -146,10 +148,22 @@ TEST_F(AutoConnectTest, AFailedAutoConnectIsTheTransfersStatusWithinItsTimeout) 
   // A frozen peer never answers the handshake: TIMEOUT at the transfer's timeout.
   ASSERT_TRUE(a->Stop());
   r = Transfer(a->id(), adxl::READ, {{local.addr(), a->region(0).addr, 64}}, 800);
+  // TransferAsync waits for its auto-connect at most 1 s, and never longer
+  // than the request's own deadline (SetTransferTimeout): here 100 ms.
+  adxl::TransferArgs args;
+  llmdd_ext::SetTransferTimeout(args, 100);
+  adxl::TransferReq req = nullptr;
+  Timed submit = TimedCall("TransferAsync (frozen peer, 100 ms deadline)", 30000, [&] {
+    return engine_.TransferAsync(a->engine(), adxl::READ, {{local.addr(), a->region(0).addr, 64}}, args, req);
+  });
   a->Continue();
   EXPECT_ST(adxl::TIMEOUT, r.status);
   EXPECT_GE(r.ms, 700);
   EXPECT_LT(r.ms, 800 + kReturnMarginMs);
+  EXPECT_ST(adxl::TIMEOUT, submit.status);
+  EXPECT_EQ(nullptr, req);
+  EXPECT_GE(submit.ms, 90);
+  EXPECT_LT(submit.ms, 800) << "the submit waited for the 1 s auto-connect bound, not the request's 100 ms";
   // Thawed, it is reached on the next transfer.
   ASSERT_ST(adxl::SUCCESS, ReadFrom(*a, local, 5, 4000));
   EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), 4000, a->region(0).seed, 5));
