@@ -50,7 +50,8 @@ adxl::TransferStatus AsyncRequests::Evaluate(const Entry &entry, adxl::Status *o
 }
 
 AsyncRequests::Found AsyncRequests::Query(uint64_t id, adxl::TransferStatus *status, adxl::Status *outcome,
-                                          std::string *error, uint64_t *timer) {
+                                          std::string *error, uint64_t *timer,
+                                          std::shared_ptr<TransferRequest> *waiting) {
   // Released after the lock (declared before it): the last reference to a
   // channel or a request may be ours.
   std::shared_ptr<Channel> channel;
@@ -59,7 +60,10 @@ AsyncRequests::Found AsyncRequests::Query(uint64_t id, adxl::TransferStatus *sta
   auto it = entries_.find(id);
   if (it == entries_.end()) return Found::kNo;
   *status = Evaluate(it->second, outcome, error, &channel);
-  if (*status == adxl::TransferStatus::WAITING) return Found::kWaiting;
+  if (*status == adxl::TransferStatus::WAITING) {
+    if (waiting != nullptr) *waiting = it->second.request;
+    return Found::kWaiting;
+  }
   request = std::move(it->second.request);
   if (timer != nullptr) *timer = it->second.timer;
   entries_.erase(it);

@@ -60,9 +60,10 @@ class AsyncRequests {
   // The status of request `id`. kTerminal: *status is COMPLETED, TIMEOUT or
   // FAILED, *outcome the request's own status and *error why it failed; the
   // entry is gone and *timer is its deadline timer (0: none) for the caller
-  // to cancel, outside this table's lock.
+  // to cancel, outside this table's lock. kWaiting: *waiting (when given)
+  // gets the request, for a caller that wants to wait for it.
   Found Query(uint64_t id, adxl::TransferStatus *status, adxl::Status *outcome, std::string *error,
-              uint64_t *timer = nullptr);
+              uint64_t *timer = nullptr, std::shared_ptr<TransferRequest> *waiting = nullptr);
   // Statuses in id order (oldest first), at most `max_count`; WAITING ones are
   // left out when skip_waiting (and then do not count). Terminal ones are
   // removed (their deadline timers appended to *timers when given).

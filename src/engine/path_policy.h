@@ -47,9 +47,20 @@ constexpr size_t kCoalesceMaxScan = 1024;
 // A burst being submitted (at least two requests queued, the newest younger
 // than kCoalesceQuietGap) is waited for, up to kCoalesceMaxLinger, so that
 // it travels as one carrier split across the lanes rather than as a head
-// and a tail that queues behind it for a lane. A lone request never waits.
+// and a tail that queues behind it for a lane. A request younger than the
+// quiet gap may be the head of a burst, so even a lone one waits until it is
+// kCoalesceQuietGap old (rarely at all: waking a worker takes about as long);
+// without that, a runner woken on the first of 64 submissions ran it alone
+// and half the rounds of `llmdd_bench async` split into a head and a tail.
 constexpr std::chrono::microseconds kCoalesceQuietGap{10};
 constexpr std::chrono::microseconds kCoalesceMaxLinger{100};
+// A thread that keeps polling one request (GetTransferStatus) answered
+// WAITING kStatusSpinAnswers times in a row then waits for it, up to
+// kStatusWaitSlice per query, instead of spinning: on a host with few cores
+// a tight polling loop takes the processor from the threads moving that
+// request's bytes (Engine::PaceWaitingQuery).
+constexpr uint32_t kStatusSpinAnswers = 16;
+constexpr std::chrono::microseconds kStatusWaitSlice{50};
 // Split across lanes from this many bytes, in parts of at least kMinPartBytes.
 constexpr uint64_t kParallelThreshold = 1ULL << 20;
 constexpr uint64_t kMinPartBytes = 256ULL << 10;

@@ -8,12 +8,18 @@
 //  - Every status the spec gives: not initialized / null req / failed
 //    transfer -> FAILED, unknown req and bad arguments -> PARAM_INVALID, no
 //    channel -> NOT_CONNECTED, too many held -> RESOURCE_EXHAUSTED (203900).
+//  - A tight polling loop on a request in flight sleeps rather than spins
+//    (its thread's CPU time is well under the time it polled).
 //  - Disconnect and Finalize with a request in flight (to a stopped peer)
 //    end it: the next query reports FAILED at once.
 #define ITEST_USE_GTEST
 #include "process_util.h"
 
+#include <time.h>
+
 #include <set>
+
+#include "llmdd/extensions.h"
 
 namespace itest {
 namespace {
@@ -340,6 +346,54 @@ TEST_P(AsyncTest, DisconnectWithARequestInFlightEndsItFailed) {
   EXPECT_ST(adxl::SUCCESS, p.ret);
   EXPECT_EQ("COMPLETED", Name(p.status));
   EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), 1u << 20, rr.seed, 100));
+}
+
+// A caller that polls one request in a tight loop (as Mooncake's and
+// vllm-ascend's do) must not take a whole core from the transfer: after a few
+// WAITING answers in a row each query waits for the request (up to 50 us)
+// instead of spinning. Measured as this thread's CPU time over 400 ms of
+// polling a request to a stopped peer; it then ends TIMEOUT at its deadline.
+TEST_P(AsyncTest, ATightPollingLoopSleepsInsteadOfSpinning) {
+  AdxlPeer::Options o;
+  o.size = 1u << 20;
+  o.seed = 2700;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion rr = peer->region(0);
+  GuardedBuffer local(1u << 20);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, 256u << 10}}, 10000));
+  ASSERT_TRUE(peer->Stop());
+  adxl::TransferArgs args;
+  llmdd_ext::SetTransferTimeout(args, 400);
+  adxl::TransferReq req = nullptr;
+  ASSERT_ST(adxl::SUCCESS, engine_.TransferAsync(peer->engine(), adxl::READ, {{local.addr(), rr.addr, 1u << 20}},
+                                                 args, req));
+  auto thread_cpu_ns = [] {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  };
+  const int64_t cpu0 = thread_cpu_ns();
+  const auto t0 = Clock::now();
+  adxl::TransferStatus status = adxl::TransferStatus::WAITING;
+  uint32_t ret = adxl::SUCCESS;
+  uint64_t queries = 0;
+  {
+    Watchdog dog(30000, "polling GetTransferStatus without a pause");
+    while ((ret = engine_.GetTransferStatus(req, status)) == adxl::SUCCESS && status == adxl::TransferStatus::WAITING)
+      ++queries;
+  }
+  const int64_t wall_ms = MsSince(t0);
+  const double cpu_ms = static_cast<double>(thread_cpu_ns() - cpu0) / 1e6;
+  peer->Continue();
+  EXPECT_ST(adxl::TIMEOUT, ret);
+  EXPECT_EQ("TIMEOUT", Name(status));
+  std::printf("polling: %.1f ms of CPU in %lld ms, %llu queries\n", cpu_ms, static_cast<long long>(wall_ms), static_cast<unsigned long long>(queries));
+  EXPECT_GE(wall_ms, 300);
+  EXPECT_LT(cpu_ms, 0.5 * static_cast<double>(wall_ms))
+      << "the polling thread spun: " << cpu_ms << " ms of CPU in " << wall_ms << " ms, " << queries << " queries";
 }
 
 TEST_P(AsyncTest, FinalizeWithARequestInFlightEndsItFailed) {
