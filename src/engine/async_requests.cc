@@ -105,4 +105,9 @@ size_t AsyncRequests::Size() const {
   return entries_.size() + reserved_;
 }
 
+std::shared_ptr<TransferRequest> AsyncRequests::Oldest() const {
+  std::lock_guard lock(mutex_);
+  return entries_.empty() ? nullptr : entries_.begin()->second.request;
+}
+
 }  // namespace llmdd

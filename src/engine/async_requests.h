@@ -73,6 +73,9 @@ class AsyncRequests {
                  std::vector<std::string> *failures = nullptr, std::vector<uint64_t> *timers = nullptr);
   // Entries held (reservations included).
   size_t Size() const;
+  // The oldest request held (null when none), for a caller that wants to
+  // wait for something to end.
+  std::shared_ptr<TransferRequest> Oldest() const;
 
  private:
   struct Entry {

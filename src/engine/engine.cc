@@ -887,6 +887,10 @@ thread_local PollStreak poll_streak;
 // sleeps instead of taking a core from the transfer (64 async READs of 64 KiB
 // on a 2-core host: the poller's share of the cores was the transfer's loss),
 // and still learns of the end at once (the request wakes its waiters).
+// Bulk queries that found nothing ended count as queries of this id (request
+// ids start at 1 and never reach it).
+constexpr uint64_t kBulkQueryStreak = UINT64_MAX;
+
 void PaceWaitingQuery(uint64_t id, const TransferRequest *request) {
   if (poll_streak.id != id) poll_streak = PollStreak{id, 0};
   if (++poll_streak.waiting_answers < kStatusSpinAnswers || request == nullptr) {
@@ -1284,7 +1288,12 @@ adxl::Status Engine::GetTransferStatuses(uint32_t max_count, bool skip_waiting,
   for (const std::string &failure : failures) LOG_ERROR("TransferAsync %s", failure.c_str());
   bool any_ended = false;
   for (const AsyncRequests::Result &result : *results) any_ended |= result.status != adxl::TransferStatus::WAITING;
-  if (!any_ended && async_.Size() > 0) YieldToTransfers();
+  if (any_ended) poll_streak = PollStreak{};  // progress: the next empty answer starts a new streak
+  if (!any_ended && async_.Size() > 0) {
+    // Paced as a query of one request is, waiting for the oldest one.
+    std::shared_ptr<TransferRequest> oldest = async_.Oldest();
+    PaceWaitingQuery(kBulkQueryStreak, oldest.get());
+  }
   return adxl::SUCCESS;
 }
 

@@ -488,6 +488,54 @@ TEST_P(HixlTest, ADeadlineInTransferArgsEndsARequestTimeoutInBothQueries) {
   EXPECT_ST(hixl::SUCCESS, hixl_.Disconnect(peer->engine(), 5000));
 }
 
+// The bulk query is paced as the single one is: a loop of bulk queries that
+// find nothing ended sleeps rather than spins (its thread's CPU time over
+// 400 ms of polling a request to a stopped peer), and sees the TIMEOUT.
+TEST_P(HixlTest, ATightBulkPollingLoopSleepsInsteadOfSpinning) {
+  AdxlPeer::Options o;
+  o.size = 1u << 20;
+  o.seed = 3600;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_ST(hixl::SUCCESS, hixl_.Connect(peer->engine(), 10000));
+  const RemoteRegion rr = peer->region(0);
+  GuardedBuffer local(1u << 20);
+  ASSERT_ST(hixl::SUCCESS, hixl_.TransferSync(peer->engine(), hixl::READ, {{local.addr(), rr.addr, 4096}}, 10000));
+  ASSERT_TRUE(peer->Stop());
+  hixl::TransferArgs args;
+  llmdd_ext::SetTransferTimeout(args, 400);
+  hixl::TransferReq req = nullptr;
+  ASSERT_ST(hixl::SUCCESS, hixl_.TransferAsync(peer->engine(), hixl::READ, {{local.addr(), rr.addr, 1u << 20}}, args, req));
+  auto thread_cpu_ns = [] {
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  };
+  const int64_t cpu0 = thread_cpu_ns();
+  const auto t0 = Clock::now();
+  std::vector<hixl::TransferResult> results;
+  uint64_t queries = 0;
+  {
+    Watchdog dog(30000, "bulk-polling GetTransferStatus without a pause");
+    for (;;) {
+      ASSERT_ST(hixl::SUCCESS, hixl_.GetTransferStatus(hixl::GetTransferStatusArgs(), results));
+      ++queries;
+      if (!results.empty() && results[0].status != hixl::TransferStatus::WAITING) break;
+    }
+  }
+  const int64_t wall_ms = MsSince(t0);
+  const double cpu_ms = static_cast<double>(thread_cpu_ns() - cpu0) / 1e6;
+  peer->Continue();
+  std::printf("bulk polling: %.1f ms of CPU in %lld ms, %llu queries\n", cpu_ms, static_cast<long long>(wall_ms),
+              static_cast<unsigned long long>(queries));
+  ASSERT_EQ(1u, results.size());
+  EXPECT_EQ(req, results[0].req);
+  EXPECT_EQ("TIMEOUT", Name(results[0].status));
+  EXPECT_GE(wall_ms, 300);
+  EXPECT_LT(cpu_ms, 0.5 * static_cast<double>(wall_ms)) << "the bulk polling thread spun";
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, HixlTest, ::testing::ValuesIn(AllTransports()), TransportName);
 
 class HixlAsyncConnectTest : public HixlBase {};
