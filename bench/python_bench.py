@@ -36,17 +36,22 @@ SHAPES = {  # name -> (layers, blocks, block_bytes, blocks per call list)
     "tiny": (1, 4, 64, [1]),
 }
 PROMPT, DECODER = 1, 2
+HUGE = 2 << 20
 
 
 def tensors(layers, blocks, block_bytes, hugepages=True):
-    """2 * layers buffers of blocks x block_bytes in anonymous memory (MADV_HUGEPAGE, as llmdd_bench)."""
+    """2 * layers buffers of blocks x block_bytes, each 2 MiB-aligned anonymous memory with MADV_HUGEPAGE,
+    as llmdd_bench allocates them (transparent huge pages need 2 MiB-aligned ranges)."""
     out, maps = [], []
+    nbytes = blocks * block_bytes
     for _ in range(2 * layers):
-        m = mmap.mmap(-1, blocks * block_bytes)
+        m = mmap.mmap(-1, nbytes + HUGE)
         if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
             m.madvise(mmap.MADV_HUGEPAGE)
+        raw = np.frombuffer(m, dtype=np.uint8)
+        offset = -int(raw.ctypes.data) % HUGE
         maps.append(m)
-        out.append(np.frombuffer(m, dtype=np.uint8).reshape(blocks, block_bytes))
+        out.append(raw[offset:offset + nbytes].reshape(blocks, block_bytes))
     return out, maps
 
 
