@@ -344,3 +344,44 @@ def test_threads_transfer_at_once_and_finalize_races_them(client, peer):
         t.join(30)
     assert not errors
     assert set(statuses) <= {hixl.SUCCESS, hixl.FAILED} and hixl.SUCCESS in statuses
+
+
+CTRL_C_SCRIPT = r"""
+import socket, sys, time
+import hixl
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(16)                      # accepts (the kernel's backlog) and never answers
+engine = hixl.Hixl()
+assert engine.initialize("127.0.0.1") == hixl.SUCCESS
+print("waiting", flush=True)
+started = time.monotonic()
+try:
+    ret = engine.connect(f"127.0.0.1:{server.getsockname()[1]}", timeout_in_millis=3000)
+    print(f"returned {ret} without an interrupt", flush=True)
+except KeyboardInterrupt:
+    print(f"interrupted after {time.monotonic() - started:.2f}", flush=True)
+engine.finalize()
+"""
+
+
+def test_ctrl_c_during_a_blocking_call_raises_when_it_returns(tmp_path):
+    """SIGINT while connect() waits for a silent peer: no crash; KeyboardInterrupt once the call
+    returns, within its timeout (the call is not cut short: docs/PYTHON.md "What is not implemented")."""
+    import signal
+    import subprocess
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "waiting"
+        time.sleep(0.3)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert out.startswith("interrupted after "), out + err
+    assert float(out.split()[-1]) < 3.5
