@@ -60,8 +60,8 @@ else
   PIP_DEFINES=(-C "cmake.define.LLMDD_PYTHON_LIBRARY=")
 fi
 LIB_NOTE=${PIP_DEFINES[1]#*=}
-echo "==> pip install . (the llm_datadist and hixl packages; CMake build in $BUILD_DIR/python/wheel-build;" \
-  "${LIB_NOTE:+bundling $LIB_NOTE}${LIB_NOTE:-the library built from source})"
+[[ -n "$LIB_NOTE" ]] && LIB_NOTE="bundling $LIB_NOTE" || LIB_NOTE="the library built from source"
+echo "==> pip install . (the llm_datadist and hixl packages; CMake build in $BUILD_DIR/python/wheel-build; $LIB_NOTE)"
 "$PY" -m pip install --disable-pip-version-check --no-build-isolation \
   -C build-dir="$BUILD_DIR/python/wheel-build" "${PIP_DEFINES[@]}" . >"$BUILD_DIR/python/pip-install.log" 2>&1 || {
   tail -n 60 "$BUILD_DIR/python/pip-install.log" >&2
