@@ -10,9 +10,10 @@ shuffled orders, so every block is its own range, as llmdd_bench's
   tiny: 1 layer x (K, V), 4 blocks x 64 B; a pull of 1 block (128 B): the
         per-call cost of the binding on top of the C++ call.
 
-Each round runs `llmdd_bench kv` for both shapes (a child process pair),
-then the Python figures (this process and its prompt child); --rounds
-rounds alternate so that load from other work on the machine hits both.
+Each round runs `llmdd_bench kv` for the shape (a child process pair) and
+the Python figures (this process and its prompt child), C++ first in even
+rounds and Python first in odd ones; --rounds rounds alternate so that load
+from other work on the machine hits both.
 Prints one JSON line per measurement and a summary with the median ratio
 Python/C++ of the p50 call time and its range over the rounds.
 
@@ -45,7 +46,9 @@ def tensors(layers, blocks, block_bytes, hugepages=True):
     out, maps = [], []
     nbytes = blocks * block_bytes
     for _ in range(2 * layers):
-        m = mmap.mmap(-1, nbytes + HUGE)
+        # Private, as llmdd_bench maps it: mmap.mmap(-1, n) alone is MAP_SHARED
+        # (shmem), which transparent huge pages skip unless shmem_enabled says so.
+        m = mmap.mmap(-1, nbytes + HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         if hugepages and hasattr(mmap, "MADV_HUGEPAGE"):
             m.madvise(mmap.MADV_HUGEPAGE)
         raw = np.frombuffer(m, dtype=np.uint8)
@@ -167,19 +170,23 @@ def session(name, args):
     ret, rets = datadist.link_clusters([cluster], timeout=10000)
     assert ret == LLMStatusCode.LLM_SUCCESS, (ret, rets)
     records = []
+    def run_cpp():
+        return cpp(args.llmdd_bench, name, args.time, not args.no_hugepages) if args.llmdd_bench else []
+
+    def run_python():
+        cache, arrays, model_id = caches[name]
+        return [measure(datadist.cache_manager, name, cache, arrays, model_id, kv_blocks, args.time, args.warmup,
+                        args.min_iters) for kv_blocks in SHAPES[name][3]]
+
     for round_ in range(args.rounds):
-        if args.llmdd_bench:
-            for r in cpp(args.llmdd_bench, name, args.time, not args.no_hugepages):
+        # Even rounds C++ first, odd rounds Python first: whichever runs right
+        # after the other's process pair exits (freeing its memory) is not
+        # always the same side.
+        for side in ((run_cpp, run_python) if round_ % 2 == 0 else (run_python, run_cpp)):
+            for r in side():
                 r["round"] = round_
                 records.append(r)
                 print(json.dumps(r), flush=True)
-        cache, arrays, model_id = caches[name]
-        for kv_blocks in SHAPES[name][3]:
-            r = measure(datadist.cache_manager, name, cache, arrays, model_id, kv_blocks, args.time,
-                        args.warmup, args.min_iters)
-            r["round"] = round_
-            records.append(r)
-            print(json.dumps(r), flush=True)
     datadist.unlink_clusters([cluster], timeout=10000)
     datadist.finalize()
     done.set()
