@@ -85,7 +85,7 @@ def options(listen_port=None):
     return config.generate_options()
 
 
-def prefill_worker(args, backend, ports, ready, handoff, finished):
+def prefill_worker(args, backend, ports, ready, handoff, finished, unlinked):
     """Registers the KV cache, runs the requests' prefills, frees blocks on the decoder's notify."""
     datadist = LLMDataDist(LLMRole.PROMPT, PREFILL)
     datadist.init(options(ports["datadist"]))
@@ -113,6 +113,7 @@ def prefill_worker(args, backend, ports, ready, handoff, finished):
         in_flight, free = reap(notifier, in_flight, free)
         time.sleep(0.001)
     finished.put(("prefill", sorted(in_flight)))
+    unlinked.wait(60)  # finalizing while the decoder still unlinks would fail its unlink
     notifier.finalize()
     datadist.finalize()
 
@@ -208,8 +209,9 @@ def main(argv=None):
 
     ports = {"datadist": free_port(), "hixl": free_port()}
     spawn = multiprocessing.get_context("spawn")
-    ready, handoff, finished = spawn.Event(), spawn.Queue(), spawn.Queue()
-    prefill = spawn.Process(target=prefill_worker, args=(args, backend, ports, ready, handoff, finished), daemon=True)
+    ready, unlinked, handoff, finished = spawn.Event(), spawn.Event(), spawn.Queue(), spawn.Queue()
+    prefill = spawn.Process(target=prefill_worker, args=(args, backend, ports, ready, handoff, finished, unlinked),
+                            daemon=True)
     prefill.start()
     if not ready.wait(60):
         raise SystemExit("the prefill worker did not start")
@@ -224,6 +226,7 @@ def main(argv=None):
         decode.request_finished(request_id, local_blocks)
     gbps = decode.pulled_bytes / decode.pull_seconds / 1e9
     decode.close()
+    unlinked.set()
     _, unfreed = finished.get(timeout=60)
     prefill.join(60)
     if prefill.exitcode != 0 or unfreed:
