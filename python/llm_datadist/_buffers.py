@@ -3,8 +3,9 @@
 CANN's register_cache takes a list of int addresses (what tensor.data_ptr()
 gives). This package also takes, in that list, the buffers themselves: numpy
 arrays and anything with the buffer protocol (bytearray, memoryview, mmap),
-objects with ``__array_interface__``, and torch-like tensors (``data_ptr()``,
-``numel()``, ``element_size()``, ``is_contiguous()``). For those the address is
+objects with ``__array_interface__``, torch-like tensors (``data_ptr()``,
+``numel()``, ``element_size()``, ``is_contiguous()``), and CPU tensors of any
+library through DLPack (``__dlpack__``, read without a copy). For those the address is
 read from the object, its length is checked against the tensor size the
 CacheDesc gives, and the object is kept alive while the cache is registered.
 A plain int is trusted as CANN trusts it.
@@ -54,6 +55,12 @@ def address_of(name, obj, tensor_bytes):
         address, nbytes, readonly = _array_interface(name, obj)
     elif hasattr(obj, "data_ptr") and hasattr(obj, "element_size"):
         address, nbytes, readonly = _tensor(name, obj)
+    elif hasattr(obj, "__dlpack__"):
+        try:
+            address, nbytes = _native.dlpack_info(obj)
+        except TypeError:
+            raise _invalid(f"{name}: its DLPack tensor is not a writable, C-contiguous CPU tensor") from None
+        readonly = False
     else:
         try:
             address, nbytes, readonly = _native.buffer_info(obj)

@@ -20,6 +20,8 @@ __all__ = ["CacheManager"]
 _TENSORS_PER_LAYER = 2
 # The native source of a transfer: (kind, cluster_id, a, b, c), see python/src/native.cc.
 _BY_ID, _BLOCKS_KEY, _REQUEST_KEY = 0, 1, 2
+# KvCacheExtParam of a transfer of every layer (_ext(None, None, 2)).
+_ALL_LAYERS = (-1, -1, -1, -1, _TENSORS_PER_LAYER)
 
 
 def _source(key):
@@ -189,6 +191,30 @@ class CacheManager:
 
         kwargs: src_layer_range, dst_layer_range (range of layers), tensor_num_per_layer (2).
         """
+        # The common call (a BlocksCacheKey, lists of blocks, every layer)
+        # skips the general checks below, whose outcome is known here: its
+        # per-call cost is what the small pulls of a serving engine pay.
+        if (not kwargs and self._initialized and type(src_cache_key) is BlocksCacheKey and type(dst_cache) is Cache
+                and type(src_blocks) is list and type(dst_blocks) is list and src_blocks and dst_blocks
+                and dst_cache._is_blocks_cache
+                and (dst_cache._remote_accessible or not self._remote_cache_accessible)):
+            code = self._native.pull_blocks((_BLOCKS_KEY, src_cache_key._cluster_id, src_cache_key._model_id, 0, 0),
+                                            dst_cache._cache_id, src_blocks, dst_blocks, _ALL_LAYERS)
+            if code:
+                raise_for_status(code, "[pull_blocks]", _native, f"src_cache_key = {src_cache_key}")
+            return
+        # The common call (a BlocksCacheKey, lists of blocks, every layer)
+        # skips the general checks below, whose outcome is known here: its
+        # per-call cost is what the small pulls of a serving engine pay.
+        if (not kwargs and self._initialized and type(src_cache_key) is BlocksCacheKey and type(dst_cache) is Cache
+                and type(src_blocks) is list and type(dst_blocks) is list and src_blocks and dst_blocks
+                and dst_cache._is_blocks_cache
+                and (dst_cache._remote_accessible or not self._remote_cache_accessible)):
+            code = self._native.pull_blocks((_BLOCKS_KEY, src_cache_key._cluster_id, src_cache_key._model_id, 0, 0),
+                                            dst_cache._cache_id, src_blocks, dst_blocks, _ALL_LAYERS)
+            if code:
+                raise_for_status(code, "[pull_blocks]", _native, f"src_cache_key = {src_cache_key}")
+            return
         self._check_is_inited()
         src_layer_range = kwargs.get("src_layer_range")
         dst_layer_range = kwargs.get("dst_layer_range")

@@ -18,6 +18,7 @@
 //   calls, and a Python program must not be able to crash the process by
 //   doing it anyway.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
@@ -289,6 +290,15 @@ std::tuple<uint64_t, uint64_t, bool> BufferInfo(nb::handle obj) {
   return info;
 }
 
+// (address, byte length) of a C-contiguous CPU tensor given through DLPack
+// (__dlpack__, e.g. jax or tensorflow CPU arrays): nanobind imports it
+// without a copy (noconvert) and refuses another device, a non-contiguous or
+// a read-only tensor with TypeError. The capsule is released on return; the
+// caller keeps the object itself alive.
+std::tuple<uint64_t, uint64_t> DlpackInfo(const nb::ndarray<nb::device::cpu, nb::c_contig> &tensor) {
+  return {reinterpret_cast<uint64_t>(tensor.data()), static_cast<uint64_t>(tensor.nbytes())};
+}
+
 }  // namespace
 
 NB_MODULE(_native, m) {
@@ -319,4 +329,5 @@ NB_MODULE(_native, m) {
   m.def("status_name", [](uint32_t status) { return std::string(llmdd_ext::StatusName(status)); });
   m.def("version", [] { return std::string(llmdd_ext::Version()); });
   m.def("buffer_info", &BufferInfo, nb::arg("obj"));
+  m.def("dlpack_info", &DlpackInfo, nb::arg("obj").noconvert());
 }

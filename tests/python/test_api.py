@@ -235,3 +235,37 @@ def _unused_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class DLPackOnly:
+    """A tensor that offers nothing but DLPack (as jax or tensorflow CPU arrays do)."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __dlpack__(self, **kwargs):
+        return self._array.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._array.__dlpack_device__()
+
+
+def test_dlpack_buffers(decoder):
+    manager = decoder.cache_manager
+    desc = CacheDesc(2, [4, 8], DataType.DT_INT32)
+    arrays = [np.zeros((4, 8), dtype=np.int32) for _ in range(2)]
+    cache = manager.register_blocks_cache(desc, [DLPackOnly(a) for a in arrays], BlocksCacheKey(2, 0))
+    assert cache.tensor_addrs == [a.ctypes.data for a in arrays]  # the tensors themselves, no copy
+    short = DLPackOnly(np.zeros((3, 8), dtype=np.int32))
+    message = expect_status(LLMStatusCode.LLM_PARAM_INVALID, manager.register_blocks_cache, desc,
+                            [DLPackOnly(arrays[0]), short], BlocksCacheKey(2, 1))
+    assert "96 bytes" in message and "128 bytes" in message
+    strided = DLPackOnly(np.zeros((4, 16), dtype=np.int32)[:, ::2])
+    message = expect_status(LLMStatusCode.LLM_PARAM_INVALID, manager.register_blocks_cache, desc,
+                            [DLPackOnly(arrays[0]), strided], BlocksCacheKey(2, 1))
+    assert "C-contiguous CPU tensor" in message
+    read_only = np.zeros((4, 8), dtype=np.int32)
+    read_only.flags.writeable = False
+    expect_status(LLMStatusCode.LLM_PARAM_INVALID, manager.register_blocks_cache, desc,
+                  [DLPackOnly(arrays[0]), DLPackOnly(read_only)], BlocksCacheKey(2, 1))
+    manager.unregister_cache(cache.cache_id)
