@@ -172,7 +172,7 @@ HAVE_IPERF=0; HAVE_UCX=0
 want iperf3 && apt_install iperf3 iperf3 && HAVE_IPERF=1
 want ucx && apt_install ucx-utils ucx_perftest && HAVE_UCX=1
 want engine || PLOT=0
-[ $PLOT = 1 ] && { apt_install gnuplot-nox gnuplot || say "gnuplot not available (apt-get install gnuplot-nox, as root): no plots"; }
+[ $PLOT = 1 ] && { apt_install gnuplot-nox gnuplot || say "gnuplot not available (bash scripts/setup.sh bench): no plots"; }
 
 # Python peers: one virtual environment with both wheels (pip, PyPI only).
 PY="$VENV/bin/python"

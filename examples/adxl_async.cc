@@ -1,10 +1,14 @@
-// ADXL asynchronous transfers: TransferAsync returns at once with a request,
-// GetTransferStatus polls it. Several requests run at the same time.
+// ADXL asynchronous transfers and notifications: TransferAsync returns at
+// once with a request, GetTransferStatus polls it; SendNotify tells the peer
+// that data is there, GetNotifies collects what arrived.
 //
-//   server (child process): Initialize("127.0.0.1:PORT"), RegisterMem, then serves.
+//   server (child process): Initialize("127.0.0.1:PORT"), RegisterMem, then serves;
+//                           at the end collects the client's notify with
+//                           GetNotifies and checks the bytes it announced.
 //   client (this process):  Connect, then four READs of a quarter each with
 //                           TransferAsync, polled until every one is COMPLETED;
-//                           then one WRITE the same way, checked by the server.
+//                           then one WRITE the same way, followed by a
+//                           SendNotify {"kv_ready", "write of N bytes done"}.
 //
 // Rules (docs/API.md, "Asynchronous transfers"):
 //  - GetTransferStatus returns SUCCESS with WAITING while the request runs,
@@ -15,6 +19,11 @@
 //    llmdd.MaxRequestsInFlight (1024) held requests TransferAsync returns
 //    RESOURCE_EXHAUSTED. Read the status of what you submit.
 //  - The buffers must stay alive until the request ended.
+//  - A notify goes from a client to an engine it connected to (docs/API.md,
+//    "Notifications"). SendNotify returns SUCCESS once the receiver stored it,
+//    so a GetNotifies there afterwards sees it; sending it after the WRITE
+//    completed means the data is in place when the receiver reads the notify.
+//    GetNotifies appends and forgets: each notify is returned once.
 //
 // Run: build/examples/adxl_async     (exit status 0 = every byte arrived)
 #include <unistd.h>
@@ -53,9 +62,19 @@ int Server(int in_fd, int out_fd) {
   std::string line;
   int rc = 1;
   if (example::ReadLine(in_fd, &line) && line == "CHECK") {
-    rc = 0;
-    for (size_t i = 0; i < kBytes; ++i)
-      if (buffer[kBytes + i] != example::Pattern(4, i)) rc = 1;
+    // The notify the client sent after its WRITE: it says the data is there.
+    std::vector<adxl::NotifyDesc> notifies;
+    const adxl::Status st = engine.GetNotifies(notifies);
+    if (st != adxl::SUCCESS) {
+      fprintf(stderr, "adxl_async server: GetNotifies failed with %s (%u)\n", llmdd_ext::StatusName(st), st);
+    } else if (notifies.size() != 1 || std::string(notifies[0].name.GetString()) != "kv_ready") {
+      fprintf(stderr, "adxl_async server: expected one notify \"kv_ready\", got %zu\n", notifies.size());
+    } else {
+      printf("server: notify %s: %s\n", notifies[0].name.GetString(), notifies[0].notify_msg.GetString());
+      rc = 0;
+      for (size_t i = 0; i < kBytes; ++i)
+        if (buffer[kBytes + i] != example::Pattern(4, i)) rc = 1;
+    }
     example::SendLine(out_fd, rc == 0 ? "OK" : "BAD");
   }
   example::ReadLine(in_fd, &line);  // end of file: the client is done
@@ -77,8 +96,8 @@ bool WaitAll(adxl::AdxlEngine &engine, std::vector<adxl::TransferReq> requests) 
       }
       // Ended (COMPLETED, or FAILED: rc is FAILED too). The request is gone now.
       if (status != adxl::TransferStatus::COMPLETED) {
-        fprintf(stderr, "adxl_async: a request ended with status %d (call returned %s)\n",
-                static_cast<int>(status), llmdd_ext::StatusName(rc));
+        fprintf(stderr, "adxl_async: a request ended %s (call returned %s)\n",
+                status == adxl::TransferStatus::TIMEOUT ? "TIMEOUT" : "FAILED", llmdd_ext::StatusName(rc));
         all_completed = false;
       }
       requests.erase(requests.begin() + static_cast<std::ptrdiff_t>(i));
@@ -121,6 +140,7 @@ int Client(uintptr_t remote) {
     }
   }
   printf("4 asynchronous READs of %zu bytes: every byte is right\n", quarter);
+  fflush(stdout);  // before the server prints its line
 
   // One asynchronous WRITE into the server's second half.
   for (size_t i = 0; i < kBytes; ++i) local[i] = example::Pattern(4, i);
@@ -129,6 +149,17 @@ int Client(uintptr_t remote) {
   if (engine.TransferAsync(server.c_str(), adxl::WRITE, descs, adxl::TransferArgs(), request) != adxl::SUCCESS)
     return 1;
   if (!WaitAll(engine, std::vector<adxl::TransferReq>(1, request))) return 1;
+
+  // Tell the server the data is there. name and notify_msg: at most 1024 bytes each.
+  adxl::NotifyDesc notify;
+  notify.name = "kv_ready";
+  const std::string msg = "write of " + std::to_string(kBytes) + " bytes done";
+  notify.notify_msg = msg.c_str();  // AscendString takes a const char *, not a std::string
+  const adxl::Status st = engine.SendNotify(server.c_str(), notify, 5000);
+  if (st != adxl::SUCCESS) {
+    fprintf(stderr, "adxl_async: SendNotify failed with %s (%u)\n", llmdd_ext::StatusName(st), st);
+    return 1;
+  }
 
   engine.Disconnect(server.c_str(), 5000);
   engine.Finalize();
@@ -149,8 +180,9 @@ int main() {
     if (rc == 0) {
       example::SendLine(server.to, "CHECK");
       rc = example::ReadLine(server.from, &line) && line == "OK" ? 0 : 1;
-      printf("1 asynchronous WRITE of %zu bytes: %s\n", kBytes,
-             rc == 0 ? "the server found every byte right" : "the server found wrong bytes");
+      printf("1 asynchronous WRITE of %zu bytes and a notify: %s\n", kBytes,
+             rc == 0 ? "the server got the notify and found every byte right"
+                     : "the server found no notify or wrong bytes");
     }
   }
   const int server_rc = example::FinishPeer(&server);

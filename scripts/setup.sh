@@ -7,6 +7,9 @@
 #   bash scripts/setup.sh ucx     # UCX headers and tools (UCX transport work, bench/compare.sh's ucx_perftest)
 #   bash scripts/setup.sh python  # Python headers and venv (the Python package: pip install ., its tests;
 #                                 # bench/compare.sh's peers)
+#   bash scripts/setup.sh bench   # the benchmark's plots and references: gnuplot (llmdd_bench --plot,
+#                                 # bench/compare.sh), iperf3; includes ucx and python (compare.sh's
+#                                 # UCX and Mooncake/NIXL references)
 #   bash scripts/setup.sh         # build, test and fuzz: what CI needs (.ci/run)
 #   bash scripts/setup.sh all     # every purpose above
 # Several purposes may be given at once (setup.sh test fuzz).
@@ -45,15 +48,21 @@ PYTHON_PACKAGES=(
   python3-dev         # Python headers for the native module llm_datadist._native (pip install .)
   python3-venv        # virtual environments with pip (scripts/python_test.sh, bench/compare.sh's peers)
 )
+BENCH_PACKAGES=(
+  gnuplot-nox         # the PNG/SVG plots of llmdd_bench --plot and bench/compare.sh (no X needed)
+  iperf3              # bench/compare.sh's loopback TCP reference (family iperf3)
+)
 
 usage() {
-  echo "usage: setup.sh [build|test|fuzz|ucx|python|all]...  (no argument: build test fuzz)" >&2
+  echo "usage: setup.sh [build|test|fuzz|ucx|python|bench|all]...  (no argument: build test fuzz)" >&2
 }
 
 # Purposes in the order their packages are checked; each adds what it needs
 # beyond the purposes before it. test, fuzz, ucx and python all build the
 # library, so they include build; test runs the Python package's tests too
-# (scripts/test.sh), so it includes python.
+# (scripts/test.sh), so it includes python; bench/compare.sh measures UCX
+# (ucx_perftest) and the Python peers as references, so bench includes ucx
+# and python.
 purposes=()
 add_purpose() {
   local p
@@ -66,7 +75,8 @@ for arg in "$@"; do
     build) add_purpose build ;;
     test) add_purpose build; add_purpose test; add_purpose python ;;
     fuzz | ucx | python) add_purpose build; add_purpose "$arg" ;;
-    all) for p in build test fuzz ucx python; do add_purpose "$p"; done ;;
+    bench) for p in build ucx python bench; do add_purpose "$p"; done ;;
+    all) for p in build test fuzz ucx python bench; do add_purpose "$p"; done ;;
     -h | --help) usage; exit 0 ;;
     *)
       echo "setup.sh: unknown purpose '$arg'" >&2
@@ -83,6 +93,7 @@ packages_of() {  # <purpose>: prints its packages, one a line
     fuzz) printf '%s\n' "${FUZZ_PACKAGES[@]}" ;;
     ucx) printf '%s\n' "${UCX_PACKAGES[@]}" ;;
     python) printf '%s\n' "${PYTHON_PACKAGES[@]}" ;;
+    bench) printf '%s\n' "${BENCH_PACKAGES[@]}" ;;
   esac
 }
 

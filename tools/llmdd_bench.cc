@@ -347,7 +347,7 @@ void Usage(FILE *out) {
           "  a table on stdout (or JSON lines with --json); notes and headers go to stderr with --json.\n"
           "  A progress line goes to stderr, never stdout: on a terminal by default, rewritten in place\n"
           "  at most once a second from 2 s into the run (shorter runs stay quiet).\n"
-          "  --plot FILE.png      draw the run's figures with gnuplot (apt-get install gnuplot-nox; FILE.svg: SVG):\n"
+          "  --plot FILE.png      draw the run's figures with gnuplot (scripts/setup.sh bench; FILE.svg: SVG):\n"
           "                       engine, memcpy, kv: GB/s vs descriptor size (kv: vs blocks per call) in FILE, and\n"
           "                         time per call (p50 solid, p99 dashed) vs the same in FILE-latency.png;\n"
           "                       cma, pingpong, async, notify, mixed, peers: bars of each latency's p50 and p99\n"
@@ -4973,7 +4973,7 @@ bool CheckPlot(const Options &opt, Reporter &rep) {
     return false;
   }
   if (!HaveProgram("gnuplot")) {
-    rep.Note("plot: gnuplot is not installed (apt-get install gnuplot-nox, as root); this run writes no plot");
+    rep.Note("plot: gnuplot is not installed (bash scripts/setup.sh bench); this run writes no plot");
     return false;
   }
   const size_t slash = opt.plot.rfind('/');

@@ -78,6 +78,7 @@ inline std::string StatusName(uint32_t s) {
     case adxl::ALREADY_CONNECTED: return "ALREADY_CONNECTED";
     case adxl::NOTIFY_FAILED: return "NOTIFY_FAILED";
     case adxl::UNSUPPORTED: return "UNSUPPORTED";
+    case adxl::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
     case adxl::FAILED: return "FAILED";
     default: return "status(" + std::to_string(s) + ")";
   }
