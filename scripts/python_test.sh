@@ -55,15 +55,15 @@ if [[ "${LLMDD_PYTHON_FROM_SOURCE:-0}" != 1 && -f "$BUILD_DIR/CMakeCache.txt" ]]
     fail "building llm_datadist in $BUILD_DIR"
   LIB=$(ls "$BUILD_DIR"/src/libllm_datadist.so.*.* 2>/dev/null | head -n 1)
   [[ -n "$LIB" ]] || fail "no $BUILD_DIR/src/libllm_datadist.so.<version> after building it"
-  PIP_DEFINES=(-C "cmake.define.LLMDD_PYTHON_LIBRARY=$LIB")
+  PIP_DEFINES=(--config-settings="cmake.define.LLMDD_PYTHON_LIBRARY=$LIB")
 else
-  PIP_DEFINES=(-C "cmake.define.LLMDD_PYTHON_LIBRARY=")
+  PIP_DEFINES=(--config-settings="cmake.define.LLMDD_PYTHON_LIBRARY=")
 fi
-LIB_NOTE=${PIP_DEFINES[1]#*=}
+LIB_NOTE=${PIP_DEFINES[0]#*LLMDD_PYTHON_LIBRARY=}
 [[ -n "$LIB_NOTE" ]] && LIB_NOTE="bundling $LIB_NOTE" || LIB_NOTE="the library built from source"
 echo "==> pip install . (the llm_datadist and hixl packages; CMake build in $BUILD_DIR/python/wheel-build; $LIB_NOTE)"
 "$PY" -m pip install --disable-pip-version-check --no-build-isolation \
-  -C build-dir="$BUILD_DIR/python/wheel-build" "${PIP_DEFINES[@]}" . >"$BUILD_DIR/python/pip-install.log" 2>&1 || {
+  --config-settings=build-dir="$BUILD_DIR/python/wheel-build" "${PIP_DEFINES[@]}" . >"$BUILD_DIR/python/pip-install.log" 2>&1 || {
   tail -n 60 "$BUILD_DIR/python/pip-install.log" >&2
   fail "pip install . (the whole log: $BUILD_DIR/python/pip-install.log)"
 }
