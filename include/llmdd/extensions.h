@@ -103,41 +103,35 @@ inline bool ReadAccessMarker(const uint8_t *area, size_t offset, RemoteAccess *a
   return true;
 }
 
-inline void SetRemoteAccess(adxl::MemDesc &mem, RemoteAccess access) {
-  uint8_t *m = ExtensionArea(mem) + kAccessOffset;
-  m[0] = kMarker0;
-  m[1] = kMarker1;
-  m[2] = kMarker2;
-  m[3] = static_cast<uint8_t>(access);
-}
-inline void SetRemoteAccess(hixl::MemDesc &mem, RemoteAccess access) {
-  uint8_t *m = ExtensionArea(mem) + kAccessOffset;
-  m[0] = kMarker0;
-  m[1] = kMarker1;
-  m[2] = kMarker2;
-  m[3] = static_cast<uint8_t>(access);
-}
-inline void SetRemoteAccess(llm_datadist::RegisterCfg &cfg, RemoteAccess access) {
-  uint8_t *m = ExtensionArea(cfg) + kAccessOffset;
+// Writes the marker for `access` into a 128-byte area.
+inline void WriteAccessMarker(uint8_t *area, RemoteAccess access) {
+  uint8_t *m = area + kAccessOffset;
   m[0] = kMarker0;
   m[1] = kMarker1;
   m[2] = kMarker2;
   m[3] = static_cast<uint8_t>(access);
 }
 
+inline void SetRemoteAccess(adxl::MemDesc &mem, RemoteAccess access) { WriteAccessMarker(ExtensionArea(mem), access); }
+inline void SetRemoteAccess(hixl::MemDesc &mem, RemoteAccess access) { WriteAccessMarker(ExtensionArea(mem), access); }
+inline void SetRemoteAccess(llm_datadist::RegisterCfg &cfg, RemoteAccess access) {
+  WriteAccessMarker(ExtensionArea(cfg), access);
+}
+
 // Reads the marker back (either place); returns false when none is set (use
 // the default, read-write).
+// True when `area` holds a marker in either place (the current one first).
+inline bool ReadAccessMarkerAnywhere(const uint8_t *area, RemoteAccess *access) {
+  return ReadAccessMarker(area, kAccessOffset, access) || ReadAccessMarker(area, kLegacyAccessOffset, access);
+}
 inline bool GetRemoteAccess(const adxl::MemDesc &mem, RemoteAccess *access) {
-  return ReadAccessMarker(ExtensionArea(mem), kAccessOffset, access) ||
-         ReadAccessMarker(ExtensionArea(mem), kLegacyAccessOffset, access);
+  return ReadAccessMarkerAnywhere(ExtensionArea(mem), access);
 }
 inline bool GetRemoteAccess(const hixl::MemDesc &mem, RemoteAccess *access) {
-  return ReadAccessMarker(ExtensionArea(mem), kAccessOffset, access) ||
-         ReadAccessMarker(ExtensionArea(mem), kLegacyAccessOffset, access);
+  return ReadAccessMarkerAnywhere(ExtensionArea(mem), access);
 }
 inline bool GetRemoteAccess(const llm_datadist::RegisterCfg &cfg, RemoteAccess *access) {
-  return ReadAccessMarker(ExtensionArea(cfg), kAccessOffset, access) ||
-         ReadAccessMarker(ExtensionArea(cfg), kLegacyAccessOffset, access);
+  return ReadAccessMarkerAnywhere(ExtensionArea(cfg), access);
 }
 
 // ---- Per-request deadline (TransferArgs) ----

@@ -15,8 +15,6 @@
 #define ITEST_USE_GTEST
 #include "process_util.h"
 
-#include <time.h>
-
 #include <set>
 
 #include "llmdd/extensions.h"
@@ -370,12 +368,7 @@ TEST_P(AsyncTest, ATightPollingLoopSleepsInsteadOfSpinning) {
   adxl::TransferReq req = nullptr;
   ASSERT_ST(adxl::SUCCESS, engine_.TransferAsync(peer->engine(), adxl::READ, {{local.addr(), rr.addr, 1u << 20}},
                                                  args, req));
-  auto thread_cpu_ns = [] {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-  };
-  const int64_t cpu0 = thread_cpu_ns();
+  const int64_t cpu0 = ThreadCpuNs();
   const auto t0 = Clock::now();
   adxl::TransferStatus status = adxl::TransferStatus::WAITING;
   uint32_t ret = adxl::SUCCESS;
@@ -386,7 +379,7 @@ TEST_P(AsyncTest, ATightPollingLoopSleepsInsteadOfSpinning) {
       ++queries;
   }
   const int64_t wall_ms = MsSince(t0);
-  const double cpu_ms = static_cast<double>(thread_cpu_ns() - cpu0) / 1e6;
+  const double cpu_ms = static_cast<double>(ThreadCpuNs() - cpu0) / 1e6;
   peer->Continue();
   EXPECT_ST(adxl::TIMEOUT, ret);
   EXPECT_EQ("TIMEOUT", Name(status));

@@ -507,12 +507,7 @@ TEST_P(HixlTest, ATightBulkPollingLoopSleepsInsteadOfSpinning) {
   llmdd_ext::SetTransferTimeout(args, 400);
   hixl::TransferReq req = nullptr;
   ASSERT_ST(hixl::SUCCESS, hixl_.TransferAsync(peer->engine(), hixl::READ, {{local.addr(), rr.addr, 1u << 20}}, args, req));
-  auto thread_cpu_ns = [] {
-    timespec ts{};
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-  };
-  const int64_t cpu0 = thread_cpu_ns();
+  const int64_t cpu0 = ThreadCpuNs();
   const auto t0 = Clock::now();
   std::vector<hixl::TransferResult> results;
   uint64_t queries = 0;
@@ -525,7 +520,7 @@ TEST_P(HixlTest, ATightBulkPollingLoopSleepsInsteadOfSpinning) {
     }
   }
   const int64_t wall_ms = MsSince(t0);
-  const double cpu_ms = static_cast<double>(thread_cpu_ns() - cpu0) / 1e6;
+  const double cpu_ms = static_cast<double>(ThreadCpuNs() - cpu0) / 1e6;
   peer->Continue();
   std::printf("bulk polling: %.1f ms of CPU in %lld ms, %llu queries\n", cpu_ms, static_cast<long long>(wall_ms),
               static_cast<unsigned long long>(queries));

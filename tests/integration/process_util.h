@@ -66,6 +66,13 @@ inline int64_t MsSince(Clock::time_point t0) {
 
 inline void SleepMs(int64_t ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
+// CPU time the calling thread has used, in ns (how busy a polling loop was).
+inline int64_t ThreadCpuNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
 // ---------------------------------------------------------------------------------
 // Status names (for readable assertion messages)
 // ---------------------------------------------------------------------------------
