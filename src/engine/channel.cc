@@ -93,7 +93,17 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   peer.lanes = channel->lanes_.get();
   if (forward_same_host) peer.same_host = channel->server_process_;
   peer.write_hold = (ack.capabilities & wire::kCapWriteHold) != 0;
-  channel->lanes_->SetLinks(params.transports->Connect(peer, ack.transports, deadline));
+  std::vector<std::shared_ptr<TransportLink>> links = params.transports->Connect(peer, ack.transports, deadline);
+  if (params.config.transport == EngineConfig::Transport::kUcx) {
+    if (!TransportSet::HasLink(links, "ucx")) {
+      *error = "llmdd.Transport=ucx but " + params.remote_id + " did not advertise ucx (run it with llmdd.Transport=ucx)";
+      for (auto &link : links) link->Shutdown();
+      channel->Close(Deadline::AfterMs(200));
+      return adxl::FAILED;
+    }
+    LOG_INFO("connected to %s: transfers go over ucx", params.remote_id.c_str());
+  }
+  channel->lanes_->SetLinks(std::move(links));
   // Data lanes open when a transfer first needs them and close after they sat
   // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.
   channel->lanes_->AddLazyLanes(params.config.tcp_connections);

@@ -15,6 +15,9 @@
 #include "common/threads.h"
 #include "transport/tcp/tcp_stream.h"
 #include "transport/fault_injection.h"
+#ifdef LLMDD_HAVE_UCX
+#include "transport/ucx/ucx_transport.h"
+#endif
 
 namespace llmdd {
 namespace {
@@ -133,8 +136,21 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
   }
   Reactor::Options event_options;
   event_options.max_threads = config_.event_threads;
-  reactor_ = std::make_unique<Reactor>(event_options);
   std::string error;
+  transports_.Remove("ucx");
+#ifdef LLMDD_HAVE_UCX
+  if (config_.transport == EngineConfig::Transport::kUcx) {
+    auto ucx = UcxTransport::Create(&error);
+    if (ucx == nullptr) {
+      LOG_ERROR("engine %s: llmdd.Transport=ucx but UCX cannot start: %s", identity.c_str(), error.c_str());
+      workers_.reset();
+      return adxl::FAILED;
+    }
+    transports_.Add(std::move(ucx));
+    LOG_INFO("engine %s: transport ucx (llmdd.Transport=ucx): every peer is reached over UCX", identity.c_str());
+  }
+#endif
+  reactor_ = std::make_unique<Reactor>(event_options);
   if (!reactor_->Start(&error)) {
     LOG_ERROR("engine %s: %s", identity.c_str(), error.c_str());
     reactor_.reset();
@@ -298,6 +314,7 @@ void Engine::Finalize() {
   const std::vector<TransportRegion> regions = registry_.Regions();
   registry_.Clear();
   for (const TransportRegion &region : regions) transports_.DeregisterMemory(region);
+  transports_.Remove("ucx");  // its worker and progress thread end with the last link
   workers_.reset();
   LOG_INFO("engine %s finalized", local_id_.c_str());
 }

@@ -205,8 +205,15 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         config->transport = EngineConfig::Transport::kTcp;
       } else if (value == "shm" || value == "same-host") {
         config->transport = EngineConfig::Transport::kSameHost;
+      } else if (value == "ucx") {
+#ifdef LLMDD_HAVE_UCX
+        config->transport = EngineConfig::Transport::kUcx;
+#else
+        *error = std::string("option ") + kOptTransport + "=ucx: this library was built without UCX (LLMDD_WITH_UCX)";
+        return adxl::PARAM_INVALID;
+#endif
       } else {
-        *error = std::string("option ") + kOptTransport + "='" + value + "' must be auto, tcp or shm";
+        *error = std::string("option ") + kOptTransport + "='" + value + "' must be auto, tcp, shm or ucx";
         return adxl::PARAM_INVALID;
       }
     } else if (key == kOptAuthSecret) {

@@ -50,11 +50,13 @@ struct EngineConfig {
   uint32_t idle_lane_close_ms = 30000;  // llmdd.IdleLaneCloseMs [100, 86400000]
   uint32_t handshake_timeout_ms = 5000; // server side: a new connection must say Hello within this
   // llmdd.Transport: how data moves between engines on one host.
-  enum class Transport { kAuto, kTcp, kSameHost } transport = Transport::kAuto;
+  enum class Transport { kAuto, kTcp, kSameHost, kUcx } transport = Transport::kAuto;
   // `auto` uses the same-host path wherever the handshake verifies it (the
   // peer process holds the other end of the connection and its memory is
-  // reachable); `shm` requires it; `tcp` never uses it.
-  bool SameHostAllowed() const { return transport != Transport::kTcp; }
+  // reachable); `shm` requires it; `tcp` never uses it. `ucx` (built with
+  // UCX only, docs/UCX.md) runs the UCX transport and requires it for every
+  // peer; `auto` never chooses UCX yet.
+  bool SameHostAllowed() const { return transport != Transport::kTcp && transport != Transport::kUcx; }
   // llmdd.BusyPollUs: spin-then-block of small reads [0, 10000] µs; process-wide,
   // applied only when given (-1: leave the current setting, 50 µs by default).
   int32_t busy_poll_us = -1;

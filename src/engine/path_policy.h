@@ -98,6 +98,11 @@ inline int PathRank(const TransportCaps &caps, adxl::TransferOp op, uint64_t tot
   const std::string_view name(caps.name);
   if (name == "fake") return 0;
   if (name == "shm") return SameHostPays(op, total_bytes, count) || OneSidedReadFits(op, total_bytes, count) ? 10 : -1;
+  // UCX runs only where llmdd.Transport=ucx asked for it (docs/UCX.md): then
+  // it takes everything, before the others. Under `auto` no engine runs it
+  // yet: over TCP our own transport is faster (docs/PERFORMANCE.md), and on
+  // RDMA hardware the rule (which sizes pay) is still to be measured.
+  if (name == "ucx") return 5;
   if (name == "tcp") return 100;
   return 50;
 }

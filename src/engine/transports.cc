@@ -13,6 +13,19 @@ TransportSet::TransportSet() {
   transports_.push_back(std::make_shared<SameHostTransport>());
 }
 
+void TransportSet::Remove(const char *name) {
+  for (auto it = transports_.begin(); it != transports_.end();) {
+    it = strcmp((*it)->Caps().name, name) == 0 ? transports_.erase(it) : it + 1;
+  }
+}
+
+bool TransportSet::HasLink(const std::vector<std::shared_ptr<TransportLink>> &links, const char *name) {
+  for (const auto &link : links) {
+    if (link != nullptr && strcmp(link->Caps().name, name) == 0) return true;
+  }
+  return false;
+}
+
 std::vector<wire::TransportAd> TransportSet::Advertisement() const {
   std::vector<wire::TransportAd> ads;
   for (const auto &transport : transports_) {

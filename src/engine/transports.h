@@ -20,6 +20,11 @@ class TransportSet {
   TransportSet();
   // Adds a transport (tests: a fake); before the engine connects to anyone.
   void Add(std::shared_ptr<Transport> transport) { transports_.push_back(std::move(transport)); }
+  // Drops the transport named `name` (the engine's optional ones, between a
+  // Finalize and the next Initialize).
+  void Remove(const char *name);
+  // Whether one of `links` is of the transport named `name`.
+  static bool HasLink(const std::vector<std::shared_ptr<TransportLink>> &links, const char *name);
   // What this engine advertises in its Hello / HelloAck: each transport with
   // metadata (TCP and the same-host path have none).
   std::vector<wire::TransportAd> Advertisement() const;

@@ -112,7 +112,8 @@ void CheckOptions(const std::vector<std::string> &fields) {
   FUZZ_CHECK(config.peer_timeout_ms > config.heartbeat_interval_ms, "peer timeout <= heartbeat");
   FUZZ_CHECK(config.auth_secret.size() <= 4096, "secret of %zu bytes", config.auth_secret.size());
   FUZZ_CHECK(config.transport == EngineConfig::Transport::kAuto || config.transport == EngineConfig::Transport::kTcp ||
-                 config.transport == EngineConfig::Transport::kSameHost,
+                 config.transport == EngineConfig::Transport::kSameHost ||
+                 config.transport == EngineConfig::Transport::kUcx,
              "transport %d", static_cast<int>(config.transport));
 }
 

@@ -19,6 +19,9 @@
 #include "engine/transfer_request.h"
 #include "engine/worker_pool.h"
 #include "loopback_util.h"
+#ifdef LLMDD_HAVE_UCX
+#include "transport/ucx/ucx_transport.h"
+#endif
 
 namespace llmdd {
 namespace {
@@ -274,6 +277,101 @@ TEST(EngineOnTheFakeTransport, TransfersTakeTheFakeAndRegistrationsReachIt) {
   EXPECT_EQ(client.TransferSync(server_id, adxl::READ, &desc, 1, 3000), adxl::PARAM_INVALID);
   EXPECT_EQ(client.Disconnect(server_id, 3000), adxl::SUCCESS);
 }
+
+#ifdef LLMDD_HAVE_UCX
+// The same contract over UCX (llmdd.Transport=ucx on both engines): bytes of
+// READs and WRITEs, batches of many descriptors completed by one flush, ranges
+// outside a registration and against its rights refused, and a READ after
+// DeregisterMem returned refused. ctest runs it under UCX_TLS=tcp and
+// UCX_TLS=sm as well (tests/CMakeLists.txt).
+class UcxEngines : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_id_ = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+    ASSERT_EQ(server_.Initialize(server_id_, {{"llmdd.Transport", "ucx"}}), adxl::SUCCESS);
+    ASSERT_EQ(client_.Initialize("127.0.0.1", {{"llmdd.Transport", "ucx"}}), adxl::SUCCESS);
+  }
+  adxl::TransferOpDesc Desc(const std::vector<char> &local, const std::vector<char> &remote, size_t off = 0,
+                            size_t len = 0) {
+    return {reinterpret_cast<uintptr_t>(local.data()) + off, reinterpret_cast<uintptr_t>(remote.data()) + off,
+            len != 0 ? len : local.size()};
+  }
+  std::string server_id_;
+  Engine server_, client_;
+};
+
+TEST_F(UcxEngines, ReadAndWriteMoveTheBytesOfRegisteredMemoryOnly) {
+  std::vector<char> remote(1 << 20), local(1 << 20, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 11 + 3);
+  uint64_t handle = 0;
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(client_.Connect(server_id_, 3000), adxl::SUCCESS);
+  adxl::TransferOpDesc desc = Desc(local, remote);
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::READ, &desc, 1, 5000), adxl::SUCCESS);
+  EXPECT_EQ(local, remote);
+  // WRITE back a changed pattern.
+  for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<char>(i * 7 + 1);
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::WRITE, &desc, 1, 5000), adxl::SUCCESS);
+  EXPECT_EQ(local, remote);
+  // A batch of 256 x 4 KiB descriptors: posted together, one flush.
+  std::vector<char> scattered(1 << 20, 0);
+  std::vector<adxl::TransferOpDesc> batch;
+  for (size_t i = 0; i < 256; ++i) batch.push_back(Desc(scattered, remote, i * 4096, 4096));
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::READ, batch.data(), batch.size(), 5000), adxl::SUCCESS);
+  EXPECT_EQ(scattered, remote);
+  // Outside the registration: no key covers it, PARAM_INVALID, nothing moved.
+  adxl::TransferOpDesc outside{reinterpret_cast<uintptr_t>(local.data()),
+                               reinterpret_cast<uintptr_t>(remote.data()) + remote.size() - 8, 16};
+  EXPECT_EQ(client_.TransferSync(server_id_, adxl::READ, &outside, 1, 3000), adxl::PARAM_INVALID);
+  // Deregistered: a READ after DeregisterMem returned is refused.
+  ASSERT_EQ(server_.DeregisterMem(handle), adxl::SUCCESS);
+  EXPECT_EQ(client_.TransferSync(server_id_, adxl::READ, &desc, 1, 3000), adxl::PARAM_INVALID);
+  EXPECT_EQ(client_.Disconnect(server_id_, 3000), adxl::SUCCESS);
+}
+
+TEST_F(UcxEngines, AccessRightsOfTheRegistrationAreKept) {
+  std::vector<char> readable(64 << 10, 'r'), writable(64 << 10, 'w'), local(64 << 10, 'l');
+  uint64_t ro = 0, wo = 0;
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(readable.data()), readable.size(), adxl::MEM_HOST, &ro,
+                                kAccessRead),
+            adxl::SUCCESS);
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(writable.data()), writable.size(), adxl::MEM_HOST, &wo,
+                                kAccessWrite),
+            adxl::SUCCESS);
+  ASSERT_EQ(client_.Connect(server_id_, 3000), adxl::SUCCESS);
+  adxl::TransferOpDesc to_ro = Desc(local, readable), to_wo = Desc(local, writable);
+  EXPECT_EQ(client_.TransferSync(server_id_, adxl::WRITE, &to_ro, 1, 3000), adxl::PARAM_INVALID);
+  EXPECT_EQ(readable, std::vector<char>(readable.size(), 'r'));
+  EXPECT_EQ(client_.TransferSync(server_id_, adxl::READ, &to_wo, 1, 3000), adxl::PARAM_INVALID);
+  EXPECT_EQ(local, std::vector<char>(local.size(), 'l'));
+  EXPECT_EQ(client_.TransferSync(server_id_, adxl::READ, &to_ro, 1, 3000), adxl::SUCCESS);
+  EXPECT_EQ(local, readable);
+  EXPECT_EQ(client_.TransferSync(server_id_, adxl::WRITE, &to_wo, 1, 3000), adxl::SUCCESS);
+  EXPECT_EQ(writable, readable);
+}
+
+TEST_F(UcxEngines, APeerWithoutUcxIsRefusedAtConnect) {
+  Engine plain;
+  const std::string plain_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  ASSERT_EQ(plain.Initialize(plain_id, {{"llmdd.Transport", "tcp"}}), adxl::SUCCESS);
+  EXPECT_EQ(client_.Connect(plain_id, 3000), adxl::FAILED);
+}
+
+TEST_F(UcxEngines, ADeadPeerIsAnErrorWithinTheTimeout) {
+  std::vector<char> remote(1 << 20, 'x'), local(1 << 20, 0);
+  uint64_t handle = 0;
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(client_.Connect(server_id_, 3000), adxl::SUCCESS);
+  adxl::TransferOpDesc desc = Desc(local, remote);
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::READ, &desc, 1, 5000), adxl::SUCCESS);
+  server_.Finalize();
+  const auto t0 = Clock::now();
+  EXPECT_NE(client_.TransferSync(server_id_, adxl::READ, &desc, 1, 1000), adxl::SUCCESS);
+  EXPECT_LT(MsSince(t0), 2500);
+}
+#endif  // LLMDD_HAVE_UCX
 
 }  // namespace
 }  // namespace llmdd

@@ -1,0 +1,740 @@
+#include "transport/ucx/ucx_transport.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstring>
+
+#include "common/log.h"
+#include "engine/memory_registry.h"
+#include "engine/transfer_request.h"
+
+namespace llmdd {
+namespace {
+
+using Clock = Deadline::Clock;
+
+// Active message ids of the key protocol (both ends run this file).
+constexpr unsigned kAmKeyRequest = 0x4c44;  // "LD"
+constexpr unsigned kAmKeyReply = 0x4c45;
+
+// Key request: requester -> owner, sent with UCP_AM_SEND_FLAG_REPLY.
+struct KeyRequestMsg {
+  uint64_t token;
+  uint64_t addr;
+  uint64_t len;
+  uint32_t rights;  // kAccessRead or kAccessWrite
+  uint32_t reserved;
+};
+// Key reply: owner -> requester, followed by rkey_len bytes of packed rkey.
+struct KeyReplyHead {
+  uint64_t token;
+  uint32_t status;    // adxl::Status
+  uint32_t lease_ms;
+  uint64_t addr;      // the registered region holding the range
+  uint64_t len;
+  uint32_t access;
+  uint32_t rkey_len;
+};
+
+bool Covers(uintptr_t addr, uint64_t len, uintptr_t at, uint64_t n) {
+  return at >= addr && n <= len && at - addr <= len - n;
+}
+
+void ReleaseOwned(void *request, ucs_status_t status, void *user_data) {
+  (void)status;
+  delete static_cast<std::string *>(user_data);
+  ucp_request_free(request);
+}
+
+// Sends `msg` as the data of active message `id`; the buffer lives until UCX is done with it.
+ucs_status_t SendOwned(ucp_ep_h ep, unsigned id, std::string msg, uint32_t flags) {
+  auto *owned = new std::string(std::move(msg));
+  ucp_request_param_t param;
+  memset(&param, 0, sizeof(param));
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.cb.send = ReleaseOwned;
+  param.user_data = owned;
+  param.flags = flags;
+  ucs_status_ptr_t sent = ucp_am_send_nbx(ep, id, nullptr, 0, owned->data(), owned->size(), &param);
+  if (sent == nullptr) {
+    delete owned;
+    return UCS_OK;
+  }
+  if (UCS_PTR_IS_ERR(sent)) {
+    delete owned;
+    return UCS_PTR_STATUS(sent);
+  }
+  return UCS_OK;  // ReleaseOwned frees it
+}
+
+}  // namespace
+
+// One UCP context and worker per engine, shared by its transport and links.
+class UcxCore {
+ public:
+  struct Served {
+    uintptr_t addr;
+    uint64_t len;
+    uint32_t access;
+    ucp_mem_h memh;
+    std::string rkey;
+    Clock::time_point leased_until{};
+    bool retired = false;  // being deregistered: no key is granted any more
+  };
+  struct Pending {
+    bool done = false;
+    KeyReplyHead head{};
+    std::string rkey;
+  };
+
+  static std::shared_ptr<UcxCore> Create(std::string *error);
+  ~UcxCore();
+
+  // Under mutex: progresses until the worker has nothing more to do (bounded).
+  unsigned ProgressLocked() {
+    unsigned total = 0;
+    for (int i = 0; i < 64; ++i) {
+      const unsigned n = ucp_worker_progress(worker);
+      if (n == 0) break;
+      total += n;
+    }
+    return total;
+  }
+  // Under mutex: waits (progressing) for `request` to end, at most until `until`.
+  // Returns its status (UCS_INPROGRESS when it did not end; it is still owned by the caller).
+  ucs_status_t WaitLocked(std::unique_lock<std::mutex> &lock, void *request, Clock::time_point until);
+
+  std::mutex mutex;  // every call on the worker; the state below
+  ucp_context_h context = nullptr;
+  ucp_worker_h worker = nullptr;
+  std::string address;
+  std::vector<std::unique_ptr<Served>> served;
+  std::map<uint64_t, Pending> pending;
+  uint64_t next_token = 1;
+  std::atomic<uint64_t> granted{0};
+
+ private:
+  void ProgressLoop();
+  static ucs_status_t OnKeyRequest(void *arg, const void *header, size_t header_length, void *data, size_t length,
+                                   const ucp_am_recv_param_t *param);
+  static ucs_status_t OnKeyReply(void *arg, const void *header, size_t header_length, void *data, size_t length,
+                                 const ucp_am_recv_param_t *param);
+  std::thread progress_;
+  std::atomic<bool> stop_{false};
+};
+
+std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
+  auto core = std::make_shared<UcxCore>();
+  ucp_config_t *config = nullptr;
+  ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
+  if (status != UCS_OK) {
+    *error = std::string("ucp_config_read: ") + ucs_status_string(status);
+    return nullptr;
+  }
+  ucp_params_t params;
+  memset(&params, 0, sizeof(params));
+  params.field_mask = UCP_PARAM_FIELD_FEATURES;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM;
+  status = ucp_init(&params, config, &core->context);
+  ucp_config_release(config);
+  if (status != UCS_OK) {
+    core->context = nullptr;
+    *error = std::string("ucp_init: ") + ucs_status_string(status);
+    return nullptr;
+  }
+  ucp_worker_params_t worker_params;
+  memset(&worker_params, 0, sizeof(worker_params));
+  worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  worker_params.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // our mutex serializes every call
+  status = ucp_worker_create(core->context, &worker_params, &core->worker);
+  if (status != UCS_OK) {
+    core->worker = nullptr;
+    *error = std::string("ucp_worker_create: ") + ucs_status_string(status);
+    return nullptr;
+  }
+  ucp_address_t *address = nullptr;
+  size_t address_len = 0;
+  status = ucp_worker_get_address(core->worker, &address, &address_len);
+  if (status != UCS_OK) {
+    *error = std::string("ucp_worker_get_address: ") + ucs_status_string(status);
+    return nullptr;
+  }
+  core->address.assign(reinterpret_cast<const char *>(address), address_len);
+  ucp_worker_release_address(core->worker, address);
+  const std::pair<unsigned, ucp_am_recv_callback_t> handlers[] = {{kAmKeyRequest, &UcxCore::OnKeyRequest},
+                                                                  {kAmKeyReply, &UcxCore::OnKeyReply}};
+  for (const auto &h : handlers) {
+    ucp_am_handler_param_t handler;
+    memset(&handler, 0, sizeof(handler));
+    handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG;
+    handler.id = h.first;
+    handler.cb = h.second;
+    handler.arg = core.get();
+    status = ucp_worker_set_am_recv_handler(core->worker, &handler);
+    if (status != UCS_OK) {
+      *error = std::string("ucp_worker_set_am_recv_handler: ") + ucs_status_string(status);
+      return nullptr;
+    }
+  }
+  try {
+    core->progress_ = std::thread([raw = core.get()] { raw->ProgressLoop(); });
+  } catch (const std::exception &e) {
+    *error = std::string("cannot start the UCX progress thread: ") + e.what();
+    return nullptr;
+  }
+  return core;
+}
+
+UcxCore::~UcxCore() {
+  stop_.store(true);
+  if (progress_.joinable()) progress_.join();
+  for (auto &region : served) {
+    if (region->memh != nullptr) ucp_mem_unmap(context, region->memh);
+  }
+  served.clear();
+  if (worker != nullptr) ucp_worker_destroy(worker);
+  if (context != nullptr) ucp_cleanup(context);
+}
+
+// Serves the peers: UCX over TCP (and other transports without hardware RMA)
+// completes a peer's GET and PUT only when this worker progresses, and key
+// requests are answered here. Spins briefly after work, then sleeps in growing
+// steps up to 1 ms while idle.
+void UcxCore::ProgressLoop() {
+  int idle = 0;
+  while (!stop_.load(std::memory_order_relaxed)) {
+    unsigned done;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      done = ProgressLocked();
+    }
+    if (done > 0) {
+      idle = 0;
+      continue;
+    }
+    ++idle;
+    if (idle < 64) {
+      std::this_thread::yield();
+    } else {
+      const int step = std::min(idle - 63, 50);  // 20 µs steps, 1 ms at most
+      std::this_thread::sleep_for(std::chrono::microseconds(20 * step));
+    }
+  }
+}
+
+ucs_status_t UcxCore::WaitLocked(std::unique_lock<std::mutex> &lock, void *request, Clock::time_point until) {
+  (void)lock;
+  for (;;) {
+    const ucs_status_t status = ucp_request_check_status(request);
+    if (status != UCS_INPROGRESS) return status;
+    if (Clock::now() >= until) return UCS_INPROGRESS;
+    if (ProgressLocked() == 0) {
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+    }
+  }
+}
+
+ucs_status_t UcxCore::OnKeyRequest(void *arg, const void *header, size_t header_length, void *data, size_t length,
+                                   const ucp_am_recv_param_t *param) {
+  (void)header;
+  (void)header_length;
+  auto *core = static_cast<UcxCore *>(arg);
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 || length != sizeof(KeyRequestMsg) ||
+      (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) == 0 || param->reply_ep == nullptr) {
+    LOG_WARN("ucx: ignored a malformed key request (%zu bytes)", length);
+    return UCS_OK;
+  }
+  KeyRequestMsg req;
+  memcpy(&req, data, sizeof(req));
+  KeyReplyHead head;
+  memset(&head, 0, sizeof(head));
+  head.token = req.token;
+  head.status = adxl::PARAM_INVALID;
+  const Served *found = nullptr;
+  if ((req.rights == kAccessRead || req.rights == kAccessWrite) && req.len > 0) {
+    for (auto &region : core->served) {
+      if (region->retired || (region->access & req.rights) != req.rights) continue;
+      if (!Covers(region->addr, region->len, static_cast<uintptr_t>(req.addr), req.len)) continue;
+      region->leased_until = std::max(region->leased_until, Clock::now() + std::chrono::milliseconds(kUcxKeyLeaseMs));
+      found = region.get();
+      break;
+    }
+  }
+  std::string reply(sizeof(head), '\0');
+  if (found != nullptr) {
+    head.status = adxl::SUCCESS;
+    head.lease_ms = kUcxKeyLeaseMs;
+    head.addr = found->addr;
+    head.len = found->len;
+    head.access = found->access;
+    head.rkey_len = static_cast<uint32_t>(found->rkey.size());
+    reply += found->rkey;
+    core->granted.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    LOG_DEBUG("ucx: no key for [0x%" PRIx64 ", +%" PRIu64 ") (%s): not registered so", req.addr, req.len,
+              req.rights == kAccessWrite ? "remote writes" : "remote reads");
+  }
+  memcpy(&reply[0], &head, sizeof(head));
+  const ucs_status_t sent = SendOwned(param->reply_ep, kAmKeyReply, std::move(reply), 0);
+  if (sent != UCS_OK) LOG_WARN("ucx: cannot answer a key request: %s", ucs_status_string(sent));
+  return UCS_OK;
+}
+
+ucs_status_t UcxCore::OnKeyReply(void *arg, const void *header, size_t header_length, void *data, size_t length,
+                                 const ucp_am_recv_param_t *param) {
+  (void)header;
+  (void)header_length;
+  auto *core = static_cast<UcxCore *>(arg);
+  KeyReplyHead head;
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 || length < sizeof(head)) {
+    LOG_WARN("ucx: ignored a malformed key reply (%zu bytes)", length);
+    return UCS_OK;
+  }
+  memcpy(&head, data, sizeof(head));
+  if (head.rkey_len != length - sizeof(head) || head.rkey_len > kUcxMaxRkeyBytes) {
+    LOG_WARN("ucx: ignored a key reply whose key length %u does not match its %zu bytes", head.rkey_len, length);
+    return UCS_OK;
+  }
+  auto it = core->pending.find(head.token);
+  if (it == core->pending.end()) return UCS_OK;  // its requester gave up (deadline)
+  it->second.head = head;
+  it->second.rkey.assign(static_cast<const char *>(data) + sizeof(head), head.rkey_len);
+  it->second.done = true;
+  return UCS_OK;
+}
+
+// ---------------------------------------------------------------------------
+
+const TransportCaps &UcxTransport::StaticCaps() {
+  static const TransportCaps caps = [] {
+    TransportCaps c;
+    c.name = "ucx";
+    c.read = true;
+    c.write = true;
+    c.same_host_only = false;
+    c.memory_kinds = MemoryKindBit(MemoryKind::kHost);
+    c.prompt_cancel = true;
+    c.max_parallel = 1;  // one worker per engine: parts would queue on it
+    return c;
+  }();
+  return caps;
+}
+
+std::shared_ptr<UcxTransport> UcxTransport::Create(std::string *error) {
+  auto core = UcxCore::Create(error);
+  if (core == nullptr) return nullptr;
+  if (core->address.size() > 1024) {  // wire::kMaxTransportMetadata
+    *error = "the UCX worker address is " + std::to_string(core->address.size()) +
+             " bytes, over the handshake's 1024 (narrow UCX_TLS)";
+    return nullptr;
+  }
+  LOG_INFO("ucx: transport ready (UCX %s, worker address %zu bytes)", ucp_get_version_string(), core->address.size());
+  return std::shared_ptr<UcxTransport>(new UcxTransport(std::move(core)));
+}
+
+UcxTransport::~UcxTransport() = default;
+
+std::string UcxTransport::LocalMetadata() const { return core_->address; }
+
+uint64_t UcxTransport::KeysGranted() const { return core_->granted.load(); }
+
+adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::string *remote_key, std::string *error) {
+  remote_key->clear();  // keys travel by key request, under a lease (ucx_transport.h)
+  if (region.len == 0 || region.kind != MemoryKind::kHost) return adxl::SUCCESS;  // nothing UCX reaches
+  ucp_mem_map_params_t params;
+  memset(&params, 0, sizeof(params));
+  params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_PROT;
+  params.address = reinterpret_cast<void *>(region.addr);
+  params.length = region.len;
+  // What the peer may do is what is exported: hardware that checks rkeys
+  // (InfiniBand, RoCE) refuses the other direction (docs/UCX.md, "Access rights").
+  params.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE;
+  if (region.access & kAccessRead) params.prot |= UCP_MEM_MAP_PROT_REMOTE_READ;
+  if (region.access & kAccessWrite) params.prot |= UCP_MEM_MAP_PROT_REMOTE_WRITE;
+  std::lock_guard<std::mutex> lock(core_->mutex);
+  ucp_mem_h memh = nullptr;
+  ucs_status_t status = ucp_mem_map(core_->context, &params, &memh);
+  if (status != UCS_OK) {
+    *error = std::string("ucp_mem_map: ") + ucs_status_string(status);
+    LOG_ERROR("ucx: cannot map [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
+    return adxl::FAILED;
+  }
+  void *packed = nullptr;
+  size_t packed_len = 0;
+  status = ucp_rkey_pack(core_->context, memh, &packed, &packed_len);
+  if (status != UCS_OK || packed_len > kUcxMaxRkeyBytes) {
+    if (status == UCS_OK) ucp_rkey_buffer_release(packed);
+    ucp_mem_unmap(core_->context, memh);
+    *error = status != UCS_OK ? std::string("ucp_rkey_pack: ") + ucs_status_string(status)
+                              : "the packed rkey is " + std::to_string(packed_len) + " bytes";
+    LOG_ERROR("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
+    return adxl::FAILED;
+  }
+  auto served = std::make_unique<UcxCore::Served>();
+  served->addr = region.addr;
+  served->len = region.len;
+  served->access = region.access;
+  served->memh = memh;
+  served->rkey.assign(static_cast<const char *>(packed), packed_len);
+  ucp_rkey_buffer_release(packed);
+  core_->served.push_back(std::move(served));
+  return adxl::SUCCESS;
+}
+
+void UcxTransport::DeregisterMemory(const TransportRegion &region) {
+  Clock::time_point until{};
+  UcxCore::Served *target = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    for (auto &served : core_->served) {
+      if (!served->retired && served->addr == region.addr && served->len == region.len &&
+          served->access == region.access) {
+        served->retired = true;  // no key from now on
+        until = served->leased_until;
+        target = served.get();
+        break;
+      }
+    }
+  }
+  if (target == nullptr) return;
+  // Requesters start I/O only under a lease they hold: wait the granted ones out.
+  if (Clock::now() < until) std::this_thread::sleep_until(until);
+  std::lock_guard<std::mutex> lock(core_->mutex);
+  for (auto it = core_->served.begin(); it != core_->served.end(); ++it) {
+    if (it->get() != target) continue;
+    ucp_mem_unmap(core_->context, target->memh);
+    core_->served.erase(it);
+    break;
+  }
+}
+
+std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, Deadline deadline,
+                                                     std::string *error) {
+  (void)deadline;  // the endpoint is made on the first batch, under its deadline
+  if (peer.metadata.empty()) {
+    *error = "peer " + peer.peer_name + " did not advertise ucx";
+    return nullptr;
+  }
+  return std::make_shared<UcxLink>(core_, peer.peer_name, peer.metadata);
+}
+
+// ---------------------------------------------------------------------------
+
+UcxLink::UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address)
+    : core_(std::move(core)), peer_name_(std::move(peer_name)), address_(std::move(address)) {}
+
+UcxLink::~UcxLink() {
+  std::lock_guard<std::mutex> lock(core_->mutex);
+  CloseEndpointLocked(true);
+}
+
+void UcxLink::Shutdown() {
+  shut_down_.store(true);
+  std::lock_guard<std::mutex> lock(core_->mutex);
+  CloseEndpointLocked(true);
+}
+
+void UcxLink::OnEndpointError(void *arg, ucp_ep_h ep, ucs_status_t status) {
+  auto *link = static_cast<UcxLink *>(arg);  // under the core's mutex (called from progress)
+  if (ep != link->ep_) return;
+  link->ep_failed_ = true;
+  link->ep_error_ = std::string("UCX endpoint to ") + link->peer_name_ + " failed: " + ucs_status_string(status);
+  LOG_WARN("%s", link->ep_error_.c_str());
+}
+
+ucp_ep_h UcxLink::EndpointLocked(std::string *error) {
+  if (ep_ != nullptr && ep_failed_) CloseEndpointLocked(true);
+  if (ep_ != nullptr) return ep_;
+  ucp_ep_params_t params;
+  memset(&params, 0, sizeof(params));
+  params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  params.address = reinterpret_cast<const ucp_address_t *>(address_.data());
+  params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+  params.err_handler.cb = &UcxLink::OnEndpointError;
+  params.err_handler.arg = this;
+  ucs_status_t status = ucp_ep_create(core_->worker, &params, &ep_);
+  if (status == UCS_ERR_UNREACHABLE) {
+    // UCX 1.13's shared-memory transports (posix, sysv, cma) cannot detect a
+    // dead peer, so with UCP_ERR_HANDLING_MODE_PEER none of them is selected.
+    // Without it a dead peer is still an error within the deadline: the
+    // batch's flush ends at it (TIMEOUT), and the engine's control
+    // connection declares the peer dead (heartbeats, EOF).
+    params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+    params.field_mask &= ~static_cast<uint64_t>(UCP_EP_PARAM_FIELD_ERR_HANDLER);
+    status = ucp_ep_create(core_->worker, &params, &ep_);
+    if (status == UCS_OK && !said_no_peer_errors_) {
+      said_no_peer_errors_ = true;
+      LOG_INFO("ucx: the transports reaching %s cannot report a dead peer (UCP_ERR_HANDLING_MODE_PEER); "
+               "its failures end at the deadlines and the engine's heartbeats",
+               peer_name_.c_str());
+    }
+  }
+  if (status != UCS_OK) {
+    ep_ = nullptr;
+    *error = "cannot reach " + peer_name_ + " over UCX: ucp_ep_create: " + ucs_status_string(status);
+    return nullptr;
+  }
+  ep_failed_ = false;
+  ep_error_.clear();
+  ++ep_generation_;
+  return ep_;
+}
+
+void UcxLink::CloseEndpointLocked(bool force) {
+  if (ep_ == nullptr) return;
+  ucp_ep_h ep = ep_;
+  ep_ = nullptr;
+  ucp_request_param_t param;
+  memset(&param, 0, sizeof(param));
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = force ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+  void *closing = ucp_ep_close_nbx(ep, &param);
+  if (closing != nullptr && !UCS_PTR_IS_ERR(closing)) {
+    // A forced close ends locally: every operation on the endpoint is canceled.
+    const auto until = Clock::now() + std::chrono::milliseconds(500);
+    while (ucp_request_check_status(closing) == UCS_INPROGRESS && Clock::now() < until) core_->ProgressLocked();
+    if (ucp_request_check_status(closing) == UCS_INPROGRESS)
+      LOG_WARN("ucx: closing the endpoint to %s did not end within 500 ms", peer_name_.c_str());
+    ucp_request_free(closing);
+  }
+  for (RemoteKey &key : keys_) ucp_rkey_destroy(key.rkey);
+  keys_.clear();
+  for (ucp_rkey_h key : retired_) ucp_rkey_destroy(key);
+  retired_.clear();
+}
+
+UcxLink::RemoteKey *UcxLink::FindKeyLocked(uintptr_t remote, uint64_t len, uint32_t rights) {
+  const auto usable_until = Clock::now() + std::chrono::milliseconds(kUcxKeyLeaseMarginMs);
+  for (RemoteKey &key : keys_) {
+    if (key.ep_generation == ep_generation_ && (key.access & rights) == rights && key.expiry > usable_until &&
+        Covers(key.addr, key.len, remote, len))
+      return &key;
+  }
+  return nullptr;
+}
+
+adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline, ucp_rkey_h *rkey,
+                             std::string *error) {
+  std::unique_lock<std::mutex> lock(core_->mutex);
+  if (RemoteKey *key = FindKeyLocked(remote, len, rights)) {
+    *rkey = key->rkey;
+    return adxl::SUCCESS;
+  }
+  ucp_ep_h ep = EndpointLocked(error);
+  if (ep == nullptr) return adxl::FAILED;
+  const uint64_t generation = ep_generation_;
+  const uint64_t token = core_->next_token++;
+  core_->pending[token];
+  KeyRequestMsg req;
+  memset(&req, 0, sizeof(req));
+  req.token = token;
+  req.addr = remote;
+  req.len = len;
+  req.rights = rights;
+  const auto asked = Clock::now();
+  ucs_status_t status =
+      SendOwned(ep, kAmKeyRequest, std::string(reinterpret_cast<const char *>(&req), sizeof(req)), UCP_AM_SEND_FLAG_REPLY);
+  if (status != UCS_OK) {
+    core_->pending.erase(token);
+    *error = std::string("cannot ask ") + peer_name_ + " for a UCX key: " + ucs_status_string(status);
+    return adxl::FAILED;
+  }
+  for (;;) {
+    auto it = core_->pending.find(token);
+    if (it->second.done) break;
+    if (ep_ == nullptr || ep_generation_ != generation || ep_failed_) {
+      core_->pending.erase(it);
+      *error = ep_error_.empty() ? "the UCX endpoint to " + peer_name_ + " was closed" : ep_error_;
+      return adxl::FAILED;
+    }
+    if (deadline.Expired()) {
+      core_->pending.erase(it);
+      *error = "no UCX key from " + peer_name_ + " before the deadline";
+      return adxl::TIMEOUT;
+    }
+    if (core_->ProgressLocked() == 0) {
+      lock.unlock();
+      std::this_thread::yield();
+      lock.lock();
+    }
+  }
+  auto it = core_->pending.find(token);
+  const KeyReplyHead head = it->second.head;
+  const std::string packed = std::move(it->second.rkey);
+  core_->pending.erase(it);
+  if (head.status != adxl::SUCCESS) {
+    *error = "range [0x" + [&] {
+      char buf[32];
+      snprintf(buf, sizeof(buf), "%" PRIxPTR, remote);
+      return std::string(buf);
+    }() + ", +" + std::to_string(len) + ") is not registered on " + peer_name_ +
+             (rights == kAccessWrite ? " for remote writes" : " for remote reads");
+    return static_cast<adxl::Status>(head.status) == adxl::PARAM_INVALID ? adxl::PARAM_INVALID : adxl::FAILED;
+  }
+  if (!Covers(static_cast<uintptr_t>(head.addr), head.len, remote, len) || (head.access & rights) != rights ||
+      head.lease_ms == 0 || head.lease_ms > 60000) {
+    *error = "the UCX key from " + peer_name_ + " does not cover the range asked for";
+    LOG_WARN("ucx: %s", error->c_str());
+    return adxl::FAILED;
+  }
+  if (ep_ == nullptr || ep_generation_ != generation) {
+    *error = "the UCX endpoint to " + peer_name_ + " was closed";
+    return adxl::FAILED;
+  }
+  // The same region granted again (a renewal): keep its rkey, extend the lease.
+  const auto expiry = asked + std::chrono::milliseconds(head.lease_ms);  // counted from before we asked
+  for (RemoteKey &key : keys_) {
+    if (key.ep_generation == generation && key.addr == head.addr && key.len == head.len && key.access == head.access) {
+      key.expiry = std::max(key.expiry, expiry);
+      *rkey = key.rkey;
+      return adxl::SUCCESS;
+    }
+  }
+  ucp_rkey_h unpacked = nullptr;
+  status = ucp_ep_rkey_unpack(ep_, packed.data(), &unpacked);
+  if (status != UCS_OK) {
+    *error = std::string("cannot unpack the UCX key from ") + peer_name_ + ": " + ucs_status_string(status);
+    LOG_WARN("ucx: %s", error->c_str());
+    return adxl::FAILED;
+  }
+  if (keys_.size() >= kUcxMaxCachedKeys) {
+    // Bounded: the oldest lease goes (its rkey is destroyed with the endpoint's
+    // keys only when no batch could use it: here, by closing gracefully later).
+    auto oldest = std::min_element(keys_.begin(), keys_.end(),
+                                   [](const RemoteKey &a, const RemoteKey &b) { return a.expiry < b.expiry; });
+    oldest->expiry = Clock::time_point{};  // never used again; replaced below
+    ucp_rkey_h stale = oldest->rkey;
+    keys_.erase(oldest);
+    retired_.push_back(stale);
+  }
+  RemoteKey key;
+  key.addr = static_cast<uintptr_t>(head.addr);
+  key.len = head.len;
+  key.access = head.access;
+  key.rkey = unpacked;
+  key.expiry = expiry;
+  key.ep_generation = generation;
+  keys_.push_back(key);
+  *rkey = unpacked;
+  return adxl::SUCCESS;
+}
+
+TransportResult UcxLink::Submit(const TransferBatch &batch) {
+  TransportResult result;
+  if (shut_down_.load()) {
+    result.status = adxl::FAILED;
+    result.error = "the UCX link to " + peer_name_ + " is shut down";
+    return result;
+  }
+  if (batch.deadline.Expired()) {
+    result.status = adxl::TIMEOUT;
+    result.error = "the deadline passed before the UCX link started";
+    return result;
+  }
+  if (batch.request != nullptr && !batch.request->BeginIo(nullptr)) {
+    result.status = TransferRequest::kCanceledStatus;
+    result.error = "canceled";
+    return result;
+  }
+  struct EndIo {
+    TransferRequest *request;
+    ~EndIo() {
+      if (request != nullptr) request->EndIo(nullptr);
+    }
+  } end_io{batch.request};
+  const uint32_t rights = batch.op == adxl::READ ? kAccessRead : kAccessWrite;
+  std::vector<ucp_rkey_h> rkeys(batch.count);
+  for (int attempt = 0;; ++attempt) {
+    // Keys first (asking the peer where needed), then post everything under
+    // one hold of the mutex, checking the keys still stand.
+    for (size_t i = 0; i < batch.count; ++i) {
+      const Segment &s = batch.segs[i];
+      if (s.len == 0) continue;
+      result.status = KeyFor(s.remote, s.len, rights, batch.deadline, &rkeys[i], &result.error);
+      if (result.status != adxl::SUCCESS) return result;
+    }
+    std::unique_lock<std::mutex> lock(core_->mutex);
+    bool stale = ep_ == nullptr || ep_failed_;
+    for (size_t i = 0; i < batch.count && !stale; ++i) {
+      if (batch.segs[i].len == 0) continue;
+      const RemoteKey *key = FindKeyLocked(batch.segs[i].remote, batch.segs[i].len, rights);
+      stale = key == nullptr || key->rkey != rkeys[i];
+    }
+    if (stale) {
+      if (attempt < 3) continue;
+      result.status = adxl::FAILED;
+      result.error = ep_error_.empty() ? "UCX keys to " + peer_name_ + " kept changing" : ep_error_;
+      return result;
+    }
+    ++in_flight_;
+    ucp_request_param_t param;
+    memset(&param, 0, sizeof(param));
+    ucs_status_t failed = UCS_OK;
+    for (size_t i = 0; i < batch.count && failed == UCS_OK; ++i) {
+      const Segment &s = batch.segs[i];
+      if (s.len == 0) continue;
+      void *op = batch.op == adxl::READ
+                     ? ucp_get_nbx(ep_, reinterpret_cast<void *>(s.local), s.len, s.remote, rkeys[i], &param)
+                     : ucp_put_nbx(ep_, reinterpret_cast<const void *>(s.local), s.len, s.remote, rkeys[i], &param);
+      if (UCS_PTR_IS_ERR(op)) {
+        failed = UCS_PTR_STATUS(op);
+      } else if (op != nullptr) {
+        ucp_request_free(op);  // the flush below says when it is done
+      }
+    }
+    void *flush = nullptr;
+    if (failed == UCS_OK) {
+      flush = ucp_ep_flush_nbx(ep_, &param);
+      if (UCS_PTR_IS_ERR(flush)) {
+        failed = UCS_PTR_STATUS(flush);
+        flush = nullptr;
+      }
+    }
+    ucs_status_t status = failed;
+    bool canceled = false;
+    if (flush != nullptr) {
+      for (;;) {
+        status = ucp_request_check_status(flush);
+        if (status != UCS_INPROGRESS) break;
+        if (batch.deadline.Expired()) break;
+        if (batch.request != nullptr && batch.request->CancelRequested()) {
+          canceled = true;
+          break;
+        }
+        if (core_->ProgressLocked() == 0) {
+          lock.unlock();
+          std::this_thread::yield();
+          lock.lock();
+        }
+      }
+    }
+    if (status == UCS_INPROGRESS || status != UCS_OK) {
+      // Timeout, cancel or failure: end the endpoint at once, so that no
+      // operation of this batch touches our buffers after we return.
+      CloseEndpointLocked(true);
+    }
+    if (flush != nullptr) ucp_request_free(flush);
+    --in_flight_;
+    if (in_flight_ == 0) {
+      for (ucp_rkey_h stale_key : retired_) ucp_rkey_destroy(stale_key);
+      retired_.clear();
+    }
+    if (status == UCS_OK) return result;
+    if (canceled) {
+      result.status = TransferRequest::kCanceledStatus;
+      result.error = "canceled";
+    } else if (status == UCS_INPROGRESS) {
+      result.status = adxl::TIMEOUT;
+      result.error = "UCX transfer to " + peer_name_ + " did not complete before the deadline";
+    } else {
+      result.status = adxl::FAILED;
+      result.error = std::string("UCX transfer to ") + peer_name_ + " failed: " + ucs_status_string(status);
+    }
+    return result;
+  }
+}
+
+}  // namespace llmdd

@@ -1,0 +1,119 @@
+// The UCX transport (issue 14, first step): one-sided READ (ucp_get_nbx) and
+// WRITE (ucp_put_nbx) into the peer's registered memory through UCP, on
+// whatever fabric UCX picks (UCX_TLS: rc/dc on InfiniBand or RoCE, tcp,
+// shared memory). Built only when UCX is found (LLMDD_WITH_UCX); an engine
+// runs it only under llmdd.Transport=ucx (src/transport/ucx/README.md).
+//
+//   - One UCP context and one worker per engine (UcxCore), shared by every
+//     link. All calls on the worker are serialized by the core's mutex
+//     (UCS_THREAD_MODE_SERIALIZED). A requester's Submit progresses the
+//     worker itself while it waits; a progress thread of the core serves the
+//     peers (UCX over TCP emulates GET/PUT with active messages: the target
+//     must progress, or the requester waits forever).
+//   - The worker address travels in the handshake (LocalMetadata, the
+//     engine's TransportAd "ucx"); each link makes one endpoint to the peer's
+//     worker with UCP_ERR_HANDLING_MODE_PEER.
+//   - Remote keys travel by UCX active message, on demand: a requester asks
+//     the peer for the key of the registered region holding a range (key
+//     request), the peer answers with the region's bounds, rights and packed
+//     rkey, under a lease (kUcxKeyLeaseMs). The requester unpacks it once and
+//     caches it for the lease; it starts I/O on a region only while the lease
+//     has kUcxKeyLeaseMarginMs left, renewing it otherwise. The owner's
+//     DeregisterMemory stops granting, waits until the leases it granted ran
+//     out, then unmaps: a transfer started after DeregisterMem returned finds
+//     no key and fails.
+//   - A batch is posted without waiting per descriptor and completed with one
+//     endpoint flush. Timeout or Cancel force-closes the endpoint (its
+//     operations end, none touches our memory afterwards) and the next batch
+//     makes a new one.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ucp/api/ucp.h>
+
+#include "transport/transport.h"
+
+namespace llmdd {
+
+// A key is granted for this long; I/O starts on it only while this much is left.
+constexpr uint32_t kUcxKeyLeaseMs = 100;
+constexpr uint32_t kUcxKeyLeaseMarginMs = 30;
+// Remote regions a link keeps keys for (least recently granted dropped first).
+constexpr size_t kUcxMaxCachedKeys = 1024;
+// Longest packed rkey accepted from a peer.
+constexpr size_t kUcxMaxRkeyBytes = 4096;
+
+class UcxCore;
+
+class UcxTransport : public Transport {
+ public:
+  // Null with *error when UCX cannot start (no transport, bad UCX_* variables).
+  static std::shared_ptr<UcxTransport> Create(std::string *error);
+  ~UcxTransport() override;
+  static const TransportCaps &StaticCaps();
+  const TransportCaps &Caps() const override { return StaticCaps(); }
+  std::string LocalMetadata() const override;
+  adxl::Status RegisterMemory(const TransportRegion &region, std::string *remote_key, std::string *error) override;
+  void DeregisterMemory(const TransportRegion &region) override;
+  std::shared_ptr<TransportLink> Connect(const TransportPeer &peer, Deadline deadline, std::string *error) override;
+  // Key requests this engine answered (tests).
+  uint64_t KeysGranted() const;
+
+ private:
+  explicit UcxTransport(std::shared_ptr<UcxCore> core) : core_(std::move(core)) {}
+  std::shared_ptr<UcxCore> core_;
+};
+
+class UcxLink : public TransportLink {
+ public:
+  UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address);
+  ~UcxLink() override;
+  const TransportCaps &Caps() const override { return UcxTransport::StaticCaps(); }
+  bool Usable() const override { return !shut_down_.load(); }
+  TransportResult Submit(const TransferBatch &batch) override;
+  void Shutdown() override;
+
+ private:
+  struct RemoteKey {
+    uintptr_t addr = 0;
+    uint64_t len = 0;
+    uint32_t access = 0;
+    ucp_rkey_h rkey = nullptr;
+    Deadline::Clock::time_point expiry{};
+    uint64_t ep_generation = 0;  // an rkey is unpacked on one endpoint
+  };
+  // Under the core's mutex: the endpoint, made when missing.
+  ucp_ep_h EndpointLocked(std::string *error);
+  // Under the core's mutex: ends the endpoint at once (its operations are canceled) and drops its keys.
+  void CloseEndpointLocked(bool force);
+  // A key covering [remote, +len) with `rights` and lease left; asks the peer when needed.
+  // Called without the core's mutex.
+  adxl::Status KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline, ucp_rkey_h *rkey,
+                      std::string *error);
+  RemoteKey *FindKeyLocked(uintptr_t remote, uint64_t len, uint32_t rights);
+  static void OnEndpointError(void *arg, ucp_ep_h ep, ucs_status_t status);
+
+  std::shared_ptr<UcxCore> core_;
+  const std::string peer_name_;
+  const std::string address_;  // the peer's worker address
+  std::atomic<bool> shut_down_{false};
+  // Guarded by the core's mutex:
+  ucp_ep_h ep_ = nullptr;
+  uint64_t ep_generation_ = 0;
+  bool ep_failed_ = false;
+  std::string ep_error_;
+  std::vector<RemoteKey> keys_;
+  std::vector<ucp_rkey_h> retired_;  // dropped from keys_; destroyed when no batch is in flight
+  int in_flight_ = 0;                // batches posted on this link
+  bool said_no_peer_errors_ = false;  // logged once: no UCP_ERR_HANDLING_MODE_PEER to this peer
+};
+
+}  // namespace llmdd
