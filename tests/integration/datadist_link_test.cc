@@ -508,7 +508,7 @@ TEST_P(LinkTest, UnlinkWaitsForInFlightTransfer) {
   EXPECT_LLM(LLM_NOT_YET_LINK, peer->PullBlocks(kSelfId, big.id(), 1, {0}, {0}).status);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transport, LinkTest, ::testing::Values(std::string(), std::string("tcp")), TransportName);
+INSTANTIATE_TEST_SUITE_P(Transport, LinkTest, ::testing::ValuesIn(DataDistTransports()), TransportName);
 
 }  // namespace
 }  // namespace ddtest

@@ -84,6 +84,17 @@ inline std::string LlmName(uint32_t s) {
   }
 }
 
+// The transports parameterized LLM-DataDist tests run over: the default (auto)
+// and tcp, or only the one ITEST_ADXL_TRANSPORT names when it is set.
+inline std::string DefaultDataDistTransport() {
+  const char *e = getenv("ITEST_ADXL_TRANSPORT");
+  return e != nullptr ? e : "";
+}
+inline std::vector<std::string> DataDistTransports() {
+  if (!DefaultDataDistTransport().empty()) return {DefaultDataDistTransport()};
+  return {std::string(), std::string("tcp")};
+}
+
 // Test-name suffix for a transport parameter.
 inline std::string TransportName(const ::testing::TestParamInfo<std::string> &info) {
   return info.param.empty() ? std::string("default") : info.param;
@@ -325,7 +336,7 @@ struct SelfOptions {
   bool listen = false;
   int32_t wait_time_ms = 0;  // 0: default (no llm.SyncKvCacheWaitTime option)
   LlmRole role = LlmRole::kDecoder;
-  std::string transport;
+  std::string transport = DefaultDataDistTransport();
 };
 
 class SelfDataDist {
@@ -423,7 +434,7 @@ struct PeerOptions {
   uint64_t seed = 1;
   bool with_cache = true;
   bool adjacent_tensors = false;  // the start-up cache's tensors are views of one allocation
-  std::string transport;          // "" = default
+  std::string transport = DefaultDataDistTransport();  // "" = default
 };
 
 class DdPeer {
@@ -720,7 +731,7 @@ class DdPeer {
 class DdFixture : public ::testing::Test {
  protected:
   std::vector<std::unique_ptr<DdPeer>> peers_;
-  std::string transport_;
+  std::string transport_ = DefaultDataDistTransport();
 
   DdPeer *StartPeer(PeerOptions opt) {
     if (opt.transport.empty()) opt.transport = transport_;

@@ -324,7 +324,7 @@ TEST_P(PullPushTest, ConcurrentTransfersOnOneLinkAndAcrossLinks) {
   EXPECT_TRUE(second->Matches(1, want_second, "second peer after concurrent pushes"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Transport, PullPushTest, ::testing::Values(std::string(), std::string("tcp")), TransportName);
+INSTANTIATE_TEST_SUITE_P(Transport, PullPushTest, ::testing::ValuesIn(DataDistTransports()), TransportName);
 
 // ---------------------------------------------------------------------------------
 // K and V tensors carved out of one allocation on both sides (tensor k + 1 starts
@@ -390,7 +390,7 @@ TEST_P(AdjacentTensorsTest, PullAndPushAcrossTensorBoundaries) {
   EXPECT_LLM(LLM_SUCCESS, self_->dd().UnregisterKvCache(local_rows.id()));
 }
 
-INSTANTIATE_TEST_SUITE_P(Transport, AdjacentTensorsTest, ::testing::Values(std::string(), std::string("tcp")),
+INSTANTIATE_TEST_SUITE_P(Transport, AdjacentTensorsTest, ::testing::ValuesIn(DataDistTransports()),
                          TransportName);
 
 // ---------------------------------------------------------------------------------

@@ -1058,8 +1058,14 @@ inline std::string DefaultTransport() {
   return (e != nullptr && e[0] != '\0') ? e : "tcp";
 }
 
-// The transports that parameterized tests run over.
-inline std::vector<std::string> AllTransports() { return {"tcp", "shm"}; }
+// The transports that parameterized tests run over: tcp and shm, or only the
+// one ITEST_ADXL_TRANSPORT names when it is set (ctest's ucx_tcp.* / ucx_sm.*
+// entries run whole suites once more with "ucx", tests/CMakeLists.txt).
+inline std::vector<std::string> AllTransports() {
+  const char *e = getenv("ITEST_ADXL_TRANSPORT");
+  if (e != nullptr && e[0] != '\0') return {e};
+  return {"tcp", "shm"};
+}
 
 class AdxlFixture : public ::testing::Test {
  protected:
