@@ -508,6 +508,9 @@ TEST_F(DataDistFlows, Flow43RoleSwitch) {
     decoder_port = FreePort();
     std::map<AscendString, AscendString> opts;
     opts[OPTION_LISTEN_IP_INFO] = AscendString(Listen(decoder_port).c_str());
+    // SetRole restarts the engine with these options: keep the suite's transport (ucx runs).
+    if (!DefaultDataDistTransport().empty())
+      opts["llmdd.Transport"] = AscendString(DefaultDataDistTransport().c_str());
     st = decoder.dd().SetRole(LlmRole::kPrompt, opts);
   }
   ASSERT_LLM(LLM_SUCCESS, st) << "decoder SetRole(kPrompt, listen)";

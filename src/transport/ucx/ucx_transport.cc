@@ -2,7 +2,12 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
+
+#include <ucs/debug/log_def.h>
 
 #include "common/log.h"
 #include "engine/memory_registry.h"
@@ -67,6 +72,25 @@ ucs_status_t SendOwned(ucp_ep_h ep, unsigned id, std::string msg, uint32_t flags
   return UCS_OK;  // ReleaseOwned frees it
 }
 
+// Set while this thread makes an endpoint: when no transport fits, UCX logs
+// an ERROR on stdout by default (a peer program's stdout may be a protocol);
+// it goes to our debug log, and our own error names the fix.
+thread_local bool probing_peer_errors = false;
+
+ucs_log_func_rc_t QuietWhileProbing(const char *file, unsigned line, const char *function, ucs_log_level_t level,
+                                    const ucs_log_component_config_t *comp_conf, const char *message, va_list ap) {
+  (void)file;
+  (void)line;
+  (void)function;
+  (void)level;
+  (void)comp_conf;
+  if (!probing_peer_errors) return UCS_LOG_FUNC_RC_CONTINUE;
+  char text[512];
+  vsnprintf(text, sizeof(text), message, ap);
+  LOG_DEBUG("ucx: %s", text);
+  return UCS_LOG_FUNC_RC_STOP;
+}
+
 }  // namespace
 
 // One UCP context and worker per engine, shared by its transport and links.
@@ -124,6 +148,8 @@ class UcxCore {
 };
 
 std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
+  static std::once_flag quiet;
+  std::call_once(quiet, [] { ucs_log_push_handler(&QuietWhileProbing); });
   auto core = std::make_shared<UcxCore>();
   ucp_config_t *config = nullptr;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
@@ -252,15 +278,19 @@ ucs_status_t UcxCore::OnKeyRequest(void *arg, const void *header, size_t header_
   memset(&head, 0, sizeof(head));
   head.token = req.token;
   head.status = adxl::PARAM_INVALID;
-  const Served *found = nullptr;
+  Served *found = nullptr;
   if ((req.rights == kAccessRead || req.rights == kAccessWrite) && req.len > 0) {
+    // The region holding the range's first byte (the one reaching furthest):
+    // a range across adjacent registrations asks again from where it ends.
     for (auto &region : core->served) {
       if (region->retired || (region->access & req.rights) != req.rights) continue;
-      if (!Covers(region->addr, region->len, static_cast<uintptr_t>(req.addr), req.len)) continue;
-      region->leased_until = std::max(region->leased_until, Clock::now() + std::chrono::milliseconds(kUcxKeyLeaseMs));
-      found = region.get();
-      break;
+      if (!Covers(region->addr, region->len, static_cast<uintptr_t>(req.addr), 1)) continue;
+      if (found == nullptr || region->addr + region->len > found->addr + found->len) found = region.get();
     }
+  }
+  if (found != nullptr) {
+    auto &lease = found->leased_until;
+    lease = std::max(lease, Clock::now() + std::chrono::milliseconds(kUcxKeyLeaseMs));
   }
   std::string reply(sizeof(head), '\0');
   if (found != nullptr) {
@@ -455,22 +485,22 @@ ucp_ep_h UcxLink::EndpointLocked(std::string *error) {
   params.err_mode = UCP_ERR_HANDLING_MODE_PEER;
   params.err_handler.cb = &UcxLink::OnEndpointError;
   params.err_handler.arg = this;
-  ucs_status_t status = ucp_ep_create(core_->worker, &params, &ep_);
+  // UCX logs why no transport fits on stdout; the reason goes to our log instead.
+  probing_peer_errors = true;
+  const ucs_status_t status = ucp_ep_create(core_->worker, &params, &ep_);
+  probing_peer_errors = false;
   if (status == UCS_ERR_UNREACHABLE) {
-    // UCX 1.13's shared-memory transports (posix, sysv, cma) cannot detect a
-    // dead peer, so with UCP_ERR_HANDLING_MODE_PEER none of them is selected.
-    // Without it a dead peer is still an error within the deadline: the
-    // batch's flush ends at it (TIMEOUT), and the engine's control
-    // connection declares the peer dead (heartbeats, EOF).
-    params.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-    params.field_mask &= ~static_cast<uint64_t>(UCP_EP_PARAM_FIELD_ERR_HANDLER);
-    status = ucp_ep_create(core_->worker, &params, &ep_);
-    if (status == UCS_OK && !said_no_peer_errors_) {
-      said_no_peer_errors_ = true;
-      LOG_INFO("ucx: the transports reaching %s cannot report a dead peer (UCP_ERR_HANDLING_MODE_PEER); "
-               "its failures end at the deadlines and the engine's heartbeats",
-               peer_name_.c_str());
-    }
+    // UCX 1.13's shared-memory transports posix and sysv cannot report a dead
+    // peer, so with UCP_ERR_HANDLING_MODE_PEER they are never selected. We do
+    // not fall back to no error handling: then a timed-out or canceled batch
+    // could not be force-closed, and a late reply could land in the caller's
+    // buffer after we returned. cma (data) with tcp (control) works.
+    ep_ = nullptr;
+    *error = "cannot reach " + peer_name_ +
+             " over UCX: no transport in UCX_TLS reports a dead peer (UCP_ERR_HANDLING_MODE_PEER); "
+             "on one host use UCX_TLS=cma,tcp or sm,tcp (docs/UCX.md)";
+    LOG_ERROR("ucx: %s", error->c_str());
+    return nullptr;
   }
   if (status != UCS_OK) {
     ep_ = nullptr;
@@ -508,21 +538,24 @@ void UcxLink::CloseEndpointLocked(bool force) {
 
 UcxLink::RemoteKey *UcxLink::FindKeyLocked(uintptr_t remote, uint64_t len, uint32_t rights) {
   const auto usable_until = Clock::now() + std::chrono::milliseconds(kUcxKeyLeaseMarginMs);
+  RemoteKey *best = nullptr;
   for (RemoteKey &key : keys_) {
     if (key.ep_generation == ep_generation_ && (key.access & rights) == rights && key.expiry > usable_until &&
-        Covers(key.addr, key.len, remote, len))
-      return &key;
+        Covers(key.addr, key.len, remote, len) && (best == nullptr || key.addr + key.len > best->addr + best->len))
+      best = &key;
   }
-  return nullptr;
+  return best;
 }
 
-adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline, ucp_rkey_h *rkey,
-                             std::string *error) {
+adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline,
+                             const TransferRequest *request, ucp_rkey_h *rkey, uint64_t *covered, std::string *error) {
   std::unique_lock<std::mutex> lock(core_->mutex);
-  if (RemoteKey *key = FindKeyLocked(remote, len, rights)) {
-    *rkey = key->rkey;
+  auto take = [&](const RemoteKey &key) {
+    *rkey = key.rkey;
+    *covered = std::min<uint64_t>(len, key.addr + key.len - remote);
     return adxl::SUCCESS;
-  }
+  };
+  if (RemoteKey *key = FindKeyLocked(remote, 1, rights)) return take(*key);
   ucp_ep_h ep = EndpointLocked(error);
   if (ep == nullptr) return adxl::FAILED;
   const uint64_t generation = ep_generation_;
@@ -555,6 +588,11 @@ adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, De
       *error = "no UCX key from " + peer_name_ + " before the deadline";
       return adxl::TIMEOUT;
     }
+    if ((request != nullptr && request->CancelRequested()) || shut_down_.load()) {
+      core_->pending.erase(it);
+      *error = shut_down_.load() ? "the UCX link to " + peer_name_ + " is shut down" : "canceled";
+      return shut_down_.load() ? adxl::FAILED : TransferRequest::kCanceledStatus;
+    }
     if (core_->ProgressLocked() == 0) {
       lock.unlock();
       std::this_thread::yield();
@@ -574,7 +612,7 @@ adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, De
              (rights == kAccessWrite ? " for remote writes" : " for remote reads");
     return static_cast<adxl::Status>(head.status) == adxl::PARAM_INVALID ? adxl::PARAM_INVALID : adxl::FAILED;
   }
-  if (!Covers(static_cast<uintptr_t>(head.addr), head.len, remote, len) || (head.access & rights) != rights ||
+  if (!Covers(static_cast<uintptr_t>(head.addr), head.len, remote, 1) || (head.access & rights) != rights ||
       head.lease_ms == 0 || head.lease_ms > 60000) {
     *error = "the UCX key from " + peer_name_ + " does not cover the range asked for";
     LOG_WARN("ucx: %s", error->c_str());
@@ -589,8 +627,7 @@ adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, De
   for (RemoteKey &key : keys_) {
     if (key.ep_generation == generation && key.addr == head.addr && key.len == head.len && key.access == head.access) {
       key.expiry = std::max(key.expiry, expiry);
-      *rkey = key.rkey;
-      return adxl::SUCCESS;
+      return take(key);
     }
   }
   ucp_rkey_h unpacked = nullptr;
@@ -618,8 +655,7 @@ adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, De
   key.expiry = expiry;
   key.ep_generation = generation;
   keys_.push_back(key);
-  *rkey = unpacked;
-  return adxl::SUCCESS;
+  return take(keys_.back());
 }
 
 TransportResult UcxLink::Submit(const TransferBatch &batch) {
@@ -646,22 +682,37 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
     }
   } end_io{batch.request};
   const uint32_t rights = batch.op == adxl::READ ? kAccessRead : kAccessWrite;
-  std::vector<ucp_rkey_h> rkeys(batch.count);
+  // Each segment as pieces within one remote registration each (a segment
+  // may run across adjacent ones), with the key of that registration.
+  struct Piece {
+    uintptr_t local;
+    uintptr_t remote;
+    uint64_t len;
+    ucp_rkey_h rkey;
+  };
+  std::vector<Piece> pieces;
+  pieces.reserve(batch.count);
   for (int attempt = 0;; ++attempt) {
     // Keys first (asking the peer where needed), then post everything under
     // one hold of the mutex, checking the keys still stand.
+    pieces.clear();
     for (size_t i = 0; i < batch.count; ++i) {
       const Segment &s = batch.segs[i];
-      if (s.len == 0) continue;
-      result.status = KeyFor(s.remote, s.len, rights, batch.deadline, &rkeys[i], &result.error);
-      if (result.status != adxl::SUCCESS) return result;
+      for (uint64_t off = 0; off < s.len;) {
+        ucp_rkey_h rkey = nullptr;
+        uint64_t covered = 0;
+        result.status = KeyFor(s.remote + off, s.len - off, rights, batch.deadline, batch.request, &rkey, &covered,
+                               &result.error);
+        if (result.status != adxl::SUCCESS) return result;
+        pieces.push_back({s.local + off, s.remote + off, covered, rkey});
+        off += covered;
+      }
     }
     std::unique_lock<std::mutex> lock(core_->mutex);
     bool stale = ep_ == nullptr || ep_failed_;
-    for (size_t i = 0; i < batch.count && !stale; ++i) {
-      if (batch.segs[i].len == 0) continue;
-      const RemoteKey *key = FindKeyLocked(batch.segs[i].remote, batch.segs[i].len, rights);
-      stale = key == nullptr || key->rkey != rkeys[i];
+    for (size_t i = 0; i < pieces.size() && !stale; ++i) {
+      const RemoteKey *key = FindKeyLocked(pieces[i].remote, pieces[i].len, rights);
+      stale = key == nullptr || key->rkey != pieces[i].rkey;
     }
     if (stale) {
       if (attempt < 3) continue;
@@ -670,15 +721,15 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       return result;
     }
     ++in_flight_;
+    const uint64_t generation = ep_generation_;
     ucp_request_param_t param;
     memset(&param, 0, sizeof(param));
     ucs_status_t failed = UCS_OK;
-    for (size_t i = 0; i < batch.count && failed == UCS_OK; ++i) {
-      const Segment &s = batch.segs[i];
-      if (s.len == 0) continue;
+    for (size_t i = 0; i < pieces.size() && failed == UCS_OK; ++i) {
+      const Piece &p = pieces[i];
       void *op = batch.op == adxl::READ
-                     ? ucp_get_nbx(ep_, reinterpret_cast<void *>(s.local), s.len, s.remote, rkeys[i], &param)
-                     : ucp_put_nbx(ep_, reinterpret_cast<const void *>(s.local), s.len, s.remote, rkeys[i], &param);
+                     ? ucp_get_nbx(ep_, reinterpret_cast<void *>(p.local), p.len, p.remote, p.rkey, &param)
+                     : ucp_put_nbx(ep_, reinterpret_cast<const void *>(p.local), p.len, p.remote, p.rkey, &param);
       if (UCS_PTR_IS_ERR(op)) {
         failed = UCS_PTR_STATUS(op);
       } else if (op != nullptr) {
@@ -711,7 +762,12 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
         }
       }
     }
-    if (status == UCS_INPROGRESS || status != UCS_OK) {
+    // Another batch's timeout or cancel closed the endpoint under us: every
+    // operation of ours was canceled with it, none touches our buffers now;
+    // with time left, the batch runs again on a new endpoint.
+    const bool closed_by_other = status != UCS_OK && status != UCS_INPROGRESS && !canceled &&
+                                 (ep_ == nullptr || ep_generation_ != generation) && !ep_failed_;
+    if (status != UCS_OK && ep_ != nullptr && ep_generation_ == generation) {
       // Timeout, cancel or failure: end the endpoint at once, so that no
       // operation of this batch touches our buffers after we return.
       CloseEndpointLocked(true);
@@ -723,10 +779,11 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       retired_.clear();
     }
     if (status == UCS_OK) return result;
+    if (closed_by_other && !shut_down_.load() && !batch.deadline.Expired() && attempt < 3) continue;
     if (canceled) {
       result.status = TransferRequest::kCanceledStatus;
       result.error = "canceled";
-    } else if (status == UCS_INPROGRESS) {
+    } else if (status == UCS_INPROGRESS || (closed_by_other && batch.deadline.Expired())) {
       result.status = adxl::TIMEOUT;
       result.error = "UCX transfer to " + peer_name_ + " did not complete before the deadline";
     } else {

@@ -94,10 +94,11 @@ class UcxLink : public TransportLink {
   ucp_ep_h EndpointLocked(std::string *error);
   // Under the core's mutex: ends the endpoint at once (its operations are canceled) and drops its keys.
   void CloseEndpointLocked(bool force);
-  // A key covering [remote, +len) with `rights` and lease left; asks the peer when needed.
-  // Called without the core's mutex.
-  adxl::Status KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline, ucp_rkey_h *rkey,
-                      std::string *error);
+  // The key of the peer's registration holding `remote` with `rights` and
+  // lease left, asking the peer when needed; *covered: how many of the `len`
+  // bytes from `remote` it covers. Called without the core's mutex.
+  adxl::Status KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline,
+                      const TransferRequest *request, ucp_rkey_h *rkey, uint64_t *covered, std::string *error);
   RemoteKey *FindKeyLocked(uintptr_t remote, uint64_t len, uint32_t rights);
   static void OnEndpointError(void *arg, ucp_ep_h ep, ucs_status_t status);
 
@@ -113,7 +114,6 @@ class UcxLink : public TransportLink {
   std::vector<RemoteKey> keys_;
   std::vector<ucp_rkey_h> retired_;  // dropped from keys_; destroyed when no batch is in flight
   int in_flight_ = 0;                // batches posted on this link
-  bool said_no_peer_errors_ = false;  // logged once: no UCP_ERR_HANDLING_MODE_PEER to this peer
 };
 
 }  // namespace llmdd
