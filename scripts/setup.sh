@@ -2,7 +2,8 @@
 # Installs the Debian 12 (bookworm) packages the project needs, by purpose:
 #   bash scripts/setup.sh build   # build the library, tools, examples and demos
 #   bash scripts/setup.sh test    # build + run the test suite (unit, integration, install, sanitizers,
-#                                 # and the Python package's tests: includes python)
+#                                 # the UCX transport's tests and the Python package's tests:
+#                                 # includes ucx and python)
 #   bash scripts/setup.sh fuzz    # the libFuzzer targets (scripts/fuzz.sh)
 #   bash scripts/setup.sh ucx     # UCX headers and tools (UCX transport work, bench/compare.sh's ucx_perftest)
 #   bash scripts/setup.sh python  # Python headers and venv (the Python package: pip install ., its tests;
@@ -60,9 +61,10 @@ usage() {
 # Purposes in the order their packages are checked; each adds what it needs
 # beyond the purposes before it. test, fuzz, ucx and python all build the
 # library, so they include build; test runs the Python package's tests too
-# (scripts/test.sh), so it includes python; bench/compare.sh measures UCX
-# (ucx_perftest) and the Python peers as references, so bench includes ucx
-# and python.
+# (scripts/test.sh), so it includes python, and the UCX transport's tests
+# (ctest -L ucx, docs/UCX.md), so it includes ucx; bench/compare.sh measures
+# UCX (ucx_perftest) and the Python peers as references, so bench includes
+# ucx and python.
 purposes=()
 add_purpose() {
   local p
@@ -73,7 +75,7 @@ add_purpose() {
 for arg in "$@"; do
   case "$arg" in
     build) add_purpose build ;;
-    test) add_purpose build; add_purpose test; add_purpose python ;;
+    test) add_purpose build; add_purpose test; add_purpose ucx; add_purpose python ;;
     fuzz | ucx | python) add_purpose build; add_purpose "$arg" ;;
     bench) for p in build ucx python bench; do add_purpose "$p"; done ;;
     all) for p in build test fuzz ucx python bench; do add_purpose "$p"; done ;;
