@@ -362,7 +362,8 @@ void Usage(FILE *out) {
           "  --tag TEXT           copied into every JSON record\n"
           "  --version            print the library version and exit\n"
           "common options (each mode's section below says where its defaults differ):\n"
-          "  --transport LIST     tcp|shm|auto, comma-separated; llmdd.Transport of both engines, one peer\n"
+          "  --transport LIST     tcp|shm|auto|ucx (ucx: built with UCX, UCX_TLS applies), comma-separated;\n"
+          "                       llmdd.Transport of both engines, one peer\n"
           "                       each in turn (default auto; memcpy and pingpong ignore it)\n"
           "  --sizes LIST         engine, memcpy: descriptor sizes, e.g. 8,4K,64K,1M\n"
           "                       (default 8,64,256,1K,4K,16K,64K,256K,1M,4M; quick 8,4K,64K,1M)\n"
@@ -594,7 +595,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     }
     *field = v;
   };
-  words_of("--transport", &opt->transports, {"tcp", "shm", "auto"});
+  words_of("--transport", &opt->transports, {"tcp", "shm", "auto", "ucx"});
   list_of("--sizes", &opt->sizes, 1, 1 * kGiB);
   list_of("--batches", &opt->batches, 1, 65536 * 4);
   list_of("--threads", &opt->threads, 1, 64);
