@@ -371,6 +371,13 @@ TEST_F(UcxEngines, ADeadPeerIsAnErrorWithinTheTimeout) {
   EXPECT_NE(client_.TransferSync(server_id_, adxl::READ, &desc, 1, 1000), adxl::SUCCESS);
   EXPECT_LT(MsSince(t0), 2500);
 }
+#else
+// Built without UCX: llmdd.Transport=ucx is a clear refusal, not a silent TCP.
+TEST(UcxNotBuilt, TransportUcxIsParamInvalid) {
+  Engine engine;
+  EXPECT_EQ(engine.Initialize("127.0.0.1", {{"llmdd.Transport", "ucx"}}), adxl::PARAM_INVALID);
+  EXPECT_EQ(engine.Initialize("127.0.0.1", {{"llmdd.Transport", "tcp"}}), adxl::SUCCESS);
+}
 #endif  // LLMDD_HAVE_UCX
 
 }  // namespace
