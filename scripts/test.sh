@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 SANITIZE=${LLMDD_SANITIZE:-}
+CMAKE_EXTRA=()
 CTEST_EXTRA=()
 CTEST_PREFIX=()
 case "$SANITIZE" in
@@ -48,10 +49,18 @@ case "$SANITIZE" in
     ;;
 esac
 
+# The UCX transport (experimental, docs/UCX.md) is left out of the sanitizer
+# builds unless LLMDD_SANITIZE_UCX=1: UCX 1.13's memory hooks break TSan
+# (openucx/ucx#8475), and its own sanitizer runs are still owed (docs/UCX.md,
+# "What is left"). The plain run tests it.
+if [[ -n "$SANITIZE" && "${LLMDD_SANITIZE_UCX:-0}" != 1 ]]; then
+  CMAKE_EXTRA+=(-DLLMDD_WITH_UCX=OFF)
+fi
+
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 echo "==> configure $BUILD_DIR${SANITIZE:+ (LLMDD_SANITIZE=$SANITIZE)}"
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLLMDD_SANITIZE="$SANITIZE"
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLLMDD_SANITIZE="$SANITIZE" "${CMAKE_EXTRA[@]}"
 
 echo "==> build -j$JOBS"
 cmake --build "$BUILD_DIR" -j"$JOBS"
