@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <new>
 
 #include <ucs/debug/log_def.h>
 
@@ -137,6 +138,17 @@ class UcxCore {
   uint64_t next_token = 1;
   std::atomic<uint64_t> granted{0};
 
+  // Staging chunks (ucx_transport.h): a free chunk, waiting until `deadline`
+  // (or a Cancel) when kUcxStageChunks are in use; null with *why when none
+  // can be had.
+  std::unique_ptr<uint8_t[]> AcquireStage(Deadline deadline, const TransferRequest *request, adxl::Status *status,
+                                          std::string *why);
+  // Back to the pool: its round ended and no UCX operation holds it.
+  void ReleaseStage(std::unique_ptr<uint8_t[]> chunk);
+  // Kept, never reused, until the core goes: a UCX operation may still write
+  // or read it (its round did not complete).
+  void RetireStage(std::unique_ptr<uint8_t[]> chunk);
+
  private:
   void ProgressLoop();
   static ucs_status_t OnKeyRequest(void *arg, const void *header, size_t header_length, void *data, size_t length,
@@ -145,7 +157,75 @@ class UcxCore {
                                  const ucp_am_recv_param_t *param);
   std::thread progress_;
   std::atomic<bool> stop_{false};
+  std::mutex stage_mutex_;  // the staging state below (never held with `mutex`)
+  std::condition_variable stage_freed_;
+  std::vector<std::unique_ptr<uint8_t[]>> stage_free_;
+  size_t stage_in_use_ = 0;
+  std::vector<std::unique_ptr<uint8_t[]>> stage_retired_;  // freed after the worker is destroyed
 };
+
+std::unique_ptr<uint8_t[]> UcxCore::AcquireStage(Deadline deadline, const TransferRequest *request,
+                                                 adxl::Status *status, std::string *why) {
+  std::unique_lock<std::mutex> lock(stage_mutex_);
+  for (;;) {
+    if (stage_retired_.size() >= kUcxStageRetiredMax) {
+      *status = adxl::FAILED;
+      *why = "UCX: " + std::to_string(stage_retired_.size()) +
+             " staging chunks are held by transfers that did not complete (timeouts, cancels); the UCX "
+             "transport refuses further transfers: restart the engine (docs/UCX.md)";
+      return nullptr;
+    }
+    if (!stage_free_.empty()) {
+      std::unique_ptr<uint8_t[]> chunk = std::move(stage_free_.back());
+      stage_free_.pop_back();
+      ++stage_in_use_;
+      return chunk;
+    }
+    if (stage_in_use_ + stage_retired_.size() < kUcxStageChunks + kUcxStageRetiredMax &&
+        stage_in_use_ < kUcxStageChunks) {
+      std::unique_ptr<uint8_t[]> chunk(new (std::nothrow) uint8_t[kUcxStageBytes]);
+      if (chunk == nullptr) {
+        *status = adxl::RESOURCE_EXHAUSTED;
+        *why = "UCX: cannot allocate a staging chunk (out of memory)";
+        return nullptr;
+      }
+      ++stage_in_use_;
+      return chunk;
+    }
+    if (request != nullptr && request->CancelRequested()) {
+      *status = TransferRequest::kCanceledStatus;
+      *why = "canceled";
+      return nullptr;
+    }
+    if (deadline.Expired()) {
+      *status = adxl::TIMEOUT;
+      *why = "UCX: every staging chunk stayed in use until the deadline";
+      return nullptr;
+    }
+    // Short slices: a Cancel is seen within a millisecond.
+    stage_freed_.wait_until(lock, std::min(deadline.At(), Clock::now() + std::chrono::milliseconds(1)));
+  }
+}
+
+void UcxCore::ReleaseStage(std::unique_ptr<uint8_t[]> chunk) {
+  {
+    std::lock_guard<std::mutex> lock(stage_mutex_);
+    --stage_in_use_;
+    stage_free_.push_back(std::move(chunk));
+  }
+  stage_freed_.notify_one();
+}
+
+void UcxCore::RetireStage(std::unique_ptr<uint8_t[]> chunk) {
+  {
+    std::lock_guard<std::mutex> lock(stage_mutex_);
+    --stage_in_use_;
+    stage_retired_.push_back(std::move(chunk));
+    LOG_WARN("UCX: a staging chunk is retired (a transfer ended before its UCX operations did; %zu retired, at "
+             "most %zu)", stage_retired_.size(), kUcxStageRetiredMax);
+  }
+  stage_freed_.notify_one();
+}
 
 std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
   static std::once_flag quiet;
@@ -220,6 +300,8 @@ UcxCore::~UcxCore() {
   served.clear();
   if (worker != nullptr) ucp_worker_destroy(worker);
   if (context != nullptr) ucp_cleanup(context);
+  // The staging chunks (retired ones included) go with the members, after
+  // the worker: no UCX operation can touch them any more.
 }
 
 // Serves the peers: UCX over TCP (and other transports without hardware RMA)
@@ -681,32 +763,87 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       if (request != nullptr) request->EndIo(nullptr);
     }
   } end_io{batch.request};
-  const uint32_t rights = batch.op == adxl::READ ? kAccessRead : kAccessWrite;
+  // Rounds of at most one staging chunk, segments cut where needed.
+  std::vector<Segment> round;
+  uint64_t round_bytes = 0;
+  for (size_t i = 0; i < batch.count; ++i) {
+    Segment rest = batch.segs[i];
+    while (rest.len > 0) {
+      const uint64_t take = std::min<uint64_t>(rest.len, kUcxStageBytes - round_bytes);
+      round.push_back({rest.local, rest.remote, take});
+      round_bytes += take;
+      rest.local += take;
+      rest.remote += take;
+      rest.len -= take;
+      if (round_bytes == kUcxStageBytes) {
+        result = SubmitRound(batch.op, round, round_bytes, batch.deadline, batch.request);
+        if (result.status != adxl::SUCCESS) return result;
+        round.clear();
+        round_bytes = 0;
+      }
+    }
+  }
+  if (!round.empty()) result = SubmitRound(batch.op, round, round_bytes, batch.deadline, batch.request);
+  return result;
+}
+
+TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segment> &segs, uint64_t bytes,
+                                     Deadline deadline, TransferRequest *request) {
+  TransportResult result;
+  std::unique_ptr<uint8_t[]> stage = core_->AcquireStage(deadline, request, &result.status, &result.error);
+  if (stage == nullptr) return result;
+  result.status = adxl::SUCCESS;
+  // The chunk goes back to the pool, or is retired when a UCX operation on it
+  // may not have ended (posted, then not completed).
+  bool posted = false;
+  struct StageGuard {
+    UcxCore *core;
+    std::unique_ptr<uint8_t[]> *stage;
+    bool *posted;
+    ~StageGuard() {
+      if (*stage == nullptr) return;
+      if (*posted) {
+        core->RetireStage(std::move(*stage));
+      } else {
+        core->ReleaseStage(std::move(*stage));
+      }
+    }
+  } guard{core_.get(), &stage, &posted};
+  auto copy_in = [&] {  // WRITE: the caller's bytes into the chunk, in segment order
+    uint64_t at = 0;
+    for (const Segment &s : segs) {
+      std::memcpy(stage.get() + at, reinterpret_cast<const void *>(s.local), s.len);
+      at += s.len;
+    }
+  };
+  if (op == adxl::WRITE) copy_in();
+  const uint32_t rights = op == adxl::READ ? kAccessRead : kAccessWrite;
   // Each segment as pieces within one remote registration each (a segment
-  // may run across adjacent ones), with the key of that registration.
+  // may run across adjacent ones), with the key of that registration; local
+  // addresses are offsets in the staging chunk.
   struct Piece {
-    uintptr_t local;
+    uint64_t staged;  // offset in the chunk
     uintptr_t remote;
     uint64_t len;
     ucp_rkey_h rkey;
   };
   std::vector<Piece> pieces;
-  pieces.reserve(batch.count);
+  pieces.reserve(segs.size());
   for (int attempt = 0;; ++attempt) {
     // Keys first (asking the peer where needed), then post everything under
     // one hold of the mutex, checking the keys still stand.
     pieces.clear();
-    for (size_t i = 0; i < batch.count; ++i) {
-      const Segment &s = batch.segs[i];
+    uint64_t at = 0;
+    for (const Segment &s : segs) {
       for (uint64_t off = 0; off < s.len;) {
         ucp_rkey_h rkey = nullptr;
         uint64_t covered = 0;
-        result.status = KeyFor(s.remote + off, s.len - off, rights, batch.deadline, batch.request, &rkey, &covered,
-                               &result.error);
+        result.status = KeyFor(s.remote + off, s.len - off, rights, deadline, request, &rkey, &covered, &result.error);
         if (result.status != adxl::SUCCESS) return result;
-        pieces.push_back({s.local + off, s.remote + off, covered, rkey});
+        pieces.push_back({at + off, s.remote + off, covered, rkey});
         off += covered;
       }
+      at += s.len;
     }
     std::unique_lock<std::mutex> lock(core_->mutex);
     bool stale = ep_ == nullptr || ep_failed_;
@@ -725,15 +862,16 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
     ucp_request_param_t param;
     memset(&param, 0, sizeof(param));
     ucs_status_t failed = UCS_OK;
+    posted = true;  // from here a UCX operation may hold the chunk
     for (size_t i = 0; i < pieces.size() && failed == UCS_OK; ++i) {
       const Piece &p = pieces[i];
-      void *op = batch.op == adxl::READ
-                     ? ucp_get_nbx(ep_, reinterpret_cast<void *>(p.local), p.len, p.remote, p.rkey, &param)
-                     : ucp_put_nbx(ep_, reinterpret_cast<const void *>(p.local), p.len, p.remote, p.rkey, &param);
-      if (UCS_PTR_IS_ERR(op)) {
-        failed = UCS_PTR_STATUS(op);
-      } else if (op != nullptr) {
-        ucp_request_free(op);  // the flush below says when it is done
+      void *local = stage.get() + p.staged;
+      void *op_request = op == adxl::READ ? ucp_get_nbx(ep_, local, p.len, p.remote, p.rkey, &param)
+                                          : ucp_put_nbx(ep_, local, p.len, p.remote, p.rkey, &param);
+      if (UCS_PTR_IS_ERR(op_request)) {
+        failed = UCS_PTR_STATUS(op_request);
+      } else if (op_request != nullptr) {
+        ucp_request_free(op_request);  // the flush below says when it is done
       }
     }
     void *flush = nullptr;
@@ -750,8 +888,8 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       for (;;) {
         status = ucp_request_check_status(flush);
         if (status != UCS_INPROGRESS) break;
-        if (batch.deadline.Expired()) break;
-        if (batch.request != nullptr && batch.request->CancelRequested()) {
+        if (deadline.Expired()) break;
+        if (request != nullptr && request->CancelRequested()) {
           canceled = true;
           break;
         }
@@ -762,14 +900,14 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
         }
       }
     }
-    // Another batch's timeout or cancel closed the endpoint under us: every
-    // operation of ours was canceled with it, none touches our buffers now;
-    // with time left, the batch runs again on a new endpoint.
+    // Another batch's timeout or cancel closed the endpoint under us: our
+    // operations were canceled with it; with time left, the round runs again
+    // on a new endpoint, through a new chunk (a late reply may still land in
+    // this one).
     const bool closed_by_other = status != UCS_OK && status != UCS_INPROGRESS && !canceled &&
                                  (ep_ == nullptr || ep_generation_ != generation) && !ep_failed_;
     if (status != UCS_OK && ep_ != nullptr && ep_generation_ == generation) {
-      // Timeout, cancel or failure: end the endpoint at once, so that no
-      // operation of this batch touches our buffers after we return.
+      // Timeout, cancel or failure: end the endpoint at once.
       CloseEndpointLocked(true);
     }
     if (flush != nullptr) ucp_request_free(flush);
@@ -778,19 +916,40 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       for (ucp_rkey_h stale_key : retired_) ucp_rkey_destroy(stale_key);
       retired_.clear();
     }
-    if (status == UCS_OK) return result;
-    if (closed_by_other && !shut_down_.load() && !batch.deadline.Expired() && attempt < 3) continue;
+    if (status == UCS_OK) {
+      lock.unlock();
+      posted = false;  // the flush completed: every operation on the chunk ended
+      if (op == adxl::READ) {
+        uint64_t from = 0;
+        for (const Segment &s : segs) {
+          std::memcpy(reinterpret_cast<void *>(s.local), stage.get() + from, s.len);
+          from += s.len;
+        }
+      }
+      (void)bytes;
+      return result;
+    }
+    if (closed_by_other && !shut_down_.load() && !deadline.Expired() && attempt < 3) {
+      lock.unlock();
+      core_->RetireStage(std::move(stage));
+      posted = false;
+      stage = core_->AcquireStage(deadline, request, &result.status, &result.error);
+      if (stage == nullptr) return result;
+      result.status = adxl::SUCCESS;
+      if (op == adxl::WRITE) copy_in();
+      continue;
+    }
     if (canceled) {
       result.status = TransferRequest::kCanceledStatus;
       result.error = "canceled";
-    } else if (status == UCS_INPROGRESS || (closed_by_other && batch.deadline.Expired())) {
+    } else if (status == UCS_INPROGRESS || (closed_by_other && deadline.Expired())) {
       result.status = adxl::TIMEOUT;
       result.error = "UCX transfer to " + peer_name_ + " did not complete before the deadline";
     } else {
       result.status = adxl::FAILED;
       result.error = std::string("UCX transfer to ") + peer_name_ + " failed: " + ucs_status_string(status);
     }
-    return result;
+    return result;  // the guard retires the chunk
   }
 }
 

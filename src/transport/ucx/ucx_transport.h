@@ -23,13 +23,25 @@
 //     out, then unmaps: a transfer started after DeregisterMem returned finds
 //     no key and fails.
 //   - A batch is posted without waiting per descriptor and completed with one
-//     endpoint flush. Timeout or Cancel force-closes the endpoint (its
-//     operations end, none touches our memory afterwards) and the next batch
-//     makes a new one.
+//     endpoint flush. Timeout or Cancel force-closes the endpoint and the next
+//     batch makes a new one.
+//   - UCX never sees a caller's buffer: every GET lands in, and every PUT
+//     leaves from, a staging chunk of the core (kUcxStageBytes; a batch moves
+//     in rounds of one chunk), copied to or from the caller's memory by the
+//     requester. Why: UCX 1.13 over its TCP transport still delivers the
+//     reply of a GET whose endpoint was force-closed (the target resumes and
+//     answers; ucp_get_rep_handler copies into the request's buffer), so a
+//     caller's buffer freed after its request ended TIMEOUT was written to.
+//     A chunk whose round did not complete is retired, never reused, until
+//     the core goes (at most kUcxStageRetiredMax; beyond that the transport
+//     refuses batches: restart the engine). Cost: one memcpy per byte on the
+//     requester; a UCX that names an endpoint's transports (1.14+) could let
+//     real RDMA, which cannot write after its QP is gone, skip it.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -50,6 +62,11 @@ constexpr uint32_t kUcxKeyLeaseMarginMs = 30;
 constexpr size_t kUcxMaxCachedKeys = 1024;
 // Longest packed rkey accepted from a peer.
 constexpr size_t kUcxMaxRkeyBytes = 4096;
+// Staging (see above): chunk size, chunks in use at once per engine, and
+// chunks of unfinished rounds kept until the engine's UCX core goes.
+constexpr size_t kUcxStageBytes = 4u << 20;
+constexpr size_t kUcxStageChunks = 8;
+constexpr size_t kUcxStageRetiredMax = 16;
 
 class UcxCore;
 
@@ -100,6 +117,10 @@ class UcxLink : public TransportLink {
   adxl::Status KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline,
                       const TransferRequest *request, ucp_rkey_h *rkey, uint64_t *covered, std::string *error);
   RemoteKey *FindKeyLocked(uintptr_t remote, uint64_t len, uint32_t rights);
+  // One round of a batch: `segs` (at most kUcxStageBytes in all) through one
+  // staging chunk.
+  TransportResult SubmitRound(adxl::TransferOp op, const std::vector<Segment> &segs, uint64_t bytes,
+                              Deadline deadline, TransferRequest *request);
   static void OnEndpointError(void *arg, ucp_ep_h ep, ucs_status_t status);
 
   std::shared_ptr<UcxCore> core_;
