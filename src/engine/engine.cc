@@ -816,11 +816,12 @@ void Engine::RunRequest(TransferRequest *request, Route route, bool queued, adxl
 
 adxl::Status Engine::RunHere(const std::string &key, Route route, adxl::TransferOp op,
                              const std::vector<Segment> &segs, Deadline deadline, std::string *error,
-                             bool *refused, size_t descriptors) {
+                             bool *refused, size_t descriptors, std::chrono::steady_clock::time_point submitted) {
   // On this stack and borrowing `segs`: it runs and ends before this call
   // returns, and Finalize touches it only while its runner has not let go.
   TransferRequest request(key, op, &segs, deadline);
-  request.submitted_at = std::chrono::steady_clock::now();
+  request.submitted_at = submitted != std::chrono::steady_clock::time_point{} ? submitted
+                                                                             : std::chrono::steady_clock::now();
   request.descriptors_submitted = descriptors;
   adxl::Status status = Admit(&request, route, /*submitted=*/false, error);
   if (refused != nullptr) *refused = status != adxl::SUCCESS;
@@ -1182,7 +1183,10 @@ adxl::Status Engine::TransferSync(const std::string &remote, adxl::TransferOp op
   route.pool = std::shared_ptr<LanePool>(channel, &channel->Lanes());
   route.channel = std::move(channel);
   bool refused = false;
-  adxl::Status status = RunHere(remote, std::move(route), op, segs, deadline, &error, &refused, count);
+  // The deadline's clock reading is when the call began: the record's start
+  // costs no second clock read on the smallest transfers.
+  adxl::Status status = RunHere(remote, std::move(route), op, segs, deadline, &error, &refused, count,
+                                deadline.At() - std::chrono::milliseconds(timeout_ms));
   if (refused) {
     static std::atomic<int64_t> last_logged{0};
     if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))
@@ -1431,7 +1435,7 @@ void Engine::RecordEnd(const TransferRequest &request, adxl::Status status, cons
               " transport=%s queued_us=%.1f wire_us=%.1f total_us=%.1f status=%s%s%s",
               request.Id(), request.Key().c_str(), request.Op() == adxl::WRITE ? "write" : "read",
               record.descriptors_submitted, record.descriptors_coalesced, record.bytes,
-              metrics::kTransportNames[record.transport < metrics::kTransports ? record.transport : metrics::kNone],
+              metrics::kTransportNames[record.transport < metrics::kTransports ? record.transport : size_t{metrics::kNone}],
               ns(request.started_at - request.submitted_at) / 1e3, ns(now - request.started_at) / 1e3,
               record.total_ns / 1e3, StatusNameOrNull(status) != nullptr ? StatusNameOrNull(status) : "unknown",
               error.empty() ? "" : " error=", error.c_str());

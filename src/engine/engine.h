@@ -239,9 +239,11 @@ class Engine {
   // Admits a request for `segs` and runs it here (the caller waits anyway:
   // no thread hop, no allocation). The request's outcome, or the refusal
   // (*refused set).
-  // descriptors: as the caller passed them (0: segs.size()).
+  // descriptors: as the caller passed them (0: segs.size()); submitted: when
+  // the caller's call began, if it read the clock then (else now).
   adxl::Status RunHere(const std::string &key, Route route, adxl::TransferOp op, const std::vector<Segment> &segs,
-                       Deadline deadline, std::string *error, bool *refused = nullptr, size_t descriptors = 0);
+                       Deadline deadline, std::string *error, bool *refused = nullptr, size_t descriptors = 0,
+                       std::chrono::steady_clock::time_point submitted = {});
   // SubmitTransfer with the route resolved (lifecycle lock held, shared).
   adxl::Status SubmitLocked(const std::string &key, const Route &route, adxl::TransferOp op, std::vector<Segment> segs,
                             Deadline deadline, std::shared_ptr<TransferRequest> *request, std::string *error,

@@ -3,8 +3,8 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <functional>
-#include <thread>
+#include <mutex>
+#include <unordered_set>
 
 namespace llmdd {
 
@@ -20,6 +20,7 @@ using namespace metrics;
 
 // One cache-line-aligned block of the per-transfer counters (~4 KiB).
 struct alignas(64) EngineMetrics::Shard {
+  std::atomic<bool> claimed{false};  // owned by a thread (owned shards only)
   std::atomic<uint64_t> transfers[kOps][kTransports][kStatuses] = {};
   std::atomic<uint64_t> bytes[kOps][kTransports] = {};
   std::atomic<uint64_t> descriptors_submitted[kOps] = {};
@@ -29,35 +30,106 @@ struct alignas(64) EngineMetrics::Shard {
 };
 
 namespace {
-// This thread's shard slot: assigned round-robin on first use, so the few
-// threads that move bytes at once (callers, workers) get different shards.
-size_t ThreadSlot() {
-  static std::atomic<size_t> next{0};
-  thread_local const size_t slot = next.fetch_add(1, std::memory_order_relaxed);
-  return slot;
+// The EngineMetrics alive (by uid), so that a thread that exits releases its
+// shards only in objects that still exist; both sides take the mutex.
+std::mutex g_live_mutex;
+std::unordered_set<uint64_t> g_live;
+std::atomic<uint64_t> g_next_uid{1};
+}  // namespace
+
+// This thread's shards, one per engine it recorded transfers in (the last
+// few engines; an older claim is given back to make room).
+struct ThreadShards {
+  struct Entry {
+    uint64_t uid = 0;
+    EngineMetrics::Shard *shard = nullptr;
+    bool owned = false;
+  };
+  static constexpr size_t kEntries = 4;
+  Entry entries[kEntries];
+  ~ThreadShards() {
+    for (Entry &e : entries) Release(&e);
+  }
+  static void Release(Entry *e) {
+    if (e->uid == 0 || !e->owned) return;
+    std::lock_guard guard(g_live_mutex);
+    if (g_live.count(e->uid) != 0) e->shard->claimed.store(false, std::memory_order_release);
+    e->uid = 0;
+  }
+};
+thread_local ThreadShards t_shards;
+
+EngineMetrics::EngineMetrics() : uid_(g_next_uid.fetch_add(1)), shards_(new Shard[kOwnedShards + 1]) {
+  std::lock_guard guard(g_live_mutex);
+  g_live.insert(uid_);
+}
+
+EngineMetrics::~EngineMetrics() {
+  std::lock_guard guard(g_live_mutex);
+  g_live.erase(uid_);
+}
+
+EngineMetrics::Shard *EngineMetrics::ClaimShard(bool *owned) {
+  for (size_t i = 0; i < kOwnedShards; ++i) {
+    bool expected = false;
+    if (!shards_[i].claimed.load(std::memory_order_relaxed) &&
+        shards_[i].claimed.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+      *owned = true;
+      return &shards_[i];
+    }
+  }
+  *owned = false;
+  return &shards_[kOwnedShards];
+}
+
+namespace {
+// A thread's own counter: a plain read and store (it is the only writer).
+inline void Bump(std::atomic<uint64_t> *c, uint64_t n, bool owned) {
+  if (owned) {
+    c->store(c->load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  } else {
+    c->fetch_add(n, std::memory_order_relaxed);
+  }
 }
 }  // namespace
 
-EngineMetrics::EngineMetrics() : shards_(new Shard[kShards]) {}
-EngineMetrics::~EngineMetrics() = default;
-
 void EngineMetrics::RecordTransfer(const TransferRecord &r) {
-  Shard &s = shards_[ThreadSlot() % kShards];
+  ThreadShards::Entry *entry = nullptr;
+  for (ThreadShards::Entry &e : t_shards.entries) {
+    if (e.uid == uid_) {
+      entry = &e;
+      break;
+    }
+  }
+  if (entry == nullptr) {  // this thread's first transfer in this engine
+    entry = &t_shards.entries[0];
+    for (ThreadShards::Entry &e : t_shards.entries) {
+      if (e.uid == 0) {
+        entry = &e;
+        break;
+      }
+    }
+    ThreadShards::Release(entry);
+    entry->shard = ClaimShard(&entry->owned);
+    entry->uid = uid_;
+  }
+  Shard &s = *entry->shard;
+  const bool owned = entry->owned;
   const size_t op = r.op == adxl::WRITE ? 1 : 0;
-  const size_t transport = r.transport < kTransports ? r.transport : kNone;
+  const size_t transport = r.transport < kTransports ? r.transport : size_t{kNone};
   const size_t status = StatusIndex(r.status);
-  Add(&s.transfers[op][transport][status]);
-  if (r.status == adxl::SUCCESS) Add(&s.bytes[op][transport], r.bytes);
-  Add(&s.descriptors_submitted[op], r.descriptors_submitted);
-  Add(&s.descriptors_coalesced[op], r.descriptors_coalesced);
+  Bump(&s.transfers[op][transport][status], 1, owned);
+  if (r.status == adxl::SUCCESS) Bump(&s.bytes[op][transport], r.bytes, owned);
+  Bump(&s.descriptors_submitted[op], r.descriptors_submitted, owned);
+  Bump(&s.descriptors_coalesced[op], r.descriptors_coalesced, owned);
   const size_t size = SizeIndex(r.bytes);
-  Add(&s.latency_buckets[transport][size][BucketIndex(r.total_ns)]);
-  Add(&s.latency_sum_ns[transport][size], r.total_ns);
+  Bump(&s.latency_buckets[transport][size][BucketIndex(r.total_ns)], 1, owned);
+  Bump(&s.latency_sum_ns[transport][size], r.total_ns, owned);
 }
 
 void EngineMetrics::Snapshot(MetricsSnapshot *out) const {
   const auto load = [](const std::atomic<uint64_t> &a) { return a.load(std::memory_order_relaxed); };
-  for (size_t i = 0; i < kShards; ++i) {
+  for (size_t i = 0; i <= kOwnedShards; ++i) {
     const Shard &s = shards_[i];
     for (size_t op = 0; op < kOps; ++op) {
       for (size_t t = 0; t < kTransports; ++t) {

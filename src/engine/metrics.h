@@ -152,10 +152,17 @@ class EngineMetrics {
  private:
   static void Add(std::atomic<uint64_t> *counter, uint64_t n = 1) { counter->fetch_add(n, std::memory_order_relaxed); }
   struct Shard;
-  // Transfers finish on many threads (callers, workers): each thread adds to
-  // the shard of its own slot, so threads do not contend for one cache line.
-  static constexpr size_t kShards = 16;
-  std::unique_ptr<Shard[]> shards_;
+  // Transfers finish on many threads (callers, workers). A thread claims a
+  // shard of its own on its first transfer (kOwnedShards of them) and adds to
+  // it with plain relaxed stores, no read-modify-write: one writer per shard,
+  // so nothing is lost, and a snapshot reads each counter atomically. A
+  // thread that finds none free adds to the shared shard with fetch_add.
+  // A thread's claims end when it exits (metrics.cc, ThreadShards).
+  static constexpr size_t kOwnedShards = 32;
+  Shard *ClaimShard(bool *owned);
+  friend struct ThreadShards;
+  const uint64_t uid_;  // process-unique: a thread's cache never mistakes a new object at the same address
+  std::unique_ptr<Shard[]> shards_;  // kOwnedShards owned ones, then the shared one
   std::atomic<uint64_t> connects_[metrics::kStatuses] = {};
   std::atomic<uint64_t> disconnects_{0};
   std::atomic<uint64_t> reconnects_{0};

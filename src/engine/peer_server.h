@@ -146,11 +146,11 @@ class PeerServer {
   const TransportSet *transports_;
   EngineConfig config_;
   Callbacks callbacks_;
+  NotifyInbox *notifies_;
   EngineMetrics *metrics_ = nullptr;  // refusals are counted here (may be null: tests)
   void CountRefusal(metrics::Refusal reason) {
     if (metrics_ != nullptr) metrics_->CountRefusal(reason);
   }
-  NotifyInbox *notifies_;
   TcpListener listener_;
   uint64_t listener_watch_ = 0;
   uint64_t housekeeping_timer_ = 0;
