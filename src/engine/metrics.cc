@@ -38,18 +38,18 @@ std::atomic<uint64_t> g_next_uid{1};
 }  // namespace
 
 // This thread's shards, one per engine it recorded transfers in (the last
-// few engines; an older claim is given back to make room).
+// few engines; an older claim is given back to make room). Trivially
+// destructible, so the hot path's thread_local access has no guard; the
+// claims are given back at thread exit by a ShardReleaser, which a thread
+// constructs on its first claim only.
 struct ThreadShards {
   struct Entry {
-    uint64_t uid = 0;
-    EngineMetrics::Shard *shard = nullptr;
-    bool owned = false;
+    uint64_t uid;
+    EngineMetrics::Shard *shard;
+    bool owned;
   };
   static constexpr size_t kEntries = 4;
   Entry entries[kEntries];
-  ~ThreadShards() {
-    for (Entry &e : entries) Release(&e);
-  }
   static void Release(Entry *e) {
     if (e->uid == 0 || !e->owned) return;
     std::lock_guard guard(g_live_mutex);
@@ -57,7 +57,16 @@ struct ThreadShards {
     e->uid = 0;
   }
 };
-thread_local ThreadShards t_shards;
+thread_local ThreadShards t_shards{};
+
+namespace {
+struct ShardReleaser {
+  ~ShardReleaser() {
+    for (ThreadShards::Entry &e : t_shards.entries) ThreadShards::Release(&e);
+  }
+};
+thread_local ShardReleaser t_releaser;
+}  // namespace
 
 EngineMetrics::EngineMetrics() : uid_(g_next_uid.fetch_add(1)), shards_(new Shard[kOwnedShards + 1]) {
   std::lock_guard guard(g_live_mutex);
@@ -110,6 +119,8 @@ void EngineMetrics::RecordTransfer(const TransferRecord &r) {
       }
     }
     ThreadShards::Release(entry);
+    ShardReleaser *volatile releaser = &t_releaser;  // constructed here, on the cold path: it gives
+    (void)releaser;                                   // the claims back at thread exit
     entry->shard = ClaimShard(&entry->owned);
     entry->uid = uid_;
   }
