@@ -329,6 +329,67 @@ TEST(Metrics, LlmDataDistNotInitializedIsFailed) {
   EXPECT_STREQ(json, "");
 }
 
+// LLM-DataDist: links, pulled blocks and the engine transfer underneath.
+TEST(Metrics, LlmDataDistLinksAndBlocks) {
+  using namespace llm_datadist;
+  constexpr uint64_t kPrompt = 11, kDecoder = 22;
+  LlmDataDist prompt(kPrompt, LlmRole::kPrompt), decoder(kDecoder, LlmRole::kDecoder);
+  std::map<AscendString, AscendString> options{{OPTION_DEVICE_ID, "0"}};
+  const int port = FreePort();
+  auto listen = options;
+  listen[OPTION_LISTEN_IP_INFO] = AscendString(("127.0.0.1:" + std::to_string(port)).c_str());
+  ASSERT_EQ(prompt.Initialize(listen), LLM_SUCCESS);
+  ASSERT_EQ(decoder.Initialize(options), LLM_SUCCESS);
+  ClusterInfo cluster;
+  cluster.remote_cluster_id = kPrompt;
+  IpInfo local_ip, remote_ip;
+  local_ip.ip = "127.0.0.1";
+  remote_ip.ip = "127.0.0.1";
+  remote_ip.port = static_cast<uint16_t>(port);
+  cluster.local_ip_infos.push_back(local_ip);
+  cluster.remote_ip_infos.push_back(remote_ip);
+  std::vector<Status> rets;
+  ASSERT_EQ(decoder.LinkLlmClusters({cluster}, rets, 3000), LLM_SUCCESS);
+  // 4 tensors of {8, 16} int32: 8 blocks of 64 B each.
+  CacheDesc desc;
+  desc.num_tensors = 4;
+  desc.data_type = DT_INT32;
+  desc.shape = {8, 16};
+  std::vector<std::vector<uint8_t>> src(4, std::vector<uint8_t>(512, 1)), dst(4, std::vector<uint8_t>(512, 0));
+  std::vector<uint64_t> src_addrs, dst_addrs;
+  for (size_t t = 0; t < 4; ++t) {
+    src_addrs.push_back(reinterpret_cast<uint64_t>(src[t].data()));
+    dst_addrs.push_back(reinterpret_cast<uint64_t>(dst[t].data()));
+  }
+  int64_t src_id = -1, dst_id = -1;
+  ASSERT_EQ(prompt.RegisterKvCache(desc, src_addrs, RegisterCfg{}, src_id), LLM_SUCCESS);
+  ASSERT_EQ(decoder.RegisterKvCache(desc, dst_addrs, RegisterCfg{}, dst_id), LLM_SUCCESS);
+  CacheIndex index;
+  index.cluster_id = kPrompt;
+  index.cache_id = src_id;
+  index.batch_index = 0;
+  Cache dst_cache;
+  dst_cache.cache_id = dst_id;
+  dst_cache.cache_desc = desc;
+  ASSERT_EQ(decoder.PullKvBlocks(index, dst_cache, {1, 2}, {5, 6}), LLM_SUCCESS);
+
+  const char *json = nullptr;
+  ASSERT_EQ(llmdd_ext::GetMetricsJson(decoder, json), LLM_SUCCESS);
+  std::string d = json;
+  EXPECT_HAS(d, "\"datadist\":{\"links\":1,\"links_established\":1,\"links_ended\":0,\"blocks_pulled\":2,"
+                "\"blocks_pushed\":0,\"cache_pulls\":1,\"cache_pushes\":0}");
+  // 2 blocks of 64 B from each of 4 tensors, on whichever path the engines chose.
+  EXPECT_HAS(d, "\"bytes\":512}");
+  EXPECT_HAS(d, "\"engine\":\"22\"");
+  ASSERT_EQ(llmdd_ext::GetMetricsJson(prompt, json), LLM_SUCCESS);
+  EXPECT_HAS(std::string(json), "\"datadist\":{\"links\":1,\"links_established\":1,");
+  ASSERT_EQ(decoder.UnlinkLlmClusters({cluster}, rets, 3000), LLM_SUCCESS);
+  ASSERT_EQ(llmdd_ext::GetMetricsJson(decoder, json), LLM_SUCCESS);
+  EXPECT_HAS(std::string(json), "\"datadist\":{\"links\":0,\"links_established\":1,\"links_ended\":1,");
+  decoder.Finalize();
+  prompt.Finalize();
+}
+
 // The shards: concurrent records from many threads sum exactly.
 TEST(Metrics, ConcurrentRecordsSumExactly) {
   llmdd::EngineMetrics metrics;
