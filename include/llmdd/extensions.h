@@ -3,8 +3,8 @@
  * They travel in the reserved bytes of the public structs, so programs that do
  * not use them are unaffected and the struct layouts stay exactly CANN's.
  * C++11. Everything here is inline except Version(), StatusName(), LastErrors(),
- * ClearLastErrors(), RegisterKvCacheWithKeys() and FindRemoteCache(), which the
- * library exports.
+ * ClearLastErrors(), RegisterKvCacheWithKeys(), FindRemoteCache() and
+ * GetMetricsJson(), which the library exports.
  *
  * Remote access rights of a registration (default: peers may read and write,
  * as in CANN). The serving engine enforces them: a peer's READ of write-only
@@ -44,6 +44,13 @@
 #include "adxl/adxl_types.h"
 #include "hixl/hixl_types.h"
 #include "llm_datadist/llm_datadist.h"
+
+namespace adxl {
+class AdxlEngine;
+}  // namespace adxl
+namespace hixl {
+class Hixl;
+}  // namespace hixl
 
 namespace llmdd_ext {
 
@@ -257,6 +264,25 @@ ASCEND_FUNC_VISIBILITY llm_datadist::Status RegisterKvCacheWithKeys(llm_datadist
 ASCEND_FUNC_VISIBILITY llm_datadist::Status FindRemoteCache(llm_datadist::LlmDataDist &datadist,
                                                             const CacheKey &key, bool refresh,
                                                             llm_datadist::CacheIndex &index);
+
+// ---------------------------------------------------------------- metrics
+//
+// The engine's counters, histograms and gauges (docs/METRICS.md) as one JSON
+// object, the same snapshot llmdd.MetricsListen serves to a scraper:
+// transfers by operation, transport and status, bytes, descriptors, latency
+// histograms, connects, refusals by reason, sessions, lanes, threads,
+// registered memory and, for LLM-DataDist, links and blocks.
+// `json` gets a NUL-terminated string owned by the library, valid until this
+// thread calls GetMetricsJson again (as LastErrors' text is kept per thread):
+// copy it to keep it; never free it. On failure it is "" (never null).
+// adxl::AdxlEngine / hixl::Hixl: SUCCESS whenever the object is alive (before
+// Initialize and after Finalize the counters are still there and
+// "initialized" is false). LlmDataDist: LLM_SUCCESS, or LLM_FAILED (logged)
+// when it is not initialized (its engine exists only then). The object must be
+// alive, as for any member call.
+ASCEND_FUNC_VISIBILITY adxl::Status GetMetricsJson(adxl::AdxlEngine &engine, const char *&json);
+ASCEND_FUNC_VISIBILITY hixl::Status GetMetricsJson(hixl::Hixl &engine, const char *&json);
+ASCEND_FUNC_VISIBILITY llm_datadist::Status GetMetricsJson(llm_datadist::LlmDataDist &datadist, const char *&json);
 
 }  // namespace llmdd_ext
 

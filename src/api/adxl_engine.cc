@@ -10,6 +10,9 @@
 #include "common/log.h"
 #include "engine/engine.h"
 
+#include <mutex>
+#include <unordered_map>
+
 namespace adxl {
 
 class AdxlEngine::AdxlEngineImpl {
@@ -32,9 +35,30 @@ using llmdd::ToStd;
 
 }  // namespace
 
-AdxlEngine::AdxlEngine() : impl_(new AdxlEngineImpl()) {}
+namespace {
+// The live instances, for llmdd_ext::GetMetricsJson: CANN's header gives the
+// class no member it could use and no friend, so each instance records its
+// engine here for its lifetime (as LlmDataDist's instances do).
+std::mutex g_instances_mutex;
+std::unordered_map<const AdxlEngine *, llmdd::Engine *> g_instances;
+
+llmdd::Engine *EngineOf(const AdxlEngine &engine) {
+  std::lock_guard guard(g_instances_mutex);
+  auto it = g_instances.find(&engine);
+  return it == g_instances.end() ? nullptr : it->second;
+}
+}  // namespace
+
+AdxlEngine::AdxlEngine() : impl_(new AdxlEngineImpl()) {
+  std::lock_guard guard(g_instances_mutex);
+  g_instances[this] = &impl_->engine;
+}
 
 AdxlEngine::~AdxlEngine() {
+  {
+    std::lock_guard guard(g_instances_mutex);
+    g_instances.erase(this);
+  }
   if (impl_) llmdd::RunGuarded("~AdxlEngine", [&] { impl_->engine.Finalize(); });
 }
 
@@ -199,3 +223,20 @@ Status AdxlEngine::GetCapability(FeatureType feature_type, int32_t &value) {
 }
 
 }  // namespace adxl
+
+namespace llmdd_ext {
+
+adxl::Status GetMetricsJson(adxl::AdxlEngine &engine, const char *&json) {
+  json = "";
+  return llmdd::Guarded("GetMetricsJson", [&] {
+    llmdd::Engine *core = adxl::EngineOf(engine);
+    if (core == nullptr) {
+      LOG_ERROR("GetMetricsJson: not a live AdxlEngine (PARAM_INVALID)");
+      return adxl::PARAM_INVALID;
+    }
+    json = llmdd::KeepForThread(core->MetricsJson());
+    return adxl::SUCCESS;
+  });
+}
+
+}  // namespace llmdd_ext

@@ -67,4 +67,11 @@ void AppendNotifies(const std::vector<wire::Notify> &received, std::vector<Notif
   }
 }
 
+// GetMetricsJson's answer: kept per thread until its next call (llmdd/extensions.h).
+inline const char *KeepForThread(std::string text) {
+  static thread_local std::string kept;
+  kept = std::move(text);
+  return kept.c_str();
+}
+
 }  // namespace llmdd

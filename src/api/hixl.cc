@@ -7,7 +7,9 @@
 
 #include <cstddef>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "adxl/adxl_engine.h"
 #include "api/facade.h"
@@ -126,9 +128,28 @@ class Hixl::HixlImpl {
   llmdd::AsyncConnects connects;  // after the engine: its tasks call it
 };
 
-Hixl::Hixl() : impl_(new HixlImpl()) {}
+namespace {
+// The live instances, for llmdd_ext::GetMetricsJson (as adxl::AdxlEngine's).
+std::mutex g_instances_mutex;
+std::unordered_map<const Hixl *, llmdd::Engine *> g_instances;
+
+llmdd::Engine *EngineOf(const Hixl &engine) {
+  std::lock_guard guard(g_instances_mutex);
+  auto it = g_instances.find(&engine);
+  return it == g_instances.end() ? nullptr : it->second;
+}
+}  // namespace
+
+Hixl::Hixl() : impl_(new HixlImpl()) {
+  std::lock_guard guard(g_instances_mutex);
+  g_instances[this] = &impl_->engine;
+}
 
 Hixl::~Hixl() {
+  {
+    std::lock_guard guard(g_instances_mutex);
+    g_instances.erase(this);
+  }
   if (impl_) llmdd::RunGuarded("~Hixl", [&] { impl_->Finalize(); });
 }
 
@@ -300,3 +321,20 @@ Status Hixl::GetCapability(FeatureType feature_type, int32_t &value) {
 }
 
 }  // namespace hixl
+
+namespace llmdd_ext {
+
+hixl::Status GetMetricsJson(hixl::Hixl &engine, const char *&json) {
+  json = "";
+  return llmdd::Guarded("GetMetricsJson", [&] {
+    llmdd::Engine *core = hixl::EngineOf(engine);
+    if (core == nullptr) {
+      LOG_ERROR("GetMetricsJson: not a live Hixl (PARAM_INVALID)");
+      return hixl::PARAM_INVALID;
+    }
+    json = llmdd::KeepForThread(core->MetricsJson());
+    return hixl::SUCCESS;
+  });
+}
+
+}  // namespace llmdd_ext

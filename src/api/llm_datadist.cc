@@ -8,6 +8,7 @@
 
 #include "common/log.h"
 #include "common/threads.h"
+#include "api/facade.h"
 #include "datadist/datadist.h"
 #include "llmdd/extensions.h"
 
@@ -185,6 +186,24 @@ Status FindRemoteCache(llm_datadist::LlmDataDist &datadist, const CacheKey &key,
       return llm_datadist::LLM_PARAM_INVALID;
     }
     return core->FindRemoteCache(llm_datadist::ToKeyId(key), refresh, &index);
+  });
+}
+
+Status GetMetricsJson(llm_datadist::LlmDataDist &datadist, const char *&json) {
+  json = "";
+  return llm_datadist::Guarded("GetMetricsJson", [&] {
+    llmdd::datadist::DataDist *core = llm_datadist::CoreOf(datadist);
+    if (core == nullptr) {
+      LOG_ERROR("GetMetricsJson: not a live LlmDataDist (LLM_PARAM_INVALID)");
+      return llm_datadist::LLM_PARAM_INVALID;
+    }
+    std::string text;
+    if (!core->MetricsJson(&text)) {
+      LOG_ERROR("GetMetricsJson: LlmDataDist is not initialized (LLM_FAILED)");
+      return llm_datadist::LLM_FAILED;
+    }
+    json = llmdd::KeepForThread(std::move(text));
+    return llm_datadist::LLM_SUCCESS;
   });
 }
 

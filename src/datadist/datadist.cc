@@ -511,6 +511,7 @@ Status DataDist::LinkOne(const ClusterInfo &cluster, int32_t timeout_ms) {
   std::lock_guard guard(links_mutex_);
   linking_.erase(remote);
   links_[remote] = link;
+  LinksChangedLocked(true);
   LOG_INFO("linked cluster %" PRIu64 " -> %" PRIu64 " at %s", cluster_id_, remote, endpoint.ToString().c_str());
   return LLM_SUCCESS;
 }
@@ -560,7 +561,10 @@ void DataDist::DropLink(const std::shared_ptr<Link> &link, bool say_goodbye, Dea
   {
     std::lock_guard guard(links_mutex_);
     auto it = links_.find(link->remote_cluster);
-    if (it != links_.end() && it->second == link) links_.erase(it);
+    if (it != links_.end() && it->second == link) {
+      links_.erase(it);
+      LinksChangedLocked(false);
+    }
   }
   // Wait for our own transfers on this link (they are bounded by their deadlines).
   std::unique_lock drain(link->in_flight);
@@ -608,6 +612,7 @@ void DataDist::OnPeerDetached(const std::string &peer, uint64_t session_id, bool
   if (said_goodbye) {
     LOG_INFO("cluster %" PRIu64 " disconnected: link removed", cluster);
     links_.erase(it);
+    LinksChangedLocked(false);
     return;
   }
   // As in CANN, only an unlink on this side (or a new link from the peer)
@@ -686,6 +691,7 @@ adxl::Status DataDist::HandleApp(const std::string &peer, uint64_t session_id, c
       link->outbound = false;
       link->session_id = session_id;
       links_[peer_cluster] = link;
+      LinksChangedLocked(true);
       LOG_INFO("cluster %" PRIu64 " linked to this cluster %" PRIu64, peer_cluster, cluster_id_);
       return adxl::SUCCESS;
     }
@@ -699,6 +705,7 @@ adxl::Status DataDist::HandleApp(const std::string &peer, uint64_t session_id, c
         if (it == links_.end()) return adxl::SUCCESS;
         link = it->second;
         links_.erase(it);
+        LinksChangedLocked(false);
       }
       {
         std::unique_lock drain(link->in_flight);  // our transfers to the peer finish first
@@ -947,8 +954,22 @@ Status DataDist::FindRemoteCache(const CacheKeyId &key, bool refresh, CacheIndex
   return answer(target);
 }
 
+bool DataDist::MetricsJson(std::string *json) {
+  // init_mutex_ keeps the engine from going away (Finalize resets it under it).
+  std::lock_guard lock(init_mutex_);
+  if (!initialized_.load() || !engine_) return false;
+  *json = engine_->MetricsJson();
+  return true;
+}
+
+void DataDist::LinksChangedLocked(bool established) {
+  EngineMetrics &metrics = engine_->Metrics();
+  metrics.CountLink(established);
+  metrics.SetLinks(links_.size());
+}
+
 Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster, int64_t remote_cache_id,
-                         const std::shared_ptr<Link> &link, const TransferPlan &plan) {
+                         const std::shared_ptr<Link> &link, const TransferPlan &plan, uint64_t blocks) {
   Deadline deadline = Deadline::AfterMs(sync_timeout_ms_);
   std::vector<Segment> segs;
   segs.reserve(plan.RangeCount());
@@ -969,7 +990,12 @@ Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster
   // The caller (Transfer) holds the link's in_flight lock.
   status = engine_->TransferKeyed(ClusterKey(cluster), direction == Direction::kPull ? adxl::READ : adxl::WRITE,
                                   segs, deadline, &error);
-  if (status == adxl::SUCCESS) return LLM_SUCCESS;
+  if (status == adxl::SUCCESS) {
+    const metrics::Direction counted = direction == Direction::kPull ? metrics::kPull : metrics::kPush;
+    engine_->Metrics().CountCacheTransfer(counted);
+    if (blocks != 0) engine_->Metrics().CountBlocks(counted, blocks);
+    return LLM_SUCCESS;
+  }
   if (status == adxl::PARAM_INVALID) {
     // The peer refused a range: most likely the cache was unregistered (or
     // re-registered) since we cached its geometry. Forget it and say which.
@@ -983,7 +1009,7 @@ Status DataDist::RunPlan(const char *call, Direction direction, uint64_t cluster
 }
 
 Status DataDist::Transfer(const char *call, Direction direction, uint64_t remote_cluster, int64_t local_cache_id,
-                          int64_t remote_cache_id, const PlanFunction &make_plan) {
+                          int64_t remote_cache_id, const PlanFunction &make_plan, uint64_t blocks) {
   LocalCache local;
   std::shared_ptr<Link> link;
   Status status = Prepare(call, remote_cluster, local_cache_id, &local, &link);
@@ -1002,7 +1028,7 @@ Status DataDist::Transfer(const char *call, Direction direction, uint64_t remote
     LOG_ERROR("%s: %s", call, error.c_str());
     return status;
   }
-  return RunPlan(call, direction, remote_cluster, remote_cache_id, link, plan);
+  return RunPlan(call, direction, remote_cluster, remote_cache_id, link, plan, blocks);
 }
 
 Status DataDist::PullKvCache(const CacheIndex &src, const Cache &dst, uint32_t batch_index, int64_t size,
@@ -1032,7 +1058,8 @@ Status DataDist::PullKvBlocks(const CacheIndex &src, const Cache &dst, const std
   return Transfer(call, Direction::kPull, src.cluster_id, dst.cache_id, src.cache_id,
                   [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
                     return PlanPullBlocks(local, remote, src_blocks, dst_blocks, ext, plan, why);
-                  });
+                  },
+                  src_blocks.size());
 }
 
 Status DataDist::PushKvCache(const Cache &src, const CacheIndex &dst, uint32_t src_batch_index, int64_t size,
@@ -1066,7 +1093,8 @@ Status DataDist::PushKvBlocks(const Cache &src, const CacheIndex &dst, const std
                   [&](const CacheGeometry &local, const CacheGeometry &remote, TransferPlan *plan, std::string *why) {
                     return PlanPushBlocks(local, src.cache_desc.num_tensors, remote, src_blocks, dst_blocks, ext,
                                           plan, why);
-                  });
+                  },
+                  src_blocks.size());
 }
 
 }  // namespace llmdd::datadist

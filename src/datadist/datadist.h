@@ -62,6 +62,9 @@ class DataDist {
                       const std::vector<uint64_t> &src_blocks, const std::vector<uint64_t> &dst_blocks,
                       const llm_datadist::KvCacheExtParam &ext);
 
+  // The engine's metrics as JSON (llmdd_ext::GetMetricsJson): false when
+  // not initialized (there is no engine then).
+  bool MetricsJson(std::string *json);
   // The cache `key` names on the linked peer key.cluster_id (llmdd_ext::FindRemoteCache).
   Status FindRemoteCache(const CacheKeyId &key, bool refresh, llm_datadist::CacheIndex *index);
 
@@ -100,9 +103,12 @@ class DataDist {
   // The common tail of the four transfer calls: local cache, link and remote
   // cache lookups (in the spec's order), planning, then the transfer.
   Status Transfer(const char *call, Direction direction, uint64_t remote_cluster, int64_t local_cache_id,
-                  int64_t remote_cache_id, const PlanFunction &make_plan);
+                  int64_t remote_cache_id, const PlanFunction &make_plan, uint64_t blocks = 0);
+  // blocks: of a Pull/PushKvBlocks, counted in the metrics when it succeeds.
   Status RunPlan(const char *call, Direction direction, uint64_t cluster, int64_t remote_cache_id,
-                 const std::shared_ptr<Link> &link, const TransferPlan &plan);
+                 const std::shared_ptr<Link> &link, const TransferPlan &plan, uint64_t blocks);
+  // links_ changed (links_mutex_ held; the engine is up): counts and sets the gauge.
+  void LinksChangedLocked(bool established);
   // Common checks of the four transfer calls; fills the local cache and link.
   Status Prepare(const char *call, uint64_t remote_cluster, int64_t local_cache_id, LocalCache *local,
                  std::shared_ptr<Link> *link);

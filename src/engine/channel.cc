@@ -145,6 +145,7 @@ bool Channel::AddReverseLane(Deadline deadline, adxl::Status *status, std::strin
   ctx.max_lease_ms = params_.config.deregister_grace_ms;
   ctx.app_bytes = &reverse_app_bytes_;
   ctx.max_app_bytes = params_.config.max_peer_message_bytes;
+  ctx.metrics = params_.metrics;
   auto server = std::make_shared<LaneServer>(*lane, std::move(ctx));
   std::lock_guard lock(reverse_mutex_);
   if (reverse_closed_) {

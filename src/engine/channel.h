@@ -39,6 +39,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
     Reactor *reactor = nullptr;
     MemoryRegistry *registry = nullptr;
     const AppHandler *app_handler = nullptr;
+    EngineMetrics *metrics = nullptr;  // refused ranges on reverse lanes are counted here (may be null)
     const TransportSet *transports = nullptr;  // the links to the peer are made from these
   };
 

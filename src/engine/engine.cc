@@ -166,6 +166,34 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
       return status;
     }
   }
+  if (config_.metrics_listen_set) {
+    auto metrics_server = std::make_unique<MetricsServer>();
+    MetricsServer::Options metrics_options;
+    metrics_options.max_connections = config_.metrics_max_connections;
+    metrics_options.read_timeout_ms = config_.metrics_timeout_ms;
+    metrics_options.max_request_bytes = kMetricsMaxRequestBytes;
+    std::string why;
+    if (!metrics_server->Start(config_.metrics_listen, metrics_options,
+                               [this](bool json) { return json ? MetricsJson() : MetricsText(); }, &why)) {
+      LOG_ERROR("engine %s: %s=%s: %s (FAILED)", identity.c_str(), kOptMetricsListen,
+                config_.metrics_listen.ToString().c_str(), why.c_str());
+      if (server_) {
+        // Stopped outside the lifecycle lock, as Finalize does.
+        std::unique_ptr<PeerServer> server = std::move(server_);
+        lock.unlock();
+        server->Stop();
+        lock.lock();
+      }
+      reactor_->Stop();
+      reactor_.reset();
+      workers_.reset();
+      return adxl::FAILED;
+    }
+    metrics_port_.store(metrics_server->Port());
+    metrics_server_ = std::move(metrics_server);
+    LOG_INFO("engine %s: metrics served on http://%s:%d/metrics", identity.c_str(), config_.metrics_listen.ip.c_str(),
+             metrics_server_->Port());
+  }
   initialized_ = true;
   LOG_INFO("engine %s initialized (%s)", local_id_.c_str(), server_ ? "listening" : "client only");
   if (pool_.Enabled()) {
@@ -203,7 +231,7 @@ adxl::Status Engine::StartServerLocked(const Endpoint &listen) {
   };
   auto server = std::make_unique<PeerServer>(local_id_, &registry_, workers_.get(), reactor_.get(),
                                              &hooks_.app_handler, &transports_, config_, std::move(callbacks),
-                                             &notifies_);
+                                             &notifies_, &metrics_);
   std::string error;
   if (!server->Start(listen, &error)) {
     LOG_ERROR("cannot listen: %s", error.c_str());
@@ -249,6 +277,13 @@ int Engine::ListenPort() const {
 
 void Engine::Finalize() {
   std::lock_guard ops(lifecycle_ops_);
+  // The metrics endpoint first: its thread takes lifecycle_ (shared) to read
+  // the gauges, and nothing else waits for it.
+  if (metrics_server_) {
+    metrics_server_->Stop();
+    metrics_server_.reset();
+    metrics_port_.store(-1);
+  }
   // No new requests from now on; the running ones are canceled: each ends at
   // once, or as soon as the I/O it has in progress returns (its lanes are
   // shut down). Synchronous callers among them then release the lifecycle
@@ -438,6 +473,7 @@ adxl::Status Engine::ConnectLocked(const std::string &key, const Endpoint &remot
   params.registry = &registry_;
   params.app_handler = &hooks_.app_handler;
   params.transports = &transports_;
+  params.metrics = &metrics_;
   std::shared_ptr<Channel> channel;
   // The reservation must end whatever happens: a slot and a waiting
   // auto-connect depend on it.
@@ -472,6 +508,7 @@ adxl::Status Engine::ConnectLocked(const std::string &key, const Endpoint &remot
     }
   }
   connect_done_.notify_all();
+  metrics_.CountConnect(status);
   return status;
 }
 
@@ -538,6 +575,7 @@ adxl::Status Engine::Reserve(const std::string &key, bool pooled, Deadline deadl
       }
       taken = pool_.Count();
     }
+    if (replaced) metrics_.CountReconnect();
     if (replaced) LOG_WARN("the channel to %s is dead (%s); connecting again", key.c_str(), replaced->DeadReason().c_str());
     replaced.reset();
     if (!evicted.empty()) CloseEvicted(std::move(evicted), deadline);
@@ -646,6 +684,7 @@ adxl::Status Engine::DisconnectKeyed(const std::string &key, Deadline deadline, 
     }
   }
   channel->Close(deadline, say_goodbye);
+  metrics_.CountDisconnect();
   return adxl::SUCCESS;
 }
 
@@ -753,6 +792,7 @@ void Engine::RunRequest(TransferRequest *request, Route route, bool queued, adxl
                         std::string *outcome_error) {
   adxl::Status status = adxl::SUCCESS;
   std::string error;
+  request->started_at = queued ? std::chrono::steady_clock::now() : request->submitted_at;
   if (request->CancelRequested()) {
     status = TransferRequest::kCanceledStatus;  // canceled while queued: nothing to do
   } else if (queued && request->GetDeadline().Expired()) {
@@ -782,6 +822,7 @@ void Engine::RunRequest(TransferRequest *request, Route route, bool queued, adxl
     }
   }
   request->Finish(&status, &error);
+  RecordEnd(*request, status, error);
   route = Route{};  // the channel may go with it: not under the runner's locks
   ForgetRunner(request);
   if (outcome != nullptr) {
@@ -792,13 +833,20 @@ void Engine::RunRequest(TransferRequest *request, Route route, bool queued, adxl
 
 adxl::Status Engine::RunHere(const std::string &key, Route route, adxl::TransferOp op,
                              const std::vector<Segment> &segs, Deadline deadline, std::string *error,
-                             bool *refused) {
+                             bool *refused, size_t descriptors, std::chrono::steady_clock::time_point submitted) {
   // On this stack and borrowing `segs`: it runs and ends before this call
   // returns, and Finalize touches it only while its runner has not let go.
   TransferRequest request(key, op, &segs, deadline);
+  request.submitted_at = submitted != std::chrono::steady_clock::time_point{} ? submitted
+                                                                             : std::chrono::steady_clock::now();
+  request.descriptors_submitted = descriptors;
   adxl::Status status = Admit(&request, route, /*submitted=*/false, error);
   if (refused != nullptr) *refused = status != adxl::SUCCESS;
-  if (status != adxl::SUCCESS) return status;
+  if (status != adxl::SUCCESS) {
+    request.started_at = request.submitted_at;
+    RecordEnd(request, status, *error);
+    return status;
+  }
   RunRequest(&request, std::move(route), /*queued=*/false, &status, error);
   return status;
 }
@@ -828,15 +876,22 @@ adxl::Status Engine::SubmitTransfer(const std::string &key, adxl::TransferOp op,
 
 adxl::Status Engine::SubmitLocked(const std::string &key, const Route &route, adxl::TransferOp op,
                                   std::vector<Segment> segs, Deadline deadline,
-                                  std::shared_ptr<TransferRequest> *request, std::string *error) {
+                                  std::shared_ptr<TransferRequest> *request, std::string *error,
+                                  size_t descriptors) {
   auto submitted = std::make_shared<TransferRequest>(key, op, std::move(segs), deadline);
   if (submitted->Segments().empty()) {  // nothing to move: done at once
     submitted->Finish(adxl::SUCCESS, "");
     *request = std::move(submitted);
     return adxl::SUCCESS;
   }
+  submitted->submitted_at = std::chrono::steady_clock::now();
+  submitted->started_at = submitted->submitted_at;
+  submitted->descriptors_submitted = descriptors;
   adxl::Status status = Admit(submitted.get(), route, /*submitted=*/true, error);
-  if (status != adxl::SUCCESS) return status;
+  if (status != adxl::SUCCESS) {
+    RecordEnd(*submitted, status, *error);
+    return status;
+  }
   const LanePool *pool = route.pool.get();
   bool post_runner = false;
   {
@@ -877,6 +932,7 @@ adxl::Status Engine::SubmitLocked(const std::string &key, const Route &route, ad
 
 void Engine::EndRunner(TransferRequest *request, adxl::Status status, std::string error) {
   request->Finish(&status, &error);
+  RecordEnd(*request, status, error);
   ForgetRunner(request);
 }
 
@@ -1007,6 +1063,7 @@ void Engine::RunTogether(std::vector<Queued> taken) {
   }
   std::vector<Segment> segs;  // the carrier borrows them: filled before it runs, kept until it ends
   TransferRequest carrier(oldest.Key(), oldest.Op(), &segs, earliest);
+  const auto started = std::chrono::steady_clock::now();
   carrier.Arm(nullptr, nullptr, route.pool.get());
   std::vector<Queued> carried;
   for (Queued &q : members) {
@@ -1045,6 +1102,9 @@ void Engine::RunTogether(std::vector<Queued> taken) {
   std::vector<TransferRequest *> ending;
   for (Queued &q : carried) {
     q.request->Detach();
+    // Its record: the carrier's path and start (RunRequest sets its own if it runs again alone).
+    q.request->started_at = started;
+    q.request->transport = carrier.transport;
     if (status == adxl::SUCCESS || q.request->CancelRequested()) {
       ending.push_back(q.request.get());
       q.route = Route{};  // the channel may go with it: not under the runner's locks
@@ -1140,7 +1200,10 @@ adxl::Status Engine::TransferSync(const std::string &remote, adxl::TransferOp op
   route.pool = std::shared_ptr<LanePool>(channel, &channel->Lanes());
   route.channel = std::move(channel);
   bool refused = false;
-  adxl::Status status = RunHere(remote, std::move(route), op, segs, deadline, &error, &refused);
+  // The deadline's clock reading is when the call began: the record's start
+  // costs no second clock read on the smallest transfers.
+  adxl::Status status = RunHere(remote, std::move(route), op, segs, deadline, &error, &refused, count,
+                                deadline.At() - std::chrono::milliseconds(timeout_ms));
   if (refused) {
     static std::atomic<int64_t> last_logged{0};
     if (status != adxl::RESOURCE_EXHAUSTED || LogThisSecond(&last_logged))
@@ -1214,7 +1277,7 @@ adxl::Status Engine::TransferAsync(const std::string &remote, adxl::TransferOp o
   std::shared_ptr<TransferRequest> request;
   adxl::Status status = adxl::FAILED;
   try {
-    status = SubmitLocked(remote, route, op, std::move(segs), deadline, &request, &error);
+    status = SubmitLocked(remote, route, op, std::move(segs), deadline, &request, &error, count);
   } catch (...) {
     async_.Unreserve();
     throw;
@@ -1366,5 +1429,76 @@ adxl::Status Engine::GetNotifies(std::vector<wire::Notify> *notifies) {
   notifies_.TakeAll(notifies);
   return adxl::SUCCESS;
 }
+
+void Engine::RecordEnd(const TransferRequest &request, adxl::Status status, const std::string &error) {
+  const auto now = std::chrono::steady_clock::now();
+  TransferRecord record;
+  record.op = request.Op();
+  record.transport = request.transport;
+  record.status = status;
+  // The lane pool knows the total once a path was tried; otherwise (refused,
+  // canceled while queued, carried by a group) it is summed here.
+  record.bytes = request.total_bytes != UINT64_MAX ? request.total_bytes : TotalBytes(request.Segments());
+  record.descriptors_coalesced = request.Segments().size();
+  record.descriptors_submitted =
+      request.descriptors_submitted != 0 ? request.descriptors_submitted : record.descriptors_coalesced;
+  const auto ns = [](std::chrono::steady_clock::duration d) {
+    return static_cast<uint64_t>(std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()));
+  };
+  record.total_ns = ns(now - request.submitted_at);
+  metrics_.RecordTransfer(record);
+  if (CurrentLogLevel() >= LogLevel::kDebug) {
+    LOG_DEBUG("transfer %" PRIu64 " peer=%s op=%s descriptors=%" PRIu64 " coalesced=%" PRIu64 " bytes=%" PRIu64
+              " transport=%s queued_us=%.1f wire_us=%.1f total_us=%.1f status=%s%s%s",
+              request.Id(), request.Key().c_str(), request.Op() == adxl::WRITE ? "write" : "read",
+              record.descriptors_submitted, record.descriptors_coalesced, record.bytes,
+              metrics::kTransportNames[record.transport < metrics::kTransports ? record.transport : size_t{metrics::kNone}],
+              ns(request.started_at - request.submitted_at) / 1e3, ns(now - request.started_at) / 1e3,
+              record.total_ns / 1e3, StatusNameOrNull(status) != nullptr ? StatusNameOrNull(status) : "unknown",
+              error.empty() ? "" : " error=", error.c_str());
+  }
+}
+
+void Engine::MetricsSnapshotOf(MetricsSnapshot *out) {
+  metrics_.Snapshot(out);
+  out->requests_in_flight = requests_in_flight_.load(std::memory_order_relaxed);
+  out->async_requests_held = async_.Size();
+  std::shared_lock lock(lifecycle_);
+  out->engine = local_id_;
+  out->initialized = initialized_;
+  if (!initialized_) return;
+  if (server_) {
+    out->sessions = server_->SessionCount();
+    out->lanes += server_->LaneCount();
+  }
+  if (reactor_) out->event_threads = reactor_->ThreadCount();
+  if (workers_) out->worker_threads = workers_->ThreadCount();
+  for (const TransportRegion &region : registry_.Regions()) {
+    ++out->registered_regions;
+    out->registered_bytes += region.len;
+  }
+  std::vector<std::shared_ptr<Channel>> channels;
+  {
+    std::lock_guard guard(channels_mutex_);
+    for (const auto &entry : channels_)
+      if (entry.second) channels.push_back(entry.second);
+  }
+  out->channels = channels.size();
+  for (const auto &channel : channels) out->lanes += channel->Lanes().LiveLaneCount();
+}
+
+std::string Engine::MetricsJson() {
+  MetricsSnapshot snapshot;
+  MetricsSnapshotOf(&snapshot);
+  return RenderJson(snapshot);
+}
+
+std::string Engine::MetricsText() {
+  MetricsSnapshot snapshot;
+  MetricsSnapshotOf(&snapshot);
+  return RenderPrometheus(snapshot);
+}
+
+int Engine::MetricsPort() const { return metrics_port_.load(); }
 
 }  // namespace llmdd

@@ -37,6 +37,8 @@
 #include "engine/engine_config.h"
 #include "engine/lane.h"
 #include "engine/memory_registry.h"
+#include "engine/metrics.h"
+#include "engine/metrics_server.h"
 #include "engine/notify_inbox.h"
 #include "engine/peer_server.h"
 #include "engine/reactor.h"
@@ -177,6 +179,17 @@ class Engine {
   // Requests admitted and not done yet (what llmdd.MaxRequestsInFlight caps).
   size_t RequestsInFlight() const;
 
+  // ---- Metrics (engine/metrics.h, docs/METRICS.md) ----
+  // The counters: cumulative over this object's life (across Finalize and
+  // Initialize), so a scraper never sees them go down.
+  EngineMetrics &Metrics() { return metrics_; }
+  // The counters and the gauges now (the gauges are zero when not initialized).
+  void MetricsSnapshotOf(MetricsSnapshot *out);
+  std::string MetricsJson();
+  std::string MetricsText();
+  // The port llmdd.MetricsListen serves on (-1: none).
+  int MetricsPort() const;
+
  private:
   adxl::Status StartServerLocked(const Endpoint &listen);
   // ConnectKeyed with the lifecycle lock already held (shared) by the caller.
@@ -226,11 +239,18 @@ class Engine {
   // Admits a request for `segs` and runs it here (the caller waits anyway:
   // no thread hop, no allocation). The request's outcome, or the refusal
   // (*refused set).
+  // descriptors: as the caller passed them (0: segs.size()); submitted: when
+  // the caller's call began, if it read the clock then (else now).
   adxl::Status RunHere(const std::string &key, Route route, adxl::TransferOp op, const std::vector<Segment> &segs,
-                       Deadline deadline, std::string *error, bool *refused = nullptr);
+                       Deadline deadline, std::string *error, bool *refused = nullptr, size_t descriptors = 0,
+                       std::chrono::steady_clock::time_point submitted = {});
   // SubmitTransfer with the route resolved (lifecycle lock held, shared).
   adxl::Status SubmitLocked(const std::string &key, const Route &route, adxl::TransferOp op, std::vector<Segment> segs,
-                            Deadline deadline, std::shared_ptr<TransferRequest> *request, std::string *error);
+                            Deadline deadline, std::shared_ptr<TransferRequest> *request, std::string *error,
+                            size_t descriptors = 0);
+  // Counts an ended (or refused) request in the metrics and, at debug level,
+  // logs its one-line record (docs/METRICS.md, "Per-transfer record").
+  void RecordEnd(const TransferRequest &request, adxl::Status status, const std::string &error);
   static void RequestDone(void *engine);
   // Cancels the deadline timers of async requests that were released (they
   // may still be due): their captures go now, not at their deadlines.
@@ -336,6 +356,12 @@ class Engine {
   // TransferAsync's requests until their terminal status is read; kept
   // across Finalize (a query afterwards still gets the request's end).
   AsyncRequests async_;
+
+  EngineMetrics metrics_;
+  // llmdd.MetricsListen's endpoint: started last by Start, stopped first by
+  // Finalize (its thread reads the gauges under lifecycle_, shared).
+  std::unique_ptr<MetricsServer> metrics_server_;
+  std::atomic<int> metrics_port_{-1};  // its port, for MetricsPort() from any thread
 };
 
 // Validates descriptors (null addresses, wrap-around) and merges neighbours that

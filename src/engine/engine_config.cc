@@ -198,6 +198,17 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
     } else if (key == kOptMaxNotifyBytes) {
       if (!SetBounded(key, value, 64 << 10, int64_t{4} << 30, &config->max_notify_bytes, error))
         return adxl::PARAM_INVALID;
+    } else if (key == kOptMetricsListen) {
+      std::string why;
+      if (!ParseListenIpInfo(value, &config->metrics_listen, &why)) {
+        *error = std::string("option ") + kOptMetricsListen + "='" + value + "' must be ip:port (port 0: any): " + why;
+        return adxl::PARAM_INVALID;
+      }
+      config->metrics_listen_set = true;
+    } else if (key == kOptMetricsMaxConnections) {
+      if (!SetBounded(key, value, 1, 64, &config->metrics_max_connections, error)) return adxl::PARAM_INVALID;
+    } else if (key == kOptMetricsTimeoutMs) {
+      if (!SetBounded(key, value, 10, 60000, &config->metrics_timeout_ms, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptTransport) {
       if (value == "auto") {
         config->transport = EngineConfig::Transport::kAuto;

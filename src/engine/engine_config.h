@@ -9,6 +9,7 @@
 #include <string>
 
 #include "adxl/adxl_types.h"
+#include "common/endpoint.h"
 
 namespace llmdd {
 
@@ -98,6 +99,14 @@ struct EngineConfig {
   bool auto_connect = false;
   ChannelPoolConfig channel_pool;
   ConnectPoolConfig connect_pool;  // read by hixl::Hixl only
+  // llmdd.MetricsListen=ip:port (port 0: any free one): serve the engine's
+  // metrics over HTTP there (engine/metrics_server.h; docs/METRICS.md). Off
+  // unless given. The endpoint's connections and deadline are capped by the
+  // two options after it.
+  bool metrics_listen_set = false;
+  Endpoint metrics_listen;
+  uint32_t metrics_max_connections = 4;  // llmdd.MetricsMaxConnections [1, 64]: scrapes served at once
+  uint32_t metrics_timeout_ms = 2000;    // llmdd.MetricsTimeoutMs [10, 60000]: to send a request / take the answer
   // Silence after which the server drops a client's session, from what its
   // Hello says: it pings every heartbeat interval once the previous Pong came
   // back, and waits for a Pong at most its peer timeout (then it gives up on
@@ -126,6 +135,12 @@ constexpr const char kOptMaxLanesPerSession[] = "llmdd.MaxLanesPerSession";
 constexpr const char kOptMaxRequestsInFlight[] = "llmdd.MaxRequestsInFlight";
 constexpr const char kOptAsyncTransferMaxMs[] = "llmdd.AsyncTransferMaxMs";
 constexpr const char kOptMaxNotifyBytes[] = "llmdd.MaxNotifyBytes";
+constexpr const char kOptMetricsListen[] = "llmdd.MetricsListen";
+constexpr const char kOptMetricsMaxConnections[] = "llmdd.MetricsMaxConnections";
+constexpr const char kOptMetricsTimeoutMs[] = "llmdd.MetricsTimeoutMs";
+// The metrics endpoint reads at most this much of a request (its line and
+// headers; a scraper's GET takes a few hundred bytes): more is answered 431.
+constexpr size_t kMetricsMaxRequestBytes = 8192;
 // CANN's keys that both names (adxl's and hixl's) spell without a prefix.
 constexpr const char kOptAutoConnect[] = "AutoConnect";
 constexpr const char kOptGlobalResourceConfig[] = "GlobalResourceConfig";

@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/threads.h"
 #include "engine/handshake.h"
+#include "engine/metrics.h"
 #include "transport/shm/cma.h"
 #include "transport/shm/same_host_serve.h"
 
@@ -354,6 +355,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   peer_iov.clear();
   uint64_t sum = 0;
   std::string refusal;
+  metrics::Refusal refusal_reason = metrics::kRange;
   for (uint32_t i = 0; i < count && refusal.empty(); ++i) {
     const uint8_t *entry = body.data() + entries_at + i * entry_size;
     const uint64_t addr = wire::GetU64(entry), len = wire::GetU64(entry + 8);
@@ -364,6 +366,11 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
     } else if (addr == 0 || !pins.Cover(static_cast<uintptr_t>(addr), len, is_read ? kAccessRead : kAccessWrite)) {
       refusal = "range " + HexRange(addr, len) + " is not inside memory registered on this engine" +
                 (is_read ? " for remote reads" : " for remote writes");
+      // Inside a registration that allows the other operation only: the
+      // rights refused it, not the range (counted apart; a cold path).
+      if (addr != 0 && RegionPins(ctx.registry).Cover(static_cast<uintptr_t>(addr), len,
+                                                      is_read ? kAccessWrite : kAccessRead))
+        refusal_reason = metrics::kRights;
     } else {
       iov.push_back({reinterpret_cast<void *>(static_cast<uintptr_t>(addr)), static_cast<size_t>(len)});
     }
@@ -371,6 +378,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   if (refusal.empty() && sum != total) refusal = "declared total does not match the ranges";
   if (!refusal.empty()) {
     pins.Release();
+    if (ctx.metrics != nullptr) ctx.metrics->CountRefusal(refusal_reason);
     LOG_WARN("refused %s from %s: %s", is_read ? "read" : "write", ctx.peer.c_str(), refusal.c_str());
     if (!is_read && !same_host && !DiscardPayload(stream, header.payload_len, deadline)) return false;
     return SendResponse(stream, response.type == static_cast<uint16_t>(MsgType::kReadResponse)

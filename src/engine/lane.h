@@ -25,6 +25,8 @@
 
 namespace llmdd {
 
+class EngineMetrics;
+
 // Outcome of one request on the requester side. When `broken` is set the
 // stream's framing is lost (timeout or error mid-message) and it must be dropped.
 struct LaneResult {
@@ -141,6 +143,8 @@ struct ServeContext {
   // the lanes of its session; null: unlimited, for tests), and the budget.
   std::atomic<uint64_t> *app_bytes = nullptr;
   uint64_t max_app_bytes = 16ULL << 20;
+  // Where refused ranges are counted (engine/metrics.h; null: not counted).
+  EngineMetrics *metrics = nullptr;
 };
 
 // Serving-side pieces, for transports that serve requests arriving on lanes.

@@ -5,6 +5,7 @@
 
 #include "common/log.h"
 #include "common/threads.h"
+#include "engine/metrics.h"
 #include "engine/path_policy.h"
 
 namespace llmdd {
@@ -387,11 +388,13 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
   if (segs.empty()) return adxl::SUCCESS;
   uint64_t total = 0;
   for (const auto &s : segs) total += s.len;
+  if (request != nullptr) request->total_bytes = total;
   TransportLink *order[8];
   const size_t offered = OrderPaths(links_.data(), links_.size(), op, total, segs.size(), kind, order, 8);
   for (size_t i = 0; i < offered; ++i) {
     TransportResult r = RunOnLink(order[i], op, segs, total, deadline, request);
     if (r.declined) continue;
+    if (request != nullptr) request->transport = metrics::TransportIndex(order[i]->Caps().name);
     *error = std::move(r.error);
     return r.status;
   }

@@ -72,7 +72,7 @@ void LogRefusalRateLimited(std::atomic<int64_t> *last_ms, const std::string &wha
 
 PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, Reactor *reactor,
                        const AppHandler *app_handler, const TransportSet *transports, EngineConfig config,
-                       Callbacks callbacks, NotifyInbox *notifies)
+                       Callbacks callbacks, NotifyInbox *notifies, EngineMetrics *metrics)
     : local_id_(std::move(local_id)),
       registry_(registry),
       workers_(workers),
@@ -81,7 +81,8 @@ PeerServer::PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPoo
       transports_(transports),
       config_(config),
       callbacks_(std::move(callbacks)),
-      notifies_(notifies) {}
+      notifies_(notifies),
+      metrics_(metrics) {}
 
 PeerServer::~PeerServer() { Stop(); }
 
@@ -125,6 +126,13 @@ void PeerServer::Stop() {
 size_t PeerServer::SessionCount() const {
   std::lock_guard lock(mutex_);
   return sessions_.size();
+}
+
+size_t PeerServer::LaneCount() const {
+  std::lock_guard lock(mutex_);
+  size_t lanes = 0;
+  for (const auto &entry : sessions_) lanes += entry.second->lanes.size();
+  return lanes;
 }
 
 bool PeerServer::OnAcceptable() {
@@ -198,6 +206,7 @@ void PeerServer::Adopt(std::shared_ptr<ByteStream> stream) {
 }
 
 void PeerServer::RefuseNewcomer(ByteStream &stream, std::atomic<int64_t> *last_logged_ms, const std::string &why) {
+  CountRefusal(metrics::kCap);
   LogRefusalRateLimited(last_logged_ms, "refused a connection from " + stream.PeerName() + ": " + why);
   // The newcomer has sent nothing we must read: answer its Hello in advance and close.
   SendRefusal(stream, adxl::RESOURCE_EXHAUSTED, "engine " + local_id_ + " cannot take more connections now: " + why,
@@ -261,6 +270,7 @@ bool PeerServer::OnHandshakeMessage(const ConnectionPtr &conn) {
       if (!SendAuthChallenge(stream, conn->hello, deadline, &conn->server_nonce, &error)) {
         LOG_WARN("refused connection from %s (engine '%s'): authentication failed: %s", stream.PeerName().c_str(),
                  conn->hello.engine_id.c_str(), error.c_str());
+        CountRefusal(metrics::kAuth);
         SendRefusal(stream, adxl::FAILED, "authentication failed: " + error, Deadline::AfterMs(200));
         stream.Shutdown();
         return false;
@@ -272,6 +282,7 @@ bool PeerServer::OnHandshakeMessage(const ConnectionPtr &conn) {
                               &error)) {
     LOG_WARN("refused connection from %s (engine '%s'): authentication failed: %s", stream.PeerName().c_str(),
              conn->hello.engine_id.c_str(), error.c_str());
+    CountRefusal(metrics::kAuth);
     SendRefusal(stream, adxl::FAILED, "authentication failed: " + error, Deadline::AfterMs(200));
     stream.Shutdown();
     return false;
@@ -333,6 +344,7 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   if (full) {
     const std::string why =
         std::to_string(config_.max_sessions) + " client engines are already connected (llmdd.MaxSessions)";
+    CountRefusal(metrics::kCap);
     LogRefusalRateLimited(&refused_sessions_ms_, "refused a session of " + hello.engine_id + ": " + why);
     SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "engine " + local_id_ + " is full: " + why, Deadline::AfterMs(200));
     stream->Shutdown();
@@ -450,6 +462,7 @@ bool PeerServer::StartDataLane(const ConnectionPtr &conn) {
     if (it->second->lanes.size() >= config_.max_lanes_per_session) {
       const std::string why = "its session already has " + std::to_string(it->second->lanes.size()) +
                               " data lanes (llmdd.MaxLanesPerSession)";
+      CountRefusal(metrics::kCap);
       LogRefusalRateLimited(&refused_lanes_ms_, "refused a data lane of " + hello.engine_id + ": " + why);
       SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "engine " + local_id_ + " refused a data lane: " + why,
                   Deadline::AfterMs(200));
@@ -482,6 +495,7 @@ bool PeerServer::StartDataLane(const ConnectionPtr &conn) {
   ctx.max_lease_ms = config_.deregister_grace_ms;
   ctx.app_bytes = app_bytes.get();
   ctx.max_app_bytes = config_.max_peer_message_bytes;
+  ctx.metrics = metrics_;
   // The counters live in the session, which the connection keeps alive.
   conn->lane = std::make_unique<LaneServer>(*stream, std::move(ctx));
   conn->stage = Connection::Stage::kLane;
@@ -564,6 +578,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
   // this side find the pool. It is added reserved: nothing is sent on it
   // before its HelloAck.
   if (!pool->AddLane(stream, /*reserved=*/true)) {
+    CountRefusal(metrics::kCap);
     SendRefusal(*stream, adxl::RESOURCE_EXHAUSTED, "too many reverse lanes for one session", Deadline::AfterMs(200));
     stream->Shutdown();
     return;

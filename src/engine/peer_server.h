@@ -32,6 +32,7 @@
 #include "engine/lane.h"
 #include "engine/lane_pool.h"
 #include "engine/memory_registry.h"
+#include "engine/metrics.h"
 #include "engine/notify_inbox.h"
 #include "engine/reactor.h"
 #include "engine/transports.h"
@@ -53,7 +54,7 @@ class PeerServer {
   // the clients' Notify messages; it must outlive the server.
   PeerServer(std::string local_id, MemoryRegistry *registry, WorkerPool *workers, Reactor *reactor,
              const AppHandler *app_handler, const TransportSet *transports, EngineConfig config, Callbacks callbacks,
-             NotifyInbox *notifies = nullptr);
+             NotifyInbox *notifies = nullptr, EngineMetrics *metrics = nullptr);
   ~PeerServer();
 
   bool Start(const Endpoint &listen, std::string *error);
@@ -62,6 +63,8 @@ class PeerServer {
   void Stop();
   int Port() const { return listener_.Port(); }
   size_t SessionCount() const;
+  // Data lanes of every session (the lanes peers opened to us).
+  size_t LaneCount() const;
 
  private:
   struct Session {
@@ -144,6 +147,10 @@ class PeerServer {
   EngineConfig config_;
   Callbacks callbacks_;
   NotifyInbox *notifies_;
+  EngineMetrics *metrics_ = nullptr;  // refusals are counted here (may be null: tests)
+  void CountRefusal(metrics::Refusal reason) {
+    if (metrics_ != nullptr) metrics_->CountRefusal(reason);
+  }
   TcpListener listener_;
   uint64_t listener_watch_ = 0;
   uint64_t housekeeping_timer_ = 0;

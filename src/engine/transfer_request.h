@@ -18,6 +18,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -122,6 +123,15 @@ class TransferRequest {
   TransferRequest *live_next = nullptr;
   const void *live_channel = nullptr;  // the channel it runs on, if any
   bool live_submitted = false;         // queued by SubmitTransfer (no caller waits in it)
+
+  // What the engine's metrics and per-transfer record report (engine/metrics.h),
+  // written by the engine and the runner's thread before the request ends
+  // and read by the thread that ends it.
+  std::chrono::steady_clock::time_point submitted_at{};  // admitted
+  std::chrono::steady_clock::time_point started_at{};    // its runner took it (== submitted_at when run at once)
+  uint64_t descriptors_submitted = 0;                    // as the caller passed them (0: Segments().size())
+  uint64_t total_bytes = UINT64_MAX;                     // set by the lane pool (UINT64_MAX: not known yet)
+  uint8_t transport = 3;                                 // metrics::Transport of the path that took it (3: none)
 
  private:
   // Completes with `status` (mutex_ held).
