@@ -12,6 +12,7 @@ uint8_t metrics::TransportIndex(const char *name) {
   if (name == nullptr) return kNone;
   if (std::strcmp(name, "tcp") == 0) return kTcp;
   if (std::strcmp(name, "shm") == 0) return kShm;
+  if (std::strcmp(name, "ucx") == 0) return kUcx;
   if (std::strcmp(name, "fake") == 0) return kFake;
   return kNone;
 }

@@ -31,9 +31,9 @@ namespace metrics {
 constexpr size_t kOps = 2;  // adxl::READ, adxl::WRITE
 constexpr const char *kOpNames[kOps] = {"read", "write"};
 
-enum Transport : uint8_t { kTcp = 0, kShm = 1, kFake = 2, kNone = 3 };
-constexpr size_t kTransports = 4;
-constexpr const char *kTransportNames[kTransports] = {"tcp", "shm", "fake", "none"};
+enum Transport : uint8_t { kTcp = 0, kShm = 1, kUcx = 2, kFake = 3, kNone = 4 };
+constexpr size_t kTransports = 5;
+constexpr const char *kTransportNames[kTransports] = {"tcp", "shm", "ucx", "fake", "none"};
 // The slot of a transport by its TransportCaps::name (kNone for an unknown one).
 uint8_t TransportIndex(const char *name);
 
