@@ -93,7 +93,20 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   peer.lanes = channel->lanes_.get();
   if (forward_same_host) peer.same_host = channel->server_process_;
   peer.write_hold = (ack.capabilities & wire::kCapWriteHold) != 0;
-  channel->lanes_->SetLinks(params.transports->Connect(peer, ack.transports, deadline));
+  std::vector<std::shared_ptr<TransportLink>> links = params.transports->Connect(peer, ack.transports, deadline);
+  PeerFacts &facts = channel->facts_;
+  facts.library_version = ack.library_version;
+  facts.protocol_version = channel->control_->ProtocolVersion();
+  facts.capabilities = ack.capabilities;
+  for (const wire::TransportAd &ad : ack.transports) facts.offered.push_back(ad.name);
+  for (const auto &link : links) facts.links.push_back(link->Caps().name);
+  facts.same_host = forward_same_host;
+  if (!forward_same_host) {
+    facts.same_host_why_not = !allow_same_host ? "llmdd.Transport=tcp on this engine"
+                              : !why_not.empty() ? why_not
+                                                 : "the server did not verify this process (see its log)";
+  }
+  channel->lanes_->SetLinks(std::move(links));
   // Data lanes open when a transfer first needs them and close after they sat
   // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.
   channel->lanes_->AddLazyLanes(params.config.tcp_connections);
