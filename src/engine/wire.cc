@@ -252,7 +252,10 @@ bool DecodeHelloAck(const std::string &body, HelloAck *out) {
   if (!GetTransportAds(r, &out->transports)) return false;
   out->library_version.clear();
   if (r.Left() == 0) return true;  // a server that predates the field
-  return r.Str(&out->library_version, kMaxLibraryVersionLen);  // later bytes: fields of later revisions
+  // Diagnostics only: a malformed or over-long version is dropped, never a
+  // reason to refuse the handshake. Later bytes: fields of later revisions.
+  if (!r.Str(&out->library_version, kMaxLibraryVersionLen)) out->library_version.clear();
+  return true;
 }
 
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]) {

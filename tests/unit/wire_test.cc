@@ -142,10 +142,19 @@ TEST(WireHelloAck, LibraryVersionFollowsTheTransportBlock) {
   ASSERT_EQ(out.transports.size(), 1U);
   EXPECT_EQ(out.transports[0].name, "fake");
   EXPECT_EQ(out.library_version, "1.2.3");
-  // Over its bound: the sender cuts it, a decoder refuses a longer one.
+  // Over its bound: the sender cuts it; a decoder drops a longer or
+  // malformed one and keeps the handshake (the field is for diagnostics).
   in.library_version = std::string(kMaxLibraryVersionLen + 10, 'v');
   ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in), &out));
   EXPECT_EQ(out.library_version.size(), kMaxLibraryVersionLen);
+  in.transports.clear();
+  in.library_version.clear();
+  BodyWriter longer;
+  longer.Str(std::string(kMaxLibraryVersionLen + 1, 'v'));
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in) + std::string(2, '\0') + longer.Data(), &out));
+  EXPECT_EQ(out.library_version, "");
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in) + std::string(2, '\0') + "later", &out));
+  EXPECT_EQ(out.library_version, "");
 }
 
 TEST(WireAuth, ChallengeCarriesOnlyTheNonce) {
