@@ -4,7 +4,7 @@
  * not use them are unaffected and the struct layouts stay exactly CANN's.
  * C++11. Everything here is inline except Version(), StatusName(), LastErrors(),
  * ClearLastErrors(), RegisterKvCacheWithKeys(), FindRemoteCache() and
- * GetMetricsJson(), which the library exports.
+ * GetMetricsJson() and GetPeerInfo(), which the library exports.
  *
  * Remote access rights of a registration (default: peers may read and write,
  * as in CANN). The serving engine enforces them: a peer's READ of write-only
@@ -283,6 +283,38 @@ ASCEND_FUNC_VISIBILITY llm_datadist::Status FindRemoteCache(llm_datadist::LlmDat
 ASCEND_FUNC_VISIBILITY adxl::Status GetMetricsJson(adxl::AdxlEngine &engine, const char *&json);
 ASCEND_FUNC_VISIBILITY hixl::Status GetMetricsJson(hixl::Hixl &engine, const char *&json);
 ASCEND_FUNC_VISIBILITY llm_datadist::Status GetMetricsJson(llm_datadist::LlmDataDist &datadist, const char *&json);
+
+// ---------------------------------------------------------------- peers
+//
+// What the handshake of this engine's channel to `remote` (a Connect, or an
+// auto-connect, of this engine) learned about that server: its library
+// version, the transports it advertised, and whether the same-host path was
+// verified both ways. For diagnostics (tools/llmdd_doctor.cc,
+// docs/DOCTOR.md); nothing here changes how transfers run. Every string is
+// NUL-terminated and cut to its array. SUCCESS with *info filled;
+// PARAM_INVALID (logged) when `remote` or `info` is null or `engine` is not
+// a live AdxlEngine; NOT_CONNECTED when the engine has no open channel to
+// `remote` (spelled as it was given to Connect).
+struct PeerInfo {
+  // The peer's llmdd_ext::Version(); "" when its library predates the field.
+  char library_version[64];
+  uint32_t protocol_version;  // negotiated on the control connection (docs/PROTOCOL.md)
+  // 1: the same-host path is verified both ways and the channel's links
+  // include it (large and coarse transfers take it, path_policy.h); 0: not.
+  uint32_t same_host;
+  // Transports the peer advertised with metadata, comma-separated ("" when
+  // none: TCP and the same-host path are never advertised this way).
+  char offered[128];
+  // The links this channel made, comma-separated, in the engine's order
+  // ("tcp,shm" on one host, "tcp" across hosts).
+  char links[128];
+  // When same_host is 0: why ("peer runs on another host (boot id differs)",
+  // "llmdd.Transport=tcp on this engine", ...).
+  char same_host_why_not[256];
+  uint8_t reserved[128];
+};
+
+ASCEND_FUNC_VISIBILITY adxl::Status GetPeerInfo(adxl::AdxlEngine &engine, const char *remote, PeerInfo *info);
 
 }  // namespace llmdd_ext
 

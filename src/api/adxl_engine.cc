@@ -4,6 +4,11 @@
 
 #include <cinttypes>
 #include <cstddef>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "api/facade.h"
 #include "common/host_memory.h"
@@ -33,20 +38,21 @@ namespace {
 using llmdd::Guarded;
 using llmdd::ToStd;
 
-}  // namespace
-
-namespace {
-// The live instances, for llmdd_ext::GetMetricsJson: CANN's header gives the
-// class no member it could use and no friend, so each instance records its
-// engine here for its lifetime (as LlmDataDist's instances do).
+// The live instances, for the llmdd_ext calls that take an AdxlEngine (CANN's
+// header gives the class no member they could use, and its layout must stay
+// CANN's): each instance records its engine here for its lifetime. The
+// extension call runs under the mutex, so the engine cannot go meanwhile.
 std::mutex g_instances_mutex;
 std::unordered_map<const AdxlEngine *, llmdd::Engine *> g_instances;
 
+// The engine of a live instance, or null (GetMetricsJson: the caller keeps
+// the instance alive, as for any member call).
 llmdd::Engine *EngineOf(const AdxlEngine &engine) {
   std::lock_guard guard(g_instances_mutex);
   auto it = g_instances.find(&engine);
   return it == g_instances.end() ? nullptr : it->second;
 }
+
 }  // namespace
 
 AdxlEngine::AdxlEngine() : impl_(new AdxlEngineImpl()) {
@@ -235,6 +241,54 @@ adxl::Status GetMetricsJson(adxl::AdxlEngine &engine, const char *&json) {
       return adxl::PARAM_INVALID;
     }
     json = llmdd::KeepForThread(core->MetricsJson());
+    return adxl::SUCCESS;
+  });
+}
+
+namespace {
+
+// Copies `text` into a fixed array, cut to fit, always NUL-terminated.
+template <size_t N>
+void CopyCut(char (&out)[N], const std::string &text) {
+  const size_t n = std::min(text.size(), N - 1);
+  std::memcpy(out, text.data(), n);
+  out[n] = '\0';
+}
+
+std::string Joined(const std::vector<std::string> &names) {
+  std::string joined;
+  for (const std::string &name : names) joined += (joined.empty() ? "" : ",") + name;
+  return joined;
+}
+
+}  // namespace
+
+adxl::Status GetPeerInfo(adxl::AdxlEngine &engine, const char *remote, PeerInfo *info) {
+  if (remote == nullptr || info == nullptr) {
+    LOG_ERROR("GetPeerInfo: %s is null", remote == nullptr ? "remote" : "info");
+    return adxl::PARAM_INVALID;
+  }
+  return llmdd::Guarded("GetPeerInfo", [&] {
+    llmdd::PeerFacts facts;
+    {
+      std::lock_guard guard(adxl::g_instances_mutex);
+      auto it = adxl::g_instances.find(&engine);
+      if (it == adxl::g_instances.end()) {
+        LOG_ERROR("GetPeerInfo: not a live AdxlEngine");
+        return adxl::PARAM_INVALID;
+      }
+      if (!it->second->DescribePeer(remote, &facts)) {
+        LOG_ERROR("GetPeerInfo(%s): no open channel to it (Connect first)", remote);
+        return adxl::NOT_CONNECTED;
+      }
+    }
+    std::memset(info, 0, sizeof(*info));
+    CopyCut(info->library_version, facts.library_version);
+    info->protocol_version = facts.protocol_version;
+    info->same_host = facts.same_host ? 1 : 0;
+    CopyCut(info->offered, Joined(facts.offered));
+    CopyCut(info->links, Joined(facts.links));
+    CopyCut(info->same_host_why_not, facts.same_host_why_not);
     return adxl::SUCCESS;
   });
 }

@@ -94,6 +94,20 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   if (forward_same_host) peer.same_host = channel->server_process_;
   peer.write_hold = (ack.capabilities & wire::kCapWriteHold) != 0;
   std::vector<std::shared_ptr<TransportLink>> links = params.transports->Connect(peer, ack.transports, deadline);
+  PeerFacts &facts = channel->facts_;
+  facts.library_version = ack.library_version;
+  facts.protocol_version = channel->control_->ProtocolVersion();
+  facts.capabilities = ack.capabilities;
+  for (const wire::TransportAd &ad : ack.transports) facts.offered.push_back(ad.name);
+  for (const auto &link : links) facts.links.push_back(link->Caps().name);
+  facts.same_host = forward_same_host;
+  if (!forward_same_host) {
+    const char *forced = params.config.transport == EngineConfig::Transport::kUcx ? "llmdd.Transport=ucx on this engine"
+                                                                                 : "llmdd.Transport=tcp on this engine";
+    facts.same_host_why_not = !allow_same_host ? forced
+                              : !why_not.empty() ? why_not
+                                                 : "the server did not verify this process (see its log)";
+  }
   if (params.config.transport == EngineConfig::Transport::kUcx) {
     if (!TransportSet::HasLink(links, "ucx")) {
       *error = "llmdd.Transport=ucx but " + params.remote_id + " did not advertise ucx (run it with llmdd.Transport=ucx)";

@@ -27,6 +27,18 @@
 
 namespace llmdd {
 
+// What a channel's handshake learned about its server, for diagnostics
+// (llmdd_ext::GetPeerInfo, llmdd_doctor): fixed once the channel is open.
+struct PeerFacts {
+  std::string library_version;       // the server's llmdd_ext::Version(); empty from an older server
+  uint16_t protocol_version = 0;     // negotiated on the control connection
+  uint32_t capabilities = 0;         // granted by the HelloAck (wire::kCap*)
+  std::vector<std::string> offered;  // transports the server advertised in its HelloAck (tcp and shm never are)
+  std::vector<std::string> links;    // the links this channel made, in the order the engine holds them
+  bool same_host = false;            // the same-host path is verified both ways (forward lanes use it)
+  std::string same_host_why_not;     // when not: why (our check of the server; "" when we never tried)
+};
+
 class Channel : public std::enable_shared_from_this<Channel> {
  public:
   struct Params {
@@ -63,6 +75,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   bool Dead() const { return dead_.load(); }
   std::string DeadReason() const;
   const std::string &RemoteId() const { return params_.remote_id; }
+  const PeerFacts &Facts() const { return facts_; }
 
   // Notifications (docs/API.md, "Notifications"): sends `notify` on the
   // control connection and waits for the server's NotifyAck until the
@@ -109,6 +122,7 @@ class Channel : public std::enable_shared_from_this<Channel> {
   void ForgetReverseLane(const ByteStream *lane);
 
   Params params_;
+  PeerFacts facts_;  // written by Open before the channel is shared
   uint64_t session_id_ = 0;
   std::shared_ptr<PeerProcess> server_process_;  // the server, when we verified we reach its memory
   std::shared_ptr<ByteStream> control_;

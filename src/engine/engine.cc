@@ -707,6 +707,14 @@ bool Engine::HasChannel(const std::string &key) {
   return it != channels_.end() && it->second;
 }
 
+bool Engine::DescribePeer(const std::string &key, PeerFacts *facts) {
+  std::lock_guard guard(channels_mutex_);
+  auto it = channels_.find(key);
+  if (it == channels_.end() || !it->second) return false;
+  *facts = it->second->Facts();
+  return true;
+}
+
 size_t Engine::ChannelSlotsTaken() {
   std::lock_guard guard(channels_mutex_);
   return pool_.Count();

@@ -164,6 +164,9 @@ class Engine {
   adxl::Status AppCallKeyed(const std::string &key, uint32_t app_type, const std::string &request,
                             Deadline deadline, std::string *response, std::string *error);
   bool HasChannel(const std::string &key);
+  // What the handshake of our channel to `key` learned (diagnostics:
+  // llmdd_ext::GetPeerInfo); false when there is no open channel.
+  bool DescribePeer(const std::string &key, PeerFacts *facts);
   // Slots of the channel pool taken (open channels and connects in progress; tests).
   size_t ChannelSlotsTaken();
 

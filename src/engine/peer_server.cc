@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/threads.h"
 #include "engine/handshake.h"
+#include "llmdd/extensions.h"
 #include "transport/fault_injection.h"
 
 namespace llmdd {
@@ -358,6 +359,7 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   ack.session_id = session->id;
   ack.engine_id = local_id_;
   ack.transports = transports_->Advertisement();
+  ack.library_version = llmdd_ext::Version();  // for diagnostics (llmdd_doctor peer)
   if (session->same_host) {
     ack.capabilities |= wire::kCapSameHost;
     FillIdentity(&ack, *stream);  // only to a peer that passed the check (it would prove nothing to others anyway)

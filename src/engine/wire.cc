@@ -225,7 +225,14 @@ std::string EncodeHelloAck(const HelloAck &ack) {
   w.Str(ack.token);
   w.U32(ack.conn_fd);
   w.U16(ack.version);  // appended in version 2 (after the always-written identity block)
-  PutTransportAds(w, ack.transports);
+  // A field after the transport block needs the block written, count 0 if
+  // need be (docs/PROTOCOL.md): a decoder would read the field as the count.
+  if (ack.transports.empty() && !ack.library_version.empty()) {
+    w.U16(0);
+  } else {
+    PutTransportAds(w, ack.transports);
+  }
+  if (!ack.library_version.empty()) w.Str(ack.library_version.substr(0, kMaxLibraryVersionLen));
   return w.Data();
 }
 
@@ -242,7 +249,13 @@ bool DecodeHelloAck(const std::string &body, HelloAck *out) {
   if (!r.U32(&out->conn_fd)) return false;
   if (r.Left() == 0) return true;  // a version-1 server
   if (!r.U16(&out->version)) return false;
-  return GetTransportAds(r, &out->transports);  // later bytes: fields of later revisions
+  if (!GetTransportAds(r, &out->transports)) return false;
+  out->library_version.clear();
+  if (r.Left() == 0) return true;  // a server that predates the field
+  // Diagnostics only: a malformed or over-long version is dropped, never a
+  // reason to refuse the handshake. Later bytes: fields of later revisions.
+  if (!r.Str(&out->library_version, kMaxLibraryVersionLen)) out->library_version.clear();
+  return true;
 }
 
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]) {

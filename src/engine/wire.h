@@ -233,6 +233,8 @@ struct TransportAd {
 constexpr uint32_t kMaxTransportAds = 4;
 constexpr uint32_t kMaxTransportNameLen = 16;
 constexpr uint32_t kMaxTransportMetadata = 1024;
+// HelloAck's library_version: a "MAJOR.MINOR.PATCH" string and room for a suffix.
+constexpr uint32_t kMaxLibraryVersionLen = 64;
 
 struct Hello {
   ConnRole role = ConnRole::kControl;
@@ -273,6 +275,11 @@ struct HelloAck {
   // absent, as from a version-1 server, which means version 1.
   uint16_t version = 0;
   std::vector<TransportAd> transports;  // appended after version, as in Hello
+  // The server's library version (llmdd_ext::Version()), appended after the
+  // transport block (written with count 0 when there are no ads); empty from
+  // a server that predates the field. Diagnostics only (llmdd_doctor): no
+  // behaviour depends on it.
+  std::string library_version;
 };
 
 struct Range {

@@ -115,6 +115,48 @@ TEST(WireHelloAck, RoundTrips) {
   EXPECT_FALSE(DecodeHelloAck(std::string(5, '\0'), &out));
 }
 
+// The server's library version (llmdd_doctor) is appended after the
+// transport block: written with count 0 when there are no ads, so an engine
+// that predates the field reads an empty block and ignores the rest, and a
+// body without it (an older server) decodes as an empty version.
+TEST(WireHelloAck, LibraryVersionFollowsTheTransportBlock) {
+  HelloAck in;
+  in.engine_id = "engine";
+  in.version = 2;
+  const std::string without = EncodeHelloAck(in);
+  in.library_version = "1.2.3";
+  const std::string with = EncodeHelloAck(in);
+  ASSERT_GT(with.size(), without.size() + 2);
+  EXPECT_EQ(with.substr(0, without.size()), without);
+  EXPECT_EQ(with.substr(without.size(), 2), std::string(2, '\0'));  // the transport block, count 0
+  HelloAck out;
+  ASSERT_TRUE(DecodeHelloAck(with, &out));
+  EXPECT_EQ(out.library_version, "1.2.3");
+  EXPECT_TRUE(out.transports.empty());
+  out.library_version = "stale";
+  ASSERT_TRUE(DecodeHelloAck(without, &out));
+  EXPECT_EQ(out.library_version, "");
+  // With ads, the version still follows them.
+  in.transports = {{"fake", "meta"}};
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in), &out));
+  ASSERT_EQ(out.transports.size(), 1U);
+  EXPECT_EQ(out.transports[0].name, "fake");
+  EXPECT_EQ(out.library_version, "1.2.3");
+  // Over its bound: the sender cuts it; a decoder drops a longer or
+  // malformed one and keeps the handshake (the field is for diagnostics).
+  in.library_version = std::string(kMaxLibraryVersionLen + 10, 'v');
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in), &out));
+  EXPECT_EQ(out.library_version.size(), kMaxLibraryVersionLen);
+  in.transports.clear();
+  in.library_version.clear();
+  BodyWriter longer;
+  longer.Str(std::string(kMaxLibraryVersionLen + 1, 'v'));
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in) + std::string(2, '\0') + longer.Data(), &out));
+  EXPECT_EQ(out.library_version, "");
+  ASSERT_TRUE(DecodeHelloAck(EncodeHelloAck(in) + std::string(2, '\0') + "later", &out));
+  EXPECT_EQ(out.library_version, "");
+}
+
 TEST(WireAuth, ChallengeCarriesOnlyTheNonce) {
   AuthChallenge in{std::string(32, 'n')};
   const std::string body = EncodeAuthChallenge(in);
