@@ -4,7 +4,6 @@ Every transfer is verified byte by byte against the peer's buffer; every
 error is a returned status (as in CANN's module), never an exception, except
 wrong argument types (TypeError).
 """
-import multiprocessing
 import os
 import socket
 import sys
@@ -17,43 +16,19 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import _hixl_peer  # noqa: E402
+from _peer_process import PeerProcess  # noqa: E402
 import hixl  # noqa: E402
 
-PEER_TIMEOUT_S = 60
 LOCAL_SIZE = 1 << 20
 
 
-class HixlPeer:
+class HixlPeer(PeerProcess):
     def __init__(self):
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self.process = context.Process(target=_hixl_peer.serve, args=(child,), daemon=True)
-        self.process.start()
-        reply = self._recv()
-        _, self.engine_id, self.addr = reply
-
-    def _recv(self):
-        if not self._conn.poll(PEER_TIMEOUT_S):
-            raise TimeoutError("the hixl peer did not answer")
-        reply = self._conn.recv()
-        if isinstance(reply, tuple) and reply and reply[0] == "error":
-            raise RuntimeError(f"hixl peer error:\n{reply[1]}")
-        return reply
-
-    def call(self, *command):
-        self._conn.send(command)
-        return self._recv()
+        super().__init__(_hixl_peer.serve, "hixl peer")
+        _, self.engine_id, self.addr = self.first
 
     def dump(self):
         return np.frombuffer(self.call("dump"), dtype=np.uint8)
-
-    def close(self):
-        try:
-            self.call("exit")
-        finally:
-            self.process.join(PEER_TIMEOUT_S)
-            if self.process.is_alive():
-                self.process.kill()
 
 
 @pytest.fixture(scope="module")
