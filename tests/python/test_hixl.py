@@ -340,9 +340,10 @@ engine.finalize()
 """
 
 
-def test_ctrl_c_during_a_blocking_call_raises_when_it_returns(tmp_path):
-    """SIGINT while connect() waits for a silent peer: no crash; KeyboardInterrupt once the call
-    returns, within its timeout (the call is not cut short: docs/PYTHON.md "What is not implemented")."""
+def test_ctrl_c_during_connect_returns_at_once(tmp_path):
+    """SIGINT while connect() waits for a silent peer (3 s timeout): KeyboardInterrupt at once (the
+    connect goes on in the background until its timeout, test_interrupt.py has the transfers), and
+    finalize() afterwards waits for it and does not crash."""
     import signal
     import subprocess
     script = tmp_path / "ctrl_c.py"
@@ -359,4 +360,4 @@ def test_ctrl_c_during_a_blocking_call_raises_when_it_returns(tmp_path):
             child.kill()
     assert child.returncode == 0, err
     assert out.startswith("interrupted after "), out + err
-    assert float(out.split()[-1]) < 3.5
+    assert float(out.split()[-1]) < 0.3 + 1.0, out
