@@ -206,8 +206,11 @@ def test_error_statuses(client, peer):
     assert (client.buffer[:64] == 5).all() and np.array_equal(peer.dump(), _hixl_peer.pattern())
     ret, req = engine.transfer_async(peer.engine_id, hixl.READ, outside)
     assert ret == hixl.SUCCESS and wait_for(engine, req) == (hixl.FAILED, hixl.TransferStatus.FAILED)
-    # Memory: a null address or handle (an unknown handle is SUCCESS, logged, as docs/API.md says).
+    # Memory: a null address or handle, a length of 0 (an unknown handle is SUCCESS, logged, as docs/API.md says).
     assert engine.register_mem(hixl.MemDesc(0, 64), hixl.MEM_HOST) == (hixl.PARAM_INVALID, 0)
+    # A length of 0 is refused as the C++ engine refuses it (docs/API.md RegisterMem).
+    empty = np.zeros(64, dtype=np.uint8)
+    assert engine.register_mem(hixl.MemDesc(empty.ctypes.data, 0), hixl.MEM_HOST) == (hixl.PARAM_INVALID, 0)
     assert engine.deregister_mem(0) == hixl.PARAM_INVALID
     # Wrong types are TypeError, before any native call.
     with pytest.raises(TypeError):

@@ -6,7 +6,10 @@ test sends SIGINT to the child: KeyboardInterrupt must come within
 INTERRUPT_BOUND_S, the engine must stay usable, and the buffer the call
 named must not be written after the exception (the child refills it at once,
 the peer resumes, and the bytes must stay as refilled); then the same
-transfer, from the resumed peer, must deliver every byte.
+transfer, from the resumed peer, must deliver every byte. Over TCP: on the
+same-host path a READ may copy out of the stopped peer's memory without
+waiting for it (tests/integration/adxl_deadline_test.cc covers that path's
+cancel against a peer frozen where it must answer).
 """
 import os
 import signal
@@ -64,7 +67,7 @@ HIXL_CHILD = COMMON + r"""
 import hixl, _hixl_peer
 engine_id, remote = sys.argv[1], int(sys.argv[2])
 engine = hixl.Hixl()
-assert engine.initialize("127.0.0.1") == hixl.SUCCESS
+assert engine.initialize("127.0.0.1", {"llmdd.Transport": "tcp"}) == hixl.SUCCESS
 buffer = np.zeros(_hixl_peer.SIZE, dtype=np.uint8)
 ret, handle = engine.register_mem(hixl.MemDesc(buffer.ctypes.data, buffer.size), hixl.MEM_HOST)
 assert ret == hixl.SUCCESS
@@ -95,8 +98,8 @@ port = int(sys.argv[1])
 _, num_tensors, shape, dtype, _, _ = _peer.LAYOUT["blocks"]
 datadist = LLMDataDist(LLMRole.DECODER, 2)
 init_options = options(sync_kv_timeout=TRANSFER_TIMEOUT_MS)
-# TCP: a same-host pull of a blocks cache copies out of the stopped peer's
-# memory and would not wait for it (the hixl child covers that path).
+# TCP: a same-host transfer may copy out of the stopped peer's memory
+# without waiting for it (as the hixl children, for the same reason).
 init_options["llmdd.Transport"] = "tcp"
 datadist.init(init_options)
 ret, _ = datadist.link_clusters([cluster(_peer.PROMPT_CLUSTER, port)], timeout=5000)
@@ -131,6 +134,25 @@ datadist.finalize()
 """
 
 
+def stop(pid):
+    """SIGSTOP, then wait until every thread of the process is stopped: the signal only queues the stop,
+    and a peer thread that runs a little longer could still answer the transfer about to start."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:  # the thread ended
+                pass
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 def interrupt_a_transfer_from_a_frozen_peer(tmp_path, script, args, peer_pid):
     path = tmp_path / "child.py"
     path.write_text(f"HERE = {HERE!r}\nTRANSFER_TIMEOUT_MS = {TRANSFER_TIMEOUT_MS}\n" + script)
@@ -147,7 +169,7 @@ def interrupt_a_transfer_from_a_frozen_peer(tmp_path, script, args, peer_pid):
             child.stdin.flush()
 
         expect("ready")
-        os.kill(peer_pid, signal.SIGSTOP)
+        stop(peer_pid)
         frozen = True
         say("go")
         expect("transferring")
@@ -189,3 +211,64 @@ def test_ctrl_c_interrupts_hixl_transfer_sync_from_a_frozen_peer(tmp_path, hixl_
 def test_ctrl_c_interrupts_pull_blocks_from_a_frozen_peer(tmp_path, peer):
     took = interrupt_a_transfer_from_a_frozen_peer(tmp_path, DATADIST_CHILD, [peer.port], peer.process.pid)
     print(f"pull_blocks: KeyboardInterrupt {took * 1000:.0f} ms after SIGINT")
+
+
+HANDLER_CHILD = r"""
+import signal, sys, time
+import numpy as np
+sys.path.insert(0, HERE)
+import hixl, _hixl_peer
+engine_id, remote = sys.argv[1], int(sys.argv[2])
+seen = []
+signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))   # a handler that does not raise
+engine = hixl.Hixl()
+assert engine.initialize("127.0.0.1", {"llmdd.Transport": "tcp"}) == hixl.SUCCESS
+buffer = np.zeros(_hixl_peer.SIZE, dtype=np.uint8)
+assert engine.register_mem(hixl.MemDesc(buffer.ctypes.data, buffer.size), hixl.MEM_HOST)[0] == hixl.SUCCESS
+assert engine.connect(engine_id, timeout_in_millis=5000) == hixl.SUCCESS
+ops = [hixl.TransferOpDesc(buffer.ctypes.data, remote, buffer.size)]
+assert engine.transfer_sync(engine_id, hixl.READ, ops, timeout_in_millis=5000) == hixl.SUCCESS
+buffer[...] = 0
+print("ready", flush=True)
+assert sys.stdin.readline().strip() == "go"
+print("transferring", flush=True)
+ret = engine.transfer_sync(engine_id, hixl.READ, ops, timeout_in_millis=TRANSFER_TIMEOUT_MS)
+assert ret == hixl.SUCCESS, ret
+assert np.array_equal(buffer, _hixl_peer.pattern()), "the bytes differ from the peer's"
+print(f"returned {ret} after {len(seen)} SIGINT", flush=True)
+engine.finalize()
+"""
+
+
+def test_sigint_whose_handler_does_not_raise_leaves_transfer_sync_to_complete(tmp_path, hixl_peer):
+    """A program's own SIGINT handler that does not raise (a graceful-shutdown flag): the transfer the
+    signal cut short runs again and completes once the peer resumes; the handler ran once."""
+    _, engine_id, addr = hixl_peer.first
+    path = tmp_path / "child.py"
+    path.write_text(f"HERE = {HERE!r}\nTRANSFER_TIMEOUT_MS = {TRANSFER_TIMEOUT_MS}\n" + HANDLER_CHILD)
+    child = subprocess.Popen([sys.executable, str(path), engine_id, str(addr)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE)
+    pid = hixl_peer.process.pid
+    frozen = False
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        stop(pid)
+        frozen = True
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "transferring"
+        time.sleep(0.3)
+        child.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert child.poll() is None, "the transfer ended while the peer was frozen"
+        os.kill(pid, signal.SIGCONT)
+        frozen = False
+        out, err = child.communicate(timeout=60)
+    finally:
+        if frozen:
+            os.kill(pid, signal.SIGCONT)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert out.strip() == "returned 0 after 1 SIGINT", out + err
