@@ -233,6 +233,13 @@ hixl::NotifyDesc MakeNotify(const std::string &name, const std::string &msg) {
 
 NB_MODULE(hixl, m) {
   llmdd_py::InitMainThreadIdent();
+  // The SIGINT watch of llm_datadist._native: one per process (interruptible.h).
+  {
+    nb::object capsule = nb::module_::import_("llm_datadist._native").attr("_sigint_watch");
+    void *watch = PyCapsule_GetPointer(capsule.ptr(), llmdd_py::SigintWatch::kCapsuleName);
+    if (watch == nullptr) throw nb::python_error();
+    llmdd_py::SigintWatch::Adopt(static_cast<llmdd_py::SigintWatch *>(watch));
+  }
   m.doc() = "CANN's hixl Python module (hixl::Hixl) over libllm_datadist.so; import it as `import hixl`.";
 
   m.attr("SUCCESS") = hixl::SUCCESS;

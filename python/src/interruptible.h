@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <nanobind/nanobind.h>
@@ -42,6 +43,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -205,14 +207,24 @@ R RunInterruptibly(Call call) {
 //     transfer moves the same bytes again).
 // What Cancel does not cut short (a remote cache lookup before a pull, an
 // auto-connect) ends by its own timeout, then KeyboardInterrupt comes.
+//
+// One watch per process: llm_datadist._native makes it (Create) and hands it
+// to the hixl module through a capsule (Adopt). Two watches would wrap each
+// other's handler, each calling the other forever on a SIGINT.
 class SigintWatch {
  public:
   static constexpr int kRecheckMs = 100;
+  static constexpr const char *kCapsuleName = "llmdd_sigint_watch";
 
-  static SigintWatch &Get() {
-    static SigintWatch *watch = new SigintWatch();  // leaked: the handler and the watcher use it until exit
-    return *watch;
+  // This module's watch; null when there is none (then transfers are not
+  // interruptible).
+  static SigintWatch *&Instance() {
+    static SigintWatch *watch = nullptr;
+    return watch;
   }
+  // Leaked: the handler and the watcher use it until exit.
+  static SigintWatch *Create() { return Instance() = new SigintWatch(); }
+  static void Adopt(SigintWatch *watch) { Instance() = watch; }
 
   // True when our handler is in place (installed now if needed); false when
   // SIGINT is SIG_DFL or SIG_IGN, or the watcher cannot run.
@@ -225,13 +237,13 @@ class SigintWatch {
     struct sigaction current;
     if (sigaction(SIGINT, nullptr, &current) != 0) return installed_ = false;
     const bool info = (current.sa_flags & SA_SIGINFO) != 0;
-    if (info && current.sa_sigaction == &OnSigint) return installed_ = true;
+    if (info && current.sa_sigaction == handler_) return installed_ = true;
     if (!info && (current.sa_handler == SIG_DFL || current.sa_handler == SIG_IGN)) return installed_ = false;
     chained_info_.store(info);
     chained_.store(info ? reinterpret_cast<void *>(current.sa_sigaction) : reinterpret_cast<void *>(current.sa_handler));
     struct sigaction ours = current;
     ours.sa_flags |= SA_SIGINFO;
-    ours.sa_sigaction = &OnSigint;
+    ours.sa_sigaction = handler_;
     installed_ = sigaction(SIGINT, &ours, nullptr) == 0;
     return installed_;
   }
@@ -248,7 +260,7 @@ class SigintWatch {
   }
 
  private:
-  SigintWatch() {
+  SigintWatch() : handler_(&OnSigint) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return;
     read_fd_ = fds[0];
@@ -260,14 +272,27 @@ class SigintWatch {
       started_ = true;
     } catch (const std::system_error &) {
     }
+    // A forked child has no watcher and shares the pipe with its parent: its
+    // handler must not wake the parent's watcher, and its transfers run
+    // uninterruptible (as without this package's help). No lock: only the
+    // forking thread runs in the child.
+    pthread_atfork(nullptr, nullptr, [] {
+      SigintWatch *watch = Instance();
+      if (watch == nullptr) return;
+      watch->write_fd_ = -1;
+      watch->started_ = false;
+      watch->installed_ = false;
+      new (&watch->mutex_) std::mutex();  // it may have been held by a thread that is gone
+    });
   }
 
+  // Runs in the module that made the watch (handler_), so Instance() is it.
   static void OnSigint(int sig, siginfo_t *info, void *context) {
-    SigintWatch &watch = Get();
+    SigintWatch &watch = *Instance();
     const int saved_errno = errno;
     watch.count_.fetch_add(1);
     const char byte = 0;
-    if (write(watch.write_fd_, &byte, 1) < 0) {
+    if (watch.write_fd_ >= 0 && write(watch.write_fd_, &byte, 1) < 0) {
       // full pipe: the watcher has bytes to read already
     }
     errno = saved_errno;
@@ -290,6 +315,7 @@ class SigintWatch {
     }
   }
 
+  void (*const handler_)(int, siginfo_t *, void *);  // the maker module's OnSigint
   std::mutex mutex_;
   bool started_ = false;
   bool installed_ = false;
@@ -300,7 +326,7 @@ class SigintWatch {
   std::atomic<void *> chained_{nullptr};      // the handler ours calls
   std::atomic<bool> chained_info_{false};     // it takes (int, siginfo_t *, void *)
   int read_fd_ = -1;
-  int write_fd_ = -1;
+  int write_fd_ = -1;  // -1 in a forked child
 };
 
 // Runs the transfer call() on this thread (GIL released) so that Ctrl-C on
@@ -308,7 +334,8 @@ class SigintWatch {
 template <typename R, typename Call>
 R RunTransfer(Call call) {
   HelperErrors().reset();
-  if (!OnMainThread() || !SigintWatch::Get().Ready()) {
+  SigintWatch *watch = SigintWatch::Instance();
+  if (watch == nullptr || !OnMainThread() || !watch->Ready()) {
     nanobind::gil_scoped_release release;
     return call();
   }
@@ -318,9 +345,9 @@ R RunTransfer(Call call) {
     {
       nanobind::gil_scoped_release release;
       canceler.Bind();
-      SigintWatch::Get().Arm(&canceler);
+      watch->Arm(&canceler);
       result = call();
-      SigintWatch::Get().Disarm();
+      watch->Disarm();
       llmdd_ext::CallCanceler::Unbind();
     }
     if (!canceler.Canceled()) return result;

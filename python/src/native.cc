@@ -319,6 +319,8 @@ std::tuple<uint64_t, uint64_t> DlpackInfo(const nb::ndarray<nb::device::cpu, nb:
 
 NB_MODULE(_native, m) {
   llmdd_py::InitMainThreadIdent();
+  // The process's one SIGINT watch; the hixl module adopts it (interruptible.h).
+  m.attr("_sigint_watch") = nb::capsule(llmdd_py::SigintWatch::Create(), llmdd_py::SigintWatch::kCapsuleName);
   m.doc() = "Native layer of llm_datadist (libllm_datadist.so); use the llm_datadist package, not this module.";
 
   // Blocking calls release the GIL; on the main thread the transfers
