@@ -4,7 +4,7 @@
  * not use them are unaffected and the struct layouts stay exactly CANN's.
  * C++11. Everything here is inline except Version(), StatusName(), LastErrors(),
  * ClearLastErrors(), RegisterKvCacheWithKeys(), FindRemoteCache() and
- * GetMetricsJson() and GetPeerInfo(), which the library exports.
+ * GetMetricsJson(), GetPeerInfo() and CallCanceler, which the library exports.
  *
  * Remote access rights of a registration (default: peers may read and write,
  * as in CANN). The serving engine enforces them: a peer's READ of write-only
@@ -315,6 +315,60 @@ struct PeerInfo {
 };
 
 ASCEND_FUNC_VISIBILITY adxl::Status GetPeerInfo(adxl::AdxlEngine &engine, const char *remote, PeerInfo *info);
+
+// ---------------------------------------------------------------- interrupting a call
+//
+// CallCanceler lets one thread cut short the data transfers of the blocking
+// calls another thread makes: a language binding that waits for a call on a
+// helper thread and must return when the user presses Ctrl-C, or any program
+// that abandons a call it no longer needs. Cancel() does not wait for the
+// call's timeout, does not close the channel or the link (other threads'
+// transfers on them go on), and leaves the engine usable.
+//
+// Contract:
+// - Bind() binds the canceler to the calling thread: it covers the blocking
+//   calls of adxl::AdxlEngine, hixl::Hixl and llm_datadist::LlmDataDist that
+//   thread makes until Unbind() (or another Bind on that thread). One thread
+//   has at most one canceler; a canceler is bound to at most one thread at a
+//   time.
+// - Cancel() (any thread, any number of times): the transfer those calls have
+//   under way, if any, is canceled, and every transfer they start afterwards
+//   is refused at once; such a call returns FAILED (LLM-DataDist: LLM_FAILED)
+//   with a log line saying it was canceled. Cancel() returns once the transfer
+//   under way has ended: from then on no byte of the local buffers those
+//   calls name is written or read by this engine or the peer (the guarantee
+//   of docs/API.md "How a request ends"), so the caller may free them.
+//   That wait is short: the cancel shuts the lanes the transfer was moving
+//   bytes on down (they reopen on next use).
+// - What is not cut short: the other waits of a call (a connect or a link
+//   handshake, a remote cache lookup, a notify's acknowledgement, an
+//   AutoConnect): they end by their own timeouts, then the call returns its
+//   status without moving data.
+// - Canceled() stays true; a canceler is for one call (or one batch of calls):
+//   make a new one for the next.
+// - Destroying a canceler that is still bound to a thread is undefined (Unbind
+//   on that thread first); the bound thread's calls must have returned.
+// - The constructor allocates (std::bad_alloc when out of memory); nothing
+//   else throws.
+// Asynchronous requests (TransferAsync) are not covered: give them a deadline
+// (SetTransferTimeout) or Disconnect.
+class ASCEND_FUNC_VISIBILITY CallCanceler {
+ public:
+  CallCanceler();
+  ~CallCanceler();
+  CallCanceler(const CallCanceler &) = delete;
+  CallCanceler &operator=(const CallCanceler &) = delete;
+
+  void Bind();
+  static void Unbind();
+  void Cancel();
+  bool Canceled() const;
+
+  struct Impl;
+
+ private:
+  Impl *impl_;
+};
 
 }  // namespace llmdd_ext
 

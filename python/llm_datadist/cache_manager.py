@@ -203,18 +203,6 @@ class CacheManager:
             if code:
                 raise_for_status(code, "[pull_blocks]", _native, f"src_cache_key = {src_cache_key}")
             return
-        # The common call (a BlocksCacheKey, lists of blocks, every layer)
-        # skips the general checks below, whose outcome is known here: its
-        # per-call cost is what the small pulls of a serving engine pay.
-        if (not kwargs and self._initialized and type(src_cache_key) is BlocksCacheKey and type(dst_cache) is Cache
-                and type(src_blocks) is list and type(dst_blocks) is list and src_blocks and dst_blocks
-                and dst_cache._is_blocks_cache
-                and (dst_cache._remote_accessible or not self._remote_cache_accessible)):
-            code = self._native.pull_blocks((_BLOCKS_KEY, src_cache_key._cluster_id, src_cache_key._model_id, 0, 0),
-                                            dst_cache._cache_id, src_blocks, dst_blocks, _ALL_LAYERS)
-            if code:
-                raise_for_status(code, "[pull_blocks]", _native, f"src_cache_key = {src_cache_key}")
-            return
         self._check_is_inited()
         src_layer_range = kwargs.get("src_layer_range")
         dst_layer_range = kwargs.get("dst_layer_range")

@@ -10,7 +10,9 @@
 //
 // Contracts:
 // - Every method that can block releases the GIL (nb::call_guard): arguments
-//   are converted before and results after, with the GIL held.
+//   are converted before and results after, with the GIL held. connect,
+//   disconnect, transfer_sync and send_notify release it themselves and, on
+//   the main thread, return on Ctrl-C at once (interruptible.h).
 // - Several Python threads may call one Hixl at once (the C++ calls are
 //   thread-safe); finalize() takes the object exclusively, so it waits for
 //   the calls in flight (each bounded by its timeout) and later calls return
@@ -32,6 +34,7 @@
 #include <vector>
 
 #include "hixl/hixl.h"
+#include "interruptible.h"
 
 namespace nb = nanobind;
 
@@ -47,34 +50,60 @@ std::string Text(const hixl::AscendString &s) { return std::string(s.GetString()
 // One hixl::Hixl per Python Hixl. The engine is created by initialize() and
 // destroyed by finalize(), so a finalized object can be initialized again.
 class PyHixl {
+  struct Core;  // below
+
  public:
   PyHixl() = default;
   ~PyHixl() { Finalize(); }
   PyHixl(const PyHixl &) = delete;
   PyHixl &operator=(const PyHixl &) = delete;
 
+  // The blocking calls Ctrl-C interrupts (interruptible.h): GIL held on
+  // entry. transfer_sync runs here with a canceler (RunTransfer); the others
+  // run on a helper thread when called from the main thread
+  // (RunInterruptibly), which keeps the state alive (core_), not `this`.
+  uint32_t ConnectInterruptibly(const std::string &remote, int32_t timeout_ms) {
+    std::shared_ptr<Core> core = core_;
+    return llmdd_py::RunInterruptibly<uint32_t>(
+        [core, remote, timeout_ms] { return Connect(*core, remote, timeout_ms); });
+  }
+  uint32_t DisconnectInterruptibly(const std::string &remote, int32_t timeout_ms) {
+    std::shared_ptr<Core> core = core_;
+    return llmdd_py::RunInterruptibly<uint32_t>(
+        [core, remote, timeout_ms] { return Disconnect(*core, remote, timeout_ms); });
+  }
+  uint32_t TransferSyncInterruptibly(const std::string &remote, hixl::TransferOp op,
+                                     const std::vector<hixl::TransferOpDesc> &descs, int32_t timeout_ms) {
+    return llmdd_py::RunTransfer<uint32_t>([&] { return TransferSync(*core_, remote, op, descs, timeout_ms); });
+  }
+  uint32_t SendNotifyInterruptibly(const std::string &remote, const hixl::NotifyDesc &notify, int32_t timeout_ms) {
+    std::shared_ptr<Core> core = core_;
+    return llmdd_py::RunInterruptibly<uint32_t>(
+        [core, remote, notify, timeout_ms] { return SendNotify(*core, remote, notify, timeout_ms); });
+  }
+
   uint32_t Initialize(const std::string &local_engine, const Options &options) {
-    std::unique_lock<std::shared_mutex> lock(mutex_);
-    if (engine_) return hixl::SUCCESS;  // CANN: a second initialize succeeds and changes nothing
+    std::unique_lock<std::shared_mutex> lock(core_->mutex);
+    if (core_->engine) return hixl::SUCCESS;  // CANN: a second initialize succeeds and changes nothing
     auto engine = std::make_unique<hixl::Hixl>();
     std::map<hixl::AscendString, hixl::AscendString> ascend;
     for (const auto &kv : options) ascend[Ascend(kv.first)] = Ascend(kv.second);
     const hixl::Status status = engine->Initialize(Ascend(local_engine), ascend);
-    if (status == hixl::SUCCESS) engine_ = std::move(engine);
+    if (status == hixl::SUCCESS) core_->engine = std::move(engine);
     return status;
   }
 
   void Finalize() {
     std::unique_ptr<hixl::Hixl> engine;
     {
-      std::unique_lock<std::shared_mutex> lock(mutex_);  // waits for the calls in flight
-      engine = std::move(engine_);
+      std::unique_lock<std::shared_mutex> lock(core_->mutex);  // waits for the calls in flight
+      engine = std::move(core_->engine);
       if (engine) engine->Finalize();
     }
   }
 
   std::pair<uint32_t, uintptr_t> RegisterMem(const hixl::MemDesc &mem, hixl::MemType type) {
-    Hold hold(this);
+    Hold hold(*core_);
     if (!hold.engine) return {hixl::FAILED, 0};
     hixl::MemHandle handle = nullptr;
     const hixl::Status status = hold.engine->RegisterMem(mem, type, handle);
@@ -82,32 +111,32 @@ class PyHixl {
   }
 
   uint32_t DeregisterMem(uintptr_t handle) {
-    Hold hold(this);
+    Hold hold(*core_);
     return hold.engine ? hold.engine->DeregisterMem(reinterpret_cast<hixl::MemHandle>(handle)) : hixl::FAILED;
   }
 
-  uint32_t Connect(const std::string &remote, int32_t timeout_ms) {
-    Hold hold(this);
+  static uint32_t Connect(Core &core, const std::string &remote, int32_t timeout_ms) {
+    Hold hold(core);
     return hold.engine ? hold.engine->Connect(Ascend(remote), timeout_ms) : hixl::FAILED;
   }
 
-  uint32_t Disconnect(const std::string &remote, int32_t timeout_ms) {
-    Hold hold(this);
+  static uint32_t Disconnect(Core &core, const std::string &remote, int32_t timeout_ms) {
+    Hold hold(core);
     return hold.engine ? hold.engine->Disconnect(Ascend(remote), timeout_ms) : hixl::FAILED;
   }
 
   uint32_t ConnectAsync(const std::string &remote, int32_t timeout_ms) {
-    Hold hold(this);
+    Hold hold(*core_);
     return hold.engine ? hold.engine->ConnectAsync(Ascend(remote), timeout_ms) : hixl::FAILED;
   }
 
   uint32_t DisconnectAsync(const std::string &remote, int32_t timeout_ms) {
-    Hold hold(this);
+    Hold hold(*core_);
     return hold.engine ? hold.engine->DisconnectAsync(Ascend(remote), timeout_ms) : hixl::FAILED;
   }
 
   std::pair<uint32_t, hixl::AsyncConnectStatus> GetAsyncConnectStatus(const std::string &remote) {
-    Hold hold(this);
+    Hold hold(*core_);
     hixl::AsyncConnectStatus status = hixl::AsyncConnectStatus::NOT_CONNECT;
     if (!hold.engine) return {hixl::FAILED, status};
     const hixl::Status ret = hold.engine->GetAsyncConnectStatus(Ascend(remote), status);
@@ -115,7 +144,7 @@ class PyHixl {
   }
 
   std::pair<uint32_t, std::map<std::string, hixl::AsyncConnectStatus>> GetAllAsyncConnectStatus() {
-    Hold hold(this);
+    Hold hold(*core_);
     std::map<std::string, hixl::AsyncConnectStatus> out;
     if (!hold.engine) return {hixl::FAILED, out};
     std::map<hixl::AscendString, hixl::AsyncConnectStatus> statuses;
@@ -124,16 +153,16 @@ class PyHixl {
     return {ret, out};
   }
 
-  uint32_t TransferSync(const std::string &remote, hixl::TransferOp op, const std::vector<hixl::TransferOpDesc> &descs,
-                        int32_t timeout_ms) {
-    Hold hold(this);
+  static uint32_t TransferSync(Core &core, const std::string &remote, hixl::TransferOp op,
+                               const std::vector<hixl::TransferOpDesc> &descs, int32_t timeout_ms) {
+    Hold hold(core);
     return hold.engine ? hold.engine->TransferSync(Ascend(remote), op, descs, timeout_ms) : hixl::FAILED;
   }
 
   std::pair<uint32_t, uintptr_t> TransferAsync(const std::string &remote, hixl::TransferOp op,
                                                const std::vector<hixl::TransferOpDesc> &descs,
                                                const hixl::TransferArgs &args) {
-    Hold hold(this);
+    Hold hold(*core_);
     if (!hold.engine) return {hixl::FAILED, 0};
     hixl::TransferReq req = nullptr;
     const hixl::Status status = hold.engine->TransferAsync(Ascend(remote), op, descs, args, req);
@@ -141,7 +170,7 @@ class PyHixl {
   }
 
   std::pair<uint32_t, hixl::TransferStatus> GetTransferStatus(uintptr_t req) {
-    Hold hold(this);
+    Hold hold(*core_);
     hixl::TransferStatus status = hixl::TransferStatus::FAILED;  // CANN: what an unknown request reads
     if (!hold.engine) return {hixl::FAILED, status};
     const hixl::Status ret = hold.engine->GetTransferStatus(reinterpret_cast<hixl::TransferReq>(req), status);
@@ -149,20 +178,21 @@ class PyHixl {
   }
 
   std::pair<uint32_t, std::vector<hixl::TransferResult>> GetAllTransferStatus(const hixl::GetTransferStatusArgs &args) {
-    Hold hold(this);
+    Hold hold(*core_);
     std::vector<hixl::TransferResult> results;
     if (!hold.engine) return {hixl::FAILED, results};
     const hixl::Status ret = hold.engine->GetTransferStatus(args, results);
     return {ret, results};
   }
 
-  uint32_t SendNotify(const std::string &remote, const hixl::NotifyDesc &notify, int32_t timeout_ms) {
-    Hold hold(this);
+  static uint32_t SendNotify(Core &core, const std::string &remote, const hixl::NotifyDesc &notify,
+                             int32_t timeout_ms) {
+    Hold hold(core);
     return hold.engine ? hold.engine->SendNotify(Ascend(remote), notify, timeout_ms) : hixl::FAILED;
   }
 
   std::pair<uint32_t, std::vector<hixl::NotifyDesc>> GetNotifies() {
-    Hold hold(this);
+    Hold hold(*core_);
     std::vector<hixl::NotifyDesc> notifies;
     if (!hold.engine) return {hixl::FAILED, notifies};
     const hixl::Status ret = hold.engine->GetNotifies(notifies);
@@ -170,16 +200,20 @@ class PyHixl {
   }
 
  private:
+  // The object's state, shared with the helper threads of its calls.
+  struct Core {
+    std::shared_mutex mutex;
+    std::unique_ptr<hixl::Hixl> engine;  // changed only under mutex held exclusively
+  };
   // A shared hold on the object for one call; engine is null when the
   // object is not initialized (or finalized).
   struct Hold {
-    explicit Hold(PyHixl *self) : lock(self->mutex_), engine(self->engine_.get()) {}
+    explicit Hold(Core &core) : lock(core.mutex), engine(core.engine.get()) {}
     std::shared_lock<std::shared_mutex> lock;
     hixl::Hixl *engine;
   };
 
-  std::shared_mutex mutex_;
-  std::unique_ptr<hixl::Hixl> engine_;  // changed only under mutex_ held exclusively
+  std::shared_ptr<Core> core_ = std::make_shared<Core>();
 };
 
 std::pair<uint32_t, int32_t> GetCapability(hixl::FeatureType feature) {
@@ -198,6 +232,14 @@ hixl::NotifyDesc MakeNotify(const std::string &name, const std::string &msg) {
 }  // namespace
 
 NB_MODULE(hixl, m) {
+  llmdd_py::InitMainThreadIdent();
+  // The SIGINT watch of llm_datadist._native: one per process (interruptible.h).
+  {
+    nb::object capsule = nb::module_::import_("llm_datadist._native").attr("_sigint_watch");
+    void *watch = PyCapsule_GetPointer(capsule.ptr(), llmdd_py::SigintWatch::kCapsuleName);
+    if (watch == nullptr) throw nb::python_error();
+    llmdd_py::SigintWatch::Adopt(static_cast<llmdd_py::SigintWatch *>(watch));
+  }
   m.doc() = "CANN's hixl Python module (hixl::Hixl) over libllm_datadist.so; import it as `import hixl`.";
 
   m.attr("SUCCESS") = hixl::SUCCESS;
@@ -316,25 +358,25 @@ NB_MODULE(hixl, m) {
       .def("finalize", &PyHixl::Finalize, Gil())
       .def("register_mem", &PyHixl::RegisterMem, Gil())
       .def("deregister_mem", &PyHixl::DeregisterMem, Gil())
-      .def("connect", &PyHixl::Connect, nb::arg("remote_engine"), nb::arg("timeout_in_millis") = kDefaultTimeoutMs,
-           Gil())
-      .def("disconnect", &PyHixl::Disconnect, nb::arg("remote_engine"),
-           nb::arg("timeout_in_millis") = kDefaultTimeoutMs, Gil())
+      .def("connect", &PyHixl::ConnectInterruptibly, nb::arg("remote_engine"),
+           nb::arg("timeout_in_millis") = kDefaultTimeoutMs)
+      .def("disconnect", &PyHixl::DisconnectInterruptibly, nb::arg("remote_engine"),
+           nb::arg("timeout_in_millis") = kDefaultTimeoutMs)
       .def("connect_async", &PyHixl::ConnectAsync, nb::arg("remote_engine"),
            nb::arg("timeout_in_millis") = kDefaultTimeoutMs, Gil())
       .def("disconnect_async", &PyHixl::DisconnectAsync, nb::arg("remote_engine"),
            nb::arg("timeout_in_millis") = kDefaultTimeoutMs, Gil())
       .def("get_async_connect_status", &PyHixl::GetAsyncConnectStatus, Gil())
       .def("get_all_async_connect_status", &PyHixl::GetAllAsyncConnectStatus, Gil())
-      .def("transfer_sync", &PyHixl::TransferSync, nb::arg("remote_engine"), nb::arg("op"), nb::arg("op_descs"),
-           nb::arg("timeout_in_millis") = kDefaultTimeoutMs, Gil())
+      .def("transfer_sync", &PyHixl::TransferSyncInterruptibly, nb::arg("remote_engine"), nb::arg("op"),
+           nb::arg("op_descs"), nb::arg("timeout_in_millis") = kDefaultTimeoutMs)
       .def("transfer_async", &PyHixl::TransferAsync, nb::arg("remote_engine"), nb::arg("op"), nb::arg("op_descs"),
            nb::arg("args") = hixl::TransferArgs(), Gil())
       .def("get_transfer_status", &PyHixl::GetTransferStatus, Gil())
       .def("get_all_transfer_status", &PyHixl::GetAllTransferStatus,
            nb::arg("args") = hixl::GetTransferStatusArgs(), Gil())
-      .def("send_notify", &PyHixl::SendNotify, nb::arg("remote_engine"), nb::arg("notify"),
-           nb::arg("timeout_in_millis") = kDefaultTimeoutMs, Gil())
+      .def("send_notify", &PyHixl::SendNotifyInterruptibly, nb::arg("remote_engine"), nb::arg("notify"),
+           nb::arg("timeout_in_millis") = kDefaultTimeoutMs)
       .def("get_notifies", &PyHixl::GetNotifies, Gil());
 
   m.def("get_capability", &GetCapability, nb::arg("feature_type"));

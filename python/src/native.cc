@@ -12,7 +12,11 @@
 //   exception, never a crash.
 // - Each call clears this thread's error lines first, so last_errors() right
 //   after a failed call on the same thread says why (the lines the library
-//   logged, docs/API.md "Logging").
+//   logged, docs/API.md "Logging"; for a call that ran on a helper thread,
+//   the lines it logged there, interruptible.h).
+// - The transfers and links return on Ctrl-C at once when called from the
+//   main thread (interruptible.h): KeyboardInterrupt once no byte of the
+//   call's buffers can be written any more.
 // - finalize() waits for the calls in flight on the same object and later
 //   calls return LLM_FAILED: CANN forbids Finalize concurrently with other
 //   calls, and a Python program must not be able to crash the process by
@@ -36,6 +40,7 @@
 #include <vector>
 
 #include "llm_datadist/llm_datadist.h"
+#include "interruptible.h"
 #include "llmdd/extensions.h"
 
 namespace nb = nanobind;
@@ -127,6 +132,7 @@ class DataDist {
 
   void Finalize() {
     llmdd_ext::ClearLastErrors();
+    llmdd_py::HelperErrors().reset();
     std::unique_lock lock(calls_);  // waits for the calls in flight
     finalized_ = true;
     datadist_.Finalize();
@@ -233,7 +239,10 @@ class DataDist {
   // Shared hold on the object for one call (Finalize takes it exclusively);
   // ok is false once finalized. Clears this thread's error lines.
   struct Call {
-    explicit Call(DataDist *self) : lock(self->calls_), ok(!self->finalized_) { llmdd_ext::ClearLastErrors(); }
+    explicit Call(DataDist *self) : lock(self->calls_), ok(!self->finalized_) {
+      llmdd_ext::ClearLastErrors();
+      llmdd_py::HelperErrors().reset();  // this thread's last call is this one
+    }
     std::shared_lock<std::shared_mutex> lock;
     bool ok;
   };
@@ -273,6 +282,13 @@ class DataDist {
   bool finalized_ = false;  // written under calls_ held exclusively
 };
 
+// The Python DataDist: its state is shared with the helper threads of its
+// interruptible calls, which may outlive the Python object (interruptible.h).
+struct PyDataDist {
+  PyDataDist(uint64_t cluster_id, int32_t role) : core(std::make_shared<DataDist>(cluster_id, role)) {}
+  std::shared_ptr<DataDist> core;
+};
+
 // (address, byte length, read-only) of an object exposing the buffer protocol
 // (numpy arrays, bytearray, memoryview, mmap). TypeError if it has none;
 // ValueError if it is not C-contiguous (a cache tensor is one byte range).
@@ -302,30 +318,88 @@ std::tuple<uint64_t, uint64_t> DlpackInfo(const nb::ndarray<nb::device::cpu, nb:
 }  // namespace
 
 NB_MODULE(_native, m) {
+  llmdd_py::InitMainThreadIdent();
+  // The process's one SIGINT watch; the hixl module adopts it (interruptible.h).
+  m.attr("_sigint_watch") = nb::capsule(llmdd_py::SigintWatch::Create(), llmdd_py::SigintWatch::kCapsuleName);
   m.doc() = "Native layer of llm_datadist (libllm_datadist.so); use the llm_datadist package, not this module.";
 
-  nb::class_<DataDist>(m, "DataDist")
+  // Blocking calls release the GIL; on the main thread the transfers
+  // (RunTransfer) and the links (RunInterruptibly) also return on Ctrl-C
+  // (interruptible.h).
+  nb::class_<PyDataDist>(m, "DataDist")
       .def(nb::init<uint64_t, int32_t>(), nb::arg("cluster_id"), nb::arg("role"))
-      .def("initialize", &DataDist::Initialize, nb::arg("options"), Gil())
-      .def("finalize", &DataDist::Finalize, Gil())
-      .def("set_role", &DataDist::SetRole, nb::arg("role"), nb::arg("options"), Gil())
-      .def("link_clusters", &DataDist::Link, nb::arg("clusters"), nb::arg("timeout_ms"), Gil())
-      .def("unlink_clusters", &DataDist::Unlink, nb::arg("clusters"), nb::arg("timeout_ms"), nb::arg("force"), Gil())
-      .def("register_cache", &DataDist::Register, nb::arg("placement"), nb::arg("num_tensors"),
-           nb::arg("data_type"), nb::arg("shape"), nb::arg("addrs"), nb::arg("keys"), nb::arg("remote_accessible"),
-           Gil())
-      .def("unregister_cache", &DataDist::Unregister, nb::arg("cache_id"), Gil())
-      .def("pull_cache", &DataDist::PullCache, nb::arg("src"), nb::arg("dst_cache_id"), nb::arg("batch_index"),
-           nb::arg("size"), nb::arg("ext"), Gil())
-      .def("pull_blocks", &DataDist::PullBlocks, nb::arg("src"), nb::arg("dst_cache_id"), nb::arg("src_blocks"),
-           nb::arg("dst_blocks"), nb::arg("ext"), Gil())
-      .def("push_cache", &DataDist::PushCache, nb::arg("dst"), nb::arg("src_cache_id"), nb::arg("src_placement"),
-           nb::arg("src_num_tensors"), nb::arg("src_batch_index"), nb::arg("size"), nb::arg("ext"), Gil())
-      .def("push_blocks", &DataDist::PushBlocks, nb::arg("dst"), nb::arg("src_cache_id"), nb::arg("src_placement"),
-           nb::arg("src_num_tensors"), nb::arg("src_blocks"), nb::arg("dst_blocks"), nb::arg("ext"), Gil());
+      .def("initialize", [](PyDataDist &d, const Options &options) { return d.core->Initialize(options); },
+           nb::arg("options"), Gil())
+      .def("finalize", [](PyDataDist &d) { d.core->Finalize(); }, Gil())
+      .def("set_role",
+           [](PyDataDist &d, int32_t role, const Options &options) { return d.core->SetRole(role, options); },
+           nb::arg("role"), nb::arg("options"), Gil())
+      .def("link_clusters",
+           [](PyDataDist &d, const std::vector<ClusterTuple> &clusters, int32_t timeout_ms) {
+             std::shared_ptr<DataDist> core = d.core;
+             return llmdd_py::RunInterruptibly<std::pair<uint32_t, std::vector<uint32_t>>>(
+                 [core, clusters, timeout_ms] { return core->Link(clusters, timeout_ms); });
+           },
+           nb::arg("clusters"), nb::arg("timeout_ms"))
+      .def("unlink_clusters",
+           [](PyDataDist &d, const std::vector<ClusterTuple> &clusters, int32_t timeout_ms, bool force) {
+             std::shared_ptr<DataDist> core = d.core;
+             return llmdd_py::RunInterruptibly<std::pair<uint32_t, std::vector<uint32_t>>>(
+                 [core, clusters, timeout_ms, force] { return core->Unlink(clusters, timeout_ms, force); });
+           },
+           nb::arg("clusters"), nb::arg("timeout_ms"), nb::arg("force"))
+      .def("register_cache",
+           [](PyDataDist &d, uint32_t placement, uint32_t num_tensors, int32_t data_type,
+              const std::vector<int64_t> &shape, const std::vector<uint64_t> &addrs, const std::vector<KeyTuple> &keys,
+              bool remote_accessible) {
+             return d.core->Register(placement, num_tensors, data_type, shape, addrs, keys, remote_accessible);
+           },
+           nb::arg("placement"), nb::arg("num_tensors"), nb::arg("data_type"), nb::arg("shape"), nb::arg("addrs"),
+           nb::arg("keys"), nb::arg("remote_accessible"), Gil())
+      .def("unregister_cache", [](PyDataDist &d, int64_t cache_id) { return d.core->Unregister(cache_id); },
+           nb::arg("cache_id"), Gil())
+      .def("pull_cache",
+           [](PyDataDist &d, const SourceTuple &src, int64_t dst_cache_id, uint32_t batch_index, int64_t size,
+              const ExtTuple &ext) {
+             return llmdd_py::RunTransfer<uint32_t>(
+                 [&] { return d.core->PullCache(src, dst_cache_id, batch_index, size, ext); });
+           },
+           nb::arg("src"), nb::arg("dst_cache_id"), nb::arg("batch_index"), nb::arg("size"), nb::arg("ext"))
+      .def("pull_blocks",
+           [](PyDataDist &d, const SourceTuple &src, int64_t dst_cache_id, const std::vector<uint64_t> &src_blocks,
+              const std::vector<uint64_t> &dst_blocks, const ExtTuple &ext) {
+             return llmdd_py::RunTransfer<uint32_t>(
+                 [&] { return d.core->PullBlocks(src, dst_cache_id, src_blocks, dst_blocks, ext); });
+           },
+           nb::arg("src"), nb::arg("dst_cache_id"), nb::arg("src_blocks"), nb::arg("dst_blocks"), nb::arg("ext"))
+      .def("push_cache",
+           [](PyDataDist &d, const SourceTuple &dst, int64_t src_cache_id, uint32_t src_placement,
+              uint32_t src_num_tensors, uint32_t src_batch_index, int64_t size, const ExtTuple &ext) {
+             return llmdd_py::RunTransfer<uint32_t>([&] {
+               return d.core->PushCache(dst, src_cache_id, src_placement, src_num_tensors, src_batch_index, size, ext);
+             });
+           },
+           nb::arg("dst"), nb::arg("src_cache_id"), nb::arg("src_placement"), nb::arg("src_num_tensors"),
+           nb::arg("src_batch_index"), nb::arg("size"), nb::arg("ext"))
+      .def("push_blocks",
+           [](PyDataDist &d, const SourceTuple &dst, int64_t src_cache_id, uint32_t src_placement,
+              uint32_t src_num_tensors, const std::vector<uint64_t> &src_blocks,
+              const std::vector<uint64_t> &dst_blocks, const ExtTuple &ext) {
+             return llmdd_py::RunTransfer<uint32_t>([&] {
+               return d.core->PushBlocks(dst, src_cache_id, src_placement, src_num_tensors, src_blocks, dst_blocks,
+                                         ext);
+             });
+           },
+           nb::arg("dst"), nb::arg("src_cache_id"), nb::arg("src_placement"), nb::arg("src_num_tensors"),
+           nb::arg("src_blocks"), nb::arg("dst_blocks"), nb::arg("ext"));
 
-  m.def("last_errors", [] { return std::string(llmdd_ext::LastErrors()); },
-        "The error lines the library logged on this thread during its last call here.");
+  m.def("last_errors",
+        [] {
+          const std::unique_ptr<std::string> &helper = llmdd_py::HelperErrors();
+          return helper ? *helper : std::string(llmdd_ext::LastErrors());
+        },
+        "The error lines the library logged during this thread's last call here (on its helper thread, for "
+        "a call that ran on one).");
   m.def("status_name", [](uint32_t status) { return std::string(llmdd_ext::StatusName(status)); });
   m.def("version", [] { return std::string(llmdd_ext::Version()); });
   m.def("buffer_info", &BufferInfo, nb::arg("obj"));

@@ -13,6 +13,7 @@
 #include "common/status_name.h"
 #include "common/sync_point.h"
 #include "common/threads.h"
+#include "engine/call_cancel.h"
 #include "transport/tcp/tcp_stream.h"
 #include "transport/fault_injection.h"
 #ifdef LLMDD_HAVE_UCX
@@ -363,6 +364,13 @@ adxl::Status Engine::RegisterMem(uintptr_t addr, uint64_t len, adxl::MemType typ
   }
   if (addr == 0) {
     LOG_ERROR("RegisterMem: address is null");
+    return adxl::PARAM_INVALID;
+  }
+  // An empty range can serve no transfer: most likely a caller's bug (an
+  // empty array). CANN's docs name no status for it (they list only a null
+  // address); refused as MallocMem refuses size 0.
+  if (len == 0) {
+    LOG_ERROR("RegisterMem: length is 0 (address 0x%" PRIxPTR ")", addr);
     return adxl::PARAM_INVALID;
   }
   uintptr_t end = 0;
@@ -855,7 +863,12 @@ adxl::Status Engine::RunHere(const std::string &key, Route route, adxl::Transfer
     RecordEnd(request, status, *error);
     return status;
   }
+  // A canceler bound to this thread (llmdd_ext::CallCanceler) may end it;
+  // Leave only once the runner let go, so its Cancel returns after that.
+  llmdd_ext::CallCanceler::Impl *canceler = llmdd_ext::CallCanceler::Impl::Current();
+  if (canceler != nullptr) canceler->Enter(&request);
   RunRequest(&request, std::move(route), /*queued=*/false, &status, error);
+  if (canceler != nullptr) canceler->Leave(&request);
   return status;
 }
 

@@ -18,10 +18,15 @@
 //    and the call returns within its own bound.
 //  - A request without a deadline is unaffected: it waits for the frozen
 //    peer and completes once it resumes.
+//  - llmdd_ext::CallCanceler ends a TransferSync to a frozen peer from
+//    another thread, with the same guarantee once Cancel returned.
 #define ITEST_USE_GTEST
 #include "process_util.h"
 
 #include "llmdd/extensions.h"
+
+#include <atomic>
+#include <thread>
 
 namespace itest {
 namespace {
@@ -322,6 +327,94 @@ TEST_P(DeadlineTest, FinalizeEndsEveryRequestToAFrozenPeerAtOnce) {
     initialized_ = false;
     return adxl::SUCCESS;
   }, 1000 + kReturnMarginMs);
+}
+
+// llmdd_ext::CallCanceler (include/llmdd/extensions.h): another thread ends
+// a TransferSync to a frozen peer long before its timeout; once Cancel has
+// returned, no byte of the buffer is written again, and the channel goes on.
+TEST_P(DeadlineTest, ACallCancelerEndsATransferSyncToAFrozenPeerAndItsBufferIsNeverWrittenAfter) {
+  AdxlPeer *peer = BigPeer(3500, SameHost() ? std::vector<std::string>{}
+                                             : std::vector<std::string>{"LLMDD_FAULT_INJECTION=freeze_send=1048576"});
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(Client());
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion rr = peer->region(0);
+  GuardedBuffer in(kBig);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{in.addr(), rr.addr, 4096}}, 10000));
+  memset(in.data(), kSentinel, in.size());
+  if (SameHost()) {
+    ASSERT_TRUE(peer->Stop());
+  }
+  llmdd_ext::CallCanceler canceler;
+  std::atomic<uint32_t> status{UINT32_MAX};
+  std::atomic<int64_t> returned_ms{-1};
+  const auto t0 = Clock::now();
+  std::thread caller([&] {
+    canceler.Bind();
+    std::vector<adxl::TransferOpDesc> descs{{in.addr(), rr.addr, in.size()}};
+    status = engine_.TransferSync(peer->engine(), adxl::READ, descs, 30000);
+    returned_ms = MsSince(t0);
+    llmdd_ext::CallCanceler::Unbind();
+  });
+  if (!SameHost()) {
+    EXPECT_TRUE(peer->WaitStopped(10000)) << "the peer did not stop itself mid-transfer";
+  }
+  SleepMs(300);
+  EXPECT_EQ(-1, returned_ms.load()) << "TransferSync returned before the cancel";
+  const auto cancel_at = Clock::now();
+  canceler.Cancel();
+  const int64_t cancel_ms = MsSince(cancel_at);
+  EXPECT_TRUE(canceler.Canceled());
+  EXPECT_LT(cancel_ms, kReturnMarginMs) << "Cancel took long";
+  // Cancel has returned: the caller owns the buffer again. It refills it,
+  // the peer resumes and sends what it still had; none of it may land here.
+  memset(in.data(), kSentinel, in.size());
+  caller.join();
+  EXPECT_ST(adxl::FAILED, status.load());
+  EXPECT_LT(returned_ms.load(), 300 + cancel_ms + kReturnMarginMs);
+  peer->Continue();
+  ASSERT_TRUE(peer->Ping()) << peer->Health();
+  SleepMs(500);
+  EXPECT_EQ(SIZE_MAX, FirstNotSentinel(in)) << "the buffer was written after Cancel returned";
+  // The channel goes on, on this thread (no canceler) and on a thread with
+  // a fresh one.
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{in.addr(), rr.addr, 1u << 20}}, 10000));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(in.data(), 1u << 20, rr.seed, 0));
+  llmdd_ext::CallCanceler fresh;
+  std::thread again([&] {
+    fresh.Bind();
+    std::vector<adxl::TransferOpDesc> descs{{in.addr(), rr.addr, in.size()}};
+    status = engine_.TransferSync(peer->engine(), adxl::READ, descs, 10000);
+    llmdd_ext::CallCanceler::Unbind();
+  });
+  again.join();
+  EXPECT_ST(adxl::SUCCESS, status.load());
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(in.data(), in.size(), rr.seed, 0));
+}
+
+TEST_P(DeadlineTest, ACanceledCallCancelerRefusesTheTransfersOfItsThreadOnly) {
+  AdxlPeer *peer = BigPeer(3600);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(Client());
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion rr = peer->region(0);
+  GuardedBuffer in(1u << 20);
+  memset(in.data(), kSentinel, in.size());
+  llmdd_ext::CallCanceler canceler;
+  canceler.Cancel();  // nothing under way: returns at once
+  std::atomic<uint32_t> status{UINT32_MAX};
+  std::thread caller([&] {
+    canceler.Bind();
+    std::vector<adxl::TransferOpDesc> descs{{in.addr(), rr.addr, in.size()}};
+    status = engine_.TransferSync(peer->engine(), adxl::READ, descs, 10000);
+    llmdd_ext::CallCanceler::Unbind();
+  });
+  caller.join();
+  EXPECT_ST(adxl::FAILED, status.load());
+  EXPECT_EQ(SIZE_MAX, FirstNotSentinel(in)) << "a refused transfer moved bytes";
+  // On a thread without a canceler the same transfer runs.
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{in.addr(), rr.addr, in.size()}}, 10000));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(in.data(), in.size(), rr.seed, 0));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, DeadlineTest, ::testing::ValuesIn(AllTransports()), TransportName);

@@ -5,6 +5,8 @@
 #define ITEST_USE_GTEST
 #include "process_util.h"
 
+#include "llmdd/extensions.h"
+
 namespace itest {
 namespace {
 
@@ -130,6 +132,11 @@ TEST_F(ErrorsTest, RegisterAndDeregisterArguments) {
   adxl::MemHandle h = nullptr;
   EXPECT_ST(adxl::PARAM_INVALID, engine_.RegisterMem(Desc(0, 4096), adxl::MEM_HOST, h)) << "addr 0";
   EXPECT_ST(adxl::PARAM_INVALID, engine_.RegisterMem(Desc(0, 4096), adxl::MEM_DEVICE, h)) << "addr 0, device";
+  GuardedBuffer empty(4096);
+  h = nullptr;
+  EXPECT_ST(adxl::PARAM_INVALID, engine_.RegisterMem(Desc(empty.addr(), 0), adxl::MEM_HOST, h)) << "length 0";
+  EXPECT_EQ(nullptr, h) << "a refused registration gives no handle";
+  EXPECT_NE(std::string::npos, std::string(llmdd_ext::LastErrors()).find("length is 0")) << llmdd_ext::LastErrors();
   EXPECT_ST(adxl::PARAM_INVALID, engine_.DeregisterMem(nullptr));
   EXPECT_ST(adxl::SUCCESS, engine_.DeregisterMem(reinterpret_cast<adxl::MemHandle>(0x12345678)))
       << "unknown handle";

@@ -4,7 +4,6 @@ The package under test is the installed one (pip install . into a venv). One
 LLMDataDist may be initialized per process (CANN's rule), so every test that
 needs a peer talks to a second process (_peer.py) started once per module.
 """
-import multiprocessing
 import os
 import sys
 
@@ -13,44 +12,19 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import _peer  # noqa: E402
+from _peer_process import PeerProcess  # noqa: E402
 from llm_datadist import LLMClusterInfo, LLMConfig, LLMDataDist, LLMRole  # noqa: E402
 
-PEER_TIMEOUT_S = 60
 
-
-class Peer:
+class Peer(PeerProcess):
     """The prompt process: its port, its cache ids, and commands to it."""
 
     def __init__(self):
-        context = multiprocessing.get_context("spawn")
-        self._conn, child = context.Pipe()
-        self.process = context.Process(target=_peer.serve, args=(child,), daemon=True)
-        self.process.start()
-        reply = self._recv()
-        if reply[0] != "ready":
-            raise RuntimeError(f"peer failed to start:\n{reply[1]}")
-        _, self.port, self.cache_ids = reply
+        super().__init__(_peer.serve, "peer")
+        if self.first[0] != "ready":
+            raise RuntimeError(f"peer failed to start:\n{self.first[1]}")
+        _, self.port, self.cache_ids = self.first
         self.cluster_id = _peer.PROMPT_CLUSTER
-
-    def _recv(self):
-        if not self._conn.poll(PEER_TIMEOUT_S):
-            raise TimeoutError("the peer process did not answer")
-        reply = self._conn.recv()
-        if isinstance(reply, tuple) and reply and reply[0] == "error":
-            raise RuntimeError(f"peer error:\n{reply[1]}")
-        return reply
-
-    def call(self, *command):
-        self._conn.send(command)
-        return self._recv()
-
-    def close(self):
-        try:
-            self.call("exit")
-        finally:
-            self.process.join(PEER_TIMEOUT_S)
-            if self.process.is_alive():
-                self.process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -269,3 +269,25 @@ def test_dlpack_buffers(decoder):
     expect_status(LLMStatusCode.LLM_PARAM_INVALID, manager.register_blocks_cache, desc,
                   [DLPackOnly(arrays[0]), DLPackOnly(read_only)], BlocksCacheKey(2, 1))
     manager.unregister_cache(cache.cache_id)
+
+
+def test_the_names_docs_python_md_lists_as_not_implemented(decoder):
+    """docs/PYTHON.md "What is not implemented": each listed call raises LLM_FEATURE_NOT_ENABLED, each
+    listed name is absent."""
+    import llm_datadist
+    manager = decoder.cache_manager
+    desc = CacheDesc(2, [4, 8], DataType.DT_INT32)
+    for call, args in [("allocate_cache", (desc,)), ("allocate_blocks_cache", (desc,)),
+                       ("deallocate_cache", (None,)), ("deallocate_blocks_cache", (None,)),
+                       ("copy_cache", (None, None)), ("copy_blocks", (None, {})), ("swap_blocks", (None, None, {})),
+                       ("transfer_cache_async", ()), ("remove_cache_key", (None,)),
+                       ("remap_registered_memory", ([],))]:
+        expect_status(LLMStatusCode.LLM_FEATURE_NOT_ENABLED, getattr(manager, call), *args)
+    expect_status(LLMStatusCode.LLM_FEATURE_NOT_ENABLED, lambda: decoder.kv_cache_manager)
+    for call, args in [("check_link_status", (1,)), ("link", ("comm", {}, "")), ("unlink", (1,)),
+                       ("query_register_mem_status", (1,))]:
+        expect_status(LLMStatusCode.LLM_FEATURE_NOT_ENABLED, getattr(decoder, call), *args)
+    assert not hasattr(Cache, "create_cpu_cache")
+    for name in ["Status", "KvCache", "RegisterMemStatus", "LayerSynchronizer", "TransferConfig", "CacheTask",
+                 "TransferWithCacheKeyConfig", "Memtype", "MemInfo", "TensorDesc", "Tensor", "KvCacheManager"]:
+        assert not hasattr(llm_datadist, name), name

@@ -17,7 +17,7 @@ def runnable_blocks():
 
 
 def test_the_doc_has_runnable_blocks():
-    assert {name for name, _ in runnable_blocks()} >= {"quickstart", "errors"}
+    assert {name for name, _ in runnable_blocks()} >= {"quickstart", "cache_rows", "errors", "hixl_engine"}
 
 
 @pytest.mark.parametrize("name,code", runnable_blocks(), ids=[name for name, _ in runnable_blocks()])
