@@ -3,7 +3,7 @@
  * They travel in the reserved bytes of the public structs, so programs that do
  * not use them are unaffected and the struct layouts stay exactly CANN's.
  * C++11. Everything here is inline except Version(), StatusName(), LastErrors(),
- * ClearLastErrors(), RegisterKvCacheWithKeys(), FindRemoteCache() and
+ * ClearLastErrors(), RegisterKvCacheWithKeys(), FindRemoteCache(),
  * GetMetricsJson(), GetPeerInfo() and CallCanceler, which the library exports.
  *
  * Remote access rights of a registration (default: peers may read and write,
