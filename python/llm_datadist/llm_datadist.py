@@ -5,6 +5,7 @@ through llm_datadist._native. Where CANN's Python semantics differ from its C++
 V2 API this class follows the Python ones; docs/PYTHON.md lists the mapping.
 """
 import atexit
+import json
 import threading
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -128,6 +129,17 @@ class LLMDataDist:
         if self._native is None:
             raise RuntimeError("llm datadist is not initialized")
         return self._native
+
+    def get_metrics(self) -> dict:
+        """The engine's metrics snapshot (docs/METRICS.md "JSON") as a dict: transfers by op,
+        transport and status, bytes, descriptors, latency histograms, links, blocks pulled and pushed.
+
+        An extension (CANN's package has none). RuntimeError when not initialized.
+        """
+        native = self._check_is_inited()
+        code, text = native.metrics_json()
+        raise_for_status(code, "get_metrics", _native)
+        return json.loads(text)
 
     @property
     def cluster_id(self) -> int:

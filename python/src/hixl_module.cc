@@ -35,6 +35,7 @@
 
 #include "hixl/hixl.h"
 #include "interruptible.h"
+#include "llmdd/extensions.h"
 
 namespace nb = nanobind;
 
@@ -100,6 +101,17 @@ class PyHixl {
       engine = std::move(core_->engine);
       if (engine) engine->Finalize();
     }
+  }
+
+  // (SUCCESS, the metrics snapshot as a dict: llmdd_ext::GetMetricsJson,
+  // docs/METRICS.md), or (FAILED, None) when not initialized. An extension:
+  // CANN's hixl package has no such call.
+  std::pair<uint32_t, std::string> MetricsJson() {
+    Hold hold(*core_);
+    if (!hold.engine) return {hixl::FAILED, std::string()};
+    const char *json = "";
+    const hixl::Status status = llmdd_ext::GetMetricsJson(*hold.engine, json);
+    return {status, std::string(json)};
   }
 
   std::pair<uint32_t, uintptr_t> RegisterMem(const hixl::MemDesc &mem, hixl::MemType type) {
@@ -377,7 +389,18 @@ NB_MODULE(hixl, m) {
            nb::arg("args") = hixl::GetTransferStatusArgs(), Gil())
       .def("send_notify", &PyHixl::SendNotifyInterruptibly, nb::arg("remote_engine"), nb::arg("notify"),
            nb::arg("timeout_in_millis") = kDefaultTimeoutMs)
-      .def("get_notifies", &PyHixl::GetNotifies, Gil());
+      .def("get_notifies", &PyHixl::GetNotifies, Gil())
+      .def(
+          "get_metrics",
+          [](PyHixl &self) {
+            std::pair<uint32_t, std::string> got;
+            {
+              nb::gil_scoped_release release;
+              got = self.MetricsJson();
+            }
+            if (got.first != hixl::SUCCESS) return nb::make_tuple(got.first, nb::none());
+            return nb::make_tuple(got.first, nb::module_::import_("json").attr("loads")(got.second));
+          });
 
   m.def("get_capability", &GetCapability, nb::arg("feature_type"));
 }

@@ -130,6 +130,17 @@ class DataDist {
     return call.ok ? datadist_.Initialize(ToAscend(options)) : LLM_FAILED;
   }
 
+  // The engine's metrics snapshot as JSON (llmdd_ext::GetMetricsJson,
+  // docs/METRICS.md): (LLM_SUCCESS, text), or (LLM_FAILED, "") when not
+  // initialized.
+  std::pair<uint32_t, std::string> Metrics() {
+    Call call(this);
+    if (!call.ok) return {LLM_FAILED, std::string()};
+    const char *json = "";
+    const Status status = llmdd_ext::GetMetricsJson(datadist_, json);
+    return {status, std::string(json)};
+  }
+
   void Finalize() {
     llmdd_ext::ClearLastErrors();
     llmdd_py::HelperErrors().reset();
@@ -391,7 +402,8 @@ NB_MODULE(_native, m) {
              });
            },
            nb::arg("dst"), nb::arg("src_cache_id"), nb::arg("src_placement"), nb::arg("src_num_tensors"),
-           nb::arg("src_blocks"), nb::arg("dst_blocks"), nb::arg("ext"));
+           nb::arg("src_blocks"), nb::arg("dst_blocks"), nb::arg("ext"))
+      .def("metrics_json", [](PyDataDist &d) { return d.core->Metrics(); }, Gil());
 
   m.def("last_errors",
         [] {

@@ -364,3 +364,20 @@ def test_ctrl_c_during_connect_returns_at_once(tmp_path):
     assert child.returncode == 0, err
     assert out.startswith("interrupted after "), out + err
     assert float(out.split()[-1]) < 0.3 + 1.0, out
+
+
+def test_get_metrics_counts_exactly_what_was_moved(client, peer):
+    assert hixl.Hixl().get_metrics() == (hixl.FAILED, None)  # not initialized
+    ret, before = client.engine.get_metrics()
+    assert ret == hixl.SUCCESS and before["initialized"] is True
+    assert [t for t in before["transfers"] if t["op"] == "read"] == []
+    assert client.engine.transfer_sync(peer.engine_id, hixl.READ, descs(client.addr, peer.addr, PIECES),
+                                       timeout_in_millis=5000) == hixl.SUCCESS
+    ret, after = client.engine.get_metrics()
+    assert ret == hixl.SUCCESS
+    reads = [t for t in after["transfers"] if t["op"] == "read"]
+    assert len(reads) == 1 and reads[0]["status"] == "SUCCESS" and reads[0]["count"] == 1
+    assert sum(b["bytes"] for b in after["bytes"] if b["op"] == "read") == sum(n for _, _, n in PIECES)
+    assert after["descriptors"]["read"]["submitted"] == len(PIECES)
+    assert after["gauges"]["registered_regions"] == 1
+    assert after["gauges"]["registered_bytes"] == LOCAL_SIZE

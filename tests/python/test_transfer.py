@@ -216,3 +216,24 @@ def test_forced_unlink_then_link_again(peer, decoder):
     source = peer_tensors(peer, "blocks", TENSORS, [BLOCKS, BLOCK_ELEMENTS], np.float16)
     assert_bytes_equal(arrays[0][5], source[0][5], "block 5")
     unlink(decoder, peer)
+
+
+def test_get_metrics_counts_links_and_blocks(peer, decoder):
+    manager = decoder.cache_manager
+    cache, arrays = blocks_cache(manager)
+    start = decoder.get_metrics()["datadist"]
+    link(decoder, peer)
+    manager.pull_blocks(BlocksCacheKey(peer.cluster_id, 0), cache, [3, 4, 5, 9], [0, 1, 2, 15])
+    got = decoder.get_metrics()
+    assert got["datadist"]["links"] == start["links"] + 1
+    assert got["datadist"]["blocks_pulled"] == start["blocks_pulled"] + 4
+    assert got["datadist"]["cache_pulls"] == start["cache_pulls"] + 1
+    block_bytes = BLOCK_ELEMENTS * np.dtype(np.float16).itemsize
+    assert sum(b["bytes"] for b in got["bytes"] if b["op"] == "read") == 4 * TENSORS * block_bytes
+    unlink(decoder, peer)
+    assert decoder.get_metrics()["datadist"]["links"] == start["links"]
+
+
+def test_get_metrics_before_init_raises():
+    with pytest.raises(RuntimeError):
+        LLMDataDist(LLMRole.DECODER, 3).get_metrics()
