@@ -114,9 +114,11 @@ TEST_P(DeadlineTest, ARequestWithoutADeadlineIsUnaffected) {
   ASSERT_TRUE(Client());
   ASSERT_TRUE(ConnectTo(*peer));
   const RemoteRegion rr = peer->region(0);
-  GuardedBuffer in(kBig / 2), out(kBig / 2);
+  GuardedBuffer in(kBig / 2), out(kBig / 2), head(4096);
   FillPattern(out.data(), out.size(), 3199, 0);
-  // Zeroed args (CANN's), a deadline removed again, and a generous one: all complete.
+  // Zeroed args (CANN's), a deadline removed again, and a generous one: all
+  // complete. Each writes a buffer of its own (two requests in flight into the
+  // same bytes would be the caller's data race).
   adxl::TransferReq plain = nullptr, removed = nullptr, generous = nullptr;
   adxl::TransferArgs args;
   llmdd_ext::SetTransferTimeout(args, 5);
@@ -126,7 +128,7 @@ TEST_P(DeadlineTest, ARequestWithoutADeadlineIsUnaffected) {
   ASSERT_ST(adxl::SUCCESS,
             engine_.TransferAsync(peer->engine(), adxl::WRITE, {{out.addr(), rr.addr + kBig / 2, out.size()}}, args,
                                   removed));
-  ASSERT_ST(adxl::SUCCESS, Async(*peer, adxl::READ, {{in.addr(), rr.addr, 4096}}, 20000, &generous));
+  ASSERT_ST(adxl::SUCCESS, Async(*peer, adxl::READ, {{head.addr(), rr.addr, head.size()}}, 20000, &generous));
   for (adxl::TransferReq r : {plain, removed, generous}) {
     Polled p = Poll(r);
     EXPECT_ST(adxl::SUCCESS, p.ret);
@@ -134,6 +136,7 @@ TEST_P(DeadlineTest, ARequestWithoutADeadlineIsUnaffected) {
     ExpectReleased(r);
   }
   EXPECT_EQ(SIZE_MAX, FindPatternMismatch(in.data(), in.size(), rr.seed, 0));
+  EXPECT_EQ(SIZE_MAX, FindPatternMismatch(head.data(), head.size(), rr.seed, 0));
   EXPECT_EQ(int64_t{kBig / 2 / 8}, peer->Matches(0, kBig / 2, kBig / 2, 3199, 0)) << "the WRITE did not land";
 
   // A peer frozen while one request has a deadline and another has none:
