@@ -9,8 +9,9 @@
 #   bench/compare.sh [--quick] [--runs N] [--no-install] [--no-plot] [--no-fail]
 #                    [--build-dir DIR] [--bench PATH] [--only LIST] [--slow-engine MS]
 #
-#   --quick           3 rounds of short points and a smaller KV cache (checks the mechanism, not a result)
-#   --runs N          rounds (default 5, --quick 3); every round measures every family below
+#   --quick           one round of every family with short points, a smaller KV cache and short
+#                     timeouts: under ~2 minutes on 2 cpus, for tests (checks the mechanism, not a result)
+#   --runs N          rounds (default 5, --quick 1); every round measures every family below
 #   --no-install      do not install missing reference tools (they are SKIPPED)
 #   --no-plot         no engine sweep and plot at the end
 #   --no-fail         exit 0 whatever the verdicts (exploratory runs); the report is the same
@@ -37,8 +38,11 @@
 #   overhead llmdd_bench overhead: planning, per-descriptor submit cost, registration
 #   iperf3   loopback, -l 1M, -P 1 and -P <lanes>
 #   ucx      ucx_perftest over tcp (tag_bw and ucp_put_bw at 64 MiB and 1 MiB, ucp_get 1 MiB as
-#            information) and on the same host (ucp_get/ucp_put_bw over posix, tag_bw over cma)
-#   mooncake Mooncake Transfer Engine's own batch read (bench/peers/mooncake_peer.py), 64 KiB/1 MiB x 128
+#            information) and on the same host (ucp_get/ucp_put_bw over posix and over cma, tag_bw
+#            over cma; a run whose lanes lack the transport it is named after is "not measured")
+#   mooncake Mooncake's own transfer_engine_bench (tcp, read, 1 thread, 64 KiB/1 MiB x 128) when it is
+#            installed ($MOONCAKE_TE_BENCH, PATH, or the wheel's, in the venv below), else "not
+#            measured"; and its Python API driven by bench/peers/mooncake_peer.py (information)
 #   nixl     NIXL, UCX backend over TCP: same points
 # A tool that cannot be installed or run is reported as SKIPPED; no number is
 # ever made up. Raw JSON lines go to <build-dir>/results/<date>.jsonl, the
@@ -82,7 +86,7 @@ for f in ${ONLY//,/ }; do
     *) usage_error "--only: unknown family '$f'" ;; esac
 done
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; esac; return 1; }
-if [ -z "$RUNS" ]; then RUNS=$([ $QUICK = 1 ] && echo 3 || echo 5); fi
+if [ -z "$RUNS" ]; then RUNS=$([ $QUICK = 1 ] && echo 1 || echo 5); fi
 [ "$RUNS" -ge 1 ] || usage_error "--runs needs at least 1"
 
 # The engine's lanes per peer: llmdd.TcpConnections, whose library default is 4
@@ -94,12 +98,14 @@ LANES=4
 NPROC=$(nproc)
 ALLCORE=$(( LANES < NPROC ? LANES : NPROC ))
 if [ $QUICK = 1 ]; then
-  T=0.15; IPERF_T=1; UCX_BYTES=$((256 << 20)); UCX_TIMEOUT=30; PEER_T=0.7; PP_T=0.3; PLOT=0
+  # Short enough that one round of every family takes under ~2 minutes on 2 cpus
+  # (UCX's emulated RMA over tcp is the slowest: its timeout bounds it).
+  T=0.15; IPERF_T=1; UCX_BYTES=$((128 << 20)); UCX_TIMEOUT=10; PEER_T=0.5; TE_T=1; PP_T=0.3; PLOT=0
   # 8 tensors x 512 blocks x 32 KiB per side; each call moves 256 scattered blocks: 64 MiB.
   KV_ARGS=(--layers 4 --blocks 512 --block-bytes 32K --kv-blocks 256 --kv-pattern scattered --threads 1)
   KV_LAYERS=4
 else
-  T=0.5; IPERF_T=3; UCX_BYTES=$((2 << 30)); UCX_TIMEOUT=60; PEER_T=2; PP_T=1
+  T=0.5; IPERF_T=3; UCX_BYTES=$((2 << 30)); UCX_TIMEOUT=60; PEER_T=2; TE_T=3; PP_T=1
   # Issue 11's shape: 32 layers x (K,V) = 64 tensors of 512 blocks x 32 KiB (1 GiB per side);
   # each call moves 256 scattered blocks of every tensor: 16,384 pieces, 512 MiB.
   KV_ARGS=(--layers 32 --blocks 512 --block-bytes 32K --kv-blocks 256 --kv-pattern scattered --threads 1)
@@ -207,6 +213,16 @@ if [ -x "$PY" ]; then
   fi
 fi
 
+# Mooncake's own benchmark, transfer_engine_bench (a program of Mooncake's
+# repository; the mooncake-transfer-engine wheel installs it as a command):
+# only when it is installed, never a number from elsewhere.
+TE_BENCH=""
+if want mooncake; then
+  for c in "${MOONCAKE_TE_BENCH:-}" "$(command -v transfer_engine_bench 2>/dev/null)" "$VENV/bin/transfer_engine_bench"; do
+    if [ -n "$c" ] && [ -x "$c" ]; then TE_BENCH="$c"; break; fi
+  done
+fi
+
 # ---------------------------------------------------------------- measurements
 # The slowed engine: the library's own fault injection (src/transport/
 # fault_injection.h) sleeping before every read and write on the engine's
@@ -225,17 +241,19 @@ tool_version() {  # the version of each reference, for the record
     iperf3) iperf3 --version 2>/dev/null | head -1 ;;
     ucx) ucx_info -v 2>/dev/null | sed -n 's/^# Version //p' | head -1 ;;
     mooncake) "$PY" -m pip show mooncake-transfer-engine-non-cuda 2>/dev/null | sed -n 's/^Version: //p' ;;
+    te_bench) echo "$TE_BENCH" ;;
     nixl) "$PY" -m pip show nixl-cu12 2>/dev/null | sed -n 's/^Version: //p' ;;
   esac
 }
 python3 - "$LANES" "$ALLCORE" "$NPROC" "$KV_BLOCKS" "$KV_LAYERS" "$QUICK" "$RUNS" "$ONLY" "$SLOW_TEXT" \
   "$([ $HAVE_IPERF = 1 ] && tool_version iperf3)" "$([ $HAVE_UCX = 1 ] && tool_version ucx)" \
-  "$([ $HAVE_MOONCAKE = 1 ] && tool_version mooncake)" "$([ $HAVE_NIXL = 1 ] && tool_version nixl)" >> "$RAW" <<'EOF'
+  "$([ $HAVE_MOONCAKE = 1 ] && tool_version mooncake)" "$([ $HAVE_NIXL = 1 ] && tool_version nixl)" \
+  "$([ -n "$TE_BENCH" ] && tool_version te_bench)" >> "$RAW" <<'EOF'
 import json, sys
 a = sys.argv[1:]
 rec = {"mode": "meta", "lanes": int(a[0]), "allcore_threads": int(a[1]), "nproc": int(a[2]), "kv_blocks": int(a[3]),
        "kv_layers": int(a[4]), "quick": a[5] == "1", "runs": int(a[6]), "only": a[7],
-       "tools": {"iperf3": a[9], "ucx": a[10], "mooncake": a[11], "nixl": a[12]}}
+       "tools": {"iperf3": a[9], "ucx": a[10], "mooncake": a[11], "nixl": a[12], "transfer_engine_bench": a[13]}}
 if a[8]:
     rec["slow_engine"] = a[8]
 print(json.dumps(rec))
@@ -287,17 +305,20 @@ except Exception as e:
 
 # ucx_perftest between two processes on this host. TLS names the transport the
 # bytes take: tcp (UCX_TLS=tcp over lo), posix (shared memory UCX allocates:
-# RMA is a memcpy from it) or cma (UCX_TLS=cma,tcp: tag_bw's rendezvous reads
-# the sender's buffer with process_vm_readv; UCX 1.13 has no ucp_get over cma,
-# it emulates it over tcp). The lanes UCX chose (UCX_LOG_LEVEL=info, "ep_cfg")
-# are recorded, and a run whose lanes lack the named transport is an error, not
-# a figure. Bandwidth: ucx_perftest's MB/s are MiB/s, converted to GB/s.
+# RMA is a memcpy from it) or cma: tag_bw with UCX_TLS=cma,tcp (its rendezvous
+# reads the sender's buffer with process_vm_readv), ucp_get and ucp_put_bw with
+# UCX_TLS=cma,posix (UCX 1.13 puts their RMA lane on posix memory it allocated
+# itself, "rma(posix/memory)", and with cma,tcp emulates it over tcp: either way
+# not cma, so they read "not measured" there; a UCX that puts RMA on cma is
+# measured). The lanes UCX chose (UCX_LOG_LEVEL=info, "ep_cfg") are recorded,
+# and a run whose lanes lack the named transport is an error record, not a
+# figure (the report prints the row as SKIPPED with the lanes). Bandwidth: ucx_perftest's MB/s are MiB/s, converted to GB/s.
 run_ucx() {  # run_ucx ROUND TEST TLS SIZE
   local port out rc tls n w
   case "$3" in
     tcp) tls=tcp ;;
     posix) tls=posix ;;
-    cma) tls=cma,tcp ;;
+    cma) case "$2" in tag_bw) tls=cma,tcp ;; *) tls=cma,posix ;; esac ;;
   esac
   n=$(( UCX_BYTES / $4 )); [ $n -lt 10 ] && n=10
   w=$(( n / 10 )); [ $w -lt 2 ] && w=2
@@ -338,6 +359,61 @@ else:
     rec.update({"iters": int(final[1]), "lat_typical_us": float(final[2]), "gbps": float(final[6]) * 1048576 / 1e9})
 print(json.dumps(rec))
 ' "round=$1" "$2" "$3" "$4" "$rc" "$UCX_TIMEOUT" >> "$RAW"
+}
+
+# Mooncake's transfer_engine_bench, a target and an initiator on this host
+# (tcp protocol, P2P handshake: no metadata server), the initiator reading
+# SIZE x BATCH per batch on one submission thread (our engine point is one
+# caller thread). The target announces its handshake port in its log
+# ("P2P handshake, listening on HOST:PORT"), which is the initiator's segment.
+# The figure is counted here: batches x BATCH x SIZE over the duration it
+# reports ("Test completed: duration D, batch count N, ...").
+run_te_bench() {  # run_te_bench ROUND SIZE BATCH
+  local size="$2" batch="$3" tlog seg i out rc
+  tlog="$RESULTS/$STAMP-te-target.log"
+  : > "$tlog"
+  timeout $((TE_T + 60)) "$TE_BENCH" --mode=target --metadata_server=P2PHANDSHAKE --protocol=tcp \
+    --local_server_name=127.0.0.1 --buffer_size=$((size * batch)) > "$tlog" 2>&1 &
+  local spid=$!
+  BG_PIDS+=("$spid")
+  seg=""
+  for i in $(seq 1 100); do
+    seg="$(sed -n 's/.*P2P handshake, listening on \([0-9.]*:[0-9]*\).*/\1/p' "$tlog" | head -1)"
+    [ -n "$seg" ] && break
+    kill -0 "$spid" 2>/dev/null || break
+    sleep 0.1
+  done
+  # The target registers its buffer after it listens: give it that time.
+  [ -n "$seg" ] && sleep 1
+  out="$(timeout $((TE_T + 30)) "$TE_BENCH" --mode=initiator --metadata_server=P2PHANDSHAKE --protocol=tcp \
+         --segment_id="${seg:-none}" --local_server_name=127.0.0.1 --buffer_size=$((size * batch)) --operation=read \
+         --block_size="$size" --batch_size="$batch" --threads=1 --duration="$TE_T" --report_unit=GB \
+         --report_precision=4 2>&1)"
+  rc=$?
+  [ -n "$seg" ] || rc=255
+  kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+  { cat "$tlog"; echo "$out"; } >> "$LOG"
+  echo "$out" | python3 -c '
+import json, os, re, sys
+tag, size, batch, rc, timeout = sys.argv[1:6]
+size, batch = int(size), int(batch)
+rec = {"mode": "mooncake_bench", "op": "read", "transport": "tcp", "desc_size": size, "batch": batch, "threads": 1,
+       "tag": tag, "load1": os.getloadavg()[0]}
+text = sys.stdin.read()
+m = re.search(r"Test completed: duration ([0-9.]+), batch count ([0-9]+), throughput ([0-9.]+)", text)
+if rc == "255":
+    rec["error"] = "transfer_engine_bench target did not announce its handshake port"
+elif rc == "124":
+    rec["error"] = "transfer_engine_bench initiator timed out after %s s" % timeout
+elif m is None or float(m.group(1)) <= 0:
+    last = [l for l in text.splitlines() if l.strip()][-1:] or ["no output"]
+    rec["error"] = "no \"Test completed\" line from transfer_engine_bench (exit %s): %s" % (rc, last[0][-120:])
+else:
+    secs, n = float(m.group(1)), int(m.group(2))
+    rec.update({"seconds": secs, "batches": n, "gbps": n * batch * size / secs / 1e9,
+                "gbps_reported": float(m.group(3))})
+print(json.dumps(rec))
+' "round=$1" "$size" "$batch" "$rc" "$((TE_T + 30))" >> "$RAW"
 }
 
 run_peer() {  # run_peer ROUND SCRIPT ARGS...
@@ -392,6 +468,8 @@ for r in $(seq 1 "$RUNS"); do
       run_ucx "$r" ucp_get tcp $((1 << 20))
       run_ucx "$r" ucp_get posix $((1 << 20))
       run_ucx "$r" ucp_put_bw posix $((1 << 20))
+      run_ucx "$r" ucp_get cma $((1 << 20))
+      run_ucx "$r" ucp_put_bw cma $((1 << 20))
       run_ucx "$r" tag_bw cma $((1 << 20))
       run_ucx "$r" tag_bw cma $((64 << 20))
     elif [ "$r" = 1 ]; then
@@ -399,6 +477,12 @@ for r in $(seq 1 "$RUNS"); do
     fi
   fi
   if want mooncake; then
+    if [ -n "$TE_BENCH" ]; then
+      run_te_bench "$r" 65536 128
+      run_te_bench "$r" 1048576 128
+    elif [ "$r" = 1 ]; then
+      skip mooncake_bench "Mooncake's transfer_engine_bench is not installed (pip install mooncake-transfer-engine-non-cuda into $VENV, or set MOONCAKE_TE_BENCH)"
+    fi
     if [ $HAVE_MOONCAKE = 1 ]; then run_peer "$r" mooncake_peer.py --points 65536:128,1048576:128
     elif [ "$r" = 1 ]; then skip mooncake "the mooncake-transfer-engine-non-cuda wheel is not installed (run as root, or pip install it into $VENV)"; fi
   fi

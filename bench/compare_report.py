@@ -40,7 +40,7 @@ K = 1024
 # llmdd_bench modes: an error record of these is a failure of ours.
 OUR_MODES = ("engine", "kv", "cma", "memcpy", "pingpong", "overhead", "async", "llmdd_bench")
 # compare.sh's family (--only) of each record mode.
-FAMILY = {"ucx_perftest": "ucx"}
+FAMILY = {"ucx_perftest": "ucx", "mooncake_bench": "mooncake"}
 # Records that fail a whole session (no point measured) rather than one point.
 SESSION_OPS = ("connect", "link", "start")
 
@@ -273,6 +273,10 @@ def evaluate(d):
                         ref_mode="ucx_perftest"))
     rows.append(compare(d, "info", "shm WRITE 1 MiB x 1 vs UCX ucp_put_bw posix", eng("write", "shm", M, 1),
                         ucx("ucp_put_bw", "posix", M), ref_mode="ucx_perftest"))
+    rows.append(compare(d, "info", "shm READ 1 MiB x 1 vs UCX ucp_get cma", o, ucx("ucp_get", "cma", M),
+                        ref_mode="ucx_perftest"))
+    rows.append(compare(d, "info", "shm WRITE 1 MiB x 1 vs UCX ucp_put_bw cma", eng("write", "shm", M, 1),
+                        ucx("ucp_put_bw", "cma", M), ref_mode="ucx_perftest"))
     # -- same host, KV: memcpy of the same pieces
     rows.append(compare(d, "target", "shm PullKvBlocks vs memcpy same pieces %d thr" % ac, kv("pull", "shm"),
                         kv("memcpy", "local", copy_threads=ac), 0.9))
@@ -299,8 +303,13 @@ def evaluate(d):
     rows.append(compare(d, "target", "tcp READ 1 MiB x 64, %d lanes vs iperf3 -P %d" % (lanes, lanes),
                         eng("read", "tcp", M, 64), ("gbps", dict(mode="iperf3", streams=lanes)), 0.95))
     # -- TCP against the other engines' own benchmarks
-    rows.append(compare(d, "target", "tcp READ 64 KiB x 128 vs Mooncake TE bench", eng("read", "tcp", 64 * K, 128),
-                        ("gbps", dict(mode="mooncake", desc_size=64 * K, batch=128)), 3.0))
+    rows.append(compare(d, "target", "tcp READ 64 KiB x 128 vs Mooncake transfer_engine_bench",
+                        eng("read", "tcp", 64 * K, 128),
+                        ("gbps", dict(mode="mooncake_bench", desc_size=64 * K, batch=128)), 3.0))
+    rows.append(compare(d, "info", "tcp READ 1 MiB x 64 vs Mooncake transfer_engine_bench 1 MiB x 128",
+                        eng("read", "tcp", M, 64), ("gbps", dict(mode="mooncake_bench", desc_size=M, batch=128))))
+    rows.append(compare(d, "info", "tcp READ 64 KiB x 128 vs Mooncake TE Python API", eng("read", "tcp", 64 * K, 128),
+                        ("gbps", dict(mode="mooncake", desc_size=64 * K, batch=128))))
     rows.append(compare(d, "info", "tcp READ 64 KiB x 128 vs NIXL (UCX tcp)", eng("read", "tcp", 64 * K, 128),
                         ("gbps", dict(mode="nixl", transport="tcp", desc_size=64 * K, batch=128))))
     # -- latency (lower is better: ratio = ours / reference <= need)
@@ -436,9 +445,17 @@ def main():
         ("UCX tag_bw 64 MiB, cma rendezvous (same host)", "gbps", dict(mode="ucx_perftest", op="tag_bw",
                                                                        transport="cma", desc_size=64 * M),
          "ucx_perftest"),
-        ("Mooncake TE bench (tcp) read 64 KiB x 128", "gbps", dict(mode="mooncake", desc_size=64 * K, batch=128),
+        ("UCX ucp_get 1 MiB, cma (same host)", "gbps", dict(mode="ucx_perftest", op="ucp_get", transport="cma",
+                                                            desc_size=M), "ucx_perftest"),
+        ("UCX ucp_put_bw 1 MiB, cma (same host)", "gbps", dict(mode="ucx_perftest", op="ucp_put_bw",
+                                                               transport="cma", desc_size=M), "ucx_perftest"),
+        ("Mooncake transfer_engine_bench (tcp, 1 thr) read 64 KiB x 128", "gbps",
+         dict(mode="mooncake_bench", desc_size=64 * K, batch=128), "mooncake_bench"),
+        ("Mooncake transfer_engine_bench (tcp, 1 thr) read 1 MiB x 128", "gbps",
+         dict(mode="mooncake_bench", desc_size=M, batch=128), "mooncake_bench"),
+        ("Mooncake TE Python API (tcp) read 64 KiB x 128", "gbps", dict(mode="mooncake", desc_size=64 * K, batch=128),
          "mooncake"),
-        ("Mooncake TE bench (tcp) read 1 MiB x 128", "gbps", dict(mode="mooncake", desc_size=M, batch=128),
+        ("Mooncake TE Python API (tcp) read 1 MiB x 128", "gbps", dict(mode="mooncake", desc_size=M, batch=128),
          "mooncake"),
         ("NIXL UCX (tcp) read 64 KiB x 128", "gbps", dict(mode="nixl", transport="tcp", desc_size=64 * K, batch=128),
          "nixl"),
@@ -450,9 +467,9 @@ def main():
         unit = UNIT[field]
         if s is None:
             why = d.not_run(match["mode"]) or d.why_skipped(mode, match)
-            print("  %-52s SKIPPED%s" % (name, (": " + why[:100]) if why else " (not measured)"))
+            print("  %-62s not measured%s" % (name, (": " + why[:100]) if why else ""))
         else:
-            print("  %-52s %s   (%s..%s, n=%d)" % (name, fmt(s[0], unit), fmt(s[1], unit).split()[0],
+            print("  %-62s %s   (%s..%s, n=%d)" % (name, fmt(s[0], unit), fmt(s[1], unit).split()[0],
                                                   fmt(s[2], unit).split()[0], s[3]))
     print()
 

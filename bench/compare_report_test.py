@@ -146,5 +146,55 @@ class Verdicts(unittest.TestCase):
         self.assertEqual(rc, 1, out)
 
 
+class References(unittest.TestCase):
+    """Each reference is measured in the run or reads "not measured"; none is a constant."""
+
+    def te(self, r, size, gbps):
+        return {"mode": "mooncake_bench", "op": "read", "transport": "tcp", "desc_size": size, "batch": 128,
+                "threads": 1, "gbps": gbps, "tag": "round=%d" % r}
+
+    def test_mooncake_target_is_its_own_bench_of_the_same_run(self):
+        recs = [META]
+        for r, (ours, ref) in enumerate(((4.0, 1.0), (3.5, 1.4), (2.0, 1.0)), 1):
+            recs.append(eng(r, "read", "tcp", 65536, 128, gbps=ours))
+            recs.append(self.te(r, 65536, ref))
+        x = row(cr.evaluate(cr.Data(recs)), "tcp READ 64 KiB x 128 vs Mooncake transfer_engine_bench")
+        # Per-round ratios 4.0, 2.5, 2.0: the median is 2.5 (round 2), under the need of 3.
+        self.assertEqual(x.ratio, "2.50 (2.00..4.00, n=3)")
+        self.assertEqual((x.ours, x.ref), ("3.500 GB/s", "1.400 GB/s"))
+        self.assertTrue(x.verdict.startswith("MISS"), x.verdict)
+
+    def test_mooncake_without_its_bench_is_not_measured(self):
+        why = "Mooncake's transfer_engine_bench is not installed"
+        recs = [META, {"mode": "mooncake_bench", "skipped": why}]
+        for r in (1, 2, 3):
+            recs.append(eng(r, "read", "tcp", 65536, 128, gbps=3.0))
+            # The Python API peer is information: it does not stand in for the bench.
+            recs.append({"mode": "mooncake", "op": "read", "transport": "tcp", "desc_size": 65536, "batch": 128,
+                         "gbps": 0.5, "tag": "round=%d" % r})
+        rows = cr.evaluate(cr.Data(recs))
+        x = row(rows, "tcp READ 64 KiB x 128 vs Mooncake transfer_engine_bench")
+        self.assertEqual(x.verdict, "SKIPPED: " + why)
+        self.assertEqual(row(rows, "tcp READ 64 KiB x 128 vs Mooncake TE Python API").ratio, "6.00 (6.00..6.00, n=3)")
+        rc, out = run_cli(recs)
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(out, r"Mooncake transfer_engine_bench \(tcp, 1 thr\) read 64 KiB x 128 +not measured: "
+                              r"Mooncake's transfer_engine_bench is not installed")
+
+    def test_ucx_on_another_transport_than_named_is_not_measured(self):
+        err = "UCX did not use cma (lanes: rma(posix/memory))"
+        recs = [META]
+        for r in (1, 2):
+            recs.append(eng(r, "read", "shm", M, 1, gbps=9.0))
+            recs.append({"mode": "ucx_perftest", "op": "ucp_get", "transport": "cma", "desc_size": M, "batch": 1,
+                         "threads": 1, "tag": "round=%d" % r, "error": err})
+        rows = cr.evaluate(cr.Data(recs))
+        self.assertEqual(row(rows, "shm READ 1 MiB x 1 vs UCX ucp_get cma").verdict, "SKIPPED: " + err)
+        rc, out = run_cli(recs)
+        self.assertEqual(rc, 0, out)  # a reference's failure is not ours
+        self.assertIn("UCX ucp_get 1 MiB, cma (same host)", out)
+        self.assertRegex(out, r"UCX ucp_get 1 MiB, cma \(same host\) +not measured: UCX did not use cma")
+
+
 if __name__ == "__main__":
     unittest.main()
