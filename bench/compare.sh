@@ -101,11 +101,13 @@ if [ $QUICK = 1 ]; then
   # Short enough that one round of every family takes under ~2 minutes on 2 cpus
   # (UCX's emulated RMA over tcp is the slowest: its timeout bounds it).
   T=0.15; IPERF_T=1; UCX_BYTES=$((128 << 20)); UCX_TIMEOUT=10; PEER_T=0.5; TE_T=1; PP_T=0.3; PLOT=0
+  POOL=256M  # cold memcpy's pool per side: still 4 calls of 64 MiB, less to fault in
   # 8 tensors x 512 blocks x 32 KiB per side; each call moves 256 scattered blocks: 64 MiB.
   KV_ARGS=(--layers 4 --blocks 512 --block-bytes 32K --kv-blocks 256 --kv-pattern scattered --threads 1)
   KV_LAYERS=4
 else
   T=0.5; IPERF_T=3; UCX_BYTES=$((2 << 30)); UCX_TIMEOUT=60; PEER_T=2; TE_T=3; PP_T=1
+  POOL=512M
   # Issue 11's shape: 32 layers x (K,V) = 64 tensors of 512 blocks x 32 KiB (1 GiB per side);
   # each call moves 256 scattered blocks of every tensor: 16,384 pieces, 512 MiB.
   KV_ARGS=(--layers 32 --blocks 512 --block-bytes 32K --kv-blocks 256 --kv-pattern scattered --threads 1)
@@ -440,7 +442,7 @@ START=$(date +%s)
 for r in $(seq 1 "$RUNS"); do
   tag="round=$r"
   say "round $r/$RUNS (load $(cut -d' ' -f1 /proc/loadavg))"
-  want memcpy && bench "$tag" memcpy --points "$MEMCPY_POINTS" --ops hot,cold --time "$T"
+  want memcpy && bench "$tag" memcpy --points "$MEMCPY_POINTS" --ops hot,cold --pool "$POOL" --time "$T"
   want cma && bench "$tag" cma --points "$CMA_POINTS" --ops read,write --time "$T"
   if want engine; then
     bench "$tag" engine --transport tcp,shm --points "$ENGINE_POINTS" --ops read,write --time "$T"

@@ -2,7 +2,7 @@
 # Tests of the benchmark itself (ctest label `bench`): a comparison that can
 # fail, and figures that cannot come from a broken engine.
 #
-#   compare_test.sh BIN_DIR checks|report|slowed WORK_DIR
+#   compare_test.sh BIN_DIR checks|report|slowed|quick WORK_DIR
 #
 #   checks  llmdd_bench checks the bytes of the first and last call of every
 #           point: with a healthy peer every engine/kv/async/cma record says
@@ -16,6 +16,12 @@
 #           on the engine's connections) must report MISS and exit 1.
 #           Short: one quick round of the engine points and the ping-pong;
 #           the reference tools are not needed.
+#   quick   bench/compare.sh --quick --no-fail: one round of every family
+#           within 180 s; every family left records (figures, or a "skipped"
+#           record naming why a reference is not measured), nothing of ours
+#           failed, and the report has its result line. Opt-in ctest
+#           (-DLLMDD_BENCH_QUICK_TEST=ON): a benchmark run of about two
+#           minutes does not belong in every suite run.
 # Exit 77 (ctest SKIP_RETURN_CODE) when python3, which the checks and the
 # report need, is missing.
 set -u -o pipefail
@@ -102,6 +108,33 @@ case "$WHAT" in
     python3 "$ROOT/bench/compare_report.py" "$raw" > "$WORK/again.txt"
     [ $? = 1 ] || fail "compare_report.py on the same raw records did not exit 1"
     echo "PASS: a slowed engine makes compare.sh report MISS and exit 1"
+    ;;
+  quick)
+    [ -x "$BENCH" ] || fail "no $BENCH"
+    start=$(date +%s)
+    bash "$ROOT/bench/compare.sh" --quick --no-install --no-fail --bench "$BENCH" --build-dir "$WORK" \
+      > "$WORK/stdout.txt" 2> "$WORK/stderr.txt"
+    rc=$?
+    took=$(( $(date +%s) - start ))
+    cat "$WORK/stdout.txt"
+    [ $rc = 0 ] || { cat "$WORK/stderr.txt"; fail "compare.sh --quick --no-fail exited with $rc"; }
+    [ $took -le 180 ] || fail "compare.sh --quick took $took s (more than 180)"
+    raw="$(ls "$WORK"/results/*.jsonl | head -1)"
+    python3 - "$raw" <<'EOF' || fail "compare.sh --quick: a family left no record"
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+modes = {r.get("mode") for r in recs}
+# Every family leaves a record: a figure, an error, or "skipped" with the reason.
+want = {"memcpy", "cma", "engine", "kv", "pingpong", "overhead", "iperf3", "ucx_perftest", "mooncake_bench",
+        "mooncake", "nixl"}
+missing = want - modes
+if missing:
+    sys.exit("no record of %s" % ", ".join(sorted(missing)))
+print("%d records, modes: %s" % (len(recs), ", ".join(sorted(m for m in modes if m))))
+EOF
+    grep -q "; 0 failure record(s) of ours$" "$WORK/stdout.txt" || fail "a figure of ours failed in the quick run"
+    grep -q "^result: " "$WORK/stdout.txt" || fail "no result line"
+    echo "PASS: compare.sh --quick ran every family once in $took s"
     ;;
   *)
     fail "unknown test $WHAT"
