@@ -40,11 +40,12 @@
 #   ucx      ucx_perftest over tcp (tag_bw and ucp_put_bw at 64 MiB and 1 MiB, ucp_get 1 MiB as
 #            information) and on the same host (ucp_get/ucp_put_bw over posix and over cma, tag_bw
 #            over cma; a run whose lanes lack the transport it is named after is "not measured")
-#   mooncake Mooncake's own transfer_engine_bench (tcp, read, 1 thread, 64 KiB/1 MiB x 128) when it is
+#   mooncake Mooncake's own transfer_engine_bench (tcp, read, 1 thread, 64 KiB x 128, 1 MiB x 64) when
 #            installed ($MOONCAKE_TE_BENCH, PATH, or the wheel's, in the venv below), else "not
 #            measured"; and its Python API driven by bench/peers/mooncake_peer.py (information)
 #   nixl     NIXL, UCX backend over TCP: same points
-# A tool that cannot be installed or run is reported as SKIPPED; no number is
+# A reference that cannot be installed or run reads "not measured" (its rows
+# SKIPPED), with the reason; no number is
 # ever made up. Raw JSON lines go to <build-dir>/results/<date>.jsonl, the
 # report to <date>-report.txt, the tools' output to <date>.log; a full run
 # (not --quick, not --no-plot) also plots an engine and a kv sweep with
@@ -481,7 +482,7 @@ for r in $(seq 1 "$RUNS"); do
   if want mooncake; then
     if [ -n "$TE_BENCH" ]; then
       run_te_bench "$r" 65536 128
-      run_te_bench "$r" 1048576 128
+      run_te_bench "$r" 1048576 64
     elif [ "$r" = 1 ]; then
       skip mooncake_bench "Mooncake's transfer_engine_bench is not installed (pip install mooncake-transfer-engine-non-cuda into $VENV, or set MOONCAKE_TE_BENCH)"
     fi

@@ -69,6 +69,21 @@ class Data:
         for r in recs:
             if r.get("mode") == "meta":
                 self.meta.update(r)
+        # The TCP latency reference of each round: the lower of its busy-polling
+        # and blocking ping-pong p50. Busy-polling is the faster on a machine
+        # with a free core per process; on one without (a shared or loaded
+        # host) the two spinning processes are descheduled for whole time
+        # slices (8 ms p50 seen on a loaded 2-cpu VM), and a reference that slow
+        # would let even a slowed engine pass.
+        best = {}
+        for r in recs:
+            if (r.get("mode") == "pingpong" and r.get("op") in ("busy", "blocking") and self.usable(r) and
+                    isinstance(r.get("rtt_p50_us"), (int, float))):
+                b = best.get(r.get("tag"))
+                if b is None or r["rtt_p50_us"] < b["rtt_p50_us"]:
+                    best[r.get("tag")] = {"mode": "pingpong", "op": "best", "rtt_p50_us": r["rtt_p50_us"],
+                                          "of": r["op"], "tag": r.get("tag")}
+        self.recs = recs + list(best.values())
 
     def usable(self, r):
         return not (r.get("error") or r.get("skipped") or r.get("tag") == "sweep" or r.get("mode") == "meta")
@@ -306,15 +321,18 @@ def evaluate(d):
     rows.append(compare(d, "target", "tcp READ 64 KiB x 128 vs Mooncake transfer_engine_bench",
                         eng("read", "tcp", 64 * K, 128),
                         ("gbps", dict(mode="mooncake_bench", desc_size=64 * K, batch=128)), 3.0))
-    rows.append(compare(d, "info", "tcp READ 1 MiB x 64 vs Mooncake transfer_engine_bench 1 MiB x 128",
-                        eng("read", "tcp", M, 64), ("gbps", dict(mode="mooncake_bench", desc_size=M, batch=128))))
+    rows.append(compare(d, "info", "tcp READ 1 MiB x 64 vs Mooncake transfer_engine_bench",
+                        eng("read", "tcp", M, 64), ("gbps", dict(mode="mooncake_bench", desc_size=M, batch=64))))
     rows.append(compare(d, "info", "tcp READ 64 KiB x 128 vs Mooncake TE Python API", eng("read", "tcp", 64 * K, 128),
                         ("gbps", dict(mode="mooncake", desc_size=64 * K, batch=128))))
     rows.append(compare(d, "info", "tcp READ 64 KiB x 128 vs NIXL (UCX tcp)", eng("read", "tcp", 64 * K, 128),
                         ("gbps", dict(mode="nixl", transport="tcp", desc_size=64 * K, batch=128))))
     # -- latency (lower is better: ratio = ours / reference <= need)
-    rows.append(compare(d, "target", "tcp READ 8 B p50 vs busy ping-pong RTT", eng("read", "tcp", 8, 1, field="p50_us"),
-                        ("rtt_p50_us", dict(mode="pingpong", op="busy")), 1.5, higher=False))
+    rows.append(compare(d, "target", "tcp READ 8 B p50 vs TCP ping-pong RTT (best of busy, blocking)",
+                        eng("read", "tcp", 8, 1, field="p50_us"), ("rtt_p50_us", dict(mode="pingpong", op="best")),
+                        1.5, higher=False))
+    rows.append(compare(d, "info", "tcp READ 8 B p50 vs busy ping-pong RTT", eng("read", "tcp", 8, 1, field="p50_us"),
+                        ("rtt_p50_us", dict(mode="pingpong", op="busy")), higher=False))
     rows.append(compare(d, "target", "shm READ 8 B p50 vs raw 8 B process_vm_readv",
                         eng("read", "shm", 8, 1, field="p50_us"), cma("read", 8, 1, 1, field="p50_us"), 1.2,
                         higher=False))
@@ -424,6 +442,8 @@ def main():
          "pingpong"),
         ("TCP ping-pong 8 B round trip p50, blocking", "rtt_p50_us", dict(mode="pingpong", op="blocking"),
          "pingpong"),
+        ("TCP ping-pong 8 B round trip p50, the lower of the two", "rtt_p50_us", dict(mode="pingpong", op="best"),
+         "pingpong"),
         ("iperf3 -P 1, loopback, -l 1M", "gbps", dict(mode="iperf3", streams=1), "iperf3"),
         ("iperf3 -P %d, loopback, -l 1M" % lanes, "gbps", dict(mode="iperf3", streams=lanes), "iperf3"),
         ("UCX tag_bw 64 MiB, tcp", "gbps", dict(mode="ucx_perftest", op="tag_bw", transport="tcp", desc_size=64 * M),
@@ -451,8 +471,8 @@ def main():
                                                                transport="cma", desc_size=M), "ucx_perftest"),
         ("Mooncake transfer_engine_bench (tcp, 1 thr) read 64 KiB x 128", "gbps",
          dict(mode="mooncake_bench", desc_size=64 * K, batch=128), "mooncake_bench"),
-        ("Mooncake transfer_engine_bench (tcp, 1 thr) read 1 MiB x 128", "gbps",
-         dict(mode="mooncake_bench", desc_size=M, batch=128), "mooncake_bench"),
+        ("Mooncake transfer_engine_bench (tcp, 1 thr) read 1 MiB x 64", "gbps",
+         dict(mode="mooncake_bench", desc_size=M, batch=64), "mooncake_bench"),
         ("Mooncake TE Python API (tcp) read 64 KiB x 128", "gbps", dict(mode="mooncake", desc_size=64 * K, batch=128),
          "mooncake"),
         ("Mooncake TE Python API (tcp) read 1 MiB x 128", "gbps", dict(mode="mooncake", desc_size=M, batch=128),

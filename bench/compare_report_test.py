@@ -83,7 +83,7 @@ class PairedRatios(unittest.TestCase):
         for r, ours in ((1, 20.0), (2, 30.0), (3, 12.0), (4, 40.0)):
             recs.append(eng(r, "read", "tcp", 8, 1, p50_us=ours))
             recs.append(busy_rtt(r, 10.0))
-        x = row(cr.evaluate(cr.Data(recs)), "tcp READ 8 B p50 vs busy ping-pong RTT")
+        x = row(cr.evaluate(cr.Data(recs)), "tcp READ 8 B p50 vs TCP ping-pong RTT (best of busy, blocking)")
         self.assertEqual(x.ratio, "3.00 (1.20..4.00, n=4)")
         self.assertEqual((x.ours, x.ref), ("30.00 us", "10.00 us"))
         self.assertTrue(x.verdict.startswith("MISS"), x.verdict)  # latency: ratio must be <= 1.5
@@ -144,6 +144,22 @@ class Verdicts(unittest.TestCase):
         recs = [META, {"mode": "llmdd_bench", "op": "kv", "tag": "round=1", "error": "llmdd_bench kv exited with 139"}]
         rc, out = run_cli(recs)
         self.assertEqual(rc, 1, out)
+
+
+class PingPong(unittest.TestCase):
+    def test_tcp_latency_reference_is_the_faster_ping_pong_of_each_round(self):
+        # Round 1: busy-polling starved (8 ms, as on a loaded machine), blocking 10 us;
+        # round 2: busy 8 us. A slowed engine (8.5 ms) must not pass against 8 ms.
+        recs = [META]
+        for r, busy, blocking in ((1, 8000.0, 10.0), (2, 8.0, 12.0)):
+            recs.append(eng(r, "read", "tcp", 8, 1, p50_us=8500.0))
+            recs.append(busy_rtt(r, busy))
+            recs.append({"mode": "pingpong", "op": "blocking", "rtt_p50_us": blocking, "tag": "round=%d" % r})
+        rows = cr.evaluate(cr.Data(recs))
+        x = row(rows, "tcp READ 8 B p50 vs TCP ping-pong RTT (best of busy, blocking)")
+        self.assertEqual(x.ratio, "1062.50 (850.00..1062.50, n=2)")
+        self.assertTrue(x.verdict.startswith("MISS"), x.verdict)
+        self.assertEqual(row(rows, "tcp READ 8 B p50 vs busy ping-pong RTT").verdict, "info")
 
 
 class References(unittest.TestCase):
