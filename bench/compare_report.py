@@ -412,6 +412,10 @@ def main():
     print("  with memcpy on min(%d, %d) = %d threads (target) and on 1 thread (info); TCP with %d lanes with" %
           (lanes, nproc, ac, lanes))
     print("  iperf3 -P %d, TCP on 1 lane with iperf3 -P 1." % lanes)
+    print("  Every reference below was measured in this run; one that could not be reads \"not measured\" with")
+    print("  the reason, and no number is taken from elsewhere (Mooncake: its own transfer_engine_bench, 1 thread).")
+    print("  The TCP 8 B latency target's reference is the lower of the round's busy-polling and blocking")
+    print("  ping-pong p50 (busy-polling is starved on a host without a free core per process).")
     print()
 
     # ---- references
