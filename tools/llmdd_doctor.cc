@@ -159,7 +159,12 @@ void ReapWithin(pid_t pid, int ms) {
 // where it is free (x86-64 and 48-bit arm64 user space), and `peer` checks
 // the header before it trusts it. Where the address is taken, `serve` maps
 // the buffer elsewhere and prints the --remote-addr/--remote-len to pass.
-constexpr uint64_t kDoctorAddr = 0x6c6c6d640000ULL;  // "llmd"
+// Why this address: above where ASLR puts PIE binaries and their heap
+// (0x5555... plus at most 1 TiB) and inside what ThreadSanitizer accepts as
+// application memory (0x5500... to 0x5680...); TSan kills a process that maps
+// a fixed address outside its application ranges (the first choice,
+// 0x6c6c6d640000, did so under the TSan CI run). ASan accepts it too.
+constexpr uint64_t kDoctorAddr = 0x566c6c6d0000ULL;  // "Vllm"
 constexpr char kDoctorMagic[16] = "llmdd-doctor-v1";
 constexpr size_t kHeaderBytes = 64;
 
