@@ -1452,7 +1452,9 @@ adxl::Status Engine::GetNotifies(std::vector<wire::Notify> *notifies) {
 }
 
 void Engine::RecordEnd(const TransferRequest &request, adxl::Status status, const std::string &error) {
-  const auto now = std::chrono::steady_clock::now();
+  const auto now = request.ended_at != std::chrono::steady_clock::time_point{} && status == adxl::SUCCESS
+                       ? request.ended_at
+                       : std::chrono::steady_clock::now();
   TransferRecord record;
   record.op = request.Op();
   record.transport = request.transport;

@@ -8,6 +8,8 @@
 #define ITEST_USE_GTEST
 #include "process_util.h"
 
+#include "llmdd/extensions.h"
+
 #include <algorithm>
 #include <numeric>
 #include <random>
@@ -264,6 +266,42 @@ TEST_P(TransferTest, Read64MiBOneDescriptor) {
   ASSERT_ST(adxl::SUCCESS, r.status) << "after " << r.ms << " ms";
   EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), kLen, 4242, 0));
   EXPECT_EQ("OK", peer->CheckUntouched(0));
+}
+
+// The metrics time every call, also the smallest READs, which on the
+// same-host path are one-sided copies that stamp their own end (the record
+// reuses that clock reading): each of the calls is counted once, with its
+// bytes, and its recorded time is a real duration (at least the 100 ns a
+// copy system call takes, at most the call's timeout).
+TEST_P(TransferTest, SmallReadsAreCountedAndTimedInTheMetrics) {
+  AdxlPeer::Options o;
+  o.size = 4096;
+  o.seed = 77;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  GuardedBuffer local(8);
+  const int kCalls = 200;
+  for (int i = 0; i < kCalls; ++i) {
+    const size_t off = static_cast<size_t>(i % 64) * 8;
+    std::memset(local.data(), 0, 8);
+    ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), peer->region(0).addr + off, 8}}, 5000));
+    ASSERT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), 8, 77, off)) << "call " << i;
+  }
+  const char *raw = nullptr;
+  ASSERT_ST(adxl::SUCCESS, llmdd_ext::GetMetricsJson(engine_, raw));
+  const std::string json = raw;
+  const std::string t = GetParam();
+  EXPECT_NE(json.find("{\"op\":\"read\",\"transport\":\"" + t + "\",\"status\":\"SUCCESS\",\"count\":200}"),
+            std::string::npos) << json;
+  EXPECT_NE(json.find("{\"op\":\"read\",\"transport\":\"" + t + "\",\"bytes\":1600}"), std::string::npos) << json;
+  const std::string latency = "{\"transport\":\"" + t + "\",\"size\":\"le4KiB\",\"count\":200,\"sum_seconds\":";
+  const size_t at = json.find(latency);
+  ASSERT_NE(at, std::string::npos) << json;
+  const double sum_seconds = std::strtod(json.c_str() + at + latency.size(), nullptr);
+  EXPECT_GE(sum_seconds, kCalls * 100e-9) << json;
+  EXPECT_LE(sum_seconds, kCalls * 5.0) << json;
 }
 
 TEST_P(TransferTest, Write64MiBOneDescriptor) {

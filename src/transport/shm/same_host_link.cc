@@ -198,7 +198,11 @@ bool SameHostLink::TryOneSidedRead(const TransferBatch &batch) {
       peer_->CopyFrom(local.data(), local.size(), remote.data(), remote.size(), deadline.EarlierOf(lease_end));
   if (request != nullptr) request->EndIo(nullptr);
   if (err != 0) return false;
-  return !lease_end.Expired();  // copied entirely while the regions were leased
+  const auto copied_at = Deadline::Clock::now();
+  if (copied_at >= lease->expiry) return false;  // not copied entirely while the regions were leased
+  // The reading doubles as the request's end for its record (saves a clock read on the smallest calls).
+  if (request != nullptr && request->total_bytes == batch.total_bytes) request->ended_at = copied_at;
+  return true;
 }
 
 
