@@ -114,6 +114,23 @@ std::string LocateRemoteMismatch(AdxlPeer &peer, size_t idx, const std::vector<u
 
 class TransferBase : public AdxlFixture {
  protected:
+  // A started peer with `regions` regions of `size` bytes filled from `seed`,
+  // this client initialized and connected to it; null, the failure reported,
+  // when any step failed.
+  AdxlPeer *ConnectedPeer(size_t size, uint64_t seed, int regions = 1) {
+    AdxlPeer::Options o;
+    o.regions = regions;
+    o.size = size;
+    o.seed = seed;
+    AdxlPeer *peer = StartPeer(o);
+    if (peer == nullptr) return nullptr;
+    if (!InitClient() || !ConnectTo(*peer)) {
+      ADD_FAILURE() << "could not initialize the client and connect it to " << peer->id();
+      return nullptr;
+    }
+    return peer;
+  }
+
   // Runs a planned batch and verifies every byte of the destination side.
   void RunAndVerifyBatch(AdxlPeer &peer, adxl::TransferOp op, const std::vector<PlannedDesc> &plan,
                          GuardedBuffer &local, uint64_t local_seed, int32_t timeout_ms = kBigTimeoutMs) {
@@ -205,13 +222,8 @@ class SizeTest : public TransferBase, public ::testing::WithParamInterface<std::
 TEST_P(SizeTest, ReadAndWriteOneDescriptor) {
   const size_t len = std::get<0>(GetParam());
   const size_t region_size = (2u << 20) + 64;
-  AdxlPeer::Options o;
-  o.size = region_size;
-  o.seed = 100;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPeer(region_size, 100);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   const RemoteRegion &rr = peer->region(0);
 
   const size_t kPad = 32;  // sentinel bytes on both sides of the local destination
@@ -253,13 +265,8 @@ INSTANTIATE_TEST_SUITE_P(Sizes, SizeTest,
 // ---------------------------------------------------------------------------------
 TEST_P(TransferTest, Read64MiBOneDescriptor) {
   const size_t kLen = 64u << 20;
-  AdxlPeer::Options o;
-  o.size = kLen;
-  o.seed = 4242;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPeer(kLen, 4242);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   GuardedBuffer local(kLen);
   std::memset(local.data(), 0xA5, kLen);
   Timed r = Transfer(peer->id(), adxl::READ, {{local.addr(), peer->region(0).addr, kLen}}, kBigTimeoutMs);
@@ -274,13 +281,8 @@ TEST_P(TransferTest, Read64MiBOneDescriptor) {
 // bytes, and its recorded time is a real duration (at least the 100 ns a
 // copy system call takes, at most the call's timeout).
 TEST_P(TransferTest, SmallReadsAreCountedAndTimedInTheMetrics) {
-  AdxlPeer::Options o;
-  o.size = 4096;
-  o.seed = 77;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPeer(4096, 77);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   GuardedBuffer local(8);
   const int kCalls = 200;
   for (int i = 0; i < kCalls; ++i) {
@@ -306,13 +308,8 @@ TEST_P(TransferTest, SmallReadsAreCountedAndTimedInTheMetrics) {
 
 TEST_P(TransferTest, Write64MiBOneDescriptor) {
   const size_t kLen = 64u << 20;
-  AdxlPeer::Options o;
-  o.size = kLen;
-  o.seed = 4243;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPeer(kLen, 4243);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   GuardedBuffer local(kLen);
   FillPattern(local.data(), kLen, 777, 0);
   Timed r = Transfer(peer->id(), adxl::WRITE, {{local.addr(), peer->region(0).addr, kLen}}, kBigTimeoutMs);
@@ -347,13 +344,8 @@ TEST_P(BatchTest, TenThousandSmallDescriptors) {
   std::mt19937_64 rng(op == adxl::READ ? 1001 : 1002);
   std::vector<size_t> lengths = SmallLengths(10000, rng);
   const size_t area = SumPlusGaps(lengths);
-  AdxlPeer::Options o;
-  o.size = area;
-  o.seed = 300;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPeer(area, 300);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   GuardedBuffer local(area);
   std::string err;
   auto plan = PlanBatch(op, lengths, {0}, {area}, area, rng, &err);
@@ -370,14 +362,8 @@ TEST_P(BatchTest, MixedBigAndSmallDescriptors) {
   lengths.push_back((4u << 20) + 1);
   lengths.push_back(256u << 10);
   const size_t area = SumPlusGaps(lengths) + (1u << 20);
-  AdxlPeer::Options o;
-  o.regions = 2;
-  o.size = area;
-  o.seed = 400;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPeer(area, 400, 2);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   GuardedBuffer local(area);
   std::string err;
   auto plan = PlanBatch(op, lengths, {0, 1}, {area, area}, area, rng, &err);
@@ -388,14 +374,9 @@ TEST_P(BatchTest, MixedBigAndSmallDescriptors) {
 TEST_P(BatchTest, SeveralRegionsIncludingOneRegisteredAfterConnect) {
   const adxl::TransferOp op = Op();
   std::mt19937_64 rng(op == adxl::READ ? 3001 : 3002);
-  AdxlPeer::Options o;
-  o.regions = 4;
-  o.size = 1u << 20;
-  o.seed = 500;
-  AdxlPeer *peer = StartPeer(o);
+  const size_t kSize = 1u << 20;
+  AdxlPeer *peer = ConnectedPeer(kSize, 500, 4);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   // Memory registered on the server after the client connected is usable too.
   const size_t kLate = 300001;
   int late = peer->Register(kLate, 599);
@@ -405,7 +386,7 @@ TEST_P(BatchTest, SeveralRegionsIncludingOneRegisteredAfterConnect) {
   lengths.push_back(150001);
   GuardedBuffer local(SumPlusGaps(lengths));
   std::string err;
-  auto plan = PlanBatch(op, lengths, {0, 1, 2, 3, 4}, {o.size, o.size, o.size, o.size, kLate}, local.size(), rng, &err);
+  auto plan = PlanBatch(op, lengths, {0, 1, 2, 3, 4}, {kSize, kSize, kSize, kSize, kLate}, local.size(), rng, &err);
   ASSERT_EQ(lengths.size(), plan.size()) << err;
   std::set<size_t> used;
   for (const auto &d : plan) used.insert(d.region);
@@ -426,13 +407,8 @@ INSTANTIATE_TEST_SUITE_P(Ops, BatchTest,
 // ---------------------------------------------------------------------------------
 TEST_P(TransferTest, SubRangesOfOneRegistration) {
   const size_t kSize = (1u << 20) + 17;
-  AdxlPeer::Options o;
-  o.size = kSize;
-  o.seed = 600;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPeer(kSize, 600);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   const RemoteRegion rr = peer->region(0);
   GuardedBuffer local(kSize);
   struct Range {
@@ -643,13 +619,8 @@ INSTANTIATE_TEST_SUITE_P(Transports, AdjacentRegistrationsTest, ::testing::Value
 // Memory registered on the server after Connect (an improvement over CANN).
 // ---------------------------------------------------------------------------------
 TEST_P(TransferTest, MemoryRegisteredAfterConnectIsAccessible) {
-  AdxlPeer::Options o;
-  o.size = 4096;
-  o.seed = 700;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPeer(4096, 700);
   ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(InitClient());
-  ASSERT_TRUE(ConnectTo(*peer));
   const size_t kLen = (256u << 10) + 5;
   int idx = peer->Register(kLen, 701);
   ASSERT_EQ(1, idx) << peer->last_error();
