@@ -246,6 +246,11 @@ class Prom {
     out_ += '\n';
   }
   void Line(const char *name, const std::string &labels, uint64_t value) { Line(name, labels, std::to_string(value)); }
+  // A series of one sample without labels of its own: its header, then the sample.
+  void Single(const char *name, const char *type, const char *help, uint64_t value) {
+    Header(name, type, help);
+    Line(name, "", value);
+  }
   std::string Take() { return std::move(out_); }
 
  private:
@@ -304,32 +309,23 @@ std::string RenderPrometheus(const MetricsSnapshot &s) {
   p.Header("llmdd_connects_total", "counter", "Connects to peers this engine made, by outcome.");
   for (size_t st = 0; st < kStatuses; ++st)
     if (s.connects[st] != 0 || st == 0) p.Line("llmdd_connects_total", L("status", kStatusNames[st]), s.connects[st]);
-  p.Header("llmdd_disconnects_total", "counter", "Disconnects from peers this engine made.");
-  p.Line("llmdd_disconnects_total", "", s.disconnects);
-  p.Header("llmdd_reconnects_total", "counter", "Dead channels replaced by a new connect (auto-connect).");
-  p.Line("llmdd_reconnects_total", "", s.reconnects);
+  p.Single("llmdd_disconnects_total", "counter", "Disconnects from peers this engine made.", s.disconnects);
+  p.Single("llmdd_reconnects_total", "counter", "Dead channels replaced by a new connect (auto-connect).", s.reconnects);
   p.Header("llmdd_refusals_total", "counter",
            "Peer connections and requests this engine's serving side refused, by reason.");
   for (size_t r = 0; r < kRefusals; ++r) p.Line("llmdd_refusals_total", L("reason", kRefusalNames[r]), s.refusals[r]);
-  p.Header("llmdd_sessions", "gauge", "Peers connected to this engine's server.");
-  p.Line("llmdd_sessions", "", s.sessions);
-  p.Header("llmdd_channels", "gauge", "Connections this engine holds to peers.");
-  p.Line("llmdd_channels", "", s.channels);
-  p.Header("llmdd_lanes", "gauge", "Data lanes open, to peers and from peers.");
-  p.Line("llmdd_lanes", "", s.lanes);
+  p.Single("llmdd_sessions", "gauge", "Peers connected to this engine's server.", s.sessions);
+  p.Single("llmdd_channels", "gauge", "Connections this engine holds to peers.", s.channels);
+  p.Single("llmdd_lanes", "gauge", "Data lanes open, to peers and from peers.", s.lanes);
   p.Header("llmdd_threads", "gauge", "Threads of the engine running now, by pool.");
   p.Line("llmdd_threads", L("pool", "event"), s.event_threads);
   p.Line("llmdd_threads", L("pool", "worker"), s.worker_threads);
-  p.Header("llmdd_requests_in_flight", "gauge", "Transfer requests admitted and not done.");
-  p.Line("llmdd_requests_in_flight", "", s.requests_in_flight);
-  p.Header("llmdd_async_requests_held", "gauge", "Asynchronous requests whose terminal status was not read yet.");
-  p.Line("llmdd_async_requests_held", "", s.async_requests_held);
-  p.Header("llmdd_registered_regions", "gauge", "Memory regions registered.");
-  p.Line("llmdd_registered_regions", "", s.registered_regions);
-  p.Header("llmdd_registered_bytes", "gauge", "Bytes of memory registered.");
-  p.Line("llmdd_registered_bytes", "", s.registered_bytes);
-  p.Header("llmdd_datadist_links", "gauge", "LLM-DataDist links to other clusters.");
-  p.Line("llmdd_datadist_links", "", s.links);
+  p.Single("llmdd_requests_in_flight", "gauge", "Transfer requests admitted and not done.", s.requests_in_flight);
+  p.Single("llmdd_async_requests_held", "gauge", "Asynchronous requests whose terminal status was not read yet.",
+           s.async_requests_held);
+  p.Single("llmdd_registered_regions", "gauge", "Memory regions registered.", s.registered_regions);
+  p.Single("llmdd_registered_bytes", "gauge", "Bytes of memory registered.", s.registered_bytes);
+  p.Single("llmdd_datadist_links", "gauge", "LLM-DataDist links to other clusters.", s.links);
   p.Header("llmdd_datadist_link_events_total", "counter", "LLM-DataDist links established and ended.");
   p.Line("llmdd_datadist_link_events_total", L("event", "established"), s.links_established);
   p.Line("llmdd_datadist_link_events_total", L("event", "ended"), s.links_ended);
