@@ -104,6 +104,33 @@ class DeadlineTest : public AdxlFixture, public ::testing::WithParamInterface<st
   ::testing::AssertionResult Client() {
     return InitClient({{"llmdd.PeerTimeoutMs", "30000"}, {"llmdd.HeartbeatIntervalMs", "1000"}});
   }
+  // A big peer that will withhold a READ's data, the client connected to it,
+  // one 4 KiB READ done and `in` (kBig bytes) filled with kSentinel. TCP: the
+  // peer stops itself 1 MiB into sending data. Same host: a READ copies out
+  // of the peer's memory itself, which a stopped process does not prevent;
+  // what a frozen peer withholds is its answer (the lease), so it is stopped
+  // here, before the request. Null (the failure reported) if a step failed.
+  AdxlPeer *PeerFrozenForARead(uint64_t seed, GuardedBuffer &in) {
+    AdxlPeer *peer = BigPeer(seed, SameHost() ? std::vector<std::string>{}
+                                              : std::vector<std::string>{"LLMDD_FAULT_INJECTION=freeze_send=1048576"});
+    if (peer == nullptr) return nullptr;
+    const ::testing::AssertionResult client = Client();
+    if (!client || !ConnectTo(*peer)) {
+      ADD_FAILURE() << "client: " << client.message();
+      return nullptr;
+    }
+    const uint32_t warm = Xfer(*peer, adxl::READ, {{in.addr(), peer->region(0).addr, 4096}}, 10000);
+    if (warm != adxl::SUCCESS) {
+      ADD_FAILURE() << "the first READ ended " << warm;
+      return nullptr;
+    }
+    memset(in.data(), kSentinel, in.size());
+    if (SameHost() && !peer->Stop()) {
+      ADD_FAILURE() << "could not stop the peer";
+      return nullptr;
+    }
+    return peer;
+  }
 };
 
 std::string TransportName(const ::testing::TestParamInfo<std::string> &info) { return info.param; }
@@ -160,22 +187,10 @@ TEST_P(DeadlineTest, ARequestWithoutADeadlineIsUnaffected) {
 }
 
 TEST_P(DeadlineTest, AReadFromAPeerFrozenMidTransferEndsTimeoutAndItsBufferIsNeverWrittenAfter) {
-  // TCP: the peer stops itself 1 MiB into sending the data. Same host: the
-  // READ copies out of the peer's memory itself, which a stopped process
-  // does not prevent; what a frozen peer withholds is its answer (the
-  // lease), so it is stopped before the request.
-  AdxlPeer *peer = BigPeer(3200, SameHost() ? std::vector<std::string>{}
-                                             : std::vector<std::string>{"LLMDD_FAULT_INJECTION=freeze_send=1048576"});
-  ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(Client());
-  ASSERT_TRUE(ConnectTo(*peer));
-  const RemoteRegion rr = peer->region(0);
   GuardedBuffer in(kBig);
-  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{in.addr(), rr.addr, 4096}}, 10000));
-  memset(in.data(), kSentinel, in.size());
-  if (SameHost()) {
-    ASSERT_TRUE(peer->Stop());
-  }
+  AdxlPeer *peer = PeerFrozenForARead(3200, in);
+  ASSERT_NE(nullptr, peer);
+  const RemoteRegion rr = peer->region(0);
   constexpr uint32_t kDeadlineMs = 700;
   const auto t0 = Clock::now();
   adxl::TransferReq req = nullptr;
@@ -336,18 +351,10 @@ TEST_P(DeadlineTest, FinalizeEndsEveryRequestToAFrozenPeerAtOnce) {
 // a TransferSync to a frozen peer long before its timeout; once Cancel has
 // returned, no byte of the buffer is written again, and the channel goes on.
 TEST_P(DeadlineTest, ACallCancelerEndsATransferSyncToAFrozenPeerAndItsBufferIsNeverWrittenAfter) {
-  AdxlPeer *peer = BigPeer(3500, SameHost() ? std::vector<std::string>{}
-                                             : std::vector<std::string>{"LLMDD_FAULT_INJECTION=freeze_send=1048576"});
-  ASSERT_NE(nullptr, peer);
-  ASSERT_TRUE(Client());
-  ASSERT_TRUE(ConnectTo(*peer));
-  const RemoteRegion rr = peer->region(0);
   GuardedBuffer in(kBig);
-  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{in.addr(), rr.addr, 4096}}, 10000));
-  memset(in.data(), kSentinel, in.size());
-  if (SameHost()) {
-    ASSERT_TRUE(peer->Stop());
-  }
+  AdxlPeer *peer = PeerFrozenForARead(3500, in);
+  ASSERT_NE(nullptr, peer);
+  const RemoteRegion rr = peer->region(0);
   llmdd_ext::CallCanceler canceler;
   std::atomic<uint32_t> status{UINT32_MAX};
   std::atomic<int64_t> returned_ms{-1};
