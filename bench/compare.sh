@@ -43,6 +43,9 @@
 #   mooncake Mooncake's own transfer_engine_bench (tcp, read, 1 thread, 64 KiB x 128, 1 MiB x 64) when
 #            installed ($MOONCAKE_TE_BENCH, PATH, or the wheel's, in the venv below), else "not
 #            measured"; and its Python API driven by bench/peers/mooncake_peer.py (information)
+#            and our engine over UCX (llmdd.Transport=ucx, 1 MiB READ/WRITE, UCX_TLS=tcp and sm,tcp)
+#            against UCX's own get/put on ucp_mem_map'ed user memory (llmdd_ucx_ref, bench/ucx_ref.cc;
+#            built with the UCX transport, else "not measured")
 #   nixl     NIXL, UCX backend over TCP: same points
 # A reference that cannot be installed or run reads "not measured" (its rows
 # SKIPPED), with the reason; no number is
@@ -166,7 +169,14 @@ else
     exit 3
   fi
   BENCH="$BUILD/tools/llmdd_bench"
+  # UCX's own get/put on mapped user memory (bench/ucx_ref.cc): built only where
+  # the library is built with UCX; without it the ucx family's engine pairs
+  # read "not measured".
+  if want ucx && ! cmake --build "$BUILD" -j2 --target llmdd_ucx_ref >> "$LOG" 2>&1; then
+    say "llmdd_ucx_ref not built (no UCX in this build): our engine over UCX is not measured"
+  fi
 fi
+UCX_REF="$(dirname "$BENCH")/llmdd_ucx_ref"
 
 APT_UPDATED=0
 apt_install() {  # apt_install PACKAGE COMMAND
@@ -436,6 +446,15 @@ for line in sys.stdin:
   [ $rc = 0 ] || say "$script exited with $rc"
 }
 
+# Our engine over UCX and UCX's own get/put (bench/ucx_ref.cc) at 1 MiB on one UCX_TLS.
+ucx_ours() {  # ucx_ours TAG TLS
+  UCX_TLS=$2 bench "$1" engine --transport ucx --points 1M:1:1 --ops read,write --time "$T"
+}
+ucx_ref() {  # ucx_ref TAG TLS
+  UCX_TLS=$2 timeout $((UCX_TIMEOUT + 15)) "$UCX_REF" --ops get,put --size 1M --time "$T" --tag "$1" \
+    >> "$RAW" 2>> "$LOG" || say "llmdd_ucx_ref (UCX_TLS=$2) exited with $?"
+}
+
 ENGINE_POINTS="1M:64:1,64K:128:1,8:1:1,1M:1:1"
 MEMCPY_POINTS="1M:64:1,1M:64:$ALLCORE,1M:1:1,64K:128:1"
 CMA_POINTS="8:1:1,1M:1:1,1M:64:1,1M:64:$ALLCORE"
@@ -477,6 +496,20 @@ for r in $(seq 1 "$RUNS"); do
       run_ucx "$r" tag_bw cma $((64 << 20))
     elif [ "$r" = 1 ]; then
       skip ucx_perftest "ucx_perftest is not installed (apt-get install ucx-utils, as root)"
+    fi
+    # Our engine over UCX against UCX's own get/put on user memory mapped with
+    # ucp_mem_map and endpoints with peer error handling, as ours
+    # (bench/ucx_ref.cc), 1 MiB, on the same UCX_TLS; order alternating by
+    # round. sm alone reaches nobody with peer error handling: "sm,tcp"
+    # (docs/UCX.md). The 100,000 x 4 KiB batch takes ~30 s a round: it is
+    # bench/ucx_figures.sh's, not this script's.
+    if [ -x "$UCX_REF" ]; then
+      for tls in tcp sm,tcp; do
+        if [ $((r % 2)) = 1 ]; then ucx_ours "$tag" "$tls"; ucx_ref "$tag" "$tls"
+        else ucx_ref "$tag" "$tls"; ucx_ours "$tag" "$tls"; fi
+      done
+    elif [ "$r" = 1 ]; then
+      skip ucx_ref "llmdd_ucx_ref is not built (the library was built without UCX: bash scripts/setup.sh ucx)"
     fi
   fi
   if want mooncake; then

@@ -40,7 +40,9 @@ K = 1024
 # llmdd_bench modes: an error record of these is a failure of ours.
 OUR_MODES = ("engine", "kv", "cma", "memcpy", "pingpong", "overhead", "async", "llmdd_bench")
 # compare.sh's family (--only) of each record mode.
-FAMILY = {"ucx_perftest": "ucx", "mooncake_bench": "mooncake"}
+FAMILY = {"ucx_perftest": "ucx", "ucx_ref": "ucx", "mooncake_bench": "mooncake"}
+# The UCX_TLS values of the ucx family's engine-over-UCX pairs (compare.sh).
+UCX_TLSES = ("tcp", "sm,tcp")
 # Records that fail a whole session (no point measured) rather than one point.
 SESSION_OPS = ("connect", "link", "start")
 
@@ -312,6 +314,16 @@ def evaluate(d):
                         ucx("ucp_put_bw", "tcp", M), ref_mode="ucx_perftest"))
     rows.append(compare(d, "info", "tcp READ 1 MiB x 1 (hot) vs UCX ucp_get 1 MiB", eng("read", "tcp", M, 1),
                         ucx("ucp_get", "tcp", M), ref_mode="ucx_perftest"))
+    # -- our engine over UCX against UCX's own get/put on mapped user memory,
+    #    same UCX_TLS, peer error handling on both (issue 14; bench/ucx_ref.cc)
+    for tls in UCX_TLSES:
+        for op, rop in (("read", "get"), ("write", "put")):
+            o = eng(op, "ucx", M, 1)
+            o[1]["ucx_tls"] = tls
+            rows.append(compare(d, "target", "ucx %s 1 MiB x 1 (UCX_TLS=%s) vs UCX ucp_%s_nbx, user memory" %
+                                (op.upper(), tls, rop), o,
+                                ("gbps", dict(mode="ucx_ref", op=rop, ucx_tls=tls, desc_size=M, batch=1)), 0.9,
+                                ref_mode="ucx_ref"))
     # -- TCP against iperf3 with as many streams as lanes
     rows.append(compare(d, "target", "tcp READ 1 MiB x 64, 1 lane vs iperf3 -P 1", eng("read", "tcp", M, 64, conn=1),
                         ("gbps", dict(mode="iperf3", streams=1)), 0.95))
@@ -473,6 +485,14 @@ def main():
                                                             desc_size=M), "ucx_perftest"),
         ("UCX ucp_put_bw 1 MiB, cma (same host)", "gbps", dict(mode="ucx_perftest", op="ucp_put_bw",
                                                                transport="cma", desc_size=M), "ucx_perftest"),
+        ("UCX ucp_get_nbx 1 MiB, user memory, tcp", "gbps", dict(mode="ucx_ref", op="get", ucx_tls="tcp",
+                                                                  desc_size=M, batch=1), "ucx_ref"),
+        ("UCX ucp_put_nbx 1 MiB, user memory, tcp", "gbps", dict(mode="ucx_ref", op="put", ucx_tls="tcp",
+                                                                  desc_size=M, batch=1), "ucx_ref"),
+        ("UCX ucp_get_nbx 1 MiB, user memory, sm,tcp", "gbps", dict(mode="ucx_ref", op="get", ucx_tls="sm,tcp",
+                                                                     desc_size=M, batch=1), "ucx_ref"),
+        ("UCX ucp_put_nbx 1 MiB, user memory, sm,tcp", "gbps", dict(mode="ucx_ref", op="put", ucx_tls="sm,tcp",
+                                                                     desc_size=M, batch=1), "ucx_ref"),
         ("Mooncake transfer_engine_bench (tcp, 1 thr) read 64 KiB x 128", "gbps",
          dict(mode="mooncake_bench", desc_size=64 * K, batch=128), "mooncake_bench"),
         ("Mooncake transfer_engine_bench (tcp, 1 thr) read 1 MiB x 64", "gbps",
@@ -518,6 +538,10 @@ def main():
         for op, call in (("pull", "PullKvBlocks"), ("push", "PushKvBlocks")):
             ours.append(("%s %s %d blocks x all tensors" % (tr, call, kvb), "gbps",
                          dict(mode="kv", op=op, transport=tr, kv_blocks=kvb, threads=1)))
+    for tls in UCX_TLSES:
+        for op in ("read", "write"):
+            ours.append(("ucx %s 1 MiB x 1 (UCX_TLS=%s)" % (op.upper(), tls), "gbps",
+                         dict(mode="engine", op=op, transport="ucx", ucx_tls=tls, desc_size=M, batch=1, threads=1)))
     for name, field, match in ours:
         s = d.summary(field, match)
         unit = UNIT[field]
@@ -531,7 +555,7 @@ def main():
 
     # ---- comparisons
     rows = evaluate(d)
-    print("-- targets (issue 11) and information --")
+    print("-- targets (issues 11, 14) and information --")
     table(rows)
     print()
     errs = d.our_errors()

@@ -212,5 +212,44 @@ class References(unittest.TestCase):
         self.assertRegex(out, r"UCX ucp_get 1 MiB, cma \(same host\) +not measured: UCX did not use cma")
 
 
+def ucx_ours(r, op, tls, gbps):
+    rec = eng(r, op, "ucx", M, 1, gbps=gbps)
+    rec["ucx_tls"] = tls
+    return rec
+
+
+def ucx_ref(r, op, tls, gbps):
+    return {"mode": "ucx_ref", "op": op, "transport": "ucx", "ucx_tls": tls, "desc_size": M, "batch": 1,
+            "threads": 1, "gbps": gbps, "tag": "round=%d" % r}
+
+
+class UcxPairs(unittest.TestCase):
+    def test_ours_over_ucx_pairs_with_ucx_alone_of_the_same_ucx_tls(self):
+        # tcp: ours 0.95 / 1.0 -> PASS; sm,tcp: ours 0.5 / 1.0 -> MISS. A record
+        # of the other UCX_TLS in the same round must not be taken as the pair.
+        recs = [META]
+        for r in (1, 2, 3):
+            recs += [ucx_ours(r, "read", "tcp", 0.95), ucx_ref(r, "get", "tcp", 1.0),
+                     ucx_ours(r, "read", "sm,tcp", 0.5), ucx_ref(r, "get", "sm,tcp", 1.0)]
+        rows = cr.evaluate(cr.Data(recs))
+        x = row(rows, "ucx READ 1 MiB x 1 (UCX_TLS=tcp) vs UCX ucp_get_nbx, user memory")
+        self.assertEqual((x.ratio, x.verdict), ("0.95 (0.95..0.95, n=3)", "PASS"))
+        x = row(rows, "ucx READ 1 MiB x 1 (UCX_TLS=sm,tcp) vs UCX ucp_get_nbx, user memory")
+        self.assertEqual((x.ratio, x.verdict), ("0.50 (0.50..0.50, n=3)", "MISS (-44%)"))
+        rc, out = run_cli(recs)
+        self.assertEqual(rc, 1, out)
+        self.assertRegex(out, r"UCX ucp_get_nbx 1 MiB, user memory, sm,tcp +1.000 GB/s")
+
+    def test_without_the_reference_program_the_pairs_are_not_measured(self):
+        why = "llmdd_ucx_ref is not built (the library was built without UCX: bash scripts/setup.sh ucx)"
+        recs = [META, {"mode": "ucx_ref", "skipped": why}]
+        rows = cr.evaluate(cr.Data(recs))
+        x = row(rows, "ucx WRITE 1 MiB x 1 (UCX_TLS=tcp) vs UCX ucp_put_nbx, user memory")
+        self.assertEqual(x.verdict, "SKIPPED: ours not measured")
+        rc, out = run_cli(recs)
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(out, r"UCX ucp_put_nbx 1 MiB, user memory, tcp +not measured: llmdd_ucx_ref is not built")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -108,7 +108,7 @@ def med(v):
     v = sorted(v); return v[(len(v) - 1) // 2]  # the less favourable middle for an even count
 lanes = {}
 for r in recs:
-    if r.get("mode") == "ucx_ref" and r.get("ucx_lanes"): lanes[r["transport"]] = r["ucx_lanes"]
+    if r.get("mode") == "ucx_ref" and r.get("ucx_lanes"): lanes[r["ucx_tls"]] = r["ucx_lanes"]
 print("# host: %s; %s rounds, %s s per point, alternating order" % (host, rounds, secs))
 print("# ratio = median over rounds of (ours / reference) in the same round [min..max] n")
 errs = [r for r in recs if "error" in r]

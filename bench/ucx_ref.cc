@@ -24,7 +24,8 @@
 //     compares what arrived), a wrong byte is an error and no figure.
 //
 // Output: one JSON line per op on stdout (mode "ucx_ref"), with llmdd_bench's
-// field names: bytes per call, GB/s (1e9 B/s over the timed calls' wall
+// field names (transport "ucx", ucx_tls: UCX_TLS, as llmdd_bench's ucx
+// records): bytes per call, GB/s (1e9 B/s over the timed calls' wall
 // clock), descriptors/s, per-call p50/p99 in microseconds, iterations, UCX_TLS, and
 // the lanes UCX chose for the endpoint (from ucp_ep_print_info: the RMA and
 // AM lanes' transports). Exit 0 when every op measured with correct bytes, 1
@@ -429,7 +430,8 @@ int Run(const Options &opt, int fd, uint64_t bytes) {
     }
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     if (e.empty()) e = checked();  // the last call checked too
-    std::string json = "{\"mode\":\"ucx_ref\",\"op\":\"" + op + "\",\"transport\":\"" + (tls ? tls : "") +
+    std::string json = "{\"mode\":\"ucx_ref\",\"op\":\"" + op + "\",\"transport\":\"ucx\",\"ucx_tls\":\"" +
+                       (tls ? tls : "") +
                        "\",\"err_mode\":\"" + (opt.peer_errors ? "peer" : "none") + "\",\"wait\":\"" + (opt.yield ? "yield" : "spin") +
                        "\",\"desc_size\":" + std::to_string(opt.size) + ",\"batch\":" + std::to_string(opt.batch) +
                        ",\"threads\":1";

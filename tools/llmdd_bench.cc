@@ -2207,6 +2207,9 @@ int RunEngine(const Options &opt, Reporter &rep) {
         });
         Record rec = ThroughputRecord("engine", op_name, transport, p, p.batch, r);
         rec.Str("layout", opt.layout);
+        // Over UCX the fabric is UCX_TLS's choice: the record says which, so
+        // figures of one UCX_TLS pair with a reference of the same (bench/ucx_ref.cc).
+        if (transport == "ucx") rec.Str("ucx_tls", getenv("UCX_TLS") != nullptr ? getenv("UCX_TLS") : "");
         rep.Emit(rec, true);
         if (!r.ok) rc = kExitFailed;
       }
