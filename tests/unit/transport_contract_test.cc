@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -370,6 +371,53 @@ TEST_F(UcxEngines, ADeadPeerIsAnErrorWithinTheTimeout) {
   const auto t0 = Clock::now();
   EXPECT_NE(client_.TransferSync(server_id_, adxl::READ, &desc, 1, 1000), adxl::SUCCESS);
   EXPECT_LT(MsSince(t0), 2500);
+}
+
+// The serving side's progress thread sleeps on the worker's event fd while
+// idle: an idle engine does not wake every millisecond (it did with the
+// back-off sleeps: ~1 ms steps, hundreds of rounds in half a second).
+TEST(UcxProgress, AnIdleTransportSleepsOnTheWorkersEventFd) {
+  std::string error;
+  std::shared_ptr<UcxTransport> ucx = UcxTransport::Create(&error);
+  ASSERT_NE(ucx, nullptr) << error;
+  ASSERT_TRUE(ucx->SleepsOnEventFd());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // past the spin after start
+  const uint64_t before = ucx->ProgressRounds();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const uint64_t rounds = ucx->ProgressRounds() - before;
+  // One round per kUcxProgressPollMs (5), with room for a stray wake-up and
+  // its spin; the back-off sleeps made ~450 here.
+  EXPECT_LE(rounds, 5u + kUcxProgressSpinRounds) << "the idle progress thread kept waking";
+  const auto t0 = Clock::now();
+  ucx.reset();  // the destructor's ucp_worker_signal ends the poll at once
+  EXPECT_LT(MsSince(t0), kUcxProgressPollMs);
+}
+
+// A target asleep on its event fd wakes for a peer's key request and GET (UCX
+// over tcp emulates GET with active messages its worker must progress): each
+// READ after an idle spell takes far less than the poll's bound, with its bytes.
+TEST_F(UcxEngines, ATargetAsleepOnItsEventFdWakesForEachRead) {
+  std::vector<char> remote(256 << 10), local(256 << 10, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 13 + 5);
+  uint64_t handle = 0;
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(client_.Connect(server_id_, 3000), adxl::SUCCESS);
+  adxl::TransferOpDesc desc = Desc(local, remote);
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::READ, &desc, 1, 5000), adxl::SUCCESS);  // endpoint made
+  std::vector<int64_t> ms;
+  for (int i = 0; i < 5; ++i) {
+    // Idle past the key lease (a new key request each time) and into the poll.
+    std::this_thread::sleep_for(std::chrono::milliseconds(kUcxKeyLeaseMs + 50));
+    std::fill(local.begin(), local.end(), 0);
+    const auto t0 = Clock::now();
+    ASSERT_EQ(client_.TransferSync(server_id_, adxl::READ, &desc, 1, 5000), adxl::SUCCESS);
+    ms.push_back(MsSince(t0));
+    ASSERT_EQ(local, remote);
+  }
+  std::sort(ms.begin(), ms.end());
+  EXPECT_LT(ms[2], kUcxProgressPollMs / 2) << "median READ after an idle spell (ms); a target that slept out "
+                                              "its poll would take about " << kUcxProgressPollMs;
 }
 #else
 // Built without UCX: llmdd.Transport=ucx is a clear refusal, not a silent TCP.

@@ -8,6 +8,8 @@
 #include <mutex>
 #include <new>
 
+#include <poll.h>
+
 #include <ucs/debug/log_def.h>
 
 #include "common/log.h"
@@ -137,6 +139,10 @@ class UcxCore {
   std::map<uint64_t, Pending> pending;
   uint64_t next_token = 1;
   std::atomic<uint64_t> granted{0};
+  // The worker's event fd (UCP_FEATURE_WAKEUP), or -1 when UCX gave none:
+  // the progress thread then sleeps in steps instead (ProgressLoop).
+  int efd = -1;
+  std::atomic<uint64_t> progress_rounds{0};  // rounds of the progress loop (tests)
 
   // Staging chunks (ucx_transport.h): a free chunk, waiting until `deadline`
   // (or a Cancel) when kUcxStageChunks are in use; null with *why when none
@@ -240,7 +246,8 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
   ucp_params_t params;
   memset(&params, 0, sizeof(params));
   params.field_mask = UCP_PARAM_FIELD_FEATURES;
-  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM;
+  // WAKEUP: the progress thread sleeps on the worker's event fd while idle.
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
   status = ucp_init(&params, config, &core->context);
   ucp_config_release(config);
   if (status != UCS_OK) {
@@ -267,6 +274,11 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
   }
   core->address.assign(reinterpret_cast<const char *>(address), address_len);
   ucp_worker_release_address(core->worker, address);
+  status = ucp_worker_get_efd(core->worker, &core->efd);
+  if (status != UCS_OK) {
+    core->efd = -1;
+    LOG_INFO("ucx: no worker event fd (%s): the serving side polls with back-off", ucs_status_string(status));
+  }
   const std::pair<unsigned, ucp_am_recv_callback_t> handlers[] = {{kAmKeyRequest, &UcxCore::OnKeyRequest},
                                                                   {kAmKeyReply, &UcxCore::OnKeyReply}};
   for (const auto &h : handlers) {
@@ -293,6 +305,8 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
 
 UcxCore::~UcxCore() {
   stop_.store(true);
+  // Wakes the progress thread from its poll of the event fd (safe from any thread).
+  if (worker != nullptr && efd >= 0) ucp_worker_signal(worker);
   if (progress_.joinable()) progress_.join();
   for (auto &region : served) {
     if (region->memh != nullptr) ucp_mem_unmap(context, region->memh);
@@ -305,12 +319,19 @@ UcxCore::~UcxCore() {
 }
 
 // Serves the peers: UCX over TCP (and other transports without hardware RMA)
-// completes a peer's GET and PUT only when this worker progresses, and key
-// requests are answered here. Spins briefly after work, then sleeps in growing
-// steps up to 1 ms while idle.
+// completes a peer's GET and PUT only when this worker progresses (it sends a
+// GET's reply, and a reply larger than the socket takes at once goes on only
+// as the socket drains), and key requests are answered here. Spins briefly
+// (yielding) after work; then sleeps on the worker's event fd, which UCX
+// signals when a message arrives or a socket it waits on can move again: the
+// serving side wakes as soon as there is work and costs nothing while idle.
+// Without an event fd it sleeps in growing steps up to 1 ms: a reply stalled
+// on a full socket then waits up to a step (measured in docs/PERFORMANCE.md,
+// "UCX transport against UCX itself").
 void UcxCore::ProgressLoop() {
   int idle = 0;
   while (!stop_.load(std::memory_order_relaxed)) {
+    progress_rounds.fetch_add(1, std::memory_order_relaxed);
     unsigned done;
     {
       std::lock_guard<std::mutex> lock(mutex);
@@ -321,12 +342,33 @@ void UcxCore::ProgressLoop() {
       continue;
     }
     ++idle;
-    if (idle < 64) {
+    if (idle < kUcxProgressSpinRounds) {
       std::this_thread::yield();
-    } else {
-      const int step = std::min(idle - 63, 50);  // 20 µs steps, 1 ms at most
-      std::this_thread::sleep_for(std::chrono::microseconds(20 * step));
+      continue;
     }
+    if (efd < 0) {
+      const int step = std::min(idle - kUcxProgressSpinRounds + 1, 50);  // 20 µs steps, 1 ms at most
+      std::this_thread::sleep_for(std::chrono::microseconds(20 * step));
+      continue;
+    }
+    ucs_status_t armed;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      armed = ucp_worker_arm(worker);
+    }
+    if (armed == UCS_ERR_BUSY) continue;  // events came meanwhile: progress them
+    if (armed != UCS_OK) {
+      // Not expected; progress on without sleeping on the fd, at a bounded rate.
+      LOG_DEBUG("ucx: ucp_worker_arm: %s", ucs_status_string(armed));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    // Bounded: the destructor's ucp_worker_signal ends it at once; the bound
+    // only limits how long a lost wake-up could delay the next progress.
+    pollfd fd{efd, POLLIN, 0};
+    // Woken by an event: progress, and spin a little for the rest of the
+    // work. A timeout (nothing happened): progress once and sleep again.
+    if (poll(&fd, 1, kUcxProgressPollMs) > 0) idle = 0;
   }
 }
 
@@ -451,6 +493,10 @@ UcxTransport::~UcxTransport() = default;
 std::string UcxTransport::LocalMetadata() const { return core_->address; }
 
 uint64_t UcxTransport::KeysGranted() const { return core_->granted.load(); }
+
+uint64_t UcxTransport::ProgressRounds() const { return core_->progress_rounds.load(); }
+
+bool UcxTransport::SleepsOnEventFd() const { return core_->efd >= 0; }
 
 adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::string *remote_key, std::string *error) {
   remote_key->clear();  // keys travel by key request, under a lease (ucx_transport.h)

@@ -9,7 +9,8 @@
 //     (UCS_THREAD_MODE_SERIALIZED). A requester's Submit progresses the
 //     worker itself while it waits; a progress thread of the core serves the
 //     peers (UCX over TCP emulates GET/PUT with active messages: the target
-//     must progress, or the requester waits forever).
+//     must progress, or the requester waits forever). Idle, that thread
+//     sleeps on the worker's event fd (UCP_FEATURE_WAKEUP, ucp_worker_arm).
 //   - The worker address travels in the handshake (LocalMetadata, the
 //     engine's TransportAd "ucx"); each link makes one endpoint to the peer's
 //     worker with UCP_ERR_HANDLING_MODE_PEER.
@@ -62,6 +63,12 @@ constexpr uint32_t kUcxKeyLeaseMarginMs = 30;
 constexpr size_t kUcxMaxCachedKeys = 1024;
 // Longest packed rkey accepted from a peer.
 constexpr size_t kUcxMaxRkeyBytes = 4096;
+// The serving side's progress thread: empty progress rounds it spins
+// (yielding) before it sleeps on the worker's event fd, and the longest sleep
+// there (the destructor wakes it at once; the bound only limits how late a
+// lost wake-up could be noticed).
+constexpr int kUcxProgressSpinRounds = 64;
+constexpr int kUcxProgressPollMs = 100;
 // Staging (see above): chunk size, chunks in use at once per engine, and
 // chunks of unfinished rounds kept until the engine's UCX core goes.
 constexpr size_t kUcxStageBytes = 4u << 20;
@@ -83,6 +90,10 @@ class UcxTransport : public Transport {
   std::shared_ptr<TransportLink> Connect(const TransportPeer &peer, Deadline deadline, std::string *error) override;
   // Key requests this engine answered (tests).
   uint64_t KeysGranted() const;
+  // Rounds of the serving side's progress loop so far, and whether it sleeps
+  // on the worker's event fd while idle (tests: an idle engine must not spin).
+  uint64_t ProgressRounds() const;
+  bool SleepsOnEventFd() const;
 
  private:
   explicit UcxTransport(std::shared_ptr<UcxCore> core) : core_(std::move(core)) {}
