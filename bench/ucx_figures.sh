@@ -118,7 +118,7 @@ tlses = sorted({tagged(r)[1] for r in recs})
 for tls in tlses:
     for op, rop in (("read", "get"), ("write", "put")):
         ours = find(lambda r: r.get("mode") == "engine" and r["op"] == op and r["transport"] == "ucx" and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls)
-        ref = find(lambda r: r.get("mode") == "ucx_ref" and r["op"] == rop and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls)
+        ref = find(lambda r: r.get("mode") == "ucx_ref" and not r.get("staged") and r["op"] == rop and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls)
         keys = sorted(set(ours) & set(ref))
         if not keys: continue
         ratios = [ours[k]["gbps"] / ref[k]["gbps"] for k in keys]

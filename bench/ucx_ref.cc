@@ -32,7 +32,12 @@
 // otherwise, 2 on bad arguments.
 //
 //   llmdd_ucx_ref [--ops get,put] [--size BYTES] [--batch N] [--time SEC]
-//                 [--warmup N] [--err-mode peer|none] [--spin] [--tag TEXT]
+//                 [--warmup N] [--err-mode peer|none] [--spin] [--stage] [--tag TEXT]
+//
+// --stage (information, not the reference): each call goes through a staging
+// buffer as our transport's do (docs/UCX.md "Staging"): GET lands in it and
+// is copied to the caller's buffer after the flush, PUT is copied into it
+// before posting; what that copy costs UCX alone.
 //
 // Both processes progress their worker in a loop; when a progress call found
 // nothing they sched_yield (as our engine's waits do: on a host with fewer
@@ -72,6 +77,7 @@ struct Options {
   int warmup = 3;
   bool peer_errors = true;
   bool yield = true;  // sched_yield when a progress call found nothing (as our engine's waits); --spin: never
+  bool stage = false;  // --stage: through a staging buffer and one memcpy per call, as our transport (information)
   std::string tag;
 };
 
@@ -79,7 +85,7 @@ struct Options {
   fprintf(stderr,
           "llmdd_ucx_ref: %s\n"
           "usage: llmdd_ucx_ref [--ops get,put] [--size BYTES] [--batch N] [--time SEC] [--warmup N]\n"
-          "                     [--err-mode peer|none] [--spin] [--tag TEXT]\n",
+          "                     [--err-mode peer|none] [--spin] [--stage] [--tag TEXT]\n",
           why);
   exit(2);
 }
@@ -280,7 +286,10 @@ struct Requester {
   }
 
   // One call: `batch` operations of `size` bytes, one flush, waited for. "" or what went wrong.
-  std::string Call(bool get, uint8_t *local, uint64_t size, uint64_t batch) {
+  uint8_t *stage = nullptr;  // --stage
+  std::string Call(bool get, uint8_t *user, uint64_t size, uint64_t batch) {
+    uint8_t *local = stage != nullptr ? stage : user;
+    if (stage != nullptr && !get) memcpy(stage, user, size * batch);
     ucp_request_param_t param;
     memset(&param, 0, sizeof(param));
     for (uint64_t i = 0; i < batch; ++i) {
@@ -293,7 +302,10 @@ struct Requester {
     }
     void *flush = ucp_ep_flush_nbx(ep, &param);
     if (UCS_PTR_IS_ERR(flush)) return std::string("ucp_ep_flush_nbx: ") + ucs_status_string(UCS_PTR_STATUS(flush));
-    if (flush == nullptr) return "";
+    if (flush == nullptr) {
+      if (stage != nullptr && get) memcpy(user, stage, size * batch);
+      return "";
+    }
     const auto give_up = Clock::now() + std::chrono::seconds(30);
     ucs_status_t st;
     while ((st = ucp_request_check_status(flush)) == UCS_INPROGRESS) {
@@ -306,6 +318,7 @@ struct Requester {
     if (st == UCS_ERR_TIMED_OUT) return "the flush did not complete within 30 s";  // leaked: we exit
     ucp_request_free(flush);
     if (st != UCS_OK) return std::string("flush: ") + ucs_status_string(st) + (failed ? " (" + ep_error + ")" : "");
+    if (stage != nullptr && get) memcpy(user, stage, size * batch);
     return "";
   }
 };
@@ -367,7 +380,8 @@ int Run(const Options &opt, int fd, uint64_t bytes) {
   }
   memcpy(&rq.remote, where.data(), 8);
   uint8_t *local = MapBuffer(bytes);
-  if (local == nullptr || !rq.ucx.Init(&error)) {
+  if (opt.stage) rq.stage = static_cast<uint8_t *>(malloc(bytes));  // as our chunks: plain heap memory
+  if (local == nullptr || (opt.stage && rq.stage == nullptr) || !rq.ucx.Init(&error)) {
     fprintf(stderr, "llmdd_ucx_ref: %s\n", local == nullptr ? "mmap failed" : error.c_str());
     return 1;
   }
@@ -432,7 +446,7 @@ int Run(const Options &opt, int fd, uint64_t bytes) {
     if (e.empty()) e = checked();  // the last call checked too
     std::string json = "{\"mode\":\"ucx_ref\",\"op\":\"" + op + "\",\"transport\":\"ucx\",\"ucx_tls\":\"" +
                        (tls ? tls : "") +
-                       "\",\"err_mode\":\"" + (opt.peer_errors ? "peer" : "none") + "\",\"wait\":\"" + (opt.yield ? "yield" : "spin") +
+                       "\",\"err_mode\":\"" + (opt.peer_errors ? "peer" : "none") + "\",\"wait\":\"" + (opt.yield ? "yield" : "spin") + (opt.stage ? "\",\"staged\":\"yes" : "") +
                        "\",\"desc_size\":" + std::to_string(opt.size) + ",\"batch\":" + std::to_string(opt.batch) +
                        ",\"threads\":1";
     if (!opt.tag.empty()) json += ",\"tag\":\"" + opt.tag + "\"";
@@ -510,6 +524,8 @@ int main(int argc, char **argv) {
       const std::string m = value();
       if (m != "peer" && m != "none") Usage("--err-mode is peer or none");
       opt.peer_errors = m == "peer";
+    } else if (a == "--stage") {
+      opt.stage = true;
     } else if (a == "--spin") {
       opt.yield = false;
     } else if (a == "--tag") {
