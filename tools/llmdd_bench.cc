@@ -265,6 +265,7 @@ struct Options {
   int connections = 0;  // llmdd.TcpConnections; 0: library default
   int workers = 0;      // llmdd.WorkerThreads; 0: library default
   int busy_poll_us = -1;  // llmdd.BusyPollUs; -1: library default
+  uint64_t same_host_min_part = 0;  // llmdd.SameHostMinPartBytes of the measuring engine; 0: library default
   int timeout_ms = 30000;
   bool hugepages = true;
   bool json = false;
@@ -383,6 +384,9 @@ void Usage(FILE *out) {
           "  --connections N      llmdd.TcpConnections (default: library default)\n"
           "  --workers N          llmdd.WorkerThreads (default: library default)\n"
           "  --busy-poll-us N     llmdd.BusyPollUs, both sides (default: library default; 0 = block at once)\n"
+          "  --same-host-min-part N  llmdd.SameHostMinPartBytes of the measuring engine (it splits): same-host\n"
+          "                       transfers split into parts of at least N, one per core (default: library\n"
+          "                       default; 1024G = never split)\n"
           "  --timeout-ms N       TransferSync / llm.SyncKvCacheWaitTime timeout (default 30000)\n"
           "  --no-hugepages       do not madvise(MADV_HUGEPAGE) the buffers\n"
           "  --quick              small sweep that takes seconds\n"
@@ -478,7 +482,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       "--submit-descs", "--reg-regions", "--peers",    "--per-process",  "--parallel",    "--frozen",
       "--frozen-per-process", "--regions", "--connect-samples", "--connect-timeout-ms", "--disconnect-timeout-ms",
       "--peer-timeout-ms", "--ramp-deadline-s", "--deadline-s", "--idle-wait-ms", "--small-size", "--bulk-size",
-      "--bulk-threads", "--async-descs", "--async-size", "--notify-count",
+      "--bulk-threads", "--async-descs", "--async-size", "--notify-count", "--same-host-min-part",
       "--notify-poll-us", "--copy-threads"};
   for (int i = 2; i < argc; ++i) {
     std::string arg = argv[i];
@@ -627,6 +631,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   int_of("--connections", &opt->connections, 1, 64);
   int_of("--workers", &opt->workers, 1, 256);
   int_of("--busy-poll-us", &opt->busy_poll_us, 0, 10000);
+  size_of("--same-host-min-part", &opt->same_host_min_part, 64 * kKiB, 1024 * kGiB);
   int_of("--timeout-ms", &opt->timeout_ms, 1, 3600000);
   if (given.count("--json-out")) opt->json_out = given["--json-out"];
   if (given.count("--plot")) opt->plot = given["--plot"];
@@ -938,6 +943,8 @@ class Reporter {
       r->Int("connections", opt_.connections);  // llmdd.TcpConnections; 0 = library default
       r->Int("workers", opt_.workers);          // llmdd.WorkerThreads; 0 = library default
       r->Int("busy_poll_us", opt_.busy_poll_us);  // llmdd.BusyPollUs; -1 = library default
+      // llmdd.SameHostMinPartBytes; 0 = library default
+      r->Int("same_host_min_part", static_cast<int64_t>(opt_.same_host_min_part));
     }
     r->Num("load1", Load1());
     r->Int("nproc", static_cast<int64_t>(std::thread::hardware_concurrency()));
@@ -1263,6 +1270,9 @@ std::map<AscendString, AscendString> ExtOptions(const Options &opt, const std::s
   if (opt.connections > 0) o["llmdd.TcpConnections"] = std::to_string(opt.connections).c_str();
   if (opt.workers > 0) o["llmdd.WorkerThreads"] = std::to_string(opt.workers).c_str();
   if (opt.busy_poll_us >= 0) o["llmdd.BusyPollUs"] = std::to_string(opt.busy_poll_us).c_str();
+  if (opt.same_host_min_part > 0) {
+    o["llmdd.SameHostMinPartBytes"] = std::to_string(opt.same_host_min_part).c_str();
+  }
   if (opt.peer_timeout_ms > 0) o["llmdd.PeerTimeoutMs"] = std::to_string(opt.peer_timeout_ms).c_str();
   return o;
 }

@@ -1,5 +1,7 @@
 #include "common/threads.h"
 
+#include <sched.h>
+
 #include <exception>
 #include <new>
 #include <system_error>
@@ -8,6 +10,20 @@
 #include "transport/fault_injection.h"
 
 namespace llmdd {
+
+size_t UsableCores() {
+  static const size_t cores = [] {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+      const int n = CPU_COUNT(&set);
+      if (n > 0) return static_cast<size_t>(n);
+    }
+    const unsigned n = std::thread::hardware_concurrency();  // 0: unknown
+    return n > 0 ? static_cast<size_t>(n) : size_t{1};
+  }();
+  return cores;
+}
 
 bool RunGuarded(const char *name, const std::function<void()> &body) {
   bool out_of_memory = false;

@@ -9,6 +9,7 @@
 // connection, runs the work inline, fails the call with a status).
 #pragma once
 
+#include <cstddef>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -27,6 +28,11 @@ bool RunGuarded(const char *name, const std::function<void()> &body);
 // their own and put themselves there under `lock`), with `lock` released
 // while joining and held again on return; repeats while more arrive.
 void JoinExited(std::unique_lock<std::mutex> &lock, std::vector<std::thread> *exited);
+
+// The cores this process may run on: its CPU affinity mask
+// (sched_getaffinity), else std::thread::hardware_concurrency(); at least 1.
+// Read once (a later change of affinity is not followed).
+size_t UsableCores();
 
 // RunGuarded that also tells whether the exception was std::bad_alloc.
 bool RunGuardedClassified(const char *name, const std::function<void()> &body, bool *out_of_memory);

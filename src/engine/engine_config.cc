@@ -183,6 +183,10 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       if (!SetBounded(key, value, 100, 86400000, &config->max_serve_wait_ms, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptDeregisterGraceMs) {
       if (!SetBounded(key, value, 100, 600000, &config->deregister_grace_ms, error)) return adxl::PARAM_INVALID;
+    } else if (key == kOptSameHostMinPartBytes) {
+      if (!SetBounded(key, value, 64ULL << 10, 1ULL << 40, &config->same_host_min_part_bytes, error)) {
+        return adxl::PARAM_INVALID;
+      }
     } else if (key == kOptMaxPeerMessageBytes) {
       if (!SetBounded(key, value, 64 << 10, 64 << 20, &config->max_peer_message_bytes, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptMaxSessions) {

@@ -58,6 +58,10 @@ struct EngineConfig {
   // UCX only, docs/UCX.md) runs the UCX transport and requires it for every
   // peer; `auto` never chooses UCX yet.
   bool SameHostAllowed() const { return transport != Transport::kTcp && transport != Transport::kUcx; }
+  // llmdd.SameHostMinPartBytes [64 KiB, 1 TiB]: a same-host transfer is
+  // split into parts of at least this many bytes, at most one per core and
+  // per lane (path_policy.h, SameHostSplitParts); 1 TiB: never split.
+  uint64_t same_host_min_part_bytes = 2ULL << 20;
   // llmdd.BusyPollUs: spin-then-block of small reads [0, 10000] µs; process-wide,
   // applied only when given (-1: leave the current setting, 50 µs by default).
   int32_t busy_poll_us = -1;
@@ -126,6 +130,7 @@ constexpr const char kOptIdleLaneCloseMs[] = "llmdd.IdleLaneCloseMs";
 constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
 constexpr const char kOptTransport[] = "llmdd.Transport";
 constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";
+constexpr const char kOptSameHostMinPartBytes[] = "llmdd.SameHostMinPartBytes";
 constexpr const char kOptMaxServeWaitMs[] = "llmdd.MaxServeWaitMs";
 constexpr const char kOptDeregisterGraceMs[] = "llmdd.DeregisterGraceMs";
 constexpr const char kOptMaxPeerMessageBytes[] = "llmdd.MaxPeerMessageBytes";

@@ -405,7 +405,7 @@ adxl::Status LanePool::Transfer(adxl::TransferOp op, const std::vector<Segment> 
 TransportResult LanePool::RunOnLink(TransportLink *link, adxl::TransferOp op, const std::vector<Segment> &segs,
                                     uint64_t total, Deadline deadline, TransferRequest *request) {
   const size_t lanes = std::min(LaneCount(), link->Caps().max_parallel);
-  const size_t parts = workers_ != nullptr ? SplitParts(total, lanes) : 1;
+  const size_t parts = workers_ != nullptr ? PartsFor(link->Caps(), total, lanes, split_rule_) : 1;
   if (parts == 1) {
     TransferBatch batch;
     batch.op = op;
@@ -466,6 +466,7 @@ TransportResult LanePool::RunOnLink(TransportLink *link, adxl::TransferOp op, co
           for (const Segment &s : piece) batch.total_bytes += s.len;
           batch.deadline = deadline;
           batch.request = request;
+          batch.part = true;
           result = link->Submit(batch);
           if (result.declined) {  // the path ended under a part already split for it
             result.status = adxl::FAILED;

@@ -26,7 +26,9 @@
 #include <string>
 #include <vector>
 
+#include "common/threads.h"
 #include "engine/lane.h"
+#include "engine/path_policy.h"
 #include "engine/transfer_request.h"
 #include "engine/worker_pool.h"
 
@@ -75,6 +77,9 @@ class LanePool : public LaneLender {
   // same-host link when the handshake verified the peer, a fake in tests).
   // Set once, before the pool is used.
   void SetLinks(std::vector<std::shared_ptr<TransportLink>> links) { links_ = std::move(links); }
+  // How transfers are split into parts (path_policy.h, PartsFor). Set once,
+  // before the pool is used; by default: this process's cores, the default part size.
+  void SetSplitRule(const SplitRule &rule) { split_rule_ = rule; }
   // Whether lanes can be (re)opened from this side (a reconnector was given).
   bool CanReconnect() const { return static_cast<bool>(reconnect_); }
   // Whether a usable link of this transport (TransportCaps::name) is present.
@@ -158,6 +163,7 @@ class LanePool : public LaneLender {
   std::atomic<uint64_t> next_request_id_{1};
   std::atomic<bool> shut_down_{false};
   std::vector<std::shared_ptr<TransportLink>> links_;  // written only before the pool is shared
+  SplitRule split_rule_{UsableCores(), kSameHostMinPartBytesDefault};  // written only before the pool is shared
 };
 
 }  // namespace llmdd

@@ -13,11 +13,14 @@
 //     release) and the kernel pins every remote iovec (~0.4 µs each), so small
 //     READs and batches of small descriptors are faster as a plain TCP request;
 //   - split across lanes: parts pay a worker hand-off and a request each, so
-//     only transfers large enough for every part to stay large are split.
+//     only transfers large enough for every part to stay large are split; on
+//     the same-host path a part gains only while a core is free to copy it,
+//     so it is split into at most as many parts as this process has cores.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -31,9 +34,15 @@ namespace llmdd {
 // descriptors of at least this size on average.
 constexpr uint64_t kSameHostMinReadBytes = 64 * 1024;
 constexpr uint64_t kSameHostMinAvgDescriptor = 4 * 1024;
-// One-sided READ under the standing lease: below kSameHostMinReadBytes and at
-// most this many descriptors; the lease is renewed this long before it ends.
+// One-sided READ under the standing lease (no message at all): at most this
+// many descriptors and kOneSidedMaxBytes; the lease is renewed this long
+// before it ends. The copy must end within the lease (else it is redone as a
+// request): kOneSidedMaxBytes copied at 1 GB/s, far below this host's worst
+// (docs/PERFORMANCE.md), take 16.8 ms, inside the renewal margin. Larger
+// READs lose nothing by a request: its round trip (~20-60 µs) is under 2% of
+// copying 16 MiB (~1.1 ms at 15 GB/s).
 constexpr size_t kOneSidedMaxDescriptors = 64;
+constexpr uint64_t kOneSidedMaxBytes = 16ULL << 20;
 constexpr std::chrono::milliseconds kLeaseRenewMargin{20};
 // A request of at most this many bytes never waits behind larger ones: when
 // every regular lane is busy it takes the peer's express lane (LanePool).
@@ -61,9 +70,22 @@ constexpr std::chrono::microseconds kCoalesceMaxLinger{100};
 // request's bytes (Engine::PaceWaitingQuery).
 constexpr uint32_t kStatusSpinAnswers = 16;
 constexpr std::chrono::microseconds kStatusWaitSlice{50};
-// Split across lanes from this many bytes, in parts of at least kMinPartBytes.
+// TCP: split across lanes from this many bytes, in parts of at least kMinPartBytes.
 constexpr uint64_t kParallelThreshold = 1ULL << 20;
 constexpr uint64_t kMinPartBytes = 256ULL << 10;
+// Same-host: parts of at least this many bytes (llmdd.SameHostMinPartBytes),
+// and no more parts than cores. A same-host part is one copy by one thread
+// (ours for a READ, a server lane thread for a WRITE) plus a worker hand-off
+// and, for a request, its message exchange; measured on 2 cores
+// (docs/PERFORMANCE.md, "Same-host calls: split and one-sided READ").
+constexpr uint64_t kSameHostMinPartBytesDefault = 2ULL << 20;
+
+// How a pool splits transfers: the cores this process may run on
+// (UsableCores(), common/threads.h) and the same-host part size.
+struct SplitRule {
+  size_t cores = 1;
+  uint64_t same_host_min_part_bytes = kSameHostMinPartBytesDefault;
+};
 
 // A same-host request pays for `count` descriptors moving `total_bytes`.
 inline bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count) {
@@ -72,25 +94,46 @@ inline bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count
   return total_bytes / count >= kSameHostMinAvgDescriptor;
 }
 
-// A one-sided read (no message) is tried for this transfer.
+// A one-sided read (no message) is tried for this transfer (or for each of
+// its parts, when split).
 inline bool OneSidedReadFits(adxl::TransferOp op, uint64_t total_bytes, size_t count) {
-  return op == adxl::READ && count <= kOneSidedMaxDescriptors && total_bytes < kSameHostMinReadBytes;
+  return op == adxl::READ && count <= kOneSidedMaxDescriptors && total_bytes <= kOneSidedMaxBytes;
 }
 
-// How many parts (lanes at once) a transfer of `total_bytes` is split into
-// when `lanes` lanes are available; 1: not split.
+// TCP: how many parts (lanes at once) a transfer of `total_bytes` is split
+// into when `lanes` lanes are available; 1: not split. Loopback TCP gains
+// from parallel streams even past the cores (the kernel copies on both
+// ends), so the lanes bound it, not the cores.
 inline size_t SplitParts(uint64_t total_bytes, size_t lanes) {
   if (total_bytes < kParallelThreshold || lanes <= 1) return 1;
   const uint64_t parts = total_bytes / kMinPartBytes;
   return parts < 1 ? 1 : (parts < lanes ? static_cast<size_t>(parts) : lanes);
 }
 
+// Same-host: parts of at least `min_part_bytes`, at most one per core and
+// per lane; 1: not split (a 1 MiB call on 2 cores with the default stays
+// whole: one copy, no hand-off). min_part_bytes 0 is taken as "never split".
+inline size_t SameHostSplitParts(uint64_t total_bytes, size_t lanes, size_t cores, uint64_t min_part_bytes) {
+  const size_t most = std::min(lanes, cores);
+  if (most <= 1 || min_part_bytes == 0) return 1;
+  const uint64_t parts = total_bytes / min_part_bytes;
+  return parts <= 1 ? 1 : static_cast<size_t>(std::min<uint64_t>(parts, most));
+}
+
+// The parts a transfer of `total_bytes` on the link with `caps` is split into.
+inline size_t PartsFor(const TransportCaps &caps, uint64_t total_bytes, size_t lanes, const SplitRule &rule) {
+  if (std::string_view(caps.name) == "shm") {
+    return SameHostSplitParts(total_bytes, lanes, rule.cores, rule.same_host_min_part_bytes);
+  }
+  return SplitParts(total_bytes, lanes);
+}
+
 // Where a link stands among the paths offered a transfer: lower is offered
 // first, negative is not offered. Every link's rule is here, next to the
 // others it competes with:
 //   - a fake (tests) takes everything it can: the test put it there;
-//   - the same-host path where it pays (a request), or for a small READ that
-//     may fit its standing lease (the link declines it otherwise);
+//   - the same-host path where it pays (a request), or for a READ that may
+//     fit its standing lease (the link declines it otherwise);
 //   - TCP takes anything, last.
 // A transport added later adds its rule here (UCX: before TCP, for the memory
 // kinds it reaches).

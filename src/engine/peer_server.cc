@@ -529,6 +529,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
         };
       }
       session->reverse = std::make_shared<LanePool>(session->client_id, workers_, std::move(opener));
+      session->reverse->SetSplitRule(SplitRule{UsableCores(), config_.same_host_min_part_bytes});
       // The client verified it reaches our memory: it can serve same-host requests.
       const bool both_ways = (hello.capabilities & wire::kCapSameHost) != 0 && session->same_host &&
                              config_.SameHostAllowed();

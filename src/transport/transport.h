@@ -83,6 +83,10 @@ struct TransferBatch {
   // the link announces its I/O to it (TransferRequest::BeginIo/EndIo), so that
   // Cancel cuts it, and starts nothing once it is canceled.
   TransferRequest *request = nullptr;
+  // One part of a transfer the lane pool split for this link: declining it
+  // fails the transfer (the other parts are already under way), so a link
+  // declines a part only when it cannot move it at all.
+  bool part = false;
 };
 
 struct TransportResult {

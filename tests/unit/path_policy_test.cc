@@ -3,15 +3,44 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 namespace llmdd {
 namespace {
 
-TEST(PathPolicy, OneSidedReadOnlyForSmallReadsOfFewDescriptors) {
+TEST(PathPolicy, OneSidedReadForReadsOfFewDescriptorsUpToTheLeaseBound) {
   EXPECT_TRUE(OneSidedReadFits(adxl::READ, 8, 1));
   EXPECT_TRUE(OneSidedReadFits(adxl::READ, kSameHostMinReadBytes - 1, kOneSidedMaxDescriptors));
-  EXPECT_FALSE(OneSidedReadFits(adxl::READ, kSameHostMinReadBytes, 1));          // a same-host request pays
+  EXPECT_TRUE(OneSidedReadFits(adxl::READ, 1 << 20, 1));  // no round trip for a 1 MiB READ either
+  EXPECT_TRUE(OneSidedReadFits(adxl::READ, kOneSidedMaxBytes, kOneSidedMaxDescriptors));
+  EXPECT_FALSE(OneSidedReadFits(adxl::READ, kOneSidedMaxBytes + 1, 1));  // might outlive the lease: a request
   EXPECT_FALSE(OneSidedReadFits(adxl::READ, 8 * 65, kOneSidedMaxDescriptors + 1));
-  EXPECT_FALSE(OneSidedReadFits(adxl::WRITE, 8, 1));                             // never writes the peer's memory
+  EXPECT_FALSE(OneSidedReadFits(adxl::WRITE, 8, 1));                     // never writes the peer's memory
+  // The lease bound fits the renewal margin even at 1 GB/s.
+  EXPECT_LT(kOneSidedMaxBytes / 1000, static_cast<uint64_t>(std::chrono::microseconds(kLeaseRenewMargin).count()));
+}
+
+TEST(PathPolicy, SameHostSplitsAtMostOncePerCoreInLargeParts) {
+  constexpr uint64_t kMiB = 1 << 20;
+  constexpr uint64_t part = kSameHostMinPartBytesDefault;
+  // 2 cores, 4 lanes: a 1 MiB call is one copy, no hand-off.
+  EXPECT_EQ(SameHostSplitParts(1 * kMiB, 4, 2, part), 1u);
+  EXPECT_EQ(SameHostSplitParts(2 * part - 1, 4, 2, part), 1u);
+  EXPECT_EQ(SameHostSplitParts(2 * part, 4, 2, part), 2u);
+  EXPECT_EQ(SameHostSplitParts(64 * kMiB, 4, 2, part), 2u);   // one part per core, not per lane
+  EXPECT_EQ(SameHostSplitParts(64 * kMiB, 4, 16, part), 4u);  // the lanes bound it
+  EXPECT_EQ(SameHostSplitParts(64 * kMiB, 4, 1, part), 1u);   // one core: never split
+  EXPECT_EQ(SameHostSplitParts(64 * kMiB, 1, 16, part), 1u);
+  EXPECT_EQ(SameHostSplitParts(64 * kMiB, 4, 16, 0), 1u);     // 0: never
+  EXPECT_EQ(SameHostSplitParts(64 * kMiB, 4, 16, 1ULL << 40), 1u);
+  EXPECT_EQ(SameHostSplitParts(3 * kMiB, 8, 16, kMiB), 3u);
+  // The split a link gets: its own rule.
+  TransportCaps shm, tcp;
+  shm.name = "shm";
+  tcp.name = "tcp";
+  const SplitRule two_cores{2, part};
+  EXPECT_EQ(PartsFor(shm, 1 * kMiB, 4, two_cores), 1u);
+  EXPECT_EQ(PartsFor(tcp, 1 * kMiB, 4, two_cores), 4u);  // TCP: lanes, not cores
 }
 
 TEST(PathPolicy, SplitOnlyWhenEveryPartStaysLarge) {

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -111,6 +112,62 @@ TEST_F(FakeLinks, ALargeTransferIsSplitIntoPartsThatRunAtOnce) {
   // Below the split threshold: one batch.
   ASSERT_EQ(Move(adxl::READ, 0, 64 << 10, &error), adxl::SUCCESS);
   EXPECT_EQ(link->Submitted(), 5u);
+}
+
+// The fake's bytes under the same-host path's name: the policy splits it by
+// the same-host rule (cores and part size), not by TCP's.
+class SameHostNamedLink : public TransportLink {
+ public:
+  explicit SameHostNamedLink(std::shared_ptr<FakeLink> inner) : inner_(std::move(inner)) {
+    caps_ = inner_->Caps();
+    caps_.name = "shm";
+  }
+  const TransportCaps &Caps() const override { return caps_; }
+  bool Usable() const override { return inner_->Usable(); }
+  TransportResult Submit(const TransferBatch &batch) override {
+    ++submitted;
+    if (batch.part) ++parts;
+    return inner_->Submit(batch);
+  }
+  void Shutdown() override { inner_->Shutdown(); }
+  std::atomic<int> submitted{0};
+  std::atomic<int> parts{0};  // batches marked as parts of a split transfer
+
+ private:
+  std::shared_ptr<FakeLink> inner_;
+  TransportCaps caps_;
+};
+
+TEST_F(FakeLinks, ASameHostTransferIsSplitAtMostOncePerCoreInLargeParts) {
+  auto link = std::make_shared<SameHostNamedLink>(FakeTo("server"));
+  pool_->SetLinks({link});
+  std::string error;
+  // 2 cores, the default part size (2 MiB): a 1 MiB READ and a 2 MiB WRITE
+  // stay whole (TCP's rule would cut both into 4 parts on these 4 lanes).
+  pool_->SetSplitRule(SplitRule{2, kSameHostMinPartBytesDefault});
+  ASSERT_EQ(Move(adxl::READ, 0, 1 << 20, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(0, memcmp(local_.data(), remote_.data(), 1 << 20));
+  ASSERT_EQ(Move(adxl::WRITE, 0, 2 << 20, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(link->submitted.load(), 2);
+  EXPECT_EQ(link->parts.load(), 0);
+  // 1 MiB parts on 2 cores: 4 MiB in 2 parts (one per core, not one per lane).
+  pool_->SetSplitRule(SplitRule{2, 1 << 20});
+  local_.assign(kBytes, 0);
+  ASSERT_EQ(Move(adxl::READ, 0, kBytes, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(local_, remote_);
+  EXPECT_EQ(link->submitted.load(), 4);
+  EXPECT_EQ(link->parts.load(), 2);
+  // 16 cores: the 4 lanes bound it.
+  pool_->SetSplitRule(SplitRule{16, 1 << 20});
+  local_.assign(kBytes, 0);
+  ASSERT_EQ(Move(adxl::READ, 0, kBytes, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(local_, remote_);
+  EXPECT_EQ(link->parts.load(), 6);
+  // One core: never split, whatever the size.
+  pool_->SetSplitRule(SplitRule{1, 64 << 10});
+  ASSERT_EQ(Move(adxl::READ, 0, kBytes, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(link->parts.load(), 6);
+  EXPECT_EQ(link->submitted.load(), 9);
 }
 
 TEST_F(FakeLinks, ADeclinedBatchGoesToTheNextLinkInThePolicysOrder) {

@@ -192,10 +192,12 @@ bool SameHostLink::TryOneSidedRead(const TransferBatch &batch) {
     remote.push_back({reinterpret_cast<void *>(s.remote), s.len});
   }
   const Deadline lease_end(lease->expiry);
-  // A short copy with no stream to shut down: a Cancel meanwhile completes the request when it returns.
+  // A copy with no stream to shut down (at most kOneSidedMaxBytes): a Cancel
+  // meanwhile stops it between process_vm_readv calls (the cancel flag) and
+  // completes the request when it returns.
   if (request != nullptr && !request->BeginIo(nullptr)) return false;
-  const int err =
-      peer_->CopyFrom(local.data(), local.size(), remote.data(), remote.size(), deadline.EarlierOf(lease_end));
+  const int err = peer_->CopyFrom(local.data(), local.size(), remote.data(), remote.size(),
+                                  deadline.EarlierOf(lease_end), request != nullptr ? request->CancelFlag() : nullptr);
   if (request != nullptr) request->EndIo(nullptr);
   if (err != 0) return false;
   const auto copied_at = Deadline::Clock::now();
@@ -240,8 +242,14 @@ TransportResult SameHostLink::Submit(const TransferBatch &batch) {
       result.error = "no answer from " + lanes_->PeerName() + " before the deadline (read lease renewal)";
       return result;
     }
-    result.declined = true;  // not listed (yet), or no lease: a request decides
-    return result;
+    // Not listed (yet), no lease, or the copy did not end within the lease:
+    // a request decides, ours where the same-host request pays (or for a
+    // part, which must not be declined), else TCP's. A canceled request
+    // stops there, before any I/O.
+    if (!batch.part && !SameHostPays(batch.op, batch.total_bytes, batch.count)) {
+      result.declined = true;
+      return result;
+    }
   }
   if (batch.op == adxl::WRITE && !write_hold_) {
     // A peer that does not honour write holds might copy from our buffers

@@ -10,8 +10,9 @@
 //     another are declined and go over TCP.
 //   - READ: a same-host request; the server validates and pins the ranges for
 //     a bounded lease, we copy out of its memory, then say Release.
-//   - small READ: under a standing read lease (the server lists its readable
-//     regions for a while), one process_vm_readv and no message at all.
+//   - READ of few descriptors, up to kOneSidedMaxBytes: under a standing read
+//     lease (the server lists its readable regions for a while), one
+//     process_vm_readv and no message at all; not covered: a request.
 // Which of these carries a batch, and when the TCP path is cheaper instead,
 // is the path policy's call (engine/path_policy.h: SameHostPays,
 // OneSidedReadFits); a batch the link cannot take (range not in the standing
@@ -76,7 +77,7 @@ class SameHostLink : public TransportLink {
   PeerProcess &Peer() { return *peer_; }
 
  private:
-  // Small READ as one process_vm_readv under the standing lease; false: not
+  // READ as one process_vm_readv under the standing lease; false: not
   // done (no lease, range not listed, copy failed, lease ran out).
   bool TryOneSidedRead(const TransferBatch &batch);
   // The current lease if it has some life left, renewing it when due (one
