@@ -60,8 +60,10 @@ class LaneLender {
                                            uint64_t request_id, Deadline deadline)>;
   virtual ~LaneLender() = default;
   virtual LaneResult RunChunks(const TransferBatch &batch, const ChunkIo &io) = 0;
-  // One request, not announced to any TransferRequest (lease renewals).
-  virtual LaneResult RunOnce(Deadline deadline, const LaneIo &io) = 0;
+  // One request (a lease renewal) on behalf of `request` when not null: its
+  // I/O is announced to it as in RunChunks, so that its Cancel (and with it
+  // Disconnect and Finalize) cuts a renewal a frozen peer never answers.
+  virtual LaneResult RunOnce(Deadline deadline, TransferRequest *request, const LaneIo &io) = 0;
   // Lanes it may have open at once (the parallelism a transfer can use).
   virtual size_t LaneCount() const = 0;
   virtual const std::string &PeerName() const = 0;

@@ -346,15 +346,18 @@ LaneResult LanePool::RunChunks(const TransferBatch &batch, const ChunkIo &io_fn)
   return result;
 }
 
-LaneResult LanePool::RunOnce(Deadline deadline, const LaneIo &io_fn) {
+LaneResult LanePool::RunOnce(Deadline deadline, TransferRequest *request, const LaneIo &io_fn) {
   LaneResult result;
   std::shared_ptr<ByteStream> stream;
-  Lane *lane = Acquire(deadline, &result.status, &result.error, &stream, nullptr, /*small=*/true);
+  Lane *lane = Acquire(deadline, &result.status, &result.error, &stream, request, /*small=*/true);
   if (lane == nullptr) return result;
   LaneGuard guard(this, lane);
+  IoScope io(this, lane, stream, request);
+  if (!io.Begin()) return CanceledResult();
   result = io_fn(*stream, next_request_id_.fetch_add(1));
-  if (result.broken) DropLane(lane, stream);
-  return result;
+  const bool cut = io.End();
+  if (result.broken && !cut) DropLane(lane, stream);
+  return cut ? CanceledResult() : result;
 }
 
 bool LanePool::HasUsableLink(const char *name) const {

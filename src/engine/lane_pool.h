@@ -89,7 +89,7 @@ class LanePool : public LaneLender {
 
   // LaneLender (transports run their requests on these lanes).
   LaneResult RunChunks(const TransferBatch &batch, const ChunkIo &io) override;
-  LaneResult RunOnce(Deadline deadline, const LaneIo &io) override;
+  LaneResult RunOnce(Deadline deadline, TransferRequest *request, const LaneIo &io) override;
   const std::string &PeerName() const override { return peer_name_; }
 
   // Wakes every blocked request and stops reconnecting; used by Disconnect/Finalize.

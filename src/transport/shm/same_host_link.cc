@@ -152,7 +152,7 @@ bool ReadLease::Covers(uintptr_t addr, uint64_t len) const {
   }
 }
 
-std::shared_ptr<const ReadLease> SameHostLink::UsableLease(Deadline deadline) {
+std::shared_ptr<const ReadLease> SameHostLink::UsableLease(Deadline deadline, TransferRequest *request) {
   const auto now = Deadline::Clock::now();
   {
     std::lock_guard lock(lease_mutex_);
@@ -161,7 +161,7 @@ std::shared_ptr<const ReadLease> SameHostLink::UsableLease(Deadline deadline) {
     lease_renewing_ = true;
   }
   auto fresh = std::make_shared<ReadLease>();
-  LaneResult r = lanes_->RunOnce(deadline, [&fresh, deadline](ByteStream &stream, uint64_t request_id) {
+  LaneResult r = lanes_->RunOnce(deadline, request, [&fresh, deadline](ByteStream &stream, uint64_t request_id) {
     return ExecuteLeaseRequest(stream, request_id, deadline, fresh.get());
   });
   std::lock_guard lock(lease_mutex_);
@@ -173,14 +173,15 @@ std::shared_ptr<const ReadLease> SameHostLink::UsableLease(Deadline deadline) {
   LOG_DEBUG("no standing read lease from %s (%s): small reads use requests for a while", lanes_->PeerName().c_str(),
             r.error.c_str());
   lease_.reset();
-  lease_retry_after_ = now + std::chrono::seconds(1);
+  // A canceled renewal says nothing about the peer: the next READ tries again.
+  if (request == nullptr || !request->CancelRequested()) lease_retry_after_ = now + std::chrono::seconds(1);
   return nullptr;
 }
 
 bool SameHostLink::TryOneSidedRead(const TransferBatch &batch) {
   const Deadline deadline = batch.deadline;
   TransferRequest *request = batch.request;
-  std::shared_ptr<const ReadLease> lease = UsableLease(deadline);
+  std::shared_ptr<const ReadLease> lease = UsableLease(deadline, request);
   if (!lease) return false;
   thread_local std::vector<iovec> local, remote;
   local.clear();

@@ -81,8 +81,9 @@ class SameHostLink : public TransportLink {
   // done (no lease, range not listed, copy failed, lease ran out).
   bool TryOneSidedRead(const TransferBatch &batch);
   // The current lease if it has some life left, renewing it when due (one
-  // renewal at a time; a failed one is retried after a pause).
-  std::shared_ptr<const ReadLease> UsableLease(Deadline deadline);
+  // renewal at a time, on behalf of `request`, whose Cancel cuts it; a failed
+  // one is retried after a pause).
+  std::shared_ptr<const ReadLease> UsableLease(Deadline deadline, TransferRequest *request);
 
   LaneLender *lanes_;
   std::shared_ptr<PeerProcess> peer_;
