@@ -313,7 +313,7 @@ TEST_P(AsyncTest, DisconnectWithARequestInFlightEndsItFailed) {
   // The lane is open before the peer stops (a lane opening to a stopped peer
   // is bounded by the request's own time, not by Disconnect).
   ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, 256u << 10}}, 10000));
-  ASSERT_TRUE(peer->Stop());
+  ASSERT_TRUE(peer->StopPastReadLease());
   adxl::TransferReq read = nullptr, write = nullptr;
   ASSERT_ST(adxl::SUCCESS, Async(*peer, adxl::READ, {{local.addr(), rr.addr, 4u << 20}}, &read));
   ASSERT_ST(adxl::SUCCESS, Async(*peer, adxl::WRITE, {{local.addr() + (4u << 20), rr.addr + (4u << 20), 4u << 20}},
@@ -362,7 +362,7 @@ TEST_P(AsyncTest, ATightPollingLoopSleepsInsteadOfSpinning) {
   const RemoteRegion rr = peer->region(0);
   GuardedBuffer local(1u << 20);
   ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, 256u << 10}}, 10000));
-  ASSERT_TRUE(peer->Stop());
+  ASSERT_TRUE(peer->StopPastReadLease());
   adxl::TransferArgs args;
   llmdd_ext::SetTransferTimeout(args, 400);
   adxl::TransferReq req = nullptr;
@@ -412,7 +412,7 @@ TEST_P(AsyncTest, ATimedOutReadNeverWritesItsBufferAfterThePeerResumes) {
   for (int round = 0; round < 8; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     auto local = std::make_unique<GuardedBuffer>(1u << 20);
-    ASSERT_TRUE(peer->Stop());
+    ASSERT_TRUE(peer->StopPastReadLease());
     adxl::TransferArgs args;
     llmdd_ext::SetTransferTimeout(args, 100);
     adxl::TransferReq req = nullptr;
@@ -449,7 +449,7 @@ TEST_P(AsyncTest, FinalizeWithARequestInFlightEndsItFailed) {
   const RemoteRegion rr = peer->region(0);
   GuardedBuffer local(4u << 20);
   ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), rr.addr, 256u << 10}}, 10000));
-  ASSERT_TRUE(peer->Stop());
+  ASSERT_TRUE(peer->StopPastReadLease());
   adxl::TransferReq req = nullptr;
   ASSERT_ST(adxl::SUCCESS, Async(*peer, adxl::READ, {{local.addr(), rr.addr, 4u << 20}}, &req));
   SleepMs(200);

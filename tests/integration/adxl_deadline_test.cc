@@ -34,10 +34,6 @@ namespace {
 constexpr int64_t kPollMs = 20000;
 constexpr size_t kBig = 16u << 20;  // split across lanes on both paths
 constexpr uint8_t kSentinel = 0xEE;
-// A same-host peer's standing read lease (wire::kStandingLeaseMs): for this
-// long after it stops, READs of its registered memory still succeed without
-// it (one-sided, see adxl_errors_test's ...FromAFrozenPeerWithinTheLease).
-constexpr uint32_t kStandingLeaseMs = 100;
 
 std::string Name(adxl::TransferStatus s) {
   switch (s) {
@@ -105,15 +101,6 @@ class DeadlineTest : public AdxlFixture, public ::testing::WithParamInterface<st
     o.engine_options.emplace_back("llmdd.PeerTimeoutMs", "30000");
     return StartPeer(o);
   }
- public:
-  // Stops `peer` and, on the same-host path, lets its standing read lease run
-  // out: from then on a READ needs the peer's answer, as over TCP.
-  bool Freeze(AdxlPeer &peer) {
-    if (!peer.Stop()) return false;
-    if (SameHost()) SleepMs(kStandingLeaseMs + 50);
-    return true;
-  }
- protected:
   ::testing::AssertionResult Client() {
     return InitClient({{"llmdd.PeerTimeoutMs", "30000"}, {"llmdd.HeartbeatIntervalMs", "1000"}});
   }
@@ -138,7 +125,7 @@ class DeadlineTest : public AdxlFixture, public ::testing::WithParamInterface<st
       return nullptr;
     }
     memset(in.data(), kSentinel, in.size());
-    if (SameHost() && !Freeze(*peer)) {
+    if (SameHost() && !peer->StopPastReadLease()) {
       ADD_FAILURE() << "could not stop the peer";
       return nullptr;
     }
@@ -181,7 +168,7 @@ TEST_P(DeadlineTest, ARequestWithoutADeadlineIsUnaffected) {
 
   // A peer frozen while one request has a deadline and another has none:
   // the first ends TIMEOUT, the second waits and completes once it resumes.
-  ASSERT_TRUE(Freeze(*peer));
+  ASSERT_TRUE(peer->StopPastReadLease());
   FillPattern(in.data(), in.size(), 0, 0);
   adxl::TransferReq patient = nullptr, hasty = nullptr;
   ASSERT_ST(adxl::SUCCESS, Async(*peer, adxl::READ, {{in.addr(), rr.addr, in.size()}}, 0, &patient));
@@ -304,7 +291,7 @@ void EndEveryRequestToAFrozenPeer(DeadlineTest *t, AdxlPeer *peer, adxl::AdxlEng
   memset(in.data(), kSentinel, in.size());
   constexpr uint64_t kAfter = 3402;
   FillPattern(out.data(), out.size(), 3401, 0);
-  ASSERT_TRUE(t->Freeze(*peer));
+  ASSERT_TRUE(peer->StopPastReadLease());
   std::vector<adxl::TransferReq> reqs;
   for (size_t k = 0; k < 4; ++k) {
     adxl::TransferArgs args;

@@ -405,7 +405,7 @@ TEST_P(HixlTest, BulkStatusInIdOrderWithMaxCountSkipWaitingAndUserData) {
   // A stopped peer: its requests stay WAITING. Without skip_waiting they are
   // reported WAITING and kept; with it they are left out.
   ASSERT_ST(hixl::SUCCESS, hixl_.TransferSync(peer->engine(), hixl::READ, {{local.addr(), rr.addr, 256u << 10}}, 10000));
-  ASSERT_TRUE(peer->Stop());
+  ASSERT_TRUE(peer->StopPastReadLease());
   hixl::TransferReq slow1 = nullptr, slow2 = nullptr;
   int t1 = 0, t2 = 0;
   ASSERT_ST(hixl::SUCCESS, Async(peer->id(), hixl::READ, {{local.addr(), rr.addr, 4u << 20}}, &slow1, &t1));
@@ -453,7 +453,7 @@ TEST_P(HixlTest, ADeadlineInTransferArgsEndsARequestTimeoutInBothQueries) {
   const RemoteRegion rr = peer->region(0);
   GuardedBuffer local(4u << 20);
   ASSERT_ST(hixl::SUCCESS, hixl_.TransferSync(peer->engine(), hixl::READ, {{local.addr(), rr.addr, 4096}}, 10000));
-  ASSERT_TRUE(peer->Stop());
+  ASSERT_TRUE(peer->StopPastReadLease());
   int tags[3];
   hixl::TransferReq reqs[3] = {};
   for (int k = 0; k < 3; ++k) {
@@ -502,7 +502,7 @@ TEST_P(HixlTest, ATightBulkPollingLoopSleepsInsteadOfSpinning) {
   const RemoteRegion rr = peer->region(0);
   GuardedBuffer local(1u << 20);
   ASSERT_ST(hixl::SUCCESS, hixl_.TransferSync(peer->engine(), hixl::READ, {{local.addr(), rr.addr, 4096}}, 10000));
-  ASSERT_TRUE(peer->Stop());
+  ASSERT_TRUE(peer->StopPastReadLease());
   hixl::TransferArgs args;
   llmdd_ext::SetTransferTimeout(args, 400);
   hixl::TransferReq req = nullptr;

@@ -66,6 +66,11 @@ inline int64_t MsSince(Clock::time_point t0) {
 
 inline void SleepMs(int64_t ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
+// A same-host requester may keep reading a peer's registered memory one-sidedly
+// for the standing read lease (wire::kStandingLeaseMs = 100 ms) after the peer
+// stops answering; tests that expect a stopped peer to time out wait this long first.
+constexpr int64_t kLeaseExpiryWaitMs = 200;
+
 // CPU time the calling thread has used, in ns (how busy a polling loop was).
 inline int64_t ThreadCpuNs() {
   timespec ts{};
@@ -906,6 +911,14 @@ class AdxlPeer {
     faulted_ = true;
     return proc_->Stop();
   }
+  // Stops the peer and waits out its standing read lease: from then on a
+  // READ of its memory needs its answer on every path (same-host READs of up
+  // to 16 MiB are one-sided within the lease).
+  bool StopPastReadLease() {
+    if (!Stop()) return false;
+    SleepMs(kLeaseExpiryWaitMs);
+    return true;
+  }
   void Continue() { proc_->Continue(); }
   // Waits until the peer stopped itself (a freeze fault of
   // LLMDD_FAULT_INJECTION); false when it did not within the time.
@@ -1035,10 +1048,6 @@ inline void Note(const std::string &what) {
 
 // Margin allowed on top of a call's own timeout before "it returned late" fails.
 constexpr int64_t kReturnMarginMs = 1500;
-// A same-host requester may keep reading a peer's registered memory one-sidedly
-// for the standing read lease (wire::kStandingLeaseMs = 100 ms) after the peer
-// stops answering; tests that expect a stopped peer to time out wait this long first.
-constexpr int64_t kLeaseExpiryWaitMs = 200;
 
 // Runs fn under a watchdog (hang -> the binary aborts with a message) and times it.
 inline Timed TimedCall(const std::string &what, int64_t watchdog_ms, const std::function<uint32_t()> &fn) {
