@@ -18,9 +18,9 @@
 //     so it is split into at most as many parts as this process has cores.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
-#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string_view>
