@@ -39,9 +39,16 @@ constexpr uint64_t kSameHostMinAvgDescriptor = 4 * 1024;
 // before it ends. The copy must end within the lease (else it is redone as a
 // request): kOneSidedMaxBytes copied at 1 GB/s, far below this host's worst
 // (docs/PERFORMANCE.md), take 16.8 ms, inside the renewal margin. Larger
-// READs lose nothing by a request: its round trip (~20-60 µs) is under 2% of
-// copying 16 MiB (~1.1 ms at 15 GB/s).
-constexpr size_t kOneSidedMaxDescriptors = 64;
+// READs lose little by a request: its round trip (~20-60 µs) is a few % of
+// copying 16 MiB (~1.1 ms at 15 GB/s). The descriptor cap is what one
+// process_vm_readv takes (IOV_MAX): a request costs more than its round trip
+// for many descriptors (the server validates and pins each), e.g. 65 x 16 KiB
+// took 113 µs as a request against 62 µs for 64 one-sided (KV pulls of a few
+// blocks per layer are such batches). Past kOneSidedAnySizeDescriptors the
+// descriptors must average kSameHostMinAvgDescriptor: the kernel pins every
+// remote iovec, and 512 x 8 B one-sided took 97 µs against 58 µs over TCP.
+constexpr size_t kOneSidedMaxDescriptors = 1024;
+constexpr size_t kOneSidedAnySizeDescriptors = 64;
 constexpr uint64_t kOneSidedMaxBytes = 16ULL << 20;
 constexpr std::chrono::milliseconds kLeaseRenewMargin{20};
 // A request of at most this many bytes never waits behind larger ones: when
@@ -97,7 +104,8 @@ inline bool SameHostPays(adxl::TransferOp op, uint64_t total_bytes, size_t count
 // A one-sided read (no message) is tried for this transfer (or for each of
 // its parts, when split).
 inline bool OneSidedReadFits(adxl::TransferOp op, uint64_t total_bytes, size_t count) {
-  return op == adxl::READ && count <= kOneSidedMaxDescriptors && total_bytes <= kOneSidedMaxBytes;
+  if (op != adxl::READ || count == 0 || count > kOneSidedMaxDescriptors || total_bytes > kOneSidedMaxBytes) return false;
+  return count <= kOneSidedAnySizeDescriptors || total_bytes / count >= kSameHostMinAvgDescriptor;
 }
 
 // TCP: how many parts (lanes at once) a transfer of `total_bytes` is split

@@ -10,11 +10,16 @@ namespace {
 
 TEST(PathPolicy, OneSidedReadForReadsOfFewDescriptorsUpToTheLeaseBound) {
   EXPECT_TRUE(OneSidedReadFits(adxl::READ, 8, 1));
-  EXPECT_TRUE(OneSidedReadFits(adxl::READ, kSameHostMinReadBytes - 1, kOneSidedMaxDescriptors));
+  EXPECT_TRUE(OneSidedReadFits(adxl::READ, kSameHostMinReadBytes - 1, kOneSidedAnySizeDescriptors));
   EXPECT_TRUE(OneSidedReadFits(adxl::READ, 1 << 20, 1));  // no round trip for a 1 MiB READ either
   EXPECT_TRUE(OneSidedReadFits(adxl::READ, kOneSidedMaxBytes, kOneSidedMaxDescriptors));
   EXPECT_FALSE(OneSidedReadFits(adxl::READ, kOneSidedMaxBytes + 1, 1));  // might outlive the lease: a request
-  EXPECT_FALSE(OneSidedReadFits(adxl::READ, 8 * 65, kOneSidedMaxDescriptors + 1));
+  EXPECT_FALSE(OneSidedReadFits(adxl::READ, 16 << 10, kOneSidedMaxDescriptors + 1));
+  // Many descriptors: one-sided when they are large enough to pay for pinning each (a KV pull's blocks).
+  EXPECT_TRUE(OneSidedReadFits(adxl::READ, 128 * (16 << 10), 128));
+  EXPECT_TRUE(OneSidedReadFits(adxl::READ, 8 * kOneSidedAnySizeDescriptors, kOneSidedAnySizeDescriptors));
+  EXPECT_FALSE(OneSidedReadFits(adxl::READ, 8 * 512, 512));  // tiny ones: the kernel pins each remote iovec
+  EXPECT_FALSE(OneSidedReadFits(adxl::READ, 0, 0));
   EXPECT_FALSE(OneSidedReadFits(adxl::WRITE, 8, 1));                     // never writes the peer's memory
   // The lease bound fits the renewal margin even at 1 GB/s.
   EXPECT_LT(kOneSidedMaxBytes / 1000, static_cast<uint64_t>(std::chrono::microseconds(kLeaseRenewMargin).count()));
