@@ -88,8 +88,6 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
         }
         return raw->OpenLane(wire::ConnRole::kDataLane, d, status, why, opening);
       });
-  static_assert(EngineConfig{}.same_host_min_part_bytes == kSameHostMinPartBytesDefault,
-                "llmdd.SameHostMinPartBytes's default is the policy's");
   channel->lanes_->SetSplitRule(SplitRule{UsableCores(), params.config.same_host_min_part_bytes});
   TransportPeer peer;
   peer.peer_name = params.remote_id;

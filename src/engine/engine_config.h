@@ -37,6 +37,10 @@ struct ChannelPoolConfig {
   double low_waterline = 0;
 };
 
+// llmdd.SameHostMinPartBytes's default: same-host parts of at least 2 MiB
+// (two parts pay from 4 MiB on 2 cores, docs/PERFORMANCE.md; path_policy.h).
+constexpr uint64_t kSameHostMinPartBytesDefault = 2ULL << 20;
+
 struct EngineConfig {
   uint32_t tcp_connections = 4;         // llmdd.TcpConnections: data lanes per peer [1, 64]
   uint32_t heartbeat_interval_ms = 1000; // llmdd.HeartbeatIntervalMs
@@ -61,7 +65,7 @@ struct EngineConfig {
   // llmdd.SameHostMinPartBytes [64 KiB, 1 TiB]: a same-host transfer is
   // split into parts of at least this many bytes, at most one per core and
   // per lane (path_policy.h, SameHostSplitParts); 1 TiB: never split.
-  uint64_t same_host_min_part_bytes = 2ULL << 20;
+  uint64_t same_host_min_part_bytes = kSameHostMinPartBytesDefault;
   // llmdd.BusyPollUs: spin-then-block of small reads [0, 10000] µs; process-wide,
   // applied only when given (-1: leave the current setting, 50 µs by default).
   int32_t busy_poll_us = -1;

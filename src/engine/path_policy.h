@@ -26,6 +26,7 @@
 #include <string_view>
 
 #include "adxl/adxl_types.h"
+#include "engine/engine_config.h"
 #include "transport/transport.h"
 
 namespace llmdd {
@@ -85,7 +86,7 @@ constexpr uint64_t kMinPartBytes = 256ULL << 10;
 // (ours for a READ, a server lane thread for a WRITE) plus a worker hand-off
 // and, for a request, its message exchange; measured on 2 cores
 // (docs/PERFORMANCE.md, "Same-host calls: split and one-sided READ").
-constexpr uint64_t kSameHostMinPartBytesDefault = 2ULL << 20;
+// The default, kSameHostMinPartBytesDefault, is the option's (engine_config.h).
 
 // How a pool splits transfers: the cores this process may run on
 // (UsableCores(), common/threads.h) and the same-host part size.
