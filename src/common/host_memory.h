@@ -9,6 +9,18 @@
 // Smaller allocations use ordinary pages. Sizes are rounded up to the page
 // size used.
 //
+// Shareable allocations. Without reserved huge pages, an allocation of at
+// least kShareableMinBytes is a shared mapping of a memfd (tmpfs, sealed
+// against shrinking, so a peer that maps it can never fault past its end),
+// and the descriptor stays open for the allocation's life: a same-host peer
+// that may read this process's memory anyway (ptrace permission, as
+// process_vm_readv needs) takes it with pidfd_getfd and maps it read-only, and
+// then reads registered ranges with plain memcpy (transport/shm/
+// peer_mappings.h). At most kMaxShareableAllocations are shareable at once
+// (each holds a descriptor); beyond, or where memfd_create fails, ordinary
+// private pages as before. A shareable allocation is MAP_SHARED: a child
+// forked after MallocMem shares it instead of getting a copy-on-write copy.
+//
 // Thread-safe; process-wide (the allocations outlive every engine).
 #pragma once
 
@@ -23,7 +35,24 @@ struct HostAllocation {
   void *addr = nullptr;
   size_t mapped = 0;     // bytes mapped (the size rounded up to the page size used)
   bool huge_tlb = false;  // from the reserved huge pages (MAP_HUGETLB)
+  int fd = -1;            // shareable: the memfd mapped at addr (else -1)
+  uint64_t serial = 0;    // shareable: unique in this process's life (never reused)
 };
+
+constexpr size_t kShareableMinBytes = 1u << 20;
+constexpr size_t kMaxShareableAllocations = 256;
+
+// Where the bytes [addr, addr + len) live when one shareable allocation holds
+// them all: its descriptor, serial and the file's identity (fstat), and the
+// offset of addr in the file.
+struct SharedBacking {
+  int fd = -1;
+  uint64_t serial = 0;
+  uint64_t offset = 0;
+  uint64_t inode = 0;
+  uint64_t device = 0;
+};
+bool FindSharedBacking(uintptr_t addr, uint64_t len, SharedBacking *out);
 
 // size == 0 or out == nullptr: kInvalid. No memory (or no mapping): kNoMemory.
 HostAllocStatus AllocateHostMemory(size_t size, HostAllocation *out);

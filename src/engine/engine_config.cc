@@ -187,6 +187,10 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       if (!SetBounded(key, value, 64ULL << 10, 1ULL << 40, &config->same_host_min_part_bytes, error)) {
         return adxl::PARAM_INVALID;
       }
+    } else if (key == kOptSameHostMapMaxBytes) {
+      if (!SetBounded(key, value, 0, 1ULL << 50, &config->same_host_map_max_bytes, error)) {
+        return adxl::PARAM_INVALID;
+      }
     } else if (key == kOptMaxPeerMessageBytes) {
       if (!SetBounded(key, value, 64 << 10, 64 << 20, &config->max_peer_message_bytes, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptMaxSessions) {

@@ -66,6 +66,12 @@ struct EngineConfig {
   // split into parts of at least this many bytes, at most one per core and
   // per lane (path_policy.h, SameHostSplitParts); 1 TiB: never split.
   uint64_t same_host_min_part_bytes = kSameHostMinPartBytesDefault;
+  // llmdd.SameHostMapMaxBytes [0, 1 PiB]: a same-host peer's shareable
+  // memory (its MallocMem allocations, common/host_memory.h) is mapped
+  // read-only here, up to this many bytes of address space per peer, and
+  // READs of it under the standing lease are plain memcpy
+  // (transport/shm/peer_mappings.h); 0: never mapped (process_vm_readv).
+  uint64_t same_host_map_max_bytes = 1ULL << 40;
   // llmdd.BusyPollUs: spin-then-block of small reads [0, 10000] µs; process-wide,
   // applied only when given (-1: leave the current setting, 50 µs by default).
   int32_t busy_poll_us = -1;
@@ -135,6 +141,7 @@ constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
 constexpr const char kOptTransport[] = "llmdd.Transport";
 constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";
 constexpr const char kOptSameHostMinPartBytes[] = "llmdd.SameHostMinPartBytes";
+constexpr const char kOptSameHostMapMaxBytes[] = "llmdd.SameHostMapMaxBytes";
 constexpr const char kOptMaxServeWaitMs[] = "llmdd.MaxServeWaitMs";
 constexpr const char kOptDeregisterGraceMs[] = "llmdd.DeregisterGraceMs";
 constexpr const char kOptMaxPeerMessageBytes[] = "llmdd.MaxPeerMessageBytes";

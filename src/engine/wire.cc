@@ -74,7 +74,8 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
       max_body = 0;
       break;
     case MsgType::kLeaseGrant:
-      max_body = kLeaseGrantHeader + 16ULL * kMaxLeaseRegions;
+      max_body = kLeaseGrantHeader + 16ULL * kMaxLeaseRegions + kLeaseMappingHeader +
+                 kLeaseMappingEntrySize * kMaxLeaseRegions;
       break;
     case MsgType::kReadRequest:
       max_body = kRangeBodyHeader + kSameHostRemainingSize + kSameHostEntrySize * kMaxRangesPerRequest;
@@ -278,7 +279,7 @@ std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_
   return "";
 }
 
-std::string EncodeLeaseGrant(const std::vector<Range> &regions) {
+std::string EncodeLeaseGrant(const std::vector<Range> &regions, const std::vector<LeaseMapping> *mappings) {
   BodyWriter w;
   w.U32(static_cast<uint32_t>(regions.size()));
   w.U32(0);
@@ -286,18 +287,43 @@ std::string EncodeLeaseGrant(const std::vector<Range> &regions) {
     w.U64(r.addr);
     w.U64(r.len);
   }
+  if (mappings != nullptr) {
+    w.U32(static_cast<uint32_t>(mappings->size()));
+    w.U32(0);
+    for (const LeaseMapping &m : *mappings) {
+      w.U32(m.range_index);
+      w.U32(m.fd);
+      w.U64(m.serial);
+      w.U64(m.offset);
+      w.U64(m.inode);
+      w.U64(m.device);
+    }
+  }
   return w.Data();
 }
 
-bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions) {
+bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions, std::vector<LeaseMapping> *mappings) {
   BodyReader r(body.data(), body.size());
   uint32_t count = 0, reserved = 0;
-  if (!r.U32(&count) || !r.U32(&reserved) || count > kMaxLeaseRegions ||
-      body.size() != kLeaseGrantHeader + 16ULL * count)
-    return false;
+  if (!r.U32(&count) || !r.U32(&reserved) || count > kMaxLeaseRegions) return false;
+  const uint64_t ranges_end = kLeaseGrantHeader + 16ULL * count;
+  if (body.size() < ranges_end || (mappings == nullptr && body.size() != ranges_end)) return false;
   regions->resize(count);
   for (Range &range : *regions) {
     if (!r.U64(&range.addr) || !r.U64(&range.len)) return false;
+  }
+  if (mappings == nullptr) return true;
+  mappings->clear();
+  if (body.size() == ranges_end) return true;  // a server that predates the trailer
+  uint32_t map_count = 0;
+  if (!r.U32(&map_count) || !r.U32(&reserved) || map_count > count ||
+      body.size() != ranges_end + kLeaseMappingHeader + kLeaseMappingEntrySize * map_count)
+    return false;
+  mappings->resize(map_count);
+  for (LeaseMapping &m : *mappings) {
+    if (!r.U32(&m.range_index) || !r.U32(&m.fd) || !r.U64(&m.serial) || !r.U64(&m.offset) || !r.U64(&m.inode) ||
+        !r.U64(&m.device) || m.range_index >= count)
+      return false;
   }
   return true;
 }

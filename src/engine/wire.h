@@ -184,6 +184,16 @@ constexpr uint32_t kMaxLeaseMs = 10000;
 constexpr uint32_t kStandingLeaseMs = 100;
 constexpr uint32_t kMaxLeaseRegions = 4096;
 constexpr uint64_t kLeaseGrantHeader = 8;
+// LeaseRequest flag: the requester can map shared memory. A server that knows
+// it appends to the LeaseGrant body, after the ranges, `count u32, reserved
+// u32, (range_index u32, fd u32, serial u64, offset u64, inode u64, device u64)
+// x count`: listed range range_index lives at `offset` in the memfd the server
+// holds at descriptor `fd` (identity inode/device from fstat; serial names the
+// allocation, unique in the server's life). Servers that predate the flag
+// ignore it and send no trailer; a requester that did not set it gets none.
+constexpr uint32_t kFlagLeaseMappings = 1U << 0;
+constexpr uint64_t kLeaseMappingHeader = 8;
+constexpr uint64_t kLeaseMappingEntrySize = 40;
 
 // Bounds that the decoder enforces before allocating.
 constexpr uint32_t kMaxRangesPerRequest = 65536;
@@ -287,7 +297,18 @@ struct Range {
   uint64_t len;
 };
 
-std::string EncodeLeaseGrant(const std::vector<Range> &regions);
+// Where a listed range lives in the server's memory (kFlagLeaseMappings).
+struct LeaseMapping {
+  uint32_t range_index = 0;
+  uint32_t fd = 0;
+  uint64_t serial = 0;
+  uint64_t offset = 0;
+  uint64_t inode = 0;
+  uint64_t device = 0;
+};
+
+// `mappings` non-null: the trailer is appended (possibly with no entry).
+std::string EncodeLeaseGrant(const std::vector<Range> &regions, const std::vector<LeaseMapping> *mappings = nullptr);
 
 struct Notify {
   std::string name;
@@ -297,8 +318,12 @@ std::string EncodeNotify(const Notify &notify);
 // False when malformed: cut short, or a field over kMaxNotifyField. Trailing
 // bytes are ignored (a later revision may append fields).
 bool DecodeNotify(const std::string &body, Notify *out);
-// False if malformed (count beyond kMaxLeaseRegions or not matching the length).
-bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions);
+// False if malformed (count beyond kMaxLeaseRegions or not matching the length;
+// a trailer, when `mappings` is given, with more entries than ranges, a
+// range_index out of range, or not matching the length). Without `mappings`
+// no trailer is accepted; with it, a body without one decodes to none.
+bool DecodeLeaseGrant(const std::string &body, std::vector<Range> *regions,
+                      std::vector<LeaseMapping> *mappings = nullptr);
 
 // Little-endian integers at a byte address, whatever the host's byte order
 // (written so that compilers merge them into single loads/stores).

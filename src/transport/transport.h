@@ -107,6 +107,9 @@ struct TransportPeer {
   // Same-host: the session granted wire::kCapWriteHold (writes carry a hold
   // the peer honours). Without it the same-host link carries no WRITE.
   bool write_hold = false;
+  // Same-host: how many bytes of the peer's shareable memory we may map
+  // (llmdd.SameHostMapMaxBytes; 0: none).
+  uint64_t map_max_bytes = 0;
   // What the peer advertised for this transport (its LocalMetadata).
   std::string metadata;
 };

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -19,6 +20,8 @@
 #include "common/sync_point.h"
 #include "engine/lane.h"
 #include "engine/path_policy.h"
+#include "common/host_memory.h"
+#include "transport/shm/peer_mappings.h"
 #include "transport/shm/same_host_link.h"
 #include "transport/shm/connection_owner.h"
 #include "transport/tcp/tcp_stream.h"
@@ -713,6 +716,145 @@ TEST(CmaLane, TheRequesterSendsItsRemainingTimeLessAMargin) {
       EXPECT_GT(remaining_ns, whole - margin - 200000000) << "the request took 200 ms to send?";
     }
   }
+}
+
+}  // namespace
+}  // namespace llmdd
+
+namespace llmdd {
+namespace {
+
+// A standing lease over shareable host memory (MallocMem's, host_memory.h)
+// says where it lives; the requester maps it once and reads it with memcpy.
+TEST(SameHostMappings, ALeaseMapsShareableMemoryAndReadsItThroughTheMapping) {
+  HostAllocation a;
+  ASSERT_EQ(AllocateHostMemory(4u << 20, &a), HostAllocStatus::kOk);
+  if (a.huge_tlb) {
+    FreeHostMemory(a.addr);
+    GTEST_SKIP() << "reserved huge pages: MallocMem memory is not shareable here";
+  }
+  ASSERT_GE(a.fd, 0);
+  auto *bytes = static_cast<uint8_t *>(a.addr);
+  for (size_t i = 0; i < a.mapped; ++i) bytes[i] = static_cast<uint8_t>(i * 7 + 3);
+  const uintptr_t shared_addr = reinterpret_cast<uintptr_t>(bytes) + 4096;
+  const size_t shared_len = 1u << 20;
+  std::vector<char> plain(8192, 'P');  // ordinary memory: listed, not mappable
+  MemoryRegistry registry;
+  registry.Add(shared_addr, shared_len, 1);
+  registry.Add(reinterpret_cast<uintptr_t>(plain.data()), plain.size(), 2);
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  TcpStream requester(fds[0], "requester"), server(fds[1], "server");
+  std::thread serving([&] {
+    ServeContext ctx;
+    ctx.registry = &registry;
+    ctx.peer = "peer";
+    ctx.same_host = SelfPeer();
+    ServeLane(server, ctx);
+  });
+  // Not asked for: no trailer (what a requester that predates it gets).
+  ReadLease plain_lease;
+  ASSERT_EQ(ExecuteLeaseRequest(requester, 4, Deadline::AfterMs(2000), &plain_lease).status, adxl::SUCCESS);
+  EXPECT_FALSE(plain_lease.any_mapped);
+  EXPECT_EQ(plain_lease.regions.size(), 2U);
+
+  ReadLease lease;
+  std::vector<wire::LeaseMapping> listed;
+  LaneResult r = ExecuteLeaseRequest(requester, 5, Deadline::AfterMs(2000), &lease, &listed);
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  ASSERT_EQ(listed.size(), 1U);  // the plain vector has no shared backing
+  EXPECT_EQ(listed[0].fd, static_cast<uint32_t>(a.fd));
+  EXPECT_EQ(listed[0].serial, a.serial);
+  EXPECT_EQ(listed[0].offset, 4096U);
+  EXPECT_FALSE(lease.any_mapped);  // listed, not mapped yet
+
+  PeerMappings mappings(1ULL << 30);
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  mappings.Attach(*self, listed, &lease);
+  ASSERT_TRUE(lease.any_mapped);
+  EXPECT_EQ(mappings.MappedBytes(), a.mapped);  // the whole file, once
+  const uint8_t *source = lease.MappedSource(shared_addr + 100, 64);
+  ASSERT_NE(source, nullptr);
+  EXPECT_NE(source, bytes + 4096 + 100);  // our own read-only mapping of the file
+  EXPECT_EQ(memcmp(source, bytes + 4096 + 100, 64), 0);
+  bytes[4096 + 100] ^= 0xFF;  // shared, not a snapshot
+  EXPECT_EQ(source[0], bytes[4096 + 100]);
+  EXPECT_NE(lease.MappedSource(shared_addr, shared_len), nullptr);
+  EXPECT_EQ(lease.MappedSource(shared_addr, shared_len + 1), nullptr);  // past the registration
+  EXPECT_EQ(lease.MappedSource(shared_addr - 1, 2), nullptr);
+  EXPECT_EQ(lease.MappedSource(reinterpret_cast<uintptr_t>(plain.data()), 8), nullptr);
+  EXPECT_TRUE(lease.Covers(reinterpret_cast<uintptr_t>(plain.data()), 8));  // still readable, with the kernel
+
+  // The next lease reuses the mapping (same serial), the old lease keeps its own alive.
+  ReadLease again;
+  std::vector<wire::LeaseMapping> listed_again;
+  ASSERT_EQ(ExecuteLeaseRequest(requester, 6, Deadline::AfterMs(2000), &again, &listed_again).status,
+            adxl::SUCCESS);
+  mappings.Attach(*self, listed_again, &again);
+  EXPECT_EQ(again.MappedSource(shared_addr + 100, 64), source);
+  EXPECT_EQ(mappings.MappedBytes(), a.mapped);
+  requester.Shutdown();
+  serving.join();
+  FreeHostMemory(a.addr);
+  EXPECT_EQ(source[0], static_cast<uint8_t>((4096 + 100) * 7 + 3) ^ 0xFF);  // our mapping outlives the free
+}
+
+// What the requester checks before it maps a descriptor a peer named.
+TEST(SameHostMappings, OnlySealedTmpfsFilesAsListedAndWithinTheCapAreMapped) {
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  auto make_memfd = [](size_t size, bool seal) {
+    const int fd = memfd_create("t", MFD_CLOEXEC | (seal ? MFD_ALLOW_SEALING : 0));
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(size)), 0);
+    if (seal) EXPECT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    return fd;
+  };
+  auto identity = [](int fd, wire::LeaseMapping *m) {
+    struct stat st {};
+    ASSERT_EQ(fstat(fd, &st), 0);
+    m->fd = static_cast<uint32_t>(fd);
+    m->inode = st.st_ino;
+    m->device = st.st_dev;
+  };
+  // Maps entry `m` for one listed region of `len` bytes: whether it was mapped.
+  uint64_t serial = 100;
+  auto maps = [&](wire::LeaseMapping m, uint64_t len, uint64_t cap) {
+    PeerMappings mappings(cap);
+    ReadLease lease;
+    lease.regions = {{0x10000, len, nullptr, 0}};
+    lease.Seal();
+    m.range_index = 0;
+    m.serial = ++serial;
+    mappings.Attach(*self, {m}, &lease);
+    return lease.regions[0].mapped != nullptr && lease.any_mapped;
+  };
+  const int good = make_memfd(1 << 20, true);
+  wire::LeaseMapping m;
+  identity(good, &m);
+  EXPECT_TRUE(maps(m, 4096, 1ULL << 30));
+  m.offset = (1 << 20) - 4096;
+  EXPECT_TRUE(maps(m, 4096, 1ULL << 30));
+  EXPECT_FALSE(maps(m, 4097, 1ULL << 30));  // past the end of the file
+  m.offset = 0;
+  EXPECT_FALSE(maps(m, 4096, (1 << 20) - 1));  // over llmdd.SameHostMapMaxBytes
+  EXPECT_FALSE(maps(m, 4096, 0));              // mapping off
+  wire::LeaseMapping wrong = m;
+  wrong.inode += 1;
+  EXPECT_FALSE(maps(wrong, 4096, 1ULL << 30));  // the descriptor holds another file
+  wrong = m;
+  wrong.fd = 1000000;
+  EXPECT_FALSE(maps(wrong, 4096, 1ULL << 30));  // no such descriptor
+  const int unsealed = make_memfd(1 << 20, false);
+  identity(unsealed, &m);
+  EXPECT_FALSE(maps(m, 4096, 1ULL << 30));  // could shrink under our reads (SIGBUS)
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  identity(pipe_fds[0], &m);
+  EXPECT_FALSE(maps(m, 4096, 1ULL << 30));  // not a regular file
+  close(pipe_fds[0]);
+  close(pipe_fds[1]);
+  close(unsealed);
+  close(good);
 }
 
 }  // namespace

@@ -292,9 +292,45 @@ TEST(WireLease, GrantRoundTripsAndIsBounded) {
   // Header bounds: a request has no body, a grant at most kMaxLeaseRegions entries.
   EXPECT_EQ(CheckHeader(Header(MsgType::kLeaseRequest, 0)), "");
   EXPECT_NE(CheckHeader(Header(MsgType::kLeaseRequest, 1)), "");
-  EXPECT_EQ(CheckHeader(Header(MsgType::kLeaseGrant, kLeaseGrantHeader + 16ULL * kMaxLeaseRegions)), "");
-  EXPECT_NE(CheckHeader(Header(MsgType::kLeaseGrant, kLeaseGrantHeader + 16ULL * kMaxLeaseRegions + 1)), "");
+  // (with the mapping trailer, kFlagLeaseMappings, one entry per region at most).
+  const uint64_t max_grant = kLeaseGrantHeader + 16ULL * kMaxLeaseRegions + kLeaseMappingHeader +
+                             kLeaseMappingEntrySize * kMaxLeaseRegions;
+  EXPECT_EQ(CheckHeader(Header(MsgType::kLeaseGrant, max_grant)), "");
+  EXPECT_NE(CheckHeader(Header(MsgType::kLeaseGrant, max_grant + 1)), "");
   EXPECT_NE(CheckHeader(Header(MsgType::kLeaseGrant, 8, 1)), "");  // no payload
+}
+
+TEST(WireLease, MappingTrailerOnlyWhenAskedForAndBoundedByTheRanges) {
+  const std::vector<Range> regions = {{0x1000, 4096}, {0x200000, 1ULL << 20}};
+  const std::vector<LeaseMapping> mappings = {{1, 7, 42, 4096, 1234, 56}};
+  const std::string body = EncodeLeaseGrant(regions, &mappings);
+  std::vector<Range> back;
+  std::vector<LeaseMapping> mapped_back;
+  ASSERT_TRUE(DecodeLeaseGrant(body, &back, &mapped_back));
+  ASSERT_EQ(back.size(), 2U);
+  ASSERT_EQ(mapped_back.size(), 1U);
+  EXPECT_EQ(mapped_back[0].range_index, 1U);
+  EXPECT_EQ(mapped_back[0].fd, 7U);
+  EXPECT_EQ(mapped_back[0].serial, 42U);
+  EXPECT_EQ(mapped_back[0].offset, 4096U);
+  EXPECT_EQ(mapped_back[0].inode, 1234U);
+  EXPECT_EQ(mapped_back[0].device, 56U);
+  // A requester that did not ask accepts no trailer (an older one would not).
+  EXPECT_FALSE(DecodeLeaseGrant(body, &back));
+  // A server that predates the trailer sends none: no mapping, still a lease.
+  mapped_back.assign(3, LeaseMapping{});
+  ASSERT_TRUE(DecodeLeaseGrant(EncodeLeaseGrant(regions), &back, &mapped_back));
+  EXPECT_TRUE(mapped_back.empty());
+  // An empty trailer is fine; a cut or longer one, an index past the ranges
+  // or more entries than ranges are malformed.
+  const std::vector<LeaseMapping> none;
+  EXPECT_TRUE(DecodeLeaseGrant(EncodeLeaseGrant(regions, &none), &back, &mapped_back));
+  EXPECT_FALSE(DecodeLeaseGrant(body.substr(0, body.size() - 1), &back, &mapped_back));
+  EXPECT_FALSE(DecodeLeaseGrant(body + "x", &back, &mapped_back));
+  const std::vector<LeaseMapping> past = {{2, 7, 42, 0, 1, 1}};
+  EXPECT_FALSE(DecodeLeaseGrant(EncodeLeaseGrant(regions, &past), &back, &mapped_back));
+  const std::vector<LeaseMapping> too_many = {{0, 1, 1, 0, 1, 1}, {1, 1, 2, 0, 1, 1}, {1, 1, 3, 0, 1, 1}};
+  EXPECT_FALSE(DecodeLeaseGrant(EncodeLeaseGrant(regions, &too_many), &back, &mapped_back));
 }
 
 }  // namespace

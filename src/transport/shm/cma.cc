@@ -1,5 +1,6 @@
 #include "transport/shm/cma.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -249,6 +250,22 @@ bool PeerProcess::Alive() {
     return false;
   }
   return true;
+}
+
+int PeerProcess::DuplicateDescriptor(uint32_t fd) {
+  if (Gone() || fd > static_cast<uint32_t>(INT32_MAX)) {
+    errno = Gone() ? ESRCH : EBADF;
+    return -1;
+  }
+#ifdef SYS_pidfd_getfd
+  // The kernel checks PTRACE_MODE_ATTACH_REALCREDS, the right process_vm_readv needs.
+  const int dup = static_cast<int>(syscall(SYS_pidfd_getfd, pidfd_, static_cast<int>(fd), 0));
+  if (dup >= 0) fcntl(dup, F_SETFD, FD_CLOEXEC);  // pidfd_getfd sets it too; said here for older kernels' sake
+  return dup;
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
 }
 
 void PeerProcess::MarkGone(const char *reason) {

@@ -123,6 +123,11 @@ class PeerProcess {
                Deadline deadline = Deadline::Never(), const std::atomic<bool> *cancel = nullptr,
                const std::function<bool()> &abandoned = nullptr, const HoldWord *hold = nullptr);
 
+  // A descriptor of ours for the peer's descriptor `fd` (pidfd_getfd: the
+  // same file, opened as the peer opened it; close-on-exec), or -1 with errno.
+  // Nothing about the file is checked here: the caller does.
+  int DuplicateDescriptor(uint32_t fd);
+
   // Asks the kernel (pidfd) whether the process still lives; false once it
   // has exited (and forever after).
   bool Alive();

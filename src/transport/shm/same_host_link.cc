@@ -91,12 +91,14 @@ LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, cons
   return result;
 }
 
-LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease) {
+LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease,
+                               std::vector<wire::LeaseMapping> *mappings) {
   const auto sent_at = Deadline::Clock::now();
   MsgHeader header;
   header.version = stream.ProtocolVersion();
   header.type = static_cast<uint16_t>(MsgType::kLeaseRequest);
   header.request_id = request_id;
+  header.flags = mappings != nullptr ? wire::kFlagLeaseMappings : 0;
   IoStatus io = stream.Write(&header, sizeof(header), deadline);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "sending lease request to");
   MsgHeader reply;
@@ -104,7 +106,7 @@ LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline
   LaneResult result = ReadAnswer(stream, MsgType::kLeaseGrant, request_id, deadline, &reply, &body);
   if (result.status != adxl::SUCCESS || result.broken) return result;
   std::vector<wire::Range> ranges;
-  if (!wire::DecodeLeaseGrant(body, &ranges)) {
+  if (!wire::DecodeLeaseGrant(body, &ranges, mappings)) {
     result.status = adxl::FAILED;
     result.broken = true;
     result.error = "peer " + stream.PeerName() + " sent a malformed lease";
@@ -118,15 +120,39 @@ LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline
   // Counted from before our request, so the lease ends here no later than on the server.
   lease->expiry = sent_at + std::chrono::milliseconds(std::min<uint32_t>(reply.flags, wire::kStandingLeaseMs));
   lease->regions.clear();
-  lease->max_len = 0;
-  for (const wire::Range &r : ranges) {
-    if (r.len == 0 || r.addr + r.len < r.addr) continue;  // unusable entries are ignored
-    lease->regions.push_back({static_cast<uintptr_t>(r.addr), r.len});
-    lease->max_len = std::max(lease->max_len, r.len);
-  }
-  std::sort(lease->regions.begin(), lease->regions.end(),
-            [](const ReadLease::Region &a, const ReadLease::Region &b) { return a.addr < b.addr; });
+  for (size_t i = 0; i < ranges.size(); ++i)
+    lease->regions.push_back({static_cast<uintptr_t>(ranges[i].addr), ranges[i].len, nullptr, static_cast<uint32_t>(i)});
+  lease->Seal();
   return result;
+}
+
+void ReadLease::Seal() {
+  regions.erase(std::remove_if(regions.begin(), regions.end(),
+                               [](const Region &r) {  // unusable entries are ignored
+                                 uintptr_t end = 0;
+                                 return r.len == 0 || __builtin_add_overflow(r.addr, r.len, &end);
+                               }),
+                regions.end());
+  std::sort(regions.begin(), regions.end(), [](const Region &a, const Region &b) { return a.addr < b.addr; });
+  max_len = 0;
+  any_mapped = false;
+  for (const Region &r : regions) {
+    max_len = std::max(max_len, r.len);
+    any_mapped = any_mapped || r.mapped != nullptr;
+  }
+}
+
+const uint8_t *ReadLease::MappedSource(uintptr_t addr, uint64_t len) const {
+  uintptr_t end = 0;
+  if (len == 0 || __builtin_add_overflow(addr, len, &end)) return nullptr;
+  auto it = std::upper_bound(regions.begin(), regions.end(), addr,
+                             [](uintptr_t a, const Region &r) { return a < r.addr; });
+  while (it != regions.begin()) {
+    --it;
+    if (addr - it->addr >= max_len) break;
+    if (it->mapped != nullptr && end - it->addr <= it->len) return it->mapped + (addr - it->addr);
+  }
+  return nullptr;
 }
 
 bool ReadLease::Covers(uintptr_t addr, uint64_t len) const {
@@ -161,9 +187,15 @@ std::shared_ptr<const ReadLease> SameHostLink::UsableLease(Deadline deadline, Tr
     lease_renewing_ = true;
   }
   auto fresh = std::make_shared<ReadLease>();
-  LaneResult r = lanes_->RunOnce(deadline, request, [&fresh, deadline](ByteStream &stream, uint64_t request_id) {
-    return ExecuteLeaseRequest(stream, request_id, deadline, fresh.get());
+  std::vector<wire::LeaseMapping> listed;
+  std::vector<wire::LeaseMapping> *want = mappings_.Enabled() ? &listed : nullptr;
+  LaneResult r = lanes_->RunOnce(deadline, request, [&fresh, deadline, want](ByteStream &stream, uint64_t request_id) {
+    return ExecuteLeaseRequest(stream, request_id, deadline, fresh.get(), want);
   });
+  if (r.status == adxl::SUCCESS) {
+    // Mapping what is new takes a pidfd_getfd and an mmap per allocation, once.
+    if (!listed.empty()) mappings_.Attach(*peer_, listed, fresh.get());
+  }
   std::lock_guard lock(lease_mutex_);
   lease_renewing_ = false;
   if (r.status == adxl::SUCCESS) {
@@ -183,6 +215,7 @@ bool SameHostLink::TryOneSidedRead(const TransferBatch &batch) {
   TransferRequest *request = batch.request;
   std::shared_ptr<const ReadLease> lease = UsableLease(deadline, request);
   if (!lease) return false;
+  if (lease->any_mapped && MappedRead(*lease, batch)) return true;
   thread_local std::vector<iovec> local, remote;
   local.clear();
   remote.clear();
@@ -208,6 +241,41 @@ bool SameHostLink::TryOneSidedRead(const TransferBatch &batch) {
   return true;
 }
 
+bool SameHostLink::MappedRead(const ReadLease &lease, const TransferBatch &batch) {
+  thread_local std::vector<const uint8_t *> sources;
+  sources.clear();
+  for (size_t i = 0; i < batch.count; ++i) {
+    const uint8_t *source = lease.MappedSource(batch.segs[i].remote, batch.segs[i].len);
+    if (source == nullptr) return false;  // process_vm_readv (or a request) reads it
+    sources.push_back(source);
+  }
+  // The file may outlive the trust (the process exited, our mapping holds
+  // the pages): no copy once the peer is known gone, as for process_vm_readv.
+  if (peer_->Gone()) return false;
+  TransferRequest *request = batch.request;
+  const std::atomic<bool> *cancel = request != nullptr ? request->CancelFlag() : nullptr;
+  // No stream to shut down: Cancel and the deadline are looked at every
+  // kMaxBytesPerCall bytes, as between process_vm_readv calls.
+  if (request != nullptr && !request->BeginIo(nullptr)) return false;
+  bool stopped = false;
+  uint64_t since_check = 0;
+  for (size_t i = 0; i < batch.count && !stopped; ++i) {
+    const Segment &s = batch.segs[i];
+    memcpy(reinterpret_cast<void *>(s.local), sources[i], s.len);
+    since_check += s.len;
+    if (since_check >= kMaxBytesPerCall) {
+      since_check = 0;
+      stopped = (cancel != nullptr && cancel->load(std::memory_order_relaxed)) || batch.deadline.Expired() ||
+                Deadline::Clock::now() >= lease.expiry;
+    }
+  }
+  if (request != nullptr) request->EndIo(nullptr);
+  if (stopped) return false;
+  const auto copied_at = Deadline::Clock::now();
+  if (copied_at >= lease.expiry) return false;  // not copied entirely while the regions were leased
+  if (request != nullptr && request->total_bytes == batch.total_bytes) request->ended_at = copied_at;
+  return true;
+}
 
 const TransportCaps &SameHostTransport::StaticCaps() {
   static const TransportCaps caps = [] {
@@ -227,7 +295,7 @@ std::shared_ptr<TransportLink> SameHostTransport::Connect(const TransportPeer &p
     *error = "peer " + peer.peer_name + " was not verified for the same-host path";
     return nullptr;
   }
-  return std::make_shared<SameHostLink>(peer.lanes, peer.same_host, peer.write_hold);
+  return std::make_shared<SameHostLink>(peer.lanes, peer.same_host, peer.write_hold, peer.map_max_bytes);
 }
 
 TransportResult SameHostLink::Submit(const TransferBatch &batch) {

@@ -26,22 +26,34 @@
 
 #include "engine/lane.h"
 #include "transport/shm/cma.h"
+#include "transport/shm/peer_mappings.h"
 #include "transport/transport.h"
 
 namespace llmdd {
 
 // A standing read lease held by a same-host requester (wire::kLeaseGrant):
 // until `expiry` (our clock, counted from before the request) it may copy out
-// of the listed server regions with process_vm_readv, no message needed.
+// of the listed server regions with process_vm_readv, no message needed, or
+// with memcpy from our read-only mapping of a region that lives in the
+// server's shareable memory (peer_mappings.h).
 struct ReadLease {
   struct Region {
     uintptr_t addr;
     uint64_t len;
+    const uint8_t *mapped = nullptr;  // where the byte at addr is in our mapping, if mapped
+    uint32_t listed_as = 0;           // its index in the LeaseGrant (wire::LeaseMapping::range_index)
   };
   Deadline::Clock::time_point expiry{};
   std::vector<Region> regions;  // sorted by addr
   uint64_t max_len = 0;
+  bool any_mapped = false;
+  std::vector<std::shared_ptr<const MappedFile>> mappings;  // kept alive while the lease lives
+  // Drops unusable entries (empty, wrapping), sorts by address, notes the
+  // longest and whether any is mapped.
+  void Seal();
   bool Covers(uintptr_t addr, uint64_t len) const;
+  // Our mapped copy of [addr, addr + len) when one mapped region holds it all, else null.
+  const uint8_t *MappedSource(uintptr_t addr, uint64_t len) const;
 };
 
 // Sends one same-host Read or Write request for `count` (<=
@@ -54,8 +66,11 @@ LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, cons
                                    bool write_hold = false, const std::atomic<bool> *cancel = nullptr);
 
 // Asks the server (a same-host peer) for a standing read lease. UNSUPPORTED:
-// it grants none (too many regions); the lane stays usable.
-LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease);
+// it grants none (too many regions); the lane stays usable. With `mappings`,
+// asks where its listed ranges live in shareable memory too (an older server
+// lists none): PeerMappings::Attach maps them into the lease.
+LaneResult ExecuteLeaseRequest(ByteStream &stream, uint64_t request_id, Deadline deadline, ReadLease *lease,
+                               std::vector<wire::LeaseMapping> *mappings = nullptr);
 
 class SameHostTransport : public Transport {
  public:
@@ -67,8 +82,9 @@ class SameHostTransport : public Transport {
 
 class SameHostLink : public TransportLink {
  public:
-  SameHostLink(LaneLender *lanes, std::shared_ptr<PeerProcess> peer, bool write_hold = false)
-      : lanes_(lanes), peer_(std::move(peer)), write_hold_(write_hold) {}
+  SameHostLink(LaneLender *lanes, std::shared_ptr<PeerProcess> peer, bool write_hold = false,
+               uint64_t map_max_bytes = 0)
+      : lanes_(lanes), peer_(std::move(peer)), write_hold_(write_hold), mappings_(map_max_bytes) {}
   const TransportCaps &Caps() const override { return SameHostTransport::StaticCaps(); }
   // While the verified process is still trusted (it ends for good when it is gone).
   bool Usable() const override { return !shut_down_.load() && !peer_->Gone(); }
@@ -84,11 +100,15 @@ class SameHostLink : public TransportLink {
   // renewal at a time, on behalf of `request`, whose Cancel cuts it; a failed
   // one is retried after a pause).
   std::shared_ptr<const ReadLease> UsableLease(Deadline deadline, TransferRequest *request);
+  // The READ's bytes with memcpy from our mappings; false: not done (a range
+  // not mapped, canceled, deadline).
+  bool MappedRead(const ReadLease &lease, const TransferBatch &batch);
 
   LaneLender *lanes_;
   std::shared_ptr<PeerProcess> peer_;
   const bool write_hold_;  // the peer honours write holds: WRITEs may take this path
   std::atomic<bool> shut_down_{false};
+  PeerMappings mappings_;
   std::mutex lease_mutex_;
   std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_
   bool lease_renewing_ = false;

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "common/host_memory.h"
 #include "common/log.h"
 #include "common/sync_point.h"
 #include "transport/fault_injection.h"
@@ -111,7 +112,21 @@ bool ServeLeaseRequest(ByteStream &stream, const MsgHeader &header, const ServeC
   std::vector<wire::Range> ranges;
   ranges.reserve(granted.size());
   for (const auto &g : granted) ranges.push_back({static_cast<uint64_t>(g.addr), g.len});
-  const std::string body = wire::EncodeLeaseGrant(ranges);
+  // The requester maps shared memory: say where the listed ranges that live in
+  // shareable host memory (MallocMem, common/host_memory.h) are, so it reads
+  // them with memcpy. It takes the descriptor with pidfd_getfd, which needs
+  // the same ptrace right over us as process_vm_readv: nothing new is exposed.
+  std::vector<wire::LeaseMapping> mappings;
+  const bool wants_mappings = (header.flags & wire::kFlagLeaseMappings) != 0;
+  if (wants_mappings) {
+    for (size_t i = 0; i < granted.size(); ++i) {
+      SharedBacking backing;
+      if (!FindSharedBacking(granted[i].addr, granted[i].len, &backing)) continue;
+      mappings.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(backing.fd), backing.serial,
+                          backing.offset, backing.inode, backing.device});
+    }
+  }
+  const std::string body = wire::EncodeLeaseGrant(ranges, wants_mappings ? &mappings : nullptr);
   MsgHeader reply;
   reply.version = stream.ProtocolVersion();
   reply.type = static_cast<uint16_t>(MsgType::kLeaseGrant);
