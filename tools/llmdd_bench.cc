@@ -203,6 +203,11 @@ inline void CompilerBarrier() { asm volatile("" ::: "memory"); }
 
 // ------------------------------------------------------------------ memory
 
+// --mallocmem: every buffer (ours and the peers') comes from
+// AdxlEngine::MallocMem, the memory a same-host peer maps and reads with
+// memcpy (docs/PERFORMANCE.md), instead of a private anonymous mapping.
+bool g_malloc_mem = false;
+
 // Anonymous mapping, optionally advised for transparent huge pages (the
 // analogue of device memory allocated huge-page-only), optionally prefaulted.
 class Buffer {
@@ -215,6 +220,14 @@ class Buffer {
     Release();
     bytes_ = std::max<uint64_t>(bytes, 4096);
     bytes_ = (bytes_ + 2 * kMiB - 1) / (2 * kMiB) * (2 * kMiB);
+    malloced_ = g_malloc_mem;
+    if (malloced_) {
+      void *m = nullptr;
+      if (adxl::AdxlEngine::MallocMem(adxl::MEM_HOST, bytes_, &m) != adxl::SUCCESS) return false;
+      p_ = static_cast<uint8_t *>(m);
+      if (prefault) memset(p_, fill, bytes_);
+      return true;
+    }
     void *p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
       p_ = nullptr;
@@ -226,7 +239,13 @@ class Buffer {
     return true;
   }
   void Release() {
-    if (p_ != nullptr) munmap(p_, bytes_);
+    if (p_ != nullptr) {
+      if (malloced_) {
+        adxl::AdxlEngine::FreeMem(p_);
+      } else {
+        munmap(p_, bytes_);
+      }
+    }
     p_ = nullptr;
     bytes_ = 0;
   }
@@ -237,6 +256,7 @@ class Buffer {
  private:
   uint8_t *p_ = nullptr;
   uint64_t bytes_ = 0;
+  bool malloced_ = false;
 };
 
 // ------------------------------------------------------------------ options
@@ -389,6 +409,8 @@ void Usage(FILE *out) {
           "                       default; 1024G = never split)\n"
           "  --timeout-ms N       TransferSync / llm.SyncKvCacheWaitTime timeout (default 30000)\n"
           "  --no-hugepages       do not madvise(MADV_HUGEPAGE) the buffers\n"
+          "  --mallocmem          every buffer (both sides) from AdxlEngine::MallocMem: memory a same-host\n"
+          "                       peer maps and reads with memcpy (llmdd.SameHostMapMaxBytes)\n"
           "  --quick              small sweep that takes seconds\n"
           "byte checks: every engine, kv (pull/push), async and cma point checks the bytes of its first and\n"
           "  last call; a wrong byte fails the point (an \"error\" record, no figure) and the exit status is 1\n"
@@ -472,7 +494,8 @@ int ParseArgs(int argc, char **argv, Options *opt) {
     return kExitUsage;
   }
   std::map<std::string, std::string> given;
-  static const std::set<std::string> kFlags = {"--json", "--quick", "--no-hugepages", "--progress", "--no-progress"};
+  static const std::set<std::string> kFlags = {"--json", "--quick", "--no-hugepages", "--progress", "--no-progress",
+                                               "--mallocmem"};
   static const std::set<std::string> kValued = {
       "--transport",   "--sizes",       "--batches",      "--threads",      "--points",      "--ops",
       "--layout",      "--time",        "--warmup",       "--min-iters",    "--max-iters",   "--max-call-bytes",
@@ -509,6 +532,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   opt->quick = given.count("--quick") != 0;
   opt->json = given.count("--json") != 0;
   opt->hugepages = given.count("--no-hugepages") == 0;
+  g_malloc_mem = given.count("--mallocmem") != 0;
   if (given.count("--no-progress") != 0) opt->progress = 0;
   if (given.count("--progress") != 0) opt->progress = 1;
   if (opt->mode == "engine" || opt->mode == "cma") opt->ops = {"read", "write"};
@@ -1284,6 +1308,7 @@ std::vector<std::string> PeerCommonArgs(const Options &opt, const std::string &t
   if (opt.busy_poll_us >= 0) a.insert(a.end(), {"--busy-poll-us", std::to_string(opt.busy_poll_us)});
   if (opt.peer_timeout_ms > 0) a.insert(a.end(), {"--peer-timeout-ms", std::to_string(opt.peer_timeout_ms)});
   if (!opt.hugepages) a.push_back("--no-hugepages");
+  if (g_malloc_mem) a.push_back("--mallocmem");
   return a;
 }
 
@@ -2038,6 +2063,8 @@ int ServeMain(int argc, char **argv) {
       so.busy_poll_us = atoi(next().c_str());
     } else if (a == "--no-hugepages") {
       so.hugepages = false;
+    } else if (a == "--mallocmem") {
+      g_malloc_mem = true;
     } else if (a == "--bytes") {
       ParseSize(next(), &so.bytes);
     } else if (a == "--cache") {

@@ -95,6 +95,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   if (forward_same_host) peer.same_host = channel->server_process_;
   peer.write_hold = (ack.capabilities & wire::kCapWriteHold) != 0;
   peer.map_max_bytes = params.config.same_host_map_max_bytes;
+  peer.metrics = params.metrics;
   std::vector<std::shared_ptr<TransportLink>> links = params.transports->Connect(peer, ack.transports, deadline);
   PeerFacts &facts = channel->facts_;
   facts.library_version = ack.library_version;

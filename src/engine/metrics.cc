@@ -169,6 +169,10 @@ void EngineMetrics::Snapshot(MetricsSnapshot *out) const {
     out->cache_transfers[d] += load(cache_transfers_[d]);
   }
   out->links = load(links_);
+  for (size_t h = 0; h < 2; ++h) {
+    out->one_sided_reads[h] += load(one_sided_reads_[h]);
+    out->one_sided_read_bytes[h] += load(one_sided_read_bytes_[h]);
+  }
 }
 
 // ---------------------------------------------------------------- rendering
@@ -314,6 +318,15 @@ std::string RenderPrometheus(const MetricsSnapshot &s) {
   p.Header("llmdd_refusals_total", "counter",
            "Peer connections and requests this engine's serving side refused, by reason.");
   for (size_t r = 0; r < kRefusals; ++r) p.Line("llmdd_refusals_total", L("reason", kRefusalNames[r]), s.refusals[r]);
+  p.Header("llmdd_same_host_one_sided_reads_total", "counter",
+           "Same-host READs (or parts) copied under the standing read lease, no message, by how they copied.");
+  for (size_t h = 0; h < 2; ++h)
+    p.Line("llmdd_same_host_one_sided_reads_total", L("path", kOneSidedPathNames[h]), s.one_sided_reads[h]);
+  p.Header("llmdd_same_host_one_sided_read_bytes_total", "counter",
+           "Bytes of those READs, by how they copied.");
+  for (size_t h = 0; h < 2; ++h)
+    p.Line("llmdd_same_host_one_sided_read_bytes_total", L("path", kOneSidedPathNames[h]),
+           s.one_sided_read_bytes[h]);
   p.Single("llmdd_sessions", "gauge", "Peers connected to this engine's server.", s.sessions);
   p.Single("llmdd_channels", "gauge", "Connections this engine holds to peers.", s.channels);
   p.Single("llmdd_lanes", "gauge", "Data lanes open, to peers and from peers.", s.lanes);
@@ -410,6 +423,10 @@ std::string RenderJson(const MetricsSnapshot &s) {
   num("reconnects", s.reconnects);
   o += "\"refusals\":{";
   for (size_t r = 0; r < kRefusals; ++r) num(kRefusalNames[r], s.refusals[r], r + 1 < kRefusals);
+  o += "},\"same_host_one_sided_reads\":{";
+  for (size_t h = 0; h < 2; ++h) num(kOneSidedPathNames[h], s.one_sided_reads[h], h + 1 < 2);
+  o += "},\"same_host_one_sided_read_bytes\":{";
+  for (size_t h = 0; h < 2; ++h) num(kOneSidedPathNames[h], s.one_sided_read_bytes[h], h + 1 < 2);
   o += "},\"gauges\":{";
   num("sessions", s.sessions);
   num("channels", s.channels);

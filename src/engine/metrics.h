@@ -83,6 +83,11 @@ constexpr const char *kRefusalNames[kRefusals] = {"auth", "cap", "range", "right
 enum Direction : uint8_t { kPull = 0, kPush = 1 };
 constexpr const char *kDirectionNames[2] = {"pull", "push"};
 
+// How a same-host READ under the standing lease copied (no message): with the
+// kernel, or with memcpy from our mapping of the peer's shareable memory.
+enum OneSidedPath : uint8_t { kKernelCopy = 0, kMapped = 1 };
+constexpr const char *kOneSidedPathNames[2] = {"process_vm_readv", "mapped"};
+
 }  // namespace metrics
 
 // What one finished transfer reports (Engine fills it from its request).
@@ -114,6 +119,8 @@ struct MetricsSnapshot {
   uint64_t links_ended = 0;
   uint64_t blocks[2] = {};           // pulled, pushed (PullKvBlocks / PushKvBlocks)
   uint64_t cache_transfers[2] = {};  // PullKvCache / PushKvCache and the Blocks calls that succeeded
+  uint64_t one_sided_reads[2] = {};       // same-host READs (or parts) under the standing lease, by OneSidedPath
+  uint64_t one_sided_read_bytes[2] = {};
   // Gauges, read at snapshot time.
   uint64_t sessions = 0;         // peers connected to our server
   uint64_t channels = 0;         // our connections to peers
@@ -145,6 +152,10 @@ class EngineMetrics {
   void CountBlocks(metrics::Direction direction, uint64_t blocks) { Add(&blocks_[direction], blocks); }
   void CountCacheTransfer(metrics::Direction direction) { Add(&cache_transfers_[direction]); }
   void SetLinks(uint64_t links) { links_.store(links, std::memory_order_relaxed); }
+  void CountOneSidedRead(metrics::OneSidedPath path, uint64_t bytes) {
+    Add(&one_sided_reads_[path]);
+    Add(&one_sided_read_bytes_[path], bytes);
+  }
 
   // Sums every counter into *out (the gauges are left as they are).
   void Snapshot(MetricsSnapshot *out) const;
@@ -172,6 +183,8 @@ class EngineMetrics {
   std::atomic<uint64_t> blocks_[2] = {};
   std::atomic<uint64_t> cache_transfers_[2] = {};
   std::atomic<uint64_t> links_{0};
+  std::atomic<uint64_t> one_sided_reads_[2] = {};
+  std::atomic<uint64_t> one_sided_read_bytes_[2] = {};
 };
 
 // The snapshot in the Prometheus text exposition format (version 0.0.4):

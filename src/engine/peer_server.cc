@@ -539,6 +539,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       if (both_ways) peer.same_host = session->same_host;
       peer.write_hold = session->write_hold;
       peer.map_max_bytes = config_.same_host_map_max_bytes;
+      peer.metrics = metrics_;
       session->reverse->SetLinks(transports_->Connect(peer, session->transports, Deadline::AfterMs(200)));
       first = true;
     } else if (session->lazy_reverse) {

@@ -46,6 +46,7 @@ namespace llmdd {
 class TransferRequest;  // engine/transfer_request.h: completion and cancel of one request
 class PeerProcess;      // transport/shm/cma.h: a same-host peer process we verified
 class LaneLender;
+class EngineMetrics;    // engine/metrics.h
 
 // One contiguous piece of a transfer: `len` bytes between this engine's
 // `local` address and the peer's `remote` address.
@@ -110,6 +111,8 @@ struct TransportPeer {
   // Same-host: how many bytes of the peer's shareable memory we may map
   // (llmdd.SameHostMapMaxBytes; 0: none).
   uint64_t map_max_bytes = 0;
+  // Where the link counts what it does (engine/metrics.h; null: not counted).
+  EngineMetrics *metrics = nullptr;
   // What the peer advertised for this transport (its LocalMetadata).
   std::string metadata;
 };

@@ -11,6 +11,7 @@
 #include "llmdd/extensions.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -799,6 +800,97 @@ TEST_P(TransferTest, PeerAsClientReadsAndWritesTestProcessMemory) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, TransferTest, ::testing::ValuesIn(AllTransports()), TransportName);
+
+// ---------------------------------------------------------------------------------
+// READs of MallocMem memory: a same-host requester maps it (read-only, through
+// pidfd_getfd) and copies with memcpy; "shm-unmapped" turns that off
+// (llmdd.SameHostMapMaxBytes=0: process_vm_readv as for any other memory).
+// ---------------------------------------------------------------------------------
+class MallocMemReadTest : public TransferBase, public ::testing::WithParamInterface<std::string> {
+ protected:
+  void SetUp() override { UseTransport(Mapped() || GetParam() == "shm-unmapped" ? "shm" : GetParam()); }
+  bool Mapped() const { return GetParam() == "shm"; }
+  // How many READs copied under the standing lease, by path ("mapped" or "process_vm_readv").
+  uint64_t OneSidedReads(const char *path) {
+    const char *raw = nullptr;
+    if (llmdd_ext::GetMetricsJson(engine_, raw) != adxl::SUCCESS) return UINT64_MAX;
+    const std::string json = raw;
+    const std::string key = "\"same_host_one_sided_reads\":{";
+    size_t at = json.find(key);
+    if (at == std::string::npos) return UINT64_MAX;
+    at = json.find(std::string("\"") + path + "\":", at);
+    return at == std::string::npos ? UINT64_MAX : std::strtoull(json.c_str() + at + strlen(path) + 3, nullptr, 10);
+  }
+};
+
+std::vector<std::string> MallocMemReadParams() {
+  std::vector<std::string> params;
+  for (const std::string &t : AllTransports()) {
+    params.push_back(t);
+    if (t == "shm") params.push_back("shm-unmapped");
+  }
+  return params;
+}
+
+std::string MallocMemParamName(const ::testing::TestParamInfo<std::string> &info) {
+  std::string name = info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
+TEST_P(MallocMemReadTest, ReadsAreExactFollowWritesAndEndWithTheRegistration) {
+  AdxlPeer::Options o;
+  o.size = 4096;
+  o.seed = 800;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  std::vector<std::pair<std::string, std::string>> opts;
+  if (GetParam() == "shm-unmapped") opts.emplace_back("llmdd.SameHostMapMaxBytes", "0");
+  ASSERT_TRUE(InitClient(opts));
+  ASSERT_TRUE(ConnectTo(*peer));
+  const size_t kSize = 4u << 20;
+  const int idx = peer->RegisterMalloced(kSize, 900);
+  ASSERT_GE(idx, 0) << peer->last_error();
+  const uintptr_t remote = peer->region(idx).addr;
+  GuardedBuffer local(kSize);
+  // One descriptor of several sizes and offsets, then a scattered batch.
+  const std::vector<std::pair<size_t, size_t>> singles = {{100, 8}, {4097, 64u << 10}, {1u << 20, 1u << 20},
+                                                          {0, kSize}};
+  for (const auto &single : singles) {
+    SCOPED_TRACE("offset " + std::to_string(single.first) + ", " + std::to_string(single.second) + " bytes");
+    std::memset(local.data(), 0, single.second);
+    ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), remote + single.first, single.second}}, 10000));
+    ASSERT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), single.second, 900, single.first));
+  }
+  std::vector<adxl::TransferOpDesc> batch;
+  for (size_t k = 0; k < 200; ++k) batch.push_back({local.addr() + k * 4096, remote + (199 - k) * 8192 + 3, 4096});
+  std::memset(local.data(), 0, kSize);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, batch, 10000));
+  for (size_t k = 0; k < 200; ++k)
+    ASSERT_EQ(SIZE_MAX, FindPatternMismatch(local.data() + k * 4096, 4096, 900, (199 - k) * 8192 + 3)) << k;
+  // What the peer writes into its memory is what the next READ sees.
+  ASSERT_TRUE(peer->Fill(idx, 901));
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), remote + 12345, 1u << 20}}, 10000));
+  ASSERT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), 1u << 20, 901, 12345));
+  if (GetParam() == "shm") {
+    EXPECT_GE(OneSidedReads("mapped"), 6U);  // every READ above
+    EXPECT_EQ(OneSidedReads("process_vm_readv"), 0U);
+  } else if (GetParam() == "shm-unmapped") {
+    EXPECT_EQ(OneSidedReads("mapped"), 0U);
+    EXPECT_GE(OneSidedReads("process_vm_readv"), 6U);
+  } else if (GetParam() == "tcp") {
+    EXPECT_EQ(OneSidedReads("mapped"), 0U);
+    EXPECT_EQ(OneSidedReads("process_vm_readv"), 0U);
+  }
+  // Once DeregisterMem returned on the peer, no READ reaches its memory.
+  ASSERT_EQ(adxl::SUCCESS, peer->Deregister(idx));
+  std::memset(local.data(), 0x5A, 8);
+  EXPECT_ST(adxl::PARAM_INVALID, Xfer(*peer, adxl::READ, {{local.addr(), remote + 100, 8}}, 5000));
+  EXPECT_EQ(local.data()[0], 0x5A);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, MallocMemReadTest, ::testing::ValuesIn(MallocMemReadParams()),
+                         MallocMemParamName);
 
 }  // namespace
 }  // namespace itest

@@ -800,6 +800,12 @@ class AdxlPeer {
     return static_cast<int>(regions_.size()) - 1;
   }
 
+  // Like Register, in memory from AdxlEngine::MallocMem (shareable with
+  // same-host peers, common/host_memory.h); returns its index or -1.
+  int RegisterMalloced(size_t size, uint64_t seed) {
+    return ReadRegionLines("MALLOCREG " + std::to_string(size) + " " + std::to_string(seed), 1);
+  }
+
   // One allocation of 2*size bytes registered as two adjacent regions; returns the
   // index of the first (the second is +1) or -1.
   int RegisterSplit(size_t size, uint64_t seed) {

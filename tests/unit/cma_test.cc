@@ -806,7 +806,9 @@ TEST(SameHostMappings, OnlySealedTmpfsFilesAsListedAndWithinTheCapAreMapped) {
     const int fd = memfd_create("t", MFD_CLOEXEC | (seal ? MFD_ALLOW_SEALING : 0));
     EXPECT_GE(fd, 0);
     EXPECT_EQ(ftruncate(fd, static_cast<off_t>(size)), 0);
-    if (seal) EXPECT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    if (seal) {
+      EXPECT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    }
     return fd;
   };
   auto identity = [](int fd, wire::LeaseMapping *m) {

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "common/log.h"
+#include "engine/metrics.h"
 #include "engine/path_policy.h"
 #include "engine/transfer_request.h"
 #include "engine/wire.h"
@@ -215,7 +216,6 @@ bool SameHostLink::TryOneSidedRead(const TransferBatch &batch) {
   TransferRequest *request = batch.request;
   std::shared_ptr<const ReadLease> lease = UsableLease(deadline, request);
   if (!lease) return false;
-  if (lease->any_mapped && MappedRead(*lease, batch)) return true;
   thread_local std::vector<iovec> local, remote;
   local.clear();
   remote.clear();
@@ -238,42 +238,66 @@ bool SameHostLink::TryOneSidedRead(const TransferBatch &batch) {
   if (copied_at >= lease->expiry) return false;  // not copied entirely while the regions were leased
   // The reading doubles as the request's end for its record (saves a clock read on the smallest calls).
   if (request != nullptr && request->total_bytes == batch.total_bytes) request->ended_at = copied_at;
+  if (metrics_ != nullptr) metrics_->CountOneSidedRead(metrics::kKernelCopy, batch.total_bytes);
   return true;
 }
 
-bool SameHostLink::MappedRead(const ReadLease &lease, const TransferBatch &batch) {
-  thread_local std::vector<const uint8_t *> sources;
-  sources.clear();
-  for (size_t i = 0; i < batch.count; ++i) {
-    const uint8_t *source = lease.MappedSource(batch.segs[i].remote, batch.segs[i].len);
-    if (source == nullptr) return false;  // process_vm_readv (or a request) reads it
-    sources.push_back(source);
-  }
-  // The file may outlive the trust (the process exited, our mapping holds
-  // the pages): no copy once the peer is known gone, as for process_vm_readv.
-  if (peer_->Gone()) return false;
+bool SameHostLink::TryMappedRead(const TransferBatch &batch) {
   TransferRequest *request = batch.request;
+  std::shared_ptr<const ReadLease> lease = UsableLease(batch.deadline, request);
+  if (!lease || !lease->any_mapped) return false;
+  // Everything mapped, or nothing done here (process_vm_readv or a request reads it).
+  for (size_t i = 0; i < batch.count; ++i)
+    if (lease->MappedSource(batch.segs[i].remote, batch.segs[i].len) == nullptr) return false;
   const std::atomic<bool> *cancel = request != nullptr ? request->CancelFlag() : nullptr;
-  // No stream to shut down: Cancel and the deadline are looked at every
-  // kMaxBytesPerCall bytes, as between process_vm_readv calls.
+  // No stream to shut down: Cancel and the deadline are looked at between
+  // chunks of kMaxBytesPerCall bytes, as between process_vm_readv calls.
   if (request != nullptr && !request->BeginIo(nullptr)) return false;
-  bool stopped = false;
-  uint64_t since_check = 0;
-  for (size_t i = 0; i < batch.count && !stopped; ++i) {
-    const Segment &s = batch.segs[i];
-    memcpy(reinterpret_cast<void *>(s.local), sources[i], s.len);
-    since_check += s.len;
-    if (since_check >= kMaxBytesPerCall) {
-      since_check = 0;
-      stopped = (cancel != nullptr && cancel->load(std::memory_order_relaxed)) || batch.deadline.Expired() ||
-                Deadline::Clock::now() >= lease.expiry;
+  // Chunk by chunk, each copied entirely within one lease (the server holds
+  // back deregistration until that lease ends), renewing the lease between
+  // chunks when it is due: a copy of any size, never one that outlives its lease.
+  bool done = true;
+  size_t seg = 0;
+  uint64_t seg_off = 0;
+  while (seg < batch.count) {
+    if ((cancel != nullptr && cancel->load(std::memory_order_relaxed)) || batch.deadline.Expired() ||
+        peer_->Gone()) {  // the file may outlive the trust: no copy once the peer is known gone
+      done = false;
+      break;
+    }
+    if (Deadline::Clock::now() + kLeaseRenewMargin >= lease->expiry) {
+      lease = UsableLease(batch.deadline, request);
+      if (!lease) {
+        done = false;
+        break;
+      }
+    }
+    // One chunk: up to kMaxBytesPerCall bytes from where we are, sources from this lease.
+    uint64_t chunk_bytes = 0;
+    while (seg < batch.count && chunk_bytes < kMaxBytesPerCall) {
+      const Segment &s = batch.segs[seg];
+      const uint64_t n = std::min<uint64_t>(s.len - seg_off, kMaxBytesPerCall - chunk_bytes);
+      const uint8_t *source = lease->MappedSource(s.remote + seg_off, n);
+      if (source == nullptr) break;  // no longer listed (deregistered meanwhile): a request says why
+      memcpy(reinterpret_cast<void *>(s.local + seg_off), source, n);
+      chunk_bytes += n;
+      seg_off += n;
+      if (seg_off == s.len) {
+        ++seg;
+        seg_off = 0;
+      }
+    }
+    if (chunk_bytes == 0 || Deadline::Clock::now() >= lease->expiry) {
+      // Not listed, or not copied entirely while leased: this chunk is not trusted.
+      done = false;
+      break;
     }
   }
   if (request != nullptr) request->EndIo(nullptr);
-  if (stopped) return false;
+  if (!done) return false;
   const auto copied_at = Deadline::Clock::now();
-  if (copied_at >= lease.expiry) return false;  // not copied entirely while the regions were leased
   if (request != nullptr && request->total_bytes == batch.total_bytes) request->ended_at = copied_at;
+  if (metrics_ != nullptr) metrics_->CountOneSidedRead(metrics::kMapped, batch.total_bytes);
   return true;
 }
 
@@ -295,7 +319,8 @@ std::shared_ptr<TransportLink> SameHostTransport::Connect(const TransportPeer &p
     *error = "peer " + peer.peer_name + " was not verified for the same-host path";
     return nullptr;
   }
-  return std::make_shared<SameHostLink>(peer.lanes, peer.same_host, peer.write_hold, peer.map_max_bytes);
+  return std::make_shared<SameHostLink>(peer.lanes, peer.same_host, peer.write_hold, peer.map_max_bytes,
+                                        peer.metrics);
 }
 
 TransportResult SameHostLink::Submit(const TransferBatch &batch) {
@@ -304,6 +329,9 @@ TransportResult SameHostLink::Submit(const TransferBatch &batch) {
     result.declined = true;
     return result;
   }
+  // A READ of memory the peer shares with us (its MallocMem memory, mapped
+  // here read-only): memcpy under the standing lease, whatever its size.
+  if (batch.op == adxl::READ && mappings_.Enabled() && TryMappedRead(batch)) return result;
   if (OneSidedReadFits(batch.op, batch.total_bytes, batch.count)) {
     if (TryOneSidedRead(batch)) return result;
     if (batch.deadline.Expired()) {  // renewing the lease took the whole time: the peer does not answer

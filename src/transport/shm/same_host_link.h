@@ -83,8 +83,8 @@ class SameHostTransport : public Transport {
 class SameHostLink : public TransportLink {
  public:
   SameHostLink(LaneLender *lanes, std::shared_ptr<PeerProcess> peer, bool write_hold = false,
-               uint64_t map_max_bytes = 0)
-      : lanes_(lanes), peer_(std::move(peer)), write_hold_(write_hold), mappings_(map_max_bytes) {}
+               uint64_t map_max_bytes = 0, EngineMetrics *metrics = nullptr)
+      : lanes_(lanes), peer_(std::move(peer)), write_hold_(write_hold), mappings_(map_max_bytes), metrics_(metrics) {}
   const TransportCaps &Caps() const override { return SameHostTransport::StaticCaps(); }
   // While the verified process is still trusted (it ends for good when it is gone).
   bool Usable() const override { return !shut_down_.load() && !peer_->Gone(); }
@@ -100,15 +100,18 @@ class SameHostLink : public TransportLink {
   // renewal at a time, on behalf of `request`, whose Cancel cuts it; a failed
   // one is retried after a pause).
   std::shared_ptr<const ReadLease> UsableLease(Deadline deadline, TransferRequest *request);
-  // The READ's bytes with memcpy from our mappings; false: not done (a range
-  // not mapped, canceled, deadline).
-  bool MappedRead(const ReadLease &lease, const TransferBatch &batch);
+  // READ of any size whose every range lies in the peer's shareable memory
+  // that we mapped (peer_mappings.h): memcpy, chunk by chunk, each chunk
+  // within one standing lease (renewed between chunks); false: not done (a
+  // range not mapped, lease lost, canceled, deadline): the caller goes on.
+  bool TryMappedRead(const TransferBatch &batch);
 
   LaneLender *lanes_;
   std::shared_ptr<PeerProcess> peer_;
   const bool write_hold_;  // the peer honours write holds: WRITEs may take this path
   std::atomic<bool> shut_down_{false};
   PeerMappings mappings_;
+  EngineMetrics *const metrics_;  // may be null
   std::mutex lease_mutex_;
   std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_
   bool lease_renewing_ = false;

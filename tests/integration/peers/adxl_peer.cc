@@ -18,6 +18,9 @@
 //                                               equal the pattern seed at pos0, pos0+8, ... (bytes a
 //                                               write of a buffer with that pattern would leave)
 //     REGISTER <size> <seed>                 -> REGION ... | ERR <status>
+//     MALLOCREG <size> <seed>                -> REGION ... | ERR <status>: like REGISTER, in memory
+//                                               from AdxlEngine::MallocMem (shareable with
+//                                               same-host peers; never freed before exit)
 //     SPLITREG <size> <seed>                 -> two REGION lines: one allocation of 2*size
 //                                               registered as two adjacent regions
 //                                               (seeds seed and seed+1)
@@ -217,6 +220,18 @@ void Serve(const std::vector<std::string> &t) {
     itest::FillPattern(p, size, seed, 0);
     size_t idx = 0;
     uint32_t st = AddRegion(p, size, seed, &idx);
+    if (st != adxl::SUCCESS) return Reply("ERR " + std::to_string(st));
+    Reply(RegionLine(idx));
+  } else if (cmd == "MALLOCREG" && t.size() == 3) {
+    uint64_t size = 0, seed = 0;
+    if (!ParseU64(t[1], &size) || size == 0 || !ParseU64(t[2], &seed)) return Reply("ERR bad args");
+    void *mem = nullptr;
+    uint32_t st = adxl::AdxlEngine::MallocMem(adxl::MEM_HOST, size, &mem);
+    if (st != adxl::SUCCESS) return Reply("ERR " + std::to_string(st));
+    auto *p = static_cast<uint8_t *>(mem);
+    itest::FillPattern(p, size, seed, 0);
+    size_t idx = 0;
+    st = AddRegion(p, size, seed, &idx);
     if (st != adxl::SUCCESS) return Reply("ERR " + std::to_string(st));
     Reply(RegionLine(idx));
   } else if (cmd == "SPLITREG" && t.size() == 3) {
