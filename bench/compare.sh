@@ -33,7 +33,8 @@
 #   memcpy   llmdd_bench memcpy: 1 MiB x 64 on 1 and on all-core threads, 1 MiB x 1, 64 KiB x 128
 #   cma      llmdd_bench cma: raw process_vm_readv/writev with a child, 8 B, 1 MiB x 1, 1 MiB x 64
 #   engine   llmdd_bench engine, tcp and shm, default lanes, then 1 lane (1 MiB x 64)
-#   kv       llmdd_bench kv: PullKvBlocks/PushKvBlocks (shm, tcp) and memcpy of the same pieces
+#   kv       llmdd_bench kv: PullKvBlocks/PushKvBlocks (shm, tcp) and memcpy of the same pieces;
+#            the shm pull again with MallocMem caches (--mallocmem: the reader maps them)
 #   pingpong llmdd_bench pingpong: raw TCP 8 B round trip, blocking and busy-polling
 #   overhead llmdd_bench overhead: planning, per-descriptor submit cost, registration
 #   iperf3   loopback, -l 1M, -P 1 and -P <lanes>
@@ -471,6 +472,8 @@ for r in $(seq 1 "$RUNS"); do
   fi
   want kv && bench "$tag" kv --transport shm,tcp "${KV_ARGS[@]}" --ops pull,push,memcpy \
     --copy-threads "1,$ALLCORE" --time "$T"
+  # The same pull from caches the prefill side allocated with MallocMem: the reader maps them.
+  want kv && bench "$tag" kv --transport shm "${KV_ARGS[@]}" --ops pull --mallocmem --time "$T"
   want pingpong && bench "$tag" pingpong --time "$PP_T"
   want overhead && bench "$tag" overhead --transport tcp,shm
   if want iperf3; then

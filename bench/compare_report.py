@@ -266,7 +266,9 @@ def evaluate(d):
         return ("gbps", dict(mode="ucx_perftest", op=test, transport=tls, desc_size=size))
 
     def kv(op, tr, **extra):
-        match = dict(mode="kv", op=op, transport=tr, kv_blocks=kvb)
+        # memory: None = the bench's own private mappings (user memory, read with
+        # process_vm_readv); "mallocmem" = AdxlEngine::MallocMem's (mapped by the reader).
+        match = dict(mode="kv", op=op, transport=tr, kv_blocks=kvb, memory=None)
         if op != "memcpy":
             match["threads"] = 1
         match.update(extra)
@@ -297,6 +299,8 @@ def evaluate(d):
     # -- same host, KV: memcpy of the same pieces
     rows.append(compare(d, "target", "shm PullKvBlocks vs memcpy same pieces %d thr" % ac, kv("pull", "shm"),
                         kv("memcpy", "local", copy_threads=ac), 0.9))
+    rows.append(compare(d, "target", "shm PullKvBlocks, MallocMem caches, vs memcpy same pieces %d thr" % ac,
+                        kv("pull", "shm", memory="mallocmem"), kv("memcpy", "local", copy_threads=ac), 0.9))
     rows.append(compare(d, "info", "shm PullKvBlocks vs memcpy same pieces 1 thr", kv("pull", "shm"),
                         kv("memcpy", "local", copy_threads=1)))
     rows.append(compare(d, "info", "shm PushKvBlocks vs memcpy same pieces %d thr" % ac, kv("push", "shm"),

@@ -973,6 +973,7 @@ class Reporter {
     r->Num("load1", Load1());
     r->Int("nproc", static_cast<int64_t>(std::thread::hardware_concurrency()));
     if (!opt_.tag.empty()) r->Str("tag", opt_.tag);
+    if (g_malloc_mem) r->Str("memory", "mallocmem");  // absent: private anonymous mappings
   }
   static constexpr int64_t kSecond = 1000000000;  // ns
   void Tick() {

@@ -295,8 +295,11 @@ void CheckResponses(const std::string &out, const std::vector<Expect> &expects, 
       FUZZ_CHECK(h.flags <= wire::kStandingLeaseMs, "lease of %u ms", h.flags);
       if (text == h.body_len) {
         std::vector<wire::Range> granted;
-        FUZZ_CHECK(wire::DecodeLeaseGrant(std::string(out.data() + pos - payload - text, text), &granted),
+        std::vector<wire::LeaseMapping> mapped;  // a LeaseRequest with kFlagLeaseMappings gets a trailer
+        FUZZ_CHECK(wire::DecodeLeaseGrant(std::string(out.data() + pos - payload - text, text), &granted, &mapped),
                    "malformed lease grant");
+        // The harness's regions are not MallocMem's: nothing of them is shareable.
+        FUZZ_CHECK(mapped.empty(), "lease maps %zu ranges of memory that is not shareable", mapped.size());
         // A lease lets the peer read one-sidedly: it must name only memory registered for remote reads.
         for (const wire::Range &r : granted)
           FUZZ_CHECK(model.Allowed(r.addr, r.len, /*is_read=*/true),

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "common/log.h"
 #include "datadist/link_messages.h"
@@ -46,6 +47,23 @@ void CheckHeaderOf(const uint8_t *data) {
 }
 
 void DecodeBodies(const std::string &body) {
+  {
+    // A LeaseGrant, with or without the shared-mapping trailer: what is
+    // accepted stays within its bounds and re-encodes to the same bytes.
+    std::vector<wire::Range> ranges;
+    std::vector<wire::LeaseMapping> mappings;
+    if (wire::DecodeLeaseGrant(body, &ranges, &mappings)) {
+      FUZZ_CHECK(ranges.size() <= wire::kMaxLeaseRegions && mappings.size() <= ranges.size(),
+                 "lease grant of %zu ranges, %zu mappings accepted", ranges.size(), mappings.size());
+      for (const wire::LeaseMapping &m : mappings)
+        FUZZ_CHECK(m.range_index < ranges.size(), "mapping of range %u of %zu accepted", m.range_index, ranges.size());
+      const bool trailer = body.size() > wire::kLeaseGrantHeader + 16ULL * ranges.size();
+      const std::string encoded = wire::EncodeLeaseGrant(ranges, trailer ? &mappings : nullptr);
+      // Same length (the reserved words are not kept, so not the same bytes).
+      FUZZ_CHECK(encoded.size() == body.size(), "accepted lease grant re-encodes to %zu of %zu bytes",
+                 encoded.size(), body.size());
+    }
+  }
   {
     wire::Notify notify;
     if (wire::DecodeNotify(body, &notify)) {
