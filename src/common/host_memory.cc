@@ -96,6 +96,9 @@ size_t RoundUp(size_t size, size_t unit, bool *overflow) {
 std::once_flag no_huge_pages_logged;
 
 void Unmap(const HostAllocation &a) {
+  // Peers may keep the file mapped (transport/shm/peer_mappings.h): free the
+  // pages now, not when the last of them lets go.
+  if (a.fd >= 0) fallocate(a.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(a.mapped));
   munmap(a.addr, a.mapped);
   if (a.fd >= 0) {
     close(a.fd);
@@ -203,6 +206,8 @@ bool FindSharedBacking(uintptr_t addr, uint64_t len, SharedBacking *out) {
   out->offset = addr - base;
   out->inode = a.inode;
   out->device = a.device;
+  out->base = base;
+  out->size = a.host.mapped;
   return true;
 }
 

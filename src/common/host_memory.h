@@ -20,6 +20,8 @@
 // (each holds a descriptor); beyond, or where memfd_create fails, ordinary
 // private pages as before. A shareable allocation is MAP_SHARED: a child
 // forked after MallocMem shares it instead of getting a copy-on-write copy.
+// FreeHostMemory frees a shareable allocation's pages at once (it punches
+// the whole file), whatever peers still have it mapped: they read zeros.
 //
 // Thread-safe; process-wide (the allocations outlive every engine).
 #pragma once
@@ -51,6 +53,8 @@ struct SharedBacking {
   uint64_t offset = 0;
   uint64_t inode = 0;
   uint64_t device = 0;
+  uintptr_t base = 0;  // the allocation: [base, base + size) is the whole file
+  uint64_t size = 0;
 };
 bool FindSharedBacking(uintptr_t addr, uint64_t len, SharedBacking *out);
 

@@ -33,7 +33,8 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   std::shared_ptr<Channel> channel(new Channel(params));
   wire::Hello hello;
   hello.role = wire::ConnRole::kControl;
-  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify | wire::kCapWriteHold;
+  hello.capabilities = wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify | wire::kCapWriteHold |
+                       wire::kCapSourceMappings;
   if (params.reverse_lanes > 0) hello.capabilities |= wire::kCapLazyReverseLanes;
   hello.heartbeat_interval_ms = params.config.heartbeat_interval_ms;
   hello.peer_timeout_ms = params.config.peer_timeout_ms;
@@ -95,6 +96,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   if (forward_same_host) peer.same_host = channel->server_process_;
   peer.write_hold = (ack.capabilities & wire::kCapWriteHold) != 0;
   peer.map_max_bytes = params.config.same_host_map_max_bytes;
+  peer.source_mappings = (ack.capabilities & wire::kCapSourceMappings) != 0;
   peer.metrics = params.metrics;
   std::vector<std::shared_ptr<TransportLink>> links = params.transports->Connect(peer, ack.transports, deadline);
   PeerFacts &facts = channel->facts_;
@@ -157,6 +159,7 @@ bool Channel::AddReverseLane(Deadline deadline, adxl::Status *status, std::strin
   ctx.app_handler = params_.app_handler;
   ctx.peer = params_.remote_id;
   ctx.same_host = server_process_;
+  ctx.source_mappings = reverse_source_mappings_.get();
   ctx.stopping = &stopping_;
   ctx.max_wait_ms = params_.config.max_serve_wait_ms;
   ctx.max_lease_ms = params_.config.deregister_grace_ms;

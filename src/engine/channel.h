@@ -24,6 +24,7 @@
 #include "engine/memory_registry.h"
 #include "engine/reactor.h"
 #include "engine/transports.h"
+#include "transport/shm/peer_mappings.h"
 
 namespace llmdd {
 
@@ -100,7 +101,9 @@ class Channel : public std::enable_shared_from_this<Channel> {
   void SayGoodbye(Deadline deadline);
 
  private:
-  explicit Channel(const Params &params) : params_(params) {}
+  explicit Channel(const Params &params)
+      : params_(params),
+        reverse_source_mappings_(std::make_unique<PeerMappings>(params.config.same_host_map_max_bytes)) {}
   // Timer: sends a Ping when none is outstanding; declares the peer dead when
   // the outstanding one went unanswered for the peer timeout.
   void Heartbeat();
@@ -139,6 +142,8 @@ class Channel : public std::enable_shared_from_this<Channel> {
   size_t reverse_opening_ = 0;   // asked-for lanes being opened (guarded by reverse_mutex_)
   bool reverse_closed_ = false;  // Close took the lanes: no more (guarded by reverse_mutex_)
   std::atomic<uint64_t> reverse_app_bytes_{0};  // app messages held for the server across reverse lanes
+  // The server's shareable sources of same-host writes on reverse lanes, mapped (kCapSourceMappings).
+  std::unique_ptr<PeerMappings> reverse_source_mappings_;
   std::atomic<bool> stopping_{false};
   uint64_t heartbeat_timer_ = 0;
   uint64_t idle_timer_ = 0;  // closes data lanes that sat idle

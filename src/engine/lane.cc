@@ -290,6 +290,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   }
   const bool same_host = (header.flags & wire::kFlagSameHost) != 0;
   const bool held = (header.flags & wire::kFlagWriteHold) != 0;
+  const bool sourced = (header.flags & wire::kFlagSourceMappings) != 0;
   const uint64_t entry_size = same_host ? wire::kSameHostEntrySize : wire::kRangeEntrySize;
   thread_local std::vector<uint8_t> body;
   thread_local std::vector<iovec> iov, peer_iov;  // peer_iov: same-host, the requester's local ranges
@@ -300,8 +301,18 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   uint64_t total = 0;
   std::string bad = held && (!same_host || is_read)
                         ? "a write hold on a request that is not a same-host write"
+                    : sourced && (!same_host || is_read)
+                        ? "source mappings on a request that is not a same-host write"
                         : wire::DecodeRangeHeader(body.data(), header.body_len, &count, &timeout_ms, &total,
-                                                  entry_size, held);
+                                                  entry_size, held, sourced);
+  thread_local std::vector<wire::SourceMapping> sources;
+  sources.clear();
+  if (bad.empty() && sourced &&
+      !wire::DecodeSourceMappings(body.data(), header.body_len,
+                                  wire::kRangeBodyHeader + wire::kSameHostRemainingSize +
+                                      (held ? wire::kSameHostHoldSize : 0) + entry_size * count,
+                                  &sources))
+    bad = "malformed source mappings";
   if (bad.empty() && same_host && ctx.same_host == nullptr)
     bad = "same-host request on a connection whose peer was not verified for it";
   if (!bad.empty()) {
@@ -390,7 +401,7 @@ bool ServeTransfer(ByteStream &stream, const MsgHeader &header, const ServeConte
   if (same_host && is_read) return HoldSameHostRead(stream, header, ctx, timeout_ms);
   if (same_host) {
     return ServeSameHostWrite(stream, header, ctx, iov, peer_iov, deadline, requester_deadline, pins,
-                              held ? &hold : nullptr);
+                              held ? &hold : nullptr, sources);
   }
   if (is_read) {
     response.payload_len = total;

@@ -26,6 +26,7 @@
 namespace llmdd {
 
 class EngineMetrics;
+class PeerMappings;  // transport/shm/peer_mappings.h
 
 // Outcome of one request on the requester side. When `broken` is set the
 // stream's framing is lost (timeout or error mid-message) and it must be dropped.
@@ -133,6 +134,9 @@ struct ServeContext {
   // The requester's process when verified for the same-host path on this
   // lane (it holds the lane and we reach its memory), else null.
   std::shared_ptr<PeerProcess> same_host;
+  // Same-host: where the requester's shareable WRITE sources are mapped, per
+  // session (wire::kFlagSourceMappings); null: read with process_vm_readv.
+  PeerMappings *source_mappings = nullptr;
   std::atomic<bool> *stopping = nullptr;
   std::atomic<int> *busy = nullptr;        // counts requests being served (session quiescence)
   // This engine's own limits, whatever the requester announces: the longest

@@ -172,6 +172,8 @@ void EngineMetrics::Snapshot(MetricsSnapshot *out) const {
   for (size_t h = 0; h < 2; ++h) {
     out->one_sided_reads[h] += load(one_sided_reads_[h]);
     out->one_sided_read_bytes[h] += load(one_sided_read_bytes_[h]);
+    out->served_same_host_writes[h] += load(served_writes_[h]);
+    out->served_same_host_write_bytes[h] += load(served_write_bytes_[h]);
   }
 }
 
@@ -327,6 +329,14 @@ std::string RenderPrometheus(const MetricsSnapshot &s) {
   for (size_t h = 0; h < 2; ++h)
     p.Line("llmdd_same_host_one_sided_read_bytes_total", L("path", kOneSidedPathNames[h]),
            s.one_sided_read_bytes[h]);
+  p.Header("llmdd_same_host_served_writes_total", "counter",
+           "Same-host WRITEs this engine served (copied from the requester), by how they copied.");
+  for (size_t h = 0; h < 2; ++h)
+    p.Line("llmdd_same_host_served_writes_total", L("path", kOneSidedPathNames[h]), s.served_same_host_writes[h]);
+  p.Header("llmdd_same_host_served_write_bytes_total", "counter", "Bytes of those WRITEs, by how they copied.");
+  for (size_t h = 0; h < 2; ++h)
+    p.Line("llmdd_same_host_served_write_bytes_total", L("path", kOneSidedPathNames[h]),
+           s.served_same_host_write_bytes[h]);
   p.Single("llmdd_sessions", "gauge", "Peers connected to this engine's server.", s.sessions);
   p.Single("llmdd_channels", "gauge", "Connections this engine holds to peers.", s.channels);
   p.Single("llmdd_lanes", "gauge", "Data lanes open, to peers and from peers.", s.lanes);
@@ -427,6 +437,10 @@ std::string RenderJson(const MetricsSnapshot &s) {
   for (size_t h = 0; h < 2; ++h) num(kOneSidedPathNames[h], s.one_sided_reads[h], h + 1 < 2);
   o += "},\"same_host_one_sided_read_bytes\":{";
   for (size_t h = 0; h < 2; ++h) num(kOneSidedPathNames[h], s.one_sided_read_bytes[h], h + 1 < 2);
+  o += "},\"same_host_served_writes\":{";
+  for (size_t h = 0; h < 2; ++h) num(kOneSidedPathNames[h], s.served_same_host_writes[h], h + 1 < 2);
+  o += "},\"same_host_served_write_bytes\":{";
+  for (size_t h = 0; h < 2; ++h) num(kOneSidedPathNames[h], s.served_same_host_write_bytes[h], h + 1 < 2);
   o += "},\"gauges\":{";
   num("sessions", s.sessions);
   num("channels", s.channels);

@@ -121,6 +121,8 @@ struct MetricsSnapshot {
   uint64_t cache_transfers[2] = {};  // PullKvCache / PushKvCache and the Blocks calls that succeeded
   uint64_t one_sided_reads[2] = {};       // same-host READs (or parts) under the standing lease, by OneSidedPath
   uint64_t one_sided_read_bytes[2] = {};
+  uint64_t served_same_host_writes[2] = {};  // same-host WRITEs this engine served (copied), by OneSidedPath
+  uint64_t served_same_host_write_bytes[2] = {};
   // Gauges, read at snapshot time.
   uint64_t sessions = 0;         // peers connected to our server
   uint64_t channels = 0;         // our connections to peers
@@ -156,6 +158,10 @@ class EngineMetrics {
     Add(&one_sided_reads_[path]);
     Add(&one_sided_read_bytes_[path], bytes);
   }
+  void CountServedSameHostWrite(metrics::OneSidedPath path, uint64_t bytes) {
+    Add(&served_writes_[path]);
+    Add(&served_write_bytes_[path], bytes);
+  }
 
   // Sums every counter into *out (the gauges are left as they are).
   void Snapshot(MetricsSnapshot *out) const;
@@ -185,6 +191,8 @@ class EngineMetrics {
   std::atomic<uint64_t> links_{0};
   std::atomic<uint64_t> one_sided_reads_[2] = {};
   std::atomic<uint64_t> one_sided_read_bytes_[2] = {};
+  std::atomic<uint64_t> served_writes_[2] = {};
+  std::atomic<uint64_t> served_write_bytes_[2] = {};
 };
 
 // The snapshot in the Prometheus text exposition format (version 0.0.4):

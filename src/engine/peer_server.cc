@@ -320,6 +320,8 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   session->lazy_reverse = (hello.capabilities & wire::kCapLazyReverseLanes) != 0;
   // Granted below whenever offered: both sides then hold their same-host writes.
   session->write_hold = (hello.capabilities & wire::kCapWriteHold) != 0;
+  session->source_mappings = (hello.capabilities & wire::kCapSourceMappings) != 0;
+  session->client_sources = std::make_unique<PeerMappings>(config_.same_host_map_max_bytes);
   // The client promises a heartbeat every interval once the previous one was
   // answered, which it awaits for at most its peer timeout: silence beyond
   // their sum (at least our own timeout, capped by our own maximum wait) ends
@@ -353,7 +355,8 @@ bool PeerServer::StartControl(const ConnectionPtr &conn) {
   }
   wire::HelloAck ack;
   // Granted only where the client offered it (SendHelloAck negotiates).
-  ack.capabilities = wire::kCapReverseLanes | wire::kCapLazyReverseLanes | wire::kCapWriteHold;
+  ack.capabilities =
+      wire::kCapReverseLanes | wire::kCapLazyReverseLanes | wire::kCapWriteHold | wire::kCapSourceMappings;
   if (app_handler_ != nullptr && *app_handler_) ack.capabilities |= wire::kCapAppMessages;
   if (notifies_ != nullptr) ack.capabilities |= wire::kCapNotify;  // granted at version >= 2 only (AdmitHello)
   ack.session_id = session->id;
@@ -452,6 +455,7 @@ bool PeerServer::StartDataLane(const ConnectionPtr &conn) {
   std::shared_ptr<PeerProcess> same_host;
   std::shared_ptr<std::atomic<int>> busy;
   std::shared_ptr<std::atomic<uint64_t>> app_bytes;
+  PeerMappings *client_sources = nullptr;
   {
     std::lock_guard lock(mutex_);
     auto it = sessions_.find(hello.session_id);
@@ -475,6 +479,7 @@ bool PeerServer::StartDataLane(const ConnectionPtr &conn) {
     same_host = it->second->same_host;
     busy = it->second->busy;
     app_bytes = it->second->app_bytes;
+    client_sources = it->second->client_sources.get();  // lives with the session, which conn keeps
     conn->session = it->second;
   }
   same_host = SameHostForLane(same_host, hello, *stream);
@@ -491,6 +496,7 @@ bool PeerServer::StartDataLane(const ConnectionPtr &conn) {
   ctx.peer = hello.engine_id;
   ctx.session_id = hello.session_id;
   ctx.same_host = same_host;
+  ctx.source_mappings = client_sources;
   ctx.stopping = &stopping_;
   ctx.busy = busy.get();
   ctx.max_wait_ms = config_.max_serve_wait_ms;
@@ -539,6 +545,7 @@ void PeerServer::AttachReverseLane(const ConnectionPtr &conn) {
       if (both_ways) peer.same_host = session->same_host;
       peer.write_hold = session->write_hold;
       peer.map_max_bytes = config_.same_host_map_max_bytes;
+      peer.source_mappings = session->source_mappings;
       peer.metrics = metrics_;
       session->reverse->SetLinks(transports_->Connect(peer, session->transports, Deadline::AfterMs(200)));
       first = true;

@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "transport/shm/peer_mappings.h"
+
 #include "common/endpoint.h"
 #include "engine/engine_config.h"
 #include "engine/incoming_message.h"
@@ -88,6 +90,10 @@ class PeerServer {
     bool lazy_reverse = false;
     // kCapWriteHold granted: same-host writes on the reverse lanes carry holds.
     bool write_hold = false;
+    // kCapSourceMappings granted: the client's shareable write sources are
+    // mapped here (its lanes' requests), and ours on reverse lanes may be.
+    bool source_mappings = false;
+    std::unique_ptr<PeerMappings> client_sources;
     std::mutex reverse_mutex;
     std::condition_variable reverse_arrived;
     std::deque<std::shared_ptr<ByteStream>> reverse_arrivals;

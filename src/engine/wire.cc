@@ -82,7 +82,8 @@ std::string CheckHeader(const MsgHeader &header, uint16_t version) {
       break;
     case MsgType::kWriteRequest:
       max_body = kRangeBodyHeader + kSameHostRemainingSize + kSameHostHoldSize +
-                 kSameHostEntrySize * kMaxRangesPerRequest;
+                 kSameHostEntrySize * kMaxRangesPerRequest + kSourceMappingHeader +
+                 kSourceMappingEntrySize * kMaxSourceMappings;
       payload_allowed = (header.flags & kFlagSameHost) == 0;
       break;
     case MsgType::kReadResponse:
@@ -266,7 +267,8 @@ void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint
 }
 
 std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
-                              uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size, bool write_hold) {
+                              uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size, bool write_hold,
+                              bool source_mappings) {
   *count = GetU32(in);
   *timeout_ms = GetU32(in + 4);
   *total = GetU64(in + 8);
@@ -274,9 +276,55 @@ std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_
     return "range count " + std::to_string(*count) + " outside [1, " + std::to_string(kMaxRangesPerRequest) + "]";
   const uint64_t extra =
       entry_size == kSameHostEntrySize ? kSameHostRemainingSize + (write_hold ? kSameHostHoldSize : 0) : 0;
-  if (body_len != kRangeBodyHeader + extra + entry_size * static_cast<uint64_t>(*count))
+  const uint64_t ranges_end = kRangeBodyHeader + extra + entry_size * static_cast<uint64_t>(*count);
+  // The source-mapping trailer's own length is checked when it is decoded.
+  if (source_mappings ? body_len < ranges_end + kSourceMappingHeader + kSourceMappingEntrySize ||
+                            body_len > ranges_end + kSourceMappingHeader +
+                                           kSourceMappingEntrySize * kMaxSourceMappings
+                      : body_len != ranges_end)
     return "body length " + std::to_string(body_len) + " does not match " + std::to_string(*count) + " ranges";
   return "";
+}
+
+void AppendSourceMappings(const std::vector<SourceMapping> &mappings, std::vector<uint8_t> *body) {
+  const size_t at = body->size();
+  body->resize(at + kSourceMappingHeader + kSourceMappingEntrySize * mappings.size());
+  uint8_t *out = body->data() + at;
+  PutU32(out, static_cast<uint32_t>(mappings.size()));
+  PutU32(out + 4, 0);
+  out += kSourceMappingHeader;
+  for (const SourceMapping &m : mappings) {
+    PutU32(out, m.fd);
+    PutU32(out + 4, 0);
+    PutU64(out + 8, m.serial);
+    PutU64(out + 16, m.inode);
+    PutU64(out + 24, m.device);
+    PutU64(out + 32, m.base);
+    PutU64(out + 40, m.size);
+    out += kSourceMappingEntrySize;
+  }
+}
+
+bool DecodeSourceMappings(const uint8_t *body, uint64_t body_len, uint64_t at, std::vector<SourceMapping> *out) {
+  if (at > body_len || body_len - at < kSourceMappingHeader) return false;
+  const uint32_t count = GetU32(body + at);
+  if (count == 0 || count > kMaxSourceMappings ||
+      body_len - at != kSourceMappingHeader + kSourceMappingEntrySize * count)
+    return false;
+  out->resize(count);
+  const uint8_t *in = body + at + kSourceMappingHeader;
+  for (SourceMapping &m : *out) {
+    m.fd = GetU32(in);
+    m.serial = GetU64(in + 8);
+    m.inode = GetU64(in + 16);
+    m.device = GetU64(in + 24);
+    m.base = GetU64(in + 32);
+    m.size = GetU64(in + 40);
+    uint64_t end = 0;
+    if (m.size == 0 || __builtin_add_overflow(m.base, m.size, &end)) return false;
+    in += kSourceMappingEntrySize;
+  }
+  return true;
 }
 
 std::string EncodeLeaseGrant(const std::vector<Range> &regions, const std::vector<LeaseMapping> *mappings) {

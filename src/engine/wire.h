@@ -152,8 +152,12 @@ constexpr uint32_t kCapLazyReverseLanes = 1U << 4;
 // otherwise a same-host write is not sent at all (TCP carries it), so that a
 // request that ended never has its memory read by the peer again.
 constexpr uint32_t kCapWriteHold = 1U << 5;
-constexpr uint32_t kKnownCapabilities =
-    kCapReverseLanes | kCapAppMessages | kCapSameHost | kCapNotify | kCapLazyReverseLanes | kCapWriteHold;
+// Control Hello: the client can serve same-host writes whose source lies in
+// the requester's shareable memory (kFlagSourceMappings) and sends them;
+// HelloAck: so can the server. Granted, both directions may send them.
+constexpr uint32_t kCapSourceMappings = 1U << 6;
+constexpr uint32_t kKnownCapabilities = kCapReverseLanes | kCapAppMessages | kCapSameHost | kCapNotify |
+                                        kCapLazyReverseLanes | kCapWriteHold | kCapSourceMappings;
 // What a HelloAck grants: offered by the client, supported here, known.
 inline uint32_t NegotiateCapabilities(uint32_t offered, uint32_t supported) {
   return offered & supported & kKnownCapabilities;
@@ -176,6 +180,19 @@ constexpr uint32_t kFlagSameHost = 1U << 0;
 // sessions that granted kCapWriteHold.
 constexpr uint32_t kFlagWriteHold = 1U << 1;
 constexpr uint64_t kSameHostHoldSize = 16;
+// Header flag of same-host WriteRequests (with kFlagSameHost), only on
+// sessions that granted kCapSourceMappings: after the entries comes `count
+// u32, reserved u32, (fd u32, reserved u32, serial u64, inode u64, device u64,
+// base u64, size u64) x count` (1..kMaxSourceMappings): the requester's
+// addresses [base, base + size) are offsets [0, size) of the memfd it holds at
+// descriptor `fd` (its MallocMem memory; identity inode/device, allocation
+// `serial`), and every source range of the request lies in one of them. The
+// server may map them read-only (pidfd_getfd) and copy with memcpy instead
+// of process_vm_readv; the write hold is checked after every chunk as before.
+constexpr uint32_t kFlagSourceMappings = 1U << 2;
+constexpr uint32_t kMaxSourceMappings = 16;
+constexpr uint64_t kSourceMappingHeader = 8;
+constexpr uint64_t kSourceMappingEntrySize = 48;
 constexpr uint32_t kMaxLeaseMs = 10000;
 // Standing read lease (same-host lanes only): LeaseGrant lists regions the
 // requester may read one-sidedly, with process_vm_readv and no message, for
@@ -296,6 +313,22 @@ struct Range {
   uint64_t addr;
   uint64_t len;
 };
+
+// A same-host write's source allocation (kFlagSourceMappings).
+struct SourceMapping {
+  uint32_t fd = 0;
+  uint64_t serial = 0;
+  uint64_t inode = 0;
+  uint64_t device = 0;
+  uint64_t base = 0;
+  uint64_t size = 0;
+};
+// Appends the trailer to a same-host write body.
+void AppendSourceMappings(const std::vector<SourceMapping> &mappings, std::vector<uint8_t> *body);
+// The trailer at `at` of a body of `body_len` bytes; false when malformed
+// (count outside [1, kMaxSourceMappings], length not matching, a size of 0 or
+// a range that wraps).
+bool DecodeSourceMappings(const uint8_t *body, uint64_t body_len, uint64_t at, std::vector<SourceMapping> *out);
 
 // Where a listed range lives in the server's memory (kFlagLeaseMappings).
 struct LeaseMapping {
@@ -448,9 +481,11 @@ bool DecodeHelloAck(const std::string &body, HelloAck *out);
 void EncodeRangeHeader(uint32_t count, uint32_t timeout_ms, uint64_t total, uint8_t out[kRangeBodyHeader]);
 // Validates count against body_len and the limits; returns "" or the reason.
 // entry_size: kRangeEntrySize, or kSameHostEntrySize for same-host requests;
-// write_hold: a same-host write with kFlagWriteHold (kSameHostHoldSize more).
+// write_hold: a same-host write with kFlagWriteHold (kSameHostHoldSize more);
+// source_mappings: with kFlagSourceMappings (a trailer of 1..kMaxSourceMappings
+// entries follows the ranges; DecodeSourceMappings checks it exactly).
 std::string DecodeRangeHeader(const uint8_t in[kRangeBodyHeader], uint64_t body_len, uint32_t *count,
                               uint32_t *timeout_ms, uint64_t *total, uint64_t entry_size = kRangeEntrySize,
-                              bool write_hold = false);
+                              bool write_hold = false, bool source_mappings = false);
 
 }  // namespace llmdd::wire

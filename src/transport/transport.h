@@ -111,6 +111,9 @@ struct TransportPeer {
   // Same-host: how many bytes of the peer's shareable memory we may map
   // (llmdd.SameHostMapMaxBytes; 0: none).
   uint64_t map_max_bytes = 0;
+  // Same-host: the session granted wire::kCapSourceMappings (the peer maps
+  // the sources of our WRITEs that lie in our shareable memory).
+  bool source_mappings = false;
   // Where the link counts what it does (engine/metrics.h; null: not counted).
   EngineMetrics *metrics = nullptr;
   // What the peer advertised for this transport (its LocalMetadata).

@@ -810,16 +810,18 @@ class MallocMemReadTest : public TransferBase, public ::testing::WithParamInterf
  protected:
   void SetUp() override { UseTransport(Mapped() || GetParam() == "shm-unmapped" ? "shm" : GetParam()); }
   bool Mapped() const { return GetParam() == "shm"; }
-  // How many READs copied under the standing lease, by path ("mapped" or "process_vm_readv").
-  uint64_t OneSidedReads(const char *path) {
-    const char *raw = nullptr;
-    if (llmdd_ext::GetMetricsJson(engine_, raw) != adxl::SUCCESS) return UINT64_MAX;
-    const std::string json = raw;
-    const std::string key = "\"same_host_one_sided_reads\":{";
-    size_t at = json.find(key);
+  // A counter of a metrics JSON object by family and path ("mapped" or "process_vm_readv").
+  static uint64_t Counter(const std::string &json, const std::string &family, const char *path) {
+    size_t at = json.find("\"" + family + "\":{");
     if (at == std::string::npos) return UINT64_MAX;
     at = json.find(std::string("\"") + path + "\":", at);
     return at == std::string::npos ? UINT64_MAX : std::strtoull(json.c_str() + at + strlen(path) + 3, nullptr, 10);
+  }
+  // How many READs we copied under the standing lease, by path.
+  uint64_t OneSidedReads(const char *path) {
+    const char *raw = nullptr;
+    if (llmdd_ext::GetMetricsJson(engine_, raw) != adxl::SUCCESS) return UINT64_MAX;
+    return Counter(raw, "same_host_one_sided_reads", path);
   }
 };
 
@@ -887,6 +889,64 @@ TEST_P(MallocMemReadTest, ReadsAreExactFollowWritesAndEndWithTheRegistration) {
   std::memset(local.data(), 0x5A, 8);
   EXPECT_ST(adxl::PARAM_INVALID, Xfer(*peer, adxl::READ, {{local.addr(), remote + 100, 8}}, 5000));
   EXPECT_EQ(local.data()[0], 0x5A);
+}
+
+// WRITEs from MallocMem memory: the serving peer maps the source
+// (kFlagSourceMappings) and copies with memcpy, the write hold read after
+// every chunk; unmapped (llmdd.SameHostMapMaxBytes=0 on both sides) it is
+// process_vm_readv. The bytes are the same either way.
+TEST_P(MallocMemReadTest, WritesFromMallocMemAreExactAndServedFromTheMapping) {
+  AdxlPeer::Options o;
+  o.size = 8u << 20;
+  o.seed = 810;
+  if (GetParam() == "shm-unmapped") o.engine_options.emplace_back("llmdd.SameHostMapMaxBytes", "0");
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  std::vector<std::pair<std::string, std::string>> opts;
+  if (GetParam() == "shm-unmapped") opts.emplace_back("llmdd.SameHostMapMaxBytes", "0");
+  ASSERT_TRUE(InitClient(opts));
+  ASSERT_TRUE(ConnectTo(*peer));
+  const size_t kSize = 4u << 20;
+  void *mem = nullptr;
+  ASSERT_EQ(adxl::SUCCESS, adxl::AdxlEngine::MallocMem(adxl::MEM_HOST, kSize, &mem));
+  auto *src = static_cast<uint8_t *>(mem);
+  FillPattern(src, kSize, 820, 0);
+  adxl::MemDesc desc{};
+  desc.addr = reinterpret_cast<uintptr_t>(src);
+  desc.len = kSize;
+  adxl::MemHandle handle = nullptr;
+  ASSERT_ST(adxl::SUCCESS, engine_.RegisterMem(desc, adxl::MEM_HOST, handle));
+  const uintptr_t remote = peer->region(0).addr;
+  // One small, one of 1 MiB at an odd offset, one of the whole buffer (split in parts), a scattered batch.
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{desc.addr + 5, remote + 7, 64}}, 10000));
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{desc.addr + 4097, remote + (1u << 20) + 3, 1u << 20}}, 10000));
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, {{desc.addr, remote + (4u << 20), kSize}}, 10000));
+  std::vector<adxl::TransferOpDesc> batch;
+  for (size_t k = 0; k < 100; ++k) batch.push_back({desc.addr + k * 8192, remote + (3u << 20) + k * 4096, 4096});
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, batch, 10000));
+  // The peer's region now holds: pattern 810 except where written.
+  std::vector<uint8_t> expected(o.size);
+  FillPattern(expected.data(), expected.size(), 810, 0);
+  std::memcpy(expected.data() + 7, src + 5, 64);
+  std::memcpy(expected.data() + (1u << 20) + 3, src + 4097, 1u << 20);
+  for (size_t k = 0; k < 100; ++k) std::memcpy(expected.data() + (3u << 20) + k * 4096, src + k * 8192, 4096);
+  std::memcpy(expected.data() + (4u << 20), src, kSize);
+  uint64_t crc = 0;
+  ASSERT_TRUE(peer->Crc(0, 0, expected.size(), &crc)) << peer->last_error();
+  EXPECT_EQ(crc, Hash64(expected.data(), expected.size())) << LocateRemoteMismatch(*peer, 0, expected);
+  const std::string served = peer->MetricsJson();
+  ASSERT_FALSE(served.empty()) << peer->last_error();
+  if (GetParam() == "shm") {
+    EXPECT_GE(Counter(served, "same_host_served_writes", "mapped"), 4U) << served;
+    EXPECT_EQ(Counter(served, "same_host_served_writes", "process_vm_readv"), 0U) << served;
+  } else if (GetParam() == "shm-unmapped") {
+    EXPECT_EQ(Counter(served, "same_host_served_writes", "mapped"), 0U) << served;
+    EXPECT_GE(Counter(served, "same_host_served_writes", "process_vm_readv"), 4U) << served;
+  } else if (GetParam() == "tcp") {
+    EXPECT_EQ(Counter(served, "same_host_served_writes", "mapped"), 0U) << served;
+  }
+  EXPECT_ST(adxl::SUCCESS, engine_.DeregisterMem(handle));
+  EXPECT_EQ(adxl::SUCCESS, adxl::AdxlEngine::FreeMem(mem));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, MallocMemReadTest, ::testing::ValuesIn(MallocMemReadParams()),

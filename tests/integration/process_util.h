@@ -822,6 +822,16 @@ class AdxlPeer {
     return ReadRegionLines(line, rights.size());
   }
 
+  // The peer engine's metrics (llmdd_ext::GetMetricsJson), "" on error.
+  std::string MetricsJson() {
+    std::string r = Cmd("METRICS");
+    if (r.rfind("METRICS ", 0) != 0) {
+      if (!r.empty()) last_error_ = r;
+      return "";
+    }
+    return r.substr(8);
+  }
+
   // Returns the peer's DeregisterMem status (or UINT32_MAX on protocol error).
   uint32_t Deregister(size_t idx) { return StatusCmd("DEREGISTER " + std::to_string(idx)); }
 

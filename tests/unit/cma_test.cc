@@ -19,6 +19,7 @@
 
 #include "common/sync_point.h"
 #include "engine/lane.h"
+#include "engine/metrics.h"
 #include "engine/path_policy.h"
 #include "common/host_memory.h"
 #include "transport/shm/peer_mappings.h"
@@ -523,6 +524,8 @@ std::string SameHostWrite(uint64_t request_id, uint64_t remaining_ns, const void
 // A lane served in this process over a socketpair, its requester end held by the test.
 struct SameHostLane {
   MemoryRegistry registry;
+  PeerMappings *source_mappings = nullptr;  // set before Serve(): writes' shareable sources are mapped
+  EngineMetrics *metrics = nullptr;
   std::unique_ptr<TcpStream> requester, server;
   std::thread serving;
   SameHostLane() {
@@ -537,6 +540,8 @@ struct SameHostLane {
       ctx.registry = &registry;
       ctx.peer = "requester";
       ctx.same_host = SelfPeer();
+      ctx.source_mappings = source_mappings;
+      ctx.metrics = metrics;
       ServeLane(*server, ctx);
     });
   }
@@ -796,7 +801,9 @@ TEST(SameHostMappings, ALeaseMapsShareableMemoryAndReadsItThroughTheMapping) {
   requester.Shutdown();
   serving.join();
   FreeHostMemory(a.addr);
-  EXPECT_EQ(source[0], static_cast<uint8_t>((4096 + 100) * 7 + 3) ^ 0xFF);  // our mapping outlives the free
+  // The free gives the pages back at once (it punches the file): a mapping
+  // kept by a peer reads zeros, and holds no memory.
+  EXPECT_EQ(source[0], 0);
 }
 
 // What the requester checks before it maps a descriptor a peer named.
@@ -857,6 +864,62 @@ TEST(SameHostMappings, OnlySealedTmpfsFilesAsListedAndWithinTheCapAreMapped) {
   close(pipe_fds[1]);
   close(unsealed);
   close(good);
+}
+
+// A same-host WRITE from shareable memory (kFlagSourceMappings): the server
+// maps the source and copies with memcpy; the hold is read after the chunk,
+// so a requester that let go leaves nothing of its buffer, as with the kernel copy.
+TEST(SameHostMappings, AMappedWriteSourceIsCopiedAndAReleasedHoldLeavesNothing) {
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  ASSERT_TRUE(self);
+  HostAllocation a;
+  ASSERT_EQ(AllocateHostMemory(1u << 20, &a), HostAllocStatus::kOk);
+  if (a.fd < 0) {
+    FreeHostMemory(a.addr);
+    GTEST_SKIP() << "MallocMem memory is not shareable here (reserved huge pages)";
+  }
+  auto *source = static_cast<char *>(a.addr);
+  for (bool released : {false, true}) {
+    SCOPED_TRACE(released ? "hold released before the copy" : "plain mapped write");
+    PeerMappings mappings(1ULL << 30);
+    EngineMetrics metrics;
+    SameHostLane lane;
+    lane.source_mappings = &mappings;
+    lane.metrics = &metrics;
+    std::vector<char> region(1 << 20, 0);
+    lane.registry.Add(reinterpret_cast<uintptr_t>(region.data()), region.size(), 1);
+    std::memset(source, 'A', region.size());
+    if (released) SetSyncPointCallback(&PauseInTheCopyWindow);
+    g_window_state = 0;
+    lane.Serve();
+    Segment seg{reinterpret_cast<uintptr_t>(source), reinterpret_cast<uintptr_t>(region.data()), region.size()};
+    LaneResult r = ExecuteSameHostTransfer(*lane.requester, adxl::WRITE, &seg, 1, 5,
+                                           Deadline::AfterMs(released ? 300 : 5000), *self, /*write_hold=*/true,
+                                           nullptr, /*source_mappings=*/true);
+    MetricsSnapshot counted;
+    if (!released) {
+      ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+      EXPECT_EQ(std::count(region.begin(), region.end(), 'A'), static_cast<long>(region.size()));
+      metrics.Snapshot(&counted);
+      EXPECT_EQ(counted.served_same_host_writes[metrics::kMapped], 1U);
+      EXPECT_EQ(counted.served_same_host_writes[metrics::kKernelCopy], 0U);
+      EXPECT_EQ(mappings.MappedBytes(), a.mapped);  // kept for the session's next writes
+      continue;
+    }
+    EXPECT_EQ(r.status, adxl::TIMEOUT) << r.error;  // the server waits in the window
+    ASSERT_EQ(g_window_state.load(), 1) << "the server never reached its copy";
+    std::memset(source, 'N', region.size());  // the request ended: the caller reuses its buffer
+    g_window_state = 2;
+    char byte;
+    EXPECT_NE(lane.requester->Read(&byte, 1, Deadline::AfterMs(3000)), IoStatus::kTimeout);  // answered or closed
+    lane.requester->Shutdown();
+    lane.serving.join();
+    EXPECT_EQ(std::count(region.begin(), region.end(), 'N'), 0)
+        << "bytes the caller wrote after its request ended reached the server's memory";
+    EXPECT_EQ(std::count(region.begin(), region.end(), 0), static_cast<long>(region.size()));
+    SetSyncPointCallback(nullptr);
+  }
+  FreeHostMemory(a.addr);
 }
 
 }  // namespace

@@ -360,7 +360,8 @@ TEST(VersionNegotiation, TheEnginesHelloSaysWhatItSpeaksAndNoLaneCount) {
   EXPECT_EQ(fake.Received().peer_timeout_ms, 10000U);
   EXPECT_EQ(fake.Received().target_engine_id, remote);
   EXPECT_EQ(fake.Received().capabilities & ~wire::kCapSameHost,
-            wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify | wire::kCapWriteHold);
+            wire::kCapReverseLanes | wire::kCapAppMessages | wire::kCapNotify | wire::kCapWriteHold |
+                wire::kCapSourceMappings);
   EXPECT_EQ((fake.Received().capabilities & wire::kCapSameHost) != 0, fake.Received().pid != 0);
 }
 

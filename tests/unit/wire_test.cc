@@ -217,8 +217,52 @@ TEST(WireRanges, AHeldSameHostWriteCarriesItsHoldBeforeTheEntries) {
                                                    kSameHostEntrySize * kMaxRangesPerRequest);
   h.flags = kFlagSameHost | kFlagWriteHold;
   EXPECT_EQ(CheckHeader(h), "");
+  // ... with the source-mapping trailer (kFlagSourceMappings) at its largest.
+  h.body_len += kSourceMappingHeader + kSourceMappingEntrySize * kMaxSourceMappings;
+  EXPECT_EQ(CheckHeader(h), "");
   h.body_len += 1;
   EXPECT_NE(CheckHeader(h), "");
+}
+
+TEST(WireRanges, SourceMappingsFollowTheEntriesAndAreBounded) {
+  const std::vector<SourceMapping> sources = {{7, 42, 1234, 56, 0x7f0000000000ULL, 4u << 20},
+                                              {9, 43, 1235, 56, 0x7f1000000000ULL, 1u << 20}};
+  std::vector<uint8_t> body(24, 0xAB);  // stands for the header, time and entries
+  AppendSourceMappings(sources, &body);
+  ASSERT_EQ(body.size(), 24 + kSourceMappingHeader + 2 * kSourceMappingEntrySize);
+  std::vector<SourceMapping> back;
+  ASSERT_TRUE(DecodeSourceMappings(body.data(), body.size(), 24, &back));
+  ASSERT_EQ(back.size(), 2U);
+  EXPECT_EQ(back[1].fd, 9U);
+  EXPECT_EQ(back[1].serial, 43U);
+  EXPECT_EQ(back[1].inode, 1235U);
+  EXPECT_EQ(back[1].device, 56U);
+  EXPECT_EQ(back[1].base, 0x7f1000000000ULL);
+  EXPECT_EQ(back[1].size, 1U << 20);
+  EXPECT_FALSE(DecodeSourceMappings(body.data(), body.size() - 1, 24, &back));  // cut short
+  EXPECT_FALSE(DecodeSourceMappings(body.data(), body.size(), 25, &back));      // not where it starts
+  std::vector<uint8_t> none(24);
+  AppendSourceMappings({}, &none);
+  EXPECT_FALSE(DecodeSourceMappings(none.data(), none.size(), 24, &back));  // at least one
+  std::vector<uint8_t> wraps(24);
+  AppendSourceMappings({{1, 1, 1, 1, UINT64_MAX - 10, 4096}}, &wraps);
+  EXPECT_FALSE(DecodeSourceMappings(wraps.data(), wraps.size(), 24, &back));
+  std::vector<uint8_t> empty_alloc(24);
+  AppendSourceMappings({{1, 1, 1, 1, 4096, 0}}, &empty_alloc);
+  EXPECT_FALSE(DecodeSourceMappings(empty_alloc.data(), empty_alloc.size(), 24, &back));
+  std::vector<uint8_t> too_many(24);
+  AppendSourceMappings(std::vector<SourceMapping>(kMaxSourceMappings + 1, sources[0]), &too_many);
+  EXPECT_FALSE(DecodeSourceMappings(too_many.data(), too_many.size(), 24, &back));
+  // The range header accepts a trailer only where the flag says so.
+  uint8_t header[kRangeBodyHeader];
+  EncodeRangeHeader(1, 1000, 8, header);
+  uint32_t count = 0, timeout = 0;
+  uint64_t total = 0;
+  const uint64_t plain = kRangeBodyHeader + kSameHostRemainingSize + kSameHostHoldSize + kSameHostEntrySize;
+  const uint64_t one = kSourceMappingHeader + kSourceMappingEntrySize;
+  EXPECT_EQ(DecodeRangeHeader(header, plain + one, &count, &timeout, &total, kSameHostEntrySize, true, true), "");
+  EXPECT_NE(DecodeRangeHeader(header, plain + one, &count, &timeout, &total, kSameHostEntrySize, true, false), "");
+  EXPECT_NE(DecodeRangeHeader(header, plain, &count, &timeout, &total, kSameHostEntrySize, true, true), "");
 }
 
 }  // namespace
@@ -560,7 +604,8 @@ namespace llmdd::wire {
 namespace {
 
 TEST(WireCapabilities, UnknownBitsAreNeverGranted) {
-  EXPECT_EQ(kKnownCapabilities, 0x3FU);  // reverse lanes, app messages, same host, notifications, lazy reverse lanes, write hold
+  // reverse lanes, app messages, same host, notifications, lazy reverse lanes, write hold, source mappings
+  EXPECT_EQ(kKnownCapabilities, 0x7FU);
   EXPECT_EQ(NegotiateCapabilities(0xFFFFFFFFU, 0xFFFFFFFFU), kKnownCapabilities);
   EXPECT_EQ(NegotiateCapabilities(kCapReverseLanes | (1U << 20), kCapReverseLanes | kCapAppMessages),
             kCapReverseLanes);

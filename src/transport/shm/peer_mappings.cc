@@ -7,6 +7,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -33,23 +34,26 @@ uint64_t PeerMappings::MappedBytes() const {
   return bytes;
 }
 
-std::shared_ptr<const MappedFile> PeerMappings::Map(PeerProcess &peer, const wire::LeaseMapping &entry,
+std::shared_ptr<const MappedFile> PeerMappings::Map(PeerProcess &peer, uint32_t peer_fd, uint64_t serial,
+                                                    uint64_t inode, uint64_t device, uint64_t min_size,
                                                     uint64_t in_use) {
   std::string why;
   std::shared_ptr<const MappedFile> mapped;
-  const int fd = peer.DuplicateDescriptor(entry.fd);
+  const int fd = peer.DuplicateDescriptor(peer_fd);
   struct stat st {};
   struct statfs fs {};
   if (fd < 0) {
     why = std::string("pidfd_getfd: ") + strerror(errno);
-  } else if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != entry.inode ||
-             static_cast<uint64_t>(st.st_dev) != entry.device) {
-    why = "descriptor " + std::to_string(entry.fd) + " is not the file listed";
+  } else if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != inode ||
+             static_cast<uint64_t>(st.st_dev) != device) {
+    why = "descriptor " + std::to_string(peer_fd) + " is not the file listed";
   } else if (fstatfs(fd, &fs) != 0 || static_cast<unsigned long>(fs.f_type) != TMPFS_MAGIC) {
     why = "not a tmpfs file (hugetlbfs and others are read with process_vm_readv)";
   } else if ((fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK) == 0) {
     why = "not sealed against shrinking";
-  } else if (st.st_size <= 0 || static_cast<uint64_t>(st.st_size) > max_bytes_ - in_use) {
+  } else if (st.st_size <= 0 || static_cast<uint64_t>(st.st_size) < min_size) {
+    why = "smaller than the allocation listed";
+  } else if (static_cast<uint64_t>(st.st_size) > max_bytes_ - std::min(in_use, max_bytes_)) {
     why = "over llmdd.SameHostMapMaxBytes (" + std::to_string(st.st_size) + " bytes, " +
           std::to_string(in_use) + " of " + std::to_string(max_bytes_) + " mapped)";
   } else {
@@ -58,20 +62,58 @@ std::shared_ptr<const MappedFile> PeerMappings::Map(PeerProcess &peer, const wir
     if (p == MAP_FAILED) {
       why = std::string("mmap: ") + strerror(errno);
     } else {
-      mapped = std::make_shared<const MappedFile>(static_cast<const uint8_t *>(p), size, entry.inode, entry.device);
+      mapped = std::make_shared<const MappedFile>(static_cast<const uint8_t *>(p), size, inode, device);
     }
   }
   if (fd >= 0) close(fd);
   if (!mapped) {
     LOG_INFO("same-host peer pid %d: allocation %llu is not mapped (%s); its ranges are read with "
              "process_vm_readv",
-             static_cast<int>(peer.Pid()), static_cast<unsigned long long>(entry.serial), why.c_str());
+             static_cast<int>(peer.Pid()), static_cast<unsigned long long>(serial), why.c_str());
   } else {
     LOG_DEBUG("same-host peer pid %d: mapped allocation %llu (%llu bytes) read-only",
-              static_cast<int>(peer.Pid()), static_cast<unsigned long long>(entry.serial),
+              static_cast<int>(peer.Pid()), static_cast<unsigned long long>(serial),
               static_cast<unsigned long long>(mapped->Size()));
   }
   return mapped;
+}
+
+void PeerMappings::Refuse(uint64_t serial) {
+  if (refused_.size() >= kMaxRefusedSerials) refused_.clear();
+  refused_.insert(serial);
+}
+
+std::shared_ptr<const MappedFile> PeerMappings::Source(PeerProcess &peer, const wire::SourceMapping &source) {
+  if (!Enabled()) return nullptr;
+  std::lock_guard lock(mutex_);
+  auto known = by_serial_.find(source.serial);
+  if (known != by_serial_.end()) {
+    if (known->second->Is(source.inode, source.device) && known->second->Size() >= source.size)
+      return known->second;
+    return nullptr;  // not the allocation this serial named before: not trusted
+  }
+  if (refused_.count(source.serial) != 0) return nullptr;
+  uint64_t in_use = 0;
+  for (const auto &entry : by_serial_) in_use += entry.second->Size();
+  if (source.size > max_bytes_ - std::min(in_use, max_bytes_)) {
+    // Over the cap: let go of what no copy holds now (allocations since freed among them).
+    for (auto it = by_serial_.begin(); it != by_serial_.end();) {
+      if (it->second.use_count() == 1) {
+        in_use -= it->second->Size();
+        it = by_serial_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  std::shared_ptr<const MappedFile> file =
+      Map(peer, source.fd, source.serial, source.inode, source.device, source.size, in_use);
+  if (!file) {
+    Refuse(source.serial);
+    return nullptr;
+  }
+  by_serial_.emplace(source.serial, file);
+  return file;
 }
 
 void PeerMappings::Attach(PeerProcess &peer, const std::vector<wire::LeaseMapping> &entries, ReadLease *lease) {
@@ -94,11 +136,8 @@ void PeerMappings::Attach(PeerProcess &peer, const std::vector<wire::LeaseMappin
                known->second->Is(entry.inode, entry.device)) {
       file = known->second;
     } else if (refused_.count(entry.serial) == 0) {
-      file = Map(peer, entry, in_use);
-      if (!file) {
-        if (refused_.size() >= kMaxRefusedSerials) refused_.clear();
-        refused_.insert(entry.serial);
-      }
+      file = Map(peer, entry.fd, entry.serial, entry.inode, entry.device, 0, in_use);
+      if (!file) Refuse(entry.serial);
     }
     if (!file) continue;
     if (kept.emplace(entry.serial, file).second) {

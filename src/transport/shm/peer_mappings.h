@@ -64,10 +64,21 @@ class PeerMappings {
   // mappings alive for as long as the lease lives. Mappings no entry names any
   // more are let go (an older lease still in use keeps its own alive).
   void Attach(PeerProcess &peer, const std::vector<wire::LeaseMapping> &entries, ReadLease *lease);
+  // Serving a same-host write (wire::kFlagSourceMappings): the requester's
+  // source allocation, mapped once per serial and kept for later writes, or
+  // null (not mappable: process_vm_readv). When a new one would pass the
+  // cap, mappings no copy holds now are let go first. The requester's
+  // FreeMem frees the pages at once (host_memory.h), whatever we keep mapped.
+  std::shared_ptr<const MappedFile> Source(PeerProcess &peer, const wire::SourceMapping &source);
   uint64_t MappedBytes() const;
 
  private:
-  std::shared_ptr<const MappedFile> Map(PeerProcess &peer, const wire::LeaseMapping &entry, uint64_t in_use);
+  // Takes descriptor `fd` of the peer, checks it is the sealed tmpfs file
+  // `inode`/`device` of at least `min_size` bytes, maps it whole; null when
+  // any check fails or it would pass the cap (`in_use` mapped already).
+  std::shared_ptr<const MappedFile> Map(PeerProcess &peer, uint32_t fd, uint64_t serial, uint64_t inode,
+                                        uint64_t device, uint64_t min_size, uint64_t in_use);
+  void Refuse(uint64_t serial);
 
   const uint64_t max_bytes_;
   mutable std::mutex mutex_;

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <optional>
 
+#include "common/host_memory.h"
 #include "common/log.h"
 #include "engine/metrics.h"
 #include "engine/path_policy.h"
@@ -18,11 +19,34 @@ namespace {
 using wire::MsgHeader;
 using wire::MsgType;
 
+// The shareable allocations (host_memory.h) that hold every one of the
+// segments' local ranges, at most wire::kMaxSourceMappings; false when some
+// range lies elsewhere (the server then reads with process_vm_readv).
+bool SourceAllocations(const Segment *segs, size_t count, std::vector<wire::SourceMapping> *out) {
+  out->clear();
+  for (size_t i = 0; i < count; ++i) {
+    const uintptr_t addr = segs[i].local;
+    bool known = false;
+    for (const wire::SourceMapping &m : *out) {
+      if (addr >= m.base && addr - m.base <= m.size && segs[i].len <= m.size - (addr - m.base)) {
+        known = true;
+        break;
+      }
+    }
+    if (known) continue;
+    SharedBacking backing;
+    if (out->size() == wire::kMaxSourceMappings || !FindSharedBacking(addr, segs[i].len, &backing)) return false;
+    out->push_back({static_cast<uint32_t>(backing.fd), backing.serial, backing.inode, backing.device,
+                    static_cast<uint64_t>(backing.base), backing.size});
+  }
+  return !out->empty();
+}
+
 }  // namespace
 
 LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                                    uint64_t request_id, Deadline deadline, PeerProcess &peer, bool write_hold,
-                                   const std::atomic<bool> *cancel) {
+                                   const std::atomic<bool> *cancel, bool source_mappings) {
   const bool is_read = op == adxl::READ;
   const auto sent_at = Deadline::Clock::now();
   thread_local std::vector<uint8_t> body;
@@ -36,6 +60,10 @@ LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, cons
   if (!is_read && write_hold) hold.emplace();
   EncodeRangeBody(segs, count, deadline, /*same_host=*/true, &body, hold ? hold->Addr() : 0,
                   hold ? hold->Value() : 0);
+  // Sources in our shareable memory: say where, so the server can map them.
+  thread_local std::vector<wire::SourceMapping> sources;
+  const bool sourced = !is_read && source_mappings && SourceAllocations(segs, count, &sources);
+  if (sourced) wire::AppendSourceMappings(sources, &body);
 
   MsgHeader header;
   header.version = stream.ProtocolVersion();
@@ -44,7 +72,7 @@ LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, cons
   header.body_len = body.size();
   header.payload_len = 0;  // the bytes never travel on the lane
 
-  header.flags = wire::kFlagSameHost | (hold ? wire::kFlagWriteHold : 0);
+  header.flags = wire::kFlagSameHost | (hold ? wire::kFlagWriteHold : 0) | (sourced ? wire::kFlagSourceMappings : 0);
   iovec request[2] = {{&header, sizeof(header)}, {body.data(), body.size()}};
   IoStatus io = stream.WriteFull(request, 2, deadline);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "sending request to");
@@ -320,7 +348,7 @@ std::shared_ptr<TransportLink> SameHostTransport::Connect(const TransportPeer &p
     return nullptr;
   }
   return std::make_shared<SameHostLink>(peer.lanes, peer.same_host, peer.write_hold, peer.map_max_bytes,
-                                        peer.metrics);
+                                        peer.metrics, peer.source_mappings);
 }
 
 TransportResult SameHostLink::Submit(const TransferBatch &batch) {
@@ -359,10 +387,11 @@ TransportResult SameHostLink::Submit(const TransferBatch &batch) {
   const adxl::TransferOp op = batch.op;
   const bool hold = write_hold_;
   const std::atomic<bool> *cancel = batch.request != nullptr ? batch.request->CancelFlag() : nullptr;
-  LaneResult r = lanes_->RunChunks(batch, [peer, op, hold, cancel](ByteStream &stream, const Segment *segs,
-                                                                   size_t count, uint64_t request_id,
-                                                                   Deadline deadline) {
-    return ExecuteSameHostTransfer(stream, op, segs, count, request_id, deadline, *peer, hold, cancel);
+  const bool sources = source_mappings_;
+  LaneResult r = lanes_->RunChunks(batch, [peer, op, hold, cancel, sources](ByteStream &stream, const Segment *segs,
+                                                                            size_t count, uint64_t request_id,
+                                                                            Deadline deadline) {
+    return ExecuteSameHostTransfer(stream, op, segs, count, request_id, deadline, *peer, hold, cancel, sources);
   });
   result.status = r.status;
   result.error = std::move(r.error);

@@ -60,10 +60,13 @@ struct ReadLease {
 // wire::kMaxRangesPerRequest) segments over a lane and completes it with one
 // copy from `peer`'s memory (READ) or by the server's copy from ours (WRITE,
 // under a hold released before this returns, when write_hold). `cancel`
-// (may be null) stops a READ's copy between calls.
+// (may be null) stops a READ's copy between calls. `source_mappings` (the
+// session granted wire::kCapSourceMappings): a WRITE whose sources all lie in
+// our shareable memory says where (wire::kFlagSourceMappings).
 LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, const Segment *segs, size_t count,
                                    uint64_t request_id, Deadline deadline, PeerProcess &peer,
-                                   bool write_hold = false, const std::atomic<bool> *cancel = nullptr);
+                                   bool write_hold = false, const std::atomic<bool> *cancel = nullptr,
+                                   bool source_mappings = false);
 
 // Asks the server (a same-host peer) for a standing read lease. UNSUPPORTED:
 // it grants none (too many regions); the lane stays usable. With `mappings`,
@@ -83,8 +86,13 @@ class SameHostTransport : public Transport {
 class SameHostLink : public TransportLink {
  public:
   SameHostLink(LaneLender *lanes, std::shared_ptr<PeerProcess> peer, bool write_hold = false,
-               uint64_t map_max_bytes = 0, EngineMetrics *metrics = nullptr)
-      : lanes_(lanes), peer_(std::move(peer)), write_hold_(write_hold), mappings_(map_max_bytes), metrics_(metrics) {}
+               uint64_t map_max_bytes = 0, EngineMetrics *metrics = nullptr, bool source_mappings = false)
+      : lanes_(lanes),
+        peer_(std::move(peer)),
+        write_hold_(write_hold),
+        source_mappings_(source_mappings),
+        mappings_(map_max_bytes),
+        metrics_(metrics) {}
   const TransportCaps &Caps() const override { return SameHostTransport::StaticCaps(); }
   // While the verified process is still trusted (it ends for good when it is gone).
   bool Usable() const override { return !shut_down_.load() && !peer_->Gone(); }
@@ -109,6 +117,7 @@ class SameHostLink : public TransportLink {
   LaneLender *lanes_;
   std::shared_ptr<PeerProcess> peer_;
   const bool write_hold_;  // the peer honours write holds: WRITEs may take this path
+  const bool source_mappings_;  // the peer may map our shareable WRITE sources (kCapSourceMappings)
   std::atomic<bool> shut_down_{false};
   PeerMappings mappings_;
   EngineMetrics *const metrics_;  // may be null

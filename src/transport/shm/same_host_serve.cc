@@ -5,17 +5,105 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <memory>
 
 #include "common/host_memory.h"
 #include "common/log.h"
 #include "common/sync_point.h"
 #include "transport/fault_injection.h"
+#include "engine/metrics.h"
 #include "transport/shm/cma.h"
+#include "transport/shm/peer_mappings.h"
 
 namespace llmdd {
 
 using wire::MsgHeader;
 using wire::MsgType;
+
+namespace {
+
+// The requester's source ranges as pointers into our mappings of its
+// shareable allocations (`files` keeps them mapped); false when a range lies
+// in none of `sources` or an allocation cannot be mapped.
+bool MappedSources(const ServeContext &ctx, const std::vector<wire::SourceMapping> &sources,
+                   const std::vector<iovec> &peer_iov, std::vector<std::shared_ptr<const MappedFile>> *files,
+                   std::vector<const uint8_t *> *from) {
+  if (sources.empty() || ctx.source_mappings == nullptr || !ctx.source_mappings->Enabled()) return false;
+  files->assign(sources.size(), nullptr);
+  from->clear();
+  for (const iovec &range : peer_iov) {
+    const uint64_t addr = reinterpret_cast<uintptr_t>(range.iov_base), len = range.iov_len;
+    size_t k = 0;
+    while (k < sources.size() &&
+           !(addr >= sources[k].base && addr - sources[k].base <= sources[k].size &&
+             len <= sources[k].size - (addr - sources[k].base)))
+      ++k;
+    if (k == sources.size()) return false;
+    if (!(*files)[k]) {
+      (*files)[k] = ctx.source_mappings->Source(*ctx.same_host, sources[k]);
+      if (!(*files)[k]) return false;
+    }
+    from->push_back((*files)[k]->Base() + (addr - sources[k].base));
+  }
+  return true;
+}
+
+// memcpy from `from[i]` into iov[i], in chunks of at most kMaxBytesPerCall,
+// with CopyFrom's rules: before each chunk the cancel flag, `abandoned` and
+// the deadline are looked at; after it the requester's hold word is read with
+// process_vm_readv (which also checks the process is still the verified one).
+// Returns 0 or CopyFrom's errno; on failure the last chunk's bytes are zeroed
+// (whatever it read may postdate the requester letting go).
+int MappedCopy(PeerProcess &peer, const std::vector<iovec> &iov, const std::vector<const uint8_t *> &from,
+               Deadline deadline, const std::atomic<bool> *cancel, const std::function<bool()> &abandoned,
+               const HoldWord *hold) {
+  size_t i = 0;
+  uint64_t off = 0;
+  while (i < iov.size()) {
+    if (cancel != nullptr && cancel->load(std::memory_order_relaxed)) return ECANCELED;
+    if (abandoned && abandoned()) return ECANCELED;
+    if (deadline.Expired()) return ETIMEDOUT;
+    const size_t first = i;
+    const uint64_t first_off = off;
+    uint64_t chunk = 0;
+    while (i < iov.size() && chunk < kMaxBytesPerCall) {
+      const uint64_t n = std::min<uint64_t>(iov[i].iov_len - off, kMaxBytesPerCall - chunk);
+      memcpy(static_cast<uint8_t *>(iov[i].iov_base) + off, from[i] + off, n);
+      chunk += n;
+      off += n;
+      if (off == iov[i].iov_len) {
+        ++i;
+        off = 0;
+      }
+    }
+    int err = 0;
+    if (hold != nullptr) {
+      uint64_t word = 0;
+      iovec local{&word, sizeof(word)}, remote{reinterpret_cast<void *>(static_cast<uintptr_t>(hold->addr)),
+                                                sizeof(word)};
+      err = peer.CopyFrom(&local, 1, &remote, 1, deadline);
+      if (err == 0 && word != hold->value) err = ECANCELED;
+    } else if (!peer.Alive()) {
+      err = ESRCH;
+    }
+    if (err != 0) {
+      // Zero this chunk: from (first, first_off) to (i, off).
+      size_t z = first;
+      uint64_t z_off = first_off;
+      while (z < i || (z == i && z_off < off)) {
+        const uint64_t end = z < i ? iov[z].iov_len : off;
+        memset(static_cast<uint8_t *>(iov[z].iov_base) + z_off, 0, end - z_off);
+        ++z;
+        z_off = 0;
+      }
+      return err;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
 
 bool SameHostTrustHolds(const ServeContext &ctx, const char *what) {
   if (ctx.same_host->Alive()) return true;
@@ -49,7 +137,8 @@ bool HoldSameHostRead(ByteStream &stream, const MsgHeader &header, const ServeCo
 
 bool ServeSameHostWrite(ByteStream &stream, const MsgHeader &header, const ServeContext &ctx,
                         const std::vector<iovec> &iov, const std::vector<iovec> &peer_iov, Deadline deadline,
-                        Deadline requester_deadline, RegionPins &pins, const HoldWord *hold) {
+                        Deadline requester_deadline, RegionPins &pins, const HoldWord *hold,
+                        const std::vector<wire::SourceMapping> &sources) {
   // Write: one copy from the requester's ranges into our registered memory,
   // with the regions pinned. The requester's memory is only read.
   if (requester_deadline.Expired()) {
@@ -63,18 +152,31 @@ bool ServeSameHostWrite(ByteStream &stream, const MsgHeader &header, const Serve
   // be stopped, between them): the hold, read by the call itself, is what
   // makes a call that started after the requester let go throw its bytes away.
   bool gave_up = false;
-  int err = ctx.same_host->CopyFrom(iov.data(), iov.size(), peer_iov.data(), peer_iov.size(),
-                                    deadline.EarlierOf(requester_deadline), &pins.Broken(),
-                                    [&stream, &gave_up] {
-                                      gave_up = RequesterHungUp(stream);
-                                      if (!gave_up) {
-                                        // Tests stop here: the window between the check and the call.
-                                        SyncPoint("ServeSameHostWrite:before_copy");
-                                        InjectFreezeBeforeServedCopy();
-                                      }
-                                      return gave_up;
-                                    },
-                                    hold);
+  const std::function<bool()> abandoned = [&stream, &gave_up] {
+    gave_up = RequesterHungUp(stream);
+    if (!gave_up) {
+      // Tests stop here: the window between the check and the call.
+      SyncPoint("ServeSameHostWrite:before_copy");
+      InjectFreezeBeforeServedCopy();
+    }
+    return gave_up;
+  };
+  // Sources in the requester's shareable memory that we map: memcpy from
+  // there (no page pinning), else process_vm_readv.
+  thread_local std::vector<std::shared_ptr<const MappedFile>> files;
+  thread_local std::vector<const uint8_t *> from;
+  const bool mapped = MappedSources(ctx, sources, peer_iov, &files, &from);
+  int err = mapped ? MappedCopy(*ctx.same_host, iov, from, deadline.EarlierOf(requester_deadline), &pins.Broken(),
+                                abandoned, hold)
+                   : ctx.same_host->CopyFrom(iov.data(), iov.size(), peer_iov.data(), peer_iov.size(),
+                                             deadline.EarlierOf(requester_deadline), &pins.Broken(), abandoned,
+                                             hold);
+  files.clear();  // let go of what this copy held (the session keeps the mappings)
+  if (err == 0 && ctx.metrics != nullptr) {
+    uint64_t bytes = 0;
+    for (const iovec &v : iov) bytes += v.iov_len;
+    ctx.metrics->CountServedSameHostWrite(mapped ? metrics::kMapped : metrics::kKernelCopy, bytes);
+  }
   const bool deregistered = pins.Broken().load();
   pins.Release();
   if (gave_up || (hold != nullptr && err == ECANCELED && !deregistered)) {

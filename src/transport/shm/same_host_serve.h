@@ -31,10 +31,14 @@ bool HoldSameHostRead(ByteStream &stream, const wire::MsgHeader &header, const S
 // registered memory (`iov`, pinned by `pins`), stopped at `requester_deadline`,
 // once the requester shut the lane down, or (a held write, `hold`) once the
 // requester released its hold, in which case what was copied is zeroed;
-// answers with the outcome (nothing when the requester gave up).
+// answers with the outcome (nothing when the requester gave up). `sources`
+// (wire::kFlagSourceMappings): the requester's shareable allocations holding
+// every source range; where ctx.source_mappings maps them all, the copy is
+// memcpy from those mappings, chunk by chunk, the hold read after each.
 bool ServeSameHostWrite(ByteStream &stream, const wire::MsgHeader &header, const ServeContext &ctx,
                         const std::vector<iovec> &iov, const std::vector<iovec> &peer_iov, Deadline deadline,
-                        Deadline requester_deadline, RegionPins &pins, const HoldWord *hold = nullptr);
+                        Deadline requester_deadline, RegionPins &pins, const HoldWord *hold = nullptr,
+                        const std::vector<wire::SourceMapping> &sources = {});
 
 // A standing read lease request (wire::kLeaseRequest): lists our readable
 // regions (at most wire::kMaxLeaseRegions) and holds back their removal for

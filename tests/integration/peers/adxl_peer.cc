@@ -11,6 +11,7 @@
 //     READY
 // and then serves line commands on stdin, one reply line each:
 //     PING                                   -> PONG
+//     METRICS                                -> METRICS <llmdd_ext::GetMetricsJson, one line>
 //     CHECK <i> <off> <len> <seed>           -> OK | BAD <first mismatching offset in region>
 //     FILL <i> <seed>                        -> OK             (whole region = pattern seed)
 //     CRC <i> <off> <len>                    -> CRC <hex of itest::Hash64(bytes)>
@@ -183,6 +184,13 @@ void Serve(const std::vector<std::string> &t) {
   std::string err;
   if (cmd == "PING") {
     Reply("PONG");
+  } else if (cmd == "METRICS") {
+    const char *json = nullptr;
+    if (llmdd_ext::GetMetricsJson(*g_engine, json) != adxl::SUCCESS || json == nullptr) return Reply("ERR metrics");
+    std::string line = json;
+    for (char &c : line)
+      if (c == '\n') c = ' ';
+    Reply("METRICS " + line);
   } else if (cmd == "CHECK" && t.size() == 5) {
     Region *r = nullptr;
     uint64_t off = 0, len = 0, seed = 0;
