@@ -322,6 +322,7 @@ bool DecodeSourceMappings(const uint8_t *body, uint64_t body_len, uint64_t at, s
     m.size = GetU64(in + 40);
     uint64_t end = 0;
     if (m.size == 0 || __builtin_add_overflow(m.base, m.size, &end)) return false;
+    if (&m != out->data() && (&m)[-1].base + (&m)[-1].size > m.base) return false;  // sorted, apart
     in += kSourceMappingEntrySize;
   }
   return true;

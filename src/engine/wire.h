@@ -183,14 +183,15 @@ constexpr uint64_t kSameHostHoldSize = 16;
 // Header flag of same-host WriteRequests (with kFlagSameHost), only on
 // sessions that granted kCapSourceMappings: after the entries comes `count
 // u32, reserved u32, (fd u32, reserved u32, serial u64, inode u64, device u64,
-// base u64, size u64) x count` (1..kMaxSourceMappings): the requester's
+// base u64, size u64) x count` (1..kMaxSourceMappings, sorted by base, not
+// overlapping): the requester's
 // addresses [base, base + size) are offsets [0, size) of the memfd it holds at
 // descriptor `fd` (its MallocMem memory; identity inode/device, allocation
 // `serial`), and every source range of the request lies in one of them. The
 // server may map them read-only (pidfd_getfd) and copy with memcpy instead
 // of process_vm_readv; the write hold is checked after every chunk as before.
 constexpr uint32_t kFlagSourceMappings = 1U << 2;
-constexpr uint32_t kMaxSourceMappings = 16;
+constexpr uint32_t kMaxSourceMappings = 256;  // as many as a process has shareable allocations
 constexpr uint64_t kSourceMappingHeader = 8;
 constexpr uint64_t kSourceMappingEntrySize = 48;
 constexpr uint32_t kMaxLeaseMs = 10000;
@@ -326,8 +327,8 @@ struct SourceMapping {
 // Appends the trailer to a same-host write body.
 void AppendSourceMappings(const std::vector<SourceMapping> &mappings, std::vector<uint8_t> *body);
 // The trailer at `at` of a body of `body_len` bytes; false when malformed
-// (count outside [1, kMaxSourceMappings], length not matching, a size of 0 or
-// a range that wraps).
+// (count outside [1, kMaxSourceMappings], length not matching, a size of 0,
+// a range that wraps, or entries not sorted by base and apart).
 bool DecodeSourceMappings(const uint8_t *body, uint64_t body_len, uint64_t at, std::vector<SourceMapping> *out);
 
 // Where a listed range lives in the server's memory (kFlagLeaseMappings).

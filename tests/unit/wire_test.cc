@@ -250,6 +250,12 @@ TEST(WireRanges, SourceMappingsFollowTheEntriesAndAreBounded) {
   std::vector<uint8_t> empty_alloc(24);
   AppendSourceMappings({{1, 1, 1, 1, 4096, 0}}, &empty_alloc);
   EXPECT_FALSE(DecodeSourceMappings(empty_alloc.data(), empty_alloc.size(), 24, &back));
+  std::vector<uint8_t> unsorted(24);
+  AppendSourceMappings({sources[1], sources[0]}, &unsorted);
+  EXPECT_FALSE(DecodeSourceMappings(unsorted.data(), unsorted.size(), 24, &back));
+  std::vector<uint8_t> overlapping(24);
+  AppendSourceMappings({{1, 1, 1, 1, 4096, 8192}, {2, 2, 2, 2, 8192, 4096}}, &overlapping);
+  EXPECT_FALSE(DecodeSourceMappings(overlapping.data(), overlapping.size(), 24, &back));
   std::vector<uint8_t> too_many(24);
   AppendSourceMappings(std::vector<SourceMapping>(kMaxSourceMappings + 1, sources[0]), &too_many);
   EXPECT_FALSE(DecodeSourceMappings(too_many.data(), too_many.size(), 24, &back));

@@ -20,24 +20,25 @@ using wire::MsgHeader;
 using wire::MsgType;
 
 // The shareable allocations (host_memory.h) that hold every one of the
-// segments' local ranges, at most wire::kMaxSourceMappings; false when some
-// range lies elsewhere (the server then reads with process_vm_readv).
+// segments' local ranges, sorted by base, at most wire::kMaxSourceMappings;
+// false when some range lies elsewhere (the server then reads with
+// process_vm_readv). KV blocks alternate between tensors (allocations):
+// looked up by binary search in what was found, the process-wide table only
+// for a new allocation.
 bool SourceAllocations(const Segment *segs, size_t count, std::vector<wire::SourceMapping> *out) {
   out->clear();
   for (size_t i = 0; i < count; ++i) {
     const uintptr_t addr = segs[i].local;
-    bool known = false;
-    for (const wire::SourceMapping &m : *out) {
-      if (addr >= m.base && addr - m.base <= m.size && segs[i].len <= m.size - (addr - m.base)) {
-        known = true;
-        break;
-      }
+    auto it = std::upper_bound(out->begin(), out->end(), addr,
+                               [](uintptr_t a, const wire::SourceMapping &m) { return a < m.base; });
+    if (it != out->begin()) {
+      const wire::SourceMapping &m = *(it - 1);
+      if (addr - m.base <= m.size && segs[i].len <= m.size - (addr - m.base)) continue;
     }
-    if (known) continue;
     SharedBacking backing;
     if (out->size() == wire::kMaxSourceMappings || !FindSharedBacking(addr, segs[i].len, &backing)) return false;
-    out->push_back({static_cast<uint32_t>(backing.fd), backing.serial, backing.inode, backing.device,
-                    static_cast<uint64_t>(backing.base), backing.size});
+    out->insert(it, {static_cast<uint32_t>(backing.fd), backing.serial, backing.inode, backing.device,
+                     static_cast<uint64_t>(backing.base), backing.size});
   }
   return !out->empty();
 }

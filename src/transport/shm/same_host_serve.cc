@@ -34,12 +34,12 @@ bool MappedSources(const ServeContext &ctx, const std::vector<wire::SourceMappin
   from->clear();
   for (const iovec &range : peer_iov) {
     const uint64_t addr = reinterpret_cast<uintptr_t>(range.iov_base), len = range.iov_len;
-    size_t k = 0;
-    while (k < sources.size() &&
-           !(addr >= sources[k].base && addr - sources[k].base <= sources[k].size &&
-             len <= sources[k].size - (addr - sources[k].base)))
-      ++k;
-    if (k == sources.size()) return false;
+    // Sorted by base and apart (DecodeSourceMappings): the last one at or below addr.
+    auto it = std::upper_bound(sources.begin(), sources.end(), addr,
+                               [](uint64_t a, const wire::SourceMapping &m) { return a < m.base; });
+    if (it == sources.begin()) return false;
+    const size_t k = static_cast<size_t>(it - sources.begin()) - 1;
+    if (addr - sources[k].base > sources[k].size || len > sources[k].size - (addr - sources[k].base)) return false;
     if (!(*files)[k]) {
       (*files)[k] = ctx.source_mappings->Source(*ctx.same_host, sources[k]);
       if (!(*files)[k]) return false;
