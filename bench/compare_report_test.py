@@ -180,6 +180,27 @@ class References(unittest.TestCase):
         self.assertEqual((x.ours, x.ref), ("3.500 GB/s", "1.400 GB/s"))
         self.assertTrue(x.verdict.startswith("MISS"), x.verdict)
 
+    def test_kv_pull_of_mallocmem_caches_is_its_own_row_and_never_mixed(self):
+        def kv(r, op, tr, gbps, **extra):
+            rec = {"mode": "kv", "op": op, "transport": tr, "kv_blocks": 256, "gbps": gbps, "tag": "round=%d" % r,
+                   "checked": "first,last"}
+            if op != "memcpy":
+                rec["threads"] = 1
+            rec.update(extra)
+            return rec
+        recs = [META]
+        for r in (1, 2, 3):
+            recs.append(kv(r, "pull", "shm", 8.0))                       # private memory: process_vm_readv
+            recs.append(kv(r, "pull", "shm", 12.0, memory="mallocmem"))  # MallocMem caches: mapped
+            recs.append(kv(r, "memcpy", "local", 10.0, copy_threads=2))
+        rows = cr.evaluate(cr.Data(recs))
+        plain = row(rows, "shm PullKvBlocks vs memcpy same pieces 2 thr")
+        mapped = row(rows, "shm PullKvBlocks, MallocMem caches, vs memcpy same pieces 2 thr")
+        self.assertEqual(plain.ratio, "0.80 (0.80..0.80, n=3)")
+        self.assertTrue(plain.verdict.startswith("MISS"), plain.verdict)
+        self.assertEqual(mapped.ratio, "1.20 (1.20..1.20, n=3)")
+        self.assertTrue(mapped.verdict.startswith("PASS"), mapped.verdict)
+
     def test_mooncake_without_its_bench_is_not_measured(self):
         why = "Mooncake's transfer_engine_bench is not installed"
         recs = [META, {"mode": "mooncake_bench", "skipped": why}]
