@@ -35,7 +35,24 @@ uint64_t last_serial = 0;     // guarded by AllocationsMutex()
 // A shareable allocation of `len` bytes (page multiple): a tmpfs memfd sealed
 // against shrinking (and further seals), mapped shared. False: not made (no
 // slot, or the kernel refused); the caller falls back to private pages.
+// Strict overcommit (vm.overcommit_memory = 2): a private mapping is refused
+// up front when memory is short, but tmpfs pages are charged only when first
+// touched, where a refusal is SIGBUS. MallocMem keeps its clean refusal there.
+bool StrictOvercommit() {
+  static const bool strict = [] {
+    FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
+    int mode = 0;
+    if (f != nullptr) {
+      if (fscanf(f, "%d", &mode) != 1) mode = 0;
+      fclose(f);
+    }
+    return mode == 2;
+  }();
+  return strict;
+}
+
 bool MapShareable(size_t len, HostAllocation *a, Allocation *record) {
+  if (StrictOvercommit()) return false;
   {
     std::lock_guard lock(AllocationsMutex());
     if (shareable_count >= kMaxShareableAllocations) return false;

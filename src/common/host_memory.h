@@ -17,8 +17,9 @@
 // process_vm_readv needs) takes it with pidfd_getfd and maps it read-only, and
 // then reads registered ranges with plain memcpy (transport/shm/
 // peer_mappings.h). At most kMaxShareableAllocations are shareable at once
-// (each holds a descriptor); beyond, or where memfd_create fails, ordinary
-// private pages as before. A shareable allocation is MAP_SHARED: a child
+// (each holds a descriptor); beyond, where memfd_create fails, or under strict
+// overcommit (vm.overcommit_memory 2: tmpfs pages are charged when touched,
+// where running short is SIGBUS, not a refusal), ordinary private pages. A shareable allocation is MAP_SHARED: a child
 // forked after MallocMem shares it instead of getting a copy-on-write copy.
 // FreeHostMemory frees a shareable allocation's pages at once (it punches
 // the whole file), whatever peers still have it mapped: they read zeros.

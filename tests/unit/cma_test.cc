@@ -922,5 +922,49 @@ TEST(SameHostMappings, AMappedWriteSourceIsCopiedAndAReleasedHoldLeavesNothing) 
   FreeHostMemory(a.addr);
 }
 
+// A write source that did not fit under the cap is tried again once room is
+// made (a limit of ours, not the file's fault); mappings no copy holds are let
+// go to make it. Files that fail a check are not tried again.
+TEST(SameHostMappings, WriteSourcesOverTheCapWaitForRoomAndBadFilesAreNotRetried) {
+  std::shared_ptr<PeerProcess> self = SelfPeer();
+  auto memfd = [](uint64_t serial, bool seal, wire::SourceMapping *m) {
+    const int fd = memfd_create("t", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(ftruncate(fd, 1 << 20), 0);
+    if (seal) {
+      EXPECT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    }
+    struct stat st {};
+    EXPECT_EQ(fstat(fd, &st), 0);
+    *m = {static_cast<uint32_t>(fd), serial, static_cast<uint64_t>(st.st_ino), static_cast<uint64_t>(st.st_dev),
+          0x100000000ULL * serial, 1 << 20};
+    return fd;
+  };
+  PeerMappings mappings(1 << 20);  // room for one
+  wire::SourceMapping a, b, bad;
+  const int fd_a = memfd(1, true, &a), fd_b = memfd(2, true, &b), fd_bad = memfd(3, false, &bad);
+  std::shared_ptr<const MappedFile> held = mappings.Source(*self, a);
+  ASSERT_TRUE(held);
+  EXPECT_EQ(mappings.Source(*self, a), held);  // the same mapping for the same allocation
+  EXPECT_FALSE(mappings.Source(*self, b));    // over the cap while a copy holds a
+  held.reset();                               // the copy ended
+  std::shared_ptr<const MappedFile> mapped_b = mappings.Source(*self, b);
+  EXPECT_TRUE(mapped_b);                      // a let go to make room
+  EXPECT_EQ(mappings.MappedBytes(), 1U << 20);
+  mapped_b.reset();
+  EXPECT_FALSE(mappings.Source(*self, bad));  // unsealed: refused
+  ASSERT_EQ(fcntl(fd_bad, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+  EXPECT_FALSE(mappings.Source(*self, bad));  // and not tried again
+  wire::SourceMapping reused = a;             // a serial that named another file before
+  reused.inode += 1;
+  ASSERT_TRUE(mappings.Source(*self, a));
+  EXPECT_FALSE(mappings.Source(*self, reused));
+  mappings.Clear();
+  EXPECT_EQ(mappings.MappedBytes(), 0U);
+  close(fd_a);
+  close(fd_b);
+  close(fd_bad);
+}
+
 }  // namespace
 }  // namespace llmdd

@@ -22,10 +22,20 @@ namespace {
 // Serials refused are remembered so that a bad file is not taken again at
 // every renewal; the set is bounded (a hostile peer could name endless ones).
 constexpr size_t kMaxRefusedSerials = 4096;
+// Write sources mapped per session at most (an honest requester has at most
+// kMaxShareableAllocations); beyond, the ones no copy holds are let go. Keeps
+// a requester that keeps allocating from growing our mapping count (and
+// vm.max_map_count is per process).
+constexpr size_t kMaxSourceFiles = 256;
 
 }  // namespace
 
 MappedFile::~MappedFile() { munmap(const_cast<uint8_t *>(base_), size_); }
+
+void PeerMappings::Clear() {
+  std::lock_guard lock(mutex_);
+  by_serial_.clear();
+}
 
 uint64_t PeerMappings::MappedBytes() const {
   std::lock_guard lock(mutex_);
@@ -36,23 +46,31 @@ uint64_t PeerMappings::MappedBytes() const {
 
 std::shared_ptr<const MappedFile> PeerMappings::Map(PeerProcess &peer, uint32_t peer_fd, uint64_t serial,
                                                     uint64_t inode, uint64_t device, uint64_t min_size,
-                                                    uint64_t in_use) {
+                                                    uint64_t in_use, bool *for_good) {
   std::string why;
   std::shared_ptr<const MappedFile> mapped;
+  *for_good = false;  // only a file that fails a check is never tried again
   const int fd = peer.DuplicateDescriptor(peer_fd);
   struct stat st {};
   struct statfs fs {};
   if (fd < 0) {
     why = std::string("pidfd_getfd: ") + strerror(errno);
+    *for_good = errno != EMFILE && errno != ENFILE && errno != ENOMEM;
   } else if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_ino) != inode ||
              static_cast<uint64_t>(st.st_dev) != device) {
     why = "descriptor " + std::to_string(peer_fd) + " is not the file listed";
+    *for_good = true;
   } else if (fstatfs(fd, &fs) != 0 || static_cast<unsigned long>(fs.f_type) != TMPFS_MAGIC) {
     why = "not a tmpfs file (hugetlbfs and others are read with process_vm_readv)";
-  } else if ((fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK) == 0) {
+    *for_good = true;
+  } else if ((fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK) == 0 || fstat(fd, &st) != 0) {
+    // The size counts only once the seal is seen: the file may have shrunk
+    // before it was sealed, so it is read again after (never less from then on).
     why = "not sealed against shrinking";
+    *for_good = true;
   } else if (st.st_size <= 0 || static_cast<uint64_t>(st.st_size) < min_size) {
     why = "smaller than the allocation listed";
+    *for_good = true;
   } else if (static_cast<uint64_t>(st.st_size) > max_bytes_ - std::min(in_use, max_bytes_)) {
     why = "over llmdd.SameHostMapMaxBytes (" + std::to_string(st.st_size) + " bytes, " +
           std::to_string(in_use) + " of " + std::to_string(max_bytes_) + " mapped)";
@@ -95,8 +113,8 @@ std::shared_ptr<const MappedFile> PeerMappings::Source(PeerProcess &peer, const 
   if (refused_.count(source.serial) != 0) return nullptr;
   uint64_t in_use = 0;
   for (const auto &entry : by_serial_) in_use += entry.second->Size();
-  if (source.size > max_bytes_ - std::min(in_use, max_bytes_)) {
-    // Over the cap: let go of what no copy holds now (allocations since freed among them).
+  if (source.size > max_bytes_ - std::min(in_use, max_bytes_) || by_serial_.size() >= kMaxSourceFiles) {
+    // Over a cap: let go of what no copy holds now (allocations since freed among them).
     for (auto it = by_serial_.begin(); it != by_serial_.end();) {
       if (it->second.use_count() == 1) {
         in_use -= it->second->Size();
@@ -106,10 +124,12 @@ std::shared_ptr<const MappedFile> PeerMappings::Source(PeerProcess &peer, const 
       }
     }
   }
+  if (by_serial_.size() >= kMaxSourceFiles) return nullptr;  // all in use by copies now: process_vm_readv
+  bool for_good = false;
   std::shared_ptr<const MappedFile> file =
-      Map(peer, source.fd, source.serial, source.inode, source.device, source.size, in_use);
+      Map(peer, source.fd, source.serial, source.inode, source.device, source.size, in_use, &for_good);
   if (!file) {
-    Refuse(source.serial);
+    if (for_good) Refuse(source.serial);
     return nullptr;
   }
   by_serial_.emplace(source.serial, file);
@@ -136,8 +156,9 @@ void PeerMappings::Attach(PeerProcess &peer, const std::vector<wire::LeaseMappin
                known->second->Is(entry.inode, entry.device)) {
       file = known->second;
     } else if (refused_.count(entry.serial) == 0) {
-      file = Map(peer, entry.fd, entry.serial, entry.inode, entry.device, 0, in_use);
-      if (!file) Refuse(entry.serial);
+      bool for_good = false;
+      file = Map(peer, entry.fd, entry.serial, entry.inode, entry.device, 0, in_use, &for_good);
+      if (!file && for_good) Refuse(entry.serial);
     }
     if (!file) continue;
     if (kept.emplace(entry.serial, file).second) {

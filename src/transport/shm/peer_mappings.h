@@ -71,13 +71,17 @@ class PeerMappings {
   // FreeMem frees the pages at once (host_memory.h), whatever we keep mapped.
   std::shared_ptr<const MappedFile> Source(PeerProcess &peer, const wire::SourceMapping &source);
   uint64_t MappedBytes() const;
+  // Lets go of every mapping (copies under way keep theirs until they end).
+  void Clear();
 
  private:
   // Takes descriptor `fd` of the peer, checks it is the sealed tmpfs file
   // `inode`/`device` of at least `min_size` bytes, maps it whole; null when
-  // any check fails or it would pass the cap (`in_use` mapped already).
+  // any check fails or it would pass the cap (`in_use` mapped already);
+  // *for_good then says whether the file itself failed (not worth retrying)
+  // rather than this process's limits (descriptors, address space, the cap).
   std::shared_ptr<const MappedFile> Map(PeerProcess &peer, uint32_t fd, uint64_t serial, uint64_t inode,
-                                        uint64_t device, uint64_t min_size, uint64_t in_use);
+                                        uint64_t device, uint64_t min_size, uint64_t in_use, bool *for_good);
   void Refuse(uint64_t serial);
 
   const uint64_t max_bytes_;

@@ -222,9 +222,17 @@ std::shared_ptr<const ReadLease> SameHostLink::UsableLease(Deadline deadline, Tr
   LaneResult r = lanes_->RunOnce(deadline, request, [&fresh, deadline, want](ByteStream &stream, uint64_t request_id) {
     return ExecuteLeaseRequest(stream, request_id, deadline, fresh.get(), want);
   });
-  if (r.status == adxl::SUCCESS) {
-    // Mapping what is new takes a pidfd_getfd and an mmap per allocation, once.
-    if (!listed.empty()) mappings_.Attach(*peer_, listed, fresh.get());
+  if (r.status == adxl::SUCCESS && !peer_->Alive()) {
+    // Granted, but the process is gone now: no lease, and nothing of it stays mapped.
+    r.status = adxl::FAILED;
+    r.error = "the peer process is gone (same-host trust ended)";
+    mappings_.Clear();
+  }
+  if (r.status == adxl::SUCCESS && want != nullptr) {
+    // Mapping what is new takes a pidfd_getfd and an mmap per allocation,
+    // once; what the lease no longer lists is let go (also when it lists none).
+    mappings_.Attach(*peer_, listed, fresh.get());
+    any_mapped_.store(fresh->any_mapped, std::memory_order_relaxed);
   }
   std::lock_guard lock(lease_mutex_);
   lease_renewing_ = false;
@@ -323,11 +331,25 @@ bool SameHostLink::TryMappedRead(const TransferBatch &batch) {
     }
   }
   if (request != nullptr) request->EndIo(nullptr);
+  // No pidfd poll per copy (it would double the cost of a small READ): the
+  // bytes are the file's, which no other process can have taken over, and
+  // the peer's death is seen at the next renewal (UsableLease polls it), so a
+  // mapped READ may return what a server that died less than one lease ago
+  // left in its registered memory, as it may while the server is stopped.
   if (!done) return false;
   const auto copied_at = Deadline::Clock::now();
   if (request != nullptr && request->total_bytes == batch.total_bytes) request->ended_at = copied_at;
   if (metrics_ != nullptr) metrics_->CountOneSidedRead(metrics::kMapped, batch.total_bytes);
   return true;
+}
+
+void SameHostLink::Shutdown() {
+  shut_down_.store(true);
+  // Mappings hold a peer's pages only until it frees them (FreeMem punches
+  // them); a peer that ended without FreeMem keeps them until we let go.
+  mappings_.Clear();
+  std::lock_guard lock(lease_mutex_);
+  lease_.reset();
 }
 
 const TransportCaps &SameHostTransport::StaticCaps() {
@@ -360,7 +382,12 @@ TransportResult SameHostLink::Submit(const TransferBatch &batch) {
   }
   // A READ of memory the peer shares with us (its MallocMem memory, mapped
   // here read-only): memcpy under the standing lease, whatever its size.
-  if (batch.op == adxl::READ && mappings_.Enabled() && TryMappedRead(batch)) return result;
+  // Larger than a one-sided READ: tried only while the lease maps something
+  // (no lease round trips for large READs of a peer without shareable memory).
+  if (batch.op == adxl::READ && mappings_.Enabled() &&
+      (OneSidedReadFits(batch.op, batch.total_bytes, batch.count) || any_mapped_.load(std::memory_order_relaxed)) &&
+      TryMappedRead(batch))
+    return result;
   if (OneSidedReadFits(batch.op, batch.total_bytes, batch.count)) {
     if (TryOneSidedRead(batch)) return result;
     if (batch.deadline.Expired()) {  // renewing the lease took the whole time: the peer does not answer

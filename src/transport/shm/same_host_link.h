@@ -97,7 +97,7 @@ class SameHostLink : public TransportLink {
   // While the verified process is still trusted (it ends for good when it is gone).
   bool Usable() const override { return !shut_down_.load() && !peer_->Gone(); }
   TransportResult Submit(const TransferBatch &batch) override;
-  void Shutdown() override { shut_down_.store(true); }
+  void Shutdown() override;
   PeerProcess &Peer() { return *peer_; }
 
  private:
@@ -120,6 +120,7 @@ class SameHostLink : public TransportLink {
   const bool source_mappings_;  // the peer may map our shareable WRITE sources (kCapSourceMappings)
   std::atomic<bool> shut_down_{false};
   PeerMappings mappings_;
+  std::atomic<bool> any_mapped_{false};  // the last lease mapped some region
   EngineMetrics *const metrics_;  // may be null
   std::mutex lease_mutex_;
   std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_

@@ -53,19 +53,27 @@ bool MappedSources(const ServeContext &ctx, const std::vector<wire::SourceMappin
 // with CopyFrom's rules: before each chunk the cancel flag, `abandoned` and
 // the deadline are looked at; after it the requester's hold word is read with
 // process_vm_readv (which also checks the process is still the verified one).
-// Returns 0 or CopyFrom's errno; on failure the last chunk's bytes are zeroed
-// (whatever it read may postdate the requester letting go).
+// Returns 0 or CopyFrom's errno; on failure every byte it wrote is zeroed, as
+// CopyFrom does (the last chunk's may postdate the requester letting go).
 int MappedCopy(PeerProcess &peer, const std::vector<iovec> &iov, const std::vector<const uint8_t *> &from,
                Deadline deadline, const std::atomic<bool> *cancel, const std::function<bool()> &abandoned,
                const HoldWord *hold) {
   size_t i = 0;
   uint64_t off = 0;
+  // Zeroes [start of iov, (i, off)).
+  auto scrub = [&iov, &i, &off] {
+    for (size_t z = 0; z <= i && z < iov.size(); ++z)
+      memset(iov[z].iov_base, 0, z < i ? iov[z].iov_len : off);
+  };
   while (i < iov.size()) {
-    if (cancel != nullptr && cancel->load(std::memory_order_relaxed)) return ECANCELED;
-    if (abandoned && abandoned()) return ECANCELED;
-    if (deadline.Expired()) return ETIMEDOUT;
-    const size_t first = i;
-    const uint64_t first_off = off;
+    int stop = 0;
+    if (cancel != nullptr && cancel->load(std::memory_order_relaxed)) stop = ECANCELED;
+    if (stop == 0 && abandoned && abandoned()) stop = ECANCELED;
+    if (stop == 0 && deadline.Expired()) stop = ETIMEDOUT;
+    if (stop != 0) {
+      scrub();
+      return stop;
+    }
     uint64_t chunk = 0;
     while (i < iov.size() && chunk < kMaxBytesPerCall) {
       const uint64_t n = std::min<uint64_t>(iov[i].iov_len - off, kMaxBytesPerCall - chunk);
@@ -88,15 +96,7 @@ int MappedCopy(PeerProcess &peer, const std::vector<iovec> &iov, const std::vect
       err = ESRCH;
     }
     if (err != 0) {
-      // Zero this chunk: from (first, first_off) to (i, off).
-      size_t z = first;
-      uint64_t z_off = first_off;
-      while (z < i || (z == i && z_off < off)) {
-        const uint64_t end = z < i ? iov[z].iov_len : off;
-        memset(static_cast<uint8_t *>(iov[z].iov_base) + z_off, 0, end - z_off);
-        ++z;
-        z_off = 0;
-      }
+      scrub();
       return err;
     }
   }
