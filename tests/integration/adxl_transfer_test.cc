@@ -891,6 +891,31 @@ TEST_P(MallocMemReadTest, ReadsAreExactFollowWritesAndEndWithTheRegistration) {
   EXPECT_EQ(local.data()[0], 0x5A);
 }
 
+// A pull of large READs only (no small READ took a lease before): the first
+// one asks for the lease itself and goes through the mapping.
+TEST_P(MallocMemReadTest, ALargeFirstReadTakesTheMapping) {
+  AdxlPeer::Options o;
+  o.size = 4096;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  std::vector<std::pair<std::string, std::string>> opts;
+  if (GetParam() == "shm-unmapped") opts.emplace_back("llmdd.SameHostMapMaxBytes", "0");
+  ASSERT_TRUE(InitClient(opts));
+  ASSERT_TRUE(ConnectTo(*peer));
+  // Larger than a one-sided READ even once split into a part per lane (4 x 32 MiB).
+  const size_t kSize = 128u << 20;
+  const int idx = peer->RegisterMalloced(kSize, 930);
+  ASSERT_GE(idx, 0) << peer->last_error();
+  GuardedBuffer local(kSize);
+  ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local.addr(), peer->region(idx).addr, kSize}}, 30000));
+  ASSERT_EQ(SIZE_MAX, FindPatternMismatch(local.data(), kSize, 930, 0));
+  if (GetParam() == "shm") {
+    EXPECT_GE(OneSidedReads("mapped"), 1U);
+  } else {
+    EXPECT_EQ(OneSidedReads("mapped"), 0U);
+  }
+}
+
 // WRITEs from MallocMem memory: the serving peer maps the source
 // (kFlagSourceMappings) and copies with memcpy, the write hold read after
 // every chunk; unmapped (llmdd.SameHostMapMaxBytes=0 on both sides) it is

@@ -232,7 +232,10 @@ std::shared_ptr<const ReadLease> SameHostLink::UsableLease(Deadline deadline, Tr
     // Mapping what is new takes a pidfd_getfd and an mmap per allocation,
     // once; what the lease no longer lists is let go (also when it lists none).
     mappings_.Attach(*peer_, listed, fresh.get());
-    any_mapped_.store(fresh->any_mapped, std::memory_order_relaxed);
+    // A lease that maps nothing: large READs skip the mapping (and the lease)
+    // for a second; then one asks again, in case the peer has shared memory now.
+    const auto until = fresh->any_mapped ? Deadline::Clock::time_point{} : now + std::chrono::seconds(1);
+    unmapped_until_ns_.store(until.time_since_epoch().count(), std::memory_order_relaxed);
   }
   std::lock_guard lock(lease_mutex_);
   lease_renewing_ = false;
@@ -382,10 +385,13 @@ TransportResult SameHostLink::Submit(const TransferBatch &batch) {
   }
   // A READ of memory the peer shares with us (its MallocMem memory, mapped
   // here read-only): memcpy under the standing lease, whatever its size.
-  // Larger than a one-sided READ: tried only while the lease maps something
-  // (no lease round trips for large READs of a peer without shareable memory).
+  // Larger than a one-sided READ: not tried for a second after a lease that
+  // mapped nothing (no lease round trip per large READ of a peer without
+  // shareable memory); tried first thing, so a pull of large READs only
+  // takes the mapping without any small READ before it.
   if (batch.op == adxl::READ && mappings_.Enabled() &&
-      (OneSidedReadFits(batch.op, batch.total_bytes, batch.count) || any_mapped_.load(std::memory_order_relaxed)) &&
+      (OneSidedReadFits(batch.op, batch.total_bytes, batch.count) ||
+       Deadline::Clock::now().time_since_epoch().count() >= unmapped_until_ns_.load(std::memory_order_relaxed)) &&
       TryMappedRead(batch))
     return result;
   if (OneSidedReadFits(batch.op, batch.total_bytes, batch.count)) {

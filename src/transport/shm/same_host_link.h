@@ -120,7 +120,9 @@ class SameHostLink : public TransportLink {
   const bool source_mappings_;  // the peer may map our shareable WRITE sources (kCapSourceMappings)
   std::atomic<bool> shut_down_{false};
   PeerMappings mappings_;
-  std::atomic<bool> any_mapped_{false};  // the last lease mapped some region
+  // Until then (steady clock, ns) large READs do not try the mapping: the
+  // last lease mapped nothing. 0: try (no lease yet, or it mapped something).
+  std::atomic<int64_t> unmapped_until_ns_{0};
   EngineMetrics *const metrics_;  // may be null
   std::mutex lease_mutex_;
   std::shared_ptr<const ReadLease> lease_;  // guarded by lease_mutex_
