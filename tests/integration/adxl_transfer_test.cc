@@ -810,6 +810,25 @@ class MallocMemReadTest : public TransferBase, public ::testing::WithParamInterf
  protected:
   void SetUp() override { UseTransport(Mapped() || GetParam() == "shm-unmapped" ? "shm" : GetParam()); }
   bool Mapped() const { return GetParam() == "shm"; }
+  // A started peer (one region of `size` bytes, pattern `seed`) and this
+  // client connected to it; with "shm-unmapped" neither side maps (the
+  // peer's option matters when it serves our WRITEs). Null, the failure
+  // reported, when a step failed.
+  AdxlPeer *ConnectedPair(size_t size, uint64_t seed) {
+    AdxlPeer::Options o;
+    o.size = size;
+    o.seed = seed;
+    std::vector<std::pair<std::string, std::string>> opts;
+    if (GetParam() == "shm-unmapped") opts.emplace_back("llmdd.SameHostMapMaxBytes", "0");
+    o.engine_options = opts;
+    AdxlPeer *peer = StartPeer(o);
+    if (peer == nullptr) return nullptr;
+    if (!InitClient(opts) || !ConnectTo(*peer)) {
+      ADD_FAILURE() << "could not initialize the client and connect it to " << peer->id();
+      return nullptr;
+    }
+    return peer;
+  }
   // A counter of a metrics JSON object by family and path ("mapped" or "process_vm_readv").
   static uint64_t Counter(const std::string &json, const std::string &family, const char *path) {
     size_t at = json.find("\"" + family + "\":{");
@@ -841,15 +860,8 @@ std::string MallocMemParamName(const ::testing::TestParamInfo<std::string> &info
 }
 
 TEST_P(MallocMemReadTest, ReadsAreExactFollowWritesAndEndWithTheRegistration) {
-  AdxlPeer::Options o;
-  o.size = 4096;
-  o.seed = 800;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPair(4096, 800);
   ASSERT_NE(nullptr, peer);
-  std::vector<std::pair<std::string, std::string>> opts;
-  if (GetParam() == "shm-unmapped") opts.emplace_back("llmdd.SameHostMapMaxBytes", "0");
-  ASSERT_TRUE(InitClient(opts));
-  ASSERT_TRUE(ConnectTo(*peer));
   const size_t kSize = 4u << 20;
   const int idx = peer->RegisterMalloced(kSize, 900);
   ASSERT_GE(idx, 0) << peer->last_error();
@@ -894,14 +906,8 @@ TEST_P(MallocMemReadTest, ReadsAreExactFollowWritesAndEndWithTheRegistration) {
 // A pull of large READs only (no small READ took a lease before): the first
 // one asks for the lease itself and goes through the mapping.
 TEST_P(MallocMemReadTest, ALargeFirstReadTakesTheMapping) {
-  AdxlPeer::Options o;
-  o.size = 4096;
-  AdxlPeer *peer = StartPeer(o);
+  AdxlPeer *peer = ConnectedPair(4096, 1);
   ASSERT_NE(nullptr, peer);
-  std::vector<std::pair<std::string, std::string>> opts;
-  if (GetParam() == "shm-unmapped") opts.emplace_back("llmdd.SameHostMapMaxBytes", "0");
-  ASSERT_TRUE(InitClient(opts));
-  ASSERT_TRUE(ConnectTo(*peer));
   // Larger than a one-sided READ even once split into a part per lane (4 x 32 MiB).
   const size_t kSize = 128u << 20;
   const int idx = peer->RegisterMalloced(kSize, 930);
@@ -921,16 +927,9 @@ TEST_P(MallocMemReadTest, ALargeFirstReadTakesTheMapping) {
 // every chunk; unmapped (llmdd.SameHostMapMaxBytes=0 on both sides) it is
 // process_vm_readv. The bytes are the same either way.
 TEST_P(MallocMemReadTest, WritesFromMallocMemAreExactAndServedFromTheMapping) {
-  AdxlPeer::Options o;
-  o.size = 8u << 20;
-  o.seed = 810;
-  if (GetParam() == "shm-unmapped") o.engine_options.emplace_back("llmdd.SameHostMapMaxBytes", "0");
-  AdxlPeer *peer = StartPeer(o);
+  const size_t kRegion = 8u << 20;
+  AdxlPeer *peer = ConnectedPair(kRegion, 810);
   ASSERT_NE(nullptr, peer);
-  std::vector<std::pair<std::string, std::string>> opts;
-  if (GetParam() == "shm-unmapped") opts.emplace_back("llmdd.SameHostMapMaxBytes", "0");
-  ASSERT_TRUE(InitClient(opts));
-  ASSERT_TRUE(ConnectTo(*peer));
   const size_t kSize = 4u << 20;
   void *mem = nullptr;
   ASSERT_EQ(adxl::SUCCESS, adxl::AdxlEngine::MallocMem(adxl::MEM_HOST, kSize, &mem));
@@ -950,7 +949,7 @@ TEST_P(MallocMemReadTest, WritesFromMallocMemAreExactAndServedFromTheMapping) {
   for (size_t k = 0; k < 100; ++k) batch.push_back({desc.addr + k * 8192, remote + (3u << 20) + k * 4096, 4096});
   ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::WRITE, batch, 10000));
   // The peer's region now holds: pattern 810 except where written.
-  std::vector<uint8_t> expected(o.size);
+  std::vector<uint8_t> expected(kRegion);
   FillPattern(expected.data(), expected.size(), 810, 0);
   std::memcpy(expected.data() + 7, src + 5, 64);
   std::memcpy(expected.data() + (1u << 20) + 3, src + 4097, 1u << 20);
