@@ -422,7 +422,8 @@ def main():
               % unchecked)
     else:
         print("  Every figure of ours had the bytes of its first and last call checked (llmdd_bench byte checks).")
-    print("  Engine threads per call: TCP splits a call of >= 1 MiB into one part per lane, %d lanes" % lanes)
+    print("  Engine threads per call: TCP splits a call of >= 1 MiB into one part per lane (parts of")
+    print("  >= 512 KiB: 2 for 1 MiB), %d lanes" % lanes)
     print("  (llmdd.TcpConnections, library default); the same-host path into parts of >= 2 MiB")
     print("  (llmdd.SameHostMinPartBytes), at most one per cpu and per lane: min(%d, %d) = %d parts for a" % (lanes, nproc, ac))
     print("  64 MiB call, copied at once by as many threads (READ: the caller and its workers; WRITE: the")

@@ -45,16 +45,17 @@ TEST(PathPolicy, SameHostSplitsAtMostOncePerCoreInLargeParts) {
   tcp.name = "tcp";
   const SplitRule two_cores{2, part};
   EXPECT_EQ(PartsFor(shm, 1 * kMiB, 4, two_cores), 1u);
-  EXPECT_EQ(PartsFor(tcp, 1 * kMiB, 4, two_cores), 4u);  // TCP: lanes, not cores
+  EXPECT_EQ(PartsFor(tcp, 2 * kMiB, 4, two_cores), 4u);  // TCP: lanes, not cores
 }
 
 TEST(PathPolicy, SplitOnlyWhenEveryPartStaysLarge) {
   EXPECT_EQ(SplitParts(kParallelThreshold - 1, 4), 1u);
-  EXPECT_EQ(SplitParts(kParallelThreshold, 4), 4u);              // 1 MiB in 4 parts of 256 KiB
-  EXPECT_EQ(SplitParts(kParallelThreshold, 8), 4u);              // not in parts under kMinPartBytes
+  EXPECT_EQ(SplitParts(kParallelThreshold, 4), 2u);              // 1 MiB in 2 parts of 512 KiB
+  EXPECT_EQ(SplitParts(kParallelThreshold, 8), 2u);              // not in parts under kMinPartBytes
+  EXPECT_EQ(SplitParts(2 * kParallelThreshold, 8), 4u);
   EXPECT_EQ(SplitParts(64ULL << 20, 4), 4u);                     // never more parts than lanes
   EXPECT_EQ(SplitParts(64ULL << 20, 1), 1u);
-  EXPECT_EQ(SplitParts(kParallelThreshold + kMinPartBytes, 64), 5u);
+  EXPECT_EQ(SplitParts(kParallelThreshold + kMinPartBytes, 64), 3u);
 }
 
 }  // namespace
