@@ -15,17 +15,18 @@ IncomingMessage::State IncomingMessage::Feed(ByteStream &stream, bool with_body,
     }
     if (got == 0) return State::kPartial;
     header_got_ += got;
-    if (header_got_ == sizeof(header_)) {
-      std::string bad = wire::CheckHeader(header_, stream.ProtocolVersion());
-      // An ignorable message's body (bounded by CheckHeader) is read whole, for the caller to skip.
-      if (bad.empty() && with_body && header_.body_len > max_body && !wire::IsIgnorable(header_.type))
-        bad = "message body of " + std::to_string(header_.body_len) + " bytes exceeds " + std::to_string(max_body);
-      if (!bad.empty()) {
-        *error = bad;
-        return State::kInvalid;
-      }
-      if (with_body) body_.assign(header_.body_len, '\0');
+  }
+  if (!header_checked_) {  // the header may also have come whole through StartSoon
+    std::string bad = wire::CheckHeader(header_, stream.ProtocolVersion());
+    // An ignorable message's body (bounded by CheckHeader) is read whole, for the caller to skip.
+    if (bad.empty() && with_body && header_.body_len > max_body && !wire::IsIgnorable(header_.type))
+      bad = "message body of " + std::to_string(header_.body_len) + " bytes exceeds " + std::to_string(max_body);
+    if (!bad.empty()) {
+      *error = bad;
+      return State::kInvalid;
     }
+    header_checked_ = true;
+    if (with_body) body_.assign(header_.body_len, '\0');
   }
   if (!with_body) return State::kComplete;
   while (body_got_ < body_.size()) {
@@ -42,8 +43,17 @@ IncomingMessage::State IncomingMessage::Feed(ByteStream &stream, bool with_body,
   return State::kComplete;
 }
 
+bool IncomingMessage::StartSoon(ByteStream &stream) {
+  if (header_got_ > 0) return true;
+  size_t got = 0;
+  const IoStatus io = stream.ReadSoon(&header_, sizeof(header_), &got);
+  header_got_ = got;
+  return got > 0 || io != IoStatus::kOk;
+}
+
 void IncomingMessage::Reset() {
   header_got_ = 0;
+  header_checked_ = false;
   body_got_ = 0;
   std::string().swap(body_);
 }

@@ -25,6 +25,11 @@ class IncomingMessage {
   // exceed max_body (checked before anything is allocated for it), or, for an
   // ignorable message type (wire::IsIgnorable), wire::kMaxControlBody.
   State Feed(ByteStream &stream, bool with_body, uint64_t max_body, std::string *error);
+  // Before Feed, between messages: waits the stream's short spin for the next
+  // message's first bytes and keeps them (ByteStream::ReadSoon). True when
+  // Feed has something to do: bytes came, or the stream ended or failed (Feed
+  // reports it); false when nothing came (wait for the next readable event).
+  bool StartSoon(ByteStream &stream);
   const wire::MsgHeader &Header() const { return header_; }
   const std::string &Body() const { return body_; }
   // Ready for the next message (the body's buffer is released).
@@ -35,6 +40,7 @@ class IncomingMessage {
  private:
   wire::MsgHeader header_{};
   size_t header_got_ = 0;
+  bool header_checked_ = false;
   std::string body_;
   size_t body_got_ = 0;
 };

@@ -30,6 +30,9 @@ constexpr int64_t kServeGraceMs = 1000;
 // A peer that started a message must finish sending its body within this.
 constexpr int64_t kBodyAssemblyMs = 30000;
 constexpr size_t kDiscardChunk = 256 * 1024;
+// A TCP READ of at most this many bytes is read with its answer's header
+// (ReadAhead): one system call less per small READ, a copy of at most this.
+constexpr size_t kReadAheadMaxBytes = 4096;
 
 std::string HexRange(uint64_t addr, uint64_t len) {
   char buf[96];
@@ -125,8 +128,24 @@ LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what) {
 // *body filled for `expected`; an Error becomes the peer's (sanitized) status
 // with its text; anything else is a protocol error. Broken unless SUCCESS.
 LaneResult ReadAnswer(ByteStream &stream, MsgType expected, uint64_t request_id, Deadline deadline, MsgHeader *header,
-                      std::string *body) {
-  IoStatus io = stream.Read(header, sizeof(*header), deadline);
+                      std::string *body, ReadAhead *ahead) {
+  IoStatus io;
+  size_t past_header = 0;
+  if (ahead == nullptr || ahead->cap == 0) {
+    io = stream.Read(header, sizeof(*header), deadline);
+  } else {
+    // Header and room contiguous, for one read; the header is copied out.
+    constexpr size_t kMaxAhead = 4096;
+    alignas(8) uint8_t first[sizeof(MsgHeader) + kMaxAhead];
+    const size_t cap = std::min(ahead->cap, kMaxAhead);
+    size_t got = 0;
+    io = stream.ReadAtLeast(first, sizeof(*header), sizeof(*header) + cap, deadline, &got);
+    if (io == IoStatus::kOk) {
+      memcpy(header, first, sizeof(*header));
+      past_header = got - sizeof(*header);
+      memcpy(ahead->room, first + sizeof(*header), past_header);
+    }
+  }
   if (io != IoStatus::kOk) return IoFailure(io, stream, "waiting for an answer from");
   LaneResult result;
   const bool is_error = header->type == static_cast<uint16_t>(MsgType::kError);
@@ -142,7 +161,14 @@ LaneResult ReadAnswer(ByteStream &stream, MsgType expected, uint64_t request_id,
     return result;
   }
   body->clear();
-  io = ReadBodyAsItArrives(stream, header->body_len, deadline, body);
+  // The body's bytes that came with the header, then the rest as it arrives.
+  const uint64_t body_ahead = std::min<uint64_t>(past_header, header->body_len);
+  if (body_ahead > 0) body->assign(reinterpret_cast<const char *>(ahead->room), static_cast<size_t>(body_ahead));
+  if (ahead != nullptr) {
+    ahead->rest = ahead->room + body_ahead;
+    ahead->rest_len = past_header - static_cast<size_t>(body_ahead);
+  }
+  io = ReadBodyAsItArrives(stream, header->body_len - body_ahead, deadline, body);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "reading an answer from");
   if (is_error) {
     result.status = header->status != adxl::SUCCESS ? wire::SanitizePeerStatus(header->status) : adxl::FAILED;
@@ -155,9 +181,9 @@ LaneResult ReadAnswer(ByteStream &stream, MsgType expected, uint64_t request_id,
 
 // The answer to a Read/WriteRequest: its status, and the refusal text as the error.
 LaneResult ReadResponseHeader(ByteStream &stream, MsgType expected, uint64_t request_id, Deadline deadline,
-                              MsgHeader *header) {
+                              MsgHeader *header, ReadAhead *ahead) {
   std::string text;
-  LaneResult result = ReadAnswer(stream, expected, request_id, deadline, header, &text);
+  LaneResult result = ReadAnswer(stream, expected, request_id, deadline, header, &text, ahead);
   if (result.status != adxl::SUCCESS || result.broken) return result;
   result.status = wire::SanitizePeerStatus(header->status);
   if (result.status != header->status) result.broken = true;  // a peer that invents codes is not trusted further
@@ -198,7 +224,14 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
     IoStatus io = stream.WriteFull(request, 2, deadline);
     if (io != IoStatus::kOk) return IoFailure(io, stream, "sending read request to");
     MsgHeader response;
-    LaneResult result = ReadResponseHeader(stream, MsgType::kReadResponse, request_id, deadline, &response);
+    // A small READ's bytes mostly come with the answer's header: one read
+    // takes both (the answer holds at least `total` bytes past its header
+    // when it succeeds; when it does not, the lane ends or has no more).
+    uint8_t room[kReadAheadMaxBytes];
+    ReadAhead ahead;
+    ahead.room = room;
+    ahead.cap = total <= kReadAheadMaxBytes ? static_cast<size_t>(total) : 0;
+    LaneResult result = ReadResponseHeader(stream, MsgType::kReadResponse, request_id, deadline, &response, &ahead);
     if (result.status != adxl::SUCCESS || result.broken) return result;
     if (response.payload_len != total) {
       result.status = adxl::FAILED;
@@ -207,8 +240,21 @@ LaneResult ExecuteTransfer(ByteStream &stream, adxl::TransferOp op, const Segmen
                      " bytes for a read of " + std::to_string(total);
       return result;
     }
-    io = stream.ReadFull(iov.data(), static_cast<int>(iov.size()), deadline);
-    if (io != IoStatus::kOk) return IoFailure(io, stream, "receiving read data from");
+    // The payload's first bytes, read with the header, then the rest in place.
+    size_t first = 0;
+    while (ahead.rest_len > 0 && first < iov.size()) {
+      const size_t n = std::min(ahead.rest_len, iov[first].iov_len);
+      memcpy(iov[first].iov_base, ahead.rest, n);
+      ahead.rest += n;
+      ahead.rest_len -= n;
+      iov[first].iov_base = static_cast<uint8_t *>(iov[first].iov_base) + n;
+      iov[first].iov_len -= n;
+      if (iov[first].iov_len == 0) ++first;
+    }
+    if (first < iov.size()) {
+      io = stream.ReadFull(iov.data() + first, static_cast<int>(iov.size() - first), deadline);
+      if (io != IoStatus::kOk) return IoFailure(io, stream, "receiving read data from");
+    }
     return result;
   }
 
@@ -552,8 +598,9 @@ bool LaneServer::ServeArrived() {
     const MsgHeader header = next_.Header();
     next_.Reset();
     if (!ServeRequest(stream_, header, ctx_)) return false;
-    // A requester that sends its next request right away finds us still here.
-    if (!stream_.ArrivesSoon()) return true;
+    // A requester that sends its next request right away finds us still here
+    // (its first bytes are read as they come, not peeked and read again).
+    if (!next_.StartSoon(stream_)) return true;
   }
   return true;  // fair to the other connections: the event set brings us back
 }

@@ -86,11 +86,21 @@ LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what);
 // an Error about this request or the lane, id 0) and its body. SUCCESS with
 // *body filled for `expected`; an Error becomes the peer's (sanitized) status
 // with its text; anything else is a protocol error. Broken unless SUCCESS.
+//
+// With `ahead`, up to ahead->cap bytes past the header are taken in the same
+// read (ByteStream::ReadAtLeast) where they have arrived: the body's are used
+// for *body, what is left (the start of the payload) stays in ahead->rest.
+struct ReadAhead {
+  uint8_t *room = nullptr;  // where bytes past the header go
+  size_t cap = 0;           // at most this many; never more than the answer can hold
+  const uint8_t *rest = nullptr;
+  size_t rest_len = 0;  // bytes past the header and body, read already
+};
 LaneResult ReadAnswer(ByteStream &stream, wire::MsgType expected, uint64_t request_id, Deadline deadline,
-                      wire::MsgHeader *header, std::string *body);
+                      wire::MsgHeader *header, std::string *body, ReadAhead *ahead = nullptr);
 // The answer to a Read/WriteRequest: its status, and the refusal text as the error.
 LaneResult ReadResponseHeader(ByteStream &stream, wire::MsgType expected, uint64_t request_id, Deadline deadline,
-                              wire::MsgHeader *header);
+                              wire::MsgHeader *header, ReadAhead *ahead = nullptr);
 
 // Per-thread scratch is kept between requests (small calls must not
 // allocate), but never more than this: one maximal request must not leave

@@ -201,6 +201,25 @@ IoStatus FaultyStream::ReadAvailable(void *buf, size_t len, size_t *got) {
   return inner_->ReadAvailable(buf, len, got);
 }
 
+IoStatus FaultyStream::ReadAtLeast(void *buf, size_t min, size_t max, Deadline deadline, size_t *got) {
+  *got = 0;
+  IoStatus before = Before(deadline);
+  if (before != IoStatus::kOk) return before;
+  return inner_->ReadAtLeast(buf, min, max, deadline, got);
+}
+
+IoStatus FaultyStream::ReadSoon(void *buf, size_t len, size_t *got) {
+  *got = 0;
+  // As ReadAvailable: a close fault applies here too, delays to the blocking reads.
+  if (shut_down_.load()) return IoStatus::kClosed;
+  if (Roll(plan_.close)) {
+    LOG_WARN("fault injection: closing the connection to %s", PeerName().c_str());
+    inner_->Shutdown();
+    return IoStatus::kClosed;
+  }
+  return inner_->ReadSoon(buf, len, got);
+}
+
 IoStatus FaultyStream::WriteFull(const iovec *iov, int iovcnt, Deadline deadline) {
   IoStatus before = Before(deadline);
   if (before != IoStatus::kOk) return before;

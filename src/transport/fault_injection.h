@@ -70,6 +70,8 @@ class FaultyStream final : public ByteStream {
   IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline deadline) override;
   IoStatus ReadAvailable(void *buf, size_t len, size_t *got) override;
   bool ArrivesSoon() override { return !shut_down_.load() && inner_->ArrivesSoon(); }
+  IoStatus ReadSoon(void *buf, size_t len, size_t *got) override;
+  IoStatus ReadAtLeast(void *buf, size_t min, size_t max, Deadline deadline, size_t *got) override;
   void Shutdown() override {
     shut_down_ = true;
     inner_->Shutdown();

@@ -35,11 +35,29 @@ class ByteStream {
   // with *got (0 when nothing is there yet), kClosed at end of stream. For
   // event-driven readers that assemble a message as it arrives.
   virtual IoStatus ReadAvailable(void *buf, size_t len, size_t *got) = 0;
+  // Reads at least `min` and at most `max` bytes into `buf`, waiting (within
+  // the deadline) only for the first `min`; *got says how many came. A
+  // requester takes an answer's header and whatever of a small payload came
+  // with it in one system call. Only for a stream on which nothing can follow
+  // the message being read (a lane between its request's answer and its next
+  // request). Default: exactly `min`.
+  virtual IoStatus ReadAtLeast(void *buf, size_t min, size_t max, Deadline deadline, size_t *got) {
+    iovec iov{buf, min};
+    const IoStatus io = ReadFull(&iov, 1, deadline);
+    *got = io == IoStatus::kOk ? min : 0;
+    return io;
+  }
   // True when bytes arrive within this process's short read spin (see
   // ReadSpinMicros), false at once where spinning is not allowed: a serving
   // thread that just answered keeps a busy peer's next request off the event
   // set. Never blocks.
   virtual bool ArrivesSoon() { return false; }
+  // ReadAvailable, after waiting up to the same short spin as ArrivesSoon for
+  // the first bytes: kOk with *got 0 when none came. The serving side reads a
+  // requester's next message this way instead of ArrivesSoon then
+  // ReadAvailable (a peek and a read: one system call more per request).
+  // Never blocks; where spinning is not allowed it is ReadAvailable.
+  virtual IoStatus ReadSoon(void *buf, size_t len, size_t *got) { return ReadAvailable(buf, len, got); }
   virtual void Shutdown() = 0;
   virtual void Close() = 0;
   // Human-readable peer description for logs ("127.0.0.1:26000").

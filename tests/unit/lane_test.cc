@@ -277,5 +277,104 @@ TEST_F(LaneTest, RefusalCarryingAPayloadMarksTheLaneBroken) {
   EXPECT_EQ(std::string(local.begin(), local.end()), std::string(16, 'L'));
 }
 
+// A READ of at most 4 KiB takes its answer's header and what came with it in
+// one read (ReadAhead): the payload's first bytes come from there, the rest
+// from the stream, into scattered destinations, exactly.
+TEST_F(LaneTest, ASmallReadWhosePayloadComesInPiecesLandsExactly) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  TcpStream client(fds[0], "client");
+  TcpStream server(fds[1], "fake-server");
+  std::string payload(3000, '\0');
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>(i * 7 + 3);
+  std::thread fake([&] {
+    wire::MsgHeader req;
+    ASSERT_EQ(server.Read(&req, sizeof(req), Deadline::AfterMs(2000)), IoStatus::kOk);
+    std::string body(req.body_len, '\0');
+    ASSERT_EQ(server.Read(body.data(), body.size(), Deadline::AfterMs(2000)), IoStatus::kOk);
+    wire::MsgHeader resp;
+    resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
+    resp.request_id = req.request_id;
+    resp.payload_len = payload.size();
+    // The header with 5 payload bytes, then the rest after a pause.
+    const std::string first = std::string(reinterpret_cast<const char *>(&resp), sizeof(resp)) + payload.substr(0, 5);
+    ASSERT_EQ(server.Write(first.data(), first.size(), Deadline::AfterMs(2000)), IoStatus::kOk);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_EQ(server.Write(payload.data() + 5, payload.size() - 5, Deadline::AfterMs(2000)), IoStatus::kOk);
+  });
+  std::vector<char> local(3000, 'L');
+  // 2 bytes, 0 bytes, then the rest: the 5 read ahead span the first two destinations.
+  Segment segs[3] = {{reinterpret_cast<uintptr_t>(local.data()), R(0), 2},
+                     {reinterpret_cast<uintptr_t>(local.data() + 2), R(2), 0},
+                     {reinterpret_cast<uintptr_t>(local.data() + 2), R(2), 2998}};
+  LaneResult r = ExecuteTransfer(client, adxl::READ, segs, 3, 9, Deadline::AfterMs(5000));
+  fake.join();
+  ASSERT_EQ(r.status, adxl::SUCCESS) << r.error;
+  EXPECT_FALSE(r.broken);
+  EXPECT_EQ(std::string(local.begin(), local.end()), payload);
+}
+
+// A refusal of a small READ whose text is longer than the READ (and than what
+// is read ahead): the text arrives whole, the destination is untouched and
+// the lane stays in step for the next request.
+TEST_F(LaneTest, ALongRefusalOfASmallReadArrivesWholeAndTheLaneStaysInStep) {
+  const std::string text = std::string(480, 'x') + "<end of the reason>";  // within wire::kMaxErrorText
+  FakeServer fake([&text](const wire::MsgHeader &req) {
+    wire::MsgHeader resp;
+    resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
+    resp.request_id = req.request_id;
+    resp.status = adxl::PARAM_INVALID;
+    resp.body_len = text.size();
+    return std::string(reinterpret_cast<const char *>(&resp), sizeof(resp)) + text;
+  });
+  std::vector<char> local(8, 'L');
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 8};
+  LaneResult r = ExecuteTransfer(fake.client(), adxl::READ, &seg, 1, 79, Deadline::AfterMs(3000));
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+  EXPECT_FALSE(r.broken);
+  EXPECT_NE(r.error.find(text), std::string::npos) << r.error.size();
+  EXPECT_EQ(std::string(local.begin(), local.end()), std::string(8, 'L'));
+  // Nothing of the answer is left on the stream: the next read finds nothing.
+  char byte;
+  size_t got = 1;
+  EXPECT_EQ(fake.client().ReadAvailable(&byte, 1, &got), IoStatus::kOk);
+  EXPECT_EQ(got, 0u);
+}
+
+// The serving side reads a requester's next message as it comes (StartSoon)
+// right after answering the last: a bad header that arrives that way (here in
+// the same write as a good request) is refused as one read from the event set.
+TEST_F(LaneTest, ABadHeaderRightBehindAGoodRequestClosesTheLane) {
+  StartServing();
+  std::vector<char> local(64, 'L');
+  uint8_t body[wire::kRangeBodyHeader + wire::kRangeEntrySize] = {};
+  wire::EncodeRangeHeader(1, 1000, 64, body);
+  wire::PutU64(body + wire::kRangeBodyHeader, R(0));
+  wire::PutU64(body + wire::kRangeBodyHeader + 8, 64);
+  wire::MsgHeader good;
+  good.type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
+  good.request_id = 51;
+  good.body_len = sizeof(body);
+  wire::MsgHeader bad = good;
+  bad.magic = 0x12345678;
+  bad.request_id = 52;
+  iovec out[3] = {{&good, sizeof(good)}, {body, sizeof(body)}, {&bad, sizeof(bad)}};
+  ASSERT_EQ(requester_->WriteFull(out, 3, Deadline::AfterMs(1000)), IoStatus::kOk);
+  wire::MsgHeader reply;
+  ASSERT_EQ(requester_->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kReadResponse));
+  EXPECT_EQ(reply.request_id, 51u);
+  ASSERT_EQ(reply.payload_len, 64u);
+  ASSERT_EQ(requester_->Read(local.data(), 64, Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(memcmp(local.data(), remote_.data(), 64), 0);
+  // Then the refusal of the bad header, and the end of the lane.
+  ASSERT_EQ(requester_->Read(&reply, sizeof(reply), Deadline::AfterMs(2000)), IoStatus::kOk);
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kError));
+  std::string reason(reply.body_len, '\0');
+  ASSERT_EQ(requester_->Read(reason.data(), reason.size(), Deadline::AfterMs(2000)), IoStatus::kOk);
+  char byte;
+  EXPECT_EQ(requester_->Read(&byte, 1, Deadline::AfterMs(2000)), IoStatus::kClosed) << reason;
+}
+
 }  // namespace
 }  // namespace llmdd

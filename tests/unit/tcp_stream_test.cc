@@ -106,5 +106,71 @@ TEST_F(TcpStreamSpin, CreditStaysSpentWhenTheNextMessageComesLate) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::microseconds(1000));
 }
 
+// ReadSoon: what ArrivesSoon waits for, read instead of peeked.
+TEST_F(TcpStreamSpin, ReadSoonTakesBytesSentDuringTheSpin) {
+  std::thread requester([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    EXPECT_EQ(send(requester_fd_, "hello", 5, 0), 5);
+  });
+  char buf[16] = {};
+  size_t got = 0;
+  IoStatus io = server_->ReadSoon(buf, sizeof(buf), &got);
+  requester.join();
+  ASSERT_EQ(io, IoStatus::kOk);
+  // The spin ends with the first bytes; the rest of a message (not here) is Feed's.
+  ASSERT_GE(got, 1u);
+  size_t more = 0;
+  if (got < 5) {
+    ASSERT_EQ(server_->ReadAvailable(buf + got, sizeof(buf) - got, &more), IoStatus::kOk);
+  }
+  EXPECT_EQ(std::string(buf, got + more), "hello");
+}
+
+TEST_F(TcpStreamSpin, ReadSoonGivesUpWithNothingAndReportsTheEnd) {
+  SetReadSpinMicros(2000);
+  char buf[4];
+  size_t got = 7;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(server_->ReadSoon(buf, sizeof(buf), &got), IoStatus::kOk);
+  EXPECT_EQ(got, 0u);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(1));
+  close(requester_fd_);
+  requester_fd_ = -1;
+  EXPECT_EQ(server_->ReadSoon(buf, sizeof(buf), &got), IoStatus::kClosed);
+  EXPECT_EQ(got, 0u);
+}
+
+// ReadAtLeast waits for `min` bytes only, takes what came with them, and
+// never more than `max`.
+TEST_F(TcpStreamSpin, ReadAtLeastWaitsForTheMinimumAndTakesWhatCameWithIt) {
+  std::thread requester([&] {
+    EXPECT_EQ(send(requester_fd_, "0123", 4, 0), 4);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_EQ(send(requester_fd_, "456789abcdef", 12, 0), 12);
+  });
+  char buf[64] = {};
+  size_t got = 0;
+  ASSERT_EQ(server_->ReadAtLeast(buf, 8, 10, Deadline::AfterMs(5000), &got), IoStatus::kOk);
+  requester.join();
+  ASSERT_GE(got, 8u);
+  ASSERT_LE(got, 10u);
+  size_t rest = 0;
+  for (int i = 0; i < 100 && got + rest < 16; ++i) {
+    size_t n = 0;
+    ASSERT_EQ(server_->ReadAvailable(buf + got + rest, sizeof(buf) - got - rest, &n), IoStatus::kOk);
+    rest += n;
+  }
+  EXPECT_EQ(std::string(buf, got + rest), "0123456789abcdef");
+}
+
+TEST_F(TcpStreamSpin, ReadAtLeastEndsAtItsDeadlineWithoutTheMinimum) {
+  EXPECT_EQ(send(requester_fd_, "ab", 2, 0), 2);
+  char buf[16];
+  size_t got = 0;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(server_->ReadAtLeast(buf, 8, 16, Deadline::AfterMs(50), &got), IoStatus::kTimeout);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+}
+
 }  // namespace
 }  // namespace llmdd

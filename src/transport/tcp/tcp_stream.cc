@@ -270,6 +270,35 @@ IoStatus TcpStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline) {
   return IoStatus::kOk;
 }
 
+IoStatus TcpStream::ReadAtLeast(void *buf, size_t min, size_t max, Deadline deadline, size_t *got) {
+  *got = 0;
+  char *out = static_cast<char *>(buf);
+  SpinWait spin(&spin_credit_, max <= kSpinMaxBytes);
+  while (*got < min) {
+    const int fd = fd_.load();
+    if (fd < 0) return IoStatus::kClosed;
+    const ssize_t n = recv(fd, out + *got, max - *got, 0);  // the socket is non-blocking
+    if (n > 0) {
+      *got += static_cast<size_t>(n);
+      continue;
+    }
+    if (n == 0) return IoStatus::kClosed;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (deadline.Expired()) return IoStatus::kTimeout;
+      if (spin.KeepSpinning()) continue;
+      spin.BlockingWait();
+      IoStatus waited = WaitFor(POLLIN, deadline);
+      if (waited != IoStatus::kOk) return waited;
+      continue;
+    }
+    last_errno_ = errno;
+    return (errno == ECONNRESET || errno == EPIPE) ? IoStatus::kClosed : IoStatus::kError;
+  }
+  spin.Finished();
+  return IoStatus::kOk;
+}
+
 IoStatus TcpStream::ReadAvailable(void *buf, size_t len, size_t *got) {
   *got = 0;
   for (;;) {
@@ -289,26 +318,39 @@ IoStatus TcpStream::ReadAvailable(void *buf, size_t len, size_t *got) {
   }
 }
 
-bool TcpStream::ArrivesSoon() {
+IoStatus TcpStream::SpinRecv(void *buf, size_t len, int flags, size_t *got) {
+  *got = 0;
   SpinWait spin(&spin_credit_, true);
   for (;;) {
     const int fd = fd_.load();
-    if (fd < 0) return false;
-    char byte;
-    const ssize_t n = recv(fd, &byte, 1, MSG_DONTWAIT | MSG_PEEK);
+    if (fd < 0) return IoStatus::kClosed;
+    const ssize_t n = recv(fd, buf, len, flags | MSG_DONTWAIT);
     if (n > 0) {
       spin.Finished();
-      return true;
+      *got = static_cast<size_t>(n);
+      return IoStatus::kOk;
     }
-    if (n == 0) return false;  // end of stream: the event set reports it
+    if (n == 0) return len == 0 ? IoStatus::kOk : IoStatus::kClosed;
     if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      last_errno_ = errno;
+      return (errno == ECONNRESET || errno == EPIPE) ? IoStatus::kClosed : IoStatus::kError;
+    }
     if (!spin.KeepSpinning()) {
       gave_up_at_ns_ = MonotonicNanos();
-      return false;
+      return IoStatus::kOk;
     }
   }
 }
+
+bool TcpStream::ArrivesSoon() {
+  char byte;
+  size_t got = 0;
+  // End of stream or an error: false, the event set reports it.
+  return SpinRecv(&byte, 1, MSG_PEEK, &got) == IoStatus::kOk && got > 0;
+}
+
+IoStatus TcpStream::ReadSoon(void *buf, size_t len, size_t *got) { return SpinRecv(buf, len, 0, got); }
 
 void TcpStream::SettleGaveUp() {
   const int64_t waited_ns = MonotonicNanos() - gave_up_at_ns_;

@@ -33,7 +33,9 @@ class TcpStream final : public ByteStream {
   IoStatus ReadFull(const iovec *iov, int iovcnt, Deadline deadline) override;
   IoStatus WriteFull(const iovec *iov, int iovcnt, Deadline deadline) override;
   IoStatus ReadAvailable(void *buf, size_t len, size_t *got) override;
+  IoStatus ReadAtLeast(void *buf, size_t min, size_t max, Deadline deadline, size_t *got) override;
   bool ArrivesSoon() override;
+  IoStatus ReadSoon(void *buf, size_t len, size_t *got) override;
   void Shutdown() override;
   void Close() override;
   std::string PeerName() const override { return peer_name_; }
@@ -45,6 +47,9 @@ class TcpStream final : public ByteStream {
   class SpinWait;
   IoStatus WaitFor(short events, Deadline deadline);
   void SettleGaveUp();
+  // recv(flags | MSG_DONTWAIT) of up to `len` bytes, spinning (SpinWait) while
+  // nothing is there: ArrivesSoon (MSG_PEEK) and ReadSoon.
+  IoStatus SpinRecv(void *buf, size_t len, int flags, size_t *got);
 
   std::atomic<int> fd_;
   int spin_credit_ = 8;  // adaptive spinning (SpinWait); only the reading thread touches it
