@@ -78,6 +78,23 @@ constexpr std::chrono::microseconds kCoalesceMaxLinger{100};
 // request's bytes (Engine::PaceWaitingQuery).
 constexpr uint32_t kStatusSpinAnswers = 16;
 constexpr std::chrono::microseconds kStatusWaitSlice{50};
+// A same-host WRITE's answer comes after the server's copy: its requester
+// spins (ScopedReadSpinFloor) for the usual spin plus the copy's time at
+// kSameHostSpinCopyBytesPerUs (4 GB/s: below what process_vm_readv does on
+// the project's hosts, 10-24 GB/s), when that is at most kSameHostSpinMaxUs.
+// Without it a WRITE that outlasts the 50 µs spin slept and paid a wake-up:
+// 1 MiB same-host WRITE 7.4-7.5 GB/s, with a 200 µs spin 14.9-16.4, on the
+// 2-vCPU AMD guest (docs/PERFORMANCE.md, "Results"). Longer copies (calls of
+// several MiB, split on more cores) block: a wake-up is small beside them,
+// and a spinner would take a core from the copy.
+constexpr uint64_t kSameHostSpinCopyBytesPerUs = 4000;
+constexpr uint32_t kSameHostSpinMaxUs = 1000;
+inline uint32_t SameHostWriteSpinUs(uint32_t read_spin_us, uint64_t total_bytes) {
+  const uint64_t copy_us = total_bytes / kSameHostSpinCopyBytesPerUs;
+  if (read_spin_us == 0 || copy_us + read_spin_us > kSameHostSpinMaxUs) return 0;
+  return static_cast<uint32_t>(copy_us) + read_spin_us;
+}
+
 // TCP: split across lanes from this many bytes, in parts of at least
 // kMinPartBytes. Each part is a request of its own (a round trip, a worker
 // hand-off and a wake-up on both ends): a hot 1 MiB call in 4 parts of

@@ -58,5 +58,17 @@ TEST(PathPolicy, SplitOnlyWhenEveryPartStaysLarge) {
   EXPECT_EQ(SplitParts(kParallelThreshold + kMinPartBytes, 64), 3u);
 }
 
+// A same-host WRITE's requester spins for the server's copy only while that
+// is short: the usual spin plus the copy at 4 GB/s, at most 1 ms; never where
+// spinning is off.
+TEST(PathPolicy, SameHostWriteSpinCoversShortCopiesOnly) {
+  EXPECT_EQ(SameHostWriteSpinUs(50, 0), 50u);
+  EXPECT_EQ(SameHostWriteSpinUs(50, 1ULL << 20), 50u + (1u << 20) / 4000);  // 312 µs for 1 MiB
+  EXPECT_EQ(SameHostWriteSpinUs(0, 1ULL << 20), 0u);
+  EXPECT_EQ(SameHostWriteSpinUs(50, 16ULL << 20), 0u);                      // 4 ms: block
+  EXPECT_EQ(SameHostWriteSpinUs(50, (kSameHostSpinMaxUs - 50) * kSameHostSpinCopyBytesPerUs), kSameHostSpinMaxUs);
+  EXPECT_EQ(SameHostWriteSpinUs(50, (kSameHostSpinMaxUs - 49) * kSameHostSpinCopyBytesPerUs), 0u);
+}
+
 }  // namespace
 }  // namespace llmdd

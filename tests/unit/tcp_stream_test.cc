@@ -172,5 +172,29 @@ TEST_F(TcpStreamSpin, ReadAtLeastEndsAtItsDeadlineWithoutTheMinimum) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
 }
 
+// ScopedReadSpinFloor: a same-host WRITE's requester spins for the server's
+// copy. Within the scope a read spins at least that long; it never turns
+// spinning on where it is off, and it ends with the scope.
+TEST_F(TcpStreamSpin, ASpinFloorKeepsAReadSpinningForTheAnswerItExpects) {
+  SetReadSpinMicros(1000);
+  EXPECT_FALSE(ArrivesSoonWhenSentAfter(std::chrono::milliseconds(30)));  // 1 ms: gives up first
+  {
+    ScopedReadSpinFloor floor(500000);
+    EXPECT_TRUE(ArrivesSoonWhenSentAfter(std::chrono::milliseconds(30)));
+    {
+      ScopedReadSpinFloor smaller(10);  // nested: the larger floor stays
+      EXPECT_TRUE(ArrivesSoonWhenSentAfter(std::chrono::milliseconds(30)));
+    }
+    SetReadSpinMicros(0);  // spinning off: the floor does not turn it on
+    const auto start = std::chrono::steady_clock::now();
+    EXPECT_FALSE(server_->ArrivesSoon());
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(100));
+    SetReadSpinMicros(1000);
+  }
+  // Credit spent in vain above comes back with reads that were caught.
+  for (int i = 0; i < 8; ++i) ArrivesSoonWhenSentAfter(std::chrono::microseconds(0));
+  EXPECT_FALSE(ArrivesSoonWhenSentAfter(std::chrono::milliseconds(30)));  // the floor ended with its scope
+}
+
 }  // namespace
 }  // namespace llmdd

@@ -12,6 +12,7 @@
 #include "engine/path_policy.h"
 #include "engine/transfer_request.h"
 #include "engine/wire.h"
+#include "transport/tcp/tcp_stream.h"
 
 namespace llmdd {
 namespace {
@@ -78,6 +79,11 @@ LaneResult ExecuteSameHostTransfer(ByteStream &stream, adxl::TransferOp op, cons
   IoStatus io = stream.WriteFull(request, 2, deadline);
   if (io != IoStatus::kOk) return IoFailure(io, stream, "sending request to");
   MsgHeader response;
+  // A WRITE's answer comes after the server copied: wait for it spinning
+  // while that should take (path_policy.h); a READ's comes at once.
+  uint64_t total = 0;
+  for (size_t i = 0; i < count; ++i) total += segs[i].len;
+  ScopedReadSpinFloor copy_wait(is_read ? 0 : SameHostWriteSpinUs(ReadSpinMicros(), total));
   LaneResult result = ReadResponseHeader(stream, is_read ? MsgType::kReadResponse : MsgType::kWriteResponse,
                                          request_id, deadline, &response);
   if (result.status == adxl::SUCCESS && !result.broken && response.payload_len != 0) {

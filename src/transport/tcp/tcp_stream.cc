@@ -171,6 +171,15 @@ IoStatus TcpStream::WaitFor(short events, Deadline deadline) {
 void SetReadSpinMicros(uint32_t us) { g_read_spin_us.store(us, std::memory_order_relaxed); }
 uint32_t ReadSpinMicros() { return g_read_spin_us.load(std::memory_order_relaxed); }
 
+namespace {
+thread_local uint32_t t_read_spin_floor_us = 0;  // ScopedReadSpinFloor
+}  // namespace
+
+ScopedReadSpinFloor::ScopedReadSpinFloor(uint32_t us) : saved_(t_read_spin_floor_us) {
+  t_read_spin_floor_us = std::max(saved_, us);
+}
+ScopedReadSpinFloor::~ScopedReadSpinFloor() { t_read_spin_floor_us = saved_; }
+
 // Spin-then-block for one ReadFull: waking a thread blocked in poll() costs
 // several µs (more in a VM), a round trip of a small request is about that
 // much, so a reader that expects an answer soon retries the non-blocking read
@@ -181,7 +190,8 @@ uint32_t ReadSpinMicros() { return g_read_spin_us.load(std::memory_order_relaxed
 class TcpStream::SpinWait {
  public:
   SpinWait(int *credit, bool small) : credit_(credit) {
-    const uint32_t us = ReadSpinMicros();
+    uint32_t us = ReadSpinMicros();
+    if (us > 0) us = std::max(us, t_read_spin_floor_us);
     allowed_ = small && us > 0 && *credit_ > 0;
     budget_ = std::chrono::microseconds(us);
   }

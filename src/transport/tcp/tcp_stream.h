@@ -19,6 +19,24 @@ constexpr uint32_t kDefaultReadSpinMicros = 50;
 void SetReadSpinMicros(uint32_t us);
 uint32_t ReadSpinMicros();
 
+// While it lives, small reads on this thread spin for at least `us` (where
+// spinning is on at all: ReadSpinMicros() > 0), for an answer known to come
+// only after work the peer does first: a same-host WRITE's answer follows
+// the peer's copy. A reader that gave up spinning sleeps in poll(), and
+// waking it costs tens of µs in a VM (40 µs one way on the 2-vCPU hosts:
+// docs/PERFORMANCE.md). The cores stay bounded by the process-wide spinner
+// cap. Nests (the larger floor wins inside).
+class ScopedReadSpinFloor {
+ public:
+  explicit ScopedReadSpinFloor(uint32_t us);
+  ~ScopedReadSpinFloor();
+  ScopedReadSpinFloor(const ScopedReadSpinFloor &) = delete;
+  ScopedReadSpinFloor &operator=(const ScopedReadSpinFloor &) = delete;
+
+ private:
+  uint32_t saved_;
+};
+
 class TcpStream final : public ByteStream {
  public:
   // Takes ownership of a connected socket.
