@@ -4,6 +4,13 @@ namespace llmdd {
 
 IncomingMessage::State IncomingMessage::Feed(ByteStream &stream, bool with_body, uint64_t max_body,
                                              std::string *error) {
+  if (start_failed_ != IoStatus::kOk) {  // StartSoon's read ended the stream; the socket may not say so again
+    const IoStatus failed = start_failed_;
+    start_failed_ = IoStatus::kOk;
+    if (failed == IoStatus::kClosed) return State::kClosed;
+    *error = IoStatusName(failed);
+    return State::kInvalid;
+  }
   while (header_got_ < sizeof(header_)) {
     size_t got = 0;
     const IoStatus io =
@@ -48,12 +55,14 @@ bool IncomingMessage::StartSoon(ByteStream &stream) {
   size_t got = 0;
   const IoStatus io = stream.ReadSoon(&header_, sizeof(header_), &got);
   header_got_ = got;
+  if (got == 0 && io != IoStatus::kOk) start_failed_ = io;
   return got > 0 || io != IoStatus::kOk;
 }
 
 void IncomingMessage::Reset() {
   header_got_ = 0;
   header_checked_ = false;
+  start_failed_ = IoStatus::kOk;
   body_got_ = 0;
   std::string().swap(body_);
 }

@@ -41,6 +41,7 @@ class IncomingMessage {
   wire::MsgHeader header_{};
   size_t header_got_ = 0;
   bool header_checked_ = false;
+  IoStatus start_failed_ = IoStatus::kOk;  // what StartSoon's read ended with, for Feed to report
   std::string body_;
   size_t body_got_ = 0;
 };

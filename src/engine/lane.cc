@@ -30,9 +30,6 @@ constexpr int64_t kServeGraceMs = 1000;
 // A peer that started a message must finish sending its body within this.
 constexpr int64_t kBodyAssemblyMs = 30000;
 constexpr size_t kDiscardChunk = 256 * 1024;
-// A TCP READ of at most this many bytes is read with its answer's header
-// (ReadAhead): one system call less per small READ, a copy of at most this.
-constexpr size_t kReadAheadMaxBytes = 4096;
 
 std::string HexRange(uint64_t addr, uint64_t len) {
   char buf[96];
@@ -135,9 +132,8 @@ LaneResult ReadAnswer(ByteStream &stream, MsgType expected, uint64_t request_id,
     io = stream.Read(header, sizeof(*header), deadline);
   } else {
     // Header and room contiguous, for one read; the header is copied out.
-    constexpr size_t kMaxAhead = 4096;
-    alignas(8) uint8_t first[sizeof(MsgHeader) + kMaxAhead];
-    const size_t cap = std::min(ahead->cap, kMaxAhead);
+    alignas(8) uint8_t first[sizeof(MsgHeader) + kReadAheadMaxBytes];
+    const size_t cap = std::min(ahead->cap, kReadAheadMaxBytes);
     size_t got = 0;
     io = stream.ReadAtLeast(first, sizeof(*header), sizeof(*header) + cap, deadline, &got);
     if (io == IoStatus::kOk) {
@@ -598,6 +594,10 @@ bool LaneServer::ServeArrived() {
     const MsgHeader header = next_.Header();
     next_.Reset();
     if (!ServeRequest(stream_, header, ctx_)) return false;
+    // After the last request of this wake nothing more is taken from the
+    // socket: the event set wakes us only for bytes still there, and a message
+    // that is all header (a lease request), read here, would wait forever.
+    if (served + 1 == kMaxRequestsPerWake) break;
     // A requester that sends its next request right away finds us still here
     // (its first bytes are read as they come, not peeked and read again).
     if (!next_.StartSoon(stream_)) return true;

@@ -90,9 +90,12 @@ LaneResult IoFailure(IoStatus io, ByteStream &stream, const char *what);
 // With `ahead`, up to ahead->cap bytes past the header are taken in the same
 // read (ByteStream::ReadAtLeast) where they have arrived: the body's are used
 // for *body, what is left (the start of the payload) stays in ahead->rest.
+// A TCP READ of at most this many bytes is read with its answer's header:
+// one system call less per small READ, a copy of at most this.
+constexpr size_t kReadAheadMaxBytes = 4096;
 struct ReadAhead {
-  uint8_t *room = nullptr;  // where bytes past the header go
-  size_t cap = 0;           // at most this many; never more than the answer can hold
+  uint8_t *room = nullptr;  // where bytes past the header go: at least min(cap, kReadAheadMaxBytes) bytes
+  size_t cap = 0;           // at most this many (and kReadAheadMaxBytes); never more than the answer can hold
   const uint8_t *rest = nullptr;
   size_t rest_len = 0;  // bytes past the header and body, read already
 };

@@ -376,5 +376,55 @@ TEST_F(LaneTest, ABadHeaderRightBehindAGoodRequestClosesTheLane) {
   EXPECT_EQ(requester_->Read(&byte, 1, Deadline::AfterMs(2000)), IoStatus::kClosed) << reason;
 }
 
+// A wake serves at most LaneServer::kMaxRequestsPerWake requests, then gives
+// the thread back. Nothing of the next message may have been taken from the
+// socket then: a message that is all header (here an empty application
+// request), read and left unserved, would never wake the event set again.
+TEST_F(LaneTest, AHeaderOnlyMessageAfterAFullWakeIsStillServed) {
+  AppHandler handler = [](const std::string &, uint64_t, const std::string &request, std::string *response) {
+    *response = "empty:" + std::to_string(request.size());
+    return adxl::SUCCESS;
+  };
+  // Everything is in the socket before the server wakes: 64 READs of 8 B,
+  // then the application request with no body.
+  const int reads = LaneServer::kMaxRequestsPerWake;
+  uint8_t body[wire::kRangeBodyHeader + wire::kRangeEntrySize] = {};
+  wire::EncodeRangeHeader(1, 2000, 8, body);
+  wire::PutU64(body + wire::kRangeBodyHeader, R(16));
+  wire::PutU64(body + wire::kRangeBodyHeader + 8, 8);
+  std::vector<wire::MsgHeader> headers(reads + 1);
+  std::vector<iovec> out;
+  for (int i = 0; i < reads; ++i) {
+    headers[i].type = static_cast<uint16_t>(wire::MsgType::kReadRequest);
+    headers[i].request_id = 100 + i;
+    headers[i].body_len = sizeof(body);
+    out.push_back({&headers[i], sizeof(headers[i])});
+    out.push_back({body, sizeof(body)});
+  }
+  headers[reads].type = static_cast<uint16_t>(wire::MsgType::kAppRequest);
+  headers[reads].flags = 3;
+  headers[reads].request_id = 999;
+  out.push_back({&headers[reads], sizeof(headers[reads])});
+  ASSERT_EQ(requester_->WriteFull(out.data(), static_cast<int>(out.size()), Deadline::AfterMs(2000)), IoStatus::kOk);
+  StartServing(&handler);
+  for (int i = 0; i < reads; ++i) {
+    wire::MsgHeader reply;
+    ASSERT_EQ(requester_->Read(&reply, sizeof(reply), Deadline::AfterMs(3000)), IoStatus::kOk) << i;
+    ASSERT_EQ(reply.request_id, static_cast<uint64_t>(100 + i));
+    ASSERT_EQ(reply.payload_len, 8u);
+    char got[8];
+    ASSERT_EQ(requester_->Read(got, 8, Deadline::AfterMs(3000)), IoStatus::kOk);
+    EXPECT_EQ(memcmp(got, remote_.data() + 16, 8), 0);
+  }
+  wire::MsgHeader reply;
+  ASSERT_EQ(requester_->Read(&reply, sizeof(reply), Deadline::AfterMs(3000)), IoStatus::kOk)
+      << "the application request that followed a full wake was never served";
+  EXPECT_EQ(reply.type, static_cast<uint16_t>(wire::MsgType::kAppResponse));
+  EXPECT_EQ(reply.request_id, 999u);
+  std::string text(reply.body_len, '\0');
+  ASSERT_EQ(requester_->Read(text.data(), text.size(), Deadline::AfterMs(3000)), IoStatus::kOk);
+  EXPECT_EQ(text, "empty:4");  // the handler sees the 4-byte type before the (empty) request
+}
+
 }  // namespace
 }  // namespace llmdd
