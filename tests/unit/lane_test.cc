@@ -426,5 +426,28 @@ TEST_F(LaneTest, AHeaderOnlyMessageAfterAFullWakeIsStillServed) {
   EXPECT_EQ(text, "empty:4");  // the handler sees the 4-byte type before the (empty) request
 }
 
+// The other way round: a refusal shorter than the READ. Reading ahead asks
+// for up to the READ's size past the header; it must take the short answer
+// as it is (not wait for bytes that never come) and leave the lane in step.
+TEST_F(LaneTest, AShortRefusalOfAReadIsTakenAsItIs) {
+  FakeServer fake([](const wire::MsgHeader &req) {
+    wire::MsgHeader resp;
+    resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
+    resp.request_id = req.request_id;
+    resp.status = adxl::PARAM_INVALID;
+    resp.body_len = 2;
+    return std::string(reinterpret_cast<const char *>(&resp), sizeof(resp)) + "no";
+  });
+  std::vector<char> local(4096, 'L');
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 4096};
+  const auto start = std::chrono::steady_clock::now();
+  LaneResult r = ExecuteTransfer(fake.client(), adxl::READ, &seg, 1, 80, Deadline::AfterMs(3000));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  EXPECT_EQ(r.status, adxl::PARAM_INVALID);
+  EXPECT_FALSE(r.broken);
+  EXPECT_NE(r.error.find("refused: no"), std::string::npos) << r.error;
+  EXPECT_EQ(std::string(local.begin(), local.end()), std::string(4096, 'L'));
+}
+
 }  // namespace
 }  // namespace llmdd
