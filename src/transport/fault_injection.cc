@@ -189,16 +189,18 @@ IoStatus FaultyStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline)
   return inner_->ReadFull(iov, iovcnt, deadline);
 }
 
+bool FaultyStream::ClosedBeforeRead() {
+  // Delays and stalls apply to the blocking reads; a close fault applies to every read.
+  if (shut_down_.load()) return true;
+  if (!Roll(plan_.close)) return false;
+  LOG_WARN("fault injection: closing the connection to %s", PeerName().c_str());
+  inner_->Shutdown();
+  return true;
+}
+
 IoStatus FaultyStream::ReadAvailable(void *buf, size_t len, size_t *got) {
   *got = 0;
-  // Delays and stalls apply to the blocking reads that follow; a close fault applies here too.
-  if (shut_down_.load()) return IoStatus::kClosed;
-  if (Roll(plan_.close)) {
-    LOG_WARN("fault injection: closing the connection to %s", PeerName().c_str());
-    inner_->Shutdown();
-    return IoStatus::kClosed;
-  }
-  return inner_->ReadAvailable(buf, len, got);
+  return ClosedBeforeRead() ? IoStatus::kClosed : inner_->ReadAvailable(buf, len, got);
 }
 
 IoStatus FaultyStream::ReadAtLeast(void *buf, size_t min, size_t max, Deadline deadline, size_t *got) {
@@ -210,14 +212,7 @@ IoStatus FaultyStream::ReadAtLeast(void *buf, size_t min, size_t max, Deadline d
 
 IoStatus FaultyStream::ReadSoon(void *buf, size_t len, size_t *got) {
   *got = 0;
-  // As ReadAvailable: a close fault applies here too, delays to the blocking reads.
-  if (shut_down_.load()) return IoStatus::kClosed;
-  if (Roll(plan_.close)) {
-    LOG_WARN("fault injection: closing the connection to %s", PeerName().c_str());
-    inner_->Shutdown();
-    return IoStatus::kClosed;
-  }
-  return inner_->ReadSoon(buf, len, got);
+  return ClosedBeforeRead() ? IoStatus::kClosed : inner_->ReadSoon(buf, len, got);
 }
 
 IoStatus FaultyStream::WriteFull(const iovec *iov, int iovcnt, Deadline deadline) {

@@ -88,6 +88,9 @@ class FaultyStream final : public ByteStream {
   bool Roll(double p);
   // Applies delay/stall/close; returns kOk to proceed.
   IoStatus Before(Deadline deadline);
+  // ReadAvailable and ReadSoon: true when the stream is shut down or a close
+  // fault rolled (it is then shut down).
+  bool ClosedBeforeRead();
 
   std::shared_ptr<ByteStream> inner_;
   FaultPlan plan_;

@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdint>
 #include <cstring>
 
 #include "common/log.h"
@@ -251,48 +252,33 @@ class TcpStream::SpinWait {
 };
 
 IoStatus TcpStream::ReadFull(const iovec *iov, int iovcnt, Deadline deadline) {
-  IovCursor cursor(iov, iovcnt);
-  iovec window[kMaxIovPerCall];
-  SpinWait spin(&spin_credit_, cursor.Remaining() <= kSpinMaxBytes);
-  while (!cursor.Done()) {
-    int fd = fd_.load();
-    if (fd < 0) return IoStatus::kClosed;
-    int n = cursor.Fill(window);
-    ssize_t got = readv(fd, window, n);
-    if (got > 0) {
-      cursor.Advance(static_cast<size_t>(got));
-      continue;
-    }
-    if (got == 0) return IoStatus::kClosed;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (deadline.Expired()) return IoStatus::kTimeout;
-      if (spin.KeepSpinning()) continue;
-      spin.BlockingWait();
-      IoStatus waited = WaitFor(POLLIN, deadline);
-      if (waited != IoStatus::kOk) return waited;
-      continue;
-    }
-    last_errno_ = errno;
-    return (errno == ECONNRESET || errno == EPIPE) ? IoStatus::kClosed : IoStatus::kError;
-  }
-  spin.Finished();
-  return IoStatus::kOk;
+  size_t got = 0;
+  return ReadIovAtLeast(iov, iovcnt, SIZE_MAX, deadline, &got);
 }
 
 IoStatus TcpStream::ReadAtLeast(void *buf, size_t min, size_t max, Deadline deadline, size_t *got) {
+  const iovec room{buf, max};
+  return ReadIovAtLeast(&room, 1, min, deadline, got);
+}
+
+IoStatus TcpStream::ReadIovAtLeast(const iovec *iov, int iovcnt, size_t min, Deadline deadline, size_t *got) {
   *got = 0;
-  char *out = static_cast<char *>(buf);
-  SpinWait spin(&spin_credit_, max <= kSpinMaxBytes);
+  IovCursor cursor(iov, iovcnt);
+  const size_t total = cursor.Remaining();
+  if (min > total) min = total;
+  iovec window[kMaxIovPerCall];
+  SpinWait spin(&spin_credit_, total <= kSpinMaxBytes);
   while (*got < min) {
-    const int fd = fd_.load();
+    int fd = fd_.load();
     if (fd < 0) return IoStatus::kClosed;
-    const ssize_t n = recv(fd, out + *got, max - *got, 0);  // the socket is non-blocking
-    if (n > 0) {
-      *got += static_cast<size_t>(n);
+    int n = cursor.Fill(window);
+    ssize_t read = readv(fd, window, n);  // the socket is non-blocking
+    if (read > 0) {
+      cursor.Advance(static_cast<size_t>(read));
+      *got += static_cast<size_t>(read);
       continue;
     }
-    if (n == 0) return IoStatus::kClosed;
+    if (read == 0) return IoStatus::kClosed;
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       if (deadline.Expired()) return IoStatus::kTimeout;

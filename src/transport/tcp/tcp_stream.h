@@ -68,6 +68,9 @@ class TcpStream final : public ByteStream {
   // recv(flags | MSG_DONTWAIT) of up to `len` bytes, spinning (SpinWait) while
   // nothing is there: ArrivesSoon (MSG_PEEK) and ReadSoon.
   IoStatus SpinRecv(void *buf, size_t len, int flags, size_t *got);
+  // ReadFull and ReadAtLeast: reads into `iov` until at least `min` bytes
+  // (at most their total) came, spinning then blocking; *got says how many.
+  IoStatus ReadIovAtLeast(const iovec *iov, int iovcnt, size_t min, Deadline deadline, size_t *got);
 
   std::atomic<int> fd_;
   int spin_credit_ = 8;  // adaptive spinning (SpinWait); only the reading thread touches it
