@@ -53,6 +53,18 @@ class LaneTest : public ::testing::Test {
   std::atomic<bool> served_done_{false};
 };
 
+// A ReadResponse refusing `req` (PARAM_INVALID) with `text`, followed by
+// `payload` zero bytes of data (which a refusal must not carry).
+std::string ReadRefusal(const wire::MsgHeader &req, const std::string &text, size_t payload = 0) {
+  wire::MsgHeader resp;
+  resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
+  resp.request_id = req.request_id;
+  resp.status = adxl::PARAM_INVALID;
+  resp.body_len = text.size();
+  resp.payload_len = payload;
+  return std::string(reinterpret_cast<const char *>(&resp), sizeof(resp)) + text + std::string(payload, '\0');
+}
+
 // A scripted serving peer: reads one request (header and body) and sends back
 // the bytes `answer` returns for it. client() is the requester's end.
 class FakeServer {
@@ -261,14 +273,7 @@ TEST_F(LaneTest, MalformedRequestReasonReachesTheRequester) {
 }
 
 TEST_F(LaneTest, RefusalCarryingAPayloadMarksTheLaneBroken) {
-  FakeServer fake([](const wire::MsgHeader &req) {
-    wire::MsgHeader resp;
-    resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
-    resp.request_id = req.request_id;
-    resp.status = adxl::PARAM_INVALID;
-    resp.payload_len = 16;  // a refusal must not carry data
-    return std::string(reinterpret_cast<const char *>(&resp), sizeof(resp)) + std::string(16, '\0');
-  });
+  FakeServer fake([](const wire::MsgHeader &req) { return ReadRefusal(req, "", 16); });
   std::vector<char> local(16, 'L');
   Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 16};
   LaneResult r = ExecuteTransfer(fake.client(), adxl::READ, &seg, 1, 78, Deadline::AfterMs(3000));
@@ -319,14 +324,7 @@ TEST_F(LaneTest, ASmallReadWhosePayloadComesInPiecesLandsExactly) {
 // the lane stays in step for the next request.
 TEST_F(LaneTest, ALongRefusalOfASmallReadArrivesWholeAndTheLaneStaysInStep) {
   const std::string text = std::string(480, 'x') + "<end of the reason>";  // within wire::kMaxErrorText
-  FakeServer fake([&text](const wire::MsgHeader &req) {
-    wire::MsgHeader resp;
-    resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
-    resp.request_id = req.request_id;
-    resp.status = adxl::PARAM_INVALID;
-    resp.body_len = text.size();
-    return std::string(reinterpret_cast<const char *>(&resp), sizeof(resp)) + text;
-  });
+  FakeServer fake([&text](const wire::MsgHeader &req) { return ReadRefusal(req, text); });
   std::vector<char> local(8, 'L');
   Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 8};
   LaneResult r = ExecuteTransfer(fake.client(), adxl::READ, &seg, 1, 79, Deadline::AfterMs(3000));
@@ -430,14 +428,7 @@ TEST_F(LaneTest, AHeaderOnlyMessageAfterAFullWakeIsStillServed) {
 // for up to the READ's size past the header; it must take the short answer
 // as it is (not wait for bytes that never come) and leave the lane in step.
 TEST_F(LaneTest, AShortRefusalOfAReadIsTakenAsItIs) {
-  FakeServer fake([](const wire::MsgHeader &req) {
-    wire::MsgHeader resp;
-    resp.type = static_cast<uint16_t>(wire::MsgType::kReadResponse);
-    resp.request_id = req.request_id;
-    resp.status = adxl::PARAM_INVALID;
-    resp.body_len = 2;
-    return std::string(reinterpret_cast<const char *>(&resp), sizeof(resp)) + "no";
-  });
+  FakeServer fake([](const wire::MsgHeader &req) { return ReadRefusal(req, "no"); });
   std::vector<char> local(4096, 'L');
   Segment seg{reinterpret_cast<uintptr_t>(local.data()), R(0), 4096};
   const auto start = std::chrono::steady_clock::now();
