@@ -388,6 +388,52 @@ TEST_F(UcxEngines, ReadAndWriteMoveTheBytesOfRegisteredMemoryOnly) {
   EXPECT_EQ(client_.Disconnect(server_id_, 3000), adxl::SUCCESS);
 }
 
+// Descriptors of uneven sizes that cut across READ slices (kUcxSliceBytes),
+// staging chunks (kUcxStageBytes) and two adjacent registrations, landing in
+// a local layout of another order: every byte goes where its descriptor says
+// (a READ copies slices out while later ones arrive; a WRITE stages whole).
+TEST_F(UcxEngines, UnevenDescriptorsAcrossSlicesChunksAndRegistrationsLandExactly) {
+  const size_t total = 2 * kUcxStageBytes + 3 * kUcxSliceBytes + 12345;
+  std::vector<char> remote(total), local(total, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 29 + i / 4093);
+  const size_t split = kUcxStageBytes - 777;  // the second registration starts mid-chunk
+  uint64_t first = 0, second = 0;
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), split, adxl::MEM_HOST, &first),
+            adxl::SUCCESS);
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()) + split, total - split, adxl::MEM_HOST,
+                                &second),
+            adxl::SUCCESS);
+  ASSERT_EQ(client_.Connect(server_id_, 3000), adxl::SUCCESS);
+  // Remote pieces in order, of sizes cycling through these; locally in reverse order.
+  const size_t sizes[] = {1, kUcxSliceBytes + 7, 4095, 3 * kUcxSliceBytes - 1, 64 << 10, kUcxStageBytes / 2 + 3};
+  std::vector<std::pair<size_t, size_t>> pieces;  // remote offset, length
+  for (size_t off = 0, k = 0; off < total; ++k) {
+    const size_t len = std::min(sizes[k % 6], total - off);
+    pieces.push_back({off, len});
+    off += len;
+  }
+  std::vector<adxl::TransferOpDesc> batch;
+  size_t local_off = total;
+  for (const auto &p : pieces) {
+    local_off -= p.second;
+    batch.push_back({reinterpret_cast<uintptr_t>(local.data()) + local_off,
+                     reinterpret_cast<uintptr_t>(remote.data()) + p.first, p.second});
+  }
+  auto expect_mirrored = [&](const char *what) {
+    size_t at = total, bad = 0;
+    for (const auto &p : pieces) {
+      at -= p.second;
+      if (memcmp(local.data() + at, remote.data() + p.first, p.second) != 0) ++bad;
+    }
+    EXPECT_EQ(bad, 0u) << what << ": descriptors whose bytes differ, of " << pieces.size();
+  };
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::READ, batch.data(), batch.size(), 10000), adxl::SUCCESS);
+  expect_mirrored("READ");
+  for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<char>(i * 17 + 9);
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::WRITE, batch.data(), batch.size(), 10000), adxl::SUCCESS);
+  expect_mirrored("WRITE");
+}
+
 TEST_F(UcxEngines, AccessRightsOfTheRegistrationAreKept) {
   std::vector<char> readable(64 << 10, 'r'), writable(64 << 10, 'w'), local(64 << 10, 'l');
   uint64_t ro = 0, wo = 0;

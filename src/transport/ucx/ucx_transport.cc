@@ -833,6 +833,38 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
   return result;
 }
 
+namespace {
+
+// Copies bytes [from, from + len) of a staging chunk, laid out as `segs` back
+// to back, to (to_caller) or from the caller's memory of those segments.
+// `hint` (optional) is the index of the segment holding `from` or an earlier
+// one, and `hint_at` its offset in the chunk; both advance (the copies of a
+// round go front to back).
+void CopyStaged(uint8_t *chunk, const std::vector<Segment> &segs, uint64_t from, uint64_t len, bool to_caller,
+                size_t *hint, uint64_t *hint_at) {
+  size_t i = hint != nullptr ? *hint : 0;
+  uint64_t at = hint_at != nullptr ? *hint_at : 0;
+  while (i < segs.size() && at + segs[i].len <= from) at += segs[i++].len;
+  if (hint != nullptr) {
+    *hint = i;
+    *hint_at = at;
+  }
+  for (; len > 0 && i < segs.size(); at += segs[i++].len) {
+    const uint64_t off = from - at;  // within segment i
+    const uint64_t n = std::min<uint64_t>(len, segs[i].len - off);
+    auto *caller = reinterpret_cast<uint8_t *>(segs[i].local) + off;
+    if (to_caller) {
+      std::memcpy(caller, chunk + from, n);
+    } else {
+      std::memcpy(chunk + from, caller, n);
+    }
+    from += n;
+    len -= n;
+  }
+}
+
+}  // namespace
+
 TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segment> &segs, uint64_t bytes,
                                      Deadline deadline, TransferRequest *request) {
   TransportResult result;
@@ -855,30 +887,35 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
       }
     }
   } guard{core_.get(), &stage, &posted};
-  auto copy_in = [&] {  // WRITE: the caller's bytes into the chunk, in segment order
-    uint64_t at = 0;
-    for (const Segment &s : segs) {
-      std::memcpy(stage.get() + at, reinterpret_cast<const void *>(s.local), s.len);
-      at += s.len;
-    }
-  };
-  if (op == adxl::WRITE) copy_in();
   const uint32_t rights = op == adxl::READ ? kAccessRead : kAccessWrite;
   // Each segment as pieces within one remote registration each (a segment
-  // may run across adjacent ones), with the key of that registration; local
-  // addresses are offsets in the staging chunk.
-  struct Piece {
+  // may run across adjacent ones), with the key of that registration; a
+  // READ's pieces cut in slices of at most kUcxSliceBytes. Each slice is one
+  // UCX operation; staged offsets run through the chunk in segment order.
+  struct Slice {
     uint64_t staged;  // offset in the chunk
     uintptr_t remote;
     uint64_t len;
     ucp_rkey_h rkey;
   };
-  std::vector<Piece> pieces;
-  pieces.reserve(segs.size());
+  std::vector<Slice> slices;
+  slices.reserve(segs.size());
+  // READ: each slice's request, kept until it completed (null: completed when posted).
+  std::vector<void *> gets;
+  auto free_gets = [&] {
+    for (void *r : gets) {
+      if (r != nullptr) ucp_request_free(r);  // one still in progress is released when it ends
+    }
+    gets.clear();
+  };
+  // WRITE: the caller's bytes into the chunk first. Copying them in slices
+  // while earlier ones are sent was measured slower (each put of a slice
+  // costs more than the copy it hides: docs/PERFORMANCE.md).
+  if (op == adxl::WRITE) CopyStaged(stage.get(), segs, 0, bytes, false, nullptr, nullptr);
   for (int attempt = 0;; ++attempt) {
-    // Keys first (asking the peer where needed), then post everything under
-    // one hold of the mutex, checking the keys still stand.
-    pieces.clear();
+    // Keys first (asking the peer where needed), then post under the mutex,
+    // checking the keys still stand.
+    slices.clear();
     uint64_t at = 0;
     for (const Segment &s : segs) {
       for (uint64_t off = 0; off < s.len;) {
@@ -886,16 +923,20 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
         uint64_t covered = 0;
         result.status = KeyFor(s.remote + off, s.len - off, rights, deadline, request, &rkey, &covered, &result.error);
         if (result.status != adxl::SUCCESS) return result;
-        pieces.push_back({at + off, s.remote + off, covered, rkey});
+        for (uint64_t done = 0; done < covered;) {
+          const uint64_t n = op == adxl::READ ? std::min<uint64_t>(covered - done, kUcxSliceBytes) : covered - done;
+          slices.push_back({at + off + done, s.remote + off + done, n, rkey});
+          done += n;
+        }
         off += covered;
       }
       at += s.len;
     }
     std::unique_lock<std::mutex> lock(core_->mutex);
     bool stale = ep_ == nullptr || ep_failed_;
-    for (size_t i = 0; i < pieces.size() && !stale; ++i) {
-      const RemoteKey *key = FindKeyLocked(pieces[i].remote, pieces[i].len, rights);
-      stale = key == nullptr || key->rkey != pieces[i].rkey;
+    for (size_t i = 0; i < slices.size() && !stale; ++i) {
+      const RemoteKey *key = FindKeyLocked(slices[i].remote, slices[i].len, rights);
+      stale = key == nullptr || key->rkey != slices[i].rkey;
     }
     if (stale) {
       if (attempt < 3) continue;
@@ -909,19 +950,32 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     memset(&param, 0, sizeof(param));
     ucs_status_t failed = UCS_OK;
     posted = true;  // from here a UCX operation may hold the chunk
-    for (size_t i = 0; i < pieces.size() && failed == UCS_OK; ++i) {
-      const Piece &p = pieces[i];
-      void *local = stage.get() + p.staged;
-      void *op_request = op == adxl::READ ? ucp_get_nbx(ep_, local, p.len, p.remote, p.rkey, &param)
-                                          : ucp_put_nbx(ep_, local, p.len, p.remote, p.rkey, &param);
-      if (UCS_PTR_IS_ERR(op_request)) {
-        failed = UCS_PTR_STATUS(op_request);
-      } else if (op_request != nullptr) {
-        ucp_request_free(op_request);  // the flush below says when it is done
+    // A READ's copies to the caller overlap the transfer: each run of
+    // completed slices (kUcxSliceBytes or more) is copied out, with the mutex
+    // let go, while the later ones arrive.
+    size_t hint = 0;
+    uint64_t hint_at = 0;
+    for (size_t i = 0; i < slices.size() && failed == UCS_OK; ++i) {
+      const Slice &s = slices[i];
+      void *local = stage.get() + s.staged;
+      if (op == adxl::WRITE) {
+        void *put = ucp_put_nbx(ep_, local, s.len, s.remote, s.rkey, &param);
+        if (UCS_PTR_IS_ERR(put)) {
+          failed = UCS_PTR_STATUS(put);
+        } else if (put != nullptr) {
+          ucp_request_free(put);  // the flush below says when it is done
+        }
+      } else {
+        void *get = ucp_get_nbx(ep_, local, s.len, s.remote, s.rkey, &param);
+        if (UCS_PTR_IS_ERR(get)) {
+          failed = UCS_PTR_STATUS(get);
+        } else {
+          gets.push_back(get);
+        }
       }
     }
     void *flush = nullptr;
-    if (failed == UCS_OK) {
+    if (failed == UCS_OK && op == adxl::WRITE) {
       flush = ucp_ep_flush_nbx(ep_, &param);
       if (UCS_PTR_IS_ERR(flush)) {
         failed = UCS_PTR_STATUS(flush);
@@ -930,10 +984,45 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     }
     ucs_status_t status = failed;
     bool canceled = false;
-    if (flush != nullptr) {
-      for (;;) {
+    size_t next = 0;  // READ: slices copied out so far
+    // One wait: progress until the flush (WRITE) or every GET (READ) ended,
+    // copying READ slices out as they complete.
+    auto finished = [&]() -> bool {
+      if (op == adxl::WRITE) {
         status = ucp_request_check_status(flush);
-        if (status != UCS_INPROGRESS) break;
+        return status != UCS_INPROGRESS;
+      }
+      for (;;) {
+        size_t end = next;
+        for (; end < gets.size(); ++end) {
+          if (gets[end] == nullptr) continue;
+          const ucs_status_t s = ucp_request_check_status(gets[end]);
+          if (s == UCS_INPROGRESS) break;
+          ucp_request_free(gets[end]);
+          gets[end] = nullptr;
+          if (s != UCS_OK) {
+            status = s;
+            return true;
+          }
+        }
+        const uint64_t from = slices[next].staged;
+        const uint64_t upto = end == next ? from : slices[end - 1].staged + slices[end - 1].len;
+        if (end < gets.size() && upto - from < kUcxSliceBytes) {
+          status = UCS_INPROGRESS;
+          return false;  // wait for a longer run, or the rest
+        }
+        lock.unlock();
+        CopyStaged(stage.get(), segs, from, upto - from, true, &hint, &hint_at);
+        lock.lock();
+        next = end;
+        if (next == gets.size()) {
+          status = UCS_OK;
+          return true;
+        }
+      }
+    };
+    if (failed == UCS_OK && (flush != nullptr || op == adxl::READ)) {
+      while (!finished()) {
         if (deadline.Expired()) break;
         if (request != nullptr && request->CancelRequested()) {
           canceled = true;
@@ -957,22 +1046,14 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
       CloseEndpointLocked(true);
     }
     if (flush != nullptr) ucp_request_free(flush);
+    free_gets();
     --in_flight_;
     if (in_flight_ == 0) {
       for (ucp_rkey_h stale_key : retired_) ucp_rkey_destroy(stale_key);
       retired_.clear();
     }
     if (status == UCS_OK) {
-      lock.unlock();
-      posted = false;  // the flush completed: every operation on the chunk ended
-      if (op == adxl::READ) {
-        uint64_t from = 0;
-        for (const Segment &s : segs) {
-          std::memcpy(reinterpret_cast<void *>(s.local), stage.get() + from, s.len);
-          from += s.len;
-        }
-      }
-      (void)bytes;
+      posted = false;  // every operation on the chunk ended (and a READ's bytes were copied out)
       return result;
     }
     if (closed_by_other && !shut_down_.load() && !deadline.Expired() && attempt < 3) {
@@ -982,7 +1063,7 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
       stage = core_->AcquireStage(deadline, request, &result.status, &result.error);
       if (stage == nullptr) return result;
       result.status = adxl::SUCCESS;
-      if (op == adxl::WRITE) copy_in();
+      if (op == adxl::WRITE) CopyStaged(stage.get(), segs, 0, bytes, false, nullptr, nullptr);
       continue;
     }
     if (canceled) {
@@ -991,6 +1072,9 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     } else if (status == UCS_INPROGRESS || (closed_by_other && deadline.Expired())) {
       result.status = adxl::TIMEOUT;
       result.error = "UCX transfer to " + peer_name_ + " did not complete before the deadline";
+    } else if (ep_failed_ && !ep_error_.empty()) {
+      result.status = adxl::FAILED;
+      result.error = ep_error_;
     } else {
       result.status = adxl::FAILED;
       result.error = std::string("UCX transfer to ") + peer_name_ + " failed: " + ucs_status_string(status);

@@ -36,8 +36,10 @@
 //     A chunk whose round did not complete is retired, never reused, until
 //     the core goes (at most kUcxStageRetiredMax; beyond that the transport
 //     refuses batches: restart the engine). Cost: one memcpy per byte on the
-//     requester; a UCX that names an endpoint's transports (1.14+) could let
-//     real RDMA, which cannot write after its QP is gone, skip it.
+//     requester, which a READ hides in part: its GETs are slices of at most
+//     kUcxSliceBytes, each run of completed slices copied out while later
+//     ones arrive. A UCX that names an endpoint's transports (1.14+) could
+//     let real RDMA, which cannot write after its QP is gone, skip it.
 #pragma once
 
 #include <atomic>
@@ -74,6 +76,12 @@ constexpr int kUcxProgressPollMs = 100;
 constexpr size_t kUcxStageBytes = 4u << 20;
 constexpr size_t kUcxStageChunks = 8;
 constexpr size_t kUcxStageRetiredMax = 16;
+// A round moves as UCX operations of at most this many bytes, so that the
+// staging copies overlap the transfer: a WRITE copies the next slice in while
+// the previous one is sent, a READ copies completed slices out while later
+// ones arrive (measured in docs/PERFORMANCE.md, "UCX transport against UCX
+// itself").
+constexpr size_t kUcxSliceBytes = 256u << 10;
 
 class UcxCore;
 
