@@ -102,7 +102,7 @@ void Usage(FILE *out) {
           "  --max-descs N         cap on descriptors per call (default 16384)\n"
           "  --iterations N        timed calls per row after one warm-up (default 5, quick 3)\n"
           "  --connections N       passes llmdd.TcpConnections=N to Initialize\n"
-          "  --transport T         passes llmdd.Transport=T (auto, tcp, shm) to Initialize\n"
+          "  --transport T         passes llmdd.Transport=T (auto, tcp, shm, ucx) to Initialize\n"
           "  --timeout-ms N        timeout of each Connect/TransferSync call (default 30000)\n"
           "  --version             print the library version and exit\n"
           "BYTES take an optional K, M or G suffix (powers of 1024).\n");

@@ -166,7 +166,8 @@ void Usage(FILE *out) {
           "  --remote HOST:PORT  decode: the prefill's address and LLM-DataDist port\n"
           "  --local IP          decode: its own address for local_ip_infos (default: the address its\n"
           "                      control connection to the prefill left from)\n"
-          "  --transport T       llmdd.Transport on both sides: auto (default), tcp or shm\n"
+          "  --transport T       llmdd.Transport on both sides: auto (default), tcp, shm or ucx\n"
+          "                      (ucx: libraries built with UCX; docs/UCX.md)\n"
           "  --layers N          transformer layers; the cache has 2N tensors (K, V) (default 32, quick 8)\n"
           "  --blocks N          blocks per tensor, shape[0] (default 128, quick 64; at least 8)\n"
           "  --block-tokens N    tokens per block (default 16)\n"
@@ -265,8 +266,8 @@ int ParseArgs(int argc, char **argv, Options *opt) {
       } else if (arg == "--local") {
         opt->local_ip = value;
       } else {
-        if (value != "auto" && value != "tcp" && value != "shm") {
-          fprintf(stderr, "kv_demo: --transport is auto, tcp or shm, got '%s'\n", value.c_str());
+        if (value != "auto" && value != "tcp" && value != "shm" && value != "ucx") {
+          fprintf(stderr, "kv_demo: --transport is auto, tcp, shm or ucx, got '%s'\n", value.c_str());
           return kExitUsage;
         }
         opt->transport = value;
@@ -859,10 +860,11 @@ void PrintTable(const std::vector<Series> &rows) {
          "GB = 10^9 B\n\n");
 }
 
-// "same-host" / "tcp" (LogTap::PathTo) in words.
+// "same-host" / "tcp" / "ucx" (LogTap::PathTo) in words.
 const char *PathText(const std::string &path) {
   if (path == "same-host") return "same-host path (one copy between the processes, process_vm_readv/writev)";
   if (path == "tcp") return "TCP path (sockets)";
+  if (path == "ucx") return "UCX path (the fabric UCX picked: RDMA on InfiniBand/RoCE, docs/UCX.md)";
   return "path the engine did not log (unknown)";
 }
 
@@ -1329,7 +1331,7 @@ class Decode {
   int prefill_port_ = 0;
   std::string local_ip_;   // this side's address in local_ip_infos
   std::string remote_ip_;  // the prefill's address in remote_ip_infos
-  std::string path_;       // "same-host" or "tcp", from the engine's log
+  std::string path_;       // "same-host", "tcp" or "ucx", from the engine's log
   bool initialized_ = false;
   bool registered_ = false;
   bool linked_ = false;

@@ -214,7 +214,7 @@ class LogTap {
     WriteAll(STDERR_FILENO, std::string(kEnd) + "\n");
   }
 
-  // "same-host" or "tcp" for the last connection this process or a child
+  // "same-host", "tcp" or "ucx" for the last connection this process or a child
   // made to `remote` ("" if none was logged; "" remote: any). Waits up to
   // wait_ms for the line to pass through the pipe.
   std::string PathTo(const std::string &remote, int wait_ms = 1000) {
@@ -259,9 +259,10 @@ class LogTap {
         const size_t id_start = at + 15, id_end = line.find(" (", id_start);
         const bool same_host = line.find("same-host path)") != std::string::npos;
         const bool tcp = line.find("tcp path)") != std::string::npos;
-        if (id_end != std::string::npos && (same_host || tcp)) {
+        const bool ucx = line.find("ucx path)") != std::string::npos;
+        if (id_end != std::string::npos && (same_host || tcp || ucx)) {
           std::lock_guard<std::mutex> lock(mutex_);
-          paths_.emplace_back(line.substr(id_start, id_end - id_start), same_host ? "same-host" : "tcp");
+          paths_.emplace_back(line.substr(id_start, id_end - id_start), same_host ? "same-host" : ucx ? "ucx" : "tcp");
         }
       }
     }

@@ -122,6 +122,10 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
     }
     LOG_INFO("connected to %s: transfers go over ucx", params.remote_id.c_str());
   }
+  // The path named in the log line below (the demos read it): the same-host
+  // path where verified, else UCX where a link was made (forced, or under
+  // auto over hardware RMA), else TCP.
+  const char *path = forward_same_host ? "same-host path" : TransportSet::HasLink(links, "ucx") ? "ucx path" : "tcp path";
   channel->lanes_->SetLinks(std::move(links));
   // Data lanes open when a transfer first needs them and close after they sat
   // idle (llmdd.IdleLaneCloseMs): an idle peer costs its control connection only.
@@ -143,8 +147,7 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
   channel->idle_timer_ = params.reactor->Every(std::max(idle / 4, std::chrono::milliseconds(10)),
                                                [raw, idle] { raw->lanes_->CloseIdle(idle); });
   LOG_INFO("connected to %s (session %" PRIx64 ", %u lanes, %u reverse lanes, %s)", params.remote_id.c_str(),
-           channel->session_id_, params.config.tcp_connections, params.reverse_lanes,
-           forward_same_host ? "same-host path" : "tcp path");
+           channel->session_id_, params.config.tcp_connections, params.reverse_lanes, path);
   *out = std::move(channel);
   return adxl::SUCCESS;
 }

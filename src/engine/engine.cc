@@ -141,7 +141,7 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
   transports_.Remove("ucx");
 #ifdef LLMDD_HAVE_UCX
   if (config_.transport == EngineConfig::Transport::kUcx) {
-    auto ucx = UcxTransport::Create(&error);
+    auto ucx = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
     if (ucx == nullptr) {
       LOG_ERROR("engine %s: llmdd.Transport=ucx but UCX cannot start: %s", identity.c_str(), error.c_str());
       workers_.reset();
@@ -149,6 +149,26 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
     }
     transports_.Add(std::move(ucx));
     LOG_INFO("engine %s: transport ucx (llmdd.Transport=ucx): every peer is reached over UCX", identity.c_str());
+  } else if (config_.transport == EngineConfig::Transport::kAuto &&
+             (config_.ucx_under_auto == EngineConfig::UcxUnderAuto::kAlways ||
+              config_.ucx_under_auto == EngineConfig::UcxUnderAuto::kAny ||
+              (config_.ucx_under_auto == EngineConfig::UcxUnderAuto::kRdma && UcxTransport::HostHasRdmaDevice()))) {
+    // Under auto UCX is an offer, not a requirement: it serves peers that
+    // run it, and links to a peer only over hardware RMA (UcxTransport::Connect)
+    // unless llmdd.UcxUnderAuto=any.
+    auto ucx = UcxTransport::Create(config_.ucx_under_auto == EngineConfig::UcxUnderAuto::kAny
+                                        ? UcxTransport::Mode::kAnyPeer
+                                        : UcxTransport::Mode::kWhereItPays,
+                                    &error);
+    if (ucx == nullptr) {
+      LOG_INFO("engine %s: UCX did not start (%s): peers are reached over TCP and the same-host path",
+               identity.c_str(), error.c_str());
+      error.clear();
+    } else {
+      transports_.Add(std::move(ucx));
+      LOG_INFO("engine %s: UCX started (llmdd.Transport=auto): peers it reaches with hardware RMA use it",
+               identity.c_str());
+    }
   }
 #endif
   reactor_ = std::make_unique<Reactor>(event_options);

@@ -235,6 +235,20 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
         *error = std::string("option ") + kOptTransport + "='" + value + "' must be auto, tcp, shm or ucx";
         return adxl::PARAM_INVALID;
       }
+    } else if (key == kOptUcxUnderAuto) {
+      // Accepted without UCX too (no effect there): one options map serves both builds.
+      if (value == "rdma") {
+        config->ucx_under_auto = EngineConfig::UcxUnderAuto::kRdma;
+      } else if (value == "always") {
+        config->ucx_under_auto = EngineConfig::UcxUnderAuto::kAlways;
+      } else if (value == "any") {
+        config->ucx_under_auto = EngineConfig::UcxUnderAuto::kAny;
+      } else if (value == "never") {
+        config->ucx_under_auto = EngineConfig::UcxUnderAuto::kNever;
+      } else {
+        *error = std::string("option ") + kOptUcxUnderAuto + "='" + value + "' must be rdma, always, any or never";
+        return adxl::PARAM_INVALID;
+      }
     } else if (key == kOptAuthSecret) {
       std::string why = CheckAuthSecret(value);
       if (!why.empty()) {

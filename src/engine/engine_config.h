@@ -60,8 +60,17 @@ struct EngineConfig {
   // peer process holds the other end of the connection and its memory is
   // reachable); `shm` requires it; `tcp` never uses it. `ucx` (built with
   // UCX only, docs/UCX.md) runs the UCX transport and requires it for every
-  // peer; `auto` never chooses UCX yet.
+  // peer; `auto` uses UCX only where the policy says it pays (below).
   bool SameHostAllowed() const { return transport != Transport::kTcp && transport != Transport::kUcx; }
+  // llmdd.UcxUnderAuto (libraries built with UCX; docs/UCX.md): whether an
+  // engine under llmdd.Transport=auto starts UCX. `rdma` (default): when the
+  // host has an RDMA device (/sys/class/infiniband: InfiniBand, RoCE); `always`:
+  // whenever built (hosts whose devices are named otherwise); `never`.
+  // Either way a peer's link is made only when UCX reaches it with hardware
+  // RMA and the peer runs UCX too; other peers stay on TCP / the same-host
+  // path. `any`: start UCX and link every peer that runs it, whatever fabric
+  // UCX picks (UCX_TLS), still after the same-host path and before TCP.
+  enum class UcxUnderAuto { kRdma, kAlways, kAny, kNever } ucx_under_auto = UcxUnderAuto::kRdma;
   // llmdd.SameHostMinPartBytes [64 KiB, 1 TiB]: a same-host transfer is
   // split into parts of at least this many bytes, at most one per core and
   // per lane (path_policy.h, SameHostSplitParts); 1 TiB: never split.
@@ -139,6 +148,7 @@ constexpr const char kOptEventThreads[] = "llmdd.EventThreads";
 constexpr const char kOptIdleLaneCloseMs[] = "llmdd.IdleLaneCloseMs";
 constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
 constexpr const char kOptTransport[] = "llmdd.Transport";
+constexpr const char kOptUcxUnderAuto[] = "llmdd.UcxUnderAuto";
 constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";
 constexpr const char kOptSameHostMinPartBytes[] = "llmdd.SameHostMinPartBytes";
 constexpr const char kOptSameHostMapMaxBytes[] = "llmdd.SameHostMapMaxBytes";

@@ -166,17 +166,20 @@ inline size_t PartsFor(const TransportCaps &caps, uint64_t total_bytes, size_t l
 //   - the same-host path where it pays (a request), or for a READ that may
 //     fit its standing lease (the link declines it otherwise);
 //   - TCP takes anything, last.
-// A transport added later adds its rule here (UCX: before TCP, for the memory
-// kinds it reaches).
+//   - UCX: forced (llmdd.Transport=ucx), everything, before the others;
+//     under `auto` only links whose endpoint moves data with hardware RMA
+//     exist (UcxTransport decides at Connect), after the same-host path and
+//     before TCP.
 inline int PathRank(const TransportCaps &caps, adxl::TransferOp op, uint64_t total_bytes, size_t count) {
   const std::string_view name(caps.name);
   if (name == "fake") return 0;
   if (name == "shm") return SameHostPays(op, total_bytes, count) || OneSidedReadFits(op, total_bytes, count) ? 10 : -1;
-  // UCX runs only where llmdd.Transport=ucx asked for it (docs/UCX.md): then
-  // it takes everything, before the others. Under `auto` no engine runs it
-  // yet: over TCP our own transport is faster (docs/PERFORMANCE.md), and on
-  // RDMA hardware the rule (which sizes pay) is still to be measured.
-  if (name == "ucx") return 5;
+  // UCX (docs/UCX.md "Selecting it"): forced, it takes everything; under
+  // `auto` its link exists only over hardware RMA (InfiniBand, RoCE), where
+  // it beats kernel TCP at every size, and the same-host path keeps what it
+  // takes (on one host it is a single copy). Over UCX's tcp, our own TCP is
+  // several times faster (docs/PERFORMANCE.md): auto makes no link there.
+  if (name == "ucx") return caps.chosen_where_it_pays ? 20 : 5;
   if (name == "tcp") return 100;
   return 50;
 }

@@ -70,6 +70,9 @@ struct TransportCaps {
   uint32_t memory_kinds = MemoryKindBit(MemoryKind::kHost);  // MemoryKindBit of what it reaches, both ends
   bool prompt_cancel = true;         // Cancel of a request cuts its I/O in flight (else: at the next batch)
   size_t max_parallel = 1;           // batches of one transfer it moves at once to one peer (lanes, QPs)
+  // Chosen by the engine's policy (llmdd.Transport=auto) rather than forced
+  // by an option: ranks after the same-host path (PathRank). UCX under auto.
+  bool chosen_where_it_pays = false;
 };
 
 // One batch as a link moves it: segments already validated on this side

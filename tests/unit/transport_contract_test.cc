@@ -22,6 +22,9 @@
 #include "engine/worker_pool.h"
 #include "loopback_util.h"
 #ifdef LLMDD_HAVE_UCX
+#include <ucs/debug/log_def.h>
+#include <unistd.h>
+
 #include "transport/ucx/ucx_transport.h"
 #endif
 
@@ -481,7 +484,7 @@ TEST_F(UcxEngines, ADeadPeerIsAnErrorWithinTheTimeout) {
 // back-off sleeps: ~1 ms steps, hundreds of rounds in half a second).
 TEST(UcxProgress, AnIdleTransportSleepsOnTheWorkersEventFd) {
   std::string error;
-  std::shared_ptr<UcxTransport> ucx = UcxTransport::Create(&error);
+  std::shared_ptr<UcxTransport> ucx = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
   ASSERT_NE(ucx, nullptr) << error;
   ASSERT_TRUE(ucx->SleepsOnEventFd());
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // past the spin after start
@@ -521,6 +524,163 @@ TEST_F(UcxEngines, ATargetAsleepOnItsEventFdWakesForEachRead) {
   std::sort(ms.begin(), ms.end());
   EXPECT_LT(ms[2], kUcxProgressPollMs / 2) << "median READ after an idle spell (ms); a target that slept out "
                                               "its poll would take about " << kUcxProgressPollMs;
+}
+// UCX's own error lines (a peer's socket going away: "tcp_ep ... recv
+// failed") go to our log on stderr, never to the program's stdout (UCX's
+// default), where the suites' peer programs speak their protocol.
+TEST(UcxLog, UcxErrorLinesGoToOurLogNotToStdout) {
+  std::string error;
+  std::shared_ptr<UcxTransport> ucx = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
+  ASSERT_NE(ucx, nullptr) << error;
+  fflush(stdout);
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  const int saved_stdout = dup(1);
+  ASSERT_GE(saved_stdout, 0);
+  ASSERT_GE(dup2(pipe_fds[1], 1), 0);
+  ::testing::internal::CaptureStderr();
+  ucs_log(UCS_LOG_LEVEL_ERROR, "tcp_ep %p (state=CONNECTED): recv(%d) failed: Input/output error", (void *)0x1, -1);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  fflush(stdout);
+  dup2(saved_stdout, 1);
+  close(saved_stdout);
+  close(pipe_fds[1]);
+  char buf[512];
+  const ssize_t n = read(pipe_fds[0], buf, sizeof(buf));
+  close(pipe_fds[0]);
+  EXPECT_EQ(n, 0) << "on stdout: " << std::string(buf, n > 0 ? static_cast<size_t>(n) : 0);
+  EXPECT_NE(err.find("recv(-1) failed: Input/output error"), std::string::npos) << err;
+}
+
+// What decides a link under llmdd.Transport=auto: the RMA lanes of the
+// endpoint UCX made (ucp_ep_print_info's text, as UCX 1.13 prints it).
+TEST(UcxUnderAuto, OnlyHardwareRmaLanesCount) {
+  std::string rma;
+  // UCX over tcp: no RMA lane at all (GET and PUT are emulated with active messages).
+  EXPECT_FALSE(UcxLanesHaveHardwareRma(
+      "#   lane[0]:  0:tcp/lo.0 md[0]          -> md[0]/tcp/sysdev[255] am am_bw#0 keepalive wireup\n", &rma));
+  EXPECT_EQ(rma, "none");
+  // One host's shared memory: RMA over cma is not the network.
+  EXPECT_FALSE(UcxLanesHaveHardwareRma("#   lane[0]:  2:sysv/memory.0 md[1] -> md[1]/sysv/sysdev[255] am am_bw#0\n"
+                                       "#   lane[2]:  4:cma/memory.0 md[3] -> md[3]/cma/sysdev[255] rma_bw#0\n",
+                                       &rma));
+  EXPECT_EQ(rma, "cma/memory.0");
+  // InfiniBand / RoCE: rc on a mlx5 port carries RMA.
+  EXPECT_TRUE(UcxLanesHaveHardwareRma(
+      "#   lane[0]:  1:rc_mlx5/mlx5_0:1.0 md[0] -> md[0]/ib/sysdev[255] rma_bw#0 amo wireup\n"
+      "#   lane[1]:  5:tcp/eth0.0 md[3] -> md[3]/tcp/sysdev[255] am am_bw#0 keepalive\n",
+      &rma));
+  EXPECT_EQ(rma, "rc_mlx5/mlx5_0:1.0");
+  EXPECT_TRUE(UcxLanesHaveHardwareRma("lane[3]: 2:dc_mlx5/mlx5_1:1.0 md[1] -> md[1]/ib rma#0\n", &rma));
+  EXPECT_FALSE(UcxLanesHaveHardwareRma("", &rma));
+  EXPECT_EQ(rma, "none");
+}
+
+// The path policy: UCX chosen under auto ranks after the same-host path
+// (where that takes the transfer) and before TCP; forced UCX before both.
+TEST(UcxUnderAuto, RanksAfterTheSameHostPathAndBeforeTcp) {
+  TransportCaps shm, tcp;
+  shm.name = "shm";
+  tcp.name = "tcp";
+  const TransportCaps &chosen = UcxTransport::ChosenCaps(), &forced = UcxTransport::StaticCaps();
+  const uint64_t mib = 1 << 20;
+  ASSERT_GE(PathRank(shm, adxl::READ, mib, 1), 0);
+  EXPECT_LT(PathRank(shm, adxl::READ, mib, 1), PathRank(chosen, adxl::READ, mib, 1));
+  EXPECT_LT(PathRank(chosen, adxl::READ, mib, 1), PathRank(tcp, adxl::READ, mib, 1));
+  EXPECT_LT(PathRank(forced, adxl::READ, mib, 1), PathRank(shm, adxl::READ, mib, 1));
+  // A small WRITE the same-host path declines goes to UCX, not TCP.
+  EXPECT_LT(PathRank(shm, adxl::WRITE, 8, 1), 0);
+  EXPECT_GE(PathRank(chosen, adxl::WRITE, 8, 1), 0);
+}
+
+// Under auto with UCX started (llmdd.UcxUnderAuto=always, as a host with an
+// RDMA device does by default): the engine offers ucx and serves it, but
+// links a peer over UCX only with hardware RMA. This host has none, so its
+// peers stay on TCP / the same-host path with correct bytes, while a peer
+// that forces ucx is served over UCX; `never` offers nothing.
+TEST(UcxUnderAuto, WithoutHardwareRmaPeersStayOffUcxAndForcedPeersAreServed) {
+  std::vector<char> remote(1 << 20), local(1 << 20, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 5 + 1);
+  Engine server, auto_client, forced_client;
+  const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  ASSERT_EQ(server.Initialize(server_id, {{"llmdd.UcxUnderAuto", "always"}}), adxl::SUCCESS);
+  uint64_t handle = 0;
+  ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  adxl::TransferOpDesc desc{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()),
+                            remote.size()};
+  ASSERT_EQ(auto_client.Initialize("127.0.0.1", {{"llmdd.UcxUnderAuto", "always"}}), adxl::SUCCESS);
+  ASSERT_EQ(auto_client.Connect(server_id, 3000), adxl::SUCCESS);
+  PeerFacts facts;
+  ASSERT_TRUE(auto_client.DescribePeer(server_id, &facts));
+  EXPECT_NE(std::find(facts.offered.begin(), facts.offered.end(), "ucx"), facts.offered.end());
+  EXPECT_EQ(std::find(facts.links.begin(), facts.links.end(), "ucx"), facts.links.end())
+      << "a UCX link without hardware RMA under auto";
+  ASSERT_EQ(auto_client.TransferSync(server_id, adxl::READ, &desc, 1, 5000), adxl::SUCCESS);
+  EXPECT_EQ(local, remote);
+  // A peer that forces ucx is served over it by the auto engine.
+  std::fill(local.begin(), local.end(), 0);
+  ASSERT_EQ(forced_client.Initialize("127.0.0.1", {{"llmdd.Transport", "ucx"}}), adxl::SUCCESS);
+  ASSERT_EQ(forced_client.Connect(server_id, 3000), adxl::SUCCESS);
+  ASSERT_TRUE(forced_client.DescribePeer(server_id, &facts));
+  EXPECT_NE(std::find(facts.links.begin(), facts.links.end(), "ucx"), facts.links.end());
+  ASSERT_EQ(forced_client.TransferSync(server_id, adxl::READ, &desc, 1, 5000), adxl::SUCCESS);
+  EXPECT_EQ(local, remote);
+  // `never`: no ucx offered, so a forced peer is refused at Connect.
+  Engine quiet;
+  const std::string quiet_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  ASSERT_EQ(quiet.Initialize(quiet_id, {{"llmdd.UcxUnderAuto", "never"}}), adxl::SUCCESS);
+  EXPECT_EQ(forced_client.Connect(quiet_id, 3000), adxl::FAILED);
+  Engine bad;
+  EXPECT_EQ(bad.Initialize("127.0.0.1", {{"llmdd.UcxUnderAuto", "sometimes"}}), adxl::PARAM_INVALID);
+}
+// llmdd.UcxUnderAuto=any: every peer that runs UCX gets a link, whatever
+// fabric UCX picks, ranked after the same-host path: a large READ stays on
+// the same-host path, a small WRITE (which that path leaves to requests) goes
+// over UCX; a range the peer exports no key for is declined to TCP, whose
+// serving side refuses it: PARAM_INVALID, nothing written.
+TEST(UcxUnderAuto, AnyLinksEveryUcxPeerAfterTheSameHostPathAndDeclinesRangesWithoutAKey) {
+  std::vector<char> remote(1 << 20), local(1 << 20, 0), unregistered(64, 'u');
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 3 + 7);
+  Engine server, client;
+  const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  ASSERT_EQ(server.Initialize(server_id, {{"llmdd.UcxUnderAuto", "any"}}), adxl::SUCCESS);
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.UcxUnderAuto", "any"}}), adxl::SUCCESS);
+  uint64_t handle = 0;
+  ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(client.Connect(server_id, 3000), adxl::SUCCESS);
+  PeerFacts facts;
+  ASSERT_TRUE(client.DescribePeer(server_id, &facts));
+  ASSERT_NE(std::find(facts.links.begin(), facts.links.end(), "ucx"), facts.links.end());
+  auto bytes_over = [&](adxl::TransferOp op, metrics::Transport transport) {
+    MetricsSnapshot snap;
+    client.MetricsSnapshotOf(&snap);
+    return snap.bytes[op == adxl::READ ? 0 : 1][transport];
+  };
+  adxl::TransferOpDesc all{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()),
+                           remote.size()};
+  ASSERT_EQ(client.TransferSync(server_id, adxl::READ, &all, 1, 5000), adxl::SUCCESS);
+  EXPECT_EQ(local, remote);
+  if (facts.same_host) {
+    EXPECT_EQ(bytes_over(adxl::READ, metrics::kUcx), 0u) << "a large READ left the same-host path";
+  }
+  const char word[] = "over-ucx";
+  adxl::TransferOpDesc small{reinterpret_cast<uintptr_t>(word), reinterpret_cast<uintptr_t>(remote.data()) + 100,
+                             sizeof(word)};
+  ASSERT_EQ(client.TransferSync(server_id, adxl::WRITE, &small, 1, 5000), adxl::SUCCESS);
+  EXPECT_EQ(memcmp(remote.data() + 100, word, sizeof(word)), 0);
+  EXPECT_EQ(bytes_over(adxl::WRITE, metrics::kUcx), sizeof(word));
+  // Not registered on the server: UCX has no key for it, TCP's serving side refuses it.
+  adxl::TransferOpDesc outside{reinterpret_cast<uintptr_t>(word), reinterpret_cast<uintptr_t>(unregistered.data()),
+                               sizeof(word)};
+  EXPECT_EQ(client.TransferSync(server_id, adxl::WRITE, &outside, 1, 3000), adxl::PARAM_INVALID);
+  EXPECT_EQ(unregistered, std::vector<char>(64, 'u'));
+  MetricsSnapshot snap;
+  client.MetricsSnapshotOf(&snap);
+  const size_t refused = metrics::StatusIndex(adxl::PARAM_INVALID);
+  EXPECT_EQ(snap.transfers[1][metrics::kTcp][refused], 1u) << "the refusal did not come from TCP's serving side";
+  EXPECT_EQ(snap.transfers[1][metrics::kUcx][refused], 0u) << "UCX answered for a range it has no key for";
 }
 #else
 // Built without UCX: llmdd.Transport=ucx is a clear refusal, not a silent TCP.

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <new>
 
+#include <dirent.h>
 #include <poll.h>
 
 #include <ucs/debug/log_def.h>
@@ -76,21 +77,27 @@ ucs_status_t SendOwned(ucp_ep_h ep, unsigned id, std::string msg, uint32_t flags
 }
 
 // Set while this thread makes an endpoint: when no transport fits, UCX logs
-// an ERROR on stdout by default (a peer program's stdout may be a protocol);
-// it goes to our debug log, and our own error names the fix.
+// an ERROR; it goes to our debug log, and our own error names the fix.
 thread_local bool probing_peer_errors = false;
 
-ucs_log_func_rc_t QuietWhileProbing(const char *file, unsigned line, const char *function, ucs_log_level_t level,
-                                    const ucs_log_component_config_t *comp_conf, const char *message, va_list ap) {
-  (void)file;
-  (void)line;
+// UCX's own log lines (those UCX_LOG_LEVEL lets through, WARN by default)
+// go to our log, on stderr, never to UCX's default stdout: a program's stdout
+// is its own (the test suites' peer programs speak a protocol on it, which a
+// "UCX ERROR tcp_ep ... recv failed" line from a peer going away broke).
+// UCX errors about one peer are warnings of ours: the transfer concerned
+// reports its own status.
+ucs_log_func_rc_t RouteUcxLog(const char *file, unsigned line, const char *function, ucs_log_level_t level,
+                              const ucs_log_component_config_t *comp_conf, const char *message, va_list ap) {
   (void)function;
-  (void)level;
   (void)comp_conf;
-  if (!probing_peer_errors) return UCS_LOG_FUNC_RC_CONTINUE;
   char text[512];
   vsnprintf(text, sizeof(text), message, ap);
-  LOG_DEBUG("ucx: %s", text);
+  const char *base = file != nullptr && strrchr(file, '/') != nullptr ? strrchr(file, '/') + 1 : file;
+  if (probing_peer_errors || level > UCS_LOG_LEVEL_WARN) {
+    LOG_DEBUG("ucx %s:%u: %s", base != nullptr ? base : "?", line, text);
+  } else {
+    LOG_WARN("ucx %s:%u: %s", base != nullptr ? base : "?", line, text);
+  }
   return UCS_LOG_FUNC_RC_STOP;
 }
 
@@ -235,7 +242,7 @@ void UcxCore::RetireStage(std::unique_ptr<uint8_t[]> chunk) {
 
 std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
   static std::once_flag quiet;
-  std::call_once(quiet, [] { ucs_log_push_handler(&QuietWhileProbing); });
+  std::call_once(quiet, [] { ucs_log_push_handler(&RouteUcxLog); });
   auto core = std::make_shared<UcxCore>();
   ucp_config_t *config = nullptr;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
@@ -476,7 +483,73 @@ const TransportCaps &UcxTransport::StaticCaps() {
   return caps;
 }
 
-std::shared_ptr<UcxTransport> UcxTransport::Create(std::string *error) {
+const TransportCaps &UcxTransport::ChosenCaps() {
+  static const TransportCaps caps = [] {
+    TransportCaps c = StaticCaps();
+    c.chosen_where_it_pays = true;
+    return c;
+  }();
+  return caps;
+}
+
+bool UcxTransport::HostHasRdmaDevice() {
+  DIR *dir = opendir("/sys/class/infiniband");
+  if (dir == nullptr) return false;
+  bool found = false;
+  while (dirent *entry = readdir(dir)) {
+    if (entry->d_name[0] != '.') {
+      found = true;
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transports) {
+  // Transports that move RMA in software or within one host.
+  static const char *const kNotHardware[] = {"tcp",      "self",     "cma",       "knem",     "xpmem",
+                                             "posix",    "sysv",     "cuda_copy", "cuda_ipc", "rocm_copy",
+                                             "rocm_ipc", "gdr_copy", "ze_copy",   "ze_ipc"};
+  bool hardware = false;
+  rma_transports->clear();
+  size_t at = 0;
+  while (at < ep_info.size()) {
+    size_t nl = ep_info.find('\n', at);
+    if (nl == std::string::npos) nl = ep_info.size();
+    const std::string line = ep_info.substr(at, nl - at);
+    at = nl + 1;
+    // "lane[2]:  4:cma/memory.0 md[3] -> md[3]/cma/sysdev[255] rma_bw#0"
+    const size_t lane = line.find("lane[");
+    const size_t colon = lane == std::string::npos ? lane : line.find("]:", lane);
+    if (colon == std::string::npos) continue;
+    std::vector<std::string> tokens;
+    for (size_t i = colon + 2; i < line.size();) {
+      while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+      size_t j = i;
+      while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
+      if (j > i) tokens.push_back(line.substr(i, j - i));
+      i = j;
+    }
+    bool rma = false;
+    for (const std::string &t : tokens) rma = rma || t.compare(0, 4, "rma#") == 0 || t.compare(0, 7, "rma_bw#") == 0;
+    if (!rma || tokens.empty()) continue;
+    // The first token is "<resource index>:<transport>/<device>".
+    const std::string &resource = tokens[0];
+    const size_t from = resource.find(':'), to = resource.find('/');
+    if (from == std::string::npos || to == std::string::npos || to <= from) continue;
+    const std::string tl = resource.substr(from + 1, to - from - 1);
+    if (!rma_transports->empty()) *rma_transports += ",";
+    *rma_transports += resource.substr(from + 1);
+    bool software = false;
+    for (const char *name : kNotHardware) software = software || tl == name;
+    hardware = hardware || !software;
+  }
+  if (rma_transports->empty()) *rma_transports = "none";
+  return hardware;
+}
+
+std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error) {
   auto core = UcxCore::Create(error);
   if (core == nullptr) return nullptr;
   if (core->address.size() > 1024) {  // wire::kMaxTransportMetadata
@@ -485,7 +558,7 @@ std::shared_ptr<UcxTransport> UcxTransport::Create(std::string *error) {
     return nullptr;
   }
   LOG_INFO("ucx: transport ready (UCX %s, worker address %zu bytes)", ucp_get_version_string(), core->address.size());
-  return std::shared_ptr<UcxTransport>(new UcxTransport(std::move(core)));
+  return std::shared_ptr<UcxTransport>(new UcxTransport(std::move(core), mode));
 }
 
 UcxTransport::~UcxTransport() = default;
@@ -516,6 +589,14 @@ adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::st
   ucs_status_t status = ucp_mem_map(core_->context, &params, &memh);
   if (status != UCS_OK) {
     *error = std::string("ucp_mem_map: ") + ucs_status_string(status);
+    if (mode_ != Mode::kForced) {
+      // UCX is an offer under auto: the region is not exported over it, and
+      // peers' UCX links decline it to TCP / the same-host path.
+      LOG_WARN("ucx: cannot map [0x%" PRIxPTR ", +%" PRIu64 ") (%s): peers reach it over the other paths",
+               region.addr, region.len, error->c_str());
+      error->clear();
+      return adxl::SUCCESS;
+    }
     LOG_ERROR("ucx: cannot map [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
     return adxl::FAILED;
   }
@@ -527,6 +608,12 @@ adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::st
     ucp_mem_unmap(core_->context, memh);
     *error = status != UCS_OK ? std::string("ucp_rkey_pack: ") + ucs_status_string(status)
                               : "the packed rkey is " + std::to_string(packed_len) + " bytes";
+    if (mode_ != Mode::kForced) {  // as for ucp_mem_map above
+      LOG_WARN("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 ") (%s): peers reach it over the other paths",
+               region.addr, region.len, error->c_str());
+      error->clear();
+      return adxl::SUCCESS;
+    }
     LOG_ERROR("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
     return adxl::FAILED;
   }
@@ -570,18 +657,48 @@ void UcxTransport::DeregisterMemory(const TransportRegion &region) {
 
 std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, Deadline deadline,
                                                      std::string *error) {
-  (void)deadline;  // the endpoint is made on the first batch, under its deadline
+  (void)deadline;  // making an endpoint does not wait for the peer
   if (peer.metadata.empty()) {
     *error = "peer " + peer.peer_name + " did not advertise ucx";
     return nullptr;
   }
-  return std::make_shared<UcxLink>(core_, peer.peer_name, peer.metadata);
+  auto link = std::make_shared<UcxLink>(core_, peer.peer_name, peer.metadata, &Caps());
+  if (mode_ != Mode::kWhereItPays) return link;  // the endpoint is made on the first batch
+  std::string lanes;
+  if (!link->ReachesWithHardwareRma(&lanes, error)) {
+    if (error->empty()) {
+      *error = "UCX reaches it without hardware RMA (RMA lanes: " + lanes +
+               "): left to TCP and the same-host path (llmdd.Transport=ucx forces UCX)";
+    }
+    return nullptr;
+  }
+  LOG_INFO("ucx: %s is reached with hardware RMA (%s): transfers the same-host path does not take go over ucx",
+           peer.peer_name.c_str(), lanes.c_str());
+  return link;
 }
 
 // ---------------------------------------------------------------------------
 
-UcxLink::UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address)
-    : core_(std::move(core)), peer_name_(std::move(peer_name)), address_(std::move(address)) {}
+UcxLink::UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address, const TransportCaps *caps)
+    : core_(std::move(core)), caps_(caps), peer_name_(std::move(peer_name)), address_(std::move(address)) {}
+
+bool UcxLink::ReachesWithHardwareRma(std::string *lanes, std::string *error) {
+  std::lock_guard<std::mutex> lock(core_->mutex);
+  ucp_ep_h ep = EndpointLocked(error);
+  if (ep == nullptr) return false;
+  char *text = nullptr;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (f == nullptr) {
+    *error = "cannot read the UCX endpoint's lanes (open_memstream)";
+    return false;
+  }
+  ucp_ep_print_info(ep, f);
+  fclose(f);
+  const std::string info(text, len);
+  free(text);
+  return UcxLanesHaveHardwareRma(info, lanes);
+}
 
 UcxLink::~UcxLink() {
   std::lock_guard<std::mutex> lock(core_->mutex);
@@ -823,13 +940,26 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       rest.len -= take;
       if (round_bytes == kUcxStageBytes) {
         result = SubmitRound(batch.op, round, round_bytes, batch.deadline, batch.request);
-        if (result.status != adxl::SUCCESS) return result;
+        if (result.status != adxl::SUCCESS) return DeclineWhereNotOurs(batch, std::move(result));
         round.clear();
         round_bytes = 0;
       }
     }
   }
   if (!round.empty()) result = SubmitRound(batch.op, round, round_bytes, batch.deadline, batch.request);
+  return DeclineWhereNotOurs(batch, std::move(result));
+}
+
+TransportResult UcxLink::DeclineWhereNotOurs(const TransferBatch &batch, TransportResult result) const {
+  // Under auto UCX is one path among others: a range the peer exports no UCX
+  // key for (not registered so, or its ucp_mem_map failed) goes to the next
+  // path, whose serving side checks it and answers for it (PARAM_INVALID with
+  // the peer's log line). Bytes an earlier round moved are moved again there.
+  if (caps_->chosen_where_it_pays && result.status == adxl::PARAM_INVALID && !batch.part) {
+    LOG_DEBUG("ucx: declined a batch to %s (%s): offered to the next path", peer_name_.c_str(), result.error.c_str());
+    result.status = adxl::SUCCESS;
+    result.declined = true;
+  }
   return result;
 }
 

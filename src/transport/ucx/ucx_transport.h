@@ -85,13 +85,32 @@ constexpr size_t kUcxSliceBytes = 256u << 10;
 
 class UcxCore;
 
+// From ucp_ep_print_info's text: whether one of the lanes UCX uses for RMA
+// (roles rma#N, rma_bw#N) runs on a network RMA transport (rc, dc, ud, ...:
+// not tcp, not one host's shared memory or copy engines). *rma_transports
+// names the RMA lanes' transports ("none" without any: GET and PUT are then
+// emulated with active messages).
+bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transports);
+
 class UcxTransport : public Transport {
  public:
+  // kForced (llmdd.Transport=ucx): a link to every peer that advertises ucx,
+  // taking every transfer. Under llmdd.Transport=auto, links rank after the
+  // same-host path (PathRank), decline ranges the peer exports no key for
+  // (the next path answers for them), and a registration UCX cannot map is
+  // only not exported: kWhereItPays makes a link only to a peer the endpoint
+  // reaches with hardware RMA (UcxLanesHaveHardwareRma; over UCX's tcp our
+  // TCP is faster), kAnyPeer to every peer that runs UCX (llmdd.UcxUnderAuto=any).
+  enum class Mode { kForced, kWhereItPays, kAnyPeer };
   // Null with *error when UCX cannot start (no transport, bad UCX_* variables).
-  static std::shared_ptr<UcxTransport> Create(std::string *error);
+  static std::shared_ptr<UcxTransport> Create(Mode mode, std::string *error);
+  // Whether this host has an RDMA device (InfiniBand or RoCE: an entry in
+  // /sys/class/infiniband): where llmdd.UcxUnderAuto=rdma starts UCX.
+  static bool HostHasRdmaDevice();
   ~UcxTransport() override;
-  static const TransportCaps &StaticCaps();
-  const TransportCaps &Caps() const override { return StaticCaps(); }
+  static const TransportCaps &StaticCaps();       // kForced
+  static const TransportCaps &ChosenCaps();  // under auto
+  const TransportCaps &Caps() const override { return mode_ == Mode::kForced ? StaticCaps() : ChosenCaps(); }
   std::string LocalMetadata() const override;
   adxl::Status RegisterMemory(const TransportRegion &region, std::string *remote_key, std::string *error) override;
   void DeregisterMemory(const TransportRegion &region) override;
@@ -104,15 +123,20 @@ class UcxTransport : public Transport {
   bool SleepsOnEventFd() const;
 
  private:
-  explicit UcxTransport(std::shared_ptr<UcxCore> core) : core_(std::move(core)) {}
+  UcxTransport(std::shared_ptr<UcxCore> core, Mode mode) : core_(std::move(core)), mode_(mode) {}
   std::shared_ptr<UcxCore> core_;
+  const Mode mode_;
 };
 
 class UcxLink : public TransportLink {
  public:
-  UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address);
+  UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address, const TransportCaps *caps);
   ~UcxLink() override;
-  const TransportCaps &Caps() const override { return UcxTransport::StaticCaps(); }
+  const TransportCaps &Caps() const override { return *caps_; }
+  // Makes the endpoint now and says whether it moves data with hardware RMA
+  // (*lanes: the RMA lanes' transports); false with *error when no endpoint
+  // could be made.
+  bool ReachesWithHardwareRma(std::string *lanes, std::string *error);
   bool Usable() const override { return !shut_down_.load(); }
   TransportResult Submit(const TransferBatch &batch) override;
   void Shutdown() override;
@@ -140,9 +164,13 @@ class UcxLink : public TransportLink {
   // staging chunk.
   TransportResult SubmitRound(adxl::TransferOp op, const std::vector<Segment> &segs, uint64_t bytes,
                               Deadline deadline, TransferRequest *request);
+  // Under auto (caps chosen_where_it_pays): a batch refused for want of a key (PARAM_INVALID) is
+  // declined, for the next path to move or refuse.
+  TransportResult DeclineWhereNotOurs(const TransferBatch &batch, TransportResult result) const;
   static void OnEndpointError(void *arg, ucp_ep_h ep, ucs_status_t status);
 
   std::shared_ptr<UcxCore> core_;
+  const TransportCaps *caps_;
   const std::string peer_name_;
   const std::string address_;  // the peer's worker address
   std::atomic<bool> shut_down_{false};
