@@ -525,6 +525,57 @@ TEST_F(UcxEngines, ATargetAsleepOnItsEventFdWakesForEachRead) {
   EXPECT_LT(ms[2], kUcxProgressPollMs / 2) << "median READ after an idle spell (ms); a target that slept out "
                                               "its poll would take about " << kUcxProgressPollMs;
 }
+// Key requests must carry the owner's capability, which travels only in its
+// handshake advertisement: a UCX peer that reaches the owner's worker without
+// it (it never completed a handshake) gets no key and moves nothing.
+TEST(UcxKeys, ARequesterWithoutTheOwnersCapabilityGetsNoKey) {
+  std::string error;
+  std::shared_ptr<UcxTransport> owner = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
+  ASSERT_NE(owner, nullptr) << error;
+  std::shared_ptr<UcxTransport> requester = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
+  ASSERT_NE(requester, nullptr) << error;
+  std::vector<char> remote(64 << 10), local(64 << 10, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 7 + 2);
+  TransportRegion region;
+  region.addr = reinterpret_cast<uintptr_t>(remote.data());
+  region.len = remote.size();
+  region.access = kAccessRead | kAccessWrite;
+  std::string key;
+  ASSERT_EQ(owner->RegisterMemory(region, &key, &error), adxl::SUCCESS) << error;
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), region.addr, remote.size()};
+  TransferBatch batch;
+  batch.op = adxl::READ;
+  batch.segs = &seg;
+  batch.count = 1;
+  batch.total_bytes = seg.len;
+  TransportPeer peer;
+  peer.peer_name = "owner";
+  peer.metadata = owner->LocalMetadata();
+  ASSERT_GT(peer.metadata.size(), kUcxCapabilityBytes);
+  peer.metadata[3] ^= 0x5a;  // the address is right, the capability is not
+  std::shared_ptr<TransportLink> forged = requester->Connect(peer, Deadline::AfterMs(1000), &error);
+  ASSERT_NE(forged, nullptr) << error;
+  batch.deadline = Deadline::AfterMs(3000);
+  const auto t0 = Clock::now();
+  TransportResult result = forged->Submit(batch);
+  EXPECT_EQ(result.status, adxl::FAILED) << result.error;
+  EXPECT_LT(MsSince(t0), 2000) << "the refusal came at the deadline, not as an answer";
+  EXPECT_EQ(owner->KeysGranted(), 0u);
+  EXPECT_EQ(local, std::vector<char>(local.size(), 0));
+  // The advertisement as the handshake carries it: the key is granted.
+  peer.metadata = owner->LocalMetadata();
+  std::shared_ptr<TransportLink> entitled = requester->Connect(peer, Deadline::AfterMs(1000), &error);
+  ASSERT_NE(entitled, nullptr) << error;
+  batch.deadline = Deadline::AfterMs(3000);
+  result = entitled->Submit(batch);
+  ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
+  EXPECT_EQ(local, remote);
+  EXPECT_EQ(owner->KeysGranted(), 1u);
+  entitled->Shutdown();
+  forged->Shutdown();
+  owner->DeregisterMemory(region);
+}
+
 // UCX's own error lines (a peer's socket going away: "tcp_ep ... recv
 // failed") go to our log on stderr, never to the program's stdout (UCX's
 // default), where the suites' peer programs speak their protocol.

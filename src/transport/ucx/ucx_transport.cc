@@ -13,6 +13,7 @@
 
 #include <ucs/debug/log_def.h>
 
+#include "common/hmac.h"
 #include "common/log.h"
 #include "engine/memory_registry.h"
 #include "engine/transfer_request.h"
@@ -33,6 +34,10 @@ struct KeyRequestMsg {
   uint64_t len;
   uint32_t rights;  // kAccessRead or kAccessWrite
   uint32_t reserved;
+  // The owner's capability, from its transport advertisement (which travels
+  // only in a handshake, after authentication where a secret is set): anyone
+  // else who reaches the owner's worker gets no key.
+  char capability[kUcxCapabilityBytes];
 };
 // Key reply: owner -> requester, followed by rkey_len bytes of packed rkey.
 struct KeyReplyHead {
@@ -142,6 +147,8 @@ class UcxCore {
   ucp_context_h context = nullptr;
   ucp_worker_h worker = nullptr;
   std::string address;
+  // Random, per engine: key requests must carry it (KeyRequestMsg).
+  std::string capability;
   std::vector<std::unique_ptr<Served>> served;
   std::map<uint64_t, Pending> pending;
   uint64_t next_token = 1;
@@ -280,6 +287,12 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
     return nullptr;
   }
   core->address.assign(reinterpret_cast<const char *>(address), address_len);
+  core->capability = RandomBytes(kUcxCapabilityBytes);
+  if (core->capability.size() != kUcxCapabilityBytes) {
+    ucp_worker_release_address(core->worker, address);
+    *error = "cannot draw the UCX key capability (no random bytes)";
+    return nullptr;
+  }
   ucp_worker_release_address(core->worker, address);
   status = ucp_worker_get_efd(core->worker, &core->efd);
   if (status != UCS_OK) {
@@ -410,7 +423,12 @@ ucs_status_t UcxCore::OnKeyRequest(void *arg, const void *header, size_t header_
   head.token = req.token;
   head.status = adxl::PARAM_INVALID;
   Served *found = nullptr;
-  if ((req.rights == kAccessRead || req.rights == kAccessWrite) && req.len > 0) {
+  const bool entitled = ConstantTimeEqual(std::string(req.capability, sizeof(req.capability)), core->capability);
+  if (!entitled) {
+    head.status = adxl::FAILED;
+    LOG_WARN("ucx: refused a key request without this engine's capability (a UCX peer that did not complete a "
+             "handshake with this engine)");
+  } else if ((req.rights == kAccessRead || req.rights == kAccessWrite) && req.len > 0) {
     // The region holding the range's first byte (the one reaching furthest):
     // a range across adjacent registrations asks again from where it ends.
     for (auto &region : core->served) {
@@ -552,9 +570,9 @@ bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transp
 std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error) {
   auto core = UcxCore::Create(error);
   if (core == nullptr) return nullptr;
-  if (core->address.size() > 1024) {  // wire::kMaxTransportMetadata
+  if (kUcxCapabilityBytes + core->address.size() > 1024) {  // wire::kMaxTransportMetadata
     *error = "the UCX worker address is " + std::to_string(core->address.size()) +
-             " bytes, over the handshake's 1024 (narrow UCX_TLS)";
+             " bytes, over the handshake's 1024 with the capability (narrow UCX_TLS)";
     return nullptr;
   }
   LOG_INFO("ucx: transport ready (UCX %s, worker address %zu bytes)", ucp_get_version_string(), core->address.size());
@@ -563,7 +581,8 @@ std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error
 
 UcxTransport::~UcxTransport() = default;
 
-std::string UcxTransport::LocalMetadata() const { return core_->address; }
+// The capability, then the worker address (docs/PROTOCOL.md, "ucx").
+std::string UcxTransport::LocalMetadata() const { return core_->capability + core_->address; }
 
 uint64_t UcxTransport::KeysGranted() const { return core_->granted.load(); }
 
@@ -662,7 +681,13 @@ std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, 
     *error = "peer " + peer.peer_name + " did not advertise ucx";
     return nullptr;
   }
-  auto link = std::make_shared<UcxLink>(core_, peer.peer_name, peer.metadata, &Caps());
+  if (peer.metadata.size() <= kUcxCapabilityBytes) {
+    *error = "peer " + peer.peer_name + " advertised ucx without a worker address";
+    LOG_WARN("ucx: %s", error->c_str());
+    return nullptr;
+  }
+  auto link = std::make_shared<UcxLink>(core_, peer.peer_name, peer.metadata.substr(kUcxCapabilityBytes),
+                                        peer.metadata.substr(0, kUcxCapabilityBytes), &Caps());
   if (mode_ != Mode::kWhereItPays) return link;  // the endpoint is made on the first batch
   std::string lanes;
   if (!link->ReachesWithHardwareRma(&lanes, error)) {
@@ -679,8 +704,13 @@ std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, 
 
 // ---------------------------------------------------------------------------
 
-UcxLink::UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address, const TransportCaps *caps)
-    : core_(std::move(core)), caps_(caps), peer_name_(std::move(peer_name)), address_(std::move(address)) {}
+UcxLink::UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address, std::string capability,
+                 const TransportCaps *caps)
+    : core_(std::move(core)),
+      caps_(caps),
+      peer_name_(std::move(peer_name)),
+      address_(std::move(address)),
+      capability_(std::move(capability)) {}
 
 bool UcxLink::ReachesWithHardwareRma(std::string *lanes, std::string *error) {
   std::lock_guard<std::mutex> lock(core_->mutex);
@@ -812,6 +842,7 @@ adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, De
   req.addr = remote;
   req.len = len;
   req.rights = rights;
+  memcpy(req.capability, capability_.data(), sizeof(req.capability));
   const auto asked = Clock::now();
   ucs_status_t status =
       SendOwned(ep, kAmKeyRequest, std::string(reinterpret_cast<const char *>(&req), sizeof(req)), UCP_AM_SEND_FLAG_REPLY);

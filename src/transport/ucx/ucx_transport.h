@@ -16,7 +16,8 @@
 //     worker with UCP_ERR_HANDLING_MODE_PEER.
 //   - Remote keys travel by UCX active message, on demand: a requester asks
 //     the peer for the key of the registered region holding a range (key
-//     request), the peer answers with the region's bounds, rights and packed
+//     request, carrying the random capability the peer advertised in the
+//     handshake: a UCX peer that never completed one gets no key), the peer answers with the region's bounds, rights and packed
 //     rkey, under a lease (kUcxKeyLeaseMs). The requester unpacks it once and
 //     caches it for the lease; it starts I/O on a region only while the lease
 //     has kUcxKeyLeaseMarginMs left, renewing it otherwise. The owner's
@@ -65,6 +66,9 @@ constexpr uint32_t kUcxKeyLeaseMarginMs = 30;
 constexpr size_t kUcxMaxCachedKeys = 1024;
 // Longest packed rkey accepted from a peer.
 constexpr size_t kUcxMaxRkeyBytes = 4096;
+// The random capability an engine's key requests must carry (its transport
+// advertisement holds it ahead of the worker address).
+constexpr size_t kUcxCapabilityBytes = 16;
 // The serving side's progress thread: empty progress rounds it spins
 // (yielding) before it sleeps on the worker's event fd, and the longest sleep
 // there (the destructor wakes it at once; the bound only limits how late a
@@ -130,7 +134,8 @@ class UcxTransport : public Transport {
 
 class UcxLink : public TransportLink {
  public:
-  UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address, const TransportCaps *caps);
+  UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::string address, std::string capability,
+          const TransportCaps *caps);
   ~UcxLink() override;
   const TransportCaps &Caps() const override { return *caps_; }
   // Makes the endpoint now and says whether it moves data with hardware RMA
@@ -172,7 +177,8 @@ class UcxLink : public TransportLink {
   std::shared_ptr<UcxCore> core_;
   const TransportCaps *caps_;
   const std::string peer_name_;
-  const std::string address_;  // the peer's worker address
+  const std::string address_;     // the peer's worker address
+  const std::string capability_;  // the peer's key capability (its advertisement)
   std::atomic<bool> shut_down_{false};
   // Guarded by the core's mutex:
   ucp_ep_h ep_ = nullptr;
