@@ -437,6 +437,29 @@ TEST_F(UcxEngines, UnevenDescriptorsAcrossSlicesChunksAndRegistrationsLandExactl
   expect_mirrored("WRITE");
 }
 
+// Overlapping registrations: a READ whose first byte only one of them holds
+// uses that one's key for every slice, though the other (cached by an
+// earlier READ) covers the later slices and reaches further.
+TEST_F(UcxEngines, AReadUnderOverlappingRegistrationsKeepsTheKeyItChose) {
+  std::vector<char> remote(2 << 20), local(1 << 20, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 19 + 4);
+  uint64_t first = 0, second = 0;
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), 1 << 20, adxl::MEM_HOST, &first),
+            adxl::SUCCESS);
+  ASSERT_EQ(server_.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()) + (512 << 10), (3 << 20) / 2,
+                                adxl::MEM_HOST, &second),
+            adxl::SUCCESS);
+  ASSERT_EQ(client_.Connect(server_id_, 3000), adxl::SUCCESS);
+  adxl::TransferOpDesc tail{reinterpret_cast<uintptr_t>(local.data()),
+                            reinterpret_cast<uintptr_t>(remote.data()) + (1 << 20), 1 << 20};
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::READ, &tail, 1, 5000), adxl::SUCCESS);  // caches the second
+  EXPECT_EQ(memcmp(local.data(), remote.data() + (1 << 20), 1 << 20), 0);
+  adxl::TransferOpDesc head{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()),
+                            1 << 20};
+  ASSERT_EQ(client_.TransferSync(server_id_, adxl::READ, &head, 1, 5000), adxl::SUCCESS);
+  EXPECT_EQ(memcmp(local.data(), remote.data(), 1 << 20), 0);
+}
+
 TEST_F(UcxEngines, AccessRightsOfTheRegistrationAreKept) {
   std::vector<char> readable(64 << 10, 'r'), writable(64 << 10, 'w'), local(64 << 10, 'l');
   uint64_t ro = 0, wo = 0;
@@ -551,8 +574,8 @@ TEST(UcxKeys, ARequesterWithoutTheOwnersCapabilityGetsNoKey) {
   TransportPeer peer;
   peer.peer_name = "owner";
   peer.metadata = owner->LocalMetadata();
-  ASSERT_GT(peer.metadata.size(), kUcxCapabilityBytes);
-  peer.metadata[3] ^= 0x5a;  // the address is right, the capability is not
+  ASSERT_GT(peer.metadata.size(), kUcxAdMagicBytes + kUcxCapabilityBytes);
+  peer.metadata[kUcxAdMagicBytes + 3] ^= 0x5a;  // the address is right, the capability is not
   std::shared_ptr<TransportLink> forged = requester->Connect(peer, Deadline::AfterMs(1000), &error);
   ASSERT_NE(forged, nullptr) << error;
   batch.deadline = Deadline::AfterMs(3000);
@@ -562,6 +585,10 @@ TEST(UcxKeys, ARequesterWithoutTheOwnersCapabilityGetsNoKey) {
   EXPECT_LT(MsSince(t0), 2000) << "the refusal came at the deadline, not as an answer";
   EXPECT_EQ(owner->KeysGranted(), 0u);
   EXPECT_EQ(local, std::vector<char>(local.size(), 0));
+  // An advertisement without the magic (an older engine's bare address) makes no link.
+  TransportPeer older = peer;
+  older.metadata = older.metadata.substr(kUcxAdMagicBytes + kUcxCapabilityBytes);
+  EXPECT_EQ(requester->Connect(older, Deadline::AfterMs(1000), &error), nullptr);
   // The advertisement as the handshake carries it: the key is granted.
   peer.metadata = owner->LocalMetadata();
   std::shared_ptr<TransportLink> entitled = requester->Connect(peer, Deadline::AfterMs(1000), &error);
@@ -623,6 +650,8 @@ TEST(UcxUnderAuto, OnlyHardwareRmaLanesCount) {
       &rma));
   EXPECT_EQ(rma, "rc_mlx5/mlx5_0:1.0");
   EXPECT_TRUE(UcxLanesHaveHardwareRma("lane[3]: 2:dc_mlx5/mlx5_1:1.0 md[1] -> md[1]/ib rma#0\n", &rma));
+  // Soft-RoCE (rxe) runs verbs in the kernel: not faster than its TCP.
+  EXPECT_FALSE(UcxLanesHaveHardwareRma("lane[1]: 3:rc_verbs/rxe0:1.0 md[2] -> md[2]/ib rma_bw#0\n", &rma));
   EXPECT_FALSE(UcxLanesHaveHardwareRma("", &rma));
   EXPECT_EQ(rma, "none");
 }
@@ -650,6 +679,7 @@ TEST(UcxUnderAuto, RanksAfterTheSameHostPathAndBeforeTcp) {
 // peers stay on TCP / the same-host path with correct bytes, while a peer
 // that forces ucx is served over UCX; `never` offers nothing.
 TEST(UcxUnderAuto, WithoutHardwareRmaPeersStayOffUcxAndForcedPeersAreServed) {
+  if (UcxTransport::HostHasRdmaDevice()) GTEST_SKIP() << "this host has an RDMA device: UCX may reach peers with it";
   std::vector<char> remote(1 << 20), local(1 << 20, 0);
   for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 5 + 1);
   Engine server, auto_client, forced_client;

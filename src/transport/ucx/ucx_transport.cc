@@ -426,8 +426,12 @@ ucs_status_t UcxCore::OnKeyRequest(void *arg, const void *header, size_t header_
   const bool entitled = ConstantTimeEqual(std::string(req.capability, sizeof(req.capability)), core->capability);
   if (!entitled) {
     head.status = adxl::FAILED;
-    LOG_WARN("ucx: refused a key request without this engine's capability (a UCX peer that did not complete a "
-             "handshake with this engine)");
+    static std::atomic<uint64_t> refused{0};
+    const uint64_t n = refused.fetch_add(1, std::memory_order_relaxed);
+    if (n % 1000 == 0) {  // the first, then one line per 1000: a flood is one party's doing
+      LOG_WARN("ucx: refused a key request without this engine's capability (a UCX peer that did not complete a "
+               "handshake with this engine; %" PRIu64 " so far)", n + 1);
+    }
   } else if ((req.rights == kAccessRead || req.rights == kAccessWrite) && req.len > 0) {
     // The region holding the range's first byte (the one reaching furthest):
     // a range across adjacent registrations asks again from where it ends.
@@ -557,10 +561,13 @@ bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transp
     const size_t from = resource.find(':'), to = resource.find('/');
     if (from == std::string::npos || to == std::string::npos || to <= from) continue;
     const std::string tl = resource.substr(from + 1, to - from - 1);
+    const std::string device = resource.substr(to + 1);
     if (!rma_transports->empty()) *rma_transports += ",";
     *rma_transports += resource.substr(from + 1);
     bool software = false;
     for (const char *name : kNotHardware) software = software || tl == name;
+    // Soft-RoCE and soft-iWARP: verbs in the kernel, not faster than its TCP.
+    software = software || device.compare(0, 3, "rxe") == 0 || device.compare(0, 3, "siw") == 0;
     hardware = hardware || !software;
   }
   if (rma_transports->empty()) *rma_transports = "none";
@@ -570,7 +577,7 @@ bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transp
 std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error) {
   auto core = UcxCore::Create(error);
   if (core == nullptr) return nullptr;
-  if (kUcxCapabilityBytes + core->address.size() > 1024) {  // wire::kMaxTransportMetadata
+  if (kUcxAdMagicBytes + kUcxCapabilityBytes + core->address.size() > 1024) {  // wire::kMaxTransportMetadata
     *error = "the UCX worker address is " + std::to_string(core->address.size()) +
              " bytes, over the handshake's 1024 with the capability (narrow UCX_TLS)";
     return nullptr;
@@ -582,7 +589,9 @@ std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error
 UcxTransport::~UcxTransport() = default;
 
 // The capability, then the worker address (docs/PROTOCOL.md, "ucx").
-std::string UcxTransport::LocalMetadata() const { return core_->capability + core_->address; }
+std::string UcxTransport::LocalMetadata() const {
+  return std::string(kUcxAdMagic, kUcxAdMagicBytes) + core_->capability + core_->address;
+}
 
 uint64_t UcxTransport::KeysGranted() const { return core_->granted.load(); }
 
@@ -676,21 +685,24 @@ void UcxTransport::DeregisterMemory(const TransportRegion &region) {
 
 std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, Deadline deadline,
                                                      std::string *error) {
-  (void)deadline;  // making an endpoint does not wait for the peer
+  // Making an endpoint does not wait for the peer; under auto the core's
+  // mutex is waited for at most until `deadline`.
   if (peer.metadata.empty()) {
     *error = "peer " + peer.peer_name + " did not advertise ucx";
     return nullptr;
   }
-  if (peer.metadata.size() <= kUcxCapabilityBytes) {
-    *error = "peer " + peer.peer_name + " advertised ucx without a worker address";
+  constexpr size_t head = kUcxAdMagicBytes + kUcxCapabilityBytes;
+  if (peer.metadata.size() <= head || peer.metadata.compare(0, kUcxAdMagicBytes, kUcxAdMagic) != 0) {
+    *error = "peer " + peer.peer_name +
+             " advertised ucx in another format (an engine from before the UCX key capability?): no UCX link";
     LOG_WARN("ucx: %s", error->c_str());
     return nullptr;
   }
-  auto link = std::make_shared<UcxLink>(core_, peer.peer_name, peer.metadata.substr(kUcxCapabilityBytes),
-                                        peer.metadata.substr(0, kUcxCapabilityBytes), &Caps());
+  auto link = std::make_shared<UcxLink>(core_, peer.peer_name, peer.metadata.substr(head),
+                                        peer.metadata.substr(kUcxAdMagicBytes, kUcxCapabilityBytes), &Caps());
   if (mode_ != Mode::kWhereItPays) return link;  // the endpoint is made on the first batch
   std::string lanes;
-  if (!link->ReachesWithHardwareRma(&lanes, error)) {
+  if (!link->ReachesWithHardwareRma(deadline, &lanes, error)) {
     if (error->empty()) {
       *error = "UCX reaches it without hardware RMA (RMA lanes: " + lanes +
                "): left to TCP and the same-host path (llmdd.Transport=ucx forces UCX)";
@@ -712,8 +724,17 @@ UcxLink::UcxLink(std::shared_ptr<UcxCore> core, std::string peer_name, std::stri
       address_(std::move(address)),
       capability_(std::move(capability)) {}
 
-bool UcxLink::ReachesWithHardwareRma(std::string *lanes, std::string *error) {
-  std::lock_guard<std::mutex> lock(core_->mutex);
+bool UcxLink::ReachesWithHardwareRma(Deadline deadline, std::string *lanes, std::string *error) {
+  // The core's mutex may be held for a while (a large ucp_mem_map pins
+  // memory): wait for it no longer than the deadline.
+  std::unique_lock<std::mutex> lock(core_->mutex, std::defer_lock);
+  while (!lock.try_lock()) {
+    if (deadline.Expired()) {
+      *error = "the UCX worker stayed busy until the deadline";
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
   ucp_ep_h ep = EndpointLocked(error);
   if (ep == nullptr) return false;
   char *text = nullptr;
@@ -774,7 +795,11 @@ ucp_ep_h UcxLink::EndpointLocked(std::string *error) {
     *error = "cannot reach " + peer_name_ +
              " over UCX: no transport in UCX_TLS reports a dead peer (UCP_ERR_HANDLING_MODE_PEER); "
              "on one host use UCX_TLS=cma,tcp or sm,tcp (docs/UCX.md)";
-    LOG_ERROR("ucx: %s", error->c_str());
+    if (caps_->chosen_where_it_pays) {
+      LOG_DEBUG("ucx: %s", error->c_str());  // under auto: the other paths reach it
+    } else {
+      LOG_ERROR("ucx: %s", error->c_str());
+    }
     return nullptr;
   }
   if (status != UCS_OK) {
@@ -820,6 +845,19 @@ UcxLink::RemoteKey *UcxLink::FindKeyLocked(uintptr_t remote, uint64_t len, uint3
       best = &key;
   }
   return best;
+}
+
+bool UcxLink::KeyStandsLocked(ucp_rkey_h rkey, uintptr_t remote, uint64_t len, uint32_t rights) const {
+  // The key KeyFor chose (not whichever covering key reaches furthest: with
+  // overlapping registrations another may cover a later slice too).
+  const auto usable_until = Clock::now() + std::chrono::milliseconds(kUcxKeyLeaseMarginMs);
+  for (const RemoteKey &key : keys_) {
+    if (key.rkey == rkey) {
+      return key.ep_generation == ep_generation_ && (key.access & rights) == rights && key.expiry > usable_until &&
+             Covers(key.addr, key.len, remote, len);
+    }
+  }
+  return false;
 }
 
 adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline,
@@ -879,6 +917,11 @@ adxl::Status UcxLink::KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, De
   const KeyReplyHead head = it->second.head;
   const std::string packed = std::move(it->second.rkey);
   core_->pending.erase(it);
+  if (head.status != adxl::SUCCESS && head.status != adxl::PARAM_INVALID) {
+    *error = peer_name_ + " refused to give this engine UCX keys (it does not know this engine's handshake: a "
+             "restarted peer, or an older version)";
+    return adxl::FAILED;
+  }
   if (head.status != adxl::SUCCESS) {
     *error = "range [0x" + [&] {
       char buf[32];
@@ -958,6 +1001,7 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
     }
   } end_io{batch.request};
   // Rounds of at most one staging chunk, segments cut where needed.
+  bool moved = false;  // a round completed: a refusal after it is not declined
   std::vector<Segment> round;
   uint64_t round_bytes = 0;
   for (size_t i = 0; i < batch.count; ++i) {
@@ -971,21 +1015,23 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       rest.len -= take;
       if (round_bytes == kUcxStageBytes) {
         result = SubmitRound(batch.op, round, round_bytes, batch.deadline, batch.request);
-        if (result.status != adxl::SUCCESS) return DeclineWhereNotOurs(batch, std::move(result));
+        if (result.status != adxl::SUCCESS) return moved ? result : DeclineWhereNotOurs(batch, std::move(result));
+        moved = true;
         round.clear();
         round_bytes = 0;
       }
     }
   }
   if (!round.empty()) result = SubmitRound(batch.op, round, round_bytes, batch.deadline, batch.request);
-  return DeclineWhereNotOurs(batch, std::move(result));
+  return moved ? result : DeclineWhereNotOurs(batch, std::move(result));
 }
 
 TransportResult UcxLink::DeclineWhereNotOurs(const TransferBatch &batch, TransportResult result) const {
   // Under auto UCX is one path among others: a range the peer exports no UCX
   // key for (not registered so, or its ucp_mem_map failed) goes to the next
   // path, whose serving side checks it and answers for it (PARAM_INVALID with
-  // the peer's log line). Bytes an earlier round moved are moved again there.
+  // the peer's log line). Only while nothing moved (Submit): a declined batch
+  // moved no byte.
   if (caps_->chosen_where_it_pays && result.status == adxl::PARAM_INVALID && !batch.part) {
     LOG_DEBUG("ucx: declined a batch to %s (%s): offered to the next path", peer_name_.c_str(), result.error.c_str());
     result.status = adxl::SUCCESS;
@@ -1096,8 +1142,7 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     std::unique_lock<std::mutex> lock(core_->mutex);
     bool stale = ep_ == nullptr || ep_failed_;
     for (size_t i = 0; i < slices.size() && !stale; ++i) {
-      const RemoteKey *key = FindKeyLocked(slices[i].remote, slices[i].len, rights);
-      stale = key == nullptr || key->rkey != slices[i].rkey;
+      stale = !KeyStandsLocked(slices[i].rkey, slices[i].remote, slices[i].len, rights);
     }
     if (stale) {
       if (attempt < 3) continue;
@@ -1105,6 +1150,7 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
       result.error = ep_error_.empty() ? "UCX keys to " + peer_name_ + " kept changing" : ep_error_;
       return result;
     }
+    gets.reserve(slices.size());  // no allocation between a post and its bookkeeping
     ++in_flight_;
     const uint64_t generation = ep_generation_;
     ucp_request_param_t param;

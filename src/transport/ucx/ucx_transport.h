@@ -66,9 +66,13 @@ constexpr uint32_t kUcxKeyLeaseMarginMs = 30;
 constexpr size_t kUcxMaxCachedKeys = 1024;
 // Longest packed rkey accepted from a peer.
 constexpr size_t kUcxMaxRkeyBytes = 4096;
-// The random capability an engine's key requests must carry (its transport
-// advertisement holds it ahead of the worker address).
+// The random capability an engine's key requests must carry. Its transport
+// advertisement is kUcxAdMagic, the capability, then the worker address: an
+// engine from before the capability advertised the bare address, which the
+// magic tells apart (such a peer gets no link, rather than a misread address).
 constexpr size_t kUcxCapabilityBytes = 16;
+constexpr char kUcxAdMagic[] = "LDU2";
+constexpr size_t kUcxAdMagicBytes = sizeof(kUcxAdMagic) - 1;
 // The serving side's progress thread: empty progress rounds it spins
 // (yielding) before it sleeps on the worker's event fd, and the longest sleep
 // there (the destructor wakes it at once; the bound only limits how late a
@@ -141,7 +145,7 @@ class UcxLink : public TransportLink {
   // Makes the endpoint now and says whether it moves data with hardware RMA
   // (*lanes: the RMA lanes' transports); false with *error when no endpoint
   // could be made.
-  bool ReachesWithHardwareRma(std::string *lanes, std::string *error);
+  bool ReachesWithHardwareRma(Deadline deadline, std::string *lanes, std::string *error);
   bool Usable() const override { return !shut_down_.load(); }
   TransportResult Submit(const TransferBatch &batch) override;
   void Shutdown() override;
@@ -165,6 +169,9 @@ class UcxLink : public TransportLink {
   adxl::Status KeyFor(uintptr_t remote, uint64_t len, uint32_t rights, Deadline deadline,
                       const TransferRequest *request, ucp_rkey_h *rkey, uint64_t *covered, std::string *error);
   RemoteKey *FindKeyLocked(uintptr_t remote, uint64_t len, uint32_t rights);
+  // Under the core's mutex: `rkey` is still cached for this endpoint, covers
+  // the range with `rights`, with lease left.
+  bool KeyStandsLocked(ucp_rkey_h rkey, uintptr_t remote, uint64_t len, uint32_t rights) const;
   // One round of a batch: `segs` (at most kUcxStageBytes in all) through one
   // staging chunk.
   TransportResult SubmitRound(adxl::TransferOp op, const std::vector<Segment> &segs, uint64_t bytes,
