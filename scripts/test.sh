@@ -49,12 +49,20 @@ case "$SANITIZE" in
     ;;
 esac
 
-# The UCX transport (experimental, docs/UCX.md) is left out of the sanitizer
-# builds unless LLMDD_SANITIZE_UCX=1: UCX 1.13's memory hooks break TSan
-# (openucx/ucx#8475), and its own sanitizer runs are still owed (docs/UCX.md,
-# "What is left"). The plain run tests it.
-if [[ -n "$SANITIZE" && "${LLMDD_SANITIZE_UCX:-0}" != 1 ]]; then
-  CMAKE_EXTRA+=(-DLLMDD_WITH_UCX=OFF)
+# The UCX transport (docs/UCX.md) is in the sanitizer builds too, when UCX is
+# installed (tests/CMakeLists.txt turns UCX's memory hooks off for the tests
+# that start it: they break TSan, openucx/ucx#8475). LLMDD_SANITIZE_UCX=0
+# leaves it out.
+if [[ -n "$SANITIZE" ]]; then
+  if [[ "${LLMDD_SANITIZE_UCX:-1}" == 0 ]]; then
+    CMAKE_EXTRA+=(-DLLMDD_WITH_UCX=OFF)
+  elif pkg-config --exists ucx 2>/dev/null; then
+    CMAKE_EXTRA+=(-DLLMDD_WITH_UCX=ON)  # also in a tree configured without it before
+    # With libucm loaded, a TSan program crashes at once (measured: every
+    # demo, exit 139) unless UCM's hooks are off: for every test, not only
+    # those that start UCX (tests/CMakeLists.txt sets them for those too).
+    export UCX_MEM_MALLOC_HOOKS=no UCX_MEM_MMAP_HOOK_MODE=none UCX_MEM_EVENTS=no
+  fi
 fi
 
 JOBS=$(nproc 2>/dev/null || echo 2)
