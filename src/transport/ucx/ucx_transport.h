@@ -1,8 +1,10 @@
-// The UCX transport (issue 14, first step): one-sided READ (ucp_get_nbx) and
-// WRITE (ucp_put_nbx) into the peer's registered memory through UCP, on
-// whatever fabric UCX picks (UCX_TLS: rc/dc on InfiniBand or RoCE, tcp,
-// shared memory). Built only when UCX is found (LLMDD_WITH_UCX); an engine
-// runs it only under llmdd.Transport=ucx (src/transport/ucx/README.md).
+// The UCX transport (issue 14): one-sided READ (ucp_get_nbx) and WRITE
+// (ucp_put_nbx) into the peer's registered memory through UCP, on whatever
+// fabric UCX picks (UCX_TLS: rc/dc on InfiniBand or RoCE, tcp, shared
+// memory). Built only when UCX is found (LLMDD_WITH_UCX); an engine runs it
+// under llmdd.Transport=ucx (every peer, Mode::kForced) or, under auto, on
+// hosts with an RDMA device for peers reached with hardware RMA
+// (Mode::kWhereItPays; src/transport/ucx/README.md, docs/UCX.md).
 //
 //   - One UCP context and one worker per engine (UcxCore), shared by every
 //     link. All calls on the worker are serialized by the core's mutex
