@@ -97,11 +97,12 @@ ucs_log_func_rc_t RouteUcxLog(const char *file, unsigned line, const char *funct
   (void)comp_conf;
   char text[512];
   vsnprintf(text, sizeof(text), message, ap);
-  const char *base = file != nullptr && strrchr(file, '/') != nullptr ? strrchr(file, '/') + 1 : file;
+  const char *slash = file != nullptr ? strrchr(file, '/') : nullptr;
+  const char *base = slash != nullptr ? slash + 1 : file != nullptr ? file : "?";
   if (probing_peer_errors || level > UCS_LOG_LEVEL_WARN) {
-    LOG_DEBUG("ucx %s:%u: %s", base != nullptr ? base : "?", line, text);
+    LOG_DEBUG("ucx %s:%u: %s", base, line, text);
   } else {
-    LOG_WARN("ucx %s:%u: %s", base != nullptr ? base : "?", line, text);
+    LOG_WARN("ucx %s:%u: %s", base, line, text);
   }
   return UCS_LOG_FUNC_RC_STOP;
 }
@@ -287,13 +288,12 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
     return nullptr;
   }
   core->address.assign(reinterpret_cast<const char *>(address), address_len);
+  ucp_worker_release_address(core->worker, address);
   core->capability = RandomBytes(kUcxCapabilityBytes);
   if (core->capability.size() != kUcxCapabilityBytes) {
-    ucp_worker_release_address(core->worker, address);
     *error = "cannot draw the UCX key capability (no random bytes)";
     return nullptr;
   }
-  ucp_worker_release_address(core->worker, address);
   status = ucp_worker_get_efd(core->worker, &core->efd);
   if (status != UCS_OK) {
     core->efd = -1;
@@ -612,21 +612,25 @@ adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::st
   params.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE;
   if (region.access & kAccessRead) params.prot |= UCP_MEM_MAP_PROT_REMOTE_READ;
   if (region.access & kAccessWrite) params.prot |= UCP_MEM_MAP_PROT_REMOTE_WRITE;
+  // The region cannot be exported (*error says why): forced, the
+  // registration fails; under auto UCX is an offer, the region is only not
+  // exported over it, and peers' UCX links decline it to TCP / the same-host path.
+  auto not_exported = [&] {
+    if (mode_ != Mode::kForced) {
+      LOG_WARN("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 ") (%s): peers reach it over the other paths",
+               region.addr, region.len, error->c_str());
+      error->clear();
+      return adxl::SUCCESS;
+    }
+    LOG_ERROR("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
+    return adxl::FAILED;
+  };
   std::lock_guard<std::mutex> lock(core_->mutex);
   ucp_mem_h memh = nullptr;
   ucs_status_t status = ucp_mem_map(core_->context, &params, &memh);
   if (status != UCS_OK) {
     *error = std::string("ucp_mem_map: ") + ucs_status_string(status);
-    if (mode_ != Mode::kForced) {
-      // UCX is an offer under auto: the region is not exported over it, and
-      // peers' UCX links decline it to TCP / the same-host path.
-      LOG_WARN("ucx: cannot map [0x%" PRIxPTR ", +%" PRIu64 ") (%s): peers reach it over the other paths",
-               region.addr, region.len, error->c_str());
-      error->clear();
-      return adxl::SUCCESS;
-    }
-    LOG_ERROR("ucx: cannot map [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
-    return adxl::FAILED;
+    return not_exported();
   }
   void *packed = nullptr;
   size_t packed_len = 0;
@@ -636,14 +640,7 @@ adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::st
     ucp_mem_unmap(core_->context, memh);
     *error = status != UCS_OK ? std::string("ucp_rkey_pack: ") + ucs_status_string(status)
                               : "the packed rkey is " + std::to_string(packed_len) + " bytes";
-    if (mode_ != Mode::kForced) {  // as for ucp_mem_map above
-      LOG_WARN("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 ") (%s): peers reach it over the other paths",
-               region.addr, region.len, error->c_str());
-      error->clear();
-      return adxl::SUCCESS;
-    }
-    LOG_ERROR("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
-    return adxl::FAILED;
+    return not_exported();
   }
   auto served = std::make_unique<UcxCore::Served>();
   served->addr = region.addr;
