@@ -120,7 +120,6 @@ adxl::Status Channel::Open(const Params &params, Deadline deadline, std::shared_
       channel->Close(Deadline::AfterMs(200));
       return adxl::FAILED;
     }
-    LOG_INFO("connected to %s: transfers go over ucx", params.remote_id.c_str());
   }
   // The path named in the log line below (the demos read it): the same-host
   // path where verified, else UCX where a link was made (forced, or under
