@@ -16,6 +16,12 @@
 #                  reaches nobody with peer error handling, docs/UCX.md)
 #   --no-batch     leave out the 100,000 x 4 KiB points
 #
+# The 1 MiB points run twice for ours: as before (the local buffer not
+# registered: staged), and with it registered (--register-local) and
+# LLMDD_UCX_DIRECT=any, i.e. the direct path RDMA lanes take, measured here
+# over lanes that do not take it by default (docs/UCX.md): what the staging
+# copy costs.
+#
 # Runs as root are reniced to -15 (the measurement processes only). Raw JSON
 # lines go to DIR/results/ucx-<date>.jsonl; the summary (per pair: the median
 # of the per-round ratios, min..max, n; and the lanes UCX chose) to stdout and
@@ -62,6 +68,9 @@ ours() {  # ours ROUND TLS TRANSPORTS POINTS [extra llmdd_bench args]
   UCX_TLS=$tls "${NICE[@]}" "$BENCH" engine --transport "$transports" --points "$points" --ops read,write \
     --time "$T" --json --no-progress --tag "round=$round;tls=$tls" "$@" >> "$RAW" 2>> "$RAW.log" || FAILED=1
 }
+direct() {  # direct ROUND TLS: ours at 1 MiB, local memory registered, moved without staging
+  LLMDD_UCX_DIRECT=any ours "$1" "$2" ucx 1M:1:1 --register-local
+}
 ref() {  # ref ROUND TLS SIZE BATCH
   UCX_TLS=$2 "${NICE[@]}" "$REF" --ops get,put --size "$3" --batch "$4" --time "$T" \
     --tag "round=$1;tls=$2" >> "$RAW" 2>> "$RAW.log" || FAILED=1
@@ -72,9 +81,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   echo "[ucx_figures] round $r/$ROUNDS" >&2
   for tls in "${TLSES[@]}"; do
     if (( r % 2 == 1 )); then
-      ours "$r" "$tls" ucx 1M:1:1; ref "$r" "$tls" 1M 1
+      ours "$r" "$tls" ucx 1M:1:1; direct "$r" "$tls"; ref "$r" "$tls" 1M 1
     else
-      ref "$r" "$tls" 1M 1; ours "$r" "$tls" ucx 1M:1:1
+      ref "$r" "$tls" 1M 1; direct "$r" "$tls"; ours "$r" "$tls" ucx 1M:1:1
     fi
   done
   if [ $BATCH = 1 ]; then
@@ -116,15 +125,16 @@ for e in errs: print("# ERROR: %s" % json.dumps(e))
 rows = []
 tlses = sorted({tagged(r)[1] for r in recs})
 for tls in tlses:
-    for op, rop in (("read", "get"), ("write", "put")):
-        ours = find(lambda r: r.get("mode") == "engine" and r["op"] == op and r["transport"] == "ucx" and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls)
+    for local, how in ((None, "staged"), ("registered", "direct")):
+      for op, rop in (("read", "get"), ("write", "put")):
+        ours = find(lambda r: r.get("mode") == "engine" and r["op"] == op and r["transport"] == "ucx" and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls and r.get("local") == local)
         ref = find(lambda r: r.get("mode") == "ucx_ref" and not r.get("staged") and r["op"] == rop and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls)
         keys = sorted(set(ours) & set(ref))
         if not keys: continue
         ratios = [ours[k]["gbps"] / ref[k]["gbps"] for k in keys]
         m = med(ratios)
-        print("1 MiB %-5s UCX_TLS=%-7s ours %.3f GB/s vs UCX %s %.3f GB/s (medians)  ratio %.2f [%.2f..%.2f] n=%d  target >= 0.9: %s"
-              % (op.upper(), tls, med([ours[k]["gbps"] for k in keys]), rop, med([ref[k]["gbps"] for k in keys]),
+        print("1 MiB %-5s UCX_TLS=%-7s ours (%s) %.3f GB/s vs UCX %s %.3f GB/s (medians)  ratio %.2f [%.2f..%.2f] n=%d  target >= 0.9: %s"
+              % (op.upper(), tls, how, med([ours[k]["gbps"] for k in keys]), rop, med([ref[k]["gbps"] for k in keys]),
                  m, min(ratios), max(ratios), len(keys), "PASS" if m >= 0.9 else "MISS"))
     for op, rop in (("read", "get"), ("write", "put")):
         shm = find(lambda r: r.get("mode") == "engine" and r["op"] == op and r["transport"] == "shm" and r["batch"] == 100000)

@@ -288,6 +288,7 @@ struct Options {
   uint64_t same_host_min_part = 0;  // llmdd.SameHostMinPartBytes of the measuring engine; 0: library default
   int timeout_ms = 30000;
   bool hugepages = true;
+  bool register_local = false;  // engine: RegisterMem the measuring side's buffer too
   bool json = false;
   std::string json_out;
   std::string plot;
@@ -409,6 +410,9 @@ void Usage(FILE *out) {
           "                       default; 1024G = never split)\n"
           "  --timeout-ms N       TransferSync / llm.SyncKvCacheWaitTime timeout (default 30000)\n"
           "  --no-hugepages       do not madvise(MADV_HUGEPAGE) the buffers\n"
+          "  --register-local     engine: RegisterMem the measuring side's buffer too, as KV-cache programs\n"
+          "                       do (the UCX transport then moves batches without staging where its\n"
+          "                       lanes allow: docs/UCX.md)\n"
           "  --mallocmem          every buffer (both sides) from AdxlEngine::MallocMem: memory a same-host\n"
           "                       peer maps and reads with memcpy (llmdd.SameHostMapMaxBytes)\n"
           "  --quick              small sweep that takes seconds\n"
@@ -495,7 +499,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   }
   std::map<std::string, std::string> given;
   static const std::set<std::string> kFlags = {"--json", "--quick", "--no-hugepages", "--progress", "--no-progress",
-                                               "--mallocmem"};
+                                               "--mallocmem", "--register-local"};
   static const std::set<std::string> kValued = {
       "--transport",   "--sizes",       "--batches",      "--threads",      "--points",      "--ops",
       "--layout",      "--time",        "--warmup",       "--min-iters",    "--max-iters",   "--max-call-bytes",
@@ -533,6 +537,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   opt->json = given.count("--json") != 0;
   opt->hugepages = given.count("--no-hugepages") == 0;
   g_malloc_mem = given.count("--mallocmem") != 0;
+  opt->register_local = given.count("--register-local") != 0;
   if (given.count("--no-progress") != 0) opt->progress = 0;
   if (given.count("--progress") != 0) opt->progress = 1;
   if (opt->mode == "engine" || opt->mode == "cma") opt->ops = {"read", "write"};
@@ -974,6 +979,7 @@ class Reporter {
     r->Int("nproc", static_cast<int64_t>(std::thread::hardware_concurrency()));
     if (!opt_.tag.empty()) r->Str("tag", opt_.tag);
     if (g_malloc_mem) r->Str("memory", "mallocmem");  // absent: private anonymous mappings
+    if (opt_.register_local && opt_.mode == "engine") r->Str("local", "registered");  // absent: not registered
   }
   static constexpr int64_t kSecond = 1000000000;  // ns
   void Tick() {
@@ -2130,6 +2136,17 @@ class EngineSession {
       return false;
     }
     initialized_ = true;
+    if (opt.register_local) {
+      adxl::MemDesc desc{};
+      desc.addr = reinterpret_cast<uintptr_t>(local_.data());
+      desc.len = bytes;
+      adxl::MemHandle handle = nullptr;
+      st = engine_.RegisterMem(desc, adxl::MEM_HOST, handle);
+      if (st != adxl::SUCCESS) {
+        *error = "RegisterMem of the local buffer: " + StatusName(st);
+        return false;
+      }
+    }
     int64_t t0 = NowNs();
     st = engine_.Connect(remote_id_.c_str(), 10000);
     connect_ms_ = static_cast<double>(NowNs() - t0) / 1e6;

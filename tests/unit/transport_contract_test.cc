@@ -603,6 +603,128 @@ TEST(UcxKeys, ARequesterWithoutTheOwnersCapabilityGetsNoKey) {
   owner->DeregisterMemory(region);
 }
 
+// Which endpoints may move batches directly from and to registered local
+// memory: those whose RMA lanes move data through the registration (verbs,
+// also soft-RoCE) or synchronously (cma), never UCX's tcp nor emulated RMA.
+TEST(UcxDirect, OnlyLanesThatMoveDataThemselvesAreDirect) {
+  EXPECT_FALSE(UcxRmaLanesAreDirect(
+      "#   lane[0]:  0:tcp/lo.0 md[0]          -> md[0]/tcp/sysdev[255] am am_bw#0 keepalive wireup\n"));
+  EXPECT_TRUE(UcxRmaLanesAreDirect(
+      "#   lane[0]:  1:rc_mlx5/mlx5_0:1.0 md[0] -> md[0]/ib/sysdev[255] rma_bw#0 amo wireup\n"
+      "#   lane[1]:  5:tcp/eth0.0 md[3] -> md[3]/tcp/sysdev[255] am am_bw#0 keepalive\n"));
+  EXPECT_TRUE(UcxRmaLanesAreDirect("lane[1]: 3:rc_verbs/rxe0:1.0 md[2] -> md[2]/ib rma_bw#0\n"));
+  EXPECT_TRUE(UcxRmaLanesAreDirect("#   lane[2]:  4:cma/memory.0 md[3] -> md[3]/cma/sysdev[255] rma_bw#0\n"));
+  // One RMA lane on tcp is enough to stage: UCX may pick it for a transfer.
+  EXPECT_FALSE(UcxRmaLanesAreDirect("lane[0]: 1:rc_mlx5/mlx5_0:1.0 md[0] -> md[0]/ib rma_bw#0\n"
+                                    "lane[1]: 5:tcp/eth0.0 md[3] -> md[3]/tcp rma_bw#1 am\n"));
+  EXPECT_FALSE(UcxRmaLanesAreDirect(""));
+}
+
+// A batch whose local ranges all lie in memory the requester registered
+// moves without staging where the endpoint allows it (LLMDD_UCX_DIRECT=any
+// here: UCX_TLS=tcp has no direct lanes), bytes landing where each
+// descriptor says, across two local registrations; a batch touching
+// unregistered local memory is staged whole; by default a tcp endpoint
+// stages everything.
+TEST(UcxDirect, RegisteredLocalMemoryMovesWithoutStagingOtherMemoryIsStaged) {
+  std::string error;
+  std::shared_ptr<UcxTransport> owner = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
+  ASSERT_NE(owner, nullptr) << error;
+  setenv("LLMDD_UCX_DIRECT", "any", 1);
+  std::shared_ptr<UcxTransport> direct = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
+  unsetenv("LLMDD_UCX_DIRECT");
+  ASSERT_NE(direct, nullptr) << error;
+  std::shared_ptr<UcxTransport> staged = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
+  ASSERT_NE(staged, nullptr) << error;
+  const size_t total = kUcxStageBytes + 3 * kUcxSliceBytes + 4321;  // more than one staging round
+  std::vector<char> remote(total), local(total, 0), loose(total, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 13 + i / 7919);
+  auto region_of = [](const char *at, size_t len) {
+    TransportRegion region;
+    region.addr = reinterpret_cast<uintptr_t>(at);
+    region.len = len;
+    region.access = kAccessRead | kAccessWrite;
+    return region;
+  };
+  const TransportRegion remote_region = region_of(remote.data(), total);
+  const size_t split = total / 3 + 11;  // the local memory as two registrations
+  const TransportRegion local_head = region_of(local.data(), split);
+  const TransportRegion local_tail = region_of(local.data() + split, total - split);
+  std::string key;
+  ASSERT_EQ(owner->RegisterMemory(remote_region, &key, &error), adxl::SUCCESS) << error;
+  ASSERT_EQ(direct->RegisterMemory(local_head, &key, &error), adxl::SUCCESS) << error;
+  ASSERT_EQ(direct->RegisterMemory(local_tail, &key, &error), adxl::SUCCESS) << error;
+  TransportPeer peer;
+  peer.peer_name = "owner";
+  peer.metadata = owner->LocalMetadata();
+  std::shared_ptr<TransportLink> link = direct->Connect(peer, Deadline::AfterMs(1000), &error);
+  ASSERT_NE(link, nullptr) << error;
+  // Pieces of uneven sizes, remote in order, local in reverse order (so one crosses the local split).
+  const size_t sizes[] = {1, kUcxSliceBytes + 5, 4093, 2 * kUcxSliceBytes - 3, kUcxStageBytes / 3};
+  std::vector<Segment> segs;
+  for (size_t off = 0, k = 0; off < total; ++k) {
+    const size_t len = std::min(sizes[k % 5], total - off);
+    segs.push_back({reinterpret_cast<uintptr_t>(local.data()) + total - off - len,
+                    reinterpret_cast<uintptr_t>(remote.data()) + off, len});
+    off += len;
+  }
+  auto submit = [&](TransportLink *on, adxl::TransferOp op, const std::vector<Segment> &batch_segs) {
+    TransferBatch batch;
+    batch.op = op;
+    batch.segs = batch_segs.data();
+    batch.count = batch_segs.size();
+    for (const Segment &s : batch_segs) batch.total_bytes += s.len;
+    batch.deadline = Deadline::AfterMs(10000);
+    return on->Submit(batch);
+  };
+  auto mirrored = [&](const std::vector<char> &into) {
+    size_t bad = 0;
+    for (const Segment &s : segs) {
+      const char *mine = into.data() + (s.local - reinterpret_cast<uintptr_t>(local.data()));
+      if (memcmp(mine, reinterpret_cast<const char *>(s.remote), s.len) != 0) ++bad;
+    }
+    return bad;
+  };
+  TransportResult result = submit(link.get(), adxl::READ, segs);
+  ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
+  EXPECT_EQ(mirrored(local), 0u) << "READ: descriptors whose bytes differ, of " << segs.size();
+  EXPECT_EQ(direct->DirectRounds(), 1u) << "the whole batch in one direct round";
+  EXPECT_EQ(direct->StagedRounds(), 0u);
+  for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<char>(i * 5 + 1);
+  result = submit(link.get(), adxl::WRITE, segs);
+  ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
+  EXPECT_EQ(mirrored(local), 0u) << "WRITE: descriptors whose bytes differ";
+  EXPECT_EQ(direct->DirectRounds(), 2u);
+  EXPECT_EQ(direct->StagedRounds(), 0u);
+  // One descriptor into memory the requester did not register: the batch is staged.
+  std::vector<Segment> mixed = segs;
+  mixed[1].local = reinterpret_cast<uintptr_t>(loose.data());
+  result = submit(link.get(), adxl::READ, mixed);
+  ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
+  EXPECT_EQ(memcmp(loose.data(), reinterpret_cast<const char *>(mixed[1].remote), mixed[1].len), 0);
+  EXPECT_EQ(direct->DirectRounds(), 2u);
+  EXPECT_GE(direct->StagedRounds(), 2u) << "more than one staging chunk of bytes";
+  link->Shutdown();
+  // Deregistered local memory is no longer moved directly.
+  direct->DeregisterMemory(local_head);
+  direct->DeregisterMemory(local_tail);
+  // By default UCX's tcp has no direct lanes: registered or not, batches are staged.
+  ASSERT_EQ(staged->RegisterMemory(local_head, &key, &error), adxl::SUCCESS) << error;
+  ASSERT_EQ(staged->RegisterMemory(local_tail, &key, &error), adxl::SUCCESS) << error;
+  std::shared_ptr<TransportLink> plain = staged->Connect(peer, Deadline::AfterMs(1000), &error);
+  ASSERT_NE(plain, nullptr) << error;
+  std::fill(local.begin(), local.end(), 0);
+  result = submit(plain.get(), adxl::READ, segs);
+  ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
+  EXPECT_EQ(mirrored(local), 0u);
+  EXPECT_EQ(staged->DirectRounds(), 0u);
+  EXPECT_GE(staged->StagedRounds(), 2u);
+  plain->Shutdown();
+  staged->DeregisterMemory(local_head);
+  staged->DeregisterMemory(local_tail);
+  owner->DeregisterMemory(remote_region);
+}
+
 // UCX's own error lines (a peer's socket going away: "tcp_ep ... recv
 // failed") go to our log on stderr, never to the program's stdout (UCX's
 // default), where the suites' peer programs speak their protocol.

@@ -4,6 +4,7 @@
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -120,7 +121,12 @@ class UcxCore {
     std::string rkey;
     Clock::time_point leased_until{};
     bool retired = false;  // being deregistered: no key is granted any more
+    int direct_users = 0;  // slices of direct rounds using it as their local memory
   };
+  // Which batches move directly from and to registered local memory
+  // (ucx_transport.h): by the endpoint's lanes (the default), never, or also
+  // over emulated lanes (tests and measurement only). LLMDD_UCX_DIRECT.
+  enum class Direct { kByLanes, kNever, kAny };
   struct Pending {
     bool done = false;
     KeyReplyHead head{};
@@ -129,6 +135,16 @@ class UcxCore {
 
   static std::shared_ptr<UcxCore> Create(std::string *error);
   ~UcxCore();
+
+  // Under mutex: the registration (not being deregistered) holding all of
+  // [addr, addr + len), checking `hint` first; null when none does.
+  Served *FindLocalLocked(uintptr_t addr, uint64_t len, Served *hint) const {
+    if (hint != nullptr && !hint->retired && Covers(hint->addr, hint->len, addr, len)) return hint;
+    for (const auto &entry : served) {
+      if (!entry->retired && Covers(entry->addr, entry->len, addr, len)) return entry.get();
+    }
+    return nullptr;
+  }
 
   // Under mutex: progresses until the worker has nothing more to do (bounded).
   unsigned ProgressLocked() {
@@ -154,6 +170,8 @@ class UcxCore {
   std::map<uint64_t, Pending> pending;
   uint64_t next_token = 1;
   std::atomic<uint64_t> granted{0};
+  Direct direct = Direct::kByLanes;
+  std::atomic<uint64_t> direct_rounds{0}, staged_rounds{0};  // rounds posted each way (tests)
   // The worker's event fd (UCP_FEATURE_WAKEUP), or -1 when UCX gave none:
   // the progress thread then sleeps in steps instead (ProgressLoop).
   int efd = -1;
@@ -252,6 +270,22 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
   static std::once_flag quiet;
   std::call_once(quiet, [] { ucs_log_push_handler(&RouteUcxLog); });
   auto core = std::make_shared<UcxCore>();
+  if (const char *direct = std::getenv("LLMDD_UCX_DIRECT")) {
+    static std::atomic<bool> said{false};  // once per process, not per engine
+    const bool say = !said.exchange(true);
+    if (strcmp(direct, "never") == 0) {
+      core->direct = Direct::kNever;
+      if (say) LOG_INFO("ucx: LLMDD_UCX_DIRECT=never: every batch goes through staging");
+    } else if (strcmp(direct, "any") == 0) {
+      core->direct = Direct::kAny;
+      if (say) {
+        LOG_WARN("ucx: LLMDD_UCX_DIRECT=any: batches move directly over emulated RMA too (tests and measurement "
+                 "only: a reply after a TIMEOUT can land in memory deregistered since; docs/UCX.md)");
+      }
+    } else if (direct[0] != '\0' && strcmp(direct, "lanes") != 0 && say) {
+      LOG_WARN("ucx: LLMDD_UCX_DIRECT='%s' is not lanes, never or any: ignored", direct);
+    }
+  }
   ucp_config_t *config = nullptr;
   ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
   if (status != UCS_OK) {
@@ -528,13 +562,12 @@ bool UcxTransport::HostHasRdmaDevice() {
   return found;
 }
 
-bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transports) {
-  // Transports that move RMA in software or within one host.
-  static const char *const kNotHardware[] = {"tcp",      "self",     "cma",       "knem",     "xpmem",
-                                             "posix",    "sysv",     "cuda_copy", "cuda_ipc", "rocm_copy",
-                                             "rocm_ipc", "gdr_copy", "ze_copy",   "ze_ipc"};
-  bool hardware = false;
-  rma_transports->clear();
+namespace {
+
+// Calls fn(transport, device) for each lane of ucp_ep_print_info's text that
+// carries RMA (roles rma#N, rma_bw#N).
+template <typename Fn>
+void ForEachRmaLane(const std::string &ep_info, Fn fn) {
   size_t at = 0;
   while (at < ep_info.size()) {
     size_t nl = ep_info.find('\n', at);
@@ -560,18 +593,43 @@ bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transp
     const std::string &resource = tokens[0];
     const size_t from = resource.find(':'), to = resource.find('/');
     if (from == std::string::npos || to == std::string::npos || to <= from) continue;
-    const std::string tl = resource.substr(from + 1, to - from - 1);
-    const std::string device = resource.substr(to + 1);
+    fn(resource.substr(from + 1, to - from - 1), resource.substr(to + 1));
+  }
+}
+
+}  // namespace
+
+bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transports) {
+  // Transports that move RMA in software or within one host.
+  static const char *const kNotHardware[] = {"tcp",      "self",     "cma",       "knem",     "xpmem",
+                                             "posix",    "sysv",     "cuda_copy", "cuda_ipc", "rocm_copy",
+                                             "rocm_ipc", "gdr_copy", "ze_copy",   "ze_ipc"};
+  bool hardware = false;
+  rma_transports->clear();
+  ForEachRmaLane(ep_info, [&](const std::string &tl, const std::string &device) {
     if (!rma_transports->empty()) *rma_transports += ",";
-    *rma_transports += resource.substr(from + 1);
+    *rma_transports += tl + "/" + device;
     bool software = false;
     for (const char *name : kNotHardware) software = software || tl == name;
     // Soft-RoCE and soft-iWARP: verbs in the kernel, not faster than its TCP.
     software = software || device.compare(0, 3, "rxe") == 0 || device.compare(0, 3, "siw") == 0;
     hardware = hardware || !software;
-  }
+  });
   if (rma_transports->empty()) *rma_transports = "none";
   return hardware;
+}
+
+bool UcxRmaLanesAreDirect(const std::string &ep_info) {
+  // UCX's tcp (and a missing RMA lane: GET and PUT then go as active
+  // messages) completes a GET by copying the reply into the buffer by
+  // address; everything else with an RMA lane moves data through the local
+  // memory handle (verbs) or synchronously in the call (cma, knem, xpmem).
+  bool any = false, emulated = false;
+  ForEachRmaLane(ep_info, [&](const std::string &tl, const std::string &) {
+    any = true;
+    emulated = emulated || tl == "tcp";
+  });
+  return any && !emulated;
 }
 
 std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error) {
@@ -594,6 +652,10 @@ std::string UcxTransport::LocalMetadata() const {
 }
 
 uint64_t UcxTransport::KeysGranted() const { return core_->granted.load(); }
+
+uint64_t UcxTransport::DirectRounds() const { return core_->direct_rounds.load(); }
+
+uint64_t UcxTransport::StagedRounds() const { return core_->staged_rounds.load(); }
 
 uint64_t UcxTransport::ProgressRounds() const { return core_->progress_rounds.load(); }
 
@@ -671,7 +733,14 @@ void UcxTransport::DeregisterMemory(const TransportRegion &region) {
   if (target == nullptr) return;
   // Requesters start I/O only under a lease they hold: wait the granted ones out.
   if (Clock::now() < until) std::this_thread::sleep_until(until);
-  std::lock_guard<std::mutex> lock(core_->mutex);
+  // This engine's direct rounds using the region as local memory end by
+  // their deadlines (none starts on it now it is retired).
+  std::unique_lock<std::mutex> lock(core_->mutex);
+  while (target->direct_users > 0) {
+    lock.unlock();
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    lock.lock();
+  }
   for (auto it = core_->served.begin(); it != core_->served.end(); ++it) {
     if (it->get() != target) continue;
     ucp_mem_unmap(core_->context, target->memh);
@@ -732,21 +801,11 @@ bool UcxLink::ReachesWithHardwareRma(Deadline deadline, std::string *lanes, std:
     }
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
-  ucp_ep_h ep = EndpointLocked(error);
-  if (ep == nullptr) return false;
-  char *text = nullptr;
-  size_t len = 0;
-  FILE *f = open_memstream(&text, &len);
-  if (f == nullptr) {
-    *error = "cannot read the UCX endpoint's lanes (open_memstream)";
-    return false;
-  }
-  ucp_ep_print_info(ep, f);
-  fclose(f);
-  const std::string info(text, len);
-  free(text);
-  return UcxLanesHaveHardwareRma(info, lanes);
+  if (EndpointLocked(error) == nullptr) return false;
+  return UcxLanesHaveHardwareRma(ep_info_, lanes);
 }
+
+bool UcxLink::MayGoDirect() const { return direct_known_.load(std::memory_order_relaxed) != 2; }
 
 UcxLink::~UcxLink() {
   std::lock_guard<std::mutex> lock(core_->mutex);
@@ -807,6 +866,31 @@ ucp_ep_h UcxLink::EndpointLocked(std::string *error) {
   ep_failed_ = false;
   ep_error_.clear();
   ++ep_generation_;
+  // Which transports UCX chose for it: whether batches may move directly
+  // (and, under auto, whether the peer is worth a link: ReachesWithHardwareRma).
+  ep_info_.clear();
+  char *text = nullptr;
+  size_t len = 0;
+  if (FILE *f = open_memstream(&text, &len)) {
+    ucp_ep_print_info(ep_, f);
+    fclose(f);
+    ep_info_.assign(text, len);
+    free(text);
+  }
+  ep_direct_ = core_->direct == UcxCore::Direct::kAny ||
+               (core_->direct == UcxCore::Direct::kByLanes && UcxRmaLanesAreDirect(ep_info_));
+  direct_known_.store(ep_direct_ ? 1 : 2, std::memory_order_relaxed);
+  if (ep_generation_ == 1) {  // once per link, not for each endpoint a timeout replaced
+    std::string lanes;
+    UcxLanesHaveHardwareRma(ep_info_, &lanes);
+    const char *how = ep_direct_ ? "from and to registered local memory move directly (no staging)"
+                                 : "go through staging";
+    if (caps_->chosen_where_it_pays) {  // under auto Connect says at info level whether the peer gets a link
+      LOG_DEBUG("ucx: endpoint to %s, RMA lanes %s: batches %s", peer_name_.c_str(), lanes.c_str(), how);
+    } else {
+      LOG_INFO("ucx: endpoint to %s, RMA lanes %s: batches %s", peer_name_.c_str(), lanes.c_str(), how);
+    }
+  }
   return ep_;
 }
 
@@ -814,6 +898,7 @@ void UcxLink::CloseEndpointLocked(bool force) {
   if (ep_ == nullptr) return;
   ucp_ep_h ep = ep_;
   ep_ = nullptr;
+  ep_direct_ = false;
   ucp_request_param_t param;
   memset(&param, 0, sizeof(param));
   param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
@@ -997,6 +1082,14 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       if (request != nullptr) request->EndIo(nullptr);
     }
   } end_io{batch.request};
+  // Directly, the whole batch at once, where the endpoint and the local
+  // memory allow it (ucx_transport.h); otherwise in staged rounds.
+  if (MayGoDirect()) {
+    bool not_direct = false;
+    result = SubmitRound(batch.op, batch.segs, batch.count, batch.total_bytes, batch.deadline, batch.request, true,
+                         &not_direct);
+    if (!not_direct) return DeclineWhereNotOurs(batch, std::move(result));
+  }
   // Rounds of at most one staging chunk, segments cut where needed.
   bool moved = false;  // a round completed: a refusal after it is not declined
   std::vector<Segment> round;
@@ -1011,7 +1104,7 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       rest.remote += take;
       rest.len -= take;
       if (round_bytes == kUcxStageBytes) {
-        result = SubmitRound(batch.op, round, round_bytes, batch.deadline, batch.request);
+        result = SubmitRound(batch.op, round.data(), round.size(), round_bytes, batch.deadline, batch.request);
         if (result.status != adxl::SUCCESS) return moved ? result : DeclineWhereNotOurs(batch, std::move(result));
         moved = true;
         round.clear();
@@ -1019,7 +1112,9 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       }
     }
   }
-  if (!round.empty()) result = SubmitRound(batch.op, round, round_bytes, batch.deadline, batch.request);
+  if (!round.empty()) {
+    result = SubmitRound(batch.op, round.data(), round.size(), round_bytes, batch.deadline, batch.request);
+  }
   return moved ? result : DeclineWhereNotOurs(batch, std::move(result));
 }
 
@@ -1044,16 +1139,16 @@ namespace {
 // `hint` (optional) is the index of the segment holding `from` or an earlier
 // one, and `hint_at` its offset in the chunk; both advance (the copies of a
 // round go front to back).
-void CopyStaged(uint8_t *chunk, const std::vector<Segment> &segs, uint64_t from, uint64_t len, bool to_caller,
+void CopyStaged(uint8_t *chunk, const Segment *segs, size_t count, uint64_t from, uint64_t len, bool to_caller,
                 size_t *hint, uint64_t *hint_at) {
   size_t i = hint != nullptr ? *hint : 0;
   uint64_t at = hint_at != nullptr ? *hint_at : 0;
-  while (i < segs.size() && at + segs[i].len <= from) at += segs[i++].len;
+  while (i < count && at + segs[i].len <= from) at += segs[i++].len;
   if (hint != nullptr) {
     *hint = i;
     *hint_at = at;
   }
-  for (; len > 0 && i < segs.size(); at += segs[i++].len) {
+  for (; len > 0 && i < count; at += segs[i++].len) {
     const uint64_t off = from - at;  // within segment i
     const uint64_t n = std::min<uint64_t>(len, segs[i].len - off);
     auto *caller = reinterpret_cast<uint8_t *>(segs[i].local) + off;
@@ -1069,14 +1164,17 @@ void CopyStaged(uint8_t *chunk, const std::vector<Segment> &segs, uint64_t from,
 
 }  // namespace
 
-TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segment> &segs, uint64_t bytes,
-                                     Deadline deadline, TransferRequest *request) {
+TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, size_t count, uint64_t bytes,
+                                     Deadline deadline, TransferRequest *request, bool direct, bool *not_direct) {
   TransportResult result;
-  std::unique_ptr<uint8_t[]> stage = core_->AcquireStage(deadline, request, &result.status, &result.error);
-  if (stage == nullptr) return result;
+  std::unique_ptr<uint8_t[]> stage;
+  if (!direct) {
+    stage = core_->AcquireStage(deadline, request, &result.status, &result.error);
+    if (stage == nullptr) return result;
+  }
   result.status = adxl::SUCCESS;
-  // The chunk goes back to the pool, or is retired when a UCX operation on it
-  // may not have ended (posted, then not completed).
+  // A staging chunk goes back to the pool, or is retired when a UCX
+  // operation on it may not have ended (posted, then not completed).
   bool posted = false;
   struct StageGuard {
     UcxCore *core;
@@ -1094,16 +1192,19 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
   const uint32_t rights = op == adxl::READ ? kAccessRead : kAccessWrite;
   // Each segment as pieces within one remote registration each (a segment
   // may run across adjacent ones), with the key of that registration; a
-  // READ's pieces cut in slices of at most kUcxSliceBytes. Each slice is one
-  // UCX operation; staged offsets run through the chunk in segment order.
+  // staged READ's pieces cut in slices of at most kUcxSliceBytes. Each slice
+  // is one UCX operation; staged offsets run through the chunk in segment
+  // order.
   struct Slice {
-    uint64_t staged;  // offset in the chunk
+    uint64_t staged;  // offset in the chunk (staged) or in the batch (direct)
+    uintptr_t local;  // the caller's address (direct)
     uintptr_t remote;
     uint64_t len;
     ucp_rkey_h rkey;
+    UcxCore::Served *local_region;  // direct: the registration holding `local`
   };
   std::vector<Slice> slices;
-  slices.reserve(segs.size());
+  slices.reserve(count);
   // READ: each slice's request, kept until it completed (null: completed when posted).
   std::vector<void *> gets;
   auto free_gets = [&] {
@@ -1112,24 +1213,26 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     }
     gets.clear();
   };
-  // WRITE: the caller's bytes into the chunk first. Copying them in slices
-  // while earlier ones are sent was measured slower (each put of a slice
-  // costs more than the copy it hides: docs/PERFORMANCE.md).
-  if (op == adxl::WRITE) CopyStaged(stage.get(), segs, 0, bytes, false, nullptr, nullptr);
+  // Staged WRITE: the caller's bytes into the chunk first. Copying them in
+  // slices while earlier ones are sent was measured slower (each put of a
+  // slice costs more than the copy it hides: docs/PERFORMANCE.md).
+  if (op == adxl::WRITE && !direct) CopyStaged(stage.get(), segs, count, 0, bytes, false, nullptr, nullptr);
   for (int attempt = 0;; ++attempt) {
     // Keys first (asking the peer where needed), then post under the mutex,
     // checking the keys still stand.
     slices.clear();
     uint64_t at = 0;
-    for (const Segment &s : segs) {
+    for (size_t k = 0; k < count; ++k) {
+      const Segment &s = segs[k];
       for (uint64_t off = 0; off < s.len;) {
         ucp_rkey_h rkey = nullptr;
         uint64_t covered = 0;
         result.status = KeyFor(s.remote + off, s.len - off, rights, deadline, request, &rkey, &covered, &result.error);
         if (result.status != adxl::SUCCESS) return result;
         for (uint64_t done = 0; done < covered;) {
-          const uint64_t n = op == adxl::READ ? std::min<uint64_t>(covered - done, kUcxSliceBytes) : covered - done;
-          slices.push_back({at + off + done, s.remote + off + done, n, rkey});
+          const uint64_t n =
+              op == adxl::READ && !direct ? std::min<uint64_t>(covered - done, kUcxSliceBytes) : covered - done;
+          slices.push_back({at + off + done, s.local + off + done, s.remote + off + done, n, rkey, nullptr});
           done += n;
         }
         off += covered;
@@ -1147,6 +1250,41 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
       result.error = ep_error_.empty() ? "UCX keys to " + peer_name_ + " kept changing" : ep_error_;
       return result;
     }
+    if (direct) {
+      // The endpoint moves data itself, and each local range lies in
+      // registrations of this engine (a slice is cut where it runs from one
+      // into the next: each operation carries one memory handle); else
+      // nothing was posted and the caller stages.
+      bool fits = ep_direct_;
+      std::vector<Slice> cut;
+      cut.reserve(slices.size());
+      UcxCore::Served *hint = nullptr;
+      for (size_t i = 0; i < slices.size() && fits; ++i) {
+        Slice rest = slices[i];
+        while (fits) {
+          hint = core_->FindLocalLocked(rest.local, 1, hint);
+          fits = hint != nullptr;
+          if (!fits) break;
+          Slice piece = rest;
+          piece.len = std::min<uint64_t>(rest.len, hint->addr + hint->len - rest.local);
+          piece.local_region = hint;
+          cut.push_back(piece);
+          if (piece.len == rest.len) break;
+          rest.staged += piece.len;
+          rest.local += piece.len;
+          rest.remote += piece.len;
+          rest.len -= piece.len;
+        }
+      }
+      if (!fits) {
+        *not_direct = true;
+        return result;
+      }
+      slices.swap(cut);
+      // DeregisterMemory waits for these before it unmaps.
+      for (const Slice &s : slices) ++s.local_region->direct_users;
+    }
+    ++(direct ? core_->direct_rounds : core_->staged_rounds);
     gets.reserve(slices.size());  // no allocation between a post and its bookkeeping
     ++in_flight_;
     const uint64_t generation = ep_generation_;
@@ -1154,14 +1292,18 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     memset(&param, 0, sizeof(param));
     ucs_status_t failed = UCS_OK;
     posted = true;  // from here a UCX operation may hold the chunk
-    // A READ's copies to the caller overlap the transfer: each run of
+    // A staged READ's copies to the caller overlap the transfer: each run of
     // completed slices (kUcxSliceBytes or more) is copied out, with the mutex
     // let go, while the later ones arrive.
     size_t hint = 0;
     uint64_t hint_at = 0;
     for (size_t i = 0; i < slices.size() && failed == UCS_OK; ++i) {
       const Slice &s = slices[i];
-      void *local = stage.get() + s.staged;
+      void *local = direct ? reinterpret_cast<void *>(s.local) : stage.get() + s.staged;
+      if (direct) {
+        param.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+        param.memh = s.local_region->memh;
+      }
       if (op == adxl::WRITE) {
         void *put = ucp_put_nbx(ep_, local, s.len, s.remote, s.rkey, &param);
         if (UCS_PTR_IS_ERR(put)) {
@@ -1180,7 +1322,9 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     }
     void *flush = nullptr;
     if (failed == UCS_OK && op == adxl::WRITE) {
-      flush = ucp_ep_flush_nbx(ep_, &param);
+      ucp_request_param_t flush_param;
+      memset(&flush_param, 0, sizeof(flush_param));
+      flush = ucp_ep_flush_nbx(ep_, &flush_param);
       if (UCS_PTR_IS_ERR(flush)) {
         failed = UCS_PTR_STATUS(flush);
         flush = nullptr;
@@ -1188,9 +1332,9 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     }
     ucs_status_t status = failed;
     bool canceled = false;
-    size_t next = 0;  // READ: slices copied out so far
+    size_t next = 0;  // READ: slices ended (and, staged, copied out) so far
     // One wait: progress until the flush (WRITE) or every GET (READ) ended,
-    // copying READ slices out as they complete.
+    // copying staged READ slices out as they complete.
     auto finished = [&]() -> bool {
       if (op == adxl::WRITE) {
         status = ucp_request_check_status(flush);
@@ -1209,6 +1353,11 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
             return true;
           }
         }
+        if (direct) {
+          next = end;
+          status = next == gets.size() ? UCS_OK : UCS_INPROGRESS;
+          return status == UCS_OK;
+        }
         const uint64_t from = slices[next].staged;
         const uint64_t upto = end == next ? from : slices[end - 1].staged + slices[end - 1].len;
         if (end < gets.size() && upto - from < kUcxSliceBytes) {
@@ -1216,7 +1365,7 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
           return false;  // wait for a longer run, or the rest
         }
         lock.unlock();
-        CopyStaged(stage.get(), segs, from, upto - from, true, &hint, &hint_at);
+        CopyStaged(stage.get(), segs, count, from, upto - from, true, &hint, &hint_at);
         lock.lock();
         next = end;
         if (next == gets.size()) {
@@ -1241,8 +1390,8 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
     }
     // Another batch's timeout or cancel closed the endpoint under us: our
     // operations were canceled with it; with time left, the round runs again
-    // on a new endpoint, through a new chunk (a late reply may still land in
-    // this one).
+    // on a new endpoint (staged: through a new chunk, as a late reply may
+    // still land in this one).
     const bool closed_by_other = status != UCS_OK && status != UCS_INPROGRESS && !canceled &&
                                  (ep_ == nullptr || ep_generation_ != generation) && !ep_failed_;
     if (status != UCS_OK && ep_ != nullptr && ep_generation_ == generation) {
@@ -1256,18 +1405,24 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
       for (ucp_rkey_h stale_key : retired_) ucp_rkey_destroy(stale_key);
       retired_.clear();
     }
+    if (direct) {
+      // Ended, or canceled with the endpoint (a NIC reaches the memory only
+      // through its registration: DeregisterMemory may unmap it now).
+      for (const Slice &s : slices) --s.local_region->direct_users;
+    }
     if (status == UCS_OK) {
       posted = false;  // every operation on the chunk ended (and a READ's bytes were copied out)
       return result;
     }
     if (closed_by_other && !shut_down_.load() && !deadline.Expired() && attempt < 3) {
       lock.unlock();
+      if (direct) continue;  // a new endpoint may not be direct: checked again
       core_->RetireStage(std::move(stage));
       posted = false;
       stage = core_->AcquireStage(deadline, request, &result.status, &result.error);
       if (stage == nullptr) return result;
       result.status = adxl::SUCCESS;
-      if (op == adxl::WRITE) CopyStaged(stage.get(), segs, 0, bytes, false, nullptr, nullptr);
+      if (op == adxl::WRITE) CopyStaged(stage.get(), segs, count, 0, bytes, false, nullptr, nullptr);
       continue;
     }
     if (canceled) {
@@ -1283,7 +1438,7 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const std::vector<Segm
       result.status = adxl::FAILED;
       result.error = std::string("UCX transfer to ") + peer_name_ + " failed: " + ucs_status_string(status);
     }
-    return result;  // the guard retires the chunk
+    return result;  // the guard retires a staging chunk
   }
 }
 

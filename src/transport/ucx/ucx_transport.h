@@ -29,20 +29,31 @@
 //   - A batch is posted without waiting per descriptor and completed with one
 //     endpoint flush. Timeout or Cancel force-closes the endpoint and the next
 //     batch makes a new one.
-//   - UCX never sees a caller's buffer: every GET lands in, and every PUT
-//     leaves from, a staging chunk of the core (kUcxStageBytes; a batch moves
-//     in rounds of one chunk), copied to or from the caller's memory by the
-//     requester. Why: UCX 1.13 over its TCP transport still delivers the
-//     reply of a GET whose endpoint was force-closed (the target resumes and
-//     answers; ucp_get_rep_handler copies into the request's buffer), so a
-//     caller's buffer freed after its request ended TIMEOUT was written to.
-//     A chunk whose round did not complete is retired, never reused, until
-//     the core goes (at most kUcxStageRetiredMax; beyond that the transport
-//     refuses batches: restart the engine). Cost: one memcpy per byte on the
-//     requester, which a READ hides in part: its GETs are slices of at most
-//     kUcxSliceBytes, each run of completed slices copied out while later
-//     ones arrive. A UCX that names an endpoint's transports (1.14+) could
-//     let real RDMA, which cannot write after its QP is gone, skip it.
+//   - Direct or staged. Where the endpoint's RMA lanes move data by the
+//     NIC or the kernel (rc, dc, cma, ...: UcxRmaLanesAreDirect) and every
+//     local range of a batch lies in memory this engine registered, GETs
+//     land in and PUTs leave from the caller's memory itself, with the
+//     registration's memory handle (no copy: what RDMA is for). Such a
+//     transport reaches local memory only through the registration, so no
+//     byte can land once DeregisterMemory returned (it waits for the direct
+//     rounds using the region to end; after a TIMEOUT or cancel, a late
+//     RDMA READ response may still land in the registered region itself).
+//     Otherwise, UCX never sees a caller's buffer: every GET lands in, and
+//     every PUT leaves from, a staging chunk of the core (kUcxStageBytes; a
+//     batch moves in rounds of one chunk), copied to or from the caller's
+//     memory by the requester. Why: UCX 1.13 over its TCP transport (RMA
+//     emulated with active messages) still delivers the reply of a GET
+//     whose endpoint was force-closed (the target resumes and answers;
+//     ucp_get_rep_handler copies into the request's buffer by address), so
+//     a caller's buffer freed after its request ended TIMEOUT was written
+//     to. A chunk whose round did not complete is retired, never reused,
+//     until the core goes (at most kUcxStageRetiredMax; beyond that the
+//     transport refuses batches: restart the engine). Cost: one memcpy per
+//     byte on the requester, which a READ hides in part: its GETs are
+//     slices of at most kUcxSliceBytes, each run of completed slices copied
+//     out while later ones arrive. Environment LLMDD_UCX_DIRECT=never stages
+//     every batch; =any moves directly over emulated lanes too (tests and
+//     measurement only: the hazard above returns).
 #pragma once
 
 #include <atomic>
@@ -101,6 +112,12 @@ class UcxCore;
 // names the RMA lanes' transports ("none" without any: GET and PUT are then
 // emulated with active messages).
 bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transports);
+// From the same text: whether the endpoint has RMA lanes and none of them is
+// UCX's tcp, i.e. GET and PUT are moved by a NIC or the kernel through the
+// local registration (rc, dc, ud, cma, knem, xpmem, ...), never by UCX
+// copying a reply into a buffer by address (emulated RMA). Such an endpoint
+// may move batches directly from and to registered local memory.
+bool UcxRmaLanesAreDirect(const std::string &ep_info);
 
 class UcxTransport : public Transport {
  public:
@@ -127,6 +144,10 @@ class UcxTransport : public Transport {
   std::shared_ptr<TransportLink> Connect(const TransportPeer &peer, Deadline deadline, std::string *error) override;
   // Key requests this engine answered (tests).
   uint64_t KeysGranted() const;
+  // Rounds this engine posted directly from and to registered local memory,
+  // and through staging (tests).
+  uint64_t DirectRounds() const;
+  uint64_t StagedRounds() const;
   // Rounds of the serving side's progress loop so far, and whether it sleeps
   // on the worker's event fd while idle (tests: an idle engine must not spin).
   uint64_t ProgressRounds() const;
@@ -165,6 +186,10 @@ class UcxLink : public TransportLink {
   ucp_ep_h EndpointLocked(std::string *error);
   // Under the core's mutex: ends the endpoint at once (its operations are canceled) and drops its keys.
   void CloseEndpointLocked(bool force);
+  // Whether the next batch may try the direct path: not when the endpoint
+  // is known not to be direct (read without the core's mutex; the round
+  // checks again under it).
+  bool MayGoDirect() const;
   // The key of the peer's registration holding `remote` with `rights` and
   // lease left, asking the peer when needed; *covered: how many of the `len`
   // bytes from `remote` it covers. Called without the core's mutex.
@@ -175,9 +200,12 @@ class UcxLink : public TransportLink {
   // the range with `rights`, with lease left.
   bool KeyStandsLocked(ucp_rkey_h rkey, uintptr_t remote, uint64_t len, uint32_t rights) const;
   // One round of a batch: `segs` (at most kUcxStageBytes in all) through one
-  // staging chunk.
-  TransportResult SubmitRound(adxl::TransferOp op, const std::vector<Segment> &segs, uint64_t bytes,
-                              Deadline deadline, TransferRequest *request);
+  // staging chunk; or, `direct`, all of a batch's segments from and to the
+  // caller's registered memory (*not_direct, with nothing moved, when the
+  // endpoint or a local range does not allow it: the caller stages instead).
+  TransportResult SubmitRound(adxl::TransferOp op, const Segment *segs, size_t count, uint64_t bytes,
+                              Deadline deadline, TransferRequest *request, bool direct = false,
+                              bool *not_direct = nullptr);
   // Under auto (caps chosen_where_it_pays): a batch refused for want of a key (PARAM_INVALID) is
   // declined, for the next path to move or refuse.
   TransportResult DeclineWhereNotOurs(const TransferBatch &batch, TransportResult result) const;
@@ -192,6 +220,11 @@ class UcxLink : public TransportLink {
   // Guarded by the core's mutex:
   ucp_ep_h ep_ = nullptr;
   uint64_t ep_generation_ = 0;
+  // The endpoint's lanes (ucp_ep_print_info) and whether batches may move
+  // directly over it (UcxRmaLanesAreDirect, or LLMDD_UCX_DIRECT).
+  std::string ep_info_;
+  bool ep_direct_ = false;
+  std::atomic<int> direct_known_{0};  // 0: no endpoint yet, 1: direct, 2: staged
   bool ep_failed_ = false;
   std::string ep_error_;
   std::vector<RemoteKey> keys_;
