@@ -438,6 +438,51 @@ TEST_P(AsyncTest, ATimedOutReadNeverWritesItsBufferAfterThePeerResumes) {
   EXPECT_EQ(SIZE_MAX, FindPatternMismatch(after.data(), (1u << 20) - 64, rr.seed, 64));
 }
 
+// The same with the READ's buffer registered (RegisterMem), where a
+// transport may move bytes straight into it (UCX's direct path, docs/UCX.md:
+// ctest ucx_direct.adxl_async_test forces it over UCX's tcp): once the
+// request ended TIMEOUT and DeregisterMem returned, the buffer is unmapped
+// before the peer resumes and answers the old READ, and nothing is written
+// into it (a late write crashes the test); DeregisterMem stays bounded.
+TEST_P(AsyncTest, ATimedOutReadIntoRegisteredMemoryIsNotWrittenAfterDeregisterMem) {
+  AdxlPeer::Options o;
+  o.size = 1u << 20;
+  o.seed = 2850;
+  AdxlPeer *peer = StartPeer(o);
+  ASSERT_NE(nullptr, peer);
+  ASSERT_TRUE(InitClient());
+  ASSERT_TRUE(ConnectTo(*peer));
+  const RemoteRegion rr = peer->region(0);
+  for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    auto local = std::make_unique<GuardedBuffer>(1u << 20);
+    adxl::MemDesc mem{};
+    mem.addr = local->addr();
+    mem.len = 1u << 20;
+    adxl::MemHandle handle = nullptr;
+    ASSERT_ST(adxl::SUCCESS, engine_.RegisterMem(mem, adxl::MEM_HOST, handle));
+    if (round == 0) {  // the key and the endpoint, before the peer stops
+      ASSERT_ST(adxl::SUCCESS, Xfer(*peer, adxl::READ, {{local->addr(), rr.addr, 1u << 20}}, 10000));
+      EXPECT_EQ(SIZE_MAX, FindPatternMismatch(local->data(), 1u << 20, rr.seed, 0));
+    }
+    ASSERT_TRUE(peer->StopPastReadLease());
+    adxl::TransferArgs args;
+    llmdd_ext::SetTransferTimeout(args, 100);
+    adxl::TransferReq req = nullptr;
+    ASSERT_ST(adxl::SUCCESS, engine_.TransferAsync(peer->engine(), adxl::READ,
+                                                   {{local->addr(), rr.addr, 1u << 20}}, args, req));
+    Polled p = Poll(req, 10000);
+    EXPECT_ST(adxl::TIMEOUT, p.ret);
+    const auto t0 = Clock::now();
+    EXPECT_ST(adxl::SUCCESS, engine_.DeregisterMem(handle));
+    EXPECT_LT(MsSince(t0), 5000) << "DeregisterMem waited on the stopped peer";
+    local.reset();  // unmapped: a late write into it is a crash
+    peer->Continue();
+    SleepMs(150);  // the peer answers the old READ now
+    ASSERT_TRUE(peer->Ping()) << peer->Health();
+  }
+}
+
 TEST_P(AsyncTest, FinalizeWithARequestInFlightEndsItFailed) {
   AdxlPeer::Options o;
   o.size = 4u << 20;

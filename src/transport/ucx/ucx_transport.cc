@@ -140,6 +140,14 @@ class UcxCore {
   // [addr, addr + len), checking `hint` first; null when none does.
   Served *FindLocalLocked(uintptr_t addr, uint64_t len, Served *hint) const {
     if (hint != nullptr && !hint->retired && Covers(hint->addr, hint->len, addr, len)) return hint;
+    // The registration starting last at or before addr (KV caches register
+    // many regions, one per layer or tensor: a batch must not scan them per
+    // descriptor); overlapping registrations fall back to a scan.
+    auto next = by_addr.upper_bound(addr);
+    if (next != by_addr.begin()) {
+      Served *before = std::prev(next)->second;
+      if (Covers(before->addr, before->len, addr, len)) return before;
+    }
     for (const auto &entry : served) {
       if (!entry->retired && Covers(entry->addr, entry->len, addr, len)) return entry.get();
     }
@@ -167,11 +175,42 @@ class UcxCore {
   // Random, per engine: key requests must carry it (KeyRequestMsg).
   std::string capability;
   std::vector<std::unique_ptr<Served>> served;
+  std::multimap<uintptr_t, Served *> by_addr;  // `served` not being deregistered, by start address
   std::map<uint64_t, Pending> pending;
   uint64_t next_token = 1;
   std::atomic<uint64_t> granted{0};
   Direct direct = Direct::kByLanes;
   std::atomic<uint64_t> direct_rounds{0}, staged_rounds{0};  // rounds posted each way (tests)
+  // Direct rounds that ended (timeout, cancel, failure) before UCX completed
+  // all their requests: the caller's memory stays in use (direct_users held)
+  // until UCX completed every one; UCX touches a buffer until then, never
+  // after. Reaped by the progress thread and by DeregisterMemory.
+  struct Lingering {
+    std::vector<void *> requests;
+    std::vector<Served *> users;  // one entry per direct slice
+  };
+  std::vector<Lingering> lingering;
+  std::atomic<uint64_t> lingered{0};  // rounds that ever lingered (tests)
+  // Under mutex: frees the lingering requests UCX completed; a round whose
+  // requests all completed lets go of its local memory.
+  void ReapLingeringLocked() {
+    for (size_t i = 0; i < lingering.size();) {
+      bool all_done = true;
+      for (void *&r : lingering[i].requests) {
+        if (r != nullptr && ucp_request_check_status(r) != UCS_INPROGRESS) {
+          ucp_request_free(r);
+          r = nullptr;
+        }
+        all_done = all_done && r == nullptr;
+      }
+      if (!all_done) {
+        ++i;
+        continue;
+      }
+      for (Served *user : lingering[i].users) --user->direct_users;
+      lingering.erase(lingering.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
   // The worker's event fd (UCP_FEATURE_WAKEUP), or -1 when UCX gave none:
   // the progress thread then sleeps in steps instead (ProgressLoop).
   int efd = -1;
@@ -362,6 +401,13 @@ UcxCore::~UcxCore() {
   // Wakes the progress thread from its poll of the event fd (safe from any thread).
   if (worker != nullptr && efd >= 0) ucp_worker_signal(worker);
   if (progress_.joinable()) progress_.join();
+  for (Lingering &round : lingering) {
+    for (void *r : round.requests) {
+      if (r != nullptr) ucp_request_free(r);  // released with the worker below
+    }
+  }
+  lingering.clear();
+  by_addr.clear();
   for (auto &region : served) {
     if (region->memh != nullptr) ucp_mem_unmap(context, region->memh);
   }
@@ -390,6 +436,7 @@ void UcxCore::ProgressLoop() {
     {
       std::lock_guard<std::mutex> lock(mutex);
       done = ProgressLocked();
+      if (!lingering.empty()) ReapLingeringLocked();
     }
     if (done > 0) {
       idle = 0;
@@ -564,17 +611,34 @@ bool UcxTransport::HostHasRdmaDevice() {
 
 namespace {
 
-// Calls fn(transport, device) for each lane of ucp_ep_print_info's text that
-// carries RMA (roles rma#N, rma_bw#N).
+// The lanes of ucp_ep_print_info's text that GET and PUT use, as
+// fn(transport, device). UCX 1.13 lists the lanes ("lane[2]:  4:cma/memory.0
+// md[3] -> md[3]/cma/sysdev[255] rma_bw#0"), then the protocols of the RMA
+// lanes ("get[2]: 0..<bcopy>..(inf)", "put[2]: ..."): those are the lanes
+// ucp_get_nbx / ucp_put_nbx take. A text without such lines (other UCX
+// versions) names them by role instead (rma#N, rma_bw#N). Returns whether
+// the text had get/put lines.
 template <typename Fn>
-void ForEachRmaLane(const std::string &ep_info, Fn fn) {
+bool ForEachRmaLane(const std::string &ep_info, Fn fn) {
+  struct Lane {
+    std::string tl, device;
+    bool rma_role = false;
+  };
+  std::map<int, Lane> lanes;
+  std::vector<int> rma;  // lane indexes of get[N] / put[N] lines, in order, once each
   size_t at = 0;
   while (at < ep_info.size()) {
     size_t nl = ep_info.find('\n', at);
     if (nl == std::string::npos) nl = ep_info.size();
     const std::string line = ep_info.substr(at, nl - at);
     at = nl + 1;
-    // "lane[2]:  4:cma/memory.0 md[3] -> md[3]/cma/sysdev[255] rma_bw#0"
+    for (const char *proto : {"get[", "put["}) {
+      const size_t p = line.find(proto);
+      if (p == std::string::npos || line.find("]:", p) == std::string::npos) continue;
+      if (p > 0 && line[p - 1] != ' ' && line[p - 1] != '#' && line[p - 1] != '\t') continue;
+      const int index = atoi(line.c_str() + p + 4);
+      if (std::find(rma.begin(), rma.end(), index) == rma.end()) rma.push_back(index);
+    }
     const size_t lane = line.find("lane[");
     const size_t colon = lane == std::string::npos ? lane : line.find("]:", lane);
     if (colon == std::string::npos) continue;
@@ -586,15 +650,29 @@ void ForEachRmaLane(const std::string &ep_info, Fn fn) {
       if (j > i) tokens.push_back(line.substr(i, j - i));
       i = j;
     }
-    bool rma = false;
-    for (const std::string &t : tokens) rma = rma || t.compare(0, 4, "rma#") == 0 || t.compare(0, 7, "rma_bw#") == 0;
-    if (!rma || tokens.empty()) continue;
+    if (tokens.empty()) continue;
     // The first token is "<resource index>:<transport>/<device>".
     const std::string &resource = tokens[0];
     const size_t from = resource.find(':'), to = resource.find('/');
     if (from == std::string::npos || to == std::string::npos || to <= from) continue;
-    fn(resource.substr(from + 1, to - from - 1), resource.substr(to + 1));
+    Lane &entry = lanes[atoi(line.c_str() + lane + 5)];
+    entry.tl = resource.substr(from + 1, to - from - 1);
+    entry.device = resource.substr(to + 1);
+    for (const std::string &t : tokens) {
+      entry.rma_role = entry.rma_role || t.compare(0, 4, "rma#") == 0 || t.compare(0, 7, "rma_bw#") == 0;
+    }
   }
+  if (!rma.empty()) {
+    for (int index : rma) {
+      auto found = lanes.find(index);
+      if (found != lanes.end()) fn(found->second.tl, found->second.device);
+    }
+    return true;
+  }
+  for (const auto &entry : lanes) {
+    if (entry.second.rma_role) fn(entry.second.tl, entry.second.device);
+  }
+  return false;
 }
 
 }  // namespace
@@ -620,16 +698,20 @@ bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transp
 }
 
 bool UcxRmaLanesAreDirect(const std::string &ep_info) {
-  // UCX's tcp (and a missing RMA lane: GET and PUT then go as active
-  // messages) completes a GET by copying the reply into the buffer by
-  // address; everything else with an RMA lane moves data through the local
-  // memory handle (verbs) or synchronously in the call (cma, knem, xpmem).
+  // UCX's tcp (and an endpoint without RMA lanes: GET and PUT then go as
+  // active messages over the AM lane) completes a GET when its reply
+  // arrives, copying it into the buffer by address, at whatever time the
+  // target answers. The other transports with RMA lanes move the bytes in
+  // the call (posix, sysv, cma: a copy from or to the peer's mapped memory
+  // or process_vm_readv/writev) or by the NIC (rc, dc). Only the lanes
+  // GET and PUT use count (get[N] / put[N] lines); the rule is exact only
+  // for text that has them (UCX 1.13).
   bool any = false, emulated = false;
-  ForEachRmaLane(ep_info, [&](const std::string &tl, const std::string &) {
+  const bool exact = ForEachRmaLane(ep_info, [&](const std::string &tl, const std::string &) {
     any = true;
     emulated = emulated || tl == "tcp";
   });
-  return any && !emulated;
+  return exact && any && !emulated;
 }
 
 std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error) {
@@ -656,6 +738,13 @@ uint64_t UcxTransport::KeysGranted() const { return core_->granted.load(); }
 uint64_t UcxTransport::DirectRounds() const { return core_->direct_rounds.load(); }
 
 uint64_t UcxTransport::StagedRounds() const { return core_->staged_rounds.load(); }
+
+uint64_t UcxTransport::LingeredRounds() const { return core_->lingered.load(); }
+
+size_t UcxTransport::LingeringNow() const {
+  std::lock_guard<std::mutex> lock(core_->mutex);
+  return core_->lingering.size();
+}
 
 uint64_t UcxTransport::ProgressRounds() const { return core_->progress_rounds.load(); }
 
@@ -711,6 +800,7 @@ adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::st
   served->memh = memh;
   served->rkey.assign(static_cast<const char *>(packed), packed_len);
   ucp_rkey_buffer_release(packed);
+  core_->by_addr.emplace(served->addr, served.get());
   core_->served.push_back(std::move(served));
   return adxl::SUCCESS;
 }
@@ -723,7 +813,14 @@ void UcxTransport::DeregisterMemory(const TransportRegion &region) {
     for (auto &served : core_->served) {
       if (!served->retired && served->addr == region.addr && served->len == region.len &&
           served->access == region.access) {
-        served->retired = true;  // no key from now on
+        served->retired = true;  // no key from now on, no direct round on it
+        for (auto it = core_->by_addr.lower_bound(served->addr); it != core_->by_addr.end() && it->first == served->addr;
+             ++it) {
+          if (it->second == served.get()) {
+            core_->by_addr.erase(it);
+            break;
+          }
+        }
         until = served->leased_until;
         target = served.get();
         break;
@@ -733,10 +830,23 @@ void UcxTransport::DeregisterMemory(const TransportRegion &region) {
   if (target == nullptr) return;
   // Requesters start I/O only under a lease they hold: wait the granted ones out.
   if (Clock::now() < until) std::this_thread::sleep_until(until);
-  // This engine's direct rounds using the region as local memory end by
-  // their deadlines (none starts on it now it is retired).
+  // This engine's direct rounds using the region as local memory: none
+  // starts now it is retired; those in flight end by their deadlines, and
+  // UCX completes the requests of those that ended early (a forced close
+  // cancels them) as the worker progresses. Bounded: a UCX that never
+  // completes them leaves the region mapped (and says so).
   std::unique_lock<std::mutex> lock(core_->mutex);
+  const auto give_up = Clock::now() + std::chrono::milliseconds(kUcxDirectDrainMs);
   while (target->direct_users > 0) {
+    core_->ProgressLocked();
+    core_->ReapLingeringLocked();
+    if (target->direct_users == 0) break;
+    if (Clock::now() >= give_up) {
+      LOG_ERROR("ucx: DeregisterMem of [0x%" PRIxPTR ", +%" PRIu64 "): %d UCX operation(s) on it did not end within "
+                "%d ms; the region stays mapped until the engine finalizes (UCX may still write it)",
+                region.addr, region.len, target->direct_users, kUcxDirectDrainMs);
+      return;
+    }
     lock.unlock();
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     lock.lock();
@@ -1084,14 +1194,14 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
   } end_io{batch.request};
   // Directly, the whole batch at once, where the endpoint and the local
   // memory allow it (ucx_transport.h); otherwise in staged rounds.
+  bool moved = false;  // a UCX operation was posted: a refusal after it is not declined
+  bool not_direct = false;
   if (MayGoDirect()) {
-    bool not_direct = false;
     result = SubmitRound(batch.op, batch.segs, batch.count, batch.total_bytes, batch.deadline, batch.request, true,
-                         &not_direct);
-    if (!not_direct) return DeclineWhereNotOurs(batch, std::move(result));
+                         &not_direct, &moved);
+    if (!not_direct) return moved ? result : DeclineWhereNotOurs(batch, std::move(result));
   }
   // Rounds of at most one staging chunk, segments cut where needed.
-  bool moved = false;  // a round completed: a refusal after it is not declined
   std::vector<Segment> round;
   uint64_t round_bytes = 0;
   for (size_t i = 0; i < batch.count; ++i) {
@@ -1104,16 +1214,17 @@ TransportResult UcxLink::Submit(const TransferBatch &batch) {
       rest.remote += take;
       rest.len -= take;
       if (round_bytes == kUcxStageBytes) {
-        result = SubmitRound(batch.op, round.data(), round.size(), round_bytes, batch.deadline, batch.request);
+        result = SubmitRound(batch.op, round.data(), round.size(), round_bytes, batch.deadline, batch.request, false,
+                             &not_direct, &moved);
         if (result.status != adxl::SUCCESS) return moved ? result : DeclineWhereNotOurs(batch, std::move(result));
-        moved = true;
         round.clear();
         round_bytes = 0;
       }
     }
   }
   if (!round.empty()) {
-    result = SubmitRound(batch.op, round.data(), round.size(), round_bytes, batch.deadline, batch.request);
+    result = SubmitRound(batch.op, round.data(), round.size(), round_bytes, batch.deadline, batch.request, false,
+                         &not_direct, &moved);
   }
   return moved ? result : DeclineWhereNotOurs(batch, std::move(result));
 }
@@ -1165,8 +1276,10 @@ void CopyStaged(uint8_t *chunk, const Segment *segs, size_t count, uint64_t from
 }  // namespace
 
 TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, size_t count, uint64_t bytes,
-                                     Deadline deadline, TransferRequest *request, bool direct, bool *not_direct) {
+                                     Deadline deadline, TransferRequest *request, bool direct, bool *not_direct,
+                                     bool *posted_any) {
   TransportResult result;
+  *not_direct = false;
   std::unique_ptr<uint8_t[]> stage;
   if (!direct) {
     stage = core_->AcquireStage(deadline, request, &result.status, &result.error);
@@ -1205,13 +1318,14 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
   };
   std::vector<Slice> slices;
   slices.reserve(count);
-  // READ: each slice's request, kept until it completed (null: completed when posted).
-  std::vector<void *> gets;
-  auto free_gets = [&] {
-    for (void *r : gets) {
+  // Each READ slice's request, and each direct WRITE slice's, kept until it
+  // completed (null: completed when posted).
+  std::vector<void *> requests;
+  auto free_requests = [&] {
+    for (void *r : requests) {
       if (r != nullptr) ucp_request_free(r);  // one still in progress is released when it ends
     }
-    gets.clear();
+    requests.clear();
   };
   // Staged WRITE: the caller's bytes into the chunk first. Copying them in
   // slices while earlier ones are sent was measured slower (each put of a
@@ -1258,16 +1372,16 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
       bool fits = ep_direct_;
       std::vector<Slice> cut;
       cut.reserve(slices.size());
-      UcxCore::Served *hint = nullptr;
+      UcxCore::Served *region = nullptr;
       for (size_t i = 0; i < slices.size() && fits; ++i) {
         Slice rest = slices[i];
         while (fits) {
-          hint = core_->FindLocalLocked(rest.local, 1, hint);
-          fits = hint != nullptr;
+          region = core_->FindLocalLocked(rest.local, 1, region);
+          fits = region != nullptr;
           if (!fits) break;
           Slice piece = rest;
-          piece.len = std::min<uint64_t>(rest.len, hint->addr + hint->len - rest.local);
-          piece.local_region = hint;
+          piece.len = std::min<uint64_t>(rest.len, region->addr + region->len - rest.local);
+          piece.local_region = region;
           cut.push_back(piece);
           if (piece.len == rest.len) break;
           rest.staged += piece.len;
@@ -1285,13 +1399,14 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
       for (const Slice &s : slices) ++s.local_region->direct_users;
     }
     ++(direct ? core_->direct_rounds : core_->staged_rounds);
-    gets.reserve(slices.size());  // no allocation between a post and its bookkeeping
+    requests.reserve(slices.size());  // no allocation between a post and its bookkeeping
     ++in_flight_;
     const uint64_t generation = ep_generation_;
     ucp_request_param_t param;
     memset(&param, 0, sizeof(param));
     ucs_status_t failed = UCS_OK;
     posted = true;  // from here a UCX operation may hold the chunk
+    *posted_any = true;
     // A staged READ's copies to the caller overlap the transfer: each run of
     // completed slices (kUcxSliceBytes or more) is copied out, with the mutex
     // let go, while the later ones arrive.
@@ -1308,6 +1423,8 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
         void *put = ucp_put_nbx(ep_, local, s.len, s.remote, s.rkey, &param);
         if (UCS_PTR_IS_ERR(put)) {
           failed = UCS_PTR_STATUS(put);
+        } else if (direct) {
+          requests.push_back(put);  // it may read the caller's memory until it completed
         } else if (put != nullptr) {
           ucp_request_free(put);  // the flush below says when it is done
         }
@@ -1316,7 +1433,7 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
         if (UCS_PTR_IS_ERR(get)) {
           failed = UCS_PTR_STATUS(get);
         } else {
-          gets.push_back(get);
+          requests.push_back(get);
         }
       }
     }
@@ -1342,12 +1459,12 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
       }
       for (;;) {
         size_t end = next;
-        for (; end < gets.size(); ++end) {
-          if (gets[end] == nullptr) continue;
-          const ucs_status_t s = ucp_request_check_status(gets[end]);
+        for (; end < requests.size(); ++end) {
+          if (requests[end] == nullptr) continue;
+          const ucs_status_t s = ucp_request_check_status(requests[end]);
           if (s == UCS_INPROGRESS) break;
-          ucp_request_free(gets[end]);
-          gets[end] = nullptr;
+          ucp_request_free(requests[end]);
+          requests[end] = nullptr;
           if (s != UCS_OK) {
             status = s;
             return true;
@@ -1355,12 +1472,12 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
         }
         if (direct) {
           next = end;
-          status = next == gets.size() ? UCS_OK : UCS_INPROGRESS;
+          status = next == requests.size() ? UCS_OK : UCS_INPROGRESS;
           return status == UCS_OK;
         }
         const uint64_t from = slices[next].staged;
         const uint64_t upto = end == next ? from : slices[end - 1].staged + slices[end - 1].len;
-        if (end < gets.size() && upto - from < kUcxSliceBytes) {
+        if (end < requests.size() && upto - from < kUcxSliceBytes) {
           status = UCS_INPROGRESS;
           return false;  // wait for a longer run, or the rest
         }
@@ -1368,7 +1485,7 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
         CopyStaged(stage.get(), segs, count, from, upto - from, true, &hint, &hint_at);
         lock.lock();
         next = end;
-        if (next == gets.size()) {
+        if (next == requests.size()) {
           status = UCS_OK;
           return true;
         }
@@ -1398,17 +1515,39 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
       // Timeout, cancel or failure: end the endpoint at once.
       CloseEndpointLocked(true);
     }
+    if (direct && status != UCS_OK) {
+      // Requests UCX has not completed yet (a forced close cancels them, but
+      // they complete only as the worker progresses) may still write or
+      // read the caller's memory: it stays in use until they did
+      // (UcxCore::lingering; DeregisterMemory waits for them).
+      UcxCore::Lingering left;
+      for (void *&r : requests) {
+        if (r != nullptr && ucp_request_check_status(r) == UCS_INPROGRESS) left.requests.push_back(r);
+        else if (r != nullptr) ucp_request_free(r);
+        r = nullptr;
+      }
+      if (flush != nullptr && ucp_request_check_status(flush) == UCS_INPROGRESS) {
+        left.requests.push_back(flush);
+        flush = nullptr;
+      }
+      if (!left.requests.empty()) {
+        for (const Slice &s : slices) left.users.push_back(s.local_region);
+        core_->lingering.push_back(std::move(left));
+        core_->lingered.fetch_add(1, std::memory_order_relaxed);
+        LOG_DEBUG("ucx: %zu operation(s) of a direct round to %s are still in UCX: their local memory stays in use "
+                  "until they end", core_->lingering.back().requests.size(), peer_name_.c_str());
+      } else {
+        for (const Slice &s : slices) --s.local_region->direct_users;
+      }
+    } else if (direct) {
+      for (const Slice &s : slices) --s.local_region->direct_users;  // every request completed
+    }
     if (flush != nullptr) ucp_request_free(flush);
-    free_gets();
+    free_requests();
     --in_flight_;
     if (in_flight_ == 0) {
       for (ucp_rkey_h stale_key : retired_) ucp_rkey_destroy(stale_key);
       retired_.clear();
-    }
-    if (direct) {
-      // Ended, or canceled with the endpoint (a NIC reaches the memory only
-      // through its registration: DeregisterMemory may unmap it now).
-      for (const Slice &s : slices) --s.local_region->direct_users;
     }
     if (status == UCS_OK) {
       posted = false;  // every operation on the chunk ended (and a READ's bytes were copied out)

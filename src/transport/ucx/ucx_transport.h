@@ -29,15 +29,23 @@
 //   - A batch is posted without waiting per descriptor and completed with one
 //     endpoint flush. Timeout or Cancel force-closes the endpoint and the next
 //     batch makes a new one.
-//   - Direct or staged. Where the endpoint's RMA lanes move data by the
-//     NIC or the kernel (rc, dc, cma, ...: UcxRmaLanesAreDirect) and every
-//     local range of a batch lies in memory this engine registered, GETs
-//     land in and PUTs leave from the caller's memory itself, with the
-//     registration's memory handle (no copy: what RDMA is for). Such a
-//     transport reaches local memory only through the registration, so no
-//     byte can land once DeregisterMemory returned (it waits for the direct
-//     rounds using the region to end; after a TIMEOUT or cancel, a late
-//     RDMA READ response may still land in the registered region itself).
+//   - Direct or staged. Where the lanes GET and PUT use (the get[N] /
+//     put[N] lines of ucp_ep_print_info) move the bytes within the call or
+//     by the NIC (posix, sysv, cma, rc, dc: UcxRmaLanesAreDirect; not UCX's
+//     tcp, and not an endpoint without RMA lanes, where GET and PUT are
+//     active messages whose replies UCX copies in by address whenever they
+//     come) and every local range of a batch lies in memory this engine
+//     registered, GETs land in and PUTs leave from the caller's memory
+//     itself, each operation with the registration's memory handle (no
+//     copy: what RDMA is for). The memory is in use until UCX completed
+//     every operation of the round (UCX touches a request's buffer until it
+//     completed, never after): a round that ended early (timeout, cancel,
+//     failure; its endpoint is force-closed, which cancels the operations
+//     as the worker progresses) leaves its unfinished requests in
+//     UcxCore::lingering, and DeregisterMemory waits for them (at most
+//     kUcxDirectDrainMs) before it unmaps. So after a TIMEOUT or cancel, a
+//     READ's bytes may still land in the registered local range until then,
+//     as with any RDMA library, and never once DeregisterMemory returned.
 //     Otherwise, UCX never sees a caller's buffer: every GET lands in, and
 //     every PUT leaves from, a staging chunk of the core (kUcxStageBytes; a
 //     batch moves in rounds of one chunk), copied to or from the caller's
@@ -103,6 +111,9 @@ constexpr size_t kUcxStageRetiredMax = 16;
 // ones arrive (measured in docs/PERFORMANCE.md, "UCX transport against UCX
 // itself").
 constexpr size_t kUcxSliceBytes = 256u << 10;
+// DeregisterMemory waits at most this long for UCX to complete the
+// operations of direct rounds on the region that ended early.
+constexpr int kUcxDirectDrainMs = 10000;
 
 class UcxCore;
 
@@ -112,11 +123,12 @@ class UcxCore;
 // names the RMA lanes' transports ("none" without any: GET and PUT are then
 // emulated with active messages).
 bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transports);
-// From the same text: whether the endpoint has RMA lanes and none of them is
-// UCX's tcp, i.e. GET and PUT are moved by a NIC or the kernel through the
-// local registration (rc, dc, ud, cma, knem, xpmem, ...), never by UCX
-// copying a reply into a buffer by address (emulated RMA). Such an endpoint
-// may move batches directly from and to registered local memory.
+// From the same text: whether the lanes GET and PUT use (get[N] / put[N]
+// lines) exist and none of them is UCX's tcp, i.e. the bytes move within the
+// call or by the NIC (posix, sysv, cma, rc, dc, ...), never by UCX copying a
+// reply into a buffer by address (emulated RMA). Such an endpoint may move
+// batches directly from and to registered local memory. False for text
+// without get/put lines (another UCX version's format: not known).
 bool UcxRmaLanesAreDirect(const std::string &ep_info);
 
 class UcxTransport : public Transport {
@@ -148,6 +160,10 @@ class UcxTransport : public Transport {
   // and through staging (tests).
   uint64_t DirectRounds() const;
   uint64_t StagedRounds() const;
+  // Direct rounds that ended before UCX completed all their operations,
+  // whose local memory stayed in use until it did (tests).
+  uint64_t LingeredRounds() const;
+  size_t LingeringNow() const;  // such rounds whose operations have not all ended yet
   // Rounds of the serving side's progress loop so far, and whether it sleeps
   // on the worker's event fd while idle (tests: an idle engine must not spin).
   uint64_t ProgressRounds() const;
@@ -201,11 +217,13 @@ class UcxLink : public TransportLink {
   bool KeyStandsLocked(ucp_rkey_h rkey, uintptr_t remote, uint64_t len, uint32_t rights) const;
   // One round of a batch: `segs` (at most kUcxStageBytes in all) through one
   // staging chunk; or, `direct`, all of a batch's segments from and to the
-  // caller's registered memory (*not_direct, with nothing moved, when the
-  // endpoint or a local range does not allow it: the caller stages instead).
+  // caller's registered memory (*not_direct when the endpoint or a local
+  // range does not allow it: nothing was posted in that attempt, and the
+  // caller stages instead). *posted: whether any UCX operation was posted
+  // (in any attempt: bytes may have moved).
   TransportResult SubmitRound(adxl::TransferOp op, const Segment *segs, size_t count, uint64_t bytes,
-                              Deadline deadline, TransferRequest *request, bool direct = false,
-                              bool *not_direct = nullptr);
+                              Deadline deadline, TransferRequest *request, bool direct, bool *not_direct,
+                              bool *posted);
   // Under auto (caps chosen_where_it_pays): a batch refused for want of a key (PARAM_INVALID) is
   // declined, for the next path to move or refuse.
   TransportResult DeclineWhereNotOurs(const TransferBatch &batch, TransportResult result) const;
