@@ -605,9 +605,10 @@ TEST(UcxKeys, ARequesterWithoutTheOwnersCapabilityGetsNoKey) {
 }
 
 // Which endpoints may move batches directly from and to registered local
-// memory: those whose RMA lanes move data through the registration (verbs,
-// also soft-RoCE) or synchronously (cma), never UCX's tcp nor emulated RMA.
-TEST(UcxDirect, OnlyLanesThatMoveDataThemselvesAreDirect) {
+// memory: those whose GET and PUT lanes run over verbs (the NIC moves the
+// bytes through the registration; also soft-RoCE), never UCX's tcp, shared
+// memory lanes or emulated RMA.
+TEST(UcxDirect, OnlyVerbsLanesAreDirect) {
   // UCX 1.13's text: the lanes, then the protocols of the lanes GET and PUT use.
   // UCX_TLS=tcp with peer error handling: no RMA lane (GET and PUT are active messages).
   const char *tcp =
@@ -617,7 +618,8 @@ TEST(UcxDirect, OnlyLanesThatMoveDataThemselvesAreDirect) {
       "#\n"
       "#                  rma_bw: mds rndv_rkey_size 9\n";
   EXPECT_FALSE(UcxRmaLanesAreDirect(tcp));
-  // UCX_TLS=sm,tcp without error handling: GET and PUT copy from / to the peer's mapped memory in the call.
+  // UCX_TLS=sm,tcp without error handling: the GET and PUT lanes are posix and sysv, which reach only
+  // memory UCX allocated; for user memory UCX emulates GET and PUT with active messages: staged.
   const char *sm =
       "#                 lane[0]:  2:sysv/memory.0 md[1]           -> md[1]/sysv/sysdev[255] am am_bw#0\n"
       "#                 lane[1]:  3:posix/memory.0 md[2]          -> md[2]/posix/sysdev[255]\n"
@@ -627,7 +629,7 @@ TEST(UcxDirect, OnlyLanesThatMoveDataThemselvesAreDirect) {
       "#                  get[0]: 0..<bcopy>..(inf)\n"
       "#                  put[1]: 0..<short>..4294967296..<bcopy>..(inf)\n"
       "#                  get[1]: 0..<bcopy>..(inf)\n";
-  EXPECT_TRUE(UcxRmaLanesAreDirect(sm));
+  EXPECT_FALSE(UcxRmaLanesAreDirect(sm));
   std::string rma;
   EXPECT_FALSE(UcxLanesHaveHardwareRma(sm, &rma));
   EXPECT_EQ(rma, "sysv/memory.0,posix/memory.0") << "the lanes GET and PUT use, not the rendezvous lane";
@@ -640,6 +642,11 @@ TEST(UcxDirect, OnlyLanesThatMoveDataThemselvesAreDirect) {
   EXPECT_TRUE(UcxRmaLanesAreDirect(rc));
   EXPECT_TRUE(UcxLanesHaveHardwareRma(rc, &rma));
   EXPECT_EQ(rma, "rc_mlx5/mlx5_0:1.0");
+  // Soft-RoCE: verbs in the kernel, through the registration too (direct, though not hardware RMA for auto).
+  const char *rxe = "lane[1]: 3:rc_verbs/rxe0:1.0 md[2] -> md[2]/ib rma_bw#0\n"
+                    "get[1]: 0..<bcopy>..16384..<zcopy>..(inf)\nput[1]: 0..<zcopy>..(inf)\n";
+  EXPECT_TRUE(UcxRmaLanesAreDirect(rxe));
+  EXPECT_FALSE(UcxLanesHaveHardwareRma(rxe, &rma));
   // A GET or PUT lane on tcp is enough to stage.
   EXPECT_FALSE(UcxRmaLanesAreDirect("lane[0]: 1:rc_mlx5/mlx5_0:1.0 md[0] -> md[0]/ib rma_bw#0\n"
                                     "lane[1]: 5:tcp/eth0.0 md[3] -> md[3]/tcp am\n"

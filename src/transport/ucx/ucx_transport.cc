@@ -698,20 +698,22 @@ bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transp
 }
 
 bool UcxRmaLanesAreDirect(const std::string &ep_info) {
-  // UCX's tcp (and an endpoint without RMA lanes: GET and PUT then go as
-  // active messages over the AM lane) completes a GET when its reply
-  // arrives, copying it into the buffer by address, at whatever time the
-  // target answers. The other transports with RMA lanes move the bytes in
-  // the call (posix, sysv, cma: a copy from or to the peer's mapped memory
-  // or process_vm_readv/writev) or by the NIC (rc, dc). Only the lanes
-  // GET and PUT use count (get[N] / put[N] lines); the rule is exact only
-  // for text that has them (UCX 1.13).
-  bool any = false, emulated = false;
+  // GET and PUT move our registrations' bytes by the NIC only over verbs
+  // (rc, dc: the NIC reads and writes through the registration). Elsewhere
+  // UCX may complete a GET by copying its reply into the buffer by address
+  // when it comes, at whatever time the target answers: over tcp, over an
+  // endpoint without RMA lanes (active messages), and over posix / sysv
+  // lanes too, which reach only memory UCX itself allocated in shared
+  // memory: for user memory mapped with ucp_mem_map the rkey does not
+  // resolve to them and UCX emulates GET and PUT with active messages. Only
+  // the lanes GET and PUT use count (get[N] / put[N] lines); text without
+  // them (another UCX's format) is not known: false.
+  bool any = false, other = false;
   const bool exact = ForEachRmaLane(ep_info, [&](const std::string &tl, const std::string &) {
     any = true;
-    emulated = emulated || tl == "tcp";
+    other = other || (tl.compare(0, 3, "rc_") != 0 && tl.compare(0, 3, "dc_") != 0);
   });
-  return exact && any && !emulated;
+  return exact && any && !other;
 }
 
 std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error) {

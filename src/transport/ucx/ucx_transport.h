@@ -30,11 +30,11 @@
 //     endpoint flush. Timeout or Cancel force-closes the endpoint and the next
 //     batch makes a new one.
 //   - Direct or staged. Where the lanes GET and PUT use (the get[N] /
-//     put[N] lines of ucp_ep_print_info) move the bytes within the call or
-//     by the NIC (posix, sysv, cma, rc, dc: UcxRmaLanesAreDirect; not UCX's
-//     tcp, and not an endpoint without RMA lanes, where GET and PUT are
-//     active messages whose replies UCX copies in by address whenever they
-//     come) and every local range of a batch lies in memory this engine
+//     put[N] lines of ucp_ep_print_info) run over verbs, where the NIC
+//     moves the bytes (rc, dc: UcxRmaLanesAreDirect; not UCX's tcp, not an
+//     endpoint without RMA lanes, not shared-memory lanes, where GET and PUT
+//     of user memory are active messages whose replies UCX copies in by
+//     address whenever they come) and every local range of a batch lies in memory this engine
 //     registered, GETs land in and PUTs leave from the caller's memory
 //     itself, each operation with the registration's memory handle (no
 //     copy: what RDMA is for). The memory is in use until UCX completed
@@ -124,9 +124,10 @@ class UcxCore;
 // emulated with active messages).
 bool UcxLanesHaveHardwareRma(const std::string &ep_info, std::string *rma_transports);
 // From the same text: whether the lanes GET and PUT use (get[N] / put[N]
-// lines) exist and none of them is UCX's tcp, i.e. the bytes move within the
-// call or by the NIC (posix, sysv, cma, rc, dc, ...), never by UCX copying a
-// reply into a buffer by address (emulated RMA). Such an endpoint may move
+// lines) exist and all run over verbs (rc_*, dc_*: InfiniBand, RoCE, also
+// soft-RoCE), where the NIC moves the bytes through the registration, never
+// UCX copying a reply into a buffer by address (emulated RMA: tcp, no RMA
+// lane, and posix / sysv lanes for user memory). Such an endpoint may move
 // batches directly from and to registered local memory. False for text
 // without get/put lines (another UCX version's format: not known).
 bool UcxRmaLanesAreDirect(const std::string &ep_info);
