@@ -766,12 +766,12 @@ TEST(UcxDirect, RegisteredLocalMemoryMovesWithoutStagingOtherMemoryIsStaged) {
   owner->DeregisterMemory(remote_region);
 }
 
-// A direct READ that times out with its GETs in flight: the caller's
-// registered memory stays in use until UCX completed them (the forced close
-// cancels them as the worker progresses); DeregisterMemory waits for that,
-// so the memory can be unmapped at once after it returned and nothing lands
-// there later (a write would crash the test).
-TEST(UcxDirect, ATimedOutDirectReadKeepsTheMemoryUntilUcxLetGoOfIt) {
+// A direct READ that times out with its GETs in flight returns only once
+// UCX completed them (the forced close cancels them as the worker
+// progresses): no byte lands in the buffer after TIMEOUT was returned, and
+// after DeregisterMemory the memory can be unmapped at once (a late write
+// would crash the test).
+TEST(UcxDirect, ATimedOutDirectReadReturnsOnlyOnceUcxLetGoOfTheBuffer) {
   // The owner's memory outlives the owner: over UCX's tcp the owner's worker
   // still sends replies to GETs of the timed-out rounds after its
   // DeregisterMemory, reading the region by address (docs/UCX.md, "Known
@@ -828,6 +828,12 @@ TEST(UcxDirect, ATimedOutDirectReadKeepsTheMemoryUntilUcxLetGoOfIt) {
       EXPECT_EQ(memcmp(mem, remote.data(), bytes), 0);
     } else if (result.status == adxl::TIMEOUT && direct->DirectRounds() > posted_before) {
       ++timed_out;  // posted, then cut short with GETs in flight
+      // Done means done (docs/API.md, "How a request ends"): no reply lands after TIMEOUT was returned.
+      memset(mem, 0x5a, bytes);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      size_t landed = 0;
+      for (size_t i = 0; i < bytes; ++i) landed += static_cast<unsigned char *>(mem)[i] != 0x5a;
+      EXPECT_EQ(landed, 0u) << "bytes written into the buffer after the READ returned TIMEOUT";
     }
     direct->DeregisterMemory(local);
     EXPECT_EQ(direct->LingeringNow(), 0u) << "DeregisterMemory returned with UCX operations on the region";

@@ -318,8 +318,8 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
     } else if (strcmp(direct, "any") == 0) {
       core->direct = Direct::kAny;
       if (say) {
-        LOG_WARN("ucx: LLMDD_UCX_DIRECT=any: batches move directly over emulated RMA too (tests and measurement "
-                 "only: a reply after a TIMEOUT can land in memory deregistered since; docs/UCX.md)");
+        LOG_WARN("ucx: LLMDD_UCX_DIRECT=any: batches move directly over emulated RMA too (for tests and "
+                 "measurement; docs/UCX.md)");
       }
     } else if (direct[0] != '\0' && strcmp(direct, "lanes") != 0 && say) {
       LOG_WARN("ucx: LLMDD_UCX_DIRECT='%s' is not lanes, never or any: ignored", direct);
@@ -1518,26 +1518,49 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
       CloseEndpointLocked(true);
     }
     if (direct && status != UCS_OK) {
-      // Requests UCX has not completed yet (a forced close cancels them, but
-      // they complete only as the worker progresses) may still write or
-      // read the caller's memory: it stays in use until they did
-      // (UcxCore::lingering; DeregisterMemory waits for them).
+      // The request is done only once nothing can write its buffers any
+      // more (docs/API.md, "How a request ends"): requests UCX has not
+      // completed may still land a reply in the caller's memory. The forced
+      // close cancels them, and they complete as the worker progresses:
+      // wait for that, within kUcxDirectCancelGraceMs. Any left after it
+      // keep the memory in use (UcxCore::lingering; DeregisterMemory waits
+      // for them) and are logged: the guarantee then rests on the caller
+      // keeping the registration.
       UcxCore::Lingering left;
-      for (void *&r : requests) {
-        if (r != nullptr && ucp_request_check_status(r) == UCS_INPROGRESS) left.requests.push_back(r);
-        else if (r != nullptr) ucp_request_free(r);
-        r = nullptr;
-      }
-      if (flush != nullptr && ucp_request_check_status(flush) == UCS_INPROGRESS) {
-        left.requests.push_back(flush);
+      if (flush != nullptr) {
+        requests.push_back(flush);
         flush = nullptr;
+      }
+      const auto grace = Clock::now() + std::chrono::milliseconds(kUcxDirectCancelGraceMs);
+      for (;;) {
+        bool pending = false;
+        for (void *&r : requests) {
+          if (r == nullptr) continue;
+          if (ucp_request_check_status(r) == UCS_INPROGRESS) {
+            pending = true;
+          } else {
+            ucp_request_free(r);
+            r = nullptr;
+          }
+        }
+        if (!pending || Clock::now() >= grace) break;
+        if (core_->ProgressLocked() == 0) {
+          lock.unlock();
+          std::this_thread::sleep_for(std::chrono::microseconds(50));
+          lock.lock();
+        }
+      }
+      for (void *&r : requests) {
+        if (r != nullptr) left.requests.push_back(r);
+        r = nullptr;
       }
       if (!left.requests.empty()) {
         for (const Slice &s : slices) left.users.push_back(s.local_region);
         core_->lingering.push_back(std::move(left));
         core_->lingered.fetch_add(1, std::memory_order_relaxed);
-        LOG_DEBUG("ucx: %zu operation(s) of a direct round to %s are still in UCX: their local memory stays in use "
-                  "until they end", core_->lingering.back().requests.size(), peer_name_.c_str());
+        LOG_WARN("ucx: %zu operation(s) of a direct transfer to %s did not end within %d ms of its cancel: its local "
+                 "memory may still be written until they do (DeregisterMem waits for them)",
+                 core_->lingering.back().requests.size(), peer_name_.c_str(), kUcxDirectCancelGraceMs);
       } else {
         for (const Slice &s : slices) --s.local_region->direct_users;
       }

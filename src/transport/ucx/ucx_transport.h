@@ -37,15 +37,16 @@
 //     address whenever they come) and every local range of a batch lies in memory this engine
 //     registered, GETs land in and PUTs leave from the caller's memory
 //     itself, each operation with the registration's memory handle (no
-//     copy: what RDMA is for). The memory is in use until UCX completed
-//     every operation of the round (UCX touches a request's buffer until it
-//     completed, never after): a round that ended early (timeout, cancel,
-//     failure; its endpoint is force-closed, which cancels the operations
-//     as the worker progresses) leaves its unfinished requests in
-//     UcxCore::lingering, and DeregisterMemory waits for them (at most
-//     kUcxDirectDrainMs) before it unmaps. So after a TIMEOUT or cancel, a
-//     READ's bytes may still land in the registered local range until then,
-//     as with any RDMA library, and never once DeregisterMemory returned.
+//     copy: what RDMA is for). A round returns only once UCX completed
+//     every operation of it (UCX touches a request's buffer until it
+//     completed, never after), so the request's guarantee holds (no byte of
+//     its buffers written once it is done: docs/API.md): a round that ended
+//     early (timeout, cancel, failure) force-closes its endpoint, which
+//     cancels the operations as the worker progresses, and waits for that
+//     (kUcxDirectCancelGraceMs). Operations still not ended then (logged)
+//     stay in UcxCore::lingering, keeping the memory in use, and
+//     DeregisterMemory waits for them (at most kUcxDirectDrainMs) before it
+//     unmaps.
 //     Otherwise, UCX never sees a caller's buffer: every GET lands in, and
 //     every PUT leaves from, a staging chunk of the core (kUcxStageBytes; a
 //     batch moves in rounds of one chunk), copied to or from the caller's
@@ -111,8 +112,11 @@ constexpr size_t kUcxStageRetiredMax = 16;
 // ones arrive (measured in docs/PERFORMANCE.md, "UCX transport against UCX
 // itself").
 constexpr size_t kUcxSliceBytes = 256u << 10;
-// DeregisterMemory waits at most this long for UCX to complete the
-// operations of direct rounds on the region that ended early.
+// A direct round that ended early (timeout, cancel, failure) waits at most
+// this long, after its endpoint's forced close, for UCX to complete its
+// operations before it returns; DeregisterMemory at most kUcxDirectDrainMs
+// for those that still did not.
+constexpr int kUcxDirectCancelGraceMs = 1000;
 constexpr int kUcxDirectDrainMs = 10000;
 
 class UcxCore;
