@@ -766,84 +766,124 @@ TEST(UcxDirect, RegisteredLocalMemoryMovesWithoutStagingOtherMemoryIsStaged) {
   owner->DeregisterMemory(remote_region);
 }
 
-// A direct READ that times out with its GETs in flight returns only once
-// UCX completed them (the forced close cancels them as the worker
-// progresses): no byte lands in the buffer after TIMEOUT was returned, and
-// after DeregisterMemory the memory can be unmapped at once (a late write
-// would crash the test).
-TEST(UcxDirect, ATimedOutDirectReadReturnsOnlyOnceUcxLetGoOfTheBuffer) {
+// Direct READs of 64 MiB (256 GETs of 256 KiB over UCX's tcp, the direct
+// path forced) cut short by their deadline, each into freshly mapped and
+// registered memory, then DeregisterMemory and munmap at once: a reply
+// landing after that crashes the test. `grace_ms`: how long a round that
+// ended early waits for UCX's cancel; with the default, no byte lands after
+// TIMEOUT was returned either (checked); with 0 the unfinished operations
+// linger and DeregisterMemory must wait for them. Returns the rounds cut
+// short after their GETs were posted; *lingered: rounds whose operations
+// outlived the wait.
+int CutShortDirectReads(int grace_ms, uint64_t *lingered) {
   // The owner's memory outlives the owner: over UCX's tcp the owner's worker
-  // still sends replies to GETs of the timed-out rounds after its
+  // still sends replies to GETs of cut-short READs after its
   // DeregisterMemory, reading the region by address (docs/UCX.md, "Known
   // UCX 1.13 limitations").
   const size_t bytes = 64u << 20;
   std::vector<char> remote(bytes, 'r');
+  *lingered = 0;
   std::string error;
-  setenv("LLMDD_UCX_DIRECT", "any", 1);
+  setenv("LLMDD_UCX_DIRECT", "any", 1);  // before any UCX thread of this test runs
   std::shared_ptr<UcxTransport> direct = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
   unsetenv("LLMDD_UCX_DIRECT");
-  ASSERT_NE(direct, nullptr) << error;
+  EXPECT_NE(direct, nullptr) << error;
   std::shared_ptr<UcxTransport> owner = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
-  ASSERT_NE(owner, nullptr) << error;
+  EXPECT_NE(owner, nullptr) << error;
+  if (direct == nullptr || owner == nullptr) return 0;
+  UcxTransport::SetDirectCancelGraceForTests(grace_ms);
   TransportRegion remote_region;
   remote_region.addr = reinterpret_cast<uintptr_t>(remote.data());
   remote_region.len = bytes;
   remote_region.access = kAccessRead;
   std::string key;
-  ASSERT_EQ(owner->RegisterMemory(remote_region, &key, &error), adxl::SUCCESS) << error;
+  EXPECT_EQ(owner->RegisterMemory(remote_region, &key, &error), adxl::SUCCESS) << error;
   TransportPeer peer;
   peer.peer_name = "owner";
   peer.metadata = owner->LocalMetadata();
   std::shared_ptr<TransportLink> link = direct->Connect(peer, Deadline::AfterMs(1000), &error);
-  ASSERT_NE(link, nullptr) << error;
-  int timed_out = 0;
-  int64_t whole_ms = 0;
-  for (int round = 0; round < 5; ++round) {
-    void *mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    ASSERT_NE(mem, MAP_FAILED);
-    TransportRegion local;
-    local.addr = reinterpret_cast<uintptr_t>(mem);
-    local.len = bytes;
-    local.access = kAccessRead | kAccessWrite;
-    ASSERT_EQ(direct->RegisterMemory(local, &key, &error), adxl::SUCCESS) << error;
-    // 64 MiB as 256 GETs of 256 KiB: posted in far less time than they take over UCX's tcp.
+  EXPECT_NE(link, nullptr) << error;
+  if (link == nullptr) return 0;
+  auto read = [&](uintptr_t local, uint64_t len, int64_t deadline_ms) {
     std::vector<Segment> segs;
-    for (size_t off = 0; off < bytes; off += kUcxSliceBytes) {
-      segs.push_back({local.addr + off, remote_region.addr + off, kUcxSliceBytes});
+    for (uint64_t off = 0; off < len; off += kUcxSliceBytes) {
+      segs.push_back({local + off, remote_region.addr + off, std::min<uint64_t>(kUcxSliceBytes, len - off)});
     }
     TransferBatch batch;
     batch.op = adxl::READ;
     batch.segs = segs.data();
     batch.count = segs.size();
-    batch.total_bytes = bytes;
-    // The first READ whole (the key, the endpoint, and how long 64 MiB take
-    // on this machine now); the later ones cut short at a quarter of that.
-    batch.deadline = Deadline::AfterMs(round == 0 ? 10000 : std::max<int64_t>(2, whole_ms / 4));
-    const uint64_t posted_before = direct->DirectRounds();
-    const auto t0 = Clock::now();
-    TransportResult result = link->Submit(batch);
-    if (round == 0) whole_ms = MsSince(t0);
-    if (round == 0) {
-      ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
+    batch.total_bytes = len;
+    batch.deadline = Deadline::AfterMs(deadline_ms);
+    return link->Submit(batch);
+  };
+  int cut_short = 0;
+  int64_t whole_ms = 0;
+  for (int round = 0; round < 20 && cut_short < 2; ++round) {
+    void *mem = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    EXPECT_NE(mem, MAP_FAILED);
+    if (mem == MAP_FAILED) break;
+    TransportRegion local;
+    local.addr = reinterpret_cast<uintptr_t>(mem);
+    local.len = bytes;
+    local.access = kAccessRead | kAccessWrite;
+    EXPECT_EQ(direct->RegisterMemory(local, &key, &error), adxl::SUCCESS) << error;
+    // An endpoint and a fresh key lease first, so that the READ below starts posting at once.
+    TransportResult result = read(local.addr, 4096, 5000);
+    EXPECT_EQ(result.status, adxl::SUCCESS) << result.error;
+    if (round < 2) {
+      // Whole READs: how long 64 MiB take on this machine now (the second: no set-up in it).
+      const auto t0 = Clock::now();
+      result = read(local.addr, bytes, 20000);
+      whole_ms = MsSince(t0);
+      EXPECT_EQ(result.status, adxl::SUCCESS) << result.error;
       EXPECT_EQ(memcmp(mem, remote.data(), bytes), 0);
-    } else if (result.status == adxl::TIMEOUT && direct->DirectRounds() > posted_before) {
-      ++timed_out;  // posted, then cut short with GETs in flight
-      // Done means done (docs/API.md, "How a request ends"): no reply lands after TIMEOUT was returned.
-      memset(mem, 0x5a, bytes);
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      size_t landed = 0;
-      for (size_t i = 0; i < bytes; ++i) landed += static_cast<unsigned char *>(mem)[i] != 0x5a;
-      EXPECT_EQ(landed, 0u) << "bytes written into the buffer after the READ returned TIMEOUT";
+    } else {
+      const uint64_t posted_before = direct->DirectRounds();
+      result = read(local.addr, bytes, std::max<int64_t>(2, whole_ms / 4));
+      if (result.status == adxl::TIMEOUT && direct->DirectRounds() > posted_before) {
+        ++cut_short;
+        if (grace_ms > 0) {
+          // Done means done (docs/API.md, "How a request ends"): nothing lands after TIMEOUT was returned.
+          memset(mem, 0x5a, bytes);
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          size_t landed = 0;
+          for (size_t i = 0; i < bytes; ++i) landed += static_cast<unsigned char *>(mem)[i] != 0x5a;
+          EXPECT_EQ(landed, 0u) << "bytes written into the buffer after the READ returned TIMEOUT";
+        }
+      }
     }
     direct->DeregisterMemory(local);
     EXPECT_EQ(direct->LingeringNow(), 0u) << "DeregisterMemory returned with UCX operations on the region";
-    ASSERT_EQ(munmap(mem, bytes), 0);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // late replies, if any, arrive now
+    EXPECT_EQ(munmap(mem, bytes), 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // late replies, if any, would arrive now
   }
-  EXPECT_GE(timed_out, 1) << "no direct READ was cut short after posting: the test did not test it";
-  RecordProperty("lingered_rounds", static_cast<int>(direct->LingeredRounds()));
+  UcxTransport::SetDirectCancelGraceForTests(kUcxDirectCancelGraceMs);
+  *lingered = direct->LingeredRounds();
   link->Shutdown();
   owner->DeregisterMemory(remote_region);
+  return cut_short;
+}
+
+// A direct READ that ends TIMEOUT with its GETs in flight returns only once
+// UCX completed them (its forced close cancels them as the worker
+// progresses): no byte lands in the buffer after TIMEOUT was returned
+// (fails without that wait), and none after DeregisterMemory and munmap.
+TEST(UcxDirect, ATimedOutDirectReadReturnsOnlyOnceUcxLetGoOfTheBuffer) {
+  uint64_t lingered = 0;
+  EXPECT_GE(CutShortDirectReads(kUcxDirectCancelGraceMs, &lingered), 1)
+      << "no direct READ was cut short after posting: the test did not test it";
+}
+
+// The same without the wait: the cut-short rounds leave their unfinished
+// operations to the core (lingering), and DeregisterMemory waits until UCX
+// completed them before it unmaps; the memory is unmapped right after, so a
+// late reply crashes the test (5 of 5 runs when the operations were freed
+// instead).
+TEST(UcxDirect, OperationsLeftToUcxKeepTheirMemoryUntilTheyEnd) {
+  uint64_t lingered = 0;
+  EXPECT_GE(CutShortDirectReads(0, &lingered), 1) << "no direct READ was cut short after posting: the test did not test it";
+  EXPECT_GE(lingered, 1u) << "no operation was left to UCX: the test did not test it";
 }
 
 // UCX's own error lines (a peer's socket going away: "tcp_ep ... recv

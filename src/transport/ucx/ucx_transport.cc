@@ -10,6 +10,7 @@
 #include <new>
 
 #include <dirent.h>
+#include <strings.h>
 #include <poll.h>
 
 #include <ucs/debug/log_def.h>
@@ -50,6 +51,9 @@ struct KeyReplyHead {
   uint32_t access;
   uint32_t rkey_len;
 };
+
+// kUcxDirectCancelGraceMs, unless a test changed it.
+std::atomic<int> direct_cancel_grace_ms{kUcxDirectCancelGraceMs};
 
 bool Covers(uintptr_t addr, uint64_t len, uintptr_t at, uint64_t n) {
   return at >= addr && n <= len && at - addr <= len - n;
@@ -122,6 +126,7 @@ class UcxCore {
     Clock::time_point leased_until{};
     bool retired = false;  // being deregistered: no key is granted any more
     int direct_users = 0;  // slices of direct rounds using it as their local memory
+    bool abandoned = false;  // DeregisterMemory gave up waiting: unmapped once direct_users reaches 0
   };
   // Which batches move directly from and to registered local memory
   // (ucx_transport.h): by the endpoint's lanes (the default), never, or also
@@ -152,6 +157,20 @@ class UcxCore {
       if (!entry->retired && Covers(entry->addr, entry->len, addr, len)) return entry.get();
     }
     return nullptr;
+  }
+
+  // Under mutex: whether [addr, addr + len) lies in registrations (not being
+  // deregistered), one or several adjacent ones.
+  bool LocalCoveredLocked(uintptr_t addr, uint64_t len) const {
+    Served *region = nullptr;
+    while (len > 0) {
+      region = FindLocalLocked(addr, 1, region);
+      if (region == nullptr) return false;
+      const uint64_t n = std::min<uint64_t>(len, region->addr + region->len - addr);
+      addr += n;
+      len -= n;
+    }
+    return true;
   }
 
   // Under mutex: progresses until the worker has nothing more to do (bounded).
@@ -207,8 +226,20 @@ class UcxCore {
         ++i;
         continue;
       }
-      for (Served *user : lingering[i].users) --user->direct_users;
+      std::vector<Served *> users = std::move(lingering[i].users);
       lingering.erase(lingering.begin() + static_cast<std::ptrdiff_t>(i));
+      for (Served *user : users) {
+        if (--user->direct_users == 0 && user->abandoned) ForgetLocked(user);
+      }
+    }
+  }
+  // Under mutex: unmaps a registration no direct round uses and drops it.
+  void ForgetLocked(Served *region) {
+    for (auto it = served.begin(); it != served.end(); ++it) {
+      if (it->get() != region) continue;
+      ucp_mem_unmap(context, region->memh);
+      served.erase(it);
+      return;
     }
   }
   // The worker's event fd (UCP_FEATURE_WAKEUP), or -1 when UCX gave none:
@@ -407,12 +438,14 @@ UcxCore::~UcxCore() {
     }
   }
   lingering.clear();
+  // The worker first: its operations end with it, then the registrations
+  // they may have used go.
+  if (worker != nullptr) ucp_worker_destroy(worker);
   by_addr.clear();
   for (auto &region : served) {
     if (region->memh != nullptr) ucp_mem_unmap(context, region->memh);
   }
   served.clear();
-  if (worker != nullptr) ucp_worker_destroy(worker);
   if (context != nullptr) ucp_cleanup(context);
   // The staging chunks (retired ones included) go with the members, after
   // the worker: no UCX operation can touch them any more.
@@ -663,11 +696,16 @@ bool ForEachRmaLane(const std::string &ep_info, Fn fn) {
     }
   }
   if (!rma.empty()) {
+    bool resolved = true;
     for (int index : rma) {
       auto found = lanes.find(index);
-      if (found != lanes.end()) fn(found->second.tl, found->second.device);
+      if (found != lanes.end()) {
+        fn(found->second.tl, found->second.device);
+      } else {
+        resolved = false;  // a lane the text names but does not list: not understood
+      }
     }
-    return true;
+    return resolved;
   }
   for (const auto &entry : lanes) {
     if (entry.second.rma_role) fn(entry.second.tl, entry.second.device);
@@ -708,6 +746,13 @@ bool UcxRmaLanesAreDirect(const std::string &ep_info) {
   // resolve to them and UCX emulates GET and PUT with active messages. Only
   // the lanes GET and PUT use count (get[N] / put[N] lines); text without
   // them (another UCX's format) is not known: false.
+  // UCX_PROTO_ENABLE=y (UCX 1.13-1.15): RMA runs on the new protocols,
+  // whose lanes the get/put lines do not describe.
+  if (const char *proto = std::getenv("UCX_PROTO_ENABLE")) {
+    if (strcasecmp(proto, "y") == 0 || strcasecmp(proto, "yes") == 0 || strcasecmp(proto, "on") == 0 ||
+        strcmp(proto, "1") == 0)
+      return false;
+  }
   bool any = false, other = false;
   const bool exact = ForEachRmaLane(ep_info, [&](const std::string &tl, const std::string &) {
     any = true;
@@ -742,6 +787,8 @@ uint64_t UcxTransport::DirectRounds() const { return core_->direct_rounds.load()
 uint64_t UcxTransport::StagedRounds() const { return core_->staged_rounds.load(); }
 
 uint64_t UcxTransport::LingeredRounds() const { return core_->lingered.load(); }
+
+void UcxTransport::SetDirectCancelGraceForTests(int ms) { direct_cancel_grace_ms.store(ms); }
 
 size_t UcxTransport::LingeringNow() const {
   std::lock_guard<std::mutex> lock(core_->mutex);
@@ -844,8 +891,9 @@ void UcxTransport::DeregisterMemory(const TransportRegion &region) {
     core_->ReapLingeringLocked();
     if (target->direct_users == 0) break;
     if (Clock::now() >= give_up) {
-      LOG_ERROR("ucx: DeregisterMem of [0x%" PRIxPTR ", +%" PRIu64 "): %d UCX operation(s) on it did not end within "
-                "%d ms; the region stays mapped until the engine finalizes (UCX may still write it)",
+      target->abandoned = true;  // unmapped when UCX let go of it (ReapLingeringLocked)
+      LOG_ERROR("ucx: DeregisterMem of [0x%" PRIxPTR ", +%" PRIu64 "): UCX operations of %d direct slice(s) on it "
+                "did not end within %d ms; the region stays mapped until they do (UCX may still write it)",
                 region.addr, region.len, target->direct_users, kUcxDirectDrainMs);
       return;
     }
@@ -853,12 +901,7 @@ void UcxTransport::DeregisterMemory(const TransportRegion &region) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     lock.lock();
   }
-  for (auto it = core_->served.begin(); it != core_->served.end(); ++it) {
-    if (it->get() != target) continue;
-    ucp_mem_unmap(core_->context, target->memh);
-    core_->served.erase(it);
-    break;
-  }
+  core_->ForgetLocked(target);
 }
 
 std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, Deadline deadline,
@@ -1304,6 +1347,17 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
       }
     }
   } guard{core_.get(), &stage, &posted};
+  if (direct) {
+    // Cheap refusals first, before asking for keys: an endpoint known not
+    // to be direct, local memory outside this engine's registrations.
+    std::lock_guard<std::mutex> lock(core_->mutex);
+    bool fits = ep_ == nullptr || ep_direct_;
+    for (size_t k = 0; k < count && fits; ++k) fits = core_->LocalCoveredLocked(segs[k].local, segs[k].len);
+    if (!fits) {
+      *not_direct = true;
+      return result;
+    }
+  }
   const uint32_t rights = op == adxl::READ ? kAccessRead : kAccessWrite;
   // Each segment as pieces within one remote registration each (a segment
   // may run across adjacent ones), with the key of that registration; a
@@ -1415,6 +1469,17 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
     size_t hint = 0;
     uint64_t hint_at = 0;
     for (size_t i = 0; i < slices.size() && failed == UCS_OK; ++i) {
+      if (i > 0 && i % kUcxPostGroup == 0) {
+        // Let the serving side and other batches at the worker between
+        // groups; another batch's timeout may have closed the endpoint
+        // meanwhile (then this round ends as canceled: closed_by_other).
+        lock.unlock();
+        lock.lock();
+        if (ep_ == nullptr || ep_generation_ != generation) {
+          failed = UCS_ERR_CANCELED;
+          break;
+        }
+      }
       const Slice &s = slices[i];
       void *local = direct ? reinterpret_cast<void *>(s.local) : stage.get() + s.staged;
       if (direct) {
@@ -1531,7 +1596,8 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
         requests.push_back(flush);
         flush = nullptr;
       }
-      const auto grace = Clock::now() + std::chrono::milliseconds(kUcxDirectCancelGraceMs);
+      const int grace_ms = direct_cancel_grace_ms.load(std::memory_order_relaxed);
+      const auto grace = Clock::now() + std::chrono::milliseconds(grace_ms);
       for (;;) {
         bool pending = false;
         for (void *&r : requests) {
@@ -1560,7 +1626,7 @@ TransportResult UcxLink::SubmitRound(adxl::TransferOp op, const Segment *segs, s
         core_->lingered.fetch_add(1, std::memory_order_relaxed);
         LOG_WARN("ucx: %zu operation(s) of a direct transfer to %s did not end within %d ms of its cancel: its local "
                  "memory may still be written until they do (DeregisterMem waits for them)",
-                 core_->lingering.back().requests.size(), peer_name_.c_str(), kUcxDirectCancelGraceMs);
+                 core_->lingering.back().requests.size(), peer_name_.c_str(), grace_ms);
       } else {
         for (const Slice &s : slices) --s.local_region->direct_users;
       }

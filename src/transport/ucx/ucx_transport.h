@@ -46,8 +46,11 @@
 //     (kUcxDirectCancelGraceMs). Operations still not ended then (logged)
 //     stay in UcxCore::lingering, keeping the memory in use, and
 //     DeregisterMemory waits for them (at most kUcxDirectDrainMs) before it
-//     unmaps.
-//     Otherwise, UCX never sees a caller's buffer: every GET lands in, and
+//     unmaps. Emulated lanes stay staged by default although the wait would
+//     cover them: a canceled batch would wait on the target's CPU rather
+//     than a NIC's flush, for a few percent (docs/UCX.md).
+//     Otherwise (and for local memory not registered, which a canceled
+//     batch must leave at once), UCX never sees a caller's buffer: every GET lands in, and
 //     every PUT leaves from, a staging chunk of the core (kUcxStageBytes; a
 //     batch moves in rounds of one chunk), copied to or from the caller's
 //     memory by the requester. Why: UCX 1.13 over its TCP transport (RMA
@@ -117,6 +120,9 @@ constexpr size_t kUcxSliceBytes = 256u << 10;
 // operations before it returns; DeregisterMemory at most kUcxDirectDrainMs
 // for those that still did not.
 constexpr int kUcxDirectCancelGraceMs = 1000;
+// A round posts its operations in groups of this many, letting go of the
+// worker's mutex between groups (the serving side progresses meanwhile).
+constexpr size_t kUcxPostGroup = 1024;
 constexpr int kUcxDirectDrainMs = 10000;
 
 class UcxCore;
@@ -169,6 +175,9 @@ class UcxTransport : public Transport {
   // whose local memory stayed in use until it did (tests).
   uint64_t LingeredRounds() const;
   size_t LingeringNow() const;  // such rounds whose operations have not all ended yet
+  // Tests: how long a direct round that ended early waits for UCX
+  // (kUcxDirectCancelGraceMs); 0 leaves every unfinished operation lingering.
+  static void SetDirectCancelGraceForTests(int ms);
   // Rounds of the serving side's progress loop so far, and whether it sleeps
   // on the worker's event fd while idle (tests: an idle engine must not spin).
   uint64_t ProgressRounds() const;
