@@ -933,6 +933,15 @@ TEST(UcxUnderAuto, OnlyHardwareRmaLanesCount) {
       &rma));
   EXPECT_EQ(rma, "rc_mlx5/mlx5_0:1.0");
   EXPECT_TRUE(UcxLanesHaveHardwareRma("lane[3]: 2:dc_mlx5/mlx5_1:1.0 md[1] -> md[1]/ib rma#0\n", &rma));
+  // UCX 1.13 names the lanes GET and PUT use (get[N] / put[N]); they decide, not the rendezvous lane. On an
+  // InfiniBand host a same-host peer may get rc over the port's loopback for GET/PUT and cma for rendezvous:
+  // hardware RMA, so under auto it gets a UCX link, ranked after the same-host path (which keeps what it takes).
+  EXPECT_TRUE(UcxLanesHaveHardwareRma("#   lane[0]:  1:rc_mlx5/mlx5_0:1.0 md[0] -> md[0]/ib/sysdev[255] am am_bw#0 wireup\n"
+                                      "#   lane[1]:  4:cma/memory.0 md[3] -> md[3]/cma/sysdev[255] rma_bw#0\n"
+                                      "#    put[0]: 0..<short>..92..<bcopy>..8256..<zcopy>..(inf)\n"
+                                      "#    get[0]: 0..<bcopy>..8256..<zcopy>..(inf)\n",
+                                      &rma));
+  EXPECT_EQ(rma, "rc_mlx5/mlx5_0:1.0");
   // Soft-RoCE (rxe) runs verbs in the kernel: not faster than its TCP.
   EXPECT_FALSE(UcxLanesHaveHardwareRma("lane[1]: 3:rc_verbs/rxe0:1.0 md[2] -> md[2]/ib rma_bw#0\n", &rma));
   EXPECT_FALSE(UcxLanesHaveHardwareRma("", &rma));
