@@ -657,6 +657,16 @@ TEST(UcxDirect, OnlyVerbsLanesAreDirect) {
   EXPECT_FALSE(UcxRmaLanesAreDirect(""));
 }
 
+// A forced UCX transport that moves batches directly over every lane
+// (LLMDD_UCX_DIRECT=any: UCX_TLS=tcp has no direct lanes). Create it before
+// any other UCX transport of the test: the variable is read at creation.
+std::shared_ptr<UcxTransport> CreateDirectOnAnyLane(std::string *error) {
+  setenv("LLMDD_UCX_DIRECT", "any", 1);
+  std::shared_ptr<UcxTransport> direct = UcxTransport::Create(UcxTransport::Mode::kForced, error);
+  unsetenv("LLMDD_UCX_DIRECT");
+  return direct;
+}
+
 // A batch whose local ranges all lie in memory the requester registered
 // moves without staging where the endpoint allows it (LLMDD_UCX_DIRECT=any
 // here: UCX_TLS=tcp has no direct lanes), bytes landing where each
@@ -665,9 +675,7 @@ TEST(UcxDirect, OnlyVerbsLanesAreDirect) {
 // stages everything.
 TEST(UcxDirect, RegisteredLocalMemoryMovesWithoutStagingOtherMemoryIsStaged) {
   std::string error;
-  setenv("LLMDD_UCX_DIRECT", "any", 1);  // before any UCX thread of this test runs
-  std::shared_ptr<UcxTransport> direct = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
-  unsetenv("LLMDD_UCX_DIRECT");
+  std::shared_ptr<UcxTransport> direct = CreateDirectOnAnyLane(&error);
   ASSERT_NE(direct, nullptr) << error;
   std::shared_ptr<UcxTransport> owner = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
   ASSERT_NE(owner, nullptr) << error;
@@ -784,9 +792,7 @@ int CutShortDirectReads(int grace_ms, uint64_t *lingered) {
   std::vector<char> remote(bytes, 'r');
   *lingered = 0;
   std::string error;
-  setenv("LLMDD_UCX_DIRECT", "any", 1);  // before any UCX thread of this test runs
-  std::shared_ptr<UcxTransport> direct = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
-  unsetenv("LLMDD_UCX_DIRECT");
+  std::shared_ptr<UcxTransport> direct = CreateDirectOnAnyLane(&error);
   EXPECT_NE(direct, nullptr) << error;
   std::shared_ptr<UcxTransport> owner = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
   EXPECT_NE(owner, nullptr) << error;
