@@ -284,6 +284,7 @@ struct Options {
   uint64_t max_call_bytes = 64 * kMiB;
   int connections = 0;  // llmdd.TcpConnections; 0: library default
   int workers = 0;      // llmdd.WorkerThreads; 0: library default
+  int ucx_workers = 0;  // llmdd.UcxWorkers; 0: library default
   int busy_poll_us = -1;  // llmdd.BusyPollUs; -1: library default
   uint64_t same_host_min_part = 0;  // llmdd.SameHostMinPartBytes of the measuring engine; 0: library default
   int timeout_ms = 30000;
@@ -404,6 +405,7 @@ void Usage(FILE *out) {
           "                       default --kv-blocks stops there (default 64M, quick 16M)\n"
           "  --connections N      llmdd.TcpConnections (default: library default)\n"
           "  --workers N          llmdd.WorkerThreads (default: library default)\n"
+          "  --ucx-workers N      llmdd.UcxWorkers, both sides (default: library default)\n"
           "  --busy-poll-us N     llmdd.BusyPollUs, both sides (default: library default; 0 = block at once)\n"
           "  --same-host-min-part N  llmdd.SameHostMinPartBytes of the measuring engine (it splits): same-host\n"
           "                       transfers split into parts of at least N, one per core (default: library\n"
@@ -503,7 +505,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   static const std::set<std::string> kValued = {
       "--transport",   "--sizes",       "--batches",      "--threads",      "--points",      "--ops",
       "--layout",      "--time",        "--warmup",       "--min-iters",    "--max-iters",   "--max-call-bytes",
-      "--connections", "--workers", "--busy-poll-us",     "--timeout-ms",   "--json-out",     "--plot",        "--tag",
+      "--connections", "--workers", "--ucx-workers", "--busy-poll-us",     "--timeout-ms",   "--json-out",     "--plot",        "--tag",
       "--layers",      "--blocks",      "--block-bytes",  "--block-tokens", "--heads",       "--head-dim",
       "--kv-blocks",   "--kv-pattern",  "--pool",         "--pp-modes",     "--sections",    "--plan-blocks",
       "--submit-descs", "--reg-regions", "--peers",    "--per-process",  "--parallel",    "--frozen",
@@ -659,6 +661,7 @@ int ParseArgs(int argc, char **argv, Options *opt) {
   size_of("--max-call-bytes", &opt->max_call_bytes, 1, 8 * kGiB);
   int_of("--connections", &opt->connections, 1, 64);
   int_of("--workers", &opt->workers, 1, 256);
+  int_of("--ucx-workers", &opt->ucx_workers, 1, 8);
   int_of("--busy-poll-us", &opt->busy_poll_us, 0, 10000);
   size_of("--same-host-min-part", &opt->same_host_min_part, 64 * kKiB, 1024 * kGiB);
   int_of("--timeout-ms", &opt->timeout_ms, 1, 3600000);
@@ -971,6 +974,7 @@ class Reporter {
         opt_.mode == "mixed" || opt_.mode == "async") {
       r->Int("connections", opt_.connections);  // llmdd.TcpConnections; 0 = library default
       r->Int("workers", opt_.workers);          // llmdd.WorkerThreads; 0 = library default
+      r->Int("ucx_workers", opt_.ucx_workers);  // llmdd.UcxWorkers; 0 = library default
       r->Int("busy_poll_us", opt_.busy_poll_us);  // llmdd.BusyPollUs; -1 = library default
       // llmdd.SameHostMinPartBytes; 0 = library default
       r->Int("same_host_min_part", static_cast<int64_t>(opt_.same_host_min_part));
@@ -1300,6 +1304,7 @@ std::map<AscendString, AscendString> ExtOptions(const Options &opt, const std::s
   o["llmdd.Transport"] = transport.c_str();
   if (opt.connections > 0) o["llmdd.TcpConnections"] = std::to_string(opt.connections).c_str();
   if (opt.workers > 0) o["llmdd.WorkerThreads"] = std::to_string(opt.workers).c_str();
+  if (opt.ucx_workers > 0) o["llmdd.UcxWorkers"] = std::to_string(opt.ucx_workers).c_str();
   if (opt.busy_poll_us >= 0) o["llmdd.BusyPollUs"] = std::to_string(opt.busy_poll_us).c_str();
   if (opt.same_host_min_part > 0) {
     o["llmdd.SameHostMinPartBytes"] = std::to_string(opt.same_host_min_part).c_str();
@@ -1312,6 +1317,7 @@ std::vector<std::string> PeerCommonArgs(const Options &opt, const std::string &t
   std::vector<std::string> a = {"--transport", transport};
   if (opt.connections > 0) a.insert(a.end(), {"--connections", std::to_string(opt.connections)});
   if (opt.workers > 0) a.insert(a.end(), {"--workers", std::to_string(opt.workers)});
+  if (opt.ucx_workers > 0) a.insert(a.end(), {"--ucx-workers", std::to_string(opt.ucx_workers)});
   if (opt.busy_poll_us >= 0) a.insert(a.end(), {"--busy-poll-us", std::to_string(opt.busy_poll_us)});
   if (opt.peer_timeout_ms > 0) a.insert(a.end(), {"--peer-timeout-ms", std::to_string(opt.peer_timeout_ms)});
   if (!opt.hugepages) a.push_back("--no-hugepages");
@@ -1516,6 +1522,7 @@ struct ServeOptions {
   std::string transport = "auto";
   int connections = 0;
   int workers = 0;
+  int ucx_workers = 0;
   int busy_poll_us = -1;
   bool hugepages = true;
   uint64_t bytes = 0;
@@ -1540,6 +1547,7 @@ int ServeEngine(const ServeOptions &so) {
   Options fake;
   fake.connections = so.connections;
   fake.workers = so.workers;
+  fake.ucx_workers = so.ucx_workers;
   fake.busy_poll_us = so.busy_poll_us;
   Buffer buf;
   if (!buf.Allocate(so.bytes, so.hugepages, false, 0)) return ServeFail("cannot allocate the buffer");
@@ -1639,6 +1647,7 @@ int ServeKv(const ServeOptions &so) {
   Options fake;
   fake.connections = so.connections;
   fake.workers = so.workers;
+  fake.ucx_workers = so.ucx_workers;
   fake.busy_poll_us = so.busy_poll_us;
   std::unique_ptr<llm_datadist::LlmDataDist> dd;
   int port = -1;
@@ -1825,6 +1834,7 @@ Options ServeEngineOptions(const ServeOptions &so) {
   Options o;
   o.connections = so.connections;
   o.workers = so.workers;
+  o.ucx_workers = so.ucx_workers;
   o.busy_poll_us = so.busy_poll_us;
   o.peer_timeout_ms = so.peer_timeout_ms;
   return o;
@@ -2066,6 +2076,8 @@ int ServeMain(int argc, char **argv) {
       so.connections = atoi(next().c_str());
     } else if (a == "--workers") {
       so.workers = atoi(next().c_str());
+    } else if (a == "--ucx-workers") {
+      so.ucx_workers = atoi(next().c_str());
     } else if (a == "--busy-poll-us") {
       so.busy_poll_us = atoi(next().c_str());
     } else if (a == "--no-hugepages") {
@@ -4609,6 +4621,7 @@ void SweepFigures(const Options &opt, const std::vector<Record> &recs, std::vect
   constant.push_back(TransportNote(transports));
   if (opt.connections > 0) constant.push_back(Format("llmdd.TcpConnections %d", opt.connections));
   if (opt.workers > 0) constant.push_back(Format("llmdd.WorkerThreads %d", opt.workers));
+  if (opt.ucx_workers > 0) constant.push_back(Format("llmdd.UcxWorkers %d", opt.ucx_workers));
   if (opt.busy_poll_us >= 0) constant.push_back(Format("llmdd.BusyPollUs %d", opt.busy_poll_us));
   const std::string context = Join(constant, "; ") + "\n" + HostLine(recs);
 

@@ -40,6 +40,8 @@ struct ChannelPoolConfig {
 // llmdd.SameHostMinPartBytes's default: same-host parts of at least 2 MiB
 // (two parts pay from 4 MiB on 2 cores, docs/PERFORMANCE.md; path_policy.h).
 constexpr uint64_t kSameHostMinPartBytesDefault = 2ULL << 20;
+// llmdd.UcxWorkers's default (docs/UCX.md, "Workers").
+constexpr uint32_t kUcxWorkersDefault = 2;
 
 struct EngineConfig {
   uint32_t tcp_connections = 4;         // llmdd.TcpConnections: data lanes per peer [1, 64]
@@ -71,6 +73,12 @@ struct EngineConfig {
   // path. `any`: start UCX and link every peer that runs it, whatever fabric
   // UCX picks (UCX_TLS), still after the same-host path and before TCP.
   enum class UcxUnderAuto { kRdma, kAlways, kAny, kNever } ucx_under_auto = UcxUnderAuto::kRdma;
+  // llmdd.UcxWorkers [1, 8] (libraries built with UCX): UCX workers of the
+  // engine wherever it runs UCX (UcxTransport::Create): each has its own UCP
+  // context, progress thread and staging, and every registration is mapped
+  // on each; a transfer the lane pool splits (1 MiB and more) moves its parts
+  // on different workers at once (docs/UCX.md, "Workers").
+  uint32_t ucx_workers = kUcxWorkersDefault;
   // llmdd.SameHostMinPartBytes [64 KiB, 1 TiB]: a same-host transfer is
   // split into parts of at least this many bytes, at most one per core and
   // per lane (path_policy.h, SameHostSplitParts); 1 TiB: never split.
@@ -149,6 +157,7 @@ constexpr const char kOptIdleLaneCloseMs[] = "llmdd.IdleLaneCloseMs";
 constexpr const char kOptAuthSecret[] = "llmdd.AuthSecret";
 constexpr const char kOptTransport[] = "llmdd.Transport";
 constexpr const char kOptUcxUnderAuto[] = "llmdd.UcxUnderAuto";
+constexpr const char kOptUcxWorkers[] = "llmdd.UcxWorkers";
 constexpr const char kOptBusyPollUs[] = "llmdd.BusyPollUs";
 constexpr const char kOptSameHostMinPartBytes[] = "llmdd.SameHostMinPartBytes";
 constexpr const char kOptSameHostMapMaxBytes[] = "llmdd.SameHostMapMaxBytes";

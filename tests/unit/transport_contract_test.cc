@@ -604,6 +604,151 @@ TEST(UcxKeys, ARequesterWithoutTheOwnersCapabilityGetsNoKey) {
   owner->DeregisterMemory(region);
 }
 
+// An engine's UCX workers travel in its advertisement: one worker in the
+// original shape (older engines read it), several in the multi-worker shape;
+// a peer's advertisement in neither, cut short, with trailing bytes, an empty
+// address or a count out of range is refused whole.
+TEST(UcxWorkers, TheAdvertisementCarriesEveryWorkerAndMalformedOnesAreRefused) {
+  const std::vector<UcxWorkerAd> one = {{std::string(kUcxCapabilityBytes, 'a'), "address-0"}};
+  std::string ad = UcxAdvertisement(one);
+  EXPECT_EQ(ad, std::string(kUcxAdMagic) + one[0].capability + one[0].address);
+  std::vector<UcxWorkerAd> parsed;
+  ASSERT_TRUE(ParseUcxAdvertisement(ad, &parsed));
+  ASSERT_EQ(parsed.size(), 1u);
+  EXPECT_EQ(parsed[0].capability, one[0].capability);
+  EXPECT_EQ(parsed[0].address, one[0].address);
+  std::vector<UcxWorkerAd> three;
+  for (int i = 0; i < 3; ++i) {
+    three.push_back({std::string(kUcxCapabilityBytes, static_cast<char>('k' + i)), std::string(300 + i, static_cast<char>(i))});
+  }
+  ad = UcxAdvertisement(three);
+  EXPECT_EQ(ad.compare(0, kUcxAdMagicBytes, kUcxAdMagicMulti), 0);
+  parsed.clear();
+  ASSERT_TRUE(ParseUcxAdvertisement(ad, &parsed));
+  ASSERT_EQ(parsed.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(parsed[i].capability, three[i].capability);
+    EXPECT_EQ(parsed[i].address, three[i].address);  // 300+ bytes: the length's high byte counts
+  }
+  for (size_t cut = 0; cut < ad.size(); ++cut) {
+    EXPECT_FALSE(ParseUcxAdvertisement(ad.substr(0, cut), &parsed)) << "cut to " << cut << " bytes";
+  }
+  EXPECT_FALSE(ParseUcxAdvertisement(ad + "x", &parsed));
+  std::string bad = ad;
+  bad[kUcxAdMagicBytes] = 0;  // no worker
+  EXPECT_FALSE(ParseUcxAdvertisement(bad, &parsed));
+  bad[kUcxAdMagicBytes] = static_cast<char>(kUcxMaxWorkers + 1);
+  EXPECT_FALSE(ParseUcxAdvertisement(bad, &parsed));
+  std::vector<UcxWorkerAd> empty_address = {three[0], {three[1].capability, ""}};
+  EXPECT_FALSE(ParseUcxAdvertisement(UcxAdvertisement(empty_address), &parsed));
+  EXPECT_FALSE(ParseUcxAdvertisement("LDU9" + ad.substr(kUcxAdMagicBytes), &parsed));
+  EXPECT_EQ(parsed.size(), 3u) << "a refused advertisement left the last good one alone";
+}
+
+// A link over several workers: batches (and the parts of a split transfer)
+// take turns on the requester's workers, each with its own endpoint to one of
+// the owner's workers, which all serve the one registration (mapped once, on
+// the context they share). DeregisterMemory withdraws it from every worker:
+// a READ after it returned is refused whichever worker carries it.
+TEST(UcxWorkers, BatchesTakeTurnsOnTheWorkersAndADeregisteredRegionIsRefusedOnEach) {
+  std::string error;
+  std::shared_ptr<UcxTransport> owner = UcxTransport::Create(UcxTransport::Mode::kForced, &error, 3);
+  ASSERT_NE(owner, nullptr) << error;
+  ASSERT_EQ(owner->Workers(), 3u);
+  EXPECT_EQ(owner->Caps().max_parallel, 3u);
+  std::shared_ptr<UcxTransport> requester = UcxTransport::Create(UcxTransport::Mode::kForced, &error, 2);
+  ASSERT_NE(requester, nullptr) << error;
+  std::shared_ptr<UcxTransport> single = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
+  ASSERT_NE(single, nullptr) << error;
+  std::vector<char> remote(1 << 20), local(1 << 20, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 29 + i / 4099);
+  TransportRegion region;
+  region.addr = reinterpret_cast<uintptr_t>(remote.data());
+  region.len = remote.size();
+  region.access = kAccessRead | kAccessWrite;
+  std::string key;
+  ASSERT_EQ(owner->RegisterMemory(region, &key, &error), adxl::SUCCESS) << error;
+  TransportPeer peer;
+  peer.peer_name = "owner";
+  peer.metadata = owner->LocalMetadata();
+  std::shared_ptr<TransportLink> link = requester->Connect(peer, Deadline::AfterMs(1000), &error);
+  ASSERT_NE(link, nullptr) << error;
+  EXPECT_EQ(link->Caps().max_parallel, 2u);
+  std::shared_ptr<TransportLink> single_link = single->Connect(peer, Deadline::AfterMs(1000), &error);
+  ASSERT_NE(single_link, nullptr) << error;
+  Segment seg{reinterpret_cast<uintptr_t>(local.data()), region.addr, remote.size()};
+  auto read = [&](TransportLink *on) {
+    std::fill(local.begin(), local.end(), 0);
+    TransferBatch batch;
+    batch.op = adxl::READ;
+    batch.segs = &seg;
+    batch.count = 1;
+    batch.total_bytes = seg.len;
+    batch.deadline = Deadline::AfterMs(5000);
+    return on->Submit(batch);
+  };
+  for (int i = 0; i < 2; ++i) {
+    TransportResult result = read(link.get());
+    ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
+    EXPECT_EQ(local, remote);
+  }
+  EXPECT_GT(requester->RoundsOnWorker(0), 0u);
+  EXPECT_GT(requester->RoundsOnWorker(1), 0u) << "both batches went on the first worker";
+  EXPECT_EQ(owner->KeysGranted(), 2u) << "a key per owner worker asked (workers 0 and 1)";
+  // An engine with one worker reaches the owner's first worker.
+  TransportResult result = read(single_link.get());
+  ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
+  EXPECT_EQ(local, remote);
+  owner->DeregisterMemory(region);
+  const uint64_t granted = owner->KeysGranted();
+  for (int i = 0; i < 2; ++i) {
+    result = read(link.get());
+    EXPECT_EQ(result.status, adxl::PARAM_INVALID) << "worker " << i << ": " << result.error;
+    EXPECT_EQ(local, std::vector<char>(local.size(), 0));
+  }
+  EXPECT_EQ(read(single_link.get()).status, adxl::PARAM_INVALID);
+  EXPECT_EQ(owner->KeysGranted(), granted);
+  link->Shutdown();
+  single_link->Shutdown();
+}
+
+// Engines with different numbers of UCX workers (llmdd.UcxWorkers) move
+// transfers the lane pool splits into parts, both ways; an out-of-range
+// value is refused at Initialize.
+TEST(UcxWorkers, EnginesWithDifferentWorkerCountsMoveSplitTransfers) {
+  for (const char *counts : {"3:1", "1:2", "2:2"}) {
+    SCOPED_TRACE(counts);
+    std::vector<char> remote(6 << 20), local(6 << 20, 0);
+    for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 31 + i / 65537);
+    Engine server, client;
+    const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+    ASSERT_EQ(server.Initialize(server_id, {{"llmdd.Transport", "ucx"}, {"llmdd.UcxWorkers", std::string(1, counts[0])}}),
+              adxl::SUCCESS);
+    ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.Transport", "ucx"}, {"llmdd.UcxWorkers", std::string(1, counts[2])}}),
+              adxl::SUCCESS);
+    uint64_t handle = 0;
+    ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+              adxl::SUCCESS);
+    ASSERT_EQ(client.Connect(server_id, 3000), adxl::SUCCESS);
+    adxl::TransferOpDesc desc{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()),
+                              local.size()};
+    ASSERT_EQ(client.TransferSync(server_id, adxl::READ, &desc, 1, 10000), adxl::SUCCESS);
+    EXPECT_EQ(local, remote);
+    for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<char>(i * 3 + 7);
+    ASSERT_EQ(client.TransferSync(server_id, adxl::WRITE, &desc, 1, 10000), adxl::SUCCESS);
+    EXPECT_EQ(local, remote);
+    ASSERT_EQ(server.DeregisterMem(handle), adxl::SUCCESS);
+    EXPECT_EQ(client.TransferSync(server_id, adxl::READ, &desc, 1, 3000), adxl::PARAM_INVALID);
+    EXPECT_EQ(client.Disconnect(server_id, 3000), adxl::SUCCESS);
+  }
+  for (const char *bad : {"0", "9", "two"}) {
+    Engine engine;
+    EXPECT_EQ(engine.Initialize("127.0.0.1", {{"llmdd.Transport", "ucx"}, {"llmdd.UcxWorkers", bad}}),
+              adxl::PARAM_INVALID)
+        << bad;
+  }
+}
+
 // Which endpoints may move batches directly from and to registered local
 // memory: those whose GET and PUT lanes run over verbs (the NIC moves the
 // bytes through the registration; also soft-RoCE), never UCX's tcp, shared

@@ -127,6 +127,7 @@ class UcxCore {
     bool retired = false;  // being deregistered: no key is granted any more
     int direct_users = 0;  // slices of direct rounds using it as their local memory
     bool abandoned = false;  // DeregisterMemory gave up waiting: unmapped once direct_users reaches 0
+    bool mirror = false;  // on a worker sharing the first one's context: its memh is that one's (never unmapped here)
   };
   // Which batches move directly from and to registered local memory
   // (ucx_transport.h): by the endpoint's lanes (the default), never, or also
@@ -138,8 +139,26 @@ class UcxCore {
     std::string rkey;
   };
 
-  static std::shared_ptr<UcxCore> Create(std::string *error);
+  // The first worker of an engine makes the UCP context (shared by `workers`
+  // workers: UCP_PARAM_FIELD_MT_WORKERS_SHARED when more than one); the
+  // others pass it as `first` and make only their worker on its context.
+  static std::shared_ptr<UcxCore> Create(std::string *error, size_t workers = 1,
+                                         std::shared_ptr<UcxCore> first = nullptr);
   ~UcxCore();
+
+  // Maps `region` with `prot` and packs its key; null with *error when UCX cannot.
+  Served *Map(const TransportRegion &region, unsigned prot, std::string *error);
+  // A worker sharing the first one's context serves `of` (that worker's
+  // registration) too: the same memh and key, unmapped only by that worker.
+  void Mirror(const Served &of);
+  // Deregistration, first step: the registration matching `region` grants
+  // no key and takes no direct round from now on; *leased_until: when the
+  // last lease granted for it runs out. Null when there is none.
+  Served *Retire(const TransportRegion &region, Clock::time_point *leased_until);
+  // Second step, once the leases ran out: waits (bounded) for this engine's
+  // direct rounds using it as local memory, then unmaps it.
+  // False when it gave up (kUcxDirectDrainMs): the region stays mapped until UCX let go of it.
+  bool DrainAndUnmap(Served *target, const TransportRegion &region);
 
   // Under mutex: the registration (not being deregistered) holding all of
   // [addr, addr + len), checking `hint` first; null when none does.
@@ -237,7 +256,7 @@ class UcxCore {
   void ForgetLocked(Served *region) {
     for (auto it = served.begin(); it != served.end(); ++it) {
       if (it->get() != region) continue;
-      ucp_mem_unmap(context, region->memh);
+      if (!region->mirror) ucp_mem_unmap(context, region->memh);
       served.erase(it);
       return;
     }
@@ -264,6 +283,7 @@ class UcxCore {
                                    const ucp_am_recv_param_t *param);
   static ucs_status_t OnKeyReply(void *arg, const void *header, size_t header_length, void *data, size_t length,
                                  const ucp_am_recv_param_t *param);
+  std::shared_ptr<UcxCore> first_;  // a worker on another's context: that worker (it owns the context)
   std::thread progress_;
   std::atomic<bool> stop_{false};
   std::mutex stage_mutex_;  // the staging state below (never held with `mutex`)
@@ -336,7 +356,7 @@ void UcxCore::RetireStage(std::unique_ptr<uint8_t[]> chunk) {
   stage_freed_.notify_one();
 }
 
-std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
+std::shared_ptr<UcxCore> UcxCore::Create(std::string *error, size_t workers, std::shared_ptr<UcxCore> first) {
   static std::once_flag quiet;
   std::call_once(quiet, [] { ucs_log_push_handler(&RouteUcxLog); });
   auto core = std::make_shared<UcxCore>();
@@ -356,23 +376,32 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error) {
       LOG_WARN("ucx: LLMDD_UCX_DIRECT='%s' is not lanes, never or any: ignored", direct);
     }
   }
-  ucp_config_t *config = nullptr;
-  ucs_status_t status = ucp_config_read(nullptr, nullptr, &config);
-  if (status != UCS_OK) {
-    *error = std::string("ucp_config_read: ") + ucs_status_string(status);
-    return nullptr;
-  }
-  ucp_params_t params;
-  memset(&params, 0, sizeof(params));
-  params.field_mask = UCP_PARAM_FIELD_FEATURES;
-  // WAKEUP: the progress thread sleeps on the worker's event fd while idle.
-  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
-  status = ucp_init(&params, config, &core->context);
-  ucp_config_release(config);
-  if (status != UCS_OK) {
-    core->context = nullptr;
-    *error = std::string("ucp_init: ") + ucs_status_string(status);
-    return nullptr;
+  ucs_status_t status = UCS_OK;
+  if (first != nullptr) {
+    core->direct = first->direct;
+    core->context = first->context;
+    core->first_ = std::move(first);  // the context's owner outlives this worker
+  } else {
+    ucp_config_t *config = nullptr;
+    status = ucp_config_read(nullptr, nullptr, &config);
+    if (status != UCS_OK) {
+      *error = std::string("ucp_config_read: ") + ucs_status_string(status);
+      return nullptr;
+    }
+    ucp_params_t params;
+    memset(&params, 0, sizeof(params));
+    params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+    // WAKEUP: the progress thread sleeps on the worker's event fd while idle.
+    params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    // Workers on other threads map, unpack and register through the context.
+    params.mt_workers_shared = workers > 1 ? 1 : 0;
+    status = ucp_init(&params, config, &core->context);
+    ucp_config_release(config);
+    if (status != UCS_OK) {
+      core->context = nullptr;
+      *error = std::string("ucp_init: ") + ucs_status_string(status);
+      return nullptr;
+    }
   }
   ucp_worker_params_t worker_params;
   memset(&worker_params, 0, sizeof(worker_params));
@@ -443,10 +472,10 @@ UcxCore::~UcxCore() {
   if (worker != nullptr) ucp_worker_destroy(worker);
   by_addr.clear();
   for (auto &region : served) {
-    if (region->memh != nullptr) ucp_mem_unmap(context, region->memh);
+    if (region->memh != nullptr && !region->mirror) ucp_mem_unmap(context, region->memh);
   }
   served.clear();
-  if (context != nullptr) ucp_cleanup(context);
+  if (context != nullptr && first_ == nullptr) ucp_cleanup(context);
   // The staging chunks (retired ones included) go with the members, after
   // the worker: no UCX operation can touch them any more.
 }
@@ -604,29 +633,33 @@ ucs_status_t UcxCore::OnKeyReply(void *arg, const void *header, size_t header_le
 
 // ---------------------------------------------------------------------------
 
-const TransportCaps &UcxTransport::StaticCaps() {
-  static const TransportCaps caps = [] {
-    TransportCaps c;
-    c.name = "ucx";
-    c.read = true;
-    c.write = true;
-    c.same_host_only = false;
-    c.memory_kinds = MemoryKindBit(MemoryKind::kHost);
-    c.prompt_cancel = true;
-    c.max_parallel = 1;  // one worker per engine: parts would queue on it
-    return c;
+const TransportCaps &UcxTransport::CapsFor(bool chosen_under_auto, size_t workers) {
+  // Static: links point at their caps and may outlive the transport.
+  static const std::vector<TransportCaps> table = [] {
+    std::vector<TransportCaps> t;
+    for (int chosen = 0; chosen < 2; ++chosen) {
+      for (size_t w = 1; w <= kUcxMaxWorkers; ++w) {
+        TransportCaps c;
+        c.name = "ucx";
+        c.read = true;
+        c.write = true;
+        c.same_host_only = false;
+        c.memory_kinds = MemoryKindBit(MemoryKind::kHost);
+        c.prompt_cancel = true;
+        c.max_parallel = w;  // a part per worker at once (UcxWorkerLinks); more would queue on a worker
+        c.chosen_where_it_pays = chosen == 1;
+        t.push_back(c);
+      }
+    }
+    return t;
   }();
-  return caps;
+  workers = std::max<size_t>(1, std::min(workers, kUcxMaxWorkers));
+  return table[(chosen_under_auto ? kUcxMaxWorkers : 0) + workers - 1];
 }
 
-const TransportCaps &UcxTransport::ChosenCaps() {
-  static const TransportCaps caps = [] {
-    TransportCaps c = StaticCaps();
-    c.chosen_where_it_pays = true;
-    return c;
-  }();
-  return caps;
-}
+const TransportCaps &UcxTransport::StaticCaps() { return CapsFor(false, 1); }
+
+const TransportCaps &UcxTransport::ChosenCaps() { return CapsFor(true, 1); }
 
 bool UcxTransport::HostHasRdmaDevice() {
   DIR *dir = opendir("/sys/class/infiniband");
@@ -761,147 +794,294 @@ bool UcxRmaLanesAreDirect(const std::string &ep_info) {
   return exact && any && !other;
 }
 
-std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error) {
-  auto core = UcxCore::Create(error);
-  if (core == nullptr) return nullptr;
-  if (kUcxAdMagicBytes + kUcxCapabilityBytes + core->address.size() > 1024) {  // wire::kMaxTransportMetadata
-    *error = "the UCX worker address is " + std::to_string(core->address.size()) +
-             " bytes, over the handshake's 1024 with the capability (narrow UCX_TLS)";
-    return nullptr;
+std::string UcxAdvertisement(const std::vector<UcxWorkerAd> &workers) {
+  if (workers.size() == 1) return std::string(kUcxAdMagic, kUcxAdMagicBytes) + workers[0].capability + workers[0].address;
+  std::string ad(kUcxAdMagicMulti, kUcxAdMagicBytes);
+  ad.push_back(static_cast<char>(workers.size()));
+  for (const UcxWorkerAd &w : workers) {
+    ad += w.capability;
+    ad.push_back(static_cast<char>(w.address.size() & 0xff));
+    ad.push_back(static_cast<char>(w.address.size() >> 8));
+    ad += w.address;
   }
-  LOG_INFO("ucx: transport ready (UCX %s, worker address %zu bytes)", ucp_get_version_string(), core->address.size());
-  return std::shared_ptr<UcxTransport>(new UcxTransport(std::move(core), mode));
+  return ad;
+}
+
+bool ParseUcxAdvertisement(const std::string &metadata, std::vector<UcxWorkerAd> *workers) {
+  if (metadata.size() < kUcxAdMagicBytes) return false;
+  if (metadata.compare(0, kUcxAdMagicBytes, kUcxAdMagic) == 0) {
+    constexpr size_t head = kUcxAdMagicBytes + kUcxCapabilityBytes;
+    if (metadata.size() <= head) return false;
+    workers->assign(1, UcxWorkerAd{metadata.substr(kUcxAdMagicBytes, kUcxCapabilityBytes), metadata.substr(head)});
+    return true;
+  }
+  if (metadata.compare(0, kUcxAdMagicBytes, kUcxAdMagicMulti) != 0 || metadata.size() < kUcxAdMagicBytes + 1) {
+    return false;
+  }
+  const size_t count = static_cast<uint8_t>(metadata[kUcxAdMagicBytes]);
+  if (count == 0 || count > kUcxMaxWorkers) return false;
+  std::vector<UcxWorkerAd> parsed;
+  size_t at = kUcxAdMagicBytes + 1;
+  for (size_t i = 0; i < count; ++i) {
+    if (metadata.size() - at < kUcxCapabilityBytes + 2) return false;
+    UcxWorkerAd w;
+    w.capability = metadata.substr(at, kUcxCapabilityBytes);
+    at += kUcxCapabilityBytes;
+    const size_t len = static_cast<uint8_t>(metadata[at]) | (static_cast<size_t>(static_cast<uint8_t>(metadata[at + 1])) << 8);
+    at += 2;
+    if (len == 0 || metadata.size() - at < len) return false;
+    w.address = metadata.substr(at, len);
+    at += len;
+    parsed.push_back(std::move(w));
+  }
+  if (at != metadata.size()) return false;  // trailing bytes: not ours
+  *workers = std::move(parsed);
+  return true;
+}
+
+std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error, size_t workers) {
+  workers = std::max<size_t>(1, std::min(workers, kUcxMaxWorkers));
+  std::vector<std::shared_ptr<UcxCore>> cores;
+  std::vector<UcxWorkerAd> ads;
+  for (size_t i = 0; i < workers; ++i) {
+    std::string why;
+    auto core = UcxCore::Create(&why, workers, cores.empty() ? nullptr : cores[0]);
+    if (core == nullptr) {
+      if (cores.empty()) {
+        *error = why;
+        return nullptr;
+      }
+      LOG_WARN("ucx: worker %zu of %zu did not start (%s): running %zu", i + 1, workers, why.c_str(), cores.size());
+      break;
+    }
+    ads.push_back(UcxWorkerAd{core->capability, core->address});
+    if (UcxAdvertisement(ads).size() > 1024) {  // wire::kMaxTransportMetadata
+      ads.pop_back();
+      if (cores.empty()) {
+        *error = "the UCX worker address is " + std::to_string(core->address.size()) +
+                 " bytes, over the handshake's 1024 with the capability (narrow UCX_TLS)";
+        return nullptr;
+      }
+      LOG_WARN("ucx: the addresses of %zu workers do not fit the handshake's 1024 bytes: running %zu (narrow "
+               "UCX_TLS for more)", i + 1, cores.size());
+      break;
+    }
+    cores.push_back(std::move(core));
+  }
+  LOG_INFO("ucx: transport ready (UCX %s, %zu worker(s), worker address %zu bytes)", ucp_get_version_string(),
+           cores.size(), cores[0]->address.size());
+  return std::shared_ptr<UcxTransport>(new UcxTransport(std::move(cores), mode));
 }
 
 UcxTransport::~UcxTransport() = default;
 
-// The capability, then the worker address (docs/PROTOCOL.md, "ucx").
+// The capability, then the worker address, per worker (docs/PROTOCOL.md, "ucx").
 std::string UcxTransport::LocalMetadata() const {
-  return std::string(kUcxAdMagic, kUcxAdMagicBytes) + core_->capability + core_->address;
+  std::vector<UcxWorkerAd> ads;
+  for (const auto &core : cores_) ads.push_back(UcxWorkerAd{core->capability, core->address});
+  return UcxAdvertisement(ads);
 }
 
-uint64_t UcxTransport::KeysGranted() const { return core_->granted.load(); }
+uint64_t UcxTransport::KeysGranted() const {
+  uint64_t n = 0;
+  for (const auto &core : cores_) n += core->granted.load();
+  return n;
+}
 
-uint64_t UcxTransport::DirectRounds() const { return core_->direct_rounds.load(); }
+uint64_t UcxTransport::DirectRounds() const {
+  uint64_t n = 0;
+  for (const auto &core : cores_) n += core->direct_rounds.load();
+  return n;
+}
 
-uint64_t UcxTransport::StagedRounds() const { return core_->staged_rounds.load(); }
+uint64_t UcxTransport::StagedRounds() const {
+  uint64_t n = 0;
+  for (const auto &core : cores_) n += core->staged_rounds.load();
+  return n;
+}
 
-uint64_t UcxTransport::LingeredRounds() const { return core_->lingered.load(); }
+uint64_t UcxTransport::RoundsOnWorker(size_t i) const {
+  return i < cores_.size() ? cores_[i]->direct_rounds.load() + cores_[i]->staged_rounds.load() : 0;
+}
+
+uint64_t UcxTransport::LingeredRounds() const {
+  uint64_t n = 0;
+  for (const auto &core : cores_) n += core->lingered.load();
+  return n;
+}
 
 void UcxTransport::SetDirectCancelGraceForTests(int ms) { direct_cancel_grace_ms.store(ms); }
 
 size_t UcxTransport::LingeringNow() const {
-  std::lock_guard<std::mutex> lock(core_->mutex);
-  return core_->lingering.size();
+  size_t n = 0;
+  for (const auto &core : cores_) {
+    std::lock_guard<std::mutex> lock(core->mutex);
+    n += core->lingering.size();
+  }
+  return n;
 }
 
-uint64_t UcxTransport::ProgressRounds() const { return core_->progress_rounds.load(); }
+uint64_t UcxTransport::ProgressRounds() const {
+  uint64_t n = 0;
+  for (const auto &core : cores_) n += core->progress_rounds.load();
+  return n;
+}
 
-bool UcxTransport::SleepsOnEventFd() const { return core_->efd >= 0; }
+bool UcxTransport::SleepsOnEventFd() const {
+  for (const auto &core : cores_) {
+    if (core->efd < 0) return false;
+  }
+  return true;
+}
 
-adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::string *remote_key, std::string *error) {
-  remote_key->clear();  // keys travel by key request, under a lease (ucx_transport.h)
-  if (region.len == 0 || region.kind != MemoryKind::kHost) return adxl::SUCCESS;  // nothing UCX reaches
+UcxCore::Served *UcxCore::Map(const TransportRegion &region, unsigned prot, std::string *error) {
   ucp_mem_map_params_t params;
   memset(&params, 0, sizeof(params));
   params.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_PROT;
   params.address = reinterpret_cast<void *>(region.addr);
   params.length = region.len;
-  // What the peer may do is what is exported: hardware that checks rkeys
-  // (InfiniBand, RoCE) refuses the other direction (docs/UCX.md, "Access rights").
-  params.prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE;
-  if (region.access & kAccessRead) params.prot |= UCP_MEM_MAP_PROT_REMOTE_READ;
-  if (region.access & kAccessWrite) params.prot |= UCP_MEM_MAP_PROT_REMOTE_WRITE;
-  // The region cannot be exported (*error says why): forced, the
-  // registration fails; under auto UCX is an offer, the region is only not
-  // exported over it, and peers' UCX links decline it to TCP / the same-host path.
-  auto not_exported = [&] {
-    if (mode_ != Mode::kForced) {
-      LOG_WARN("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 ") (%s): peers reach it over the other paths",
-               region.addr, region.len, error->c_str());
-      error->clear();
-      return adxl::SUCCESS;
-    }
-    LOG_ERROR("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
-    return adxl::FAILED;
-  };
-  std::lock_guard<std::mutex> lock(core_->mutex);
+  params.prot = prot;
+  std::lock_guard<std::mutex> lock(mutex);
   ucp_mem_h memh = nullptr;
-  ucs_status_t status = ucp_mem_map(core_->context, &params, &memh);
+  ucs_status_t status = ucp_mem_map(context, &params, &memh);
   if (status != UCS_OK) {
     *error = std::string("ucp_mem_map: ") + ucs_status_string(status);
-    return not_exported();
+    return nullptr;
   }
   void *packed = nullptr;
   size_t packed_len = 0;
-  status = ucp_rkey_pack(core_->context, memh, &packed, &packed_len);
+  status = ucp_rkey_pack(context, memh, &packed, &packed_len);
   if (status != UCS_OK || packed_len > kUcxMaxRkeyBytes) {
     if (status == UCS_OK) ucp_rkey_buffer_release(packed);
-    ucp_mem_unmap(core_->context, memh);
+    ucp_mem_unmap(context, memh);
     *error = status != UCS_OK ? std::string("ucp_rkey_pack: ") + ucs_status_string(status)
                               : "the packed rkey is " + std::to_string(packed_len) + " bytes";
-    return not_exported();
+    return nullptr;
   }
-  auto served = std::make_unique<UcxCore::Served>();
-  served->addr = region.addr;
-  served->len = region.len;
-  served->access = region.access;
-  served->memh = memh;
-  served->rkey.assign(static_cast<const char *>(packed), packed_len);
+  auto entry = std::make_unique<Served>();
+  entry->addr = region.addr;
+  entry->len = region.len;
+  entry->access = region.access;
+  entry->memh = memh;
+  entry->rkey.assign(static_cast<const char *>(packed), packed_len);
   ucp_rkey_buffer_release(packed);
-  core_->by_addr.emplace(served->addr, served.get());
-  core_->served.push_back(std::move(served));
-  return adxl::SUCCESS;
+  Served *mapped = entry.get();
+  by_addr.emplace(entry->addr, mapped);
+  served.push_back(std::move(entry));
+  return mapped;
 }
 
-void UcxTransport::DeregisterMemory(const TransportRegion &region) {
-  Clock::time_point until{};
-  UcxCore::Served *target = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(core_->mutex);
-    for (auto &served : core_->served) {
-      if (!served->retired && served->addr == region.addr && served->len == region.len &&
-          served->access == region.access) {
-        served->retired = true;  // no key from now on, no direct round on it
-        for (auto it = core_->by_addr.lower_bound(served->addr); it != core_->by_addr.end() && it->first == served->addr;
-             ++it) {
-          if (it->second == served.get()) {
-            core_->by_addr.erase(it);
-            break;
-          }
-        }
-        until = served->leased_until;
-        target = served.get();
+void UcxCore::Mirror(const Served &of) {
+  auto entry = std::make_unique<Served>();
+  entry->addr = of.addr;
+  entry->len = of.len;
+  entry->access = of.access;
+  entry->memh = of.memh;
+  entry->rkey = of.rkey;
+  entry->mirror = true;
+  std::lock_guard<std::mutex> lock(mutex);
+  by_addr.emplace(entry->addr, entry.get());
+  served.push_back(std::move(entry));
+}
+
+UcxCore::Served *UcxCore::Retire(const TransportRegion &region, Clock::time_point *leased_until) {
+  std::lock_guard<std::mutex> lock(mutex);
+  for (auto &entry : served) {
+    if (entry->retired || entry->addr != region.addr || entry->len != region.len || entry->access != region.access) {
+      continue;
+    }
+    entry->retired = true;  // no key from now on, no direct round on it
+    for (auto it = by_addr.lower_bound(entry->addr); it != by_addr.end() && it->first == entry->addr; ++it) {
+      if (it->second == entry.get()) {
+        by_addr.erase(it);
         break;
       }
     }
+    *leased_until = entry->leased_until;
+    return entry.get();
   }
-  if (target == nullptr) return;
-  // Requesters start I/O only under a lease they hold: wait the granted ones out.
-  if (Clock::now() < until) std::this_thread::sleep_until(until);
+  return nullptr;
+}
+
+bool UcxCore::DrainAndUnmap(Served *target, const TransportRegion &region) {
   // This engine's direct rounds using the region as local memory: none
   // starts now it is retired; those in flight end by their deadlines, and
   // UCX completes the requests of those that ended early (a forced close
   // cancels them) as the worker progresses. Bounded: a UCX that never
   // completes them leaves the region mapped (and says so).
-  std::unique_lock<std::mutex> lock(core_->mutex);
+  std::unique_lock<std::mutex> lock(mutex);
   const auto give_up = Clock::now() + std::chrono::milliseconds(kUcxDirectDrainMs);
   while (target->direct_users > 0) {
-    core_->ProgressLocked();
-    core_->ReapLingeringLocked();
+    ProgressLocked();
+    ReapLingeringLocked();
     if (target->direct_users == 0) break;
     if (Clock::now() >= give_up) {
       target->abandoned = true;  // unmapped when UCX let go of it (ReapLingeringLocked)
       LOG_ERROR("ucx: DeregisterMem of [0x%" PRIxPTR ", +%" PRIu64 "): UCX operations of %d direct slice(s) on it "
                 "did not end within %d ms; the region stays mapped until they do (UCX may still write it)",
                 region.addr, region.len, target->direct_users, kUcxDirectDrainMs);
-      return;
+      return false;
     }
     lock.unlock();
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     lock.lock();
   }
-  core_->ForgetLocked(target);
+  ForgetLocked(target);
+  return true;
+}
+
+adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::string *remote_key, std::string *error) {
+  remote_key->clear();  // keys travel by key request, under a lease (ucx_transport.h)
+  if (region.len == 0 || region.kind != MemoryKind::kHost) return adxl::SUCCESS;  // nothing UCX reaches
+  // What the peer may do is what is exported: hardware that checks rkeys
+  // (InfiniBand, RoCE) refuses the other direction (docs/UCX.md, "Access rights").
+  unsigned prot = UCP_MEM_MAP_PROT_LOCAL_READ | UCP_MEM_MAP_PROT_LOCAL_WRITE;
+  if (region.access & kAccessRead) prot |= UCP_MEM_MAP_PROT_REMOTE_READ;
+  if (region.access & kAccessWrite) prot |= UCP_MEM_MAP_PROT_REMOTE_WRITE;
+  // Mapped once, on the context the workers share; every worker serves it.
+  if (UcxCore::Served *mapped = cores_[0]->Map(region, prot, error)) {
+    for (size_t i = 1; i < cores_.size(); ++i) cores_[i]->Mirror(*mapped);
+    return adxl::SUCCESS;
+  }
+  // The region cannot be exported (*error says why): forced, the
+  // registration fails; under auto UCX is an offer, the region is only not
+  // exported over it, and peers' UCX links decline it to TCP / the same-host path.
+  if (mode_ != Mode::kForced) {
+    LOG_WARN("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 ") (%s): peers reach it over the other paths",
+             region.addr, region.len, error->c_str());
+    error->clear();
+    return adxl::SUCCESS;
+  }
+  LOG_ERROR("ucx: cannot export [0x%" PRIxPTR ", +%" PRIu64 "): %s", region.addr, region.len, error->c_str());
+  return adxl::FAILED;
+}
+
+void UcxTransport::DeregisterMemory(const TransportRegion &region) {
+  // Every worker stops granting the region's key first, so that the leases
+  // are waited out once, not once per worker.
+  std::vector<UcxCore::Served *> targets(cores_.size(), nullptr);
+  Clock::time_point until{};
+  for (size_t i = 0; i < cores_.size(); ++i) {
+    Clock::time_point leased{};
+    targets[i] = cores_[i]->Retire(region, &leased);
+    until = std::max(until, leased);
+  }
+  if (targets[0] == nullptr) return;  // not registered (or not exported) here
+  // Requesters start I/O only under a lease they hold: wait the granted ones out.
+  if (Clock::now() < until) std::this_thread::sleep_until(until);
+  // The other workers' direct rounds first: the first worker unmaps.
+  bool let_go = true;
+  for (size_t i = cores_.size(); i-- > 1;) {
+    if (targets[i] != nullptr) let_go = cores_[i]->DrainAndUnmap(targets[i], region) && let_go;
+  }
+  if (let_go) {
+    cores_[0]->DrainAndUnmap(targets[0], region);
+  } else {
+    // Another worker's operations may still use the memory: it stays mapped
+    // (retired, no key) until the engine's UCX goes.
+    LOG_ERROR("ucx: [0x%" PRIxPTR ", +%" PRIu64 ") stays mapped until the engine finalizes (see above)", region.addr,
+              region.len);
+  }
 }
 
 std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, Deadline deadline,
@@ -912,18 +1092,26 @@ std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, 
     *error = "peer " + peer.peer_name + " did not advertise ucx";
     return nullptr;
   }
-  constexpr size_t head = kUcxAdMagicBytes + kUcxCapabilityBytes;
-  if (peer.metadata.size() <= head || peer.metadata.compare(0, kUcxAdMagicBytes, kUcxAdMagic) != 0) {
+  std::vector<UcxWorkerAd> remote;
+  if (!ParseUcxAdvertisement(peer.metadata, &remote)) {
     *error = "peer " + peer.peer_name +
              " advertised ucx in another format (an engine from before the UCX key capability?): no UCX link";
     LOG_WARN("ucx: %s", error->c_str());
     return nullptr;
   }
-  auto link = std::make_shared<UcxLink>(core_, peer.peer_name, peer.metadata.substr(head),
-                                        peer.metadata.substr(kUcxAdMagicBytes, kUcxCapabilityBytes), &Caps());
-  if (mode_ != Mode::kWhereItPays) return link;  // the endpoint is made on the first batch
+  // Local worker i reaches the peer's worker i (in turn when it has fewer).
+  std::vector<std::shared_ptr<UcxLink>> links;
+  for (size_t i = 0; i < cores_.size(); ++i) {
+    const UcxWorkerAd &to = remote[i % remote.size()];
+    links.push_back(std::make_shared<UcxLink>(cores_[i], peer.peer_name, to.address, to.capability, &Caps()));
+  }
+  std::shared_ptr<TransportLink> link =
+      links.size() == 1 ? std::shared_ptr<TransportLink>(links[0])
+                        : std::make_shared<UcxWorkerLinks>(links, &Caps());
+  if (mode_ != Mode::kWhereItPays) return link;  // the endpoints are made on the first batch
   std::string lanes;
-  if (!link->ReachesWithHardwareRma(deadline, &lanes, error)) {
+  // Every worker reaches the peer through the same devices: the first one's lanes tell.
+  if (!links[0]->ReachesWithHardwareRma(deadline, &lanes, error)) {
     if (error->empty()) {
       *error = "UCX reaches it without hardware RMA (RMA lanes: " + lanes +
                "): left to TCP and the same-host path (llmdd.Transport=ucx forces UCX)";
@@ -933,6 +1121,39 @@ std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, 
   LOG_INFO("ucx: %s is reached with hardware RMA (%s): transfers the same-host path does not take go over ucx",
            peer.peer_name.c_str(), lanes.c_str());
   return link;
+}
+
+UcxWorkerLinks::UcxWorkerLinks(std::vector<std::shared_ptr<UcxLink>> links, const TransportCaps *caps)
+    : links_(std::move(links)), busy_(new std::atomic<int>[links_.size()]()), caps_(caps) {}
+
+bool UcxWorkerLinks::Usable() const {
+  for (const auto &link : links_) {
+    if (!link->Usable()) return false;
+  }
+  return true;
+}
+
+TransportResult UcxWorkerLinks::Submit(const TransferBatch &batch) {
+  const size_t n = links_.size();
+  const size_t first = next_.fetch_add(1, std::memory_order_relaxed) % n;
+  size_t pick = first;
+  int fewest = busy_[first].load();
+  for (size_t k = 1; k < n && fewest > 0; ++k) {
+    const size_t i = (first + k) % n;
+    const int busy = busy_[i].load();
+    if (busy < fewest) {
+      fewest = busy;
+      pick = i;
+    }
+  }
+  busy_[pick].fetch_add(1);
+  TransportResult result = links_[pick]->Submit(batch);
+  busy_[pick].fetch_sub(1);
+  return result;
+}
+
+void UcxWorkerLinks::Shutdown() {
+  for (const auto &link : links_) link->Shutdown();
 }
 
 // ---------------------------------------------------------------------------

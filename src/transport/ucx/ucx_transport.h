@@ -98,6 +98,24 @@ constexpr size_t kUcxMaxRkeyBytes = 4096;
 constexpr size_t kUcxCapabilityBytes = 16;
 constexpr char kUcxAdMagic[] = "LDU2";
 constexpr size_t kUcxAdMagicBytes = sizeof(kUcxAdMagic) - 1;
+// Workers (llmdd.UcxWorkers): an engine runs up to this many UCX workers on
+// one UCP context, each a UcxCore of its own (worker, progress thread, staging),
+// and advertises them all: kUcxAdMagicMulti, a count byte, then per worker
+// its capability, a 2-byte little-endian address length and the address. An
+// engine with one worker advertises kUcxAdMagic's shape, as before.
+constexpr size_t kUcxMaxWorkers = 8;
+constexpr char kUcxAdMagicMulti[] = "LDU3";
+// One of a peer's workers as its advertisement names it.
+struct UcxWorkerAd {
+  std::string capability;  // kUcxCapabilityBytes
+  std::string address;     // the UCP worker address
+};
+// The advertisement of `workers` (one: kUcxAdMagic's shape; more: kUcxAdMagicMulti's).
+std::string UcxAdvertisement(const std::vector<UcxWorkerAd> &workers);
+// A peer's advertisement, either shape; false (nothing set) for anything
+// else: another format, a truncated or overlong one, no worker, more than
+// kUcxMaxWorkers, an empty address.
+bool ParseUcxAdvertisement(const std::string &metadata, std::vector<UcxWorkerAd> *workers);
 // The serving side's progress thread: empty progress rounds it spins
 // (yielding) before it sleeps on the worker's event fd, and the longest sleep
 // there (the destructor wakes it at once; the bound only limits how late a
@@ -153,24 +171,36 @@ class UcxTransport : public Transport {
   // TCP is faster), kAnyPeer to every peer that runs UCX (llmdd.UcxUnderAuto=any).
   enum class Mode { kForced, kWhereItPays, kAnyPeer };
   // Null with *error when UCX cannot start (no transport, bad UCX_* variables).
-  static std::shared_ptr<UcxTransport> Create(Mode mode, std::string *error);
+  // `workers` (llmdd.UcxWorkers, 1..kUcxMaxWorkers): UCX workers of the
+  // engine, on one UCP context, each with its own progress thread and staging; a link
+  // to a peer has an endpoint on each (to the peer's workers in turn) and
+  // moves the parts of a split transfer on different ones (max_parallel =
+  // workers: the lane pool splits transfers of 1 MiB and more, path_policy.h).
+  // Every registration is mapped once (on the shared context). Fewer workers than asked
+  // when their addresses do not fit the handshake's 1024 bytes (logged).
+  static std::shared_ptr<UcxTransport> Create(Mode mode, std::string *error, size_t workers = 1);
   // Whether this host has an RDMA device (InfiniBand or RoCE: an entry in
   // /sys/class/infiniband): where llmdd.UcxUnderAuto=rdma starts UCX.
   static bool HostHasRdmaDevice();
   ~UcxTransport() override;
-  static const TransportCaps &StaticCaps();       // kForced
-  static const TransportCaps &ChosenCaps();  // under auto
-  const TransportCaps &Caps() const override { return mode_ == Mode::kForced ? StaticCaps() : ChosenCaps(); }
+  static const TransportCaps &StaticCaps();       // kForced, one worker
+  static const TransportCaps &ChosenCaps();  // under auto, one worker
+  // Either, for a transport with `workers` workers (max_parallel).
+  static const TransportCaps &CapsFor(bool chosen_under_auto, size_t workers);
+  const TransportCaps &Caps() const override { return CapsFor(mode_ != Mode::kForced, cores_.size()); }
+  size_t Workers() const { return cores_.size(); }
   std::string LocalMetadata() const override;
   adxl::Status RegisterMemory(const TransportRegion &region, std::string *remote_key, std::string *error) override;
   void DeregisterMemory(const TransportRegion &region) override;
   std::shared_ptr<TransportLink> Connect(const TransportPeer &peer, Deadline deadline, std::string *error) override;
-  // Key requests this engine answered (tests).
+  // Key requests this engine answered, on all its workers (tests).
   uint64_t KeysGranted() const;
   // Rounds this engine posted directly from and to registered local memory,
-  // and through staging (tests).
+  // and through staging, on all its workers (tests).
   uint64_t DirectRounds() const;
   uint64_t StagedRounds() const;
+  // Rounds (either way) posted on worker `i` (tests).
+  uint64_t RoundsOnWorker(size_t i) const;
   // Direct rounds that ended before UCX completed all their operations,
   // whose local memory stayed in use until it did (tests).
   uint64_t LingeredRounds() const;
@@ -184,8 +214,8 @@ class UcxTransport : public Transport {
   bool SleepsOnEventFd() const;
 
  private:
-  UcxTransport(std::shared_ptr<UcxCore> core, Mode mode) : core_(std::move(core)), mode_(mode) {}
-  std::shared_ptr<UcxCore> core_;
+  UcxTransport(std::vector<std::shared_ptr<UcxCore>> cores, Mode mode) : cores_(std::move(cores)), mode_(mode) {}
+  std::vector<std::shared_ptr<UcxCore>> cores_;  // one per worker, at least one
   const Mode mode_;
 };
 
@@ -262,6 +292,26 @@ class UcxLink : public TransportLink {
   std::vector<RemoteKey> keys_;
   std::vector<ucp_rkey_h> retired_;  // dropped from keys_; destroyed when no batch is in flight
   int in_flight_ = 0;                // batches posted on this link
+};
+
+// A link over several workers (UcxTransport::Create's `workers` > 1): one
+// UcxLink per local worker, each with its own endpoint (to the peer's
+// workers in turn), keys and rounds. A batch, or one part of a transfer the
+// lane pool split, goes to the link with the fewest batches in flight (ties
+// in turn), so the parts of one transfer move on different workers at once.
+class UcxWorkerLinks : public TransportLink {
+ public:
+  UcxWorkerLinks(std::vector<std::shared_ptr<UcxLink>> links, const TransportCaps *caps);
+  const TransportCaps &Caps() const override { return *caps_; }
+  bool Usable() const override;
+  TransportResult Submit(const TransferBatch &batch) override;
+  void Shutdown() override;
+
+ private:
+  const std::vector<std::shared_ptr<UcxLink>> links_;
+  const std::unique_ptr<std::atomic<int>[]> busy_;  // batches in flight per link
+  std::atomic<size_t> next_{0};
+  const TransportCaps *caps_;
 };
 
 }  // namespace llmdd
