@@ -449,7 +449,8 @@ for line in sys.stdin:
 
 # Our engine over UCX and UCX's own get/put (bench/ucx_ref.cc) at 1 MiB on one UCX_TLS.
 ucx_ours() {  # ucx_ours TAG TLS
-  UCX_TLS=$2 bench "$1" engine --transport ucx --points 1M:1:1 --ops read,write --time "$T"
+  # One UCX worker, as UCX alone runs (like for like; the default 2 split a 1 MiB call: docs/UCX.md "Workers").
+  UCX_TLS=$2 bench "$1" engine --transport ucx --points 1M:1:1 --ops read,write --time "$T" --ucx-workers 1
 }
 ucx_ref() {  # ucx_ref TAG TLS
   UCX_TLS=$2 timeout $((UCX_TIMEOUT + 15)) "$UCX_REF" --ops get,put --size 1M --time "$T" --tag "$1" \

@@ -16,11 +16,14 @@
 #                  reaches nobody with peer error handling, docs/UCX.md)
 #   --no-batch     leave out the 100,000 x 4 KiB points
 #
-# The 1 MiB points run twice for ours: as before (the local buffer not
-# registered: staged), and with it registered (--register-local) and
-# LLMDD_UCX_DIRECT=any, i.e. the direct path RDMA lanes take, measured here
-# over lanes that do not take it by default (docs/UCX.md): what the staging
-# copy costs.
+# The 1 MiB points run three times for ours: with one UCX worker
+# (llmdd.UcxWorkers=1, like for like with UCX alone, which runs one) as
+# before (the local buffer not registered: staged), and with it registered
+# (--register-local) and LLMDD_UCX_DIRECT=any, i.e. the direct path RDMA
+# lanes take, measured here over lanes that do not take it by default
+# (docs/UCX.md): what the staging copy costs; and staged with the default
+# workers (2: the call split in two parts, one per worker, docs/UCX.md
+# "Workers"): what the second worker gains.
 #
 # Runs as root are reniced to -15 (the measurement processes only). Raw JSON
 # lines go to DIR/results/ucx-<date>.jsonl; the summary (per pair: the median
@@ -63,13 +66,17 @@ REPORT="$BUILD/results/ucx-$STAMP-report.txt"
 : > "$RAW"
 FAILED=0
 
-ours() {  # ours ROUND TLS TRANSPORTS POINTS [extra llmdd_bench args]
+ours() {  # ours ROUND TLS TRANSPORTS POINTS [extra llmdd_bench args] (one UCX worker unless they say otherwise)
   local round=$1 tls=$2 transports=$3 points=$4; shift 4
+  case " $* " in *" --ucx-workers "*) ;; *) set -- --ucx-workers 1 "$@" ;; esac
   UCX_TLS=$tls "${NICE[@]}" "$BENCH" engine --transport "$transports" --points "$points" --ops read,write \
     --time "$T" --json --no-progress --tag "round=$round;tls=$tls" "$@" >> "$RAW" 2>> "$RAW.log" || FAILED=1
 }
 direct() {  # direct ROUND TLS: ours at 1 MiB, local memory registered, moved without staging
   LLMDD_UCX_DIRECT=any ours "$1" "$2" ucx 1M:1:1 --register-local
+}
+workers2() {  # workers2 ROUND TLS: ours at 1 MiB, staged, two UCX workers (the default)
+  ours "$1" "$2" ucx 1M:1:1 --ucx-workers 2
 }
 ref() {  # ref ROUND TLS SIZE BATCH
   UCX_TLS=$2 "${NICE[@]}" "$REF" --ops get,put --size "$3" --batch "$4" --time "$T" \
@@ -81,16 +88,16 @@ for ((r = 1; r <= ROUNDS; r++)); do
   echo "[ucx_figures] round $r/$ROUNDS" >&2
   for tls in "${TLSES[@]}"; do
     if (( r % 2 == 1 )); then
-      ours "$r" "$tls" ucx 1M:1:1; direct "$r" "$tls"; ref "$r" "$tls" 1M 1
+      ours "$r" "$tls" ucx 1M:1:1; direct "$r" "$tls"; workers2 "$r" "$tls"; ref "$r" "$tls" 1M 1
     else
-      ref "$r" "$tls" 1M 1; direct "$r" "$tls"; ours "$r" "$tls" ucx 1M:1:1
+      ref "$r" "$tls" 1M 1; workers2 "$r" "$tls"; direct "$r" "$tls"; ours "$r" "$tls" ucx 1M:1:1
     fi
   done
   if [ $BATCH = 1 ]; then
     # 100,000 x 4 KiB = 400 MB per call: --max-call-bytes lets the batch stay whole.
     sm_tls="${TLSES[${#TLSES[@]}-1]}"
     order=$( (( r % 2 == 1 )) && echo shm,ucx || echo ucx,shm )
-    ours "$r" "$sm_tls" "$order" 4K:100000:1 --max-call-bytes 512M --min-iters 2 --timeout-ms 120000
+    ours "$r" "$sm_tls" "$order" 4K:100000:1 --max-call-bytes 512M --min-iters 2 --timeout-ms 120000 --ucx-workers 2
     ref "$r" "$sm_tls" 4K 100000
   fi
 done
@@ -125,15 +132,15 @@ for e in errs: print("# ERROR: %s" % json.dumps(e))
 rows = []
 tlses = sorted({tagged(r)[1] for r in recs})
 for tls in tlses:
-    for local, how in ((None, "staged"), ("registered", "direct")):
+    for local, workers, how in ((None, 1, "staged, 1 worker"), ("registered", 1, "direct, 1 worker"), (None, 2, "staged, 2 workers")):
       for op, rop in (("read", "get"), ("write", "put")):
-        ours = find(lambda r: r.get("mode") == "engine" and r["op"] == op and r["transport"] == "ucx" and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls and r.get("local") == local)
+        ours = find(lambda r: r.get("mode") == "engine" and r["op"] == op and r["transport"] == "ucx" and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls and r.get("local") == local and r.get("ucx_workers") == workers)
         ref = find(lambda r: r.get("mode") == "ucx_ref" and not r.get("staged") and r["op"] == rop and r["desc_size"] == 1 << 20 and tagged(r)[1] == tls)
         keys = sorted(set(ours) & set(ref))
         if not keys: continue
         ratios = [ours[k]["gbps"] / ref[k]["gbps"] for k in keys]
         m = med(ratios)
-        print("1 MiB %-5s UCX_TLS=%-7s ours (%s) %.3f GB/s vs UCX %s %.3f GB/s (medians)  ratio %.2f [%.2f..%.2f] n=%d  target >= 0.9: %s"
+        print("1 MiB %-5s UCX_TLS=%-7s ours (%-17s) %.3f GB/s vs UCX %s %.3f GB/s (medians)  ratio %.2f [%.2f..%.2f] n=%d  target >= 0.9: %s"
               % (op.upper(), tls, how, med([ours[k]["gbps"] for k in keys]), rop, med([ref[k]["gbps"] for k in keys]),
                  m, min(ratios), max(ratios), len(keys), "PASS" if m >= 0.9 else "MISS"))
     for op, rop in (("read", "get"), ("write", "put")):

@@ -74,10 +74,11 @@ struct EngineConfig {
   // UCX picks (UCX_TLS), still after the same-host path and before TCP.
   enum class UcxUnderAuto { kRdma, kAlways, kAny, kNever } ucx_under_auto = UcxUnderAuto::kRdma;
   // llmdd.UcxWorkers [1, 8] (libraries built with UCX): UCX workers of the
-  // engine wherever it runs UCX (UcxTransport::Create): each has its own UCP
-  // context, progress thread and staging, and every registration is mapped
-  // on each; a transfer the lane pool splits (1 MiB and more) moves its parts
-  // on different workers at once (docs/UCX.md, "Workers").
+  // engine wherever it runs UCX (UcxTransport::Create), on one UCP context
+  // (registrations mapped once), each with its own progress thread and
+  // staging; under llmdd.Transport=ucx a transfer the lane pool splits (1 MiB
+  // and more) moves its parts on different workers at once, and concurrent
+  // transfers spread over them (docs/UCX.md, "Workers").
   uint32_t ucx_workers = kUcxWorkersDefault;
   // llmdd.SameHostMinPartBytes [64 KiB, 1 TiB]: a same-host transfer is
   // split into parts of at least this many bytes, at most one per core and

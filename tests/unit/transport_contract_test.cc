@@ -694,7 +694,9 @@ TEST(UcxWorkers, BatchesTakeTurnsOnTheWorkersAndADeregisteredRegionIsRefusedOnEa
   }
   EXPECT_GT(requester->RoundsOnWorker(0), 0u);
   EXPECT_GT(requester->RoundsOnWorker(1), 0u) << "both batches went on the first worker";
-  EXPECT_EQ(owner->KeysGranted(), 2u) << "a key per owner worker asked (workers 0 and 1)";
+  EXPECT_EQ(owner->KeysGrantedOnWorker(0), 1u);
+  EXPECT_EQ(owner->KeysGrantedOnWorker(1), 1u) << "the owner's second worker does not serve the registration";
+  EXPECT_EQ(owner->KeysGrantedOnWorker(2), 0u);
   // An engine with one worker reaches the owner's first worker.
   TransportResult result = read(single_link.get());
   ASSERT_EQ(result.status, adxl::SUCCESS) << result.error;
@@ -710,6 +712,48 @@ TEST(UcxWorkers, BatchesTakeTurnsOnTheWorkersAndADeregisteredRegionIsRefusedOnEa
   EXPECT_EQ(owner->KeysGranted(), granted);
   link->Shutdown();
   single_link->Shutdown();
+  // Under auto a transfer is never split (a part cannot be declined to TCP).
+  EXPECT_EQ(UcxTransport::CapsFor(true, 2).max_parallel, 1u);
+  EXPECT_EQ(UcxTransport::CapsFor(false, 2).max_parallel, 2u);
+}
+
+// In an engine (the lane pool splits transfers of 1 MiB and more into
+// parts, max_parallel at once): the parts of one READ and of one WRITE move
+// on both UCX workers of the requester, bytes where they belong.
+TEST(UcxWorkers, TheLanePoolsPartsOfOneTransferMoveOnDifferentWorkers) {
+  std::string error;
+  std::shared_ptr<UcxTransport> server_ucx = UcxTransport::Create(UcxTransport::Mode::kForced, &error, 2);
+  ASSERT_NE(server_ucx, nullptr) << error;
+  std::shared_ptr<UcxTransport> client_ucx = UcxTransport::Create(UcxTransport::Mode::kForced, &error, 2);
+  ASSERT_NE(client_ucx, nullptr) << error;
+  std::vector<char> remote(4 << 20), local(4 << 20, 0);
+  for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 37 + i / 5003);
+  Engine server, client;
+  const std::string server_id = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
+  ASSERT_EQ(server.Initialize(server_id, {{"llmdd.UcxUnderAuto", "never"}}), adxl::SUCCESS);
+  ASSERT_EQ(client.Initialize("127.0.0.1", {{"llmdd.UcxUnderAuto", "never"}}), adxl::SUCCESS);
+  // After Initialize (which replaces any ucx transport by its own); forced: ranks first for every transfer.
+  server.AddTransport(server_ucx);
+  client.AddTransport(client_ucx);
+  uint64_t handle = 0;
+  ASSERT_EQ(server.RegisterMem(reinterpret_cast<uintptr_t>(remote.data()), remote.size(), adxl::MEM_HOST, &handle),
+            adxl::SUCCESS);
+  ASSERT_EQ(client.Connect(server_id, 3000), adxl::SUCCESS);
+  adxl::TransferOpDesc desc{reinterpret_cast<uintptr_t>(local.data()), reinterpret_cast<uintptr_t>(remote.data()),
+                            local.size()};
+  for (adxl::TransferOp op : {adxl::READ, adxl::WRITE}) {
+    if (op == adxl::WRITE) {
+      for (size_t i = 0; i < local.size(); ++i) local[i] = static_cast<char>(i * 5 + 1);
+    }
+    const uint64_t before0 = client_ucx->RoundsOnWorker(0), before1 = client_ucx->RoundsOnWorker(1);
+    ASSERT_EQ(client.TransferSync(server_id, op, &desc, 1, 10000), adxl::SUCCESS);
+    EXPECT_EQ(local, remote);
+    EXPECT_GT(client_ucx->RoundsOnWorker(0), before0) << (op == adxl::READ ? "READ" : "WRITE");
+    EXPECT_GT(client_ucx->RoundsOnWorker(1), before1) << (op == adxl::READ ? "READ" : "WRITE")
+                                                      << ": the transfer was not split across the workers";
+  }
+  EXPECT_EQ(client.Disconnect(server_id, 3000), adxl::SUCCESS);
+  ASSERT_EQ(server.DeregisterMem(handle), adxl::SUCCESS);
 }
 
 // Engines with different numbers of UCX workers (llmdd.UcxWorkers) move
@@ -805,9 +849,9 @@ TEST(UcxDirect, OnlyVerbsLanesAreDirect) {
 // A forced UCX transport that moves batches directly over every lane
 // (LLMDD_UCX_DIRECT=any: UCX_TLS=tcp has no direct lanes). Create it before
 // any other UCX transport of the test: the variable is read at creation.
-std::shared_ptr<UcxTransport> CreateDirectOnAnyLane(std::string *error) {
+std::shared_ptr<UcxTransport> CreateDirectOnAnyLane(std::string *error, size_t workers = 1) {
   setenv("LLMDD_UCX_DIRECT", "any", 1);
-  std::shared_ptr<UcxTransport> direct = UcxTransport::Create(UcxTransport::Mode::kForced, error);
+  std::shared_ptr<UcxTransport> direct = UcxTransport::Create(UcxTransport::Mode::kForced, error, workers);
   unsetenv("LLMDD_UCX_DIRECT");
   return direct;
 }
@@ -928,7 +972,10 @@ TEST(UcxDirect, RegisteredLocalMemoryMovesWithoutStagingOtherMemoryIsStaged) {
 // linger and DeregisterMemory must wait for them. Returns the rounds cut
 // short after their GETs were posted; *lingered: rounds whose operations
 // outlived the wait.
-int CutShortDirectReads(int grace_ms, uint64_t *lingered) {
+// `workers`: the requester's UCX workers; with 2 its batches alternate
+// between them, so every cut-short READ (the second batch of a round) runs
+// on the second worker, whose registrations mirror the first's.
+int CutShortDirectReads(int grace_ms, uint64_t *lingered, size_t workers = 1) {
   // The owner's memory outlives the owner: over UCX's tcp the owner's worker
   // still sends replies to GETs of cut-short READs after its
   // DeregisterMemory, reading the region by address (docs/UCX.md, "Known
@@ -937,7 +984,7 @@ int CutShortDirectReads(int grace_ms, uint64_t *lingered) {
   std::vector<char> remote(bytes, 'r');
   *lingered = 0;
   std::string error;
-  std::shared_ptr<UcxTransport> direct = CreateDirectOnAnyLane(&error);
+  std::shared_ptr<UcxTransport> direct = CreateDirectOnAnyLane(&error, workers);
   EXPECT_NE(direct, nullptr) << error;
   std::shared_ptr<UcxTransport> owner = UcxTransport::Create(UcxTransport::Mode::kForced, &error);
   EXPECT_NE(owner, nullptr) << error;
@@ -1034,6 +1081,16 @@ TEST(UcxDirect, ATimedOutDirectReadReturnsOnlyOnceUcxLetGoOfTheBuffer) {
 TEST(UcxDirect, OperationsLeftToUcxKeepTheirMemoryUntilTheyEnd) {
   uint64_t lingered = 0;
   EXPECT_GE(CutShortDirectReads(0, &lingered), 1) << "no direct READ was cut short after posting: the test did not test it";
+  EXPECT_GE(lingered, 1u) << "no operation was left to UCX: the test did not test it";
+}
+
+// The same on a second worker: its operations use the first worker's
+// mapping (one per context), which DeregisterMemory unmaps only once the
+// second worker's lingering operations ended.
+TEST(UcxWorkers, OperationsLeftToUcxOnASecondWorkerKeepTheFirstWorkersMapping) {
+  uint64_t lingered = 0;
+  EXPECT_GE(CutShortDirectReads(0, &lingered, 2), 1)
+      << "no direct READ was cut short after posting: the test did not test it";
   EXPECT_GE(lingered, 1u) << "no operation was left to UCX: the test did not test it";
 }
 

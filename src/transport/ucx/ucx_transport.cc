@@ -114,7 +114,10 @@ ucs_log_func_rc_t RouteUcxLog(const char *file, unsigned line, const char *funct
 
 }  // namespace
 
-// One UCP context and worker per engine, shared by its transport and links.
+// One UCX worker of an engine (the first also owns the engine's UCP
+// context, which the others share), with its progress thread, staging and
+// the registrations it serves (the others' are mirrors of the first's),
+// shared by the transport and the links' endpoints on it.
 class UcxCore {
  public:
   struct Served {
@@ -154,11 +157,12 @@ class UcxCore {
   // Deregistration, first step: the registration matching `region` grants
   // no key and takes no direct round from now on; *leased_until: when the
   // last lease granted for it runs out. Null when there is none.
-  Served *Retire(const TransportRegion &region, Clock::time_point *leased_until);
+  // `memh`, when set: the entry with that memory handle (a mirror of the first worker's entry).
+  Served *Retire(const TransportRegion &region, Clock::time_point *leased_until, ucp_mem_h memh = nullptr);
   // Second step, once the leases ran out: waits (bounded) for this engine's
   // direct rounds using it as local memory, then unmaps it.
   // False when it gave up (kUcxDirectDrainMs): the region stays mapped until UCX let go of it.
-  bool DrainAndUnmap(Served *target, const TransportRegion &region);
+  bool DrainAndUnmap(Served *target, const TransportRegion &region, Clock::time_point give_up);
 
   // Under mutex: the registration (not being deregistered) holding all of
   // [addr, addr + len), checking `hint` first; null when none does.
@@ -217,6 +221,7 @@ class UcxCore {
   std::map<uint64_t, Pending> pending;
   uint64_t next_token = 1;
   std::atomic<uint64_t> granted{0};
+  bool context_shareable = false;  // the first worker's context may serve workers on other threads
   Direct direct = Direct::kByLanes;
   std::atomic<uint64_t> direct_rounds{0}, staged_rounds{0};  // rounds posted each way (tests)
   // Direct rounds that ended (timeout, cancel, failure) before UCX completed
@@ -402,6 +407,13 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error, size_t workers, std
       *error = std::string("ucp_init: ") + ucs_status_string(status);
       return nullptr;
     }
+    // A UCX built without thread support (--enable-mt) accepts the flag but
+    // does not lock the context: then the engine runs one worker.
+    ucp_context_attr_t attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.field_mask = UCP_ATTR_FIELD_THREAD_MODE;
+    core->context_shareable =
+        ucp_context_query(core->context, &attr) == UCS_OK && attr.thread_mode == UCS_THREAD_MODE_MULTI;
   }
   ucp_worker_params_t worker_params;
   memset(&worker_params, 0, sizeof(worker_params));
@@ -646,7 +658,12 @@ const TransportCaps &UcxTransport::CapsFor(bool chosen_under_auto, size_t worker
         c.same_host_only = false;
         c.memory_kinds = MemoryKindBit(MemoryKind::kHost);
         c.prompt_cancel = true;
-        c.max_parallel = w;  // a part per worker at once (UcxWorkerLinks); more would queue on a worker
+        // Forced: a part per worker at once (UcxWorkerLinks); more would queue
+        // on a worker. Under auto a transfer stays whole (1): a range the peer
+        // exports no UCX key for must be declined whole to TCP, which a part
+        // cannot be (TransferBatch::part); concurrent transfers still spread
+        // over the workers.
+        c.max_parallel = chosen == 1 ? 1 : w;
         c.chosen_where_it_pays = chosen == 1;
         t.push_back(c);
       }
@@ -844,6 +861,11 @@ std::shared_ptr<UcxTransport> UcxTransport::Create(Mode mode, std::string *error
   std::vector<std::shared_ptr<UcxCore>> cores;
   std::vector<UcxWorkerAd> ads;
   for (size_t i = 0; i < workers; ++i) {
+    if (i == 1 && !cores[0]->context_shareable) {
+      LOG_WARN("ucx: this UCX does not lock a context shared by workers (built without thread support): running "
+               "1 worker, not %zu", workers);
+      break;
+    }
     std::string why;
     auto core = UcxCore::Create(&why, workers, cores.empty() ? nullptr : cores[0]);
     if (core == nullptr) {
@@ -898,6 +920,10 @@ uint64_t UcxTransport::StagedRounds() const {
   uint64_t n = 0;
   for (const auto &core : cores_) n += core->staged_rounds.load();
   return n;
+}
+
+uint64_t UcxTransport::KeysGrantedOnWorker(size_t i) const {
+  return i < cores_.size() ? cores_[i]->granted.load() : 0;
 }
 
 uint64_t UcxTransport::RoundsOnWorker(size_t i) const {
@@ -984,10 +1010,11 @@ void UcxCore::Mirror(const Served &of) {
   served.push_back(std::move(entry));
 }
 
-UcxCore::Served *UcxCore::Retire(const TransportRegion &region, Clock::time_point *leased_until) {
+UcxCore::Served *UcxCore::Retire(const TransportRegion &region, Clock::time_point *leased_until, ucp_mem_h memh) {
   std::lock_guard<std::mutex> lock(mutex);
   for (auto &entry : served) {
-    if (entry->retired || entry->addr != region.addr || entry->len != region.len || entry->access != region.access) {
+    if (entry->retired || entry->addr != region.addr || entry->len != region.len || entry->access != region.access ||
+        (memh != nullptr && entry->memh != memh)) {
       continue;
     }
     entry->retired = true;  // no key from now on, no direct round on it
@@ -1003,14 +1030,13 @@ UcxCore::Served *UcxCore::Retire(const TransportRegion &region, Clock::time_poin
   return nullptr;
 }
 
-bool UcxCore::DrainAndUnmap(Served *target, const TransportRegion &region) {
+bool UcxCore::DrainAndUnmap(Served *target, const TransportRegion &region, Clock::time_point give_up) {
   // This engine's direct rounds using the region as local memory: none
   // starts now it is retired; those in flight end by their deadlines, and
   // UCX completes the requests of those that ended early (a forced close
   // cancels them) as the worker progresses. Bounded: a UCX that never
   // completes them leaves the region mapped (and says so).
   std::unique_lock<std::mutex> lock(mutex);
-  const auto give_up = Clock::now() + std::chrono::milliseconds(kUcxDirectDrainMs);
   while (target->direct_users > 0) {
     ProgressLocked();
     ReapLingeringLocked();
@@ -1039,9 +1065,14 @@ adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::st
   if (region.access & kAccessRead) prot |= UCP_MEM_MAP_PROT_REMOTE_READ;
   if (region.access & kAccessWrite) prot |= UCP_MEM_MAP_PROT_REMOTE_WRITE;
   // Mapped once, on the context the workers share; every worker serves it.
-  if (UcxCore::Served *mapped = cores_[0]->Map(region, prot, error)) {
-    for (size_t i = 1; i < cores_.size(); ++i) cores_[i]->Mirror(*mapped);
-    return adxl::SUCCESS;
+  // Under registry_mutex_, so that no deregistration of a like region
+  // retires (and frees) the first worker's entry before the others mirror it.
+  {
+    std::lock_guard<std::mutex> registry(registry_mutex_);
+    if (UcxCore::Served *mapped = cores_[0]->Map(region, prot, error)) {
+      for (size_t i = 1; i < cores_.size(); ++i) cores_[i]->Mirror(*mapped);
+      return adxl::SUCCESS;
+    }
   }
   // The region cannot be exported (*error says why): forced, the
   // registration fails; under auto UCX is an offer, the region is only not
@@ -1059,23 +1090,31 @@ adxl::Status UcxTransport::RegisterMemory(const TransportRegion &region, std::st
 void UcxTransport::DeregisterMemory(const TransportRegion &region) {
   // Every worker stops granting the region's key first, so that the leases
   // are waited out once, not once per worker.
+  // The others retire the mirrors of the first worker's entry (by its memh:
+  // like registrations of one range are distinct mappings).
   std::vector<UcxCore::Served *> targets(cores_.size(), nullptr);
   Clock::time_point until{};
-  for (size_t i = 0; i < cores_.size(); ++i) {
-    Clock::time_point leased{};
-    targets[i] = cores_[i]->Retire(region, &leased);
-    until = std::max(until, leased);
+  {
+    std::lock_guard<std::mutex> registry(registry_mutex_);
+    targets[0] = cores_[0]->Retire(region, &until);
+    if (targets[0] == nullptr) return;  // not registered (or not exported) here
+    for (size_t i = 1; i < cores_.size(); ++i) {
+      Clock::time_point leased{};
+      targets[i] = cores_[i]->Retire(region, &leased, targets[0]->memh);
+      until = std::max(until, leased);
+    }
   }
-  if (targets[0] == nullptr) return;  // not registered (or not exported) here
   // Requesters start I/O only under a lease they hold: wait the granted ones out.
   if (Clock::now() < until) std::this_thread::sleep_until(until);
-  // The other workers' direct rounds first: the first worker unmaps.
+  // The other workers' direct rounds first: the first worker unmaps. One
+  // bound for all of them (kUcxDirectDrainMs).
+  const auto give_up = Clock::now() + std::chrono::milliseconds(kUcxDirectDrainMs);
   bool let_go = true;
   for (size_t i = cores_.size(); i-- > 1;) {
-    if (targets[i] != nullptr) let_go = cores_[i]->DrainAndUnmap(targets[i], region) && let_go;
+    if (targets[i] != nullptr) let_go = cores_[i]->DrainAndUnmap(targets[i], region, give_up) && let_go;
   }
   if (let_go) {
-    cores_[0]->DrainAndUnmap(targets[0], region);
+    cores_[0]->DrainAndUnmap(targets[0], region, give_up);
   } else {
     // Another worker's operations may still use the memory: it stays mapped
     // (retired, no key) until the engine's UCX goes.
@@ -1095,7 +1134,8 @@ std::shared_ptr<TransportLink> UcxTransport::Connect(const TransportPeer &peer, 
   std::vector<UcxWorkerAd> remote;
   if (!ParseUcxAdvertisement(peer.metadata, &remote)) {
     *error = "peer " + peer.peer_name +
-             " advertised ucx in another format (an engine from before the UCX key capability?): no UCX link";
+             " advertised ucx in a format this engine does not read (an engine from before the UCX key capability, "
+             "or a malformed advertisement): no UCX link";
     LOG_WARN("ucx: %s", error->c_str());
     return nullptr;
   }
@@ -1146,10 +1186,12 @@ TransportResult UcxWorkerLinks::Submit(const TransferBatch &batch) {
       pick = i;
     }
   }
-  busy_[pick].fetch_add(1);
-  TransportResult result = links_[pick]->Submit(batch);
-  busy_[pick].fetch_sub(1);
-  return result;
+  struct Busy {
+    std::atomic<int> &count;
+    explicit Busy(std::atomic<int> &c) : count(c) { count.fetch_add(1); }
+    ~Busy() { count.fetch_sub(1); }
+  } busy(busy_[pick]);
+  return links_[pick]->Submit(batch);
 }
 
 void UcxWorkerLinks::Shutdown() {

@@ -6,16 +6,18 @@
 // hosts with an RDMA device for peers reached with hardware RMA
 // (Mode::kWhereItPays; src/transport/ucx/README.md, docs/UCX.md).
 //
-//   - One UCP context and one worker per engine (UcxCore), shared by every
-//     link. All calls on the worker are serialized by the core's mutex
+//   - One UCP context per engine and one or more workers on it (a UcxCore
+//     each: llmdd.UcxWorkers, UcxTransport::Create), shared by every link.
+//     All calls on a worker are serialized by its core's mutex
 //     (UCS_THREAD_MODE_SERIALIZED). A requester's Submit progresses the
-//     worker itself while it waits; a progress thread of the core serves the
-//     peers (UCX over TCP emulates GET/PUT with active messages: the target
-//     must progress, or the requester waits forever). Idle, that thread
-//     sleeps on the worker's event fd (UCP_FEATURE_WAKEUP, ucp_worker_arm).
-//   - The worker address travels in the handshake (LocalMetadata, the
-//     engine's TransportAd "ucx"); each link makes one endpoint to the peer's
-//     worker with UCP_ERR_HANDLING_MODE_PEER.
+//     worker itself while it waits; a progress thread of each core serves
+//     the peers (UCX over TCP emulates GET/PUT with active messages: the
+//     target must progress, or the requester waits forever). Idle, that
+//     thread sleeps on the worker's event fd (UCP_FEATURE_WAKEUP, ucp_worker_arm).
+//   - The worker addresses travel in the handshake (LocalMetadata, the
+//     engine's TransportAd "ucx"); a link makes one endpoint per local
+//     worker, to the peer's workers in turn, with UCP_ERR_HANDLING_MODE_PEER
+//     (UcxWorkerLinks when there are several).
 //   - Remote keys travel by UCX active message, on demand: a requester asks
 //     the peer for the key of the registered region holding a range (key
 //     request, carrying the random capability the peer advertised in the
@@ -122,8 +124,8 @@ bool ParseUcxAdvertisement(const std::string &metadata, std::vector<UcxWorkerAd>
 // lost wake-up could be noticed).
 constexpr int kUcxProgressSpinRounds = 64;
 constexpr int kUcxProgressPollMs = 100;
-// Staging (see above): chunk size, chunks in use at once per engine, and
-// chunks of unfinished rounds kept until the engine's UCX core goes.
+// Staging (see above): chunk size, chunks in use at once per worker, and
+// chunks of unfinished rounds kept until the worker's UCX core goes.
 constexpr size_t kUcxStageBytes = 4u << 20;
 constexpr size_t kUcxStageChunks = 8;
 constexpr size_t kUcxStageRetiredMax = 16;
@@ -176,8 +178,12 @@ class UcxTransport : public Transport {
   // to a peer has an endpoint on each (to the peer's workers in turn) and
   // moves the parts of a split transfer on different ones (max_parallel =
   // workers: the lane pool splits transfers of 1 MiB and more, path_policy.h).
-  // Every registration is mapped once (on the shared context). Fewer workers than asked
-  // when their addresses do not fit the handshake's 1024 bytes (logged).
+  // Every registration is mapped once (on the shared context). Fewer workers
+  // than asked (logged) when their addresses do not fit the handshake's 1024
+  // bytes, when a further worker cannot start, or when this UCX does not lock
+  // a shared context (built without thread support): one then. Under auto
+  // (chosen caps) transfers are not split (max_parallel 1, CapsFor): a range
+  // without a UCX key is declined whole to TCP; concurrent ones still spread.
   static std::shared_ptr<UcxTransport> Create(Mode mode, std::string *error, size_t workers = 1);
   // Whether this host has an RDMA device (InfiniBand or RoCE: an entry in
   // /sys/class/infiniband): where llmdd.UcxUnderAuto=rdma starts UCX.
@@ -193,8 +199,9 @@ class UcxTransport : public Transport {
   adxl::Status RegisterMemory(const TransportRegion &region, std::string *remote_key, std::string *error) override;
   void DeregisterMemory(const TransportRegion &region) override;
   std::shared_ptr<TransportLink> Connect(const TransportPeer &peer, Deadline deadline, std::string *error) override;
-  // Key requests this engine answered, on all its workers (tests).
+  // Key requests this engine answered, on all its workers, and on worker `i` (tests).
   uint64_t KeysGranted() const;
+  uint64_t KeysGrantedOnWorker(size_t i) const;
   // Rounds this engine posted directly from and to registered local memory,
   // and through staging, on all its workers (tests).
   uint64_t DirectRounds() const;
@@ -217,6 +224,9 @@ class UcxTransport : public Transport {
   UcxTransport(std::vector<std::shared_ptr<UcxCore>> cores, Mode mode) : cores_(std::move(cores)), mode_(mode) {}
   std::vector<std::shared_ptr<UcxCore>> cores_;  // one per worker, at least one
   const Mode mode_;
+  // Registration on every worker (Map and its mirrors) and the retiring of a
+  // registration on every worker each happen whole.
+  std::mutex registry_mutex_;
 };
 
 class UcxLink : public TransportLink {
