@@ -141,7 +141,7 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
   transports_.Remove("ucx");
 #ifdef LLMDD_HAVE_UCX
   if (config_.transport == EngineConfig::Transport::kUcx) {
-    auto ucx = UcxTransport::Create(UcxTransport::Mode::kForced, &error, config_.ucx_workers);
+    auto ucx = UcxTransport::Create(UcxTransport::Mode::kForced, &error, config_.UcxWorkers());
     if (ucx == nullptr) {
       LOG_ERROR("engine %s: llmdd.Transport=ucx but UCX cannot start: %s", identity.c_str(), error.c_str());
       workers_.reset();
@@ -159,7 +159,7 @@ adxl::Status Engine::Start(const std::string &identity, const EngineConfig &conf
     auto ucx = UcxTransport::Create(config_.ucx_under_auto == EngineConfig::UcxUnderAuto::kAny
                                         ? UcxTransport::Mode::kAnyPeer
                                         : UcxTransport::Mode::kWhereItPays,
-                                    &error, config_.ucx_workers);
+                                    &error, config_.UcxWorkers());
     if (ucx == nullptr) {
       LOG_INFO("engine %s: UCX did not start (%s): peers are reached over TCP and the same-host path",
                identity.c_str(), error.c_str());

@@ -166,7 +166,7 @@ adxl::Status ParseEngineOptions(const std::map<std::string, std::string> &option
       }
       auto_connect_option = value == "1" ? 1 : 0;
     } else if (key == kOptUcxWorkers) {
-      if (!SetBounded(key, value, 1, 8, &config->ucx_workers, error)) return adxl::PARAM_INVALID;
+      if (!SetBounded(key, value, 1, kUcxWorkersMax, &config->ucx_workers, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptTcpConnections) {
       if (!SetBounded(key, value, 1, 64, &config->tcp_connections, error)) return adxl::PARAM_INVALID;
     } else if (key == kOptHeartbeatIntervalMs) {

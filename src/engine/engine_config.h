@@ -40,8 +40,13 @@ struct ChannelPoolConfig {
 // llmdd.SameHostMinPartBytes's default: same-host parts of at least 2 MiB
 // (two parts pay from 4 MiB on 2 cores, docs/PERFORMANCE.md; path_policy.h).
 constexpr uint64_t kSameHostMinPartBytesDefault = 2ULL << 20;
-// llmdd.UcxWorkers's default (docs/UCX.md, "Workers").
-constexpr uint32_t kUcxWorkersDefault = 2;
+// llmdd.UcxWorkers's defaults (docs/UCX.md, "Workers"): under
+// llmdd.Transport=ucx, where the parts of a transfer move on different
+// workers (measured: docs/PERFORMANCE.md "UCX workers"), and under auto,
+// where transfers stay whole and a second worker is not measured (RDMA).
+constexpr uint32_t kUcxWorkersForcedDefault = 2;
+constexpr uint32_t kUcxWorkersAutoDefault = 1;
+constexpr uint32_t kUcxWorkersMax = 8;
 
 struct EngineConfig {
   uint32_t tcp_connections = 4;         // llmdd.TcpConnections: data lanes per peer [1, 64]
@@ -78,8 +83,13 @@ struct EngineConfig {
   // (registrations mapped once), each with its own progress thread and
   // staging; under llmdd.Transport=ucx a transfer the lane pool splits (1 MiB
   // and more) moves its parts on different workers at once, and concurrent
-  // transfers spread over them (docs/UCX.md, "Workers").
-  uint32_t ucx_workers = kUcxWorkersDefault;
+  // transfers spread over them (docs/UCX.md, "Workers"). 0: not set, the
+  // mode's default (UcxWorkers()).
+  uint32_t ucx_workers = 0;
+  uint32_t UcxWorkers() const {
+    if (ucx_workers != 0) return ucx_workers;
+    return transport == Transport::kUcx ? kUcxWorkersForcedDefault : kUcxWorkersAutoDefault;
+  }
   // llmdd.SameHostMinPartBytes [64 KiB, 1 TiB]: a same-host transfer is
   // split into parts of at least this many bytes, at most one per core and
   // per lane (path_policy.h, SameHostSplitParts); 1 TiB: never split.

@@ -103,6 +103,7 @@ void CheckOptions(const std::vector<std::string> &fields) {
   }
   FUZZ_CHECK(config.tcp_connections >= 1 && config.tcp_connections <= 64, "tcp_connections %u",
              config.tcp_connections);
+  FUZZ_CHECK(config.ucx_workers <= kUcxWorkersMax && config.UcxWorkers() >= 1, "ucx_workers %u", config.ucx_workers);
   FUZZ_CHECK(config.worker_threads >= 1 && config.worker_threads <= 256, "worker_threads %u",
              config.worker_threads);
   FUZZ_CHECK(config.heartbeat_interval_ms >= 10 && config.heartbeat_interval_ms <= 3600000, "heartbeat %u",

@@ -348,10 +348,12 @@ TEST(EngineOnTheFakeTransport, TransfersTakeTheFakeAndRegistrationsReachIt) {
 // UCX_TLS=sm as well (tests/CMakeLists.txt).
 class UcxEngines : public ::testing::Test {
  protected:
+  // Engines with the default UCX workers (2 under llmdd.Transport=ucx: a transfer of 1 MiB or more moves in parts).
+  virtual std::map<std::string, std::string> Options() const { return {{"llmdd.Transport", "ucx"}}; }
   void SetUp() override {
     server_id_ = "127.0.0.1:" + std::to_string(llmdd::testing::FreeLoopbackPort());
-    ASSERT_EQ(server_.Initialize(server_id_, {{"llmdd.Transport", "ucx"}}), adxl::SUCCESS);
-    ASSERT_EQ(client_.Initialize("127.0.0.1", {{"llmdd.Transport", "ucx"}}), adxl::SUCCESS);
+    ASSERT_EQ(server_.Initialize(server_id_, Options()), adxl::SUCCESS);
+    ASSERT_EQ(client_.Initialize("127.0.0.1", Options()), adxl::SUCCESS);
   }
   adxl::TransferOpDesc Desc(const std::vector<char> &local, const std::vector<char> &remote, size_t off = 0,
                             size_t len = 0) {
@@ -441,7 +443,16 @@ TEST_F(UcxEngines, UnevenDescriptorsAcrossSlicesChunksAndRegistrationsLandExactl
 // Overlapping registrations: a READ whose first byte only one of them holds
 // uses that one's key for every slice, though the other (cached by an
 // earlier READ) covers the later slices and reaches further.
-TEST_F(UcxEngines, AReadUnderOverlappingRegistrationsKeepsTheKeyItChose) {
+// One UCX worker: a transfer stays whole (with two, its parts would each
+// stay inside one registration, and the case below would not arise).
+class UcxEnginesOneWorker : public UcxEngines {
+ protected:
+  std::map<std::string, std::string> Options() const override {
+    return {{"llmdd.Transport", "ucx"}, {"llmdd.UcxWorkers", "1"}};
+  }
+};
+
+TEST_F(UcxEnginesOneWorker, AReadUnderOverlappingRegistrationsKeepsTheKeyItChose) {
   std::vector<char> remote(2 << 20), local(1 << 20, 0);
   for (size_t i = 0; i < remote.size(); ++i) remote[i] = static_cast<char>(i * 19 + 4);
   uint64_t first = 0, second = 0;

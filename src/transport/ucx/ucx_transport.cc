@@ -296,15 +296,18 @@ class UcxCore {
   std::vector<std::unique_ptr<uint8_t[]>> stage_free_;
   size_t stage_in_use_ = 0;
   std::vector<std::unique_ptr<uint8_t[]>> stage_retired_;  // freed after the worker is destroyed
+  // Chunks retired on all the engine's workers (kUcxStageRetiredMax is per
+  // engine: past it every worker refuses, not some).
+  std::shared_ptr<std::atomic<size_t>> retired_in_engine_ = std::make_shared<std::atomic<size_t>>(0);
 };
 
 std::unique_ptr<uint8_t[]> UcxCore::AcquireStage(Deadline deadline, const TransferRequest *request,
                                                  adxl::Status *status, std::string *why) {
   std::unique_lock<std::mutex> lock(stage_mutex_);
   for (;;) {
-    if (stage_retired_.size() >= kUcxStageRetiredMax) {
+    if (retired_in_engine_->load() >= kUcxStageRetiredMax) {
       *status = adxl::FAILED;
-      *why = "UCX: " + std::to_string(stage_retired_.size()) +
+      *why = "UCX: " + std::to_string(retired_in_engine_->load()) +
              " staging chunks are held by transfers that did not complete (timeouts, cancels); the UCX "
              "transport refuses further transfers: restart the engine (docs/UCX.md)";
       return nullptr;
@@ -315,8 +318,7 @@ std::unique_ptr<uint8_t[]> UcxCore::AcquireStage(Deadline deadline, const Transf
       ++stage_in_use_;
       return chunk;
     }
-    if (stage_in_use_ + stage_retired_.size() < kUcxStageChunks + kUcxStageRetiredMax &&
-        stage_in_use_ < kUcxStageChunks) {
+    if (stage_in_use_ < kUcxStageChunks) {
       std::unique_ptr<uint8_t[]> chunk(new (std::nothrow) uint8_t[kUcxStageBytes]);
       if (chunk == nullptr) {
         *status = adxl::RESOURCE_EXHAUSTED;
@@ -355,8 +357,9 @@ void UcxCore::RetireStage(std::unique_ptr<uint8_t[]> chunk) {
     std::lock_guard<std::mutex> lock(stage_mutex_);
     --stage_in_use_;
     stage_retired_.push_back(std::move(chunk));
-    LOG_WARN("UCX: a staging chunk is retired (a transfer ended before its UCX operations did; %zu retired, at "
-             "most %zu)", stage_retired_.size(), kUcxStageRetiredMax);
+    const size_t retired = retired_in_engine_->fetch_add(1) + 1;
+    LOG_WARN("UCX: a staging chunk is retired (a transfer ended before its UCX operations did; %zu retired in "
+             "the engine, at most %zu)", retired, kUcxStageRetiredMax);
   }
   stage_freed_.notify_one();
 }
@@ -385,6 +388,7 @@ std::shared_ptr<UcxCore> UcxCore::Create(std::string *error, size_t workers, std
   if (first != nullptr) {
     core->direct = first->direct;
     core->context = first->context;
+    core->retired_in_engine_ = first->retired_in_engine_;
     core->first_ = std::move(first);  // the context's owner outlives this worker
   } else {
     ucp_config_t *config = nullptr;

@@ -125,7 +125,8 @@ bool ParseUcxAdvertisement(const std::string &metadata, std::vector<UcxWorkerAd>
 constexpr int kUcxProgressSpinRounds = 64;
 constexpr int kUcxProgressPollMs = 100;
 // Staging (see above): chunk size, chunks in use at once per worker, and
-// chunks of unfinished rounds kept until the worker's UCX core goes.
+// chunks of unfinished rounds kept (until their worker's UCX core goes) per
+// engine, all workers together.
 constexpr size_t kUcxStageBytes = 4u << 20;
 constexpr size_t kUcxStageChunks = 8;
 constexpr size_t kUcxStageRetiredMax = 16;
