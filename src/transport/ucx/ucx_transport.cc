@@ -908,23 +908,20 @@ std::string UcxTransport::LocalMetadata() const {
   return UcxAdvertisement(ads);
 }
 
-uint64_t UcxTransport::KeysGranted() const {
+namespace {
+// A test counter of the core, summed over the engine's workers.
+uint64_t SumOver(const std::vector<std::shared_ptr<UcxCore>> &cores, std::atomic<uint64_t> UcxCore::*counter) {
   uint64_t n = 0;
-  for (const auto &core : cores_) n += core->granted.load();
+  for (const auto &core : cores) n += ((*core).*counter).load();
   return n;
 }
+}  // namespace
 
-uint64_t UcxTransport::DirectRounds() const {
-  uint64_t n = 0;
-  for (const auto &core : cores_) n += core->direct_rounds.load();
-  return n;
-}
+uint64_t UcxTransport::KeysGranted() const { return SumOver(cores_, &UcxCore::granted); }
 
-uint64_t UcxTransport::StagedRounds() const {
-  uint64_t n = 0;
-  for (const auto &core : cores_) n += core->staged_rounds.load();
-  return n;
-}
+uint64_t UcxTransport::DirectRounds() const { return SumOver(cores_, &UcxCore::direct_rounds); }
+
+uint64_t UcxTransport::StagedRounds() const { return SumOver(cores_, &UcxCore::staged_rounds); }
 
 uint64_t UcxTransport::KeysGrantedOnWorker(size_t i) const {
   return i < cores_.size() ? cores_[i]->granted.load() : 0;
@@ -934,11 +931,7 @@ uint64_t UcxTransport::RoundsOnWorker(size_t i) const {
   return i < cores_.size() ? cores_[i]->direct_rounds.load() + cores_[i]->staged_rounds.load() : 0;
 }
 
-uint64_t UcxTransport::LingeredRounds() const {
-  uint64_t n = 0;
-  for (const auto &core : cores_) n += core->lingered.load();
-  return n;
-}
+uint64_t UcxTransport::LingeredRounds() const { return SumOver(cores_, &UcxCore::lingered); }
 
 void UcxTransport::SetDirectCancelGraceForTests(int ms) { direct_cancel_grace_ms.store(ms); }
 
@@ -951,11 +944,7 @@ size_t UcxTransport::LingeringNow() const {
   return n;
 }
 
-uint64_t UcxTransport::ProgressRounds() const {
-  uint64_t n = 0;
-  for (const auto &core : cores_) n += core->progress_rounds.load();
-  return n;
-}
+uint64_t UcxTransport::ProgressRounds() const { return SumOver(cores_, &UcxCore::progress_rounds); }
 
 bool UcxTransport::SleepsOnEventFd() const {
   for (const auto &core : cores_) {
